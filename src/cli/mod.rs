@@ -1,0 +1,109 @@
+//! The command line: one file per subcommand turns arguments into a validated config and
+//! calls a stage module. `cli` and [`crate::report`] are the only code that prints.
+//!
+//! Exit codes: 0 pass, 1 a gate failed (scan, verify, policy, parity), 2 usage or input
+//! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
+//! optional `hint: ...` line, all on stderr.
+
+mod inspect;
+
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// What a subcommand concluded when it ran to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every gate passed (or the command is not a gate).
+    Pass,
+    /// A gate failed: exit code 1.
+    Fail,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "modelgate",
+    version,
+    about = "Vet, convert, check and sign open-weight LLM checkpoints"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what a checkpoint file or model directory contains
+    Inspect(inspect::Args),
+}
+
+/// Parse the process arguments, run, and map the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout (exit 0) and usage errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(Outcome::Pass) => ExitCode::SUCCESS,
+        Ok(Outcome::Fail) => ExitCode::from(1),
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+/// An error with advice on what to do about it, printed as a `hint:` line.
+#[derive(Debug)]
+pub struct Hinted {
+    pub error: anyhow::Error,
+    pub hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Hinted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// Attach a hint to an error.
+pub fn hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        error: error.into(),
+        hint: hint.into(),
+    })
+}
+
+fn print_error(e: &anyhow::Error) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(err, "caused by: {cause}");
+    }
+    if let Some(h) = e.downcast_ref::<Hinted>() {
+        let _ = writeln!(err, "hint: {}", h.hint);
+    }
+}
