@@ -2,4 +2,5 @@
 //! fixtures, hostile files and the real SmolLM2 checkpoint. One module per area.
 
 mod inspect;
+mod fixtures;
 mod support;
