@@ -3,4 +3,5 @@
 
 mod inspect;
 mod fixtures;
+mod gguf;
 mod support;
