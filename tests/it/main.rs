@@ -4,4 +4,5 @@
 mod inspect;
 mod fixtures;
 mod gguf;
+mod formats_hf;
 mod support;
