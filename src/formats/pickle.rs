@@ -218,7 +218,8 @@ impl Analysis {
     /// Calls whose callee is global `g` itself (not the result of calling it).
     pub fn direct_calls(&self, g: usize) -> impl Iterator<Item = &Call> {
         self.calls.iter().filter(move |c| {
-            c.op != CallOp::Build && matches!(self.nodes.get(c.callee), Some(Node::Global(x)) if *x == g)
+            c.op != CallOp::Build
+                && matches!(self.nodes.get(c.callee), Some(Node::Global(x)) if *x == g)
         })
     }
 
@@ -635,9 +636,8 @@ impl Machine<'_> {
             }
             STRING => {
                 let l = self.line("STRING")?;
-                let quoted = l.len() >= 2
-                    && l[0] == l[l.len() - 1]
-                    && (l[0] == b'\'' || l[0] == b'"');
+                let quoted =
+                    l.len() >= 2 && l[0] == l[l.len() - 1] && (l[0] == b'\'' || l[0] == b'"');
                 if !quoted {
                     return Err("the STRING opcode argument must be quoted".into());
                 }
@@ -652,8 +652,8 @@ impl Machine<'_> {
             }
             SHORT_BINSTRING => {
                 let n = self.fixed::<1>("SHORT_BINSTRING")?[0];
-                let s = String::from_utf8_lossy(self.take(n.into(), "SHORT_BINSTRING")?)
-                    .into_owned();
+                let s =
+                    String::from_utf8_lossy(self.take(n.into(), "SHORT_BINSTRING")?).into_owned();
                 self.push(Node::Str(s))?;
             }
             UNICODE => {
@@ -909,7 +909,12 @@ impl Machine<'_> {
     fn computed(&self, id: NodeId) -> bool {
         matches!(
             self.a.nodes.get(id),
-            Some(Node::Object { .. } | Node::PersistentId(_) | Node::TextPersistentId(_) | Node::Opaque)
+            Some(
+                Node::Object { .. }
+                    | Node::PersistentId(_)
+                    | Node::TextPersistentId(_)
+                    | Node::Opaque
+            )
         )
     }
 
@@ -951,7 +956,7 @@ pub fn node_kind(n: &Node) -> &'static str {
 }
 
 fn pairs(items: Vec<NodeId>) -> Result<Vec<(NodeId, NodeId)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of items for a dict".into());
     }
     Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
@@ -984,7 +989,10 @@ fn parse_text_int(l: &[u8], what: &str) -> Result<Option<i64>, String> {
         .map_err(|_| format!("{what} argument is not text"))?
         .trim();
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let valid = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let valid = !digits.is_empty()
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !valid {
         return Err(format!("{what} argument `{s}` is not an integer"));
     }
@@ -1138,24 +1146,24 @@ pub const TORCH_STORAGES: &[(&str, super::DType)] = &[
 ];
 
 /// Builtins that evaluate code, import modules, reach attributes by name or touch files.
-const DANGEROUS_BUILTINS: &[&str] = &[
-    "eval",
-    "exec",
-    "execfile",
-    "compile",
-    "open",
-    "file",
-    "getattr",
-    "setattr",
-    "delattr",
-    "apply",
-    "__import__",
-    "breakpoint",
-    "input",
-    "globals",
-    "locals",
-    "vars",
-    "reload",
+const DANGEROUS_BUILTINS: &[(&str, &str)] = &[
+    ("eval", "evaluates Python code"),
+    ("exec", "evaluates Python code"),
+    ("execfile", "evaluates Python code"),
+    ("compile", "compiles Python code"),
+    ("open", "opens files"),
+    ("file", "opens files"),
+    ("getattr", "reaches any attribute by name"),
+    ("setattr", "sets any attribute by name"),
+    ("delattr", "deletes any attribute by name"),
+    ("apply", "calls any function"),
+    ("__import__", "imports any module"),
+    ("reload", "imports any module"),
+    ("breakpoint", "starts a debugger"),
+    ("input", "reads from the terminal"),
+    ("globals", "exposes a module namespace"),
+    ("locals", "exposes a namespace"),
+    ("vars", "exposes a namespace"),
 ];
 
 /// Modules (and their submodules) whose every global is dangerous, with what they can do.
@@ -1167,7 +1175,10 @@ const DANGEROUS_MODULES: &[(&str, &str)] = &[
     ("subprocess", "starts programs"),
     ("pty", "starts programs"),
     ("commands", "runs shell commands"),
-    ("multiprocessing", "starts processes (`spawnv_passfds` is a known denylist bypass)"),
+    (
+        "multiprocessing",
+        "starts processes (`spawnv_passfds` is a known denylist bypass)",
+    ),
     ("sys", "changes the interpreter (modules, hooks, exit)"),
     ("runpy", "runs Python code"),
     ("code", "runs Python code"),
@@ -1201,10 +1212,16 @@ const DANGEROUS_MODULES: &[(&str, &str)] = &[
     ("ftplib", "makes network requests"),
     ("smtplib", "makes network requests"),
     ("telnetlib", "makes network requests"),
-    ("torch.utils.collect_env", "runs shell commands (a known denylist bypass)"),
+    (
+        "torch.utils.collect_env",
+        "runs shell commands (a known denylist bypass)",
+    ),
     ("torch.hub", "downloads and runs code"),
     ("torch.serialization", "loads nested pickles"),
-    ("torch.utils.cpp_extension", "compiles and loads native code"),
+    (
+        "torch.utils.cpp_extension",
+        "compiles and loads native code",
+    ),
     ("torch.jit", "loads and runs TorchScript"),
 ];
 
@@ -1250,8 +1267,8 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     let m = py3_module(module);
     if m == "builtins" {
         let head = name.split('.').next().unwrap_or(name);
-        if DANGEROUS_BUILTINS.contains(&head) {
-            return GlobalClass::Dangerous("evaluates code, imports modules or reaches attributes by name");
+        if let Some((_, why)) = DANGEROUS_BUILTINS.iter().find(|(b, _)| *b == head) {
+            return GlobalClass::Dangerous(why);
         }
     }
     for (prefix, why) in DANGEROUS_MODULES {
@@ -1281,11 +1298,15 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
             .iter()
             .any(|p| p.starts_with("__") && p.ends_with("__"))
         {
-            return GlobalClass::Dangerous("reaches interpreter internals through a dunder attribute path");
+            return GlobalClass::Dangerous(
+                "reaches interpreter internals through a dunder attribute path",
+            );
         }
         for p in &parts[..parts.len() - 1] {
             if DANGEROUS_MODULES.iter().any(|(dm, _)| dm == p) || *p == "builtins" {
-                return GlobalClass::Dangerous("reaches a dangerous module through an attribute path");
+                return GlobalClass::Dangerous(
+                    "reaches a dangerous module through an attribute path",
+                );
             }
         }
     }
@@ -1347,7 +1368,10 @@ mod tests {
         let a = analyze(p, 0);
         assert!(a.complete(), "{:?}", a.fault);
         assert!(matches!(a.globals[1].name, GlobalName::Dynamic(_)));
-        assert!(matches!(classify_ref(&a.globals[1]), GlobalClass::Dangerous(_)));
+        assert!(matches!(
+            classify_ref(&a.globals[1]),
+            GlobalClass::Dangerous(_)
+        ));
     }
 
     #[test]
@@ -1377,12 +1401,32 @@ mod tests {
 
     #[test]
     fn memo_and_mark_faults_match_python() {
-        assert!(analyze(b"h\x05.", 0).fault.unwrap().message.contains("memo key 5"));
+        assert!(analyze(b"h\x05.", 0)
+            .fault
+            .unwrap()
+            .message
+            .contains("memo key 5"));
         assert!(analyze(b"t.", 0).fault.unwrap().message.contains("MARK"));
-        assert!(analyze(b"(R.", 0).fault.unwrap().message.contains("underflow"));
-        assert!(analyze(b"\xff", 0).fault.unwrap().message.contains("unknown opcode"));
-        assert!(analyze(b"\x80\x06.", 0).fault.unwrap().message.contains("protocol 6"));
-        assert!(analyze(b"N", 0).fault.unwrap().message.contains("without a STOP"));
+        assert!(analyze(b"(R.", 0)
+            .fault
+            .unwrap()
+            .message
+            .contains("underflow"));
+        assert!(analyze(b"\xff", 0)
+            .fault
+            .unwrap()
+            .message
+            .contains("unknown opcode"));
+        assert!(analyze(b"\x80\x06.", 0)
+            .fault
+            .unwrap()
+            .message
+            .contains("protocol 6"));
+        assert!(analyze(b"N", 0)
+            .fault
+            .unwrap()
+            .message
+            .contains("without a STOP"));
         // POP on an empty frame pops the mark, as CPython does
         assert!(analyze(b"(0N.", 0).complete());
     }
@@ -1406,7 +1450,10 @@ mod tests {
         assert!(a.complete(), "{:?}", a.fault);
         assert_eq!(globals(&a), ["__builtin__.__import__"]);
         assert_eq!(a.calls[0].op, CallOp::Inst);
-        assert!(matches!(classify("__builtin__", "__import__"), GlobalClass::Dangerous(_)));
+        assert!(matches!(
+            classify("__builtin__", "__import__"),
+            GlobalClass::Dangerous(_)
+        ));
         let a = analyze(b"(cimportlib\nimport_module\nX\x02\x00\x00\x00oso.", 0);
         assert!(a.complete(), "{:?}", a.fault);
         assert_eq!(a.calls[0].op, CallOp::Obj);
@@ -1426,7 +1473,10 @@ mod tests {
         assert_eq!(le_signed(&[0xff]), Some(-1));
         assert_eq!(le_signed(&[0x00, 0x01]), Some(256));
         assert_eq!(le_signed(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Some(1));
-        assert_eq!(le_signed(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]), None);
+        assert_eq!(
+            le_signed(&[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]),
+            None
+        );
     }
 
     #[test]
@@ -1470,7 +1520,10 @@ mod tests {
             assert!(matches!(classify(m, n), Dangerous(_)), "{m}.{n}");
         }
         assert_eq!(classify("builtins", "set"), Unknown);
-        assert_eq!(classify("transformers.training_args", "TrainingArguments"), Unknown);
+        assert_eq!(
+            classify("transformers.training_args", "TrainingArguments"),
+            Unknown
+        );
         assert_eq!(classify("torch", "QInt8Storage"), Unknown);
         assert_eq!(classify("osmosis", "x"), Unknown);
     }

@@ -385,14 +385,18 @@ fn legacy_tensors(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>, FormatEr
         });
     }
     let obj = &pickles[3];
-    let raw = collect_tensors(obj, obj.root).map_err(|e| in_pickle(path, "the object pickle", e))?;
+    let raw =
+        collect_tensors(obj, obj.root).map_err(|e| in_pickle(path, "the object pickle", e))?;
     let keys_pickle = &pickles[4];
     let keys: Vec<String> = match keys_pickle.root.and_then(|r| keys_pickle.node(r)) {
         Some(Node::List(items)) => items
             .iter()
             .map(|k| match keys_pickle.node(*k) {
                 Some(Node::Str(s)) => Ok(s.clone()),
-                _ => Err(FormatError::malformed(path, "storage key list holds a non-string")),
+                _ => Err(FormatError::malformed(
+                    path,
+                    "storage key list holds a non-string",
+                )),
             })
             .collect::<Result<_, _>>()?,
         _ => {
@@ -473,7 +477,9 @@ fn refuse_unsafe(path: &Path, what: &str, a: &Analysis) -> Result<(), FormatErro
         let why = match pickle::classify_ref(g) {
             GlobalClass::Allowed => continue,
             GlobalClass::Dangerous(why) => format!("which {why}"),
-            GlobalClass::Unknown => "which is not on the allowlist of tensor-rebuild globals".into(),
+            GlobalClass::Unknown => {
+                "which is not on the allowlist of tensor-rebuild globals".into()
+            }
         };
         return Err(FormatError::malformed(
             path,
@@ -486,7 +492,10 @@ fn refuse_unsafe(path: &Path, what: &str, a: &Analysis) -> Result<(), FormatErro
         ));
     }
     if let Some(f) = &a.fault {
-        return Err(FormatError::malformed(path, format!("`{what}` is not a valid pickle: {f}")));
+        return Err(FormatError::malformed(
+            path,
+            format!("`{what}` is not a valid pickle: {f}"),
+        ));
     }
     Ok(())
 }
@@ -575,7 +584,9 @@ fn join(prefix: &str, key: &str) -> String {
 
 impl Walker<'_> {
     fn node(&self, id: NodeId) -> Result<&Node, String> {
-        self.a.node(id).ok_or_else(|| format!("object {id} does not exist"))
+        self.a
+            .node(id)
+            .ok_or_else(|| format!("object {id} does not exist"))
     }
 
     fn global(&self, id: NodeId) -> Option<(&str, &str)> {
@@ -585,7 +596,9 @@ impl Walker<'_> {
     fn walk(&mut self, id: NodeId, name: String, depth: usize) -> Result<(), String> {
         self.visits += 1;
         if depth > MAX_DEPTH {
-            return Err(format!("objects nest deeper than {MAX_DEPTH} levels at `{name}`"));
+            return Err(format!(
+                "objects nest deeper than {MAX_DEPTH} levels at `{name}`"
+            ));
         }
         if self.visits > MAX_VISITS {
             return Err("object graph is too large to walk".into());
@@ -681,7 +694,9 @@ impl Walker<'_> {
         depth: usize,
     ) -> Result<Option<RawTensor>, String> {
         if depth > MAX_DEPTH {
-            return Err(format!("tensor rebuilds nest deeper than {MAX_DEPTH} at `{name}`"));
+            return Err(format!(
+                "tensor rebuilds nest deeper than {MAX_DEPTH} at `{name}`"
+            ));
         }
         let Some(g) = self.global(callee) else {
             return Ok(None);
@@ -690,9 +705,13 @@ impl Walker<'_> {
         match g {
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
                 if args.len() < 4 {
-                    return Err(format!("`{name}`: tensor rebuild has {} arguments, expected at least 4", args.len()));
+                    return Err(format!(
+                        "`{name}`: tensor rebuild has {} arguments, expected at least 4",
+                        args.len()
+                    ));
                 }
-                self.tensor(name, args[0], args[1], args[2], args[3]).map(Some)
+                self.tensor(name, args[0], args[1], args[2], args[3])
+                    .map(Some)
             }
             ("torch._utils", "_rebuild_parameter")
             | ("torch._utils", "_rebuild_parameter_with_state") => {
@@ -708,7 +727,9 @@ impl Walker<'_> {
             }
             ("torch._tensor", "_rebuild_from_type_v2") => {
                 if args.len() < 3 {
-                    return Err(format!("`{name}`: `_rebuild_from_type_v2` has too few arguments"));
+                    return Err(format!(
+                        "`{name}`: `_rebuild_from_type_v2` has too few arguments"
+                    ));
                 }
                 match self.global(args[1]) {
                     Some(("torch", "Tensor")) | Some(("torch.nn.parameter", "Parameter")) => {}
@@ -806,14 +827,21 @@ impl Walker<'_> {
                 .map(|(_, d)| *d),
             _ => None,
         }
-        .ok_or_else(|| format!("unsupported: storage type {} of `{name}`", self.describe_callee(items[1])))?;
+        .ok_or_else(|| {
+            format!(
+                "unsupported: storage type {} of `{name}`",
+                self.describe_callee(items[1])
+            )
+        })?;
         let key = match self.node(items[2])? {
             Node::Str(s) => s.clone(),
             _ => return Err(format!("`{name}`: storage key is not a string")),
         };
         if let Some(view) = items.get(5) {
             if self.node(*view)? != &Node::None {
-                return Err(format!("unsupported: storage view in `{name}` (legacy view metadata)"));
+                return Err(format!(
+                    "unsupported: storage view in `{name}` (legacy view metadata)"
+                ));
             }
         }
         Ok((dtype, key))
