@@ -31,9 +31,9 @@ use std::mem;
 pub const HIGHEST_PROTOCOL: u8 = 5;
 
 /// Nodes (objects) one replay may create. A `torch.save` state dict needs about fifteen per
-/// tensor, so this allows well over 200,000 tensors while bounding memory to ~200 MiB for
-/// an adversarial pickle made of one-byte opcodes.
-pub const MAX_NODES: usize = 1 << 23;
+/// tensor, so this allows over 250,000 tensors while bounding memory (72 bytes a node) to
+/// about 300 MiB for an adversarial pickle made of one-byte opcodes.
+pub const MAX_NODES: usize = 1 << 22;
 
 /// Index of a node in [`Analysis::nodes`].
 pub type NodeId = usize;

@@ -500,18 +500,30 @@ fn refuse_unsafe(path: &Path, what: &str, a: &Analysis) -> Result<(), FormatErro
     Ok(())
 }
 
-/// A tensor found in the object graph, before it is placed in the file.
-#[derive(Debug)]
-struct RawTensor {
-    name: String,
-    dtype: DType,
-    key: String,
-    offset_elems: u64,
-    shape: Vec<u64>,
-    elements: u64,
+/// A tensor a checkpoint pickle describes, before it is placed in the file: which
+/// storage holds it and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageTensor {
+    /// Key path in the pickled object (`model.layers.0.weight`).
+    pub name: String,
+    pub dtype: DType,
+    /// Storage key (`archive/data/<key>` in a zip, the legacy storage id otherwise).
+    pub key: String,
+    /// Offset into the storage, in elements.
+    pub offset_elems: u64,
+    pub shape: Vec<u64>,
+    pub elements: u64,
 }
 
-impl RawTensor {
+/// The tensor table of one checkpoint pickle (a zip archive's `data.pkl`), after the same
+/// allowlist gate as [`open`]. Errors are messages without a path.
+pub fn storage_tensors(pickle_bytes: &[u8]) -> Result<Vec<StorageTensor>, String> {
+    let a = pickle::analyze(pickle_bytes, 0);
+    refuse_unsafe(Path::new("data.pkl"), "data.pkl", &a).map_err(|e| e.to_string())?;
+    collect_tensors(&a, a.root)
+}
+
+impl StorageTensor {
     fn elem_size(&self) -> u64 {
         // Storage dtypes are whole-byte element types (checked in `storage`).
         self.dtype.bits().unwrap_or(8) / 8
@@ -551,13 +563,13 @@ impl RawTensor {
 
 struct Walker<'a> {
     a: &'a Analysis,
-    out: Vec<RawTensor>,
+    out: Vec<StorageTensor>,
     visits: usize,
 }
 
 /// Every tensor reachable from `root` through dicts, `OrderedDict`s, lists and tuples,
 /// named by its key path (`model.layers.0.weight`). Other plain values are skipped.
-fn collect_tensors(a: &Analysis, root: Option<NodeId>) -> Result<Vec<RawTensor>, String> {
+fn collect_tensors(a: &Analysis, root: Option<NodeId>) -> Result<Vec<StorageTensor>, String> {
     let root = root.ok_or("pickle has no object")?;
     let mut w = Walker {
         a,
@@ -692,7 +704,7 @@ impl Walker<'_> {
         args: NodeId,
         name: &str,
         depth: usize,
-    ) -> Result<Option<RawTensor>, String> {
+    ) -> Result<Option<StorageTensor>, String> {
         if depth > MAX_DEPTH {
             return Err(format!(
                 "tensor rebuilds nest deeper than {MAX_DEPTH} at `{name}`"
@@ -770,7 +782,7 @@ impl Walker<'_> {
         offset: NodeId,
         size: NodeId,
         stride: NodeId,
-    ) -> Result<RawTensor, String> {
+    ) -> Result<StorageTensor, String> {
         let (dtype, key) = self.storage(storage, name)?;
         let offset_elems = self.int(offset, "storage offset", name)?;
         let shape = self.ints(size, "size", name)?;
@@ -797,7 +809,7 @@ impl Walker<'_> {
                 expect = expect.saturating_mul(*d);
             }
         }
-        Ok(RawTensor {
+        Ok(StorageTensor {
             name: name.to_owned(),
             dtype,
             key,
