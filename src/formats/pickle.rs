@@ -264,8 +264,8 @@ pub fn analyze(data: &[u8], start: usize) -> Analysis {
 }
 
 /// Replay consecutive pickles from the start of `data`, as repeated `pickle.load` calls on
-/// one file would: the next one is read while the previous reached STOP and the bytes
-/// after it begin with a PROTO opcode. At most `max` pickles.
+/// one file would: while the previous one reached STOP and bytes remain, the next is read
+/// (it may fault: trailing bytes that are not a pickle). At most `max` pickles.
 pub fn analyze_stream(data: &[u8], max: usize) -> Vec<Analysis> {
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -274,9 +274,7 @@ pub fn analyze_stream(data: &[u8], max: usize) -> Vec<Analysis> {
         let next = a.end as usize;
         let ok = a.complete();
         out.push(a);
-        let starts_pickle = data.get(next) == Some(&PROTO)
-            && data.get(next + 1).is_some_and(|p| *p <= HIGHEST_PROTOCOL);
-        if !ok || !starts_pickle {
+        if !ok {
             break;
         }
         pos = next;
@@ -1483,9 +1481,16 @@ mod tests {
     fn stream_reads_consecutive_pickles() {
         let data = b"\x80\x02K\x01.\x80\x02cos\nsystem\n.\x80\xff";
         let all = analyze_stream(data, 8);
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 3);
         assert_eq!(all[1].start, 5);
         assert_eq!(globals(&all[1]), ["os.system"]);
+        assert!(all[2]
+            .fault
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("protocol 255"));
+        assert_eq!(analyze_stream(data, 2).len(), 2);
     }
 
     #[test]

@@ -116,15 +116,7 @@ impl<'a> Walker<'a> {
             } else if ft.is_file() {
                 scan_file(&abs, &rel, self.out);
             } else {
-                // FIFOs, sockets and devices: opening one could block or read forever.
-                self.out.push(
-                    Finding::new(
-                        RULE_UNEXPECTED_FILE,
-                        Severity::Warning,
-                        format!("`{}` is not a regular file (a FIFO, socket or device); it was not read", rel.display()),
-                    )
-                    .at(Evidence::file(&rel)),
-                );
+                self.out.push(not_regular(&rel));
             }
         }
         Ok(())
@@ -195,6 +187,19 @@ impl<'a> Walker<'a> {
             .hint("a loader following it reads (or overwrites) files outside the model; replace the link with the file it should contain"),
         );
     }
+}
+
+/// FIFOs, sockets and devices: opening one could block or read forever, so it is not read.
+pub(super) fn not_regular(rel: &Path) -> Finding {
+    Finding::new(
+        RULE_UNEXPECTED_FILE,
+        Severity::Warning,
+        format!(
+            "`{}` is not a regular file (a FIFO, socket or device); it was not read",
+            rel.display()
+        ),
+    )
+    .at(Evidence::file(rel))
 }
 
 /// Resolve `.` and `..` without touching the file system.

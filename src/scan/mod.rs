@@ -75,8 +75,12 @@ pub fn scan(path: &Path) -> Result<Vec<Finding>, ScanError> {
         source,
     })?;
     let mut out = Vec::new();
-    if !meta.is_dir() {
+    if meta.is_file() {
         files::scan_file(path, path, &mut out);
+        return Ok(out);
+    }
+    if !meta.is_dir() {
+        out.push(files::not_regular(path));
         return Ok(out);
     }
     let root = fs::canonicalize(path).map_err(|source| ScanError::Unreadable {

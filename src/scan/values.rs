@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::finding::{Evidence, Finding, Severity};
 use crate::formats::{DType, TensorInfo, Weights};
 
@@ -75,15 +77,23 @@ fn stats(dtype: DType, data: &[u8]) -> Option<Stats> {
 }
 
 /// Check every float tensor of a weight set. `rel` names the file the weights came from.
+/// Tensors are checked in parallel; findings keep tensor order.
 pub(super) fn check(w: &Weights, rel: &Path, out: &mut Vec<Finding>) {
-    for t in &w.tensors {
-        if t.elements() == 0 {
-            continue;
-        }
-        let data = match w.tensor_data(t) {
-            Ok(d) => d,
-            Err(e) => {
-                out.push(
+    let per_tensor: Vec<Vec<Finding>> = w
+        .tensors
+        .par_iter()
+        .map(|t| {
+            let mut found = Vec::new();
+            if t.elements() == 0 {
+                return found;
+            }
+            match w.tensor_data(t) {
+                Ok(data) => {
+                    if let Some(s) = stats(t.dtype, data) {
+                        report(t, &s, rel, &mut found);
+                    }
+                }
+                Err(e) => found.push(
                     Finding::new(
                         RULE_UNREADABLE,
                         Severity::Error,
@@ -94,15 +104,12 @@ pub(super) fn check(w: &Weights, rel: &Path, out: &mut Vec<Finding>) {
                         ),
                     )
                     .at(Evidence::file(rel).with_key(t.name.to_string())),
-                );
-                continue;
+                ),
             }
-        };
-        let Some(s) = stats(t.dtype, data) else {
-            continue;
-        };
-        report(t, &s, rel, out);
-    }
+            found
+        })
+        .collect();
+    out.extend(per_tensor.into_iter().flatten());
 }
 
 fn report(t: &TensorInfo, s: &Stats, rel: &Path, out: &mut Vec<Finding>) {

@@ -675,3 +675,24 @@ json.dump(expect, open(os.path.join(root, "expect.json"), "w"))
         );
     }
 }
+
+/// A second pickle appended after a clean one runs on the next `pickle.load`; trailing
+/// bytes that are not a pickle are reported as such.
+#[test]
+fn appended_pickles_and_trailing_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let appended = tmp.path().join("appended.pkl");
+    fs::write(&appended, b"\x80\x02K\x01.cos\nsystem\n(S'echo pwned'\ntR.").unwrap();
+    let found = issues(&appended);
+    let f = found
+        .iter()
+        .find(|f| f.rule == DANGEROUS)
+        .expect("appended payload found");
+    assert_eq!(f.evidence[0].offset, Some(5));
+    let junk = tmp.path().join("junk.pkl");
+    fs::write(&junk, b"\x80\x02K\x01.\xff\xff").unwrap();
+    let found = issues(&junk);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].rule, "scan/pickle-malformed");
+    assert_eq!(found[0].severity, Severity::Warning);
+}
