@@ -696,3 +696,45 @@ fn appended_pickles_and_trailing_bytes() {
     assert_eq!(found[0].rule, "scan/pickle-malformed");
     assert_eq!(found[0].severity, Severity::Warning);
 }
+
+/// torch.save stores storages uncompressed; a deflated storage cannot be memory-mapped and
+/// is refused as unsupported, naming the entry.
+#[test]
+fn compressed_storage_is_unsupported() {
+    use std::io::{Read, Write};
+    let src = fs::read(pickle_fixture("clean.pt")).unwrap();
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(src)).unwrap();
+    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let name = f.name().to_owned();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        let method = if name == "archive/data/0" {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        zw.start_file(name, opts).unwrap();
+        zw.write_all(&data).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("deflated.pt");
+    fs::write(&path, zw.finish().unwrap().into_inner()).unwrap();
+    let e = pytorch::open(&path).unwrap_err();
+    assert!(matches!(e, FormatError::Unsupported { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("compressed storage entry `archive/data/0`"),
+        "{e}"
+    );
+    // the scan passes the pickle and says the values were not checked
+    let found = scan(&path).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|f| f.rule == "scan/structure" && f.severity == Severity::Note),
+        "{found:#?}"
+    );
+}
