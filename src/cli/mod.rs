@@ -6,6 +6,7 @@
 //! optional `hint: ...` line, all on stderr.
 
 mod inspect;
+mod scan;
 
 use std::fmt;
 use std::io::Write;
@@ -37,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Look for code, malformed structure and broken values before anything loads a model
+    Scan(scan::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Scan(args) => scan::run(args),
     }
 }
 

@@ -5,4 +5,5 @@ mod inspect;
 mod fixtures;
 mod gguf;
 mod formats_hf;
+mod scan;
 mod support;
