@@ -5,7 +5,11 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
+mod hash;
 mod inspect;
+mod keygen;
+mod sign;
+mod verify;
 
 use std::fmt;
 use std::io::Write;
@@ -37,6 +41,14 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Hash a model directory: per-file (or per-shard) sha256 and the root digest
+    Hash(hash::Args),
+    /// Create a signing key pair (ed25519 or P-256)
+    Keygen(keygen::Args),
+    /// Sign a model directory into `model.sig` (OpenSSF model signing bundle)
+    Sign(sign::Args),
+    /// Verify a model against its signature and report what changed
+    Verify(verify::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -67,6 +79,10 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Hash(args) => hash::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
@@ -95,6 +111,14 @@ pub fn hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow:
         error: error.into(),
         hint: hint.into(),
     })
+}
+
+/// A signing error with its hint attached, if it has one.
+fn sign_error(e: crate::sign::SignError) -> anyhow::Error {
+    match e.hint() {
+        Some(h) => hint(e, h),
+        None => e.into(),
+    }
 }
 
 fn print_error(e: &anyhow::Error) {
