@@ -139,7 +139,7 @@ pub fn parse_model_statement(payload: &[u8]) -> Result<SignedModel, StatementPro
         "shards" => {
             let shard_size = ser
                 .get("shard_size")
-                .and_then(Value::as_u64)
+                .and_then(whole_number)
                 .filter(|s| *s > 0)
                 .ok_or_else(|| unreadable("shard serialization has no positive `shard_size`"))?;
             Serialization::Shards { shard_size }
@@ -190,6 +190,17 @@ pub fn parse_model_statement(payload: &[u8]) -> Result<SignedModel, StatementPro
         ignore_paths,
         resources,
     })
+}
+
+/// A non-negative whole number. The reference tool stores the predicate as a protobuf
+/// `Struct`, whose numbers are doubles, so it writes `16384.0` for a shard size.
+fn whole_number(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    // Exact below 2^53; larger doubles may not be the integer that was meant.
+    (f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0).then_some(f as u64)
 }
 
 fn parse_resource(r: &Value, ser: Serialization) -> Result<Resource, String> {
@@ -297,6 +308,20 @@ mod tests {
             v["predicate"]["resources"][1]["algorithm"],
             "sha256-sharded-4"
         );
+    }
+
+    #[test]
+    fn shard_size_written_as_a_double_is_read() {
+        let mut v: Value =
+            serde_json::from_slice(&model_statement(&manifest(Serialization::Shards {
+                shard_size: 4,
+            })))
+            .unwrap();
+        v["predicate"]["serialization"]["shard_size"] = json!(4.0);
+        let s = parse_model_statement(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(s.serialization, Serialization::Shards { shard_size: 4 });
+        v["predicate"]["serialization"]["shard_size"] = json!(4.5);
+        assert!(parse_model_statement(&serde_json::to_vec(&v).unwrap()).is_err());
     }
 
     #[test]
