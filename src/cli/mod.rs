@@ -5,8 +5,12 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
+mod hash;
 mod inspect;
 mod scan;
+mod keygen;
+mod sign;
+mod verify;
 
 use std::fmt;
 use std::io::Write;
@@ -40,6 +44,14 @@ enum Command {
     Inspect(inspect::Args),
     /// Look for code, malformed structure and broken values before anything loads a model
     Scan(scan::Args),
+    /// Hash a model directory: per-file (or per-shard) sha256 and the root digest
+    Hash(hash::Args),
+    /// Create a signing key pair (ed25519 or P-256)
+    Keygen(keygen::Args),
+    /// Sign a model directory into `model.sig` (OpenSSF model signing bundle)
+    Sign(sign::Args),
+    /// Verify a model against its signature and report what changed
+    Verify(verify::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -71,6 +83,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Scan(args) => scan::run(args),
+        Command::Hash(args) => hash::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
@@ -99,6 +115,14 @@ pub fn hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow:
         error: error.into(),
         hint: hint.into(),
     })
+}
+
+/// A signing error with its hint attached, if it has one.
+fn sign_error(e: crate::sign::SignError) -> anyhow::Error {
+    match e.hint() {
+        Some(h) => hint(e, h),
+        None => e.into(),
+    }
 }
 
 fn print_error(e: &anyhow::Error) {

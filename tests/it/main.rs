@@ -6,4 +6,5 @@ mod fixtures;
 mod gguf;
 mod formats_hf;
 mod scan;
+mod sign;
 mod support;
