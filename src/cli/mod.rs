@@ -6,6 +6,8 @@
 //! optional `hint: ...` line, all on stderr.
 
 mod inspect;
+mod license;
+mod policy;
 
 use std::fmt;
 use std::io::Write;
@@ -37,6 +39,10 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Show the licences a model is under, its provenance and what adopting it obliges
+    License(license::Args),
+    /// Check a model against a policy file, or validate a policy file
+    Policy(policy::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -67,6 +73,8 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::License(args) => license::run(args),
+        Command::Policy(args) => policy::run(args),
     }
 }
 
