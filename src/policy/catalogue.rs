@@ -306,7 +306,7 @@ pub struct TextMatch {
 /// A score at or above this, with the markers present, identifies the licence.
 pub const MATCH_THRESHOLD: f64 = 0.80;
 /// Below this, a matched text is reported as edited.
-pub const EXACT_THRESHOLD: f64 = 0.98;
+pub const EXACT_THRESHOLD: f64 = 0.995;
 
 /// The licence catalogue.
 pub struct Catalogue {
@@ -482,6 +482,7 @@ const LICENCE_FILES: &[(&str, &str)] = &[
 ];
 
 const TEXT_FILES: &[(&str, &str)] = &[
+    ("texts/apache-2.0.txt", include_str!("../../policies/licenses/texts/apache-2.0.txt")),
     ("texts/bigcode-openrail-m.txt", include_str!("../../policies/licenses/texts/bigcode-openrail-m.txt")),
     ("texts/bigscience-openrail-m.txt", include_str!("../../policies/licenses/texts/bigscience-openrail-m.txt")),
     ("texts/bsd-3-clause.txt", include_str!("../../policies/licenses/texts/bsd-3-clause.txt")),

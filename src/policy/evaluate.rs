@@ -474,3 +474,280 @@ pub fn evaluate(
         documents,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::formats::hf::{LicenceFile, ModelCard};
+    use crate::finding::Verdict;
+    use crate::formats::{MetaValue, ModelParams};
+    use crate::policy::{assess, facts, file, Catalogues};
+
+    const MIT: &str = include_str!("../../policies/licenses/texts/mit.txt");
+    const COMMERCIAL: &str = include_str!("../../policies/commercial.yaml");
+    const RESEARCH: &str = include_str!("../../policies/research.yaml");
+    const REGULATED: &str = include_str!("../../policies/regulated.yaml");
+
+    fn card(pairs: &[(&str, serde_json::Value)]) -> ModelCard {
+        let mut fm = serde_json::Map::new();
+        let mut lines = BTreeMap::new();
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            fm.insert((*k).to_owned(), v.clone());
+            lines.insert((*k).to_owned(), i as u64 + 2);
+        }
+        ModelCard {
+            path: PathBuf::from("README.md"),
+            front_matter: fm,
+            key_lines: lines,
+            body: String::new(),
+        }
+    }
+
+    fn llama31_params() -> ModelParams {
+        ModelParams {
+            architecture: Some("llama".into()),
+            vocab_size: Some(128256),
+            rope_theta: Some(500000.0),
+            embedding_length: Some(4096),
+            ..Default::default()
+        }
+    }
+
+    fn r1_distill() -> ModelFacts {
+        ModelFacts {
+            subject: "DeepSeek-R1-Distill-Llama-8B".into(),
+            file_name: Some("DeepSeek-R1-Distill-Llama-8B".into()),
+            card: Some(card(&[
+                ("license", "mit".into()),
+                ("library_name", "transformers".into()),
+                ("base_model", "meta-llama/Llama-3.1-8B".into()),
+            ])),
+            licence_files: vec![LicenceFile {
+                path: "LICENSE".into(),
+                text: format!("MIT License\n\nCopyright (c) 2023 DeepSeek\n\n{MIT}"),
+            }],
+            weights_file: Some("model.safetensors".into()),
+            weight_format: Some(WeightFormat::Safetensors),
+            params: llama31_params(),
+            config: Some(serde_json::json!({"vocab_size": 128256})),
+            ..Default::default()
+        }
+    }
+
+    fn smollm2_like() -> ModelFacts {
+        ModelFacts {
+            subject: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            file_name: Some("SmolLM2-135M-Instruct.Q4_1".into()),
+            weights_file: Some("SmolLM2-135M-Instruct.Q4_1.gguf".into()),
+            weight_format: Some(WeightFormat::Gguf),
+            metadata: vec![
+                ("general.architecture".into(), MetaValue::String("llama".into())),
+                ("general.name".into(), MetaValue::String("Smollm2 135M 8k Lc100K Mix1 Ep2".into())),
+                ("general.organization".into(), MetaValue::String("HuggingFaceTB".into())),
+                ("general.license".into(), MetaValue::String("apache-2.0".into())),
+            ],
+            params: ModelParams {
+                architecture: Some("llama".into()),
+                vocab_size: Some(49152),
+                rope_theta: Some(100000.0),
+                embedding_length: Some(576),
+                ..Default::default()
+            },
+            tensor_types: vec![("F32".into(), 61), ("Q4_1".into(), 210), ("Q8_0".into(), 1)],
+            ..Default::default()
+        }
+    }
+
+    fn policy(text: &str) -> Policy {
+        Policy {
+            path: PathBuf::from("policy.yaml"),
+            file: file::parse(Path::new("policy.yaml"), text).unwrap(),
+            digest: crate::types::Sha256Digest::of(text.as_bytes()),
+        }
+    }
+
+    fn run(facts: &ModelFacts, text: &str, today: &str) -> Outcome {
+        let c = Catalogues::builtin().unwrap();
+        let a = assess::assess(facts, &c.licences, &c.families);
+        evaluate(facts, a, &policy(text), &c.licences, Date::parse(today).unwrap())
+    }
+
+    fn rules_of(f: &[Finding]) -> Vec<(&str, Severity)> {
+        f.iter().map(|f| (f.rule.as_str(), f.severity)).collect()
+    }
+
+    #[test]
+    fn r1_distill_fails_commercial_lineage_with_llama_obligations() {
+        let o = run(&r1_distill(), COMMERCIAL, "2026-01-01");
+        assert_eq!(o.assessment.licences, ["mit"]);
+        assert_eq!(o.assessment.inherited[0].licence, "llama3.1");
+        let lineage = o.findings.iter().find(|f| f.rule == rules::LINEAGE).unwrap();
+        assert_eq!(lineage.severity, Severity::Error);
+        assert!(lineage.message.contains("meta-llama/Llama-3.1-8B"), "{}", lineage.message);
+        assert!(lineage.message.contains("\"Llama\""), "{}", lineage.message);
+        assert_eq!(lineage.evidence[0].path, PathBuf::from("README.md"));
+        assert_eq!(lineage.evidence[0].key.as_deref(), Some("base_model"));
+        let naming = o.findings.iter().find(|f| f.rule == rules::NAMING).unwrap();
+        assert!(naming.message.contains("does not begin with \"Llama\""));
+        assert_eq!(Verdict::from_findings(&o.findings), Verdict::Fail);
+        let llama: Vec<_> = o.obligations.iter().filter(|x| x.licence == "llama3.1").collect();
+        assert!(llama.iter().any(|x| x.topic == assess::Topic::Naming && x.text == ["Llama"]));
+        assert!(llama.iter().any(|x| x.topic == assess::Topic::Attribution
+            && x.text.iter().any(|t| t == "Built with Llama")));
+        assert!(llama.iter().all(|x| x.source.contains("meta-llama/Llama-3.1-8B")));
+        assert!(o.documents.iter().any(|d| d.contains("Llama 3.1 Community License")));
+    }
+
+    #[test]
+    fn llama3_dimensions_without_a_base_are_an_undeclared_derivative() {
+        let mut f = r1_distill();
+        f.file_name = Some("acme-chat-8b".into());
+        f.card = Some(card(&[("license", "apache-2.0".into())]));
+        f.licence_files.clear();
+        let o = run(&f, COMMERCIAL, "2026-01-01");
+        let u = o.findings.iter().find(|x| x.rule == rules::UNDECLARED_DERIVATIVE).unwrap();
+        assert_eq!(u.severity, Severity::Error, "commercial requires a declared base");
+        assert!(u.message.contains("Llama 3"), "{}", u.message);
+        assert!(u.message.contains("vocab 128256") && u.message.contains("rope theta 500000"));
+        assert_eq!(u.evidence[0].path, PathBuf::from("config.json"));
+        assert!(o.findings.iter().any(|x| x.rule == rules::LINEAGE));
+        // research policy: a warning only
+        let o = run(&f, RESEARCH, "2026-01-01");
+        let u = o.findings.iter().find(|x| x.rule == rules::UNDECLARED_DERIVATIVE).unwrap();
+        assert_eq!(u.severity, Severity::Warning);
+    }
+
+    #[test]
+    fn smollm2_passes_commercial_with_apache_obligations() {
+        let o = run(&smollm2_like(), COMMERCIAL, "2026-01-01");
+        assert!(o.findings.is_empty(), "{:#?}", o.findings);
+        assert_eq!(o.assessment.licences, ["apache-2.0"]);
+        assert!(o.assessment.provenance.family_original);
+        let topics: Vec<_> = o.obligations.iter().map(|x| (x.licence.as_str(), x.topic)).collect();
+        assert!(topics.contains(&("apache-2.0", assess::Topic::Attribution)));
+        assert!(topics.contains(&("apache-2.0", assess::Topic::Redistribution)));
+        assert!(o.documents.iter().any(|d| d.contains("Apache License 2.0")));
+        // regulated: Q4_1 is not near-lossless enough
+        let o = run(&smollm2_like(), REGULATED, "2026-01-01");
+        let q: Vec<_> = o.findings.iter().filter(|x| x.rule == rules::QUANT_TYPE).collect();
+        assert_eq!(q.len(), 1, "{:#?}", o.findings);
+        assert!(q[0].message.contains("Q4_1"));
+    }
+
+    #[test]
+    fn non_commercial_licence_fails_commercial_and_passes_research() {
+        let mut f = smollm2_like();
+        f.metadata.retain(|(k, _)| k != "general.license");
+        f.metadata.push(("general.license".into(), MetaValue::String("cc-by-nc-4.0".into())));
+        let o = run(&f, COMMERCIAL, "2026-01-01");
+        assert_eq!(
+            rules_of(&o.findings),
+            [(rules::COMMERCIAL, Severity::Error), (rules::DENIED, Severity::Error)]
+        );
+        let o = run(&f, RESEARCH, "2026-01-01");
+        assert!(o.findings.is_empty(), "{:#?}", o.findings);
+    }
+
+    const WAIVERS: &str = "name: w
+intended_use: {commercial: true, distribution: redistribute}
+rules: {policy/naming: error}
+waivers:
+  - rule: policy/lineage
+    name: \"DeepSeek-R1-Distill-*\"
+    reason: reviewed
+    approver: legal
+    expires: 2026-06-30
+  - rule: policy/naming
+    name: \"DeepSeek-R1-Distill-*\"
+    reason: rename planned
+    approver: legal
+    expires: 2026-06-14
+  - rule: policy/lineage
+    name: \"acme-*\"
+    reason: another model
+    approver: legal
+    expires: 2030-01-01
+";
+
+    #[test]
+    fn waivers_suppress_their_rule_for_their_target_until_expiry() {
+        let o = run(&r1_distill(), WAIVERS, "2026-06-15");
+        // lineage waived, listed separately
+        assert_eq!(rules_of(&o.waived), [(rules::LINEAGE, Severity::Error)]);
+        assert!(o.waived[0].hint.as_deref().unwrap().contains("until 2026-06-30"));
+        assert!(!o.findings.iter().any(|f| f.rule == rules::LINEAGE));
+        // naming waiver expired yesterday: the finding stands and the expiry is reported
+        assert!(o.findings.iter().any(|f| f.rule == rules::NAMING && f.severity == Severity::Error));
+        let exp = o.findings.iter().find(|f| f.rule == rules::WAIVER_EXPIRED).unwrap();
+        assert!(exp.message.contains("expired on 2026-06-14"));
+        assert_eq!(exp.evidence[0].line, Some(10));
+        let states: Vec<&str> = o.waivers.iter().map(|w| w.state).collect();
+        assert_eq!(states, ["applied", "expired", "other-model"]);
+        // on its last day the naming waiver still applies
+        let o = run(&r1_distill(), WAIVERS, "2026-06-14");
+        assert!(!o.findings.iter().any(|f| f.rule == rules::NAMING));
+        assert_eq!(o.waived.len(), 2);
+        // after both expire, nothing is waived
+        let o = run(&r1_distill(), WAIVERS, "2026-07-01");
+        assert!(o.waived.is_empty());
+        assert_eq!(o.findings.iter().filter(|f| f.rule == rules::WAIVER_EXPIRED).count(), 2);
+        // another model's lineage finding is untouched by the R1 waivers
+        let mut acme = r1_distill();
+        acme.file_name = Some("other-model".into());
+        let o = run(&acme, WAIVERS, "2026-06-15");
+        assert!(o.waived.is_empty());
+        assert!(o.findings.iter().any(|f| f.rule == rules::LINEAGE));
+    }
+
+    #[test]
+    fn digest_waivers_match_the_model_or_weight_digest_only() {
+        let mut f = r1_distill();
+        let d = crate::types::Sha256Digest::of(b"weights");
+        f.digests = vec![
+            facts::FileDigest { path: "model.safetensors".into(), sha256: d },
+            facts::FileDigest { path: "README.md".into(), sha256: crate::types::Sha256Digest::of(b"card") },
+        ];
+        let pol = |digest: &str| {
+            format!("name: d\nintended_use: {{commercial: true, distribution: redistribute}}\nwaivers:\n  - rule: policy/lineage\n    digest: sha256:{digest}\n    reason: r\n    approver: a\n    expires: 2030-01-01\n")
+        };
+        let o = run(&f, &pol(&d.to_hex()), "2026-01-01");
+        assert_eq!(o.waived.len(), 1);
+        let card = crate::types::Sha256Digest::of(b"card").to_hex();
+        let o = run(&f, &pol(&card), "2026-01-01");
+        assert!(o.waived.is_empty(), "a card digest does not identify the model");
+    }
+
+    #[test]
+    fn severity_overrides_and_off() {
+        let text = "name: s\nintended_use: {commercial: true, distribution: internal}\nrules:\n  policy/lineage: note\n  policy/naming: off\n";
+        let o = run(&r1_distill(), text, "2026-01-01");
+        assert!(o.findings.iter().any(|f| f.rule == rules::LINEAGE && f.severity == Severity::Note));
+        assert!(!o.findings.iter().any(|f| f.rule == rules::NAMING));
+    }
+
+    #[test]
+    fn intended_use_selects_obligations() {
+        let c = Catalogues::builtin().unwrap();
+        let l = c.licences.get("llama3.1").unwrap();
+        let internal = assess::UseScope {
+            commercial: Some(false),
+            distribution: Some(Distribution::Internal),
+            outputs_train_models: Some(false),
+            regions: vec![],
+        };
+        let topics: Vec<_> = assess::obligations(l, "declared", &internal).iter().map(|o| o.topic).collect();
+        assert_eq!(topics, [assess::Topic::UseRestrictions]);
+        let all: Vec<_> = assess::obligations(l, "declared", &assess::UseScope::default()).iter().map(|o| o.topic).collect();
+        assert!(all.contains(&assess::Topic::Naming) && all.contains(&assess::Topic::Commercial));
+    }
+
+    #[test]
+    fn shipped_policies_parse() {
+        for t in [COMMERCIAL, RESEARCH, REGULATED] {
+            policy(t);
+        }
+    }
+}

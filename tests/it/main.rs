@@ -2,5 +2,6 @@
 //! fixtures, hostile files and the real SmolLM2 checkpoint. One module per area.
 
 mod inspect;
+mod policy;
 mod fixtures;
 mod support;
