@@ -11,6 +11,8 @@ mod scan;
 mod keygen;
 mod sign;
 mod verify;
+mod license;
+mod policy;
 
 use std::fmt;
 use std::io::Write;
@@ -52,6 +54,10 @@ enum Command {
     Sign(sign::Args),
     /// Verify a model against its signature and report what changed
     Verify(verify::Args),
+    /// Show the licences a model is under, its provenance and what adopting it obliges
+    License(license::Args),
+    /// Check a model against a policy file, or validate a policy file
+    Policy(policy::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Keygen(args) => keygen::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::License(args) => license::run(args),
+        Command::Policy(args) => policy::run(args),
     }
 }
 

@@ -2,6 +2,7 @@
 //! fixtures, hostile files and the real SmolLM2 checkpoint. One module per area.
 
 mod inspect;
+mod policy;
 mod fixtures;
 mod gguf;
 mod formats_hf;
