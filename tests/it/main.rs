@@ -8,4 +8,5 @@ mod gguf;
 mod formats_hf;
 mod scan;
 mod sign;
+mod quant;
 mod support;
