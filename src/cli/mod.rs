@@ -5,7 +5,9 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
+mod generate;
 mod inspect;
+mod logits;
 
 use std::fmt;
 use std::io::Write;
@@ -37,6 +39,10 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Continue a prompt with the reference engine (greedy unless --temperature)
+    Generate(generate::Args),
+    /// List the most likely next tokens after a prompt
+    Logits(logits::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -67,6 +73,8 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::formats::{Checkpoint, FormatError};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use generate::{generate, Generation, GenerationConfig, StopReason};
 pub use model::{Logits, Math, Model};
-pub use sampling::Sampler;
+pub use sampling::{top_k, Sampler, Scored};
 pub use tokenizer::TextTokenizer;
 pub use weights::{Naming, RawTensor, WeightSource};
 

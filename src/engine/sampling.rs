@@ -76,6 +76,47 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
+/// One entry of a top-k list.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Scored {
+    pub id: u32,
+    pub logit: f32,
+    /// Natural-log probability under the softmax of all logits.
+    pub logprob: f64,
+}
+
+/// The `k` highest logits, best first (ties by lower id), with their log-probabilities.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<Scored> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = f64::from(max)
+        + logits
+            .iter()
+            .map(|&l| f64::from(l - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let k = k.min(order.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    order.select_nth_unstable_by(k - 1, by_logit);
+    order.truncate(k);
+    order.sort_by(by_logit);
+    order
+        .into_iter()
+        .map(|id| Scored {
+            id,
+            logit: logits[id as usize],
+            logprob: f64::from(logits[id as usize]) - lse,
+        })
+        .collect()
+}
+
 /// SplitMix64 (Steele, Lea and Flood, 2014): tiny, fast, and fixed forever.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(pub u64);
@@ -105,6 +146,18 @@ mod tests {
         assert_eq!(s.pick(&[0.1, 3.0, 3.0, -1.0]).unwrap(), 1);
         assert!(s.pick(&[f32::NAN]).is_err());
         assert!(Sampler::new(-1.0, 0).is_err());
+    }
+
+    #[test]
+    fn top_k_orders_and_normalises() {
+        let t = top_k(&[1.0, 3.0, 2.0, 3.0], 3);
+        assert_eq!(t.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 3, 2]);
+        let total: f64 = top_k(&[1.0, 3.0, 2.0, 3.0], 10)
+            .iter()
+            .map(|s| s.logprob.exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert!(top_k(&[1.0], 0).is_empty());
     }
 
     #[test]

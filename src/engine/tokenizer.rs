@@ -238,9 +238,11 @@ impl TextTokenizer {
                 let tok = spm_tokenizer(&tokens, &scores, unk_text, space_prefix)?;
                 (tok, true, "GGUF llama (SentencePiece)".to_string())
             }
-            other => return Err(EngineError::Unsupported(format!(
+            other => {
+                return Err(EngineError::Unsupported(format!(
                 "GGUF tokenizer model `{other}` (the engine rebuilds gpt2 and llama vocabularies)"
-            ))),
+            )))
+            }
         };
         // Control and user-defined tokens are matched whole in the input (as transformers and
         // llama.cpp do), so a chat template's `<|im_start|>` becomes one token.

@@ -109,3 +109,141 @@ fn oracles_scratch() {
         assert!(max_delta(name) <= 1e-4, "{name}");
     }
 }
+
+// ---- scratch GGUF source (until the formats reader lands) ----
+use candle_core::quantized::gguf_file;
+use modelgate::engine::TextTokenizer;
+use modelgate::formats::gguf::ValueType;
+use modelgate::formats::{GgmlType, MetaValue};
+
+struct GgufMem {
+    bytes: Vec<u8>,
+    infos: HashMap<String, (DType, Vec<usize>, usize, usize)>,
+}
+
+impl WeightSource for GgufMem {
+    fn naming(&self) -> Naming {
+        Naming::Gguf
+    }
+    fn tensor(&self, name: &str) -> Result<Option<RawTensor<'_>>, EngineError> {
+        Ok(self.infos.get(name).map(|(dt, shape, off, len)| RawTensor {
+            name: name.into(),
+            dtype: *dt,
+            shape: shape.clone(),
+            data: Cow::Borrowed(&self.bytes[*off..off + len]),
+        }))
+    }
+}
+
+fn meta(v: &gguf_file::Value) -> MetaValue {
+    use gguf_file::Value as V;
+    match v {
+        V::U8(x) => MetaValue::U8(*x),
+        V::I8(x) => MetaValue::I8(*x),
+        V::U16(x) => MetaValue::U16(*x),
+        V::I16(x) => MetaValue::I16(*x),
+        V::U32(x) => MetaValue::U32(*x),
+        V::I32(x) => MetaValue::I32(*x),
+        V::U64(x) => MetaValue::U64(*x),
+        V::I64(x) => MetaValue::I64(*x),
+        V::F32(x) => MetaValue::F32(*x),
+        V::F64(x) => MetaValue::F64(*x),
+        V::Bool(x) => MetaValue::Bool(*x),
+        V::String(x) => MetaValue::String(x.clone()),
+        V::Array(items) => MetaValue::Array {
+            elem: ValueType::String,
+            items: items.iter().map(meta).collect(),
+        },
+    }
+}
+
+fn smollm2_scratch() -> (GgufMem, Vec<(String, MetaValue)>, ModelParams) {
+    let path = crate::support::smollm2();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut infos = HashMap::new();
+    for (name, ti) in &c.tensor_infos {
+        let id = match format!("{:?}", ti.ggml_dtype).as_str() {
+            "F32" => 0,
+            "Q4_1" => 3,
+            "Q8_0" => 8,
+            other => panic!("{other}"),
+        };
+        let dt = DType::from_ggml(GgmlType::from_id(id));
+        let n: u64 = ti.shape.elem_count() as u64;
+        let len = dt.bytes_for(n).unwrap() as usize;
+        let off = (c.tensor_data_offset + ti.offset) as usize;
+        infos.insert(name.clone(), (dt, ti.shape.dims().to_vec(), off, len));
+    }
+    let md: Vec<(String, MetaValue)> = c
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), meta(v)))
+        .collect();
+    let u = |k: &str| {
+        c.metadata
+            .get(k)
+            .and_then(|v| v.to_u32().ok())
+            .map(u64::from)
+    };
+    let p = ModelParams {
+        architecture: Some("llama".into()),
+        block_count: u("llama.block_count"),
+        context_length: u("llama.context_length"),
+        embedding_length: u("llama.embedding_length"),
+        feed_forward_length: u("llama.feed_forward_length"),
+        head_count: u("llama.attention.head_count"),
+        head_count_kv: u("llama.attention.head_count_kv"),
+        head_dim: None,
+        vocab_size: u("llama.vocab_size"),
+        rope_theta: Some(100000.0),
+        rms_norm_eps: Some(1e-5),
+        tie_word_embeddings: None,
+    };
+    (GgufMem { bytes, infos }, md, p)
+}
+
+#[test]
+fn smollm2_scratch_greedy() {
+    let (src, md, p) = smollm2_scratch();
+    let tok = TextTokenizer::from_gguf(&md).unwrap();
+    assert_eq!(
+        tok.encode("The capital of France is").unwrap(),
+        vec![504, 3575, 282, 4649, 314]
+    );
+    assert_eq!(
+        tok.encode("def fibonacci(n):").unwrap(),
+        vec![1604, 3987, 46477, 24, 94, 727]
+    );
+    for math in [Math::Reference, Math::Native] {
+        let cfg = ModelConfig::new(&p, None, &md).unwrap();
+        let mut model = Model::load(&src, cfg, math, &Device::Cpu).unwrap();
+        for prompt in [
+            vec![504u32, 3575, 282, 4649, 314],
+            vec![1604, 3987, 46477, 24, 94, 727],
+        ] {
+            let mut s = modelgate::engine::Sampler::new(0.0, 0).unwrap();
+            let g = modelgate::engine::generate(
+                &mut model,
+                &prompt,
+                &modelgate::engine::GenerationConfig {
+                    max_tokens: 32,
+                    stop: tok.eos().to_vec(),
+                },
+                &mut s,
+            )
+            .unwrap();
+            eprintln!(
+                "{math:?}: {:?} stop {:?} {:?} prompt {:?} gen {:?}/{}",
+                g.tokens,
+                g.stop_token,
+                g.reason,
+                g.prompt_time,
+                g.generation_time,
+                g.generation_steps
+            );
+            eprintln!("{:?}", tok.decode(&g.tokens).unwrap());
+        }
+    }
+}
