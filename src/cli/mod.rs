@@ -13,6 +13,8 @@ mod sign;
 mod verify;
 mod license;
 mod policy;
+mod generate;
+mod logits;
 
 use std::fmt;
 use std::io::Write;
@@ -58,6 +60,10 @@ enum Command {
     License(license::Args),
     /// Check a model against a policy file, or validate a policy file
     Policy(policy::Args),
+    /// Continue a prompt with the reference engine (greedy unless --temperature)
+    Generate(generate::Args),
+    /// List the most likely next tokens after a prompt
+    Logits(logits::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -95,6 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => verify::run(args),
         Command::License(args) => license::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
     }
 }
 

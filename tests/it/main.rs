@@ -9,4 +9,5 @@ mod formats_hf;
 mod scan;
 mod sign;
 mod quant;
+mod engine;
 mod support;
