@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::formats::{
-    bytes_per_dtype, Checkpoint, FileEntry, Layout, MetaValue, ModelParams, TokenizerSummary, WeightFormat,
+    bytes_per_dtype, Checkpoint, FileEntry, Layout, MetaValue, ModelParams, TokenizerSummary,
+    WeightFormat,
 };
 
 /// Version of the JSON layout; bumped on any incompatible change.
@@ -82,10 +83,18 @@ pub struct TensorRow {
 /// Card keys that declare a licence.
 const CARD_LICENCE_KEYS: &[&str] = &["license", "license_name", "license_link"];
 /// Card keys that say where a model came from.
-const CARD_PROVENANCE_KEYS: &[&str] = &["base_model", "base_model_relation", "datasets", "model_creator", "model_name"];
+const CARD_PROVENANCE_KEYS: &[&str] = &[
+    "base_model",
+    "base_model_relation",
+    "datasets",
+    "model_creator",
+    "model_name",
+];
 
 fn is_licence_key(key: &str) -> bool {
-    key == "general.license" || key.starts_with("general.license.") || key.to_ascii_lowercase().contains("license")
+    key == "general.license"
+        || key.starts_with("general.license.")
+        || key.to_ascii_lowercase().contains("license")
 }
 
 fn is_provenance_key(key: &str) -> bool {
@@ -94,7 +103,11 @@ fn is_provenance_key(key: &str) -> bool {
         || key.starts_with("general.dataset")
         || matches!(
             key,
-            "general.url" | "general.repo_url" | "general.author" | "general.organization" | "general.quantized_by"
+            "general.url"
+                | "general.repo_url"
+                | "general.author"
+                | "general.organization"
+                | "general.quantized_by"
         )
 }
 
@@ -119,7 +132,10 @@ pub fn summarise(ckpt: &Checkpoint, with_tensors: bool) -> Summary {
     for (key, value) in &w.metadata {
         let keep = match w.format {
             WeightFormat::Gguf => {
-                key.starts_with("general.") || arch.as_deref().is_some_and(|a| key.starts_with(&format!("{a}.")))
+                key.starts_with("general.")
+                    || arch
+                        .as_deref()
+                        .is_some_and(|a| key.starts_with(&format!("{a}.")))
             }
             _ => true,
         };
@@ -159,12 +175,20 @@ pub fn summarise(ckpt: &Checkpoint, with_tensors: bool) -> Summary {
                 }
             }
         }
-        licence_files = dir.licence_files.iter().map(|f| f.path.display().to_string()).collect();
+        licence_files = dir
+            .licence_files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
     }
 
     let dtypes = bytes_per_dtype(&w.tensors)
         .into_iter()
-        .map(|(dtype, (tensors, bytes))| DtypeBytes { dtype, tensors, bytes })
+        .map(|(dtype, (tensors, bytes))| DtypeBytes {
+            dtype,
+            tensors,
+            bytes,
+        })
         .collect();
     let tensors = with_tensors.then(|| {
         w.tensors
@@ -237,7 +261,10 @@ fn relative(ckpt: &Checkpoint, file: &std::path::Path) -> String {
         Layout::Directory => ckpt.path.as_path(),
         Layout::File => ckpt.path.parent().unwrap_or(std::path::Path::new("")),
     };
-    file.strip_prefix(root).unwrap_or(file).display().to_string()
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .display()
+        .to_string()
 }
 
 /// Thousands separators for counts people read.

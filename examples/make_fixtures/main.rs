@@ -19,22 +19,17 @@ mod models;
 mod text;
 mod tokenizer;
 
-// ---- hostile fixtures --------------------------------------------------------------------
-// The lead adds the hostile-file writers here when merging their branches:
-//     mod hostile_gguf;        // writes <out>/hostile/gguf
-//     mod hostile_safetensors; // writes <out>/hostile/safetensors
-//     mod hostile_pickle;      // writes <out>/pickle
-// and calls them in `generate` below (each is `pub fn write_all(dir: &Path) -> io::Result<()>`).
-// -------------------------------------------------------------------------------------------
+mod hostile_gguf;
+mod hostile_pickle;
+mod hostile_safetensors;
 
 /// Write every fixture under `out`.
 fn generate(out: &std::path::Path) -> std::io::Result<()> {
     models::write_all(&out.join("models"))?;
     text::write_all(&out.join("text"))?;
-    // ---- hostile fixtures: calls go here ----
-    //     hostile_gguf::write_all(&out.join("hostile/gguf"))?;
-    //     hostile_safetensors::write_all(&out.join("hostile/safetensors"))?;
-    //     hostile_pickle::write_all(&out.join("pickle"))?;
+    hostile_gguf::write_all(&out.join("hostile/gguf"))?;
+    hostile_safetensors::write_all(&out.join("hostile/safetensors"))?;
+    hostile_pickle::write_all(&out.join("pickle"))?;
     Ok(())
 }
 

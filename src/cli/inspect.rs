@@ -57,13 +57,23 @@ pub fn render_text(s: &Summary) -> String {
     if let Some(g) = &s.gguf {
         line(
             "gguf",
-            format!("version {}, alignment {}, {} metadata keys", g.version, g.alignment, g.metadata_keys),
+            format!(
+                "version {}, alignment {}, {} metadata keys",
+                g.version, g.alignment, g.metadata_keys
+            ),
         );
     }
-    line("architecture", s.architecture.clone().unwrap_or_else(|| "unknown".into()));
+    line(
+        "architecture",
+        s.architecture.clone().unwrap_or_else(|| "unknown".into()),
+    );
     line(
         "parameters",
-        format!("{} in {} tensors", group_digits(s.parameters), s.tensor_count),
+        format!(
+            "{} in {} tensors",
+            group_digits(s.parameters),
+            s.tensor_count
+        ),
     );
     let p = &s.params;
     let mut hp = Vec::new();
@@ -77,41 +87,61 @@ pub fn render_text(s: &Summary) -> String {
     push("ffn", p.feed_forward_length.map(|v| v.to_string()));
     push(
         "heads",
-        p.head_count
-            .map(|h| format!("{h} / {} kv", p.head_count_kv.map_or("?".into(), |k| k.to_string()))),
+        p.head_count.map(|h| {
+            format!(
+                "{h} / {} kv",
+                p.head_count_kv.map_or("?".into(), |k| k.to_string())
+            )
+        }),
     );
     push("head dim", p.head_dim.map(|v| v.to_string()));
     push("context", p.context_length.map(|v| v.to_string()));
     push("vocab", p.vocab_size.map(|v| v.to_string()));
     push("rope theta", p.rope_theta.map(|v| v.to_string()));
     push("rms eps", p.rms_norm_eps.map(|v| format!("{v:e}")));
-    push("tied embeddings", p.tie_word_embeddings.map(|v| v.to_string()));
+    push(
+        "tied embeddings",
+        p.tie_word_embeddings.map(|v| v.to_string()),
+    );
     if !hp.is_empty() {
         line("hyper-params", hp.join(", "));
     }
     match &s.tokenizer {
         Some(t) => {
-            let special = [("bos", &t.bos), ("eos", &t.eos), ("unk", &t.unk), ("pad", &t.pad)]
-                .iter()
-                .filter_map(|(n, tok)| {
-                    tok.as_ref().map(|tok| match &tok.text {
-                        Some(text) => format!("{n} {} `{text}`", tok.id),
-                        None => format!("{n} {}", tok.id),
-                    })
+            let special = [
+                ("bos", &t.bos),
+                ("eos", &t.eos),
+                ("unk", &t.unk),
+                ("pad", &t.pad),
+            ]
+            .iter()
+            .filter_map(|(n, tok)| {
+                tok.as_ref().map(|tok| match &tok.text {
+                    Some(text) => format!("{n} {} `{text}`", tok.id),
+                    None => format!("{n} {}", tok.id),
                 })
-                .collect::<Vec<_>>();
+            })
+            .collect::<Vec<_>>();
             let mut v = format!("{}", t.model);
             if let Some(pre) = &t.pre {
                 v.push_str(&format!(" (pre-tokenizer {pre})"));
             }
-            v.push_str(&format!(", {} tokens, {} merges", group_digits(t.vocab_size), group_digits(t.merges)));
+            v.push_str(&format!(
+                ", {} tokens, {} merges",
+                group_digits(t.vocab_size),
+                group_digits(t.merges)
+            ));
             if !special.is_empty() {
                 v.push_str(&format!(", {}", special.join(", ")));
             }
             if let Some(b) = t.add_bos {
                 v.push_str(&format!(", add bos {b}"));
             }
-            v.push_str(if t.chat_template { ", chat template" } else { ", no chat template" });
+            v.push_str(if t.chat_template {
+                ", chat template"
+            } else {
+                ", no chat template"
+            });
             line("tokenizer", v);
         }
         None => line("tokenizer", "none found".into()),
@@ -130,7 +160,13 @@ pub fn render_text(s: &Summary) -> String {
     }
     let _ = writeln!(o, "  dtypes:");
     for d in &s.dtypes {
-        let _ = writeln!(o, "    {:<10} {:>6} tensors {:>12}", d.dtype, d.tensors, human_bytes(d.bytes));
+        let _ = writeln!(
+            o,
+            "    {:<10} {:>6} tensors {:>12}",
+            d.dtype,
+            d.tensors,
+            human_bytes(d.bytes)
+        );
     }
     if !s.metadata.is_empty() {
         let _ = writeln!(o, "  metadata:");
@@ -145,8 +181,20 @@ pub fn render_text(s: &Summary) -> String {
     if let Some(tensors) = &s.tensors {
         let _ = writeln!(o, "  tensors:");
         for t in tensors {
-            let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
-            let _ = writeln!(o, "    {:<48} {:<8} {:<16} {:>12}", t.name, t.dtype, shape, group_digits(t.bytes));
+            let shape = t
+                .shape
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" x ");
+            let _ = writeln!(
+                o,
+                "    {:<48} {:<8} {:<16} {:>12}",
+                t.name,
+                t.dtype,
+                shape,
+                group_digits(t.bytes)
+            );
         }
     }
     o

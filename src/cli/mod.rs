@@ -5,16 +5,16 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
+mod generate;
 mod hash;
 mod inspect;
-mod scan;
 mod keygen;
+mod license;
+mod logits;
+mod policy;
+mod scan;
 mod sign;
 mod verify;
-mod license;
-mod policy;
-mod generate;
-mod logits;
 
 use std::fmt;
 use std::io::Write;

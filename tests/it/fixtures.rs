@@ -18,6 +18,15 @@ use crate::support::{fixture, repo};
 // The generator's modules, compiled here exactly as the example compiles them. Not every item
 // the example's `main` uses is used by these tests.
 #[allow(dead_code)]
+#[path = "../../examples/make_fixtures/hostile_gguf.rs"]
+mod hostile_gguf;
+#[allow(dead_code)]
+#[path = "../../examples/make_fixtures/hostile_pickle.rs"]
+mod hostile_pickle;
+#[allow(dead_code)]
+#[path = "../../examples/make_fixtures/hostile_safetensors.rs"]
+mod hostile_safetensors;
+#[allow(dead_code)]
 #[path = "../../examples/make_fixtures/models.rs"]
 mod models;
 #[allow(dead_code)]
@@ -57,7 +66,11 @@ fn committed_fixtures_are_exactly_the_generators_output() {
     let tmp = tempfile::tempdir().expect("temp dir");
     models::write_all(&tmp.path().join("models")).expect("generate models");
     text::write_all(&tmp.path().join("text")).expect("generate text");
-    for sub in ["models", "text"] {
+    hostile_gguf::write_all(&tmp.path().join("hostile/gguf")).expect("generate hostile gguf");
+    hostile_safetensors::write_all(&tmp.path().join("hostile/safetensors"))
+        .expect("generate hostile safetensors");
+    hostile_pickle::write_all(&tmp.path().join("pickle")).expect("generate pickles");
+    for sub in ["models", "text", "hostile", "pickle"] {
         let fresh = tmp.path().join(sub);
         let committed = fixture(sub);
         let names = files(&fresh);

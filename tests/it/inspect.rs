@@ -21,11 +21,19 @@ fn inspect_json(path: &Path, extra: &[&str]) -> Value {
 }
 
 fn validate(v: &Value) {
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("schemas/inspect.schema.json")).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/inspect.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "inspect JSON does not match its schema: {errors:#?}");
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "inspect JSON does not match its schema: {errors:#?}"
+    );
 }
 
 #[test]
@@ -59,7 +67,12 @@ fn smollm2_facts() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["dtype"].as_str().unwrap().to_owned(), d["tensors"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["dtype"].as_str().unwrap().to_owned(),
+                d["tensors"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         dtypes,
@@ -69,7 +82,12 @@ fn smollm2_facts() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["key"].as_str().unwrap(), d["value"].as_str().unwrap_or("")))
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap(),
+                d["value"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(licence, vec![("general.license", "apache-2.0")]);
     assert_eq!(v["metadata"]["general.architecture"], "llama");
@@ -105,9 +123,24 @@ fn smollm2_text_summary_reads_well() {
 
 /// Declared facts of each fixture directory: (dir, architecture, licence, base model).
 const FIXTURE_MODELS: &[(&str, &str, &str, &str)] = &[
-    ("tiny-llama", "llama", "apache-2.0", "HuggingFaceTB/SmolLM2-135M"),
-    ("tiny-llama-sharded", "llama", "apache-2.0", "HuggingFaceTB/SmolLM2-135M"),
-    ("tiny-mistral", "mistral", "apache-2.0", "mistralai/Mistral-7B-v0.1"),
+    (
+        "tiny-llama",
+        "llama",
+        "apache-2.0",
+        "HuggingFaceTB/SmolLM2-135M",
+    ),
+    (
+        "tiny-llama-sharded",
+        "llama",
+        "apache-2.0",
+        "HuggingFaceTB/SmolLM2-135M",
+    ),
+    (
+        "tiny-mistral",
+        "mistral",
+        "apache-2.0",
+        "mistralai/Mistral-7B-v0.1",
+    ),
     ("tiny-qwen2", "qwen2", "apache-2.0", "Qwen/Qwen2.5-0.5B"),
 ];
 
@@ -124,7 +157,14 @@ fn fixture_directories() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>())
+            .map(|t| {
+                t["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap())
+                    .product::<u64>()
+            })
             .sum();
         assert!(sum > 0);
         assert_eq!(v["parameters"].as_u64().unwrap(), sum, "{dir}");
@@ -136,7 +176,11 @@ fn fixture_directories() {
                 .find(|d| d["key"] == key && d["source"] == "card")
                 .map(|d| d["value"].clone())
         };
-        assert_eq!(find("licence", "license"), Some(Value::from(*licence)), "{dir}");
+        assert_eq!(
+            find("licence", "license"),
+            Some(Value::from(*licence)),
+            "{dir}"
+        );
         let declared_base = find("provenance", "base_model").expect("base_model declared");
         let bases: Vec<&str> = match &declared_base {
             Value::String(s) => vec![s.as_str()],
@@ -144,14 +188,25 @@ fn fixture_directories() {
             _ => vec![],
         };
         assert_eq!(bases, vec![*base], "{dir}");
-        assert!(v["licence_files"].as_array().unwrap().iter().any(|f| f == "LICENSE"), "{dir}");
+        assert!(
+            v["licence_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "LICENSE"),
+            "{dir}"
+        );
     }
 }
 
 #[test]
 fn fixture_text_snapshot() {
     let out = modelgate(&["inspect", "fixtures/models/tiny-llama"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     insta::assert_snapshot!("inspect_tiny_llama", String::from_utf8(out.stdout).unwrap());
 }
 
@@ -166,7 +221,11 @@ fn hostile_corpus_is_refused_cleanly() {
         }
     }
     files.sort();
-    assert!(files.len() >= 15, "hostile corpus has only {} files", files.len());
+    assert!(
+        files.len() >= 15,
+        "hostile corpus has only {} files",
+        files.len()
+    );
     for f in &files {
         let out = modelgate(&["inspect", f.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -187,5 +246,8 @@ fn missing_path_is_an_input_error() {
     let out = modelgate(&["inspect", "no/such/model"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error: cannot read `no/such/model`"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot read `no/such/model`"),
+        "{stderr}"
+    );
 }
