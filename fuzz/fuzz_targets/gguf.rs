@@ -41,10 +41,16 @@ fuzz_target!(|data: &[u8]| {
     let out = w.finish().expect("finish");
     let again = parse_bytes(Path::new("rewritten.gguf"), &out).expect("rewritten file reads");
     // Debug text compares NaN metadata values as equal to themselves, and -0.0 as unequal to 0.0.
-    assert_eq!(format!("{:?}", again.metadata), format!("{:?}", parsed.metadata));
+    assert_eq!(
+        format!("{:?}", again.metadata),
+        format!("{:?}", parsed.metadata)
+    );
     assert_eq!(again.tensors.len(), parsed.tensors.len());
     for (a, b) in again.tensors.iter().zip(&parsed.tensors) {
-        assert_eq!((&a.name, a.dtype, &a.shape, a.len), (&b.name, b.dtype, &b.shape, b.len));
+        assert_eq!(
+            (&a.name, a.dtype, &a.shape, a.len),
+            (&b.name, b.dtype, &b.shape, b.len)
+        );
         assert_eq!(
             &out[a.offset as usize..(a.offset + a.len) as usize],
             &data[b.offset as usize..(b.offset + b.len) as usize]

@@ -168,7 +168,12 @@ fn gguf_py(args: &[&std::ffi::OsStr]) -> Option<Value> {
             "python3 cannot import the PyPI `gguf` package ({}); install it (`pip install gguf`) \
              or set MODELGATE_SKIP_PYTHON=1 to skip this comparison",
             match &probe {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                Ok(o) => String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or("no error output")
+                    .trim()
+                    .to_owned(),
                 Err(e) => e.to_string(),
             }
         );

@@ -179,14 +179,16 @@ impl<'a> Reader<'a> {
         let left = self.left();
         if len > left {
             return Err(self.malformed(format!(
-                "{what} at byte {at} claims {len} bytes, only {left} left in the file"
+                "{what} at byte {at}{} claims {len} bytes, only {left} left in the file",
+                self.context
             )));
         }
         let bytes = self.take(len, what)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
             Err(e) => Err(self.malformed(format!(
-                "{what} at byte {at} is not UTF-8 (bad byte {} bytes into it)",
+                "{what} at byte {at}{} is not UTF-8 (bad byte {} bytes into it)",
+                self.context,
                 e.valid_up_to()
             ))),
         }
@@ -269,7 +271,7 @@ impl<'a> Reader<'a> {
         let mut alignment = DEFAULT_ALIGNMENT;
         for i in 0..count {
             let at = self.pos;
-            self.context = format!(" in metadata key {i}");
+            self.context = String::new();
             let key = self.string(&format!("metadata key {i}"))?;
             self.context = format!(" in the value of `{key}`");
             if let Some(first) = seen.get(&key) {
@@ -331,7 +333,7 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-            ValueType::String => MetaValue::String(self.string(&format!("string in `{key}`"))?),
+            ValueType::String => MetaValue::String(self.string("string")?),
             ValueType::Array => self.array_value(key, depth)?,
         })
     }
@@ -395,7 +397,7 @@ impl<'a> Reader<'a> {
 
     fn tensor_info(&mut self, i: u64, alignment: u64) -> Result<RawTensor, FormatError> {
         let info_at = self.pos;
-        self.context = format!(" in tensor info {i}");
+        self.context = String::new();
         let name = self.string(&format!("name of tensor info {i}"))?;
         self.context = format!(" in the info of tensor `{name}`");
         let dims_at = self.pos;
