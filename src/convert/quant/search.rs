@@ -200,12 +200,10 @@ fn signed_max<const N: usize, const G: usize>(x: &[[f32; G]; N]) -> ([f32; G], [
 
 /// Symmetric search (`make_qx_quants` with `rmse_type` 1) for `G` groups of `N` values:
 /// levels `l` in `-nmax..nmax` stored as `l + nmax`, scale chosen among 19 candidates to
-/// maximise the weighted fit. Weights are `qw` when given (an importance matrix), otherwise
-/// `x * x`. As in [`qkx2`], the winning inverse scale is remembered and its levels computed
-/// once at the end.
+/// maximise the fit weighted by `x * x`. As in [`qkx2`], the winning inverse scale is
+/// remembered and its levels computed once at the end.
 pub(super) fn qx<const N: usize, const G: usize>(
     x: &[[f32; G]; N],
-    qw: Option<&[[f32; G]; N]>,
     nmax: i32,
     levels: &mut [[i32; G]; N],
     scale: &mut [f32; G],
@@ -214,10 +212,7 @@ pub(super) fn qx<const N: usize, const G: usize>(
     let mut w = [[0.0f32; G]; N];
     for i in 0..N {
         for g in 0..G {
-            w[i][g] = match qw {
-                Some(q) => q[i][g],
-                None => x[i][g] * x[i][g],
-            };
+            w[i][g] = x[i][g] * x[i][g];
         }
     }
     let nmaxf = nmax as f32;
@@ -615,7 +610,7 @@ mod tests {
             let x = groups::<16, 16>(seed);
             let mut levels = [[0i32; 16]; 16];
             let mut scale = [0.0f32; 16];
-            qx(&x, None, 32, &mut levels, &mut scale);
+            qx(&x, 32, &mut levels, &mut scale);
             for g in 0..16 {
                 let mut l = vec![0; 16];
                 let s = scalar_qx(&column(&x, g), 32, &mut l);
