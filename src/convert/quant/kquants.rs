@@ -440,7 +440,7 @@ pub(super) fn quantize_q6k(x: &[f32], y: &mut [u8]) {
     let xs = groups_of_16(x);
     let mut lv = [[0i32; 16]; 16];
     let mut scales = [0.0f32; 16];
-    search::qx(&xs, None, 32, &mut lv, &mut scales);
+    search::qx(&xs, 32, &mut lv, &mut scales);
     let mut levels = [0i32; QK_K];
     flatten(&lv, &mut levels);
 

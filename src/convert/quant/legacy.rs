@@ -16,30 +16,51 @@ pub(super) const Q5_0_BYTES: usize = 22;
 pub(super) const Q5_1_BYTES: usize = 24;
 pub(super) const Q8_0_BYTES: usize = 34;
 
-/// The value of largest magnitude (the first, on ties; 0.0 for an all-zero block).
-fn signed_max(x: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+// ggml finds a block's extremes with a sequential compare-and-replace loop, a dependency
+// chain that costs more than the rest of a legacy quantizer. The helpers below reach the
+// same values with independent lanes (max and min are exact in any order) and then settle
+// what order decides, ties and the sign of a zero, with a short scan for the first match.
+
+/// Lane-wise maximum of `key(v)` (blocks are 32 values; any tail is folded in too).
+#[inline(always)]
+fn lanes_max(x: &[f32], key: impl Fn(f32) -> f32) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            let v = key(c[k]);
+            m[k] = if v > m[k] { v } else { m[k] };
         }
     }
-    max
+    for (k, &v) in tail.iter().enumerate() {
+        let v = key(v);
+        m[k] = if v > m[k] { v } else { m[k] };
+    }
+    m.iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
-/// Smallest and largest value, compared in order as ggml does.
+/// The value of largest magnitude (the first, on ties; 0.0 for an all-zero block), as
+/// ggml's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop leaves it.
+fn signed_max(x: &[f32]) -> f32 {
+    let amax = lanes_max(x, f32::abs);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// Smallest and largest value as ggml's in-order `if (v < min) min = v;` (and `>` for max)
+/// leaves them: the first of equal values, which only matters for the sign of a zero.
 fn min_max(x: &[f32]) -> (f32, f32) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
+    let mut min = -lanes_max(x, |v| -v);
+    let mut max = lanes_max(x, |v| v);
+    if min == 0.0 {
+        min = x.iter().copied().find(|v| *v == 0.0).unwrap_or(min);
+    }
+    if max == 0.0 {
+        max = x.iter().copied().find(|v| *v == 0.0).unwrap_or(max);
     }
     (min, max)
 }
@@ -186,11 +207,7 @@ fn round_half_away(v: f32) -> i32 {
 
 /// Q8_0: `d`, `qs[32]` (i8); value = q * d.
 pub(super) fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        let a = v.abs();
-        amax = if amax > a { amax } else { a };
-    }
+    let amax = lanes_max(x, f32::abs).max(0.0);
     let d = amax / 127.0;
     let id = inverse(d);
     put_f16(&mut y[0..2], d);
@@ -220,6 +237,47 @@ mod tests {
             ] {
                 assert_eq!(round_half_away(v), v.round() as i32, "{v}");
             }
+        }
+    }
+
+    /// ggml's loops, written out.
+    fn sequential(x: &[f32]) -> (f32, f32, f32) {
+        let (mut amax, mut smax) = (0.0f32, 0.0f32);
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in x {
+            if amax < v.abs() {
+                amax = v.abs();
+                smax = v;
+            }
+            if v < min {
+                min = v;
+            }
+            if v > max {
+                max = v;
+            }
+        }
+        (smax, min, max)
+    }
+
+    #[test]
+    fn lane_extremes_equal_sequential_ones() {
+        let pool = [0.0f32, -0.0, 1.5, -1.5, 0.25, -3.0, 3.0, 1e-30];
+        let mut s = 12345u32;
+        for _ in 0..20000 {
+            let x: Vec<f32> = (0..32)
+                .map(|_| {
+                    s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    pool[(s >> 16) as usize % pool.len()]
+                })
+                .collect();
+            let (smax, min, max) = sequential(&x);
+            assert_eq!(signed_max(&x).to_bits(), smax.to_bits(), "{x:?}");
+            let (m0, m1) = min_max(&x);
+            assert_eq!(
+                (m0.to_bits(), m1.to_bits()),
+                (min.to_bits(), max.to_bits()),
+                "{x:?}"
+            );
         }
     }
 

@@ -381,6 +381,10 @@ mod tests {
             assert_eq!(Some(bytes.len() as u64), ty.bytes_for(4096), "{ty}");
             let y = dequantize_to_vec(ty, &bytes).unwrap();
             let err = ggml_error(&x, &y);
+            eprintln!(
+                "{ty}: ggml round-trip error {err:.6} (threshold {})",
+                threshold(ty)
+            );
             assert!(err < threshold(ty), "{ty}: error {err}");
             if ty == GgmlType::F32 {
                 assert_eq!(x, y);

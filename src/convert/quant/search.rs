@@ -31,6 +31,14 @@ pub(super) fn nearest_int(v: f32) -> i32 {
     ((v + 12_582_912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
+/// `nearest_int(v)` clamped to `lo..=hi`, as `f32`. ggml clamps the integer; clamping the
+/// (exactly converted) integer as a float gives the same value and costs two SSE
+/// instructions instead of an emulated integer clamp.
+#[inline(always)]
+fn level(v: f32, lo: f32, hi: f32) -> f32 {
+    (nearest_int(v) as f32).max(lo).min(hi)
+}
+
 /// Parameters of one `make_qkx2_quants` search.
 pub(super) struct Qkx2 {
     /// Largest level (levels are `0..=nmax`).
@@ -49,6 +57,11 @@ pub(super) struct Qkx2 {
 ///
 /// Writes the levels into `levels`, the scales into `scale` and the (non-negative) minimums
 /// into `the_min`.
+///
+/// ggml copies a candidate's levels whenever it wins; here each group remembers the inverse
+/// scale and offset that produced its winning levels and recomputes them once at the end,
+/// with the same operations, so the levels are the same and the inner loops stay free of
+/// per-group copies.
 pub(super) fn qkx2<const N: usize, const G: usize>(
     x: &[[f32; G]; N],
     w: &[[f32; G]; N],
@@ -81,26 +94,27 @@ pub(super) fn qkx2<const N: usize, const G: usize>(
         flat[g] = max[g] == min[g];
     }
     let first_min = min;
-    let nmax = p.nmax;
-    let nmaxf = nmax as f32;
+    let nmaxf = p.nmax as f32;
 
     let mut iscale = [0.0f32; G];
     for g in 0..G {
         iscale[g] = nmaxf / (max[g] - min[g]);
         scale[g] = 1.0 / iscale[g];
     }
+    // The inverse scale and offset whose levels are the best so far.
+    let mut win_iscale = iscale;
+    let mut win_min = min;
     let mut best = [0.0f32; G];
     for i in 0..N {
         for g in 0..G {
-            let l = nearest_int(iscale[g] * (x[i][g] - min[g])).clamp(0, nmax);
-            levels[i][g] = l;
-            let diff = scale[g] * l as f32 + min[g] - x[i][g];
+            let l = level(iscale[g] * (x[i][g] - min[g]), 0.0, nmaxf);
+            let diff = scale[g] * l + min[g] - x[i][g];
             let diff = if p.use_mad { diff.abs() } else { diff * diff };
             best[g] += w[i][g] * diff;
         }
     }
 
-    let mut aux = [[0i32; G]; N];
+    let mut aux = [[0.0f32; G]; N];
     for is in 0..=p.nstep {
         let num = p.rmin + p.rdelta * is as f32 + nmaxf;
         for g in 0..G {
@@ -111,11 +125,11 @@ pub(super) fn qkx2<const N: usize, const G: usize>(
         let mut sum_xl = [0.0f32; G];
         for i in 0..N {
             for g in 0..G {
-                let l = nearest_int(iscale[g] * (x[i][g] - min[g])).clamp(0, nmax);
+                let l = level(iscale[g] * (x[i][g] - min[g]), 0.0, nmaxf);
                 aux[i][g] = l;
-                let wl = w[i][g] * l as f32;
+                let wl = w[i][g] * l;
                 sum_l[g] += wl;
-                sum_l2[g] += wl * l as f32;
+                sum_l2[g] += wl * l;
                 sum_xl[g] += wl * x[i][g];
             }
         }
@@ -137,24 +151,18 @@ pub(super) fn qkx2<const N: usize, const G: usize>(
         let mut err = [0.0f32; G];
         for i in 0..N {
             for g in 0..G {
-                let diff = this_scale[g] * aux[i][g] as f32 + this_min[g] - x[i][g];
+                let diff = this_scale[g] * aux[i][g] + this_min[g] - x[i][g];
                 let diff = if p.use_mad { diff.abs() } else { diff * diff };
                 err[g] += w[i][g] * diff;
             }
         }
-        let mut take = [false; G];
         for g in 0..G {
-            take[g] = fit[g] && err[g] < best[g];
-            if take[g] {
-                best[g] = err[g];
-                scale[g] = this_scale[g];
-                min[g] = this_min[g];
-            }
-        }
-        for i in 0..N {
-            for g in 0..G {
-                levels[i][g] = if take[g] { aux[i][g] } else { levels[i][g] };
-            }
+            let take = fit[g] && err[g] < best[g];
+            win_iscale[g] = if take { iscale[g] } else { win_iscale[g] };
+            win_min[g] = if take { min[g] } else { win_min[g] };
+            best[g] = if take { err[g] } else { best[g] };
+            scale[g] = if take { this_scale[g] } else { scale[g] };
+            min[g] = if take { this_min[g] } else { min[g] };
         }
     }
 
@@ -166,11 +174,10 @@ pub(super) fn qkx2<const N: usize, const G: usize>(
             the_min[g] = -min[g];
         }
     }
-    for row in levels.iter_mut() {
+    for (row, xr) in levels.iter_mut().zip(x) {
         for g in 0..G {
-            if flat[g] {
-                row[g] = 0;
-            }
+            let l = level(win_iscale[g] * (xr[g] - win_min[g]), 0.0, nmaxf) as i32;
+            row[g] = if flat[g] { 0 } else { l };
         }
     }
 }
@@ -193,11 +200,10 @@ fn signed_max<const N: usize, const G: usize>(x: &[[f32; G]; N]) -> ([f32; G], [
 
 /// Symmetric search (`make_qx_quants` with `rmse_type` 1) for `G` groups of `N` values:
 /// levels `l` in `-nmax..nmax` stored as `l + nmax`, scale chosen among 19 candidates to
-/// maximise the weighted fit. Weights are `qw` when given (an importance matrix), otherwise
-/// `x * x`.
+/// maximise the fit weighted by `x * x`. As in [`qkx2`], the winning inverse scale is
+/// remembered and its levels computed once at the end.
 pub(super) fn qx<const N: usize, const G: usize>(
     x: &[[f32; G]; N],
-    qw: Option<&[[f32; G]; N]>,
     nmax: i32,
     levels: &mut [[i32; G]; N],
     scale: &mut [f32; G],
@@ -206,26 +212,23 @@ pub(super) fn qx<const N: usize, const G: usize>(
     let mut w = [[0.0f32; G]; N];
     for i in 0..N {
         for g in 0..G {
-            w[i][g] = match qw {
-                Some(q) => q[i][g],
-                None => x[i][g] * x[i][g],
-            };
+            w[i][g] = x[i][g] * x[i][g];
         }
     }
     let nmaxf = nmax as f32;
+    let (lo, hi) = (-nmaxf, nmaxf - 1.0);
     let mut iscale = [0.0f32; G];
     for g in 0..G {
         iscale[g] = -nmaxf / max[g];
     }
+    let mut win_iscale = iscale;
     let mut sumlx = [0.0f32; G];
     let mut suml2 = [0.0f32; G];
     for i in 0..N {
         for g in 0..G {
-            let l = nearest_int(iscale[g] * x[i][g]).clamp(-nmax, nmax - 1);
-            levels[i][g] = l + nmax;
-            let lf = l as f32;
-            sumlx[g] += w[i][g] * x[i][g] * lf;
-            suml2[g] += w[i][g] * lf * lf;
+            let l = level(iscale[g] * x[i][g], lo, hi);
+            sumlx[g] += w[i][g] * x[i][g] * l;
+            suml2[g] += w[i][g] * l * l;
         }
     }
     let mut best = [0.0f32; G];
@@ -237,7 +240,6 @@ pub(super) fn qx<const N: usize, const G: usize>(
         };
         best[g] = scale[g] * sumlx[g];
     }
-    let mut aux = [[0i32; G]; N];
     for is in (-9i32..=9).filter(|&is| is != 0) {
         let num = -(nmaxf + 0.1 * is as f32);
         for g in 0..G {
@@ -247,37 +249,29 @@ pub(super) fn qx<const N: usize, const G: usize>(
         let mut suml2 = [0.0f32; G];
         for i in 0..N {
             for g in 0..G {
-                let l = nearest_int(iscale[g] * x[i][g]).clamp(-nmax, nmax - 1);
-                aux[i][g] = l + nmax;
-                let lf = l as f32;
-                sumlx[g] += w[i][g] * x[i][g] * lf;
-                suml2[g] += w[i][g] * lf * lf;
+                let l = level(iscale[g] * x[i][g], lo, hi);
+                sumlx[g] += w[i][g] * x[i][g] * l;
+                suml2[g] += w[i][g] * l * l;
             }
         }
-        let mut take = [false; G];
         for g in 0..G {
-            take[g] = suml2[g] > 0.0 && sumlx[g] * sumlx[g] > best[g] * suml2[g];
-            if take[g] {
-                scale[g] = sumlx[g] / suml2[g];
-                best[g] = scale[g] * sumlx[g];
-            }
-        }
-        for i in 0..N {
-            for g in 0..G {
-                levels[i][g] = if take[g] { aux[i][g] } else { levels[i][g] };
-            }
+            let take = suml2[g] > 0.0 && sumlx[g] * sumlx[g] > best[g] * suml2[g];
+            win_iscale[g] = if take { iscale[g] } else { win_iscale[g] };
+            scale[g] = if take { sumlx[g] / suml2[g] } else { scale[g] };
+            best[g] = if take { scale[g] * sumlx[g] } else { best[g] };
         }
     }
+    let mut zero = [false; G];
     for g in 0..G {
-        if amax[g] < GROUP_MAX_EPS {
+        zero[g] = amax[g] < GROUP_MAX_EPS;
+        if zero[g] {
             scale[g] = 0.0;
         }
     }
-    for row in levels.iter_mut() {
+    for (row, xr) in levels.iter_mut().zip(x) {
         for g in 0..G {
-            if amax[g] < GROUP_MAX_EPS {
-                row[g] = 0;
-            }
+            let l = level(win_iscale[g] * xr[g], lo, hi) as i32 + nmax;
+            row[g] = if zero[g] { 0 } else { l };
         }
     }
 }
@@ -292,21 +286,22 @@ pub(super) fn q3<const N: usize, const G: usize>(
 ) {
     let (max, amax) = signed_max(x);
     let nmaxf = nmax as f32;
+    let (lo, hi) = (-nmaxf, nmaxf - 1.0);
     let mut iscale = [0.0f32; G];
     for g in 0..G {
         iscale[g] = -nmaxf / max[g];
     }
+    let mut lv = [[0.0f32; G]; N];
     let mut sumlx = [0.0f32; G];
     let mut suml2 = [0.0f32; G];
     for i in 0..N {
         for g in 0..G {
             let v = x[i][g];
-            let l = nearest_int(iscale[g] * v).clamp(-nmax, nmax - 1);
-            levels[i][g] = l;
+            let l = level(iscale[g] * v, lo, hi);
+            lv[i][g] = l;
             let w = v * v;
-            let lf = l as f32;
-            sumlx[g] += w * v * lf;
-            suml2[g] += w * lf * lf;
+            sumlx[g] += w * v * l;
+            suml2[g] += w * l * l;
         }
     }
     // ggml stops after a pass that changes nothing; such a pass leaves every level and sum
@@ -316,26 +311,26 @@ pub(super) fn q3<const N: usize, const G: usize>(
             for g in 0..G {
                 let v = x[i][g];
                 let w = v * v;
-                let l = levels[i][g];
-                let lf = l as f32;
-                let slx = sumlx[g] - w * v * lf;
-                let sl2 = suml2[g] - w * lf * lf;
-                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
-                let nlf = new_l as f32;
-                let slx_new = slx + w * v * nlf;
-                let sl2_new = sl2 + w * nlf * nlf;
+                let l = lv[i][g];
+                let slx = sumlx[g] - w * v * l;
+                let sl2 = suml2[g] - w * l * l;
+                let new_l = level(v * sl2 / slx, lo, hi);
+                let slx_new = slx + w * v * new_l;
+                let sl2_new = sl2 + w * new_l * new_l;
                 let take = slx > 0.0
                     && new_l != l
                     && sl2_new > 0.0
                     && slx_new * slx_new * suml2[g] > sumlx[g] * sumlx[g] * sl2_new;
-                levels[i][g] = if take { new_l } else { l };
+                lv[i][g] = if take { new_l } else { l };
                 sumlx[g] = if take { slx_new } else { sumlx[g] };
                 suml2[g] = if take { sl2_new } else { suml2[g] };
             }
         }
     }
+    let mut zero = [false; G];
     for g in 0..G {
-        scale[g] = if amax[g] < GROUP_MAX_EPS {
+        zero[g] = amax[g] < GROUP_MAX_EPS;
+        scale[g] = if zero[g] {
             0.0
         } else if suml2[g] > 0.0 {
             sumlx[g] / suml2[g]
@@ -343,13 +338,9 @@ pub(super) fn q3<const N: usize, const G: usize>(
             0.0
         };
     }
-    for row in levels.iter_mut() {
+    for (row, lr) in levels.iter_mut().zip(&lv) {
         for g in 0..G {
-            row[g] = if amax[g] < GROUP_MAX_EPS {
-                0
-            } else {
-                row[g] + nmax
-            };
+            row[g] = if zero[g] { 0 } else { lr[g] as i32 + nmax };
         }
     }
 }
@@ -619,7 +610,7 @@ mod tests {
             let x = groups::<16, 16>(seed);
             let mut levels = [[0i32; 16]; 16];
             let mut scale = [0.0f32; 16];
-            qx(&x, None, 32, &mut levels, &mut scale);
+            qx(&x, 32, &mut levels, &mut scale);
             for g in 0..16 {
                 let mut l = vec![0; 16];
                 let s = scalar_qx(&column(&x, g), 32, &mut l);
