@@ -279,6 +279,12 @@ pub fn parse_index(path: &Path, text: &str) -> Result<ShardIndex, FormatError> {
     }
     let raw: RawIndex = serde_json::from_str(text)
         .map_err(|e| FormatError::malformed(path, format!("not a valid safetensors index: {e}")))?;
+    if raw.weight_map.0.is_empty() {
+        return Err(FormatError::malformed(
+            path,
+            "`weight_map` names no tensors",
+        ));
+    }
     for (tensor, shard) in &raw.weight_map.0 {
         let p = Path::new(shard);
         let plain = !shard.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
@@ -505,10 +511,11 @@ impl<'de> Deserialize<'de> for RawHeader {
                         if metadata.is_some() {
                             return Err(de::Error::custom("`__metadata__` appears twice"));
                         }
-                        let m: UniqueStringMap = map
+                        // The reference reader takes `null` as no metadata.
+                        let m: Option<UniqueStringMap> = map
                             .next_value()
                             .map_err(|e| de::Error::custom(format!("`__metadata__`: {e}")))?;
-                        metadata = Some(m.0);
+                        metadata = Some(m.map(|m| m.0).unwrap_or_default());
                         continue;
                     }
                     if !names.insert(key.clone()) {
@@ -958,6 +965,8 @@ mod tests {
         assert!(fault(&file(unknown, &[0; 4])).contains("unknown dtype `Q4`"));
         let meta = r#"{"__metadata__":{"a":1}}"#;
         assert!(fault(&file(meta, &[])).contains("`__metadata__`"));
+        let null = r#"{"__metadata__":null}"#;
+        assert!(parse_header(Path::new("x"), &file(null, &[])).is_ok());
     }
 
     #[test]
