@@ -520,9 +520,12 @@ impl Machine<'_> {
                 v.extend(items);
                 Ok(())
             }
-            // Python would look up `.append`/`.add` on anything else; statically the
-            // object is unknown, and its origin is already reported as a global.
-            Some(Node::Opaque) => Ok(()),
+            // Python looks up `.append`/`.add` on anything else: a module-level object
+            // from GLOBAL (`sys.path` is a list) or a persistent-id result may have one.
+            // Its value is unknown statically; its origin is reported as a global.
+            Some(
+                Node::Opaque | Node::Global(_) | Node::PersistentId(_) | Node::TextPersistentId(_),
+            ) => Ok(()),
             _ => Err("APPEND/ADDITEMS target is not a list, set or object".into()),
         }
     }
@@ -533,7 +536,9 @@ impl Machine<'_> {
                 v.extend(pairs);
                 Ok(())
             }
-            Some(Node::Opaque) => Ok(()),
+            Some(
+                Node::Opaque | Node::Global(_) | Node::PersistentId(_) | Node::TextPersistentId(_),
+            ) => Ok(()),
             _ => Err("SETITEM target is not a dict or object".into()),
         }
     }
@@ -903,12 +908,14 @@ impl Machine<'_> {
     }
 
     /// Whether a node's value is only known at load time (so a STACK_GLOBAL on it is a
-    /// dynamic import rather than a certain failure).
+    /// dynamic import rather than a certain failure). A global can be a module-level
+    /// string constant.
     fn computed(&self, id: NodeId) -> bool {
         matches!(
             self.a.nodes.get(id),
             Some(
                 Node::Object { .. }
+                    | Node::Global(_)
                     | Node::PersistentId(_)
                     | Node::TextPersistentId(_)
                     | Node::Opaque

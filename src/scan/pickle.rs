@@ -3,10 +3,11 @@
 //! fault becomes a malformed finding, and a PyTorch checkpoint whose pickles are clean is
 //! opened to check its structure and tensor values.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::finding::{Evidence, Finding, Severity};
-use crate::formats::pickle::{CallOp, GlobalClass, GlobalName};
+use crate::formats::pickle::{Call, CallOp, GlobalClass, GlobalName, Node};
 use crate::formats::pytorch::{self, Container, PickleEntry};
 
 use super::files::{check_weights, structure_finding};
@@ -141,13 +142,27 @@ fn evidence(p: &PickleEntry, rel: &Path, key: String, offset: u64) -> Evidence {
 /// and one if the replay faulted.
 fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
     let a = &p.analysis;
-    // Group references by name, keeping first-appearance order.
+    // Group references by name, keeping first-appearance order, and find each global's
+    // first direct call in one pass over the calls (a hostile pickle can hold millions).
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
     for (i, g) in a.globals.iter().enumerate() {
         let q = g.qualified();
-        match groups.iter_mut().find(|(name, _)| *name == q) {
-            Some((_, refs)) => refs.push(i),
-            None => groups.push((q, vec![i])),
+        match group_of.get(&q) {
+            Some(&k) => groups[k].1.push(i),
+            None => {
+                group_of.insert(q.clone(), groups.len());
+                groups.push((q, vec![i]));
+            }
+        }
+    }
+    let mut first_call: HashMap<usize, &Call> = HashMap::new();
+    for c in &a.calls {
+        if c.op == CallOp::Build {
+            continue;
+        }
+        if let Some(Node::Global(g)) = a.node(c.callee) {
+            first_call.entry(*g).or_insert(c);
         }
     }
     for (q, refs) in groups {
@@ -186,7 +201,7 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
         }
         let call = refs
             .iter()
-            .flat_map(|&g| a.direct_calls(g))
+            .filter_map(|g| first_call.get(g))
             .min_by_key(|c| c.offset);
         if let Some(c) = call {
             let verb = match c.op {
