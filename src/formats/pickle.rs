@@ -35,6 +35,10 @@ pub const HIGHEST_PROTOCOL: u8 = 5;
 /// about 300 MiB for an adversarial pickle made of one-byte opcodes.
 pub const MAX_NODES: usize = 1 << 22;
 
+/// Globals one replay may import. CPython memoises every global it pickles, so even a
+/// huge state dict imports a handful; hundreds of thousands only come from a crafted file.
+pub const MAX_GLOBALS: usize = 1 << 18;
+
 /// Index of a node in [`Analysis::nodes`].
 pub type NodeId = usize;
 
@@ -478,6 +482,11 @@ impl Machine<'_> {
     }
 
     fn global(&mut self, name: GlobalName, op: GlobalOp, offset: u64) -> Result<NodeId, String> {
+        if self.a.globals.len() >= MAX_GLOBALS {
+            return Err(format!(
+                "pickle imports more than {MAX_GLOBALS} globals, more than modelgate analyses"
+            ));
+        }
         self.a.globals.push(GlobalRef { name, op, offset });
         let g = self.a.globals.len() - 1;
         self.node(Node::Global(g))
@@ -1283,7 +1292,7 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     }
     if let Some((_, _, why)) = DANGEROUS_NAMES
         .iter()
-        .find(|(dm, dn, _)| *dm == m && (name == *dn || name.starts_with(&format!("{dn}."))))
+        .find(|(dm, dn, _)| *dm == m && in_module(name, dn))
     {
         return GlobalClass::Dangerous(why);
     }

@@ -17,6 +17,10 @@ use super::{
 };
 
 /// Zip entry extensions that are programs rather than data.
+/// Globals listed one by one per pickle; the rest are summed up in one finding, so a
+/// pickle importing a million names yields a readable report.
+const MAX_LISTED_GLOBALS: usize = 64;
+
 const CODE_ENTRY_EXTENSIONS: &[&str] = &[".py", ".pyc", ".so", ".dll", ".dylib", ".exe", ".sh"];
 
 /// Scan a zip archive or pickle file: its pickles, its entries, and (for a PyTorch
@@ -165,6 +169,8 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
             first_call.entry(*g).or_insert(c);
         }
     }
+    let mut listed = 0usize;
+    let mut unlisted = (0usize, 0usize); // (errors, warnings)
     for (q, refs) in groups {
         let first = &a.globals[refs[0]];
         let class = crate::formats::pickle::classify_ref(first);
@@ -191,6 +197,14 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
                 format!("`{q}`, which is not on the allowlist of tensor-rebuild globals"),
             ),
         };
+        if listed == MAX_LISTED_GLOBALS {
+            match severity {
+                Severity::Error => unlisted.0 += 1,
+                _ => unlisted.1 += 1,
+            }
+            continue;
+        }
+        listed += 1;
         let mut msg = format!(
             "pickle imports {what} ({} {}",
             first.op.as_str(),
@@ -224,6 +238,31 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
             Finding::new(rule, severity, msg)
                 .at(evidence(p, rel, q, first.offset))
                 .hint(hint),
+        );
+    }
+    if unlisted.0 + unlisted.1 > 0 {
+        let (rule, severity) = if unlisted.0 > 0 {
+            (RULE_DANGEROUS_GLOBAL, Severity::Error)
+        } else {
+            (RULE_UNKNOWN_GLOBAL, Severity::Warning)
+        };
+        let within = p
+            .entry
+            .as_ref()
+            .map(|e| format!(" in `{e}`"))
+            .unwrap_or_default();
+        out.push(
+            Finding::new(
+                rule,
+                severity,
+                format!(
+                    "pickle{within} imports {} more globals outside the allowlist ({} dangerous, {} unknown), not listed one by one",
+                    unlisted.0 + unlisted.1,
+                    unlisted.0,
+                    unlisted.1
+                ),
+            )
+            .at(Evidence::file(rel)),
         );
     }
     if let Some(f) = &a.fault {
