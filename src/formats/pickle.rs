@@ -35,6 +35,10 @@ pub const HIGHEST_PROTOCOL: u8 = 5;
 /// about 300 MiB for an adversarial pickle made of one-byte opcodes.
 pub const MAX_NODES: usize = 1 << 22;
 
+/// Globals one replay may import. CPython memoises every global it pickles, so even a
+/// huge state dict imports a handful; hundreds of thousands only come from a crafted file.
+pub const MAX_GLOBALS: usize = 1 << 18;
+
 /// Index of a node in [`Analysis::nodes`].
 pub type NodeId = usize;
 
@@ -478,6 +482,11 @@ impl Machine<'_> {
     }
 
     fn global(&mut self, name: GlobalName, op: GlobalOp, offset: u64) -> Result<NodeId, String> {
+        if self.a.globals.len() >= MAX_GLOBALS {
+            return Err(format!(
+                "pickle imports more than {MAX_GLOBALS} globals, more than modelgate analyses"
+            ));
+        }
         self.a.globals.push(GlobalRef { name, op, offset });
         let g = self.a.globals.len() - 1;
         self.node(Node::Global(g))
@@ -520,9 +529,12 @@ impl Machine<'_> {
                 v.extend(items);
                 Ok(())
             }
-            // Python would look up `.append`/`.add` on anything else; statically the
-            // object is unknown, and its origin is already reported as a global.
-            Some(Node::Opaque) => Ok(()),
+            // Python looks up `.append`/`.add` on anything else: a module-level object
+            // from GLOBAL (`sys.path` is a list) or a persistent-id result may have one.
+            // Its value is unknown statically; its origin is reported as a global.
+            Some(
+                Node::Opaque | Node::Global(_) | Node::PersistentId(_) | Node::TextPersistentId(_),
+            ) => Ok(()),
             _ => Err("APPEND/ADDITEMS target is not a list, set or object".into()),
         }
     }
@@ -533,7 +545,9 @@ impl Machine<'_> {
                 v.extend(pairs);
                 Ok(())
             }
-            Some(Node::Opaque) => Ok(()),
+            Some(
+                Node::Opaque | Node::Global(_) | Node::PersistentId(_) | Node::TextPersistentId(_),
+            ) => Ok(()),
             _ => Err("SETITEM target is not a dict or object".into()),
         }
     }
@@ -903,12 +917,14 @@ impl Machine<'_> {
     }
 
     /// Whether a node's value is only known at load time (so a STACK_GLOBAL on it is a
-    /// dynamic import rather than a certain failure).
+    /// dynamic import rather than a certain failure). A global can be a module-level
+    /// string constant.
     fn computed(&self, id: NodeId) -> bool {
         matches!(
             self.a.nodes.get(id),
             Some(
                 Node::Object { .. }
+                    | Node::Global(_)
                     | Node::PersistentId(_)
                     | Node::TextPersistentId(_)
                     | Node::Opaque
@@ -1276,7 +1292,7 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     }
     if let Some((_, _, why)) = DANGEROUS_NAMES
         .iter()
-        .find(|(dm, dn, _)| *dm == m && (name == *dn || name.starts_with(&format!("{dn}."))))
+        .find(|(dm, dn, _)| *dm == m && in_module(name, dn))
     {
         return GlobalClass::Dangerous(why);
     }

@@ -385,6 +385,11 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
         out.push(executable(rel, "named like an executable or script"));
         return;
     }
+    if ext == "gguf" {
+        // Named GGUF without the magic: let the reader say what is wrong.
+        check_weights(gguf::open(abs), rel, out);
+        return;
+    }
     if name.ends_with(".safetensors.index.json") {
         check_weights(safetensors::open_sharded(abs), rel, out);
         return;

@@ -3,10 +3,11 @@
 //! fault becomes a malformed finding, and a PyTorch checkpoint whose pickles are clean is
 //! opened to check its structure and tensor values.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::finding::{Evidence, Finding, Severity};
-use crate::formats::pickle::{CallOp, GlobalClass, GlobalName};
+use crate::formats::pickle::{Call, CallOp, GlobalClass, GlobalName, Node};
 use crate::formats::pytorch::{self, Container, PickleEntry};
 
 use super::files::{check_weights, structure_finding};
@@ -16,6 +17,10 @@ use super::{
 };
 
 /// Zip entry extensions that are programs rather than data.
+/// Globals listed one by one per pickle; the rest are summed up in one finding, so a
+/// pickle importing a million names yields a readable report.
+const MAX_LISTED_GLOBALS: usize = 64;
+
 const CODE_ENTRY_EXTENSIONS: &[&str] = &[".py", ".pyc", ".so", ".dll", ".dylib", ".exe", ".sh"];
 
 /// Scan a zip archive or pickle file: its pickles, its entries, and (for a PyTorch
@@ -141,15 +146,31 @@ fn evidence(p: &PickleEntry, rel: &Path, key: String, offset: u64) -> Evidence {
 /// and one if the replay faulted.
 fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
     let a = &p.analysis;
-    // Group references by name, keeping first-appearance order.
+    // Group references by name, keeping first-appearance order, and find each global's
+    // first direct call in one pass over the calls (a hostile pickle can hold millions).
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
     for (i, g) in a.globals.iter().enumerate() {
         let q = g.qualified();
-        match groups.iter_mut().find(|(name, _)| *name == q) {
-            Some((_, refs)) => refs.push(i),
-            None => groups.push((q, vec![i])),
+        match group_of.get(&q) {
+            Some(&k) => groups[k].1.push(i),
+            None => {
+                group_of.insert(q.clone(), groups.len());
+                groups.push((q, vec![i]));
+            }
         }
     }
+    let mut first_call: HashMap<usize, &Call> = HashMap::new();
+    for c in &a.calls {
+        if c.op == CallOp::Build {
+            continue;
+        }
+        if let Some(Node::Global(g)) = a.node(c.callee) {
+            first_call.entry(*g).or_insert(c);
+        }
+    }
+    let mut listed = 0usize;
+    let mut unlisted = (0usize, 0usize); // (errors, warnings)
     for (q, refs) in groups {
         let first = &a.globals[refs[0]];
         let class = crate::formats::pickle::classify_ref(first);
@@ -176,6 +197,14 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
                 format!("`{q}`, which is not on the allowlist of tensor-rebuild globals"),
             ),
         };
+        if listed == MAX_LISTED_GLOBALS {
+            match severity {
+                Severity::Error => unlisted.0 += 1,
+                _ => unlisted.1 += 1,
+            }
+            continue;
+        }
+        listed += 1;
         let mut msg = format!(
             "pickle imports {what} ({} {}",
             first.op.as_str(),
@@ -186,7 +215,7 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
         }
         let call = refs
             .iter()
-            .flat_map(|&g| a.direct_calls(g))
+            .filter_map(|g| first_call.get(g))
             .min_by_key(|c| c.offset);
         if let Some(c) = call {
             let verb = match c.op {
@@ -209,6 +238,31 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
             Finding::new(rule, severity, msg)
                 .at(evidence(p, rel, q, first.offset))
                 .hint(hint),
+        );
+    }
+    if unlisted.0 + unlisted.1 > 0 {
+        let (rule, severity) = if unlisted.0 > 0 {
+            (RULE_DANGEROUS_GLOBAL, Severity::Error)
+        } else {
+            (RULE_UNKNOWN_GLOBAL, Severity::Warning)
+        };
+        let within = p
+            .entry
+            .as_ref()
+            .map(|e| format!(" in `{e}`"))
+            .unwrap_or_default();
+        out.push(
+            Finding::new(
+                rule,
+                severity,
+                format!(
+                    "pickle{within} imports {} more globals outside the allowlist ({} dangerous, {} unknown), not listed one by one",
+                    unlisted.0 + unlisted.1,
+                    unlisted.0,
+                    unlisted.1
+                ),
+            )
+            .at(Evidence::file(rel)),
         );
     }
     if let Some(f) = &a.fault {

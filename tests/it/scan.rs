@@ -738,3 +738,28 @@ fn compressed_storage_is_unsupported() {
         "{found:#?}"
     );
 }
+
+/// A Hugging Face cache snapshot is all symlinks into the repository's `blobs/`: they stay
+/// inside the repository, and the files they point to are scanned under the link names.
+#[cfg(unix)]
+#[test]
+fn hugging_face_cache_snapshot_links_are_followed() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models--org--tiny");
+    fs::create_dir_all(repo.join("blobs")).unwrap();
+    let snap = repo.join("snapshots/0123abcd");
+    fs::create_dir_all(&snap).unwrap();
+    fs::copy(pickle_fixture("torch_injected.pt"), repo.join("blobs/aa11")).unwrap();
+    fs::write(repo.join("blobs/bb22"), "{\"model_type\": \"llama\"}").unwrap();
+    symlink("../../blobs/aa11", snap.join("pytorch_model.bin")).unwrap();
+    symlink("../../blobs/bb22", snap.join("config.json")).unwrap();
+    let found = issues(&snap);
+    assert!(
+        !found.iter().any(|f| f.rule == "scan/symlink-escape"),
+        "{found:#?}"
+    );
+    assert!(found.iter().any(|f| f.rule == DANGEROUS
+        && f.evidence[0].path == Path::new("pytorch_model.bin")
+        && f.evidence[0].key.as_deref() == Some("builtins.exec")));
+}
