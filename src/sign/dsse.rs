@@ -138,8 +138,13 @@ impl Bundle {
                 format!("is larger than {MAX_BUNDLE} bytes, too big for a signature bundle"),
             ));
         }
+        Self::from_slice(path, &bytes)
+    }
+
+    /// Parse and shape-check bundle bytes; `path` names them in errors.
+    pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Bundle, SignError> {
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| SignError::BundleJson {
+            serde_json::from_slice(bytes).map_err(|source| SignError::BundleJson {
                 path: path.to_owned(),
                 source,
             })?;

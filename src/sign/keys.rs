@@ -210,7 +210,12 @@ impl PrivateKey {
     /// Read a private key file.
     pub fn from_pem_file(path: &Path) -> Result<Self, SignError> {
         let text = read_key_file(path)?;
-        let (label, der) = first_pem_block(path, &text)?;
+        Self::from_pem(path, &text)
+    }
+
+    /// Parse private key PEM text; `path` names it in errors.
+    pub fn from_pem(path: &Path, text: &str) -> Result<Self, SignError> {
+        let (label, der) = first_pem_block(path, text)?;
         let der = Zeroizing::new(der);
         match label.as_str() {
             "PRIVATE KEY" => {
@@ -330,7 +335,12 @@ impl PublicKey {
     /// Read a public key file.
     pub fn from_pem_file(path: &Path) -> Result<Self, SignError> {
         let text = read_key_file(path)?;
-        let (label, der) = first_pem_block(path, &text)?;
+        Self::from_pem(path, &text)
+    }
+
+    /// Parse public key PEM text; `path` names it in errors.
+    pub fn from_pem(path: &Path, text: &str) -> Result<Self, SignError> {
+        let (label, der) = first_pem_block(path, text)?;
         match label.as_str() {
             "PUBLIC KEY" => {}
             "PRIVATE KEY" | "EC PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {

@@ -722,3 +722,27 @@ model_signing.verifying.Config().use_elliptic_key_verifier(public_key=pub).verif
     };
     assert_eq!(norm(&ours), norm(&theirs));
 }
+
+/// What a person sees when a signed model was tampered with (temp paths and the random
+/// key id replaced).
+#[test]
+fn verify_report_text_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = make_model(dir.path(), 30);
+    let (key, public) = keygen(dir.path(), "ed25519");
+    assert!(sign(&m, &key, &[]).status.success());
+    fs::write(m.join("config.json"), b"{\"seed\":31}").unwrap();
+    fs::remove_file(m.join("tok/tokenizer.json")).unwrap();
+    fs::write(m.join("run.py"), b"import os").unwrap();
+    let o = verify(&m, &public, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let id = modelgate::sign::PublicKey::from_pem_file(&public)
+        .unwrap()
+        .id()
+        .to_hex();
+    let out = String::from_utf8(o.stdout)
+        .unwrap()
+        .replace(s(dir.path()), "[TMP]")
+        .replace(&id, "[KEY ID]");
+    insta::assert_snapshot!("verify_tampered", out);
+}
