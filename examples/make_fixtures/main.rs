@@ -1,0 +1,82 @@
+//! `cargo run --example make_fixtures [-- --out DIR]`: regenerate the committed test fixtures.
+//!
+//! Writes, byte-for-byte reproducibly, the tree under `fixtures/` (or `DIR`) that the test
+//! suite and the README examples run on:
+//!
+//! - `models/`: tiny Hugging Face model directories (llama, mistral, qwen2, and a sharded
+//!   llama) with random weights, configs, tokenizer, model card and licence (`models.rs`);
+//! - `text/eval.txt`: the evaluation text the tokenizer is trained on (`text.rs`);
+//! - `hostile/` and `pickle/`: malformed and malicious files for the format readers and the
+//!   scanner (written by the `hostile_*` modules, see below).
+//!
+//! `tests/it/fixtures.rs` regenerates into a temporary folder and checks the committed files
+//! are exactly this program's output.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod models;
+mod text;
+mod tokenizer;
+
+// ---- hostile fixtures --------------------------------------------------------------------
+// The lead adds the hostile-file writers here when merging their branches:
+//     mod hostile_gguf;        // writes <out>/hostile/gguf
+//     mod hostile_safetensors; // writes <out>/hostile/safetensors
+//     mod hostile_pickle;      // writes <out>/pickle
+// and calls them in `generate` below (each is `pub fn write_all(dir: &Path) -> io::Result<()>`).
+// -------------------------------------------------------------------------------------------
+
+/// Write every fixture under `out`.
+fn generate(out: &std::path::Path) -> std::io::Result<()> {
+    models::write_all(&out.join("models"))?;
+    text::write_all(&out.join("text"))?;
+    // ---- hostile fixtures: calls go here ----
+    //     hostile_gguf::write_all(&out.join("hostile/gguf"))?;
+    //     hostile_safetensors::write_all(&out.join("hostile/safetensors"))?;
+    //     hostile_pickle::write_all(&out.join("pickle"))?;
+    Ok(())
+}
+
+const USAGE: &str = "usage: cargo run --example make_fixtures [-- --out DIR]";
+
+fn usage() -> ExitCode {
+    eprintln!("{USAGE}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--out") => match args.next() {
+                Some(dir) => out = PathBuf::from(dir),
+                None => return usage(),
+            },
+            Some("-h" | "--help") => {
+                eprintln!("{USAGE}");
+                eprintln!(
+                    "regenerates modelgate's test fixtures (default folder: `{}`)",
+                    out.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("error: unexpected argument `{}`", arg.to_string_lossy());
+                return usage();
+            }
+        }
+    }
+    match generate(&out) {
+        Ok(()) => {
+            eprintln!("wrote fixtures under `{}`", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: could not write fixtures under `{}`", out.display());
+            eprintln!("caused by: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
