@@ -15,9 +15,11 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
 use super::config::{Architecture, ModelConfig};
+use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
 use super::weights::{Naming, RawTensor, Role, SharedQTensor, WeightSource};
 use super::EngineError;
+use crate::formats::DType;
 
 /// How weights are multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -44,7 +46,10 @@ pub enum Logits {
 enum Linear {
     /// f32 weight `[out, in]`.
     Dense(Tensor),
+    /// candle's quantized matmul (K types, float types, non-CPU devices).
     Quant(QMatMul),
+    /// modelgate's CPU kernels for the 32-value block types.
+    Block(Arc<BlockMatrix>),
 }
 
 impl Linear {
@@ -52,6 +57,7 @@ impl Linear {
         Ok(match self {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant(q) => q.forward(x)?,
+            Linear::Block(b) => x.contiguous()?.apply_op1_no_bwd(b.as_ref())?,
         })
     }
 }
@@ -61,6 +67,7 @@ impl Linear {
 enum Embedding {
     Dense(Tensor),
     Quant(SharedQTensor),
+    Block(Arc<BlockMatrix>),
 }
 
 impl Embedding {
@@ -68,8 +75,22 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(t) => t.index_select(ids, 0)?,
             Embedding::Quant(q) => q.embedding(ids)?,
+            Embedding::Block(b) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let k = b.cols();
+                let mut out = vec![0f32; ids.len() * k];
+                for (row, &id) in out.chunks_exact_mut(k).zip(&ids) {
+                    b.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), k), ids_device(b))?
+            }
         })
     }
+}
+
+/// Block matrices live on the CPU.
+fn ids_device(_: &BlockMatrix) -> &'static Device {
+    &Device::Cpu
 }
 
 #[derive(Debug)]
@@ -183,8 +204,32 @@ impl Loader<'_> {
         t.expect_shape(&shape)?;
         Ok(match self.math {
             Math::Reference => Linear::Dense(t.to_f32(self.device)?),
-            Math::Native => Linear::Quant(QMatMul::from_qtensor(t.to_qtensor(self.device)?)?),
+            Math::Native => match self.block_matrix(&t)? {
+                Some(b) => Linear::Block(Arc::new(b)),
+                None => Linear::Quant(QMatMul::from_qtensor(t.to_qtensor(self.device)?)?),
+            },
         })
+    }
+
+    /// The tensor repacked for modelgate's block kernels, when it is a 2-d CPU tensor of a
+    /// type they handle.
+    fn block_matrix(&self, t: &RawTensor<'_>) -> Result<Option<BlockMatrix>, EngineError> {
+        let DType::Ggml(g) = t.dtype else {
+            return Ok(None);
+        };
+        if !self.device.is_cpu() || !BlockMatrix::supports(g) || t.shape.len() != 2 {
+            return Ok(None);
+        }
+        BlockMatrix::from_ggml(g, t.shape[0], t.shape[1], &t.data)
+            .map(Some)
+            .ok_or_else(|| EngineError::BadTensor {
+                name: t.name.clone(),
+                why: format!(
+                    "{} bytes do not hold {:?} values of type {g}",
+                    t.data.len(),
+                    t.shape
+                ),
+            })
     }
 
     fn linear(&self, role: Role, shape: [usize; 2]) -> Result<Linear, EngineError> {
@@ -239,13 +284,19 @@ impl Model {
                 let t = embed_raw.to_f32(device)?;
                 (Embedding::Dense(t.clone()), Linear::Dense(t))
             }
-            Math::Native => {
-                let q = Arc::new(embed_raw.to_qtensor(device)?);
-                (
-                    Embedding::Quant(q.clone()),
-                    Linear::Quant(QMatMul::from_arc(q)?),
-                )
-            }
+            Math::Native => match ld.block_matrix(&embed_raw)? {
+                Some(b) => {
+                    let b = Arc::new(b);
+                    (Embedding::Block(b.clone()), Linear::Block(b))
+                }
+                None => {
+                    let q = Arc::new(embed_raw.to_qtensor(device)?);
+                    (
+                        Embedding::Quant(q.clone()),
+                        Linear::Quant(QMatMul::from_arc(q)?),
+                    )
+                }
+            },
         };
         let head = match ld.raw(Role::Output)? {
             Some(t) => ld.linear_from(t, [cfg.vocab, h])?,

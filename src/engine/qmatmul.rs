@@ -1,0 +1,612 @@
+//! Native-mode matrix products for ggml's 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) on the CPU.
+//!
+//! Written here rather than taken from candle because candle 0.11's CPU kernels for these
+//! types are scalar (only the K types and, for widths that are multiples of 256, Q8_0 have
+//! SIMD paths): on SmolLM2 Q4_1 they run about 30x slower than llama.cpp. The arithmetic is
+//! ggml's: each 32-value block of an activation row is quantized to 8 bits with its own
+//! scale, multiplied in integers against the weight block, and scaled back, so results match
+//! what a deployment on llama.cpp computes up to the order of float additions (one
+//! difference: activation scales are kept in f32 where ggml rounds them to f16).
+//!
+//! SIMD comes from `pulp`, which detects AVX2/FMA at run time and exposes the intrinsics as
+//! safe methods, so this file needs no `unsafe`; other CPUs take the portable loop.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use rayon::prelude::*;
+
+use crate::formats::GgmlType;
+
+/// Values per block.
+const QK: usize = 32;
+/// Activation rows computed together against one unpacked weight block.
+const ROWS: usize = 4;
+/// Activation rows per cache tile.
+const TILE_M: usize = 16;
+
+/// How the quants of a block are stored after repacking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quants {
+    /// 16 bytes: value `j` in the low nibble of byte `j`, value `j + 16` in the high nibble
+    /// (ggml's own layout for Q4_0 / Q4_1), unsigned 0..=15.
+    Nibbles,
+    /// 32 unsigned bytes 0..=31 (Q5_0 / Q5_1, unpacked at load).
+    Bytes,
+    /// 32 signed bytes (Q8_0).
+    Signed,
+}
+
+impl Quants {
+    fn block_bytes(self) -> usize {
+        match self {
+            Quants::Nibbles => 16,
+            Quants::Bytes | Quants::Signed => 32,
+        }
+    }
+}
+
+/// A weight matrix `[n, k]` of block type, repacked for the kernels: per block a scale, an
+/// offset (the value of quant 0) and the quants, so that `w = scale * q + offset`.
+pub struct BlockMatrix {
+    ggml: GgmlType,
+    quants_kind: Quants,
+    n: usize,
+    k: usize,
+    scale: Vec<f32>,
+    /// Empty for Q8_0 (no offset).
+    offset: Vec<f32>,
+    quants: Vec<u8>,
+}
+
+impl std::fmt::Debug for BlockMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockMatrix[{}; {}x{}]", self.ggml, self.n, self.k)
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+impl BlockMatrix {
+    /// Whether the kernels handle this type.
+    pub fn supports(t: GgmlType) -> bool {
+        matches!(
+            t,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+        )
+    }
+
+    /// Repack `n` rows of `k` values stored as ggml blocks. `None` for an unsupported type
+    /// or a size that does not match.
+    pub fn from_ggml(t: GgmlType, n: usize, k: usize, data: &[u8]) -> Option<BlockMatrix> {
+        if !Self::supports(t) || k == 0 || !k.is_multiple_of(QK) {
+            return None;
+        }
+        let (_, block) = t.block()?;
+        let block = block as usize;
+        let blocks = n.checked_mul(k / QK)?;
+        if data.len() != blocks.checked_mul(block)? {
+            return None;
+        }
+        let quants_kind = match t {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => Quants::Nibbles,
+            GgmlType::Q5_0 | GgmlType::Q5_1 => Quants::Bytes,
+            _ => Quants::Signed,
+        };
+        let qb = quants_kind.block_bytes();
+        let mut scale = Vec::with_capacity(blocks);
+        let mut offset = Vec::with_capacity(if t == GgmlType::Q8_0 { 0 } else { blocks });
+        let mut quants = Vec::with_capacity(blocks * qb);
+        for b in data.chunks_exact(block) {
+            let d = f16_at(b, 0);
+            scale.push(d);
+            match t {
+                GgmlType::Q4_0 => {
+                    offset.push(-8.0 * d);
+                    quants.extend_from_slice(&b[2..18]);
+                }
+                GgmlType::Q4_1 => {
+                    offset.push(f16_at(b, 2));
+                    quants.extend_from_slice(&b[4..20]);
+                }
+                GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                    let (hi_at, qs_at) = if t == GgmlType::Q5_0 {
+                        offset.push(-16.0 * d);
+                        (2, 6)
+                    } else {
+                        offset.push(f16_at(b, 2));
+                        (4, 8)
+                    };
+                    let qh =
+                        u32::from_le_bytes([b[hi_at], b[hi_at + 1], b[hi_at + 2], b[hi_at + 3]]);
+                    let qs = &b[qs_at..qs_at + 16];
+                    for (j, &q) in qs.iter().enumerate() {
+                        quants.push((q & 0x0F) | ((((qh >> j) & 1) as u8) << 4));
+                    }
+                    for (j, &q) in qs.iter().enumerate() {
+                        quants.push((q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4));
+                    }
+                }
+                _ => quants.extend_from_slice(&b[2..34]),
+            }
+        }
+        Some(BlockMatrix {
+            ggml: t,
+            quants_kind,
+            n,
+            k,
+            scale,
+            offset,
+            quants,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Row `r` dequantized (for embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.k / QK;
+        let qb = self.quants_kind.block_bytes();
+        for b in 0..nb {
+            let i = r * nb + b;
+            let q = &self.quants[i * qb..(i + 1) * qb];
+            let d = self.scale[i];
+            let o = self.offset.get(i).copied().unwrap_or(0.0);
+            let dst = &mut out[b * QK..(b + 1) * QK];
+            match self.quants_kind {
+                Quants::Nibbles => {
+                    for j in 0..16 {
+                        dst[j] = d * f32::from(q[j] & 0x0F) + o;
+                        dst[j + 16] = d * f32::from(q[j] >> 4) + o;
+                    }
+                }
+                Quants::Bytes => {
+                    for j in 0..QK {
+                        dst[j] = d * f32::from(q[j]) + o;
+                    }
+                }
+                Quants::Signed => {
+                    for j in 0..QK {
+                        dst[j] = d * f32::from(q[j] as i8);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x [m, k] -> x W^T [m, n]`, row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let acts = Acts::quantize(x, m, self.k);
+        let n = self.n;
+        let threads = rayon::current_num_threads().max(1);
+        // Enough chunks for load balance, each a whole number of weight rows.
+        let chunk = n.div_ceil(threads * 4).max(16).min(n.max(1));
+        let mut out_t = vec![0f32; n * m];
+        #[cfg(target_arch = "x86_64")]
+        let simd = pulp::x86::V3::try_new();
+        out_t
+            .par_chunks_mut(chunk * m)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let j0 = c * chunk;
+                #[cfg(target_arch = "x86_64")]
+                if let Some(simd) = simd {
+                    simd.vectorize(
+                        #[inline(always)]
+                        || self.tile(&acts, j0, dst, |w, a, rows| avx2::dot(simd, w, a, rows)),
+                    );
+                    return;
+                }
+                self.tile(&acts, j0, dst, portable_dot);
+            });
+        if m == 1 {
+            return out_t;
+        }
+        let mut out = vec![0f32; m * n];
+        for (j, col) in out_t.chunks_exact(m).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                out[i * n + j] = *v;
+            }
+        }
+        out
+    }
+
+    /// Fill `dst` (weight rows `j0..`, each `m` activation rows, column-major) with dots.
+    #[inline(always)]
+    fn tile<F>(&self, acts: &Acts, j0: usize, dst: &mut [f32], dot: F)
+    where
+        F: Fn(WeightRow<'_>, &Acts, std::ops::Range<usize>) -> [f32; ROWS],
+    {
+        let m = acts.m;
+        let rows = dst.len() / m;
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = (i0 + TILE_M).min(m);
+            for jj in 0..rows {
+                let w = self.row(j0 + jj);
+                let col = &mut dst[jj * m..(jj + 1) * m];
+                let mut i = i0;
+                while i < i1 {
+                    let r = (i1 - i).min(ROWS);
+                    let v = dot(w, acts, i..i + r);
+                    col[i..i + r].copy_from_slice(&v[..r]);
+                    i += r;
+                }
+            }
+            i0 = i1;
+        }
+    }
+
+    fn row(&self, j: usize) -> WeightRow<'_> {
+        let nb = self.k / QK;
+        let qb = self.quants_kind.block_bytes();
+        WeightRow {
+            kind: self.quants_kind,
+            scale: &self.scale[j * nb..(j + 1) * nb],
+            offset: if self.offset.is_empty() {
+                &[]
+            } else {
+                &self.offset[j * nb..(j + 1) * nb]
+            },
+            quants: &self.quants[j * nb * qb..(j + 1) * nb * qb],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct WeightRow<'a> {
+    kind: Quants,
+    scale: &'a [f32],
+    offset: &'a [f32],
+    quants: &'a [u8],
+}
+
+/// Activation rows quantized to 8 bits per 32-value block (ggml's Q8_1): quants, scale
+/// `d = max|x| / 127`, and `s = d * sum(q)` for the offset term.
+struct Acts {
+    m: usize,
+    nb: usize,
+    q: Vec<u8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl Acts {
+    fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
+        let nb = k / QK;
+        let mut q = vec![0u8; m * k];
+        let mut d = vec![0f32; m * nb];
+        let mut s = vec![0f32; m * nb];
+        q.par_chunks_mut(QK)
+            .zip(d.par_iter_mut().zip(s.par_iter_mut()))
+            .zip(x.par_chunks(QK))
+            .with_min_len(64)
+            .for_each(|((qb, (db, sb)), xb)| {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (o, v) in qb.iter_mut().zip(xb) {
+                    let v = (v * inv).round() as i32;
+                    sum += v;
+                    *o = v as i8 as u8;
+                }
+                *db = scale;
+                *sb = scale * sum as f32;
+            });
+        Acts { m, nb, q, d, s }
+    }
+}
+
+/// Portable dot products of one weight row with up to [`ROWS`] activation rows.
+fn portable_dot(w: WeightRow<'_>, a: &Acts, rows: std::ops::Range<usize>) -> [f32; ROWS] {
+    let mut out = [0f32; ROWS];
+    let nb = a.nb;
+    let qb = w.kind.block_bytes();
+    for (slot, i) in rows.enumerate() {
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let wq = &w.quants[b * qb..(b + 1) * qb];
+            let xq = &a.q[(i * nb + b) * QK..(i * nb + b + 1) * QK];
+            let x = |j: usize| i32::from(xq[j] as i8);
+            let isum: i32 = match w.kind {
+                Quants::Nibbles => (0..16)
+                    .map(|j| i32::from(wq[j] & 0x0F) * x(j) + i32::from(wq[j] >> 4) * x(j + 16))
+                    .sum(),
+                Quants::Bytes => (0..QK).map(|j| i32::from(wq[j]) * x(j)).sum(),
+                Quants::Signed => (0..QK).map(|j| i32::from(wq[j] as i8) * x(j)).sum(),
+            };
+            acc += w.scale[b] * a.d[i * nb + b] * isum as f32;
+            if let Some(o) = w.offset.get(b) {
+                acc += o * a.s[i * nb + b];
+            }
+        }
+        out[slot] = acc;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m128i, __m256, __m256i};
+
+    use pulp::bytemuck::cast;
+    use pulp::x86::V3;
+
+    use super::{Acts, Quants, WeightRow, QK, ROWS};
+
+    #[inline(always)]
+    fn load32(b: &[u8]) -> __m256i {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&b[..32]);
+        cast(a)
+    }
+
+    #[inline(always)]
+    fn load16(b: &[u8]) -> __m128i {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[..16]);
+        cast(a)
+    }
+
+    /// The weight block as 32 bytes in value order (unsigned, or signed for Q8_0).
+    #[inline(always)]
+    fn unpack(simd: V3, kind: Quants, q: &[u8]) -> __m256i {
+        match kind {
+            Quants::Nibbles => {
+                let v = load16(q);
+                let mask = simd.sse2._mm_set1_epi8(0x0F);
+                let lo = simd.sse2._mm_and_si128(v, mask);
+                let hi = simd
+                    .sse2
+                    ._mm_and_si128(simd.sse2._mm_srli_epi16::<4>(v), mask);
+                simd.avx._mm256_set_m128i(hi, lo)
+            }
+            Quants::Bytes | Quants::Signed => load32(q),
+        }
+    }
+
+    #[inline(always)]
+    fn hsum(v: __m256) -> f32 {
+        let a: [f32; 8] = cast(v);
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+    }
+
+    /// Dot products of one weight row with up to [`ROWS`] activation rows, unpacking each
+    /// weight block once for all of them.
+    #[inline(always)]
+    pub(super) fn dot(
+        simd: V3,
+        w: WeightRow<'_>,
+        a: &Acts,
+        rows: std::ops::Range<usize>,
+    ) -> [f32; ROWS] {
+        let nb = a.nb;
+        let qb = w.kind.block_bytes();
+        let r = rows.len();
+        let i0 = rows.start;
+        let ones = simd.avx._mm256_set1_epi16(1);
+        let mut acc = [simd.avx._mm256_setzero_ps(); ROWS];
+        let mut off = [0f32; ROWS];
+        for b in 0..nb {
+            let wv = unpack(simd, w.kind, &w.quants[b * qb..(b + 1) * qb]);
+            // maddubs multiplies unsigned by signed bytes; for signed weights the sign moves
+            // to the activations (|w| * sign(x, w) = w * x), as ggml does.
+            let (wu, signed) = match w.kind {
+                Quants::Signed => (simd.avx2._mm256_abs_epi8(wv), true),
+                _ => (wv, false),
+            };
+            let ws = w.scale[b];
+            for s in 0..r {
+                let i = i0 + s;
+                let at = (i * nb + b) * QK;
+                let mut xv = load32(&a.q[at..at + QK]);
+                if signed {
+                    xv = simd.avx2._mm256_sign_epi8(xv, wv);
+                }
+                let p16 = simd.avx2._mm256_maddubs_epi16(wu, xv);
+                let p32 = simd.avx2._mm256_madd_epi16(p16, ones);
+                let scale = simd.avx._mm256_set1_ps(ws * a.d[i * nb + b]);
+                acc[s] = simd
+                    .fma
+                    ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(p32), scale, acc[s]);
+                if let Some(o) = w.offset.get(b) {
+                    off[s] += o * a.s[i * nb + b];
+                }
+            }
+        }
+        let mut out = [0f32; ROWS];
+        for s in 0..r {
+            out[s] = hsum(acc[s]) + off[s];
+        }
+        out
+    }
+}
+
+impl CustomOp1 for BlockMatrix {
+    fn name(&self) -> &'static str {
+        "modelgate-block-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some(x) = layout.contiguous_offsets() else {
+            candle_core::bail!("block matmul needs a contiguous input, got {layout:?}");
+        };
+        let dims = layout.shape().dims();
+        let Some((&k, lead)) = dims.split_last() else {
+            candle_core::bail!("block matmul needs a matrix input");
+        };
+        if k != self.k {
+            candle_core::bail!("block matmul input width {k}, weight width {}", self.k);
+        }
+        let m: usize = lead.iter().product();
+        let data = match storage {
+            CpuStorage::F32(v) => &v[x.0..x.1],
+            _ => candle_core::bail!("block matmul needs f32 activations"),
+        };
+        let out = self.matmul(data, m);
+        let mut shape = lead.to_vec();
+        shape.push(self.n);
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pseudo-random stream for test data.
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// ggml-style blocks for rows of `k` values.
+    fn quantize(t: GgmlType, w: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in w.chunks(QK) {
+            let h = |v: f32| half::f16::from_f32(v).to_le_bytes();
+            match t {
+                GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => {
+                    let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let (levels, zero) = match t {
+                        GgmlType::Q8_0 => (127.0, 0i32),
+                        GgmlType::Q4_0 => (7.0, 8),
+                        _ => (15.0, 16),
+                    };
+                    let d = amax / levels;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(h(d));
+                    let q: Vec<i32> = b.iter().map(|v| (v * inv).round() as i32 + zero).collect();
+                    match t {
+                        GgmlType::Q8_0 => out.extend(q.iter().map(|&v| v as i8 as u8)),
+                        GgmlType::Q4_0 => {
+                            out.extend((0..16).map(|j| (q[j] as u8) | ((q[j + 16] as u8) << 4)))
+                        }
+                        _ => {
+                            let mut qh = 0u32;
+                            for (j, &v) in q.iter().enumerate() {
+                                qh |= (((v as u32) >> 4) & 1) << j;
+                            }
+                            out.extend(qh.to_le_bytes());
+                            out.extend(
+                                (0..16)
+                                    .map(|j| ((q[j] & 15) as u8) | (((q[j + 16] & 15) as u8) << 4)),
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let levels = if t == GgmlType::Q4_1 { 15.0 } else { 31.0 };
+                    let d = (max - min) / levels;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(h(d));
+                    out.extend(h(min));
+                    let q: Vec<u32> = b.iter().map(|v| ((v - min) * inv).round() as u32).collect();
+                    if t == GgmlType::Q5_1 {
+                        let mut qh = 0u32;
+                        for (j, &v) in q.iter().enumerate() {
+                            qh |= ((v >> 4) & 1) << j;
+                        }
+                        out.extend(qh.to_le_bytes());
+                    }
+                    out.extend(
+                        (0..16).map(|j| ((q[j] & 15) as u8) | (((q[j + 16] & 15) as u8) << 4)),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_type_matches_dequantized_f32() {
+        let (n, k) = (37, 96);
+        let w = noise(1, n * k);
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            let bytes = quantize(t, &w);
+            let bm = BlockMatrix::from_ggml(t, n, k, &bytes).unwrap();
+            // dequantized weights agree with candle's reading of the same blocks
+            let dt = match t {
+                GgmlType::Q4_0 => candle_core::quantized::GgmlDType::Q4_0,
+                GgmlType::Q4_1 => candle_core::quantized::GgmlDType::Q4_1,
+                GgmlType::Q5_0 => candle_core::quantized::GgmlDType::Q5_0,
+                GgmlType::Q5_1 => candle_core::quantized::GgmlDType::Q5_1,
+                _ => candle_core::quantized::GgmlDType::Q8_0,
+            };
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&bytes),
+                &candle_core::Device::Cpu,
+                dt,
+            )
+            .unwrap();
+            let qt = candle_core::quantized::QTensor::new(storage, (n, k)).unwrap();
+            let candle = qt
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut deq = vec![0f32; n * k];
+            for r in 0..n {
+                bm.dequantize_row(r, &mut deq[r * k..(r + 1) * k]);
+            }
+            for (a, b) in deq.iter().zip(&candle) {
+                assert!((a - b).abs() < 1e-6, "{t}: {a} vs {b}");
+            }
+            for m in [1usize, 3, 21] {
+                let x = noise(2 + m as u64, m * k);
+                let got = bm.matmul(&x, m);
+                let acts = Acts::quantize(&x, m, k);
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f32 = (0..k).map(|c| x[i * k + c] * deq[j * k + c]).sum();
+                        let g = got[i * n + j];
+                        // activation quantization error only: 8-bit, |x| <= 1
+                        assert!(
+                            (g - exact).abs() < 0.05,
+                            "{t} m={m} ({i},{j}): {g} vs {exact}"
+                        );
+                        let p = portable_dot(bm.row(j), &acts, i..i + 1)[0];
+                        assert!((g - p).abs() < 1e-4, "{t}: simd {g} vs portable {p}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(BlockMatrix::from_ggml(GgmlType::Q4_1, 2, 32, &[0u8; 39]).is_none());
+        assert!(BlockMatrix::from_ggml(GgmlType::Q4_1, 2, 33, &[0u8; 40]).is_none());
+        assert!(BlockMatrix::from_ggml(GgmlType::Q4K, 1, 256, &[0u8; 144]).is_none());
+        assert!(BlockMatrix::from_ggml(GgmlType::Q4_1, 2, 32, &[0u8; 40]).is_some());
+    }
+}
