@@ -5,6 +5,7 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
+mod convert;
 mod inspect;
 
 use std::fmt;
@@ -37,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Convert and quantize: Hugging Face / PyTorch -> GGUF, GGUF -> GGUF, GGUF -> safetensors
+    Convert(convert::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }
 

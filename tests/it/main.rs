@@ -1,6 +1,7 @@
 //! The integration test binary: end-to-end checks of the `modelgate` command and library on
 //! fixtures, hostile files and the real SmolLM2 checkpoint. One module per area.
 
+mod convert;
 mod inspect;
 mod fixtures;
 mod support;
