@@ -6,7 +6,16 @@
 //! optional `hint: ...` line, all on stderr.
 
 mod convert;
+mod hash;
 mod inspect;
+mod scan;
+mod keygen;
+mod sign;
+mod verify;
+mod license;
+mod policy;
+mod generate;
+mod logits;
 
 use std::fmt;
 use std::io::Write;
@@ -40,6 +49,24 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert and quantize: Hugging Face / PyTorch -> GGUF, GGUF -> GGUF, GGUF -> safetensors
     Convert(convert::Args),
+    /// Look for code, malformed structure and broken values before anything loads a model
+    Scan(scan::Args),
+    /// Hash a model directory: per-file (or per-shard) sha256 and the root digest
+    Hash(hash::Args),
+    /// Create a signing key pair (ed25519 or P-256)
+    Keygen(keygen::Args),
+    /// Sign a model directory into `model.sig` (OpenSSF model signing bundle)
+    Sign(sign::Args),
+    /// Verify a model against its signature and report what changed
+    Verify(verify::Args),
+    /// Show the licences a model is under, its provenance and what adopting it obliges
+    License(license::Args),
+    /// Check a model against a policy file, or validate a policy file
+    Policy(policy::Args),
+    /// Continue a prompt with the reference engine (greedy unless --temperature)
+    Generate(generate::Args),
+    /// List the most likely next tokens after a prompt
+    Logits(logits::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -71,6 +98,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Scan(args) => scan::run(args),
+        Command::Hash(args) => hash::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::License(args) => license::run(args),
+        Command::Policy(args) => policy::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
     }
 }
 
@@ -99,6 +135,14 @@ pub fn hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow:
         error: error.into(),
         hint: hint.into(),
     })
+}
+
+/// A signing error with its hint attached, if it has one.
+fn sign_error(e: crate::sign::SignError) -> anyhow::Error {
+    match e.hint() {
+        Some(h) => hint(e, h),
+        None => e.into(),
+    }
 }
 
 fn print_error(e: &anyhow::Error) {

@@ -1,12 +1,10 @@
 //! Decoding stored values to f32 and encoding f32 to the output type, one run of rows at a
-//! time. Plain element types (F32, F16, BF16, F64) are converted here; block formats go
-//! through the quantization kernels.
-
-use half::{bf16, f16};
+//! time, through the [`quant`](super::quant) kernels (which also cover F32, F16 and BF16);
+//! F64 sources, which ggml never writes but safetensors may hold, are narrowed here.
 
 use crate::formats::{DType, GgmlType};
 
-use super::kernels;
+use super::quant;
 
 /// Decode `out.len()` values stored as `dtype` in `bytes` (exactly the bytes of those values).
 pub fn decode(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
@@ -21,69 +19,30 @@ pub fn decode(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), String>
         ));
     }
     match dtype {
-        DType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        DType::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        DType::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-            }
-        }
         DType::F64 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(c);
                 *o = f64::from_le_bytes(b) as f32;
             }
+            Ok(())
         }
-        DType::Ggml(t) if t.is_quantized() => kernels::dequantize(t, bytes, out)?,
-        other => return Err(format!("values stored as {other} cannot be converted")),
+        d => match d.to_ggml() {
+            Some(t) if quant::supported(t) => quant::dequantize(t, bytes, out).map_err(|e| e.to_string()),
+            _ => Err(format!("values stored as {d} cannot be converted")),
+        },
     }
-    Ok(())
 }
 
 /// Whether [`decode`] reads this dtype.
 pub fn decodable(dtype: DType) -> bool {
-    match dtype {
-        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => true,
-        DType::Ggml(t) => t.is_quantized() && kernels::supported(t),
-        _ => false,
-    }
+    dtype == DType::F64 || dtype.to_ggml().is_some_and(quant::supported)
 }
 
 /// Encode `src` as `ty`, appending to `out`. `row_len` is the length of one row; block
 /// types quantize row by row (a block never spans two rows).
 pub fn encode(ty: GgmlType, src: &[f32], row_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
-    match ty {
-        GgmlType::F32 => {
-            out.reserve(src.len() * 4);
-            for v in src {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        GgmlType::F16 => {
-            out.reserve(src.len() * 2);
-            for v in src {
-                out.extend_from_slice(&f16::from_f32(*v).to_le_bytes());
-            }
-        }
-        GgmlType::BF16 => {
-            out.reserve(src.len() * 2);
-            for v in src {
-                out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes());
-            }
-        }
-        t if t.is_quantized() => kernels::quantize(t, src, row_len, out)?,
-        other => return Err(format!("cannot write values as {other}")),
-    }
-    Ok(())
+    quant::quantize_rows(ty, src, row_len, out).map_err(|e| e.to_string())
 }
 
 /// The dtype safetensors uses for an output float type.

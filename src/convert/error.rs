@@ -70,6 +70,10 @@ pub enum ConvertError {
         source: std::io::Error,
     },
 
+    /// The output writer refused what it was given (a bug, or an impossible layout).
+    #[error("cannot write `{path}`: {fault}")]
+    Output { path: PathBuf, fault: String },
+
     /// A quantization kernel refused its input.
     #[error("tensor `{tensor}`: {fault}")]
     Kernel { tensor: String, fault: String },

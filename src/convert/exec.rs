@@ -12,16 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use super::arch::RowMap;
 use super::error::ConvertError;
-use super::layout::{self, Slot};
 use super::plan::{Plan, Planned, Source};
 use super::{elem, OutputFormat, Progress};
+use crate::formats::gguf::{GgufWriter, TensorDesc};
+use crate::formats::safetensors::{self, TensorSpec};
 use crate::formats::{Checkpoint, DType, Weights};
 
 /// Values per chunk: big enough to amortise scheduling, small enough that a few per thread
@@ -51,18 +51,6 @@ enum ChunkOut {
     Owned(Vec<u8>),
     /// Bytes to copy unchanged from the source tensor: (offset, length) in its data.
     Copy(usize, usize),
-}
-
-fn slots(plan: &Plan) -> Vec<Slot> {
-    plan.tensors
-        .iter()
-        .map(|t| Slot {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            ty: t.ty,
-            bytes: t.bytes,
-        })
-        .collect()
 }
 
 /// Whether a tensor's bytes go through unchanged.
@@ -113,27 +101,64 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
     Ok(ChunkOut::Owned(out))
 }
 
-/// Where output bytes go, tracking the position for padding.
-struct Sink<'a> {
-    file: &'a mut File,
-    path: &'a Path,
-    pos: u64,
+/// The format writer the chunks go through (both stream: header first, then each tensor's
+/// bytes in order).
+enum Sink<'a> {
+    Gguf(GgufWriter<&'a mut File>),
+    Safetensors(safetensors::Writer<&'a mut File>),
 }
 
-impl Sink<'_> {
-    fn write(&mut self, b: &[u8]) -> Result<(), ConvertError> {
-        self.file.write_all(b).map_err(|e| ConvertError::write(self.path, e))?;
-        self.pos += b.len() as u64;
-        Ok(())
+impl<'a> Sink<'a> {
+    fn new(plan: &Plan, file: &'a mut File, path: &Path) -> Result<Sink<'a>, ConvertError> {
+        let bad = |fault: String| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        };
+        Ok(match plan.format {
+            OutputFormat::Gguf => {
+                let descs: Vec<TensorDesc> = plan
+                    .tensors
+                    .iter()
+                    .map(|t| TensorDesc {
+                        name: t.name.clone(),
+                        ggml_type: t.ty,
+                        shape: t.shape.clone(),
+                    })
+                    .collect();
+                Sink::Gguf(GgufWriter::new(file, &plan.gguf_meta, &descs).map_err(|e| bad(e.to_string()))?)
+            }
+            OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
+                let specs: Vec<TensorSpec> = plan
+                    .tensors
+                    .iter()
+                    .map(|t| TensorSpec::new(t.name.clone(), DType::from_ggml(t.ty), t.shape.clone()))
+                    .collect();
+                let meta: BTreeMap<String, String> = plan.st_meta.iter().cloned().collect();
+                Sink::Safetensors(safetensors::Writer::new(file, &specs, &meta).map_err(|e| bad(e.to_string()))?)
+            }
+        })
     }
 
-    fn pad_to(&mut self, at: u64) -> Result<(), ConvertError> {
-        const ZEROS: [u8; 64] = [0; 64];
-        while self.pos < at {
-            let n = (at - self.pos).min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n])?;
-        }
-        Ok(())
+    fn write(&mut self, name: &str, data: &[u8], path: &Path) -> Result<(), ConvertError> {
+        let r = match self {
+            Sink::Gguf(w) => w.write_tensor_chunk(name, data).map_err(|e| e.to_string()),
+            Sink::Safetensors(w) => w.write_chunk(data).map_err(|e| e.to_string()),
+        };
+        r.map_err(|fault| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        })
+    }
+
+    fn finish(self, path: &Path) -> Result<(), ConvertError> {
+        let r = match self {
+            Sink::Gguf(w) => w.finish().map(drop).map_err(|e| e.to_string()),
+            Sink::Safetensors(w) => w.finish().map(drop).map_err(|e| e.to_string()),
+        };
+        r.map_err(|fault| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        })
     }
 }
 
@@ -171,23 +196,11 @@ pub fn write_tensors(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Written, ConvertError> {
-    let slots = slots(plan);
-    let lay = match plan.format {
-        OutputFormat::Gguf => layout::gguf(&plan.gguf_meta, &slots),
-        OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
-            layout::safetensors(&plan.st_meta, &slots).map_err(ConvertError::Options)?
-        }
-    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| ConvertError::Options(format!("cannot start {threads} worker threads: {e}")))?;
-    let mut sink = Sink {
-        file,
-        path: file_path,
-        pos: 0,
-    };
-    sink.write(&lay.header)?;
+    let mut sink = Sink::new(plan, file, file_path)?;
     let total_in: u64 = plan
         .tensors
         .iter()
@@ -267,18 +280,15 @@ pub fn write_tensors(
                 while let Some(r) = pending.remove(&written) {
                     let c = &chunks[written];
                     let t = &plan.tensors[c.tensor];
-                    if c.row0 == 0 {
-                        sink.pad_to(lay.offsets[c.tensor])?;
-                    }
                     match r? {
-                        ChunkOut::Owned(b) => sink.write(&b)?,
+                        ChunkOut::Owned(b) => sink.write(&t.name, &b, file_path)?,
                         ChunkOut::Copy(off, len) => {
                             let Source::Tensor(k) = t.source else {
                                 return Err(ConvertError::Options("copy from a computed tensor".into()));
                             };
                             let info = &weights.tensors[k];
                             let data = weights.tensor_data(info)?;
-                            sink.write(&data[off..off + len])?;
+                            sink.write(&t.name, &data[off..off + len], file_path)?;
                         }
                     }
                     let in_bytes = match t.source {
@@ -299,16 +309,14 @@ pub fn write_tensors(
         current = Some(ckpt);
     }
     drop(current);
-    if sink.pos != lay.total {
-        return Err(ConvertError::Options(format!(
-            "wrote {} bytes, the layout says {}",
-            sink.pos, lay.total
-        )));
-    }
+    sink.finish(file_path)?;
+    let bytes_out = std::fs::metadata(file_path)
+        .map_err(|e| ConvertError::write(file_path, e))?
+        .len();
     progress.finish();
     Ok(Written {
         bytes_in,
-        bytes_out: sink.pos,
+        bytes_out,
         tensor_bytes: plan.tensors.iter().map(|t| t.bytes).sum(),
     })
 }

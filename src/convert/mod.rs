@@ -9,10 +9,10 @@
 //! - [`vocab`]: tokenizer.json ↔ `tokenizer.ggml.*`;
 //! - [`meta`]: `general.*` keys from config and model card;
 //! - [`plan`]: checkpoint + options → every output tensor and key, all checks up front;
-//! - [`exec`]: chunked, parallel, ordered, bounded-memory writing to a temporary file that
-//!   is renamed into place;
-//! - [`layout`]: GGUF v3 and safetensors headers and tensor offsets;
-//! - [`elem`] and [`kernels`]: f32 ↔ stored values; `quant` holds the block-format kernels.
+//! - [`exec`]: chunked, parallel, ordered, bounded-memory writing (through the streaming
+//!   GGUF and safetensors writers of `formats`) to a temporary file renamed into place;
+//! - [`elem`]: stored values ↔ f32 rows, through [`quant`], the ggml block-format kernels
+//!   (quantize and dequantize rows of `f32`, on all cores).
 //!
 //! Nothing here prints: progress goes through [`Progress`], results come back as a
 //! [`Summary`] that `cli::convert` renders.
@@ -21,10 +21,9 @@ pub mod arch;
 pub mod elem;
 pub mod error;
 pub mod exec;
-pub mod kernels;
-pub mod layout;
 pub mod meta;
 pub mod plan;
+pub mod quant;
 pub mod recipe;
 pub mod vocab;
 

@@ -1,1 +1,190 @@
-//! (being built: see the issue tracker)
+//! The reference engine: a forward pass for llama-family decoders on candle, the tokenizer
+//! that goes with a checkpoint, and greedy or sampled generation.
+//!
+//! In the pipeline it sits after `formats` (which it reads weights through, never touching
+//! checkpoint bytes itself) and before parity, which compares the logits of a reference and
+//! a candidate model computed by this one implementation. A safetensors reference and a
+//! GGUF candidate differ only in their [`WeightSource`] naming and dtypes; the
+//! [`Math`] mode decides whether weights are dequantized to f32 (`reference`) or multiplied
+//! in their stored block type (`native`).
+
+pub mod chat;
+pub mod config;
+pub mod generate;
+pub mod model;
+pub mod rope;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::formats::{Checkpoint, FormatError};
+
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use generate::{generate, Generation, GenerationConfig, StopReason};
+pub use model::{Logits, Math, Model};
+pub use sampling::{top_k, Sampler, Scored};
+pub use tokenizer::TextTokenizer;
+pub use weights::{Naming, RawTensor, WeightSource};
+
+/// An error of the engine. Messages say what was found and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("the checkpoint does not declare its {0}")]
+    MissingParam(String),
+    #[error("bad hyper-parameter: {0}")]
+    BadParam(String),
+    #[error("{0} is not supported by the engine")]
+    Unsupported(String),
+    #[error("tensor `{0}` is missing")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("tensor `{name}`: {why}")]
+    BadTensor { name: String, why: String },
+    #[error("tensor `{name}` has dtype {dtype}, which the engine cannot compute with")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("{tokens} tokens do not fit in the model's context of {context}")]
+    ContextOverflow { tokens: usize, context: usize },
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { token: u32, vocab: usize },
+    #[error("nothing to run: the input has no tokens")]
+    EmptyInput,
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("device `{spec}`: {why}")]
+    Device { spec: String, why: String },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl EngineError {
+    /// Whether the error is about the user's input or checkpoint (exit code 2) rather than
+    /// a fault of the engine itself. Every engine error is currently one of those.
+    pub fn is_input_error(&self) -> bool {
+        !matches!(self, EngineError::Candle(_))
+    }
+}
+
+/// A compute device, parsed from `cpu`, `cuda:N` or `metal`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "metal" => Ok(DeviceSpec::Metal),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(format!(
+                    "`{s}` is not a device (expected `cpu`, `cuda:N` or `metal`)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Open the device. CUDA and Metal exist only in builds with the `cuda` / `metal`
+    /// cargo features.
+    pub fn open(&self) -> Result<Device, EngineError> {
+        let fail = |why: String| EngineError::Device {
+            spec: self.to_string(),
+            why,
+        };
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(n) => Device::new_cuda(*n).map_err(|e| fail(e.to_string())),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(fail(
+                "this build has no CUDA support (rebuild with `--features cuda`)".into(),
+            )),
+            #[cfg(feature = "metal")]
+            DeviceSpec::Metal => Device::new_metal(0).map_err(|e| fail(e.to_string())),
+            #[cfg(not(feature = "metal"))]
+            DeviceSpec::Metal => Err(fail(
+                "this build has no Metal support (rebuild with `--features metal`)".into(),
+            )),
+        }
+    }
+}
+
+/// A checkpoint ready to run: the decoder and its tokenizer.
+#[derive(Debug)]
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Engine {
+    /// Load the model and tokenizer of an opened checkpoint.
+    pub fn load(ckpt: &Checkpoint, math: Math, device: &Device) -> Result<Engine, EngineError> {
+        let config_json = ckpt.dir.as_ref().and_then(|d| d.config.as_ref());
+        let cfg = ModelConfig::new(&ckpt.params(), config_json, &ckpt.weights.metadata)?;
+        let tokenizer = TextTokenizer::from_checkpoint(ckpt)?;
+        if tokenizer.vocab_size() > cfg.vocab {
+            return Err(EngineError::Tokenizer(format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tokenizer.vocab_size(),
+                cfg.vocab
+            )));
+        }
+        let model = Model::load(&ckpt.weights, cfg, math, device)?;
+        Ok(Engine { model, tokenizer })
+    }
+
+    /// Open a checkpoint path and load it.
+    pub fn open(path: &Path, math: Math, device: &Device) -> Result<Engine, EngineError> {
+        let ckpt = Checkpoint::open(path)?;
+        Engine::load(&ckpt, math, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!("metal".parse::<DeviceSpec>().unwrap(), DeviceSpec::Metal);
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(DeviceSpec::Cuda(0)
+            .open()
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
+    }
+}

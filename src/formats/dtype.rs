@@ -45,11 +45,19 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    NVFP4,
+    Q1_0,
     /// An id ggml does not define today (or one it removed, like the Q4_0_4_4 repacks).
     Unknown(u32),
 }
 
-/// (type, id, name, elements per block, bytes per block). Sizes as in ggml's type traits.
+/// (type, id, name, elements per block, bytes per block). Sizes as in ggml's type traits
+/// (`sizeof(block_*)` in ggml-common.h); checked against the PyPI `gguf` package's
+/// `GGML_QUANT_SIZES` in tests/it/gguf.rs. They agree except for Q8_1, where gguf-py still
+/// says 40 bytes (two f32 scales, ggml's layout before 2024) and ggml's block has two f16
+/// scales and 36 bytes. Q8_1 and Q8_K are ggml's intermediate types for activations and do
+/// not occur in model files. Ids 4, 5 (Q4_2, Q4_3), 31-33 (Q4_0_4_4 .. Q4_0_8_8) and 36-38
+/// (IQ4_NL_4_4 .. IQ4_NL_8_8) were removed from ggml and read as `Unknown`.
 const GGML_TABLE: &[(GgmlType, u32, &str, u64, u64)] = &[
     (GgmlType::F32, 0, "F32", 1, 4),
     (GgmlType::F16, 1, "F16", 1, 2),
@@ -83,6 +91,8 @@ const GGML_TABLE: &[(GgmlType, u32, &str, u64, u64)] = &[
     (GgmlType::TQ1_0, 34, "TQ1_0", 256, 54),
     (GgmlType::TQ2_0, 35, "TQ2_0", 256, 66),
     (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, 40, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, 41, "Q1_0", 128, 18),
 ];
 
 impl GgmlType {
@@ -293,6 +303,8 @@ mod tests {
             assert_eq!(GgmlType::from_name(t.name()), Some(t));
         }
         assert_eq!(GgmlType::from_id(31), GgmlType::Unknown(31));
+        assert_eq!(GgmlType::from_id(42), GgmlType::Unknown(42));
+        assert_eq!(GgmlType::all().count(), 34);
         assert_eq!(GgmlType::Unknown(31).to_string(), "unknown(31)");
     }
 

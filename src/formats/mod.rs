@@ -12,6 +12,7 @@ pub mod dtype;
 pub mod gguf;
 pub mod hf;
 mod mmap;
+pub mod pickle;
 pub mod pytorch;
 pub mod safetensors;
 
@@ -293,10 +294,11 @@ impl Checkpoint {
         if weights.format == WeightFormat::SafetensorsSharded {
             for f in &weights.files {
                 let size = fs::metadata(f).map_err(|e| FormatError::io(f, e))?.len();
+                let root = path.parent().unwrap_or(Path::new(""));
                 let rel = f
-                    .file_name()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| f.clone());
+                    .strip_prefix(root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| f.clone());
                 files.push(FileEntry { path: rel, size });
             }
             files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -348,7 +350,9 @@ impl ModelParams {
     }
 }
 
-/// Open one weight file by sniffing its first bytes (the extension can lie).
+/// Open one weight file by sniffing its first bytes (the extension can lie). A file that
+/// matches no signature is read by its extension, so that a broken `.safetensors` or
+/// `.gguf` gets that reader's precise message instead of "unrecognised".
 pub fn open_weight_file(path: &Path) -> Result<Weights, FormatError> {
     let mut head = [0u8; 16];
     let n = read_prefix(path, &mut head)?;
@@ -356,18 +360,28 @@ pub fn open_weight_file(path: &Path) -> Result<Weights, FormatError> {
     if head.starts_with(b"GGUF") {
         return gguf::open(path);
     }
-    if path
+    let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
-    {
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if name.ends_with(".safetensors.index.json") {
         return safetensors::open_sharded(path);
+    }
+    // Before the pickle check: a safetensors header length whose low byte is 0x80 looks
+    // like a pickle's PROTO opcode, while no zip or pickle has `{` at byte 8.
+    if safetensors::looks_like_safetensors(head) {
+        return safetensors::open(path);
     }
     if pytorch::looks_like_pytorch(head) {
         return pytorch::open(path);
     }
-    if safetensors::looks_like_safetensors(head) {
-        return safetensors::open(path);
+    let ext = name.rsplit('.').next().unwrap_or("");
+    match ext {
+        "safetensors" => return safetensors::open(path),
+        "gguf" => return gguf::open(path),
+        "bin" | "pt" | "pth" | "ckpt" | "pkl" => return pytorch::open(path),
+        _ => {}
     }
     Err(FormatError::NotACheckpoint {
         path: path.to_owned(),
@@ -391,7 +405,6 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, FormatError> {
 }
 
 /// Read a small text file whole, refusing anything over `cap` bytes or not UTF-8.
-#[allow(dead_code)] // used by the hf reader
 pub(crate) fn read_text_capped(path: &Path, cap: u64) -> Result<String, FormatError> {
     let size = fs::metadata(path)
         .map_err(|e| FormatError::io(path, e))?

@@ -3,5 +3,12 @@
 
 mod convert;
 mod inspect;
+mod policy;
 mod fixtures;
+mod gguf;
+mod formats_hf;
+mod scan;
+mod sign;
+mod quant;
+mod engine;
 mod support;

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Independent oracles for modelgate's block-format kernels (src/convert/quant).
+
+Two oracles, both driven by a JSON list of jobs so that one Python start serves a whole
+test:
+
+* `gguf`: the PyPI `gguf` package (gguf-py, maintained with llama.cpp).
+  `dequant` runs `gguf.quants.dequantize(bytes, qtype)`; `quant` runs
+  `gguf.quants.quantize(values, qtype)` where gguf-py has a quantizer (F16, BF16, Q4_0,
+  Q4_1, Q5_0, Q5_1, Q8_0), and reports `not-implemented` otherwise.
+* `ggml`: ggml's own reference quantizers (`quantize_row_*_ref` in `ggml-quants.c`, what
+  `llama-quantize` runs without an importance matrix). The file is taken from the ggml
+  copy inside the PyPI source package `ggml-python` (pip download, no install), compiled
+  with the system C compiler into a small shared library in the cache folder, and called
+  through ctypes. Nothing of it enters the repository.
+
+Usage:
+    gguf_quant_oracle.py JOBS.json
+
+JOBS.json is a list of objects:
+    {"oracle": "gguf"|"ggml", "op": "quant"|"dequant", "type": "Q4_K",
+     "input": PATH, "output": PATH, "row_len": N}
+`quant` reads little-endian f32 values and writes the quantized bytes; `dequant` reads
+bytes and writes little-endian f32 values. The script prints one JSON object per job
+(`{"status": "ok"|"not-implemented", ...}`) as a JSON list on stdout, and exits 2 with a
+message on stderr when an oracle cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+GGML_PYTHON = "ggml-python==0.0.45"
+GGML_SDIST = "ggml_python-0.0.45"
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_gguf():
+    try:
+        import numpy as np  # noqa: F401
+        import gguf  # noqa: F401
+        from gguf import quants  # noqa: F401
+    except ImportError as e:
+        fail(f"cannot import the PyPI `gguf` package and numpy ({e}); "
+             "install them with `python3 -m pip install gguf numpy`")
+    import numpy as np
+    import gguf
+    from gguf import quants
+    return np, gguf, quants
+
+
+def cache_dir() -> pathlib.Path:
+    base = os.environ.get("MODELGATE_CACHE")
+    root = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "modelgate"
+    return root / "ggml-ref-0.0.45"
+
+
+# Stubs for the ggml functions that ggml-quants.c calls outside itself (error, logging and
+# row-size paths of the non-reference entry points); the reference quantizers we call never
+# reach them.
+SHIM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+size_t ggml_row_size(int type, int64_t ne) { (void) type; (void) ne; abort(); }
+size_t ggml_type_size(int type) { (void) type; abort(); }
+const char * ggml_type_name(int type) { (void) type; return "?"; }
+void ggml_abort(const char * file, int line, const char * fmt, ...) {
+    fprintf(stderr, "ggml_abort at %s:%d\n", file, line);
+    abort();
+}
+void ggml_log_internal(int level, const char * fmt, ...) { (void) level; (void) fmt; }
+"""
+
+
+def build_ggml() -> pathlib.Path:
+    """Compile ggml's reference quantizers once into the cache folder; return the library."""
+    out = cache_dir()
+    lib = out / "libggml_quants_ref.so"
+    if lib.is_file():
+        return lib
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp = pathlib.Path(tmp)
+        # This version is published as a source archive only, so pip fetches the sources.
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                            GGML_PYTHON, "-d", str(tmp)], capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"pip download {GGML_PYTHON} failed: {r.stderr.strip()}")
+        if not (tmp / f"{GGML_SDIST}.tar.gz").is_file():
+            fail(f"pip download {GGML_PYTHON} gave no source archive {GGML_SDIST}.tar.gz")
+        subprocess.run(["tar", "xzf", str(tmp / f"{GGML_SDIST}.tar.gz"), "-C", str(tmp)],
+                       check=True)
+        ggml = tmp / GGML_SDIST / "vendor" / "ggml"
+        (tmp / "shim.c").write_text(SHIM)
+        cc = os.environ.get("CC", "cc")
+        # No -march: ggml-base (where these functions live) is built for the baseline ISA,
+        # so no fused multiply-adds change the float results.
+        cmd = [cc, "-O2", "-fPIC", "-shared", "-std=gnu11", f"-I{ggml}/include", f"-I{ggml}/src",
+               str(ggml / "src" / "ggml-quants.c"), str(tmp / "shim.c"), "-o",
+               str(tmp / lib.name), "-lm"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"compiling ggml-quants.c failed: {r.stderr.strip()[-2000:]}")
+        staged = tmp / "staged"
+        staged.mkdir()
+        shutil.move(str(tmp / lib.name), staged / lib.name)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(staged), out)
+    return lib
+
+
+GGML_REF = {
+    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
+    "Q2_K": "q2_K", "Q3_K": "q3_K", "Q4_K": "q4_K", "Q5_K": "q5_K", "Q6_K": "q6_K",
+}
+
+
+def ggml_quant(lib, np, qtype, values: "np.ndarray", nbytes: int) -> bytes:
+    fn = getattr(lib, f"quantize_row_{GGML_REF[qtype]}_ref")
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    src = np.ascontiguousarray(values, dtype=np.float32)
+    dst = ctypes.create_string_buffer(nbytes)
+    fn(src.ctypes.data, dst, ctypes.c_int64(src.size))
+    return dst.raw
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        fail("usage: gguf_quant_oracle.py JOBS.json")
+    jobs = json.loads(pathlib.Path(sys.argv[1]).read_text())
+    np, gguf, quants = load_gguf()
+    lib = None
+    results = []
+    for job in jobs:
+        qtype = gguf.GGMLQuantizationType[job["type"]]
+        data = pathlib.Path(job["input"]).read_bytes()
+        out = pathlib.Path(job["output"])
+        res = {"type": job["type"], "oracle": job["oracle"], "op": job["op"], "status": "ok"}
+        if job["oracle"] == "gguf" and job["op"] == "dequant":
+            raw = np.frombuffer(data, dtype=np.uint8)
+            vals = quants.dequantize(raw, qtype).astype("<f4", copy=False)
+            out.write_bytes(vals.tobytes())
+        elif job["oracle"] == "gguf" and job["op"] == "quant":
+            vals = np.frombuffer(data, dtype="<f4").reshape(-1, int(job["row_len"]))
+            try:
+                q = quants.quantize(vals, qtype)
+            except NotImplementedError:
+                res["status"] = "not-implemented"
+            else:
+                out.write_bytes(np.ascontiguousarray(q).tobytes())
+        elif job["oracle"] == "ggml" and job["op"] == "quant":
+            if job["type"] not in GGML_REF:
+                res["status"] = "not-implemented"
+            else:
+                if lib is None:
+                    lib = ctypes.CDLL(str(build_ggml()))
+                vals = np.frombuffer(data, dtype="<f4")
+                block, size = gguf.GGML_QUANT_SIZES[qtype]
+                out.write_bytes(ggml_quant(lib, np, job["type"], vals, vals.size // block * size))
+        else:
+            fail(f"unknown job {job}")
+        results.append(res)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+//! `modelgate policy check MODEL --policy FILE [--format text|json|sarif]`: apply a policy
+//! file to a model (exit 0 pass, 1 fail, 2 bad input), and `modelgate policy validate FILE`
+//! to check a policy file alone.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::policy::{self, Catalogues, Policy};
+use crate::report::{self, GateReport, ReportFormat};
+
+use super::license::{open_facts, write_obligations, write_summary};
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check a model against a policy file
+    Check(CheckArgs),
+    /// Check that a policy file is valid
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// A model directory or weight file (GGUF, safetensors)
+    model: PathBuf,
+    /// The policy file (YAML, see schemas/policy.schema.json)
+    #[arg(long)]
+    policy: PathBuf,
+    /// Output form
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// The policy file
+    policy: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    match args.command {
+        PolicyCommand::Check(a) => check(a),
+        PolicyCommand::Validate(a) => {
+            let p = load_policy(&a.policy)?;
+            println!(
+                "policy `{}` (`{}`): valid, {} waivers",
+                p.file.name,
+                a.policy.display(),
+                p.file.waivers.len()
+            );
+            Ok(Outcome::Pass)
+        }
+    }
+}
+
+fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
+    Policy::load(path).map_err(|e| {
+        super::hint(
+            e,
+            "see schemas/policy.schema.json and the policies shipped in `policies/`",
+        )
+    })
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
+    // The policy first: a bad policy file is an input error whatever the model is.
+    let policy = load_policy(&args.policy)?;
+    let facts = open_facts(&args.model, true)?;
+    let cats = Catalogues::builtin()?;
+    let outcome = policy::check(&facts, &policy, &cats)?;
+    let a = &outcome.assessment;
+    let details = json!({
+        "policy": {
+            "name": policy.file.name,
+            "path": policy.path.display().to_string(),
+            "sha256": policy.digest.to_hex(),
+        },
+        "model": {
+            "name": a.name,
+            "sha256": facts.model_digest.map(|d| d.to_hex()),
+            "files": facts.digests,
+        },
+        "licences": a.licences,
+        "detections": a.detections,
+        "inherited": a.inherited,
+        "provenance": a.provenance,
+        "obligations": outcome.obligations,
+        "documents": outcome.documents,
+        "waivers": outcome.waivers,
+    });
+    let mut report = GateReport::new("policy", &args.model, outcome.findings.clone());
+    report.waived = outcome.waived.clone();
+    report.details = Some(details);
+    let mut out = std::io::stdout().lock();
+    if args.format == ReportFormat::Text {
+        write_summary(&mut out, &args.model, a, &cats.licences)?;
+        let u = &policy.file.intended_use;
+        let title = format!(
+            "obligations for policy `{}` ({}, {}{})",
+            policy.file.name,
+            if u.commercial { "commercial" } else { "non-commercial" },
+            match u.distribution {
+                policy::assess::Distribution::Redistribute => "redistributed",
+                policy::assess::Distribution::Hosted => "hosted service",
+                policy::assess::Distribution::Internal => "internal",
+            },
+            if u.outputs_train_models { ", outputs train models" } else { "" }
+        );
+        write_obligations(&mut out, &title, &outcome.obligations, &outcome.documents)?;
+        writeln!(out)?;
+    }
+    report::write(&mut out, args.format, std::slice::from_ref(&report))?;
+    Ok(match report.verdict {
+        crate::finding::Verdict::Pass => Outcome::Pass,
+        crate::finding::Verdict::Fail => Outcome::Fail,
+    })
+}

@@ -1,0 +1,39 @@
+//! `modelgate scan PATH [--format text|json|sarif]`: the scan gate on a weight file or a
+//! model directory. Findings go to stdout through [`crate::report`]; the exit code is 1
+//! when any finding is an error, 2 when the path cannot be read.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::finding::Verdict;
+use crate::report::{self, GateReport, ReportFormat};
+use crate::scan;
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A weight file (pickle, PyTorch, safetensors, GGUF) or a model directory
+    path: PathBuf,
+    /// Output form: text for people, json for programs, sarif for code-scanning dashboards
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let findings = scan::scan(&args.path).map_err(|e| {
+        super::hint(
+            e,
+            "give a weight file or a model directory that this user can read",
+        )
+    })?;
+    let report = GateReport::new("scan", &args.path, findings);
+    let verdict = report.verdict;
+    let mut out = std::io::stdout().lock();
+    report::write(&mut out, args.format, &[report])?;
+    out.flush()?;
+    Ok(match verdict {
+        Verdict::Pass => Outcome::Pass,
+        Verdict::Fail => Outcome::Fail,
+    })
+}

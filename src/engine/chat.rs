@@ -1,0 +1,122 @@
+//! Chat templates: the model's own Jinja template (tokenizer_config.json `chat_template` or
+//! GGUF `tokenizer.chat_template`) rendered with `minijinja`, configured as transformers
+//! configures Jinja (`trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`,
+//! Python string methods).
+//!
+//! Templates come from the checkpoint and are therefore untrusted: rendering is sandboxed
+//! by minijinja (no I/O), bounded by a fuel limit (no endless loops) and its output capped.
+
+use minijinja::{context, Environment, Error, ErrorKind, Value};
+use serde_json::Value as Json;
+
+use super::EngineError;
+
+/// Instructions a template may execute: ample for any real chat template, small enough
+/// that a hostile loop stops within milliseconds.
+const FUEL: u64 = 2_000_000;
+/// Longest rendered prompt accepted.
+const MAX_OUTPUT: usize = 1 << 20;
+
+/// The default template from a tokenizer_config.json `chat_template` value: a string, or a
+/// list of `{name, template}` (the one named `default`, else the first).
+pub fn template_from_config(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Array(items) => {
+            let named = |want: Option<&str>| {
+                items.iter().find_map(|it| {
+                    let name = it.get("name").and_then(Json::as_str);
+                    let t = it.get("template").and_then(Json::as_str)?;
+                    (want.is_none() || name == want).then(|| t.to_string())
+                })
+            };
+            named(Some("default")).or_else(|| named(None))
+        }
+        _ => None,
+    }
+}
+
+/// Render one user message followed by the assistant prompt.
+pub fn render(
+    template: &str,
+    user: &str,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<String, EngineError> {
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
+    env.set_syntax(syntax);
+    env.set_fuel(Some(FUEL));
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| EngineError::ChatTemplate(format!("does not parse: {e}")))?;
+    let messages = vec![context! { role => "user", content => user }];
+    let out = tmpl
+        .render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => bos_token.unwrap_or(""),
+            eos_token => eos_token.unwrap_or(""),
+        })
+        .map_err(|e| EngineError::ChatTemplate(format!("does not render: {e}")))?;
+    if out.len() > MAX_OUTPUT {
+        return Err(EngineError::ChatTemplate(format!(
+            "renders {} bytes, more than the {MAX_OUTPUT}-byte limit",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M-Instruct's template, as its GGUF stores it.
+    const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml() {
+        let out = render(SMOLLM2, "Hi there", None, None).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn python_methods_bos_and_exceptions() {
+        let t = "{{ bos_token }}{% for m in messages %}{{ m.content.strip().upper() }}{% endfor %}";
+        assert_eq!(render(t, "  hi ", Some("<s>"), None).unwrap(), "<s>HI");
+        let t = "{{ raise_exception('no system role') }}";
+        let e = render(t, "x", None, None).unwrap_err();
+        assert!(e.to_string().contains("no system role"), "{e}");
+    }
+
+    #[test]
+    fn endless_templates_run_out_of_fuel() {
+        let t = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        assert!(render(t, "x", None, None).is_err());
+    }
+
+    #[test]
+    fn config_forms() {
+        let list = serde_json::json!([
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"}
+        ]);
+        assert_eq!(template_from_config(&list).as_deref(), Some("D"));
+        assert_eq!(
+            template_from_config(&serde_json::json!("S")).as_deref(),
+            Some("S")
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Rotary position embedding: the inverse frequencies (with linear, llama3 or per-frequency
+//! GGUF scaling) and the cos/sin tables, in Hugging Face's rotate-half convention.
+//!
+//! Arithmetic follows transformers step by step in f32 (inverse frequencies from an f32
+//! power, angle = f32 position x f32 frequency, then f32 cos/sin), because greedy parity
+//! with transformers over dozens of tokens is sensitive to the last bit of these tables.
+
+use candle_core::{Device, Tensor};
+
+use super::config::RopeScaling;
+use super::EngineError;
+
+/// Inverse frequencies and lazily grown cos/sin tables.
+#[derive(Debug)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    /// Rows computed so far (one per position), each `head_dim / 2` wide.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    /// `freq_factors` is GGUF's `rope_freqs.weight` (each inverse frequency is divided by
+    /// its factor), as llama.cpp's converter stores Llama 3.1 scaling.
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        scaling: &RopeScaling,
+        freq_factors: Option<Vec<f32>>,
+    ) -> Result<Rope, EngineError> {
+        let half = head_dim / 2;
+        let base = theta as f32;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / head_dim as f32;
+                1.0 / base.powf(exponent)
+            })
+            .collect();
+        match *scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                for f in inv_freq.iter_mut() {
+                    *f /= factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                let low_wavelen = original_context / low_freq_factor;
+                let high_wavelen = original_context / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let freq = f64::from(*f);
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    let scaled = if wavelen > low_wavelen {
+                        freq / factor
+                    } else if wavelen < high_wavelen {
+                        freq
+                    } else {
+                        let smooth = (original_context / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    };
+                    *f = scaled as f32;
+                }
+            }
+        }
+        if let Some(factors) = freq_factors {
+            if factors.len() != half {
+                return Err(EngineError::BadParam(format!(
+                    "`rope_freqs.weight` has {} factors, expected {half} (half the head size)",
+                    factors.len()
+                )));
+            }
+            for (f, k) in inv_freq.iter_mut().zip(&factors) {
+                if !(k.is_finite() && *k > 0.0) {
+                    return Err(EngineError::BadParam(format!(
+                        "`rope_freqs.weight` holds the factor {k}"
+                    )));
+                }
+                *f /= k;
+            }
+        }
+        Ok(Rope {
+            inv_freq,
+            cos: Vec::new(),
+            sin: Vec::new(),
+        })
+    }
+
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// Make sure the tables cover positions `0..end`.
+    fn grow(&mut self, end: usize) {
+        let half = self.inv_freq.len();
+        let have = self.cos.len() / half.max(1);
+        for pos in have..end {
+            let p = pos as f32;
+            for &f in &self.inv_freq {
+                let angle = p * f;
+                self.cos.push(angle.cos());
+                self.sin.push(angle.sin());
+            }
+        }
+    }
+
+    /// cos and sin for positions `start..start + len`, each `[len, head_dim / 2]`.
+    pub fn tables(
+        &mut self,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor), EngineError> {
+        let half = self.inv_freq.len();
+        self.grow(start + len);
+        let range = start * half..(start + len) * half;
+        let cos = Tensor::from_slice(&self.cos[range.clone()], (len, half), device)?;
+        let sin = Tensor::from_slice(&self.sin[range], (len, half), device)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Apply rotate-half RoPE to `x` of shape `[heads, len, head_dim]` with tables
+/// `[len, head_dim / 2]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, EngineError> {
+    let head_dim = x.dim(2)?;
+    let half = head_dim / 2;
+    let x1 = x.narrow(2, 0, half)?;
+    let x2 = x.narrow(2, half, half)?;
+    let cos = cos.unsqueeze(0)?;
+    let sin = sin.unsqueeze(0)?;
+    let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Ok(Tensor::cat(&[a, b], 2)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_frequencies() {
+        let r = Rope::new(8, 10_000.0, &RopeScaling::None, None).unwrap();
+        let f = r.inv_freq();
+        assert_eq!(f[0], 1.0);
+        assert!((f[1] - 0.1).abs() < 1e-7);
+        assert!((f[3] - 0.001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 32.0,
+        };
+        let plain = Rope::new(16, 500_000.0, &RopeScaling::None, None).unwrap();
+        let r = Rope::new(16, 500_000.0, &scaling, None).unwrap();
+        // wavelength 2*pi < 8 = high wavelength: unchanged
+        assert_eq!(r.inv_freq()[0], plain.inv_freq()[0]);
+        // the lowest frequency has a wavelength far above 32: divided by 8
+        let last = plain.inv_freq().len() - 1;
+        assert!((r.inv_freq()[last] - plain.inv_freq()[last] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rotation_preserves_norm_and_position_zero() {
+        let mut r = Rope::new(4, 10_000.0, &RopeScaling::None, None).unwrap();
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.], [1., 2., 3., 4.]]], &Device::Cpu).unwrap();
+        let (cos, sin) = r.tables(0, 2, &Device::Cpu).unwrap();
+        let y = apply(&x, &cos, &sin).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(y[0][0], vec![1., 2., 3., 4.]);
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+        assert!((norm(&y[0][1]) - 30.0).abs() < 1e-4);
+        assert!(Rope::new(4, 1e4, &RopeScaling::None, Some(vec![1.0])).is_err());
+    }
+}
