@@ -284,6 +284,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         config_ids: [h.bos_token_id, h.eos_token_id, h.pad_token_id],
         n_vocab: h.n_vocab,
         pre_override: opts.pre_tokenizer.as_deref(),
+        chat_template_file: dir.chat_template_jinja.as_deref(),
     })?;
 
     let mut keys = vec![(
@@ -647,20 +648,27 @@ pub fn llama3_from_factors(h: &HParams, factors: &[f32]) -> Option<RopeScaling> 
         };
         (l, hf)
     };
-    let cand = RopeScaling::Llama3 {
-        factor,
-        low_freq_factor: 1.0,
-        high_freq_factor: (hf * 1e6).round() / 1e6,
-        original_context: orig.round().max(1.0) as u64,
-    };
-    let mut check = h.clone();
-    check.rope_scaling = cand.clone();
-    let again = check.rope_freqs()?;
-    let same = again
-        .iter()
-        .zip(factors)
-        .all(|(x, y)| ((x - y) / y).abs() < 1e-4);
-    same.then_some(cand)
+    // Prefer round values (configs say 4.0, not 3.9999993) when they give the same factors.
+    for digits in [1e3, 1e6, 0.0] {
+        let hf = if digits > 0.0 { (hf * digits).round() / digits } else { hf };
+        let cand = RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: hf,
+            original_context: orig.round().max(1.0) as u64,
+        };
+        let mut check = h.clone();
+        check.rope_scaling = cand.clone();
+        let again = check.rope_freqs()?;
+        let same = again
+            .iter()
+            .zip(factors)
+            .all(|(x, y)| ((x - y) / y).abs() < 1e-4);
+        if same {
+            return Some(cand);
+        }
+    }
+    None
 }
 
 /// GGUF → safetensors: dequantize, restore Hugging Face names and row order, and write a

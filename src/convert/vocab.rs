@@ -53,6 +53,9 @@ pub struct HfTokenizer<'a> {
     pub n_vocab: u64,
     /// `--pre-tokenizer NAME` from the command line.
     pub pre_override: Option<&'a str>,
+    /// `chat_template.jinja`, used when tokenizer_config.json has no `chat_template`
+    /// (transformers 4.50+ saves the template in its own file).
+    pub chat_template_file: Option<&'a str>,
 }
 
 // The pre-tokenizer regexes of Llama 3 and Qwen2 as their tokenizer.json files write them
@@ -358,7 +361,8 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
         let prefix = text.contains("\"Prepend\"") || (text.contains("Metaspace") && !text.contains("\"never\""));
         keys.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(prefix)));
     }
-    if let Some(ct) = tc.and_then(|c| c.get("chat_template")) {
+    let from_file = t.chat_template_file.map(|s| Value::String(s.to_owned()));
+    if let Some(ct) = tc.and_then(|c| c.get("chat_template")).or(from_file.as_ref()) {
         match ct {
             Value::String(s) => keys.push(("tokenizer.chat_template".into(), MetaValue::String(s.clone()))),
             Value::Array(list) => {
@@ -700,6 +704,10 @@ mod tests {
     use super::*;
 
     fn small_bpe(pre: Value) -> String {
+        small_bpe_with(pre, json!(["a b", "Ġ a"]))
+    }
+
+    fn small_bpe_with(pre: Value, merges: Value) -> String {
         let mut vocab = Map::new();
         for (i, t) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġa"].iter().enumerate() {
             vocab.insert((*t).into(), json!(i));
@@ -715,7 +723,7 @@ mod tests {
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": [["a", "b"], "Ġ a"]}
+                      "vocab": vocab, "merges": merges}
         })
         .to_string()
     }
@@ -728,6 +736,7 @@ mod tests {
             config_ids: [Some(1), Some(2), Some(2)],
             n_vocab,
             pre_override: None,
+            chat_template_file: None,
         })
     }
 
@@ -762,10 +771,19 @@ mod tests {
 
     #[test]
     fn too_small_a_vocabulary_is_an_error() {
-        let j = small_bpe(json!({"type": "ByteLevel", "use_regex": true}));
+        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
         let e = convert(&j, 5, None).unwrap_err().to_string();
         assert!(e.contains("vocabulary"), "{e}");
         assert!(convert("{not json", 8, None).is_err());
+    }
+
+    #[test]
+    fn pair_merges_are_joined() {
+        let pre = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let j = small_bpe_with(pre, json!([["a", "b"], ["Ġ", "a"]]));
+        let v = convert(&j, 8, None).unwrap();
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else { panic!() };
+        assert_eq!(items, &vec![MetaValue::String("a b".into()), MetaValue::String("Ġ a".into())]);
     }
 
     #[test]
@@ -774,7 +792,7 @@ mod tests {
         assert_eq!(classify_pre(&pre_tokenizer_json("llama-bpe").unwrap()).unwrap().0, "llama-bpe");
         assert_eq!(classify_pre(&pre_tokenizer_json("qwen2").unwrap()).unwrap().0, "qwen2");
         assert_eq!(classify_pre(&pre_tokenizer_json("gpt-2").unwrap()).unwrap().0, "gpt-2");
-        let odd = json!({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}]});
+        let odd = json!({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
         assert!(classify_pre(&odd).is_err());
         let j = small_bpe(odd);
         let e = convert(&j, 8, None).unwrap_err().to_string();
@@ -816,7 +834,7 @@ mod tests {
                 "pair": [{"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
             "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
             "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": ["▁ a", "a b", "▁ ab"]}
+                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": ["▁ a", "a b", "▁ ab", "▁a b"]}
         }).to_string();
         let tc = json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
         let v = to_gguf(&HfTokenizer {
@@ -826,6 +844,7 @@ mod tests {
             config_ids: [None, None, None],
             n_vocab: 10,
             pre_override: None,
+            chat_template_file: None,
         })
         .unwrap();
         assert_eq!(v.model, "llama");

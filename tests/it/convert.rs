@@ -364,3 +364,29 @@ fn usage_errors_exit_2() {
     let o = modelgate(&["convert", src.to_str().unwrap(), "-o", tmp.path().join("d").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn pytorch_checkpoint_converts_like_its_safetensors() {
+    // A torch.save zip of the same tensors (written by a pickle that only names torch's
+    // rebuild functions): read through the non-executing pickle reader, it must give the
+    // same GGUF bytes as the safetensors directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let pt = tmp.path().join("pt");
+    for name in ["tiny-qwen2", "tiny-llama"] {
+        let st = fixture(&format!("models/{name}"));
+        let o = Command::new("python3")
+            .arg(repo().join("tests/it/convert_make_torch.py"))
+            .arg(&st)
+            .arg(&pt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let a = tmp.path().join(format!("{name}-pt.gguf"));
+        let b = tmp.path().join(format!("{name}-st.gguf"));
+        let s = convert(&pt, &a, &["--type", "Q8_0", "--name", "x"]);
+        assert_eq!(s["source_format"], "pytorch");
+        convert(&st, &b, &["--type", "Q8_0", "--name", "x"]);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name}");
+        std::fs::remove_dir_all(&pt).unwrap();
+    }
+}
