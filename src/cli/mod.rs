@@ -6,6 +6,7 @@
 //! optional `hint: ...` line, all on stderr.
 
 mod generate;
+mod convert;
 mod hash;
 mod inspect;
 mod keygen;
@@ -46,6 +47,8 @@ pub struct Cli {
 enum Command {
     /// Show what a checkpoint file or model directory contains
     Inspect(inspect::Args),
+    /// Convert and quantize: Hugging Face / PyTorch -> GGUF, GGUF -> GGUF, GGUF -> safetensors
+    Convert(convert::Args),
     /// Look for code, malformed structure and broken values before anything loads a model
     Scan(scan::Args),
     /// Hash a model directory: per-file (or per-shard) sha256 and the root digest
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Hash(args) => hash::run(args),
         Command::Keygen(args) => keygen::run(args),

@@ -1,12 +1,233 @@
-//! The convert stage: turn a checkpoint into another format or tensor type (safetensors to
-//! GGUF, GGUF to safetensors, F32/F16/BF16 and ggml's quantized block types).
+//! Convert and quantize: Hugging Face safetensors (single or sharded) or PyTorch checkpoints
+//! → GGUF that llama.cpp loads, GGUF → GGUF requantization, and GGUF → safetensors (a
+//! loadable Hugging Face directory, or one weights file).
 //!
-//! It sits after `formats` (which reads the source checkpoint) in the pipeline
-//! import -> convert/quantize -> scan/verify -> policy -> parity -> sign: a plan picks each
-//! tensor's target type and name, the tensors stream through [`quant`]'s block kernels on
-//! all cores, and a writer stores them in the target format.
+//! Stage two of the pipeline (import → **convert/quantize** → scan → policy → parity →
+//! sign). It works on the [`Checkpoint`] view of `formats` and never parses files itself:
+//! - [`arch`]: architectures, hyper-parameters, tensor names, q/k permutation, shape checks;
+//! - [`recipe`]: the per-tensor types of llama.cpp's quantization mixtures;
+//! - [`vocab`]: tokenizer.json ↔ `tokenizer.ggml.*`;
+//! - [`meta`]: `general.*` keys from config and model card;
+//! - [`plan`]: checkpoint + options → every output tensor and key, all checks up front;
+//! - [`exec`]: chunked, parallel, ordered, bounded-memory writing (through the streaming
+//!   GGUF and safetensors writers of `formats`) to a temporary file renamed into place;
+//! - [`elem`]: stored values ↔ f32 rows, through [`quant`], the ggml block-format kernels
+//!   (quantize and dequantize rows of `f32`, on all cores).
 //!
-//! Built so far: [`quant`], the block-format kernels (quantize and dequantize rows of
-//! `f32`). The planner, name mapping, tokenizer keys and writers are not built yet.
+//! Nothing here prints: progress goes through [`Progress`], results come back as a
+//! [`Summary`] that `cli::convert` renders.
 
+pub mod arch;
+pub mod elem;
+pub mod error;
+pub mod exec;
+pub mod meta;
+pub mod plan;
 pub mod quant;
+pub mod recipe;
+pub mod vocab;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use error::ConvertError;
+pub use recipe::{FileType, RecipeOptions};
+
+use crate::formats::{Checkpoint, WeightFormat};
+
+/// What the output is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// One GGUF file.
+    Gguf,
+    /// One safetensors file (weights only).
+    SafetensorsFile,
+    /// A Hugging Face directory: model.safetensors, config.json, tokenizer files.
+    HfDir,
+}
+
+impl OutputFormat {
+    /// The format an output path implies: `.gguf` a GGUF file, `.safetensors` one weights
+    /// file, anything else a Hugging Face directory. `--format` overrides: `gguf` makes any
+    /// path a GGUF file, `safetensors` makes a non-`.safetensors` path a directory.
+    pub fn for_output(out: &Path, flag: Option<&str>) -> Result<OutputFormat, ConvertError> {
+        let ext = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match (flag, ext.as_deref()) {
+            (Some("gguf"), _) | (None, Some("gguf")) => Ok(OutputFormat::Gguf),
+            (Some("safetensors") | None, Some("safetensors")) => Ok(OutputFormat::SafetensorsFile),
+            (Some("safetensors"), Some("gguf")) => Err(ConvertError::Options(format!(
+                "--format safetensors with an output named `{}`",
+                out.display()
+            ))),
+            (Some("safetensors") | None, _) => Ok(OutputFormat::HfDir),
+            (Some(other), _) => Err(ConvertError::Options(format!(
+                "--format `{other}` is not gguf or safetensors"
+            ))),
+        }
+    }
+}
+
+/// How to convert.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--type`: the target file type; `None` picks a default (see the plan).
+    pub file_type: Option<FileType>,
+    /// Worker threads for conversion (at least 1).
+    pub threads: usize,
+    pub recipe: RecipeOptions,
+    /// `--allow-requantize`
+    pub allow_requantize: bool,
+    /// `--pre-tokenizer NAME`: the llama.cpp pre-tokenizer to write.
+    pub pre_tokenizer: Option<String>,
+    /// `--name`: `general.name`.
+    pub name: Option<String>,
+    /// `--source-url`: `general.source.url`.
+    pub source_url: Option<String>,
+    /// `--quantized-by`: `general.quantized_by` (default `modelgate`).
+    pub quantized_by: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            file_type: None,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            recipe: RecipeOptions::default(),
+            allow_requantize: false,
+            pre_tokenizer: None,
+            name: None,
+            source_url: None,
+            quantized_by: None,
+        }
+    }
+}
+
+/// Progress reports from a running conversion, in input bytes.
+pub trait Progress: Sync {
+    fn start(&self, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+/// A [`Progress`] that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// Tensors and bytes of one output type.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TypeCount {
+    pub tensors: u64,
+    pub bytes: u64,
+}
+
+/// What a conversion did: printed as a table or as `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub source: PathBuf,
+    pub source_format: String,
+    pub output: PathBuf,
+    pub format: OutputFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// The target (`Q4_K_M`), for GGUF outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<String>,
+    pub tensors: u64,
+    /// Per output type: tensor count and data bytes.
+    pub types: BTreeMap<String, TypeCount>,
+    pub parameters: u64,
+    /// Tensor data read.
+    pub bytes_in: u64,
+    /// Bytes written (file, or all files of the directory).
+    pub bytes_out: u64,
+    /// Tensor data bits per parameter of the output.
+    pub bits_per_weight: f64,
+    pub seconds: f64,
+    pub threads: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_tokenizer: Option<plan::PreChoice>,
+    /// Tensors whose preferred type did not fit their rows.
+    pub fallbacks: Vec<recipe::Fallback>,
+    /// Things the user should know (defaults taken, tensors dropped, warnings).
+    pub notes: Vec<String>,
+}
+
+/// Convert `src` into `out`. Everything that can be wrong with the input is found before
+/// `out` (or anything beside it) is created; the output appears only when complete.
+pub fn convert(
+    src: &Path,
+    out: &Path,
+    format: OutputFormat,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary, ConvertError> {
+    let started = Instant::now();
+    let ckpt = Checkpoint::open(src)?;
+    let source_format = ckpt.weights.format.as_str().to_owned();
+    if ckpt.weights.format == WeightFormat::PyTorch && ckpt.weights.tensors.is_empty() {
+        return Err(ConvertError::Options(format!(
+            "`{}` holds no tensors modelgate can read",
+            src.display()
+        )));
+    }
+    let plan = plan::plan(&ckpt, opts, format)?;
+    let target = exec::Target::new(out, format == OutputFormat::HfDir)?;
+    let written = match &target {
+        exec::Target::File { tmp, .. } => {
+            let path = tmp.path().to_path_buf();
+            let mut f = tmp.as_file().try_clone().map_err(|e| ConvertError::write(&path, e))?;
+            exec::write_tensors(&plan, ckpt, src, &mut f, &path, opts.threads, progress)?
+        }
+        exec::Target::Dir { tmp, .. } => {
+            let weights = tmp.path().join("model.safetensors");
+            let mut f = std::fs::File::create(&weights).map_err(|e| ConvertError::write(&weights, e))?;
+            let mut w = exec::write_tensors(&plan, ckpt, src, &mut f, &weights, opts.threads, progress)?;
+            for (name, bytes) in &plan.side_files {
+                let p = tmp.path().join(name);
+                std::fs::write(&p, bytes).map_err(|e| ConvertError::write(&p, e))?;
+                w.bytes_out += bytes.len() as u64;
+            }
+            f.sync_all().map_err(|e| ConvertError::write(&weights, e))?;
+            w
+        }
+    };
+    target.commit()?;
+    let mut types: BTreeMap<String, TypeCount> = BTreeMap::new();
+    for t in &plan.tensors {
+        let e = types.entry(t.ty.name().to_owned()).or_default();
+        e.tensors += 1;
+        e.bytes += t.bytes;
+    }
+    let parameters: u64 = plan.tensors.iter().map(plan::Planned::elements).sum();
+    Ok(Summary {
+        source: src.to_path_buf(),
+        source_format,
+        output: out.to_path_buf(),
+        format,
+        architecture: plan.architecture.clone(),
+        file_type: plan.file_type.map(|f| f.name().to_owned()),
+        tensors: plan.tensors.len() as u64,
+        types,
+        parameters,
+        bytes_in: written.bytes_in,
+        bytes_out: written.bytes_out,
+        bits_per_weight: if parameters == 0 {
+            0.0
+        } else {
+            written.tensor_bytes as f64 * 8.0 / parameters as f64
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        threads: opts.threads,
+        pre_tokenizer: plan.pre_tokenizer.clone(),
+        fallbacks: plan.fallbacks.clone(),
+        notes: plan.notes.clone(),
+    })
+}

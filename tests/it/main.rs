@@ -5,6 +5,7 @@ mod engine;
 mod fixtures;
 mod formats_hf;
 mod gguf;
+mod convert;
 mod inspect;
 mod policy;
 mod quant;

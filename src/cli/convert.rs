@@ -1,0 +1,231 @@
+//! `modelgate convert SRC -o OUT [--type T] [--format gguf|safetensors] [--threads N] [--json]
+//! [recipe options]`: turn the arguments into [`convert::Options`], run the conversion with a
+//! progress bar on stderr (when stderr is a terminal), and print the summary as a table or
+//! as JSON on stdout.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::convert::{self, recipe, ConvertError, FileType, OutputFormat, RecipeOptions, Summary};
+use crate::inspect::human_bytes;
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A Hugging Face model directory (safetensors, single or sharded, or a PyTorch
+    /// checkpoint), or a GGUF file
+    src: PathBuf,
+    /// Output: `NAME.gguf`, `NAME.safetensors` (weights only) or a directory (a Hugging Face
+    /// model: model.safetensors, config.json, tokenizer files)
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Target type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S
+    /// Q4_K_M Q5_K_S Q5_K_M Q6_K (Q3_K, Q4_K, Q5_K mean the _M mixtures, as in llama-quantize)
+    #[arg(short = 't', long = "type", value_name = "T")]
+    ty: Option<String>,
+    /// Output format when OUT's name does not say: gguf or safetensors
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    /// Worker threads (default: all cores)
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    json: bool,
+    /// No progress bar
+    #[arg(long, short)]
+    quiet: bool,
+    /// Keep output.weight in its source type
+    #[arg(long)]
+    leave_output_tensor: bool,
+    /// Give every quantized tensor the target type (no mixture rules)
+    #[arg(long)]
+    pure: bool,
+    /// Type of output.weight
+    #[arg(long, value_name = "TYPE")]
+    output_tensor_type: Option<String>,
+    /// Type of token_embd.weight
+    #[arg(long, value_name = "TYPE")]
+    token_embedding_type: Option<String>,
+    /// Type of the tensors whose GGUF name matches REGEX (repeatable; first match wins)
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+    tensor_type: Vec<String>,
+    /// Requantize already-quantized tensors (loses quality)
+    #[arg(long)]
+    allow_requantize: bool,
+    /// llama.cpp pre-tokenizer name to write instead of the one derived from tokenizer.json
+    #[arg(long, value_name = "NAME")]
+    pre_tokenizer: Option<String>,
+    /// general.name
+    #[arg(long)]
+    name: Option<String>,
+    /// general.source.url
+    #[arg(long, value_name = "URL")]
+    source_url: Option<String>,
+    /// general.quantized_by (default: modelgate)
+    #[arg(long, value_name = "WHO")]
+    quantized_by: Option<String>,
+}
+
+struct Bar(ProgressBar);
+
+impl convert::Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn options(args: &Args) -> anyhow::Result<convert::Options> {
+    let mut o = convert::Options::default();
+    if let Some(t) = &args.ty {
+        o.file_type = Some(FileType::parse(t).ok_or_else(|| {
+            super::hint(
+                ConvertError::Options(format!("`{t}` is not a type modelgate writes")),
+                format!("choose one of {}", FileType::names().join(", ")),
+            )
+        })?);
+    }
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        o.threads = n;
+    }
+    let ggml = |s: &Option<String>| -> anyhow::Result<_> {
+        s.as_deref()
+            .map(recipe::parse_ggml_type)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))
+    };
+    o.recipe = RecipeOptions {
+        leave_output_tensor: args.leave_output_tensor,
+        pure: args.pure,
+        output_tensor_type: ggml(&args.output_tensor_type)?,
+        token_embedding_type: ggml(&args.token_embedding_type)?,
+        tensor_types: args
+            .tensor_type
+            .iter()
+            .map(|s| recipe::parse_tensor_type(s).map_err(|e| anyhow::anyhow!("--tensor-type: {e}")))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    o.allow_requantize = args.allow_requantize;
+    if let Some(p) = &args.pre_tokenizer {
+        anyhow::ensure!(!p.is_empty(), "--pre-tokenizer needs a name");
+        o.pre_tokenizer = Some(p.clone());
+    }
+    o.name = args.name.clone();
+    o.source_url = args.source_url.clone();
+    o.quantized_by = args.quantized_by.clone();
+    Ok(o)
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let opts = options(&args)?;
+    let format = OutputFormat::for_output(&args.output, args.format.as_deref())?;
+    let bar = if !args.quiet && std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} converting {bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(Bar(b))
+    } else {
+        None
+    };
+    let progress: &dyn convert::Progress = match &bar {
+        Some(b) => b,
+        None => &convert::NoProgress,
+    };
+    let summary = convert::convert(&args.src, &args.output, format, &opts, progress).map_err(|e| {
+        let h = hint_for(&e);
+        match h {
+            Some(h) => super::hint(e, h),
+            None => anyhow::Error::new(e),
+        }
+    })?;
+    {
+        let mut err = std::io::stderr().lock();
+        for n in &summary.notes {
+            let _ = writeln!(err, "note: {n}");
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &summary).context("cannot write JSON to stdout")?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render_text(&summary).as_bytes())?;
+    }
+    Ok(Outcome::Pass)
+}
+
+fn hint_for(e: &ConvertError) -> Option<String> {
+    Some(match e {
+        ConvertError::UnsupportedArchitecture { .. } => {
+            "modelgate converts dense llama-family decoders; convert other models with llama.cpp's converter".into()
+        }
+        ConvertError::Requantize { .. } => {
+            "quantize from the original weights, or pass --allow-requantize to accept the loss".into()
+        }
+        ConvertError::Shape { .. } | ConvertError::MissingTensor { .. } => {
+            "config.json and the weights come from different models, or a file is damaged".into()
+        }
+        ConvertError::Read(_) => "check that every file of the checkpoint is present and complete".into(),
+        _ => return None,
+    })
+}
+
+/// The readable summary.
+pub fn render_text(s: &Summary) -> String {
+    let mut o = String::new();
+    let what = match s.format {
+        OutputFormat::Gguf => format!("GGUF {}", s.file_type.as_deref().unwrap_or("")),
+        OutputFormat::SafetensorsFile => "safetensors file".to_owned(),
+        OutputFormat::HfDir => "Hugging Face directory".to_owned(),
+    };
+    let _ = writeln!(o, "`{}` -> `{}`: {}", s.source.display(), s.output.display(), what.trim());
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(o, "  {label:<15} {value}");
+    };
+    if let Some(a) = &s.architecture {
+        line("architecture", a.clone());
+    }
+    line(
+        "tensors",
+        format!("{} ({} parameters)", s.tensors, crate::inspect::group_digits(s.parameters)),
+    );
+    line(
+        "size",
+        format!("{} in, {} out", human_bytes(s.bytes_in), human_bytes(s.bytes_out)),
+    );
+    line("bits/weight", format!("{:.3}", s.bits_per_weight));
+    let gbps = if s.seconds > 0.0 {
+        s.bytes_in as f64 / s.seconds / 1e9
+    } else {
+        0.0
+    };
+    line("time", format!("{:.2} s on {} threads ({gbps:.2} GB/s in)", s.seconds, s.threads));
+    if let Some(p) = &s.pre_tokenizer {
+        line("pre-tokenizer", format!("{} ({})", p.name, p.reason));
+    }
+    let _ = writeln!(o, "  types:");
+    for (t, c) in &s.types {
+        let _ = writeln!(o, "    {t:<8} {:>5} tensors  {:>12}", c.tensors, human_bytes(c.bytes));
+    }
+    if !s.fallbacks.is_empty() {
+        let _ = writeln!(o, "  fallbacks ({}):", s.fallbacks.len());
+        for f in &s.fallbacks {
+            let _ = writeln!(o, "    {:<32} {} -> {} ({})", f.tensor, f.wanted, f.used, f.reason);
+        }
+    }
+    o
+}

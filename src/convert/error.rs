@@ -1,0 +1,103 @@
+//! The conversion stage's error: every message says what was found and what was expected,
+//! and names the file or tensor concerned.
+
+use std::path::PathBuf;
+
+use crate::formats::FormatError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The checkpoint could not be read (the formats layer says why).
+    #[error("cannot read the checkpoint")]
+    Read(#[from] FormatError),
+
+    /// A file the conversion needs is absent (config.json, tokenizer.json, a shard).
+    #[error("`{path}`: {what}")]
+    Missing { path: PathBuf, what: String },
+
+    /// config.json (or the GGUF architecture keys) are missing a value or hold a bad one.
+    #[error("`{path}`: {fault}")]
+    Config { path: PathBuf, fault: String },
+
+    /// An architecture the converter has no tensor map for.
+    #[error("architecture `{found}` is not supported (supported: {supported})")]
+    UnsupportedArchitecture { found: String, supported: String },
+
+    /// A tensor whose shape disagrees with config.json (or the GGUF keys).
+    #[error("tensor `{tensor}` has shape {found:?}, but the configuration implies {expected:?} ({why})")]
+    Shape {
+        tensor: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+        why: String,
+    },
+
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("tensor `{tensor}` is missing: {why}")]
+    MissingTensor { tensor: String, why: String },
+
+    /// A tensor the converter does not know where to put.
+    #[error("tensor `{tensor}` has no mapping for architecture `{arch}`")]
+    UnknownTensor { tensor: String, arch: String },
+
+    /// A tensor stored in a dtype the converter cannot read.
+    #[error("tensor `{tensor}` is stored as {dtype}, which cannot be converted")]
+    UnsupportedDtype { tensor: String, dtype: String },
+
+    /// tokenizer.json (or the GGUF tokenizer keys) could not be turned into the other form.
+    #[error("`{path}`: {fault}")]
+    Tokenizer { path: PathBuf, fault: String },
+
+    /// An already-quantized tensor would be quantized again.
+    #[error(
+        "tensor `{tensor}` is already quantized as {from}; requantizing it to {to} loses quality"
+    )]
+    Requantize {
+        tensor: String,
+        from: String,
+        to: String,
+    },
+
+    /// An option or combination of options that cannot be honoured.
+    #[error("{0}")]
+    Options(String),
+
+    /// Writing the output failed.
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The output writer refused what it was given (a bug, or an impossible layout).
+    #[error("cannot write `{path}`: {fault}")]
+    Output { path: PathBuf, fault: String },
+
+    /// A quantization kernel refused its input.
+    #[error("tensor `{tensor}`: {fault}")]
+    Kernel { tensor: String, fault: String },
+}
+
+impl ConvertError {
+    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ConvertError::Write {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(path: impl Into<PathBuf>, fault: impl Into<String>) -> Self {
+        ConvertError::Config {
+            path: path.into(),
+            fault: fault.into(),
+        }
+    }
+
+    pub(crate) fn tokenizer(path: impl Into<PathBuf>, fault: impl Into<String>) -> Self {
+        ConvertError::Tokenizer {
+            path: path.into(),
+            fault: fault.into(),
+        }
+    }
+}

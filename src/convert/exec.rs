@@ -1,0 +1,393 @@
+//! Running a plan: tensors are cut into chunks of rows, chunks are converted on a rayon pool,
+//! and the results are written in order to a temporary file in the output's folder, which is
+//! renamed into place only when everything is written.
+//!
+//! Memory stays bounded whatever the model size. At most a fixed number of chunks (a few
+//! per thread, about a million values each) is in flight or waiting to be written. Input is
+//! memory-mapped, and mapped pages count towards the process's resident memory once read;
+//! the formats layer offers no way to let go of pages, so the plan is run in segments of a
+//! few hundred megabytes of input and the checkpoint is re-opened (re-mapped) for each
+//! segment, which releases the previous segment's pages. Re-opening reads headers only, and
+//! the tensor table must come back identical.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use super::arch::RowMap;
+use super::error::ConvertError;
+use super::plan::{Plan, Planned, Source};
+use super::{elem, OutputFormat, Progress};
+use crate::formats::gguf::{GgufWriter, TensorDesc};
+use crate::formats::safetensors::{self, TensorSpec};
+use crate::formats::{Checkpoint, DType, Weights};
+
+/// Values per chunk: big enough to amortise scheduling, small enough that a few per thread
+/// stay in a few tens of megabytes.
+const CHUNK_VALUES: u64 = 1 << 20;
+/// Input bytes per segment (see the module documentation).
+const SEGMENT_BYTES: u64 = 256 << 20;
+
+/// What running the plan measured.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Bytes of tensor data read from the checkpoint.
+    pub bytes_in: u64,
+    /// Size of everything written (the file, or the directory's files).
+    pub bytes_out: u64,
+    /// Bytes of tensor data written.
+    pub tensor_bytes: u64,
+}
+
+struct Chunk {
+    tensor: usize,
+    row0: u64,
+    row1: u64,
+}
+
+enum ChunkOut {
+    Owned(Vec<u8>),
+    /// Bytes to copy unchanged from the source tensor: (offset, length) in its data.
+    Copy(usize, usize),
+}
+
+/// Whether a tensor's bytes go through unchanged.
+fn is_copy(t: &Planned) -> bool {
+    t.rows == RowMap::Identity && matches!(t.source, Source::Tensor(_)) && t.src_dtype == DType::from_ggml(t.ty)
+}
+
+fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, ConvertError> {
+    let row_len = t.row_len();
+    let kernel = |fault: String| ConvertError::Kernel {
+        tensor: t.name.clone(),
+        fault,
+    };
+    let values = ((c.row1 - c.row0) * row_len) as usize;
+    let mut f = vec![0f32; values];
+    match &t.source {
+        Source::Values(v) => {
+            let start = (c.row0 * row_len) as usize;
+            f.copy_from_slice(v.get(start..start + values).ok_or_else(|| kernel("computed values too short".into()))?);
+        }
+        Source::Tensor(i) => {
+            let info = weights
+                .tensors
+                .get(*i)
+                .ok_or_else(|| kernel("source tensor vanished".into()))?;
+            let data = weights.tensor_data(info)?;
+            let row_bytes = info
+                .dtype
+                .bytes_for(row_len)
+                .ok_or_else(|| kernel(format!("a row of {row_len} values is not whole {} blocks", info.dtype)))?
+                as usize;
+            if is_copy(t) {
+                let start = c.row0 as usize * row_bytes;
+                return Ok(ChunkOut::Copy(start, (c.row1 - c.row0) as usize * row_bytes));
+            }
+            for (k, r) in (c.row0..c.row1).enumerate() {
+                let s = t.rows.source_row(r) as usize * row_bytes;
+                let src = data
+                    .get(s..s + row_bytes)
+                    .ok_or_else(|| kernel("row lies outside the tensor".into()))?;
+                let dst = &mut f[k * row_len as usize..(k + 1) * row_len as usize];
+                elem::decode(info.dtype, src, dst).map_err(kernel)?;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(t.ty.bytes_for(values as u64).unwrap_or(0) as usize);
+    elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?;
+    Ok(ChunkOut::Owned(out))
+}
+
+/// The format writer the chunks go through (both stream: header first, then each tensor's
+/// bytes in order).
+enum Sink<'a> {
+    Gguf(GgufWriter<&'a mut File>),
+    Safetensors(safetensors::Writer<&'a mut File>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(plan: &Plan, file: &'a mut File, path: &Path) -> Result<Sink<'a>, ConvertError> {
+        let bad = |fault: String| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        };
+        Ok(match plan.format {
+            OutputFormat::Gguf => {
+                let descs: Vec<TensorDesc> = plan
+                    .tensors
+                    .iter()
+                    .map(|t| TensorDesc {
+                        name: t.name.clone(),
+                        ggml_type: t.ty,
+                        shape: t.shape.clone(),
+                    })
+                    .collect();
+                Sink::Gguf(GgufWriter::new(file, &plan.gguf_meta, &descs).map_err(|e| bad(e.to_string()))?)
+            }
+            OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
+                let specs: Vec<TensorSpec> = plan
+                    .tensors
+                    .iter()
+                    .map(|t| TensorSpec::new(t.name.clone(), DType::from_ggml(t.ty), t.shape.clone()))
+                    .collect();
+                let meta: BTreeMap<String, String> = plan.st_meta.iter().cloned().collect();
+                Sink::Safetensors(safetensors::Writer::new(file, &specs, &meta).map_err(|e| bad(e.to_string()))?)
+            }
+        })
+    }
+
+    fn write(&mut self, name: &str, data: &[u8], path: &Path) -> Result<(), ConvertError> {
+        let r = match self {
+            Sink::Gguf(w) => w.write_tensor_chunk(name, data).map_err(|e| e.to_string()),
+            Sink::Safetensors(w) => w.write_chunk(data).map_err(|e| e.to_string()),
+        };
+        r.map_err(|fault| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        })
+    }
+
+    fn finish(self, path: &Path) -> Result<(), ConvertError> {
+        let r = match self {
+            Sink::Gguf(w) => w.finish().map(drop).map_err(|e| e.to_string()),
+            Sink::Safetensors(w) => w.finish().map(drop).map_err(|e| e.to_string()),
+        };
+        r.map_err(|fault| ConvertError::Output {
+            path: path.to_owned(),
+            fault,
+        })
+    }
+}
+
+/// Tensors grouped so that each group reads at most about [`SEGMENT_BYTES`] of input.
+fn segments(plan: &Plan, ckpt: &Checkpoint) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut acc = 0u64;
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let b = match t.source {
+            Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
+            Source::Values(_) => 0,
+        };
+        if acc > 0 && acc + b > SEGMENT_BYTES {
+            out.push(start..i);
+            start = i;
+            acc = 0;
+        }
+        acc += b;
+    }
+    if start < plan.tensors.len() || out.is_empty() {
+        out.push(start..plan.tensors.len());
+    }
+    out
+}
+
+/// Write the plan's tensors to `file` (header first). `first` is the checkpoint the plan
+/// was made from; later segments re-open `src`.
+pub fn write_tensors(
+    plan: &Plan,
+    first: Checkpoint,
+    src: &Path,
+    file: &mut File,
+    file_path: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Written, ConvertError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| ConvertError::Options(format!("cannot start {threads} worker threads: {e}")))?;
+    let mut sink = Sink::new(plan, file, file_path)?;
+    let total_in: u64 = plan
+        .tensors
+        .iter()
+        .map(|t| match t.source {
+            Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
+            Source::Values(_) => 0,
+        })
+        .sum();
+    progress.start(total_in);
+    let segs = segments(plan, &first);
+    let table = first.weights.tensors.clone();
+    let mut current = Some(first);
+    let in_flight = (threads.max(1) * 4).max(4);
+    let mut bytes_in = 0u64;
+    for (si, seg) in segs.iter().enumerate() {
+        let ckpt = match current.take() {
+            Some(c) if si == 0 => c,
+            previous => {
+                // Drop (unmap) the previous segment's checkpoint before mapping again.
+                drop(previous);
+                let c = Checkpoint::open(src)?;
+                if c.weights.tensors != table {
+                    return Err(ConvertError::Options(format!(
+                        "`{}` changed while it was being converted",
+                        src.display()
+                    )));
+                }
+                c
+            }
+        };
+        let mut chunks = Vec::new();
+        for ti in seg.clone() {
+            let t = &plan.tensors[ti];
+            let rows = t.n_rows();
+            let per = (CHUNK_VALUES / t.row_len().max(1)).max(1);
+            let mut r = 0;
+            while r < rows {
+                let r1 = (r + per).min(rows);
+                chunks.push(Chunk {
+                    tensor: ti,
+                    row0: r,
+                    row1: r1,
+                });
+                r = r1;
+            }
+        }
+        let weights = &ckpt.weights;
+        let failed = AtomicBool::new(false);
+        let result: Result<(), ConvertError> = pool.in_place_scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Result<ChunkOut, ConvertError>)>();
+            let mut spawned = 0usize;
+            let mut written = 0usize;
+            let mut pending: BTreeMap<usize, Result<ChunkOut, ConvertError>> = BTreeMap::new();
+            let chunks = &chunks;
+            let failed = &failed;
+            while written < chunks.len() {
+                while spawned < chunks.len() && spawned - written < in_flight && !failed.load(Ordering::Relaxed) {
+                    let i = spawned;
+                    let tx = tx.clone();
+                    scope.spawn(move |_| {
+                        let r = if failed.load(Ordering::Relaxed) {
+                            Err(ConvertError::Options("cancelled".into()))
+                        } else {
+                            convert_chunk(&plan.tensors[chunks[i].tensor], weights, &chunks[i])
+                        };
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        let _ = tx.send((i, r));
+                    });
+                    spawned += 1;
+                }
+                let Ok((i, r)) = rx.recv() else {
+                    return Err(ConvertError::Options("a worker thread stopped without a result".into()));
+                };
+                pending.insert(i, r);
+                while let Some(r) = pending.remove(&written) {
+                    let c = &chunks[written];
+                    let t = &plan.tensors[c.tensor];
+                    match r? {
+                        ChunkOut::Owned(b) => sink.write(&t.name, &b, file_path)?,
+                        ChunkOut::Copy(off, len) => {
+                            let Source::Tensor(k) = t.source else {
+                                return Err(ConvertError::Options("copy from a computed tensor".into()));
+                            };
+                            let info = &weights.tensors[k];
+                            let data = weights.tensor_data(info)?;
+                            sink.write(&t.name, &data[off..off + len], file_path)?;
+                        }
+                    }
+                    let in_bytes = match t.source {
+                        Source::Tensor(k) => {
+                            let info = &weights.tensors[k];
+                            info.len * (c.row1 - c.row0) / t.n_rows().max(1)
+                        }
+                        Source::Values(_) => 0,
+                    };
+                    bytes_in += in_bytes;
+                    progress.advance(in_bytes);
+                    written += 1;
+                }
+            }
+            Ok(())
+        });
+        result?;
+        current = Some(ckpt);
+    }
+    drop(current);
+    sink.finish(file_path)?;
+    let bytes_out = std::fs::metadata(file_path)
+        .map_err(|e| ConvertError::write(file_path, e))?
+        .len();
+    progress.finish();
+    Ok(Written {
+        bytes_in,
+        bytes_out,
+        tensor_bytes: plan.tensors.iter().map(|t| t.bytes).sum(),
+    })
+}
+
+/// Where a conversion writes, and how it becomes visible.
+pub enum Target {
+    /// A single file, renamed into place.
+    File { out: PathBuf, tmp: tempfile::NamedTempFile },
+    /// A directory, renamed into place.
+    Dir { out: PathBuf, tmp: tempfile::TempDir },
+}
+
+impl Target {
+    /// Prepare a temporary file or directory beside `out`. Refuses to replace a non-empty
+    /// directory.
+    pub fn new(out: &Path, dir: bool) -> Result<Target, ConvertError> {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let stem = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        if out.is_dir() {
+            let empty = std::fs::read_dir(out)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if !dir || !empty {
+                return Err(ConvertError::Options(format!(
+                    "`{}` is an existing directory{}; choose another OUT or remove it",
+                    out.display(),
+                    if dir { " with files in it" } else { "" }
+                )));
+            }
+        }
+        let prefix = format!(".{stem}.");
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".partial");
+        Ok(if dir {
+            Target::Dir {
+                out: out.to_path_buf(),
+                tmp: b.tempdir_in(&parent).map_err(|e| ConvertError::write(&parent, e))?,
+            }
+        } else {
+            Target::File {
+                out: out.to_path_buf(),
+                tmp: b.tempfile_in(&parent).map_err(|e| ConvertError::write(&parent, e))?,
+            }
+        })
+    }
+
+    /// Move the finished output into place.
+    pub fn commit(self) -> Result<(), ConvertError> {
+        match self {
+            Target::File { out, tmp } => {
+                tmp.as_file().sync_all().map_err(|e| ConvertError::write(&out, e))?;
+                tmp.persist(&out).map_err(|e| ConvertError::write(&out, e.error))?;
+            }
+            Target::Dir { out, tmp } => {
+                if out.is_dir() {
+                    // Checked empty when the target was prepared.
+                    std::fs::remove_dir(&out).map_err(|e| ConvertError::write(&out, e))?;
+                }
+                let path = tmp.keep();
+                if let Err(e) = std::fs::rename(&path, &out) {
+                    let _ = std::fs::remove_dir_all(&path);
+                    return Err(ConvertError::write(&out, e));
+                }
+            }
+        }
+        Ok(())
+    }
+}

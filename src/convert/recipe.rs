@@ -1,0 +1,623 @@
+//! Which ggml type each output tensor gets: the target "file type" (`--type`) and the
+//! per-tensor choices llama.cpp's `llama-quantize` makes for it.
+//!
+//! The mixtures (`Q4_K_M`, `Q3_K_L`, ...) are not one type but a recipe: the output head goes
+//! to Q6_K, some `attn_v` and `ffn_down` layers get more bits, norms stay F32. The rules here
+//! follow llama.cpp's `llama_tensor_get_type` for the dense decoder architectures modelgate
+//! converts (no MoE, no IQ types, no importance matrix), so a file converted here has the
+//! same per-tensor types as one made by `convert_hf_to_gguf.py` + `llama-quantize`. Tensors
+//! whose rows do not divide into the type's blocks fall back to a type that fits, as
+//! llama.cpp does, and every fallback is reported.
+
+use std::fmt;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::formats::GgmlType;
+
+/// The target of a conversion: a plain type or a llama.cpp mixture. Its id is what GGUF's
+/// `general.file_type` holds (llama.cpp's `llama_ftype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum FileType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3KS,
+    Q3KM,
+    Q3KL,
+    Q4KS,
+    Q4KM,
+    Q5KS,
+    Q5KM,
+    Q6K,
+}
+
+/// (file type, llama_ftype id, canonical name, aliases accepted on the command line)
+const FILE_TYPES: &[(FileType, u32, &str, &[&str])] = &[
+    (FileType::F32, 0, "F32", &[]),
+    (FileType::F16, 1, "F16", &[]),
+    (FileType::Q4_0, 2, "Q4_0", &[]),
+    (FileType::Q4_1, 3, "Q4_1", &[]),
+    (FileType::Q8_0, 7, "Q8_0", &[]),
+    (FileType::Q5_0, 8, "Q5_0", &[]),
+    (FileType::Q5_1, 9, "Q5_1", &[]),
+    (FileType::Q2K, 10, "Q2_K", &[]),
+    (FileType::Q3KS, 11, "Q3_K_S", &[]),
+    // llama-quantize reads the bare K names as the _M mixtures.
+    (FileType::Q3KM, 12, "Q3_K_M", &["Q3_K"]),
+    (FileType::Q3KL, 13, "Q3_K_L", &[]),
+    (FileType::Q4KS, 14, "Q4_K_S", &[]),
+    (FileType::Q4KM, 15, "Q4_K_M", &["Q4_K"]),
+    (FileType::Q5KS, 16, "Q5_K_S", &[]),
+    (FileType::Q5KM, 17, "Q5_K_M", &["Q5_K"]),
+    (FileType::Q6K, 18, "Q6_K", &[]),
+    (FileType::BF16, 32, "BF16", &[]),
+];
+
+impl FileType {
+    fn row(self) -> &'static (FileType, u32, &'static str, &'static [&'static str]) {
+        // Every variant has a row (checked by the `every_file_type_has_a_row` test), so the
+        // fallback to the first row is never taken.
+        FILE_TYPES
+            .iter()
+            .find(|r| r.0 == self)
+            .unwrap_or(&FILE_TYPES[0])
+    }
+
+    /// llama.cpp's `llama_ftype` id, written as `general.file_type`.
+    pub fn id(self) -> u32 {
+        self.row().1
+    }
+
+    pub fn name(self) -> &'static str {
+        self.row().2
+    }
+
+    /// Parse a name as `llama-quantize` accepts it (case-insensitive; `Q4_K` = `Q4_K_M`).
+    pub fn parse(name: &str) -> Option<FileType> {
+        FILE_TYPES
+            .iter()
+            .find(|r| r.2.eq_ignore_ascii_case(name) || r.3.iter().any(|a| a.eq_ignore_ascii_case(name)))
+            .map(|r| r.0)
+    }
+
+    /// The file type whose id GGUF's `general.file_type` holds.
+    pub fn from_id(id: u32) -> Option<FileType> {
+        FILE_TYPES.iter().find(|r| r.1 == id).map(|r| r.0)
+    }
+
+    /// Every name accepted by [`FileType::parse`], for help and error messages.
+    pub fn names() -> Vec<&'static str> {
+        FILE_TYPES.iter().map(|r| r.2).collect()
+    }
+
+    /// The type most tensors get (llama.cpp's `llama_ftype_get_default_type`).
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            FileType::F32 => GgmlType::F32,
+            FileType::F16 => GgmlType::F16,
+            FileType::BF16 => GgmlType::BF16,
+            FileType::Q8_0 => GgmlType::Q8_0,
+            FileType::Q4_0 => GgmlType::Q4_0,
+            FileType::Q4_1 => GgmlType::Q4_1,
+            FileType::Q5_0 => GgmlType::Q5_0,
+            FileType::Q5_1 => GgmlType::Q5_1,
+            FileType::Q2K => GgmlType::Q2K,
+            FileType::Q3KS | FileType::Q3KM | FileType::Q3KL => GgmlType::Q3K,
+            FileType::Q4KS | FileType::Q4KM => GgmlType::Q4K,
+            FileType::Q5KS | FileType::Q5KM => GgmlType::Q5K,
+            FileType::Q6K => GgmlType::Q6K,
+        }
+    }
+
+    /// Whether the target quantizes (as opposed to a plain float type).
+    pub fn is_quantized(self) -> bool {
+        self.default_type().is_quantized()
+    }
+}
+
+impl fmt::Display for FileType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The ggml types modelgate can write (the float types and the block formats with kernels).
+pub fn writable(t: GgmlType) -> bool {
+    matches!(
+        t,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+    )
+}
+
+/// What the user asked for, beyond the file type.
+#[derive(Clone, Debug, Default)]
+pub struct RecipeOptions {
+    /// `--leave-output-tensor`: keep `output.weight` in its source type.
+    pub leave_output_tensor: bool,
+    /// `--pure`: every quantizable tensor gets the default type (no mixture rules).
+    pub pure: bool,
+    /// `--output-tensor-type`
+    pub output_tensor_type: Option<GgmlType>,
+    /// `--token-embedding-type`
+    pub token_embedding_type: Option<GgmlType>,
+    /// `--tensor-type REGEX=TYPE`, first match wins (as in llama-quantize).
+    pub tensor_types: Vec<(Regex, GgmlType)>,
+}
+
+/// Model facts the mixture rules depend on.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelShape {
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    /// Number of `attn_v` tensors (one per layer for the dense models here).
+    pub n_attn_v: u64,
+    /// No separate `output.weight`: the token embedding doubles as the output head.
+    pub tied_embeddings: bool,
+    /// llama.cpp gives 70B llama models (80 layers) more bits in `attn_v`.
+    pub is_llama_70b: bool,
+}
+
+/// What kind of tensor this is, for the mixture rules (llama.cpp's `tensor_category`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    TokenEmbd,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Output,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        Category::Output
+    } else if name == "token_embd.weight" {
+        Category::TokenEmbd
+    } else if name.contains("attn_v.weight") {
+        Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_q.weight") {
+        Category::AttnQ
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
+    } else if name.contains("ffn_up") {
+        Category::FfnUp
+    } else if name.contains("ffn_gate") {
+        Category::FfnGate
+    } else if name.contains("ffn_down") {
+        Category::FfnDown
+    } else {
+        Category::Other
+    }
+}
+
+/// The layer number in `blk.N.…`, if any.
+pub fn layer_of(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("blk.")?;
+    let end = rest.find('.')?;
+    rest[..end].parse().ok()
+}
+
+/// The type chosen for one tensor and why, when it is not the plain default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub ty: GgmlType,
+    /// Set when the preferred type did not fit the tensor's rows.
+    pub fallback: Option<Fallback>,
+}
+
+/// A type that did not fit and what was used instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fallback {
+    pub tensor: String,
+    pub wanted: String,
+    pub used: String,
+    pub reason: String,
+}
+
+/// The per-tensor type policy for one conversion.
+pub struct Recipe {
+    pub file_type: FileType,
+    pub opts: RecipeOptions,
+    pub shape: ModelShape,
+}
+
+/// How a tensor is stored in the source, for the rule that keeps some tensors as they are.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceKind {
+    /// The ggml type the tensor is in now (F32/F16/BF16 for safetensors sources).
+    pub ty: GgmlType,
+    /// Number of dimensions.
+    pub n_dims: usize,
+    /// Elements per row (ggml's `ne[0]`).
+    pub row_len: u64,
+}
+
+impl Recipe {
+    /// Whether llama.cpp would quantize this tensor at all (its `tensor_allows_quantization`
+    /// for the dense architectures: 2-D `*weight` tensors other than norms).
+    fn allows_quantization(&self, name: &str, src: SourceKind) -> bool {
+        src.n_dims >= 2
+            && name.ends_with("weight")
+            && !name.contains("_norm.weight")
+            && !(self.opts.leave_output_tensor && name == "output.weight")
+    }
+
+    /// The type for tensor `name`.
+    pub fn choose(&self, name: &str, src: SourceKind) -> Choice {
+        if !self.allows_quantization(name, src) {
+            // 1-D tensors (norms, biases, rope factors) are F32 in every llama.cpp file; a
+            // kept output head stays what it is unless that is a type we cannot write.
+            let ty = if src.n_dims < 2 {
+                GgmlType::F32
+            } else if writable(src.ty) {
+                src.ty
+            } else {
+                GgmlType::F32
+            };
+            return Choice { ty, fallback: None };
+        }
+        let cat = category(name);
+        let explicit = match cat {
+            Category::TokenEmbd => self.opts.token_embedding_type,
+            Category::Output => self.opts.output_tensor_type,
+            _ => None,
+        };
+        let ty = if let Some(t) = explicit {
+            t
+        } else {
+            let default = self.file_type.default_type();
+            if !default.is_quantized() {
+                default
+            } else if let Some(t) = self
+                .opts
+                .tensor_types
+                .iter()
+                .find(|(re, _)| re.is_match(name))
+                .map(|(_, t)| *t)
+            {
+                t
+            } else if self.opts.pure {
+                default
+            } else {
+                self.mixture(name, cat, default, src)
+            }
+        };
+        self.fit(name, ty, src)
+    }
+
+    /// llama.cpp's mixture rules for the file types modelgate writes.
+    fn mixture(&self, name: &str, cat: Category, default: GgmlType, src: SourceKind) -> GgmlType {
+        use FileType as F;
+        use GgmlType as G;
+        let ft = self.file_type;
+        let m = self.shape;
+        let n_gqa = if m.n_head_kv == 0 {
+            1
+        } else {
+            m.n_head / m.n_head_kv
+        };
+        let layer = layer_of(name).unwrap_or(0);
+        let more_bits = |i: u64, n: u64| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+        // `(i - n/8) % 3 == 2` in llama.cpp is signed arithmetic; for i < n/8 the first
+        // clause already holds, so the unsigned guard above gives the same answer.
+        let mut t = default;
+        if cat == Category::Output || (m.tied_embeddings && cat == Category::TokenEmbd) {
+            let (block, _) = default.block().unwrap_or((1, 0));
+            if src.row_len % block != 0 {
+                t = G::Q8_0;
+            } else if t != G::Q8_0 {
+                t = G::Q6K;
+            }
+            return t;
+        }
+        match cat {
+            Category::AttnV => {
+                let i = layer;
+                let n = m.n_attn_v;
+                t = match ft {
+                    F::Q2K => {
+                        if n_gqa >= 4 {
+                            G::Q4K
+                        } else {
+                            G::Q3K
+                        }
+                    }
+                    F::Q3KM => {
+                        if i < 2 {
+                            G::Q5K
+                        } else {
+                            G::Q4K
+                        }
+                    }
+                    F::Q3KL => G::Q5K,
+                    F::Q4KM | F::Q5KM if more_bits(i, n) => G::Q6K,
+                    F::Q4KS if i < 4 => G::Q5K,
+                    _ => t,
+                };
+                if m.is_llama_70b && (t == G::Q3K || t == G::Q4K) {
+                    t = G::Q5K;
+                }
+            }
+            Category::FfnDown => {
+                let i = layer;
+                let n = m.n_layer;
+                t = match ft {
+                    F::Q2K => G::Q3K,
+                    F::Q3KM => {
+                        if i < n / 16 {
+                            G::Q5K
+                        } else {
+                            G::Q4K
+                        }
+                    }
+                    F::Q3KL => G::Q5K,
+                    F::Q4KM if more_bits(i, n) => G::Q6K,
+                    F::Q5KM if more_bits(i, n) => G::Q6K,
+                    F::Q4KS if i < n / 8 => G::Q5K,
+                    _ => t,
+                };
+            }
+            Category::AttnOutput => {
+                t = match ft {
+                    F::Q2K => G::Q3K,
+                    F::Q3KM => G::Q4K,
+                    F::Q3KL => G::Q5K,
+                    _ => t,
+                };
+            }
+            Category::TokenEmbd
+            | Category::AttnQ
+            | Category::AttnK
+            | Category::FfnUp
+            | Category::FfnGate
+            | Category::Output
+            | Category::Other => {}
+        }
+        t
+    }
+
+    /// A type whose blocks fit the tensor's rows: llama.cpp's `tensor_type_fallback`, with F16
+    /// as the last resort (llama.cpp aborts where a 32-block type does not fit; F16 always
+    /// fits and keeps the conversion going).
+    fn fit(&self, name: &str, ty: GgmlType, src: SourceKind) -> Choice {
+        let fits = |t: GgmlType| t.block().is_some_and(|(b, _)| src.row_len % b == 0);
+        if fits(ty) {
+            return Choice { ty, fallback: None };
+        }
+        let next = match ty {
+            GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+            GgmlType::Q4K => GgmlType::Q5_0,
+            GgmlType::Q5K => GgmlType::Q5_1,
+            GgmlType::Q6K => GgmlType::Q8_0,
+            _ => GgmlType::F16,
+        };
+        let used = if fits(next) { next } else { GgmlType::F16 };
+        let block = ty.block().map(|b| b.0).unwrap_or(1);
+        Choice {
+            ty: used,
+            fallback: Some(Fallback {
+                tensor: name.to_owned(),
+                wanted: ty.name().to_owned(),
+                used: used.name().to_owned(),
+                reason: format!("rows of {} values do not divide into blocks of {block}", src.row_len),
+            }),
+        }
+    }
+}
+
+/// Parse `--tensor-type REGEX=TYPE`.
+pub fn parse_tensor_type(spec: &str) -> Result<(Regex, GgmlType), String> {
+    let (pattern, ty) = spec
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{spec}` is not REGEX=TYPE"))?;
+    let re = Regex::new(pattern).map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))?;
+    let t = parse_ggml_type(ty)?;
+    Ok((re, t))
+}
+
+/// Parse a single ggml type name that modelgate can write (`q6_k`, `F16`).
+pub fn parse_ggml_type(name: &str) -> Result<GgmlType, String> {
+    match GgmlType::from_name(name) {
+        Some(t) if writable(t) => Ok(t),
+        _ => Err(format!(
+            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(n_layer: u64) -> ModelShape {
+        ModelShape {
+            n_layer,
+            n_head: 32,
+            n_head_kv: 4,
+            n_attn_v: n_layer,
+            tied_embeddings: false,
+            is_llama_70b: false,
+        }
+    }
+
+    fn recipe(ft: FileType, n_layer: u64) -> Recipe {
+        Recipe {
+            file_type: ft,
+            opts: RecipeOptions::default(),
+            shape: shape(n_layer),
+        }
+    }
+
+    fn w(row_len: u64) -> SourceKind {
+        SourceKind {
+            ty: GgmlType::BF16,
+            n_dims: 2,
+            row_len,
+        }
+    }
+
+    #[test]
+    fn every_file_type_has_a_row() {
+        for ft in [
+            FileType::F32,
+            FileType::F16,
+            FileType::BF16,
+            FileType::Q8_0,
+            FileType::Q4_0,
+            FileType::Q4_1,
+            FileType::Q5_0,
+            FileType::Q5_1,
+            FileType::Q2K,
+            FileType::Q3KS,
+            FileType::Q3KM,
+            FileType::Q3KL,
+            FileType::Q4KS,
+            FileType::Q4KM,
+            FileType::Q5KS,
+            FileType::Q5KM,
+            FileType::Q6K,
+        ] {
+            assert_eq!(FileType::from_id(ft.id()), Some(ft));
+            assert_eq!(FileType::parse(ft.name()), Some(ft));
+        }
+        assert_eq!(FileType::parse("q4_k"), Some(FileType::Q4KM));
+        assert_eq!(FileType::parse("Q3_K"), Some(FileType::Q3KM));
+        assert_eq!(FileType::parse("IQ2_XS"), None);
+        assert_eq!(FileType::Q4KM.id(), 15);
+        assert_eq!(FileType::BF16.id(), 32);
+    }
+
+    #[test]
+    fn q4_k_m_follows_llama_cpp() {
+        // TinyLlama: 22 layers; use_more_bits is true for layers 0-1, 19-21 and every third
+        // layer from 4 (4, 7, 10, 13, 16).
+        let r = recipe(FileType::Q4KM, 22);
+        let bumped: Vec<u64> = (0..22)
+            .filter(|i| r.choose(&format!("blk.{i}.ffn_down.weight"), w(5632)).ty == GgmlType::Q6K)
+            .collect();
+        assert_eq!(bumped, vec![0, 1, 4, 7, 10, 13, 16, 19, 20, 21]);
+        let bumped_v: Vec<u64> = (0..22)
+            .filter(|i| r.choose(&format!("blk.{i}.attn_v.weight"), w(2048)).ty == GgmlType::Q6K)
+            .collect();
+        assert_eq!(bumped, bumped_v);
+        assert_eq!(r.choose("blk.3.attn_q.weight", w(2048)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.3.ffn_up.weight", w(2048)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q6K);
+        assert_eq!(r.choose("token_embd.weight", w(2048)).ty, GgmlType::Q4K);
+        let norm = SourceKind {
+            ty: GgmlType::BF16,
+            n_dims: 1,
+            row_len: 2048,
+        };
+        assert_eq!(r.choose("blk.0.attn_norm.weight", norm).ty, GgmlType::F32);
+    }
+
+    #[test]
+    fn q3_and_q2_mixtures() {
+        let r = recipe(FileType::Q3KM, 32);
+        assert_eq!(r.choose("blk.0.attn_v.weight", w(4096)).ty, GgmlType::Q5K);
+        assert_eq!(r.choose("blk.2.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.1.ffn_down.weight", w(14336)).ty, GgmlType::Q5K);
+        assert_eq!(r.choose("blk.2.ffn_down.weight", w(14336)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.2.attn_output.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.2.attn_q.weight", w(4096)).ty, GgmlType::Q3K);
+        let r = recipe(FileType::Q2K, 32);
+        assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::Q4K); // gqa 8
+        assert_eq!(r.choose("blk.5.ffn_down.weight", w(14336)).ty, GgmlType::Q3K);
+        let r = recipe(FileType::Q4KS, 32);
+        assert_eq!(r.choose("blk.3.attn_v.weight", w(4096)).ty, GgmlType::Q5K);
+        assert_eq!(r.choose("blk.4.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.3.ffn_down.weight", w(14336)).ty, GgmlType::Q5K);
+        assert_eq!(r.choose("blk.4.ffn_down.weight", w(14336)).ty, GgmlType::Q4K);
+    }
+
+    #[test]
+    fn legacy_types_send_the_head_to_q6_k_and_tied_embeddings_follow() {
+        let mut r = recipe(FileType::Q4_1, 30);
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q6K);
+        assert_eq!(r.choose("token_embd.weight", w(2048)).ty, GgmlType::Q4_1);
+        r.shape.tied_embeddings = true;
+        // SmolLM2: width 576 does not divide into 256, so Q6_K falls back to Q8_0 (what the
+        // real SmolLM2 Q4_1 file holds).
+        let c = r.choose("token_embd.weight", w(576));
+        assert_eq!(c.ty, GgmlType::Q8_0);
+        let r = recipe(FileType::Q8_0, 30);
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q8_0);
+    }
+
+    #[test]
+    fn fallbacks_are_reported() {
+        let r = recipe(FileType::Q4KM, 30);
+        let c = r.choose("blk.2.attn_q.weight", w(576));
+        assert_eq!(c.ty, GgmlType::Q5_0);
+        let fb = c.fallback.unwrap();
+        assert_eq!((fb.wanted.as_str(), fb.used.as_str()), ("Q4_K", "Q5_0"));
+        let c = r.choose("blk.0.ffn_down.weight", w(1536)); // Q6_K, 1536 = 6 x 256 fits
+        assert_eq!(c.ty, GgmlType::Q6K);
+        assert!(c.fallback.is_none());
+        let c = r.choose("blk.2.attn_q.weight", w(48));
+        assert_eq!(c.ty, GgmlType::F16);
+    }
+
+    #[test]
+    fn options_override_the_mixture() {
+        let mut r = recipe(FileType::Q4KM, 22);
+        r.opts.pure = true;
+        assert_eq!(r.choose("blk.0.ffn_down.weight", w(5632)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q4K);
+        r.opts.pure = false;
+        r.opts.leave_output_tensor = true;
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::BF16);
+        r.opts.leave_output_tensor = false;
+        r.opts.output_tensor_type = Some(GgmlType::Q8_0);
+        r.opts.token_embedding_type = Some(GgmlType::F16);
+        assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q8_0);
+        assert_eq!(r.choose("token_embd.weight", w(2048)).ty, GgmlType::F16);
+        r.opts.tensor_types = vec![parse_tensor_type("attn_(q|k)=q8_0").unwrap()];
+        assert_eq!(r.choose("blk.3.attn_k.weight", w(2048)).ty, GgmlType::Q8_0);
+        assert_eq!(r.choose("blk.3.attn_v.weight", w(2048)).ty, GgmlType::Q4K);
+        assert!(parse_tensor_type("attn_q").is_err());
+        assert!(parse_tensor_type("attn_q=IQ2_XS").is_err());
+        assert!(parse_tensor_type("(=q8_0").is_err());
+    }
+
+    #[test]
+    fn float_targets_keep_1d_in_f32() {
+        let r = recipe(FileType::F16, 2);
+        assert_eq!(r.choose("blk.0.attn_q.weight", w(64)).ty, GgmlType::F16);
+        assert_eq!(r.choose("token_embd.weight", w(64)).ty, GgmlType::F16);
+        let bias = SourceKind {
+            ty: GgmlType::BF16,
+            n_dims: 1,
+            row_len: 64,
+        };
+        assert_eq!(r.choose("blk.0.attn_q.bias", bias).ty, GgmlType::F32);
+    }
+}

@@ -1,0 +1,872 @@
+//! Tokenizers in both directions: Hugging Face `tokenizer.json` (+ `tokenizer_config.json`)
+//! → GGUF `tokenizer.ggml.*` keys, and GGUF keys → a `tokenizer.json` and
+//! `tokenizer_config.json` that the `tokenizers` library loads.
+//!
+//! Two tokenizer families are handled, the ones llama.cpp calls `gpt2` (byte-level BPE:
+//! tokens, token types, merges) and `llama` (SentencePiece BPE with byte fallback: tokens,
+//! scores, token types). The pre-tokenizer name llama.cpp needs (`tokenizer.ggml.pre`) is
+//! derived from the `pre_tokenizer` section of tokenizer.json, not from a hash of probe
+//! tokens as llama.cpp's converter does, so a tokenizer with a known pre-tokenizer but an
+//! unknown vocabulary still converts; the summary says what was chosen and why.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::{json, Map, Value};
+
+use super::error::ConvertError;
+use super::meta::{arr_f32, arr_i32, arr_str};
+use crate::formats::MetaValue;
+
+/// llama.cpp's token types (`llama_token_type`).
+pub mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+/// What the tokenizer conversion produced.
+#[derive(Debug)]
+pub struct VocabKeys {
+    pub keys: Vec<(String, MetaValue)>,
+    /// `gpt2` or `llama`.
+    pub model: &'static str,
+    /// The `tokenizer.ggml.pre` value and why it was chosen.
+    pub pre: String,
+    pub pre_reason: String,
+    pub n_tokens: u64,
+}
+
+/// The inputs of [`to_gguf`].
+pub struct HfTokenizer<'a> {
+    /// Where tokenizer.json is, for messages.
+    pub path: &'a Path,
+    pub json: &'a str,
+    pub config: Option<&'a Value>,
+    /// `bos_token_id`, `eos_token_id`, `pad_token_id` from config.json.
+    pub config_ids: [Option<u64>; 3],
+    /// Rows of the token embedding: the GGUF token list must have exactly this many.
+    pub n_vocab: u64,
+    /// `--pre-tokenizer NAME` from the command line.
+    pub pre_override: Option<&'a str>,
+    /// `chat_template.jinja`, used when tokenizer_config.json has no `chat_template`
+    /// (transformers 4.50+ saves the template in its own file).
+    pub chat_template_file: Option<&'a str>,
+}
+
+// The pre-tokenizer regexes of Llama 3 and Qwen2 as their tokenizer.json files write them
+// (case-insensitive group), and as llama.cpp rewrites them (explicit case classes).
+const LLAMA3_RE: &[&str] = &[
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+const QWEN2_RE: &[&str] = &[
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+
+/// Pre-tokenizer names this converter can derive and write back; all are accepted by
+/// llama.cpp's runtime.
+pub const KNOWN_PRE: &[&str] = &["gpt-2", "smollm", "llama-bpe", "qwen2", "default"];
+
+fn obj_type(v: &Value) -> &str {
+    v.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+fn flag(v: &Value, key: &str, default: bool) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Work out llama.cpp's pre-tokenizer name from a byte-level BPE tokenizer.json's
+/// `pre_tokenizer` section.
+pub fn classify_pre(pre: &Value) -> Result<(&'static str, String), String> {
+    let steps: Vec<&Value> = match obj_type(pre) {
+        "Sequence" => pre
+            .get("pretokenizers")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        "" => Vec::new(),
+        _ => vec![pre],
+    };
+    let kinds: Vec<&str> = steps.iter().map(|s| obj_type(s)).collect();
+    match kinds.as_slice() {
+        ["ByteLevel"] if flag(steps[0], "use_regex", true) => Ok((
+            "gpt-2",
+            "ByteLevel pre-tokenizer with the GPT-2 regex".into(),
+        )),
+        ["Digits", "ByteLevel"]
+            if flag(steps[0], "individual_digits", false) && flag(steps[1], "use_regex", true) =>
+        {
+            Ok((
+                "smollm",
+                "single digits split off, then ByteLevel with the GPT-2 regex".into(),
+            ))
+        }
+        ["Split", "ByteLevel"] if !flag(steps[1], "use_regex", true) => {
+            let re = steps[0]
+                .get("pattern")
+                .and_then(|p| p.get("Regex"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if LLAMA3_RE.contains(&re) {
+                Ok((
+                    "llama-bpe",
+                    "Split on the Llama 3 regex (numbers in groups of up to 3), then ByteLevel".into(),
+                ))
+            } else if QWEN2_RE.contains(&re) {
+                Ok((
+                    "qwen2",
+                    "Split on the Qwen2 regex (single digits), then ByteLevel".into(),
+                ))
+            } else {
+                Err(format!("a Split pre-tokenizer with regex `{re}`"))
+            }
+        }
+        _ => Err(format!("pre-tokenizer steps [{}]", kinds.join(", "))),
+    }
+}
+
+/// The `pre_tokenizer` section that reproduces a llama.cpp pre-tokenizer name.
+pub fn pre_tokenizer_json(pre: &str) -> Option<Value> {
+    let byte_level = |regex: bool| {
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex})
+    };
+    let split = |re: &str| {
+        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
+    };
+    Some(match pre {
+        "gpt-2" => byte_level(true),
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "llama-bpe" => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE[0]), byte_level(false)]})
+        }
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_RE[0]), byte_level(false)]}),
+        _ => return None,
+    })
+}
+
+fn special_content(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn is_byte_token(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
+}
+
+/// Convert tokenizer.json (+ tokenizer_config.json, + config.json ids) into GGUF keys.
+pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
+    let path = t.path;
+    // Load it with the `tokenizers` library first: a tokenizer.json that library rejects
+    // would give a GGUF whose tokenizer nobody can check against the original.
+    tokenizers::Tokenizer::from_str(t.json)
+        .map_err(|e| ConvertError::tokenizer(path, format!("the tokenizers library cannot load it: {e}")))?;
+    let tj: Value = serde_json::from_str(t.json)
+        .map_err(|e| ConvertError::tokenizer(path, format!("not valid JSON: {e}")))?;
+    let model = tj
+        .get("model")
+        .ok_or_else(|| ConvertError::tokenizer(path, "no `model` section"))?;
+    let mtype = obj_type(model);
+    if mtype != "BPE" {
+        return Err(ConvertError::tokenizer(
+            path,
+            format!("tokenizer model `{mtype}` is not supported (byte-level BPE and SentencePiece BPE are)"),
+        ));
+    }
+    let spm = flag(model, "byte_fallback", false);
+    let vocab = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ConvertError::tokenizer(path, "`model.vocab` is not an object"))?;
+    let added: Vec<&Value> = tj
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+
+    let n = t.n_vocab as usize;
+    let mut tokens: Vec<Option<String>> = vec![None; n];
+    let mut place = |id: u64, tok: &str| -> Result<(), ConvertError> {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            ConvertError::tokenizer(
+                path,
+                format!("token `{tok}` has id {id}, but the model's vocabulary (vocab_size, embedding rows) has {n} entries"),
+            )
+        })?;
+        *slot = Some(tok.to_owned());
+        Ok(())
+    };
+    for (tok, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| ConvertError::tokenizer(path, format!("token `{tok}` has id {id}, not an integer")))?;
+        place(id, tok)?;
+    }
+    let mut added_type: HashMap<u64, i32> = HashMap::new();
+    for a in &added {
+        let (Some(id), Some(content)) = (a.get("id").and_then(Value::as_u64), a.get("content").and_then(Value::as_str))
+        else {
+            return Err(ConvertError::tokenizer(path, "an `added_tokens` entry has no integer `id` or string `content`"));
+        };
+        place(id, content)?;
+        let special = flag(a, "special", false) || (content.starts_with("<|") && content.ends_with("|>"));
+        added_type.insert(
+            id,
+            if special {
+                token_type::CONTROL
+            } else {
+                token_type::USER_DEFINED
+            },
+        );
+    }
+
+    let unk = special_content(model.get("unk_token"));
+    let mut types = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
+    let mut scores = Vec::with_capacity(n);
+    for (id, tok) in tokens.into_iter().enumerate() {
+        match tok {
+            None => {
+                texts.push(format!("[PAD{id}]"));
+                types.push(token_type::UNUSED);
+                scores.push(0.0);
+            }
+            Some(tok) => {
+                let ty = if spm && unk.as_deref() == Some(tok.as_str()) {
+                    token_type::UNKNOWN
+                } else if let Some(ty) = added_type.get(&(id as u64)) {
+                    *ty
+                } else if spm && is_byte_token(&tok) {
+                    token_type::BYTE
+                } else {
+                    token_type::NORMAL
+                };
+                // SentencePiece merges the adjacent pair with the highest score. Vocabularies
+                // converted from SentencePiece list pieces in score order, so minus the id
+                // keeps that order (llama.cpp's converter writes -1000 for every piece when it
+                // only has tokenizer.json, which loses it).
+                scores.push(if ty == token_type::NORMAL {
+                    -(id as f32)
+                } else {
+                    0.0
+                });
+                texts.push(tok);
+                types.push(ty);
+            }
+        }
+    }
+
+    let (model_name, pre, pre_reason) = if spm {
+        ("llama", "default".to_owned(), "SentencePiece BPE with byte fallback".to_owned())
+    } else {
+        let derived = tj.get("pre_tokenizer").map(classify_pre);
+        match (t.pre_override, derived) {
+            (Some(p), d) => {
+                let why = match d {
+                    Some(Ok((name, _))) => format!("given with --pre-tokenizer (tokenizer.json suggests `{name}`)"),
+                    _ => "given with --pre-tokenizer".to_owned(),
+                };
+                ("gpt2", p.to_owned(), why)
+            }
+            (None, Some(Ok((name, why)))) => ("gpt2", name.to_owned(), why),
+            (None, Some(Err(what))) => {
+                return Err(ConvertError::tokenizer(
+                    path,
+                    format!("no llama.cpp pre-tokenizer is known for {what}; name one with --pre-tokenizer ({})", KNOWN_PRE.join(", ")),
+                ))
+            }
+            (None, None) => {
+                return Err(ConvertError::tokenizer(path, "a byte-level BPE tokenizer without a `pre_tokenizer` section"))
+            }
+        }
+    };
+
+    let mut keys: Vec<(String, MetaValue)> = vec![
+        ("tokenizer.ggml.model".into(), MetaValue::String(model_name.into())),
+        ("tokenizer.ggml.pre".into(), MetaValue::String(pre.clone())),
+        ("tokenizer.ggml.tokens".into(), arr_str(texts)),
+    ];
+    if spm {
+        keys.push(("tokenizer.ggml.scores".into(), arr_f32(scores)));
+    }
+    keys.push(("tokenizer.ggml.token_type".into(), arr_i32(types)));
+    if !spm {
+        keys.push(("tokenizer.ggml.merges".into(), arr_str(merges(model, path)?)));
+    }
+
+    // Special tokens: tokenizer_config.json names them by content; config.json by id
+    // (used only where tokenizer_config.json is silent, as llama.cpp's converter does).
+    let by_content = |c: &str| -> Option<u64> {
+        added
+            .iter()
+            .find(|a| a.get("content").and_then(Value::as_str) == Some(c))
+            .and_then(|a| a.get("id").and_then(Value::as_u64))
+            .or_else(|| vocab.get(c).and_then(Value::as_u64))
+    };
+    let tc = t.config.and_then(Value::as_object);
+    let ids = [
+        ("bos", "bos_token_id", t.config_ids[0]),
+        ("eos", "eos_token_id", t.config_ids[1]),
+        ("unk", "unknown_token_id", None),
+        ("pad", "padding_token_id", t.config_ids[2]),
+    ];
+    for (typ, key, from_config) in ids {
+        let from_tc = tc
+            .and_then(|c| special_content(c.get(&format!("{typ}_token"))))
+            .and_then(|c| by_content(&c));
+        let from_model = if typ == "unk" {
+            unk.as_deref().and_then(by_content)
+        } else {
+            None
+        };
+        if let Some(id) = from_tc.or(from_model).or(from_config).filter(|id| *id < t.n_vocab) {
+            keys.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(id as u32)));
+        }
+    }
+    let add_bos = tc.and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool).or_else(|| {
+        // A TemplateProcessing post-processor that starts with a special token adds BOS.
+        let pp = tj.get("post_processor")?;
+        let procs: Vec<&Value> = match pp.get("processors").and_then(Value::as_array) {
+            Some(a) => a.iter().collect(),
+            None => vec![pp],
+        };
+        procs.iter().find(|p| obj_type(p) == "TemplateProcessing").map(|p| {
+            p.get("single")
+                .and_then(Value::as_array)
+                .and_then(|s| s.first())
+                .is_some_and(|first| first.get("SpecialToken").is_some())
+        })
+    });
+    if let Some(b) = add_bos {
+        keys.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(b)));
+    }
+    if let Some(e) = tc.and_then(|c| c.get("add_eos_token")).and_then(Value::as_bool) {
+        keys.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(e)));
+    }
+    if spm {
+        // A `Prepend("▁")` normalizer or a Metaspace pre-tokenizer that prepends: the
+        // SentencePiece "add dummy prefix" llama.cpp calls add_space_prefix.
+        let text = tj.get("normalizer").map(Value::to_string).unwrap_or_default()
+            + &tj.get("pre_tokenizer").map(Value::to_string).unwrap_or_default();
+        let prefix = text.contains("\"Prepend\"") || (text.contains("Metaspace") && !text.contains("\"never\""));
+        keys.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(prefix)));
+    }
+    let from_file = t.chat_template_file.map(|s| Value::String(s.to_owned()));
+    if let Some(ct) = tc.and_then(|c| c.get("chat_template")).or(from_file.as_ref()) {
+        match ct {
+            Value::String(s) => keys.push(("tokenizer.chat_template".into(), MetaValue::String(s.clone()))),
+            Value::Array(list) => {
+                let mut names = Vec::new();
+                for item in list {
+                    let (Some(name), Some(tpl)) = (
+                        item.get("name").and_then(Value::as_str),
+                        item.get("template").and_then(Value::as_str),
+                    ) else {
+                        continue;
+                    };
+                    if name == "default" {
+                        keys.push(("tokenizer.chat_template".into(), MetaValue::String(tpl.into())));
+                    } else {
+                        keys.push((format!("tokenizer.chat_template.{name}"), MetaValue::String(tpl.into())));
+                        names.push(name.to_owned());
+                    }
+                }
+                if !names.is_empty() {
+                    keys.push(("tokenizer.chat_templates".into(), arr_str(names)));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(VocabKeys {
+        keys,
+        model: model_name,
+        pre,
+        pre_reason,
+        n_tokens: t.n_vocab,
+    })
+}
+
+/// Merges as GGUF stores them: `"left right"`. tokenizer.json has either that form or
+/// `[left, right]` pairs (transformers 4.45+); spaces inside a pair are written as U+0120,
+/// as gguf-py does, so the split on the one space stays unambiguous.
+fn merges(model: &Value, path: &Path) -> Result<Vec<String>, ConvertError> {
+    let Some(list) = model.get("merges").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|m| match m {
+            Value::String(s) => Ok(s.clone()),
+            Value::Array(pair) if pair.len() == 2 => {
+                let part = |v: &Value| {
+                    v.as_str()
+                        .map(|s| s.replace(' ', "\u{120}"))
+                        .ok_or_else(|| ConvertError::tokenizer(path, "a merge pair holds a non-string"))
+                };
+                Ok(format!("{} {}", part(&pair[0])?, part(&pair[1])?))
+            }
+            _ => Err(ConvertError::tokenizer(path, format!("merge {m} is neither \"a b\" nor [a, b]"))),
+        })
+        .collect()
+}
+
+/// What a GGUF file's tokenizer keys hold, read back for writing tokenizer.json.
+#[derive(Debug, Default)]
+pub struct GgufVocab {
+    pub model: String,
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    pub types: Vec<i32>,
+    pub scores: Vec<f32>,
+    pub merges: Vec<String>,
+    pub bos: Option<u64>,
+    pub eos: Option<u64>,
+    pub unk: Option<u64>,
+    pub pad: Option<u64>,
+    pub add_bos: Option<bool>,
+    pub add_eos: Option<bool>,
+    pub add_space_prefix: Option<bool>,
+    pub chat_template: Option<String>,
+}
+
+fn meta_u64(v: &MetaValue) -> Option<u64> {
+    match *v {
+        MetaValue::U8(x) => Some(x.into()),
+        MetaValue::U16(x) => Some(x.into()),
+        MetaValue::U32(x) => Some(x.into()),
+        MetaValue::U64(x) => Some(x),
+        MetaValue::I8(x) => u64::try_from(x).ok(),
+        MetaValue::I16(x) => u64::try_from(x).ok(),
+        MetaValue::I32(x) => u64::try_from(x).ok(),
+        MetaValue::I64(x) => u64::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+impl GgufVocab {
+    pub fn from_metadata(meta: &[(String, MetaValue)], path: &Path) -> Result<GgufVocab, ConvertError> {
+        let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let strs = |k: &str| -> Result<Vec<String>, ConvertError> {
+            match get(k) {
+                None => Ok(Vec::new()),
+                Some(MetaValue::Array { items, .. }) => items
+                    .iter()
+                    .map(|i| match i {
+                        MetaValue::String(s) => Ok(s.clone()),
+                        _ => Err(ConvertError::tokenizer(path, format!("`{k}` holds a non-string"))),
+                    })
+                    .collect(),
+                Some(_) => Err(ConvertError::tokenizer(path, format!("`{k}` is not an array"))),
+            }
+        };
+        let model = match get("tokenizer.ggml.model") {
+            Some(MetaValue::String(s)) => s.clone(),
+            _ => return Err(ConvertError::tokenizer(path, "no `tokenizer.ggml.model` key: the file carries no tokenizer")),
+        };
+        let tokens = strs("tokenizer.ggml.tokens")?;
+        let types = match get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array { items, .. }) => items
+                .iter()
+                .map(|i| meta_u64(i).map(|x| x as i32).unwrap_or(token_type::NORMAL))
+                .collect(),
+            _ => vec![token_type::NORMAL; tokens.len()],
+        };
+        let scores = match get("tokenizer.ggml.scores") {
+            Some(MetaValue::Array { items, .. }) => items
+                .iter()
+                .map(|i| match i {
+                    MetaValue::F32(x) => *x,
+                    _ => 0.0,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if types.len() != tokens.len() || (!scores.is_empty() && scores.len() != tokens.len()) {
+            return Err(ConvertError::tokenizer(
+                path,
+                format!(
+                    "{} tokens but {} token types and {} scores",
+                    tokens.len(),
+                    types.len(),
+                    scores.len()
+                ),
+            ));
+        }
+        let id = |k: &str| get(k).and_then(meta_u64).filter(|&i| (i as usize) < tokens.len());
+        let boolean = |k: &str| match get(k) {
+            Some(MetaValue::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        Ok(GgufVocab {
+            pre: match get("tokenizer.ggml.pre") {
+                Some(MetaValue::String(s)) => Some(s.clone()),
+                _ => None,
+            },
+            merges: strs("tokenizer.ggml.merges")?,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            unk: id("tokenizer.ggml.unknown_token_id"),
+            pad: id("tokenizer.ggml.padding_token_id"),
+            add_bos: boolean("tokenizer.ggml.add_bos_token"),
+            add_eos: boolean("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: boolean("tokenizer.ggml.add_space_prefix"),
+            chat_template: match get("tokenizer.chat_template") {
+                Some(MetaValue::String(s)) => Some(s.clone()),
+                _ => None,
+            },
+            model,
+            tokens,
+            types,
+            scores,
+        })
+    }
+
+    fn token(&self, id: Option<u64>) -> Option<&str> {
+        id.and_then(|i| self.tokens.get(i as usize)).map(String::as_str)
+    }
+
+    /// The `added_tokens` list: control and user-defined tokens.
+    fn added_tokens(&self) -> Vec<Value> {
+        self.tokens
+            .iter()
+            .zip(&self.types)
+            .enumerate()
+            .filter(|(_, (_, ty))| matches!(**ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN))
+            .map(|(id, (tok, ty))| {
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": *ty == token_type::USER_DEFINED, "special": *ty != token_type::USER_DEFINED})
+            })
+            .collect()
+    }
+
+    fn post_processor(&self, fallback: Value) -> Value {
+        match (self.add_bos, self.token(self.bos)) {
+            (Some(true), Some(bos)) => json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [self.bos], "tokens": [bos]}}
+            }),
+            _ => fallback,
+        }
+    }
+
+    /// A tokenizer.json equivalent to these keys. `path` names the GGUF file in errors.
+    pub fn to_tokenizer_json(&self, path: &Path) -> Result<Value, ConvertError> {
+        let mut vocab = Map::new();
+        for (id, tok) in self.tokens.iter().enumerate() {
+            // Duplicate token texts cannot be expressed in a tokenizer.json vocabulary; the
+            // first id wins, as in llama.cpp's own token-to-id map.
+            vocab.entry(tok.clone()).or_insert(json!(id));
+        }
+        let doc = match self.model.as_str() {
+            "gpt2" => {
+                let pre = self.pre.as_deref().unwrap_or("default");
+                let pre_tok = pre_tokenizer_json(pre).ok_or_else(|| {
+                    ConvertError::tokenizer(
+                        path,
+                        format!("pre-tokenizer `{pre}` has no tokenizer.json equivalent here (known: gpt-2, smollm, llama-bpe, qwen2)"),
+                    )
+                })?;
+                let merges: Vec<Value> = self.merges.iter().map(|m| json!(m)).collect();
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": self.added_tokens(),
+                    "normalizer": null,
+                    "pre_tokenizer": pre_tok,
+                    "post_processor": self.post_processor(
+                        json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})),
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": self.token(self.unk),
+                              "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                              "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                              "vocab": vocab, "merges": merges}
+                })
+            }
+            "llama" => {
+                let merges: Vec<Value> = self.spm_merges().into_iter().map(Value::String).collect();
+                let normalizer = if self.add_space_prefix.unwrap_or(true) {
+                    json!({"type": "Sequence", "normalizers": [
+                        {"type": "Prepend", "prepend": "\u{2581}"},
+                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]})
+                } else {
+                    json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})
+                };
+                let mut decoders = vec![
+                    json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                    json!({"type": "ByteFallback"}),
+                    json!({"type": "Fuse"}),
+                ];
+                if self.add_space_prefix.unwrap_or(true) {
+                    decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+                }
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": self.added_tokens(),
+                    "normalizer": normalizer,
+                    "pre_tokenizer": null,
+                    "post_processor": self.post_processor(Value::Null),
+                    "decoder": {"type": "Sequence", "decoders": decoders},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": self.token(self.unk),
+                              "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                              "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+                })
+            }
+            other => {
+                return Err(ConvertError::tokenizer(
+                    path,
+                    format!("tokenizer model `{other}` has no tokenizer.json equivalent here (gpt2 and llama do)"),
+                ))
+            }
+        };
+        // Check the result the same way inputs are checked.
+        let text = doc.to_string();
+        tokenizers::Tokenizer::from_str(&text).map_err(|e| {
+            ConvertError::tokenizer(path, format!("the tokenizer.json built from its keys does not load: {e}"))
+        })?;
+        Ok(doc)
+    }
+
+    /// BPE merges for a SentencePiece vocabulary: every way of splitting a normal piece into
+    /// two pieces of the vocabulary, ordered by the merged piece's score (highest first) and
+    /// then by the ids of the halves, which is how `tokenizers` converts SentencePiece models.
+    fn spm_merges(&self) -> Vec<String> {
+        let index: HashMap<&str, usize> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        let mut found: Vec<(f32, usize, usize, usize)> = Vec::new();
+        for (id, tok) in self.tokens.iter().enumerate() {
+            if self.types.get(id) != Some(&token_type::NORMAL) {
+                continue;
+            }
+            for (cut, _) in tok.char_indices().skip(1) {
+                let (l, r) = tok.split_at(cut);
+                if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                    let score = self.scores.get(id).copied().unwrap_or(-(id as f32));
+                    found.push((score, id, li, ri));
+                }
+            }
+        }
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+        found
+            .into_iter()
+            .map(|(_, _, l, r)| format!("{} {}", self.tokens[l], self.tokens[r]))
+            .collect()
+    }
+
+    /// tokenizer_config.json for these keys.
+    pub fn tokenizer_config(&self, max_len: u64) -> Value {
+        let mut decoder = Map::new();
+        for (id, tok) in self.tokens.iter().enumerate() {
+            let ty = self.types.get(id).copied().unwrap_or(token_type::NORMAL);
+            if matches!(ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN) {
+                decoder.insert(
+                    id.to_string(),
+                    json!({"content": tok, "lstrip": false, "normalized": ty == token_type::USER_DEFINED,
+                           "rstrip": false, "single_word": false, "special": ty != token_type::USER_DEFINED}),
+                );
+            }
+        }
+        let mut c = Map::new();
+        c.insert("add_bos_token".into(), json!(self.add_bos.unwrap_or(false)));
+        c.insert("add_eos_token".into(), json!(self.add_eos.unwrap_or(false)));
+        c.insert("added_tokens_decoder".into(), Value::Object(decoder));
+        c.insert("bos_token".into(), json!(self.token(self.bos)));
+        if let Some(t) = &self.chat_template {
+            c.insert("chat_template".into(), json!(t));
+        }
+        c.insert("clean_up_tokenization_spaces".into(), json!(false));
+        c.insert("eos_token".into(), json!(self.token(self.eos)));
+        c.insert("model_max_length".into(), json!(max_len));
+        c.insert("pad_token".into(), json!(self.token(self.pad)));
+        c.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        c.insert("unk_token".into(), json!(self.token(self.unk)));
+        Value::Object(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_bpe(pre: Value) -> String {
+        small_bpe_with(pre, json!(["a b", "Ġ a"]))
+    }
+
+    fn small_bpe_with(pre: Value, merges: Value) -> String {
+        let mut vocab = Map::new();
+        for (i, t) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġa"].iter().enumerate() {
+            vocab.insert((*t).into(), json!(i));
+        }
+        json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [
+                {"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 2, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": pre,
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges}
+        })
+        .to_string()
+    }
+
+    fn convert(json: &str, n_vocab: u64, tc: Option<&Value>) -> Result<VocabKeys, ConvertError> {
+        to_gguf(&HfTokenizer {
+            path: Path::new("tokenizer.json"),
+            json,
+            config: tc,
+            config_ids: [Some(1), Some(2), Some(2)],
+            n_vocab,
+            pre_override: None,
+            chat_template_file: None,
+        })
+    }
+
+    fn key<'a>(v: &'a VocabKeys, k: &str) -> &'a MetaValue {
+        &v.keys.iter().find(|(key, _)| key == k).unwrap().1
+    }
+
+    #[test]
+    fn byte_level_bpe_to_gguf() {
+        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
+        let tc = json!({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": false,
+                        "chat_template": "{{ x }}"});
+        let v = convert(&j, 10, Some(&tc)).unwrap();
+        assert_eq!(v.model, "gpt2");
+        assert_eq!(v.pre, "gpt-2");
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.tokens") else { panic!() };
+        assert_eq!(items.len(), 10);
+        assert_eq!(items[9], MetaValue::String("[PAD9]".into()));
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else { panic!() };
+        assert_eq!(items[0], MetaValue::I32(token_type::CONTROL));
+        assert_eq!(items[3], MetaValue::I32(token_type::NORMAL));
+        assert_eq!(items[9], MetaValue::I32(token_type::UNUSED));
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else { panic!() };
+        assert_eq!(items, &vec![MetaValue::String("a b".into()), MetaValue::String("Ġ a".into())]);
+        assert_eq!(key(&v, "tokenizer.ggml.bos_token_id"), &MetaValue::U32(1));
+        assert_eq!(key(&v, "tokenizer.ggml.eos_token_id"), &MetaValue::U32(2));
+        assert_eq!(key(&v, "tokenizer.ggml.padding_token_id"), &MetaValue::U32(2));
+        assert_eq!(key(&v, "tokenizer.ggml.add_bos_token"), &MetaValue::Bool(false));
+        assert_eq!(key(&v, "tokenizer.chat_template"), &MetaValue::String("{{ x }}".into()));
+        assert!(v.keys.iter().all(|(k, _)| k != "tokenizer.ggml.scores"));
+    }
+
+    #[test]
+    fn too_small_a_vocabulary_is_an_error() {
+        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
+        let e = convert(&j, 5, None).unwrap_err().to_string();
+        assert!(e.contains("vocabulary"), "{e}");
+        assert!(convert("{not json", 8, None).is_err());
+    }
+
+    #[test]
+    fn pair_merges_are_joined() {
+        let pre = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let j = small_bpe_with(pre, json!([["a", "b"], ["Ġ", "a"]]));
+        let v = convert(&j, 8, None).unwrap();
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else { panic!() };
+        assert_eq!(items, &vec![MetaValue::String("a b".into()), MetaValue::String("Ġ a".into())]);
+    }
+
+    #[test]
+    fn pre_tokenizers_are_recognised() {
+        assert_eq!(classify_pre(&pre_tokenizer_json("smollm").unwrap()).unwrap().0, "smollm");
+        assert_eq!(classify_pre(&pre_tokenizer_json("llama-bpe").unwrap()).unwrap().0, "llama-bpe");
+        assert_eq!(classify_pre(&pre_tokenizer_json("qwen2").unwrap()).unwrap().0, "qwen2");
+        assert_eq!(classify_pre(&pre_tokenizer_json("gpt-2").unwrap()).unwrap().0, "gpt-2");
+        let odd = json!({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
+        assert!(classify_pre(&odd).is_err());
+        let j = small_bpe(odd);
+        let e = convert(&j, 8, None).unwrap_err().to_string();
+        assert!(e.contains("--pre-tokenizer"), "{e}");
+    }
+
+    #[test]
+    fn gguf_vocab_round_trips_through_tokenizer_json() {
+        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
+        let tc = json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false});
+        let v = convert(&j, 8, Some(&tc)).unwrap();
+        let g = GgufVocab::from_metadata(&v.keys, Path::new("x.gguf")).unwrap();
+        let back = g.to_tokenizer_json(Path::new("x.gguf")).unwrap();
+        let again = convert(&back.to_string(), 8, Some(&g.tokenizer_config(256))).unwrap();
+        for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.pre"] {
+            assert_eq!(key(&v, k), key(&again, k), "{k}");
+        }
+        let tok = tokenizers::Tokenizer::from_str(&back.to_string()).unwrap();
+        let ids = tok.encode(" ab", false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, vec![6, 5]);
+    }
+
+    #[test]
+    fn sentencepiece_vocab_both_ways() {
+        let mut vocab = Map::new();
+        let toks = ["<unk>", "<s>", "</s>", "<0x00>", "▁", "a", "b", "▁a", "ab", "▁ab"];
+        for (i, t) in toks.iter().enumerate() {
+            vocab.insert((*t).into(), json!(i));
+        }
+        let j = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [
+                {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+            "pre_tokenizer": null,
+            "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+            "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": ["▁ a", "a b", "▁ ab", "▁a b"]}
+        }).to_string();
+        let tc = json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+        let v = to_gguf(&HfTokenizer {
+            path: Path::new("tokenizer.json"),
+            json: &j,
+            config: Some(&tc),
+            config_ids: [None, None, None],
+            n_vocab: 10,
+            pre_override: None,
+            chat_template_file: None,
+        })
+        .unwrap();
+        assert_eq!(v.model, "llama");
+        assert_eq!(v.pre, "default");
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else { panic!() };
+        assert_eq!(items[0], MetaValue::I32(token_type::UNKNOWN));
+        assert_eq!(items[1], MetaValue::I32(token_type::CONTROL));
+        assert_eq!(items[3], MetaValue::I32(token_type::BYTE));
+        assert_eq!(items[7], MetaValue::I32(token_type::NORMAL));
+        assert_eq!(key(&v, "tokenizer.ggml.add_bos_token"), &MetaValue::Bool(true));
+        assert_eq!(key(&v, "tokenizer.ggml.add_space_prefix"), &MetaValue::Bool(true));
+        assert_eq!(key(&v, "tokenizer.ggml.unknown_token_id"), &MetaValue::U32(0));
+        let g = GgufVocab::from_metadata(&v.keys, Path::new("x.gguf")).unwrap();
+        let back = g.to_tokenizer_json(Path::new("x.gguf")).unwrap();
+        let tok = tokenizers::Tokenizer::from_str(&back.to_string()).unwrap();
+        let orig = tokenizers::Tokenizer::from_str(&j).unwrap();
+        for text in ["ab", "a ab", "b a"] {
+            assert_eq!(
+                tok.encode(text, true).unwrap().get_ids(),
+                orig.encode(text, true).unwrap().get_ids(),
+                "{text}"
+            );
+        }
+    }
+}

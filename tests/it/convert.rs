@@ -1,0 +1,392 @@
+//! `modelgate convert` end to end: fixtures and oracles to GGUF, read back by modelgate's
+//! reader and independently by gguf-py (`convert_gguf_check.py`); determinism; GGUF →
+//! safetensors → GGUF round trips (fixtures and the real SmolLM2); requantization rules; and
+//! bad input (exit 2, a clear message, nothing left behind).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use modelgate::formats::{Checkpoint, DType};
+
+use crate::support::{fixture, modelgate, repo, smollm2};
+
+const FIXTURES: &[&str] = &["tiny-llama", "tiny-llama-sharded", "tiny-mistral", "tiny-qwen2"];
+const ORACLES: &[&str] = &["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
+
+fn oracle(name: &str) -> PathBuf {
+    PathBuf::from("/work/shared/oracles").join(name)
+}
+
+/// Run `modelgate convert SRC -o OUT ARGS --json`, expecting success; the summary.
+fn convert(src: &Path, out: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"];
+    a.extend_from_slice(args);
+    let o = modelgate(&a);
+    assert!(
+        o.status.success(),
+        "convert {} failed: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("convert --json prints JSON")
+}
+
+/// The independent gguf-py check; panics with its problems.
+fn gguf_py_check(hf: &Path, gguf: &Path, expected_types: Option<&Value>) -> Value {
+    let script = repo().join("tests/it/convert_gguf_check.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(hf).arg(gguf);
+    if let Some(t) = expected_types {
+        cmd.arg(t.to_string());
+    }
+    let o = cmd.output().expect("run python3");
+    assert!(
+        o.status.success(),
+        "gguf-py check crashed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("check prints JSON");
+    assert_eq!(v["ok"], true, "gguf-py found problems in {}: {:#}", gguf.display(), v["problems"]);
+    v
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn fixtures_convert_to_gguf_that_both_readers_accept() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        for ty in ["F32", "F16", "Q8_0", "Q4_K_M"] {
+            let out = tmp.path().join(format!("{name}-{ty}.gguf"));
+            let s = convert(&fixture(&format!("models/{name}")), &out, &["--type", ty]);
+            assert_eq!(s["file_type"], ty);
+            let hf = fixture(&format!("models/{name}"));
+            let report = gguf_py_check(&hf, &out, None);
+            // modelgate's own reader: same tensors, version 3, alignment 32.
+            let c = Checkpoint::open(&out).unwrap();
+            let g = c.weights.gguf.unwrap();
+            assert_eq!((g.version, g.alignment), (3, 32));
+            assert_eq!(c.weights.tensors.len() as u64, s["tensors"].as_u64().unwrap());
+            assert_eq!(report["checked"]["tensors"].as_u64().unwrap(), c.weights.tensors.len() as u64);
+            let arch = c.weights.meta("general.architecture").unwrap();
+            let want = if *name == "tiny-qwen2" { "qwen2" } else { "llama" };
+            assert_eq!(arch, &modelgate::formats::MetaValue::String(want.into()));
+            for t in &c.weights.tensors {
+                if t.shape.len() == 1 {
+                    assert_eq!(t.dtype, DType::F32, "{} {}", name, t.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_k_m_of_tiny_rows_falls_back_and_says_so() {
+    // Width 64 does not divide into 256-value K blocks: every K tensor falls back, as
+    // llama.cpp's does, and the summary lists each one.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.gguf");
+    let s = convert(&fixture("models/tiny-llama"), &out, &["--type", "Q4_K_M"]);
+    let fb = s["fallbacks"].as_array().unwrap();
+    assert!(!fb.is_empty());
+    assert!(fb.iter().any(|f| f["tensor"] == "blk.0.attn_q.weight" && f["wanted"] == "Q4_K" && f["used"] == "Q5_0"));
+    assert!(fb.iter().any(|f| f["tensor"] == "output.weight" && f["used"] == "Q8_0"));
+    assert_eq!(s["types"]["F32"]["tensors"], 5);
+}
+
+#[test]
+fn conversion_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, ty) in [("tiny-llama-sharded", "Q4_0"), ("tiny-qwen2", "Q8_0"), ("tiny-mistral", "F16")] {
+        let a = tmp.path().join(format!("{name}-a.gguf"));
+        let b = tmp.path().join(format!("{name}-b.gguf"));
+        convert(&fixture(&format!("models/{name}")), &a, &["--type", ty, "--threads", "1"]);
+        convert(&fixture(&format!("models/{name}")), &b, &["--type", ty, "--threads", "2"]);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name} {ty}");
+    }
+    // The sharded and single-file fixtures hold the same tensors: same GGUF tensor data.
+    let one = tmp.path().join("one.gguf");
+    let two = tmp.path().join("two.gguf");
+    convert(&fixture("models/tiny-llama"), &one, &["--type", "Q4_0", "--name", "x"]);
+    convert(&fixture("models/tiny-llama-sharded"), &two, &["--type", "Q4_0", "--name", "x"]);
+    assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+}
+
+#[test]
+fn oracles_convert_to_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ORACLES {
+        for ty in ["F32", "F16", "Q8_0"] {
+            let out = tmp.path().join(format!("{name}-{ty}.gguf"));
+            let s = convert(&oracle(name), &out, &["--type", ty]);
+            gguf_py_check(&oracle(name), &out, None);
+            if *name == "llama3-rope-scaled" {
+                let c = Checkpoint::open(&out).unwrap();
+                assert!(c.weights.tensor("rope_freqs.weight").is_some());
+                assert!(s["notes"].to_string().contains("rope_freqs"));
+            }
+        }
+    }
+}
+
+/// Tensor data of a GGUF file by name, with type and shape.
+fn tensors(path: &Path) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
+    let c = Checkpoint::open(path).unwrap();
+    c.weights
+        .tensors
+        .iter()
+        .map(|t| {
+            let d = c.weights.tensor_data(t).unwrap().to_vec();
+            (t.name.as_str().to_owned(), t.dtype, t.shape.clone(), d)
+        })
+        .collect()
+}
+
+#[test]
+fn gguf_to_safetensors_and_back_is_lossless_in_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let g1 = tmp.path().join(format!("{name}.gguf"));
+        convert(&fixture(&format!("models/{name}")), &g1, &["--type", "F32"]);
+        let dir = tmp.path().join(format!("{name}-hf"));
+        let s = convert(&g1, &dir, &[]);
+        assert_eq!(s["format"], "hf-dir");
+        for f in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+            assert!(dir.join(f).is_file(), "{name}: no {f}");
+        }
+        // The directory is a checkpoint modelgate reads, with the original names.
+        let back = Checkpoint::open(&dir).unwrap();
+        let orig = Checkpoint::open(&fixture(&format!("models/{name}"))).unwrap();
+        let mut a: Vec<String> = back.weights.tensors.iter().map(|t| t.name.to_string()).collect();
+        let mut b: Vec<String> = orig.weights.tensors.iter().map(|t| t.name.to_string()).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}");
+        let g2 = tmp.path().join(format!("{name}-2.gguf"));
+        convert(&dir, &g2, &["--type", "F32"]);
+        // Permutation undone and redone, f32 all the way: identical tensor bytes.
+        assert_eq!(tensors(&g1), tensors(&g2), "{name}");
+        gguf_py_check(&fixture(&format!("models/{name}")), &g2, None);
+    }
+}
+
+#[test]
+fn smollm2_q4_1_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = smollm2();
+    let dir = tmp.path().join("smollm2-hf");
+    let s = convert(&src, &dir, &["--type", "F32"]);
+    assert_eq!(s["pre_tokenizer"]["name"], "smollm");
+    let out = tmp.path().join("smollm2-q4_1.gguf");
+    convert(&dir, &out, &["--type", "Q4_1"]);
+    let a = tensors(&src);
+    let mut b = tensors(&out);
+    assert_eq!(a.len(), b.len());
+    let order: std::collections::HashMap<&str, usize> = a.iter().enumerate().map(|(i, t)| (t.0.as_str(), i)).collect();
+    b.sort_by_key(|t| order[t.0.as_str()]);
+    let mut identical = 0;
+    let mut max_diff = 0f32;
+    let mut worst = String::new();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, x.1, &x.2), (&y.0, y.1, &y.2), "names, types and shapes match");
+        if x.3 == y.3 {
+            identical += 1;
+            continue;
+        }
+        let n = x.2.iter().product::<u64>() as usize;
+        let (mut fx, mut fy) = (vec![0f32; n], vec![0f32; n]);
+        modelgate::convert::elem::decode(x.1, &x.3, &mut fx).unwrap();
+        modelgate::convert::elem::decode(y.1, &y.3, &mut fy).unwrap();
+        let d = fx.iter().zip(&fy).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        if d > max_diff {
+            max_diff = d;
+            worst = x.0.clone();
+        }
+    }
+    eprintln!(
+        "smollm2 Q4_1 -> f32 safetensors -> Q4_1: {identical}/{} tensors byte-identical, max |difference| {max_diff} ({worst})",
+        a.len()
+    );
+    // Everything kept in F32 and the Q8_0 embedding must survive exactly.
+    for (x, y) in a.iter().zip(&b) {
+        if x.1 == DType::F32 || x.0 == "token_embd.weight" {
+            assert_eq!(x.3, y.3, "{}", x.0);
+        }
+    }
+    assert!(max_diff < 0.05, "requantized values moved by {max_diff} in {worst}");
+    // Key facts survive the trip.
+    let c = Checkpoint::open(&out).unwrap();
+    let orig = Checkpoint::open(&src).unwrap();
+    for k in [
+        "llama.block_count",
+        "llama.attention.head_count_kv",
+        "llama.rope.freq_base",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+        "general.license",
+    ] {
+        assert_eq!(c.weights.meta(k), orig.weights.meta(k), "{k}");
+    }
+}
+
+#[test]
+fn requantizing_needs_consent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = tmp.path().join("q8.gguf");
+    convert(&fixture("models/tiny-llama"), &q8, &["--type", "Q8_0"]);
+    let out = tmp.path().join("q4.gguf");
+    let o = modelgate(&["convert", q8.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "Q4_0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already quantized") && err.contains("--allow-requantize"), "{err}");
+    assert!(!out.exists());
+    let s = convert(&q8, &out, &["--type", "Q4_0", "--allow-requantize"]);
+    assert!(s["notes"].to_string().contains("requantized"));
+    // Same type again: copied, not requantized, so no consent is needed.
+    let same = tmp.path().join("same.gguf");
+    convert(&q8, &same, &["--type", "Q8_0"]);
+    let (a, b) = (tensors(&q8), tensors(&same));
+    assert_eq!(a.iter().map(|t| &t.3).collect::<Vec<_>>(), b.iter().map(|t| &t.3).collect::<Vec<_>>());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Convert a broken copy of a fixture; expect exit 2, `needle` in stderr, nothing written.
+fn refuse(name: &str, damage: impl FnOnce(&Path), needle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    copy_dir(&fixture(&format!("models/{name}")), &src);
+    damage(&src);
+    let outdir = tmp.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("m.gguf");
+    let o = modelgate(&["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "Q8_0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(leftovers(&outdir).is_empty(), "left behind: {:?}", leftovers(&outdir));
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    refuse(
+        "tiny-llama-sharded",
+        |d| std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap(),
+        "model-00002-of-00002.safetensors",
+    );
+    refuse(
+        "tiny-llama",
+        |d| edit_json(&d.join("config.json"), |v| v["intermediate_size"] = 96.into()),
+        "intermediate_size 96",
+    );
+    refuse(
+        "tiny-qwen2",
+        |d| edit_json(&d.join("config.json"), |v| v["num_key_value_heads"] = 4.into()),
+        "shape",
+    );
+    refuse(
+        "tiny-llama",
+        |d| edit_json(&d.join("config.json"), |v| v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])),
+        "GPT2LMHeadModel",
+    );
+    refuse(
+        "tiny-mistral",
+        |d| edit_json(&d.join("tokenizer.json"), |v| v["model"]["type"] = "NoSuchModel".into()),
+        "tokenizer.json",
+    );
+    refuse(
+        "tiny-llama",
+        |d| std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": ").unwrap(),
+        "tokenizer.json",
+    );
+    refuse(
+        "tiny-llama",
+        |d| std::fs::remove_file(d.join("config.json")).unwrap(),
+        "config.json",
+    );
+}
+
+#[test]
+fn summary_json_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.gguf");
+    let mut s = convert(&fixture("models/tiny-llama"), &out, &["--type", "Q4_K_M", "--threads", "2"]);
+    for k in ["seconds", "source", "output"] {
+        s[k] = Value::Null;
+    }
+    insta::assert_json_snapshot!("convert_tiny_llama_q4_k_m", s);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.gguf");
+    let src = fixture("models/tiny-llama");
+    for (args, needle) in [
+        (vec!["--type", "IQ2_XS"], "IQ2_XS"),
+        (vec!["--tensor-type", "attn_q"], "REGEX=TYPE"),
+        (vec!["--output-tensor-type", "Q9"], "Q9"),
+        (vec!["--format", "onnx"], "onnx"),
+    ] {
+        let mut a = vec!["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        a.extend(args);
+        let o = modelgate(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!out.exists());
+    }
+    // An HF directory cannot become safetensors again.
+    let o = modelgate(&["convert", src.to_str().unwrap(), "-o", tmp.path().join("d").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn pytorch_checkpoint_converts_like_its_safetensors() {
+    // A torch.save zip of the same tensors (written by a pickle that only names torch's
+    // rebuild functions): read through the non-executing pickle reader, it must give the
+    // same GGUF bytes as the safetensors directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let pt = tmp.path().join("pt");
+    for name in ["tiny-qwen2", "tiny-llama"] {
+        let st = fixture(&format!("models/{name}"));
+        let o = Command::new("python3")
+            .arg(repo().join("tests/it/convert_make_torch.py"))
+            .arg(&st)
+            .arg(&pt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let a = tmp.path().join(format!("{name}-pt.gguf"));
+        let b = tmp.path().join(format!("{name}-st.gguf"));
+        let s = convert(&pt, &a, &["--type", "Q8_0", "--name", "x"]);
+        assert_eq!(s["source_format"], "pytorch");
+        convert(&st, &b, &["--type", "Q8_0", "--name", "x"]);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name}");
+        std::fs::remove_dir_all(&pt).unwrap();
+    }
+}
