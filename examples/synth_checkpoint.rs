@@ -33,8 +33,16 @@ fn args() -> Result<Args, String> {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--out" => out = Some(PathBuf::from(val("--out")?)),
-            "--layers" => layers = val("--layers")?.parse().map_err(|e| format!("--layers: {e}"))?,
-            "--shards" => shards = val("--shards")?.parse().map_err(|e| format!("--shards: {e}"))?,
+            "--layers" => {
+                layers = val("--layers")?
+                    .parse()
+                    .map_err(|e| format!("--layers: {e}"))?
+            }
+            "--shards" => {
+                shards = val("--shards")?
+                    .parse()
+                    .map_err(|e| format!("--shards: {e}"))?
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -52,10 +60,22 @@ fn tensors(layers: u64) -> Vec<(String, Vec<u64>)> {
     for l in 0..layers {
         let p = format!("model.layers.{l}");
         t.push((format!("{p}.input_layernorm.weight"), vec![HIDDEN]));
-        t.push((format!("{p}.self_attn.q_proj.weight"), vec![HEADS * head_dim, HIDDEN]));
-        t.push((format!("{p}.self_attn.k_proj.weight"), vec![KV_HEADS * head_dim, HIDDEN]));
-        t.push((format!("{p}.self_attn.v_proj.weight"), vec![KV_HEADS * head_dim, HIDDEN]));
-        t.push((format!("{p}.self_attn.o_proj.weight"), vec![HIDDEN, HEADS * head_dim]));
+        t.push((
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![HEADS * head_dim, HIDDEN],
+        ));
+        t.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![KV_HEADS * head_dim, HIDDEN],
+        ));
+        t.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![KV_HEADS * head_dim, HIDDEN],
+        ));
+        t.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![HIDDEN, HEADS * head_dim],
+        ));
         t.push((format!("{p}.post_attention_layernorm.weight"), vec![HIDDEN]));
         t.push((format!("{p}.mlp.gate_proj.weight"), vec![FFN, HIDDEN]));
         t.push((format!("{p}.mlp.up_proj.weight"), vec![FFN, HIDDEN]));
@@ -121,7 +141,11 @@ fn write_shard(path: &Path, items: &[(String, Vec<u64>)], rng: &mut Rng) -> std:
             let k = left.min(1 << 19);
             buf.clear();
             for _ in 0..k {
-                let v = if norm { 1.0 + rng.weight() } else { rng.weight() };
+                let v = if norm {
+                    1.0 + rng.weight()
+                } else {
+                    rng.weight()
+                };
                 buf.extend_from_slice(&bf16(v));
             }
             w.write_all(&buf)?;
@@ -136,7 +160,8 @@ fn tokenizer_json() -> serde_json::Value {
     let mut chars: Vec<char> = Vec::new();
     let mut extra = 0u32;
     for b in 0u32..256 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         chars.push(if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -213,7 +238,10 @@ fn run(a: &Args) -> std::io::Result<()> {
         write_shard(&a.out.join(&file), g, &mut rng)?;
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": map});
-    std::fs::write(a.out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
+    std::fs::write(
+        a.out.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index)?,
+    )?;
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
         "intermediate_size": FFN, "num_attention_heads": HEADS, "num_hidden_layers": a.layers,
@@ -221,12 +249,19 @@ fn run(a: &Args) -> std::io::Result<()> {
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
         "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16", "hidden_act": "silu"
     });
-    std::fs::write(a.out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        a.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     std::fs::write(a.out.join("tokenizer.json"), tokenizer_json().to_string())?;
     std::fs::write(
         a.out.join("tokenizer_config.json"),
         r#"{"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": false}"#,
     )?;
-    println!("{}: {} layers, {total} bytes in {n} shards", a.out.display(), a.layers);
+    println!(
+        "{}: {} layers, {total} bytes in {n} shards",
+        a.out.display(),
+        a.layers
+    );
     Ok(())
 }

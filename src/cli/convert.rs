@@ -114,7 +114,9 @@ fn options(args: &Args) -> anyhow::Result<convert::Options> {
         tensor_types: args
             .tensor_type
             .iter()
-            .map(|s| recipe::parse_tensor_type(s).map_err(|e| anyhow::anyhow!("--tensor-type: {e}")))
+            .map(|s| {
+                recipe::parse_tensor_type(s).map_err(|e| anyhow::anyhow!("--tensor-type: {e}"))
+            })
             .collect::<anyhow::Result<_>>()?,
     };
     o.allow_requantize = args.allow_requantize;
@@ -145,13 +147,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(b) => b,
         None => &convert::NoProgress,
     };
-    let summary = convert::convert(&args.src, &args.output, format, &opts, progress).map_err(|e| {
-        let h = hint_for(&e);
-        match h {
-            Some(h) => super::hint(e, h),
-            None => anyhow::Error::new(e),
-        }
-    })?;
+    let summary =
+        convert::convert(&args.src, &args.output, format, &opts, progress).map_err(|e| {
+            let h = hint_for(&e);
+            match h {
+                Some(h) => super::hint(e, h),
+                None => anyhow::Error::new(e),
+            }
+        })?;
     {
         let mut err = std::io::stderr().lock();
         for n in &summary.notes {
@@ -192,7 +195,13 @@ pub fn render_text(s: &Summary) -> String {
         OutputFormat::SafetensorsFile => "safetensors file".to_owned(),
         OutputFormat::HfDir => "Hugging Face directory".to_owned(),
     };
-    let _ = writeln!(o, "`{}` -> `{}`: {}", s.source.display(), s.output.display(), what.trim());
+    let _ = writeln!(
+        o,
+        "`{}` -> `{}`: {}",
+        s.source.display(),
+        s.output.display(),
+        what.trim()
+    );
     let mut line = |label: &str, value: String| {
         let _ = writeln!(o, "  {label:<15} {value}");
     };
@@ -201,11 +210,19 @@ pub fn render_text(s: &Summary) -> String {
     }
     line(
         "tensors",
-        format!("{} ({} parameters)", s.tensors, crate::inspect::group_digits(s.parameters)),
+        format!(
+            "{} ({} parameters)",
+            s.tensors,
+            crate::inspect::group_digits(s.parameters)
+        ),
     );
     line(
         "size",
-        format!("{} in, {} out", human_bytes(s.bytes_in), human_bytes(s.bytes_out)),
+        format!(
+            "{} in, {} out",
+            human_bytes(s.bytes_in),
+            human_bytes(s.bytes_out)
+        ),
     );
     line("bits/weight", format!("{:.3}", s.bits_per_weight));
     let gbps = if s.seconds > 0.0 {
@@ -213,18 +230,33 @@ pub fn render_text(s: &Summary) -> String {
     } else {
         0.0
     };
-    line("time", format!("{:.2} s on {} threads ({gbps:.2} GB/s in)", s.seconds, s.threads));
+    line(
+        "time",
+        format!(
+            "{:.2} s on {} threads ({gbps:.2} GB/s in)",
+            s.seconds, s.threads
+        ),
+    );
     if let Some(p) = &s.pre_tokenizer {
         line("pre-tokenizer", format!("{} ({})", p.name, p.reason));
     }
     let _ = writeln!(o, "  types:");
     for (t, c) in &s.types {
-        let _ = writeln!(o, "    {t:<8} {:>5} tensors  {:>12}", c.tensors, human_bytes(c.bytes));
+        let _ = writeln!(
+            o,
+            "    {t:<8} {:>5} tensors  {:>12}",
+            c.tensors,
+            human_bytes(c.bytes)
+        );
     }
     if !s.fallbacks.is_empty() {
         let _ = writeln!(o, "  fallbacks ({}):", s.fallbacks.len());
         for f in &s.fallbacks {
-            let _ = writeln!(o, "    {:<32} {} -> {} ({})", f.tensor, f.wanted, f.used, f.reason);
+            let _ = writeln!(
+                o,
+                "    {:<32} {} -> {} ({})",
+                f.tensor, f.wanted, f.used, f.reason
+            );
         }
     }
     o

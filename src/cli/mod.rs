@@ -5,8 +5,8 @@
 //! error. Errors print as `error: ...` then one `caused by: ...` line per cause and an
 //! optional `hint: ...` line, all on stderr.
 
-mod generate;
 mod convert;
+mod generate;
 mod hash;
 mod inspect;
 mod keygen;

@@ -59,7 +59,8 @@ impl Arch {
 }
 
 /// Names accepted from config.json, for error messages.
-pub const SUPPORTED: &str = "LlamaForCausalLM (llama, SmolLM), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+pub const SUPPORTED: &str =
+    "LlamaForCausalLM (llama, SmolLM), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
 
 /// RoPE scaling as config.json declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -262,18 +263,36 @@ impl HParams {
             (k("context_length"), MetaValue::U32(self.n_ctx as u32)),
             (k("embedding_length"), MetaValue::U32(self.n_embd as u32)),
             (k("feed_forward_length"), MetaValue::U32(self.n_ff as u32)),
-            (k("attention.head_count"), MetaValue::U32(self.n_head as u32)),
-            (k("attention.head_count_kv"), MetaValue::U32(self.n_head_kv as u32)),
+            (
+                k("attention.head_count"),
+                MetaValue::U32(self.n_head as u32),
+            ),
+            (
+                k("attention.head_count_kv"),
+                MetaValue::U32(self.n_head_kv as u32),
+            ),
             (k("rope.freq_base"), MetaValue::F32(self.rope_theta as f32)),
-            (k("attention.layer_norm_rms_epsilon"), MetaValue::F32(self.rms_eps as f32)),
+            (
+                k("attention.layer_norm_rms_epsilon"),
+                MetaValue::F32(self.rms_eps as f32),
+            ),
         ];
         if self.head_dim_explicit {
-            out.push((k("attention.key_length"), MetaValue::U32(self.head_dim as u32)));
-            out.push((k("attention.value_length"), MetaValue::U32(self.head_dim as u32)));
+            out.push((
+                k("attention.key_length"),
+                MetaValue::U32(self.head_dim as u32),
+            ));
+            out.push((
+                k("attention.value_length"),
+                MetaValue::U32(self.head_dim as u32),
+            ));
         }
         if self.arch == Arch::Llama {
             out.push((k("vocab_size"), MetaValue::U32(self.n_vocab as u32)));
-            out.push((k("rope.dimension_count"), MetaValue::U32(self.head_dim as u32)));
+            out.push((
+                k("rope.dimension_count"),
+                MetaValue::U32(self.head_dim as u32),
+            ));
         }
         match self.rope_scaling {
             RopeScaling::None | RopeScaling::Llama3 { .. } => {}
@@ -400,9 +419,13 @@ fn rope_scaling(
 pub enum RowMap {
     Identity,
     /// Hugging Face rotate-half → ggml interleaved, within each head of `head_dim` rows.
-    ToInterleaved { head_dim: u64 },
+    ToInterleaved {
+        head_dim: u64,
+    },
     /// The inverse: ggml interleaved → Hugging Face rotate-half.
-    ToRotateHalf { head_dim: u64 },
+    ToRotateHalf {
+        head_dim: u64,
+    },
 }
 
 impl RowMap {
@@ -561,7 +584,9 @@ impl Parsed {
     pub fn allowed(&self, h: &HParams) -> bool {
         match self.role {
             Role::AttnQNorm | Role::AttnKNorm => h.arch == Arch::Qwen3 && !self.bias,
-            Role::AttnQ | Role::AttnK | Role::AttnV => !self.bias || h.attention_bias || h.arch == Arch::Qwen2,
+            Role::AttnQ | Role::AttnK | Role::AttnV => {
+                !self.bias || h.attention_bias || h.arch == Arch::Qwen2
+            }
             Role::AttnOutput => !self.bias || h.attention_bias,
             _ => !self.bias,
         }
@@ -619,10 +644,9 @@ impl Parsed {
                 h.n_head_kv, h.head_dim, h.n_embd
             ),
             Role::AttnQNorm | Role::AttnKNorm => format!("head_dim {}", h.head_dim),
-            Role::FfnGate | Role::FfnUp | Role::FfnDown => format!(
-                "intermediate_size {} and hidden_size {}",
-                h.n_ff, h.n_embd
-            ),
+            Role::FfnGate | Role::FfnUp | Role::FfnDown => {
+                format!("intermediate_size {} and hidden_size {}", h.n_ff, h.n_embd)
+            }
             Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => {
                 format!("hidden_size {}", h.n_embd)
             }
@@ -708,7 +732,13 @@ mod tests {
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32});
         let h = HParams::from_config(&c, p).unwrap();
         assert_eq!(h.rope_theta, 500000.0);
-        assert!(matches!(h.rope_scaling, RopeScaling::Llama3 { original_context: 32, .. }));
+        assert!(matches!(
+            h.rope_scaling,
+            RopeScaling::Llama3 {
+                original_context: 32,
+                ..
+            }
+        ));
         let f = h.rope_freqs().unwrap();
         assert_eq!(f.len(), 8);
         assert_eq!(f[0], 1.0);
@@ -761,11 +791,20 @@ mod tests {
             assert_eq!(p.hf_name(), hf);
         }
         assert_eq!(
-            parse_hf("model.layers.0.self_attn.q_proj.weight").unwrap().unwrap().gguf_name(),
+            parse_hf("model.layers.0.self_attn.q_proj.weight")
+                .unwrap()
+                .unwrap()
+                .gguf_name(),
             "blk.0.attn_q.weight"
         );
-        assert_eq!(parse_hf("model.layers.0.self_attn.rotary_emb.inv_freq"), Some(None));
-        assert_eq!(parse_hf("model.layers.0.block_sparse_moe.gate.weight"), None);
+        assert_eq!(
+            parse_hf("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            Some(None)
+        );
+        assert_eq!(
+            parse_hf("model.layers.0.block_sparse_moe.gate.weight"),
+            None
+        );
         assert_eq!(parse_gguf("rope_freqs.weight"), None);
     }
 
@@ -775,7 +814,10 @@ mod tests {
         // a head become 0 4 1 5 2 6 3 7.
         let m = RowMap::ToInterleaved { head_dim: 8 };
         let rows: Vec<u64> = (0..16).map(|r| m.source_row(r)).collect();
-        assert_eq!(rows, vec![0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]);
+        assert_eq!(
+            rows,
+            vec![0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
+        );
         let inv = RowMap::ToRotateHalf { head_dim: 8 };
         for r in 0..16 {
             assert_eq!(m.source_row(inv.source_row(r)), r);

@@ -28,7 +28,9 @@ pub fn decode(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), String>
             Ok(())
         }
         d => match d.to_ggml() {
-            Some(t) if quant::supported(t) => quant::dequantize(t, bytes, out).map_err(|e| e.to_string()),
+            Some(t) if quant::supported(t) => {
+                quant::dequantize(t, bytes, out).map_err(|e| e.to_string())
+            }
             _ => Err(format!("values stored as {d} cannot be converted")),
         },
     }
@@ -68,7 +70,10 @@ mod tests {
             let mut back = vec![0.0; vals.len()];
             decode(DType::from_ggml(ty), &bytes, &mut back).unwrap();
             for (a, b) in vals.iter().zip(&back) {
-                assert!((a - b).abs() <= a.abs() * 1e-2 || a == b, "{ty}: {a} -> {b}");
+                assert!(
+                    (a - b).abs() <= a.abs() * 1e-2 || a == b,
+                    "{ty}: {a} -> {b}"
+                );
             }
         }
         let mut out = vec![0.0; 2];
@@ -80,7 +85,13 @@ mod tests {
     fn bf16_rounds_to_nearest_even() {
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even mantissa (1.0).
         let mut b = Vec::new();
-        encode(GgmlType::BF16, &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0], 2, &mut b).unwrap();
+        encode(
+            GgmlType::BF16,
+            &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0],
+            2,
+            &mut b,
+        )
+        .unwrap();
         assert_eq!(b, vec![0x80, 0x3f, 0x82, 0x3f]);
     }
 }

@@ -24,7 +24,9 @@ pub enum ConvertError {
     UnsupportedArchitecture { found: String, supported: String },
 
     /// A tensor whose shape disagrees with config.json (or the GGUF keys).
-    #[error("tensor `{tensor}` has shape {found:?}, but the configuration implies {expected:?} ({why})")]
+    #[error(
+        "tensor `{tensor}` has shape {found:?}, but the configuration implies {expected:?} ({why})"
+    )]
     Shape {
         tensor: String,
         found: Vec<u64>,

@@ -55,7 +55,9 @@ enum ChunkOut {
 
 /// Whether a tensor's bytes go through unchanged.
 fn is_copy(t: &Planned) -> bool {
-    t.rows == RowMap::Identity && matches!(t.source, Source::Tensor(_)) && t.src_dtype == DType::from_ggml(t.ty)
+    t.rows == RowMap::Identity
+        && matches!(t.source, Source::Tensor(_))
+        && t.src_dtype == DType::from_ggml(t.ty)
 }
 
 fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, ConvertError> {
@@ -69,7 +71,10 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
     match &t.source {
         Source::Values(v) => {
             let start = (c.row0 * row_len) as usize;
-            f.copy_from_slice(v.get(start..start + values).ok_or_else(|| kernel("computed values too short".into()))?);
+            f.copy_from_slice(
+                v.get(start..start + values)
+                    .ok_or_else(|| kernel("computed values too short".into()))?,
+            );
         }
         Source::Tensor(i) => {
             let info = weights
@@ -77,14 +82,18 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
                 .get(*i)
                 .ok_or_else(|| kernel("source tensor vanished".into()))?;
             let data = weights.tensor_data(info)?;
-            let row_bytes = info
-                .dtype
-                .bytes_for(row_len)
-                .ok_or_else(|| kernel(format!("a row of {row_len} values is not whole {} blocks", info.dtype)))?
-                as usize;
+            let row_bytes = info.dtype.bytes_for(row_len).ok_or_else(|| {
+                kernel(format!(
+                    "a row of {row_len} values is not whole {} blocks",
+                    info.dtype
+                ))
+            })? as usize;
             if is_copy(t) {
                 let start = c.row0 as usize * row_bytes;
-                return Ok(ChunkOut::Copy(start, (c.row1 - c.row0) as usize * row_bytes));
+                return Ok(ChunkOut::Copy(
+                    start,
+                    (c.row1 - c.row0) as usize * row_bytes,
+                ));
             }
             for (k, r) in (c.row0..c.row1).enumerate() {
                 let s = t.rows.source_row(r) as usize * row_bytes;
@@ -125,16 +134,24 @@ impl<'a> Sink<'a> {
                         shape: t.shape.clone(),
                     })
                     .collect();
-                Sink::Gguf(GgufWriter::new(file, &plan.gguf_meta, &descs).map_err(|e| bad(e.to_string()))?)
+                Sink::Gguf(
+                    GgufWriter::new(file, &plan.gguf_meta, &descs)
+                        .map_err(|e| bad(e.to_string()))?,
+                )
             }
             OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
                 let specs: Vec<TensorSpec> = plan
                     .tensors
                     .iter()
-                    .map(|t| TensorSpec::new(t.name.clone(), DType::from_ggml(t.ty), t.shape.clone()))
+                    .map(|t| {
+                        TensorSpec::new(t.name.clone(), DType::from_ggml(t.ty), t.shape.clone())
+                    })
                     .collect();
                 let meta: BTreeMap<String, String> = plan.st_meta.iter().cloned().collect();
-                Sink::Safetensors(safetensors::Writer::new(file, &specs, &meta).map_err(|e| bad(e.to_string()))?)
+                Sink::Safetensors(
+                    safetensors::Writer::new(file, &specs, &meta)
+                        .map_err(|e| bad(e.to_string()))?,
+                )
             }
         })
     }
@@ -199,7 +216,9 @@ pub fn write_tensors(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
-        .map_err(|e| ConvertError::Options(format!("cannot start {threads} worker threads: {e}")))?;
+        .map_err(|e| {
+            ConvertError::Options(format!("cannot start {threads} worker threads: {e}"))
+        })?;
     let mut sink = Sink::new(plan, file, file_path)?;
     let total_in: u64 = plan
         .tensors
@@ -257,7 +276,10 @@ pub fn write_tensors(
             let chunks = &chunks;
             let failed = &failed;
             while written < chunks.len() {
-                while spawned < chunks.len() && spawned - written < in_flight && !failed.load(Ordering::Relaxed) {
+                while spawned < chunks.len()
+                    && spawned - written < in_flight
+                    && !failed.load(Ordering::Relaxed)
+                {
                     let i = spawned;
                     let tx = tx.clone();
                     scope.spawn(move |_| {
@@ -274,7 +296,9 @@ pub fn write_tensors(
                     spawned += 1;
                 }
                 let Ok((i, r)) = rx.recv() else {
-                    return Err(ConvertError::Options("a worker thread stopped without a result".into()));
+                    return Err(ConvertError::Options(
+                        "a worker thread stopped without a result".into(),
+                    ));
                 };
                 pending.insert(i, r);
                 while let Some(r) = pending.remove(&written) {
@@ -284,7 +308,9 @@ pub fn write_tensors(
                         ChunkOut::Owned(b) => sink.write(&t.name, &b, file_path)?,
                         ChunkOut::Copy(off, len) => {
                             let Source::Tensor(k) = t.source else {
-                                return Err(ConvertError::Options("copy from a computed tensor".into()));
+                                return Err(ConvertError::Options(
+                                    "copy from a computed tensor".into(),
+                                ));
                             };
                             let info = &weights.tensors[k];
                             let data = weights.tensor_data(info)?;
@@ -324,9 +350,15 @@ pub fn write_tensors(
 /// Where a conversion writes, and how it becomes visible.
 pub enum Target {
     /// A single file, renamed into place.
-    File { out: PathBuf, tmp: tempfile::NamedTempFile },
+    File {
+        out: PathBuf,
+        tmp: tempfile::NamedTempFile,
+    },
     /// A directory, renamed into place.
-    Dir { out: PathBuf, tmp: tempfile::TempDir },
+    Dir {
+        out: PathBuf,
+        tmp: tempfile::TempDir,
+    },
 }
 
 impl Target {
@@ -359,12 +391,16 @@ impl Target {
         Ok(if dir {
             Target::Dir {
                 out: out.to_path_buf(),
-                tmp: b.tempdir_in(&parent).map_err(|e| ConvertError::write(&parent, e))?,
+                tmp: b
+                    .tempdir_in(&parent)
+                    .map_err(|e| ConvertError::write(&parent, e))?,
             }
         } else {
             Target::File {
                 out: out.to_path_buf(),
-                tmp: b.tempfile_in(&parent).map_err(|e| ConvertError::write(&parent, e))?,
+                tmp: b
+                    .tempfile_in(&parent)
+                    .map_err(|e| ConvertError::write(&parent, e))?,
             }
         })
     }
@@ -373,8 +409,11 @@ impl Target {
     pub fn commit(self) -> Result<(), ConvertError> {
         match self {
             Target::File { out, tmp } => {
-                tmp.as_file().sync_all().map_err(|e| ConvertError::write(&out, e))?;
-                tmp.persist(&out).map_err(|e| ConvertError::write(&out, e.error))?;
+                tmp.as_file()
+                    .sync_all()
+                    .map_err(|e| ConvertError::write(&out, e))?;
+                tmp.persist(&out)
+                    .map_err(|e| ConvertError::write(&out, e.error))?;
             }
             Target::Dir { out, tmp } => {
                 if out.is_dir() {

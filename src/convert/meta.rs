@@ -50,7 +50,11 @@ fn card_str(card: Option<&Map<String, Value>>, key: &str) -> Option<String> {
 fn card_list(card: Option<&Map<String, Value>>, key: &str) -> Vec<String> {
     match card.and_then(|c| c.get(key)) {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -103,7 +107,10 @@ pub fn general_keys(s: &GeneralSources<'_>) -> Vec<(String, MetaValue)> {
     if let Some(u) = source {
         out.push(("general.source.url".into(), MetaValue::String(u)));
     }
-    let base: Vec<Value> = match s.card.and_then(|c| c.get("base_model").or_else(|| c.get("base_models"))) {
+    let base: Vec<Value> = match s
+        .card
+        .and_then(|c| c.get("base_model").or_else(|| c.get("base_models")))
+    {
         Some(Value::Array(a)) => a.clone(),
         Some(v @ (Value::String(_) | Value::Object(_))) => vec![v.clone()],
         _ => Vec::new(),
@@ -138,7 +145,10 @@ pub fn general_keys(s: &GeneralSources<'_>) -> Vec<(String, MetaValue)> {
             continue;
         }
         for (k, v) in entry {
-            out.push((format!("general.base_model.{n_base}.{k}"), MetaValue::String(v)));
+            out.push((
+                format!("general.base_model.{n_base}.{k}"),
+                MetaValue::String(v),
+            ));
         }
         n_base += 1;
     }
@@ -185,18 +195,42 @@ mod tests {
             dir_name: Some("dir".into()),
             ..Default::default()
         });
-        let get = |k: &str| keys.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(get("general.name"), Some(MetaValue::String("SmolLM2-135M-Instruct".into())));
-        assert_eq!(get("general.license"), Some(MetaValue::String("apache-2.0".into())));
-        assert_eq!(get("general.license.link"), Some(MetaValue::String("LICENSE".into())));
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("general.name"),
+            Some(MetaValue::String("SmolLM2-135M-Instruct".into()))
+        );
+        assert_eq!(
+            get("general.license"),
+            Some(MetaValue::String("apache-2.0".into()))
+        );
+        assert_eq!(
+            get("general.license.link"),
+            Some(MetaValue::String("LICENSE".into()))
+        );
         assert_eq!(get("general.base_model.count"), Some(MetaValue::U32(2)));
-        assert_eq!(get("general.base_model.0.organization"), Some(MetaValue::String("HuggingFaceTB".into())));
+        assert_eq!(
+            get("general.base_model.0.organization"),
+            Some(MetaValue::String("HuggingFaceTB".into()))
+        );
         assert_eq!(
             get("general.base_model.0.repo_url"),
-            Some(MetaValue::String("https://huggingface.co/HuggingFaceTB/SmolLM2-135M".into()))
+            Some(MetaValue::String(
+                "https://huggingface.co/HuggingFaceTB/SmolLM2-135M".into()
+            ))
         );
-        assert_eq!(get("general.base_model.1.name"), Some(MetaValue::String("base".into())));
-        assert_eq!(get("general.tags"), Some(arr_str(vec!["llama".into(), "text-generation".into()])));
+        assert_eq!(
+            get("general.base_model.1.name"),
+            Some(MetaValue::String("base".into()))
+        );
+        assert_eq!(
+            get("general.tags"),
+            Some(arr_str(vec!["llama".into(), "text-generation".into()]))
+        );
         let local = json!({"_name_or_path": "/home/me/models/x"});
         let keys = general_keys(&GeneralSources {
             config: Some(&local),
@@ -216,7 +250,14 @@ mod tests {
         ];
         let c = canonical(keys);
         let names: Vec<&str> = c.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, vec!["general.architecture", "general.name", "tokenizer.ggml.model"]);
+        assert_eq!(
+            names,
+            vec![
+                "general.architecture",
+                "general.name",
+                "tokenizer.ggml.model"
+            ]
+        );
         assert_eq!(c[1].1, MetaValue::U32(4));
     }
 }

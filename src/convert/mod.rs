@@ -98,7 +98,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             file_type: None,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             recipe: RecipeOptions::default(),
             allow_requantize: false,
             pre_tokenizer: None,
@@ -183,13 +185,18 @@ pub fn convert(
     let written = match &target {
         exec::Target::File { tmp, .. } => {
             let path = tmp.path().to_path_buf();
-            let mut f = tmp.as_file().try_clone().map_err(|e| ConvertError::write(&path, e))?;
+            let mut f = tmp
+                .as_file()
+                .try_clone()
+                .map_err(|e| ConvertError::write(&path, e))?;
             exec::write_tensors(&plan, ckpt, src, &mut f, &path, opts.threads, progress)?
         }
         exec::Target::Dir { tmp, .. } => {
             let weights = tmp.path().join("model.safetensors");
-            let mut f = std::fs::File::create(&weights).map_err(|e| ConvertError::write(&weights, e))?;
-            let mut w = exec::write_tensors(&plan, ckpt, src, &mut f, &weights, opts.threads, progress)?;
+            let mut f =
+                std::fs::File::create(&weights).map_err(|e| ConvertError::write(&weights, e))?;
+            let mut w =
+                exec::write_tensors(&plan, ckpt, src, &mut f, &weights, opts.threads, progress)?;
             for (name, bytes) in &plan.side_files {
                 let p = tmp.path().join(name);
                 std::fs::write(&p, bytes).map_err(|e| ConvertError::write(&p, e))?;

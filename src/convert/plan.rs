@@ -182,9 +182,13 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     for need in arch::required(&h) {
         if !seen.contains(&need.hf_name()) {
             let why = if need.role == arch::Role::Output {
-                "config.json says the embeddings are not tied, so the output head must be stored".to_owned()
+                "config.json says the embeddings are not tied, so the output head must be stored"
+                    .to_owned()
             } else {
-                format!("config.json describes a {} with {} layers", h.model_type, h.n_layer)
+                format!(
+                    "config.json describes a {} with {} layers",
+                    h.model_type, h.n_layer
+                )
             };
             return Err(ConvertError::MissingTensor {
                 tensor: need.hf_name(),
@@ -206,7 +210,9 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
                 Some(DType::BF16) => FileType::BF16,
                 _ => FileType::F16,
             };
-            notes.push(format!("no --type given: writing {ft}, as llama.cpp's converter would for this checkpoint"));
+            notes.push(format!(
+                "no --type given: writing {ft}, as llama.cpp's converter would for this checkpoint"
+            ));
             ft
         }
     };
@@ -248,7 +254,9 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             rows: RowMap::Identity,
             bytes: n * 4,
         });
-        notes.push("llama3 RoPE scaling written as the `rope_freqs.weight` factors llama.cpp reads".into());
+        notes.push(
+            "llama3 RoPE scaling written as the `rope_freqs.weight` factors llama.cpp reads".into(),
+        );
     }
     for (p, idx) in &mapped {
         let t = &ckpt.weights.tensors[*idx];
@@ -273,10 +281,13 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
 
     // Tokenizer.
     let tok_path = root.join("tokenizer.json");
-    let tok_json = dir.tokenizer_json.as_deref().ok_or_else(|| ConvertError::Missing {
-        path: tok_path.clone(),
-        what: "tokenizer.json is missing; a GGUF file carries its tokenizer".into(),
-    })?;
+    let tok_json = dir
+        .tokenizer_json
+        .as_deref()
+        .ok_or_else(|| ConvertError::Missing {
+            path: tok_path.clone(),
+            what: "tokenizer.json is missing; a GGUF file carries its tokenizer".into(),
+        })?;
     let v = vocab::to_gguf(&HfTokenizer {
         path: &tok_path,
         json: tok_json,
@@ -302,7 +313,10 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     keys.extend(v.keys);
     add_file_keys(&mut keys, file_type, &tensors, opts);
     if matches!(h.rope_scaling, RopeScaling::Yarn { .. }) {
-        notes.push("YaRN RoPE scaling written as rope.scaling.* keys (type, factor, original context)".into());
+        notes.push(
+            "YaRN RoPE scaling written as rope.scaling.* keys (type, factor, original context)"
+                .into(),
+        );
     }
     Ok(Plan {
         format: OutputFormat::Gguf,
@@ -321,12 +335,20 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     })
 }
 
-fn add_file_keys(keys: &mut Vec<(String, MetaValue)>, ft: FileType, tensors: &[Planned], opts: &Options) {
+fn add_file_keys(
+    keys: &mut Vec<(String, MetaValue)>,
+    ft: FileType,
+    tensors: &[Planned],
+    opts: &Options,
+) {
     keys.push(("general.file_type".into(), MetaValue::U32(ft.id())));
     if tensors.iter().any(|t| t.ty.is_quantized()) {
         // ggml's current block layout version (GGML_QNT_VERSION).
         keys.push(("general.quantization_version".into(), MetaValue::U32(2)));
-        let by = opts.quantized_by.clone().unwrap_or_else(|| "modelgate".into());
+        let by = opts
+            .quantized_by
+            .clone()
+            .unwrap_or_else(|| "modelgate".into());
         keys.push(("general.quantized_by".into(), MetaValue::String(by)));
     }
 }
@@ -383,7 +405,10 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
             n_layer,
             n_head,
             n_head_kv,
-            n_attn_v: ts.iter().filter(|t| t.name.as_str().contains("attn_v.weight")).count() as u64,
+            n_attn_v: ts
+                .iter()
+                .filter(|t| t.name.as_str().contains("attn_v.weight"))
+                .count() as u64,
             tied_embeddings: !ts.iter().any(|t| t.name.as_str() == "output.weight"),
             is_llama_70b: arch_name == "llama" && n_layer == 80,
         },
@@ -440,7 +465,10 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "general.file_type" | "general.quantization_version" | "general.quantized_by" | "general.alignment"
+                "general.file_type"
+                    | "general.quantization_version"
+                    | "general.quantized_by"
+                    | "general.alignment"
             ) && !k.starts_with("split.")
         })
         .cloned()
@@ -470,15 +498,20 @@ impl HParams {
         let path = &ckpt.path;
         let arch_name = meta_str(m, "general.architecture")
             .ok_or_else(|| ConvertError::config(path, "no `general.architecture` key"))?;
-        let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| ConvertError::UnsupportedArchitecture {
-            found: arch_name.to_owned(),
-            supported: "llama, qwen2, qwen3".into(),
+        let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
+            ConvertError::UnsupportedArchitecture {
+                found: arch_name.to_owned(),
+                supported: "llama, qwen2, qwen3".into(),
+            }
         })?;
         let k = |s: &str| format!("{arch_name}.{s}");
         let need = |s: &str| {
-            meta_u64(m, &k(s))
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ConvertError::config(path, format!("`{}` is missing or not a positive integer", k(s))))
+            meta_u64(m, &k(s)).filter(|v| *v > 0).ok_or_else(|| {
+                ConvertError::config(
+                    path,
+                    format!("`{}` is missing or not a positive integer", k(s)),
+                )
+            })
         };
         let n_layer = need("block_count")?;
         let n_embd = need("embedding_length")?;
@@ -486,17 +519,27 @@ impl HParams {
         let n_head = need("attention.head_count")?;
         let n_head_kv = meta_u64(m, &k("attention.head_count_kv")).unwrap_or(n_head);
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(ConvertError::config(path, format!("head counts {n_head}/{n_head_kv} do not divide")));
+            return Err(ConvertError::config(
+                path,
+                format!("head counts {n_head}/{n_head_kv} do not divide"),
+            ));
         }
         let embd = ckpt.weights.tensor("token_embd.weight");
         let n_vocab = meta_u64(m, &k("vocab_size"))
             .or_else(|| embd.and_then(|t| t.shape.first().copied()))
-            .ok_or_else(|| ConvertError::config(path, "no vocabulary size and no `token_embd.weight`"))?;
+            .ok_or_else(|| {
+                ConvertError::config(path, "no vocabulary size and no `token_embd.weight`")
+            })?;
         let head_dim_key = meta_u64(m, &k("attention.key_length"));
         let head_dim = match head_dim_key {
             Some(d) => d,
             None if n_embd % n_head == 0 => n_embd / n_head,
-            None => return Err(ConvertError::config(path, "head dimension cannot be derived")),
+            None => {
+                return Err(ConvertError::config(
+                    path,
+                    "head dimension cannot be derived",
+                ))
+            }
         };
         let n_ctx = meta_u64(m, &k("context_length")).unwrap_or(2048);
         let rope_theta = meta_f64(m, &k("rope.freq_base")).unwrap_or(10000.0);
@@ -517,7 +560,11 @@ impl HParams {
             rope_theta,
             rope_scaling: RopeScaling::None,
             tied_embeddings: ckpt.weights.tensor("output.weight").is_none(),
-            attention_bias: ckpt.weights.tensors.iter().any(|t| t.name.as_str().ends_with("attn_output.bias")),
+            attention_bias: ckpt
+                .weights
+                .tensors
+                .iter()
+                .any(|t| t.name.as_str().ends_with("attn_output.bias")),
             bos_token_id: meta_u64(m, "tokenizer.ggml.bos_token_id"),
             eos_token_id: meta_u64(m, "tokenizer.ggml.eos_token_id"),
             pad_token_id: meta_u64(m, "tokenizer.ggml.padding_token_id"),
@@ -532,7 +579,8 @@ impl HParams {
                 if let Some(factor) = meta_f64(m, &k("rope.scaling.factor")) {
                     h.rope_scaling = RopeScaling::Yarn {
                         factor,
-                        original_context: meta_u64(m, &k("rope.scaling.original_context_length")).unwrap_or(n_ctx),
+                        original_context: meta_u64(m, &k("rope.scaling.original_context_length"))
+                            .unwrap_or(n_ctx),
                     };
                 }
             }
@@ -551,14 +599,18 @@ impl HParams {
             RopeScaling::Yarn {
                 factor,
                 original_context,
-            } => json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_context}),
+            } => {
+                json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_context})
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_context,
-            } => json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_context}),
+            } => {
+                json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_context})
+            }
         };
         let mut c = serde_json::Map::new();
         c.insert("architectures".into(), json!([class]));
@@ -609,8 +661,12 @@ pub fn llama3_from_factors(h: &HParams, factors: &[f32]) -> Option<RopeScaling> 
         2.0 * std::f64::consts::PI / freq
     };
     let tol = 1e-4;
-    let ones: Vec<usize> = (0..factors.len()).filter(|&i| (factors[i] as f64 - 1.0).abs() < tol).collect();
-    let full: Vec<usize> = (0..factors.len()).filter(|&i| (factors[i] as f64 - factor).abs() < tol * factor).collect();
+    let ones: Vec<usize> = (0..factors.len())
+        .filter(|&i| (factors[i] as f64 - 1.0).abs() < tol)
+        .collect();
+    let full: Vec<usize> = (0..factors.len())
+        .filter(|&i| (factors[i] as f64 - factor).abs() < tol * factor)
+        .collect();
     let mid: Vec<(f64, f64)> = (0..factors.len())
         .filter(|i| !ones.contains(i) && !full.contains(i))
         .map(|i| {
@@ -640,7 +696,11 @@ pub fn llama3_from_factors(h: &HParams, factors: &[f32]) -> Option<RopeScaling> 
         // Every frequency is either kept or fully scaled: any boundaries between the two
         // groups reproduce them. Pick the original context just under the first fully
         // scaled wavelength, and a high-frequency boundary just above the last kept one.
-        let l = if b.is_finite() { b.floor() } else { a.ceil() + 1.0 };
+        let l = if b.is_finite() {
+            b.floor()
+        } else {
+            a.ceil() + 1.0
+        };
         let hf = match mid.first() {
             Some(&(w, s)) if s > 0.0 => 1.0 + (l / w - 1.0) / s,
             _ if a > 0.0 => (l / a * 0.999).max(1.0 + 1e-3),
@@ -650,7 +710,11 @@ pub fn llama3_from_factors(h: &HParams, factors: &[f32]) -> Option<RopeScaling> 
     };
     // Prefer round values (configs say 4.0, not 3.9999993) when they give the same factors.
     for digits in [1e3, 1e6, 0.0] {
-        let hf = if digits > 0.0 { (hf * digits).round() / digits } else { hf };
+        let hf = if digits > 0.0 {
+            (hf * digits).round() / digits
+        } else {
+            hf
+        };
         let cand = RopeScaling::Llama3 {
             factor,
             low_freq_factor: 1.0,
@@ -673,7 +737,11 @@ pub fn llama3_from_factors(h: &HParams, factors: &[f32]) -> Option<RopeScaling> 
 
 /// GGUF → safetensors: dequantize, restore Hugging Face names and row order, and write a
 /// loadable directory (or a single weights file).
-fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) -> Result<Plan, ConvertError> {
+fn gguf_to_safetensors(
+    ckpt: &Checkpoint,
+    opts: &Options,
+    format: OutputFormat,
+) -> Result<Plan, ConvertError> {
     let mut h = HParams::from_gguf(ckpt)?;
     let path = ckpt.path.clone();
     let ts = &ckpt.weights.tensors;
@@ -687,7 +755,11 @@ fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) 
             )))
         }
         None => {
-            let kinds: HashSet<DType> = ts.iter().filter(|t| t.shape.len() >= 2).map(|t| t.dtype).collect();
+            let kinds: HashSet<DType> = ts
+                .iter()
+                .filter(|t| t.shape.len() >= 2)
+                .map(|t| t.dtype)
+                .collect();
             match kinds.iter().collect::<Vec<_>>().as_slice() {
                 [DType::F16] => GgmlType::F16,
                 [DType::BF16] => GgmlType::BF16,
@@ -722,7 +794,13 @@ fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) 
             tensor: name.to_owned(),
             arch: h.arch.gguf_name().into(),
         })?;
-        if !p.allowed(&h) && !(p.bias && matches!(p.role, arch::Role::AttnQ | arch::Role::AttnK | arch::Role::AttnV)) {
+        if !p.allowed(&h)
+            && !(p.bias
+                && matches!(
+                    p.role,
+                    arch::Role::AttnQ | arch::Role::AttnK | arch::Role::AttnV
+                ))
+        {
             return Err(ConvertError::UnknownTensor {
                 tensor: name.to_owned(),
                 arch: h.arch.gguf_name().into(),
@@ -761,7 +839,11 @@ fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) 
         if !names.contains_key(&need.hf_name()) {
             return Err(ConvertError::MissingTensor {
                 tensor: need.gguf_name(),
-                why: format!("the GGUF keys describe a {} with {} layers", h.arch.gguf_name(), h.n_layer),
+                why: format!(
+                    "the GGUF keys describe a {} with {} layers",
+                    h.arch.gguf_name(),
+                    h.n_layer
+                ),
             });
         }
     }
@@ -788,7 +870,10 @@ fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) 
         let v = GgufVocab::from_metadata(&ckpt.weights.metadata, &path)?;
         let tj = v.to_tokenizer_json(&path)?;
         side_files.push(("tokenizer.json".into(), pretty(&tj)));
-        side_files.push(("tokenizer_config.json".into(), pretty(&v.tokenizer_config(h.n_ctx))));
+        side_files.push((
+            "tokenizer_config.json".into(),
+            pretty(&v.tokenizer_config(h.n_ctx)),
+        ));
         pre = v.pre.map(|name| PreChoice {
             reason: "tokenizer.json pre_tokenizer rebuilt from `tokenizer.ggml.pre`".into(),
             name,
@@ -797,7 +882,10 @@ fn gguf_to_safetensors(ckpt: &Checkpoint, opts: &Options, format: OutputFormat) 
             side_files.push(("README.md".into(), card.into_bytes()));
         }
     }
-    let quantized = ts.iter().filter(|t| t.dtype.to_ggml().is_some_and(GgmlType::is_quantized)).count();
+    let quantized = ts
+        .iter()
+        .filter(|t| t.dtype.to_ggml().is_some_and(GgmlType::is_quantized))
+        .count();
     if quantized > 0 {
         notes.push(format!(
             "{quantized} quantized tensors dequantized to {out_ty}: the values are the quantized ones, not the original weights"
@@ -836,7 +924,11 @@ fn model_card(m: &[(String, MetaValue)]) -> Option<String> {
             let repo = meta_str(m, &format!("general.base_model.{i}.repo_url"));
             let org = meta_str(m, &format!("general.base_model.{i}.organization"));
             let name = meta_str(m, &format!("general.base_model.{i}.name"));
-            match (repo.and_then(|r| r.strip_prefix("https://huggingface.co/")), org, name) {
+            match (
+                repo.and_then(|r| r.strip_prefix("https://huggingface.co/")),
+                org,
+                name,
+            ) {
                 (Some(id), _, _) => Some(json!(id)),
                 (None, Some(o), Some(n)) => Some(json!(format!("{o}/{n}"))),
                 (None, None, Some(n)) => Some(json!(n)),
@@ -908,7 +1000,10 @@ mod tests {
     #[test]
     fn model_card_carries_licence_and_lineage() {
         let m = vec![
-            ("general.license".to_owned(), MetaValue::String("apache-2.0".into())),
+            (
+                "general.license".to_owned(),
+                MetaValue::String("apache-2.0".into()),
+            ),
             ("general.base_model.count".to_owned(), MetaValue::U32(1)),
             (
                 "general.base_model.0.repo_url".to_owned(),
@@ -916,7 +1011,12 @@ mod tests {
             ),
         ];
         let card = model_card(&m).unwrap();
-        assert!(card.starts_with("---\nbase_model:\n- \"HuggingFaceTB/SmolLM2-135M\"\nlicense: \"apache-2.0\"\n---"), "{card}");
+        assert!(
+            card.starts_with(
+                "---\nbase_model:\n- \"HuggingFaceTB/SmolLM2-135M\"\nlicense: \"apache-2.0\"\n---"
+            ),
+            "{card}"
+        );
         assert!(model_card(&[]).is_none());
     }
 }

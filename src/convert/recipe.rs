@@ -84,7 +84,9 @@ impl FileType {
     pub fn parse(name: &str) -> Option<FileType> {
         FILE_TYPES
             .iter()
-            .find(|r| r.2.eq_ignore_ascii_case(name) || r.3.iter().any(|a| a.eq_ignore_ascii_case(name)))
+            .find(|r| {
+                r.2.eq_ignore_ascii_case(name) || r.3.iter().any(|a| a.eq_ignore_ascii_case(name))
+            })
             .map(|r| r.0)
     }
 
@@ -324,7 +326,8 @@ impl Recipe {
             m.n_head / m.n_head_kv
         };
         let layer = layer_of(name).unwrap_or(0);
-        let more_bits = |i: u64, n: u64| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+        let more_bits =
+            |i: u64, n: u64| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
         // `(i - n/8) % 3 == 2` in llama.cpp is signed arithmetic; for i < n/8 the first
         // clause already holds, so the unsigned guard above gives the same answer.
         let mut t = default;
@@ -426,7 +429,10 @@ impl Recipe {
                 tensor: name.to_owned(),
                 wanted: ty.name().to_owned(),
                 used: used.name().to_owned(),
-                reason: format!("rows of {} values do not divide into blocks of {block}", src.row_len),
+                reason: format!(
+                    "rows of {} values do not divide into blocks of {block}",
+                    src.row_len
+                ),
             }),
         }
     }
@@ -437,7 +443,8 @@ pub fn parse_tensor_type(spec: &str) -> Result<(Regex, GgmlType), String> {
     let (pattern, ty) = spec
         .rsplit_once('=')
         .ok_or_else(|| format!("`{spec}` is not REGEX=TYPE"))?;
-    let re = Regex::new(pattern).map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))?;
+    let re = Regex::new(pattern)
+        .map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))?;
     let t = parse_ggml_type(ty)?;
     Ok((re, t))
 }
@@ -544,18 +551,36 @@ mod tests {
         let r = recipe(FileType::Q3KM, 32);
         assert_eq!(r.choose("blk.0.attn_v.weight", w(4096)).ty, GgmlType::Q5K);
         assert_eq!(r.choose("blk.2.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
-        assert_eq!(r.choose("blk.1.ffn_down.weight", w(14336)).ty, GgmlType::Q5K);
-        assert_eq!(r.choose("blk.2.ffn_down.weight", w(14336)).ty, GgmlType::Q4K);
-        assert_eq!(r.choose("blk.2.attn_output.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.1.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q5K
+        );
+        assert_eq!(
+            r.choose("blk.2.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q4K
+        );
+        assert_eq!(
+            r.choose("blk.2.attn_output.weight", w(4096)).ty,
+            GgmlType::Q4K
+        );
         assert_eq!(r.choose("blk.2.attn_q.weight", w(4096)).ty, GgmlType::Q3K);
         let r = recipe(FileType::Q2K, 32);
         assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::Q4K); // gqa 8
-        assert_eq!(r.choose("blk.5.ffn_down.weight", w(14336)).ty, GgmlType::Q3K);
+        assert_eq!(
+            r.choose("blk.5.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q3K
+        );
         let r = recipe(FileType::Q4KS, 32);
         assert_eq!(r.choose("blk.3.attn_v.weight", w(4096)).ty, GgmlType::Q5K);
         assert_eq!(r.choose("blk.4.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
-        assert_eq!(r.choose("blk.3.ffn_down.weight", w(14336)).ty, GgmlType::Q5K);
-        assert_eq!(r.choose("blk.4.ffn_down.weight", w(14336)).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q5K
+        );
+        assert_eq!(
+            r.choose("blk.4.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q4K
+        );
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub fn classify_pre(pre: &Value) -> Result<(&'static str, String), String> {
             if LLAMA3_RE.contains(&re) {
                 Ok((
                     "llama-bpe",
-                    "Split on the Llama 3 regex (numbers in groups of up to 3), then ByteLevel".into(),
+                    "Split on the Llama 3 regex (numbers in groups of up to 3), then ByteLevel"
+                        .into(),
                 ))
             } else if QWEN2_RE.contains(&re) {
                 Ok((
@@ -133,12 +134,8 @@ pub fn classify_pre(pre: &Value) -> Result<(&'static str, String), String> {
 
 /// The `pre_tokenizer` section that reproduces a llama.cpp pre-tokenizer name.
 pub fn pre_tokenizer_json(pre: &str) -> Option<Value> {
-    let byte_level = |regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex})
-    };
-    let split = |re: &str| {
-        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     Some(match pre {
         "gpt-2" => byte_level(true),
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
@@ -146,7 +143,9 @@ pub fn pre_tokenizer_json(pre: &str) -> Option<Value> {
         "llama-bpe" => {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE[0]), byte_level(false)]})
         }
-        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_RE[0]), byte_level(false)]}),
+        "qwen2" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_RE[0]), byte_level(false)]})
+        }
         _ => return None,
     })
 }
@@ -161,7 +160,11 @@ fn special_content(v: Option<&Value>) -> Option<String> {
 
 fn is_byte_token(t: &str) -> bool {
     let b = t.as_bytes();
-    b.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
+    b.len() == 6
+        && t.starts_with("<0x")
+        && t.ends_with('>')
+        && b[3].is_ascii_hexdigit()
+        && b[4].is_ascii_hexdigit()
 }
 
 /// Convert tokenizer.json (+ tokenizer_config.json, + config.json ids) into GGUF keys.
@@ -169,8 +172,9 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
     let path = t.path;
     // Load it with the `tokenizers` library first: a tokenizer.json that library rejects
     // would give a GGUF whose tokenizer nobody can check against the original.
-    tokenizers::Tokenizer::from_str(t.json)
-        .map_err(|e| ConvertError::tokenizer(path, format!("the tokenizers library cannot load it: {e}")))?;
+    tokenizers::Tokenizer::from_str(t.json).map_err(|e| {
+        ConvertError::tokenizer(path, format!("the tokenizers library cannot load it: {e}"))
+    })?;
     let tj: Value = serde_json::from_str(t.json)
         .map_err(|e| ConvertError::tokenizer(path, format!("not valid JSON: {e}")))?;
     let model = tj
@@ -207,19 +211,25 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
         Ok(())
     };
     for (tok, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| ConvertError::tokenizer(path, format!("token `{tok}` has id {id}, not an integer")))?;
+        let id = id.as_u64().ok_or_else(|| {
+            ConvertError::tokenizer(path, format!("token `{tok}` has id {id}, not an integer"))
+        })?;
         place(id, tok)?;
     }
     let mut added_type: HashMap<u64, i32> = HashMap::new();
     for a in &added {
-        let (Some(id), Some(content)) = (a.get("id").and_then(Value::as_u64), a.get("content").and_then(Value::as_str))
-        else {
-            return Err(ConvertError::tokenizer(path, "an `added_tokens` entry has no integer `id` or string `content`"));
+        let (Some(id), Some(content)) = (
+            a.get("id").and_then(Value::as_u64),
+            a.get("content").and_then(Value::as_str),
+        ) else {
+            return Err(ConvertError::tokenizer(
+                path,
+                "an `added_tokens` entry has no integer `id` or string `content`",
+            ));
         };
         place(id, content)?;
-        let special = flag(a, "special", false) || (content.starts_with("<|") && content.ends_with("|>"));
+        let special =
+            flag(a, "special", false) || (content.starts_with("<|") && content.ends_with("|>"));
         added_type.insert(
             id,
             if special {
@@ -267,7 +277,11 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
     }
 
     let (model_name, pre, pre_reason) = if spm {
-        ("llama", "default".to_owned(), "SentencePiece BPE with byte fallback".to_owned())
+        (
+            "llama",
+            "default".to_owned(),
+            "SentencePiece BPE with byte fallback".to_owned(),
+        )
     } else {
         let derived = tj.get("pre_tokenizer").map(classify_pre);
         match (t.pre_override, derived) {
@@ -292,7 +306,10 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
     };
 
     let mut keys: Vec<(String, MetaValue)> = vec![
-        ("tokenizer.ggml.model".into(), MetaValue::String(model_name.into())),
+        (
+            "tokenizer.ggml.model".into(),
+            MetaValue::String(model_name.into()),
+        ),
         ("tokenizer.ggml.pre".into(), MetaValue::String(pre.clone())),
         ("tokenizer.ggml.tokens".into(), arr_str(texts)),
     ];
@@ -301,7 +318,10 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
     }
     keys.push(("tokenizer.ggml.token_type".into(), arr_i32(types)));
     if !spm {
-        keys.push(("tokenizer.ggml.merges".into(), arr_str(merges(model, path)?)));
+        keys.push((
+            "tokenizer.ggml.merges".into(),
+            arr_str(merges(model, path)?),
+        ));
     }
 
     // Special tokens: tokenizer_config.json names them by content; config.json by id
@@ -329,42 +349,71 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
         } else {
             None
         };
-        if let Some(id) = from_tc.or(from_model).or(from_config).filter(|id| *id < t.n_vocab) {
+        if let Some(id) = from_tc
+            .or(from_model)
+            .or(from_config)
+            .filter(|id| *id < t.n_vocab)
+        {
             keys.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(id as u32)));
         }
     }
-    let add_bos = tc.and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool).or_else(|| {
-        // A TemplateProcessing post-processor that starts with a special token adds BOS.
-        let pp = tj.get("post_processor")?;
-        let procs: Vec<&Value> = match pp.get("processors").and_then(Value::as_array) {
-            Some(a) => a.iter().collect(),
-            None => vec![pp],
-        };
-        procs.iter().find(|p| obj_type(p) == "TemplateProcessing").map(|p| {
-            p.get("single")
-                .and_then(Value::as_array)
-                .and_then(|s| s.first())
-                .is_some_and(|first| first.get("SpecialToken").is_some())
-        })
-    });
+    let add_bos = tc
+        .and_then(|c| c.get("add_bos_token"))
+        .and_then(Value::as_bool)
+        .or_else(|| {
+            // A TemplateProcessing post-processor that starts with a special token adds BOS.
+            let pp = tj.get("post_processor")?;
+            let procs: Vec<&Value> = match pp.get("processors").and_then(Value::as_array) {
+                Some(a) => a.iter().collect(),
+                None => vec![pp],
+            };
+            procs
+                .iter()
+                .find(|p| obj_type(p) == "TemplateProcessing")
+                .map(|p| {
+                    p.get("single")
+                        .and_then(Value::as_array)
+                        .and_then(|s| s.first())
+                        .is_some_and(|first| first.get("SpecialToken").is_some())
+                })
+        });
     if let Some(b) = add_bos {
         keys.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(b)));
     }
-    if let Some(e) = tc.and_then(|c| c.get("add_eos_token")).and_then(Value::as_bool) {
+    if let Some(e) = tc
+        .and_then(|c| c.get("add_eos_token"))
+        .and_then(Value::as_bool)
+    {
         keys.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(e)));
     }
     if spm {
         // A `Prepend("▁")` normalizer or a Metaspace pre-tokenizer that prepends: the
         // SentencePiece "add dummy prefix" llama.cpp calls add_space_prefix.
-        let text = tj.get("normalizer").map(Value::to_string).unwrap_or_default()
-            + &tj.get("pre_tokenizer").map(Value::to_string).unwrap_or_default();
-        let prefix = text.contains("\"Prepend\"") || (text.contains("Metaspace") && !text.contains("\"never\""));
-        keys.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(prefix)));
+        let text = tj
+            .get("normalizer")
+            .map(Value::to_string)
+            .unwrap_or_default()
+            + &tj
+                .get("pre_tokenizer")
+                .map(Value::to_string)
+                .unwrap_or_default();
+        let prefix = text.contains("\"Prepend\"")
+            || (text.contains("Metaspace") && !text.contains("\"never\""));
+        keys.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            MetaValue::Bool(prefix),
+        ));
     }
     let from_file = t.chat_template_file.map(|s| Value::String(s.to_owned()));
-    if let Some(ct) = tc.and_then(|c| c.get("chat_template")).or(from_file.as_ref()) {
+    if let Some(ct) = tc
+        .and_then(|c| c.get("chat_template"))
+        .or(from_file.as_ref())
+    {
         match ct {
-            Value::String(s) => keys.push(("tokenizer.chat_template".into(), MetaValue::String(s.clone()))),
+            Value::String(s) => keys.push((
+                "tokenizer.chat_template".into(),
+                MetaValue::String(s.clone()),
+            )),
             Value::Array(list) => {
                 let mut names = Vec::new();
                 for item in list {
@@ -375,9 +424,15 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
                         continue;
                     };
                     if name == "default" {
-                        keys.push(("tokenizer.chat_template".into(), MetaValue::String(tpl.into())));
+                        keys.push((
+                            "tokenizer.chat_template".into(),
+                            MetaValue::String(tpl.into()),
+                        ));
                     } else {
-                        keys.push((format!("tokenizer.chat_template.{name}"), MetaValue::String(tpl.into())));
+                        keys.push((
+                            format!("tokenizer.chat_template.{name}"),
+                            MetaValue::String(tpl.into()),
+                        ));
                         names.push(name.to_owned());
                     }
                 }
@@ -411,11 +466,16 @@ fn merges(model: &Value, path: &Path) -> Result<Vec<String>, ConvertError> {
                 let part = |v: &Value| {
                     v.as_str()
                         .map(|s| s.replace(' ', "\u{120}"))
-                        .ok_or_else(|| ConvertError::tokenizer(path, "a merge pair holds a non-string"))
+                        .ok_or_else(|| {
+                            ConvertError::tokenizer(path, "a merge pair holds a non-string")
+                        })
                 };
                 Ok(format!("{} {}", part(&pair[0])?, part(&pair[1])?))
             }
-            _ => Err(ConvertError::tokenizer(path, format!("merge {m} is neither \"a b\" nor [a, b]"))),
+            _ => Err(ConvertError::tokenizer(
+                path,
+                format!("merge {m} is neither \"a b\" nor [a, b]"),
+            )),
         })
         .collect()
 }
@@ -454,7 +514,10 @@ fn meta_u64(v: &MetaValue) -> Option<u64> {
 }
 
 impl GgufVocab {
-    pub fn from_metadata(meta: &[(String, MetaValue)], path: &Path) -> Result<GgufVocab, ConvertError> {
+    pub fn from_metadata(
+        meta: &[(String, MetaValue)],
+        path: &Path,
+    ) -> Result<GgufVocab, ConvertError> {
         let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
         let strs = |k: &str| -> Result<Vec<String>, ConvertError> {
             match get(k) {
@@ -463,15 +526,26 @@ impl GgufVocab {
                     .iter()
                     .map(|i| match i {
                         MetaValue::String(s) => Ok(s.clone()),
-                        _ => Err(ConvertError::tokenizer(path, format!("`{k}` holds a non-string"))),
+                        _ => Err(ConvertError::tokenizer(
+                            path,
+                            format!("`{k}` holds a non-string"),
+                        )),
                     })
                     .collect(),
-                Some(_) => Err(ConvertError::tokenizer(path, format!("`{k}` is not an array"))),
+                Some(_) => Err(ConvertError::tokenizer(
+                    path,
+                    format!("`{k}` is not an array"),
+                )),
             }
         };
         let model = match get("tokenizer.ggml.model") {
             Some(MetaValue::String(s)) => s.clone(),
-            _ => return Err(ConvertError::tokenizer(path, "no `tokenizer.ggml.model` key: the file carries no tokenizer")),
+            _ => {
+                return Err(ConvertError::tokenizer(
+                    path,
+                    "no `tokenizer.ggml.model` key: the file carries no tokenizer",
+                ))
+            }
         };
         let tokens = strs("tokenizer.ggml.tokens")?;
         let types = match get("tokenizer.ggml.token_type") {
@@ -502,7 +576,11 @@ impl GgufVocab {
                 ),
             ));
         }
-        let id = |k: &str| get(k).and_then(meta_u64).filter(|&i| (i as usize) < tokens.len());
+        let id = |k: &str| {
+            get(k)
+                .and_then(meta_u64)
+                .filter(|&i| (i as usize) < tokens.len())
+        };
         let boolean = |k: &str| match get(k) {
             Some(MetaValue::Bool(b)) => Some(*b),
             _ => None,
@@ -532,7 +610,8 @@ impl GgufVocab {
     }
 
     fn token(&self, id: Option<u64>) -> Option<&str> {
-        id.and_then(|i| self.tokens.get(i as usize)).map(String::as_str)
+        id.and_then(|i| self.tokens.get(i as usize))
+            .map(String::as_str)
     }
 
     /// The `added_tokens` list: control and user-defined tokens.
@@ -633,7 +712,10 @@ impl GgufVocab {
         // Check the result the same way inputs are checked.
         let text = doc.to_string();
         tokenizers::Tokenizer::from_str(&text).map_err(|e| {
-            ConvertError::tokenizer(path, format!("the tokenizer.json built from its keys does not load: {e}"))
+            ConvertError::tokenizer(
+                path,
+                format!("the tokenizer.json built from its keys does not load: {e}"),
+            )
         })?;
         Ok(doc)
     }
@@ -661,7 +743,12 @@ impl GgufVocab {
                 }
             }
         }
-        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+        found.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
         found
             .into_iter()
             .map(|(_, _, l, r)| format!("{} {}", self.tokens[l], self.tokens[r]))
@@ -673,7 +760,10 @@ impl GgufVocab {
         let mut decoder = Map::new();
         for (id, tok) in self.tokens.iter().enumerate() {
             let ty = self.types.get(id).copied().unwrap_or(token_type::NORMAL);
-            if matches!(ty, token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN) {
+            if matches!(
+                ty,
+                token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
+            ) {
                 decoder.insert(
                     id.to_string(),
                     json!({"content": tok, "lstrip": false, "normalized": ty == token_type::USER_DEFINED,
@@ -709,7 +799,19 @@ mod tests {
 
     fn small_bpe_with(pre: Value, merges: Value) -> String {
         let mut vocab = Map::new();
-        for (i, t) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġa"].iter().enumerate() {
+        for (i, t) in [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "a",
+            "b",
+            "ab",
+            "Ġ",
+            "Ġa",
+        ]
+        .iter()
+        .enumerate()
+        {
             vocab.insert((*t).into(), json!(i));
         }
         json!({
@@ -746,32 +848,57 @@ mod tests {
 
     #[test]
     fn byte_level_bpe_to_gguf() {
-        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
+        let j = small_bpe(
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        );
         let tc = json!({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": false,
                         "chat_template": "{{ x }}"});
         let v = convert(&j, 10, Some(&tc)).unwrap();
         assert_eq!(v.model, "gpt2");
         assert_eq!(v.pre, "gpt-2");
-        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.tokens") else { panic!() };
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.tokens") else {
+            panic!()
+        };
         assert_eq!(items.len(), 10);
         assert_eq!(items[9], MetaValue::String("[PAD9]".into()));
-        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else { panic!() };
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else {
+            panic!()
+        };
         assert_eq!(items[0], MetaValue::I32(token_type::CONTROL));
         assert_eq!(items[3], MetaValue::I32(token_type::NORMAL));
         assert_eq!(items[9], MetaValue::I32(token_type::UNUSED));
-        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else { panic!() };
-        assert_eq!(items, &vec![MetaValue::String("a b".into()), MetaValue::String("Ġ a".into())]);
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else {
+            panic!()
+        };
+        assert_eq!(
+            items,
+            &vec![
+                MetaValue::String("a b".into()),
+                MetaValue::String("Ġ a".into())
+            ]
+        );
         assert_eq!(key(&v, "tokenizer.ggml.bos_token_id"), &MetaValue::U32(1));
         assert_eq!(key(&v, "tokenizer.ggml.eos_token_id"), &MetaValue::U32(2));
-        assert_eq!(key(&v, "tokenizer.ggml.padding_token_id"), &MetaValue::U32(2));
-        assert_eq!(key(&v, "tokenizer.ggml.add_bos_token"), &MetaValue::Bool(false));
-        assert_eq!(key(&v, "tokenizer.chat_template"), &MetaValue::String("{{ x }}".into()));
+        assert_eq!(
+            key(&v, "tokenizer.ggml.padding_token_id"),
+            &MetaValue::U32(2)
+        );
+        assert_eq!(
+            key(&v, "tokenizer.ggml.add_bos_token"),
+            &MetaValue::Bool(false)
+        );
+        assert_eq!(
+            key(&v, "tokenizer.chat_template"),
+            &MetaValue::String("{{ x }}".into())
+        );
         assert!(v.keys.iter().all(|(k, _)| k != "tokenizer.ggml.scores"));
     }
 
     #[test]
     fn too_small_a_vocabulary_is_an_error() {
-        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
+        let j = small_bpe(
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        );
         let e = convert(&j, 5, None).unwrap_err().to_string();
         assert!(e.contains("vocabulary"), "{e}");
         assert!(convert("{not json", 8, None).is_err());
@@ -782,16 +909,44 @@ mod tests {
         let pre = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let j = small_bpe_with(pre, json!([["a", "b"], ["Ġ", "a"]]));
         let v = convert(&j, 8, None).unwrap();
-        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else { panic!() };
-        assert_eq!(items, &vec![MetaValue::String("a b".into()), MetaValue::String("Ġ a".into())]);
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.merges") else {
+            panic!()
+        };
+        assert_eq!(
+            items,
+            &vec![
+                MetaValue::String("a b".into()),
+                MetaValue::String("Ġ a".into())
+            ]
+        );
     }
 
     #[test]
     fn pre_tokenizers_are_recognised() {
-        assert_eq!(classify_pre(&pre_tokenizer_json("smollm").unwrap()).unwrap().0, "smollm");
-        assert_eq!(classify_pre(&pre_tokenizer_json("llama-bpe").unwrap()).unwrap().0, "llama-bpe");
-        assert_eq!(classify_pre(&pre_tokenizer_json("qwen2").unwrap()).unwrap().0, "qwen2");
-        assert_eq!(classify_pre(&pre_tokenizer_json("gpt-2").unwrap()).unwrap().0, "gpt-2");
+        assert_eq!(
+            classify_pre(&pre_tokenizer_json("smollm").unwrap())
+                .unwrap()
+                .0,
+            "smollm"
+        );
+        assert_eq!(
+            classify_pre(&pre_tokenizer_json("llama-bpe").unwrap())
+                .unwrap()
+                .0,
+            "llama-bpe"
+        );
+        assert_eq!(
+            classify_pre(&pre_tokenizer_json("qwen2").unwrap())
+                .unwrap()
+                .0,
+            "qwen2"
+        );
+        assert_eq!(
+            classify_pre(&pre_tokenizer_json("gpt-2").unwrap())
+                .unwrap()
+                .0,
+            "gpt-2"
+        );
         let odd = json!({"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
         assert!(classify_pre(&odd).is_err());
         let j = small_bpe(odd);
@@ -801,13 +956,21 @@ mod tests {
 
     #[test]
     fn gguf_vocab_round_trips_through_tokenizer_json() {
-        let j = small_bpe(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}));
-        let tc = json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false});
+        let j = small_bpe(
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        );
+        let tc =
+            json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false});
         let v = convert(&j, 8, Some(&tc)).unwrap();
         let g = GgufVocab::from_metadata(&v.keys, Path::new("x.gguf")).unwrap();
         let back = g.to_tokenizer_json(Path::new("x.gguf")).unwrap();
         let again = convert(&back.to_string(), 8, Some(&g.tokenizer_config(256))).unwrap();
-        for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.pre"] {
+        for k in [
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.pre",
+        ] {
             assert_eq!(key(&v, k), key(&again, k), "{k}");
         }
         let tok = tokenizers::Tokenizer::from_str(&back.to_string()).unwrap();
@@ -818,7 +981,9 @@ mod tests {
     #[test]
     fn sentencepiece_vocab_both_ways() {
         let mut vocab = Map::new();
-        let toks = ["<unk>", "<s>", "</s>", "<0x00>", "▁", "a", "b", "▁a", "ab", "▁ab"];
+        let toks = [
+            "<unk>", "<s>", "</s>", "<0x00>", "▁", "a", "b", "▁a", "ab", "▁ab",
+        ];
         for (i, t) in toks.iter().enumerate() {
             vocab.insert((*t).into(), json!(i));
         }
@@ -849,14 +1014,25 @@ mod tests {
         .unwrap();
         assert_eq!(v.model, "llama");
         assert_eq!(v.pre, "default");
-        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else { panic!() };
+        let MetaValue::Array { items, .. } = key(&v, "tokenizer.ggml.token_type") else {
+            panic!()
+        };
         assert_eq!(items[0], MetaValue::I32(token_type::UNKNOWN));
         assert_eq!(items[1], MetaValue::I32(token_type::CONTROL));
         assert_eq!(items[3], MetaValue::I32(token_type::BYTE));
         assert_eq!(items[7], MetaValue::I32(token_type::NORMAL));
-        assert_eq!(key(&v, "tokenizer.ggml.add_bos_token"), &MetaValue::Bool(true));
-        assert_eq!(key(&v, "tokenizer.ggml.add_space_prefix"), &MetaValue::Bool(true));
-        assert_eq!(key(&v, "tokenizer.ggml.unknown_token_id"), &MetaValue::U32(0));
+        assert_eq!(
+            key(&v, "tokenizer.ggml.add_bos_token"),
+            &MetaValue::Bool(true)
+        );
+        assert_eq!(
+            key(&v, "tokenizer.ggml.add_space_prefix"),
+            &MetaValue::Bool(true)
+        );
+        assert_eq!(
+            key(&v, "tokenizer.ggml.unknown_token_id"),
+            &MetaValue::U32(0)
+        );
         let g = GgufVocab::from_metadata(&v.keys, Path::new("x.gguf")).unwrap();
         let back = g.to_tokenizer_json(Path::new("x.gguf")).unwrap();
         let tok = tokenizers::Tokenizer::from_str(&back.to_string()).unwrap();

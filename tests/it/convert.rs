@@ -12,7 +12,12 @@ use modelgate::formats::{Checkpoint, DType};
 
 use crate::support::{fixture, modelgate, repo, smollm2};
 
-const FIXTURES: &[&str] = &["tiny-llama", "tiny-llama-sharded", "tiny-mistral", "tiny-qwen2"];
+const FIXTURES: &[&str] = &[
+    "tiny-llama",
+    "tiny-llama-sharded",
+    "tiny-mistral",
+    "tiny-qwen2",
+];
 const ORACLES: &[&str] = &["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
 
 fn oracle(name: &str) -> PathBuf {
@@ -21,7 +26,13 @@ fn oracle(name: &str) -> PathBuf {
 
 /// Run `modelgate convert SRC -o OUT ARGS --json`, expecting success; the summary.
 fn convert(src: &Path, out: &Path, args: &[&str]) -> Value {
-    let mut a = vec!["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"];
+    let mut a = vec![
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
     a.extend_from_slice(args);
     let o = modelgate(&a);
     assert!(
@@ -48,7 +59,13 @@ fn gguf_py_check(hf: &Path, gguf: &Path, expected_types: Option<&Value>) -> Valu
         String::from_utf8_lossy(&o.stderr)
     );
     let v: Value = serde_json::from_slice(&o.stdout).expect("check prints JSON");
-    assert_eq!(v["ok"], true, "gguf-py found problems in {}: {:#}", gguf.display(), v["problems"]);
+    assert_eq!(
+        v["ok"],
+        true,
+        "gguf-py found problems in {}: {:#}",
+        gguf.display(),
+        v["problems"]
+    );
     v
 }
 
@@ -73,10 +90,20 @@ fn fixtures_convert_to_gguf_that_both_readers_accept() {
             let c = Checkpoint::open(&out).unwrap();
             let g = c.weights.gguf.unwrap();
             assert_eq!((g.version, g.alignment), (3, 32));
-            assert_eq!(c.weights.tensors.len() as u64, s["tensors"].as_u64().unwrap());
-            assert_eq!(report["checked"]["tensors"].as_u64().unwrap(), c.weights.tensors.len() as u64);
+            assert_eq!(
+                c.weights.tensors.len() as u64,
+                s["tensors"].as_u64().unwrap()
+            );
+            assert_eq!(
+                report["checked"]["tensors"].as_u64().unwrap(),
+                c.weights.tensors.len() as u64
+            );
             let arch = c.weights.meta("general.architecture").unwrap();
-            let want = if *name == "tiny-qwen2" { "qwen2" } else { "llama" };
+            let want = if *name == "tiny-qwen2" {
+                "qwen2"
+            } else {
+                "llama"
+            };
             assert_eq!(arch, &modelgate::formats::MetaValue::String(want.into()));
             for t in &c.weights.tensors {
                 if t.shape.len() == 1 {
@@ -96,26 +123,54 @@ fn q4_k_m_of_tiny_rows_falls_back_and_says_so() {
     let s = convert(&fixture("models/tiny-llama"), &out, &["--type", "Q4_K_M"]);
     let fb = s["fallbacks"].as_array().unwrap();
     assert!(!fb.is_empty());
-    assert!(fb.iter().any(|f| f["tensor"] == "blk.0.attn_q.weight" && f["wanted"] == "Q4_K" && f["used"] == "Q5_0"));
-    assert!(fb.iter().any(|f| f["tensor"] == "output.weight" && f["used"] == "Q8_0"));
+    assert!(fb.iter().any(|f| f["tensor"] == "blk.0.attn_q.weight"
+        && f["wanted"] == "Q4_K"
+        && f["used"] == "Q5_0"));
+    assert!(fb
+        .iter()
+        .any(|f| f["tensor"] == "output.weight" && f["used"] == "Q8_0"));
     assert_eq!(s["types"]["F32"]["tensors"], 5);
 }
 
 #[test]
 fn conversion_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, ty) in [("tiny-llama-sharded", "Q4_0"), ("tiny-qwen2", "Q8_0"), ("tiny-mistral", "F16")] {
+    for (name, ty) in [
+        ("tiny-llama-sharded", "Q4_0"),
+        ("tiny-qwen2", "Q8_0"),
+        ("tiny-mistral", "F16"),
+    ] {
         let a = tmp.path().join(format!("{name}-a.gguf"));
         let b = tmp.path().join(format!("{name}-b.gguf"));
-        convert(&fixture(&format!("models/{name}")), &a, &["--type", ty, "--threads", "1"]);
-        convert(&fixture(&format!("models/{name}")), &b, &["--type", ty, "--threads", "2"]);
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name} {ty}");
+        convert(
+            &fixture(&format!("models/{name}")),
+            &a,
+            &["--type", ty, "--threads", "1"],
+        );
+        convert(
+            &fixture(&format!("models/{name}")),
+            &b,
+            &["--type", ty, "--threads", "2"],
+        );
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name} {ty}"
+        );
     }
     // The sharded and single-file fixtures hold the same tensors: same GGUF tensor data.
     let one = tmp.path().join("one.gguf");
     let two = tmp.path().join("two.gguf");
-    convert(&fixture("models/tiny-llama"), &one, &["--type", "Q4_0", "--name", "x"]);
-    convert(&fixture("models/tiny-llama-sharded"), &two, &["--type", "Q4_0", "--name", "x"]);
+    convert(
+        &fixture("models/tiny-llama"),
+        &one,
+        &["--type", "Q4_0", "--name", "x"],
+    );
+    convert(
+        &fixture("models/tiny-llama-sharded"),
+        &two,
+        &["--type", "Q4_0", "--name", "x"],
+    );
     assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
 }
 
@@ -158,14 +213,29 @@ fn gguf_to_safetensors_and_back_is_lossless_in_f32() {
         let dir = tmp.path().join(format!("{name}-hf"));
         let s = convert(&g1, &dir, &[]);
         assert_eq!(s["format"], "hf-dir");
-        for f in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+        for f in [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
             assert!(dir.join(f).is_file(), "{name}: no {f}");
         }
         // The directory is a checkpoint modelgate reads, with the original names.
         let back = Checkpoint::open(&dir).unwrap();
         let orig = Checkpoint::open(&fixture(&format!("models/{name}"))).unwrap();
-        let mut a: Vec<String> = back.weights.tensors.iter().map(|t| t.name.to_string()).collect();
-        let mut b: Vec<String> = orig.weights.tensors.iter().map(|t| t.name.to_string()).collect();
+        let mut a: Vec<String> = back
+            .weights
+            .tensors
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        let mut b: Vec<String> = orig
+            .weights
+            .tensors
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
         a.sort();
         b.sort();
         assert_eq!(a, b, "{name}");
@@ -189,13 +259,21 @@ fn smollm2_q4_1_round_trip() {
     let a = tensors(&src);
     let mut b = tensors(&out);
     assert_eq!(a.len(), b.len());
-    let order: std::collections::HashMap<&str, usize> = a.iter().enumerate().map(|(i, t)| (t.0.as_str(), i)).collect();
+    let order: std::collections::HashMap<&str, usize> = a
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.0.as_str(), i))
+        .collect();
     b.sort_by_key(|t| order[t.0.as_str()]);
     let mut identical = 0;
     let mut max_diff = 0f32;
     let mut worst = String::new();
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!((&x.0, x.1, &x.2), (&y.0, y.1, &y.2), "names, types and shapes match");
+        assert_eq!(
+            (&x.0, x.1, &x.2),
+            (&y.0, y.1, &y.2),
+            "names, types and shapes match"
+        );
         if x.3 == y.3 {
             identical += 1;
             continue;
@@ -204,7 +282,11 @@ fn smollm2_q4_1_round_trip() {
         let (mut fx, mut fy) = (vec![0f32; n], vec![0f32; n]);
         modelgate::convert::elem::decode(x.1, &x.3, &mut fx).unwrap();
         modelgate::convert::elem::decode(y.1, &y.3, &mut fy).unwrap();
-        let d = fx.iter().zip(&fy).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        let d = fx
+            .iter()
+            .zip(&fy)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
         if d > max_diff {
             max_diff = d;
             worst = x.0.clone();
@@ -220,7 +302,10 @@ fn smollm2_q4_1_round_trip() {
             assert_eq!(x.3, y.3, "{}", x.0);
         }
     }
-    assert!(max_diff < 0.05, "requantized values moved by {max_diff} in {worst}");
+    assert!(
+        max_diff < 0.05,
+        "requantized values moved by {max_diff} in {worst}"
+    );
     // Key facts survive the trip.
     let c = Checkpoint::open(&out).unwrap();
     let orig = Checkpoint::open(&src).unwrap();
@@ -246,10 +331,20 @@ fn requantizing_needs_consent() {
     let q8 = tmp.path().join("q8.gguf");
     convert(&fixture("models/tiny-llama"), &q8, &["--type", "Q8_0"]);
     let out = tmp.path().join("q4.gguf");
-    let o = modelgate(&["convert", q8.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "Q4_0"]);
+    let o = modelgate(&[
+        "convert",
+        q8.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "Q4_0",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("already quantized") && err.contains("--allow-requantize"), "{err}");
+    assert!(
+        err.contains("already quantized") && err.contains("--allow-requantize"),
+        "{err}"
+    );
     assert!(!out.exists());
     let s = convert(&q8, &out, &["--type", "Q4_0", "--allow-requantize"]);
     assert!(s["notes"].to_string().contains("requantized"));
@@ -257,7 +352,10 @@ fn requantizing_needs_consent() {
     let same = tmp.path().join("same.gguf");
     convert(&q8, &same, &["--type", "Q8_0"]);
     let (a, b) = (tensors(&q8), tensors(&same));
-    assert_eq!(a.iter().map(|t| &t.3).collect::<Vec<_>>(), b.iter().map(|t| &t.3).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|t| &t.3).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.3).collect::<Vec<_>>()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -277,12 +375,23 @@ fn refuse(name: &str, damage: impl FnOnce(&Path), needle: &str) {
     let outdir = tmp.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("m.gguf");
-    let o = modelgate(&["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "Q8_0"]);
+    let o = modelgate(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{name}: {err}");
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
-    assert!(leftovers(&outdir).is_empty(), "left behind: {:?}", leftovers(&outdir));
+    assert!(
+        leftovers(&outdir).is_empty(),
+        "left behind: {:?}",
+        leftovers(&outdir)
+    );
 }
 
 fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
@@ -300,27 +409,49 @@ fn bad_input_is_refused_cleanly() {
     );
     refuse(
         "tiny-llama",
-        |d| edit_json(&d.join("config.json"), |v| v["intermediate_size"] = 96.into()),
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["intermediate_size"] = 96.into()
+            })
+        },
         "intermediate_size 96",
     );
     refuse(
         "tiny-qwen2",
-        |d| edit_json(&d.join("config.json"), |v| v["num_key_value_heads"] = 4.into()),
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["num_key_value_heads"] = 4.into()
+            })
+        },
         "shape",
     );
     refuse(
         "tiny-llama",
-        |d| edit_json(&d.join("config.json"), |v| v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])),
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+            })
+        },
         "GPT2LMHeadModel",
     );
     refuse(
         "tiny-mistral",
-        |d| edit_json(&d.join("tokenizer.json"), |v| v["model"]["type"] = "NoSuchModel".into()),
+        |d| {
+            edit_json(&d.join("tokenizer.json"), |v| {
+                v["model"]["type"] = "NoSuchModel".into()
+            })
+        },
         "tokenizer.json",
     );
     refuse(
         "tiny-llama",
-        |d| std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": ").unwrap(),
+        |d| {
+            std::fs::write(
+                d.join("tokenizer.json"),
+                "{\"version\": \"1.0\", \"model\": ",
+            )
+            .unwrap()
+        },
         "tokenizer.json",
     );
     refuse(
@@ -334,7 +465,11 @@ fn bad_input_is_refused_cleanly() {
 fn summary_json_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m.gguf");
-    let mut s = convert(&fixture("models/tiny-llama"), &out, &["--type", "Q4_K_M", "--threads", "2"]);
+    let mut s = convert(
+        &fixture("models/tiny-llama"),
+        &out,
+        &["--type", "Q4_K_M", "--threads", "2"],
+    );
     for k in ["seconds", "source", "output"] {
         s[k] = Value::Null;
     }
@@ -352,7 +487,12 @@ fn usage_errors_exit_2() {
         (vec!["--output-tensor-type", "Q9"], "Q9"),
         (vec!["--format", "onnx"], "onnx"),
     ] {
-        let mut a = vec!["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        let mut a = vec![
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
         a.extend(args);
         let o = modelgate(&a);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -361,7 +501,12 @@ fn usage_errors_exit_2() {
         assert!(!out.exists());
     }
     // An HF directory cannot become safetensors again.
-    let o = modelgate(&["convert", src.to_str().unwrap(), "-o", tmp.path().join("d").to_str().unwrap()]);
+    let o = modelgate(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        tmp.path().join("d").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -386,7 +531,11 @@ fn pytorch_checkpoint_converts_like_its_safetensors() {
         let s = convert(&pt, &a, &["--type", "Q8_0", "--name", "x"]);
         assert_eq!(s["source_format"], "pytorch");
         convert(&st, &b, &["--type", "Q8_0", "--name", "x"]);
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}"
+        );
         std::fs::remove_dir_all(&pt).unwrap();
     }
 }
