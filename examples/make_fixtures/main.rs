@@ -27,9 +27,15 @@ mod hostile_safetensors;
 fn generate(out: &std::path::Path) -> std::io::Result<()> {
     models::write_all(&out.join("models"))?;
     text::write_all(&out.join("text"))?;
-    hostile_gguf::write_all(&out.join("hostile/gguf"))?;
-    hostile_safetensors::write_all(&out.join("hostile/safetensors"))?;
-    hostile_pickle::write_all(&out.join("pickle"))?;
+    for (sub, write) in [
+        ("hostile/gguf", hostile_gguf::write_all as fn(&std::path::Path) -> std::io::Result<()>),
+        ("hostile/safetensors", hostile_safetensors::write_all),
+        ("pickle", hostile_pickle::write_all),
+    ] {
+        let dir = out.join(sub);
+        std::fs::create_dir_all(&dir)?;
+        write(&dir)?;
+    }
     Ok(())
 }
 

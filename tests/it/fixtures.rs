@@ -66,6 +66,9 @@ fn committed_fixtures_are_exactly_the_generators_output() {
     let tmp = tempfile::tempdir().expect("temp dir");
     models::write_all(&tmp.path().join("models")).expect("generate models");
     text::write_all(&tmp.path().join("text")).expect("generate text");
+    for sub in ["hostile/gguf", "hostile/safetensors", "pickle"] {
+        std::fs::create_dir_all(tmp.path().join(sub)).expect("create fixture folder");
+    }
     hostile_gguf::write_all(&tmp.path().join("hostile/gguf")).expect("generate hostile gguf");
     hostile_safetensors::write_all(&tmp.path().join("hostile/safetensors"))
         .expect("generate hostile safetensors");
