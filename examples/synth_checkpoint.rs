@@ -126,7 +126,7 @@ fn write_shard(path: &Path, items: &[(String, Vec<u64>)], rng: &mut Rng) -> std:
         off += n;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut w = BufWriter::with_capacity(8 << 20, File::create(path)?);

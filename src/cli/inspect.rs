@@ -122,7 +122,7 @@ pub fn render_text(s: &Summary) -> String {
                 })
             })
             .collect::<Vec<_>>();
-            let mut v = format!("{}", t.model);
+            let mut v = t.model.to_string();
             if let Some(pre) = &t.pre {
                 v.push_str(&format!(" (pre-tokenizer {pre})"));
             }

@@ -333,7 +333,7 @@ impl Recipe {
         let mut t = default;
         if cat == Category::Output || (m.tied_embeddings && cat == Category::TokenEmbd) {
             let (block, _) = default.block().unwrap_or((1, 0));
-            if src.row_len % block != 0 {
+            if !src.row_len.is_multiple_of(block) {
                 t = G::Q8_0;
             } else if t != G::Q8_0 {
                 t = G::Q6K;
@@ -410,7 +410,7 @@ impl Recipe {
     /// as the last resort (llama.cpp aborts where a 32-block type does not fit; F16 always
     /// fits and keeps the conversion going).
     fn fit(&self, name: &str, ty: GgmlType, src: SourceKind) -> Choice {
-        let fits = |t: GgmlType| t.block().is_some_and(|(b, _)| src.row_len % b == 0);
+        let fits = |t: GgmlType| t.block().is_some_and(|(b, _)| src.row_len.is_multiple_of(b));
         if fits(ty) {
             return Choice { ty, fallback: None };
         }

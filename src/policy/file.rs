@@ -107,6 +107,7 @@ pub struct ProvenanceRules {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct SecurityRules {
     #[serde(default)]
     pub allow_pickle: bool,
@@ -114,14 +115,6 @@ pub struct SecurityRules {
     pub allow_remote_code: bool,
 }
 
-impl Default for SecurityRules {
-    fn default() -> Self {
-        SecurityRules {
-            allow_pickle: false,
-            allow_remote_code: false,
-        }
-    }
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
