@@ -88,12 +88,25 @@ pub(super) fn write_summary(
     for id in &a.licences {
         let name = cat.get(id).map_or("", |l| l.name.as_str());
         writeln!(out, "  {id}: {name}")?;
-        for d in a.detections.iter().filter(|d| d.licence.as_deref() == Some(id)) {
+        for d in a
+            .detections
+            .iter()
+            .filter(|d| d.licence.as_deref() == Some(id))
+        {
             let score = d
                 .score
                 .map(|s| format!(" (text match {})", pct(s)))
                 .unwrap_or_default();
-            writeln!(out, "    {} {}: `{}`{score}", d.source.describe(), d.evidence, d.value)?;
+            match d.score {
+                Some(_) => writeln!(out, "    {}: {}{score}", d.source.describe(), d.evidence)?,
+                None => writeln!(
+                    out,
+                    "    {}: {} = `{}`",
+                    d.source.describe(),
+                    d.evidence,
+                    d.value
+                )?,
+            }
         }
     }
     for i in &a.inherited {
@@ -113,12 +126,22 @@ pub(super) fn write_summary(
                 .as_ref()
                 .map(|(l, s)| format!(" (closest: {l} at {})", pct(*s)))
                 .unwrap_or_default();
-            writeln!(out, "    {} {}: `{}`{near}", d.source.describe(), d.evidence, d.value)?;
+            writeln!(
+                out,
+                "    {}: {} = `{}`{near}",
+                d.source.describe(),
+                d.evidence,
+                d.value
+            )?;
         }
     }
     let p = &a.provenance;
     writeln!(out, "\nprovenance:")?;
-    writeln!(out, "  publisher: {}", p.publisher.as_deref().unwrap_or("not stated"))?;
+    writeln!(
+        out,
+        "  publisher: {}",
+        p.publisher.as_deref().unwrap_or("not stated")
+    )?;
     if !p.sources.is_empty() {
         writeln!(out, "  source: {}", p.sources.join(", "))?;
     }
@@ -126,7 +149,11 @@ pub(super) fn write_summary(
         writeln!(out, "  base model: none declared")?;
     }
     for b in &p.base_models {
-        let rel = b.relation.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let rel = b
+            .relation
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         let res = match &b.resolved {
             Some(r) => {
                 let inh = if r.inherits.is_empty() {
@@ -158,7 +185,11 @@ pub(super) fn write_summary(
         Some(f) => format!(
             ": {} family{}",
             f.name,
-            if p.family_original { ", original release" } else { "" }
+            if p.family_original {
+                ", original release"
+            } else {
+                ""
+            }
         ),
         None => String::new(),
     };

@@ -107,13 +107,21 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         let title = format!(
             "obligations for policy `{}` ({}, {}{})",
             policy.file.name,
-            if u.commercial { "commercial" } else { "non-commercial" },
+            if u.commercial {
+                "commercial"
+            } else {
+                "non-commercial"
+            },
             match u.distribution {
                 policy::assess::Distribution::Redistribute => "redistributed",
                 policy::assess::Distribution::Hosted => "hosted service",
                 policy::assess::Distribution::Internal => "internal",
             },
-            if u.outputs_train_models { ", outputs train models" } else { "" }
+            if u.outputs_train_models {
+                ", outputs train models"
+            } else {
+                ""
+            }
         );
         write_obligations(&mut out, &title, &outcome.obligations, &outcome.documents)?;
         writeln!(out)?;

@@ -39,9 +39,9 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn describe(self) -> &'static str {
         match self {
-            SourceKind::CardLicense => "card `license`",
-            SourceKind::CardLicenseName => "card `license_name`",
-            SourceKind::CardLicenseLink => "card `license_link`",
+            SourceKind::CardLicense | SourceKind::CardLicenseName | SourceKind::CardLicenseLink => {
+                "card"
+            }
             SourceKind::LicenceFile => "licence file",
             SourceKind::UsePolicyFile => "use policy file",
             SourceKind::GgufMetadata => "GGUF metadata",
@@ -256,7 +256,11 @@ pub fn detect(facts: &ModelFacts, cat: &Catalogue) -> Vec<Detection> {
     let (source, keys): (SourceKind, &[&str]) = match facts.weight_format {
         Some(WeightFormat::Gguf) => (
             SourceKind::GgufMetadata,
-            &["general.license", "general.license.name", "general.license.link"],
+            &[
+                "general.license",
+                "general.license.name",
+                "general.license.link",
+            ],
         ),
         _ => (
             SourceKind::SafetensorsMetadata,
@@ -314,9 +318,12 @@ fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
         .iter()
         .find_map(|k| facts.meta_str(k))
         .or_else(|| {
-            ["model_creator", "organization"]
-                .iter()
-                .find_map(|k| facts.card_value(k).and_then(Value::as_str).map(str::to_owned))
+            ["model_creator", "organization"].iter().find_map(|k| {
+                facts
+                    .card_value(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
         });
     for key in [
         "general.source.huggingface.repository",
@@ -358,11 +365,18 @@ fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
             .or_else(|| {
                 let org = facts.meta_str(&key("organization"))?;
                 let name = facts.meta_str(&key("name"))?;
-                Some(format!("{}/{}", org.replace(' ', "-"), name.replace(' ', "-")))
+                Some(format!(
+                    "{}/{}",
+                    org.replace(' ', "-"),
+                    name.replace(' ', "-")
+                ))
             })
             .or_else(|| facts.meta_str(&key("name")));
         if let Some(name) = name {
-            if p.base_models.iter().any(|b| b.name.eq_ignore_ascii_case(&name)) {
+            if p.base_models
+                .iter()
+                .any(|b| b.name.eq_ignore_ascii_case(&name))
+            {
                 continue;
             }
             p.base_models.push(BaseModel {
@@ -445,7 +459,15 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
                     .hint("read the file; add the licence to `policies/licenses/` if the team meets it often"),
                 );
             }
-            (SourceKind::CardLicense | SourceKind::CardLicenseName | SourceKind::GgufMetadata | SourceKind::SafetensorsMetadata, None, _, _) => {
+            (
+                SourceKind::CardLicense
+                | SourceKind::CardLicenseName
+                | SourceKind::GgufMetadata
+                | SourceKind::SafetensorsMetadata,
+                None,
+                _,
+                _,
+            ) => {
                 findings.push(
                     rules::finding(
                         rules::UNKNOWN,
@@ -490,7 +512,13 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
                 d.licence
                     .as_ref()
                     .filter(|l| *l != "other" && *l != "unknown")
-                    .map(|l| format!("{} `{}` says `{l}`", d.source.describe(), d.evidence.path.display()))
+                    .map(|l| {
+                        format!(
+                            "{} `{}` says `{l}`",
+                            d.source.describe(),
+                            d.evidence.path.display()
+                        )
+                    })
             })
             .collect();
         let mut f = rules::finding(
@@ -560,7 +588,9 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
         if let Some(fm) = &provenance.family {
             if !provenance.family_original {
                 let family = fam.get(&fm.family);
-                let assumed = family.map(|f| f.assumed_licence.clone()).unwrap_or_default();
+                let assumed = family
+                    .map(|f| f.assumed_licence.clone())
+                    .unwrap_or_default();
                 let all = family.map(|f| f.licences.join("`, `")).unwrap_or_default();
                 let ev = arch_evidence(facts);
                 findings.push(
@@ -587,7 +617,9 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
     }
     // A derivative declared under terms that drop its base's obligations.
     for i in &inherited {
-        let Some(base) = cat.get(&i.licence) else { continue };
+        let Some(base) = cat.get(&i.licence) else {
+            continue;
+        };
         for own in &licences {
             let Some(own_l) = cat.get(own) else { continue };
             let lost = own_l.missing_from(base);
@@ -611,7 +643,10 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
             for e in &i.evidence {
                 f = f.at(e.clone());
             }
-            if let Some(d) = detections.iter().find(|d| d.licence.as_deref() == Some(own.as_str())) {
+            if let Some(d) = detections
+                .iter()
+                .find(|d| d.licence.as_deref() == Some(own.as_str()))
+            {
                 f = f.at(d.evidence.clone());
             }
             findings.push(f);
@@ -632,7 +667,9 @@ pub fn assess(facts: &ModelFacts, cat: &Catalogue, fam: &Families) -> Assessment
             }
         }
         for (l, via) in applicable {
-            let Some(n) = &l.obligations.naming else { continue };
+            let Some(n) = &l.obligations.naming else {
+                continue;
+            };
             if !name.to_lowercase().starts_with(&n.prefix.to_lowercase()) {
                 let mut f = rules::finding(
                     rules::NAMING,
@@ -681,7 +718,11 @@ fn arch_evidence(facts: &ModelFacts) -> Evidence {
     if facts.config.is_some() {
         Evidence::file("config.json").with_key("vocab_size")
     } else {
-        let arch = facts.params.architecture.clone().unwrap_or_else(|| "llama".into());
+        let arch = facts
+            .params
+            .architecture
+            .clone()
+            .unwrap_or_else(|| "llama".into());
         meta_evidence(facts, &format!("{arch}.vocab_size"))
     }
 }
@@ -767,7 +808,12 @@ pub fn obligations(l: &Licence, source: &str, scope: &UseScope) -> Vec<Obligatio
         .distribution
         .is_none_or(|d| d == Distribution::Redistribute);
     if scope.commercial != Some(false) || o.commercial.status == Permission::Unknown {
-        push(Topic::Commercial, &o.commercial.summary, &o.commercial.clause, Vec::new());
+        push(
+            Topic::Commercial,
+            &o.commercial.summary,
+            &o.commercial.clause,
+            Vec::new(),
+        );
     }
     if let Some(a) = &o.attribution {
         if shares {
@@ -782,7 +828,9 @@ pub fn obligations(l: &Licence, source: &str, scope: &UseScope) -> Vec<Obligatio
         }
     }
     if let Some(u) = &o.use_restrictions {
-        let text = std::iter::once(u.policy.clone()).chain(u.url.clone()).collect();
+        let text = std::iter::once(u.policy.clone())
+            .chain(u.url.clone())
+            .collect();
         push(Topic::UseRestrictions, &u.summary, &u.clause, text);
     }
     if let Some(x) = &o.outputs {
@@ -817,15 +865,27 @@ pub fn documents(cat: &Catalogue, licences: &[String]) -> Vec<String> {
             out.push(format!("a copy of the {}", l.name));
         }
         if r.include_notice {
-            if let Some(n) = l.obligations.attribution.as_ref().and_then(|a| a.notice.as_ref()) {
+            if let Some(n) = l
+                .obligations
+                .attribution
+                .as_ref()
+                .and_then(|a| a.notice.as_ref())
+            {
                 out.push(format!("a \"Notice\" file containing: {n}"));
             } else {
-                out.push(format!("the NOTICE / attribution notices that came with the model ({})", l.id));
+                out.push(format!(
+                    "the NOTICE / attribution notices that came with the model ({})",
+                    l.id
+                ));
             }
         }
         if let Some(u) = &l.obligations.use_restrictions {
             if r.pass_restrictions || l.id.starts_with("llama") {
-                let url = u.url.as_deref().map(|x| format!(" ({x})")).unwrap_or_default();
+                let url = u
+                    .url
+                    .as_deref()
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default();
                 out.push(format!("the {}{url}", u.policy));
             }
         }

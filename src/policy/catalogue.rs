@@ -222,7 +222,10 @@ impl Licence {
         }
         if let Some(limit) = b.commercial.mau_limit {
             if d.commercial.mau_limit.is_none_or(|l| l > limit) {
-                out.push(format!("a {} monthly-active-user limit", group_digits(limit)));
+                out.push(format!(
+                    "a {} monthly-active-user limit",
+                    group_digits(limit)
+                ));
             }
         }
         if let Some(n) = &b.naming {
@@ -319,11 +322,10 @@ impl Catalogue {
     pub fn builtin() -> Result<Catalogue, PolicyError> {
         let mut licences = Vec::with_capacity(LICENCE_FILES.len());
         for (file, yaml) in LICENCE_FILES {
-            let l: Licence =
-                serde_yaml::from_str(yaml).map_err(|e| PolicyError::Catalogue {
-                    file: PathBuf::from("policies/licenses").join(file),
-                    message: e.to_string(),
-                })?;
+            let l: Licence = serde_yaml::from_str(yaml).map_err(|e| PolicyError::Catalogue {
+                file: PathBuf::from("policies/licenses").join(file),
+                message: e.to_string(),
+            })?;
             licences.push(l);
         }
         Catalogue::from_parts(licences, |path| {
@@ -450,61 +452,211 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
 }
 
 const LICENCE_FILES: &[(&str, &str)] = &[
-    ("apache-2.0.yaml", include_str!("../../policies/licenses/apache-2.0.yaml")),
-    ("bigcode-openrail-m.yaml", include_str!("../../policies/licenses/bigcode-openrail-m.yaml")),
-    ("bigscience-openrail-m.yaml", include_str!("../../policies/licenses/bigscience-openrail-m.yaml")),
-    ("bsd-3-clause.yaml", include_str!("../../policies/licenses/bsd-3-clause.yaml")),
-    ("cc-by-4.0.yaml", include_str!("../../policies/licenses/cc-by-4.0.yaml")),
-    ("cc-by-nc-4.0.yaml", include_str!("../../policies/licenses/cc-by-nc-4.0.yaml")),
-    ("cc-by-nc-sa-4.0.yaml", include_str!("../../policies/licenses/cc-by-nc-sa-4.0.yaml")),
-    ("cc-by-sa-4.0.yaml", include_str!("../../policies/licenses/cc-by-sa-4.0.yaml")),
-    ("creativeml-openrail-m.yaml", include_str!("../../policies/licenses/creativeml-openrail-m.yaml")),
-    ("deepseek.yaml", include_str!("../../policies/licenses/deepseek.yaml")),
-    ("fair-noncommercial-research-license.yaml", include_str!("../../policies/licenses/fair-noncommercial-research-license.yaml")),
-    ("falcon-180b.yaml", include_str!("../../policies/licenses/falcon-180b.yaml")),
-    ("gemma.yaml", include_str!("../../policies/licenses/gemma.yaml")),
-    ("llama2.yaml", include_str!("../../policies/licenses/llama2.yaml")),
-    ("llama3.1.yaml", include_str!("../../policies/licenses/llama3.1.yaml")),
-    ("llama3.2.yaml", include_str!("../../policies/licenses/llama3.2.yaml")),
-    ("llama3.3.yaml", include_str!("../../policies/licenses/llama3.3.yaml")),
-    ("llama3.yaml", include_str!("../../policies/licenses/llama3.yaml")),
-    ("llama4.yaml", include_str!("../../policies/licenses/llama4.yaml")),
+    (
+        "apache-2.0.yaml",
+        include_str!("../../policies/licenses/apache-2.0.yaml"),
+    ),
+    (
+        "bigcode-openrail-m.yaml",
+        include_str!("../../policies/licenses/bigcode-openrail-m.yaml"),
+    ),
+    (
+        "bigscience-openrail-m.yaml",
+        include_str!("../../policies/licenses/bigscience-openrail-m.yaml"),
+    ),
+    (
+        "bsd-3-clause.yaml",
+        include_str!("../../policies/licenses/bsd-3-clause.yaml"),
+    ),
+    (
+        "cc-by-4.0.yaml",
+        include_str!("../../policies/licenses/cc-by-4.0.yaml"),
+    ),
+    (
+        "cc-by-nc-4.0.yaml",
+        include_str!("../../policies/licenses/cc-by-nc-4.0.yaml"),
+    ),
+    (
+        "cc-by-nc-sa-4.0.yaml",
+        include_str!("../../policies/licenses/cc-by-nc-sa-4.0.yaml"),
+    ),
+    (
+        "cc-by-sa-4.0.yaml",
+        include_str!("../../policies/licenses/cc-by-sa-4.0.yaml"),
+    ),
+    (
+        "creativeml-openrail-m.yaml",
+        include_str!("../../policies/licenses/creativeml-openrail-m.yaml"),
+    ),
+    (
+        "deepseek.yaml",
+        include_str!("../../policies/licenses/deepseek.yaml"),
+    ),
+    (
+        "fair-noncommercial-research-license.yaml",
+        include_str!("../../policies/licenses/fair-noncommercial-research-license.yaml"),
+    ),
+    (
+        "falcon-180b.yaml",
+        include_str!("../../policies/licenses/falcon-180b.yaml"),
+    ),
+    (
+        "gemma.yaml",
+        include_str!("../../policies/licenses/gemma.yaml"),
+    ),
+    (
+        "llama2.yaml",
+        include_str!("../../policies/licenses/llama2.yaml"),
+    ),
+    (
+        "llama3.1.yaml",
+        include_str!("../../policies/licenses/llama3.1.yaml"),
+    ),
+    (
+        "llama3.2.yaml",
+        include_str!("../../policies/licenses/llama3.2.yaml"),
+    ),
+    (
+        "llama3.3.yaml",
+        include_str!("../../policies/licenses/llama3.3.yaml"),
+    ),
+    (
+        "llama3.yaml",
+        include_str!("../../policies/licenses/llama3.yaml"),
+    ),
+    (
+        "llama4.yaml",
+        include_str!("../../policies/licenses/llama4.yaml"),
+    ),
     ("mit.yaml", include_str!("../../policies/licenses/mit.yaml")),
-    ("mnpl.yaml", include_str!("../../policies/licenses/mnpl.yaml")),
+    (
+        "mnpl.yaml",
+        include_str!("../../policies/licenses/mnpl.yaml"),
+    ),
     ("mrl.yaml", include_str!("../../policies/licenses/mrl.yaml")),
-    ("openrail++.yaml", include_str!("../../policies/licenses/openrail++.yaml")),
-    ("openrail.yaml", include_str!("../../policies/licenses/openrail.yaml")),
-    ("other.yaml", include_str!("../../policies/licenses/other.yaml")),
-    ("qwen-research.yaml", include_str!("../../policies/licenses/qwen-research.yaml")),
-    ("qwen.yaml", include_str!("../../policies/licenses/qwen.yaml")),
-    ("tongyi-qianwen.yaml", include_str!("../../policies/licenses/tongyi-qianwen.yaml")),
-    ("unknown.yaml", include_str!("../../policies/licenses/unknown.yaml")),
+    (
+        "openrail++.yaml",
+        include_str!("../../policies/licenses/openrail++.yaml"),
+    ),
+    (
+        "openrail.yaml",
+        include_str!("../../policies/licenses/openrail.yaml"),
+    ),
+    (
+        "other.yaml",
+        include_str!("../../policies/licenses/other.yaml"),
+    ),
+    (
+        "qwen-research.yaml",
+        include_str!("../../policies/licenses/qwen-research.yaml"),
+    ),
+    (
+        "qwen.yaml",
+        include_str!("../../policies/licenses/qwen.yaml"),
+    ),
+    (
+        "tongyi-qianwen.yaml",
+        include_str!("../../policies/licenses/tongyi-qianwen.yaml"),
+    ),
+    (
+        "unknown.yaml",
+        include_str!("../../policies/licenses/unknown.yaml"),
+    ),
 ];
 
 const TEXT_FILES: &[(&str, &str)] = &[
-    ("texts/apache-2.0.txt", include_str!("../../policies/licenses/texts/apache-2.0.txt")),
-    ("texts/bigcode-openrail-m.txt", include_str!("../../policies/licenses/texts/bigcode-openrail-m.txt")),
-    ("texts/bigscience-openrail-m.txt", include_str!("../../policies/licenses/texts/bigscience-openrail-m.txt")),
-    ("texts/bsd-3-clause.txt", include_str!("../../policies/licenses/texts/bsd-3-clause.txt")),
-    ("texts/cc-by-4.0.txt", include_str!("../../policies/licenses/texts/cc-by-4.0.txt")),
-    ("texts/cc-by-nc-4.0.txt", include_str!("../../policies/licenses/texts/cc-by-nc-4.0.txt")),
-    ("texts/cc-by-nc-sa-4.0.txt", include_str!("../../policies/licenses/texts/cc-by-nc-sa-4.0.txt")),
-    ("texts/cc-by-sa-4.0.txt", include_str!("../../policies/licenses/texts/cc-by-sa-4.0.txt")),
-    ("texts/creativeml-openrail-m.txt", include_str!("../../policies/licenses/texts/creativeml-openrail-m.txt")),
-    ("texts/deepseek.txt", include_str!("../../policies/licenses/texts/deepseek.txt")),
-    ("texts/gemma-prohibited-use-policy.txt", include_str!("../../policies/licenses/texts/gemma-prohibited-use-policy.txt")),
-    ("texts/gemma.txt", include_str!("../../policies/licenses/texts/gemma.txt")),
-    ("texts/llama2.txt", include_str!("../../policies/licenses/texts/llama2.txt")),
-    ("texts/llama3.1-use-policy.md", include_str!("../../policies/licenses/texts/llama3.1-use-policy.md")),
-    ("texts/llama3.1.txt", include_str!("../../policies/licenses/texts/llama3.1.txt")),
-    ("texts/llama3.2.txt", include_str!("../../policies/licenses/texts/llama3.2.txt")),
-    ("texts/llama3.3.txt", include_str!("../../policies/licenses/texts/llama3.3.txt")),
-    ("texts/llama3.txt", include_str!("../../policies/licenses/texts/llama3.txt")),
-    ("texts/llama4-use-policy.txt", include_str!("../../policies/licenses/texts/llama4-use-policy.txt")),
-    ("texts/llama4.txt", include_str!("../../policies/licenses/texts/llama4.txt")),
-    ("texts/mit.txt", include_str!("../../policies/licenses/texts/mit.txt")),
-    ("texts/qwen.txt", include_str!("../../policies/licenses/texts/qwen.txt")),
-    ("texts/tongyi-qianwen.txt", include_str!("../../policies/licenses/texts/tongyi-qianwen.txt")),
+    (
+        "texts/apache-2.0.txt",
+        include_str!("../../policies/licenses/texts/apache-2.0.txt"),
+    ),
+    (
+        "texts/bigcode-openrail-m.txt",
+        include_str!("../../policies/licenses/texts/bigcode-openrail-m.txt"),
+    ),
+    (
+        "texts/bigscience-openrail-m.txt",
+        include_str!("../../policies/licenses/texts/bigscience-openrail-m.txt"),
+    ),
+    (
+        "texts/bsd-3-clause.txt",
+        include_str!("../../policies/licenses/texts/bsd-3-clause.txt"),
+    ),
+    (
+        "texts/cc-by-4.0.txt",
+        include_str!("../../policies/licenses/texts/cc-by-4.0.txt"),
+    ),
+    (
+        "texts/cc-by-nc-4.0.txt",
+        include_str!("../../policies/licenses/texts/cc-by-nc-4.0.txt"),
+    ),
+    (
+        "texts/cc-by-nc-sa-4.0.txt",
+        include_str!("../../policies/licenses/texts/cc-by-nc-sa-4.0.txt"),
+    ),
+    (
+        "texts/cc-by-sa-4.0.txt",
+        include_str!("../../policies/licenses/texts/cc-by-sa-4.0.txt"),
+    ),
+    (
+        "texts/creativeml-openrail-m.txt",
+        include_str!("../../policies/licenses/texts/creativeml-openrail-m.txt"),
+    ),
+    (
+        "texts/deepseek.txt",
+        include_str!("../../policies/licenses/texts/deepseek.txt"),
+    ),
+    (
+        "texts/gemma-prohibited-use-policy.txt",
+        include_str!("../../policies/licenses/texts/gemma-prohibited-use-policy.txt"),
+    ),
+    (
+        "texts/gemma.txt",
+        include_str!("../../policies/licenses/texts/gemma.txt"),
+    ),
+    (
+        "texts/llama2.txt",
+        include_str!("../../policies/licenses/texts/llama2.txt"),
+    ),
+    (
+        "texts/llama3.1-use-policy.md",
+        include_str!("../../policies/licenses/texts/llama3.1-use-policy.md"),
+    ),
+    (
+        "texts/llama3.1.txt",
+        include_str!("../../policies/licenses/texts/llama3.1.txt"),
+    ),
+    (
+        "texts/llama3.2.txt",
+        include_str!("../../policies/licenses/texts/llama3.2.txt"),
+    ),
+    (
+        "texts/llama3.3.txt",
+        include_str!("../../policies/licenses/texts/llama3.3.txt"),
+    ),
+    (
+        "texts/llama3.txt",
+        include_str!("../../policies/licenses/texts/llama3.txt"),
+    ),
+    (
+        "texts/llama4-use-policy.txt",
+        include_str!("../../policies/licenses/texts/llama4-use-policy.txt"),
+    ),
+    (
+        "texts/llama4.txt",
+        include_str!("../../policies/licenses/texts/llama4.txt"),
+    ),
+    (
+        "texts/mit.txt",
+        include_str!("../../policies/licenses/texts/mit.txt"),
+    ),
+    (
+        "texts/qwen.txt",
+        include_str!("../../policies/licenses/texts/qwen.txt"),
+    ),
+    (
+        "texts/tongyi-qianwen.txt",
+        include_str!("../../policies/licenses/texts/tongyi-qianwen.txt"),
+    ),
 ];
 
 #[cfg(test)]
@@ -530,7 +682,10 @@ mod tests {
         let c = cat();
         for l in &c.licences {
             let file = format!("{}.yaml", l.id);
-            assert!(embedded.contains(&file), "`{file}` must be named after its id");
+            assert!(
+                embedded.contains(&file),
+                "`{file}` must be named after its id"
+            );
         }
     }
 
@@ -538,11 +693,34 @@ mod tests {
     fn covers_every_licence_the_issue_lists() {
         let c = cat();
         for id in [
-            "apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0",
-            "cc-by-nc-sa-4.0", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4",
-            "gemma", "deepseek", "qwen", "qwen-research", "falcon-180b", "mrl", "mnpl",
-            "openrail", "openrail++", "bigscience-openrail-m", "creativeml-openrail-m",
-            "bigcode-openrail-m", "fair-noncommercial-research-license", "other", "unknown",
+            "apache-2.0",
+            "mit",
+            "bsd-3-clause",
+            "cc-by-4.0",
+            "cc-by-sa-4.0",
+            "cc-by-nc-4.0",
+            "cc-by-nc-sa-4.0",
+            "llama2",
+            "llama3",
+            "llama3.1",
+            "llama3.2",
+            "llama3.3",
+            "llama4",
+            "gemma",
+            "deepseek",
+            "qwen",
+            "qwen-research",
+            "falcon-180b",
+            "mrl",
+            "mnpl",
+            "openrail",
+            "openrail++",
+            "bigscience-openrail-m",
+            "creativeml-openrail-m",
+            "bigcode-openrail-m",
+            "fair-noncommercial-research-license",
+            "other",
+            "unknown",
         ] {
             let l = c.get(id).unwrap_or_else(|| panic!("{id} missing"));
             assert!(!l.obligations.commercial.clause.is_empty());
@@ -557,7 +735,9 @@ mod tests {
                 .licences
                 .iter()
                 .filter(|l| {
-                    l.text.as_ref().is_some_and(|t| t.files.iter().any(|f| f == path))
+                    l.text
+                        .as_ref()
+                        .is_some_and(|t| t.files.iter().any(|f| f == path))
                 })
                 .collect();
             for l in owners {
@@ -575,7 +755,11 @@ mod tests {
     #[test]
     fn close_llama_versions_are_told_apart() {
         let c = cat();
-        let t31 = TEXT_FILES.iter().find(|(p, _)| *p == "texts/llama3.1.txt").unwrap().1;
+        let t31 = TEXT_FILES
+            .iter()
+            .find(|(p, _)| *p == "texts/llama3.1.txt")
+            .unwrap()
+            .1;
         let all = c.match_text(t31);
         let s32 = all.iter().find(|m| m.licence == "llama3.2").unwrap();
         assert!(s32.score > 0.8, "3.2 text is close to 3.1: {}", s32.score);
@@ -601,14 +785,25 @@ mod tests {
     #[test]
     fn mit_derivative_of_llama_drops_llama_duties() {
         let c = cat();
-        let lost = c.get("mit").unwrap().missing_from(c.get("llama3.1").unwrap());
+        let lost = c
+            .get("mit")
+            .unwrap()
+            .missing_from(c.get("llama3.1").unwrap());
         let all = lost.join("; ");
         assert!(all.contains("\"Llama\""), "{all}");
         assert!(all.contains("700,000,000"), "{all}");
         assert!(all.contains("Acceptable Use Policy"), "{all}");
-        assert!(c.get("llama3.1").unwrap().missing_from(c.get("llama3.1").unwrap()).is_empty());
+        assert!(c
+            .get("llama3.1")
+            .unwrap()
+            .missing_from(c.get("llama3.1").unwrap())
+            .is_empty());
         // apache-2.0 derivative of apache-2.0 base: nothing lost; of mit base: nothing lost
-        assert!(c.get("apache-2.0").unwrap().missing_from(c.get("mit").unwrap()).is_empty());
+        assert!(c
+            .get("apache-2.0")
+            .unwrap()
+            .missing_from(c.get("mit").unwrap())
+            .is_empty());
     }
 
     #[test]

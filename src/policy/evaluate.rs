@@ -106,9 +106,17 @@ fn licence_findings(
         .unwrap_or_default();
     let mut out = Vec::new();
     let mut add = |rule: &'static str, msg: String, hint: &str| {
-        out.push(with_evidence(rules::finding(rule, msg).hint(hint), ev, fallback));
+        out.push(with_evidence(
+            rules::finding(rule, msg).hint(hint),
+            ev,
+            fallback,
+        ));
     };
-    if p.licences.deny.iter().any(|d| d.eq_ignore_ascii_case(&l.id)) {
+    if p.licences
+        .deny
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(&l.id))
+    {
         add(
             rules::DENIED,
             format!("licence `{}`{how} is denied by policy `{}`", l.id, p.name),
@@ -183,7 +191,11 @@ fn licence_findings(
         }
     }
     if u.outputs_train_models {
-        if let Some(x) = o.outputs.as_ref().filter(|x| x.status == Permission::Forbidden) {
+        if let Some(x) = o
+            .outputs
+            .as_ref()
+            .filter(|x| x.status == Permission::Forbidden)
+        {
             add(
                 rules::OUTPUTS,
                 format!(
@@ -201,13 +213,20 @@ fn licence_findings(
             .filter(|x| r.excluded.iter().any(|e| e.eq_ignore_ascii_case(x)))
             .collect();
         if !hit.is_empty() {
-            let scope = r.scope.as_deref().map(|s| format!(" for {s}")).unwrap_or_default();
+            let scope = r
+                .scope
+                .as_deref()
+                .map(|s| format!(" for {s}"))
+                .unwrap_or_default();
             add(
                 rules::REGION,
                 format!(
                     "`{}`{how} excludes {}{scope} ({}), where policy `{}` operates",
                     l.id,
-                    hit.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    hit.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     r.clause,
                     p.name
                 ),
@@ -278,7 +297,12 @@ fn security_findings(facts: &ModelFacts, policy: &Policy) -> Vec<Finding> {
                 );
             }
         }
-        if facts.config.as_ref().and_then(|c| c.get("auto_map")).is_some() {
+        if facts
+            .config
+            .as_ref()
+            .and_then(|c| c.get("auto_map"))
+            .is_some()
+        {
             out.push(
                 rules::finding(
                     rules::REMOTE_CODE,
@@ -292,7 +316,10 @@ fn security_findings(facts: &ModelFacts, policy: &Policy) -> Vec<Finding> {
     if let Some(q) = &policy.file.quantization {
         for (t, n) in &facts.tensor_types {
             if !q.allowed_types.iter().any(|a| a.eq_ignore_ascii_case(t)) {
-                let file = facts.weights_file.clone().unwrap_or_else(|| facts.subject.clone());
+                let file = facts
+                    .weights_file
+                    .clone()
+                    .unwrap_or_else(|| facts.subject.clone());
                 out.push(
                     rules::finding(
                         rules::QUANT_TYPE,
@@ -464,7 +491,11 @@ pub fn evaluate(
     };
     let (obligations, documents) = obligations_for(&assessment, cat, &scope);
     // Errors first, then by rule, so reports are stable.
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.rule.cmp(&b.rule)));
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
     Outcome {
         assessment,
         findings,
@@ -481,8 +512,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::formats::hf::{LicenceFile, ModelCard};
     use crate::finding::Verdict;
+    use crate::formats::hf::{LicenceFile, ModelCard};
     use crate::formats::{MetaValue, ModelParams};
     use crate::policy::{assess, facts, file, Catalogues};
 
@@ -544,10 +575,22 @@ mod tests {
             weights_file: Some("SmolLM2-135M-Instruct.Q4_1.gguf".into()),
             weight_format: Some(WeightFormat::Gguf),
             metadata: vec![
-                ("general.architecture".into(), MetaValue::String("llama".into())),
-                ("general.name".into(), MetaValue::String("Smollm2 135M 8k Lc100K Mix1 Ep2".into())),
-                ("general.organization".into(), MetaValue::String("HuggingFaceTB".into())),
-                ("general.license".into(), MetaValue::String("apache-2.0".into())),
+                (
+                    "general.architecture".into(),
+                    MetaValue::String("llama".into()),
+                ),
+                (
+                    "general.name".into(),
+                    MetaValue::String("Smollm2 135M 8k Lc100K Mix1 Ep2".into()),
+                ),
+                (
+                    "general.organization".into(),
+                    MetaValue::String("HuggingFaceTB".into()),
+                ),
+                (
+                    "general.license".into(),
+                    MetaValue::String("apache-2.0".into()),
+                ),
             ],
             params: ModelParams {
                 architecture: Some("llama".into()),
@@ -572,7 +615,13 @@ mod tests {
     fn run(facts: &ModelFacts, text: &str, today: &str) -> Outcome {
         let c = Catalogues::builtin().unwrap();
         let a = assess::assess(facts, &c.licences, &c.families);
-        evaluate(facts, a, &policy(text), &c.licences, Date::parse(today).unwrap())
+        evaluate(
+            facts,
+            a,
+            &policy(text),
+            &c.licences,
+            Date::parse(today).unwrap(),
+        )
     }
 
     fn rules_of(f: &[Finding]) -> Vec<(&str, Severity)> {
@@ -584,21 +633,40 @@ mod tests {
         let o = run(&r1_distill(), COMMERCIAL, "2026-01-01");
         assert_eq!(o.assessment.licences, ["mit"]);
         assert_eq!(o.assessment.inherited[0].licence, "llama3.1");
-        let lineage = o.findings.iter().find(|f| f.rule == rules::LINEAGE).unwrap();
+        let lineage = o
+            .findings
+            .iter()
+            .find(|f| f.rule == rules::LINEAGE)
+            .unwrap();
         assert_eq!(lineage.severity, Severity::Error);
-        assert!(lineage.message.contains("meta-llama/Llama-3.1-8B"), "{}", lineage.message);
+        assert!(
+            lineage.message.contains("meta-llama/Llama-3.1-8B"),
+            "{}",
+            lineage.message
+        );
         assert!(lineage.message.contains("\"Llama\""), "{}", lineage.message);
         assert_eq!(lineage.evidence[0].path, PathBuf::from("README.md"));
         assert_eq!(lineage.evidence[0].key.as_deref(), Some("base_model"));
         let naming = o.findings.iter().find(|f| f.rule == rules::NAMING).unwrap();
         assert!(naming.message.contains("does not begin with \"Llama\""));
         assert_eq!(Verdict::from_findings(&o.findings), Verdict::Fail);
-        let llama: Vec<_> = o.obligations.iter().filter(|x| x.licence == "llama3.1").collect();
-        assert!(llama.iter().any(|x| x.topic == assess::Topic::Naming && x.text == ["Llama"]));
+        let llama: Vec<_> = o
+            .obligations
+            .iter()
+            .filter(|x| x.licence == "llama3.1")
+            .collect();
+        assert!(llama
+            .iter()
+            .any(|x| x.topic == assess::Topic::Naming && x.text == ["Llama"]));
         assert!(llama.iter().any(|x| x.topic == assess::Topic::Attribution
             && x.text.iter().any(|t| t == "Built with Llama")));
-        assert!(llama.iter().all(|x| x.source.contains("meta-llama/Llama-3.1-8B")));
-        assert!(o.documents.iter().any(|d| d.contains("Llama 3.1 Community License")));
+        assert!(llama
+            .iter()
+            .all(|x| x.source.contains("meta-llama/Llama-3.1-8B")));
+        assert!(o
+            .documents
+            .iter()
+            .any(|d| d.contains("Llama 3.1 Community License")));
     }
 
     #[test]
@@ -608,15 +676,27 @@ mod tests {
         f.card = Some(card(&[("license", "apache-2.0".into())]));
         f.licence_files.clear();
         let o = run(&f, COMMERCIAL, "2026-01-01");
-        let u = o.findings.iter().find(|x| x.rule == rules::UNDECLARED_DERIVATIVE).unwrap();
-        assert_eq!(u.severity, Severity::Error, "commercial requires a declared base");
+        let u = o
+            .findings
+            .iter()
+            .find(|x| x.rule == rules::UNDECLARED_DERIVATIVE)
+            .unwrap();
+        assert_eq!(
+            u.severity,
+            Severity::Error,
+            "commercial requires a declared base"
+        );
         assert!(u.message.contains("Llama 3"), "{}", u.message);
         assert!(u.message.contains("vocab 128256") && u.message.contains("rope theta 500000"));
         assert_eq!(u.evidence[0].path, PathBuf::from("config.json"));
         assert!(o.findings.iter().any(|x| x.rule == rules::LINEAGE));
         // research policy: a warning only
         let o = run(&f, RESEARCH, "2026-01-01");
-        let u = o.findings.iter().find(|x| x.rule == rules::UNDECLARED_DERIVATIVE).unwrap();
+        let u = o
+            .findings
+            .iter()
+            .find(|x| x.rule == rules::UNDECLARED_DERIVATIVE)
+            .unwrap();
         assert_eq!(u.severity, Severity::Warning);
     }
 
@@ -626,13 +706,21 @@ mod tests {
         assert!(o.findings.is_empty(), "{:#?}", o.findings);
         assert_eq!(o.assessment.licences, ["apache-2.0"]);
         assert!(o.assessment.provenance.family_original);
-        let topics: Vec<_> = o.obligations.iter().map(|x| (x.licence.as_str(), x.topic)).collect();
+        let topics: Vec<_> = o
+            .obligations
+            .iter()
+            .map(|x| (x.licence.as_str(), x.topic))
+            .collect();
         assert!(topics.contains(&("apache-2.0", assess::Topic::Attribution)));
         assert!(topics.contains(&("apache-2.0", assess::Topic::Redistribution)));
         assert!(o.documents.iter().any(|d| d.contains("Apache License 2.0")));
         // regulated: Q4_1 is not near-lossless enough
         let o = run(&smollm2_like(), REGULATED, "2026-01-01");
-        let q: Vec<_> = o.findings.iter().filter(|x| x.rule == rules::QUANT_TYPE).collect();
+        let q: Vec<_> = o
+            .findings
+            .iter()
+            .filter(|x| x.rule == rules::QUANT_TYPE)
+            .collect();
         assert_eq!(q.len(), 1, "{:#?}", o.findings);
         assert!(q[0].message.contains("Q4_1"));
     }
@@ -641,11 +729,17 @@ mod tests {
     fn non_commercial_licence_fails_commercial_and_passes_research() {
         let mut f = smollm2_like();
         f.metadata.retain(|(k, _)| k != "general.license");
-        f.metadata.push(("general.license".into(), MetaValue::String("cc-by-nc-4.0".into())));
+        f.metadata.push((
+            "general.license".into(),
+            MetaValue::String("cc-by-nc-4.0".into()),
+        ));
         let o = run(&f, COMMERCIAL, "2026-01-01");
         assert_eq!(
             rules_of(&o.findings),
-            [(rules::COMMERCIAL, Severity::Error), (rules::DENIED, Severity::Error)]
+            [
+                (rules::COMMERCIAL, Severity::Error),
+                (rules::DENIED, Severity::Error)
+            ]
         );
         let o = run(&f, RESEARCH, "2026-01-01");
         assert!(o.findings.is_empty(), "{:#?}", o.findings);
@@ -677,11 +771,22 @@ waivers:
         let o = run(&r1_distill(), WAIVERS, "2026-06-15");
         // lineage waived, listed separately
         assert_eq!(rules_of(&o.waived), [(rules::LINEAGE, Severity::Error)]);
-        assert!(o.waived[0].hint.as_deref().unwrap().contains("until 2026-06-30"));
+        assert!(o.waived[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("until 2026-06-30"));
         assert!(!o.findings.iter().any(|f| f.rule == rules::LINEAGE));
         // naming waiver expired yesterday: the finding stands and the expiry is reported
-        assert!(o.findings.iter().any(|f| f.rule == rules::NAMING && f.severity == Severity::Error));
-        let exp = o.findings.iter().find(|f| f.rule == rules::WAIVER_EXPIRED).unwrap();
+        assert!(o
+            .findings
+            .iter()
+            .any(|f| f.rule == rules::NAMING && f.severity == Severity::Error));
+        let exp = o
+            .findings
+            .iter()
+            .find(|f| f.rule == rules::WAIVER_EXPIRED)
+            .unwrap();
         assert!(exp.message.contains("expired on 2026-06-14"));
         assert_eq!(exp.evidence[0].line, Some(10));
         let states: Vec<&str> = o.waivers.iter().map(|w| w.state).collect();
@@ -693,7 +798,13 @@ waivers:
         // after both expire, nothing is waived
         let o = run(&r1_distill(), WAIVERS, "2026-07-01");
         assert!(o.waived.is_empty());
-        assert_eq!(o.findings.iter().filter(|f| f.rule == rules::WAIVER_EXPIRED).count(), 2);
+        assert_eq!(
+            o.findings
+                .iter()
+                .filter(|f| f.rule == rules::WAIVER_EXPIRED)
+                .count(),
+            2
+        );
         // another model's lineage finding is untouched by the R1 waivers
         let mut acme = r1_distill();
         acme.file_name = Some("other-model".into());
@@ -707,8 +818,14 @@ waivers:
         let mut f = r1_distill();
         let d = crate::types::Sha256Digest::of(b"weights");
         f.digests = vec![
-            facts::FileDigest { path: "model.safetensors".into(), sha256: d },
-            facts::FileDigest { path: "README.md".into(), sha256: crate::types::Sha256Digest::of(b"card") },
+            facts::FileDigest {
+                path: "model.safetensors".into(),
+                sha256: d,
+            },
+            facts::FileDigest {
+                path: "README.md".into(),
+                sha256: crate::types::Sha256Digest::of(b"card"),
+            },
         ];
         let pol = |digest: &str| {
             format!("name: d\nintended_use: {{commercial: true, distribution: redistribute}}\nwaivers:\n  - rule: policy/lineage\n    digest: sha256:{digest}\n    reason: r\n    approver: a\n    expires: 2030-01-01\n")
@@ -717,14 +834,20 @@ waivers:
         assert_eq!(o.waived.len(), 1);
         let card = crate::types::Sha256Digest::of(b"card").to_hex();
         let o = run(&f, &pol(&card), "2026-01-01");
-        assert!(o.waived.is_empty(), "a card digest does not identify the model");
+        assert!(
+            o.waived.is_empty(),
+            "a card digest does not identify the model"
+        );
     }
 
     #[test]
     fn severity_overrides_and_off() {
         let text = "name: s\nintended_use: {commercial: true, distribution: internal}\nrules:\n  policy/lineage: note\n  policy/naming: off\n";
         let o = run(&r1_distill(), text, "2026-01-01");
-        assert!(o.findings.iter().any(|f| f.rule == rules::LINEAGE && f.severity == Severity::Note));
+        assert!(o
+            .findings
+            .iter()
+            .any(|f| f.rule == rules::LINEAGE && f.severity == Severity::Note));
         assert!(!o.findings.iter().any(|f| f.rule == rules::NAMING));
     }
 
@@ -738,9 +861,15 @@ waivers:
             outputs_train_models: Some(false),
             regions: vec![],
         };
-        let topics: Vec<_> = assess::obligations(l, "declared", &internal).iter().map(|o| o.topic).collect();
+        let topics: Vec<_> = assess::obligations(l, "declared", &internal)
+            .iter()
+            .map(|o| o.topic)
+            .collect();
         assert_eq!(topics, [assess::Topic::UseRestrictions]);
-        let all: Vec<_> = assess::obligations(l, "declared", &assess::UseScope::default()).iter().map(|o| o.topic).collect();
+        let all: Vec<_> = assess::obligations(l, "declared", &assess::UseScope::default())
+            .iter()
+            .map(|o| o.topic)
+            .collect();
         assert!(all.contains(&assess::Topic::Naming) && all.contains(&assess::Topic::Commercial));
     }
 

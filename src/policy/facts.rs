@@ -152,7 +152,9 @@ impl ModelFacts {
 
     /// The line a card key is on.
     pub fn card_line(&self, key: &str) -> Option<u64> {
-        self.card.as_ref().and_then(|c| c.key_lines.get(key).copied())
+        self.card
+            .as_ref()
+            .and_then(|c| c.key_lines.get(key).copied())
     }
 }
 
@@ -209,8 +211,14 @@ mod tests {
         std::fs::write(dir.path().join("a"), b"abc").unwrap();
         let mut f = ModelFacts {
             files: vec![
-                FileEntry { path: "b".into(), size: 3 },
-                FileEntry { path: "a".into(), size: 3 },
+                FileEntry {
+                    path: "b".into(),
+                    size: 3,
+                },
+                FileEntry {
+                    path: "a".into(),
+                    size: 3,
+                },
             ],
             ..Default::default()
         };

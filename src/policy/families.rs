@@ -184,11 +184,7 @@ fn match_family(f: &Family, facts: &ArchFacts) -> Option<FamilyMatch> {
         }
     }
     for (name, have, want) in [
-        (
-            "hidden size",
-            facts.embedding_length,
-            &fp.embedding_length,
-        ),
+        ("hidden size", facts.embedding_length, &fp.embedding_length),
         (
             "feed-forward size",
             facts.feed_forward_length,
@@ -292,7 +288,9 @@ mod tests {
     fn catalogue_parses_and_names_known_licences() {
         let f = fam();
         let cat = super::super::catalogue::Catalogue::builtin().unwrap();
-        for id in ["llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon"] {
+        for id in [
+            "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon",
+        ] {
             let fam = f.get(id).unwrap_or_else(|| panic!("{id}"));
             for l in fam.licences.iter().chain([&fam.assumed_licence]) {
                 assert!(cat.get(l).is_some(), "{id}: unknown licence {l}");
@@ -348,26 +346,50 @@ mod tests {
     #[test]
     fn releases_resolve_to_their_licence() {
         let f = fam();
-        assert_eq!(f.resolve_model("meta-llama/Llama-3.1-8B").unwrap().licence, "llama3.1");
         assert_eq!(
-            f.resolve_model("https://huggingface.co/meta-llama/Meta-Llama-3-8B-Instruct").unwrap().licence,
+            f.resolve_model("meta-llama/Llama-3.1-8B").unwrap().licence,
+            "llama3.1"
+        );
+        assert_eq!(
+            f.resolve_model("https://huggingface.co/meta-llama/Meta-Llama-3-8B-Instruct")
+                .unwrap()
+                .licence,
             "llama3"
         );
-        let r1 = f.resolve_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B").unwrap();
-        assert_eq!((r1.licence.as_str(), r1.inherits.as_slice()), ("mit", &["llama3.1".to_string()][..]));
-        assert_eq!(f.resolve_model("Qwen/Qwen2.5-3B-Instruct").unwrap().licence, "qwen-research");
-        assert_eq!(f.resolve_model("Qwen/Qwen2.5-32B-Instruct").unwrap().licence, "apache-2.0");
+        let r1 = f
+            .resolve_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")
+            .unwrap();
+        assert_eq!(
+            (r1.licence.as_str(), r1.inherits.as_slice()),
+            ("mit", &["llama3.1".to_string()][..])
+        );
+        assert_eq!(
+            f.resolve_model("Qwen/Qwen2.5-3B-Instruct").unwrap().licence,
+            "qwen-research"
+        );
+        assert_eq!(
+            f.resolve_model("Qwen/Qwen2.5-32B-Instruct")
+                .unwrap()
+                .licence,
+            "apache-2.0"
+        );
         assert!(f.resolve_model("acme/secret-model").is_none());
         assert!(f.is_publisher("smollm", "huggingfacetb"));
     }
 
     #[test]
     fn globs() {
-        assert!(glob_match("meta-llama/Llama-3.1-*", "Meta-Llama/llama-3.1-8B"));
+        assert!(glob_match(
+            "meta-llama/Llama-3.1-*",
+            "Meta-Llama/llama-3.1-8B"
+        ));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "abbc"));
         assert!(glob_match("*", ""));
         assert!(!glob_match("x*", "yx"));
-        assert_eq!(repo_id("https://huggingface.co/org/name/tree/main"), "org/name");
+        assert_eq!(
+            repo_id("https://huggingface.co/org/name/tree/main"),
+            "org/name"
+        );
     }
 }

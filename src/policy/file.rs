@@ -397,8 +397,8 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
 
 fn is_plain_dtype(t: &str) -> bool {
     [
-        "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32",
-        "F64", "F8_E4M3", "F8_E5M2",
+        "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64",
+        "F8_E4M3", "F8_E5M2",
     ]
     .iter()
     .any(|x| x.eq_ignore_ascii_case(t))
@@ -470,7 +470,9 @@ waivers:
 
     #[test]
     fn unknown_key_gives_line_column_and_expected_keys() {
-        let e = err("name: t\nintended_use:\n  commercial: true\n  distribution: hosted\n  colour: red\n");
+        let e = err(
+            "name: t\nintended_use:\n  commercial: true\n  distribution: hosted\n  colour: red\n",
+        );
         assert!(e.starts_with("`p.yaml:5:3`: "), "{e}");
         assert!(e.contains("unknown field `colour`"), "{e}");
         assert!(e.contains("expected one of"), "{e}");
@@ -511,7 +513,11 @@ waivers:
     fn yaml_alias_bomb_is_refused() {
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..9 {
-            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
             bomb.push_str(&format!(
                 "b{i}: &b{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
             ));

@@ -79,11 +79,8 @@ impl Catalogues {
 /// `modelgate license`: licences, lineage and every obligation, with no policy.
 pub fn license_report(facts: &ModelFacts, cats: &Catalogues) -> LicenceReport {
     let assessment = assess(facts, &cats.licences, &cats.families);
-    let (obligations, documents) = evaluate::obligations_for(
-        &assessment,
-        &cats.licences,
-        &assess::UseScope::default(),
-    );
+    let (obligations, documents) =
+        evaluate::obligations_for(&assessment, &cats.licences, &assess::UseScope::default());
     LicenceReport {
         assessment,
         obligations,
@@ -100,7 +97,11 @@ pub struct LicenceReport {
 }
 
 /// `modelgate policy check`: assess and apply a policy, with today's date for waivers.
-pub fn check(facts: &ModelFacts, policy: &Policy, cats: &Catalogues) -> Result<Outcome, PolicyError> {
+pub fn check(
+    facts: &ModelFacts,
+    policy: &Policy,
+    cats: &Catalogues,
+) -> Result<Outcome, PolicyError> {
     let today = Date::today().map_err(PolicyError::Today)?;
     let assessment = assess(facts, &cats.licences, &cats.families);
     Ok(evaluate(facts, assessment, policy, &cats.licences, today))

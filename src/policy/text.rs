@@ -142,7 +142,10 @@ mod tests {
     #[test]
     fn rewrapping_and_markdown_keep_a_full_score() {
         let a = Fingerprint::of(MIT);
-        let rewrapped = format!("# MIT License\n\nCopyright (c) 2023 X\n\n> {}", MIT.replace('\n', " ").replace("Software", "*Software*"));
+        let rewrapped = format!(
+            "# MIT License\n\nCopyright (c) 2023 X\n\n> {}",
+            MIT.replace('\n', " ").replace("Software", "*Software*")
+        );
         assert_eq!(a.contained_in(&Fingerprint::of(&rewrapped)), 1.0);
     }
 
