@@ -313,8 +313,7 @@ pub fn model_name(facts: &ModelFacts) -> String {
 }
 
 fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
-    let mut p = Provenance::default();
-    p.publisher = ["general.organization", "general.author"]
+    let publisher = ["general.organization", "general.author"]
         .iter()
         .find_map(|k| facts.meta_str(k))
         .or_else(|| {
@@ -325,6 +324,10 @@ fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
                     .map(str::to_owned)
             })
         });
+    let mut p = Provenance {
+        publisher,
+        ..Default::default()
+    };
     for key in [
         "general.source.huggingface.repository",
         "general.source.url",

@@ -105,22 +105,13 @@ pub struct ProvenanceRules {
     pub require_consistent_licence: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityRules {
     #[serde(default)]
     pub allow_pickle: bool,
     #[serde(default)]
     pub allow_remote_code: bool,
-}
-
-impl Default for SecurityRules {
-    fn default() -> Self {
-        SecurityRules {
-            allow_pickle: false,
-            allow_remote_code: false,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
