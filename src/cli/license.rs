@@ -104,6 +104,16 @@ pub(super) fn write_summary(
                 d.evidence,
                 d.value
             )?;
+            match d.score {
+                Some(_) => writeln!(out, "    {}: {}{score}", d.source.describe(), d.evidence)?,
+                None => writeln!(
+                    out,
+                    "    {}: {} = `{}`",
+                    d.source.describe(),
+                    d.evidence,
+                    d.value
+                )?,
+            }
         }
     }
     for i in &a.inherited {
@@ -126,6 +136,7 @@ pub(super) fn write_summary(
             writeln!(
                 out,
                 "    {} {}: `{}`{near}",
+                "    {}: {} = `{}`{near}",
                 d.source.describe(),
                 d.evidence,
                 d.value

@@ -39,9 +39,9 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn describe(self) -> &'static str {
         match self {
-            SourceKind::CardLicense => "card `license`",
-            SourceKind::CardLicenseName => "card `license_name`",
-            SourceKind::CardLicenseLink => "card `license_link`",
+            SourceKind::CardLicense | SourceKind::CardLicenseName | SourceKind::CardLicenseLink => {
+                "card"
+            }
             SourceKind::LicenceFile => "licence file",
             SourceKind::UsePolicyFile => "use policy file",
             SourceKind::GgufMetadata => "GGUF metadata",
@@ -313,8 +313,7 @@ pub fn model_name(facts: &ModelFacts) -> String {
 }
 
 fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
-    let mut p = Provenance::default();
-    p.publisher = ["general.organization", "general.author"]
+    let publisher = ["general.organization", "general.author"]
         .iter()
         .find_map(|k| facts.meta_str(k))
         .or_else(|| {
@@ -325,6 +324,10 @@ fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
                     .map(str::to_owned)
             })
         });
+    let mut p = Provenance {
+        publisher,
+        ..Default::default()
+    };
     for key in [
         "general.source.huggingface.repository",
         "general.source.url",

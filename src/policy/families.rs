@@ -133,7 +133,7 @@ impl Families {
             .iter()
             .filter_map(|f| match_family(f, facts))
             .collect();
-        out.sort_by(|a, b| b.matched.len().cmp(&a.matched.len()));
+        out.sort_by_key(|m| std::cmp::Reverse(m.matched.len()));
         out
     }
 

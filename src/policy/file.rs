@@ -105,7 +105,7 @@ pub struct ProvenanceRules {
     pub require_consistent_licence: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[derive(Default)]
 pub struct SecurityRules {
