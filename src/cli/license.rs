@@ -97,13 +97,6 @@ pub(super) fn write_summary(
                 .score
                 .map(|s| format!(" (text match {})", pct(s)))
                 .unwrap_or_default();
-            writeln!(
-                out,
-                "    {} {}: `{}`{score}",
-                d.source.describe(),
-                d.evidence,
-                d.value
-            )?;
             match d.score {
                 Some(_) => writeln!(out, "    {}: {}{score}", d.source.describe(), d.evidence)?,
                 None => writeln!(
@@ -135,7 +128,6 @@ pub(super) fn write_summary(
                 .unwrap_or_default();
             writeln!(
                 out,
-                "    {} {}: `{}`{near}",
                 "    {}: {} = `{}`{near}",
                 d.source.describe(),
                 d.evidence,

@@ -37,13 +37,10 @@ impl Date {
         let month = u8::try_from(m)
             .ok()
             .and_then(|m| time::Month::try_from(m).ok())
-            .ok_or_else(|| format!("`{s}` is not a date: month {m} is not 01 to 12 (expected YYYY-MM-DD)"))?;
-        // y < 10000 and d < 100 by construction (four and two digits).
-        let date = time::Date::from_calendar_date(y as i32, month, d as u8)
-            .map_err(|_| format!("`{s}` is not a date: {month} {y} has no day {d} (expected YYYY-MM-DD)"))?;
             .ok_or_else(|| {
                 format!("`{s}` is not a date: month {m} is not 01 to 12 (expected YYYY-MM-DD)")
             })?;
+        // y < 10000 and d < 100 by construction (four and two digits).
         let date = time::Date::from_calendar_date(y as i32, month, d as u8).map_err(|_| {
             format!("`{s}` is not a date: {month} {y} has no day {d} (expected YYYY-MM-DD)")
         })?;

@@ -107,14 +107,12 @@ pub struct ProvenanceRules {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[derive(Default)]
 pub struct SecurityRules {
     #[serde(default)]
     pub allow_pickle: bool,
     #[serde(default)]
     pub allow_remote_code: bool,
 }
-
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
