@@ -28,7 +28,10 @@ fn generate(out: &std::path::Path) -> std::io::Result<()> {
     models::write_all(&out.join("models"))?;
     text::write_all(&out.join("text"))?;
     for (sub, write) in [
-        ("hostile/gguf", hostile_gguf::write_all as fn(&std::path::Path) -> std::io::Result<()>),
+        (
+            "hostile/gguf",
+            hostile_gguf::write_all as fn(&std::path::Path) -> std::io::Result<()>,
+        ),
         ("hostile/safetensors", hostile_safetensors::write_all),
         ("pickle", hostile_pickle::write_all),
     ] {

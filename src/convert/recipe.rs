@@ -410,7 +410,10 @@ impl Recipe {
     /// as the last resort (llama.cpp aborts where a 32-block type does not fit; F16 always
     /// fits and keeps the conversion going).
     fn fit(&self, name: &str, ty: GgmlType, src: SourceKind) -> Choice {
-        let fits = |t: GgmlType| t.block().is_some_and(|(b, _)| src.row_len.is_multiple_of(b));
+        let fits = |t: GgmlType| {
+            t.block()
+                .is_some_and(|(b, _)| src.row_len.is_multiple_of(b))
+        };
         if fits(ty) {
             return Choice { ty, fallback: None };
         }
