@@ -4,10 +4,11 @@
 # TinyLlama-like shape), then reports wall time and peak RSS of `inspect --json`.
 #
 # usage: benches/inspect.sh [WORKDIR]   (default: a temp folder, removed afterwards)
+# MODELGATE_BIN=path uses an already built binary instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=target/release/modelgate
+bin=${MODELGATE_BIN:-target/release/modelgate}
+[ -n "${MODELGATE_BIN:-}" ] || cargo build --release --quiet
 work=${1:-$(mktemp -d)}
 [ -n "${1:-}" ] || trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/ckpt"

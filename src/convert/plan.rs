@@ -794,13 +794,12 @@ fn gguf_to_safetensors(
             tensor: name.to_owned(),
             arch: h.arch.gguf_name().into(),
         })?;
-        if !p.allowed(&h)
-            && !(p.bias
-                && matches!(
-                    p.role,
-                    arch::Role::AttnQ | arch::Role::AttnK | arch::Role::AttnV
-                ))
-        {
+        let qkv_bias = p.bias
+            && matches!(
+                p.role,
+                arch::Role::AttnQ | arch::Role::AttnK | arch::Role::AttnV
+            );
+        if !(p.allowed(&h) || qkv_bias) {
             return Err(ConvertError::UnknownTensor {
                 tensor: name.to_owned(),
                 arch: h.arch.gguf_name().into(),

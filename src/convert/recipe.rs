@@ -320,14 +320,9 @@ impl Recipe {
         use GgmlType as G;
         let ft = self.file_type;
         let m = self.shape;
-        let n_gqa = if m.n_head_kv == 0 {
-            1
-        } else {
-            m.n_head / m.n_head_kv
-        };
+        let n_gqa = m.n_head.checked_div(m.n_head_kv).unwrap_or(1);
         let layer = layer_of(name).unwrap_or(0);
-        let more_bits =
-            |i: u64, n: u64| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+        let more_bits = |i: u64, n: u64| !(i >= n / 8 && i < 7 * n / 8 && (i - n / 8) % 3 != 2);
         // `(i - n/8) % 3 == 2` in llama.cpp is signed arithmetic; for i < n/8 the first
         // clause already holds, so the unsigned guard above gives the same answer.
         let mut t = default;

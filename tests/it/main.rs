@@ -1,6 +1,9 @@
 //! The integration test binary: end-to-end checks of the `modelgate` command and library on
 //! fixtures, hostile files and the real SmolLM2 checkpoint. One module per area.
 
+// The fixture generator's modules are compiled into each test module that checks their output.
+#![allow(clippy::duplicate_mod)]
+
 mod convert;
 mod engine;
 mod fixtures;
