@@ -146,7 +146,7 @@ pub fn summarise(ckpt: &Checkpoint, with_tensors: bool) -> Summary {
             source: meta_source,
             file: weight_file.clone(),
             key: key.clone(),
-            value: meta_json(value),
+            value: value.to_json(),
             line: None,
         };
         if is_licence_key(key) {
@@ -233,26 +233,7 @@ fn summarise_value(v: &MetaValue) -> Value {
         MetaValue::Array { items, .. } if items.len() > 16 => {
             serde_json::json!({ "array_length": items.len() })
         }
-        other => meta_json(other),
-    }
-}
-
-/// Plain JSON for a metadata value (until the GGUF reader exposes its own conversion).
-fn meta_json(v: &MetaValue) -> Value {
-    match v {
-        MetaValue::U8(x) => Value::from(*x),
-        MetaValue::I8(x) => Value::from(*x),
-        MetaValue::U16(x) => Value::from(*x),
-        MetaValue::I16(x) => Value::from(*x),
-        MetaValue::U32(x) => Value::from(*x),
-        MetaValue::I32(x) => Value::from(*x),
-        MetaValue::U64(x) => Value::from(*x),
-        MetaValue::I64(x) => Value::from(*x),
-        MetaValue::F32(x) => Value::from(f64::from(*x)),
-        MetaValue::F64(x) => Value::from(*x),
-        MetaValue::Bool(x) => Value::from(*x),
-        MetaValue::String(x) => Value::from(x.as_str()),
-        MetaValue::Array { items, .. } => Value::Array(items.iter().map(meta_json).collect()),
+        other => other.to_json(),
     }
 }
 
