@@ -185,7 +185,7 @@ impl HParams {
         let head_dim = if head_dim_explicit {
             need_u64(cfg, "head_dim", path)?
         } else {
-            if n_embd % n_head != 0 {
+            if !n_embd.is_multiple_of(n_head) {
                 return Err(ConvertError::config(
                     path,
                     format!("`hidden_size` {n_embd} is not a multiple of `num_attention_heads` {n_head} and no `head_dim` is given"),
@@ -193,13 +193,13 @@ impl HParams {
             }
             n_embd / n_head
         };
-        if n_head % n_head_kv != 0 {
+        if !n_head.is_multiple_of(n_head_kv) {
             return Err(ConvertError::config(
                 path,
                 format!("`num_attention_heads` {n_head} is not a multiple of `num_key_value_heads` {n_head_kv}"),
             ));
         }
-        if arch.permutes_qk() && head_dim % 2 != 0 {
+        if arch.permutes_qk() && !head_dim.is_multiple_of(2) {
             return Err(ConvertError::config(
                 path,
                 format!("head dimension {head_dim} is odd; RoPE needs pairs"),

@@ -409,9 +409,9 @@ impl Target {
     pub fn commit(self) -> Result<(), ConvertError> {
         match self {
             Target::File { out, tmp } => {
-                tmp.as_file()
-                    .sync_all()
-                    .map_err(|e| ConvertError::write(&out, e))?;
+                // No fsync: the rename makes an interrupted run leave no OUT, which is the
+                // promise; surviving power loss would cost seconds per gigabyte (llama.cpp's
+                // tools do not sync either).
                 tmp.persist(&out)
                     .map_err(|e| ConvertError::write(&out, e.error))?;
             }

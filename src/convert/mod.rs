@@ -202,7 +202,6 @@ pub fn convert(
                 std::fs::write(&p, bytes).map_err(|e| ConvertError::write(&p, e))?;
                 w.bytes_out += bytes.len() as u64;
             }
-            f.sync_all().map_err(|e| ConvertError::write(&weights, e))?;
             w
         }
     };

@@ -518,7 +518,7 @@ impl HParams {
         let n_ff = need("feed_forward_length")?;
         let n_head = need("attention.head_count")?;
         let n_head_kv = meta_u64(m, &k("attention.head_count_kv")).unwrap_or(n_head);
-        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(ConvertError::config(
                 path,
                 format!("head counts {n_head}/{n_head_kv} do not divide"),
@@ -533,7 +533,7 @@ impl HParams {
         let head_dim_key = meta_u64(m, &k("attention.key_length"));
         let head_dim = match head_dim_key {
             Some(d) => d,
-            None if n_embd % n_head == 0 => n_embd / n_head,
+            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
             None => {
                 return Err(ConvertError::config(
                     path,

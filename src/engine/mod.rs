@@ -12,6 +12,7 @@ pub mod chat;
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod ops;
 pub mod qmatmul;
 pub mod rope;
 pub mod sampling;

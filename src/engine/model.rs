@@ -15,6 +15,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
 use super::config::{Architecture, ModelConfig};
+use super::ops;
 use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
 use super::weights::{Naming, RawTensor, Role, SharedQTensor, WeightSource};
@@ -407,11 +408,28 @@ impl Model {
         }
         let ids = Tensor::from_slice(tokens, n, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
-        let (cos, sin) = self.rope.tables(self.pos, n, &self.device)?;
-        let mask = self.mask(n)?;
+        let cpu = self.device.is_cpu();
+        let (tensors, mask) = if cpu {
+            (None, None)
+        } else {
+            (
+                Some(self.rope.tables(self.pos, n, &self.device)?),
+                self.mask(n)?,
+            )
+        };
+        let (cos, sin) = self.rope.slices(self.pos, n);
+        let rope_tables = RopeTables { cos, sin, tensors };
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
             let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let a = attention(&self.cfg, layer, cache, &h, &cos, &sin, mask.as_ref())?;
+            let a = attention(
+                &self.cfg,
+                layer,
+                cache,
+                &h,
+                self.pos,
+                &rope_tables,
+                mask.as_ref(),
+            )?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
             let g = layer.gate.forward(&h)?.silu()?;
@@ -451,6 +469,9 @@ impl Model {
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, in f32 as transformers does.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, EngineError> {
+    if x.device().is_cpu() {
+        return Ok(x.contiguous()?.apply_op2_no_bwd(w, &ops::RmsNorm { eps })?);
+    }
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (var + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
@@ -463,14 +484,37 @@ fn with_bias(x: Tensor, b: Option<&Tensor>) -> Result<Tensor, EngineError> {
     })
 }
 
-/// Self-attention of `n` new positions over the cache. `x` is `[n, hidden]`.
+/// RoPE tables for the positions of one chunk: slices for the fused CPU kernel, tensors
+/// for the composed ops used on other devices.
+struct RopeTables<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    tensors: Option<(Tensor, Tensor)>,
+}
+
+impl RopeTables<'_> {
+    /// `x [n, heads, head_dim]` rotated and laid out as `[heads, n, head_dim]`.
+    fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        match &self.tensors {
+            None => Ok(x.contiguous()?.apply_op1_no_bwd(&ops::Rope {
+                cos: self.cos,
+                sin: self.sin,
+            })?),
+            Some((cos, sin)) => rope::apply(&x.transpose(0, 1)?.contiguous()?, cos, sin),
+        }
+    }
+}
+
+/// Self-attention of `n` new positions (starting at `pos`) over the cache. `x` is
+/// `[n, hidden]`.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &ModelConfig,
     layer: &Layer,
     cache: &mut KvCache,
     x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
+    pos: usize,
+    rope_tables: &RopeTables<'_>,
     mask: Option<&Tensor>,
 ) -> Result<Tensor, EngineError> {
     let n = x.dim(0)?;
@@ -488,8 +532,8 @@ fn attention(
         None => k,
     };
     // [heads, n, head_dim]
-    let q = rope::apply(&q.transpose(0, 1)?.contiguous()?, cos, sin)?;
-    let k = rope::apply(&k.transpose(0, 1)?.contiguous()?, cos, sin)?;
+    let q = rope_tables.apply(&q)?;
+    let k = rope_tables.apply(&k)?;
     let v = v.transpose(0, 1)?;
     let (k, v) = cache.append(&k, &v)?;
     let total = k.dim(1)?;
@@ -497,16 +541,27 @@ fn attention(
     // lets one batched matmul per kv head serve the whole group without copying keys.
     let q = q.reshape((nkv, rep * n, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = match mask {
-        Some(m) => scores
-            .reshape((nkv, rep, n, total))?
-            .broadcast_add(m)?
-            .reshape((nkv, rep * n, total))?,
-        None => scores,
+    let scores = q.matmul(&k.t()?)?;
+    let probs = if x.device().is_cpu() {
+        scores.apply_op1_no_bwd(&ops::MaskedSoftmax {
+            scale: scale as f32,
+            n,
+            pos,
+            window: cfg.sliding_window.unwrap_or(usize::MAX),
+        })?
+    } else {
+        let scores = (scores * scale)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((nkv, rep, n, total))?
+                .broadcast_add(m)?
+                .reshape((nkv, rep * n, total))?,
+            None => scores,
+        };
+        softmax_last(&scores)?
     };
-    let probs = softmax_last(&scores)?;
-    let out = probs.matmul(&v.contiguous()?)?; // [nkv, rep*n, hd]
+    // the cache view is strided (capacity > length); gemm reads it in place
+    let out = probs.matmul(&v)?; // [nkv, rep*n, hd]
     let out = out
         .reshape((nh, n, hd))?
         .transpose(0, 1)?

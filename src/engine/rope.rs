@@ -108,6 +108,14 @@ impl Rope {
         }
     }
 
+    /// cos and sin for positions `start..start + len`, row-major `[len, head_dim / 2]`.
+    pub fn slices(&mut self, start: usize, len: usize) -> (&[f32], &[f32]) {
+        let half = self.inv_freq.len();
+        self.grow(start + len);
+        let range = start * half..(start + len) * half;
+        (&self.cos[range.clone()], &self.sin[range])
+    }
+
     /// cos and sin for positions `start..start + len`, each `[len, head_dim / 2]`.
     pub fn tables(
         &mut self,

@@ -83,12 +83,17 @@ impl TextTokenizer {
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<TextTokenizer, EngineError> {
         if let Some(dir) = &ckpt.dir {
             if let Some(json) = &dir.tokenizer_json {
-                return TextTokenizer::from_tokenizer_json(
+                let mut tok = TextTokenizer::from_tokenizer_json(
                     json,
                     dir.tokenizer_config.as_ref(),
                     dir.generation_config.as_ref(),
                     dir.config.as_ref(),
-                );
+                )?;
+                // transformers 5 may keep the template in its own file
+                if tok.chat_template.is_none() {
+                    tok.chat_template = dir.chat_template_jinja.clone();
+                }
+                return Ok(tok);
             }
         }
         if meta(&ckpt.weights.metadata, "tokenizer.ggml.model").is_some() {

@@ -135,6 +135,7 @@ fn q4_k_m_of_tiny_rows_falls_back_and_says_so() {
         modelgate::formats::DType::Ggml(modelgate::formats::GgmlType::Q8_0)
     );
     assert_eq!(s["types"]["F32"]["tensors"], 5);
+    assert!(fb.iter().all(|f| f["tensor"] != "output.weight"));
 }
 
 #[test]
@@ -307,10 +308,9 @@ fn smollm2_q4_1_round_trip() {
             assert_eq!(x.3, y.3, "{}", x.0);
         }
     }
-    assert!(
-        max_diff < 0.05,
-        "requantized values moved by {max_diff} in {worst}"
-    );
+    // ggml's Q4_1 and Q8_0 reference quantizers reproduce their own dequantized values, so
+    // the trip is lossless when the kernels are exact (convert::quant's are).
+    assert_eq!(identical, a.len(), "max |difference| {max_diff} in {worst}");
     // Key facts survive the trip.
     let c = Checkpoint::open(&out).unwrap();
     let orig = Checkpoint::open(&src).unwrap();
@@ -478,7 +478,11 @@ fn summary_json_snapshot() {
     for k in ["seconds", "source", "output"] {
         s[k] = Value::Null;
     }
-    insta::assert_json_snapshot!("convert_tiny_llama_q4_k_m", s);
+    // As text: serde_json's arbitrary-precision numbers do not go through insta's serializer.
+    insta::assert_snapshot!(
+        "convert_tiny_llama_q4_k_m",
+        serde_json::to_string_pretty(&s).unwrap()
+    );
 }
 
 #[test]

@@ -1,249 +1,530 @@
-//! Engine: forward-pass oracles, SmolLM2 greedy continuations, tokenizer reconstruction,
-//! and the `generate` / `logits` commands.
+//! Engine: transformers' logits on the forward-pass oracles, SmolLM2 greedy continuations
+//! (reference and native math), tokenizer reconstruction from GGUF keys, and the
+//! `generate` / `logits` commands with their bad-input errors.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use modelgate::engine::EngineError;
-use modelgate::engine::{Logits, Math, Model, ModelConfig, Naming, RawTensor, WeightSource};
-use modelgate::formats::{DType, ModelParams};
+use modelgate::engine::{
+    generate, Engine, GenerationConfig, Logits, Math, Model, ModelConfig, Sampler, StopReason,
+};
+use modelgate::formats::{open_weight_file, Checkpoint, DType};
+
+use crate::support::{modelgate, smollm2};
+
+const ORACLES: [&str; 5] = ["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
 
 fn oracle(name: &str) -> PathBuf {
-    PathBuf::from("/work/shared/oracles").join(name)
+    std::env::var_os("MODELGATE_ORACLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/shared/oracles"))
+        .join(name)
 }
 
-/// Scratch source while the safetensors reader is being written.
-struct Mem(HashMap<String, Vec<u8>>, HashMap<String, Vec<usize>>);
-
-impl WeightSource for Mem {
-    fn naming(&self) -> Naming {
-        Naming::HuggingFace
-    }
-    fn tensor(&self, name: &str) -> Result<Option<RawTensor<'_>>, EngineError> {
-        Ok(self.0.get(name).map(|d| RawTensor {
-            name: name.into(),
-            dtype: DType::F32,
-            shape: self.1[name].clone(),
-            data: Cow::Borrowed(d),
-        }))
-    }
-}
-
-fn params(cfg: &serde_json::Value) -> ModelParams {
-    let u = |k: &str| cfg.get(k).and_then(|v| v.as_u64());
-    ModelParams {
-        architecture: cfg["model_type"].as_str().map(String::from),
-        block_count: u("num_hidden_layers"),
-        context_length: u("max_position_embeddings"),
-        embedding_length: u("hidden_size"),
-        feed_forward_length: u("intermediate_size"),
-        head_count: u("num_attention_heads"),
-        head_count_kv: u("num_key_value_heads"),
-        head_dim: u("head_dim"),
-        vocab_size: u("vocab_size"),
-        rope_theta: None,
-        rms_norm_eps: cfg["rms_norm_eps"].as_f64(),
-        tie_word_embeddings: cfg["tie_word_embeddings"].as_bool(),
-    }
-}
-
-fn max_delta(name: &str) -> f32 {
-    let dir = oracle(name);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let ts = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut data = HashMap::new();
-    let mut shapes = HashMap::new();
-    for (k, t) in ts {
-        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        data.insert(k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect());
-        shapes.insert(k, t.dims().to_vec());
-    }
-    let src = Mem(data, shapes);
-    let mc = ModelConfig::new(&params(&cfg), Some(&cfg), &[]).unwrap();
-    let mut model = Model::load(&src, mc, Math::Reference, &Device::Cpu).unwrap();
-    let exp =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let ids: Vec<u32> = exp["input_ids"]
-        .flatten_all()
+/// `input_ids` and `logits` `[positions, vocab]` of an oracle's expected.safetensors.
+fn expected(dir: &Path) -> (Vec<u32>, Tensor) {
+    let w = open_weight_file(&dir.join("expected.safetensors")).unwrap();
+    let ids = w.tensor("input_ids").unwrap();
+    assert_eq!(ids.dtype, DType::I64);
+    let ids: Vec<u32> = w
+        .tensor_data(ids)
         .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
         .collect();
-    let want = exp["logits"].squeeze(0).unwrap();
-    let got = model.forward(&ids, Logits::All).unwrap();
-    let d = (got - &want)
+    let t = w.tensor("logits").unwrap();
+    let vals: Vec<f32> = w
+        .tensor_data(t)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let vocab = *t.shape.last().unwrap() as usize;
+    let logits = Tensor::from_vec(vals, (ids.len(), vocab), &Device::Cpu).unwrap();
+    (ids, logits)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
         .unwrap()
         .abs()
         .unwrap()
         .max_all()
         .unwrap()
         .to_scalar::<f32>()
-        .unwrap();
-    // the same positions again through the cache, one token at a time
-    model.reset().unwrap();
-    let mut rows = Vec::new();
-    for &id in &ids {
-        rows.push(model.forward(&[id], Logits::Last).unwrap());
-    }
-    let stepped = Tensor::cat(&rows, 0).unwrap();
-    let d2 = (stepped - &want)
         .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    eprintln!("{name}: max |delta logit| {d:e} (chunk), {d2:e} (token by token)");
-    d.max(d2)
 }
 
 #[test]
-fn oracles_scratch() {
-    for name in ["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"] {
-        assert!(max_delta(name) <= 1e-4, "{name}");
+fn oracles_match_transformers_in_f32() {
+    for name in ORACLES {
+        let dir = oracle(name);
+        let mut engine = Engine::open(&dir, Math::Reference, &Device::Cpu).unwrap();
+        let (ids, want) = expected(&dir);
+        // the whole sequence as one chunk
+        let all = engine.model.forward(&ids, Logits::All).unwrap();
+        let chunk = max_abs_diff(&all, &want);
+        // the same positions one token at a time through the KV cache
+        engine.model.reset().unwrap();
+        let rows: Vec<Tensor> = ids
+            .iter()
+            .map(|&id| engine.model.forward(&[id], Logits::Last).unwrap())
+            .collect();
+        let stepped = max_abs_diff(&Tensor::cat(&rows, 0).unwrap(), &want);
+        eprintln!(
+            "{name}: max |delta logit| {chunk:.2e} (one chunk), {stepped:.2e} (token by token)"
+        );
+        assert!(
+            chunk <= 1e-4 && stepped <= 1e-4,
+            "{name}: {chunk} / {stepped}"
+        );
     }
 }
 
-// ---- scratch GGUF source (until the formats reader lands) ----
-use candle_core::quantized::gguf_file;
-use modelgate::engine::TextTokenizer;
-use modelgate::formats::gguf::ValueType;
-use modelgate::formats::{GgmlType, MetaValue};
-
-struct GgufMem {
-    bytes: Vec<u8>,
-    infos: HashMap<String, (DType, Vec<usize>, usize, usize)>,
-}
-
-impl WeightSource for GgufMem {
-    fn naming(&self) -> Naming {
-        Naming::Gguf
-    }
-    fn tensor(&self, name: &str) -> Result<Option<RawTensor<'_>>, EngineError> {
-        Ok(self.infos.get(name).map(|(dt, shape, off, len)| RawTensor {
-            name: name.into(),
-            dtype: *dt,
-            shape: shape.clone(),
-            data: Cow::Borrowed(&self.bytes[*off..off + len]),
-        }))
-    }
-}
-
-fn meta(v: &gguf_file::Value) -> MetaValue {
-    use gguf_file::Value as V;
-    match v {
-        V::U8(x) => MetaValue::U8(*x),
-        V::I8(x) => MetaValue::I8(*x),
-        V::U16(x) => MetaValue::U16(*x),
-        V::I16(x) => MetaValue::I16(*x),
-        V::U32(x) => MetaValue::U32(*x),
-        V::I32(x) => MetaValue::I32(*x),
-        V::U64(x) => MetaValue::U64(*x),
-        V::I64(x) => MetaValue::I64(*x),
-        V::F32(x) => MetaValue::F32(*x),
-        V::F64(x) => MetaValue::F64(*x),
-        V::Bool(x) => MetaValue::Bool(*x),
-        V::String(x) => MetaValue::String(x.clone()),
-        V::Array(items) => MetaValue::Array {
-            elem: ValueType::String,
-            items: items.iter().map(meta).collect(),
-        },
-    }
-}
-
-fn smollm2_scratch() -> (GgufMem, Vec<(String, MetaValue)>, ModelParams) {
-    let path = crate::support::smollm2();
-    let mut f = std::fs::File::open(&path).unwrap();
-    let c = gguf_file::Content::read(&mut f).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let mut infos = HashMap::new();
-    for (name, ti) in &c.tensor_infos {
-        let id = match format!("{:?}", ti.ggml_dtype).as_str() {
-            "F32" => 0,
-            "Q4_1" => 3,
-            "Q8_0" => 8,
-            other => panic!("{other}"),
-        };
-        let dt = DType::from_ggml(GgmlType::from_id(id));
-        let n: u64 = ti.shape.elem_count() as u64;
-        let len = dt.bytes_for(n).unwrap() as usize;
-        let off = (c.tensor_data_offset + ti.offset) as usize;
-        infos.insert(name.clone(), (dt, ti.shape.dims().to_vec(), off, len));
-    }
-    let md: Vec<(String, MetaValue)> = c
-        .metadata
+#[test]
+fn oracle_logits_command_agrees_with_transformers() {
+    let dir = oracle("qwen2");
+    let out = modelgate(&[
+        "logits",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hello world",
+        "--top",
+        "3",
+        "--json",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prompt: Vec<u32> = v["prompt_tokens"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), meta(v)))
+        .map(|x| x.as_u64().unwrap() as u32)
         .collect();
-    let u = |k: &str| {
-        c.metadata
-            .get(k)
-            .and_then(|v| v.to_u32().ok())
-            .map(u64::from)
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    // the same prompt through the library gives the same ranking
+    let mut engine = Engine::open(&dir, Math::Reference, &Device::Cpu).unwrap();
+    let row = engine
+        .model
+        .forward(&prompt, Logits::Last)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let best = modelgate::engine::sampling::argmax(&row);
+    assert_eq!(top[0]["id"].as_u64().unwrap() as u32, best);
+    let lp: Vec<f64> = top.iter().map(|e| e["logprob"].as_f64().unwrap()).collect();
+    assert!(lp[0] >= lp[1] && lp[1] >= lp[2] && lp[0] < 0.0);
+}
+
+const FRANCE: [u32; 5] = [504, 3575, 282, 4649, 314];
+const FRANCE_GREEDY: [u32; 30] = [
+    7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34, 216, 33,
+    34, 42, 33, 34, 42, 37, 35, 30, 2,
+];
+const FIB: [u32; 6] = [1604, 3987, 46477, 24, 94, 727];
+const FIB_GREEDY: [u32; 32] = [
+    472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987, 46477, 24,
+    94, 731, 216, 33, 25, 198, 198, 19, 4246, 260, 1517, 198, 3272, 24,
+];
+
+/// Greedy continuation (up to 32 tokens), with the stop token appended when there is one.
+fn greedy(engine: &mut Engine, prompt: &[u32]) -> Vec<u32> {
+    let cfg = GenerationConfig {
+        max_tokens: 32,
+        stop: engine.tokenizer.eos().to_vec(),
     };
-    let p = ModelParams {
-        architecture: Some("llama".into()),
-        block_count: u("llama.block_count"),
-        context_length: u("llama.context_length"),
-        embedding_length: u("llama.embedding_length"),
-        feed_forward_length: u("llama.feed_forward_length"),
-        head_count: u("llama.attention.head_count"),
-        head_count_kv: u("llama.attention.head_count_kv"),
-        head_dim: None,
-        vocab_size: u("llama.vocab_size"),
-        rope_theta: Some(100000.0),
-        rms_norm_eps: Some(1e-5),
-        tie_word_embeddings: None,
-    };
-    (GgufMem { bytes, infos }, md, p)
+    let g = generate(
+        &mut engine.model,
+        prompt,
+        &cfg,
+        &mut Sampler::new(0.0, 0).unwrap(),
+    )
+    .unwrap();
+    let mut out = g.tokens.clone();
+    if g.reason == StopReason::Eos {
+        out.extend(g.stop_token);
+    }
+    out
+}
+
+fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 #[test]
-fn smollm2_scratch_greedy() {
-    let (src, md, p) = smollm2_scratch();
-    let tok = TextTokenizer::from_gguf(&md).unwrap();
+fn smollm2_reference_greedy_equals_transformers() {
+    let mut engine = Engine::open(&smollm2(), Math::Reference, &Device::Cpu).unwrap();
+    let tok = &engine.tokenizer;
+    assert!(!tok.adds_bos(), "SmolLM2 declares add_bos_token = false");
+    assert_eq!(tok.encode("The capital of France is").unwrap(), FRANCE);
+    assert_eq!(tok.encode("def fibonacci(n):").unwrap(), FIB);
+    let got = greedy(&mut engine, &FRANCE);
+    assert_eq!(got, FRANCE_GREEDY);
     assert_eq!(
-        tok.encode("The capital of France is").unwrap(),
-        vec![504, 3575, 282, 4649, 314]
+        engine.tokenizer.decode(&got[..29]).unwrap(),
+        " Paris.\n\nThe answer is: 2018-01-22 12:12:53."
     );
+    let got = greedy(&mut engine, &FIB);
+    assert_eq!(got, FIB_GREEDY);
     assert_eq!(
-        tok.encode("def fibonacci(n):").unwrap(),
-        vec![1604, 3987, 46477, 24, 94, 727]
+        engine.tokenizer.decode(&got).unwrap(),
+        "\n    if n == 0:\n        return 1\n    return n * fibonacci(n - 1)\n\n# Test the function\nprint("
     );
-    for math in [Math::Reference, Math::Native] {
-        let cfg = ModelConfig::new(&p, None, &md).unwrap();
-        let mut model = Model::load(&src, cfg, math, &Device::Cpu).unwrap();
-        for prompt in [
-            vec![504u32, 3575, 282, 4649, 314],
-            vec![1604, 3987, 46477, 24, 94, 727],
-        ] {
-            let mut s = modelgate::engine::Sampler::new(0.0, 0).unwrap();
-            let g = modelgate::engine::generate(
-                &mut model,
-                &prompt,
-                &modelgate::engine::GenerationConfig {
-                    max_tokens: 32,
-                    stop: tok.eos().to_vec(),
-                },
-                &mut s,
-            )
-            .unwrap();
-            eprintln!(
-                "{math:?}: {:?} stop {:?} {:?} prompt {:?} gen {:?}/{}",
-                g.tokens,
-                g.stop_token,
-                g.reason,
-                g.prompt_time,
-                g.generation_time,
-                g.generation_steps
-            );
-            eprintln!("{:?}", tok.decode(&g.tokens).unwrap());
+}
+
+#[test]
+fn smollm2_native_greedy_diverges_late() {
+    let mut engine = Engine::open(&smollm2(), Math::Native, &Device::Cpu).unwrap();
+    for (name, prompt, want) in [
+        ("france", &FRANCE[..], &FRANCE_GREEDY[..]),
+        ("fibonacci", &FIB[..], &FIB_GREEDY[..]),
+    ] {
+        let got = greedy(&mut engine, prompt);
+        let at = first_difference(&got, want);
+        eprintln!(
+            "native {name}: first divergence from transformers at generated token {at:?}: {:?}",
+            engine.tokenizer.decode(&got).unwrap()
+        );
+        // Q4_1 with 8-bit activations is not the f32 reference, but the first words agree
+        // (llama.cpp's own native math diverges on the first prompt at token 5).
+        assert!(at.is_none_or(|i| i >= 4), "{name}: diverged at {at:?}");
+    }
+}
+
+#[test]
+fn smollm2_chat_template_uses_special_tokens() {
+    let ckpt = Checkpoint::open(&smollm2()).unwrap();
+    let tok = modelgate::engine::TextTokenizer::from_checkpoint(&ckpt).unwrap();
+    let ids = tok.encode_chat("Hi").unwrap();
+    // <|im_start|> = 1, <|im_end|> = 2 are single tokens
+    assert_eq!(ids[0], 1);
+    assert_eq!(ids.iter().filter(|&&t| t == 2).count(), 2);
+    let text = tok.decode(&ids).unwrap();
+    assert!(text.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
+    assert!(text.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+#[test]
+fn generate_command_prints_the_greedy_text() {
+    let out = modelgate(&[
+        "generate",
+        smollm2().to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "-n",
+        "32",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_object_mut().unwrap().remove("model");
+    insta::assert_snapshot!(
+        "generate_smollm2_france",
+        serde_json::to_string(&v).unwrap()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+    // the plain form prints the text alone
+    let out = modelgate(&[
+        "generate",
+        smollm2().to_str().unwrap(),
+        "--prompt",
+        "def fibonacci(n):",
+        "-n",
+        "8",
+        "--quiet",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "\n    if n == 0:\n       \n"
+    );
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_input_error() {
+    // the oracle models declare a context of 256
+    let prompt = "hello world ".repeat(200);
+    let dir = oracle("llama");
+    for cmd in ["generate", "logits"] {
+        let out = modelgate(&[cmd, dir.to_str().unwrap(), "--prompt", &prompt, "--quiet"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("do not fit in the model's context of 256") && err.contains("hint:"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn unsupported_architecture_and_device_are_input_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = oracle("llama");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
+    std::fs::write(tmp.path().join("config.json"), cfg).unwrap();
+    let out = modelgate(&[
+        "generate",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("architecture `gpt2`"), "{err}");
+
+    if cfg!(not(feature = "cuda")) {
+        let out = modelgate(&[
+            "logits",
+            src.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--device",
+            "cuda:0",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}
+
+/// llama.cpp's converter permutation of q/k rows (HF rotate-half -> interleaved pairs).
+fn permute_rows(data: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let head = rows / heads;
+    let half = head / 2;
+    let row_len = data.len() / rows;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * head + j * half + i;
+                let dst = h * head + 2 * i + j;
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
+            }
         }
     }
+    out
+}
+
+/// Write an oracle as an f32 GGUF the way llama.cpp's converter lays it out (GGUF names,
+/// `{arch}.*` keys, q/k rows permuted for `llama`, Llama 3.1 scaling as `rope_freqs`).
+/// `permute: false` reproduces a converter that forgets the permutation.
+fn oracle_to_gguf(name: &str, permute: bool, out: &Path) {
+    use modelgate::formats::gguf::{GgufWriter, TensorDesc};
+    use modelgate::formats::{GgmlType, MetaValue};
+    let ckpt = Checkpoint::open(&oracle(name)).unwrap();
+    let p = ckpt.params();
+    let cfg = ckpt.dir.as_ref().unwrap().config.clone().unwrap();
+    let arch = match p.architecture.as_deref().unwrap() {
+        "llama" | "mistral" => "llama",
+        other => other,
+    };
+    let (heads, kv_heads) = (
+        p.head_count.unwrap() as usize,
+        p.head_count_kv.unwrap() as usize,
+    );
+    let head_dim = p.head_dim.unwrap();
+    let u32v = |v: u64| MetaValue::U32(v as u32);
+    let mut md = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.into()),
+        ),
+        (format!("{arch}.block_count"), u32v(p.block_count.unwrap())),
+        (
+            format!("{arch}.context_length"),
+            u32v(p.context_length.unwrap()),
+        ),
+        (
+            format!("{arch}.embedding_length"),
+            u32v(p.embedding_length.unwrap()),
+        ),
+        (
+            format!("{arch}.feed_forward_length"),
+            u32v(p.feed_forward_length.unwrap()),
+        ),
+        (format!("{arch}.attention.head_count"), u32v(heads as u64)),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u32v(kv_heads as u64),
+        ),
+        (format!("{arch}.attention.key_length"), u32v(head_dim)),
+        (format!("{arch}.rope.dimension_count"), u32v(head_dim)),
+        (
+            format!("{arch}.rope.freq_base"),
+            MetaValue::F32(p.rope_theta.unwrap() as f32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(p.rms_norm_eps.unwrap() as f32),
+        ),
+        (format!("{arch}.vocab_size"), u32v(p.vocab_size.unwrap())),
+    ];
+    md.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    let w = &ckpt.weights;
+    for t in &w.tensors {
+        let hf = t.name.as_str();
+        let gguf = if let Some(rest) = hf.strip_prefix("model.layers.") {
+            let (i, part) = rest.split_once('.').unwrap();
+            let part = match part {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.q_proj.bias" => "attn_q.bias",
+                "self_attn.k_proj.bias" => "attn_k.bias",
+                "self_attn.v_proj.bias" => "attn_v.bias",
+                "self_attn.q_norm.weight" => "attn_q_norm.weight",
+                "self_attn.k_norm.weight" => "attn_k_norm.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                other => panic!("unmapped {other}"),
+            };
+            format!("blk.{i}.{part}")
+        } else {
+            match hf {
+                "model.embed_tokens.weight" => "token_embd.weight".into(),
+                "model.norm.weight" => "output_norm.weight".into(),
+                "lm_head.weight" => "output.weight".into(),
+                other => panic!("unmapped {other}"),
+            }
+        };
+        let mut data = w.tensor_data(t).unwrap().to_vec();
+        if permute && arch == "llama" {
+            let rows = t.shape[0] as usize;
+            if gguf.ends_with("attn_q.weight") {
+                data = permute_rows(&data, rows, heads);
+            } else if gguf.ends_with("attn_k.weight") {
+                data = permute_rows(&data, rows, kv_heads);
+            }
+        }
+        tensors.push((gguf, t.shape.clone(), data));
+    }
+    // Llama 3.1 scaling as llama.cpp's converter stores it: one factor per frequency.
+    if let Some(rp) = cfg
+        .get("rope_parameters")
+        .filter(|r| r["rope_type"] == "llama3")
+    {
+        let f = |k: &str| rp[k].as_f64().unwrap();
+        let (factor, low, high, old) = (
+            f("factor"),
+            f("low_freq_factor"),
+            f("high_freq_factor"),
+            f("original_max_position_embeddings"),
+        );
+        let theta = p.rope_theta.unwrap();
+        let factors: Vec<f32> = (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < old / high {
+                    1.0
+                } else if wavelen > old / low {
+                    factor as f32
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                }
+            })
+            .collect();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            vec![factors.len() as u64],
+            factors.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+    }
+    let descs: Vec<TensorDesc> = tensors
+        .iter()
+        .map(|(n, s, _)| TensorDesc {
+            name: n.clone(),
+            ggml_type: GgmlType::F32,
+            shape: s.clone(),
+        })
+        .collect();
+    let file = std::fs::File::create(out).unwrap();
+    let mut wr = GgufWriter::new(std::io::BufWriter::new(file), &md, &descs).unwrap();
+    for (n, _, d) in &tensors {
+        wr.write_tensor(n, d).unwrap();
+    }
+    wr.finish().unwrap();
+}
+
+/// Logits of every position of the oracle's input through a GGUF file.
+fn gguf_logits(path: &Path, ids: &[u32], math: Math) -> Tensor {
+    let ckpt = Checkpoint::open(path).unwrap();
+    let cfg = ModelConfig::new(&ckpt.params(), None, &ckpt.weights.metadata).unwrap();
+    let mut model = Model::load(&ckpt.weights, cfg, math, &Device::Cpu).unwrap();
+    model.forward(ids, Logits::All).unwrap()
+}
+
+fn argmaxes(t: &Tensor) -> Vec<u32> {
+    t.argmax(candle_core::D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+}
+
+#[test]
+fn oracles_through_gguf_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ORACLES {
+        let (ids, want) = expected(&oracle(name));
+        let path = tmp.path().join(format!("{name}.gguf"));
+        oracle_to_gguf(name, true, &path);
+        for math in [Math::Reference, Math::Native] {
+            let d = max_abs_diff(&gguf_logits(&path, &ids, math), &want);
+            eprintln!("{name} via f32 GGUF ({math:?}): max |delta logit| {d:.2e}");
+            assert!(d <= 1e-4, "{name} {math:?}: {d}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_qk_permutation_is_caught_by_logits_and_greedy_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, want) = expected(&oracle("llama"));
+    let path = tmp.path().join("unpermuted.gguf");
+    oracle_to_gguf("llama", false, &path);
+    let got = gguf_logits(&path, &ids, Math::Reference);
+    let d = max_abs_diff(&got, &want);
+    let (a, b) = (argmaxes(&got), argmaxes(&want));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    eprintln!(
+        "GGUF without q/k permutation: max |delta logit| {d:.3}, greedy token differs at {differing} of {} positions",
+        ids.len()
+    );
+    assert!(d > 1e-2, "{d}");
+    assert!(differing > 0);
 }

@@ -1,0 +1,230 @@
+//! Fused CPU kernels for the small operations around the matrix products: RMS norm,
+//! rotary embedding (with the head transpose folded in) and the scaled, masked softmax of
+//! attention scores.
+//!
+//! Composed from candle's elementwise tensor ops, each of these is 5 to 10 operations, each
+//! allocating its output; at one token per step (generation) that overhead rivals the
+//! matrix products of a 135M-parameter model. The arithmetic is the same as the composed
+//! form (and as transformers'), in f32, except that sums of squares accumulate in f64.
+//! Other devices keep the composed tensor ops (see `model.rs`).
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{what} must be f32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what} must be contiguous, got {l:?}")
+    };
+    Ok(&v[a..b])
+}
+
+/// `x / sqrt(mean(x^2) + eps) * w` over the last dimension; `w` is the second operand.
+pub struct RmsNorm {
+    pub eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "modelgate-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "rms norm input")?;
+        let w = f32_slice(s2, l2, "rms norm weight")?;
+        let d = w.len();
+        if d == 0 || l1.shape().dims().last() != Some(&d) {
+            bail!("rms norm weight of {d} for input {:?}", l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let var = (ss / d as f64) as f32;
+            let inv = 1.0 / (var + self.eps as f32).sqrt();
+            for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+                *o = g * (v * inv);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Rotate-half RoPE of `x [n, heads, head_dim]` (a projection's output, reshaped), written
+/// as `[heads, n, head_dim]`, with cos/sin tables `[n, head_dim / 2]`.
+pub struct Rope<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+impl CustomOp1 for Rope<'_> {
+    fn name(&self) -> &'static str {
+        "modelgate-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "rope input")?;
+        let (n, heads, hd) = l.shape().dims3()?;
+        let half = hd / 2;
+        if hd % 2 != 0 || self.cos.len() != n * half || self.sin.len() != n * half {
+            bail!(
+                "rope tables of {} for input {:?}",
+                self.cos.len(),
+                l.shape()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for t in 0..n {
+            let cos = &self.cos[t * half..(t + 1) * half];
+            let sin = &self.sin[t * half..(t + 1) * half];
+            for h in 0..heads {
+                let src = &x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                let dst = &mut out[(h * n + t) * hd..(h * n + t + 1) * hd];
+                let (x1, x2) = src.split_at(half);
+                let (d1, d2) = dst.split_at_mut(half);
+                for j in 0..half {
+                    d1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+                    d2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((heads, n, hd))))
+    }
+}
+
+/// Softmax over the last dimension of attention scores `[kv_heads, rep * n, total]` (rows
+/// ordered kv head, query head in the group, query), after scaling by `scale` and masking
+/// keys after each query (causal) or `window` or more positions before it.
+pub struct MaskedSoftmax {
+    pub scale: f32,
+    /// Queries in the chunk.
+    pub n: usize,
+    /// Position of the chunk's first query.
+    pub pos: usize,
+    pub window: usize,
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "modelgate-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "attention scores")?;
+        let total = *l.shape().dims().last().unwrap_or(&0);
+        if total == 0 || self.n == 0 || self.pos + self.n != total {
+            bail!(
+                "attention scores {:?} for {} queries at {}",
+                l.shape(),
+                self.n,
+                self.pos
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (r, (o, row)) in out
+            .chunks_exact_mut(total)
+            .zip(x.chunks_exact(total))
+            .enumerate()
+        {
+            let q = self.pos + r % self.n;
+            let lo = (q + 1).saturating_sub(self.window);
+            let keys = lo..q + 1;
+            let mut max = f32::NEG_INFINITY;
+            for &v in &row[keys.clone()] {
+                max = max.max(v * self.scale);
+            }
+            let mut sum = 0f32;
+            for j in keys.clone() {
+                let e = (row[j] * self.scale - max).exp();
+                o[j] = e;
+                sum += e;
+            }
+            for v in &mut o[keys] {
+                *v /= sum;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn rms_norm_matches_the_formula() {
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [0., 0., 0., 1.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 0.5, 2., 1.], &Device::Cpu).unwrap();
+        let y = x
+            .apply_op2_no_bwd(&w, &RmsNorm { eps: 1e-5 })
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let inv = 1.0 / (7.5f32 + 1e-5).sqrt();
+        assert!((y[0][2] - 3.0 * inv * 2.0).abs() < 1e-6);
+        assert!((y[1][3] - 1.0 / (0.25f32 + 1e-5).sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rope_transposes_and_rotates() {
+        // n = 2 positions, 1 head of 4: position 0 has angle 0 (identity)
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.]], [[1., 2., 3., 4.]]], &Device::Cpu).unwrap();
+        let cos = [1f32, 1., 0., 1.];
+        let sin = [0f32, 0., 1., 0.];
+        let y = x
+            .apply_op1_no_bwd(&Rope {
+                cos: &cos,
+                sin: &sin,
+            })
+            .unwrap();
+        assert_eq!(y.dims(), &[1, 2, 4]);
+        let y = y.to_vec3::<f32>().unwrap();
+        assert_eq!(y[0][0], vec![1., 2., 3., 4.]);
+        // first pair rotated by 90 degrees: (1, 3) -> (-3, 1); second unchanged
+        assert_eq!(y[0][1], vec![-3., 2., 1., 4.]);
+    }
+
+    #[test]
+    fn masked_softmax_is_causal_and_windowed() {
+        let s = Tensor::new(&[[[1f32, 2., 3.], [1., 2., 3.]]], &Device::Cpu).unwrap();
+        let p = s
+            .apply_op1_no_bwd(&MaskedSoftmax {
+                scale: 1.0,
+                n: 2,
+                pos: 1,
+                window: usize::MAX,
+            })
+            .unwrap();
+        let p = p.to_vec3::<f32>().unwrap();
+        assert_eq!(p[0][0][2], 0.0);
+        assert!((p[0][0][0] + p[0][0][1] - 1.0).abs() < 1e-6);
+        let full = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+        let e = full.exp().unwrap();
+        let want = (e.clone() / e.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for j in 0..3 {
+            assert!((p[0][1][j] - want[j]).abs() < 1e-6);
+        }
+        let w = s
+            .apply_op1_no_bwd(&MaskedSoftmax {
+                scale: 1.0,
+                n: 2,
+                pos: 1,
+                window: 2,
+            })
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert_eq!(w[0][1][0], 0.0);
+        assert!((w[0][1][1] + w[0][1][2] - 1.0).abs() < 1e-6);
+    }
+}
