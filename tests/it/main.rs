@@ -10,6 +10,7 @@ mod fixtures;
 mod formats_hf;
 mod gguf;
 mod inspect;
+mod parity;
 mod policy;
 mod quant;
 mod scan;
