@@ -12,6 +12,7 @@ mod inspect;
 mod keygen;
 mod license;
 mod logits;
+mod merge;
 mod policy;
 mod scan;
 mod sign;
@@ -67,6 +68,8 @@ enum Command {
     Generate(generate::Args),
     /// List the most likely next tokens after a prompt
     Logits(logits::Args),
+    /// Check the shares of `convert --shard I/N` and assemble them into one GGUF
+    Merge(merge::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -107,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Policy(args) => policy::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }
 
