@@ -163,7 +163,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(SplitMode::Shard(Shard::parse(s)?))
     } else if args.split_max_size.is_some() || args.split_max_tensors.is_some() {
         Some(SplitMode::Limit {
-            max_bytes: args.split_max_size.as_deref().map(split::parse_size).transpose()?,
+            max_bytes: args
+                .split_max_size
+                .as_deref()
+                .map(split::parse_size)
+                .transpose()?,
             max_tensors: args.split_max_tensors,
         })
     } else {
@@ -180,12 +184,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => convert::convert(&args.src, &args.output, format, &opts, progress),
     };
     let summary = result.map_err(|e| {
-            let h = hint_for(&e);
-            match h {
-                Some(h) => super::hint(e, h),
-                None => anyhow::Error::new(e),
-            }
-        })?;
+        let h = hint_for(&e);
+        match h {
+            Some(h) => super::hint(e, h),
+            None => anyhow::Error::new(e),
+        }
+    })?;
     {
         let mut err = std::io::stderr().lock();
         for n in &summary.notes {

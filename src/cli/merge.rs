@@ -19,7 +19,12 @@ pub struct Args {
     #[arg(required = true, value_name = "PARTS")]
     parts: Vec<PathBuf>,
     /// The assembled GGUF file
-    #[arg(short, long, required_unless_present = "keep_split", conflicts_with = "keep_split")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "keep_split",
+        conflicts_with = "keep_split"
+    )]
     output: Option<PathBuf>,
     /// Only check the shares and leave them as a GGUF split set (llama.cpp loads it from
     /// the first part)
@@ -81,7 +86,10 @@ fn render_text(s: &MergeSummary) -> String {
                 o,
                 "kept as a split set ({}); load it from `{}`",
                 human_bytes(s.bytes_out),
-                s.parts.first().map(|p| p.path.display().to_string()).unwrap_or_default()
+                s.parts
+                    .first()
+                    .map(|p| p.path.display().to_string())
+                    .unwrap_or_default()
             );
         }
     }

@@ -230,7 +230,13 @@ fn segments(
     let mut out = Vec::new();
     let mut start = range.start;
     let mut acc = 0u64;
-    for (i, t) in plan.tensors.iter().enumerate().take(range.end).skip(range.start) {
+    for (i, t) in plan
+        .tensors
+        .iter()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,

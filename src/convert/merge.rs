@@ -132,10 +132,7 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, ConvertError> {
     if sc.format != SIDECAR_FORMAT {
         return Err(ConvertError::shard(
             path,
-            format!(
-                "has format `{}`, expected `{SIDECAR_FORMAT}`",
-                sc.format
-            ),
+            format!("has format `{}`, expected `{SIDECAR_FORMAT}`", sc.format),
         ));
     }
     if sc.share == 0 || sc.share > sc.shares {
@@ -252,7 +249,10 @@ pub fn merge(inputs: &[PathBuf], out: Option<&Path>) -> Result<MergeSummary, Con
             .map_err(|e| {
                 ConvertError::shard(
                     &part,
-                    format!("cannot be read ({e}); its sidecar `{}` names it", sc_path.display()),
+                    format!(
+                        "cannot be read ({e}); its sidecar `{}` names it",
+                        sc_path.display()
+                    ),
                 )
             })?
             .len();
@@ -346,7 +346,10 @@ pub fn merge(inputs: &[PathBuf], out: Option<&Path>) -> Result<MergeSummary, Con
                 .ok_or_else(|| {
                     ConvertError::shard(
                         first_part,
-                        format!("tensor `{}` has type {}, which GGUF cannot hold", t.name, t.dtype),
+                        format!(
+                            "tensor `{}` has type {}, which GGUF cannot hold",
+                            t.name, t.dtype
+                        ),
                     )
                 })
         })

@@ -104,7 +104,11 @@ pub fn parse_size(s: &str) -> Result<u64, ConvertError> {
 
 /// Cut tensors of the given (padded) sizes into parts as gguf-split does, except that a
 /// tensor larger than the limit gets a part of its own rather than an error.
-pub fn by_limit(sizes: &[u64], max_bytes: Option<u64>, max_tensors: Option<u64>) -> Vec<Range<usize>> {
+pub fn by_limit(
+    sizes: &[u64],
+    max_bytes: Option<u64>,
+    max_tensors: Option<u64>,
+) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut acc = 0u64;
@@ -346,31 +350,31 @@ pub fn convert_split(
         .iter()
         .map(|t| t.bytes.div_ceil(u64::from(DEFAULT_ALIGNMENT)) * u64::from(DEFAULT_ALIGNMENT))
         .collect();
-    let (ranges, which, digest): (Vec<Range<usize>>, Vec<usize>, Option<Sha256Digest>) =
-        match mode {
-            SplitMode::Limit {
-                max_bytes,
-                max_tensors,
-            } => {
-                let r = by_limit(&padded, max_bytes, max_tensors);
-                let all = (0..r.len()).collect();
-                (r, all, None)
-            }
-            SplitMode::Shard(s) => {
-                if usize::from(s.count) > n_tensors {
-                    return Err(ConvertError::Options(format!(
+    let (ranges, which, digest): (Vec<Range<usize>>, Vec<usize>, Option<Sha256Digest>) = match mode
+    {
+        SplitMode::Limit {
+            max_bytes,
+            max_tensors,
+        } => {
+            let r = by_limit(&padded, max_bytes, max_tensors);
+            let all = (0..r.len()).collect();
+            (r, all, None)
+        }
+        SplitMode::Shard(s) => {
+            if usize::from(s.count) > n_tensors {
+                return Err(ConvertError::Options(format!(
                         "--shard {}/{}: the plan has only {n_tensors} tensors, so it cannot be cut into {} non-empty shares",
                         s.index, s.count, s.count
                     )));
-                }
-                let r = balanced(&padded, usize::from(s.count));
-                (
-                    r,
-                    vec![usize::from(s.index) - 1],
-                    Some(plan_digest(&plan, &ckpt)?),
-                )
             }
-        };
+            let r = balanced(&padded, usize::from(s.count));
+            (
+                r,
+                vec![usize::from(s.index) - 1],
+                Some(plan_digest(&plan, &ckpt)?),
+            )
+        }
+    };
     let count = u16::try_from(ranges.len()).map_err(|_| {
         ConvertError::Options(format!(
             "the split would have {} parts, more than the 65535 GGUF split keys can number; raise --split-max-size",

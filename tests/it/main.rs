@@ -14,4 +14,5 @@ mod policy;
 mod quant;
 mod scan;
 mod sign;
+mod split;
 mod support;

@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(parse_part_path(Path::new("-00001-of-00003.gguf")), None);
         assert_eq!(parse_part_path(Path::new("m-0001-of-00003.gguf")), None);
         assert_eq!(parse_part_path(Path::new("m.gguf")), None);
-        assert_eq!(parse_part_path(Path::new("é-00001-of-00002.gguf")).map(|x| x.1), Some(1));
+        assert_eq!(
+            parse_part_path(Path::new("é-00001-of-00002.gguf")).map(|x| x.1),
+            Some(1)
+        );
     }
 
     #[test]
@@ -314,7 +317,9 @@ mod tests {
         });
         assert!(split_info(Path::new("x"), &bad).is_err());
         let missing = vec![(KEY_COUNT.to_owned(), MetaValue::U16(2))];
-        let e = split_info(Path::new("x"), &missing).unwrap_err().to_string();
+        let e = split_info(Path::new("x"), &missing)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no `split.no`"), "{e}");
     }
 }
