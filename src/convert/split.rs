@@ -136,7 +136,7 @@ pub fn by_limit(
 pub fn balanced(sizes: &[u64], n: usize) -> Vec<Range<usize>> {
     let len = sizes.len();
     if n <= 1 || n > len {
-        return vec![0..len];
+        return std::iter::once(0..len).collect();
     }
     let mut prefix = Vec::with_capacity(len + 1);
     prefix.push(0u128);
