@@ -12,6 +12,7 @@ mod inspect;
 mod keygen;
 mod license;
 mod logits;
+mod merge;
 mod parity;
 mod policy;
 mod scan;
@@ -70,6 +71,8 @@ enum Command {
     Logits(logits::Args),
     /// How far a candidate drifts from its reference (KLD, PPL ratio, top-1); golden files
     Parity(parity::Args),
+    /// Check the shares of `convert --shard I/N` and assemble them into one GGUF
+    Merge(merge::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Parity(args) => parity::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }
 

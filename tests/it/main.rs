@@ -15,4 +15,5 @@ mod policy;
 mod quant;
 mod scan;
 mod sign;
+mod split;
 mod support;
