@@ -48,8 +48,9 @@ struct RecordArgs {
     /// Where to write the golden file
     #[arg(long, short)]
     out: PathBuf,
-    /// Log-probabilities kept per position
-    #[arg(long, default_value_t = 64)]
+    /// Logits kept per position (the KLD over them plus a tail bucket is a lower bound
+    /// of the full KLD; 1024 keeps it within the standard error on SmolLM2)
+    #[arg(long, default_value_t = 1024)]
     top: usize,
     #[command(flatten)]
     common: Common,
@@ -64,18 +65,8 @@ struct CheckArgs {
     golden: PathBuf,
     #[command(flatten)]
     judge: Judge,
-    /// How the candidate multiplies
-    #[arg(long, value_enum, default_value_t = Math::Reference)]
-    math: Math,
-    /// Compute device: `cpu`, or `cuda:N` / `metal` in builds with those features
-    #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
-    /// Threads for the matrix kernels
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
-    /// No progress on stderr
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    run: Run,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +86,13 @@ struct Common {
     /// New tokens per prompt
     #[arg(long = "max-new", default_value_t = 32)]
     max_new: usize,
+    #[command(flatten)]
+    run: Run,
+}
+
+/// How the candidate runs.
+#[derive(Debug, clap::Args)]
+struct Run {
     /// How the candidate multiplies (the reference always uses `reference` math)
     #[arg(long, value_enum, default_value_t = Math::Reference)]
     math: Math,
@@ -142,13 +140,13 @@ fn options(c: &Common) -> anyhow::Result<ParityOptions> {
             ))
         }
     };
-    set_threads(c.threads);
+    set_threads(c.run.threads);
     let mut o = ParityOptions::new(corpus);
     o.ctx = c.ctx;
     o.chunks = c.chunks;
     o.max_new_tokens = c.max_new;
-    o.candidate_math = c.math;
-    o.device = c.device.clone();
+    o.candidate_math = c.run.math;
+    o.device = c.run.device.clone();
     Ok(o)
 }
 
@@ -218,7 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             };
             let opts = options(&args.common)?;
             let th = thresholds(&args.judge, &declared_quant(&candidate)?)?;
-            let bar = Progress::new(args.common.quiet, "scoring chunk");
+            let bar = Progress::new(args.common.run.quiet, "scoring chunk");
             let report = parity::compare(&reference, &candidate, &opts, Some(th), &mut |d, t| {
                 bar.tick(d, t)
             })?;
@@ -232,7 +230,7 @@ fn record(r: RecordArgs) -> anyhow::Result<Outcome> {
     let mut opts = options(&r.common)?;
     opts.top_k = r.top;
     anyhow::ensure!(r.top > 0, "--top must be at least 1");
-    let bar = Progress::new(r.common.quiet, "recording chunk");
+    let bar = Progress::new(r.common.run.quiet, "recording chunk");
     let golden = parity::record(&r.reference, &opts, &mut |d, t| bar.tick(d, t))?;
     drop(bar);
     golden.write(&r.out)?;
@@ -254,17 +252,17 @@ fn record(r: RecordArgs) -> anyhow::Result<Outcome> {
 }
 
 fn check(c: CheckArgs) -> anyhow::Result<Outcome> {
-    set_threads(c.threads);
+    set_threads(c.run.threads);
     let golden = Golden::read(&c.golden)?;
     let opts = ParityOptions {
-        candidate_math: c.math,
-        device: c.device.clone(),
+        candidate_math: c.run.math,
+        device: c.run.device.clone(),
         ctx: golden.corpus.ctx,
         max_new_tokens: golden.corpus.max_new_tokens,
         ..ParityOptions::new(Corpus::Text(PathBuf::from(&golden.corpus.path)))
     };
     let th = thresholds(&c.judge, &declared_quant(&c.candidate)?)?;
-    let bar = Progress::new(c.quiet, "checking chunk");
+    let bar = Progress::new(c.run.quiet, "checking chunk");
     let report = parity::check(
         &c.candidate,
         &golden,

@@ -165,7 +165,7 @@ impl Golden {
     /// vocabulary.
     pub fn check_candidate(&self, path: &Path, candidate: &ModelRef) -> Result<(), ParityError> {
         let r = &self.reference;
-        let pairs: [(&'static str, String, String); 3] = [
+        super::agree(&[
             (
                 "the architecture",
                 r.architecture.clone(),
@@ -181,16 +181,7 @@ impl Golden {
                 r.vocab.to_string(),
                 candidate.vocab.to_string(),
             ),
-        ];
-        for (what, reference, cand) in pairs {
-            if reference != cand {
-                return Err(ParityError::Architecture {
-                    what,
-                    reference,
-                    candidate: cand,
-                });
-            }
-        }
+        ])?;
         if r.vocab_digest != candidate.vocab_digest {
             return Err(ParityError::Vocabulary {
                 what: format!(

@@ -170,7 +170,7 @@ impl ParityOptions {
             max_new_tokens: 32,
             candidate_math: Math::Reference,
             device: DeviceSpec::Cpu,
-            top_k: 64,
+            top_k: 1024,
         }
     }
 }
@@ -348,49 +348,33 @@ fn load(path: &Path, math: Math, device: &candle_core::Device) -> Result<Side, P
     })
 }
 
+/// The first `(what, reference, candidate)` whose values differ, as an error.
+pub(crate) fn agree(pairs: &[(&'static str, String, String)]) -> Result<(), ParityError> {
+    match pairs.iter().find(|(_, r, c)| r != c) {
+        Some((what, reference, candidate)) => Err(ParityError::Architecture {
+            what,
+            reference: reference.clone(),
+            candidate: candidate.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn same_shape(r: &Side, c: &Side) -> Result<(), ParityError> {
     let (a, b) = (r.engine.model.config(), c.engine.model.config());
-    let pairs: [(&'static str, String, String); 6] = [
-        (
+    let pair = |what, x: &dyn ToString, y: &dyn ToString| (what, x.to_string(), y.to_string());
+    agree(&[
+        pair(
             "the architecture",
-            a.architecture.name().into(),
-            b.architecture.name().into(),
+            &a.architecture.name(),
+            &b.architecture.name(),
         ),
-        (
-            "the layer count",
-            a.n_layers.to_string(),
-            b.n_layers.to_string(),
-        ),
-        (
-            "the hidden size",
-            a.hidden.to_string(),
-            b.hidden.to_string(),
-        ),
-        (
-            "the head count",
-            a.n_heads.to_string(),
-            b.n_heads.to_string(),
-        ),
-        (
-            "the key-value head count",
-            a.n_kv_heads.to_string(),
-            b.n_kv_heads.to_string(),
-        ),
-        (
-            "the vocabulary size",
-            a.vocab.to_string(),
-            b.vocab.to_string(),
-        ),
-    ];
-    for (what, reference, candidate) in pairs {
-        if reference != candidate {
-            return Err(ParityError::Architecture {
-                what,
-                reference,
-                candidate,
-            });
-        }
-    }
+        pair("the layer count", &a.n_layers, &b.n_layers),
+        pair("the hidden size", &a.hidden, &b.hidden),
+        pair("the head count", &a.n_heads, &b.n_heads),
+        pair("the key-value head count", &a.n_kv_heads, &b.n_kv_heads),
+        pair("the vocabulary size", &a.vocab, &b.vocab),
+    ])?;
     if r.info.vocab_digest != c.info.vocab_digest {
         return Err(ParityError::Vocabulary {
             what: format!(
@@ -704,22 +688,16 @@ pub fn compare(
     if let Corpus::Text(p) = &opts.corpus {
         // Same vocabulary strings can still tokenize differently (merges, normalizer).
         let (text, _) = read_text(p)?;
-        let a = r
-            .engine
-            .tokenizer
-            .encode(&text)
-            .map_err(|source| ParityError::Run {
-                path: r.path.clone(),
-                source,
-            })?;
-        let b = c
-            .engine
-            .tokenizer
-            .encode(&text)
-            .map_err(|source| ParityError::Run {
-                path: c.path.clone(),
-                source,
-            })?;
+        let encode = |side: &Side| {
+            side.engine
+                .tokenizer
+                .encode(&text)
+                .map_err(|source| ParityError::Run {
+                    path: side.path.clone(),
+                    source,
+                })
+        };
+        let (a, b) = (encode(&r)?, encode(&c)?);
         if a != b {
             let at = a
                 .iter()

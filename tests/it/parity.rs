@@ -173,7 +173,7 @@ fn record_and_check_reproduce_parity_within_its_errors() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let g: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
     validate("golden.schema.json", &g);
-    assert_eq!(g["top_k"], 64);
+    assert_eq!(g["top_k"], 1024);
     assert_eq!(g["reference"]["quant"], "F16");
     assert!(!g["hardware"]["cpu"].as_str().unwrap().is_empty());
 
@@ -200,7 +200,7 @@ fn record_and_check_reproduce_parity_within_its_errors() {
     ] {
         assert!((f(&full, p) - f(&chk, p)).abs() < 1e-9, "{p}");
     }
-    // KLD over the top-64 plus a tail bucket: a lower bound, within the standard error.
+    // KLD over the top-1024 plus a tail bucket: a lower bound, within the standard error.
     let (kf, kc) = (
         f(&full, "/summary/mean_kld/value"),
         f(&chk, "/summary/mean_kld/value"),
