@@ -18,7 +18,7 @@ cargo build --release --quiet --bin modelgate
 BIN=target/release/modelgate
 python3 -c "import llama_cpp" || { echo "llama-cpp-python is not installed" >&2; exit 2; }
 
-"$BIN" convert "$SRC" -o "$WORK/f16.gguf" --type F16 --quiet >/dev/null 2>&1
+"$BIN" convert "$SRC" -o "$WORK/f16.gguf" --type F16 --allow-requantize --quiet >/dev/null 2>&1
 
 ftype() {
     case "$1" in
@@ -37,7 +37,7 @@ score() {
 printf '%-8s %22s %22s %s\n' type "modelgate KLD ± SE, top-1" "llama.cpp KLD ± SE, top-1" verdict
 for t in $TYPES; do
     "$BIN" convert "$WORK/f16.gguf" -o "$WORK/mg-$t.gguf" --type "$t" --quiet >/dev/null 2>&1
-    python3 - "$WORK/f16.gguf" "$WORK/lc-$t.gguf" "$(ftype "$t")" <<'EOF'
+    python3 - "$WORK/f16.gguf" "$WORK/lc-$t.gguf" "$(ftype "$t")" 2>/dev/null <<'EOF'
 import sys, ctypes, llama_cpp
 src, dst, ftype = sys.argv[1], sys.argv[2], int(sys.argv[3])
 llama_cpp.llama_backend_init()

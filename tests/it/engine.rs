@@ -22,7 +22,7 @@ fn oracle(name: &str) -> PathBuf {
 }
 
 /// `input_ids` and `logits` `[positions, vocab]` of an oracle's expected.safetensors.
-fn expected(dir: &Path) -> (Vec<u32>, Tensor) {
+pub(crate) fn expected(dir: &Path) -> (Vec<u32>, Tensor) {
     let w = open_weight_file(&dir.join("expected.safetensors")).unwrap();
     let ids = w.tensor("input_ids").unwrap();
     assert_eq!(ids.dtype, DType::I64);
@@ -44,7 +44,7 @@ fn expected(dir: &Path) -> (Vec<u32>, Tensor) {
     (ids, logits)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()
@@ -482,7 +482,7 @@ fn oracle_to_gguf(name: &str, permute: bool, out: &Path) {
 }
 
 /// Logits of every position of the oracle's input through a GGUF file.
-fn gguf_logits(path: &Path, ids: &[u32], math: Math) -> Tensor {
+pub(crate) fn gguf_logits(path: &Path, ids: &[u32], math: Math) -> Tensor {
     let ckpt = Checkpoint::open(path).unwrap();
     let cfg = ModelConfig::new(&ckpt.params(), None, &ckpt.weights.metadata).unwrap();
     let mut model = Model::load(&ckpt.weights, cfg, math, &Device::Cpu).unwrap();
