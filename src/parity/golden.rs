@@ -168,8 +168,8 @@ impl Golden {
         super::agree(&[
             (
                 "the architecture",
-                r.architecture.clone(),
-                candidate.architecture.clone(),
+                super::network(&r.architecture).to_owned(),
+                super::network(&candidate.architecture).to_owned(),
             ),
             (
                 "the layer count",

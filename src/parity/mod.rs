@@ -360,14 +360,23 @@ pub(crate) fn agree(pairs: &[(&'static str, String, String)]) -> Result<(), Pari
     }
 }
 
+/// The network an architecture name stands for: llama.cpp writes Mistral models as `llama`
+/// (the same decoder; the sliding window is a separate setting).
+pub(crate) fn network(architecture: &str) -> &str {
+    match architecture {
+        "mistral" => "llama",
+        n => n,
+    }
+}
+
 fn same_shape(r: &Side, c: &Side) -> Result<(), ParityError> {
     let (a, b) = (r.engine.model.config(), c.engine.model.config());
     let pair = |what, x: &dyn ToString, y: &dyn ToString| (what, x.to_string(), y.to_string());
     agree(&[
         pair(
             "the architecture",
-            &a.architecture.name(),
-            &b.architecture.name(),
+            &network(a.architecture.name()),
+            &network(b.architecture.name()),
         ),
         pair("the layer count", &a.n_layers, &b.n_layers),
         pair("the hidden size", &a.hidden, &b.hidden),

@@ -307,29 +307,31 @@ fn a_threshold_set_too_tight_fails_with_exit_1_and_says_which() {
 #[test]
 fn fixture_safetensors_and_its_gguf_conversions_agree() {
     let dir = tempfile::tempdir().unwrap();
-    let src = fixture("models/tiny-llama");
     let text = eval_text();
-    for (ty, max_kld) in [("F32", 1e-9), ("Q8_0", 1e-3)] {
-        let out = dir.path().join(format!("tiny-{ty}.gguf"));
-        let o = modelgate(&[
-            "convert",
-            src.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--type",
-            ty,
-            "--quiet",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let (code, v, err) = parity(
-            &src,
-            &out,
-            &with_text(&["--ctx", "128", "--chunks", "2"], text.to_str().unwrap()),
-        );
-        assert_eq!(code, 0, "{ty}: {err}");
-        let k = f(&v, "/summary/mean_kld/value");
-        assert!(k <= max_kld, "{ty}: mean KLD {k}");
-        assert_eq!(v["candidate"]["quant"], ty);
+    for family in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
+        let src = fixture(&format!("models/{family}"));
+        for (ty, max_kld) in [("F32", 1e-9), ("Q8_0", 1e-3)] {
+            let out = dir.path().join(format!("{family}-{ty}.gguf"));
+            let o = modelgate(&[
+                "convert",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--type",
+                ty,
+                "--quiet",
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let (code, v, err) = parity(
+                &src,
+                &out,
+                &with_text(&["--ctx", "128", "--chunks", "2"], text.to_str().unwrap()),
+            );
+            assert_eq!(code, 0, "{family} {ty}: {err}");
+            let k = f(&v, "/summary/mean_kld/value");
+            assert!(k <= max_kld, "{family} {ty}: mean KLD {k}");
+            assert_eq!(v["candidate"]["quant"], ty);
+        }
     }
 }
 
