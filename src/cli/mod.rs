@@ -13,6 +13,7 @@ mod keygen;
 mod license;
 mod logits;
 mod policy;
+mod run;
 mod scan;
 mod sign;
 mod verify;
@@ -63,6 +64,8 @@ enum Command {
     License(license::Args),
     /// Check a model against a policy file, or validate a policy file
     Policy(policy::Args),
+    /// Run a pipeline file: scan, convert, verify, policy, parity and sign, with reports
+    Run(run::Args),
     /// Continue a prompt with the reference engine (greedy unless --temperature)
     Generate(generate::Args),
     /// List the most likely next tokens after a prompt
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => verify::run(args),
         Command::License(args) => license::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Run(args) => run::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
     }
