@@ -228,15 +228,15 @@ impl Pipeline {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".to_owned());
-        let out = match &file.out {
+        let out = normalize(&match &file.out {
             Some(o) => base.join(o),
             None => base.join(format!("{stem}.out")),
-        };
+        });
         Ok(Pipeline {
             path: path.to_owned(),
             name: file.name.clone().unwrap_or(stem),
-            model: base.join(&file.model),
-            policy: file.policy.as_ref().map(|p| base.join(p)),
+            model: normalize(&base.join(&file.model)),
+            policy: file.policy.as_ref().map(|p| normalize(&base.join(p))),
             out,
             digest: crate::types::Sha256Digest::of(&bytes),
             file,
@@ -246,10 +246,34 @@ impl Pipeline {
     /// A path named in the pipeline file, resolved against its folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         match self.path.parent() {
-            Some(b) if !b.as_os_str().is_empty() => b.join(p),
+            Some(b) if !b.as_os_str().is_empty() => normalize(&b.join(p)),
             _ => p.to_owned(),
         }
     }
+}
+
+/// `a/b/../c` -> `a/c`, lexically (no file system access, so symlinks are not followed;
+/// the paths only need to read well in reports). A leading `..` is kept.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
+    out.iter().collect()
 }
 
 fn invalid(path: &Path, message: String) -> PipelineError {

@@ -1,6 +1,6 @@
 //! Running a pipeline: the steps in order, each through the cache, then the reports.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -337,48 +337,48 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         total,
         index: Cell::new(0),
     };
-    let cats = Catalogues::builtin().map_err(|e| PipelineError::step("import", e))?;
+    // The catalogues are compiled in but parsed on first use, which a fully cached run
+    // never reaches.
+    let cats_cell: OnceCell<Catalogues> = OnceCell::new();
+    let cats = || -> Result<&Catalogues, PipelineError> {
+        if let Some(c) = cats_cell.get() {
+            return Ok(c);
+        }
+        let c = Catalogues::builtin().map_err(|e| PipelineError::step("import", e))?;
+        Ok(cats_cell.get_or_init(|| c))
+    };
     let mut records: Vec<StepRecord> = Vec::new();
 
-    // import: always runs; its digest is every later step's input.
-    r.index.set(1);
-    ev.start("import", 1, total);
-    let t = Instant::now();
+    // import: the source's content digest is every later step's input; reading its
+    // licence and lineage is cached like any step.
     let manifest = sign::hash_model(&p.model, &HashOptions::new(Serialization::Files), None)
         .map_err(|e| PipelineError::step("import", e))?;
     let model_digest = manifest.root_digest().to_hex();
-    let facts = open_facts(&p.model, false, "import")?;
-    let lic = policy::license_report(&facts, &cats);
-    let import = StepRecord {
-        name: "import".into(),
-        step: "import".into(),
-        status: Status::Ran,
-        verdict: None,
-        seconds: t.elapsed().as_secs_f64(),
-        run_seconds: t.elapsed().as_secs_f64(),
-        cache_key: None,
-        inputs: BTreeMap::from([("model".to_owned(), model_digest.clone())]),
-        outputs: BTreeMap::new(),
-        settings: json!({
-            "model": p.model.display().to_string(),
-            "format": facts.weight_format.map(|f| f.as_str()),
-            "files": manifest.resources.iter().map(|r| json!({"path": r.name(), "sha256": r.digest.to_hex()})).collect::<Vec<_>>(),
-        }),
-        gates: Vec::new(),
-        artifact: None,
-        licence: Some(licence_summary(
-            &lic.assessment,
-            &lic.obligations,
-            &lic.documents,
-            &cats,
-            None,
-        )),
-        parity: None,
-        signature: None,
-        note: None,
-    };
-    ev.end(&import);
-    records.push(import);
+    let files: Vec<Value> = manifest
+        .resources
+        .iter()
+        .map(|r| json!({"path": r.name(), "sha256": r.digest.to_hex()}))
+        .collect();
+    records.push(r.step(
+        "import",
+        "import",
+        BTreeMap::from([("model".to_owned(), model_digest.clone())]),
+        json!({ "model": p.model.display().to_string(), "files": files }),
+        |rec| {
+            let facts = open_facts(&p.model, false, "import")?;
+            let cats = cats()?;
+            let lic = policy::license_report(&facts, cats);
+            rec.settings["format"] = json!(facts.weight_format.map(|f| f.as_str()));
+            rec.licence = Some(licence_summary(
+                &lic.assessment,
+                &lic.obligations,
+                &lic.documents,
+                cats,
+                None,
+            ));
+            Ok(())
+        },
+    )?);
     let model_inputs = || BTreeMap::from([("model".to_owned(), model_digest.clone())]);
 
     if steps.scan.is_some() {
@@ -521,7 +521,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         // Waivers expire: the date is part of the settings.
         records.push(r.step("policy", "policy", inputs, json!({ "date": today.to_string() }), |rec| {
             let facts = open_facts(&p.model, true, "policy")?;
-            let outcome = policy::check(&facts, &pol, &cats).map_err(|e| PipelineError::step("policy", e))?;
+            let outcome = policy::check(&facts, &pol, cats()?).map_err(|e| PipelineError::step("policy", e))?;
             let a = &outcome.assessment;
             let mut g = gate("policy", &p.model, outcome.findings.clone());
             g.waived = outcome.waived.clone();
@@ -551,7 +551,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
                     Some(w) if path.is_dir() => PathBuf::from(&art.path).join(w),
                     _ => PathBuf::from(&art.path),
                 });
-                let o = policy::check(&f, &pol, &cats).map_err(|e| PipelineError::step("policy", e))?;
+                let o = policy::check(&f, &pol, cats()?).map_err(|e| PipelineError::step("policy", e))?;
                 let keep = |v: &[Finding]| -> Vec<Finding> {
                     v.iter().filter(|x| x.rule == policy::rules::QUANT_TYPE).cloned().collect()
                 };
@@ -563,7 +563,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
                 a,
                 &outcome.obligations,
                 &outcome.documents,
-                &cats,
+                cats()?,
                 Some(pol.file.name.clone()),
             ));
             Ok(())
