@@ -10,6 +10,7 @@ mod fixtures;
 mod formats_hf;
 mod gguf;
 mod inspect;
+mod pipeline;
 mod policy;
 mod quant;
 mod scan;
