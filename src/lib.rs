@@ -13,6 +13,7 @@ pub mod engine;
 pub mod finding;
 pub mod formats;
 pub mod inspect;
+pub mod parity;
 pub mod pipeline;
 pub mod policy;
 pub mod report;

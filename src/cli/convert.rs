@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::convert::split::{self, Shard, SplitMode};
 use crate::convert::{self, recipe, ConvertError, FileType, OutputFormat, RecipeOptions, Summary};
 use crate::inspect::human_bytes;
 
@@ -70,6 +71,17 @@ pub struct Args {
     /// general.quantized_by (default: modelgate)
     #[arg(long, value_name = "WHO")]
     quantized_by: Option<String>,
+    /// Write a GGUF split set whose parts hold at most SIZE of tensor data (500M, 2G; M and
+    /// G are powers of 1000 as in llama.cpp's gguf-split): `OUT-00001-of-0000N.gguf`, ...
+    #[arg(long, value_name = "SIZE", conflicts_with = "shard")]
+    split_max_size: Option<String>,
+    /// Write a GGUF split set whose parts hold at most N tensors
+    #[arg(long, value_name = "N", conflicts_with = "shard")]
+    split_max_tensors: Option<u64>,
+    /// Convert only share I of N (balanced by bytes) as part I of a split set, with a
+    /// `.shard.json` sidecar; `modelgate merge` checks and assembles the N shares
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
 }
 
 struct Bar(ProgressBar);
@@ -147,14 +159,37 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(b) => b,
         None => &convert::NoProgress,
     };
-    let summary =
-        convert::convert(&args.src, &args.output, format, &opts, progress).map_err(|e| {
-            let h = hint_for(&e);
-            match h {
-                Some(h) => super::hint(e, h),
-                None => anyhow::Error::new(e),
-            }
-        })?;
+    let mode = if let Some(s) = &args.shard {
+        Some(SplitMode::Shard(Shard::parse(s)?))
+    } else if args.split_max_size.is_some() || args.split_max_tensors.is_some() {
+        Some(SplitMode::Limit {
+            max_bytes: args
+                .split_max_size
+                .as_deref()
+                .map(split::parse_size)
+                .transpose()?,
+            max_tensors: args.split_max_tensors,
+        })
+    } else {
+        None
+    };
+    if mode.is_some() && format != OutputFormat::Gguf {
+        anyhow::bail!(ConvertError::Options(format!(
+            "split and sharded output is GGUF; name OUT `NAME.gguf`, not `{}`",
+            args.output.display()
+        )));
+    }
+    let result = match mode {
+        Some(m) => split::convert_split(&args.src, &args.output, &opts, m, progress),
+        None => convert::convert(&args.src, &args.output, format, &opts, progress),
+    };
+    let summary = result.map_err(|e| {
+        let h = hint_for(&e);
+        match h {
+            Some(h) => super::hint(e, h),
+            None => anyhow::Error::new(e),
+        }
+    })?;
     {
         let mut err = std::io::stderr().lock();
         for n in &summary.notes {
@@ -225,6 +260,29 @@ pub fn render_text(s: &Summary) -> String {
         ),
     );
     line("bits/weight", format!("{:.3}", s.bits_per_weight));
+    for p in &s.parts {
+        line(
+            "part",
+            format!(
+                "`{}` ({} tensors, {})",
+                p.path.display(),
+                p.tensors,
+                human_bytes(p.bytes)
+            ),
+        );
+    }
+    if let Some(sh) = &s.shard {
+        line(
+            "shard",
+            format!(
+                "{}/{} plan sha256 {} sidecar `{}`",
+                sh.share,
+                sh.shares,
+                sh.plan_sha256,
+                sh.sidecar.display()
+            ),
+        );
+    }
     let gbps = if s.seconds > 0.0 {
         s.bytes_in as f64 / s.seconds / 1e9
     } else {

@@ -12,6 +12,8 @@ mod inspect;
 mod keygen;
 mod license;
 mod logits;
+mod merge;
+mod parity;
 mod policy;
 mod run;
 mod scan;
@@ -70,6 +72,10 @@ enum Command {
     Generate(generate::Args),
     /// List the most likely next tokens after a prompt
     Logits(logits::Args),
+    /// How far a candidate drifts from its reference (KLD, PPL ratio, top-1); golden files
+    Parity(parity::Args),
+    /// Check the shares of `convert --shard I/N` and assemble them into one GGUF
+    Merge(merge::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -111,6 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Parity(args) => parity::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }
 

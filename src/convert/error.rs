@@ -76,6 +76,19 @@ pub enum ConvertError {
     #[error("cannot write `{path}`: {fault}")]
     Output { path: PathBuf, fault: String },
 
+    /// A share of a sharded conversion (or its sidecar) is missing, damaged or from another
+    /// plan.
+    #[error("`{path}`: {fault}")]
+    Shard { path: PathBuf, fault: String },
+
+    /// Hashing the source or a part failed.
+    #[error("cannot hash `{path}`")]
+    Hash {
+        path: PathBuf,
+        #[source]
+        source: crate::sign::SignError,
+    },
+
     /// A quantization kernel refused its input.
     #[error("tensor `{tensor}`: {fault}")]
     Kernel { tensor: String, fault: String },
@@ -86,6 +99,13 @@ impl ConvertError {
         ConvertError::Write {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn shard(path: impl Into<PathBuf>, fault: impl Into<String>) -> Self {
+        ConvertError::Shard {
+            path: path.into(),
+            fault: fault.into(),
         }
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -22,7 +23,9 @@ use super::plan::{Plan, Planned, Source};
 use super::{elem, OutputFormat, Progress};
 use crate::formats::gguf::{GgufWriter, TensorDesc};
 use crate::formats::safetensors::{self, TensorSpec};
-use crate::formats::{Checkpoint, DType, Weights};
+use crate::formats::{Checkpoint, DType, MetaValue, Weights};
+use crate::types::Sha256Digest;
+use sha2::{Digest, Sha256};
 
 /// Values per chunk: big enough to amortise scheduling, small enough that a few per thread
 /// stay in a few tens of megabytes.
@@ -33,6 +36,8 @@ const SEGMENT_BYTES: u64 = 256 << 20;
 /// What running the plan measured.
 #[derive(Debug, Default)]
 pub struct Written {
+    /// SHA-256 of the bytes written, when [`Part::hash`] asked for it.
+    pub sha256: Option<crate::types::Sha256Digest>,
     /// Bytes of tensor data read from the checkpoint.
     pub bytes_in: u64,
     /// Size of everything written (the file, or the directory's files).
@@ -110,23 +115,59 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
     Ok(ChunkOut::Owned(out))
 }
 
+/// Which tensors of the plan one output file holds, and its GGUF metadata: the whole plan
+/// for an ordinary conversion, one part of a split set otherwise.
+pub struct Part<'p> {
+    /// Indices into [`Plan::tensors`].
+    pub range: std::ops::Range<usize>,
+    /// The GGUF key/values of this file (unused for safetensors).
+    pub gguf_meta: &'p [(String, MetaValue)],
+    /// Compute the SHA-256 of the file while writing it (shard sidecars record it).
+    pub hash: bool,
+}
+
+/// The output file, hashing what goes through it when asked; hashing while writing saves
+/// reading the part back.
+pub struct Out<'a> {
+    file: &'a mut File,
+    hash: Option<Sha256>,
+}
+
+impl Write for Out<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The format writer the chunks go through (both stream: header first, then each tensor's
 /// bytes in order).
 enum Sink<'a> {
-    Gguf(GgufWriter<&'a mut File>),
-    Safetensors(safetensors::Writer<&'a mut File>),
+    Gguf(GgufWriter<Out<'a>>),
+    Safetensors(safetensors::Writer<Out<'a>>),
 }
 
 impl<'a> Sink<'a> {
-    fn new(plan: &Plan, file: &'a mut File, path: &Path) -> Result<Sink<'a>, ConvertError> {
+    fn new(
+        plan: &Plan,
+        part: &Part<'_>,
+        file: Out<'a>,
+        path: &Path,
+    ) -> Result<Sink<'a>, ConvertError> {
+        let tensors = plan.tensors.get(part.range.clone()).unwrap_or(&[]);
         let bad = |fault: String| ConvertError::Output {
             path: path.to_owned(),
             fault,
         };
         Ok(match plan.format {
             OutputFormat::Gguf => {
-                let descs: Vec<TensorDesc> = plan
-                    .tensors
+                let descs: Vec<TensorDesc> = tensors
                     .iter()
                     .map(|t| TensorDesc {
                         name: t.name.clone(),
@@ -135,13 +176,12 @@ impl<'a> Sink<'a> {
                     })
                     .collect();
                 Sink::Gguf(
-                    GgufWriter::new(file, &plan.gguf_meta, &descs)
+                    GgufWriter::new(file, part.gguf_meta, &descs)
                         .map_err(|e| bad(e.to_string()))?,
                 )
             }
             OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
-                let specs: Vec<TensorSpec> = plan
-                    .tensors
+                let specs: Vec<TensorSpec> = tensors
                     .iter()
                     .map(|t| {
                         TensorSpec::new(t.name.clone(), DType::from_ggml(t.ty), t.shape.clone())
@@ -167,24 +207,36 @@ impl<'a> Sink<'a> {
         })
     }
 
-    fn finish(self, path: &Path) -> Result<(), ConvertError> {
+    fn finish(self, path: &Path) -> Result<Option<Sha256Digest>, ConvertError> {
         let r = match self {
-            Sink::Gguf(w) => w.finish().map(drop).map_err(|e| e.to_string()),
-            Sink::Safetensors(w) => w.finish().map(drop).map_err(|e| e.to_string()),
+            Sink::Gguf(w) => w.finish().map_err(|e| e.to_string()),
+            Sink::Safetensors(w) => w.finish().map_err(|e| e.to_string()),
         };
-        r.map_err(|fault| ConvertError::Output {
+        let out = r.map_err(|fault| ConvertError::Output {
             path: path.to_owned(),
             fault,
-        })
+        })?;
+        Ok(out.hash.map(|h| Sha256Digest(h.finalize().into())))
     }
 }
 
-/// Tensors grouped so that each group reads at most about [`SEGMENT_BYTES`] of input.
-fn segments(plan: &Plan, ckpt: &Checkpoint) -> Vec<std::ops::Range<usize>> {
+/// Tensors of `range` grouped so that each group reads at most about [`SEGMENT_BYTES`] of
+/// input.
+fn segments(
+    plan: &Plan,
+    range: std::ops::Range<usize>,
+    ckpt: &Checkpoint,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut start = 0;
+    let mut start = range.start;
     let mut acc = 0u64;
-    for (i, t) in plan.tensors.iter().enumerate() {
+    for (i, t) in plan
+        .tensors
+        .iter()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
@@ -196,8 +248,8 @@ fn segments(plan: &Plan, ckpt: &Checkpoint) -> Vec<std::ops::Range<usize>> {
         }
         acc += b;
     }
-    if start < plan.tensors.len() || out.is_empty() {
-        out.push(start..plan.tensors.len());
+    if start < range.end || out.is_empty() {
+        out.push(start..range.end);
     }
     out
 }
@@ -213,15 +265,48 @@ pub fn write_tensors(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Written, ConvertError> {
+    let part = Part {
+        range: 0..plan.tensors.len(),
+        gguf_meta: &plan.gguf_meta,
+        hash: false,
+    };
+    write_part(plan, &part, first, src, file, file_path, threads, progress)
+}
+
+/// Write one part of the plan to `file`: the tensors of `part.range` under `part.gguf_meta`.
+/// `first` is a checkpoint whose tensor table is the one the plan was made from; later
+/// segments re-open `src`.
+#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
+pub fn write_part(
+    plan: &Plan,
+    part: &Part<'_>,
+    first: Checkpoint,
+    src: &Path,
+    file: &mut File,
+    file_path: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Written, ConvertError> {
+    if part.range.end > plan.tensors.len() || part.range.start > part.range.end {
+        return Err(ConvertError::Options(format!(
+            "part {}..{} lies outside the plan's {} tensors",
+            part.range.start,
+            part.range.end,
+            plan.tensors.len()
+        )));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .map_err(|e| {
             ConvertError::Options(format!("cannot start {threads} worker threads: {e}"))
         })?;
-    let mut sink = Sink::new(plan, file, file_path)?;
-    let total_in: u64 = plan
-        .tensors
+    let out = Out {
+        file,
+        hash: part.hash.then(Sha256::new),
+    };
+    let mut sink = Sink::new(plan, part, out, file_path)?;
+    let total_in: u64 = plan.tensors[part.range.clone()]
         .iter()
         .map(|t| match t.source {
             Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
@@ -229,7 +314,7 @@ pub fn write_tensors(
         })
         .sum();
     progress.start(total_in);
-    let segs = segments(plan, &first);
+    let segs = segments(plan, part.range.clone(), &first);
     let table = first.weights.tensors.clone();
     let mut current = Some(first);
     let in_flight = (threads.max(1) * 4).max(4);
@@ -335,15 +420,19 @@ pub fn write_tensors(
         current = Some(ckpt);
     }
     drop(current);
-    sink.finish(file_path)?;
+    let sha256 = sink.finish(file_path)?;
     let bytes_out = std::fs::metadata(file_path)
         .map_err(|e| ConvertError::write(file_path, e))?
         .len();
     progress.finish();
     Ok(Written {
+        sha256,
         bytes_in,
         bytes_out,
-        tensor_bytes: plan.tensors.iter().map(|t| t.bytes).sum(),
+        tensor_bytes: plan.tensors[part.range.clone()]
+            .iter()
+            .map(|t| t.bytes)
+            .sum(),
     })
 }
 

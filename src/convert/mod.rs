@@ -11,6 +11,8 @@
 //! - [`plan`]: checkpoint + options → every output tensor and key, all checks up front;
 //! - [`exec`]: chunked, parallel, ordered, bounded-memory writing (through the streaming
 //!   GGUF and safetensors writers of `formats`) to a temporary file renamed into place;
+//! - [`split`]: GGUF split sets (`--split-max-size`) and shares of a conversion spread
+//!   over N processes (`--shard I/N`); [`merge`] checks and assembles the shares;
 //! - [`elem`]: stored values ↔ f32 rows, through [`quant`], the ggml block-format kernels
 //!   (quantize and dequantize rows of `f32`, on all cores).
 //!
@@ -21,10 +23,12 @@ pub mod arch;
 pub mod elem;
 pub mod error;
 pub mod exec;
+pub mod merge;
 pub mod meta;
 pub mod plan;
 pub mod quant;
 pub mod recipe;
+pub mod split;
 pub mod vocab;
 
 use std::collections::BTreeMap;
@@ -160,6 +164,71 @@ pub struct Summary {
     pub fallbacks: Vec<recipe::Fallback>,
     /// Things the user should know (defaults taken, tensors dropped, warnings).
     pub notes: Vec<String>,
+    /// The files of a split or sharded GGUF output (empty for one file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<split::PartSummary>,
+    /// What a sharded conversion recorded for the merge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<split::ShardSummary>,
+}
+
+/// Open a conversion's source, refusing a PyTorch file whose tensors cannot be read.
+fn open_source(src: &Path) -> Result<Checkpoint, ConvertError> {
+    let ckpt = Checkpoint::open(src)?;
+    if ckpt.weights.format == WeightFormat::PyTorch && ckpt.weights.tensors.is_empty() {
+        return Err(ConvertError::Options(format!(
+            "`{}` holds no tensors modelgate can read",
+            src.display()
+        )));
+    }
+    Ok(ckpt)
+}
+
+/// The summary of writing `tensors` (all of the plan, or the parts this run wrote).
+#[allow(clippy::too_many_arguments)] // two callers, each passing what it measured
+fn summarise(
+    src: &Path,
+    source_format: String,
+    out: &Path,
+    format: OutputFormat,
+    plan: &plan::Plan,
+    tensors: &[plan::Planned],
+    written: &exec::Written,
+    started: Instant,
+    opts: &Options,
+) -> Summary {
+    let mut types: BTreeMap<String, TypeCount> = BTreeMap::new();
+    for t in tensors {
+        let e = types.entry(t.ty.name().to_owned()).or_default();
+        e.tensors += 1;
+        e.bytes += t.bytes;
+    }
+    let parameters: u64 = tensors.iter().map(plan::Planned::elements).sum();
+    Summary {
+        source: src.to_path_buf(),
+        source_format,
+        output: out.to_path_buf(),
+        format,
+        architecture: plan.architecture.clone(),
+        file_type: plan.file_type.map(|f| f.name().to_owned()),
+        tensors: tensors.len() as u64,
+        types,
+        parameters,
+        bytes_in: written.bytes_in,
+        bytes_out: written.bytes_out,
+        bits_per_weight: if parameters == 0 {
+            0.0
+        } else {
+            written.tensor_bytes as f64 * 8.0 / parameters as f64
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        threads: opts.threads,
+        pre_tokenizer: plan.pre_tokenizer.clone(),
+        fallbacks: plan.fallbacks.clone(),
+        notes: plan.notes.clone(),
+        parts: Vec::new(),
+        shard: None,
+    }
 }
 
 /// Convert `src` into `out`. Everything that can be wrong with the input is found before
@@ -172,14 +241,8 @@ pub fn convert(
     progress: &dyn Progress,
 ) -> Result<Summary, ConvertError> {
     let started = Instant::now();
-    let ckpt = Checkpoint::open(src)?;
+    let ckpt = open_source(src)?;
     let source_format = ckpt.weights.format.as_str().to_owned();
-    if ckpt.weights.format == WeightFormat::PyTorch && ckpt.weights.tensors.is_empty() {
-        return Err(ConvertError::Options(format!(
-            "`{}` holds no tensors modelgate can read",
-            src.display()
-        )));
-    }
     let plan = plan::plan(&ckpt, opts, format)?;
     let target = exec::Target::new(out, format == OutputFormat::HfDir)?;
     let written = match &target {
@@ -206,34 +269,15 @@ pub fn convert(
         }
     };
     target.commit()?;
-    let mut types: BTreeMap<String, TypeCount> = BTreeMap::new();
-    for t in &plan.tensors {
-        let e = types.entry(t.ty.name().to_owned()).or_default();
-        e.tensors += 1;
-        e.bytes += t.bytes;
-    }
-    let parameters: u64 = plan.tensors.iter().map(plan::Planned::elements).sum();
-    Ok(Summary {
-        source: src.to_path_buf(),
+    Ok(summarise(
+        src,
         source_format,
-        output: out.to_path_buf(),
+        out,
         format,
-        architecture: plan.architecture.clone(),
-        file_type: plan.file_type.map(|f| f.name().to_owned()),
-        tensors: plan.tensors.len() as u64,
-        types,
-        parameters,
-        bytes_in: written.bytes_in,
-        bytes_out: written.bytes_out,
-        bits_per_weight: if parameters == 0 {
-            0.0
-        } else {
-            written.tensor_bytes as f64 * 8.0 / parameters as f64
-        },
-        seconds: started.elapsed().as_secs_f64(),
-        threads: opts.threads,
-        pre_tokenizer: plan.pre_tokenizer.clone(),
-        fallbacks: plan.fallbacks.clone(),
-        notes: plan.notes.clone(),
-    })
+        &plan,
+        &plan.tensors,
+        &written,
+        started,
+        opts,
+    ))
 }

@@ -23,7 +23,17 @@ use super::EngineError;
 use crate::formats::DType;
 
 /// How weights are multiplied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Math {
     /// Every weight dequantized to f32, f32 activations: the clean reference.

@@ -282,6 +282,12 @@ impl Checkpoint {
             return hf::open_dir(path);
         }
         let weights = open_weight_file(path)?;
+        // The first file of a GGUF split set stands for the whole set.
+        let weights = if weights.format == WeightFormat::Gguf {
+            gguf::split::open_set(path, weights)?
+        } else {
+            weights
+        };
         let name = path
             .file_name()
             .map(PathBuf::from)
@@ -291,8 +297,14 @@ impl Checkpoint {
             size: meta.len(),
         }];
         // A sharded index names its shards; list them too so hashes and sizes cover them.
-        if weights.format == WeightFormat::SafetensorsSharded {
-            for f in &weights.files {
+        let listed = match weights.format {
+            WeightFormat::SafetensorsSharded => 0,
+            // A GGUF split set: the opened file is listed already.
+            WeightFormat::Gguf => 1,
+            _ => weights.files.len(),
+        };
+        if listed < weights.files.len() {
+            for f in &weights.files[listed..] {
                 let size = fs::metadata(f).map_err(|e| FormatError::io(f, e))?.len();
                 let root = path.parent().unwrap_or(Path::new(""));
                 let rel = f

@@ -18,6 +18,7 @@ use super::{
 use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
 use crate::finding::{Evidence, Finding, Severity, Verdict};
 use crate::formats::Checkpoint;
+use crate::parity;
 use crate::policy::{self, Catalogues, ModelFacts, Policy};
 use crate::sign::attest::ReportIn;
 use crate::sign::{self, Audit, HashOptions, PolicyRef, PrivateKey, Serialization, SignRequest};
@@ -572,14 +573,101 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     }
 
     if let Some(ps) = &steps.parity {
-        if let Some(first) = parity_targets.first() {
-            // The parity stage (`crate::parity`) is not part of this build yet; a pipeline
-            // that asks for it stops here rather than report figures nobody measured.
-            let _ = (ps, first);
-            return Err(PipelineError::Unavailable {
-                step: format!("parity:{first}"),
-                why: "this build of modelgate has no parity stage; remove `steps.parity` from the pipeline file".into(),
+        let text = p.resolve(&ps.text);
+        let text_digest = digest_of(&text)?;
+        let reference = if ps.reference == "source" {
+            Some((p.model.clone(), model_digest.clone()))
+        } else {
+            artifacts
+                .iter()
+                .find(|(t, _)| t.name == ps.reference)
+                .map(|(_, a)| (out.join(&a.path), a.sha256.clone()))
+        };
+        let policy_rules = match (&policy_loaded, &p.policy) {
+            (Some(pol), _) => Some(pol.clone()),
+            (None, Some(pp)) => Some(Policy::load(pp).map_err(|e| PipelineError::step("parity", e))?),
+            (None, None) => None,
+        };
+        for n in &parity_targets {
+            let name = format!("parity:{n}");
+            let (Some((ref_path, ref_digest)), Some((_, a))) =
+                (&reference, artifacts.iter().find(|(t, _)| t.name == *n))
+            else {
+                records.push(r.skip(&name, "parity", format!("`{}` or `{n}` was not produced", ps.reference)));
+                continue;
+            };
+            let cand = out.join(&a.path);
+            let mut inputs = BTreeMap::from([
+                ("reference".to_owned(), ref_digest.clone()),
+                (format!("artifact:{n}"), a.sha256.clone()),
+                ("text".to_owned(), text_digest.clone()),
+            ]);
+            if let Some(pol) = &policy_rules {
+                inputs.insert("policy".into(), pol.digest.to_hex());
+            }
+            let settings = json!({
+                "reference": ps.reference,
+                "ctx": ps.ctx,
+                "chunks": ps.chunks,
+                "thresholds": ps.thresholds,
             });
+            records.push(r.step(&name, "parity", inputs, settings, |rec| {
+                let ckpt = Checkpoint::open(&cand).map_err(|e| PipelineError::step(&name, e))?;
+                let quant = parity::quant_type(&ckpt);
+                drop(ckpt);
+                let th = match ["default", quant.as_str()]
+                    .iter()
+                    .rev()
+                    .find_map(|k| ps.thresholds.get(*k).map(|l| (k, l)))
+                {
+                    Some((k, l)) => parity::Thresholds {
+                        quant: quant.clone(),
+                        origin: format!("`{}` steps.parity.thresholds.{k}", p.path.display()),
+                        limits: l.clone(),
+                    },
+                    None => {
+                        let rules = policy_rules
+                            .as_ref()
+                            .and_then(|pol| pol.file.parity.as_ref().map(|r| (pol.path.as_path(), r)));
+                        parity::Thresholds::resolve(&quant, rules)
+                    }
+                };
+                let mut opts = parity::ParityOptions::new(parity::Corpus::Text(text.clone()));
+                if let Some(c) = ps.ctx {
+                    opts.ctx = c;
+                }
+                opts.chunks = ps.chunks;
+                let rep = parity::compare(ref_path, &cand, &opts, Some(th), &mut |_, _| {})
+                    .map_err(|e| PipelineError::step(&name, e))?;
+                let s = &rep.summary;
+                let mut metrics: Vec<Value> = rep
+                    .checks
+                    .iter()
+                    .map(|c| json!({ "name": c.limit, "value": c.value, "threshold": c.threshold, "pass": c.passed }))
+                    .collect();
+                for (k, v) in [
+                    ("mean KLD", s.mean_kld.value),
+                    ("p99 KLD", s.kld.p99),
+                    ("same top-1", s.same_top1.value),
+                    ("PPL ratio", s.ppl_ratio.value),
+                    ("RMS Δp", s.rms_delta_p.value),
+                ] {
+                    metrics.push(json!({ "name": k, "value": v }));
+                }
+                metrics.push(json!({ "name": "scored positions", "value": s.positions.to_string() }));
+                rec.parity = Some(json!({
+                    "reference": ps.reference,
+                    "candidate": n,
+                    "quant": quant,
+                    "thresholds": rep.thresholds.as_ref().map(|t| t.origin.clone()),
+                    "metrics": metrics,
+                }));
+                let mut g = gate("parity", &cand, rep.findings.clone());
+                g.verdict = rep.verdict;
+                g.details = serde_json::to_value(&rep).ok();
+                rec.gates.push(g);
+                Ok(())
+            })?);
         }
     }
 

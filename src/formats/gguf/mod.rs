@@ -13,6 +13,7 @@
 //! of this module. gguf-rs and the PyPI `gguf` package serve as independent oracles in tests.
 
 mod read;
+pub mod split;
 mod write;
 
 use serde::Serialize;

@@ -1,0 +1,874 @@
+//! Output parity: how far a candidate model (converted, quantized) drifts from its
+//! reference, measured the way llama.cpp's `llama-perplexity --kl-divergence` measures it.
+//!
+//! In the pipeline it follows convert, scan and policy and precedes sign: a candidate is
+//! only adoptable when its statistics stay inside the thresholds of its quant type. Both
+//! models run through the one engine in `crate::engine` over the same token ids; text is cut
+//! into `ctx`-token chunks and only the second half of each chunk is scored, as llama.cpp
+//! does, so every scored token has at least `ctx / 2` tokens of context. Prompts instead are
+//! continued greedily by the reference, scored on that continuation, and the position where
+//! the candidate's own greedy continuation first departs is reported.
+//!
+//! Where the reference cannot run on the target machine, `record` stores its top-k
+//! log-probabilities in a golden file (see [`golden`]) and `check` compares a candidate
+//! against it there.
+
+pub mod golden;
+pub mod hardware;
+pub mod stats;
+pub mod thresholds;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::{
+    generate, DeviceSpec, Engine, EngineError, GenerationConfig, Logits, Math, Sampler,
+};
+use crate::finding::{Finding, Verdict};
+use crate::formats::{Checkpoint, FormatError};
+use crate::sign::hash::{hash_model, HashOptions, Serialization};
+use crate::types::Sha256Digest;
+
+pub use golden::Golden;
+pub use hardware::Hardware;
+pub use stats::{Position, Summary};
+pub use thresholds::{Check, Thresholds};
+
+/// Evaluation text files larger than this are refused: parity needs thousands of tokens,
+/// not gigabytes.
+const MAX_TEXT_BYTES: u64 = 64 << 20;
+
+/// An error of the parity stage: bad input or a model the engine cannot run (exit code 2).
+/// A candidate that exceeds its thresholds is not an error but a failed verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ParityError {
+    #[error("cannot load `{path}` into the engine")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: EngineError,
+    },
+    #[error("cannot open `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("running `{path}` failed")]
+    Run {
+        path: PathBuf,
+        #[source]
+        source: EngineError,
+    },
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot hash `{path}`: {why}")]
+    Hash { path: PathBuf, why: String },
+    #[error("`{path}` is {size} bytes; evaluation texts are limited to {MAX_TEXT_BYTES} bytes")]
+    TextTooLarge { path: PathBuf, size: u64 },
+    #[error("`{path}` is not UTF-8 text")]
+    NotText { path: PathBuf },
+    #[error("nothing to evaluate: give `--text FILE` or `--prompts FILE`")]
+    NoInput,
+    #[error("`{path}` has no prompts (one per non-empty line expected)")]
+    NoPrompts { path: PathBuf },
+    #[error("`{path}` gives {tokens} tokens, fewer than one chunk of {ctx}")]
+    TextTooShort {
+        path: PathBuf,
+        tokens: usize,
+        ctx: usize,
+    },
+    #[error("a chunk of {ctx} tokens does not fit in the context of `{model}` ({context} tokens)")]
+    ContextTooLong {
+        model: PathBuf,
+        ctx: usize,
+        context: usize,
+    },
+    #[error(
+        "`--ctx {0}` is too small: chunks need at least 4 tokens so that half of each is scored"
+    )]
+    CtxTooSmall(usize),
+    #[error("prompt {index} of `{path}` has {tokens} tokens, which with {new} new tokens exceeds the context of {context}")]
+    PromptTooLong {
+        path: PathBuf,
+        index: usize,
+        tokens: usize,
+        new: usize,
+        context: usize,
+    },
+    #[error("the candidate's vocabulary differs from the reference's: {what}")]
+    Vocabulary { what: String },
+    #[error("the candidate's architecture differs from the reference's: {what} is {candidate} in the candidate and {reference} in the reference")]
+    Architecture {
+        what: &'static str,
+        reference: String,
+        candidate: String,
+    },
+    #[error("golden file `{path}`: {why}")]
+    Golden { path: PathBuf, why: String },
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the models are evaluated on.
+#[derive(Clone, Debug)]
+pub enum Corpus {
+    /// Running text cut into chunks of `ctx` tokens.
+    Text(PathBuf),
+    /// One prompt per non-empty line, each continued greedily by the reference.
+    Prompts(PathBuf),
+}
+
+impl Corpus {
+    pub fn path(&self) -> &Path {
+        match self {
+            Corpus::Text(p) | Corpus::Prompts(p) => p,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Corpus::Text(_) => "text",
+            Corpus::Prompts(_) => "prompts",
+        }
+    }
+}
+
+/// Settings shared by `parity`, `record` and `check`.
+#[derive(Clone, Debug)]
+pub struct ParityOptions {
+    pub corpus: Corpus,
+    /// Tokens per chunk (text corpus).
+    pub ctx: usize,
+    /// At most this many chunks (text corpus); all that fit when `None`.
+    pub chunks: Option<usize>,
+    /// New tokens per prompt (prompt corpus).
+    pub max_new_tokens: usize,
+    /// How the candidate multiplies; the reference always runs `reference` math.
+    pub candidate_math: Math,
+    pub device: DeviceSpec,
+    /// Top-k kept per position by `record`.
+    pub top_k: usize,
+}
+
+impl ParityOptions {
+    pub fn new(corpus: Corpus) -> ParityOptions {
+        ParityOptions {
+            corpus,
+            ctx: 512,
+            chunks: None,
+            max_new_tokens: 32,
+            candidate_math: Math::Reference,
+            device: DeviceSpec::Cpu,
+            top_k: 64,
+        }
+    }
+}
+
+/// A model as a report names it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ModelRef {
+    pub path: String,
+    /// Root digest of the model's files (model-signing `files` serialization).
+    pub digest: String,
+    pub architecture: String,
+    pub layers: usize,
+    pub vocab: usize,
+    /// sha256 over the vocabulary's token strings in id order.
+    pub vocab_digest: String,
+    /// Quant type: the GGUF file type, or the dominant storage type of the weights.
+    pub quant: String,
+    pub math: Math,
+}
+
+/// The greedy continuations of one prompt and where they part.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Divergence {
+    pub prompt: String,
+    pub prompt_tokens: usize,
+    pub reference: Vec<u32>,
+    pub candidate: Vec<u32>,
+    /// Index into the continuation of the first differing token; `None` when both are
+    /// equal.
+    pub first_divergence: Option<usize>,
+    pub reference_text: String,
+    pub candidate_text: String,
+}
+
+/// The evaluated token stream, as recorded in reports and golden files.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Sequence {
+    pub tokens: Vec<u32>,
+    /// The first position whose logits are scored (they predict `tokens[first_scored + 1]`).
+    pub first_scored: usize,
+    /// For prompts: the prompt's text; its tokens are `tokens[..first_scored + 1]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// What `parity` and `parity check` report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParityReport {
+    pub reference: ModelRef,
+    pub candidate: ModelRef,
+    /// `text` or `prompts`, the file, its digest and the settings.
+    pub corpus: CorpusRef,
+    /// `full` (both models ran here) or `golden` (top-k of a recorded reference).
+    pub against: &'static str,
+    pub summary: Summary,
+    /// The reference compared with itself evaluated another way on the recording machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_floor: Option<Summary>,
+    pub divergence: Vec<Divergence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+    pub checks: Vec<Check>,
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+    pub hardware: Hardware,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub golden_hardware: Option<Hardware>,
+    pub engine_version: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct CorpusRef {
+    pub kind: String,
+    pub path: String,
+    pub digest: String,
+    pub ctx: usize,
+    pub chunks: usize,
+    pub max_new_tokens: usize,
+}
+
+impl ParityReport {
+    /// Judge the summary against thresholds and set the verdict and findings.
+    pub fn judge(&mut self, thresholds: Option<Thresholds>, candidate: &Path) {
+        self.checks = thresholds
+            .as_ref()
+            .map(|t| t.check(&self.summary))
+            .unwrap_or_default();
+        self.findings = thresholds
+            .as_ref()
+            .map(|t| t.findings(&self.checks, candidate))
+            .unwrap_or_default();
+        self.verdict = Verdict::from_findings(&self.findings);
+        self.thresholds = thresholds;
+    }
+}
+
+/// A loaded model with what the report says about it.
+struct Side {
+    engine: Engine,
+    path: PathBuf,
+    info: ModelRef,
+}
+
+fn digest_of(path: &Path) -> Result<Sha256Digest, ParityError> {
+    let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|e| {
+        ParityError::Hash {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }
+    })?;
+    Ok(m.root_digest())
+}
+
+/// The quant type a checkpoint is judged as: the GGUF `general.file_type`, else the storage
+/// type holding most of the weight bytes.
+pub fn quant_type(ckpt: &Checkpoint) -> String {
+    if let Some(ft) = ckpt
+        .weights
+        .meta("general.file_type")
+        .and_then(|v| v.as_u64())
+        .and_then(|id| u32::try_from(id).ok())
+        .and_then(crate::convert::recipe::FileType::from_id)
+    {
+        return ft.name().to_owned();
+    }
+    let mut bytes: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in &ckpt.weights.tensors {
+        if t.shape.len() >= 2 {
+            *bytes.entry(t.dtype.name().to_owned()).or_default() += t.len;
+        }
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|(_, b)| *b)
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn vocab_digest(engine: &Engine) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for id in 0..engine.tokenizer.vocab_size() as u32 {
+        let t = engine.tokenizer.token(id).unwrap_or_default();
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    Sha256Digest(h.finalize().into()).to_hex()
+}
+
+fn load(path: &Path, math: Math, device: &candle_core::Device) -> Result<Side, ParityError> {
+    let ckpt = Checkpoint::open(path).map_err(|source| ParityError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let engine = Engine::load(&ckpt, math, device).map_err(|source| ParityError::Load {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cfg = engine.model.config();
+    let info = ModelRef {
+        path: path.display().to_string(),
+        digest: digest_of(path)?.to_hex(),
+        architecture: cfg.architecture.name().to_owned(),
+        layers: cfg.n_layers,
+        vocab: cfg.vocab,
+        vocab_digest: vocab_digest(&engine),
+        quant: quant_type(&ckpt),
+        math,
+    };
+    Ok(Side {
+        engine,
+        path: path.to_owned(),
+        info,
+    })
+}
+
+fn same_shape(r: &Side, c: &Side) -> Result<(), ParityError> {
+    let (a, b) = (r.engine.model.config(), c.engine.model.config());
+    let pairs: [(&'static str, String, String); 6] = [
+        (
+            "the architecture",
+            a.architecture.name().into(),
+            b.architecture.name().into(),
+        ),
+        (
+            "the layer count",
+            a.n_layers.to_string(),
+            b.n_layers.to_string(),
+        ),
+        (
+            "the hidden size",
+            a.hidden.to_string(),
+            b.hidden.to_string(),
+        ),
+        (
+            "the head count",
+            a.n_heads.to_string(),
+            b.n_heads.to_string(),
+        ),
+        (
+            "the key-value head count",
+            a.n_kv_heads.to_string(),
+            b.n_kv_heads.to_string(),
+        ),
+        (
+            "the vocabulary size",
+            a.vocab.to_string(),
+            b.vocab.to_string(),
+        ),
+    ];
+    for (what, reference, candidate) in pairs {
+        if reference != candidate {
+            return Err(ParityError::Architecture {
+                what,
+                reference,
+                candidate,
+            });
+        }
+    }
+    if r.info.vocab_digest != c.info.vocab_digest {
+        return Err(ParityError::Vocabulary {
+            what: format!(
+                "the token strings differ (vocabulary digests {} and {})",
+                &r.info.vocab_digest[..12],
+                &c.info.vocab_digest[..12]
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<(String, Sha256Digest), ParityError> {
+    let io = |source| ParityError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_TEXT_BYTES {
+        return Err(ParityError::TextTooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let digest = Sha256Digest::of(&bytes);
+    let text = String::from_utf8(bytes).map_err(|_| ParityError::NotText {
+        path: path.to_owned(),
+    })?;
+    Ok((text, digest))
+}
+
+/// Token sequences of a text corpus: `ctx`-token chunks, BOS first in each when the model
+/// adds one (llama.cpp's perplexity tool does the same).
+fn text_sequences(
+    side: &Side,
+    path: &Path,
+    text: &str,
+    opts: &ParityOptions,
+) -> Result<Vec<Sequence>, ParityError> {
+    let run = |source| ParityError::Run {
+        path: side.path.clone(),
+        source,
+    };
+    let tokens = side.engine.tokenizer.encode(text).map_err(run)?;
+    let ctx = opts.ctx;
+    let available = tokens.len() / ctx;
+    if available == 0 {
+        return Err(ParityError::TextTooShort {
+            path: path.to_owned(),
+            tokens: tokens.len(),
+            ctx,
+        });
+    }
+    let n = opts.chunks.map_or(available, |c| c.clamp(1, available));
+    let bos = side.engine.tokenizer.bos();
+    let adds_bos = side.engine.tokenizer.adds_bos();
+    Ok((0..n)
+        .map(|i| {
+            let mut chunk = tokens[i * ctx..(i + 1) * ctx].to_vec();
+            if let (true, Some(b)) = (adds_bos, bos) {
+                chunk[0] = b;
+            }
+            Sequence {
+                tokens: chunk,
+                first_scored: ctx / 2,
+                prompt: None,
+            }
+        })
+        .collect())
+}
+
+fn read_prompts(path: &Path) -> Result<(Vec<String>, Sha256Digest), ParityError> {
+    let (text, digest) = read_text(path)?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.replace("\\n", "\n"))
+        .collect();
+    if prompts.is_empty() {
+        return Err(ParityError::NoPrompts {
+            path: path.to_owned(),
+        });
+    }
+    Ok((prompts, digest))
+}
+
+/// The greedy continuation of `prompt`, with the stop token when generation ended on one.
+fn continuation(side: &mut Side, prompt: &[u32], n: usize) -> Result<Vec<u32>, ParityError> {
+    let cfg = GenerationConfig {
+        max_tokens: n,
+        stop: side.engine.tokenizer.eos().to_vec(),
+    };
+    let g =
+        generate(&mut side.engine.model, prompt, &cfg, &mut Sampler::Greedy).map_err(|source| {
+            ParityError::Run {
+                path: side.path.clone(),
+                source,
+            }
+        })?;
+    let mut out = g.tokens;
+    out.extend(g.stop_token);
+    Ok(out)
+}
+
+fn prompt_ids(
+    side: &Side,
+    path: &Path,
+    index: usize,
+    prompt: &str,
+    new: usize,
+) -> Result<Vec<u32>, ParityError> {
+    let ids = side
+        .engine
+        .tokenizer
+        .encode(prompt)
+        .map_err(|source| ParityError::Run {
+            path: side.path.clone(),
+            source,
+        })?;
+    let context = side.engine.model.config().context;
+    if ids.is_empty() || ids.len() + new > context {
+        return Err(ParityError::PromptTooLong {
+            path: path.to_owned(),
+            index: index + 1,
+            tokens: ids.len(),
+            new,
+            context,
+        });
+    }
+    Ok(ids)
+}
+
+/// Prompt sequences: each prompt plus the reference's greedy continuation, scored from
+/// the prompt's last token on.
+fn prompt_sequences(
+    side: &mut Side,
+    path: &Path,
+    prompts: &[String],
+    new: usize,
+) -> Result<Vec<Sequence>, ParityError> {
+    let mut out = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let mut tokens = prompt_ids(side, path, i, p, new)?;
+        let first_scored = tokens.len() - 1;
+        let cont = continuation(side, &tokens, new)?;
+        tokens.extend(cont);
+        out.push(Sequence {
+            tokens,
+            first_scored,
+            prompt: Some(p.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// Logits `[len, vocab]` of a whole sequence, flattened row-major. With `split`, the
+/// sequence runs in two forward passes through the KV cache (a different computation of
+/// the same function, used to measure the noise floor).
+fn logits(side: &mut Side, seq: &[u32], split: bool) -> Result<Vec<f32>, ParityError> {
+    let run = |source| ParityError::Run {
+        path: side.path.clone(),
+        source,
+    };
+    let model = &mut side.engine.model;
+    model.reset().map_err(run)?;
+    let parts: Vec<&[u32]> = if split && seq.len() > 1 {
+        let (a, b) = seq.split_at(seq.len() / 2);
+        vec![a, b]
+    } else {
+        vec![seq]
+    };
+    let mut out = Vec::with_capacity(seq.len() * model.config().vocab);
+    for p in parts {
+        let t = model.forward(p, Logits::All).map_err(run)?;
+        let v = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| run(EngineError::Candle(e)))?;
+        out.extend(v);
+    }
+    Ok(out)
+}
+
+fn check_context(side: &Side, seqs: &[Sequence]) -> Result<(), ParityError> {
+    let context = side.engine.model.config().context;
+    let longest = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+    if longest > context {
+        return Err(ParityError::ContextTooLong {
+            model: side.path.clone(),
+            ctx: longest,
+            context,
+        });
+    }
+    Ok(())
+}
+
+/// The evaluation plan: sequences plus what the report says about the corpus.
+struct Plan {
+    sequences: Vec<Sequence>,
+    corpus: CorpusRef,
+}
+
+fn plan(reference: &mut Side, opts: &ParityOptions) -> Result<Plan, ParityError> {
+    if opts.ctx < 4 {
+        return Err(ParityError::CtxTooSmall(opts.ctx));
+    }
+    let path = opts.corpus.path().to_owned();
+    let (sequences, digest) = match &opts.corpus {
+        Corpus::Text(p) => {
+            let context = reference.engine.model.config().context;
+            if opts.ctx > context {
+                return Err(ParityError::ContextTooLong {
+                    model: reference.path.clone(),
+                    ctx: opts.ctx,
+                    context,
+                });
+            }
+            let (text, digest) = read_text(p)?;
+            (text_sequences(reference, p, &text, opts)?, digest)
+        }
+        Corpus::Prompts(p) => {
+            let (prompts, digest) = read_prompts(p)?;
+            (
+                prompt_sequences(reference, p, &prompts, opts.max_new_tokens)?,
+                digest,
+            )
+        }
+    };
+    check_context(reference, &sequences)?;
+    Ok(Plan {
+        corpus: CorpusRef {
+            kind: opts.corpus.kind().into(),
+            path: path.display().to_string(),
+            digest: digest.to_hex(),
+            ctx: opts.ctx,
+            chunks: sequences.len(),
+            max_new_tokens: opts.max_new_tokens,
+        },
+        sequences,
+    })
+}
+
+fn positions_full(seq: &Sequence, r: &[f32], c: &[f32], vocab: usize, out: &mut Vec<Position>) {
+    for i in seq.first_scored..seq.tokens.len().saturating_sub(1) {
+        let row = i * vocab..(i + 1) * vocab;
+        out.push(stats::compare_full(
+            &r[row.clone()],
+            &c[row],
+            seq.tokens[i + 1] as usize,
+        ));
+    }
+}
+
+/// Greedy continuations of every prompt sequence by the candidate, against the reference's.
+fn divergences(
+    cand: &mut Side,
+    seqs: &[Sequence],
+    new: usize,
+) -> Result<Vec<Divergence>, ParityError> {
+    let mut out = Vec::new();
+    for s in seqs {
+        let Some(prompt) = &s.prompt else { continue };
+        let n_prompt = s.first_scored + 1;
+        let reference = s.tokens[n_prompt..].to_vec();
+        let candidate = continuation(cand, &s.tokens[..n_prompt], new)?;
+        let first = reference
+            .iter()
+            .zip(&candidate)
+            .position(|(a, b)| a != b)
+            .or_else(|| {
+                (reference.len() != candidate.len()).then(|| reference.len().min(candidate.len()))
+            });
+        let decode = |ids: &[u32]| cand.engine.tokenizer.decode(ids).unwrap_or_default();
+        out.push(Divergence {
+            prompt: prompt.clone(),
+            prompt_tokens: n_prompt,
+            reference_text: decode(&reference),
+            candidate_text: decode(&candidate),
+            reference,
+            candidate,
+            first_divergence: first,
+        });
+    }
+    Ok(out)
+}
+
+fn open_device(spec: &DeviceSpec) -> Result<candle_core::Device, ParityError> {
+    spec.open().map_err(|source| ParityError::Load {
+        path: PathBuf::from(spec.to_string()),
+        source,
+    })
+}
+
+/// Run both models over the corpus and compare every scored position.
+pub fn compare(
+    reference: &Path,
+    candidate: &Path,
+    opts: &ParityOptions,
+    thresholds: Option<Thresholds>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ParityReport, ParityError> {
+    let start = Instant::now();
+    let device = open_device(&opts.device)?;
+    let mut r = load(reference, Math::Reference, &device)?;
+    let mut c = load(candidate, opts.candidate_math, &device)?;
+    same_shape(&r, &c)?;
+    let plan = plan(&mut r, opts)?;
+    check_context(&c, &plan.sequences)?;
+    if let Corpus::Text(p) = &opts.corpus {
+        // Same vocabulary strings can still tokenize differently (merges, normalizer).
+        let (text, _) = read_text(p)?;
+        let a = r
+            .engine
+            .tokenizer
+            .encode(&text)
+            .map_err(|source| ParityError::Run {
+                path: r.path.clone(),
+                source,
+            })?;
+        let b = c
+            .engine
+            .tokenizer
+            .encode(&text)
+            .map_err(|source| ParityError::Run {
+                path: c.path.clone(),
+                source,
+            })?;
+        if a != b {
+            let at = a
+                .iter()
+                .zip(&b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
+            return Err(ParityError::Vocabulary {
+                what: format!(
+                    "the tokenizers split `{}` differently from token {at} on",
+                    p.display()
+                ),
+            });
+        }
+    }
+    let vocab = r.engine.model.config().vocab;
+    let mut positions = Vec::new();
+    let total = plan.sequences.len();
+    for (i, seq) in plan.sequences.iter().enumerate() {
+        let a = logits(&mut r, &seq.tokens, false)?;
+        let b = logits(&mut c, &seq.tokens, false)?;
+        positions_full(seq, &a, &b, vocab, &mut positions);
+        progress(i + 1, total);
+    }
+    let divergence = divergences(&mut c, &plan.sequences, opts.max_new_tokens)?;
+    let summary = Summary::of(&positions).ok_or(ParityError::NoInput)?;
+    let mut report = ParityReport {
+        reference: r.info,
+        candidate: c.info,
+        corpus: plan.corpus,
+        against: "full",
+        summary,
+        noise_floor: None,
+        divergence,
+        thresholds: None,
+        checks: Vec::new(),
+        verdict: Verdict::Pass,
+        findings: Vec::new(),
+        hardware: Hardware::detect(&opts.device),
+        golden_hardware: None,
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        seconds: 0.0,
+    };
+    report.judge(thresholds, candidate);
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Run the reference over the corpus and keep what `check` needs: the token ids, each
+/// scored position's top-k logits, log-sum-exp and next-token log-probability, plus the
+/// noise floor of this machine (the reference evaluated a second way and compared).
+pub fn record(
+    reference: &Path,
+    opts: &ParityOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Golden, ParityError> {
+    let device = open_device(&opts.device)?;
+    let mut r = load(reference, Math::Reference, &device)?;
+    let plan = plan(&mut r, opts)?;
+    let vocab = r.engine.model.config().vocab;
+    let k = opts.top_k.clamp(1, vocab);
+    let mut records = Vec::new();
+    let mut noise = Vec::new();
+    let total = plan.sequences.len();
+    for (i, seq) in plan.sequences.iter().enumerate() {
+        let a = logits(&mut r, &seq.tokens, false)?;
+        let b = logits(&mut r, &seq.tokens, true)?;
+        positions_full(seq, &a, &b, vocab, &mut noise);
+        let tops = (seq.first_scored..seq.tokens.len() - 1)
+            .map(|p| {
+                stats::TopK::from_row(
+                    &a[p * vocab..(p + 1) * vocab],
+                    seq.tokens[p + 1] as usize,
+                    k,
+                )
+            })
+            .collect();
+        records.push(golden::Recorded {
+            sequence: seq.clone(),
+            positions: tops,
+        });
+        progress(i + 1, total);
+    }
+    Ok(Golden {
+        format: golden::FORMAT.into(),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        reference: r.info,
+        corpus: plan.corpus,
+        top_k: k,
+        hardware: Hardware::detect(&opts.device),
+        noise_floor: Summary::of(&noise).ok_or(ParityError::NoInput)?,
+        sequences: records,
+    })
+}
+
+/// Compare a candidate with a golden file, running only the candidate.
+pub fn check(
+    candidate: &Path,
+    golden: &Golden,
+    golden_path: &Path,
+    opts: &ParityOptions,
+    thresholds: Option<Thresholds>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ParityReport, ParityError> {
+    let start = Instant::now();
+    let device = open_device(&opts.device)?;
+    let mut c = load(candidate, opts.candidate_math, &device)?;
+    golden.check_candidate(golden_path, &c.info)?;
+    let seqs: Vec<Sequence> = golden
+        .sequences
+        .iter()
+        .map(|s| s.sequence.clone())
+        .collect();
+    check_context(&c, &seqs)?;
+    let vocab = c.engine.model.config().vocab;
+    let mut positions = Vec::new();
+    let total = golden.sequences.len();
+    for (i, rec) in golden.sequences.iter().enumerate() {
+        let seq = &rec.sequence;
+        let b = logits(&mut c, &seq.tokens, false)?;
+        for (j, top) in rec.positions.iter().enumerate() {
+            let p = seq.first_scored + j;
+            positions.push(stats::compare_topk(
+                top,
+                &b[p * vocab..(p + 1) * vocab],
+                seq.tokens[p + 1] as usize,
+            ));
+        }
+        progress(i + 1, total);
+    }
+    let divergence = divergences(&mut c, &seqs, golden.corpus.max_new_tokens)?;
+    let summary = Summary::of(&positions).ok_or(ParityError::NoInput)?;
+    let mut report = ParityReport {
+        reference: golden.reference.clone(),
+        candidate: c.info,
+        corpus: golden.corpus.clone(),
+        against: "golden",
+        summary,
+        noise_floor: Some(golden.noise_floor.clone()),
+        divergence,
+        thresholds: None,
+        checks: Vec::new(),
+        verdict: Verdict::Pass,
+        findings: Vec::new(),
+        hardware: Hardware::detect(&opts.device),
+        golden_hardware: Some(golden.hardware.clone()),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        seconds: 0.0,
+    };
+    report.judge(thresholds, candidate);
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}

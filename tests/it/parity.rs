@@ -1,0 +1,428 @@
+//! `modelgate parity`, `parity record` and `parity check` end to end: SmolLM2 against
+//! itself, against its requantizations, golden files, thresholds and bad input.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::support::{fixture, modelgate, repo, smollm2};
+
+fn eval_text() -> PathBuf {
+    fixture("text/eval.txt")
+}
+
+fn run_json(args: &[&str]) -> (i32, Value, String) {
+    let o = modelgate(args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stderr}"));
+    (o.status.code().unwrap_or(-1), v, stderr)
+}
+
+fn validate(schema: &str, v: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas").join(schema)).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{schema} violated: {errors:#?}");
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {path}"))
+}
+
+/// SmolLM2 dequantized to f16 safetensors, and that requantized to Q8_0 and Q4_K_M, made
+/// once for every test here.
+struct Requantized {
+    _dir: tempfile::TempDir,
+    f16: PathBuf,
+    q8_0: PathBuf,
+    q4_k_m: PathBuf,
+}
+
+fn requantized() -> &'static Requantized {
+    static R: OnceLock<Requantized> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let f16 = dir.path().join("smollm2-f16");
+        let q8_0 = dir.path().join("smollm2-q8_0.gguf");
+        let q4_k_m = dir.path().join("smollm2-q4_k_m.gguf");
+        let src = smollm2();
+        for (from, to, ty) in [
+            (&src, &f16, "F16"),
+            (&f16, &q8_0, "Q8_0"),
+            (&f16, &q4_k_m, "Q4_K_M"),
+        ] {
+            let o = modelgate(&[
+                "convert",
+                from.to_str().unwrap(),
+                "-o",
+                to.to_str().unwrap(),
+                "--type",
+                ty,
+                "--quiet",
+            ]);
+            assert!(
+                o.status.success(),
+                "convert to {ty}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Requantized {
+            _dir: dir,
+            f16,
+            q8_0,
+            q4_k_m,
+        }
+    })
+}
+
+fn parity(reference: &Path, candidate: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut a = vec![
+        "parity",
+        reference.to_str().unwrap(),
+        candidate.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ];
+    a.extend_from_slice(extra);
+    run_json(&a)
+}
+
+const TEXT: [&str; 4] = ["--ctx", "256", "--chunks", "3"];
+
+fn with_text<'a>(extra: &[&'a str], text: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["--text", text];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn smollm2_against_itself_is_exact() {
+    let s = smollm2();
+    let text = eval_text();
+    let (code, v, err) = parity(
+        &s,
+        &s,
+        &with_text(&["--ctx", "128", "--chunks", "2"], text.to_str().unwrap()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(f(&v, "/summary/mean_kld/value"), 0.0);
+    assert_eq!(f(&v, "/summary/kld/max"), 0.0);
+    assert_eq!(f(&v, "/summary/same_top1/value"), 1.0);
+    assert_eq!(f(&v, "/summary/ppl_ratio/value"), 1.0);
+    assert_eq!(f(&v, "/summary/max_abs_delta_logit"), 0.0);
+    // two chunks of 128, the second half of each scored: 2 x 63 predictions
+    assert_eq!(v["summary"]["positions"], 126);
+    assert_eq!(v["candidate"]["quant"], "Q4_1");
+    assert_eq!(v["verdict"], "pass");
+    validate("parity-report.schema.json", &v);
+}
+
+#[test]
+fn requantized_smollm2_figures_follow_the_published_order() {
+    let r = requantized();
+    let text = eval_text();
+    let text = text.to_str().unwrap();
+    let (c8, q8, e8) = parity(&r.f16, &r.q8_0, &with_text(&TEXT, text));
+    let (c4, q4, e4) = parity(&r.f16, &r.q4_k_m, &with_text(&TEXT, text));
+    assert_eq!(c8, 0, "{e8}");
+    assert_eq!(c4, 0, "{e4}");
+    let k8 = f(&q8, "/summary/mean_kld/value");
+    let k4 = f(&q4, "/summary/mean_kld/value");
+    eprintln!(
+        "SmolLM2 f16 -> Q8_0: mean KLD {k8:.5}, top-1 {:.4}; Q4_K_M: mean KLD {k4:.5}, top-1 {:.4}",
+        f(&q8, "/summary/same_top1/value"),
+        f(&q4, "/summary/same_top1/value")
+    );
+    assert!(k8 > 0.0 && k8 < k4 / 3.0, "Q8_0 {k8} vs Q4_K_M {k4}");
+    assert!(f(&q8, "/summary/same_top1/value") > f(&q4, "/summary/same_top1/value"));
+    assert!(f(&q8, "/summary/rms_delta_p/value") < f(&q4, "/summary/rms_delta_p/value"));
+    assert_eq!(q8["candidate"]["quant"], "Q8_0");
+    assert_eq!(q4["candidate"]["quant"], "Q4_K_M");
+    assert_eq!(q8["reference"]["quant"], "F16");
+    assert_eq!(q4["thresholds"]["origin"], "built-in defaults");
+}
+
+#[test]
+fn record_and_check_reproduce_parity_within_its_errors() {
+    let r = requantized();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = dir.path().join("golden.json");
+    let text = eval_text();
+    let mut rec = vec![
+        "parity",
+        "record",
+        r.f16.to_str().unwrap(),
+        "--out",
+        golden.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--quiet",
+    ];
+    rec.extend_from_slice(&TEXT);
+    let o = modelgate(&rec);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    validate("golden.schema.json", &g);
+    assert_eq!(g["top_k"], 64);
+    assert_eq!(g["reference"]["quant"], "F16");
+    assert!(!g["hardware"]["cpu"].as_str().unwrap().is_empty());
+
+    let (code, full, err) = parity(&r.f16, &r.q4_k_m, &with_text(&TEXT, text.to_str().unwrap()));
+    assert_eq!(code, 0, "{err}");
+    let (code, chk, err) = run_json(&[
+        "parity",
+        "check",
+        r.q4_k_m.to_str().unwrap(),
+        "--golden",
+        golden.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    validate("parity-report.schema.json", &chk);
+    assert_eq!(chk["against"], "golden");
+    assert_eq!(full["summary"]["positions"], chk["summary"]["positions"]);
+    // Exact from the golden: the next token's probability and the reference's top-1.
+    for p in [
+        "/summary/same_top1/value",
+        "/summary/ppl_ratio/value",
+        "/summary/rms_delta_p/value",
+    ] {
+        assert!((f(&full, p) - f(&chk, p)).abs() < 1e-9, "{p}");
+    }
+    // KLD over the top-64 plus a tail bucket: a lower bound, within the standard error.
+    let (kf, kc) = (
+        f(&full, "/summary/mean_kld/value"),
+        f(&chk, "/summary/mean_kld/value"),
+    );
+    let se = f(&full, "/summary/mean_kld/stderr");
+    assert!(
+        kc <= kf + 1e-12 && kf - kc <= se,
+        "full {kf} golden {kc} se {se}"
+    );
+    // The noise floor travels with the golden file.
+    assert!(chk["noise_floor"]["mean_kld"]["value"].as_f64().unwrap() < 1e-6);
+}
+
+#[test]
+fn prompts_report_where_greedy_continuations_part() {
+    let s = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "The capital of France is\ndef fibonacci(n):\n").unwrap();
+    let (code, v, err) = parity(
+        &s,
+        &s,
+        &["--prompts", prompts.to_str().unwrap(), "--math", "native"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let d = v["divergence"].as_array().unwrap();
+    assert_eq!(d.len(), 2);
+    // The reference continuation is transformers' (issue 4), EOS included.
+    let france: Vec<u64> = d[0]["reference"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        france,
+        [
+            7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34,
+            216, 33, 34, 42, 33, 34, 42, 37, 35, 30, 2
+        ]
+    );
+    // Native Q4_1 math leaves the reference path, as llama.cpp's does (at token 5 here).
+    let first = d[0]["first_divergence"].as_u64();
+    eprintln!(
+        "native SmolLM2 Q4_1 diverges at {first:?} and {:?}",
+        d[1]["first_divergence"]
+    );
+    assert!(first.is_some());
+    assert_eq!(v["corpus"]["kind"], "prompts");
+    // scored: each continuation's tokens (the first predicted from the prompt's last)
+    let scored: usize = d
+        .iter()
+        .map(|x| x["reference"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(v["summary"]["positions"], scored);
+}
+
+fn policy_with_tight_q4_k_m(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("policies/commercial.yaml")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Q4_K_M:"))
+        .expect("commercial policy has a Q4_K_M threshold");
+    let tight = text.replace(
+        line,
+        "    Q4_K_M: { max_mean_kld: 0.000001, min_top1: 0.85 }",
+    );
+    let p = dir.join("tight.yaml");
+    std::fs::write(&p, tight).unwrap();
+    p
+}
+
+#[test]
+fn a_threshold_set_too_tight_fails_with_exit_1_and_says_which() {
+    let r = requantized();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_with_tight_q4_k_m(dir.path());
+    let text = eval_text();
+    let o = modelgate(&[
+        "parity",
+        r.f16.to_str().unwrap(),
+        r.q4_k_m.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--chunks",
+        "1",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("parity/max-mean-kld"), "{out}");
+    assert!(out.contains("exceeds the Q4_K_M limit 1.000e-6"), "{out}");
+    assert!(
+        out.contains("tight.yaml` parity.thresholds.Q4_K_M"),
+        "{out}"
+    );
+    assert!(out.contains("verdict: fail"), "{out}");
+}
+
+#[test]
+fn fixture_safetensors_and_its_gguf_conversions_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("models/tiny-llama");
+    let text = eval_text();
+    for (ty, max_kld) in [("F32", 1e-9), ("Q8_0", 1e-3)] {
+        let out = dir.path().join(format!("tiny-{ty}.gguf"));
+        let o = modelgate(&[
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (code, v, err) = parity(
+            &src,
+            &out,
+            &with_text(&["--ctx", "128", "--chunks", "2"], text.to_str().unwrap()),
+        );
+        assert_eq!(code, 0, "{ty}: {err}");
+        let k = f(&v, "/summary/mean_kld/value");
+        assert!(k <= max_kld, "{ty}: mean KLD {k}");
+        assert_eq!(v["candidate"]["quant"], ty);
+    }
+}
+
+fn fails_with_2(args: &[&str], needle: &str) {
+    let o = modelgate(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected `{needle}` in {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message() {
+    let llama = fixture("models/tiny-llama");
+    let qwen = fixture("models/tiny-qwen2");
+    let text = eval_text();
+    let (l, q, t) = (
+        llama.to_str().unwrap(),
+        qwen.to_str().unwrap(),
+        text.to_str().unwrap(),
+    );
+    fails_with_2(
+        &["parity", l, q, "--text", t, "--ctx", "64"],
+        "architecture differs",
+    );
+    // Same shapes, one token string changed.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("tiny-llama-other-vocab");
+    std::fs::create_dir(&other).unwrap();
+    for e in std::fs::read_dir(&llama).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), other.join(e.file_name())).unwrap();
+    }
+    let tok_path = other.join("tokenizer.json");
+    let mut tok: Value = serde_json::from_slice(&std::fs::read(&tok_path).unwrap()).unwrap();
+    // Swap the ids of two ordinary tokens: every string is still there, in another order.
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let a = vocab["Ġit"].clone();
+    let b = vocab["Ġto"].clone();
+    vocab.insert("Ġit".into(), b);
+    vocab.insert("Ġto".into(), a);
+    std::fs::write(&tok_path, serde_json::to_vec(&tok).unwrap()).unwrap();
+    fails_with_2(
+        &[
+            "parity",
+            l,
+            other.to_str().unwrap(),
+            "--text",
+            t,
+            "--ctx",
+            "64",
+        ],
+        "vocabulary differs",
+    );
+    // A chunk longer than the model's context (256).
+    fails_with_2(
+        &["parity", l, l, "--text", t, "--ctx", "512"],
+        "does not fit in the context",
+    );
+    fails_with_2(&["parity", l, l], "give `--text FILE` or `--prompts FILE`");
+    // Golden files: not JSON, and a token id outside the vocabulary.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, b"{\"format\": \"modelgate-parity-golden/1\", \"seq").unwrap();
+    fails_with_2(
+        &["parity", "check", l, "--golden", bad.to_str().unwrap()],
+        "golden file",
+    );
+    let golden = dir.path().join("g.json");
+    let o = modelgate(&[
+        "parity",
+        "record",
+        l,
+        "--out",
+        golden.to_str().unwrap(),
+        "--text",
+        t,
+        "--ctx",
+        "64",
+        "--chunks",
+        "1",
+        "--top",
+        "4",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut g: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    g["sequences"][0]["tokens"][3] = Value::from(70000);
+    std::fs::write(&golden, serde_json::to_vec(&g).unwrap()).unwrap();
+    fails_with_2(
+        &["parity", "check", l, "--golden", golden.to_str().unwrap()],
+        "token id 70000 is outside the vocabulary",
+    );
+}
