@@ -178,7 +178,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         report.seconds
     )?;
     for g in &report.failed_gates {
-        writeln!(o, "failed gate `{}` (step `{}`) on `{}`:", g.gate, g.step, g.subject)?;
+        writeln!(
+            o,
+            "failed gate `{}` (step `{}`) on `{}`:",
+            g.gate, g.step, g.subject
+        )?;
         for r in &g.reasons {
             writeln!(o, "  {r}")?;
         }

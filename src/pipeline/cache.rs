@@ -77,12 +77,18 @@ pub fn lookup(
 }
 
 /// Remember a completed step.
-pub fn store(out: &Path, step: &str, key: &Sha256Digest, record: &StepRecord) -> Result<(), PipelineError> {
+pub fn store(
+    out: &Path,
+    step: &str,
+    key: &Sha256Digest,
+    record: &StepRecord,
+) -> Result<(), PipelineError> {
     let entry = Entry {
         key: key.to_hex(),
         record: record.clone(),
     };
-    let mut bytes = serde_json::to_vec_pretty(&entry).map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let mut bytes =
+        serde_json::to_vec_pretty(&entry).map_err(|e| PipelineError::Internal(e.to_string()))?;
     bytes.push(b'\n');
     let dir = out.join(CACHE_DIR);
     fs::create_dir_all(&dir).map_err(|e| PipelineError::Write {

@@ -327,8 +327,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
         let safe = !t.name.is_empty()
             && t.name != "source"
             && !t.name.starts_with('.')
-            && t
-                .name
+            && t.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !safe {
@@ -425,7 +424,10 @@ steps:
     #[test]
     fn parses_a_pipeline() {
         let f = parse(Path::new("p.yaml"), GOOD).unwrap();
-        assert_eq!(f.steps.convert.unwrap().targets[0].ty.as_deref(), Some("Q8_0"));
+        assert_eq!(
+            f.steps.convert.unwrap().targets[0].ty.as_deref(),
+            Some("Q8_0")
+        );
         assert!(f.steps.sign.unwrap().attest);
     }
 

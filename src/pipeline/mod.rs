@@ -293,10 +293,7 @@ impl RunReport {
 
     /// The licence summary: the policy step's when it ran, else the import step's.
     pub fn licence(&self) -> Option<&LicenceSummary> {
-        self.steps
-            .iter()
-            .rev()
-            .find_map(|s| s.licence.as_ref())
+        self.steps.iter().rev().find_map(|s| s.licence.as_ref())
     }
 
     /// Parity results by target name.

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use super::cache;
 use super::file::{Pipeline, Target, TargetFormat};
 use super::{
-    Artifact, BaseModelRef, Events, FileDigest, FileRef, GateFailure, LicenceRef,
-    LicenceSummary, PipelineError, RunReport, SignatureRecord, Status, StepRecord, Tool, TypeStat,
+    Artifact, BaseModelRef, Events, FileDigest, FileRef, GateFailure, LicenceRef, LicenceSummary,
+    PipelineError, RunReport, SignatureRecord, Status, StepRecord, Tool, TypeStat,
 };
 use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
 use crate::finding::{Evidence, Finding, Severity, Verdict};
@@ -60,7 +60,8 @@ impl Runner<'_> {
         let key = cache::key(&inputs, &settings);
         let cache_name = name.replace(':', "-");
         if !self.force {
-            if let Some(mut rec) = cache::lookup(&self.out, &cache_name, &key, &|p| digest_of(p).ok())
+            if let Some(mut rec) =
+                cache::lookup(&self.out, &cache_name, &key, &|p| digest_of(p).ok())
             {
                 rec.status = Status::Cached;
                 rec.seconds = t.elapsed().as_secs_f64();
@@ -327,7 +328,11 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     let total = 1
         + usize::from(steps.scan.is_some())
         + targets.len()
-        + if steps.verify.is_some() { targets.len() } else { 0 }
+        + if steps.verify.is_some() {
+            targets.len()
+        } else {
+            0
+        }
         + usize::from(steps.policy.is_some())
         + parity_targets.len()
         + sign_targets.len();
@@ -384,7 +389,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
 
     if steps.scan.is_some() {
         records.push(r.step("scan", "scan", model_inputs(), json!({}), |rec| {
-            let findings = crate::scan::scan(&p.model).map_err(|e| PipelineError::step("scan", e))?;
+            let findings =
+                crate::scan::scan(&p.model).map_err(|e| PipelineError::step("scan", e))?;
             rec.gates.push(gate("scan", &p.model, findings));
             Ok(())
         })?);
@@ -396,7 +402,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         let name = format!("convert:{}", t.name);
         // Threads do not change the output (conversion is deterministic), so they are not
         // part of the key.
-        let settings = serde_json::to_value(t).map_err(|e| PipelineError::Internal(e.to_string()))?;
+        let settings =
+            serde_json::to_value(t).map_err(|e| PipelineError::Internal(e.to_string()))?;
         let rec = r.step(&name, "convert", model_inputs(), settings, |rec| {
             let o = convert_options(t, threads).map_err(|m| PipelineError::Invalid {
                 path: p.path.clone(),
@@ -407,7 +414,10 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
             let (format, write_to) = match t.format {
                 TargetFormat::Gguf => (OutputFormat::Gguf, dest.clone()),
                 // convert refuses to replace a directory; write beside it, then swap.
-                TargetFormat::Safetensors => (OutputFormat::HfDir, out.join(format!(".{}.staging", t.name))),
+                TargetFormat::Safetensors => (
+                    OutputFormat::HfDir,
+                    out.join(format!(".{}.staging", t.name)),
+                ),
             };
             if write_to != dest && write_to.exists() {
                 fs::remove_dir_all(&write_to).map_err(|e| PipelineError::Write {
@@ -465,7 +475,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         }
         records.push(rec);
     }
-    let artifact_inputs = |a: &Artifact| BTreeMap::from([(format!("artifact:{}", a.name), a.sha256.clone())]);
+    let artifact_inputs =
+        |a: &Artifact| BTreeMap::from([(format!("artifact:{}", a.name), a.sha256.clone())]);
 
     if steps.verify.is_some() {
         for (_, a) in &artifacts {
@@ -520,55 +531,66 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
             inputs.extend(artifact_inputs(a));
         }
         // Waivers expire: the date is part of the settings.
-        records.push(r.step("policy", "policy", inputs, json!({ "date": today.to_string() }), |rec| {
-            let facts = open_facts(&p.model, true, "policy")?;
-            let outcome = policy::check(&facts, &pol, cats()?).map_err(|e| PipelineError::step("policy", e))?;
-            let a = &outcome.assessment;
-            let mut g = gate("policy", &p.model, outcome.findings.clone());
-            g.waived = outcome.waived.clone();
-            g.details = Some(json!({
-                "policy": {
-                    "name": pol.file.name,
-                    "path": pol.path.display().to_string(),
-                    "sha256": pol.digest.to_hex(),
-                },
-                "model": { "name": a.name, "sha256": facts.model_digest.map(|d| d.to_hex()) },
-                "licences": a.licences,
-                "inherited": a.inherited,
-                "provenance": a.provenance,
-                "obligations": outcome.obligations,
-                "documents": outcome.documents,
-                "waivers": outcome.waivers,
-            }));
-            rec.gates.push(g);
-            // Artifacts: the policy's quantization rule on their own tensor types.
-            for (_, art) in &artifacts {
-                let path = out.join(&art.path);
-                let af = open_facts(&path, false, "policy")?;
-                let mut f = facts.clone();
-                f.subject = path.clone();
-                f.tensor_types = af.tensor_types;
-                f.weights_file = Some(match af.weights_file {
-                    Some(w) if path.is_dir() => PathBuf::from(&art.path).join(w),
-                    _ => PathBuf::from(&art.path),
-                });
-                let o = policy::check(&f, &pol, cats()?).map_err(|e| PipelineError::step("policy", e))?;
-                let keep = |v: &[Finding]| -> Vec<Finding> {
-                    v.iter().filter(|x| x.rule == policy::rules::QUANT_TYPE).cloned().collect()
-                };
-                let mut g = gate("policy", &path, keep(&o.findings));
-                g.waived = keep(&o.waived);
+        records.push(r.step(
+            "policy",
+            "policy",
+            inputs,
+            json!({ "date": today.to_string() }),
+            |rec| {
+                let facts = open_facts(&p.model, true, "policy")?;
+                let outcome = policy::check(&facts, &pol, cats()?)
+                    .map_err(|e| PipelineError::step("policy", e))?;
+                let a = &outcome.assessment;
+                let mut g = gate("policy", &p.model, outcome.findings.clone());
+                g.waived = outcome.waived.clone();
+                g.details = Some(json!({
+                    "policy": {
+                        "name": pol.file.name,
+                        "path": pol.path.display().to_string(),
+                        "sha256": pol.digest.to_hex(),
+                    },
+                    "model": { "name": a.name, "sha256": facts.model_digest.map(|d| d.to_hex()) },
+                    "licences": a.licences,
+                    "inherited": a.inherited,
+                    "provenance": a.provenance,
+                    "obligations": outcome.obligations,
+                    "documents": outcome.documents,
+                    "waivers": outcome.waivers,
+                }));
                 rec.gates.push(g);
-            }
-            rec.licence = Some(licence_summary(
-                a,
-                &outcome.obligations,
-                &outcome.documents,
-                cats()?,
-                Some(pol.file.name.clone()),
-            ));
-            Ok(())
-        })?);
+                // Artifacts: the policy's quantization rule on their own tensor types.
+                for (_, art) in &artifacts {
+                    let path = out.join(&art.path);
+                    let af = open_facts(&path, false, "policy")?;
+                    let mut f = facts.clone();
+                    f.subject = path.clone();
+                    f.tensor_types = af.tensor_types;
+                    f.weights_file = Some(match af.weights_file {
+                        Some(w) if path.is_dir() => PathBuf::from(&art.path).join(w),
+                        _ => PathBuf::from(&art.path),
+                    });
+                    let o = policy::check(&f, &pol, cats()?)
+                        .map_err(|e| PipelineError::step("policy", e))?;
+                    let keep = |v: &[Finding]| -> Vec<Finding> {
+                        v.iter()
+                            .filter(|x| x.rule == policy::rules::QUANT_TYPE)
+                            .cloned()
+                            .collect()
+                    };
+                    let mut g = gate("policy", &path, keep(&o.findings));
+                    g.waived = keep(&o.waived);
+                    rec.gates.push(g);
+                }
+                rec.licence = Some(licence_summary(
+                    a,
+                    &outcome.obligations,
+                    &outcome.documents,
+                    cats()?,
+                    Some(pol.file.name.clone()),
+                ));
+                Ok(())
+            },
+        )?);
         policy_loaded = Some(pol);
     }
 
@@ -585,7 +607,9 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         };
         let policy_rules = match (&policy_loaded, &p.policy) {
             (Some(pol), _) => Some(pol.clone()),
-            (None, Some(pp)) => Some(Policy::load(pp).map_err(|e| PipelineError::step("parity", e))?),
+            (None, Some(pp)) => {
+                Some(Policy::load(pp).map_err(|e| PipelineError::step("parity", e))?)
+            }
             (None, None) => None,
         };
         for n in &parity_targets {
@@ -593,7 +617,11 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
             let (Some((ref_path, ref_digest)), Some((_, a))) =
                 (&reference, artifacts.iter().find(|(t, _)| t.name == *n))
             else {
-                records.push(r.skip(&name, "parity", format!("`{}` or `{n}` was not produced", ps.reference)));
+                records.push(r.skip(
+                    &name,
+                    "parity",
+                    format!("`{}` or `{n}` was not produced", ps.reference),
+                ));
                 continue;
             };
             let cand = out.join(&a.path);
@@ -707,7 +735,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
                     .filter(|g| g.subject == subject || g.subject == model_subject)
                     .cloned()
                     .collect();
-                let audit_json = serde_json::to_vec(&reports).map_err(|e| PipelineError::Internal(e.to_string()))?;
+                let audit_json = serde_json::to_vec(&reports)
+                    .map_err(|e| PipelineError::Internal(e.to_string()))?;
                 let mut inputs = artifact_inputs(a);
                 inputs.insert("key".into(), public.id().to_hex());
                 if ss.attest {
@@ -715,53 +744,66 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
                 }
                 let sig_rel = signature_rel(&a.path);
                 let att_path = sign::attestation_path_for(&out.join(&sig_rel));
-                records.push(r.step(&name, "sign", inputs, json!({ "attest": ss.attest }), |rec| {
-                    let audit = Audit {
-                        source: out.join("report.json"),
-                        reports,
-                        policy: policy_ref.clone(),
-                    };
-                    let sig_path = out.join(&sig_rel);
-                    if !ss.attest && att_path.exists() {
-                        fs::remove_file(&att_path).map_err(|e| PipelineError::Write {
-                            path: att_path.clone(),
-                            source: e,
-                        })?;
-                    }
-                    let signed = sign::sign_model(SignRequest {
-                        model: &path,
-                        key: &key,
-                        signature: &sig_path,
-                        attestation: &att_path,
-                        hash: HashOptions::new(Serialization::Files),
-                        audit: ss.attest.then_some(&audit),
-                    })
-                    .map_err(|e| PipelineError::step(&name, e))?;
-                    rec.outputs.insert(sig_rel.clone(), digest_of(&sig_path)?);
-                    let att_rel = signed.attestation.as_ref().map(|(ap, _)| {
-                        ap.file_name()
-                            .map(|f| f.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    });
-                    if let Some(ar) = &att_rel {
-                        rec.outputs.insert(ar.clone(), digest_of(&out.join(ar))?);
-                    }
-                    rec.signature = Some(SignatureRecord {
-                        artifact: a.name.clone(),
-                        signature: sig_rel.clone(),
-                        attestation: att_rel,
-                        algorithm: signed.algorithm.as_str().to_owned(),
-                        key_id: signed.key_id.to_hex(),
-                        root_digest: signed.root.to_hex(),
-                        key_source: key_source.clone(),
-                    });
-                    Ok(())
-                })?);
+                records.push(r.step(
+                    &name,
+                    "sign",
+                    inputs,
+                    json!({ "attest": ss.attest }),
+                    |rec| {
+                        let audit = Audit {
+                            source: out.join("report.json"),
+                            reports,
+                            policy: policy_ref.clone(),
+                        };
+                        let sig_path = out.join(&sig_rel);
+                        if !ss.attest && att_path.exists() {
+                            fs::remove_file(&att_path).map_err(|e| PipelineError::Write {
+                                path: att_path.clone(),
+                                source: e,
+                            })?;
+                        }
+                        let signed = sign::sign_model(SignRequest {
+                            model: &path,
+                            key: &key,
+                            signature: &sig_path,
+                            attestation: &att_path,
+                            hash: HashOptions::new(Serialization::Files),
+                            audit: ss.attest.then_some(&audit),
+                        })
+                        .map_err(|e| PipelineError::step(&name, e))?;
+                        rec.outputs.insert(sig_rel.clone(), digest_of(&sig_path)?);
+                        let att_rel = signed.attestation.as_ref().map(|(ap, _)| {
+                            ap.file_name()
+                                .map(|f| f.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        });
+                        if let Some(ar) = &att_rel {
+                            rec.outputs.insert(ar.clone(), digest_of(&out.join(ar))?);
+                        }
+                        rec.signature = Some(SignatureRecord {
+                            artifact: a.name.clone(),
+                            signature: sig_rel.clone(),
+                            attestation: att_rel,
+                            algorithm: signed.algorithm.as_str().to_owned(),
+                            key_id: signed.key_id.to_hex(),
+                            root_digest: signed.root.to_hex(),
+                            key_source: key_source.clone(),
+                        });
+                        Ok(())
+                    },
+                )?);
             }
         }
     }
 
-    let report = finish(p, &out, records, policy_loaded.as_ref(), &model_digest, started);
+    let report = finish(
+        p,
+        &out,
+        records,
+        policy_loaded.as_ref(),
+        &model_digest,
+        started,
+    );
     write_reports(&out, &report)?;
     Ok(report)
 }
@@ -784,7 +826,8 @@ fn load_key(
     match &ss.key {
         Some(k) => {
             let path = p.resolve(k);
-            let key = PrivateKey::from_pem_file(&path).map_err(|e| PipelineError::step("sign", e))?;
+            let key =
+                PrivateKey::from_pem_file(&path).map_err(|e| PipelineError::step("sign", e))?;
             Ok((key, path.display().to_string()))
         }
         None => Err(PipelineError::Invalid {
@@ -872,7 +915,10 @@ fn write_reports(out: &Path, report: &RunReport) -> Result<(), PipelineError> {
             details: None,
         })
         .collect();
-    cache::write_atomic(&out.join("report.sarif"), &pretty(&crate::report::sarif(&gates))?)?;
+    cache::write_atomic(
+        &out.join("report.sarif"),
+        &pretty(&crate::report::sarif(&gates))?,
+    )?;
     cache::write_atomic(
         &out.join("bom.cdx.json"),
         &pretty(&crate::report::cyclonedx::bom(report))?,

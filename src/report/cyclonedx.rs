@@ -97,20 +97,29 @@ fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {
         prop("modelgate:tensors", a.tensors),
         prop("modelgate:parameters", a.parameters),
         prop("modelgate:bytes", a.bytes),
-        prop("modelgate:bits-per-weight", format!("{:.4}", a.bits_per_weight)),
+        prop(
+            "modelgate:bits-per-weight",
+            format!("{:.4}", a.bits_per_weight),
+        ),
     ];
     if let Some(q) = &a.file_type {
         props.insert(0, prop("modelgate:quantization", q));
     }
     if let Some(s) = r.signatures().find(|s| s.artifact == a.name) {
         props.push(prop("modelgate:signature", &s.signature));
-        props.push(prop("modelgate:signing-key", format!("{} {}", s.algorithm, s.key_id)));
+        props.push(prop(
+            "modelgate:signing-key",
+            format!("{} {}", s.algorithm, s.key_id),
+        ));
     }
     let mut card_props = Vec::new();
     if let Some(q) = &a.file_type {
         card_props.push(prop("modelgate:quantization", q));
     }
-    card_props.push(prop("modelgate:bits-per-weight", format!("{:.4}", a.bits_per_weight)));
+    card_props.push(prop(
+        "modelgate:bits-per-weight",
+        format!("{:.4}", a.bits_per_weight),
+    ));
     for (t, s) in &a.types {
         card_props.push(prop(
             &format!("modelgate:tensor-type:{t}"),

@@ -30,10 +30,17 @@ pub fn render(r: &RunReport) -> String {
         Verdict::Pass => ("✅", "PASS"),
         Verdict::Fail => ("❌", "FAIL"),
     };
-    let _ = writeln!(o, "# {mark} modelgate pipeline `{}`: {word}\n", cell(&r.name));
+    let _ = writeln!(
+        o,
+        "# {mark} modelgate pipeline `{}`: {word}\n",
+        cell(&r.name)
+    );
     if r.failed_gates.is_empty() {
         let gates = r.gates().count();
-        let _ = writeln!(o, "**Verdict: pass.** Every gate passed ({gates} gate results).\n");
+        let _ = writeln!(
+            o,
+            "**Verdict: pass.** Every gate passed ({gates} gate results).\n"
+        );
     } else {
         let _ = writeln!(
             o,
@@ -41,7 +48,11 @@ pub fn render(r: &RunReport) -> String {
             r.failed_gates.len()
         );
         for g in &r.failed_gates {
-            let _ = writeln!(o, "- gate `{}` (step `{}`) on `{}`:", g.gate, g.step, g.subject);
+            let _ = writeln!(
+                o,
+                "- gate `{}` (step `{}`) on `{}`:",
+                g.gate, g.step, g.subject
+            );
             for reason in &g.reasons {
                 let _ = writeln!(o, "  - {}", reason.replace('\n', " "));
             }
@@ -74,10 +85,7 @@ pub fn render(r: &RunReport) -> String {
                     format!(
                         "`{}`{} ({})",
                         x.id,
-                        x.name
-                            .as_ref()
-                            .map(|n| format!(" {n}"))
-                            .unwrap_or_default(),
+                        x.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
                         x.source
                     )
                 })
@@ -159,7 +167,10 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(o, "No errors or warnings ({notes} notes; see `report.sarif`).\n");
+        let _ = writeln!(
+            o,
+            "No errors or warnings ({notes} notes; see `report.sarif`).\n"
+        );
     } else {
         let _ = writeln!(o, "| step | severity | rule | message | where |");
         let _ = writeln!(o, "|---|---|---|---|---|");
@@ -185,7 +196,9 @@ pub fn render(r: &RunReport) -> String {
         if let Some(Value::Array(rows)) = p.get("metrics") {
             for m in rows {
                 let num = |k: &str| match m.get(k) {
-                    Some(Value::Number(n)) => n.as_f64().map_or(String::new(), |x| format!("{x:.6}")),
+                    Some(Value::Number(n)) => {
+                        n.as_f64().map_or(String::new(), |x| format!("{x:.6}"))
+                    }
                     Some(Value::String(s)) => s.clone(),
                     _ => String::new(),
                 };
@@ -228,7 +241,10 @@ pub fn render(r: &RunReport) -> String {
             }
         }
     } else {
-        let _ = writeln!(o, "| artifact | signature | attestation | key | root digest |");
+        let _ = writeln!(
+            o,
+            "| artifact | signature | attestation | key | root digest |"
+        );
         let _ = writeln!(o, "|---|---|---|---|---|");
         for s in sigs {
             let _ = writeln!(
@@ -251,7 +267,10 @@ pub fn render(r: &RunReport) -> String {
     let arts: Vec<_> = r.artifacts().collect();
     if !arts.is_empty() {
         let _ = writeln!(o, "## Artifacts\n");
-        let _ = writeln!(o, "| artifact | format | type | size | bits/weight | sha256 |");
+        let _ = writeln!(
+            o,
+            "| artifact | format | type | size | bits/weight | sha256 |"
+        );
         let _ = writeln!(o, "|---|---|---|---|---|---|");
         for a in arts {
             let _ = writeln!(

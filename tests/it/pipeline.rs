@@ -121,14 +121,31 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
     let gguf_sha = convert["outputs"]["tiny-llama-q8_0.gguf"].as_str().unwrap();
     assert_eq!(convert["artifact"]["file_type"], "Q8_0");
     assert_eq!(convert["inputs"]["model"], report["model"]["sha256"]);
-    assert_eq!(steps[6]["signature"]["key_source"].as_str().map(|s| s.ends_with("example-key.pem")), Some(true));
+    assert_eq!(
+        steps[6]["signature"]["key_source"]
+            .as_str()
+            .map(|s| s.ends_with("example-key.pem")),
+        Some(true)
+    );
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.starts_with("# ✅ modelgate pipeline `example`: PASS\n\n**Verdict: pass.**"), "{md}");
-    assert!(md.contains("## Licence obligations\n\n`tiny-llama` is under `apache-2.0`"), "{md}");
-    assert!(md.contains("Base model: `HuggingFaceTB/SmolLM2-135M` (finetune)"), "{md}");
+    assert!(
+        md.starts_with("# ✅ modelgate pipeline `example`: PASS\n\n**Verdict: pass.**"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Licence obligations\n\n`tiny-llama` is under `apache-2.0`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Base model: `HuggingFaceTB/SmolLM2-135M` (finetune)"),
+        "{md}"
+    );
     assert!(md.contains("## Findings"), "{md}");
-    assert!(md.contains("| tiny-llama-q8_0 | `tiny-llama-q8_0.gguf.sig` |"), "{md}");
+    assert!(
+        md.contains("| tiny-llama-q8_0 | `tiny-llama-q8_0.gguf.sig` |"),
+        "{md}"
+    );
     assert!(md.contains("### `tiny-llama-q8_0` against `source`: pass\n\n| metric | value | threshold | result |"), "{md}");
     assert!(md.contains("| max_mean_kld | "), "{md}");
     assert_eq!(steps[5]["parity"]["quant"], "Q8_0");
@@ -157,7 +174,12 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
     let pubkey = fixture("pipeline/example-key.pem.pub");
     let v = modelgate_in(
         &repo(),
-        &["verify", gguf.to_str().unwrap(), "--key", pubkey.to_str().unwrap()],
+        &[
+            "verify",
+            gguf.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+        ],
     );
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 
@@ -168,7 +190,10 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
     for s in report2["steps"].as_array().unwrap() {
         assert_eq!(s["status"], "cached", "{s:#}");
     }
-    assert_eq!(report2["steps"][2]["outputs"]["tiny-llama-q8_0.gguf"], gguf_sha);
+    assert_eq!(
+        report2["steps"][2]["outputs"]["tiny-llama-q8_0.gguf"],
+        gguf_sha
+    );
     // --log json: one event per step start and end on stderr
     let events: Vec<Value> = String::from_utf8_lossy(&o2.stderr)
         .lines()
@@ -190,8 +215,14 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
         .iter()
         .map(|s| s["status"].as_str().unwrap())
         .collect();
-    assert_eq!(status, ["cached", "cached", "ran", "cached", "cached", "cached", "cached"]);
-    assert_eq!(report3["steps"][2]["outputs"]["tiny-llama-q8_0.gguf"], gguf_sha);
+    assert_eq!(
+        status,
+        ["cached", "cached", "ran", "cached", "cached", "cached", "cached"]
+    );
+    assert_eq!(
+        report3["steps"][2]["outputs"]["tiny-llama-q8_0.gguf"],
+        gguf_sha
+    );
 
     // --force reruns everything
     let o4 = modelgate_in(&repo(), &["run", "--out", out_s, "--force"]);
@@ -205,7 +236,10 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
     // nothing temporary is left behind
     for e in std::fs::read_dir(&out).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!n.ends_with(".tmp") && !n.ends_with(".partial"), "left behind: {n}");
+        assert!(
+            !n.ends_with(".tmp") && !n.ends_with(".partial"),
+            "left behind: {n}"
+        );
     }
 }
 
@@ -236,11 +270,22 @@ fn noncommercial_licence_under_commercial_policy_fails_the_policy_gate() {
         .iter()
         .any(|r| r.as_str().unwrap().starts_with("policy/commercial-use: ")));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.starts_with("# ❌ modelgate pipeline `noncommercial`: FAIL\n\n**Verdict: fail.**"), "{md}");
+    assert!(
+        md.starts_with("# ❌ modelgate pipeline `noncommercial`: FAIL\n\n**Verdict: fail.**"),
+        "{md}"
+    );
     assert!(md.contains("- gate `policy` (step `policy`)"), "{md}");
     assert!(md.contains("cc-by-nc-4.0"), "{md}");
-    assert_valid(&sarif_validator(), &json_file(&out.join("report.sarif")), "report.sarif");
-    assert_valid(&cyclonedx_validator(), &json_file(&out.join("bom.cdx.json")), "bom.cdx.json");
+    assert_valid(
+        &sarif_validator(),
+        &json_file(&out.join("report.sarif")),
+        "report.sarif",
+    );
+    assert_valid(
+        &cyclonedx_validator(),
+        &json_file(&out.join("bom.cdx.json")),
+        "bom.cdx.json",
+    );
 }
 
 #[test]
@@ -249,27 +294,54 @@ fn parity_threshold_set_too_tight_fails_the_parity_gate_and_nothing_is_signed() 
     let example = std::fs::read_to_string(fixture("pipeline/example.yaml")).unwrap();
     let base = fixture("pipeline");
     let yaml = example
-        .replace("../models/tiny-llama", base.join("../models/tiny-llama").to_str().unwrap())
-        .replace("../../policies/research.yaml", base.join("../../policies/research.yaml").to_str().unwrap())
-        .replace("../text/eval.txt", base.join("../text/eval.txt").to_str().unwrap())
-        .replace("key: example-key.pem", &format!("key: {}", base.join("example-key.pem").display()))
-        .replace("    ctx: 128\n", "    ctx: 128\n    chunks: 2\n    thresholds:\n      Q8_0: { max_mean_kld: 0.0 }\n");
+        .replace(
+            "../models/tiny-llama",
+            base.join("../models/tiny-llama").to_str().unwrap(),
+        )
+        .replace(
+            "../../policies/research.yaml",
+            base.join("../../policies/research.yaml").to_str().unwrap(),
+        )
+        .replace(
+            "../text/eval.txt",
+            base.join("../text/eval.txt").to_str().unwrap(),
+        )
+        .replace(
+            "key: example-key.pem",
+            &format!("key: {}", base.join("example-key.pem").display()),
+        )
+        .replace(
+            "    ctx: 128\n",
+            "    ctx: 128\n    chunks: 2\n    thresholds:\n      Q8_0: { max_mean_kld: 0.0 }\n",
+        );
     let file = tmp.path().join("tight.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = tmp.path().join("out");
-    let o = modelgate_in(tmp.path(), &["run", "tight.yaml", "--out", out.to_str().unwrap()]);
+    let o = modelgate_in(
+        tmp.path(),
+        &["run", "tight.yaml", "--out", out.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let report = json_file(&out.join("report.json"));
     let failed = &report["failed_gates"][0];
     assert_eq!(failed["gate"], "parity");
     assert_eq!(failed["step"], "parity:tiny-llama-q8_0");
-    assert!(report["failed_gates"].as_array().unwrap().len() == 1, "{report:#}");
+    assert!(
+        report["failed_gates"].as_array().unwrap().len() == 1,
+        "{report:#}"
+    );
     let sign = report["steps"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(sign["status"], "skipped");
-    assert!(sign["note"].as_str().unwrap().contains("parity:tiny-llama-q8_0"));
+    assert!(sign["note"]
+        .as_str()
+        .unwrap()
+        .contains("parity:tiny-llama-q8_0"));
     assert!(!out.join("tiny-llama-q8_0.gguf.sig").exists());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("- gate `parity` (step `parity:tiny-llama-q8_0`)"), "{md}");
+    assert!(
+        md.contains("- gate `parity` (step `parity:tiny-llama-q8_0`)"),
+        "{md}"
+    );
     assert!(md.contains("| max_mean_kld | "), "{md}");
     assert!(md.contains("| 0.000000 | **fail** |"), "{md}");
 }
@@ -289,11 +361,19 @@ fn unknown_key_is_an_input_error_with_file_line_column() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.starts_with("error: `fixtures/pipeline/bad-unknown-key.yaml:4:3`: steps: unknown field `scna`"),
+        err.starts_with(
+            "error: `fixtures/pipeline/bad-unknown-key.yaml:4:3`: steps: unknown field `scna`"
+        ),
         "{err}"
     );
-    assert!(err.contains("hint: see schemas/pipeline.schema.json"), "{err}");
-    assert!(!tmp.path().join("out").exists(), "nothing is written for a bad file");
+    assert!(
+        err.contains("hint: see schemas/pipeline.schema.json"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "nothing is written for a bad file"
+    );
 }
 
 #[test]
@@ -303,7 +383,8 @@ fn pipeline_schema_accepts_the_examples_and_rejects_what_the_reader_rejects() {
         .should_validate_formats(true)
         .build(&schema)
         .expect("pipeline schema compiles");
-    let yaml = |p: &Path| -> Value { serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let yaml =
+        |p: &Path| -> Value { serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixture("pipeline"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -328,7 +409,10 @@ fn pipeline_schema_accepts_the_examples_and_rejects_what_the_reader_rejects() {
     assert!(!v.is_valid(&no_key), "sign without a key passes the schema");
     let mut bad_name = doc.clone();
     bad_name["steps"]["convert"]["targets"][0]["name"] = "source".into();
-    assert!(!v.is_valid(&bad_name), "a target named `source` passes the schema");
+    assert!(
+        !v.is_valid(&bad_name),
+        "a target named `source` passes the schema"
+    );
 }
 
 /// The issue's end-to-end pipeline on the real SmolLM2 GGUF: import it, convert to
@@ -340,7 +424,10 @@ fn smollm2_pipeline_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let key = dir.join("key.pem");
-    let k = modelgate_in(dir, &["keygen", "--alg", "p256", "--out", key.to_str().unwrap()]);
+    let k = modelgate_in(
+        dir,
+        &["keygen", "--alg", "p256", "--out", key.to_str().unwrap()],
+    );
     assert_eq!(k.status.code(), Some(0), "{}", text(&k));
     let yaml = format!(
         "name: smollm2
@@ -398,7 +485,12 @@ steps:
         .unwrap()
         .iter()
         .filter(|s| s["step"] == "parity")
-        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["verdict"].as_str().unwrap().to_owned()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         parity,
@@ -408,9 +500,20 @@ steps:
         ]
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("### `smollm2-q4_k_m` against `smollm2-f16`: pass"), "{md}");
-    assert_valid(&cyclonedx_validator(), &json_file(&out.join("bom.cdx.json")), "bom.cdx.json");
-    assert_valid(&sarif_validator(), &json_file(&out.join("report.sarif")), "report.sarif");
+    assert!(
+        md.contains("### `smollm2-q4_k_m` against `smollm2-f16`: pass"),
+        "{md}"
+    );
+    assert_valid(
+        &cyclonedx_validator(),
+        &json_file(&out.join("bom.cdx.json")),
+        "bom.cdx.json",
+    );
+    assert_valid(
+        &sarif_validator(),
+        &json_file(&out.join("report.sarif")),
+        "report.sarif",
+    );
     let pubkey = dir.join("key.pem.pub");
     for (artifact, sig) in [
         ("smollm2-f16", "smollm2-f16.sig"),
@@ -419,7 +522,14 @@ steps:
     ] {
         let v = modelgate_in(
             &out,
-            &["verify", artifact, "--signature", sig, "--key", pubkey.to_str().unwrap()],
+            &[
+                "verify",
+                artifact,
+                "--signature",
+                sig,
+                "--key",
+                pubkey.to_str().unwrap(),
+            ],
         );
         assert_eq!(v.status.code(), Some(0), "{artifact}: {}", text(&v));
     }
