@@ -14,6 +14,7 @@ pub mod finding;
 pub mod formats;
 pub mod inspect;
 pub mod parity;
+pub mod pipeline;
 pub mod policy;
 pub mod report;
 pub mod scan;

@@ -15,6 +15,7 @@ mod logits;
 mod merge;
 mod parity;
 mod policy;
+mod run;
 mod scan;
 mod sign;
 mod verify;
@@ -65,6 +66,8 @@ enum Command {
     License(license::Args),
     /// Check a model against a policy file, or validate a policy file
     Policy(policy::Args),
+    /// Run a pipeline file: scan, convert, verify, policy, parity and sign, with reports
+    Run(run::Args),
     /// Continue a prompt with the reference engine (greedy unless --temperature)
     Generate(generate::Args),
     /// List the most likely next tokens after a prompt
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(args) => verify::run(args),
         Command::License(args) => license::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Run(args) => run::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Parity(args) => parity::run(args),

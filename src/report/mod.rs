@@ -3,6 +3,9 @@
 //! 2.1.0 for code-scanning dashboards. Stages never format findings themselves, so every
 //! gate reads the same and one SARIF file can carry the findings of all of them.
 
+pub mod cyclonedx;
+pub mod markdown;
+
 use std::io::{self, Write};
 use std::path::Path;
 

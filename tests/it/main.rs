@@ -11,6 +11,7 @@ mod formats_hf;
 mod gguf;
 mod inspect;
 mod parity;
+mod pipeline;
 mod policy;
 mod quant;
 mod scan;

@@ -1,0 +1,448 @@
+//! Pipeline files: which model to vet, under which policy, where the outputs go, and which
+//! steps run. Schema: `schemas/pipeline.schema.json`. Unknown keys are refused; every
+//! syntax error names `file:line:column` (the same reporting as policy files, see
+//! [`crate::policy::file::parse`]).
+//!
+//! Steps are keys of `steps:`; whatever order they are written in, they run in pipeline
+//! order (scan, convert, verify, policy, parity, sign), because each consumes what the
+//! earlier ones produce.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::PipelineError;
+use crate::policy::file::ParityThreshold;
+
+/// Pipeline files are small; anything larger is not one.
+pub const MAX_PIPELINE_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Shown in reports; defaults to the file's stem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The source model (directory or weight file), relative to the pipeline file.
+    pub model: PathBuf,
+    /// The policy file, relative to the pipeline file. Needed by the `policy` step and
+    /// by the `parity` step's default thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
+    /// The output folder, relative to the pipeline file (default `<stem>.out` beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    pub steps: Steps,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<ConvertStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<ParityStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<SignStep>,
+}
+
+/// Scan the source model (pickle, remote code, structure, values).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanStep {}
+
+/// Convert the source into one or more targets, written into the output folder as
+/// `NAME.gguf` (GGUF) or `NAME/` (a Hugging Face safetensors directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertStep {
+    pub targets: Vec<Target>,
+    /// Worker threads (default: all cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetFormat {
+    Gguf,
+    Safetensors,
+}
+
+impl TargetFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetFormat::Gguf => "gguf",
+            TargetFormat::Safetensors => "safetensors",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// File-safe name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Target type (`Q8_0`, `Q4_K_M`, `F16`, ...); default as `modelgate convert`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    pub format: TargetFormat,
+    #[serde(default)]
+    pub options: TargetOptions,
+}
+
+/// The recipe options of `modelgate convert`, by the same names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetOptions {
+    #[serde(default)]
+    pub leave_output_tensor: bool,
+    #[serde(default)]
+    pub pure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tensor_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_embedding_type: Option<String>,
+    /// `REGEX=TYPE`, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensor_types: Vec<String>,
+    #[serde(default)]
+    pub allow_requantize: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_tokenizer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_by: Option<String>,
+}
+
+/// Scan every converted artifact and check that it opens with the tensors the conversion
+/// wrote.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyStep {}
+
+/// Apply the policy file to the source model, and its quantization rule to every artifact.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyStep {}
+
+/// Compare each target's next-token distributions with a reference.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParityStep {
+    /// `source` (the source model) or the name of a target.
+    #[serde(default = "source")]
+    pub reference: String,
+    /// Target names to compare (default: every target but the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+    /// The text to evaluate on, relative to the pipeline file.
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<usize>,
+    /// Chunks of the text to evaluate (default: all that fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<usize>,
+    /// Thresholds by quant type (or `default`), overriding the policy's `parity.thresholds`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub thresholds: BTreeMap<String, ParityThreshold>,
+}
+
+fn source() -> String {
+    "source".to_owned()
+}
+
+/// Sign artifacts with a private key (PKCS#8 PEM) read from the environment variable
+/// `key_env` when it is set, else from the file `key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignStep {
+    /// Private key file, relative to the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Name of an environment variable holding the private key PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// Target names to sign (default: every target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<String>>,
+    /// Also sign the gate results as an audit attestation (`*.att.sig`); default true.
+    #[serde(default = "yes")]
+    pub attest: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A loaded pipeline file with its paths resolved against its folder.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub name: String,
+    pub file: PipelineFile,
+    pub digest: crate::types::Sha256Digest,
+    pub model: PathBuf,
+    pub policy: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+impl Pipeline {
+    /// Read, parse and check a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+        let io = |e| PipelineError::Io {
+            path: path.to_owned(),
+            source: e,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_PIPELINE_BYTES {
+            return Err(PipelineError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "file is {size} bytes; a pipeline file is at most {MAX_PIPELINE_BYTES} bytes"
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| PipelineError::Invalid {
+            path: path.to_owned(),
+            message: format!("not valid UTF-8 (first bad byte at {})", e.valid_up_to()),
+        })?;
+        let file = parse(path, text)?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".to_owned());
+        let out = normalize(&match &file.out {
+            Some(o) => base.join(o),
+            None => base.join(format!("{stem}.out")),
+        });
+        Ok(Pipeline {
+            path: path.to_owned(),
+            name: file.name.clone().unwrap_or(stem),
+            model: normalize(&base.join(&file.model)),
+            policy: file.policy.as_ref().map(|p| normalize(&base.join(p))),
+            out,
+            digest: crate::types::Sha256Digest::of(&bytes),
+            file,
+        })
+    }
+
+    /// A path named in the pipeline file, resolved against its folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(b) if !b.as_os_str().is_empty() => normalize(&b.join(p)),
+            _ => p.to_owned(),
+        }
+    }
+}
+
+/// `a/b/../c` -> `a/c`, lexically (no file system access, so symlinks are not followed;
+/// the paths only need to read well in reports). A leading `..` is kept.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
+    out.iter().collect()
+}
+
+fn invalid(path: &Path, message: String) -> PipelineError {
+    PipelineError::Invalid {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// Parse pipeline text; `path` names the file in errors. Checks what the schema cannot:
+/// target names unique and file-safe, step references to existing targets.
+pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
+    let file: PipelineFile = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line() as u64, l.column() as u64))
+            .unwrap_or((1, 1));
+        let msg = e.to_string();
+        // serde_yaml appends " at line L column C"; the location is printed up front.
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if e.location().is_some() => msg[..i].to_owned(),
+            _ => msg,
+        };
+        PipelineError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: msg,
+        }
+    })?;
+    let targets: &[Target] = file
+        .steps
+        .convert
+        .as_ref()
+        .map_or(&[], |c| c.targets.as_slice());
+    if let Some(c) = &file.steps.convert {
+        if c.targets.is_empty() {
+            return Err(invalid(
+                path,
+                "`steps.convert.targets` is empty; list at least one target".into(),
+            ));
+        }
+        if c.threads == Some(0) {
+            return Err(invalid(
+                path,
+                "`steps.convert.threads` must be at least 1".into(),
+            ));
+        }
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let safe = !t.name.is_empty()
+            && t.name != "source"
+            && !t.name.starts_with('.')
+            && t.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !safe {
+            return Err(invalid(
+                path,
+                format!(
+                    "target name `{}` must be letters, digits, `-`, `_` or `.`, not start with `.`, and not be `source`",
+                    t.name
+                ),
+            ));
+        }
+        if targets[..i].iter().any(|o| o.name == t.name) {
+            return Err(invalid(
+                path,
+                format!("target name `{}` is used twice", t.name),
+            ));
+        }
+    }
+    let known = |n: &str| targets.iter().any(|t| t.name == n);
+    let check = |what: &str, names: &[String]| -> Result<(), PipelineError> {
+        for n in names {
+            if !known(n) {
+                let list: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                return Err(invalid(
+                    path,
+                    format!(
+                        "`{what}` names `{n}`, which is not a target of `steps.convert` (targets: {})",
+                        if list.is_empty() { "none".to_owned() } else { list.join(", ") }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    if let Some(p) = &file.steps.parity {
+        if p.reference != "source" {
+            check("steps.parity.reference", std::slice::from_ref(&p.reference))?;
+        }
+        if let Some(t) = &p.targets {
+            check("steps.parity.targets", t)?;
+        }
+        if p.ctx == Some(0) || p.chunks == Some(0) {
+            return Err(invalid(
+                path,
+                "`steps.parity.ctx` and `steps.parity.chunks` must be at least 1".into(),
+            ));
+        }
+    }
+    if let Some(s) = &file.steps.sign {
+        if let Some(a) = &s.artifacts {
+            check("steps.sign.artifacts", a)?;
+        }
+        if s.key.is_none() && s.key_env.is_none() {
+            return Err(invalid(
+                path,
+                "`steps.sign` needs `key` (a private key file) or `key_env` (an environment variable holding one)".into(),
+            ));
+        }
+    }
+    if file.steps.policy.is_some() && file.policy.is_none() {
+        return Err(invalid(
+            path,
+            "`steps.policy` needs a top-level `policy:` file".into(),
+        ));
+    }
+    if file.steps.verify.is_some() && file.steps.convert.is_none() {
+        return Err(invalid(
+            path,
+            "`steps.verify` checks converted artifacts; add `steps.convert`".into(),
+        ));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+model: m
+policy: p.yaml
+steps:
+  scan: {}
+  convert:
+    targets:
+      - { name: q8, type: Q8_0, format: gguf }
+  sign: { key: k.pem, artifacts: [q8] }
+";
+
+    fn err(text: &str) -> String {
+        parse(Path::new("p.yaml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_pipeline() {
+        let f = parse(Path::new("p.yaml"), GOOD).unwrap();
+        assert_eq!(
+            f.steps.convert.unwrap().targets[0].ty.as_deref(),
+            Some("Q8_0")
+        );
+        assert!(f.steps.sign.unwrap().attest);
+    }
+
+    #[test]
+    fn unknown_key_gives_line_and_column() {
+        let e = err(&GOOD.replace("  scan: {}", "  scan: {}\n  lint: {}"));
+        assert!(e.starts_with("`p.yaml:5:3`: "), "{e}");
+        assert!(e.contains("unknown field `lint`"), "{e}");
+    }
+
+    #[test]
+    fn references_to_missing_targets_are_refused() {
+        let e = err(&GOOD.replace("artifacts: [q8]", "artifacts: [q4]"));
+        assert!(e.contains("`steps.sign.artifacts` names `q4`"), "{e}");
+        let e = err(&GOOD.replace("name: q8,", "name: ../x,"));
+        assert!(e.contains("target name `../x`"), "{e}");
+    }
+}

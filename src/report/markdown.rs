@@ -1,0 +1,304 @@
+//! `report.md`: a pipeline run as a pull-request comment. The verdict comes first (and,
+//! when it fails, exactly which gate failed and why), then the licence obligations a
+//! reviewer must accept, the findings, the parity table per target, the signatures, and
+//! the artifacts and steps for reference.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::finding::{Severity, Verdict};
+use crate::pipeline::{RunReport, Status};
+
+/// A table cell: pipes escaped, line breaks flattened.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn short(hex: &str) -> String {
+    hex.chars().take(12).collect()
+}
+
+fn human_bytes(n: u64) -> String {
+    crate::inspect::human_bytes(n)
+}
+
+/// Render a run.
+pub fn render(r: &RunReport) -> String {
+    let mut o = String::new();
+    let (mark, word) = match r.verdict {
+        Verdict::Pass => ("✅", "PASS"),
+        Verdict::Fail => ("❌", "FAIL"),
+    };
+    let _ = writeln!(
+        o,
+        "# {mark} modelgate pipeline `{}`: {word}\n",
+        cell(&r.name)
+    );
+    if r.failed_gates.is_empty() {
+        let gates = r.gates().count();
+        let _ = writeln!(
+            o,
+            "**Verdict: pass.** Every gate passed ({gates} gate results).\n"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "**Verdict: fail.** {} gate result(s) failed:\n",
+            r.failed_gates.len()
+        );
+        for g in &r.failed_gates {
+            let _ = writeln!(
+                o,
+                "- gate `{}` (step `{}`) on `{}`:",
+                g.gate, g.step, g.subject
+            );
+            for reason in &g.reasons {
+                let _ = writeln!(o, "  - {}", reason.replace('\n', " "));
+            }
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(
+        o,
+        "Model `{}` (sha256 `{}`){}; modelgate {}; pipeline `{}`.\n",
+        r.model.path,
+        short(&r.model.sha256),
+        r.policy
+            .as_ref()
+            .map(|p| format!(", policy `{}`", p.path))
+            .unwrap_or_default(),
+        r.tool.version,
+        r.pipeline.path
+    );
+
+    let _ = writeln!(o, "## Licence obligations\n");
+    match r.licence() {
+        None => {
+            let _ = writeln!(o, "No licence information was gathered.\n");
+        }
+        Some(l) => {
+            let lic: Vec<String> = l
+                .licences
+                .iter()
+                .map(|x| {
+                    format!(
+                        "`{}`{} ({})",
+                        x.id,
+                        x.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+                        x.source
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "`{}` is under {}.",
+                cell(&l.model_name),
+                if lic.is_empty() {
+                    "no identified licence".to_owned()
+                } else {
+                    lic.join(", ")
+                }
+            );
+            if !l.base_models.is_empty() {
+                let b: Vec<String> = l
+                    .base_models
+                    .iter()
+                    .map(|b| match &b.relation {
+                        Some(rel) => format!("`{}` ({rel})", b.name),
+                        None => format!("`{}`", b.name),
+                    })
+                    .collect();
+                let _ = writeln!(o, "Base model: {}.", b.join(", "));
+            }
+            let _ = writeln!(o);
+            let scope = match &l.policy {
+                Some(p) => format!("for the intended use of policy `{p}`"),
+                None => "for any use (no policy step)".to_owned(),
+            };
+            if l.obligations.is_empty() {
+                let _ = writeln!(o, "No obligations {scope}.\n");
+            } else {
+                let _ = writeln!(o, "Obligations {scope}:\n");
+                let _ = writeln!(o, "| licence | topic | duty | clause | source |");
+                let _ = writeln!(o, "|---|---|---|---|---|");
+                let s = |v: &Value, k: &str| cell(v.get(k).and_then(Value::as_str).unwrap_or(""));
+                for ob in &l.obligations {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {} |",
+                        s(ob, "licence"),
+                        s(ob, "topic"),
+                        s(ob, "duty"),
+                        s(ob, "clause"),
+                        s(ob, "source")
+                    );
+                }
+                let _ = writeln!(o);
+            }
+            if !l.documents.is_empty() {
+                let _ = writeln!(o, "Ship with the model: {}.\n", l.documents.join(", "));
+            }
+        }
+    }
+
+    let _ = writeln!(o, "## Findings\n");
+    let mut rows = Vec::new();
+    let mut notes = 0usize;
+    for (s, g) in r.gates() {
+        for f in &g.findings {
+            if f.severity == Severity::Note {
+                notes += 1;
+                continue;
+            }
+            let at = f
+                .evidence
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| format!("`{}`", g.subject));
+            rows.push(format!(
+                "| {} | {} | `{}` | {} | {} |",
+                s.name,
+                f.severity,
+                f.rule,
+                cell(&f.message),
+                cell(&at)
+            ));
+        }
+    }
+    if rows.is_empty() {
+        let _ = writeln!(
+            o,
+            "No errors or warnings ({notes} notes; see `report.sarif`).\n"
+        );
+    } else {
+        let _ = writeln!(o, "| step | severity | rule | message | where |");
+        let _ = writeln!(o, "|---|---|---|---|---|");
+        for row in rows {
+            let _ = writeln!(o, "{row}");
+        }
+        let _ = writeln!(o, "\nAnd {notes} notes (see `report.sarif`).\n");
+    }
+
+    let _ = writeln!(o, "## Parity\n");
+    let mut any = false;
+    for (s, p) in r.parity() {
+        any = true;
+        let _ = writeln!(
+            o,
+            "### `{}` against `{}`: {}\n",
+            s.name.trim_start_matches("parity:"),
+            p.get("reference").and_then(Value::as_str).unwrap_or("?"),
+            s.verdict.map_or("?", |v| v.as_str())
+        );
+        let _ = writeln!(o, "| metric | value | threshold | result |");
+        let _ = writeln!(o, "|---|---|---|---|");
+        if let Some(Value::Array(rows)) = p.get("metrics") {
+            for m in rows {
+                let num = |k: &str| match m.get(k) {
+                    Some(Value::Number(n)) => {
+                        n.as_f64().map_or(String::new(), |x| format!("{x:.6}"))
+                    }
+                    Some(Value::String(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let result = match m.get("pass").and_then(Value::as_bool) {
+                    Some(true) => "pass",
+                    Some(false) => "**fail**",
+                    None => "",
+                };
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} |",
+                    cell(m.get("name").and_then(Value::as_str).unwrap_or("")),
+                    num("value"),
+                    num("threshold"),
+                    result
+                );
+            }
+        }
+        let _ = writeln!(o);
+    }
+    if !any {
+        let _ = writeln!(o, "No parity step in this pipeline.\n");
+    }
+
+    let _ = writeln!(o, "## Signatures\n");
+    let sigs: Vec<_> = r.signatures().collect();
+    if sigs.is_empty() {
+        let skipped: Vec<_> = r
+            .steps
+            .iter()
+            .filter(|s| s.step == "sign" && s.status == Status::Skipped)
+            .filter_map(|s| s.note.as_deref())
+            .collect();
+        match skipped.first() {
+            Some(n) => {
+                let _ = writeln!(o, "Nothing signed: {n}.\n");
+            }
+            None => {
+                let _ = writeln!(o, "No sign step in this pipeline.\n");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            o,
+            "| artifact | signature | attestation | key | root digest |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|");
+        for s in sigs {
+            let _ = writeln!(
+                o,
+                "| {} | `{}` | {} | {} `{}` | `{}` |",
+                s.artifact,
+                s.signature,
+                s.attestation
+                    .as_ref()
+                    .map(|a| format!("`{a}`"))
+                    .unwrap_or_else(|| "none".into()),
+                s.algorithm,
+                short(&s.key_id),
+                short(&s.root_digest)
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    let arts: Vec<_> = r.artifacts().collect();
+    if !arts.is_empty() {
+        let _ = writeln!(o, "## Artifacts\n");
+        let _ = writeln!(
+            o,
+            "| artifact | format | type | size | bits/weight | sha256 |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|");
+        for a in arts {
+            let _ = writeln!(
+                o,
+                "| `{}` | {} | {} | {} | {:.3} | `{}` |",
+                a.path,
+                a.format,
+                a.file_type.as_deref().unwrap_or("-"),
+                human_bytes(a.bytes),
+                a.bits_per_weight,
+                short(&a.sha256)
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    let _ = writeln!(o, "## Steps\n");
+    let _ = writeln!(o, "| step | status | verdict | seconds |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for s in &r.steps {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {:.3} |",
+            s.name,
+            s.status.as_str(),
+            s.verdict.map_or("-", |v| v.as_str()),
+            s.seconds
+        );
+    }
+    o
+}
