@@ -95,7 +95,16 @@ impl Golden {
             )));
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        let g: Golden = serde_json::from_slice(&bytes).map_err(|e| {
+        Golden::from_slice(path, &bytes)
+    }
+
+    /// Parse and validate the bytes of a golden file read from `path`.
+    pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Golden, ParityError> {
+        let bad = |why: String| ParityError::Golden {
+            path: path.to_owned(),
+            why,
+        };
+        let g: Golden = serde_json::from_slice(bytes).map_err(|e| {
             bad(format!(
                 "not a golden file: {e} (line {}, column {})",
                 e.line(),
