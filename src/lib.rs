@@ -20,3 +20,4 @@ pub mod report;
 pub mod scan;
 pub mod sign;
 pub mod types;
+pub mod userfile;

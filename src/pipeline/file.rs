@@ -201,25 +201,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// Read, parse and check a pipeline file.
     pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
-        let io = |e| PipelineError::Io {
-            path: path.to_owned(),
-            source: e,
-        };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > MAX_PIPELINE_BYTES {
-            return Err(PipelineError::Invalid {
-                path: path.to_owned(),
-                message: format!(
-                    "file is {size} bytes; a pipeline file is at most {MAX_PIPELINE_BYTES} bytes"
-                ),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| PipelineError::Invalid {
-            path: path.to_owned(),
-            message: format!("not valid UTF-8 (first bad byte at {})", e.valid_up_to()),
-        })?;
-        let file = parse(path, text)?;
+        let (bytes, text) =
+            crate::userfile::read_capped(path, MAX_PIPELINE_BYTES, "a pipeline file").map_err(
+                |e| match e {
+                    crate::userfile::ReadError::Io(source) => PipelineError::Io {
+                        path: path.to_owned(),
+                        source,
+                    },
+                    crate::userfile::ReadError::Invalid(message) => PipelineError::Invalid {
+                        path: path.to_owned(),
+                        message,
+                    },
+                },
+            )?;
+        let file = parse(path, &text)?;
         let base = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
@@ -286,23 +281,11 @@ fn invalid(path: &Path, message: String) -> PipelineError {
 /// Parse pipeline text; `path` names the file in errors. Checks what the schema cannot:
 /// target names unique and file-safe, step references to existing targets.
 pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
-    let file: PipelineFile = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() as u64, l.column() as u64))
-            .unwrap_or((1, 1));
-        let msg = e.to_string();
-        // serde_yaml appends " at line L column C"; the location is printed up front.
-        let msg = match msg.rfind(" at line ") {
-            Some(i) if e.location().is_some() => msg[..i].to_owned(),
-            _ => msg,
-        };
-        PipelineError::Syntax {
-            path: path.to_owned(),
-            line,
-            column,
-            message: msg,
-        }
+    let file: PipelineFile = crate::userfile::yaml(text).map_err(|e| PipelineError::Syntax {
+        path: path.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
     })?;
     let targets: &[Target] = file
         .steps

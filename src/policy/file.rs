@@ -290,26 +290,16 @@ pub struct Policy {
 impl Policy {
     /// Read and validate a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let io = |e| PolicyError::Io {
-            path: path.to_owned(),
-            source: e,
-        };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > MAX_POLICY_BYTES {
-            return Err(PolicyError::Invalid {
+        let (bytes, text) = crate::userfile::read_capped(path, MAX_POLICY_BYTES, "a policy file")
+            .map_err(|e| match e {
+            crate::userfile::ReadError::Io(source) => PolicyError::Io {
                 path: path.to_owned(),
-                message: format!(
-                    "file is {size} bytes; a policy file is at most {MAX_POLICY_BYTES} bytes"
-                ),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        let text = String::from_utf8(bytes.clone()).map_err(|e| PolicyError::Invalid {
-            path: path.to_owned(),
-            message: format!(
-                "not valid UTF-8 (first bad byte at {})",
-                e.utf8_error().valid_up_to()
-            ),
+                source,
+            },
+            crate::userfile::ReadError::Invalid(message) => PolicyError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
         })?;
         let file = parse(path, &text)?;
         Ok(Policy {
@@ -322,23 +312,11 @@ impl Policy {
 
 /// Parse policy text; `path` names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
-    let mut file: PolicyFile = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() as u64, l.column() as u64))
-            .unwrap_or((1, 1));
-        let msg = e.to_string();
-        // serde_yaml appends " at line L column C"; the location is printed up front.
-        let msg = match msg.rfind(" at line ") {
-            Some(i) if e.location().is_some() => msg[..i].to_owned(),
-            _ => msg,
-        };
-        PolicyError::Syntax {
-            path: path.to_owned(),
-            line,
-            column,
-            message: msg,
-        }
+    let mut file: PolicyFile = crate::userfile::yaml(text).map_err(|e| PolicyError::Syntax {
+        path: path.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
     })?;
     let lines = waiver_lines(text);
     let matches = lines.len() == file.waivers.len();
