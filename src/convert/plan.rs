@@ -161,21 +161,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             ));
             continue;
         }
-        let want = parsed.expected_shape(&h);
-        if t.shape != want {
-            return Err(ConvertError::Shape {
-                tensor: name.to_owned(),
-                found: t.shape.clone(),
-                expected: want,
-                why: format!("config.json: {}", parsed.shape_reason(&h)),
-            });
-        }
-        if !elem::decodable(t.dtype) {
-            return Err(ConvertError::UnsupportedDtype {
-                tensor: name.to_owned(),
-                dtype: t.dtype.to_string(),
-            });
-        }
+        check_source(name, t, &parsed, &h, "config.json")?;
         seen.insert(parsed.hf_name());
         mapped.push((parsed, idx));
     }
@@ -805,21 +791,7 @@ fn gguf_to_safetensors(
                 arch: h.arch.gguf_name().into(),
             });
         }
-        let want = p.expected_shape(&h);
-        if t.shape != want {
-            return Err(ConvertError::Shape {
-                tensor: name.to_owned(),
-                found: t.shape.clone(),
-                expected: want,
-                why: format!("GGUF keys: {}", p.shape_reason(&h)),
-            });
-        }
-        if !elem::decodable(t.dtype) {
-            return Err(ConvertError::UnsupportedDtype {
-                tensor: name.to_owned(),
-                dtype: t.dtype.to_string(),
-            });
-        }
+        check_source(name, t, &p, &h, "GGUF keys")?;
         // 1-D tensors stay F32 in llama.cpp files; keep them at the requested type too so
         // the directory is uniform, as transformers saves it.
         let hf_name = p.hf_name();
@@ -958,6 +930,33 @@ fn model_card(m: &[(String, MetaValue)]) -> Option<String> {
         "---\n\n# {name}\n\nConverted from GGUF by modelgate. Licence and base models above are the ones the GGUF file declared.\n"
     ));
     Some(s)
+}
+
+/// A source tensor has the shape the hyper-parameters (from `origin`) imply and a dtype the
+/// converter can decode.
+fn check_source(
+    name: &str,
+    t: &crate::formats::TensorInfo,
+    parsed: &arch::Parsed,
+    h: &HParams,
+    origin: &str,
+) -> Result<(), ConvertError> {
+    let want = parsed.expected_shape(h);
+    if t.shape != want {
+        return Err(ConvertError::Shape {
+            tensor: name.to_owned(),
+            found: t.shape.clone(),
+            expected: want,
+            why: format!("{origin}: {}", parsed.shape_reason(h)),
+        });
+    }
+    if !elem::decodable(t.dtype) {
+        return Err(ConvertError::UnsupportedDtype {
+            tensor: name.to_owned(),
+            dtype: t.dtype.to_string(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
