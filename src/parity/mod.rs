@@ -541,30 +541,42 @@ fn prompt_sequences(
     Ok(out)
 }
 
-/// Logits `[len, vocab]` of a whole sequence, flattened row-major. With `split`, the
-/// sequence runs in two forward passes through the KV cache (a different computation of
+/// Logits of the scored rows of a sequence (positions `first_scored..`), flattened
+/// row-major: only those are kept, which halves the memory of a text chunk. With `split`,
+/// the sequence runs in two forward passes through the KV cache (a different computation of
 /// the same function, used to measure the noise floor).
-fn logits(side: &mut Side, seq: &[u32], split: bool) -> Result<Vec<f32>, ParityError> {
+fn logits(side: &mut Side, seq: &Sequence, split: bool) -> Result<Vec<f32>, ParityError> {
     let run = |source| ParityError::Run {
         path: side.path.clone(),
         source,
     };
+    let candle = |e| run(EngineError::Candle(e));
+    let tokens = &seq.tokens;
+    let from = seq.first_scored;
     let model = &mut side.engine.model;
     model.reset().map_err(run)?;
-    let parts: Vec<&[u32]> = if split && seq.len() > 1 {
-        let (a, b) = seq.split_at(seq.len() / 2);
+    let parts: Vec<&[u32]> = if split && tokens.len() > 1 {
+        let (a, b) = tokens.split_at(tokens.len() / 2);
         vec![a, b]
     } else {
-        vec![seq]
+        vec![tokens]
     };
-    let mut out = Vec::with_capacity(seq.len() * model.config().vocab);
+    let vocab = model.config().vocab;
+    let mut out = Vec::with_capacity(tokens.len().saturating_sub(from) * vocab);
+    let mut start = 0;
     for p in parts {
         let t = model.forward(p, Logits::All).map_err(run)?;
-        let v = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| run(EngineError::Candle(e)))?;
-        out.extend(v);
+        let end = start + p.len();
+        let keep = from.max(start);
+        if keep < end {
+            let v = t
+                .narrow(0, keep - start, end - keep)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(candle)?;
+            out.extend(v);
+        }
+        start = end;
     }
     Ok(out)
 }
@@ -630,7 +642,8 @@ fn plan(reference: &mut Side, opts: &ParityOptions) -> Result<Plan, ParityError>
 
 fn positions_full(seq: &Sequence, r: &[f32], c: &[f32], vocab: usize, out: &mut Vec<Position>) {
     for i in seq.first_scored..seq.tokens.len().saturating_sub(1) {
-        let row = i * vocab..(i + 1) * vocab;
+        let j = i - seq.first_scored;
+        let row = j * vocab..(j + 1) * vocab;
         out.push(stats::compare_full(
             &r[row.clone()],
             &c[row],
@@ -725,8 +738,8 @@ pub fn compare(
     let mut positions = Vec::new();
     let total = plan.sequences.len();
     for (i, seq) in plan.sequences.iter().enumerate() {
-        let a = logits(&mut r, &seq.tokens, false)?;
-        let b = logits(&mut c, &seq.tokens, false)?;
+        let a = logits(&mut r, seq, false)?;
+        let b = logits(&mut c, seq, false)?;
         positions_full(seq, &a, &b, vocab, &mut positions);
         progress(i + 1, total);
     }
@@ -771,13 +784,13 @@ pub fn record(
     let mut noise = Vec::new();
     let total = plan.sequences.len();
     for (i, seq) in plan.sequences.iter().enumerate() {
-        let a = logits(&mut r, &seq.tokens, false)?;
-        let b = logits(&mut r, &seq.tokens, true)?;
+        let a = logits(&mut r, seq, false)?;
+        let b = logits(&mut r, seq, true)?;
         positions_full(seq, &a, &b, vocab, &mut noise);
         let tops = (seq.first_scored..seq.tokens.len() - 1)
             .map(|p| {
                 stats::TopK::from_row(
-                    &a[p * vocab..(p + 1) * vocab],
+                    &a[(p - seq.first_scored) * vocab..(p - seq.first_scored + 1) * vocab],
                     seq.tokens[p + 1] as usize,
                     k,
                 )
@@ -825,12 +838,12 @@ pub fn check(
     let total = golden.sequences.len();
     for (i, rec) in golden.sequences.iter().enumerate() {
         let seq = &rec.sequence;
-        let b = logits(&mut c, &seq.tokens, false)?;
+        let b = logits(&mut c, seq, false)?;
         for (j, top) in rec.positions.iter().enumerate() {
             let p = seq.first_scored + j;
             positions.push(stats::compare_topk(
                 top,
-                &b[p * vocab..(p + 1) * vocab],
+                &b[j * vocab..(j + 1) * vocab],
                 seq.tokens[p + 1] as usize,
             ));
         }
