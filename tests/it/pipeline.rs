@@ -534,3 +534,18 @@ steps:
         assert_eq!(v.status.code(), Some(0), "{artifact}: {}", text(&v));
     }
 }
+
+#[test]
+fn ci_examples_are_well_formed_yaml_that_runs_the_pipeline() {
+    for f in [
+        "examples/ci/github-actions.yml",
+        "examples/ci/gitlab-ci.yml",
+    ] {
+        let text = std::fs::read_to_string(repo().join(f)).unwrap();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("`{f}` is not YAML: {e}"));
+        assert!(v.is_mapping(), "{f}");
+        assert!(text.contains("modelgate run"), "{f}");
+        assert!(text.contains("report.sarif"), "{f}");
+    }
+}
