@@ -339,71 +339,51 @@ impl TextTokenizer {
     }
 }
 
-fn array<'a>(
-    md: &'a [(String, MetaValue)],
+/// The items of an array key, each converted by `item` (`what` names the expected item
+/// type in the error); `None` when the key is absent.
+fn typed_array<T>(
+    md: &[(String, MetaValue)],
     key: &str,
-) -> Result<Option<&'a [MetaValue]>, EngineError> {
-    match meta(md, key) {
-        None => Ok(None),
-        Some(MetaValue::Array { items, .. }) => Ok(Some(items)),
-        Some(_) => Err(EngineError::Tokenizer(format!("`{key}` is not an array"))),
-    }
-}
-
-fn string_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<String>>, EngineError> {
-    let Some(items) = array(md, key)? else {
-        return Ok(None);
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            MetaValue::String(s) => Ok(s.clone()),
-            _ => Err(EngineError::Tokenizer(format!(
-                "`{key}`[{i}] is not a string"
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-fn int_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<i64>>, EngineError> {
-    let Some(items) = array(md, key)? else {
-        return Ok(None);
+    what: &str,
+    item: impl Fn(&MetaValue) -> Option<T>,
+) -> Result<Option<Vec<T>>, EngineError> {
+    let items = match meta(md, key) {
+        None => return Ok(None),
+        Some(MetaValue::Array { items, .. }) => items,
+        Some(_) => {
+            return Err(EngineError::Tokenizer(format!("`{key}` is not an array")));
+        }
     };
     items
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let x = match *v {
-                MetaValue::I8(x) => Some(i64::from(x)),
-                MetaValue::I16(x) => Some(i64::from(x)),
-                MetaValue::I32(x) => Some(i64::from(x)),
-                MetaValue::I64(x) => Some(x),
-                ref other => as_u64(other).and_then(|x| i64::try_from(x).ok()),
-            };
-            x.ok_or_else(|| EngineError::Tokenizer(format!("`{key}`[{i}] is not an integer")))
+            item(v).ok_or_else(|| EngineError::Tokenizer(format!("`{key}`[{i}] is not {what}")))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
 
+fn string_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<String>>, EngineError> {
+    typed_array(md, key, "a string", |v| v.as_str().map(str::to_owned))
+}
+
+fn int_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<i64>>, EngineError> {
+    typed_array(md, key, "an integer", |v| match *v {
+        MetaValue::I8(x) => Some(i64::from(x)),
+        MetaValue::I16(x) => Some(i64::from(x)),
+        MetaValue::I32(x) => Some(i64::from(x)),
+        MetaValue::I64(x) => Some(x),
+        ref other => as_u64(other).and_then(|x| i64::try_from(x).ok()),
+    })
+}
+
 fn float_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<f32>>, EngineError> {
-    let Some(items) = array(md, key)? else {
-        return Ok(None);
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match *v {
-            MetaValue::F32(x) => Ok(x),
-            MetaValue::F64(x) => Ok(x as f32),
-            _ => Err(EngineError::Tokenizer(format!(
-                "`{key}`[{i}] is not a float"
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    typed_array(md, key, "a float", |v| match *v {
+        MetaValue::F32(x) => Some(x),
+        MetaValue::F64(x) => Some(x as f32),
+        _ => None,
+    })
 }
 
 /// The vocabulary as a token -> id map. A repeated token keeps its first id: later copies
