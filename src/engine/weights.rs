@@ -358,23 +358,20 @@ pub type SharedQTensor = Arc<QTensor>;
 mod tests {
     use super::*;
 
-    /// The permutation llama.cpp's converter applies, written out to test its inverse.
+    /// The permutation llama.cpp's converter applies (as modelgate's converter maps rows), to
+    /// test the engine's inverse.
     fn permute_rows(data: &[u8], rows: usize, n_heads: usize) -> Vec<u8> {
-        let head = rows / n_heads;
-        let half = head / 2;
+        // The converter's own row map (`convert::arch::RowMap`), applied row by row.
+        let map = crate::convert::arch::RowMap::ToInterleaved {
+            head_dim: (rows / n_heads) as u64,
+        };
         let row_len = data.len() / rows;
-        let mut out = vec![0u8; data.len()];
-        for h in 0..n_heads {
-            for j in 0..2 {
-                for i in 0..half {
-                    let src = h * head + j * half + i;
-                    let dst = h * head + 2 * i + j;
-                    out[dst * row_len..(dst + 1) * row_len]
-                        .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-                }
-            }
-        }
-        out
+        (0..rows)
+            .flat_map(|r| {
+                let src = map.source_row(r as u64) as usize;
+                data[src * row_len..(src + 1) * row_len].iter().copied()
+            })
+            .collect()
     }
 
     #[test]

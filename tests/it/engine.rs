@@ -317,21 +317,17 @@ fn unsupported_architecture_and_device_are_input_errors() {
 
 /// llama.cpp's converter permutation of q/k rows (HF rotate-half -> interleaved pairs).
 fn permute_rows(data: &[u8], rows: usize, heads: usize) -> Vec<u8> {
-    let head = rows / heads;
-    let half = head / 2;
+    // The converter's own row map (`convert::arch::RowMap`), applied row by row.
+    let map = modelgate::convert::arch::RowMap::ToInterleaved {
+        head_dim: (rows / heads) as u64,
+    };
     let row_len = data.len() / rows;
-    let mut out = vec![0u8; data.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                let src = h * head + j * half + i;
-                let dst = h * head + 2 * i + j;
-                out[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    out
+    (0..rows)
+        .flat_map(|r| {
+            let src = map.source_row(r as u64) as usize;
+            data[src * row_len..(src + 1) * row_len].iter().copied()
+        })
+        .collect()
 }
 
 /// Write an oracle as an f32 GGUF the way llama.cpp's converter lays it out (GGUF names,
