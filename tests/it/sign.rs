@@ -583,6 +583,15 @@ fn have_model_signing() -> bool {
     );
 }
 
+/// `python3 -m model_signing ARGS`.
+fn model_signing(args: &[&str]) -> Output {
+    Command::new("python3")
+        .args(["-m", "model_signing"])
+        .args(args)
+        .output()
+        .expect("run python3 -m model_signing")
+}
+
 fn python(script: &str, args: &[&str]) -> Output {
     Command::new("python3")
         .arg("-c")
@@ -603,11 +612,15 @@ fn interop_modelgate_p256_bundle_verifies_with_model_signing() {
     let o = sign(&m, &key, &["--alg", "p256"]);
     assert!(o.status.success(), "{}", text(&o));
     let sig = m.join("model.sig");
-    let o = Command::new("python3")
-        .args(["-m", "model_signing", "verify", "key", s(&m)])
-        .args(["--signature", s(&sig), "--public_key", s(&public)])
-        .output()
-        .unwrap();
+    let o = model_signing(&[
+        "verify",
+        "key",
+        s(&m),
+        "--signature",
+        s(&sig),
+        "--public_key",
+        s(&public),
+    ]);
     assert!(
         o.status.success(),
         "model_signing verify key failed:\n{}",
@@ -615,11 +628,15 @@ fn interop_modelgate_p256_bundle_verifies_with_model_signing() {
     );
     // and it sees tampering in our bundle's model the same way
     fs::write(m.join("config.json"), b"{}").unwrap();
-    let o = Command::new("python3")
-        .args(["-m", "model_signing", "verify", "key", s(&m)])
-        .args(["--signature", s(&sig), "--public_key", s(&public)])
-        .output()
-        .unwrap();
+    let o = model_signing(&[
+        "verify",
+        "key",
+        s(&m),
+        "--signature",
+        s(&sig),
+        "--public_key",
+        s(&public),
+    ]);
     assert!(
         !o.status.success(),
         "model_signing accepted a tampered model"
@@ -635,11 +652,15 @@ fn interop_model_signing_bundle_verifies_with_modelgate() {
     let m = make_model(dir.path(), 21);
     let (key, public) = keygen(dir.path(), "p256");
     let sig = m.join("model.sig");
-    let o = Command::new("python3")
-        .args(["-m", "model_signing", "sign", "key", s(&m)])
-        .args(["--signature", s(&sig), "--private_key", s(&key)])
-        .output()
-        .unwrap();
+    let o = model_signing(&[
+        "sign",
+        "key",
+        s(&m),
+        "--signature",
+        s(&sig),
+        "--private_key",
+        s(&key),
+    ]);
     assert!(
         o.status.success(),
         "model_signing sign key failed:\n{}",
