@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{fixture, modelgate, repo, smollm2};
+use crate::support::{assert_schema, fixture, modelgate, smollm2};
 
 fn inspect_json(path: &Path, extra: &[&str]) -> Value {
     let p = path.to_str().unwrap();
@@ -21,19 +21,7 @@ fn inspect_json(path: &Path, extra: &[&str]) -> Value {
 }
 
 fn validate(v: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas/inspect.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "inspect JSON does not match its schema: {errors:#?}"
-    );
+    assert_schema("schemas/inspect.schema.json", v);
 }
 
 #[test]

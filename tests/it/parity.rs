@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::support::{fixture, modelgate, repo, smollm2};
+use crate::support::{assert_schema, fixture, modelgate, repo, smollm2};
 
 fn eval_text() -> PathBuf {
     fixture("text/eval.txt")
@@ -18,19 +18,6 @@ fn run_json(args: &[&str]) -> (i32, Value, String) {
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stderr}"));
     (o.status.code().unwrap_or(-1), v, stderr)
-}
-
-fn validate(schema: &str, v: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("schemas").join(schema)).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{schema} violated: {errors:#?}");
 }
 
 fn f(v: &Value, path: &str) -> f64 {
@@ -124,7 +111,7 @@ fn smollm2_against_itself_is_exact() {
     assert_eq!(v["summary"]["positions"], 126);
     assert_eq!(v["candidate"]["quant"], "Q4_1");
     assert_eq!(v["verdict"], "pass");
-    validate("parity-report.schema.json", &v);
+    assert_schema("schemas/parity-report.schema.json", &v);
 }
 
 #[test]
@@ -172,7 +159,7 @@ fn record_and_check_reproduce_parity_within_its_errors() {
     let o = modelgate(&rec);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let g: Value = serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
-    validate("golden.schema.json", &g);
+    assert_schema("schemas/golden.schema.json", &g);
     assert_eq!(g["top_k"], 1024);
     assert_eq!(g["reference"]["quant"], "F16");
     assert!(!g["hardware"]["cpu"].as_str().unwrap().is_empty());
@@ -189,7 +176,7 @@ fn record_and_check_reproduce_parity_within_its_errors() {
         "--quiet",
     ]);
     assert_eq!(code, 0, "{err}");
-    validate("parity-report.schema.json", &chk);
+    assert_schema("schemas/parity-report.schema.json", &chk);
     assert_eq!(chk["against"], "golden");
     assert_eq!(full["summary"]["positions"], chk["summary"]["positions"]);
     // Exact from the golden: the next token's probability and the reference's top-1.
