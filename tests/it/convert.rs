@@ -47,7 +47,7 @@ fn convert(src: &Path, out: &Path, args: &[&str]) -> Value {
 /// The independent gguf-py check; panics with its problems.
 fn gguf_py_check(hf: &Path, gguf: &Path, expected_types: Option<&Value>) -> Value {
     let script = repo().join("tests/it/convert_gguf_check.py");
-    let mut cmd = Command::new("python3");
+    let mut cmd = crate::support::oracle_python();
     cmd.arg(&script).arg(hf).arg(gguf);
     if let Some(t) = expected_types {
         cmd.arg(t.to_string());
@@ -543,7 +543,7 @@ fn pytorch_checkpoint_converts_like_its_safetensors() {
     let pt = tmp.path().join("pt");
     for name in ["tiny-qwen2", "tiny-llama"] {
         let st = fixture(&format!("models/{name}"));
-        let o = Command::new("python3")
+        let o = crate::support::oracle_python()
             .arg(repo().join("tests/it/convert_make_torch.py"))
             .arg(&st)
             .arg(&pt)

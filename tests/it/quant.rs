@@ -87,7 +87,7 @@ fn skip_python() -> bool {
 fn oracle(jobs: &[Value], dir: &Path) -> Vec<Value> {
     let file = dir.join("jobs.json");
     std::fs::write(&file, serde_json::to_vec(jobs).unwrap()).unwrap();
-    let out = std::process::Command::new("python3")
+    let out = crate::support::oracle_python()
         .arg(support::repo().join("scripts/gguf_quant_oracle.py"))
         .arg(&file)
         .output()

@@ -648,7 +648,7 @@ with zipfile.ZipFile(os.path.join(root, "m.pt"), "w", zipfile.ZIP_STORED) as z:
 json.dump(expect, open(os.path.join(root, "expect.json"), "w"))
 "#;
     let tmp = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("python3")
+    let status = crate::support::oracle_python()
         .arg("-c")
         .arg(SCRIPT)
         .arg(tmp.path())

@@ -565,7 +565,7 @@ fn signs_and_verifies_the_real_smollm2_file() {
 /// Whether `model_signing` imports. Fails loudly when it does not, unless the
 /// environment says to skip Python interop.
 fn have_model_signing() -> bool {
-    let ok = Command::new("python3")
+    let ok = crate::support::oracle_python()
         .args(["-c", "import model_signing"])
         .output()
         .map(|o| o.status.success())
@@ -585,7 +585,7 @@ fn have_model_signing() -> bool {
 
 /// `python3 -m model_signing ARGS`.
 fn model_signing(args: &[&str]) -> Output {
-    Command::new("python3")
+    crate::support::oracle_python()
         .args(["-m", "model_signing"])
         .args(args)
         .output()
@@ -593,7 +593,7 @@ fn model_signing(args: &[&str]) -> Output {
 }
 
 fn python(script: &str, args: &[&str]) -> Output {
-    Command::new("python3")
+    crate::support::oracle_python()
         .arg("-c")
         .arg(script)
         .args(args)

@@ -65,7 +65,7 @@ fn split_info(meta: &[(String, MetaValue)]) -> SplitInfo {
 
 /// gguf-py's dump of one file, or `None` under MODELGATE_SKIP_PYTHON=1 without gguf-py.
 fn gguf_py(path: &Path) -> Option<Value> {
-    let probe = Command::new("python3").args(["-c", "import gguf"]).output();
+    let probe = crate::support::oracle_python().args(["-c", "import gguf"]).output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
             eprintln!("skipping the gguf-py check: MODELGATE_SKIP_PYTHON=1");
@@ -73,7 +73,7 @@ fn gguf_py(path: &Path) -> Option<Value> {
         }
         panic!("python3 cannot import the PyPI `gguf` package; install it or set MODELGATE_SKIP_PYTHON=1");
     }
-    let out = Command::new("python3")
+    let out = crate::support::oracle_python()
         .arg(repo().join("scripts/gguf_dump.py"))
         .arg(path)
         .output()

