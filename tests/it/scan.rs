@@ -201,14 +201,22 @@ const HOSTILE: &[(&str, &str, Severity, &str)] = &[
         Severity::Error,
         "torch._utils._rebuild_tensor_v2.__globals__",
     ),
+    // unknown globals the pickle calls (REDUCE, NEWOBJ) are errors...
     (
         "dynamic_global.pkl",
         "scan/pickle-unknown-global",
-        Severity::Warning,
+        Severity::Error,
         "builtins.str",
     ),
     (
         "unknown_global.pkl",
+        "scan/pickle-unknown-global",
+        Severity::Error,
+        "transformers.training_args.TrainingArguments",
+    ),
+    // ...one only referenced stays a warning
+    (
+        "unknown_global_referenced.pkl",
         "scan/pickle-unknown-global",
         Severity::Warning,
         "transformers.training_args.TrainingArguments",
@@ -248,7 +256,7 @@ fn every_hostile_file_is_flagged_with_its_global() {
 fn hostile_verdicts() {
     for (file, _, _, _) in HOSTILE {
         let found = scan(&pickle_fixture(file)).unwrap();
-        let expect = if *file == "unknown_global.pkl" {
+        let expect = if *file == "unknown_global_referenced.pkl" {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -260,14 +268,20 @@ fn hostile_verdicts() {
     assert!(found
         .iter()
         .any(|f| f.rule == "scan/pickle-dynamic-global" && f.severity == Severity::Error));
-    // an unknown global alone warns without failing, and names how it is used
+    // an unknown global the pickle instantiates fails, and names how it is used
     let found = issues(&pickle_fixture("unknown_global.pkl"));
     assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].severity, Severity::Error);
     assert!(
         found[0].message.contains("instantiated by NEWOBJ"),
         "{}",
         found[0].message
     );
+    // the same global only referenced warns without failing
+    let found = issues(&pickle_fixture("unknown_global_referenced.pkl"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].severity, Severity::Warning);
+    assert!(!found[0].message.contains("NEWOBJ"), "{}", found[0].message);
 }
 
 #[test]
