@@ -4,12 +4,16 @@
 //! Python string methods).
 //!
 //! Templates come from the checkpoint and are therefore untrusted: rendering is sandboxed
-//! by minijinja (no I/O), bounded by a fuel limit (no endless loops) and its output capped.
+//! by minijinja (no I/O, no Python objects: the CVE-2024-34359 payloads find no dunder
+//! attributes to climb), bounded by a fuel limit (no endless loops) and its output capped.
+//! Before parsing, [`check_tag_sizes`] refuses tags long enough to make the parser or the
+//! compiler recurse past the stack (`{{ a~a~a~… }}`, `- - - … 1`).
 
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
 
 use super::EngineError;
+use crate::formats::template::check_tag_sizes;
 
 /// Instructions a template may execute: ample for any real chat template, small enough
 /// that a hostile loop stops within milliseconds.
@@ -55,6 +59,9 @@ pub fn render(
     env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
         Err(Error::new(ErrorKind::InvalidOperation, msg))
     });
+    check_tag_sizes(template).map_err(|r| {
+        EngineError::ChatTemplate(format!("is refused at byte {}: {}", r.offset, r.why))
+    })?;
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| EngineError::ChatTemplate(format!("does not parse: {e}")))?;
@@ -105,6 +112,30 @@ mod tests {
     fn endless_templates_run_out_of_fuel() {
         let t = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
         assert!(render(t, "x", None, None).is_err());
+    }
+
+    #[test]
+    fn hostile_templates_fail_cleanly() {
+        // CVE-2024-34359 payloads: minijinja has no Python objects behind the dunders
+        for t in [
+            "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}",
+            "{{ lipsum['__glo' ~ 'bals__']['os'].popen('id').read() }}",
+            "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+            "{{ namespace.__init__ }}{{ joiner|attr('__init__') }}",
+        ] {
+            if let Ok(out) = render(t, "x", None, None) {
+                assert!(!out.contains("uid="), "{out}");
+            }
+        }
+        // deep expressions are refused before the parser recurses
+        let deep = format!("{{{{ {} }}}}", vec!["a"; 200_000].join("~"));
+        let e = render(&deep, "x", None, None).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        let minus = format!("{{{{ {}1 }}}}", "-".repeat(200_000));
+        assert!(render(&minus, "x", None, None).is_err());
+        // exponential output stops at the fuel or output cap
+        let bomb = "{% set s = 'xxxxxxxxxx' %}{% for i in range(30) %}{% set s = s ~ s %}{% endfor %}{{ s }}";
+        assert!(render(bomb, "x", None, None).is_err());
     }
 
     #[test]
