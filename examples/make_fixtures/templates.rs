@@ -450,7 +450,7 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
         &hostile.join("added-token-zero-width"),
         &[(
             "tokenizer.json",
-            tokenizer(json!(null), json!(null), &[(3, "\u{200b}", false)], &[]),
+            tokenizer(json!(null), json!(null), &[(5, "\u{200b}", false)], &[]),
         )],
     )?;
     fs::write(

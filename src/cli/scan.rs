@@ -22,10 +22,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let findings = scan::scan(&args.path).map_err(|e| {
-        super::hint(
-            e,
-            "give a weight file or a model directory that this user can read",
-        )
+        let h = e.hint();
+        super::hint(e, h)
     })?;
     let report = GateReport::new("scan", &args.path, findings);
     let verdict = report.verdict;

@@ -828,27 +828,132 @@ fn template_corpus_matches_its_generator() {
 
 /// (fixture, rule, severity, evidence key): every hostile file and the rule it must raise.
 const HOSTILE_TEMPLATES: &[(&str, &str, Severity, &str)] = &[
-    ("hostile/ssti-jfrog.gguf", "scan/template-ssti", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/ssti-jfrog", "scan/template-ssti", Severity::Error, "chat_template"),
-    ("hostile/ssti-lipsum-concat", "scan/template-ssti", Severity::Error, "chat_template"),
-    ("hostile/ssti-cycler-format.gguf", "scan/template-ssti", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/ssti-joiner-join", "scan/template-ssti", Severity::Error, "chat_template"),
-    ("hostile/ssti-namespace-attr.gguf", "scan/template-ssti", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/ssti-tool-use.gguf", "scan/template-ssti", Severity::Error, "tokenizer.chat_template.tool_use"),
-    ("hostile/ssti-config-list", "scan/template-ssti", Severity::Error, "chat_template[tool_use]"),
-    ("hostile/ssti-padded", "scan/template-ssti", Severity::Error, "chat_template.jinja"),
-    ("hostile/ssti-padded", "scan/template-oversize", Severity::Warning, "chat_template.jinja"),
-    ("hostile/backdoor-trigger.gguf", "scan/template-injection", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/backdoor-trigger", "scan/template-injection", Severity::Error, "chat_template.jinja"),
-    ("hostile/backdoor-tools", "scan/template-injection", Severity::Error, "chat_template"),
-    ("hostile/messages-rewrite", "scan/template-injection", Severity::Error, "chat_template.jinja"),
-    ("hostile/messages-reverse.gguf", "scan/template-injection", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/unparseable.gguf", "scan/template-unparseable", Severity::Error, "tokenizer.chat_template"),
-    ("hostile/regex-catastrophic", "scan/tokenizer-regex", Severity::Error, "pre_tokenizer.pretokenizers[0]"),
-    ("hostile/duplicate-id", "scan/tokenizer-duplicate", Severity::Error, "model.vocab"),
-    ("hostile/added-token-zero-width", "scan/tokenizer-added-token", Severity::Warning, "added_tokens[id=3]"),
-    ("hostile/added-token-zero-width.gguf", "scan/tokenizer-added-token", Severity::Warning, "tokenizer.ggml.tokens[id=3]"),
-    ("hostile/normalizer-replace", "scan/tokenizer-normalizer", Severity::Warning, "normalizer.normalizers[1]"),
+    (
+        "hostile/ssti-jfrog.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-jfrog",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-lipsum-concat",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-cycler-format.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-joiner-join",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-namespace-attr.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-tool-use.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template.tool_use",
+    ),
+    (
+        "hostile/ssti-config-list",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template[tool_use]",
+    ),
+    (
+        "hostile/ssti-padded",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/ssti-padded",
+        "scan/template-oversize",
+        Severity::Warning,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/backdoor-trigger.gguf",
+        "scan/template-injection",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/backdoor-trigger",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/backdoor-tools",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/messages-rewrite",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/messages-reverse.gguf",
+        "scan/template-injection",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/unparseable.gguf",
+        "scan/template-unparseable",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/regex-catastrophic",
+        "scan/tokenizer-regex",
+        Severity::Error,
+        "pre_tokenizer.pretokenizers[0]",
+    ),
+    (
+        "hostile/duplicate-id",
+        "scan/tokenizer-duplicate",
+        Severity::Error,
+        "model.vocab",
+    ),
+    (
+        "hostile/added-token-zero-width",
+        "scan/tokenizer-added-token",
+        Severity::Warning,
+        "added_tokens[id=5]",
+    ),
+    (
+        "hostile/added-token-zero-width.gguf",
+        "scan/tokenizer-added-token",
+        Severity::Warning,
+        "tokenizer.ggml.tokens[id=3]",
+    ),
+    (
+        "hostile/normalizer-replace",
+        "scan/tokenizer-normalizer",
+        Severity::Warning,
+        "normalizer.normalizers[1]",
+    ),
 ];
 
 #[test]
@@ -859,7 +964,10 @@ fn every_hostile_template_and_tokenizer_is_flagged_by_its_rule() {
             has(&found, rule, *severity, key),
             "{rel}: expected {severity} {rule} on `{key}`, got {found:#?}"
         );
-        for f in found.iter().filter(|f| f.rule.starts_with("scan/template-")) {
+        for f in found
+            .iter()
+            .filter(|f| f.rule.starts_with("scan/template-"))
+        {
             assert!(
                 f.evidence.iter().all(|e| e.key.is_some()),
                 "{rel}: evidence names the key: {f:#?}"
@@ -889,7 +997,11 @@ fn hostile_templates_exit_1_and_clean_ones_exit_0() {
         assert!(stdout.contains(rule), "{rel}: {stdout}");
         // warning-level classes (an odd added token, a rewriting normalizer) are reported
         // without failing the gate; every error-level class fails it
-        let want = if *severity == Severity::Error || *rel == "hostile/ssti-padded" { 1 } else { 0 };
+        let want = if *severity == Severity::Error || *rel == "hostile/ssti-padded" {
+            1
+        } else {
+            0
+        };
         assert_eq!(out.status.code(), Some(want), "{rel}: {stdout}");
     }
     for e in fs::read_dir(template_fixture("clean")).unwrap() {
@@ -976,10 +1088,16 @@ fn template_findings_in_sarif_have_rules_and_locations() {
         .find(|r| r["id"] == "scan/template-ssti")
         .expect("rule listed");
     assert_eq!(ssti["properties"]["security-severity"], "8.0");
-    assert!(ssti["shortDescription"]["text"].as_str().unwrap().contains("template-ssti"));
+    assert!(ssti["shortDescription"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("template-ssti"));
     let res = v["runs"][0]["results"].as_array().unwrap();
     assert!(res.iter().any(|r| r["ruleId"] == "scan/template-ssti"
-        && r["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64().unwrap() > 1000));
+        && r["locations"][0]["physicalLocation"]["region"]["startLine"]
+            .as_u64()
+            .unwrap()
+            > 1000));
 }
 
 /// The tiny models' tokenizers and ChatML templates raise nothing above a note.
@@ -988,7 +1106,10 @@ fn fixture_models_have_clean_tokenizers_and_templates() {
     for m in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
         let found = issues(&fixture("models").join(m));
         assert!(
-            !found.iter().any(|f| f.rule.starts_with("scan/template-") || f.rule.starts_with("scan/tokenizer-")),
+            !found
+                .iter()
+                .any(|f| f.rule.starts_with("scan/template-")
+                    || f.rule.starts_with("scan/tokenizer-")),
             "{m}: {found:#?}"
         );
     }
