@@ -5,7 +5,10 @@
 //!
 //! Templates come from the checkpoint and are therefore untrusted: rendering is sandboxed
 //! by minijinja (no I/O, no Python objects: the CVE-2024-34359 payloads find no dunder
-//! attributes to climb), bounded by a fuel limit (no endless loops) and its output capped.
+//! attributes to climb), bounded by a fuel limit (no endless loops) and its output capped
+//! while it is written. Not bounded: a string a template builds in a variable without
+//! writing it (`{% set s = s ~ s %}` repeated); minijinja caps `*` but not `~`, and fuel
+//! counts instructions, not bytes.
 //! Before parsing, [`check_tag_sizes`] refuses tags long enough to make the parser or the
 //! compiler recurse past the stack (`{{ a~a~a~… }}`, `- - - … 1`).
 
@@ -66,21 +69,48 @@ pub fn render(
         .template_from_str(template)
         .map_err(|e| EngineError::ChatTemplate(format!("does not parse: {e}")))?;
     let messages = vec![context! { role => "user", content => user }];
-    let out = tmpl
-        .render(context! {
+    // Written through a capped sink, so a loop printing a large string stops at the cap
+    // instead of first building the whole output in memory.
+    let mut sink = Capped::default();
+    let rendered = tmpl.render_captured_to(
+        context! {
             messages => messages,
             add_generation_prompt => true,
             bos_token => bos_token.unwrap_or(""),
             eos_token => eos_token.unwrap_or(""),
-        })
-        .map_err(|e| EngineError::ChatTemplate(format!("does not render: {e}")))?;
-    if out.len() > MAX_OUTPUT {
+        },
+        &mut sink,
+    );
+    if sink.over {
         return Err(EngineError::ChatTemplate(format!(
-            "renders {} bytes, more than the {MAX_OUTPUT}-byte limit",
-            out.len()
+            "renders more than the {MAX_OUTPUT}-byte limit"
         )));
     }
-    Ok(out)
+    rendered.map_err(|e| EngineError::ChatTemplate(format!("does not render: {e}")))?;
+    String::from_utf8(sink.buf)
+        .map_err(|_| EngineError::ChatTemplate("renders text that is not UTF-8".into()))
+}
+
+/// An output buffer that refuses to grow past [`MAX_OUTPUT`].
+#[derive(Default)]
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > MAX_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("output limit reached"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -133,9 +163,12 @@ mod tests {
         assert!(e.to_string().contains("refused"), "{e}");
         let minus = format!("{{{{ {}1 }}}}", "-".repeat(200_000));
         assert!(render(&minus, "x", None, None).is_err());
-        // exponential output stops at the fuel or output cap
-        let bomb = "{% set s = 'xxxxxxxxxx' %}{% for i in range(30) %}{% set s = s ~ s %}{% endfor %}{{ s }}";
-        assert!(render(bomb, "x", None, None).is_err());
+        // large output stops at the output cap, before it is all in memory
+        let bomb = "{% for i in range(100000) %}{{ 'x' * 50000000 }}{% endfor %}";
+        let e = render(bomb, "x", None, None).unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        // minijinja refuses a single string repeated past 100 MB
+        assert!(render("{{ 'x' * 1000000000000 }}", "x", None, None).is_err());
     }
 
     #[test]
