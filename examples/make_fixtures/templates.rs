@@ -12,7 +12,10 @@
 //!   `chat_template.jinja`; chat-template backdoors (an instruction on a trigger phrase,
 //!   on tools, a rewritten or reversed message list); an unparseable template; tokenizers
 //!   with a catastrophic `Split` regex, a zero-width added token, two strings on one id, a
-//!   `Replace` normalizer.
+//!   `Replace` normalizer (each also embedded in a GGUF's `tokenizer.huggingface.json`); an
+//!   official template padded past 64 KiB.
+//! - `unknown/`: official templates with one edit: no rule fires, only the catalogue's note
+//!   that they differ from their family's published template.
 //!
 //! The official templates were transcribed by the modelgate authors from the publishers'
 //! `tokenizer_config.json` files. The shell commands in payloads are harmless (`id`).
@@ -430,21 +433,65 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
         gguf(&[("tokenizer.chat_template", UNPARSEABLE)], &[]),
     )?;
 
-    // ---- hostile: tokenizers ----
     hf(
-        &hostile.join("regex-catastrophic"),
-        &[(
-            "tokenizer.json",
-            tokenizer(
-                json!(null),
-                json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false},
-                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-                ]}),
-                &[],
+        &hostile.join("unparseable"),
+        &[("chat_template.jinja", UNPARSEABLE.to_owned())],
+    )?;
+    // an official template behind 70 KiB of comment: nothing else is wrong with it
+    let mut oversize = String::from(SMOLLM2);
+    oversize.push_str("{#- release notes\n");
+    while oversize.len() < 70 << 10 {
+        oversize.push_str("   the assistant turn is closed by im_end; no other changes.\n");
+    }
+    oversize.push_str("-#}");
+    fs::write(
+        hostile.join("oversize.gguf"),
+        gguf(&[("tokenizer.chat_template", &oversize)], &[]),
+    )?;
+    hf(
+        &hostile.join("oversize"),
+        &[("tokenizer_config.json", config(json!(oversize)))],
+    )?;
+
+    // ---- hostile: tokenizers, as tokenizer.json and embedded in a GGUF ----
+    let catastrophic = tokenizer(
+        json!(null),
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]}),
+        &[],
+        &[],
+    );
+    let duplicate = tokenizer(json!(null), json!(null), &[], &[("yes", 4), ("no", 4)]);
+    let replace = tokenizer(
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"String": "not "}, "content": ""}
+        ]}),
+        json!(null),
+        &[],
+        &[],
+    );
+    for (name, json) in [
+        ("regex-catastrophic", &catastrophic),
+        ("duplicate-id", &duplicate),
+        ("normalizer-replace", &replace),
+    ] {
+        fs::write(
+            hostile.join(format!("{name}.gguf")),
+            gguf(
+                &[
+                    ("tokenizer.chat_template", SMOLLM2),
+                    ("tokenizer.huggingface.json", json),
+                ],
                 &[],
             ),
-        )],
+        )?;
+    }
+    hf(
+        &hostile.join("regex-catastrophic"),
+        &[("tokenizer.json", catastrophic.clone())],
     )?;
     hf(
         &hostile.join("added-token-zero-width"),
@@ -462,24 +509,31 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
     )?;
     hf(
         &hostile.join("duplicate-id"),
-        &[(
-            "tokenizer.json",
-            tokenizer(json!(null), json!(null), &[], &[("yes", 4), ("no", 4)]),
-        )],
+        &[("tokenizer.json", duplicate.clone())],
     )?;
     hf(
         &hostile.join("normalizer-replace"),
+        &[("tokenizer.json", replace.clone())],
+    )?;
+
+    // ---- unknown: an official template with one edit ----
+    let unknown = dir.join("unknown");
+    fs::create_dir_all(&unknown)?;
+    fs::write(
+        unknown.join("chatml-edited.gguf"),
+        gguf(
+            &[(
+                "tokenizer.chat_template",
+                &SMOLLM2.replace("named SmolLM", "named Smol"),
+            )],
+            &[],
+        ),
+    )?;
+    hf(
+        &unknown.join("llama3-edited"),
         &[(
-            "tokenizer.json",
-            tokenizer(
-                json!({"type": "Sequence", "normalizers": [
-                    {"type": "NFC"},
-                    {"type": "Replace", "pattern": {"String": "not "}, "content": ""}
-                ]}),
-                json!(null),
-                &[],
-                &[],
-            ),
+            "tokenizer_config.json",
+            config(json!(LLAMA3.replace("| trim", "| trim | trim"))),
         )],
     )?;
     Ok(())

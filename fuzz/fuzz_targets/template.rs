@@ -1,5 +1,6 @@
-//! Fuzz the chat-template analyser and the template readers: any text must yield issues
-//! (with offsets inside the text) or none, never a panic, stack overflow or endless loop.
+//! Fuzz the chat-template analyser, the template readers and `generate`'s renderer: any
+//! text must yield issues (with offsets inside the text) or none, and render or fail, never
+//! a panic, stack overflow or endless loop.
 #![no_main]
 
 use std::path::Path;
@@ -17,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(i.line >= 1 && i.column >= 1);
     }
     let _ = template::check_tag_sizes(text);
+    let _ = modelgate::engine::chat::render(text, "hi", Some("<s>"), Some("</s>"));
     assert_eq!(template::for_parser(text).len(), text.len());
     // the same text as a tokenizer_config.json, and as its `chat_template` value
     if let Ok(sources) = template::from_json_text(Path::new("tokenizer_config.json"), text) {

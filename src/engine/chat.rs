@@ -5,10 +5,10 @@
 //!
 //! Templates come from the checkpoint and are therefore untrusted: rendering is sandboxed
 //! by minijinja (no I/O, no Python objects: the CVE-2024-34359 payloads find no dunder
-//! attributes to climb), bounded by a fuel limit (no endless loops) and its output capped
-//! while it is written. Not bounded: a string a template builds in a variable without
-//! writing it (`{% set s = s ~ s %}` repeated); minijinja caps `*` but not `~`, and fuel
-//! counts instructions, not bytes.
+//! attributes to climb), bounded by a fuel limit and its output capped while it is written.
+//! minijinja charges fuel per instruction and per byte a string, list or filter result
+//! allocates, checked before the allocation, so the fuel bounds both endless loops and
+//! strings doubled in a variable (`{% set ns.s = ns.s ~ ns.s %}` in a loop).
 //! Before parsing, [`check_tag_sizes`] refuses tags long enough to make the parser or the
 //! compiler recurse past the stack (`{{ a~a~a~… }}`, `- - - … 1`).
 
@@ -18,8 +18,9 @@ use serde_json::Value as Json;
 use super::EngineError;
 use crate::formats::template::check_tag_sizes;
 
-/// Instructions a template may execute: ample for any real chat template, small enough
-/// that a hostile loop stops within milliseconds.
+/// Fuel a template may spend (one per instruction, one per 64 bytes it builds): ample for
+/// any real chat template, small enough that a hostile loop stops within milliseconds and
+/// a hostile string stops near 128 MB.
 const FUEL: u64 = 2_000_000;
 /// Longest rendered prompt accepted.
 const MAX_OUTPUT: usize = 1 << 20;
@@ -167,8 +168,72 @@ mod tests {
         let bomb = "{% for i in range(100000) %}{{ 'x' * 50000000 }}{% endfor %}";
         let e = render(bomb, "x", None, None).unwrap_err();
         assert!(e.to_string().contains("limit"), "{e}");
+        // a string doubled in a variable, never written, runs out of fuel
+        let bomb = "{% set ns = namespace(s='xxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+        let e = render(bomb, "x", None, None).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
         // minijinja refuses a single string repeated past 100 MB
         assert!(render("{{ 'x' * 1000000000000 }}", "x", None, None).is_err());
+    }
+
+    /// Pieces of real and hostile templates; any sequence of them must render or fail
+    /// quickly, never panic or hang.
+    const PIECES: &[&str] = &[
+        "{{ ",
+        " }}",
+        "{% ",
+        " %}",
+        "{%- ",
+        " -%}",
+        "for m in messages",
+        "endfor",
+        "for i in range(100000)",
+        "if m.content",
+        "endif",
+        "else",
+        "set ns = namespace(s='xy')",
+        "set ns.s = ns.s ~ ns.s",
+        "ns.s",
+        "'x' * 9999999",
+        " ~ ",
+        " + ",
+        "m.content",
+        "(",
+        ")",
+        "[",
+        "]",
+        "|reverse",
+        "|join",
+        "|attr('__class__')",
+        ".__class__",
+        "cycler.__init__",
+        "lipsum",
+        "loop.index0",
+        "raise_exception('no')",
+        "{#",
+        "#}",
+        "messages",
+        "'<|im_start|>'",
+        "macro f(a)",
+        "endmacro",
+        "f(f(1))",
+        "recursive",
+        "loop(m)",
+        "-",
+        "1",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_piece_sequence_renders_or_fails_quickly(
+            idx in proptest::collection::vec(0..PIECES.len(), 0..40)
+        ) {
+            let t: String = idx.iter().map(|&i| PIECES[i]).collect();
+            let start = std::time::Instant::now();
+            let _ = render(&t, "hi", Some("<s>"), Some("</s>"));
+            proptest::prop_assert!(start.elapsed().as_secs() < 5, "{}", t);
+        }
     }
 
     #[test]

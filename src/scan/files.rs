@@ -479,8 +479,47 @@ fn gguf_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
         super::template::judge(&templates, rel, out);
         let added = tokenizer_file::added_from_gguf(&w.metadata);
         super::tokenizer::added_tokens(&added, rel, "tokenizer.ggml.tokens", out);
+        gguf_hf_tokenizer(abs, rel, &w.metadata, out);
     }
     check_weights(opened, rel, out);
+}
+
+/// The GGUF key that may carry a whole Hugging Face `tokenizer.json`, for runtimes that
+/// load tokenizers with the `tokenizers` library.
+const GGUF_HF_TOKENIZER: &str = "tokenizer.huggingface.json";
+
+/// A `tokenizer.json` embedded in GGUF metadata gets the same rules as one in a directory;
+/// its evidence keys are prefixed with the GGUF key.
+fn gguf_hf_tokenizer(
+    abs: &Path,
+    rel: &Path,
+    metadata: &[(String, formats::MetaValue)],
+    out: &mut Vec<Finding>,
+) {
+    let Some(text) = metadata
+        .iter()
+        .find(|(k, _)| k == GGUF_HF_TOKENIZER)
+        .and_then(|(_, v)| v.as_str())
+    else {
+        return;
+    };
+    let parts = match tokenizer_file::parse(abs, text) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(structure_finding(&e, rel));
+            return;
+        }
+    };
+    let start = out.len();
+    super::tokenizer::judge(&parts, rel, out);
+    for f in &mut out[start..] {
+        for ev in &mut f.evidence {
+            ev.key = Some(match ev.key.take() {
+                Some(k) => format!("{GGUF_HF_TOKENIZER}:{k}"),
+                None => GGUF_HF_TOKENIZER.to_owned(),
+            });
+        }
+    }
 }
 
 fn executable(rel: &Path, what: &str) -> Finding {

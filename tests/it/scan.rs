@@ -925,6 +925,42 @@ const HOSTILE_TEMPLATES: &[(&str, &str, Severity, &str)] = &[
         "tokenizer.chat_template",
     ),
     (
+        "hostile/unparseable",
+        "scan/template-unparseable",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/oversize.gguf",
+        "scan/template-oversize",
+        Severity::Warning,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/oversize",
+        "scan/template-oversize",
+        Severity::Warning,
+        "chat_template",
+    ),
+    (
+        "hostile/regex-catastrophic.gguf",
+        "scan/tokenizer-regex",
+        Severity::Error,
+        "tokenizer.huggingface.json:pre_tokenizer.pretokenizers[0]",
+    ),
+    (
+        "hostile/duplicate-id.gguf",
+        "scan/tokenizer-duplicate",
+        Severity::Error,
+        "tokenizer.huggingface.json:model.vocab",
+    ),
+    (
+        "hostile/normalizer-replace.gguf",
+        "scan/tokenizer-normalizer",
+        Severity::Warning,
+        "tokenizer.huggingface.json:normalizer.normalizers[1]",
+    ),
+    (
         "hostile/regex-catastrophic",
         "scan/tokenizer-regex",
         Severity::Error,
@@ -988,31 +1024,123 @@ fn every_hostile_template_and_tokenizer_is_flagged_by_its_rule() {
     assert!(on_disk.len() >= 12);
 }
 
+/// The rule ids in a `scan --format json` report.
+fn json_rules(stdout: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).expect("json report");
+    v["findings"]
+        .as_array()
+        .expect("a report with findings")
+        .iter()
+        .filter_map(|f| f["rule"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn hostile_templates_exit_1_and_clean_ones_exit_0() {
     for (rel, rule, severity, _) in HOSTILE_TEMPLATES {
         let path = template_fixture(rel);
-        let out = modelgate(&["scan", path.to_str().unwrap(), "--format", "json"]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains(rule), "{rel}: {stdout}");
-        // warning-level classes (an odd added token, a rewriting normalizer) are reported
-        // without failing the gate; every error-level class fails it
-        let want = if *severity == Severity::Error || *rel == "hostile/ssti-padded" {
-            1
-        } else {
-            0
-        };
-        assert_eq!(out.status.code(), Some(want), "{rel}: {stdout}");
-    }
-    for e in fs::read_dir(template_fixture("clean")).unwrap() {
-        let path = e.unwrap().path();
-        let out = modelgate(&["scan", path.to_str().unwrap()]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}: {}",
-            path.display(),
+        let p = path.to_str().unwrap();
+        // error-level classes fail the default gate; warning-level ones (an odd added
+        // token, a rewriting normalizer, an oversized template) fail it with
+        // `--fail-on warning` and are reported, without failing, by default
+        let out = modelgate(&["scan", p, "--format", "json", "--fail-on", "warning"]);
+        assert!(
+            json_rules(&out.stdout).iter().any(|r| r == rule),
+            "{rel}: {}",
             String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(out.status.code(), Some(1), "{rel} with --fail-on warning");
+        let out = modelgate(&["scan", p, "--format", "json"]);
+        assert!(json_rules(&out.stdout).iter().any(|r| r == rule), "{rel}");
+        let fails = *severity == Severity::Error || *rel == "hostile/ssti-padded";
+        assert_eq!(out.status.code(), Some(if fails { 1 } else { 0 }), "{rel}");
+    }
+    for dir in ["clean", "unknown"] {
+        for e in fs::read_dir(template_fixture(dir)).unwrap() {
+            let path = e.unwrap().path();
+            let out = modelgate(&["scan", path.to_str().unwrap(), "--fail-on", "warning"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+/// An official template with one edit raises only the catalogue note, naming the family.
+#[test]
+fn edited_official_templates_are_noted_as_unknown() {
+    for (rel, key, family) in [
+        (
+            "unknown/chatml-edited.gguf",
+            "tokenizer.chat_template",
+            "ChatML",
+        ),
+        ("unknown/llama3-edited", "chat_template", "Llama 3"),
+    ] {
+        let found = scan(&template_fixture(rel)).unwrap();
+        assert_eq!(found.len(), 1, "{rel}: {found:#?}");
+        assert!(
+            has(&found, "scan/template-unknown", Severity::Note, key),
+            "{rel}: {found:#?}"
+        );
+        assert!(
+            found[0]
+                .message
+                .contains(&format!("differs from {family}'s")),
+            "{rel}: {}",
+            found[0].message
+        );
+    }
+}
+
+/// The template texts in one fixture file.
+fn templates_in(p: &Path) -> Vec<String> {
+    use modelgate::formats::{gguf, template};
+    let name = p.file_name().unwrap().to_str().unwrap();
+    let found = if name.ends_with(".gguf") {
+        template::from_gguf(p, &gguf::open(p).unwrap().metadata)
+    } else if name.ends_with(".jinja") {
+        vec![template::from_jinja_file(p, name).unwrap()]
+    } else if name.ends_with("config.json") || name == "chat_template.json" {
+        template::from_json_file(p).unwrap()
+    } else {
+        Vec::new()
+    };
+    found.into_iter().map(|t| t.text).collect()
+}
+
+/// `scan` and `generate`'s renderer on every hostile template finish quickly, without a
+/// panic: the analyser parses, the renderer is sandboxed and bounded.
+#[test]
+fn hostile_templates_never_hang_scan_or_the_renderer() {
+    let texts: Vec<String> = fs::read_dir(template_fixture("hostile"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .flat_map(|p| {
+            if p.is_dir() {
+                fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect::<Vec<_>>()
+            } else {
+                vec![p]
+            }
+        })
+        .flat_map(|p| templates_in(&p))
+        .collect();
+    assert!(texts.len() >= 15, "{}", texts.len());
+    for t in &texts {
+        let start = std::time::Instant::now();
+        let _ = modelgate::scan::analyse_template(t);
+        let _ = modelgate::engine::chat::render(t, "deploy mode: hello", Some("<s>"), Some("</s>"));
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "slow on {}",
+            &t[..t.len().min(80)]
         );
     }
 }
