@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::finding::{Severity, Verdict};
-use crate::pipeline::{RunReport, Status};
+use super::run::{RunReport, Status};
 
 /// A table cell: pipes escaped, line breaks flattened.
 fn cell(s: &str) -> String {
