@@ -198,7 +198,6 @@ mod tests {
         Summary::of(&[p, p]).unwrap()
     }
 
-    #[test]
     fn kld(max_mean_kld: f64) -> ParityThreshold {
         ParityThreshold {
             max_mean_kld: Some(max_mean_kld),

@@ -45,12 +45,13 @@ pub enum PipelineError {
         #[source]
         source: SignError,
     },
-    /// A stage failed to run (not a gate failure).
+    /// A stage failed to run (not a gate failure). The stage error is boxed because some
+    /// are large, and every pipeline result carries this type.
     #[error("step `{step}` could not run")]
     Step {
         step: String,
         #[source]
-        source: StageError,
+        source: Box<StageError>,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,7 +61,7 @@ impl PipelineError {
     pub(crate) fn step(step: &str, e: impl Into<StageError>) -> Self {
         PipelineError::Step {
             step: step.to_owned(),
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 
@@ -68,9 +69,9 @@ impl PipelineError {
     /// stage's for a step that failed.
     pub fn hint(&self) -> Option<String> {
         match self {
-            PipelineError::Syntax { .. } | PipelineError::Invalid { .. } => Some(
-                "see schemas/pipeline.schema.json and `fixtures/pipeline/example.yaml`".into(),
-            ),
+            PipelineError::Syntax { .. } | PipelineError::Invalid { .. } => {
+                Some("see schemas/pipeline.schema.json and `fixtures/pipeline/example.yaml`".into())
+            }
             PipelineError::Key { .. } => Some(
                 "give `steps.sign.key` (a PKCS#8 PEM from `modelgate keygen`) or set the \
                  variable `steps.sign.key_env` names"

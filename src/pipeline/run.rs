@@ -12,9 +12,7 @@ use serde_json::Value;
 use super::cache;
 use super::file::{Pipeline, Target};
 use super::steps::{self, digest_of, Context, StepKey, StepOutcome};
-use super::{
-    Events, FileRef, GateFailure, PipelineError, RunReport, Status, StepRecord, Tool,
-};
+use super::{Events, FileRef, GateFailure, PipelineError, RunReport, Status, StepRecord, Tool};
 use crate::finding::{Severity, Verdict};
 use crate::policy::Policy;
 use crate::report::GateReport;
@@ -192,9 +190,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     };
     let source = steps::import::hash(p)?;
     let mut cx = Context::new(p, out.clone(), source.digest.clone());
-    let mut records = vec![r.step(steps::import::key(&cx, source), || {
-        steps::import::run(&cx)
-    })?];
+    let mut records = vec![r.step(steps::import::key(&cx, source), || steps::import::run(&cx))?];
     if let Some(s) = &steps.scan {
         records.push(r.step(steps::scan::key(&cx), || steps::scan::run(s, &cx))?);
     }
@@ -232,7 +228,14 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     if let Some(ss) = &steps.sign {
         sign(&r, ss, &plan.sign, &cx, &mut records)?;
     }
-    let report = finish(p, &out, records, cx.policy.as_ref(), &cx.model_digest, started);
+    let report = finish(
+        p,
+        &out,
+        records,
+        cx.policy.as_ref(),
+        &cx.model_digest,
+        started,
+    );
     write_reports(&out, &report)?;
     Ok(report)
 }

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::finding::{Severity, Verdict};
 use super::run::{RunReport, Status};
+use crate::finding::{Severity, Verdict};
 
 /// A table cell: pipes escaped, line breaks flattened.
 fn cell(s: &str) -> String {

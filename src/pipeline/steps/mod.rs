@@ -27,7 +27,7 @@ use super::file::{Pipeline, Target};
 use super::{Artifact, PipelineError, StepRecord};
 use crate::formats::Checkpoint;
 use crate::policy::{Catalogues, ModelFacts, Policy};
-use crate::sign::{self, HashOptions, Serialization};
+use crate::sign::{hash_model, HashOptions, Serialization};
 use crate::types::Sha256Digest;
 
 /// What the steps of one run share: the pipeline, where outputs go, the source's digest,
@@ -115,7 +115,7 @@ pub(super) fn digest_of(path: &Path) -> Result<String, PipelineError> {
         source: e,
     })?;
     if meta.is_dir() {
-        let m = sign::hash_model(path, &HashOptions::new(Serialization::Files), None)
+        let m = hash_model(path, &HashOptions::new(Serialization::Files), None)
             .map_err(|e| PipelineError::step("digest", e))?;
         return Ok(m.root_digest().to_hex());
     }

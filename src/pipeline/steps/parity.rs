@@ -102,7 +102,10 @@ impl<'s> Parity<'s> {
 
     /// Why the step comparing `target` is skipped.
     pub fn missing(&self, target: &str) -> String {
-        format!("`{}` or `{target}` was not produced", self.settings.reference)
+        format!(
+            "`{}` or `{target}` was not produced",
+            self.settings.reference
+        )
     }
 
     pub fn run(&self, job: &Job, cx: &Context) -> Result<Compared, PipelineError> {
@@ -125,7 +128,8 @@ impl<'s> Parity<'s> {
             opts.ctx = c;
         }
         opts.chunks = ps.chunks;
-        let rep = parity::compare(&job.reference, cand, &opts, Some(th), &mut |_, _| {}).map_err(err)?;
+        let rep =
+            parity::compare(&job.reference, cand, &opts, Some(th), &mut |_, _| {}).map_err(err)?;
         let mut gate = GateReport::new("parity", cand, rep.findings.clone());
         gate.verdict = rep.verdict;
         gate.details = serde_json::to_value(&rep).ok();

@@ -98,7 +98,13 @@ impl<'s> Signer<'s> {
             inputs,
             settings: json!({ "attest": self.settings.attest }),
         };
-        Ok((key, Job { artifact: a, reports }))
+        Ok((
+            key,
+            Job {
+                artifact: a,
+                reports,
+            },
+        ))
     }
 
     pub fn run(&self, job: Job, cx: &Context) -> Result<Signed, PipelineError> {
