@@ -3,8 +3,7 @@
 //! loadable Hugging Face directory, or one weights file).
 //!
 //! A stage of the pipeline (import → scan → **convert/quantize** → verify → policy →
-//! parity → sign). It works on the [`Checkpoint`] view of `formats` and never parses
-//! files itself:
+//! parity → sign). It works on the [`Checkpoint`] view of `formats` and never parses files itself:
 //! - [`arch`]: architectures, hyper-parameters, tensor names, q/k permutation, shape checks;
 //! - [`recipe`]: the per-tensor types of llama.cpp's quantization mixtures;
 //! - [`vocab`]: tokenizer.json ↔ `tokenizer.ggml.*`;

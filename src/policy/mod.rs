@@ -2,7 +2,7 @@
 //! and says what adopting it obliges.
 //!
 //! It sits after the format readers and beside scan in the pipeline
-//! (import → scan → convert → verify → **policy** → parity → sign). Input is a [`ModelFacts`]
+//! (import -> scan -> convert -> verify -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
 //! gathered from a [`crate::formats::Checkpoint`]; [`assess`] identifies the licence from
 //! every source (card, licence texts, weight metadata), traces the base-model chain and
 //! the architecture family, and applies lineage inheritance; [`evaluate`] applies a
