@@ -1,14 +1,15 @@
 //! Pipelines: one file runs the stages in order on a model and writes reports people and
 //! programs read. The last layer of the data flow, above every stage module.
 //!
-//! A pipeline file ([`file`]) names a source model, a policy file, an output folder and
-//! steps, which run in this order: import (always: hash the source, read its licence and
-//! lineage), scan, convert (one or more targets), verify (scan and re-open every
-//! artifact), policy, parity (per target) and sign. Each step is one file in `steps/`
-//! that calls the stage's library function, exactly as the stage's own subcommand does;
-//! nothing is shelled out. `run.rs` orders them: each step's cache key is sha256 over its
-//! input content digests, settings and tool version ([`cache`]); an unchanged step is
-//! reported `cached` and not run again.
+//! A pipeline file ([`file`](mod@file)) names a source model, a policy file, an output
+//! folder and steps, which run in this order: import (always: hash the source, read its
+//! licence and lineage), scan, convert (one or more targets), verify (scan and re-open
+//! every artifact), policy, parity (per target) and sign. Each step is one file in
+//! `steps/` that calls the stage's library function, exactly as the stage's own
+//! subcommand does; nothing is shelled out. `run.rs` orders them: each step's cache key is
+//! sha256 over its input content digests, settings and tool version ([`cache`]); an
+//! unchanged step is reported `cached` and not run again. `docs/pipeline-steps.md` is the
+//! map for contributors.
 //!
 //! The output folder receives the artifacts, their signatures, and `report.json`,
 //! `report.md`, `report.sarif` and `bom.cdx.json`, rendered by [`crate::report`] from a
