@@ -1,7 +1,7 @@
 //! modelgate: vet an open-weight LLM checkpoint before adoption, convert and quantize it,
 //! check licence, provenance and parity, and sign what was audited.
 //!
-//! The pipeline is import → convert/quantize → scan/verify → policy → parity → sign.
+//! The pipeline is import → scan → convert/quantize → verify → policy → parity → sign.
 //! Each stage is one module; [`formats`] is the only code that reads checkpoint bytes, and
 //! [`report`] (with [`cli`]) the only code that prints.
 #![deny(clippy::unwrap_used, clippy::expect_used)]

@@ -15,6 +15,7 @@
 
 pub mod golden;
 pub mod hardware;
+mod report;
 pub mod stats;
 pub mod thresholds;
 

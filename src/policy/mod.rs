@@ -2,7 +2,7 @@
 //! and says what adopting it obliges.
 //!
 //! It sits after the format readers and beside scan in the pipeline
-//! (import -> convert -> scan -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
+//! (import -> scan -> convert -> verify -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
 //! gathered from a [`crate::formats::Checkpoint`]; [`assess`] identifies the licence from
 //! every source (card, licence texts, weight metadata), traces the base-model chain and
 //! the architecture family, and applies lineage inheritance; [`evaluate`] applies a
@@ -21,6 +21,7 @@ pub mod evaluate;
 pub mod facts;
 pub mod families;
 pub mod file;
+mod report;
 pub mod rules;
 pub mod text;
 
@@ -33,6 +34,7 @@ pub use evaluate::{evaluate, Outcome};
 pub use facts::ModelFacts;
 pub use families::Families;
 pub use file::{Policy, PolicyFile};
+pub use report::Detail;
 
 /// An error of the policy stage. Messages name the file and what was expected.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{Artifact, LicenceSummary, RunReport};
+use super::run::{Artifact, LicenceSummary, RunReport};
 
 fn prop(name: &str, value: impl ToString) -> Value {
     json!({ "name": name, "value": value.to_string() })

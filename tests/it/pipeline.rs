@@ -362,6 +362,69 @@ fn unknown_key_is_an_input_error_with_file_line_column() {
     );
 }
 
+/// The error lines of a run with `--log json` (the step events left out).
+fn error_lines(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_key_that_does_not_load_names_the_cause_once_and_says_how_to_give_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: bad-key
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: q8, type: Q8_0, format: gguf }}
+  sign:
+    key: not-a-key.pem
+",
+        model = fixture("models/tiny-llama").display()
+    );
+    std::fs::write(tmp.path().join("bad-key.yaml"), yaml).unwrap();
+    std::fs::write(tmp.path().join("not-a-key.pem"), "hello\n").unwrap();
+    let o = modelgate_in(tmp.path(), &["run", "bad-key.yaml", "--log", "json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    insta::assert_snapshot!("run_bad_key_stderr", error_lines(&o));
+}
+
+#[test]
+fn a_failed_conversion_step_prints_the_stage_error_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tiny-llama is already safetensors: converting it to safetensors is refused.
+    let yaml = format!(
+        "name: bad-convert
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: st, type: F16, format: safetensors }}
+",
+        model = fixture("models/tiny-llama").display()
+    );
+    std::fs::write(tmp.path().join("bad-convert.yaml"), yaml).unwrap();
+    let o = modelgate_in(tmp.path(), &["run", "bad-convert.yaml", "--log", "json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = error_lines(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines[0], "error: step `convert:st` could not run", "{err}");
+    assert!(
+        lines[1].starts_with("caused by: `") && lines[1].contains("is already a safetensors"),
+        "{err}"
+    );
+    assert_eq!(err.matches("is already a safetensors").count(), 1, "{err}");
+    // Not the old guess from the step's name: no hint about signing keys.
+    assert!(!err.contains("steps.sign.key"), "{err}");
+    assert!(!tmp.path().join("out/st").exists(), "{err}");
+}
+
 #[test]
 fn pipeline_schema_accepts_the_examples_and_rejects_what_the_reader_rejects() {
     let schema = json_file(&repo().join("schemas/pipeline.schema.json"));
