@@ -145,7 +145,7 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, ConvertError> {
 }
 
 fn file_sha256(path: &Path) -> Result<Sha256Digest, ConvertError> {
-    use crate::sign::{hash_model, HashOptions, Serialization};
+    use crate::digest::{hash_model, HashOptions, Serialization};
     let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|source| {
         ConvertError::Hash {
             path: path.to_owned(),
