@@ -157,13 +157,59 @@ fn sign_error(e: crate::sign::SignError) -> anyhow::Error {
     }
 }
 
-fn print_error(e: &anyhow::Error) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "error: {e}");
-    for cause in e.chain().skip(1) {
-        let _ = writeln!(err, "caused by: {cause}");
+/// The hint of a stage error, where the error is one and has a hint.
+fn stage_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use crate::{convert, digest, engine, formats, parity, policy, sign};
+    if let Some(e) = e.downcast_ref::<convert::ConvertError>() {
+        return e.hint();
     }
+    if let Some(e) = e.downcast_ref::<engine::EngineError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<parity::ParityError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<policy::PolicyError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<sign::SignError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<digest::DigestError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<formats::FormatError>() {
+        return e.hint();
+    }
+    None
+}
+
+/// The hint to print: one attached with [`hint`], else that of the outermost stage error
+/// in the chain that has one.
+fn hint_of(e: &anyhow::Error) -> Option<String> {
     if let Some(h) = e.downcast_ref::<Hinted>() {
-        let _ = writeln!(err, "hint: {}", h.hint);
+        return Some(h.hint.clone());
     }
+    e.chain().find_map(|c| match c.downcast_ref::<Hinted>() {
+        Some(h) => Some(h.hint.clone()),
+        None => stage_hint(c).map(str::to_owned),
+    })
+}
+
+/// The error, then one `caused by:` line per cause and the hint, each cause once.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut s = format!("error: {e}\n");
+    for cause in e.chain().skip(1) {
+        s.push_str(&format!("caused by: {cause}\n"));
+    }
+    if let Some(h) = hint_of(e) {
+        s.push_str(&format!("hint: {h}\n"));
+    }
+    s
+}
+
+fn print_error(e: &anyhow::Error) {
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(render_error(e).as_bytes());
 }

@@ -65,7 +65,7 @@ pub enum ConvertError {
     Options(String),
 
     /// Writing the output failed.
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     Write {
         path: PathBuf,
         #[source]
@@ -86,7 +86,7 @@ pub enum ConvertError {
     Hash {
         path: PathBuf,
         #[source]
-        source: crate::sign::SignError,
+        source: crate::digest::DigestError,
     },
 
     /// A quantization kernel refused its input.
@@ -95,6 +95,36 @@ pub enum ConvertError {
 }
 
 impl ConvertError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            ConvertError::UnsupportedArchitecture { .. } => {
+                "modelgate converts dense llama-family decoders; convert other models with llama.cpp's converter"
+            }
+            ConvertError::Requantize { .. } => {
+                "quantize from the original weights, or pass --allow-requantize to accept the loss"
+            }
+            ConvertError::Shape { .. } | ConvertError::MissingTensor { .. } => {
+                "config.json and the weights come from different models, or a file is damaged"
+            }
+            ConvertError::Read(_) => "check that every file of the checkpoint is present and complete",
+            ConvertError::Missing { .. } => {
+                "a Hugging Face model directory needs config.json, tokenizer.json and every weight file"
+            }
+            ConvertError::UnsupportedDtype { .. } => {
+                "modelgate converts from f32, f16, bf16 and the GGUF block types it writes"
+            }
+            ConvertError::Write { .. } => {
+                "check that the output folder exists, is writable and has space"
+            }
+            ConvertError::Hash { source, .. } => return source.hint(),
+            ConvertError::Shard { .. } => {
+                "convert the missing or damaged share again with the same `--shard I/N` and options"
+            }
+            _ => return None,
+        })
+    }
+
     pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ConvertError::Write {
             path: path.into(),
