@@ -563,3 +563,26 @@ fn pytorch_checkpoint_converts_like_its_safetensors() {
         std::fs::remove_dir_all(&pt).unwrap();
     }
 }
+
+#[test]
+fn convert_removes_the_partials_a_killed_run_left_for_the_same_output() {
+    // What `kill -9` during a conversion leaves: a `.NAME.XXXXXX.partial` beside OUT (a file
+    // for GGUF, a directory for a Hugging Face output). A new run for the same OUT removes
+    // them; temporary files of other outputs stay.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join(".q.gguf.k1LLed.partial"), b"half a file").unwrap();
+    std::fs::create_dir(d.join(".q.gguf.k2LLed.partial")).unwrap();
+    std::fs::write(d.join(".other.gguf.k1LLed.partial"), b"another run's").unwrap();
+    convert(
+        &fixture("models/tiny-llama"),
+        &d.join("q.gguf"),
+        &["--type", "Q8_0"],
+    );
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".other.gguf.k1LLed.partial", "q.gguf"]);
+}
