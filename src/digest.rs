@@ -75,6 +75,9 @@ impl DigestError {
                 "another process is writing to the model; hash it again when it is done"
             }
             DigestError::Map(e) => return e.hint(),
+            DigestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
             _ => return None,
         })
     }

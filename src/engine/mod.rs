@@ -83,7 +83,7 @@ impl EngineError {
                 "the checkpoint's configuration is incomplete or damaged; give the model directory with its config.json, or a GGUF file written by llama.cpp or modelgate"
             }
             EngineError::Unsupported(_) => {
-                "the engine runs dense llama, mistral, qwen2 and qwen3 decoders"
+                "run this model with its publisher's reference implementation instead"
             }
             EngineError::MissingTensor(_)
             | EngineError::TensorShape { .. }

@@ -133,6 +133,9 @@ impl ParityError {
             }
             ParityError::Open { source, .. } => return source.hint(),
             ParityError::Hash { source, .. } => return source.hint(),
+            ParityError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
             ParityError::TextTooLarge { .. } => "use an excerpt: parity needs thousands of tokens",
             ParityError::NotText { .. } | ParityError::NoPrompts { .. } => {
                 "give a UTF-8 text file (`--text`) or one prompt per line (`--prompts`)"

@@ -89,6 +89,9 @@ impl SignError {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             SignError::Digest(e) => return e.hint(),
+            SignError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
             SignError::Key { .. } => {
                 "create a key pair with `modelgate keygen --alg ed25519|p256 --out KEY`"
             }
