@@ -586,3 +586,45 @@ fn convert_removes_the_partials_a_killed_run_left_for_the_same_output() {
     names.sort();
     assert_eq!(names, [".other.gguf.k1LLed.partial", "q.gguf"]);
 }
+
+#[test]
+fn fallbacks_print_once_per_reason_with_a_count() {
+    // Text output groups the fallbacks by (wanted, used, reason); `--verbose` lists the
+    // tensors of each group, and `--json` keeps one entry per tensor.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.gguf");
+    let src = fixture("models/tiny-llama");
+    let text = |extra: &[&str]| {
+        let mut a = vec![
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "Q4_K_M",
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        let o = modelgate(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s = String::from_utf8(o.stdout).unwrap();
+        let at = s.find("  fallbacks (").expect("a fallbacks section");
+        s[at..].to_owned()
+    };
+    assert_eq!(
+        text(&[]),
+        "  fallbacks (15):\n\
+         \x20      12 tensors Q4_K -> Q5_0 (rows of 64 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q4_K -> Q5_0 (rows of 128 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q6_K -> Q8_0 (rows of 64 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q6_K -> Q8_0 (rows of 128 values do not divide into blocks of 256)\n"
+    );
+    let verbose = text(&["--verbose"]);
+    assert_eq!(verbose.lines().count(), 5 + 15);
+    assert!(
+        verbose.contains("\n            blk.0.attn_q.weight\n"),
+        "{verbose}"
+    );
+    let json = convert(&src, &out, &["--type", "Q4_K_M"]);
+    assert_eq!(json["fallbacks"].as_array().unwrap().len(), 15);
+}
