@@ -628,3 +628,55 @@ fn fallbacks_print_once_per_reason_with_a_count() {
     let json = convert(&src, &out, &["--type", "Q4_K_M"]);
     assert_eq!(json["fallbacks"].as_array().unwrap().len(), 15);
 }
+
+#[test]
+fn a_killed_conversion_leaves_a_partial_that_the_next_run_removes() {
+    // The real thing: SIGKILL a conversion while it writes, then convert to the same OUT.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.gguf");
+    let src = smollm2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args([
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "Q8_0",
+            "--allow-requantize",
+            "--threads",
+            "1",
+            "-q",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partials = || -> Vec<String> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".q.gguf.") && n.ends_with(".partial"))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while partials().is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the conversion ended before it could be killed"
+        );
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no partial file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix: no destructor runs
+    child.wait().unwrap();
+    assert_eq!(partials().len(), 1, "kill -9 leaves the partial behind");
+    assert!(!out.exists(), "never a half-written output");
+
+    convert(&fixture("models/tiny-llama"), &out, &["--type", "Q8_0"]);
+    assert!(partials().is_empty(), "{:?}", partials());
+    assert!(out.is_file());
+}
