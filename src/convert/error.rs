@@ -1,8 +1,10 @@
 //! The conversion stage's error: every message says what was found and what was expected,
 //! and names the file or tensor concerned.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::formats::gguf::GgufWriteError;
+use crate::formats::safetensors::WriteError;
 use crate::formats::FormatError;
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,30 @@ impl ConvertError {
         ConvertError::Write {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A GGUF writer error on `path`: an I/O failure keeps its cause, a refused layout
+    /// becomes [`ConvertError::Output`].
+    pub(crate) fn gguf_output(path: &Path, e: GgufWriteError) -> Self {
+        match e {
+            GgufWriteError::Io(source) => ConvertError::write(path, source),
+            GgufWriteError::Invalid(fault) => ConvertError::Output {
+                path: path.to_owned(),
+                fault,
+            },
+        }
+    }
+
+    /// A safetensors writer error on `path`, as [`ConvertError::gguf_output`].
+    pub(crate) fn safetensors_output(path: &Path, e: WriteError) -> Self {
+        match e {
+            WriteError::Io(source) => ConvertError::write(path, source),
+            WriteError::File { path, source } => ConvertError::write(path, source),
+            other => ConvertError::Output {
+                path: path.to_owned(),
+                fault: other.to_string(),
+            },
         }
     }
 

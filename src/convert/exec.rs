@@ -161,10 +161,6 @@ impl<'a> Sink<'a> {
         path: &Path,
     ) -> Result<Sink<'a>, ConvertError> {
         let tensors = plan.tensors.get(part.range.clone()).unwrap_or(&[]);
-        let bad = |fault: String| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        };
         Ok(match plan.format {
             OutputFormat::Gguf => {
                 let descs: Vec<TensorDesc> = tensors
@@ -177,7 +173,7 @@ impl<'a> Sink<'a> {
                     .collect();
                 Sink::Gguf(
                     GgufWriter::new(file, part.gguf_meta, &descs)
-                        .map_err(|e| bad(e.to_string()))?,
+                        .map_err(|e| ConvertError::gguf_output(path, e))?,
                 )
             }
             OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
@@ -190,32 +186,30 @@ impl<'a> Sink<'a> {
                 let meta: BTreeMap<String, String> = plan.st_meta.iter().cloned().collect();
                 Sink::Safetensors(
                     safetensors::Writer::new(file, &specs, &meta)
-                        .map_err(|e| bad(e.to_string()))?,
+                        .map_err(|e| ConvertError::safetensors_output(path, e))?,
                 )
             }
         })
     }
 
     fn write(&mut self, name: &str, data: &[u8], path: &Path) -> Result<(), ConvertError> {
-        let r = match self {
-            Sink::Gguf(w) => w.write_tensor_chunk(name, data).map_err(|e| e.to_string()),
-            Sink::Safetensors(w) => w.write_chunk(data).map_err(|e| e.to_string()),
-        };
-        r.map_err(|fault| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        })
+        match self {
+            Sink::Gguf(w) => w
+                .write_tensor_chunk(name, data)
+                .map_err(|e| ConvertError::gguf_output(path, e)),
+            Sink::Safetensors(w) => w
+                .write_chunk(data)
+                .map_err(|e| ConvertError::safetensors_output(path, e)),
+        }
     }
 
     fn finish(self, path: &Path) -> Result<Option<Sha256Digest>, ConvertError> {
-        let r = match self {
-            Sink::Gguf(w) => w.finish().map_err(|e| e.to_string()),
-            Sink::Safetensors(w) => w.finish().map_err(|e| e.to_string()),
+        let out = match self {
+            Sink::Gguf(w) => w.finish().map_err(|e| ConvertError::gguf_output(path, e))?,
+            Sink::Safetensors(w) => w
+                .finish()
+                .map_err(|e| ConvertError::safetensors_output(path, e))?,
         };
-        let out = r.map_err(|fault| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        })?;
         Ok(out.hash.map(|h| Sha256Digest(h.finalize().into())))
     }
 }

@@ -368,10 +368,7 @@ pub fn merge(inputs: &[PathBuf], out: Option<&Path>) -> Result<MergeSummary, Con
         .as_file()
         .try_clone()
         .map_err(|e| ConvertError::write(&tmp_path, e))?;
-    let bad = |e: crate::formats::gguf::GgufWriteError| ConvertError::Output {
-        path: out.to_owned(),
-        fault: e.to_string(),
-    };
+    let bad = |e| ConvertError::gguf_output(out, e);
     let mut writer = GgufWriter::with_alignment(
         std::io::BufWriter::with_capacity(1 << 20, file),
         &w.metadata,
