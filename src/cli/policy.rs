@@ -61,13 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Load a policy file; the error's own hint (`PolicyError::hint`) is printed with it.
 fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
-    Policy::load(path).map_err(|e| {
-        super::hint(
-            e,
-            "see schemas/policy.schema.json and the policies shipped in `policies/`",
-        )
-    })
+    Ok(Policy::load(path)?)
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<Outcome> {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::convert::ConvertError;
+use crate::digest::DigestError;
 use crate::formats::FormatError;
 use crate::parity::ParityError;
 use crate::policy::PolicyError;
@@ -101,6 +102,8 @@ pub enum StageError {
     Parity(#[from] ParityError),
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
 }
 
 impl StageError {
@@ -108,11 +111,12 @@ impl StageError {
     pub fn hint(&self) -> Option<String> {
         match self {
             StageError::Sign(e) => e.hint().map(str::to_owned),
-            StageError::Format(_)
-            | StageError::Scan(_)
-            | StageError::Convert(_)
-            | StageError::Policy(_)
-            | StageError::Parity(_) => None,
+            StageError::Format(e) => e.hint().map(str::to_owned),
+            StageError::Convert(e) => e.hint().map(str::to_owned),
+            StageError::Policy(e) => e.hint().map(str::to_owned),
+            StageError::Parity(e) => e.hint().map(str::to_owned),
+            StageError::Digest(e) => e.hint().map(str::to_owned),
+            StageError::Scan(_) => None,
         }
     }
 }

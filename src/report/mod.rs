@@ -112,11 +112,19 @@ fn write_text(out: &mut dyn Write, r: &GateReport) -> io::Result<()> {
         }
     }
     let count = |s: Severity| r.findings.iter().filter(|f| f.severity == s).count();
+    // A policy gate names the policy applied, then the model: `policy `NAME` on `MODEL``.
+    let policy = r
+        .details
+        .as_ref()
+        .and_then(|d| d.pointer("/policy/name"))
+        .and_then(Value::as_str);
+    let heading = match policy {
+        Some(name) if r.gate == "policy" => format!("policy `{name}` on `{}`", r.subject),
+        _ => format!("{} `{}`", r.gate, r.subject),
+    };
     writeln!(
         out,
-        "{} `{}`: {} ({} errors, {} warnings, {} notes{})",
-        r.gate,
-        r.subject,
+        "{heading}: {} ({} errors, {} warnings, {} notes{})",
         r.verdict,
         count(Severity::Error),
         count(Severity::Warning),

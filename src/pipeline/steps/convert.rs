@@ -10,7 +10,7 @@ use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
 use crate::pipeline::file::{ConvertStep, Target, TargetFormat};
 use crate::pipeline::{Artifact, FileDigest, PipelineError, StepRecord};
 use crate::report::run::StoredArtifact;
-use crate::sign::{self, HashOptions, Serialization};
+use crate::digest::{self, HashOptions, Serialization};
 
 pub fn key(t: &Target, cx: &Context) -> Result<StepKey, PipelineError> {
     Ok(StepKey {
@@ -58,7 +58,7 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
     if write_to != dest {
         swap_dir(&write_to, &dest)?;
     }
-    let m = sign::hash_model(&dest, &HashOptions::new(Serialization::Files), None)
+    let m = digest::hash_model(&dest, &HashOptions::new(Serialization::Files), None)
         .map_err(|e| PipelineError::step(&name, e))?;
     let artifact = summary.artifact(StoredArtifact {
         name: t.name.clone(),

@@ -8,7 +8,7 @@ use super::{open_facts, Context, StepKey, StepOutcome};
 use crate::pipeline::file::Pipeline;
 use crate::pipeline::{LicenceSummary, PipelineError, StepRecord};
 use crate::policy;
-use crate::sign::{self, HashOptions, Serialization};
+use crate::digest::{self, HashOptions, Serialization};
 
 /// The source model's digests.
 pub struct Source {
@@ -20,7 +20,7 @@ pub struct Source {
 
 /// Hash the source model.
 pub fn hash(p: &Pipeline) -> Result<Source, PipelineError> {
-    let manifest = sign::hash_model(&p.model, &HashOptions::new(Serialization::Files), None)
+    let manifest = digest::hash_model(&p.model, &HashOptions::new(Serialization::Files), None)
         .map_err(|e| PipelineError::step("import", e))?;
     Ok(Source {
         digest: manifest.root_digest().to_hex(),

@@ -27,7 +27,7 @@ use super::file::{Pipeline, Target};
 use super::{Artifact, PipelineError, StepRecord};
 use crate::formats::Checkpoint;
 use crate::policy::{Catalogues, ModelFacts, Policy};
-use crate::sign::{hash_model, HashOptions, Serialization};
+use crate::digest::{hash_model, HashOptions, Serialization};
 use crate::types::Sha256Digest;
 
 /// What the steps of one run share: the pipeline, where outputs go, the source's digest,
