@@ -1,7 +1,7 @@
 //! Pipelines: one file runs the stages in order on a model and writes reports people and
 //! programs read. The last layer of the data flow, above every stage module.
 //!
-//! A pipeline file ([`file`]) names a source model, a policy file, an output folder and
+//! A pipeline file ([`mod@file`]) names a source model, a policy file, an output folder and
 //! steps: import (always: hash the source, read its licence and lineage), scan, convert
 //! (one or more targets), verify (scan and re-open every artifact), policy, parity (per
 //! target) and sign. Each step calls the stage's library function, exactly as the stage's

@@ -3,9 +3,9 @@
 //!
 //! It sits after the format readers and beside scan in the pipeline
 //! (import -> convert -> scan -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
-//! gathered from a [`crate::formats::Checkpoint`]; [`assess`] identifies the licence from
+//! gathered from a [`crate::formats::Checkpoint`]; [`assess()`] identifies the licence from
 //! every source (card, licence texts, weight metadata), traces the base-model chain and
-//! the architecture family, and applies lineage inheritance; [`evaluate`] applies a
+//! the architecture family, and applies lineage inheritance; [`evaluate()`] applies a
 //! [`Policy`] file (intended use, licence conditions, provenance and security rules,
 //! waivers) and lists the obligations for that use. Findings are rendered only by
 //! [`crate::report`].

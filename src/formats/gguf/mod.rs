@@ -2,7 +2,7 @@
 //! writer ([`GgufWriter`]) and the metadata model they share ([`MetaValue`]).
 //!
 //! The reader is part of the first pipeline stage (`formats`): it turns a memory-mapped GGUF
-//! file into the common [`Weights`] view without reading tensor data. The writer is what
+//! file into the common [`Weights`](super::Weights) view without reading tensor data. The writer is what
 //! `convert` streams its output through. [`params_from_metadata`] and
 //! [`tokenizer_from_metadata`] give the architecture and tokenizer summaries `inspect`,
 //! `policy` and `engine` use when a checkpoint is a bare GGUF file.
