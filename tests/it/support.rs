@@ -179,6 +179,27 @@ pub fn oracle_python_path() -> PathBuf {
     .clone()
 }
 
+/// The folder of one transformers forward-pass oracle (`llama`, `qwen2`, ...):
+/// `$MODELGATE_ORACLES/NAME`, else `oracles/NAME` under `$MODELGATE_SHARED`, the `shared/`
+/// folder beside the repository (as CI lays it out), or `/work/shared`.
+pub fn oracle_dir(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELGATE_ORACLES") {
+        return PathBuf::from(dir).join(name);
+    }
+    let candidates = [
+        std::env::var_os("MODELGATE_SHARED").map(PathBuf::from),
+        Some(repo().join("../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|p| p.join("oracles"))
+        .find(|p| p.is_dir())
+        .expect("the transformers oracles: set MODELGATE_SHARED to the folder holding `oracles/`")
+        .join(name)
+}
+
 /// Fail the test, naming the PyPI package, unless the oracle interpreter imports `module`.
 /// Only reachable with `MODELGATE_PYTHON` naming an interpreter that lacks the package
 /// (the pinned environment always has it); an oracle is never skipped.
