@@ -4,7 +4,6 @@
 //! bad input (exit 2, a clear message, nothing left behind).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
