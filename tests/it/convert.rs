@@ -20,7 +20,7 @@ const FIXTURES: &[&str] = &[
 const ORACLES: &[&str] = &["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
 
 fn oracle(name: &str) -> PathBuf {
-    PathBuf::from("/work/shared/oracles").join(name)
+    crate::support::oracle_dir(name)
 }
 
 /// Run `modelgate convert SRC -o OUT ARGS --json`, expecting success; the summary.
