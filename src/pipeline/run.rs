@@ -87,8 +87,10 @@ impl Runner<'_> {
             parity: None,
             signature: None,
             note: None,
+            ran_at: None,
         };
         body(&mut rec)?;
+        rec.ran_at = Some(crate::report::bom::timestamp_now());
         if !rec.gates.is_empty() {
             rec.verdict = Some(if rec.gates.iter().all(|g| g.verdict == Verdict::Pass) {
                 Verdict::Pass
@@ -125,6 +127,7 @@ impl Runner<'_> {
             parity: None,
             signature: None,
             note: Some(note),
+            ran_at: None,
         };
         self.ev.end(&rec);
         rec
@@ -466,6 +469,9 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
                         )
                     })
                     .collect(),
+                hyperparameters: Checkpoint::open(&dest)
+                    .ok()
+                    .map(|c| crate::report::bom::Hyperparameters::of(&c)),
             });
             rec.note = (!summary.notes.is_empty()).then(|| summary.notes.join("; "));
             Ok(())
@@ -922,6 +928,10 @@ fn write_reports(out: &Path, report: &RunReport) -> Result<(), PipelineError> {
     cache::write_atomic(
         &out.join("bom.cdx.json"),
         &pretty(&crate::report::cyclonedx::bom(report))?,
+    )?;
+    cache::write_atomic(
+        &out.join("bom.spdx.json"),
+        &crate::report::spdx::bom(report),
     )?;
     Ok(())
 }

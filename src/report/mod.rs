@@ -3,8 +3,10 @@
 //! 2.1.0 for code-scanning dashboards. Stages never format findings themselves, so every
 //! gate reads the same and one SARIF file can carry the findings of all of them.
 
+pub mod bom;
 pub mod cyclonedx;
 pub mod markdown;
+pub mod spdx;
 
 use std::io::{self, Write};
 use std::path::Path;

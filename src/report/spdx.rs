@@ -1,0 +1,422 @@
+//! `bom.spdx.json`: the artifacts of a pipeline run as an SPDX 3.0.1 AI BOM, in the JSON-LD
+//! serialization (`https://spdx.org/rdf/3.0.1/spdx-context.jsonld`).
+//!
+//! The graph holds one `CreationInfo` (a blank node every element points at), the
+//! `SoftwareAgent` that stands for the pipeline and the `Tool` (modelgate), the
+//! `SpdxDocument`, then one `ai_AIPackage` per artifact: supplier, release time, download
+//! location (the artifact's path relative to this file), version (a prefix of its content
+//! digest), purpose `model`, type of model, hyper-parameters (architecture, layers,
+//! experts, quantization), the parity figures as `ai_metric` and the limits they were held
+//! to as `ai_metricDecisionThreshold`, the safety risk the scan and verify gates found, and
+//! the limitation a consumer should know. A directory artifact lists its files as
+//! `software_File`s it `contains`. The source model and its declared base models are
+//! `ai_AIPackage`s too; each artifact is `descendantOf` its source and the base models,
+//! and the source is `descendantOf` its base models. Licences are
+//! `simplelicensing_LicenseExpression`s (SPDX ids, `LicenseRef-` plus modelgate's catalogue
+//! id for the rest) linked by `hasDeclaredLicense` (what the model card declares) and
+//! `hasConcludedLicense` (what applies after inheritance from base models), or the
+//! `NoAssertionLicense` individual when modelgate found none.
+//!
+//! Deterministic: every `spdxId` is a URN under a namespace digested from the pipeline,
+//! source and artifact digests plus a name from the report, and every time comes from the
+//! run report (see [`super::bom`]). Written by hand with `serde_json` because the document
+//! is small and no maintained Rust crate writes SPDX 3.
+//!
+//! Safety risk: the worst unwaived finding of the scan and verify gates on the source or
+//! the artifact; an error is `high`, a warning `medium`, nothing worse than a note `low`.
+//! Without a scan or verify gate the field is left out rather than guessed.
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use super::bom::{self, Parity};
+use crate::finding::Severity;
+use crate::pipeline::{Artifact, RunReport};
+
+/// The JSON-LD context of SPDX 3.0.1.
+pub const CONTEXT: &str = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld";
+/// The SPDX version the document conforms to.
+pub const SPEC_VERSION: &str = "3.0.1";
+const CREATION_INFO: &str = "_:creationinfo";
+const NO_ASSERTION_LICENSE: &str = "expandedlicensing_NoAssertionLicense";
+
+/// Percent-encode everything outside RFC 3986's unreserved set, so that any name is one
+/// IRI path segment.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A relative URI reference for a path with `/` separators, each segment encoded.
+fn path_ref(path: &str) -> String {
+    path.split('/').map(segment).collect::<Vec<_>>().join("/")
+}
+
+/// Builds the `@graph`: ids under one namespace, elements in a fixed order.
+struct Doc {
+    ns: String,
+    graph: Vec<Value>,
+    relationships: usize,
+}
+
+impl Doc {
+    fn id(&self, local: &str) -> String {
+        format!("{}{local}", self.ns)
+    }
+
+    /// An element with its type, id and creation info, then `fields`.
+    fn element(&mut self, ty: &str, local: &str, fields: Value) -> String {
+        let id = self.id(local);
+        let mut e = json!({ "type": ty, "spdxId": id, "creationInfo": CREATION_INFO });
+        if let (Some(e), Value::Object(f)) = (e.as_object_mut(), fields) {
+            e.extend(f);
+        }
+        self.graph.push(e);
+        id
+    }
+
+    fn relate(&mut self, from: &str, ty: &str, to: Vec<String>, comment: Option<String>) {
+        if to.is_empty() {
+            return;
+        }
+        self.relationships += 1;
+        let local = format!("relationship/{}", self.relationships);
+        let mut f = json!({ "from": from, "relationshipType": ty, "to": to });
+        if let Some(c) = comment {
+            f["comment"] = json!(c);
+        }
+        self.element("Relationship", &local, f);
+    }
+}
+
+fn namespace(r: &RunReport) -> String {
+    let mut h = Sha256::new();
+    h.update(b"modelgate spdx namespace\n");
+    for part in [&r.name, &r.pipeline.sha256, &r.model.sha256] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    for a in r.artifacts() {
+        h.update(format!("{} {}\n", a.name, a.sha256).as_bytes());
+    }
+    let hex = hex::encode(h.finalize());
+    format!("urn:modelgate:spdx:{}:", &hex[..32])
+}
+
+fn sha256_hash(hex: &str) -> Value {
+    json!({ "type": "Hash", "algorithm": "sha256", "hashValue": hex })
+}
+
+fn entries<K: AsRef<str>>(pairs: impl IntoIterator<Item = (K, String)>) -> Vec<Value> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| json!({ "type": "DictionaryEntry", "key": k.as_ref(), "value": v }))
+        .collect()
+}
+
+fn type_of_model(a: &Artifact) -> Vec<&'static str> {
+    let mut t = vec!["transformer", "decoder-only language model"];
+    if a.hyperparameters.as_ref().is_some_and(|h| h.is_moe()) {
+        t.push("mixture of experts");
+    }
+    t
+}
+
+fn risk(sev: Option<Severity>) -> &'static str {
+    match sev {
+        Some(Severity::Error) => "high",
+        Some(Severity::Warning) => "medium",
+        Some(Severity::Note) | None => "low",
+    }
+}
+
+/// `ai_metric` and `ai_metricDecisionThreshold` from a parity result. A checked value is
+/// keyed by its limit (`max_mean_kld`) in both lists, so that a consumer can pair them.
+fn metrics(p: &Parity) -> (Vec<Value>, Vec<Value>) {
+    let scope = |name: &str| format!("{name} vs {}", p.reference);
+    let metric = entries(p.metrics.iter().map(|m| (scope(&m.name), m.value.clone())));
+    let thresholds = entries(
+        p.metrics
+            .iter()
+            .filter_map(|m| Some((scope(&m.name), m.threshold.clone()?))),
+    );
+    (metric, thresholds)
+}
+
+fn hub_location(name: &str) -> Option<String> {
+    // A base model named `owner/repo` is a Hugging Face Hub id (the card's `base_model`).
+    let mut parts = name.split('/');
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+    };
+    (ok(parts.next()) && ok(parts.next()) && parts.next().is_none())
+        .then(|| format!("https://huggingface.co/{name}"))
+}
+
+/// The SPDX document of a run, as the bytes of `bom.spdx.json`.
+pub fn bom(r: &RunReport) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(&document(r)).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+/// The SPDX document of a run.
+pub fn document(r: &RunReport) -> Value {
+    let mut d = Doc {
+        ns: namespace(r),
+        graph: Vec::new(),
+        relationships: 0,
+    };
+    let created = bom::created(r);
+    let licence = r.licence();
+    let source_name = licence.map_or_else(|| r.model.path.clone(), |l| l.model_name.clone());
+
+    let agent = d.element(
+        "SoftwareAgent",
+        "agent/pipeline",
+        json!({
+            "name": format!("modelgate pipeline `{}`", r.name),
+            "comment": format!(
+                "the pipeline file `{}` (sha256 {}) run by modelgate",
+                r.pipeline.path, r.pipeline.sha256
+            ),
+        }),
+    );
+    let tool = d.element(
+        "Tool",
+        "tool/modelgate",
+        json!({ "name": format!("modelgate {}", r.tool.version) }),
+    );
+
+    // The document comes third; its element list is filled in at the end.
+    let doc_index = d.graph.len();
+    let doc_id = d.element(
+        "SpdxDocument",
+        "document",
+        json!({
+            "name": format!("AI BOM of modelgate pipeline `{}`", r.name),
+            "profileConformance": ["core", "software", "ai", "simpleLicensing"],
+        }),
+    );
+
+    let publisher = licence.and_then(|l| l.publisher.clone()).map(|p| {
+        d.element(
+            "Organization",
+            &format!("organization/{}", segment(&p)),
+            json!({ "name": p }),
+        )
+    });
+
+    // Licences: the declared and the concluded expression, shared by source and artifacts.
+    let declared =
+        licence.and_then(|l| bom::licence_expression(&l.licences, |x| x.source == "declared"));
+    let concluded = licence.and_then(|l| bom::licence_expression(&l.licences, |_| true));
+    let declared_id = licence_element(&mut d, "licence/declared", declared.clone());
+    let concluded_id = if concluded == declared {
+        declared_id.clone()
+    } else {
+        licence_element(&mut d, "licence/concluded", concluded)
+    };
+
+    // The base models the source declares.
+    let mut bases: Vec<(String, Option<String>)> = Vec::new();
+    for (i, base) in licence
+        .map(|l| l.base_models.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let mut f = json!({ "name": base.name, "software_primaryPurpose": "model" });
+        if let Some(loc) = hub_location(&base.name) {
+            f["software_downloadLocation"] = json!(loc);
+        }
+        let id = d.element(
+            "ai_AIPackage",
+            &format!("base/{}/{}", i + 1, segment(&base.name)),
+            f,
+        );
+        bases.push((id, base.relation.clone()));
+    }
+
+    // The source model.
+    let mut src = json!({
+        "name": source_name,
+        "software_primaryPurpose": "model",
+        "comment": format!(
+            "`{}`, OpenSSF model signing root digest sha256:{}",
+            r.model.path, r.model.sha256
+        ),
+    });
+    if let Some(p) = &publisher {
+        src["suppliedBy"] = json!(p);
+        src["originatedBy"] = json!([p]);
+    }
+    if let Some(hash) = single_source_file(r) {
+        src["verifiedUsing"] = json!([sha256_hash(&hash)]);
+    }
+    if let Some(l) = licence {
+        if !l.datasets.is_empty() {
+            src["ai_informationAboutTraining"] = json!(format!(
+                "datasets named by the model card: {}",
+                l.datasets.join(", ")
+            ));
+        }
+    }
+    let source_id = d.element("ai_AIPackage", "source", src);
+
+    // The artifacts.
+    let mut roots = Vec::new();
+    for a in r.artifacts() {
+        let local = format!("artifact/{}", segment(&a.name));
+        let mut f = json!({
+            "name": a.name,
+            "summary": format!(
+                "{} {} of `{source_name}` converted by modelgate",
+                a.file_type.as_deref().unwrap_or(""),
+                a.format
+            ).trim_start().to_owned(),
+            "software_packageVersion": format!("sha256:{}", a.sha256.chars().take(16).collect::<String>()),
+            "software_downloadLocation": if a.path.ends_with(".gguf") {
+                path_ref(&a.path)
+            } else {
+                format!("{}/", path_ref(a.path.trim_end_matches('/')))
+            },
+            "software_primaryPurpose": "model",
+            "suppliedBy": agent,
+            "ai_typeOfModel": type_of_model(a),
+            "ai_domain": ["text generation"],
+            "ai_hyperparameter": entries(bom::hyperparameter_entries(a)),
+            "ai_limitation": bom::limitation(r, a),
+        });
+        if let Some(t) = bom::released(r, a) {
+            f["releaseTime"] = json!(t);
+            f["builtTime"] = json!(t);
+        }
+        if let Some(p) = bom::parity(r, &a.name) {
+            let (m, t) = metrics(&p);
+            f["ai_metric"] = json!(m);
+            if !t.is_empty() {
+                f["ai_metricDecisionThreshold"] = json!(t);
+            }
+        }
+        if let Some(sev) = bom::scan_severity(r, a) {
+            f["ai_safetyRiskAssessment"] = json!(risk(sev));
+        }
+        if let Some(l) = licence {
+            if !l.datasets.is_empty() {
+                f["ai_informationAboutTraining"] = json!(format!(
+                    "trained as `{source_name}`; datasets named by its model card: {}",
+                    l.datasets.join(", ")
+                ));
+            }
+        }
+        if a.path.ends_with(".gguf") {
+            f["verifiedUsing"] = json!([sha256_hash(&a.sha256)]);
+        } else {
+            f["comment"] = json!(format!(
+                "a directory; OpenSSF model signing root digest sha256:{}",
+                a.sha256
+            ));
+        }
+        let id = d.element("ai_AIPackage", &local, f);
+        let mut files = Vec::new();
+        if !a.path.ends_with(".gguf") {
+            for file in &a.files {
+                files.push(d.element(
+                    "software_File",
+                    &format!("{local}/file/{}", path_ref(&file.path)),
+                    json!({
+                        "name": file.path,
+                        "verifiedUsing": [sha256_hash(&file.sha256)],
+                        "software_primaryPurpose": "model",
+                    }),
+                ));
+            }
+        }
+        d.relate(&id, "contains", files, None);
+        d.relate(
+            &id,
+            "descendantOf",
+            vec![source_id.clone()],
+            Some(format!("converted from `{}` by modelgate", r.model.path)),
+        );
+        d.relate(
+            &id,
+            "descendantOf",
+            bases.iter().map(|(b, _)| b.clone()).collect(),
+            Some(format!("through `{source_name}`")),
+        );
+        d.relate(&id, "hasDeclaredLicense", vec![declared_id.clone()], None);
+        d.relate(&id, "hasConcludedLicense", vec![concluded_id.clone()], None);
+        roots.push(id);
+    }
+    for (b, relation) in &bases {
+        d.relate(
+            &source_id,
+            "descendantOf",
+            vec![b.clone()],
+            relation.as_ref().map(|x| format!("declared relation: {x}")),
+        );
+    }
+    d.relate(&source_id, "hasDeclaredLicense", vec![declared_id], None);
+    d.relate(&source_id, "hasConcludedLicense", vec![concluded_id], None);
+    if roots.is_empty() {
+        roots.push(source_id);
+    }
+
+    let elements: Vec<Value> = d
+        .graph
+        .iter()
+        .filter_map(|e| e.get("spdxId").cloned())
+        .filter(|id| *id != json!(doc_id))
+        .collect();
+    if let Some(doc) = d.graph.get_mut(doc_index) {
+        doc["rootElement"] = json!(roots);
+        doc["element"] = json!(elements);
+    }
+    let creation = json!({
+        "type": "CreationInfo",
+        "@id": CREATION_INFO,
+        "specVersion": SPEC_VERSION,
+        "created": created,
+        "createdBy": [agent],
+        "createdUsing": [tool],
+        "comment": format!("verdict of the run: {}", r.verdict),
+    });
+    let mut graph = vec![creation];
+    graph.extend(d.graph);
+    json!({ "@context": CONTEXT, "@graph": graph })
+}
+
+/// A licence expression element, or the `NoAssertionLicense` individual without one.
+fn licence_element(d: &mut Doc, local: &str, expr: Option<String>) -> String {
+    match expr {
+        Some(e) => d.element(
+            "simplelicensing_LicenseExpression",
+            local,
+            json!({ "simplelicensing_licenseExpression": e }),
+        ),
+        None => NO_ASSERTION_LICENSE.to_owned(),
+    }
+}
+
+/// The sha256 of the source model when it is one file.
+fn single_source_file(r: &RunReport) -> Option<String> {
+    let import = r.steps.iter().find(|s| s.step == "import")?;
+    let files = import.settings.get("files")?.as_array()?;
+    match files.as_slice() {
+        [f] => f.get("sha256")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
