@@ -420,3 +420,279 @@ fn single_source_file(r: &RunReport) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// A run with a GGUF and a safetensors artifact of an MoE model under Apache-2.0 plus a
+    /// licence without an SPDX id, a finetune base model, a scan warning and one parity
+    /// result.
+    fn run() -> RunReport {
+        let step = |name: &str, kind: &str, extra: Value| {
+            let mut s = json!({
+                "name": name, "step": kind, "status": "ran", "seconds": 0.5,
+                "run_seconds": 0.5, "inputs": {}, "outputs": {}, "settings": {},
+                "ran_at": "2026-01-02T03:04:05Z",
+            });
+            if let (Some(s), Value::Object(e)) = (s.as_object_mut(), extra) {
+                s.extend(e);
+            }
+            s
+        };
+        let artifact = |name: &str, path: &str, ft: Option<&str>| {
+            json!({
+                "name": name, "path": path,
+                "format": if path.ends_with(".gguf") { "gguf" } else { "safetensors" },
+                "file_type": ft, "architecture": "qwen2moe", "sha256": "ab".repeat(32),
+                "files": [
+                    { "path": "config.json", "sha256": "01".repeat(32) },
+                    { "path": "model weights.safetensors", "sha256": "02".repeat(32) },
+                ],
+                "bytes": 1000, "tensors": 10, "parameters": 5000, "bits_per_weight": 8.5,
+                "types": { "Q8_0": { "tensors": 8, "bytes": 900 }, "F32": { "tensors": 2, "bytes": 100 } },
+                "hyperparameters": { "layers": 24, "experts": 60, "experts_used": 4 },
+            })
+        };
+        let v = json!({
+            "tool": { "name": "modelgate", "version": "9.9.9" },
+            "name": "moe",
+            "pipeline": { "path": "moe.yaml", "sha256": "cd".repeat(32) },
+            "model": { "path": "models/moe", "sha256": "ef".repeat(32) },
+            "out": "out",
+            "verdict": "pass",
+            "failed_gates": [],
+            "seconds": 3.0,
+            "steps": [
+                step("import", "import", json!({
+                    "ran_at": "2026-01-01T00:00:00Z",
+                    "licence": {
+                        "model_name": "org/Moe-Chat",
+                        "licences": [
+                            { "id": "apache-2.0", "spdx": "Apache-2.0", "source": "declared" },
+                            { "id": "tongyi qianwen", "name": "Tongyi Qianwen", "source": "inherited through org/Moe" },
+                        ],
+                        "publisher": "Org Inc.",
+                        "base_models": [{ "name": "org/Moe", "relation": "finetune" }],
+                        "datasets": ["org/chat-data"],
+                        "obligations": [], "documents": [],
+                    },
+                })),
+                step("scan", "scan", json!({ "gates": [{
+                    "gate": "scan", "subject": "models/moe", "verdict": "pass",
+                    "findings": [{ "rule": "scan/x", "severity": "warning", "message": "m" }],
+                }]})),
+                step("convert:moe-q8_0", "convert", json!({
+                    "artifact": artifact("moe-q8_0", "moe-q8_0.gguf", Some("Q8_0")),
+                })),
+                step("convert:moe-f16", "convert", json!({
+                    "ran_at": "2026-01-03T00:00:00Z",
+                    "artifact": artifact("moe-f16", "moe-f16", None),
+                })),
+                step("parity:moe-q8_0", "parity", json!({ "parity": {
+                    "reference": "moe-f16", "candidate": "moe-q8_0", "quant": "Q8_0",
+                    "thresholds": "`policy.yaml` parity.Q8_0",
+                    "metrics": [
+                        { "name": "max_mean_kld", "value": 0.001, "threshold": 0.01, "pass": true },
+                        { "name": "mean KLD", "value": 0.001 },
+                        { "name": "same top-1", "value": 0.98 },
+                        { "name": "scored positions", "value": "512" },
+                    ],
+                }})),
+            ],
+        });
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn by_type<'a>(doc: &'a Value, ty: &str) -> Vec<&'a Value> {
+        doc["@graph"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == ty)
+            .collect()
+    }
+
+    fn entry<'a>(list: &'a Value, key: &str) -> Option<&'a str> {
+        list.as_array()?
+            .iter()
+            .find(|e| e["key"] == key)
+            .and_then(|e| e["value"].as_str())
+    }
+
+    #[test]
+    fn every_reference_resolves_and_ids_are_unique_iris() {
+        let doc = document(&run());
+        assert_eq!(doc["@context"], CONTEXT);
+        let graph = doc["@graph"].as_array().unwrap();
+        let mut ids = BTreeSet::new();
+        for e in graph {
+            match e["type"].as_str().unwrap() {
+                "CreationInfo" => assert_eq!(e["@id"], CREATION_INFO),
+                _ => {
+                    let id = e["spdxId"].as_str().unwrap();
+                    assert!(id.starts_with("urn:modelgate:spdx:"), "{id}");
+                    assert!(!id.contains(' '), "{id}");
+                    assert!(ids.insert(id.to_owned()), "duplicate {id}");
+                    assert_eq!(e["creationInfo"], CREATION_INFO);
+                }
+            }
+        }
+        let known = |v: &Value| {
+            let s = v.as_str().unwrap();
+            assert!(ids.contains(s) || s == NO_ASSERTION_LICENSE, "dangling {s}");
+        };
+        for e in graph {
+            for k in ["from", "suppliedBy"] {
+                if !e[k].is_null() {
+                    known(&e[k]);
+                }
+            }
+            for k in ["to", "rootElement", "element", "createdBy", "createdUsing", "originatedBy"] {
+                for v in e[k].as_array().into_iter().flatten() {
+                    known(v);
+                }
+            }
+        }
+        // the document lists every element but itself
+        let d = by_type(&doc, "SpdxDocument")[0];
+        assert_eq!(d["element"].as_array().unwrap().len(), ids.len() - 1);
+    }
+
+    #[test]
+    fn artifacts_are_ai_packages_with_the_required_fields() {
+        let doc = document(&run());
+        let packages = by_type(&doc, "ai_AIPackage");
+        // two artifacts, the source, one base model
+        assert_eq!(packages.len(), 4);
+        let q8 = packages.iter().find(|p| p["name"] == "moe-q8_0").unwrap();
+        for k in [
+            "suppliedBy",
+            "releaseTime",
+            "software_downloadLocation",
+            "software_packageVersion",
+            "software_primaryPurpose",
+            "ai_typeOfModel",
+            "ai_hyperparameter",
+            "ai_metric",
+            "ai_metricDecisionThreshold",
+            "ai_safetyRiskAssessment",
+            "ai_limitation",
+            "verifiedUsing",
+        ] {
+            assert!(!q8[k].is_null(), "no {k}: {q8:#}");
+        }
+        assert_eq!(q8["software_primaryPurpose"], "model");
+        assert_eq!(q8["software_downloadLocation"], "moe-q8_0.gguf");
+        assert_eq!(q8["releaseTime"], "2026-01-02T03:04:05Z");
+        assert_eq!(q8["ai_safetyRiskAssessment"], "medium");
+        let h = &q8["ai_hyperparameter"];
+        assert_eq!(entry(h, "architecture"), Some("qwen2moe"));
+        assert_eq!(entry(h, "layers"), Some("24"));
+        assert_eq!(entry(h, "experts"), Some("60"));
+        assert_eq!(entry(h, "quantization"), Some("Q8_0"));
+        assert!(q8["ai_typeOfModel"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("mixture of experts")));
+        assert_eq!(entry(&q8["ai_metric"], "mean KLD vs moe-f16"), Some("0.001"));
+        assert_eq!(
+            entry(&q8["ai_metricDecisionThreshold"], "max_mean_kld vs moe-f16"),
+            Some("0.01")
+        );
+        assert!(q8["ai_limitation"].as_str().unwrap().contains("512 scored positions"));
+        // the directory artifact: its files, a relative folder location, no parity
+        let f16 = packages.iter().find(|p| p["name"] == "moe-f16").unwrap();
+        assert_eq!(f16["software_downloadLocation"], "moe-f16/");
+        assert!(f16["ai_metric"].is_null());
+        assert_eq!(entry(&f16["ai_hyperparameter"], "quantization"), Some("Q8_0"));
+        let files = by_type(&doc, "software_File");
+        assert_eq!(files.len(), 2);
+        assert!(files
+            .iter()
+            .any(|f| f["spdxId"].as_str().unwrap().ends_with("/file/model%20weights.safetensors")));
+        // the CreationInfo time is the latest step time
+        assert_eq!(doc["@graph"][0]["created"], "2026-01-03T00:00:00Z");
+    }
+
+    #[test]
+    fn lineage_and_licences_are_relationships() {
+        let doc = document(&run());
+        let rels = by_type(&doc, "Relationship");
+        let id_of = |name: &str| {
+            by_type(&doc, "ai_AIPackage")
+                .into_iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["spdxId"]
+                .clone()
+        };
+        let (q8, source, base) = (id_of("moe-q8_0"), id_of("org/Moe-Chat"), id_of("org/Moe"));
+        let has = |from: &Value, ty: &str, to: &Value| {
+            rels.iter().any(|r| {
+                r["from"] == *from
+                    && r["relationshipType"] == ty
+                    && r["to"].as_array().unwrap().contains(to)
+            })
+        };
+        assert!(has(&q8, "descendantOf", &source));
+        assert!(has(&q8, "descendantOf", &base));
+        assert!(has(&source, "descendantOf", &base));
+        let expr = |ty: &str| {
+            let r = rels
+                .iter()
+                .find(|r| r["from"] == q8 && r["relationshipType"] == ty)
+                .unwrap();
+            let id = &r["to"][0];
+            by_type(&doc, "simplelicensing_LicenseExpression")
+                .into_iter()
+                .find(|e| e["spdxId"] == *id)
+                .unwrap()["simplelicensing_licenseExpression"]
+                .clone()
+        };
+        assert_eq!(expr("hasDeclaredLicense"), "Apache-2.0");
+        assert_eq!(
+            expr("hasConcludedLicense"),
+            "Apache-2.0 AND LicenseRef-tongyi-qianwen"
+        );
+        let base_pkg = by_type(&doc, "ai_AIPackage")
+            .into_iter()
+            .find(|p| p["name"] == "org/Moe")
+            .unwrap();
+        assert_eq!(
+            base_pkg["software_downloadLocation"],
+            "https://huggingface.co/org/Moe"
+        );
+    }
+
+    #[test]
+    fn same_report_same_bytes_and_changed_artifact_new_namespace() {
+        let r = run();
+        assert_eq!(bom(&r), bom(&r.clone()));
+        let mut r2 = r.clone();
+        if let Some(a) = r2.steps[2].artifact.as_mut() {
+            a.sha256 = "00".repeat(32);
+        }
+        let id = |r: &RunReport| document(r)["@graph"][1]["spdxId"].clone();
+        assert_ne!(id(&r), id(&r2));
+    }
+
+    #[test]
+    fn no_licence_and_no_scan_mean_no_assertion_and_no_risk_claim() {
+        let mut r = run();
+        r.steps.retain(|s| s.step == "convert");
+        let doc = document(&r);
+        let q8 = by_type(&doc, "ai_AIPackage")
+            .into_iter()
+            .find(|p| p["name"] == "moe-q8_0")
+            .unwrap()
+            .clone();
+        assert!(q8["ai_safetyRiskAssessment"].is_null());
+        assert!(by_type(&doc, "simplelicensing_LicenseExpression").is_empty());
+        assert!(by_type(&doc, "Relationship")
+            .iter()
+            .any(|r| r["relationshipType"] == "hasDeclaredLicense"
+                && r["to"][0] == NO_ASSERTION_LICENSE));
+    }
+}
