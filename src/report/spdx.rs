@@ -550,7 +550,14 @@ mod tests {
                     known(&e[k]);
                 }
             }
-            for k in ["to", "rootElement", "element", "createdBy", "createdUsing", "originatedBy"] {
+            for k in [
+                "to",
+                "rootElement",
+                "element",
+                "createdBy",
+                "createdUsing",
+                "originatedBy",
+            ] {
                 for v in e[k].as_array().into_iter().flatten() {
                     known(v);
                 }
@@ -597,22 +604,32 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&json!("mixture of experts")));
-        assert_eq!(entry(&q8["ai_metric"], "mean KLD vs moe-f16"), Some("0.001"));
+        assert_eq!(
+            entry(&q8["ai_metric"], "mean KLD vs moe-f16"),
+            Some("0.001")
+        );
         assert_eq!(
             entry(&q8["ai_metricDecisionThreshold"], "max_mean_kld vs moe-f16"),
             Some("0.01")
         );
-        assert!(q8["ai_limitation"].as_str().unwrap().contains("512 scored positions"));
+        assert!(q8["ai_limitation"]
+            .as_str()
+            .unwrap()
+            .contains("512 scored positions"));
         // the directory artifact: its files, a relative folder location, no parity
         let f16 = packages.iter().find(|p| p["name"] == "moe-f16").unwrap();
         assert_eq!(f16["software_downloadLocation"], "moe-f16/");
         assert!(f16["ai_metric"].is_null());
-        assert_eq!(entry(&f16["ai_hyperparameter"], "quantization"), Some("Q8_0"));
+        assert_eq!(
+            entry(&f16["ai_hyperparameter"], "quantization"),
+            Some("Q8_0")
+        );
         let files = by_type(&doc, "software_File");
         assert_eq!(files.len(), 2);
-        assert!(files
-            .iter()
-            .any(|f| f["spdxId"].as_str().unwrap().ends_with("/file/model%20weights.safetensors")));
+        assert!(files.iter().any(|f| f["spdxId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/file/model%20weights.safetensors")));
         // the CreationInfo time is the latest step time
         assert_eq!(doc["@graph"][0]["created"], "2026-01-03T00:00:00Z");
     }
