@@ -329,6 +329,30 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
 }
 
 #[test]
+fn boms_of_two_fresh_runs_are_identical_under_source_date_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boms = Vec::new();
+    for out in ["a", "b"] {
+        let out = tmp.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .current_dir(repo())
+            .args(["run", "--out", out.to_str().unwrap()])
+            .env_remove("MODELGATE_SIGNING_KEY")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let spdx = std::fs::read(out.join("bom.spdx.json")).unwrap();
+        let cdx = std::fs::read(out.join("bom.cdx.json")).unwrap();
+        boms.push((spdx, cdx));
+    }
+    assert!(boms[0].0 == boms[1].0, "bom.spdx.json differs between runs");
+    assert!(boms[0].1 == boms[1].1, "bom.cdx.json differs between runs");
+    let doc: Value = serde_json::from_slice(&boms[0].0).unwrap();
+    assert_eq!(doc["@graph"][0]["created"], "2023-11-14T22:13:20Z");
+}
+
+#[test]
 fn noncommercial_licence_under_commercial_policy_fails_the_policy_gate() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
