@@ -10,9 +10,9 @@
 //! reported `cached` and not run again.
 //!
 //! The output folder receives the artifacts, their signatures, and `report.json`,
-//! `report.md`, `report.sarif` and `bom.cdx.json`, rendered by [`crate::report`] and each
-//! written to a temporary file renamed into place. Nothing here prints: progress goes
-//! through [`Events`].
+//! `report.md`, `report.sarif`, `bom.cdx.json` and `bom.spdx.json`, rendered by
+//! [`crate::report`] and each written to a temporary file renamed into place. Nothing
+//! here prints: progress goes through [`Events`].
 
 pub mod cache;
 pub mod file;

@@ -902,8 +902,8 @@ fn finish(
     }
 }
 
-/// `report.json`, `report.md`, `report.sarif`, `bom.cdx.json`, each through a temporary
-/// file renamed into place.
+/// `report.json`, `report.md`, `report.sarif`, `bom.cdx.json`, `bom.spdx.json`, each
+/// through a temporary file renamed into place.
 fn write_reports(out: &Path, report: &RunReport) -> Result<(), PipelineError> {
     cache::write_atomic(&out.join("report.json"), &pretty(report)?)?;
     cache::write_atomic(

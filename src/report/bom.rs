@@ -283,7 +283,9 @@ pub fn limitation(r: &RunReport, a: &Artifact) -> String {
     );
     match parity(r, &a.name) {
         Some(p) => {
-            let fig = |name: &str, label: &str| p.figure(name).map(|v| format!("{label} {v}"));
+            let fig = |name: &str, label: &str| {
+                p.figure(name).map(|v| format!("{label} {}", readable(v)))
+            };
             let figures: Vec<String> = [
                 fig("mean KLD", "mean KL divergence"),
                 fig("same top-1", "top-1 agreement"),
@@ -317,6 +319,16 @@ pub fn limitation(r: &RunReport, a: &Artifact) -> String {
         s.push_str(&format!(" Failed gates: `{}`.", failed.join("`, `")));
     }
     s
+}
+
+/// A figure for prose: four decimals, or three significant digits in scientific notation
+/// when it is that small. Anything not a float stays as it is.
+fn readable(v: &str) -> String {
+    match v.parse::<f64>() {
+        Ok(x) if v.contains(['.', 'e', 'E']) && x != 0.0 && x.abs() < 1e-3 => format!("{x:.2e}"),
+        Ok(x) if v.contains(['.', 'e', 'E']) => format!("{x:.4}"),
+        _ => v.to_owned(),
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
@@ -368,6 +380,14 @@ pub fn released(r: &RunReport, a: &Artifact) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_read_well_in_prose() {
+        assert_eq!(readable("8.2842792150288e-7"), "8.28e-7");
+        assert_eq!(readable("0.9896004378762999"), "0.9896");
+        assert_eq!(readable("1827"), "1827");
+        assert_eq!(readable("0.0"), "0.0000");
+    }
 
     #[test]
     fn timestamps_are_utc_seconds() {
