@@ -19,8 +19,8 @@
 //!
 //! Deterministic: every `spdxId` is a URN under a namespace digested from the pipeline,
 //! source and artifact digests plus a name from the report, and every time comes from the
-//! run report (see [`super::bom`]). Written by hand with `serde_json` because the document
-//! is small and no maintained Rust crate writes SPDX 3.
+//! run report (see [`super::bom`]). Written by hand with `serde_json`: the document is
+//! small, and the Rust SPDX crates (`spdx-rs`, `serde-spdx`) model SPDX 2, not 3.
 //!
 //! Safety risk: the worst unwaived finding of the scan and verify gates on the source or
 //! the artifact; an error is `high`, a warning `medium`, nothing worse than a note `low`.
