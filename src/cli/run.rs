@@ -178,7 +178,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             writeln!(o, "  {r}")?;
         }
     }
-    for f in ["report.md", "report.json", "report.sarif", "bom.cdx.json"] {
+    for f in [
+        "report.md",
+        "report.json",
+        "report.sarif",
+        "bom.cdx.json",
+        "bom.spdx.json",
+    ] {
         writeln!(o, "  {}", out.join(f).display())?;
     }
     for a in report.artifacts() {

@@ -33,6 +33,7 @@ impl Summary {
                     )
                 })
                 .collect(),
+            hyperparameters: None,
         }
     }
 }

@@ -12,7 +12,7 @@
 //! map for contributors.
 //!
 //! The output folder receives the artifacts, their signatures, and `report.json`,
-//! `report.md`, `report.sarif` and `bom.cdx.json`, rendered by [`crate::report`] from a
+//! `report.md`, `report.sarif`, `bom.cdx.json` and `bom.spdx.json`, rendered by [`crate::report`] from a
 //! [`RunReport`] and each written to a temporary file renamed into place. Nothing here
 //! prints: progress goes through [`Events`], errors carry their stage's hint
 //! ([`PipelineError::hint`]).

@@ -117,6 +117,7 @@ impl Runner<'_> {
         let mut rec = record(name, kind, Status::Ran, inputs, settings);
         rec.cache_key = Some(key.to_hex());
         body()?.fill(&mut rec);
+        rec.ran_at = Some(crate::report::bom::timestamp_now());
         if !rec.gates.is_empty() {
             rec.verdict = Some(if rec.gates.iter().all(|g| g.verdict == Verdict::Pass) {
                 Verdict::Pass
@@ -167,6 +168,7 @@ fn record(
         parity: None,
         signature: None,
         note: None,
+        ran_at: None,
     }
 }
 
@@ -324,8 +326,8 @@ fn finish(
     }
 }
 
-/// `report.json`, `report.md`, `report.sarif`, `bom.cdx.json`, each through a temporary
-/// file renamed into place.
+/// `report.json`, `report.md`, `report.sarif`, `bom.cdx.json`, `bom.spdx.json`, each
+/// through a temporary file renamed into place.
 fn write_reports(out: &Path, report: &RunReport) -> Result<(), PipelineError> {
     cache::write_atomic(&out.join("report.json"), &pretty(report)?)?;
     cache::write_atomic(
@@ -340,6 +342,10 @@ fn write_reports(out: &Path, report: &RunReport) -> Result<(), PipelineError> {
     cache::write_atomic(
         &out.join("bom.cdx.json"),
         &pretty(&crate::report::cyclonedx::bom(report))?,
+    )?;
+    cache::write_atomic(
+        &out.join("bom.spdx.json"),
+        &crate::report::spdx::bom(report),
     )?;
     Ok(())
 }

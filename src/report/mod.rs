@@ -8,9 +8,11 @@
 //! a pipeline run's report, which [`markdown`] and [`cyclonedx`] render. This module
 //! depends only on [`crate::finding`], so stages and the pipeline can both use it.
 
+pub mod bom;
 pub mod cyclonedx;
 pub mod markdown;
 pub mod run;
+pub mod spdx;
 
 use std::io::{self, Write};
 use std::path::Path;

@@ -70,6 +70,10 @@ pub struct StepRecord {
     /// Why the step was skipped, or what else to know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// When the step ran (UTC; `SOURCE_DATE_EPOCH` when set). A cached step keeps the time
+    /// of the run that produced its result; the BOMs take their times from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_at: Option<String>,
 }
 
 /// One file of an artifact.
@@ -108,6 +112,9 @@ pub struct Artifact {
     pub parameters: u64,
     pub bits_per_weight: f64,
     pub types: BTreeMap<String, TypeStat>,
+    /// Architecture hyper-parameters read back from the artifact, for the BOMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hyperparameters: Option<super::bom::Hyperparameters>,
 }
 
 /// Where an artifact was written and what its files hash to: the part of an [`Artifact`]

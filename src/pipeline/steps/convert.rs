@@ -9,6 +9,8 @@ use super::{digest_of, Context, StepKey, StepOutcome};
 use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
 use crate::pipeline::file::{ConvertStep, Target, TargetFormat};
 use crate::pipeline::{Artifact, FileDigest, PipelineError, StepRecord};
+use crate::formats::Checkpoint;
+use crate::report::bom::Hyperparameters;
 use crate::report::run::StoredArtifact;
 use crate::digest::{self, HashOptions, Serialization};
 
@@ -60,7 +62,7 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
     }
     let m = digest::hash_model(&dest, &HashOptions::new(Serialization::Files), None)
         .map_err(|e| PipelineError::step(&name, e))?;
-    let artifact = summary.artifact(StoredArtifact {
+    let mut artifact = summary.artifact(StoredArtifact {
         name: t.name.clone(),
         path: rel,
         format: t.format.as_str().to_owned(),
@@ -75,6 +77,11 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
             .collect(),
         bytes: m.bytes,
     });
+    // The BOMs describe the artifact as written, so its hyper-parameters are read back
+    // from it. One that does not open is reported by the verify step, which re-opens it.
+    artifact.hyperparameters = Checkpoint::open(&dest)
+        .ok()
+        .map(|c| Hyperparameters::of(&c));
     Ok(Converted {
         artifact,
         note: (!summary.notes.is_empty()).then(|| summary.notes.join("; ")),
