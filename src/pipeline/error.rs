@@ -142,7 +142,7 @@ mod tests {
             Some("choose another path or pass `--force` to replace it")
         );
         // A cause the stage gives no hint for gets none, rather than one about keys.
-        let e = PipelineError::step("sign:q8_0", SignError::ShardSize);
+        let e = PipelineError::step("sign:q8_0", SignError::Encode("bad".into()));
         assert_eq!(e.hint(), None);
     }
 

@@ -634,7 +634,7 @@ fn a_killed_conversion_leaves_a_partial_that_the_next_run_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q.gguf");
     let src = smollm2();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
         .args([
             "convert",
             src.to_str().unwrap(),
