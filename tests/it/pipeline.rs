@@ -59,30 +59,10 @@ fn cyclonedx_validator() -> jsonschema::Validator {
 }
 
 /// The SPDX 3.0.1 JSON-LD context, SHACL model and JSON Schema that `spdx3-validate`
-/// otherwise downloads from spdx.org: `$MODELGATE_SPDX_MODEL`, else `spdx/3.0.1` in the
-/// shared folder (`$MODELGATE_SHARED`, `shared/` beside the repository as CI lays it out,
-/// or `/work/shared`). `spdx3_validate_offline.py` checks each file's sha256.
+/// otherwise downloads from spdx.org: `schemas/spdx-3.0.1/`, checked in with their source
+/// (`spdx3_validate_offline.py` checks each file's sha256).
 fn spdx_model_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("MODELGATE_SPDX_MODEL") {
-        return PathBuf::from(p);
-    }
-    let candidates = [
-        std::env::var_os("MODELGATE_SHARED").map(PathBuf::from),
-        Some(repo().join("../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|s| s.join("spdx/3.0.1"))
-        .find(|d| d.join("spdx-model.ttl").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the SPDX 3.0.1 model files (spdx-context.jsonld, spdx-model.ttl, \
-                 spdx-json-schema.json) are not in `shared/spdx/3.0.1`; set \
-                 MODELGATE_SPDX_MODEL to a folder holding them"
-            )
-        })
+    repo().join("schemas/spdx-3.0.1")
 }
 
 /// Validate SPDX 3 files with the PyPI `spdx3-validate` (JSON Schema and SHACL), offline.

@@ -7,7 +7,8 @@ local folder instead (and refuses any other URL), checking each file's sha256 fi
 calls spdx3-validate's own command-line entry point unchanged.
 
 Usage: spdx3_validate_offline.py MODEL_DIR FILE.spdx.json...
-MODEL_DIR holds spdx-context.jsonld, spdx-model.ttl and spdx-json-schema.json of SPDX 3.0.1.
+MODEL_DIR holds spdx-context.jsonld, spdx-model.ttl and spdx-json-schema.json of SPDX 3.0.1
+(schemas/spdx-3.0.1/ in this repository; its README says where they come from).
 Exit status and output are spdx3-validate's; 3 when a model file is missing or differs.
 """
 
@@ -30,12 +31,12 @@ SERVED = {
     "https://spdx.org/rdf/3.0.1/spdx-model.ttl": (
         "spdx-model.ttl",
         "text/turtle",
-        "30ebb4af2d70a9809044ef46f44cc3dc5125226d70f818a50ed2e1d5f404c593",
+        "1e6df676d5a4108de90362170b0933da53f929ae8147453cea0dffadb804fae5",
     ),
     "https://spdx.org/schema/3.0.1/spdx-json-schema.json": (
         "spdx-json-schema.json",
         "application/json",
-        "19d65705ee474fb99467b5e006e05cab61b561974da34ff0e4a188bcf039387c",
+        "59f59713c7d73ff0d833f4f468df974a689fc9dd36dc5510f1875ff85d276c54",
     ),
 }
 
