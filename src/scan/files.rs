@@ -496,12 +496,20 @@ fn gguf_hf_tokenizer(
     metadata: &[(String, formats::MetaValue)],
     out: &mut Vec<Finding>,
 ) {
-    let Some(text) = metadata
-        .iter()
-        .find(|(k, _)| k == GGUF_HF_TOKENIZER)
-        .and_then(|(_, v)| v.as_str())
-    else {
-        return;
+    let text = match gguf::Meta::new(metadata).str(GGUF_HF_TOKENIZER) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            out.push(
+                Finding::new(
+                    RULE_STRUCTURE,
+                    Severity::Warning,
+                    format!("`{}`: {e}; the tokenizer was not checked", rel.display()),
+                )
+                .at(Evidence::file(rel).with_key(GGUF_HF_TOKENIZER)),
+            );
+            return;
+        }
     };
     let parts = match tokenizer_file::parse(abs, text) {
         Ok(p) => p,
