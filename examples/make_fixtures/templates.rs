@@ -669,7 +669,7 @@ fn gguf(strings: &[(&str, &str)], user_tokens: &[&str]) -> Vec<u8> {
     u64le(&mut b, 4);
     u32le(&mut b, 0);
     u64le(&mut b, 0);
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     for _ in 0..4 {

@@ -175,11 +175,8 @@ impl Parser<'_> {
             },
             _ => return Ok(atom),
         };
-        if self.peek() != Some('}') {
-            self.i += 1;
-        } else {
-            self.i += 1;
-        }
+        // past the quantifier's last character (`*`, `+`, `?` or the closing `}`)
+        self.i += 1;
         // lazy `?` and possessive `+` suffixes: possessive never backtracks
         let possessive = match self.peek() {
             Some('?') => {
@@ -513,22 +510,20 @@ fn candidates(n: &Node, pattern: &str, out: &mut Vec<(Node, String, bool, String
                         true,
                         "nested quantifiers: a repeated group contains a repeated item".into(),
                     ));
-                } else if let Some(alt) = find_alt(child) {
-                    if let Node::Alt(bs) = alt {
-                        let firsts: Vec<Vec<char>> = bs.iter().map(|b| first_chars(b, 0)).collect();
-                        let overlap = firsts.iter().enumerate().any(|(i, a)| {
-                            firsts[i + 1..]
-                                .iter()
-                                .any(|b| a.iter().any(|c| b.contains(c)))
-                        });
-                        if overlap {
-                            out.push((
-                                n.clone(),
-                                render(n, pattern),
-                                false,
-                                "ambiguous alternation under a quantifier: two branches can match the same text".into(),
-                            ));
-                        }
+                } else if let Some(Node::Alt(bs)) = find_alt(child) {
+                    let firsts: Vec<Vec<char>> = bs.iter().map(|b| first_chars(b, 0)).collect();
+                    let overlap = firsts.iter().enumerate().any(|(i, a)| {
+                        firsts[i + 1..]
+                            .iter()
+                            .any(|b| a.iter().any(|c| b.contains(c)))
+                    });
+                    if overlap {
+                        out.push((
+                            n.clone(),
+                            render(n, pattern),
+                            false,
+                            "ambiguous alternation under a quantifier: two branches can match the same text".into(),
+                        ));
                     }
                 }
             }

@@ -199,7 +199,7 @@ pub fn analyse_template(text: &str) -> Vec<TemplateIssue> {
     w.prescan(&tree);
     w.stmt(&tree);
     let mut issues = w.issues;
-    issues.sort_by(|a, b| (a.offset, a.kind).cmp(&(b.offset, b.kind)));
+    issues.sort_by_key(|a| (a.offset, a.kind));
     issues.dedup_by(|a, b| a.offset == b.offset && a.kind == b.kind);
     issues.truncate(MAX_ISSUES);
     issues
@@ -340,25 +340,22 @@ impl<'t> Walker<'t> {
             self.depth -= 1;
             return;
         }
-        match s {
-            Stmt::Set(set) => {
-                if let Expr::Var(v) = &set.target {
-                    let folded = match self.fold(&set.expr) {
-                        Some(Folded::Str(s)) => Some(s),
-                        _ => None,
-                    };
-                    match self.consts.get(v.id) {
-                        Some(prev) if prev != &folded => {
-                            self.consts.insert(v.id.to_owned(), None);
-                        }
-                        Some(_) => {}
-                        None => {
-                            self.consts.insert(v.id.to_owned(), folded);
-                        }
+        if let Stmt::Set(set) = s {
+            if let Expr::Var(v) = &set.target {
+                let folded = match self.fold(&set.expr) {
+                    Some(Folded::Str(s)) => Some(s),
+                    _ => None,
+                };
+                match self.consts.get(v.id) {
+                    Some(prev) if prev != &folded => {
+                        self.consts.insert(v.id.to_owned(), None);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.consts.insert(v.id.to_owned(), folded);
                     }
                 }
             }
-            _ => {}
         }
         for child in children(s) {
             self.prescan(child);
@@ -524,7 +521,7 @@ impl<'t> Walker<'t> {
             Expr::Slice(sl) => {
                 // `'__ssalc__'[::-1]` and friends: only whole-string reversal is folded
                 let x = s(&sl.expr)?;
-                match (&sl.start, &sl.stop, sl.step.as_ref().map(|st| f(st))) {
+                match (&sl.start, &sl.stop, sl.step.as_ref().map(&f)) {
                     (None, None, Some(Some(Folded::Int(-1)))) => {
                         Some(Folded::Str(x.chars().rev().collect()))
                     }
@@ -970,8 +967,8 @@ impl<'t> Walker<'t> {
             }
             Expr::Filter(f) => {
                 if f.name == "attr" {
-                    match f.args.first() {
-                        Some(CallArg::Pos(x)) => match self.fold(x) {
+                    if let Some(CallArg::Pos(x)) = f.args.first() {
+                        match self.fold(x) {
                             Some(Folded::Str(s)) if is_dunder(&s) => self.report(
                                 TemplateIssueKind::Ssti,
                                 f.span(),
@@ -983,8 +980,7 @@ impl<'t> Walker<'t> {
                                 f.span(),
                                 "reads an attribute through the `attr` filter by a name only known at render time".to_owned(),
                             ),
-                        },
-                        _ => {}
+                        }
                     }
                 } else {
                     for a in &f.args {
