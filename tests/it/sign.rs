@@ -101,7 +101,7 @@ fn assert_no_key_material(o: &Output, key: &Path) {
 #[test]
 fn keygen_writes_0600_private_and_spki_public_and_prints_neither() {
     let dir = tempfile::tempdir().unwrap();
-    for alg in ["ed25519", "p256"] {
+    for alg in ["ed25519", "p256", "p384"] {
         let key = dir.path().join(alg);
         let o = run(&["keygen", "--alg", alg, "--out", s(&key)]);
         assert!(o.status.success(), "{}", text(&o));
@@ -127,7 +127,7 @@ fn keygen_writes_0600_private_and_spki_public_and_prints_neither() {
 fn sign_then_verify_passes_for_both_algorithms() {
     let dir = tempfile::tempdir().unwrap();
     let m = make_model(dir.path(), 1);
-    for alg in ["ed25519", "p256"] {
+    for alg in ["ed25519", "p256", "p384"] {
         let (key, public) = keygen(dir.path(), alg);
         let o = sign(&m, &key, &["--alg", alg]);
         assert!(o.status.success(), "{}", text(&o));
@@ -766,4 +766,382 @@ fn verify_report_text_snapshot() {
         .replace(s(dir.path()), "[TMP]")
         .replace(&id, "[KEY ID]");
     insta::assert_snapshot!("verify_tampered", out);
+}
+
+// ---- P-384, certificates and Sigstore: the reference projects' own vectors ---------
+
+/// `fixtures/sigstore/...`: byte-for-byte copies of the model-transparency and
+/// sigstore-conformance test data (see `fixtures/sigstore/README.md`).
+fn vectors(rel: &str) -> PathBuf {
+    crate::support::fixture(&format!("sigstore/{rel}"))
+}
+
+fn mt(rel: &str) -> PathBuf {
+    vectors(&format!("model-transparency/{rel}"))
+}
+
+const MT_IDENTITY: &str = "stefanb@us.ibm.com";
+const MT_ISSUER: &str = "https://sigstore.verify.ibm.com/oauth2";
+
+/// Copy a vector folder somewhere it may be changed.
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn verify_keyless(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "verify",
+        s(model),
+        "--sigstore",
+        "--ignore-paths",
+        "ignore-me",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn model_transparency_sigstore_vector_verifies_with_both_roots() {
+    let m = mt("v1.1.0-sigstore");
+    let root = vectors("production-trust-root/trusted_root.json");
+    for extra in [vec![], vec!["--trusted-root", s(&root)]] {
+        let mut args = vec!["--identity", MT_IDENTITY, "--issuer", MT_ISSUER];
+        args.extend(extra);
+        let o = verify_keyless(&m, &args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{t}");
+        assert!(t.contains("a Sigstore certificate for `stefanb@us.ibm.com`"), "{t}");
+        assert!(t.contains("2025-10-10T02:12:20Z"), "{t}");
+    }
+    let o = verify_keyless(
+        &m,
+        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--format", "json"],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = &v[0]["details"];
+    assert_eq!(d["identity"], MT_IDENTITY);
+    assert_eq!(d["issuer"], MT_ISSUER);
+    assert_eq!(d["root_digest"], "61d4849d9d90076d6215f4d525f13d6574af8e3f67aef3e6f36fc40a14fdd226");
+    // `ignore-me` is not signed: without `--ignore-paths` it is an extra file
+    let o = run(&["verify", s(&m), "--sigstore", "--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `ignore-me` is not covered by the signature");
+}
+
+#[test]
+fn model_transparency_sigstore_vector_wrong_signer_or_changed_file_fails() {
+    let m = mt("v1.1.0-sigstore");
+    let o = verify_keyless(&m, &["--identity", "mallory@example.com", "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "the identity is not trusted");
+    assert_fails_with(&o, 1, "`stefanb@us.ibm.com`");
+    let o = verify_keyless(
+        &m,
+        &["--identity", MT_IDENTITY, "--issuer", "https://accounts.google.com"],
+    );
+    assert_fails_with(&o, 1, "the issuer is not trusted");
+    // staging trusts neither this log nor this CA
+    let o = verify_keyless(
+        &m,
+        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--staging"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("v1.1.0-sigstore");
+    copy_dir(&m, &copy);
+    fs::write(copy.join("signme-2"), b"signme-X").unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `signme-2` changed");
+    fs::remove_file(copy.join("signme-1")).unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `signme-1` is signed but missing");
+
+    // a flipped byte in the DSSE signature
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let mut raw = STANDARD
+        .decode(b["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap())
+        .unwrap();
+    raw[10] ^= 1;
+    b["dsseEnvelope"]["signatures"][0]["sig"] = Value::String(STANDARD.encode(raw));
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn model_transparency_certificate_vector_verifies_and_wrong_ca_fails() {
+    let m = mt("v1.1.0-certificate");
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("p384 certificate `CN=intermediate-ca`"), "{t}");
+    assert!(t.contains("`CN=root-ca`"), "{t}");
+
+    // a CA that did not issue it: the production Fulcio root, as PEM
+    let dir = tempfile::tempdir().unwrap();
+    let root: Value =
+        serde_json::from_slice(&fs::read(vectors("production-trust-root/trusted_root.json")).unwrap())
+            .unwrap();
+    let der = root["certificateAuthorities"][1]["certChain"]["certificates"][0]["rawBytes"]
+        .as_str()
+        .unwrap();
+    let other = dir.path().join("other-ca.pem");
+    fs::write(&other, format!("-----BEGIN CERTIFICATE-----\n{der}\n-----END CERTIFICATE-----\n")).unwrap();
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&other), "--ignore-paths", "ignore-me"]);
+    assert_fails_with(&o, 1, "does not lead to a trusted certificate");
+
+    // a changed file is named
+    let copy = dir.path().join("v1.1.0-certificate");
+    copy_dir(&m, &copy);
+    fs::write(copy.join("signme-1"), b"changed").unwrap();
+    let o = run(&["verify", s(&copy), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    assert_fails_with(&o, 1, "file `signme-1` changed");
+
+    // it has neither a log entry nor a timestamp: not a keyless signature
+    let o = run(&["verify", s(&m), "--sigstore", "--identity", "x", "--issuer", "y"]);
+    assert_fails_with(&o, 2, "neither a transparency log entry nor an RFC 3161 timestamp");
+    // and it is not a bare-key signature either
+    let o = run(&["verify", s(&m), "--key", s(&mt("keys/certificate/signing-key-pub.pem"))]);
+    assert_fails_with(&o, 2, "is signed with a certificate, not a bare key");
+}
+
+#[test]
+fn model_transparency_p384_key_vector_verifies_and_other_key_fails() {
+    let m = mt("v1.1.0-elliptic-key");
+    let public = mt("keys/certificate/signing-key-pub.pem");
+    let o = verify(&m, &public, &["--ignore-paths", "ignore-me"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("p384 key `e8450dec4eb99dae995da9af1bc2cc9f76ed669ee2e744f57abba763df3e3f8e`"), "{t}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, other) = keygen(dir.path(), "p384");
+    let o = verify(&m, &other, &["--ignore-paths", "ignore-me"]);
+    assert_fails_with(&o, 1, "was signed by key `e8450dec");
+}
+
+/// The RSA intermediate put where the leaf belongs: the reference tool accepts only EC
+/// signing certificates.
+#[test]
+fn certificate_bad_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("m");
+    copy_dir(&mt("v1.1.0-certificate"), &copy);
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let int = b["verificationMaterial"]["x509CertificateChain"]["certificates"][1].clone();
+    b["verificationMaterial"]["x509CertificateChain"]["certificates"] = serde_json::json!([int]);
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&["verify", s(&copy), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    assert_fails_with(&o, 2, "has an RSA");
+    assert_fails_with(&o, 2, "ECDSA P-256 or P-384");
+
+    // a trust root that is not JSON
+    let bad = dir.path().join("root.json");
+    fs::write(&bad, "trust me").unwrap();
+    let o = verify_keyless(
+        &mt("v1.1.0-sigstore"),
+        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--trusted-root", s(&bad)],
+    );
+    assert_fails_with(&o, 2, "is not JSON");
+    assert_fails_with(&o, 2, "hint: pass a `trusted_root.json`");
+
+    // the certificate file must be a certificate; the key must match it
+    let key = mt("keys/certificate/signing-key.pem");
+    let o = run(&["sign", s(&copy), "--key", s(&key), "--certificate", s(&key), "--quiet"]);
+    assert_fails_with(&o, 2, "holds no `-----BEGIN CERTIFICATE-----` block");
+    assert_no_key_material(&o, &key);
+    let (other, _) = keygen(dir.path(), "p384");
+    let o = run(&[
+        "sign",
+        s(&copy),
+        "--key",
+        s(&other),
+        "--certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, 2, "certifies another key");
+    assert_no_key_material(&o, &other);
+}
+
+fn sign_with_certificate(m: &Path) -> Output {
+    run(&[
+        "sign",
+        s(m),
+        "--key",
+        s(&mt("keys/certificate/signing-key.pem")),
+        "--certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--certificate-chain",
+        s(&mt("keys/certificate/int-ca-cert.pem")),
+        "--certificate-chain",
+        s(&mt("keys/certificate/ca-cert.pem")),
+        "--quiet",
+    ])
+}
+
+#[test]
+fn certificate_sign_then_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = make_model(dir.path(), 30);
+    let o = sign_with_certificate(&m);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+    let b: Value = serde_json::from_slice(&fs::read(m.join("model.sig")).unwrap()).unwrap();
+    let vm = &b["verificationMaterial"];
+    assert!(vm.get("publicKey").is_none());
+    // leaf and intermediate; the self-signed root stays out
+    let certs = vm["x509CertificateChain"]["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2);
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca)]);
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(m.join("config.json"), b"{}").unwrap();
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca)]);
+    assert_fails_with(&o, 1, "file `config.json` changed");
+}
+
+#[test]
+fn interop_p384_and_certificate_bundles_both_ways() {
+    if !have_model_signing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // P-384 key: ours verified there
+    let m = make_model(dir.path(), 31);
+    let (key, public) = keygen(dir.path(), "p384");
+    let o = sign(&m, &key, &["--alg", "p384"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sig = m.join("model.sig");
+    let o = model_signing(&["verify", "key", s(&m), "--signature", s(&sig), "--public_key", s(&public)]);
+    assert!(o.status.success(), "model_signing verify key (p384) failed:\n{}", text(&o));
+    // theirs verified here
+    let m2 = make_model(dir.path(), 32);
+    let sig2 = m2.join("model.sig");
+    let o = model_signing(&["sign", "key", s(&m2), "--signature", s(&sig2), "--private_key", s(&key)]);
+    assert!(o.status.success(), "model_signing sign key (p384) failed:\n{}", text(&o));
+    let o = verify(&m2, &public, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // certificates: ours verified there
+    let m3 = make_model(dir.path(), 33);
+    let o = sign_with_certificate(&m3);
+    assert!(o.status.success(), "{}", text(&o));
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = model_signing(&[
+        "verify",
+        "certificate",
+        s(&m3),
+        "--signature",
+        s(&m3.join("model.sig")),
+        "--certificate_chain",
+        s(&ca),
+    ]);
+    assert!(o.status.success(), "model_signing verify certificate failed:\n{}", text(&o));
+    // theirs verified here
+    let m4 = make_model(dir.path(), 34);
+    let sig4 = m4.join("model.sig");
+    let o = model_signing(&[
+        "sign",
+        "certificate",
+        s(&m4),
+        "--signature",
+        s(&sig4),
+        "--private_key",
+        s(&mt("keys/certificate/signing-key.pem")),
+        "--signing_certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--certificate_chain",
+        s(&mt("keys/certificate/int-ca-cert.pem")),
+    ]);
+    assert!(o.status.success(), "model_signing sign certificate failed:\n{}", text(&o));
+    let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(m4.join("empty.txt"), b"x").unwrap();
+    let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
+    assert_fails_with(&o, 1, "file `empty.txt` changed");
+}
+
+// ---- Sigstore conformance bundles: one artifact, same verifier ----------------------
+
+const CONFORMANCE_IDENTITY: &str = "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main";
+const CONFORMANCE_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// Verify a conformance case as its README says: its own artifact and trust root when
+/// it has them, else `a.txt` and the production root.
+fn conformance(case: &str, identity: &str, issuer: &str) -> Output {
+    let dir = vectors(&format!("sigstore-conformance/{case}"));
+    let artifact = if dir.join("artifact").exists() {
+        dir.join("artifact")
+    } else {
+        vectors("sigstore-conformance/a.txt")
+    };
+    let root = if dir.join("trusted_root.json").exists() {
+        dir.join("trusted_root.json")
+    } else {
+        vectors("production-trust-root/trusted_root.json")
+    };
+    let bundle = dir.join("bundle.sigstore.json");
+    run(&[
+        "verify",
+        s(&artifact),
+        "--sigstore",
+        "--signature",
+        s(&bundle),
+        "--identity",
+        identity,
+        "--issuer",
+        issuer,
+        "--trusted-root",
+        s(&root),
+    ])
+}
+
+#[test]
+fn conformance_happy_paths_verify_and_wrong_signer_fails() {
+    for case in ["happy-path-intoto-in-dsse-v3", "intoto-with-custom-trust-root"] {
+        let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{case}:\n{t}");
+        assert!(t.contains(&format!("signed by `{CONFORMANCE_IDENTITY}`")), "{case}:\n{t}");
+        let o = conformance(case, "https://github.com/someone/else/.github/workflows/x.yml@refs/heads/main", CONFORMANCE_ISSUER);
+        assert_fails_with(&o, 1, "the identity is not trusted");
+        let o = conformance(case, CONFORMANCE_IDENTITY, "https://gitlab.com");
+        assert_fails_with(&o, 1, "the issuer is not trusted");
+    }
+}
+
+#[test]
+fn conformance_failure_cases_fail_with_their_reason() {
+    // case -> the rule that rejects it (what the case was built to exercise, or the
+    // earlier check that catches it first, as the README allows)
+    let cases = [
+        ("intoto-expired-certificate_fail", "verify/"),
+        ("intoto-set-outside-signing-cert-validity_fail", "verify/"),
+        ("intoto-tsa-timestamp-outside-cert-validity_fail", "verify/"),
+        ("intoto-log-entry-mismatch_fail", "verify/"),
+        ("intoto-missing-inclusion-proof_fail", "verify/"),
+        ("dsse-invalid-sig_fail", "verify/"),
+        ("dsse-mismatch-envelope_fail", "verify/"),
+        ("inclusion-proof-corrupted-hash_fail", "verify/"),
+        ("invalid-checkpoint-signature_fail", "verify/"),
+        ("set-invalid-signature_fail", "verify/"),
+        ("wrong-material_fail", "verify/"),
+        ("bundle-from-wrong-instance_fail", "verify/"),
+    ];
+    let mut seen = Vec::new();
+    for (case, rule) in cases {
+        let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{case} must fail with exit 1:\n{t}");
+        assert!(t.contains(rule), "{case}: expected `{rule}` in:\n{t}");
+        seen.push(format!("{case}: {}", t.lines().find(|l| l.contains("verify/")).unwrap_or("")));
+    }
+    eprintln!("{}", seen.join("\n"));
 }
