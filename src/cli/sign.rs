@@ -190,12 +190,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         material,
     )
     .map_err(super::sign_error)?;
-    let signer = match (&session, &args.certificate) {
-        (Some(s), _) => Some(format!("sigstore `{}` from `{}`", s.subject, s.issuer)),
-        (None, Some(_)) if matches!(material, Material::Certificates(_)) => {
-            chain_subject(&material)
-        }
-        _ => None,
+    let signer = match material {
+        Material::Keyless(s) => Some(format!("sigstore `{}` from `{}`", s.subject, s.issuer)),
+        Material::Certificates(chain) => chain
+            .first()
+            .map(|c| format!("certificate `{}`", c.subject())),
+        Material::KeyHint => None,
     };
     let secs = start.elapsed().as_secs_f64();
     if args.json {
@@ -240,9 +240,3 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn chain_subject(material: &Material<'_>) -> Option<String> {
-    match material {
-        Material::Certificates(chain) => chain.first().map(|c| format!("certificate `{}`", c.subject())),
-        _ => None,
-    }
-}

@@ -298,28 +298,45 @@ pub fn verify_chain(
         return Err(cert_err(path, "the bundle holds no certificate"));
     };
     // The leaf key first: an unsupported key is an input error whatever the chain says.
-    let key = leaf
-        .public_key()
-        .map_err(|w| cert_err(path, format!("signing certificate `{}`: {w}", leaf.subject())))?;
-    if !matches!(key.algorithm(), KeyAlgorithm::P256 | KeyAlgorithm::P384) {
-        return Err(cert_err(
-            path,
-            format!(
-                "signing certificate `{}` has an {} key; certificate signatures must use an \
-                 ECDSA P-256 or P-384 key, the only kinds `model_signing` accepts",
-                leaf.subject(),
-                key.algorithm()
-            ),
-        ));
-    }
+    let kind = match leaf
+        .cert
+        .tbs_certificate
+        .subject_public_key_info
+        .algorithm
+        .oid
+        .to_string()
+        .as_str()
+    {
+        "1.2.840.113549.1.1.1" => Some("an RSA"),
+        "1.3.101.112" => Some("an Ed25519"),
+        _ => None,
+    };
+    let key = match (kind, leaf.public_key()) {
+        (None, Ok(k)) if matches!(k.algorithm(), KeyAlgorithm::P256 | KeyAlgorithm::P384) => k,
+        (kind, found) => {
+            let what = match (kind, found) {
+                (Some(kind), _) => format!("{kind} key"),
+                (None, Ok(k)) => format!("a {} key", k.algorithm()),
+                (None, Err(why)) => format!("a key modelgate cannot use ({why})"),
+            };
+            return Err(cert_err(
+                path,
+                format!(
+                    "signing certificate `{}` has {what}; certificate signatures must use an \
+                     ECDSA P-256 or P-384 key, the only kinds `model_signing` accepts",
+                    leaf.subject()
+                ),
+            ));
+        }
+    };
 
     let mut on_path: Vec<&Cert> = vec![leaf];
     let mut seen: HashSet<&[u8]> = HashSet::from([leaf.der.as_slice()]);
-    let anchor = loop {
+    loop {
         let current = on_path[on_path.len() - 1];
         // A trust anchor ends the path: the leaf itself, or an issuer reached on the way.
-        if let Some(a) = anchors.certs.iter().find(|a| a.der == current.der) {
-            break a;
+        if anchors.certs.iter().any(|a| a.der == current.der) {
+            break;
         }
         if on_path.len() >= MAX_DEPTH {
             return Err(cert_err(
@@ -377,8 +394,7 @@ pub fn verify_chain(
                 )));
             }
         }
-    };
-    let _ = anchor;
+    }
 
     // Validity now (there is no trusted signing time), for every certificate on the path.
     for c in &on_path {
