@@ -1145,3 +1145,112 @@ fn conformance_failure_cases_fail_with_their_reason() {
     }
     eprintln!("{}", seen.join("\n"));
 }
+
+// ---- Certificate chains that cannot be checked: exit 2 ------------------------------
+
+/// `fixtures/sign-pki/`: chains made by its `gen.sh` whose leaves all certify the
+/// model-transparency test key, so they can replace the certificate vector's chain.
+fn pki(name: &str) -> PathBuf {
+    crate::support::fixture(&format!("sign-pki/{name}"))
+}
+
+/// The DER of every certificate in a PEM file, in file order.
+fn pem_ders(path: &Path) -> Vec<Vec<u8>> {
+    let text = fs::read_to_string(path).unwrap();
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .split("-----END CERTIFICATE-----")
+                .next()
+                .unwrap()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            STANDARD.decode(body).unwrap()
+        })
+        .collect()
+}
+
+/// A copy of the certificate vector whose bundle carries `certs` (PEM files, leaf first)
+/// as its chain. The DSSE signature is untouched and still verifies with the leaf key:
+/// only the chain is what the test is about.
+fn certificate_vector_with_chain(dir: &Path, certs: &[PathBuf]) -> PathBuf {
+    let copy = dir.join("v1.1.0-certificate");
+    copy_dir(&mt("v1.1.0-certificate"), &copy);
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let raws: Vec<Value> = certs
+        .iter()
+        .flat_map(|p| pem_ders(p))
+        .map(|der| serde_json::json!({ "rawBytes": STANDARD.encode(der) }))
+        .collect();
+    b["verificationMaterial"]["x509CertificateChain"]["certificates"] = Value::Array(raws);
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    copy
+}
+
+fn verify_chain_of(model: &Path, anchors: &Path) -> Output {
+    run(&[
+        "verify",
+        s(model),
+        "--certificate-chain",
+        s(anchors),
+        "--ignore-paths",
+        "ignore-me",
+    ])
+}
+
+#[test]
+fn certificate_chain_out_of_validity_without_trusted_time_exits_2() {
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(dir.path(), &[pki("expired-leaf.pem")]);
+    let o = verify_chain_of(&m, &ca);
+    assert_fails_with(&o, 2, "certificate `CN=expired-leaf` has expired");
+    assert_fails_with(&o, 2, "carries no trusted timestamp");
+    let err = String::from_utf8_lossy(&o.stderr).replace(s(dir.path()), "[TMP]");
+    insta::assert_snapshot!("verify_certificate_expired_stderr", err);
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(dir.path(), &[pki("future-leaf.pem")]);
+    let o = verify_chain_of(&m, &ca);
+    assert_fails_with(&o, 2, "certificate `CN=future-leaf` is not valid yet");
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+}
+
+#[test]
+fn certificate_chain_that_loops_or_is_too_deep_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[pki("loop-leaf.pem"), pki("loop-a.pem"), pki("loop-b.pem")],
+    );
+    let o = verify_chain_of(&m, &mt("keys/certificate/ca-cert.pem"));
+    assert_fails_with(&o, 2, "the certificate chain loops");
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+
+    // leaf + 7 intermediates + the root: 9 certificates on the path, the limit is 8
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[pki("deep-leaf.pem"), pki("deep-intermediates.pem")],
+    );
+    let o = verify_chain_of(&m, &pki("deep-root.pem"));
+    assert_fails_with(&o, 2, "longer than 8 certificates");
+    // the same chain is sound: trusting an intermediate shortens the path, and it verifies
+    let o = verify_chain_of(&m, &pki("deep-intermediates.pem"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // more certificates in the bundle than a path may hold is refused before any work
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[
+            pki("deep-leaf.pem"),
+            pki("deep-intermediates.pem"),
+            pki("deep-root.pem"),
+        ],
+    );
+    let o = verify_chain_of(&m, &pki("deep-root.pem"));
+    assert_fails_with(&o, 2, "more than the limit of 8");
+}
