@@ -25,11 +25,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let ckpt = Checkpoint::open(&args.path).map_err(|e| {
-        super::hint(
+    let ckpt = Checkpoint::open(&args.path).map_err(|e| match e.hint() {
+        Some(_) => anyhow::Error::new(e),
+        None => super::hint(
             e,
             "`modelgate inspect` reads GGUF, safetensors (single or sharded), PyTorch checkpoints and model directories",
-        )
+        ),
     })?;
     let summary = summarise(&ckpt, args.tensors);
     let mut out = std::io::stdout().lock();
