@@ -369,6 +369,14 @@ fn classify(e: SvError, trust: &KeylessTrust, path: &Path) -> Result<Rejection, 
             "verify/certificate-validity"
         }
         SvError::Certificate(C::Sct(_)) => "verify/sct",
+        // The chain check reports a certificate outside its validity at the signing time
+        // only in its detail text (webpki's `CertExpired`/`CertNotValidYet`); that is
+        // still a validity failure, not a broken chain.
+        SvError::Certificate(C::ChainInvalid(why))
+            if why.contains("CertExpired") || why.contains("CertNotValidYet") =>
+        {
+            "verify/certificate-validity"
+        }
         SvError::Certificate(_) => "verify/certificate-chain",
         SvError::TransparencyLog(L::InclusionProof(_)) => "verify/inclusion-proof",
         SvError::TransparencyLog(L::Checkpoint(_)) => "verify/checkpoint",
@@ -380,6 +388,9 @@ fn classify(e: SvError, trust: &KeylessTrust, path: &Path) -> Result<Rejection, 
         SvError::Timestamp(T::OutsideAuthorityValidity { .. }) => "verify/timestamp",
         SvError::Timestamp(T::Invalid(_)) => "verify/timestamp",
         SvError::Timestamp(_) => "verify/timestamp",
+        // A v0.2+ bundle with only a promise (SET) and no proof: the crate's bundle check
+        // says so in its text; it is the inclusion-proof requirement that failed.
+        SvError::Bundle(b) if b.to_string().contains("inclusion proof") => "verify/inclusion-proof",
         SvError::InvalidBundle(_) | SvError::Bundle(_) | SvError::UnsupportedBundle(_) => {
             "verify/bundle"
         }

@@ -345,7 +345,7 @@ fn keyless_signer(
                 s.identity,
                 s.issuer,
                 trust.source.describe(),
-                s.verified_times.join(", ")
+                signed_at(&s.verified_times)
             );
             Ok(Some(Signer {
                 key: s.key,
@@ -396,12 +396,24 @@ fn verify_artifact(
                     s.identity,
                     s.issuer,
                     trust.source.describe(),
-                    s.verified_times.join(", ")
+                    signed_at(&s.verified_times)
                 ),
             ));
         }
     }
     Ok(Verification { findings, details })
+}
+
+/// The verified signing times for a message: each distinct time once (a log entry and a
+/// timestamp usually agree to the second).
+fn signed_at(times: &[String]) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for t in times {
+        if !distinct.contains(&t.as_str()) {
+            distinct.push(t);
+        }
+    }
+    distinct.join(", ")
 }
 
 fn check_payload_type(bundle: &Bundle, path: &Path) -> Result<(), SignError> {
