@@ -499,6 +499,12 @@ fn audit_attestation_is_signed_and_checked() {
         st["subject"][0]["digest"]["sha256"],
         v["details"]["root_digest"]
     );
+    // the second subject is the signature file, so `gh attestation verify model.sig
+    // --bundle model.att.sig` finds it
+    let sig_digest = modelgate::types::Sha256Digest::of(&fs::read(m.join("model.sig")).unwrap());
+    assert_eq!(st["subject"][1]["name"], "model.sig");
+    assert_eq!(st["subject"][1]["digest"]["sha256"], sig_digest.to_hex().as_str());
+    assert_eq!(st["subject"].as_array().unwrap().len(), 2);
     assert_eq!(st["predicate"]["policy"]["uri"], "policy.yaml");
     assert_eq!(
         st["predicate"]["policy"]["digest"]["sha256"],
