@@ -22,7 +22,12 @@ pub struct Args {
     /// A model directory or a single model file
     path: PathBuf,
     /// Private key (PKCS#8 PEM from `modelgate keygen`, or an OpenSSL P-256/P-384 key)
-    #[arg(long, value_name = "KEY", required_unless_present = "sigstore", conflicts_with = "sigstore")]
+    #[arg(
+        long,
+        value_name = "KEY",
+        required_unless_present = "sigstore",
+        conflicts_with = "sigstore"
+    )]
     key: Option<PathBuf>,
     /// The key's certificate (PEM): sign as a private-PKI certificate signature
     #[arg(long, value_name = "LEAF", requires = "key")]
@@ -36,7 +41,12 @@ pub struct Args {
     #[arg(long)]
     sigstore: bool,
     /// The OIDC identity token (default: `SIGSTORE_ID_TOKEN`, or GitHub Actions' token)
-    #[arg(long, value_name = "TOKEN", requires = "sigstore", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "sigstore",
+        hide_env_values = true
+    )]
     identity_token: Option<String>,
     /// Use the Sigstore staging instance
     #[arg(long, requires = "sigstore")]
@@ -142,10 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     if certified != own_key.public() {
                         return Err(super::sign_error(SignError::Certificate {
                             path: leaf.clone(),
-                            what: format!(
-                                "certifies another key than `{}`",
-                                path.display()
-                            ),
+                            what: format!("certifies another key than `{}`", path.display()),
                         }));
                     }
                     (&own_key, Material::Certificates(&chain))
@@ -239,4 +246,3 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     Ok(Outcome::Pass)
 }
-

@@ -56,7 +56,12 @@ pub struct Args {
     #[arg(long, value_name = "URL", requires = "sigstore")]
     issuer: Option<String>,
     /// A Sigstore `trusted_root.json` instead of the built-in production root
-    #[arg(long, value_name = "FILE", requires = "sigstore", conflicts_with = "staging")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "sigstore",
+        conflicts_with = "staging"
+    )]
     trusted_root: Option<PathBuf>,
     /// Trust the Sigstore staging instance instead of production
     #[arg(long, requires = "sigstore")]

@@ -509,16 +509,32 @@ steps:
         let s = f.steps.sign.unwrap();
         assert_eq!(s.method, SignMethod::Certificate);
         assert_eq!(s.certificate_chain, vec![PathBuf::from("i.pem")]);
-        let keyless = GOOD.replace("sign: { key: k.pem,", "sign: { method: sigstore, staging: true,");
-        let s = parse(Path::new("p.yaml"), &keyless).unwrap().steps.sign.unwrap();
+        let keyless = GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: sigstore, staging: true,",
+        );
+        let s = parse(Path::new("p.yaml"), &keyless)
+            .unwrap()
+            .steps
+            .sign
+            .unwrap();
         assert_eq!(s.method, SignMethod::Sigstore);
         assert!(s.staging);
 
-        let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { method: sigstore, key: k.pem,"));
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: sigstore, key: k.pem,",
+        ));
         assert!(e.contains("drop `key`"), "{e}");
-        let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { method: certificate, key: k.pem,"));
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: certificate, key: k.pem,",
+        ));
         assert!(e.contains("needs `certificate`"), "{e}");
-        let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { key: k.pem, certificate: c.pem,"));
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { key: k.pem, certificate: c.pem,",
+        ));
         assert!(e.contains("say `method: certificate`"), "{e}");
         let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { key: k.pem, staging: true,"));
         assert!(e.contains("apply to `method: sigstore`"), "{e}");

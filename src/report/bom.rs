@@ -15,9 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::run::{Artifact, LicenceRef, RunReport};
 use crate::finding::Severity;
 use crate::formats::{Checkpoint, MetaValue};
-use super::run::{Artifact, LicenceRef, RunReport};
 
 /// Architecture hyper-parameters of an artifact, read back from the written file's own
 /// header (GGUF keys, or `config.json` of a safetensors directory).

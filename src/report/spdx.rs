@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::bom::{self, Parity};
-use crate::finding::Severity;
 use super::run::{Artifact, RunReport};
+use crate::finding::Severity;
 
 /// The JSON-LD context of SPDX 3.0.1.
 pub const CONTEXT: &str = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld";

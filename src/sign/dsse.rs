@@ -244,7 +244,11 @@ mod tests {
     fn bundle_round_trip_and_tamper() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.sig");
-        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256, KeyAlgorithm::P384] {
+        for alg in [
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
             let key = PrivateKey::generate(alg).unwrap();
             let b = Bundle::sign(&key, IN_TOTO_PAYLOAD_TYPE, b"{}");
             fs::write(&path, b.to_json().unwrap()).unwrap();

@@ -125,7 +125,10 @@ impl IdentityToken {
         else {
             return Err(kerr(
                 "identity token",
-                format!("the token from {} is not a JWT (three dot-separated parts)", source.as_str()),
+                format!(
+                    "the token from {} is not a JWT (three dot-separated parts)",
+                    source.as_str()
+                ),
             ));
         };
         let bytes = URL_SAFE_NO_PAD
@@ -192,7 +195,11 @@ impl Http {
         }
     }
 
-    fn read(step: &'static str, url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Vec<u8>, SignError> {
+    fn read(
+        step: &'static str,
+        url: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Vec<u8>, SignError> {
         let mut resp = resp.map_err(|e| kerr(step, format!("cannot reach `{url}`: {e}")))?;
         let status = resp.status().as_u16();
         let body = resp
@@ -203,12 +210,21 @@ impl Http {
             .map_err(|e| kerr(step, format!("cannot read the answer of `{url}`: {e}")))?;
         if !(200..300).contains(&status) {
             let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            return Err(kerr(step, format!("`{url}` answered HTTP {status}: {}", text.trim())));
+            return Err(kerr(
+                step,
+                format!("`{url}` answered HTTP {status}: {}", text.trim()),
+            ));
         }
         Ok(body)
     }
 
-    fn post(&self, step: &'static str, url: &str, content_type: &str, body: &[u8]) -> Result<Vec<u8>, SignError> {
+    fn post(
+        &self,
+        step: &'static str,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, SignError> {
         let resp = self
             .agent
             .post(url)
@@ -236,7 +252,11 @@ fn json_of(step: &'static str, body: &[u8]) -> Result<Value, SignError> {
 
 /// Find the identity token: the given one, GitLab's `SIGSTORE_ID_TOKEN`, or GitHub
 /// Actions' OIDC endpoint (audience `sigstore`).
-pub fn ambient_token(given: Option<&str>, env: &dyn Env, http: &Http) -> Result<IdentityToken, SignError> {
+pub fn ambient_token(
+    given: Option<&str>,
+    env: &dyn Env,
+    http: &Http,
+) -> Result<IdentityToken, SignError> {
     if let Some(t) = given {
         return IdentityToken::parse(t, TokenSource::Given);
     }
@@ -252,7 +272,10 @@ pub fn ambient_token(given: Option<&str>, env: &dyn Env, http: &Http) -> Result<
         let body = http.get_bearer("identity token", &full, &bearer)?;
         let v = json_of("identity token", &body)?;
         let Some(jwt) = v["value"].as_str() else {
-            return Err(kerr("identity token", "the GitHub Actions OIDC answer has no `value`"));
+            return Err(kerr(
+                "identity token",
+                "the GitHub Actions OIDC answer has no `value`",
+            ));
         };
         return IdentityToken::parse(jwt, TokenSource::GitHubActions);
     }
@@ -277,13 +300,21 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Session({} from {}, {:?})", self.subject, self.issuer, self.endpoints)
+        write!(
+            f,
+            "Session({} from {}, {:?})",
+            self.subject, self.issuer, self.endpoints
+        )
     }
 }
 
 impl Session {
     /// Make an ephemeral key and get it certified by Fulcio.
-    pub fn start(token: &IdentityToken, endpoints: Endpoints, http: Http) -> Result<Self, SignError> {
+    pub fn start(
+        token: &IdentityToken,
+        endpoints: Endpoints,
+        http: Http,
+    ) -> Result<Self, SignError> {
         if endpoints.rekor.is_none() && endpoints.tsa.is_none() {
             return Err(kerr(
                 "configuration",
@@ -301,7 +332,10 @@ impl Session {
                 "proofOfPossession": STANDARD.encode(proof),
             },
         });
-        let url = format!("{}/api/v2/signingCert", endpoints.fulcio.trim_end_matches('/'));
+        let url = format!(
+            "{}/api/v2/signingCert",
+            endpoints.fulcio.trim_end_matches('/')
+        );
         let body = http.post(
             "fulcio",
             &url,
@@ -319,7 +353,10 @@ impl Session {
             let pem = pem.as_str().unwrap_or_default();
             let der = pem_cert_der(pem)
                 .ok_or_else(|| kerr("fulcio", format!("certificate {} is not PEM", i + 1)))?;
-            chain.push(Cert::from_der(der).map_err(|w| kerr("fulcio", format!("certificate {}: {w}", i + 1)))?);
+            chain.push(
+                Cert::from_der(der)
+                    .map_err(|w| kerr("fulcio", format!("certificate {}: {w}", i + 1)))?,
+            );
         }
         let Some(leaf) = chain.first() else {
             return Err(kerr("fulcio", "the answer's chain is empty"));
@@ -328,7 +365,10 @@ impl Session {
             .public_key()
             .map_err(|w| kerr("fulcio", format!("leaf certificate: {w}")))?;
         if certified != key.public() {
-            return Err(kerr("fulcio", "the certificate is for another key than the one sent"));
+            return Err(kerr(
+                "fulcio",
+                "the certificate is for another key than the one sent",
+            ));
         }
         Ok(Session {
             key,
@@ -365,10 +405,16 @@ impl Session {
         if let Some(tsa) = &self.endpoints.tsa {
             let url = format!("{}/api/v1/timestamp", tsa.trim_end_matches('/'));
             let req = timestamp_request(&signature, &self.key)?;
-            let answer = self.http.post("timestamp authority", &url, "application/timestamp-query", &req)?;
+            let answer = self.http.post(
+                "timestamp authority",
+                &url,
+                "application/timestamp-query",
+                &req,
+            )?;
             check_timestamp_response(&answer)?;
-            bundle.verification_material.timestamp_verification_data =
-                Some(json!({ "rfc3161Timestamps": [{ "signedTimestamp": STANDARD.encode(answer) }] }));
+            bundle.verification_material.timestamp_verification_data = Some(
+                json!({ "rfc3161Timestamps": [{ "signedTimestamp": STANDARD.encode(answer) }] }),
+            );
         }
         if let Some(rekor) = &self.endpoints.rekor {
             let envelope = serde_json::to_string(&bundle.dsse_envelope)
@@ -383,7 +429,12 @@ impl Session {
                 }},
             });
             let url = format!("{}/api/v1/log/entries", rekor.trim_end_matches('/'));
-            let body = self.http.post("rekor", &url, "application/json", request.to_string().as_bytes())?;
+            let body = self.http.post(
+                "rekor",
+                &url,
+                "application/json",
+                request.to_string().as_bytes(),
+            )?;
             let entry = tlog_entry(&json_of("rekor", &body)?)?;
             bundle.verification_material.tlog_entries = vec![entry];
         }
@@ -405,12 +456,17 @@ fn pem_of(der: &[u8]) -> String {
 fn pem_cert_der(pem: &str) -> Option<Vec<u8>> {
     let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
     let end = pem[start..].find("-----END CERTIFICATE-----")? + start;
-    let body: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let body: String = pem[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     STANDARD.decode(body).ok()
 }
 
 fn hex_to_b64(step: &'static str, what: &str, v: &Value) -> Result<String, SignError> {
-    let h = v.as_str().ok_or_else(|| kerr(step, format!("the answer has no `{what}`")))?;
+    let h = v
+        .as_str()
+        .ok_or_else(|| kerr(step, format!("the answer has no `{what}`")))?;
     let bytes = hex::decode(h).map_err(|_| kerr(step, format!("`{what}` is not hex")))?;
     Ok(STANDARD.encode(bytes))
 }
@@ -430,7 +486,11 @@ pub fn tlog_entry(answer: &Value) -> Result<Value, SignError> {
     let proof = &e["verification"]["inclusionProof"];
     let hashes: Vec<String> = proof["hashes"]
         .as_array()
-        .map(|a| a.iter().map(|h| hex_to_b64(S, "hashes", h)).collect::<Result<_, _>>())
+        .map(|a| {
+            a.iter()
+                .map(|h| hex_to_b64(S, "hashes", h))
+                .collect::<Result<_, _>>()
+        })
         .transpose()?
         .unwrap_or_default();
     let set = e["verification"]["signedEntryTimestamp"]
@@ -439,7 +499,9 @@ pub fn tlog_entry(answer: &Value) -> Result<Value, SignError> {
     let checkpoint = proof["checkpoint"]
         .as_str()
         .ok_or_else(|| kerr(S, "the answer has no inclusion proof checkpoint"))?;
-    let body = e["body"].as_str().ok_or_else(|| kerr(S, "the answer has no entry body"))?;
+    let body = e["body"]
+        .as_str()
+        .ok_or_else(|| kerr(S, "the answer has no entry body"))?;
     Ok(json!({
         "logIndex": int_text(S, "logIndex", &e["logIndex"])?,
         "logId": { "keyId": hex_to_b64(S, "logID", &e["logID"])? },
@@ -464,7 +526,11 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     if n < 0x80 {
         out.push(n as u8);
     } else {
-        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -478,7 +544,16 @@ fn timestamp_request(signature: &[u8], key: &PrivateKey) -> Result<Vec<u8>, Sign
     use sha2::Digest;
     let digest = sha2::Sha256::digest(signature);
     // sha256 AlgorithmIdentifier with NULL parameters
-    let alg = der(0x30, &[&[0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01][..], &[0x05, 0x00]].concat());
+    let alg = der(
+        0x30,
+        &[
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+            ][..],
+            &[0x05, 0x00],
+        ]
+        .concat(),
+    );
     let imprint = der(0x30, &[alg, der(0x04, &digest)].concat());
     // A nonce only needs to be unpredictable; a signature by the fresh key over the
     // digest is (and saves another random source here).
@@ -509,7 +584,12 @@ fn check_timestamp_response(answer: &[u8]) -> Result<(), SignError> {
         let (tag, status, _) = tlv(status_info)?;
         (tag == 0x02 && (status == [0] || status == [1])).then_some(())
     })();
-    ok.ok_or_else(|| kerr("timestamp authority", "the answer is not a granted RFC 3161 TimeStampResp"))
+    ok.ok_or_else(|| {
+        kerr(
+            "timestamp authority",
+            "the answer is not a granted RFC 3161 TimeStampResp",
+        )
+    })
 }
 
 /// One DER TLV: tag, content, rest.

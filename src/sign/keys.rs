@@ -551,7 +551,11 @@ mod tests {
 
     #[test]
     fn key_round_trip_sign_verify_both_algorithms() {
-        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256, KeyAlgorithm::P384] {
+        for alg in [
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("k");
             let files = keygen(alg, &out, false).unwrap();

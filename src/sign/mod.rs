@@ -12,8 +12,8 @@
 
 pub mod attest;
 pub mod dsse;
-pub mod keys;
 pub mod keyless;
+pub mod keys;
 pub mod pki;
 pub mod provider;
 pub mod sigstore;
@@ -244,7 +244,11 @@ pub fn sign_model(req: SignRequest<'_>) -> Result<Signed, SignError> {
 }
 
 /// Sign one DSSE payload and attach the material a verifier needs.
-fn seal(key: &PrivateKey, payload: &[u8], material: Material<'_>) -> Result<dsse::Bundle, SignError> {
+fn seal(
+    key: &PrivateKey,
+    payload: &[u8],
+    material: Material<'_>,
+) -> Result<dsse::Bundle, SignError> {
     let mut bundle = dsse::Bundle::sign(key, dsse::IN_TOTO_PAYLOAD_TYPE, payload);
     match material {
         Material::KeyHint => {}

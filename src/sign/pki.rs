@@ -63,7 +63,8 @@ impl std::fmt::Debug for Cert {
 
 impl Cert {
     pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
-        let cert = Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let cert =
+            Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
         Ok(Cert { der, cert })
     }
 
@@ -89,11 +90,19 @@ impl Cert {
     }
 
     fn not_before(&self) -> SystemTime {
-        self.cert.tbs_certificate.validity.not_before.to_system_time()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_before
+            .to_system_time()
     }
 
     fn not_after(&self) -> SystemTime {
-        self.cert.tbs_certificate.validity.not_after.to_system_time()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time()
     }
 
     fn basic_constraints(&self) -> Option<BasicConstraints> {
@@ -162,7 +171,9 @@ impl Cert {
             ("1.3.101.112", _, "1.3.101.112") => SigningScheme::Ed25519,
             _ => return false,
         };
-        RustCryptoProvider.verify_raw(scheme, key, &tbs, sig).is_ok()
+        RustCryptoProvider
+            .verify_raw(scheme, key, &tbs, sig)
+            .is_ok()
     }
 }
 
@@ -184,20 +195,32 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<Cert>, SignError> {
     while let Some(b) = rest.find(BEGIN) {
         let block = &rest[b..];
         let Some(e) = block.find(END) else {
-            return Err(cert_err(path, "a `BEGIN CERTIFICATE` block has no END line: the file is truncated"));
+            return Err(cert_err(
+                path,
+                "a `BEGIN CERTIFICATE` block has no END line: the file is truncated",
+            ));
         };
         let body: String = block[BEGIN.len()..e]
             .chars()
             .filter(|c| !c.is_whitespace())
             .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|e| cert_err(path, format!("certificate {} is not base64: {e}", out.len() + 1)))?;
-        out.push(Cert::from_der(der).map_err(|w| cert_err(path, format!("certificate {}: {w}", out.len() + 1)))?);
+        let der = STANDARD.decode(body).map_err(|e| {
+            cert_err(
+                path,
+                format!("certificate {} is not base64: {e}", out.len() + 1),
+            )
+        })?;
+        out.push(
+            Cert::from_der(der)
+                .map_err(|w| cert_err(path, format!("certificate {}: {w}", out.len() + 1)))?,
+        );
         rest = &block[e + END.len()..];
     }
     if out.is_empty() {
-        return Err(cert_err(path, "holds no `-----BEGIN CERTIFICATE-----` block"));
+        return Err(cert_err(
+            path,
+            "holds no `-----BEGIN CERTIFICATE-----` block",
+        ));
     }
     Ok(out)
 }
@@ -242,7 +265,10 @@ pub fn bundle_chain(
     if raws.len() > MAX_DEPTH {
         return Err(cert_err(
             path,
-            format!("the bundle's chain has {} certificates, more than the limit of {MAX_DEPTH}", raws.len()),
+            format!(
+                "the bundle's chain has {} certificates, more than the limit of {MAX_DEPTH}",
+                raws.len()
+            ),
         ));
     }
     raws.iter()
@@ -251,8 +277,11 @@ pub fn bundle_chain(
             let der = r
                 .as_str()
                 .and_then(|s| STANDARD.decode(s).ok())
-                .ok_or_else(|| cert_err(path, format!("bundle certificate {} is not base64", i + 1)))?;
-            Cert::from_der(der).map_err(|w| cert_err(path, format!("bundle certificate {}: {w}", i + 1)))
+                .ok_or_else(|| {
+                    cert_err(path, format!("bundle certificate {} is not base64", i + 1))
+                })?;
+            Cert::from_der(der)
+                .map_err(|w| cert_err(path, format!("bundle certificate {}: {w}", i + 1)))
         })
         .collect()
 }
@@ -280,10 +309,20 @@ fn time_text(t: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    // By hand: the `time` crate's formatting feature is not enabled for the library.
     time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| secs.to_string())
+        .map(|d| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                d.year(),
+                u8::from(d.month()),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            )
+        })
+        .unwrap_or_else(|_| secs.to_string())
 }
 
 /// Check the bundle's chain against the anchors at time `now`. See the module docs for
@@ -380,7 +419,10 @@ pub fn verify_chain(
                 ))
             }
             (None, None) => {
-                let names: Vec<String> = on_path.iter().map(|c| format!("`{}`", c.subject())).collect();
+                let names: Vec<String> = on_path
+                    .iter()
+                    .map(|c| format!("`{}`", c.subject()))
+                    .collect();
                 return Ok(Err(reject(
                     "verify/certificate-chain",
                     format!(
@@ -400,7 +442,11 @@ pub fn verify_chain(
     for c in &on_path {
         let (nb, na) = (c.not_before(), c.not_after());
         if now < nb || now > na {
-            let state = if now < nb { "is not valid yet" } else { "has expired" };
+            let state = if now < nb {
+                "is not valid yet"
+            } else {
+                "has expired"
+            };
             return Err(cert_err(
                 path,
                 format!(
@@ -419,7 +465,10 @@ pub fn verify_chain(
         if !bc.as_ref().is_some_and(|b| b.ca) {
             return Ok(Err(reject(
                 "verify/certificate-chain",
-                format!("`{}` issued a certificate but is not a CA (no `basicConstraints CA:TRUE`)", c.subject()),
+                format!(
+                    "`{}` issued a certificate but is not a CA (no `basicConstraints CA:TRUE`)",
+                    c.subject()
+                ),
             )));
         }
         if let Some(limit) = bc.and_then(|b| b.path_len_constraint) {
@@ -428,14 +477,20 @@ pub fn verify_chain(
             if below > usize::from(limit) {
                 return Ok(Err(reject(
                     "verify/certificate-chain",
-                    format!("`{}` allows {limit} intermediate CAs below it, the chain has {below}", c.subject()),
+                    format!(
+                        "`{}` allows {limit} intermediate CAs below it, the chain has {below}",
+                        c.subject()
+                    ),
                 )));
             }
         }
         if c.key_usage().is_some_and(|ku| !ku.key_cert_sign()) {
             return Ok(Err(reject(
                 "verify/certificate-chain",
-                format!("`{}` is not allowed to sign certificates (key usage lacks keyCertSign)", c.subject()),
+                format!(
+                    "`{}` is not allowed to sign certificates (key usage lacks keyCertSign)",
+                    c.subject()
+                ),
             )));
         }
     }
@@ -457,7 +512,11 @@ pub fn verify_chain(
 }
 
 fn anchor_files(a: &TrustAnchors) -> String {
-    let files: Vec<String> = a.sources.iter().map(|p| format!("`{}`", p.display())).collect();
+    let files: Vec<String> = a
+        .sources
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect();
     if files.is_empty() {
         "the trust anchors".into()
     } else {
@@ -485,7 +544,10 @@ pub fn chain_for_bundle(leaf: &Path, chain: &[PathBuf]) -> Result<Vec<Cert>, Sig
         }
     }
     if certs.len() > MAX_DEPTH {
-        return Err(cert_err(leaf, format!("the chain has more than {MAX_DEPTH} certificates")));
+        return Err(cert_err(
+            leaf,
+            format!("the chain has more than {MAX_DEPTH} certificates"),
+        ));
     }
     Ok(certs)
 }
@@ -502,7 +564,8 @@ mod tests {
 
     fn at(y: i64) -> SystemTime {
         // roughly mid-year `y`
-        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(((y - 1970) * 365 + 180) as u64 * 86_400)
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(((y - 1970) * 365 + 180) as u64 * 86_400)
     }
 
     #[test]
@@ -511,15 +574,21 @@ mod tests {
         let int = read_pem_certs(&fixture("int-ca-cert.pem")).unwrap();
         let chain = [leaf.clone(), int.clone()].concat();
         let anchors = TrustAnchors::read(&[fixture("ca-cert.pem")]).unwrap();
-        let v = verify_chain(&chain, &anchors, at(2030), Path::new("b")).unwrap().unwrap();
+        let v = verify_chain(&chain, &anchors, at(2030), Path::new("b"))
+            .unwrap()
+            .unwrap();
         assert_eq!(v.key.algorithm(), KeyAlgorithm::P384);
         assert_eq!(v.path.len(), 3);
         // the intermediate alone is not a trusted root of this chain's leaf? It is: an
         // anchor may be an intermediate, and the path stops there.
         let int_anchor = TrustAnchors::read(&[fixture("int-ca-cert.pem")]).unwrap();
-        assert!(verify_chain(&chain, &int_anchor, at(2030), Path::new("b")).unwrap().is_ok());
+        assert!(verify_chain(&chain, &int_anchor, at(2030), Path::new("b"))
+            .unwrap()
+            .is_ok());
         // without the intermediate in the bundle, the root cannot be reached
-        let r = verify_chain(&leaf, &anchors, at(2030), Path::new("b")).unwrap().unwrap_err();
+        let r = verify_chain(&leaf, &anchors, at(2030), Path::new("b"))
+            .unwrap()
+            .unwrap_err();
         assert_eq!(r.rule, "verify/certificate-chain");
         // expired and not yet valid are input errors
         let e = verify_chain(&chain, &anchors, at(2040), Path::new("b")).unwrap_err();
@@ -624,7 +693,9 @@ mod tests {
         assert!(e.to_string().contains("longer than 8"), "{e}");
         // seven intermediates fit: leaf + 7 + root = 9 > 8? no: the path counts the anchor
         // only when reached, so leaf + 7 intermediates reach the root at depth 8.
-        let short: Vec<Cert> = std::iter::once(chain[0].clone()).chain(chain[2..].iter().cloned()).collect();
+        let short: Vec<Cert> = std::iter::once(chain[0].clone())
+            .chain(chain[2..].iter().cloned())
+            .collect();
         let r = verify_chain(&short, &anchors, SystemTime::now(), Path::new("b")).unwrap();
         // int7 is missing, so the leaf's issuer cannot be found: a failed check, not input
         assert!(r.is_err());

@@ -130,7 +130,10 @@ fn rsa_verify(
 }
 
 impl CryptoProvider for RustCryptoProvider {
-    fn hash(&self, algorithm: HashAlgorithm) -> sigstore_verify::crypto::Result<Box<dyn HashContext>> {
+    fn hash(
+        &self,
+        algorithm: HashAlgorithm,
+    ) -> sigstore_verify::crypto::Result<Box<dyn HashContext>> {
         Ok(Box::new(match algorithm {
             HashAlgorithm::Sha2256 => Hasher::Sha256(sha2::Sha256::new()),
             HashAlgorithm::Sha2384 => Hasher::Sha384(sha2::Sha384::new()),
@@ -168,7 +171,9 @@ impl CryptoProvider for RustCryptoProvider {
                     .is_ok()
             }),
             SigningScheme::Ed25519 => {
-                let bytes: [u8; 32] = key.try_into().map_err(|_| key_err(scheme, "not 32 bytes"))?;
+                let bytes: [u8; 32] = key
+                    .try_into()
+                    .map_err(|_| key_err(scheme, "not 32 bytes"))?;
                 let vk = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                     .map_err(|e| key_err(scheme, e))?;
                 let s = ed25519_dalek::Signature::from_slice(sig).map_err(|_| bad(scheme))?;
@@ -200,7 +205,9 @@ impl CryptoProvider for RustCryptoProvider {
                     .verify_prehash(digest, s)
                     .is_ok())
             }
-            sigstore_verify::crypto::KeyAlgorithm::Rsa => rsa_verify(scheme, key, digest, sig, true),
+            sigstore_verify::crypto::KeyAlgorithm::Rsa => {
+                rsa_verify(scheme, key, digest, sig, true)
+            }
             _ => Err(unsupported(scheme)),
         }
     }

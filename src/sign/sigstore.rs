@@ -108,7 +108,10 @@ impl KeylessTrust {
         };
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| root_err(&source, format!("is not JSON: {e}")))?;
-        let media = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
+        let media = value
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
         if !media.starts_with("application/vnd.dev.sigstore.trustedroot") {
             return Err(root_err(
                 &source,
@@ -206,8 +209,7 @@ pub fn read_bundle(path: &Path) -> Result<(SigstoreBundle, String), SignError> {
     if !has_cert {
         return Err(SignError::Bundle {
             path: path.to_owned(),
-            what: "has no signing certificate, so it is not a Sigstore keyless signature"
-                .into(),
+            what: "has no signing certificate, so it is not a Sigstore keyless signature".into(),
         });
     }
     if !tlog && !tsa {
@@ -461,6 +463,10 @@ mod tests {
         assert_eq!(r.rule, "verify/issuer-mismatch");
         let r = authorize(&signer, &[t("b@x", "https://i")]).unwrap();
         assert_eq!(r.rule, "verify/identity-mismatch");
-        assert!(r.message.contains("`b@x` from `https://i`"), "{}", r.message);
+        assert!(
+            r.message.contains("`b@x` from `https://i`"),
+            "{}",
+            r.message
+        );
     }
 }

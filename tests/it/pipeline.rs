@@ -601,14 +601,20 @@ fn pipeline_schema_accepts_the_examples_and_rejects_what_the_reader_rejects() {
     };
     use serde_json::json;
     assert!(sign_with(json!({ "method": "sigstore" })));
-    assert!(sign_with(json!({ "method": "sigstore", "staging": true, "tsa_url": "https://t" })));
+    assert!(sign_with(
+        json!({ "method": "sigstore", "staging": true, "tsa_url": "https://t" })
+    ));
     assert!(sign_with(
         json!({ "method": "certificate", "key": "k.pem", "certificate": "c.pem", "certificate_chain": ["i.pem"] })
     ));
     assert!(sign_with(json!({ "method": "key", "key": "k.pem" })));
     assert!(!sign_with(json!({ "method": "sigstore", "key": "k.pem" })));
-    assert!(!sign_with(json!({ "method": "certificate", "key": "k.pem" })));
-    assert!(!sign_with(json!({ "method": "key", "key": "k.pem", "certificate": "c.pem" })));
+    assert!(!sign_with(
+        json!({ "method": "certificate", "key": "k.pem" })
+    ));
+    assert!(!sign_with(
+        json!({ "method": "key", "key": "k.pem", "certificate": "c.pem" })
+    ));
     assert!(!sign_with(json!({ "key": "k.pem", "staging": true })));
     assert!(!sign_with(json!({ "method": "pgp", "key": "k.pem" })));
     let mut bad_name = doc.clone();
@@ -827,12 +833,20 @@ steps:
         .unwrap()
         .clone();
     let source = sign["signature"]["key_source"].as_str().unwrap();
-    assert!(source.contains("with certificate `CN=intermediate-ca`"), "{source}");
+    assert!(
+        source.contains("with certificate `CN=intermediate-ca`"),
+        "{source}"
+    );
     assert_eq!(sign["signature"]["algorithm"], "p384");
     let root = pki_key("ca-cert.pem");
     let v = modelgate_in(
         &out,
-        &["verify", "q8.gguf", "--certificate-chain", root.to_str().unwrap()],
+        &[
+            "verify",
+            "q8.gguf",
+            "--certificate-chain",
+            root.to_str().unwrap(),
+        ],
     );
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
     assert!(

@@ -503,7 +503,10 @@ fn audit_attestation_is_signed_and_checked() {
     // --bundle model.att.sig` finds it
     let sig_digest = modelgate::types::Sha256Digest::of(&fs::read(m.join("model.sig")).unwrap());
     assert_eq!(st["subject"][1]["name"], "model.sig");
-    assert_eq!(st["subject"][1]["digest"]["sha256"], sig_digest.to_hex().as_str());
+    assert_eq!(
+        st["subject"][1]["digest"]["sha256"],
+        sig_digest.to_hex().as_str()
+    );
     assert_eq!(st["subject"].as_array().unwrap().len(), 2);
     assert_eq!(st["predicate"]["policy"]["uri"], "policy.yaml");
     assert_eq!(
@@ -798,21 +801,42 @@ fn model_transparency_sigstore_vector_verifies_with_both_roots() {
         let o = verify_keyless(&m, &args);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(0), "{t}");
-        assert!(t.contains("a Sigstore certificate for `stefanb@us.ibm.com`"), "{t}");
+        assert!(
+            t.contains("a Sigstore certificate for `stefanb@us.ibm.com`"),
+            "{t}"
+        );
         assert!(t.contains("2025-10-10T02:12:20Z"), "{t}");
     }
     let o = verify_keyless(
         &m,
-        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--format", "json"],
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--format",
+            "json",
+        ],
     );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let d = &v["details"];
     assert_eq!(d["identity"], MT_IDENTITY);
     assert_eq!(d["issuer"], MT_ISSUER);
-    assert_eq!(d["root_digest"], "61d4849d9d90076d6215f4d525f13d6574af8e3f67aef3e6f36fc40a14fdd226");
+    assert_eq!(
+        d["root_digest"],
+        "61d4849d9d90076d6215f4d525f13d6574af8e3f67aef3e6f36fc40a14fdd226"
+    );
     // `ignore-me` is not signed, but the statement records it among the ignored paths,
     // so it is left out without `--ignore-paths` too
-    let o = run(&["verify", s(&m), "--sigstore", "--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--sigstore",
+        "--identity",
+        MT_IDENTITY,
+        "--issuer",
+        MT_ISSUER,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).replace(s(&m), "[VECTOR]");
     insta::assert_snapshot!("verify_keyless_model_transparency", out);
@@ -821,18 +845,32 @@ fn model_transparency_sigstore_vector_verifies_with_both_roots() {
 #[test]
 fn model_transparency_sigstore_vector_wrong_signer_or_changed_file_fails() {
     let m = mt("v1.1.0-sigstore");
-    let o = verify_keyless(&m, &["--identity", "mallory@example.com", "--issuer", MT_ISSUER]);
+    let o = verify_keyless(
+        &m,
+        &["--identity", "mallory@example.com", "--issuer", MT_ISSUER],
+    );
     assert_fails_with(&o, 1, "the identity is not trusted");
     assert_fails_with(&o, 1, "`stefanb@us.ibm.com`");
     let o = verify_keyless(
         &m,
-        &["--identity", MT_IDENTITY, "--issuer", "https://accounts.google.com"],
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            "https://accounts.google.com",
+        ],
     );
     assert_fails_with(&o, 1, "the issuer is not trusted");
     // staging trusts neither this log nor this CA
     let o = verify_keyless(
         &m,
-        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--staging"],
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--staging",
+        ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 
@@ -867,7 +905,14 @@ fn model_transparency_sigstore_vector_wrong_signer_or_changed_file_fails() {
 fn model_transparency_certificate_vector_verifies_and_wrong_ca_fails() {
     let m = mt("v1.1.0-certificate");
     let ca = mt("keys/certificate/ca-cert.pem");
-    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("p384 certificate `CN=intermediate-ca`"), "{t}");
@@ -875,29 +920,65 @@ fn model_transparency_certificate_vector_verifies_and_wrong_ca_fails() {
 
     // a CA that did not issue it: the production Fulcio root, as PEM
     let dir = tempfile::tempdir().unwrap();
-    let root: Value =
-        serde_json::from_slice(&fs::read(vectors("production-trust-root/trusted_root.json")).unwrap())
-            .unwrap();
+    let root: Value = serde_json::from_slice(
+        &fs::read(vectors("production-trust-root/trusted_root.json")).unwrap(),
+    )
+    .unwrap();
     let der = root["certificateAuthorities"][1]["certChain"]["certificates"][0]["rawBytes"]
         .as_str()
         .unwrap();
     let other = dir.path().join("other-ca.pem");
-    fs::write(&other, format!("-----BEGIN CERTIFICATE-----\n{der}\n-----END CERTIFICATE-----\n")).unwrap();
-    let o = run(&["verify", s(&m), "--certificate-chain", s(&other), "--ignore-paths", "ignore-me"]);
+    fs::write(
+        &other,
+        format!("-----BEGIN CERTIFICATE-----\n{der}\n-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--certificate-chain",
+        s(&other),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
     assert_fails_with(&o, 1, "does not lead to a trusted certificate");
 
     // a changed file is named
     let copy = dir.path().join("v1.1.0-certificate");
     copy_dir(&m, &copy);
     fs::write(copy.join("signme-1"), b"changed").unwrap();
-    let o = run(&["verify", s(&copy), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    let o = run(&[
+        "verify",
+        s(&copy),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
     assert_fails_with(&o, 1, "file `signme-1` changed");
 
     // it has neither a log entry nor a timestamp: not a keyless signature
-    let o = run(&["verify", s(&m), "--sigstore", "--identity", "x", "--issuer", "y"]);
-    assert_fails_with(&o, 2, "neither a transparency log entry nor an RFC 3161 timestamp");
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--sigstore",
+        "--identity",
+        "x",
+        "--issuer",
+        "y",
+    ]);
+    assert_fails_with(
+        &o,
+        2,
+        "neither a transparency log entry nor an RFC 3161 timestamp",
+    );
     // and it is not a bare-key signature either
-    let o = run(&["verify", s(&m), "--key", s(&mt("keys/certificate/signing-key-pub.pem"))]);
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--key",
+        s(&mt("keys/certificate/signing-key-pub.pem")),
+    ]);
     assert_fails_with(&o, 2, "is signed with a certificate, not a bare key");
 }
 
@@ -908,7 +989,10 @@ fn model_transparency_p384_key_vector_verifies_and_other_key_fails() {
     let o = verify(&m, &public, &["--ignore-paths", "ignore-me"]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("p384 key `e8450dec4eb99dae995da9af1bc2cc9f76ed669ee2e744f57abba763df3e3f8e`"), "{t}");
+    assert!(
+        t.contains("p384 key `e8450dec4eb99dae995da9af1bc2cc9f76ed669ee2e744f57abba763df3e3f8e`"),
+        "{t}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (_, other) = keygen(dir.path(), "p384");
     let o = verify(&m, &other, &["--ignore-paths", "ignore-me"]);
@@ -928,7 +1012,14 @@ fn certificate_bad_input_exits_2() {
     b["verificationMaterial"]["x509CertificateChain"]["certificates"] = serde_json::json!([int]);
     fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
     let ca = mt("keys/certificate/ca-cert.pem");
-    let o = run(&["verify", s(&copy), "--certificate-chain", s(&ca), "--ignore-paths", "ignore-me"]);
+    let o = run(&[
+        "verify",
+        s(&copy),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
     assert_fails_with(&o, 2, "has an RSA");
     assert_fails_with(&o, 2, "ECDSA P-256 or P-384");
 
@@ -937,14 +1028,29 @@ fn certificate_bad_input_exits_2() {
     fs::write(&bad, "trust me").unwrap();
     let o = verify_keyless(
         &mt("v1.1.0-sigstore"),
-        &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER, "--trusted-root", s(&bad)],
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--trusted-root",
+            s(&bad),
+        ],
     );
     assert_fails_with(&o, 2, "is not JSON");
     assert_fails_with(&o, 2, "hint: pass a `trusted_root.json`");
 
     // the certificate file must be a certificate; the key must match it
     let key = mt("keys/certificate/signing-key.pem");
-    let o = run(&["sign", s(&copy), "--key", s(&key), "--certificate", s(&key), "--quiet"]);
+    let o = run(&[
+        "sign",
+        s(&copy),
+        "--key",
+        s(&key),
+        "--certificate",
+        s(&key),
+        "--quiet",
+    ]);
     assert_fails_with(&o, 2, "holds no `-----BEGIN CERTIFICATE-----` block");
     assert_no_key_material(&o, &key);
     let (other, _) = keygen(dir.path(), "p384");
@@ -988,7 +1094,9 @@ fn certificate_sign_then_verify_round_trip() {
     let vm = &b["verificationMaterial"];
     assert!(vm.get("publicKey").is_none());
     // leaf and intermediate; the self-signed root stays out
-    let certs = vm["x509CertificateChain"]["certificates"].as_array().unwrap();
+    let certs = vm["x509CertificateChain"]["certificates"]
+        .as_array()
+        .unwrap();
     assert_eq!(certs.len(), 2);
     let ca = mt("keys/certificate/ca-cert.pem");
     let o = run(&["verify", s(&m), "--certificate-chain", s(&ca)]);
@@ -1008,13 +1116,37 @@ fn interop_p384_and_certificate_bundles_both_ways() {
     let o = sign(&m, &key, &["--alg", "p384"]);
     assert!(o.status.success(), "{}", text(&o));
     let sig = m.join("model.sig");
-    let o = model_signing(&["verify", "key", s(&m), "--signature", s(&sig), "--public_key", s(&public)]);
-    assert!(o.status.success(), "model_signing verify key (p384) failed:\n{}", text(&o));
+    let o = model_signing(&[
+        "verify",
+        "key",
+        s(&m),
+        "--signature",
+        s(&sig),
+        "--public_key",
+        s(&public),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing verify key (p384) failed:\n{}",
+        text(&o)
+    );
     // theirs verified here
     let m2 = make_model(dir.path(), 32);
     let sig2 = m2.join("model.sig");
-    let o = model_signing(&["sign", "key", s(&m2), "--signature", s(&sig2), "--private_key", s(&key)]);
-    assert!(o.status.success(), "model_signing sign key (p384) failed:\n{}", text(&o));
+    let o = model_signing(&[
+        "sign",
+        "key",
+        s(&m2),
+        "--signature",
+        s(&sig2),
+        "--private_key",
+        s(&key),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing sign key (p384) failed:\n{}",
+        text(&o)
+    );
     let o = verify(&m2, &public, &[]);
     assert!(o.status.success(), "{}", text(&o));
 
@@ -1032,7 +1164,11 @@ fn interop_p384_and_certificate_bundles_both_ways() {
         "--certificate_chain",
         s(&ca),
     ]);
-    assert!(o.status.success(), "model_signing verify certificate failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "model_signing verify certificate failed:\n{}",
+        text(&o)
+    );
     // theirs verified here
     let m4 = make_model(dir.path(), 34);
     let sig4 = m4.join("model.sig");
@@ -1049,7 +1185,11 @@ fn interop_p384_and_certificate_bundles_both_ways() {
         "--certificate_chain",
         s(&mt("keys/certificate/int-ca-cert.pem")),
     ]);
-    assert!(o.status.success(), "model_signing sign certificate failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "model_signing sign certificate failed:\n{}",
+        text(&o)
+    );
     let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
     assert!(o.status.success(), "{}", text(&o));
     fs::write(m4.join("empty.txt"), b"x").unwrap();
@@ -1094,12 +1234,22 @@ fn conformance(case: &str, identity: &str, issuer: &str) -> Output {
 
 #[test]
 fn conformance_happy_paths_verify_and_wrong_signer_fails() {
-    for case in ["happy-path-intoto-in-dsse-v3", "intoto-with-custom-trust-root"] {
+    for case in [
+        "happy-path-intoto-in-dsse-v3",
+        "intoto-with-custom-trust-root",
+    ] {
         let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(0), "{case}:\n{t}");
-        assert!(t.contains(&format!("signed by `{CONFORMANCE_IDENTITY}`")), "{case}:\n{t}");
-        let o = conformance(case, "https://github.com/someone/else/.github/workflows/x.yml@refs/heads/main", CONFORMANCE_ISSUER);
+        assert!(
+            t.contains(&format!("signed by `{CONFORMANCE_IDENTITY}`")),
+            "{case}:\n{t}"
+        );
+        let o = conformance(
+            case,
+            "https://github.com/someone/else/.github/workflows/x.yml@refs/heads/main",
+            CONFORMANCE_ISSUER,
+        );
         assert_fails_with(&o, 1, "the identity is not trusted");
         let o = conformance(case, CONFORMANCE_IDENTITY, "https://gitlab.com");
         assert_fails_with(&o, 1, "the issuer is not trusted");
@@ -1134,7 +1284,10 @@ fn conformance_message_signatures_verify_for_their_file_and_instance() {
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("signed at 2023-07-12T15:56:36Z"), "{t}");
     let mut other = base(&b);
-    other[1] = s(&vectors("sigstore-conformance/wrong-material_fail/artifact")).to_owned();
+    other[1] = s(&vectors(
+        "sigstore-conformance/wrong-material_fail/artifact",
+    ))
+    .to_owned();
     assert_fails_with(&go(other), 1, "verify/artifact-mismatch");
 
     let b = bundle("bundle-from-wrong-instance_fail");
@@ -1151,31 +1304,89 @@ fn conformance_failure_cases_fail_with_their_reason() {
     // case, the rule that rejects it and a phrase of the reason: the check the case was
     // built for, or an earlier one that catches it first, as the vectors' README allows
     let cases = [
-        ("intoto-expired-certificate_fail", "verify/certificate-validity", "CertNotValidYet"),
-        ("intoto-set-outside-signing-cert-validity_fail", "verify/certificate-validity", "CertExpired"),
-        ("intoto-tsa-timestamp-outside-cert-validity_fail", "verify/certificate-validity", "CertExpired"),
+        (
+            "intoto-expired-certificate_fail",
+            "verify/certificate-validity",
+            "CertNotValidYet",
+        ),
+        (
+            "intoto-set-outside-signing-cert-validity_fail",
+            "verify/certificate-validity",
+            "CertExpired",
+        ),
+        (
+            "intoto-tsa-timestamp-outside-cert-validity_fail",
+            "verify/certificate-validity",
+            "CertExpired",
+        ),
         // the entry's signature is not double-base64 as intoto 0.0.2 wants: refused while
         // decoding, before the comparison
-        ("intoto-log-entry-mismatch_fail", "verify/tlog-entry", "failed to decode Rekor signature"),
-        ("intoto-missing-inclusion-proof_fail", "verify/inclusion-proof", "must have an inclusion proof"),
-        ("dsse-invalid-sig_fail", "verify/signature-invalid", "DSSE signature verification failed"),
-        ("dsse-mismatch-envelope_fail", "verify/tlog-entry-mismatch", "DSSE payload hash mismatch"),
-        ("inclusion-proof-corrupted-hash_fail", "verify/inclusion-proof", "root hash mismatch"),
-        ("invalid-checkpoint-signature_fail", "verify/checkpoint", "No valid Rekor signature found on checkpoint"),
-        ("set-invalid-signature_fail", "verify/signed-entry-timestamp", "SET verification failed"),
-        ("wrong-material_fail", "verify/artifact-mismatch", "does not match artifact hash"),
-        ("bundle-from-wrong-instance_fail", "verify/signed-entry-timestamp", "No log key valid at integrated time"),
+        (
+            "intoto-log-entry-mismatch_fail",
+            "verify/tlog-entry",
+            "failed to decode Rekor signature",
+        ),
+        (
+            "intoto-missing-inclusion-proof_fail",
+            "verify/inclusion-proof",
+            "must have an inclusion proof",
+        ),
+        (
+            "dsse-invalid-sig_fail",
+            "verify/signature-invalid",
+            "DSSE signature verification failed",
+        ),
+        (
+            "dsse-mismatch-envelope_fail",
+            "verify/tlog-entry-mismatch",
+            "DSSE payload hash mismatch",
+        ),
+        (
+            "inclusion-proof-corrupted-hash_fail",
+            "verify/inclusion-proof",
+            "root hash mismatch",
+        ),
+        (
+            "invalid-checkpoint-signature_fail",
+            "verify/checkpoint",
+            "No valid Rekor signature found on checkpoint",
+        ),
+        (
+            "set-invalid-signature_fail",
+            "verify/signed-entry-timestamp",
+            "SET verification failed",
+        ),
+        (
+            "wrong-material_fail",
+            "verify/artifact-mismatch",
+            "does not match artifact hash",
+        ),
+        (
+            "bundle-from-wrong-instance_fail",
+            "verify/signed-entry-timestamp",
+            "No log key valid at integrated time",
+        ),
     ];
     let dir = vectors("sigstore-conformance");
     let mut seen = Vec::new();
     for (case, rule, reason) in cases {
         let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
         let t = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{case} must fail with exit 1:\n{t}");
-        assert!(t.contains(&format!("error[{rule}]")), "{case}: expected `{rule}` in:\n{t}");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{case} must fail with exit 1:\n{t}"
+        );
+        assert!(
+            t.contains(&format!("error[{rule}]")),
+            "{case}: expected `{rule}` in:\n{t}"
+        );
         assert!(t.contains(reason), "{case}: expected `{reason}` in:\n{t}");
         let line = t.lines().find(|l| l.starts_with("error[")).unwrap_or("");
-        seen.push(format!("{case}: {}", line.replace(s(&dir), "[CONFORMANCE]")));
+        seen.push(format!(
+            "{case}: {}",
+            line.replace(s(&dir), "[CONFORMANCE]")
+        ));
     }
     // every case in the folder is listed above
     let mut on_disk: Vec<String> = fs::read_dir(&dir)

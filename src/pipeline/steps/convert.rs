@@ -7,12 +7,12 @@ use std::path::Path;
 
 use super::{digest_of, Context, StepKey, StepOutcome};
 use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
+use crate::digest::{self, HashOptions, Serialization};
+use crate::formats::Checkpoint;
 use crate::pipeline::file::{ConvertStep, Target, TargetFormat};
 use crate::pipeline::{Artifact, FileDigest, PipelineError, StepRecord};
-use crate::formats::Checkpoint;
 use crate::report::bom::Hyperparameters;
 use crate::report::run::StoredArtifact;
-use crate::digest::{self, HashOptions, Serialization};
 
 pub fn key(t: &Target, cx: &Context) -> Result<StepKey, PipelineError> {
     Ok(StepKey {

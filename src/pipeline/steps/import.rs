@@ -5,10 +5,10 @@
 use serde_json::{json, Value};
 
 use super::{open_facts, Context, StepKey, StepOutcome};
+use crate::digest::{self, HashOptions, Serialization};
 use crate::pipeline::file::Pipeline;
 use crate::pipeline::{LicenceSummary, PipelineError, StepRecord};
 use crate::policy;
-use crate::digest::{self, HashOptions, Serialization};
 
 /// The source model's digests.
 pub struct Source {

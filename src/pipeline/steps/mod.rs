@@ -25,9 +25,9 @@ use serde_json::Value;
 
 use super::file::{Pipeline, Target};
 use super::{Artifact, PipelineError, StepRecord};
+use crate::digest::{hash_model, HashOptions, Serialization};
 use crate::formats::Checkpoint;
 use crate::policy::{Catalogues, ModelFacts, Policy};
-use crate::digest::{hash_model, HashOptions, Serialization};
 use crate::types::Sha256Digest;
 
 /// What the steps of one run share: the pipeline, where outputs go, the source's digest,

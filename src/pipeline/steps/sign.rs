@@ -268,7 +268,8 @@ fn load_chain(
     };
     let leaf = p.resolve(leaf);
     let issuers: Vec<_> = ss.certificate_chain.iter().map(|c| p.resolve(c)).collect();
-    let chain = pki::chain_for_bundle(&leaf, &issuers).map_err(|e| PipelineError::step("sign", e))?;
+    let chain =
+        pki::chain_for_bundle(&leaf, &issuers).map_err(|e| PipelineError::step("sign", e))?;
     let certified = chain
         .first()
         .map(pki::Cert::public_key)

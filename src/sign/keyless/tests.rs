@@ -17,7 +17,9 @@ use sha2::Digest;
 use x509_cert::der::asn1::{BitString, Ia5String, OctetString};
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName};
+use x509_cert::ext::pkix::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+};
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -70,7 +72,8 @@ pub(crate) fn make_cert(
             not_after: Time::try_from(not_after).unwrap(),
         },
         subject: subject.parse::<Name>().unwrap(),
-        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(&spki_der(subject_key)).unwrap(),
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(&spki_der(subject_key))
+            .unwrap(),
         issuer_unique_id: None,
         subject_unique_id: None,
         extensions: Some(extensions),
@@ -87,8 +90,23 @@ pub(crate) fn make_cert(
 
 pub(crate) fn ca_extensions() -> Vec<Extension> {
     vec![
-        ext("2.5.29.19", true, BasicConstraints { ca: true, path_len_constraint: None }.to_der().unwrap()),
-        ext("2.5.29.15", true, KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign).to_der().unwrap()),
+        ext(
+            "2.5.29.19",
+            true,
+            BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            }
+            .to_der()
+            .unwrap(),
+        ),
+        ext(
+            "2.5.29.15",
+            true,
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
+                .to_der()
+                .unwrap(),
+        ),
     ]
 }
 
@@ -102,11 +120,19 @@ pub(crate) fn leaf_extensions(identity: &str, issuer: &str) -> Vec<Extension> {
         v
     };
     vec![
-        ext("2.5.29.15", true, KeyUsage(KeyUsages::DigitalSignature.into()).to_der().unwrap()),
+        ext(
+            "2.5.29.15",
+            true,
+            KeyUsage(KeyUsages::DigitalSignature.into())
+                .to_der()
+                .unwrap(),
+        ),
         ext(
             "2.5.29.37",
             false,
-            ExtendedKeyUsage(vec![ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3")]).to_der().unwrap(),
+            ExtendedKeyUsage(vec![ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3")])
+                .to_der()
+                .unwrap(),
         ),
         ext("2.5.29.17", true, san.to_der().unwrap()),
         ext("1.3.6.1.4.1.57264.1.1", false, issuer.as_bytes().to_vec()),
@@ -128,7 +154,10 @@ struct Fake {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Fake {
@@ -184,16 +213,21 @@ impl Fake {
     }
 
     fn answer(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        self.requests
-            .lock()
-            .unwrap()
-            .push((format!("{method} {path}"), String::from_utf8_lossy(body).into_owned()));
+        self.requests.lock().unwrap().push((
+            format!("{method} {path}"),
+            String::from_utf8_lossy(body).into_owned(),
+        ));
         match (method, path.split('?').next().unwrap_or("")) {
             ("GET", "/oidc") => {
                 if !path.contains("audience=sigstore") {
                     return (400, b"no audience".to_vec());
                 }
-                (200, json!({ "value": jwt(IDENTITY, None) }).to_string().into_bytes())
+                (
+                    200,
+                    json!({ "value": jwt(IDENTITY, None) })
+                        .to_string()
+                        .into_bytes(),
+                )
             }
             ("POST", "/api/v2/signingCert") => self.fulcio(body),
             ("POST", "/api/v1/log/entries") => self.rekor(body),
@@ -205,7 +239,9 @@ impl Fake {
         let v: Value = serde_json::from_slice(body).unwrap();
         let token = v["credentials"]["oidcIdentityToken"].as_str().unwrap();
         let claims = IdentityToken::parse(token, TokenSource::Given).unwrap();
-        let pem = v["publicKeyRequest"]["publicKey"]["content"].as_str().unwrap();
+        let pem = v["publicKeyRequest"]["publicKey"]["content"]
+            .as_str()
+            .unwrap();
         let key = PublicKey::from_pem(std::path::Path::new("request"), pem).unwrap();
         let proof = STANDARD
             .decode(v["publicKeyRequest"]["proofOfPossession"].as_str().unwrap())
@@ -234,7 +270,9 @@ impl Fake {
         let content = &v["spec"]["proposedContent"];
         let envelope_text = content["envelope"].as_str().unwrap();
         let envelope: Value = serde_json::from_str(envelope_text).unwrap();
-        let payload = STANDARD.decode(envelope["payload"].as_str().unwrap()).unwrap();
+        let payload = STANDARD
+            .decode(envelope["payload"].as_str().unwrap())
+            .unwrap();
         let entry = json!({
             "apiVersion": "0.0.1",
             "kind": "dsse",
@@ -297,7 +335,8 @@ fn canonical(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
-                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
                 Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
             }
             Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
@@ -363,7 +402,10 @@ struct MapEnv(Vec<(&'static str, String)>);
 
 impl Env for MapEnv {
     fn var(&self, name: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -378,15 +420,30 @@ fn endpoints(base: &str) -> Endpoints {
 #[test]
 fn token_discovery_order_and_errors() {
     let http = Http::new();
-    let t = ambient_token(Some(&jwt("s", Some("me@example.com"))), &MapEnv(vec![]), &http).unwrap();
-    assert_eq!((t.source, t.subject.as_str()), (TokenSource::Given, "me@example.com"));
-    let env = MapEnv(vec![("SIGSTORE_ID_TOKEN", jwt("project_path:g/p:ref_type:branch:ref:main", None))]);
+    let t = ambient_token(
+        Some(&jwt("s", Some("me@example.com"))),
+        &MapEnv(vec![]),
+        &http,
+    )
+    .unwrap();
+    assert_eq!(
+        (t.source, t.subject.as_str()),
+        (TokenSource::Given, "me@example.com")
+    );
+    let env = MapEnv(vec![(
+        "SIGSTORE_ID_TOKEN",
+        jwt("project_path:g/p:ref_type:branch:ref:main", None),
+    )]);
     let t = ambient_token(None, &env, &http).unwrap();
     assert_eq!(t.source, TokenSource::GitLab);
     assert!(t.subject.starts_with("project_path:"));
-    let e = ambient_token(None, &MapEnv(vec![]), &http).unwrap_err().to_string();
+    let e = ambient_token(None, &MapEnv(vec![]), &http)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("id-token: write"), "{e}");
-    let e = IdentityToken::parse("abc", TokenSource::Given).unwrap_err().to_string();
+    let e = IdentityToken::parse("abc", TokenSource::Given)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a JWT"), "{e}");
     // the token text never shows in Debug
     let tok = jwt("s", None);
@@ -416,7 +473,11 @@ fn github_actions_token_then_fulcio_then_rekor_then_verify() {
         "predicate": {},
     })
     .to_string();
-    let mut bundle = Bundle::sign(session.key(), super::super::dsse::IN_TOTO_PAYLOAD_TYPE, statement.as_bytes());
+    let mut bundle = Bundle::sign(
+        session.key(),
+        super::super::dsse::IN_TOTO_PAYLOAD_TYPE,
+        statement.as_bytes(),
+    );
     session.notarize(&mut bundle).unwrap();
     let vm = &bundle.verification_material;
     assert!(vm.public_key.is_none() && vm.certificate.is_some());
@@ -426,7 +487,10 @@ fn github_actions_token_then_fulcio_then_rekor_then_verify() {
     let reqs = fake.requests.lock().unwrap().clone();
     let names: Vec<&str> = reqs.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(names[0], "GET /oidc?run=1&audience=sigstore");
-    assert_eq!(&names[1..], ["POST /api/v2/signingCert", "POST /api/v1/log/entries"]);
+    assert_eq!(
+        &names[1..],
+        ["POST /api/v2/signingCert", "POST /api/v1/log/entries"]
+    );
     let rekor_req: Value = serde_json::from_str(&reqs[2].1).unwrap();
     assert_eq!(rekor_req["kind"], "dsse");
 
@@ -440,22 +504,27 @@ fn github_actions_token_then_fulcio_then_rekor_then_verify() {
     std::fs::write(&artifact, b"hello").unwrap();
     let mut trust = KeylessTrust::load(
         TrustRootSource::File(root),
-        vec![TrustedIdentity { identity: IDENTITY.into(), issuer: ISSUER.into() }],
+        vec![TrustedIdentity {
+            identity: IDENTITY.into(),
+            issuer: ISSUER.into(),
+        }],
     )
     .unwrap();
     trust.check_sct = false;
     let (sb, _) = crate::sign::sigstore::read_bundle(&bundle_path).unwrap();
-    let signer = crate::sign::sigstore::verify_bundle(&trust, &sb, &bundle_path, Artifact::File(&artifact))
-        .unwrap()
-        .unwrap();
+    let signer =
+        crate::sign::sigstore::verify_bundle(&trust, &sb, &bundle_path, Artifact::File(&artifact))
+            .unwrap()
+            .unwrap();
     assert_eq!(signer.identity, IDENTITY);
     assert_eq!(signer.issuer, ISSUER);
     assert!(signer.tlog_verified);
     // another artifact does not verify
     std::fs::write(&artifact, b"hellp").unwrap();
-    let r = crate::sign::sigstore::verify_bundle(&trust, &sb, &bundle_path, Artifact::File(&artifact))
-        .unwrap()
-        .unwrap_err();
+    let r =
+        crate::sign::sigstore::verify_bundle(&trust, &sb, &bundle_path, Artifact::File(&artifact))
+            .unwrap()
+            .unwrap_err();
     assert_eq!(r.rule, "verify/artifact-mismatch", "{}", r.message);
 }
 
@@ -466,12 +535,22 @@ fn service_errors_are_reported_with_the_step() {
     let token = IdentityToken::parse(&jwt("s", None), TokenSource::Given).unwrap();
     let mut ep = endpoints(&base);
     ep.fulcio = format!("{base}/nowhere");
-    let e = Session::start(&token, ep, Http::new()).unwrap_err().to_string();
-    assert!(e.contains("keyless signing (fulcio)") && e.contains("HTTP 404"), "{e}");
+    let e = Session::start(&token, ep, Http::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("keyless signing (fulcio)") && e.contains("HTTP 404"),
+        "{e}"
+    );
     let mut ep = endpoints(&base);
     ep.rekor = None;
-    let e = Session::start(&token, ep, Http::new()).unwrap_err().to_string();
-    assert!(e.contains("neither a Rekor log nor a timestamp authority"), "{e}");
+    let e = Session::start(&token, ep, Http::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("neither a Rekor log nor a timestamp authority"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -485,7 +564,10 @@ fn timestamp_request_is_der_and_response_status_is_checked() {
     let (tag, imprint, _) = tlv(body).unwrap();
     assert_eq!(tag, 0x30);
     assert!(imprint.ends_with(&sha2::Sha256::digest(b"sig")));
-    let granted = der(0x30, &[der(0x30, &der(0x02, &[0])), der(0x30, &[])].concat());
+    let granted = der(
+        0x30,
+        &[der(0x30, &der(0x02, &[0])), der(0x30, &[])].concat(),
+    );
     check_timestamp_response(&granted).unwrap();
     let rejected = der(0x30, &der(0x30, &der(0x02, &[2])));
     assert!(check_timestamp_response(&rejected).is_err());
