@@ -160,15 +160,27 @@ impl CryptoProvider for RustCryptoProvider {
                 ecdsa_verify!(p256, scheme, key, sig, |vk, s| vk.verify(data, s).is_ok())
             }
             SigningScheme::EcdsaP256Sha384 => ecdsa_verify!(p256, scheme, key, sig, |vk, s| {
-                vk.verify_digest(|d: &mut sha2::Sha384| Ok(d.update(data)), s)
-                    .is_ok()
+                vk.verify_digest(
+                    |d: &mut sha2::Sha384| {
+                        d.update(data);
+                        Ok(())
+                    },
+                    s,
+                )
+                .is_ok()
             }),
             SigningScheme::EcdsaP384Sha384 => {
                 ecdsa_verify!(p384, scheme, key, sig, |vk, s| vk.verify(data, s).is_ok())
             }
             SigningScheme::EcdsaP384Sha256 => ecdsa_verify!(p384, scheme, key, sig, |vk, s| {
-                vk.verify_digest(|d: &mut sha2::Sha256| Ok(d.update(data)), s)
-                    .is_ok()
+                vk.verify_digest(
+                    |d: &mut sha2::Sha256| {
+                        d.update(data);
+                        Ok(())
+                    },
+                    s,
+                )
+                .is_ok()
             }),
             SigningScheme::Ed25519 => {
                 let bytes: [u8; 32] = key
