@@ -1,4 +1,4 @@
-//! `modelgate keygen --alg ed25519|p256 --out KEY`: a new signing key pair. The private key
+//! `modelgate keygen --alg ed25519|p256|p384 --out KEY`: a new signing key pair. The private key
 //! goes to KEY (PKCS#8 PEM, mode 0600), the public key to KEY.pub (SubjectPublicKeyInfo
 //! PEM). Only the paths and the key id are printed, never key material.
 
@@ -10,7 +10,7 @@ use super::Outcome;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Signature algorithm: ed25519, or p256 for bundles the PyPI `model-signing` tool verifies
+    /// Signature algorithm: ed25519, or p256/p384 for bundles the PyPI `model-signing` tool verifies
     #[arg(long, value_enum, default_value_t = KeyAlgorithm::Ed25519)]
     alg: KeyAlgorithm,
     /// Where to write the private key; the public key goes to the same path plus `.pub`

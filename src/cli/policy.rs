@@ -73,7 +73,12 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let cats = Catalogues::builtin()?;
     let outcome = policy::check(&facts, &policy, &cats)?;
     let a = &outcome.assessment;
-    let mut report = GateReport::new("policy", &args.model, outcome.findings.clone());
+    let mut findings = outcome.findings.clone();
+    findings.extend(
+        crate::pipeline::signed_by_trusted_identity(&args.model, &policy)
+            .map_err(super::sign_error)?,
+    );
+    let mut report = GateReport::new("policy", &args.model, findings);
     report.waived = outcome.waived.clone();
     report.details = Some(outcome.details(&policy, &facts, policy::Detail::Full));
     let mut out = std::io::stdout().lock();

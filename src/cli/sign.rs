@@ -1,13 +1,17 @@
 //! `modelgate sign PATH --key KEY [--attest REPORT.json]`: hash the model, sign the
 //! in-toto statement into `model.sig` (a Sigstore bundle v0.3) and, with `--attest`, sign
 //! the audit report's verification summary into `model.att.sig` with the same key.
+//!
+//! `--certificate LEAF.pem [--certificate-chain CHAIN.pem]` adds a private-PKI chain for
+//! the key; `--sigstore` signs keyless instead (OIDC token, Fulcio, Rekor or a TSA).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::sign::keyless::{self, Endpoints, Http, ProcessEnv, Session};
 use crate::sign::{
-    attest, attestation_path_for, default_signature_path, sign_model, Audit, KeyAlgorithm,
-    PrivateKey, SignError, SignRequest,
+    attest, attestation_path_for, default_signature_path, pki, sign_model_with, Audit,
+    KeyAlgorithm, Material, PrivateKey, SignError, SignRequest,
 };
 
 use super::hash::{gbps, HashArgs};
@@ -17,9 +21,48 @@ use super::Outcome;
 pub struct Args {
     /// A model directory or a single model file
     path: PathBuf,
-    /// Private key (PKCS#8 PEM from `modelgate keygen`, or an OpenSSL P-256 key)
-    #[arg(long, value_name = "KEY")]
-    key: PathBuf,
+    /// Private key (PKCS#8 PEM from `modelgate keygen`, or an OpenSSL P-256/P-384 key)
+    #[arg(
+        long,
+        value_name = "KEY",
+        required_unless_present = "sigstore",
+        conflicts_with = "sigstore"
+    )]
+    key: Option<PathBuf>,
+    /// The key's certificate (PEM): sign as a private-PKI certificate signature
+    #[arg(long, value_name = "LEAF", requires = "key")]
+    certificate: Option<PathBuf>,
+    /// The certificate's issuers (PEM, intermediates; a self-signed root is left out of
+    /// the bundle); repeatable
+    #[arg(long, value_name = "CHAIN", requires = "certificate")]
+    certificate_chain: Vec<PathBuf>,
+    /// Sign keyless with Sigstore: an OIDC identity token, a Fulcio certificate for an
+    /// ephemeral key, and a Rekor entry (or a timestamp)
+    #[arg(long)]
+    sigstore: bool,
+    /// The OIDC identity token (default: `SIGSTORE_ID_TOKEN`, or GitHub Actions' token)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "sigstore",
+        hide_env_values = true
+    )]
+    identity_token: Option<String>,
+    /// Use the Sigstore staging instance
+    #[arg(long, requires = "sigstore")]
+    staging: bool,
+    /// Fulcio URL (default: the production or staging instance)
+    #[arg(long, value_name = "URL", requires = "sigstore")]
+    fulcio_url: Option<String>,
+    /// Rekor URL (default: the production or staging instance)
+    #[arg(long, value_name = "URL", requires = "sigstore")]
+    rekor_url: Option<String>,
+    /// Do not log to Rekor (then `--tsa-url` must give a timestamp authority)
+    #[arg(long, requires_all = ["sigstore", "tsa_url"], conflicts_with = "rekor_url")]
+    no_rekor: bool,
+    /// An RFC 3161 timestamp authority, e.g. `https://timestamp.sigstore.dev`
+    #[arg(long, value_name = "URL", requires = "sigstore")]
+    tsa_url: Option<String>,
     /// Refuse the key unless it uses this algorithm
     #[arg(long, value_enum)]
     alg: Option<KeyAlgorithm>,
@@ -43,18 +86,82 @@ pub struct Args {
     quiet: bool,
 }
 
+/// The keyless session: token, ephemeral key, Fulcio certificate.
+fn keyless_session(args: &Args) -> anyhow::Result<Session> {
+    let mut endpoints = if args.staging {
+        Endpoints::staging()
+    } else {
+        Endpoints::production()
+    };
+    if let Some(u) = &args.fulcio_url {
+        endpoints.fulcio = u.clone();
+    }
+    if let Some(u) = &args.rekor_url {
+        endpoints.rekor = Some(u.clone());
+    }
+    if args.no_rekor {
+        endpoints.rekor = None;
+    }
+    endpoints.tsa = args.tsa_url.clone();
+    let http = Http::new();
+    let token = keyless::ambient_token(args.identity_token.as_deref(), &ProcessEnv, &http)
+        .map_err(super::sign_error)?;
+    if !args.quiet {
+        eprintln!(
+            "identity token from {} for `{}` (issuer `{}`)",
+            token.source.as_str(),
+            token.subject,
+            token.issuer
+        );
+    }
+    Session::start(&token, endpoints, http).map_err(super::sign_error)
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let opts = args.hashing.options()?;
-    let key = PrivateKey::from_pem_file(&args.key).map_err(super::sign_error)?;
-    if let Some(expected) = args.alg {
-        if key.algorithm() != expected {
-            return Err(super::sign_error(SignError::WrongAlgorithm {
-                path: args.key.clone(),
-                found: key.algorithm(),
-                expected,
-            }));
+    let session = if args.sigstore {
+        Some(keyless_session(&args)?)
+    } else {
+        None
+    };
+    let own_key;
+    let chain;
+    let (key, material) = match (&session, &args.key) {
+        (Some(s), _) => (s.key(), Material::Keyless(s)),
+        (None, Some(path)) => {
+            own_key = PrivateKey::from_pem_file(path).map_err(super::sign_error)?;
+            if let Some(expected) = args.alg {
+                if own_key.algorithm() != expected {
+                    return Err(super::sign_error(SignError::WrongAlgorithm {
+                        path: path.clone(),
+                        found: own_key.algorithm(),
+                        expected,
+                    }));
+                }
+            }
+            match &args.certificate {
+                Some(leaf) => {
+                    chain = pki::chain_for_bundle(leaf, &args.certificate_chain)
+                        .map_err(super::sign_error)?;
+                    let certified = chain[0].public_key().map_err(|what| {
+                        super::sign_error(SignError::Certificate {
+                            path: leaf.clone(),
+                            what,
+                        })
+                    })?;
+                    if certified != own_key.public() {
+                        return Err(super::sign_error(SignError::Certificate {
+                            path: leaf.clone(),
+                            what: format!("certifies another key than `{}`", path.display()),
+                        }));
+                    }
+                    (&own_key, Material::Certificates(&chain))
+                }
+                None => (&own_key, Material::KeyHint),
+            }
         }
-    }
+        (None, None) => anyhow::bail!("pass `--key KEY` or `--sigstore`"),
+    };
     let audit = match &args.attest {
         Some(p) => {
             let mut audit = Audit::read(p).map_err(super::sign_error)?;
@@ -78,15 +185,25 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         );
     }
     let start = Instant::now();
-    let signed = sign_model(SignRequest {
-        model: &args.path,
-        key: &key,
-        signature: &signature,
-        attestation: &attestation,
-        hash: opts,
-        audit: audit.as_ref(),
-    })
+    let signed = sign_model_with(
+        SignRequest {
+            model: &args.path,
+            key,
+            signature: &signature,
+            attestation: &attestation,
+            hash: opts,
+            audit: audit.as_ref(),
+        },
+        material,
+    )
     .map_err(super::sign_error)?;
+    let signer = match material {
+        Material::Keyless(s) => Some(format!("sigstore `{}` from `{}`", s.subject, s.issuer)),
+        Material::Certificates(chain) => chain
+            .first()
+            .map(|c| format!("certificate `{}`", c.subject())),
+        Material::KeyHint => None,
+    };
     let secs = start.elapsed().as_secs_f64();
     if args.json {
         let v = serde_json::json!({
@@ -97,6 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "root_digest": signed.root.to_hex(),
             "algorithm": signed.algorithm.as_str(),
             "key_id": signed.key_id.to_hex(),
+            "signer": signer,
             "serialization": signed.manifest.serialization.method(),
             "resources": signed.manifest.resources.len(),
             "files": signed.manifest.files,
@@ -114,6 +232,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             println!("attestation  {} (audit {result})", p.display());
         }
         println!("key          {} {}", signed.algorithm, signed.key_id);
+        if let Some(s) = &signer {
+            println!("signer       {s}");
+        }
     }
     if !args.quiet {
         eprintln!(

@@ -1,6 +1,12 @@
 //! `modelgate verify PATH --signature model.sig --key PUB`: check a model against its
 //! signature (and its audit attestation, when present) and report what changed. Exit 1 on
 //! any mismatch, 2 when the key, bundle or model cannot be read.
+//!
+//! The signer is trusted by a bare key (`--key`, `--trusted-keys`), by a private-PKI
+//! chain (`--certificate-chain ROOTS.pem`), or by Sigstore keyless identity (`--sigstore
+//! --identity ID --issuer URL`, against the built-in production trust root,
+//! `--staging`, or `--trusted-root FILE`). With `--sigstore`, PATH may also be a single
+//! file signed by a generic Sigstore bundle (message signature or in-toto statement).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,8 +15,11 @@ use anyhow::Context;
 
 use crate::finding::Verdict;
 use crate::report::{self, GateReport, ReportFormat};
+use crate::sign::pki::TrustAnchors;
+use crate::sign::sigstore::{KeylessTrust, TrustRootSource, TrustedIdentity};
 use crate::sign::{
-    default_signature_path, verify_model, PublicKey, RelPath, SignError, TrustedKey, VerifyRequest,
+    default_signature_path, verify_model, PublicKey, RelPath, SignError, Trust, TrustedKey,
+    VerifyRequest,
 };
 
 use super::Outcome;
@@ -23,11 +32,40 @@ pub struct Args {
     #[arg(long, value_name = "SIG")]
     signature: Option<PathBuf>,
     /// The signer's public key (SubjectPublicKeyInfo PEM)
-    #[arg(long, value_name = "PUB", required_unless_present = "trusted_keys")]
+    #[arg(
+        long,
+        value_name = "PUB",
+        required_unless_present_any = ["trusted_keys", "certificate_chain", "sigstore"],
+        conflicts_with_all = ["certificate_chain", "sigstore"]
+    )]
     key: Option<PathBuf>,
     /// A folder of trusted public keys (`*.pub`, `*.pem`); the bundle's key hint picks one
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["certificate_chain", "sigstore"])]
     trusted_keys: Option<PathBuf>,
+    /// Trust anchors (PEM certificates) for a certificate signature; repeatable
+    #[arg(long, value_name = "ROOTS", conflicts_with = "sigstore")]
+    certificate_chain: Vec<PathBuf>,
+    /// Verify a Sigstore keyless signature (Fulcio certificate, Rekor entry or timestamp)
+    #[arg(long, requires_all = ["identity", "issuer"])]
+    sigstore: bool,
+    /// The signer's certificate identity (email or URI SAN) that `--sigstore` requires
+    #[arg(long, value_name = "ID", requires = "sigstore")]
+    identity: Option<String>,
+    /// The OIDC issuer that `--sigstore` requires (for example
+    /// `https://token.actions.githubusercontent.com`)
+    #[arg(long, value_name = "URL", requires = "sigstore")]
+    issuer: Option<String>,
+    /// A Sigstore `trusted_root.json` instead of the built-in production root
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "sigstore",
+        conflicts_with = "staging"
+    )]
+    trusted_root: Option<PathBuf>,
+    /// Trust the Sigstore staging instance instead of production
+    #[arg(long, requires = "sigstore")]
+    staging: bool,
     /// The audit attestation to check (default: `*.att.sig` beside the signature, when present)
     #[arg(long, value_name = "ATT")]
     attestation: Option<PathBuf>,
@@ -89,7 +127,28 @@ fn trusted_dir(dir: &Path) -> anyhow::Result<Vec<TrustedKey>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let keys = load_keys(&args)?;
+    let keys;
+    let anchors;
+    let keyless;
+    let trust = if args.sigstore {
+        let source = match (&args.trusted_root, args.staging) {
+            (Some(p), _) => TrustRootSource::File(p.clone()),
+            (None, true) => TrustRootSource::Staging,
+            (None, false) => TrustRootSource::Production,
+        };
+        let identities = vec![TrustedIdentity {
+            identity: args.identity.clone().unwrap_or_default(),
+            issuer: args.issuer.clone().unwrap_or_default(),
+        }];
+        keyless = KeylessTrust::load(source, identities).map_err(super::sign_error)?;
+        Trust::Sigstore(&keyless)
+    } else if !args.certificate_chain.is_empty() {
+        anchors = TrustAnchors::read(&args.certificate_chain).map_err(super::sign_error)?;
+        Trust::Certificates(&anchors)
+    } else {
+        keys = load_keys(&args)?;
+        Trust::Keys(&keys)
+    };
     let signature = args
         .signature
         .clone()
@@ -107,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         model: &args.path,
         signature: &signature,
         attestation: args.attestation.as_deref(),
-        keys: &keys,
+        trust,
         ignore_unsigned: args.ignore_unsigned_files,
         extra_ignore,
         threads: args.threads,

@@ -163,11 +163,52 @@ fn source() -> String {
     "source".to_owned()
 }
 
-/// Sign artifacts with a private key (PKCS#8 PEM) read from the environment variable
-/// `key_env` when it is set, else from the file `key`.
+/// How the sign step establishes who signed (the `sign`/`verify` methods of
+/// docs/sign-sigstore.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignMethod {
+    /// A private key; the verifier holds its public key.
+    #[default]
+    Key,
+    /// A private key and the private-PKI certificate that certifies it.
+    Certificate,
+    /// Sigstore keyless: the CI's OIDC identity, a Fulcio certificate and a Rekor entry.
+    Sigstore,
+}
+
+impl SignMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignMethod::Key => "key",
+            SignMethod::Certificate => "certificate",
+            SignMethod::Sigstore => "sigstore",
+        }
+    }
+}
+
+/// Sign artifacts. `method: key` (the default) and `certificate` read a private key
+/// (PKCS#8 PEM) from the environment variable `key_env` when it is set, else from the
+/// file `key`; `certificate` adds the key's certificate and its issuers. `sigstore`
+/// signs keyless with the CI's ambient OIDC token and takes no key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignStep {
+    #[serde(default)]
+    pub method: SignMethod,
+    /// `method: certificate`: the signing certificate (PEM), relative to the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    /// `method: certificate`: the certificate's issuers (PEM files); a self-signed root is
+    /// left out of the bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_chain: Vec<PathBuf>,
+    /// `method: sigstore`: use the Sigstore staging instance instead of production.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staging: bool,
+    /// `method: sigstore`: also timestamp each signature at this RFC 3161 authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsa_url: Option<String>,
     /// Private key file, relative to the pipeline file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
@@ -363,10 +404,45 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
         if let Some(a) = &s.artifacts {
             check("steps.sign.artifacts", a)?;
         }
-        if s.key.is_none() && s.key_env.is_none() {
+        let keyless = s.method == SignMethod::Sigstore;
+        let has_key = s.key.is_some() || s.key_env.is_some();
+        if !keyless && !has_key {
             return Err(invalid(
                 path,
                 "`steps.sign` needs `key` (a private key file) or `key_env` (an environment variable holding one)".into(),
+            ));
+        }
+        if keyless && (has_key || s.certificate.is_some() || !s.certificate_chain.is_empty()) {
+            return Err(invalid(
+                path,
+                "`steps.sign` with `method: sigstore` signs with an ephemeral key and a Fulcio certificate: drop `key`, `key_env`, `certificate` and `certificate_chain`".into(),
+            ));
+        }
+        if !keyless && (s.staging || s.tsa_url.is_some()) {
+            return Err(invalid(
+                path,
+                format!("`steps.sign.staging` and `steps.sign.tsa_url` apply to `method: sigstore`, not `method: {}`", s.method.as_str()),
+            ));
+        }
+        match (s.method, &s.certificate) {
+            (SignMethod::Certificate, None) => {
+                return Err(invalid(
+                    path,
+                    "`steps.sign` with `method: certificate` needs `certificate` (the signing certificate, PEM)".into(),
+                ))
+            }
+            (SignMethod::Key, Some(_)) => {
+                return Err(invalid(
+                    path,
+                    "`steps.sign.certificate` is given but `method` is `key`: say `method: certificate`".into(),
+                ))
+            }
+            _ => {}
+        }
+        if s.method == SignMethod::Key && !s.certificate_chain.is_empty() {
+            return Err(invalid(
+                path,
+                "`steps.sign.certificate_chain` applies to `method: certificate`".into(),
             ));
         }
     }
@@ -419,6 +495,51 @@ steps:
         let e = err(&GOOD.replace("  scan: {}", "  scan: {}\n  lint: {}"));
         assert!(e.starts_with("`p.yaml:5:3`: "), "{e}");
         assert!(e.contains("unknown field `lint`"), "{e}");
+    }
+
+    #[test]
+    fn sign_methods_take_their_own_settings() {
+        let f = parse(Path::new("p.yaml"), GOOD).unwrap();
+        assert_eq!(f.steps.sign.unwrap().method, SignMethod::Key);
+        let cert = GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: certificate, key: k.pem, certificate: c.pem, certificate_chain: [i.pem],",
+        );
+        let f = parse(Path::new("p.yaml"), &cert).unwrap();
+        let s = f.steps.sign.unwrap();
+        assert_eq!(s.method, SignMethod::Certificate);
+        assert_eq!(s.certificate_chain, vec![PathBuf::from("i.pem")]);
+        let keyless = GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: sigstore, staging: true,",
+        );
+        let s = parse(Path::new("p.yaml"), &keyless)
+            .unwrap()
+            .steps
+            .sign
+            .unwrap();
+        assert_eq!(s.method, SignMethod::Sigstore);
+        assert!(s.staging);
+
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: sigstore, key: k.pem,",
+        ));
+        assert!(e.contains("drop `key`"), "{e}");
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { method: certificate, key: k.pem,",
+        ));
+        assert!(e.contains("needs `certificate`"), "{e}");
+        let e = err(&GOOD.replace(
+            "sign: { key: k.pem,",
+            "sign: { key: k.pem, certificate: c.pem,",
+        ));
+        assert!(e.contains("say `method: certificate`"), "{e}");
+        let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { key: k.pem, staging: true,"));
+        assert!(e.contains("apply to `method: sigstore`"), "{e}");
+        let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { method: pgp, key: k.pem,"));
+        assert!(e.contains("unknown variant `pgp`"), "{e}");
     }
 
     #[test]

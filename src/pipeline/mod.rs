@@ -26,6 +26,7 @@ mod steps;
 pub use error::{PipelineError, StageError};
 pub use file::{Pipeline, PipelineFile};
 pub use run::{run, RunOptions};
+pub use steps::policy::{signed_by_trusted_identity, SIGNED_BY};
 
 pub use crate::report::run::{
     Artifact, BaseModelRef, FileDigest, FileRef, GateFailure, LicenceRef, LicenceSummary,

@@ -153,6 +153,20 @@ pub struct SigningRules {
     pub require_signature: bool,
     #[serde(default)]
     pub trusted_keys: Vec<TrustedKey>,
+    /// Sigstore keyless signers a model must come signed by (any one of them): the
+    /// certificate identity and the OIDC issuer, both matched exactly.
+    #[serde(default)]
+    pub trusted_identities: Vec<TrustedIdentity>,
+}
+
+/// A Sigstore keyless signer: for GitHub Actions, identity
+/// `https://github.com/OWNER/REPO/.github/workflows/FILE@REF` and issuer
+/// `https://token.actions.githubusercontent.com`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIdentity {
+    pub identity: String,
+    pub issuer: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,6 +187,7 @@ pub struct TrustedKey {
 pub enum KeyAlgorithm {
     Ed25519,
     P256,
+    P384,
 }
 
 /// A severity override.

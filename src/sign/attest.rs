@@ -221,7 +221,12 @@ pub fn vsa_statement(
     });
     let statement = json!({
         "_type": STATEMENT_TYPE,
-        "subject": [{ "name": model_name, "digest": { "sha256": root.to_hex() } }],
+        // The model first (what `verify` reads); then the signature file, so that
+        // `gh attestation verify model.sig --bundle model.att.sig` finds its digest.
+        "subject": [
+            { "name": model_name, "digest": { "sha256": root.to_hex() } },
+            { "name": signature_name, "digest": { "sha256": signature_digest.to_hex() } },
+        ],
         "predicateType": VSA_PREDICATE,
         "predicate": predicate,
     });

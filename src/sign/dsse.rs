@@ -51,11 +51,15 @@ pub struct VerificationMaterial {
     pub public_key: Option<PublicKeyHint>,
     #[serde(default)]
     pub tlog_entries: Vec<serde_json::Value>,
-    /// Present in keyless (certificate) bundles, which modelgate does not verify.
+    /// A single signing certificate (Sigstore keyless, v0.3 bundles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<serde_json::Value>,
+    /// A certificate chain, leaf first (private-PKI signatures, older keyless bundles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_certificate_chain: Option<serde_json::Value>,
+    /// RFC 3161 timestamps (keyless bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_verification_data: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +103,7 @@ impl Bundle {
                 tlog_entries: Vec::new(),
                 certificate: None,
                 x509_certificate_chain: None,
+                timestamp_verification_data: None,
             },
             dsse_envelope: Envelope {
                 payload: STANDARD.encode(payload),
@@ -166,20 +171,16 @@ impl Bundle {
         }
         let bundle: Bundle = serde_json::from_value(value)
             .map_err(|e| bundle_err(path, format!("is not a DSSE Sigstore bundle: {e}")))?;
-        let vm = &bundle.verification_material;
-        if vm.public_key.is_none()
-            && (vm.certificate.is_some() || vm.x509_certificate_chain.is_some())
-        {
-            return Err(bundle_err(
-                path,
-                "bundle is signed with a certificate (Sigstore keyless or PKI); modelgate \
-                 verifies key-signed bundles only",
-            ));
-        }
         if bundle.dsse_envelope.signatures.is_empty() {
             return Err(bundle_err(path, "DSSE envelope has no signatures"));
         }
         Ok(bundle)
+    }
+
+    /// Whether the bundle carries a certificate or a chain (instead of a key hint).
+    pub fn has_certificate(&self) -> bool {
+        let vm = &self.verification_material;
+        vm.certificate.is_some() || vm.x509_certificate_chain.is_some()
     }
 
     /// The key id the bundle names, if it names one.
@@ -243,7 +244,11 @@ mod tests {
     fn bundle_round_trip_and_tamper() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.sig");
-        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256] {
+        for alg in [
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
             let key = PrivateKey::generate(alg).unwrap();
             let b = Bundle::sign(&key, IN_TOTO_PAYLOAD_TYPE, b"{}");
             fs::write(&path, b.to_json().unwrap()).unwrap();

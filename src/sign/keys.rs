@@ -1,5 +1,6 @@
-//! Signing keys: ed25519 (the default) and ECDSA P-256 (the curve the reference
-//! `model_signing verify key` accepts), read from and written to PEM files.
+//! Signing keys: ed25519 (the default) and ECDSA P-256 and P-384 (curves the reference
+//! `model_signing verify key` accepts; it hashes with SHA-256 on P-256 and SHA-384 on
+//! P-384, and so does this module), read from and written to PEM files.
 //!
 //! Private keys are PKCS#8 (`PRIVATE KEY`; SEC1 `EC PRIVATE KEY` is read too, as
 //! `openssl ecparam -genkey` writes it), public keys SubjectPublicKeyInfo (`PUBLIC KEY`). A
@@ -46,6 +47,8 @@ pub enum KeyAlgorithm {
     Ed25519,
     /// ECDSA on NIST P-256 with SHA-256, DER-encoded signatures
     P256,
+    /// ECDSA on NIST P-384 with SHA-384, DER-encoded signatures
+    P384,
 }
 
 impl KeyAlgorithm {
@@ -53,6 +56,7 @@ impl KeyAlgorithm {
         match self {
             KeyAlgorithm::Ed25519 => "ed25519",
             KeyAlgorithm::P256 => "p256",
+            KeyAlgorithm::P384 => "p384",
         }
     }
 }
@@ -99,6 +103,7 @@ impl Serialize for KeyId {
 pub enum PrivateKey {
     Ed25519(ed25519_dalek::SigningKey),
     P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
 }
 
 impl fmt::Debug for PrivateKey {
@@ -117,6 +122,7 @@ impl fmt::Debug for PrivateKey {
 pub enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
 }
 
 impl fmt::Debug for PublicKey {
@@ -132,9 +138,9 @@ fn key_err(path: &Path, what: impl Into<String>) -> SignError {
     }
 }
 
-fn random_32() -> Result<Zeroizing<[u8; 32]>, SignError> {
+fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, SignError> {
     use rand_core::TryRngCore;
-    let mut seed = Zeroizing::new([0u8; 32]);
+    let mut seed = Zeroizing::new([0u8; N]);
     rand_core::OsRng
         .try_fill_bytes(seed.as_mut())
         .map_err(|e| SignError::Random(e.to_string()))?;
@@ -146,7 +152,7 @@ impl PrivateKey {
     pub fn generate(alg: KeyAlgorithm) -> Result<Self, SignError> {
         match alg {
             KeyAlgorithm::Ed25519 => {
-                let seed = random_32()?;
+                let seed = random_bytes::<32>()?;
                 Ok(PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
                     &seed,
                 )))
@@ -154,9 +160,16 @@ impl PrivateKey {
             KeyAlgorithm::P256 => loop {
                 // A random 32-byte string is a valid scalar unless it is zero or not
                 // below the group order (probability about 2^-32): draw again then.
-                let seed = random_32()?;
+                let seed = random_bytes::<32>()?;
                 if let Ok(k) = p256::ecdsa::SigningKey::from_slice(seed.as_ref()) {
                     return Ok(PrivateKey::P256(k));
+                }
+            },
+            KeyAlgorithm::P384 => loop {
+                // Same as P-256: a 48-byte string outside [1, n) is drawn again.
+                let seed = random_bytes::<48>()?;
+                if let Ok(k) = p384::ecdsa::SigningKey::from_slice(seed.as_ref()) {
+                    return Ok(PrivateKey::P384(k));
                 }
             },
         }
@@ -166,6 +179,7 @@ impl PrivateKey {
         match self {
             PrivateKey::Ed25519(_) => KeyAlgorithm::Ed25519,
             PrivateKey::P256(_) => KeyAlgorithm::P256,
+            PrivateKey::P384(_) => KeyAlgorithm::P384,
         }
     }
 
@@ -173,11 +187,12 @@ impl PrivateKey {
         match self {
             PrivateKey::Ed25519(k) => PublicKey::Ed25519(k.verifying_key()),
             PrivateKey::P256(k) => PublicKey::P256(*k.verifying_key()),
+            PrivateKey::P384(k) => PublicKey::P384(*k.verifying_key()),
         }
     }
 
     /// Sign a message: 64 raw bytes for ed25519, a DER `Ecdsa-Sig-Value` over SHA-256 for
-    /// P-256 (what the reference tool and OpenSSL write and expect).
+    /// P-256 or SHA-384 for P-384 (what the reference tool and OpenSSL write and expect).
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         match self {
             PrivateKey::Ed25519(k) => {
@@ -187,6 +202,11 @@ impl PrivateKey {
             PrivateKey::P256(k) => {
                 use p256::ecdsa::signature::Signer;
                 let sig: p256::ecdsa::DerSignature = k.sign(message);
+                sig.as_bytes().to_vec()
+            }
+            PrivateKey::P384(k) => {
+                use p384::ecdsa::signature::Signer;
+                let sig: p384::ecdsa::DerSignature = k.sign(message);
                 sig.as_bytes().to_vec()
             }
         }
@@ -203,6 +223,7 @@ impl PrivateKey {
                 bytes.to_pkcs8_pem(LineEnding::LF)
             }
             PrivateKey::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            PrivateKey::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
         };
         pem.map_err(|e| SignError::Encode(format!("cannot encode the private key: {e}")))
     }
@@ -229,25 +250,35 @@ impl PrivateKey {
                     Ok(PrivateKey::Ed25519(k))
                 } else if oid == OID_EC_PUBLIC_KEY {
                     let curve = info.algorithm.parameters_oid().ok();
-                    if curve != Some(OID_P256) {
-                        return Err(key_err(path, unsupported_curve(curve)));
+                    if curve == Some(OID_P256) {
+                        let k = p256::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| {
+                            key_err(path, format!("not a valid P-256 private key: {e}"))
+                        })?;
+                        Ok(PrivateKey::P256(k))
+                    } else if curve == Some(OID_P384) {
+                        let k = p384::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| {
+                            key_err(path, format!("not a valid P-384 private key: {e}"))
+                        })?;
+                        Ok(PrivateKey::P384(k))
+                    } else {
+                        Err(key_err(path, unsupported_curve(curve)))
                     }
-                    let k = p256::ecdsa::SigningKey::from_pkcs8_der(&der).map_err(|e| {
-                        key_err(path, format!("not a valid P-256 private key: {e}"))
-                    })?;
-                    Ok(PrivateKey::P256(k))
                 } else {
                     Err(key_err(path, unsupported_alg(oid)))
                 }
             }
             "EC PRIVATE KEY" => {
-                let k = p256::SecretKey::from_sec1_der(&der).map_err(|_| {
+                if let Ok(k) = p256::SecretKey::from_sec1_der(&der) {
+                    return Ok(PrivateKey::P256(p256::ecdsa::SigningKey::from(&k)));
+                }
+                let k = p384::SecretKey::from_sec1_der(&der).map_err(|_| {
                     key_err(
                         path,
-                        "not a valid SEC1 P-256 private key (other curves are not supported)",
+                        "not a valid SEC1 P-256 or P-384 private key (other curves are not \
+                         supported)",
                     )
                 })?;
-                Ok(PrivateKey::P256(p256::ecdsa::SigningKey::from(&k)))
+                Ok(PrivateKey::P384(p384::ecdsa::SigningKey::from(&k)))
             }
             "ENCRYPTED PRIVATE KEY" => Err(key_err(
                 path,
@@ -268,18 +299,19 @@ impl PrivateKey {
 
 fn unsupported_curve(curve: Option<ObjectIdentifier>) -> String {
     match curve {
-        Some(c) if c == OID_P384 => "P-384 keys are not supported; use ed25519 or P-256".into(),
-        Some(c) if c == OID_P521 => "P-521 keys are not supported; use ed25519 or P-256".into(),
-        Some(c) => format!("elliptic curve {c} is not supported; use ed25519 or P-256"),
+        Some(c) if c == OID_P521 => {
+            "P-521 keys are not supported; use ed25519, P-256 or P-384".into()
+        }
+        Some(c) => format!("elliptic curve {c} is not supported; use ed25519, P-256 or P-384"),
         None => "EC key without a named curve is not supported".into(),
     }
 }
 
 fn unsupported_alg(oid: ObjectIdentifier) -> String {
     if oid == OID_RSA {
-        "RSA keys are not supported; use ed25519 or P-256".into()
+        "RSA keys are not supported; use ed25519, P-256 or P-384".into()
     } else {
-        format!("key algorithm {oid} is not supported; use ed25519 or P-256")
+        format!("key algorithm {oid} is not supported; use ed25519, P-256 or P-384")
     }
 }
 
@@ -288,6 +320,7 @@ impl PublicKey {
         match self {
             PublicKey::Ed25519(_) => KeyAlgorithm::Ed25519,
             PublicKey::P256(_) => KeyAlgorithm::P256,
+            PublicKey::P384(_) => KeyAlgorithm::P384,
         }
     }
 
@@ -297,6 +330,7 @@ impl PublicKey {
         let pem = match self {
             PublicKey::Ed25519(k) => k.to_public_key_pem(LineEnding::LF),
             PublicKey::P256(k) => k.to_public_key_pem(LineEnding::LF),
+            PublicKey::P384(k) => k.to_public_key_pem(LineEnding::LF),
         };
         pem.map_err(|e| SignError::Encode(format!("cannot encode the public key: {e}")))
     }
@@ -309,7 +343,7 @@ impl PublicKey {
         KeyId(Sha256Digest::of(pem.as_bytes()))
     }
 
-    /// Check a signature. P-256 signatures are DER; a raw 64-byte `r || s` is accepted
+    /// Check a signature. ECDSA signatures are DER; a raw fixed-size `r || s` is accepted
     /// too, as some DSSE signers write it.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match self {
@@ -325,6 +359,16 @@ impl PublicKey {
                     return k.verify(message, &sig).is_ok();
                 }
                 if let Ok(sig) = p256::ecdsa::Signature::from_slice(signature) {
+                    return k.verify(message, &sig).is_ok();
+                }
+                false
+            }
+            PublicKey::P384(k) => {
+                use p384::ecdsa::signature::Verifier;
+                if let Ok(sig) = p384::ecdsa::DerSignature::from_bytes(signature) {
+                    return k.verify(message, &sig).is_ok();
+                }
+                if let Ok(sig) = p384::ecdsa::Signature::from_slice(signature) {
                     return k.verify(message, &sig).is_ok();
                 }
                 false
@@ -357,27 +401,34 @@ impl PublicKey {
                 ))
             }
         }
-        let info = SubjectPublicKeyInfoRef::try_from(der.as_slice()).map_err(|e| {
-            key_err(
-                path,
-                format!("not a valid SubjectPublicKeyInfo public key: {e}"),
-            )
-        })?;
+        Self::from_spki_der(&der).map_err(|what| key_err(path, what))
+    }
+
+    /// Parse a DER SubjectPublicKeyInfo (from a PEM file or a certificate); the error
+    /// says what is wrong, for the caller to attach to a file name.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, String> {
+        let info = SubjectPublicKeyInfoRef::try_from(der)
+            .map_err(|e| format!("not a valid SubjectPublicKeyInfo public key: {e}"))?;
         let oid = info.algorithm.oid;
         if oid == OID_ED25519 {
-            let k = ed25519_dalek::VerifyingKey::from_public_key_der(&der)
-                .map_err(|e| key_err(path, format!("not a valid ed25519 public key: {e}")))?;
+            let k = ed25519_dalek::VerifyingKey::from_public_key_der(der)
+                .map_err(|e| format!("not a valid ed25519 public key: {e}"))?;
             Ok(PublicKey::Ed25519(k))
         } else if oid == OID_EC_PUBLIC_KEY {
             let curve = info.algorithm.parameters_oid().ok();
-            if curve != Some(OID_P256) {
-                return Err(key_err(path, unsupported_curve(curve)));
+            if curve == Some(OID_P256) {
+                let k = p256::ecdsa::VerifyingKey::from_public_key_der(der)
+                    .map_err(|e| format!("not a valid P-256 public key: {e}"))?;
+                Ok(PublicKey::P256(k))
+            } else if curve == Some(OID_P384) {
+                let k = p384::ecdsa::VerifyingKey::from_public_key_der(der)
+                    .map_err(|e| format!("not a valid P-384 public key: {e}"))?;
+                Ok(PublicKey::P384(k))
+            } else {
+                Err(unsupported_curve(curve))
             }
-            let k = p256::ecdsa::VerifyingKey::from_public_key_der(&der)
-                .map_err(|e| key_err(path, format!("not a valid P-256 public key: {e}")))?;
-            Ok(PublicKey::P256(k))
         } else {
-            Err(key_err(path, unsupported_alg(oid)))
+            Err(unsupported_alg(oid))
         }
     }
 }
@@ -500,7 +551,11 @@ mod tests {
 
     #[test]
     fn key_round_trip_sign_verify_both_algorithms() {
-        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::P256] {
+        for alg in [
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("k");
             let files = keygen(alg, &out, false).unwrap();

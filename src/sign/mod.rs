@@ -12,13 +12,19 @@
 
 pub mod attest;
 pub mod dsse;
+pub mod keyless;
 pub mod keys;
+pub mod pki;
+pub mod provider;
+pub mod sigstore;
 pub mod statement;
 pub mod verify;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use base64::Engine;
 
 use crate::types::Sha256Digest;
 
@@ -27,7 +33,7 @@ pub use crate::digest::{
 };
 pub use attest::{Audit, PolicyRef};
 pub use keys::{keygen, KeyAlgorithm, KeyId, PrivateKey, PublicKey};
-pub use verify::{verify_model, TrustedKey, Verification, VerifyRequest};
+pub use verify::{verify_model, Trust, TrustedKey, Verification, VerifyRequest};
 
 /// An error that stops signing or verification before a verdict: unreadable files, bad
 /// keys, bundles that are not bundles. Verification failures are findings, not errors.
@@ -58,6 +64,12 @@ pub enum SignError {
     },
     #[error("`{path}` {what}")]
     Bundle { path: PathBuf, what: String },
+    #[error("`{path}`: {what}")]
+    Certificate { path: PathBuf, what: String },
+    #[error("{which} {what}")]
+    TrustRoot { which: String, what: String },
+    #[error("keyless signing ({step}): {what}")]
+    Keyless { step: &'static str, what: String },
     #[error("`{path}` is signed over payload type `{found}`, expected `{expected}`")]
     PayloadType {
         path: PathBuf,
@@ -93,7 +105,7 @@ impl SignError {
                 "check the path"
             }
             SignError::Key { .. } => {
-                "create a key pair with `modelgate keygen --alg ed25519|p256 --out KEY`"
+                "create a key pair with `modelgate keygen --alg ed25519|p256|p384 --out KEY`"
             }
             SignError::BundleJson { .. } | SignError::Bundle { .. } => {
                 "pass the `model.sig` that `modelgate sign` or `model_signing sign key` wrote"
@@ -102,6 +114,18 @@ impl SignError {
                 "this is not a model signature; model signatures carry an in-toto statement"
             }
             SignError::Exists { .. } => "choose another path or pass `--force` to replace it",
+            SignError::Certificate { .. } => {
+                "check the certificate files: the leaf first, then its issuers; roots go to \
+                 `verify --certificate-chain`"
+            }
+            SignError::Keyless { .. } => {
+                "keyless signing needs an OIDC token and network access to Fulcio and Rekor (or \
+                 a timestamp authority); see docs/sign-sigstore.md"
+            }
+            SignError::TrustRoot { .. } => {
+                "pass a `trusted_root.json` from the Sigstore TUF repository with \
+                 `--trusted-root`, or leave it out to use the built-in production root"
+            }
             SignError::Report { .. } => {
                 "pass the JSON that `modelgate scan|policy check --format json` printed"
             }
@@ -188,6 +212,18 @@ pub struct SignRequest<'a> {
     pub audit: Option<&'a Audit>,
 }
 
+/// What a bundle carries, beside the signature, for a verifier to trust the key.
+#[derive(Clone, Copy, Debug)]
+pub enum Material<'a> {
+    /// The key's id as a hint: the verifier has the public key (`--key`).
+    KeyHint,
+    /// A private-PKI chain, leaf first, whose leaf certifies the signing key.
+    Certificates(&'a [pki::Cert]),
+    /// Sigstore keyless: the session's Fulcio certificate, and a Rekor entry or a
+    /// timestamp for each signature.
+    Keyless(&'a keyless::Session),
+}
+
 /// What signing wrote.
 #[derive(Debug)]
 pub struct Signed {
@@ -204,6 +240,35 @@ pub struct Signed {
 /// the verification summary into the attestation bundle. The signature and attestation
 /// paths are left out of the hash when they lie inside the model.
 pub fn sign_model(req: SignRequest<'_>) -> Result<Signed, SignError> {
+    sign_model_with(req, Material::KeyHint)
+}
+
+/// Sign one DSSE payload and attach the material a verifier needs.
+fn seal(
+    key: &PrivateKey,
+    payload: &[u8],
+    material: Material<'_>,
+) -> Result<dsse::Bundle, SignError> {
+    let mut bundle = dsse::Bundle::sign(key, dsse::IN_TOTO_PAYLOAD_TYPE, payload);
+    match material {
+        Material::KeyHint => {}
+        Material::Certificates(chain) => {
+            let vm = &mut bundle.verification_material;
+            vm.public_key = None;
+            let certs: Vec<serde_json::Value> = chain
+                .iter()
+                .map(|c| serde_json::json!({ "rawBytes": base64::engine::general_purpose::STANDARD.encode(&c.der) }))
+                .collect();
+            vm.x509_certificate_chain = Some(serde_json::json!({ "certificates": certs }));
+        }
+        Material::Keyless(session) => session.notarize(&mut bundle)?,
+    }
+    Ok(bundle)
+}
+
+/// [`sign_model`] with the verification material of a certificate or keyless signature.
+/// `req.key` must be the key the material certifies.
+pub fn sign_model_with(req: SignRequest<'_>, material: Material<'_>) -> Result<Signed, SignError> {
     let mut opts = req.hash.clone();
     for p in [req.signature, req.attestation] {
         if let Some(rel) = path_inside(req.model, p) {
@@ -213,7 +278,7 @@ pub fn sign_model(req: SignRequest<'_>) -> Result<Signed, SignError> {
     let manifest = hash_model(req.model, &opts, None)?;
     let root = manifest.root_digest();
     let statement = statement::model_statement(&manifest);
-    let bundle = dsse::Bundle::sign(req.key, dsse::IN_TOTO_PAYLOAD_TYPE, &statement);
+    let bundle = seal(req.key, &statement, material)?;
     let json = bundle.to_json()?;
     write_atomic(req.signature, &json, 0o644)?;
     let attestation = match req.audit {
@@ -230,7 +295,7 @@ pub fn sign_model(req: SignRequest<'_>) -> Result<Signed, SignError> {
                 &sig_name,
                 &Sha256Digest::of(&json),
             );
-            let b = dsse::Bundle::sign(req.key, dsse::IN_TOTO_PAYLOAD_TYPE, &vsa);
+            let b = seal(req.key, &vsa, material)?;
             write_atomic(req.attestation, &b.to_json()?, 0o644)?;
             Some((req.attestation.to_owned(), audit.passed()))
         }

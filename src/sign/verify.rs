@@ -1,9 +1,11 @@
 //! Verifying a signed model: the reverse of signing, reported as findings.
 //!
 //! In order: the bundle is read (input errors stop here), the payload type must be an
-//! in-toto statement, the key the bundle names must be one of the given keys, the DSSE
-//! signature must verify, the statement and predicate types must be the model signing
-//! ones, the root digest must match the resources, and the model re-hashed with the
+//! in-toto statement, the signer must be trusted and the DSSE signature must verify (a
+//! key the bundle names among the given keys; or a certificate chain to the given trust
+//! anchors, [`super::pki`]; or a Sigstore keyless certificate, log entry and timestamps
+//! under a trust root and a trusted identity, [`super::sigstore`]), the statement and
+//! predicate types must be the model signing ones, the root digest must match the resources, and the model re-hashed with the
 //! recorded serialization must give the signed digests. Every mismatch is an error
 //! finding saying what changed (per file: changed, missing, extra). An audit attestation
 //! beside the signature is checked too: same key, same root digest.
@@ -19,11 +21,31 @@ use crate::types::Sha256Digest;
 use super::attest::{parse_vsa, AttestationSummary};
 use super::dsse::{parse_hint, Bundle, IN_TOTO_PAYLOAD_TYPE};
 use super::keys::PublicKey;
+use super::pki::TrustAnchors;
+use super::sigstore::KeylessTrust;
 use super::statement::{parse_model_statement, SignedModel, StatementProblem};
 use super::{attestation_path_for, path_inside, SignError};
 use crate::digest::{
     hash_model, DigestError, HashOptions, Manifest, RelPath, Resource, Serialization,
 };
+
+/// Whom the verifier trusts to have signed.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// Bare public keys (`--key`, `--trusted-keys`).
+    Keys(&'a [TrustedKey]),
+    /// Private-PKI trust anchors (`--certificate-chain`).
+    Certificates(&'a TrustAnchors),
+    /// A Sigstore trust root and the identities allowed to sign (`--sigstore`).
+    Sigstore(&'a KeylessTrust),
+}
+
+/// The key that made a verified signature and how it was trusted.
+struct Signer {
+    key: PublicKey,
+    /// For the note finding: "key `…` from `…`", "certificate `…`", "`id` from `issuer`".
+    description: String,
+}
 
 /// A key the verifier trusts and where it came from.
 #[derive(Clone, Debug)]
@@ -39,7 +61,7 @@ pub struct VerifyRequest<'a> {
     /// An attestation that must exist; without it, the one beside the signature is
     /// checked when present.
     pub attestation: Option<&'a Path>,
-    pub keys: &'a [TrustedKey],
+    pub trust: Trust<'a>,
     /// Leave out of the comparison files the signature does not name.
     pub ignore_unsigned: bool,
     /// More paths (relative to the model) to leave out, beyond those recorded.
@@ -62,10 +84,43 @@ fn err(rule: &str, message: String) -> Finding {
 pub fn verify_model(req: &VerifyRequest<'_>) -> Result<Verification, SignError> {
     let mut findings = Vec::new();
     let mut details = json!({ "signature": req.signature.display().to_string() });
+    if let Trust::Sigstore(trust) = req.trust {
+        if !super::sigstore::is_model_signature(req.signature)? {
+            return verify_artifact(req, trust);
+        }
+    }
     let bundle = Bundle::read(req.signature)?;
     check_payload_type(&bundle, req.signature)?;
 
-    let Some(signer) = find_signer(&bundle, req.signature, req.keys, &mut findings)? else {
+    let signer = match req.trust {
+        Trust::Keys(keys) => {
+            if bundle.hint().is_none() && bundle.has_certificate() {
+                return Err(SignError::Bundle {
+                    path: req.signature.to_owned(),
+                    what: "is signed with a certificate, not a bare key: verify it with \
+                           `--certificate-chain ROOTS.pem` (private PKI) or `--sigstore` \
+                           (keyless)"
+                        .into(),
+                });
+            }
+            find_signer(&bundle, req.signature, keys, &mut findings)?.map(|k| Signer {
+                key: k.key.clone(),
+                description: format!(
+                    "{} key `{}` from `{}`",
+                    k.key.algorithm(),
+                    k.key.id(),
+                    k.source.display()
+                ),
+            })
+        }
+        Trust::Certificates(anchors) => {
+            certificate_signer(&bundle, req.signature, anchors, &mut findings, &mut details)?
+        }
+        Trust::Sigstore(trust) => {
+            keyless_signer(&bundle, req.signature, trust, &mut findings, &mut details)?
+        }
+    };
+    let Some(signer) = signer else {
         return Ok(Verification { findings, details });
     };
     details["key_id"] = json!(signer.key.id().to_hex());
@@ -73,12 +128,7 @@ pub fn verify_model(req: &VerifyRequest<'_>) -> Result<Verification, SignError> 
     findings.push(Finding::new(
         "verify/signature",
         Severity::Note,
-        format!(
-            "signature verifies with {} key `{}` from `{}`",
-            signer.key.algorithm(),
-            signer.key.id(),
-            signer.source.display()
-        ),
+        format!("signature verifies with {}", signer.description),
     ));
 
     let payload = bundle.payload(req.signature)?;
@@ -192,6 +242,178 @@ pub fn verify_model(req: &VerifyRequest<'_>) -> Result<Verification, SignError> 
         });
     }
     Ok(Verification { findings, details })
+}
+
+/// The certificate path: the bundle's chain to the trust anchors, then the DSSE
+/// signature with the leaf's key. `None` with a finding when a check fails.
+fn certificate_signer(
+    bundle: &Bundle,
+    path: &Path,
+    anchors: &TrustAnchors,
+    findings: &mut Vec<Finding>,
+    details: &mut Value,
+) -> Result<Option<Signer>, SignError> {
+    let vm = &bundle.verification_material;
+    if vm.certificate.is_none() && vm.x509_certificate_chain.is_none() {
+        return Err(SignError::Bundle {
+            path: path.to_owned(),
+            what: "holds no certificate (it is signed with a bare key): verify it with `--key`"
+                .into(),
+        });
+    }
+    let chain = super::pki::bundle_chain(
+        vm.certificate.as_ref(),
+        vm.x509_certificate_chain.as_ref(),
+        path,
+    )?;
+    let verified =
+        match super::pki::verify_chain(&chain, anchors, std::time::SystemTime::now(), path)? {
+            Ok(v) => v,
+            Err(r) => {
+                findings.push(err(r.rule, r.message).at(Evidence::file(path)));
+                return Ok(None);
+            }
+        };
+    details["certificate_chain"] = json!(verified.path);
+    if !bundle.verifies_with(&verified.key, path)? {
+        findings.push(
+            err(
+                "verify/signature-invalid",
+                format!(
+                    "the DSSE signature in `{}` does not verify with the key of certificate \
+                     `{}`: the signed statement or the signature was changed after signing",
+                    path.display(),
+                    verified.path[0]
+                ),
+            )
+            .at(Evidence::file(path)),
+        );
+        return Ok(None);
+    }
+    let description = format!(
+        "{} certificate `{}` (chain {})",
+        verified.key.algorithm(),
+        verified.path[0],
+        verified
+            .path
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(" <- ")
+    );
+    Ok(Some(Signer {
+        key: verified.key,
+        description,
+    }))
+}
+
+/// The keyless path: certificate, SCT, log entry and timestamps under the trust root,
+/// the DSSE signature, and the signer among the trusted identities.
+fn keyless_signer(
+    bundle: &Bundle,
+    path: &Path,
+    trust: &KeylessTrust,
+    findings: &mut Vec<Finding>,
+    details: &mut Value,
+) -> Result<Option<Signer>, SignError> {
+    let (sb, _) = super::sigstore::read_bundle(path)?;
+    let payload = bundle.payload(path)?;
+    let Some(subject) = super::sigstore::statement_subject(&payload) else {
+        return Err(SignError::Statement {
+            path: path.to_owned(),
+            what: "the in-toto statement has no sha256 subject digest".into(),
+        });
+    };
+    match super::sigstore::verify_bundle(
+        trust,
+        &sb,
+        path,
+        super::sigstore::Artifact::RootDigest(&subject),
+    )? {
+        Err(r) => {
+            findings.push(err(r.rule, r.message).at(Evidence::file(path)));
+            Ok(None)
+        }
+        Ok(s) => {
+            details["identity"] = json!(s.identity);
+            details["issuer"] = json!(s.issuer);
+            details["trust_root"] = json!(trust.source.describe());
+            details["integrated_time"] = json!(s.integrated_time);
+            details["verified_times"] = json!(s.verified_times);
+            let description = format!(
+                "a Sigstore certificate for `{}` from issuer `{}` ({}; signed at {})",
+                s.identity,
+                s.issuer,
+                trust.source.describe(),
+                signed_at(&s.verified_times)
+            );
+            Ok(Some(Signer {
+                key: s.key,
+                description,
+            }))
+        }
+    }
+}
+
+/// A Sigstore bundle over a single file that is not a model signature (a message
+/// signature, or an in-toto statement whose subject is the file), as the Sigstore
+/// conformance suite signs them.
+fn verify_artifact(
+    req: &VerifyRequest<'_>,
+    trust: &KeylessTrust,
+) -> Result<Verification, SignError> {
+    let mut details = json!({ "signature": req.signature.display().to_string() });
+    if !req.model.is_file() {
+        return Err(SignError::Bundle {
+            path: req.signature.to_owned(),
+            what: format!(
+                "signs a single artifact, not a model directory, but `{}` is not a file: pass \
+                 the signed file as PATH",
+                req.model.display()
+            ),
+        });
+    }
+    let (sb, _) = super::sigstore::read_bundle(req.signature)?;
+    let mut findings = Vec::new();
+    match super::sigstore::verify_bundle(
+        trust,
+        &sb,
+        req.signature,
+        super::sigstore::Artifact::File(req.model),
+    )? {
+        Err(r) => findings.push(err(r.rule, r.message).at(Evidence::file(req.signature))),
+        Ok(s) => {
+            details["identity"] = json!(s.identity);
+            details["issuer"] = json!(s.issuer);
+            details["trust_root"] = json!(trust.source.describe());
+            details["verified_times"] = json!(s.verified_times);
+            findings.push(Finding::new(
+                "verify/signature",
+                Severity::Note,
+                format!(
+                    "`{}` is signed by `{}` from issuer `{}` ({}; signed at {})",
+                    req.model.display(),
+                    s.identity,
+                    s.issuer,
+                    trust.source.describe(),
+                    signed_at(&s.verified_times)
+                ),
+            ));
+        }
+    }
+    Ok(Verification { findings, details })
+}
+
+/// The verified signing times for a message: each distinct time once (a log entry and a
+/// timestamp usually agree to the second).
+fn signed_at(times: &[String]) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for t in times {
+        if !distinct.contains(&t.as_str()) {
+            distinct.push(t);
+        }
+    }
+    distinct.join(", ")
 }
 
 fn check_payload_type(bundle: &Bundle, path: &Path) -> Result<(), SignError> {

@@ -573,6 +573,30 @@ fn pipeline_schema_accepts_the_examples_and_rejects_what_the_reader_rejects() {
     let mut no_key = doc.clone();
     no_key["steps"]["sign"] = serde_json::json!({ "artifacts": ["tiny-llama-q8_0"] });
     assert!(!v.is_valid(&no_key), "sign without a key passes the schema");
+    // the sign methods: each takes its own settings and refuses the others'
+    let sign_with = |sign: Value| {
+        let mut d = doc.clone();
+        d["steps"]["sign"] = sign;
+        v.is_valid(&d)
+    };
+    use serde_json::json;
+    assert!(sign_with(json!({ "method": "sigstore" })));
+    assert!(sign_with(
+        json!({ "method": "sigstore", "staging": true, "tsa_url": "https://t" })
+    ));
+    assert!(sign_with(
+        json!({ "method": "certificate", "key": "k.pem", "certificate": "c.pem", "certificate_chain": ["i.pem"] })
+    ));
+    assert!(sign_with(json!({ "method": "key", "key": "k.pem" })));
+    assert!(!sign_with(json!({ "method": "sigstore", "key": "k.pem" })));
+    assert!(!sign_with(
+        json!({ "method": "certificate", "key": "k.pem" })
+    ));
+    assert!(!sign_with(
+        json!({ "method": "key", "key": "k.pem", "certificate": "c.pem" })
+    ));
+    assert!(!sign_with(json!({ "key": "k.pem", "staging": true })));
+    assert!(!sign_with(json!({ "method": "pgp", "key": "k.pem" })));
     let mut bad_name = doc.clone();
     bad_name["steps"]["convert"]["targets"][0]["name"] = "source".into();
     assert!(
@@ -742,4 +766,104 @@ fn ci_examples_are_well_formed_yaml_that_runs_the_pipeline() {
         assert!(text.contains("modelgate run"), "{f}");
         assert!(text.contains("report.sarif"), "{f}");
     }
+}
+
+/// The published model-transparency test PKI (`fixtures/sigstore/.../keys/certificate`).
+fn pki_key(name: &str) -> PathBuf {
+    fixture(&format!(
+        "sigstore/model-transparency/keys/certificate/{name}"
+    ))
+}
+
+/// `method: certificate`: the artifact is signed with the key and its chain, and
+/// `modelgate verify --certificate-chain ROOT` accepts it in a separate invocation.
+#[test]
+fn sign_step_with_a_certificate_verifies_against_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: cert
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: q8, type: Q8_0, format: gguf }}
+  sign:
+    method: certificate
+    key: {key}
+    certificate: {leaf}
+    certificate_chain: [{int}]
+    attest: true
+",
+        model = fixture("models/tiny-llama").display(),
+        key = pki_key("signing-key.pem").display(),
+        leaf = pki_key("signing-key-cert.pem").display(),
+        int = pki_key("int-ca-cert.pem").display(),
+    );
+    std::fs::write(tmp.path().join("cert.yaml"), yaml).unwrap();
+    let o = modelgate_in(tmp.path(), &["run", "cert.yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = tmp.path().join("out");
+    let report = json_file(&out.join("report.json"));
+    let sign = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "sign")
+        .unwrap()
+        .clone();
+    let source = sign["signature"]["key_source"].as_str().unwrap();
+    assert!(
+        source.contains("with certificate `CN=intermediate-ca`"),
+        "{source}"
+    );
+    assert_eq!(sign["signature"]["algorithm"], "p384");
+    let root = pki_key("ca-cert.pem");
+    let v = modelgate_in(
+        &out,
+        &[
+            "verify",
+            "q8.gguf",
+            "--certificate-chain",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("audit attestation: PASSED"),
+        "{}",
+        text(&v)
+    );
+}
+
+/// `method: sigstore` needs the CI's identity token; without one the run stops with the
+/// keyless error and its hint, before anything is signed (the network is never reached).
+#[test]
+fn sign_step_keyless_without_a_token_says_where_tokens_come_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: keyless
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: q8, type: Q8_0, format: gguf }}
+  sign:
+    method: sigstore
+",
+        model = fixture("models/tiny-llama").display()
+    );
+    std::fs::write(tmp.path().join("keyless.yaml"), yaml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .current_dir(tmp.path())
+        .args(["run", "keyless.yaml", "--log", "json"])
+        .env_remove("SIGSTORE_ID_TOKEN")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    insta::assert_snapshot!("run_keyless_without_token_stderr", error_lines(&o));
+    assert!(!tmp.path().join("out/q8.gguf.sig").exists());
 }

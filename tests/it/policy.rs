@@ -514,3 +514,39 @@ fn policy_check_text_snapshot() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     insta::assert_snapshot!("policy_check_r1_distill_commercial", stdout(&o));
 }
+
+/// `signing.trusted_identities`: a model without a Sigstore signature by one of them
+/// fails the policy gate, naming who was expected.
+#[test]
+fn trusted_identities_require_a_keyless_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    let base = std::fs::read_to_string(repo().join("policies/research.yaml")).unwrap();
+    assert!(
+        !base.contains("signing:"),
+        "research.yaml gained a signing section"
+    );
+    std::fs::write(
+        &policy,
+        format!(
+            "{base}signing:\n  trusted_identities:\n    - {{ identity: https://github.com/acme/m/.github/workflows/sign.yml@refs/heads/main, issuer: https://token.actions.githubusercontent.com }}\n"
+        ),
+    )
+    .unwrap();
+    let model = repo().join("fixtures/models/tiny-llama");
+    let o = run(&[
+        "policy",
+        "check",
+        model.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("error[policy/signed-by-trusted-identity]")
+            && out.contains("from `https://token.actions.githubusercontent.com`")
+            && out.contains("is not signed"),
+        "{out}"
+    );
+}

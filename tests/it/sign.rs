@@ -101,7 +101,7 @@ fn assert_no_key_material(o: &Output, key: &Path) {
 #[test]
 fn keygen_writes_0600_private_and_spki_public_and_prints_neither() {
     let dir = tempfile::tempdir().unwrap();
-    for alg in ["ed25519", "p256"] {
+    for alg in ["ed25519", "p256", "p384"] {
         let key = dir.path().join(alg);
         let o = run(&["keygen", "--alg", alg, "--out", s(&key)]);
         assert!(o.status.success(), "{}", text(&o));
@@ -127,7 +127,7 @@ fn keygen_writes_0600_private_and_spki_public_and_prints_neither() {
 fn sign_then_verify_passes_for_both_algorithms() {
     let dir = tempfile::tempdir().unwrap();
     let m = make_model(dir.path(), 1);
-    for alg in ["ed25519", "p256"] {
+    for alg in ["ed25519", "p256", "p384"] {
         let (key, public) = keygen(dir.path(), alg);
         let o = sign(&m, &key, &["--alg", alg]);
         assert!(o.status.success(), "{}", text(&o));
@@ -499,6 +499,15 @@ fn audit_attestation_is_signed_and_checked() {
         st["subject"][0]["digest"]["sha256"],
         v["details"]["root_digest"]
     );
+    // the second subject is the signature file, so `gh attestation verify model.sig
+    // --bundle model.att.sig` finds it
+    let sig_digest = modelgate::types::Sha256Digest::of(&fs::read(m.join("model.sig")).unwrap());
+    assert_eq!(st["subject"][1]["name"], "model.sig");
+    assert_eq!(
+        st["subject"][1]["digest"]["sha256"],
+        sig_digest.to_hex().as_str()
+    );
+    assert_eq!(st["subject"].as_array().unwrap().len(), 2);
     assert_eq!(st["predicate"]["policy"]["uri"], "policy.yaml");
     assert_eq!(
         st["predicate"]["policy"]["digest"]["sha256"],
@@ -744,4 +753,761 @@ fn verify_report_text_snapshot() {
         .replace(s(dir.path()), "[TMP]")
         .replace(&id, "[KEY ID]");
     insta::assert_snapshot!("verify_tampered", out);
+}
+
+// ---- P-384, certificates and Sigstore: the reference projects' own vectors ---------
+
+/// `fixtures/sigstore/...`: byte-for-byte copies of the model-transparency and
+/// sigstore-conformance test data (see `fixtures/sigstore/README.md`).
+fn vectors(rel: &str) -> PathBuf {
+    crate::support::fixture(&format!("sigstore/{rel}"))
+}
+
+fn mt(rel: &str) -> PathBuf {
+    vectors(&format!("model-transparency/{rel}"))
+}
+
+const MT_IDENTITY: &str = "stefanb@us.ibm.com";
+const MT_ISSUER: &str = "https://sigstore.verify.ibm.com/oauth2";
+
+/// Copy a vector folder somewhere it may be changed.
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn verify_keyless(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "verify",
+        s(model),
+        "--sigstore",
+        "--ignore-paths",
+        "ignore-me",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn model_transparency_sigstore_vector_verifies_with_both_roots() {
+    let m = mt("v1.1.0-sigstore");
+    let root = vectors("production-trust-root/trusted_root.json");
+    for extra in [vec![], vec!["--trusted-root", s(&root)]] {
+        let mut args = vec!["--identity", MT_IDENTITY, "--issuer", MT_ISSUER];
+        args.extend(extra);
+        let o = verify_keyless(&m, &args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{t}");
+        assert!(
+            t.contains("a Sigstore certificate for `stefanb@us.ibm.com`"),
+            "{t}"
+        );
+        assert!(t.contains("2025-10-10T02:12:20Z"), "{t}");
+    }
+    let o = verify_keyless(
+        &m,
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--format",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = &v["details"];
+    assert_eq!(d["identity"], MT_IDENTITY);
+    assert_eq!(d["issuer"], MT_ISSUER);
+    assert_eq!(
+        d["root_digest"],
+        "61d4849d9d90076d6215f4d525f13d6574af8e3f67aef3e6f36fc40a14fdd226"
+    );
+    // `ignore-me` is not signed, but the statement records it among the ignored paths,
+    // so it is left out without `--ignore-paths` too
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--sigstore",
+        "--identity",
+        MT_IDENTITY,
+        "--issuer",
+        MT_ISSUER,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).replace(s(&m), "[VECTOR]");
+    insta::assert_snapshot!("verify_keyless_model_transparency", out);
+}
+
+#[test]
+fn model_transparency_sigstore_vector_wrong_signer_or_changed_file_fails() {
+    let m = mt("v1.1.0-sigstore");
+    let o = verify_keyless(
+        &m,
+        &["--identity", "mallory@example.com", "--issuer", MT_ISSUER],
+    );
+    assert_fails_with(&o, 1, "the identity is not trusted");
+    assert_fails_with(&o, 1, "`stefanb@us.ibm.com`");
+    let o = verify_keyless(
+        &m,
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            "https://accounts.google.com",
+        ],
+    );
+    assert_fails_with(&o, 1, "the issuer is not trusted");
+    // staging trusts neither this log nor this CA
+    let o = verify_keyless(
+        &m,
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--staging",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("v1.1.0-sigstore");
+    copy_dir(&m, &copy);
+    fs::write(copy.join("extra.bin"), b"added").unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `extra.bin` is not covered by the signature");
+    fs::remove_file(copy.join("extra.bin")).unwrap();
+    fs::write(copy.join("signme-2"), b"signme-X").unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `signme-2` changed");
+    fs::remove_file(copy.join("signme-1")).unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_fails_with(&o, 1, "file `signme-1` is signed but missing");
+
+    // a flipped byte in the DSSE signature
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let mut raw = STANDARD
+        .decode(b["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap())
+        .unwrap();
+    raw[10] ^= 1;
+    b["dsseEnvelope"]["signatures"][0]["sig"] = Value::String(STANDARD.encode(raw));
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    let o = verify_keyless(&copy, &["--identity", MT_IDENTITY, "--issuer", MT_ISSUER]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn model_transparency_certificate_vector_verifies_and_wrong_ca_fails() {
+    let m = mt("v1.1.0-certificate");
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("p384 certificate `CN=intermediate-ca`"), "{t}");
+    assert!(t.contains("`CN=root-ca`"), "{t}");
+
+    // a CA that did not issue it: the production Fulcio root, as PEM
+    let dir = tempfile::tempdir().unwrap();
+    let root: Value = serde_json::from_slice(
+        &fs::read(vectors("production-trust-root/trusted_root.json")).unwrap(),
+    )
+    .unwrap();
+    let der = root["certificateAuthorities"][1]["certChain"]["certificates"][0]["rawBytes"]
+        .as_str()
+        .unwrap();
+    let other = dir.path().join("other-ca.pem");
+    fs::write(
+        &other,
+        format!("-----BEGIN CERTIFICATE-----\n{der}\n-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--certificate-chain",
+        s(&other),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
+    assert_fails_with(&o, 1, "does not lead to a trusted certificate");
+
+    // a changed file is named
+    let copy = dir.path().join("v1.1.0-certificate");
+    copy_dir(&m, &copy);
+    fs::write(copy.join("signme-1"), b"changed").unwrap();
+    let o = run(&[
+        "verify",
+        s(&copy),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
+    assert_fails_with(&o, 1, "file `signme-1` changed");
+
+    // it has neither a log entry nor a timestamp: not a keyless signature
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--sigstore",
+        "--identity",
+        "x",
+        "--issuer",
+        "y",
+    ]);
+    assert_fails_with(
+        &o,
+        2,
+        "neither a transparency log entry nor an RFC 3161 timestamp",
+    );
+    // and it is not a bare-key signature either
+    let o = run(&[
+        "verify",
+        s(&m),
+        "--key",
+        s(&mt("keys/certificate/signing-key-pub.pem")),
+    ]);
+    assert_fails_with(&o, 2, "is signed with a certificate, not a bare key");
+}
+
+#[test]
+fn model_transparency_p384_key_vector_verifies_and_other_key_fails() {
+    let m = mt("v1.1.0-elliptic-key");
+    let public = mt("keys/certificate/signing-key-pub.pem");
+    let o = verify(&m, &public, &["--ignore-paths", "ignore-me"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("p384 key `e8450dec4eb99dae995da9af1bc2cc9f76ed669ee2e744f57abba763df3e3f8e`"),
+        "{t}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_, other) = keygen(dir.path(), "p384");
+    let o = verify(&m, &other, &["--ignore-paths", "ignore-me"]);
+    assert_fails_with(&o, 1, "was signed by key `e8450dec");
+}
+
+/// The RSA intermediate put where the leaf belongs: the reference tool accepts only EC
+/// signing certificates.
+#[test]
+fn certificate_bad_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("m");
+    copy_dir(&mt("v1.1.0-certificate"), &copy);
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let int = b["verificationMaterial"]["x509CertificateChain"]["certificates"][1].clone();
+    b["verificationMaterial"]["x509CertificateChain"]["certificates"] = serde_json::json!([int]);
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&[
+        "verify",
+        s(&copy),
+        "--certificate-chain",
+        s(&ca),
+        "--ignore-paths",
+        "ignore-me",
+    ]);
+    assert_fails_with(&o, 2, "has an RSA");
+    assert_fails_with(&o, 2, "ECDSA P-256 or P-384");
+
+    // a trust root that is not JSON
+    let bad = dir.path().join("root.json");
+    fs::write(&bad, "trust me").unwrap();
+    let o = verify_keyless(
+        &mt("v1.1.0-sigstore"),
+        &[
+            "--identity",
+            MT_IDENTITY,
+            "--issuer",
+            MT_ISSUER,
+            "--trusted-root",
+            s(&bad),
+        ],
+    );
+    assert_fails_with(&o, 2, "is not JSON");
+    assert_fails_with(&o, 2, "hint: pass a `trusted_root.json`");
+
+    // the certificate file must be a certificate; the key must match it
+    let key = mt("keys/certificate/signing-key.pem");
+    let o = run(&[
+        "sign",
+        s(&copy),
+        "--key",
+        s(&key),
+        "--certificate",
+        s(&key),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, 2, "holds no `-----BEGIN CERTIFICATE-----` block");
+    assert_no_key_material(&o, &key);
+    let (other, _) = keygen(dir.path(), "p384");
+    let o = run(&[
+        "sign",
+        s(&copy),
+        "--key",
+        s(&other),
+        "--certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--quiet",
+    ]);
+    assert_fails_with(&o, 2, "certifies another key");
+    assert_no_key_material(&o, &other);
+}
+
+fn sign_with_certificate(m: &Path) -> Output {
+    run(&[
+        "sign",
+        s(m),
+        "--key",
+        s(&mt("keys/certificate/signing-key.pem")),
+        "--certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--certificate-chain",
+        s(&mt("keys/certificate/int-ca-cert.pem")),
+        "--certificate-chain",
+        s(&mt("keys/certificate/ca-cert.pem")),
+        "--quiet",
+    ])
+}
+
+#[test]
+fn certificate_sign_then_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = make_model(dir.path(), 30);
+    let o = sign_with_certificate(&m);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+    let b: Value = serde_json::from_slice(&fs::read(m.join("model.sig")).unwrap()).unwrap();
+    let vm = &b["verificationMaterial"];
+    assert!(vm.get("publicKey").is_none());
+    // leaf and intermediate; the self-signed root stays out
+    let certs = vm["x509CertificateChain"]["certificates"]
+        .as_array()
+        .unwrap();
+    assert_eq!(certs.len(), 2);
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca)]);
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(m.join("config.json"), b"{}").unwrap();
+    let o = run(&["verify", s(&m), "--certificate-chain", s(&ca)]);
+    assert_fails_with(&o, 1, "file `config.json` changed");
+}
+
+#[test]
+fn interop_p384_and_certificate_bundles_both_ways() {
+    have_model_signing();
+    let dir = tempfile::tempdir().unwrap();
+    // P-384 key: ours verified there
+    let m = make_model(dir.path(), 31);
+    let (key, public) = keygen(dir.path(), "p384");
+    let o = sign(&m, &key, &["--alg", "p384"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sig = m.join("model.sig");
+    let o = model_signing(&[
+        "verify",
+        "key",
+        s(&m),
+        "--signature",
+        s(&sig),
+        "--public_key",
+        s(&public),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing verify key (p384) failed:\n{}",
+        text(&o)
+    );
+    // theirs verified here
+    let m2 = make_model(dir.path(), 32);
+    let sig2 = m2.join("model.sig");
+    let o = model_signing(&[
+        "sign",
+        "key",
+        s(&m2),
+        "--signature",
+        s(&sig2),
+        "--private_key",
+        s(&key),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing sign key (p384) failed:\n{}",
+        text(&o)
+    );
+    let o = verify(&m2, &public, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // certificates: ours verified there
+    let m3 = make_model(dir.path(), 33);
+    let o = sign_with_certificate(&m3);
+    assert!(o.status.success(), "{}", text(&o));
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let o = model_signing(&[
+        "verify",
+        "certificate",
+        s(&m3),
+        "--signature",
+        s(&m3.join("model.sig")),
+        "--certificate_chain",
+        s(&ca),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing verify certificate failed:\n{}",
+        text(&o)
+    );
+    // theirs verified here
+    let m4 = make_model(dir.path(), 34);
+    let sig4 = m4.join("model.sig");
+    let o = model_signing(&[
+        "sign",
+        "certificate",
+        s(&m4),
+        "--signature",
+        s(&sig4),
+        "--private_key",
+        s(&mt("keys/certificate/signing-key.pem")),
+        "--signing_certificate",
+        s(&mt("keys/certificate/signing-key-cert.pem")),
+        "--certificate_chain",
+        s(&mt("keys/certificate/int-ca-cert.pem")),
+    ]);
+    assert!(
+        o.status.success(),
+        "model_signing sign certificate failed:\n{}",
+        text(&o)
+    );
+    let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(m4.join("empty.txt"), b"x").unwrap();
+    let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
+    assert_fails_with(&o, 1, "file `empty.txt` changed");
+}
+
+// ---- Sigstore conformance bundles: one artifact, same verifier ----------------------
+
+const CONFORMANCE_IDENTITY: &str = "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main";
+const CONFORMANCE_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// Verify a conformance case as its README says: its own artifact and trust root when
+/// it has them, else `a.txt` and the production root.
+fn conformance(case: &str, identity: &str, issuer: &str) -> Output {
+    let dir = vectors(&format!("sigstore-conformance/{case}"));
+    let artifact = if dir.join("artifact").exists() {
+        dir.join("artifact")
+    } else {
+        vectors("sigstore-conformance/a.txt")
+    };
+    let root = if dir.join("trusted_root.json").exists() {
+        dir.join("trusted_root.json")
+    } else {
+        vectors("production-trust-root/trusted_root.json")
+    };
+    let bundle = dir.join("bundle.sigstore.json");
+    run(&[
+        "verify",
+        s(&artifact),
+        "--sigstore",
+        "--signature",
+        s(&bundle),
+        "--identity",
+        identity,
+        "--issuer",
+        issuer,
+        "--trusted-root",
+        s(&root),
+    ])
+}
+
+#[test]
+fn conformance_happy_paths_verify_and_wrong_signer_fails() {
+    for case in [
+        "happy-path-intoto-in-dsse-v3",
+        "intoto-with-custom-trust-root",
+    ] {
+        let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{case}:\n{t}");
+        assert!(
+            t.contains(&format!("signed by `{CONFORMANCE_IDENTITY}`")),
+            "{case}:\n{t}"
+        );
+        let o = conformance(
+            case,
+            "https://github.com/someone/else/.github/workflows/x.yml@refs/heads/main",
+            CONFORMANCE_ISSUER,
+        );
+        assert_fails_with(&o, 1, "the identity is not trusted");
+        let o = conformance(case, CONFORMANCE_IDENTITY, "https://gitlab.com");
+        assert_fails_with(&o, 1, "the issuer is not trusted");
+    }
+}
+
+/// The conformance suite has no passing message-signature case, but two failure cases
+/// carry genuine message signatures over `a.txt`: `wrong-material_fail` (production, it
+/// fails only against its own `b.txt`) and `bundle-from-wrong-instance_fail` (staging, it
+/// fails only under the production root). Against the right file and root they verify.
+#[test]
+fn conformance_message_signatures_verify_for_their_file_and_instance() {
+    let a = vectors("sigstore-conformance/a.txt");
+    let bundle = |case: &str| vectors(&format!("sigstore-conformance/{case}/bundle.sigstore.json"));
+    let base = |b: &PathBuf| {
+        vec![
+            "verify".to_owned(),
+            s(&a).to_owned(),
+            "--sigstore".to_owned(),
+            "--signature".to_owned(),
+            s(b).to_owned(),
+            "--identity".to_owned(),
+            CONFORMANCE_IDENTITY.to_owned(),
+            "--issuer".to_owned(),
+            CONFORMANCE_ISSUER.to_owned(),
+        ]
+    };
+    let go = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = bundle("wrong-material_fail");
+    let o = go(base(&b));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("signed at 2023-07-12T15:56:36Z"), "{t}");
+    let mut other = base(&b);
+    other[1] = s(&vectors(
+        "sigstore-conformance/wrong-material_fail/artifact",
+    ))
+    .to_owned();
+    assert_fails_with(&go(other), 1, "verify/artifact-mismatch");
+
+    let b = bundle("bundle-from-wrong-instance_fail");
+    let mut staging = base(&b);
+    staging.push("--staging".into());
+    let o = go(staging);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("staging trust root"), "{t}");
+}
+
+#[test]
+fn conformance_failure_cases_fail_with_their_reason() {
+    // case, the rule that rejects it and a phrase of the reason: the check the case was
+    // built for, or an earlier one that catches it first, as the vectors' README allows
+    let cases = [
+        (
+            "intoto-expired-certificate_fail",
+            "verify/certificate-validity",
+            "CertNotValidYet",
+        ),
+        (
+            "intoto-set-outside-signing-cert-validity_fail",
+            "verify/certificate-validity",
+            "CertExpired",
+        ),
+        (
+            "intoto-tsa-timestamp-outside-cert-validity_fail",
+            "verify/certificate-validity",
+            "CertExpired",
+        ),
+        // the entry's signature is not double-base64 as intoto 0.0.2 wants: refused while
+        // decoding, before the comparison
+        (
+            "intoto-log-entry-mismatch_fail",
+            "verify/tlog-entry",
+            "failed to decode Rekor signature",
+        ),
+        (
+            "intoto-missing-inclusion-proof_fail",
+            "verify/inclusion-proof",
+            "must have an inclusion proof",
+        ),
+        (
+            "dsse-invalid-sig_fail",
+            "verify/signature-invalid",
+            "DSSE signature verification failed",
+        ),
+        (
+            "dsse-mismatch-envelope_fail",
+            "verify/tlog-entry-mismatch",
+            "DSSE payload hash mismatch",
+        ),
+        (
+            "inclusion-proof-corrupted-hash_fail",
+            "verify/inclusion-proof",
+            "root hash mismatch",
+        ),
+        (
+            "invalid-checkpoint-signature_fail",
+            "verify/checkpoint",
+            "No valid Rekor signature found on checkpoint",
+        ),
+        (
+            "set-invalid-signature_fail",
+            "verify/signed-entry-timestamp",
+            "SET verification failed",
+        ),
+        (
+            "wrong-material_fail",
+            "verify/artifact-mismatch",
+            "does not match artifact hash",
+        ),
+        (
+            "bundle-from-wrong-instance_fail",
+            "verify/signed-entry-timestamp",
+            "No log key valid at integrated time",
+        ),
+    ];
+    let dir = vectors("sigstore-conformance");
+    let mut seen = Vec::new();
+    for (case, rule, reason) in cases {
+        let o = conformance(case, CONFORMANCE_IDENTITY, CONFORMANCE_ISSUER);
+        let t = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{case} must fail with exit 1:\n{t}"
+        );
+        assert!(
+            t.contains(&format!("error[{rule}]")),
+            "{case}: expected `{rule}` in:\n{t}"
+        );
+        assert!(t.contains(reason), "{case}: expected `{reason}` in:\n{t}");
+        let line = t.lines().find(|l| l.starts_with("error[")).unwrap_or("");
+        seen.push(format!(
+            "{case}: {}",
+            line.replace(s(&dir), "[CONFORMANCE]")
+        ));
+    }
+    // every case in the folder is listed above
+    let mut on_disk: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_fail"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = cases.iter().map(|c| c.0.to_owned()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+    let root = vectors("production-trust-root");
+    let report = seen.join("\n").replace(s(&root), "[PRODUCTION]");
+    insta::assert_snapshot!("conformance_failure_reasons", report);
+}
+
+// ---- Certificate chains that cannot be checked: exit 2 ------------------------------
+
+/// `fixtures/sign-pki/`: chains made by its `gen.sh` whose leaves all certify the
+/// model-transparency test key, so they can replace the certificate vector's chain.
+fn pki(name: &str) -> PathBuf {
+    crate::support::fixture(&format!("sign-pki/{name}"))
+}
+
+/// The DER of every certificate in a PEM file, in file order.
+fn pem_ders(path: &Path) -> Vec<Vec<u8>> {
+    let text = fs::read_to_string(path).unwrap();
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .split("-----END CERTIFICATE-----")
+                .next()
+                .unwrap()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            STANDARD.decode(body).unwrap()
+        })
+        .collect()
+}
+
+/// A copy of the certificate vector whose bundle carries `certs` (PEM files, leaf first)
+/// as its chain. The DSSE signature is untouched and still verifies with the leaf key:
+/// only the chain is what the test is about.
+fn certificate_vector_with_chain(dir: &Path, certs: &[PathBuf]) -> PathBuf {
+    let copy = dir.join("v1.1.0-certificate");
+    copy_dir(&mt("v1.1.0-certificate"), &copy);
+    let sig = copy.join("model.sig");
+    let mut b: Value = serde_json::from_slice(&fs::read(&sig).unwrap()).unwrap();
+    let raws: Vec<Value> = certs
+        .iter()
+        .flat_map(|p| pem_ders(p))
+        .map(|der| serde_json::json!({ "rawBytes": STANDARD.encode(der) }))
+        .collect();
+    b["verificationMaterial"]["x509CertificateChain"]["certificates"] = Value::Array(raws);
+    fs::write(&sig, serde_json::to_vec(&b).unwrap()).unwrap();
+    copy
+}
+
+fn verify_chain_of(model: &Path, anchors: &Path) -> Output {
+    run(&[
+        "verify",
+        s(model),
+        "--certificate-chain",
+        s(anchors),
+        "--ignore-paths",
+        "ignore-me",
+    ])
+}
+
+#[test]
+fn certificate_chain_out_of_validity_without_trusted_time_exits_2() {
+    let ca = mt("keys/certificate/ca-cert.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(dir.path(), &[pki("expired-leaf.pem")]);
+    let o = verify_chain_of(&m, &ca);
+    assert_fails_with(&o, 2, "certificate `CN=expired-leaf` has expired");
+    assert_fails_with(&o, 2, "carries no trusted timestamp");
+    let err = String::from_utf8_lossy(&o.stderr).replace(s(dir.path()), "[TMP]");
+    insta::assert_snapshot!("verify_certificate_expired_stderr", err);
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(dir.path(), &[pki("future-leaf.pem")]);
+    let o = verify_chain_of(&m, &ca);
+    assert_fails_with(&o, 2, "certificate `CN=future-leaf` is not valid yet");
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+}
+
+#[test]
+fn certificate_chain_that_loops_or_is_too_deep_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[pki("loop-leaf.pem"), pki("loop-a.pem"), pki("loop-b.pem")],
+    );
+    let o = verify_chain_of(&m, &mt("keys/certificate/ca-cert.pem"));
+    assert_fails_with(&o, 2, "the certificate chain loops");
+    assert_no_key_material(&o, &mt("keys/certificate/signing-key.pem"));
+
+    // leaf + 7 intermediates + the root: 9 certificates on the path, the limit is 8
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[pki("deep-leaf.pem"), pki("deep-intermediates.pem")],
+    );
+    let o = verify_chain_of(&m, &pki("deep-root.pem"));
+    assert_fails_with(&o, 2, "longer than 8 certificates");
+    // the same chain is sound: trusting an intermediate shortens the path, and it verifies
+    let o = verify_chain_of(&m, &pki("deep-intermediates.pem"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // more certificates in the bundle than a path may hold is refused before any work
+    let dir = tempfile::tempdir().unwrap();
+    let m = certificate_vector_with_chain(
+        dir.path(),
+        &[
+            pki("deep-leaf.pem"),
+            pki("deep-intermediates.pem"),
+            pki("deep-root.pem"),
+        ],
+    );
+    let o = verify_chain_of(&m, &pki("deep-root.pem"));
+    assert_fails_with(&o, 2, "more than the limit of 8");
 }

@@ -1,13 +1,16 @@
 //! policy: apply the policy file to the source model (licences, provenance, security
 //! rules, waivers) and its quantization rule to every artifact. The policy stage reports
-//! its own gate details and licence summary.
+//! its own gate details and licence summary. A policy's `signing.trusted_identities`
+//! also requires the source to carry a Sigstore signature by one of them: the policy
+//! stage only holds the list, so the check is made here (and in `policy check`), where
+//! calling the sign stage is allowed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use super::{artifact_inputs, open_facts, Context, StepKey, StepOutcome};
-use crate::finding::Finding;
+use crate::finding::{Evidence, Finding, Severity};
 use crate::pipeline::file::PolicyStep;
 use crate::pipeline::{LicenceSummary, PipelineError, StepRecord};
 use crate::policy::{self, Detail, Policy};
@@ -51,7 +54,11 @@ pub fn run(_settings: &PolicyStep, pol: &Policy, cx: &Context) -> Result<Checked
     let err = |e| PipelineError::step("policy", e);
     let facts = open_facts(model, true, "policy")?;
     let outcome = policy::check(&facts, pol, cx.catalogues()?).map_err(err)?;
-    let mut g = GateReport::new("policy", model, outcome.findings.clone());
+    let mut findings = outcome.findings.clone();
+    findings.extend(
+        signed_by_trusted_identity(model, pol).map_err(|e| PipelineError::step("policy", e))?,
+    );
+    let mut g = GateReport::new("policy", model, findings);
     g.waived = outcome.waived.clone();
     g.details = Some(outcome.details(pol, &facts, Detail::Run));
     let mut gates = vec![g];
@@ -91,4 +98,85 @@ impl StepOutcome for Checked {
         rec.gates.extend(self.gates);
         rec.licence = Some(self.licence);
     }
+}
+
+/// The rule of a model that is not signed by a trusted identity.
+pub const SIGNED_BY: &str = "policy/signed-by-trusted-identity";
+
+/// `signing.trusted_identities`: the model's signature (`model.sig` in a model directory,
+/// `FILE.sig` beside a file) must be a Sigstore keyless signature by one of them that
+/// verifies under the built-in production trust root, and the files must match it. No
+/// findings when the policy lists no identities; error findings when it does and the
+/// model is unsigned, signed by someone else, or changed.
+pub fn signed_by_trusted_identity(
+    model: &Path,
+    pol: &Policy,
+) -> Result<Vec<Finding>, crate::sign::SignError> {
+    use crate::sign::sigstore::{KeylessTrust, TrustRootSource, TrustedIdentity};
+    use crate::sign::{default_signature_path, verify_model, Trust, VerifyRequest};
+    let Some(rules) = &pol.file.signing else {
+        return Ok(Vec::new());
+    };
+    if rules.trusted_identities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let expected: Vec<String> = rules
+        .trusted_identities
+        .iter()
+        .map(|t| format!("`{}` from `{}`", t.identity, t.issuer))
+        .collect();
+    let signature = default_signature_path(model);
+    if !signature.exists() {
+        return Ok(vec![Finding::new(
+            SIGNED_BY,
+            Severity::Error,
+            format!(
+                "policy `{}` requires a Sigstore signature by {}, but `{}` is not signed \
+                 (no `{}`)",
+                pol.file.name,
+                expected.join(" or "),
+                model.display(),
+                signature.display()
+            ),
+        )
+        .at(Evidence::file(model))
+        .hint(
+            "adopt the model with the `model.sig` its publisher's CI wrote",
+        )]);
+    }
+    let identities = rules
+        .trusted_identities
+        .iter()
+        .map(|t| TrustedIdentity {
+            identity: t.identity.clone(),
+            issuer: t.issuer.clone(),
+        })
+        .collect();
+    let trust = KeylessTrust::load(TrustRootSource::Production, identities)?;
+    let verification = verify_model(&VerifyRequest {
+        model,
+        signature: &signature,
+        attestation: None,
+        trust: Trust::Sigstore(&trust),
+        ignore_unsigned: false,
+        extra_ignore: Vec::new(),
+        threads: None,
+    })?;
+    let failed = verification
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Error);
+    let mut findings = verification.findings;
+    if !failed {
+        findings.push(Finding::new(
+            SIGNED_BY,
+            Severity::Note,
+            format!(
+                "signed by a trusted identity of policy `{}` ({})",
+                pol.file.name,
+                expected.join(" or ")
+            ),
+        ));
+    }
+    Ok(findings)
 }

@@ -1,4 +1,5 @@
-//! sign: sign each artifact with the pipeline's key (OpenSSF model signing), with an
+//! sign: sign each artifact (OpenSSF model signing) with the pipeline's key, its key and
+//! certificate, or keyless through Sigstore (`method: key|certificate|sigstore`), with an
 //! attestation of every gate about the source and the artifact when `attest` is set. It
 //! runs only when every gate passed; otherwise each sign step is skipped with the reason.
 
@@ -9,10 +10,11 @@ use serde_json::json;
 
 use super::{artifact_inputs, digest_of, Context, StepKey, StepOutcome};
 use crate::finding::Verdict;
-use crate::pipeline::file::{Pipeline, SignStep, Target};
+use crate::pipeline::file::{Pipeline, SignMethod, SignStep, Target};
 use crate::pipeline::{Artifact, PipelineError, SignatureRecord, StepRecord};
 use crate::report::GateReport;
-use crate::sign::{self, Audit, HashOptions, PolicyRef, PrivateKey, Serialization};
+use crate::sign::keyless::{self, Endpoints, Http, ProcessEnv, Session};
+use crate::sign::{self, pki, Audit, HashOptions, Material, PolicyRef, PrivateKey, Serialization};
 use crate::types::Sha256Digest;
 
 /// The artifacts to sign: those named, else every target.
@@ -37,17 +39,43 @@ pub fn refused(failed: &[String]) -> String {
     format!("not signed because gate `{}` failed", failed.join("`, `"))
 }
 
-/// What every sign step of a run shares: the key and the policy to name.
+/// What signs: a key, a key and its certificate chain, or a keyless session (an ephemeral
+/// key and its Fulcio certificate).
+enum Credential {
+    Key(PrivateKey),
+    Certificate(PrivateKey, Vec<pki::Cert>),
+    Keyless(Box<Session>),
+}
+
+impl Credential {
+    fn key(&self) -> &PrivateKey {
+        match self {
+            Credential::Key(k) | Credential::Certificate(k, _) => k,
+            Credential::Keyless(s) => s.key(),
+        }
+    }
+
+    fn material(&self) -> Material<'_> {
+        match self {
+            Credential::Key(_) => Material::KeyHint,
+            Credential::Certificate(_, chain) => Material::Certificates(chain),
+            Credential::Keyless(s) => Material::Keyless(s),
+        }
+    }
+}
+
+/// What every sign step of a run shares: the signer and the policy to name.
 pub struct Signer<'s> {
     settings: &'s SignStep,
-    key: PrivateKey,
-    /// The public key's id (hex): an input of every sign step.
-    key_id: String,
-    /// `env:NAME` or the key file.
+    credential: Credential,
+    /// Who signs, as a step input: the public key's id (hex) for a key or certificate;
+    /// for keyless, the identity and issuer, which stay the same across runs while the
+    /// ephemeral key does not.
+    signer_id: String,
+    /// `env:NAME` or the key file, with the certificate; or the keyless identity.
     key_source: String,
     policy: Option<PolicyRef>,
 }
-
 /// One artifact to sign, with the gate results its attestation carries.
 pub struct Job<'a> {
     artifact: &'a Artifact,
@@ -56,11 +84,32 @@ pub struct Job<'a> {
 
 impl<'s> Signer<'s> {
     pub fn new(settings: &'s SignStep, cx: &Context) -> Result<Self, PipelineError> {
-        let (key, key_source) = load_key(cx.pipeline, settings)?;
+        let (credential, signer_id, key_source) = match settings.method {
+            SignMethod::Key => {
+                let (key, source) = load_key(cx.pipeline, settings)?;
+                let id = key.public().id().to_hex();
+                (Credential::Key(key), id, source)
+            }
+            SignMethod::Certificate => {
+                let (key, source) = load_key(cx.pipeline, settings)?;
+                let chain = load_chain(cx.pipeline, settings, &key)?;
+                let id = key.public().id().to_hex();
+                let source = match chain.first() {
+                    Some(leaf) => format!("{source} with certificate `{}`", leaf.subject()),
+                    None => source,
+                };
+                (Credential::Certificate(key, chain), id, source)
+            }
+            SignMethod::Sigstore => {
+                let session = keyless_session(settings)?;
+                let who = format!("sigstore `{}` from `{}`", session.subject, session.issuer);
+                (Credential::Keyless(Box::new(session)), who.clone(), who)
+            }
+        };
         Ok(Signer {
             settings,
-            key_id: key.public().id().to_hex(),
-            key,
+            credential,
+            signer_id,
             key_source,
             policy: cx.policy.as_ref().map(|pol| PolicyRef {
                 uri: pol.path.display().to_string(),
@@ -86,7 +135,7 @@ impl<'s> Signer<'s> {
             .cloned()
             .collect();
         let mut inputs = artifact_inputs(a);
-        inputs.insert("key".into(), self.key_id.clone());
+        inputs.insert("key".into(), self.signer_id.clone());
         if self.settings.attest {
             let audit_json =
                 serde_json::to_vec(&reports).map_err(|e| PipelineError::Internal(e.to_string()))?;
@@ -96,7 +145,7 @@ impl<'s> Signer<'s> {
             name: format!("sign:{}", a.name),
             kind: "sign",
             inputs,
-            settings: json!({ "attest": self.settings.attest }),
+            settings: json!({ "attest": self.settings.attest, "method": self.settings.method.as_str() }),
         };
         Ok((
             key,
@@ -125,14 +174,17 @@ impl<'s> Signer<'s> {
                 source: e,
             })?;
         }
-        let signed = sign::sign_model(sign::SignRequest {
-            model: &path,
-            key: &self.key,
-            signature: &sig_path,
-            attestation: &att_path,
-            hash: HashOptions::new(Serialization::Files),
-            audit: self.settings.attest.then_some(&audit),
-        })
+        let signed = sign::sign_model_with(
+            sign::SignRequest {
+                model: &path,
+                key: self.credential.key(),
+                signature: &sig_path,
+                attestation: &att_path,
+                hash: HashOptions::new(Serialization::Files),
+                audit: self.settings.attest.then_some(&audit),
+            },
+            self.credential.material(),
+        )
         .map_err(|e| PipelineError::step(&format!("sign:{}", a.name), e))?;
         let mut outputs = vec![(sig_rel.clone(), digest_of(&sig_path)?)];
         let att_rel = signed.attestation.as_ref().map(|(ap, _)| {
@@ -200,4 +252,60 @@ fn load_key(p: &Pipeline, ss: &SignStep) -> Result<(PrivateKey, String), Pipelin
             ),
         }),
     }
+}
+
+/// The certificate and its issuers for `method: certificate`; the leaf must certify `key`.
+fn load_chain(
+    p: &Pipeline,
+    ss: &SignStep,
+    key: &PrivateKey,
+) -> Result<Vec<pki::Cert>, PipelineError> {
+    let Some(leaf) = &ss.certificate else {
+        return Err(PipelineError::Invalid {
+            path: p.path.clone(),
+            message: "`steps.sign` with `method: certificate` needs `certificate`".into(),
+        });
+    };
+    let leaf = p.resolve(leaf);
+    let issuers: Vec<_> = ss.certificate_chain.iter().map(|c| p.resolve(c)).collect();
+    let chain =
+        pki::chain_for_bundle(&leaf, &issuers).map_err(|e| PipelineError::step("sign", e))?;
+    let certified = chain
+        .first()
+        .map(pki::Cert::public_key)
+        .transpose()
+        .map_err(|what| {
+            PipelineError::step(
+                "sign",
+                sign::SignError::Certificate {
+                    path: leaf.clone(),
+                    what,
+                },
+            )
+        })?;
+    if certified.as_ref() != Some(&key.public()) {
+        return Err(PipelineError::step(
+            "sign",
+            sign::SignError::Certificate {
+                path: leaf,
+                what: "certifies another key than the step's signing key".into(),
+            },
+        ));
+    }
+    Ok(chain)
+}
+
+/// A keyless session for `method: sigstore`: the ambient CI token (GitLab's
+/// `SIGSTORE_ID_TOKEN`, or GitHub Actions' token endpoint), then a Fulcio certificate.
+fn keyless_session(ss: &SignStep) -> Result<Session, PipelineError> {
+    let mut endpoints = if ss.staging {
+        Endpoints::staging()
+    } else {
+        Endpoints::production()
+    };
+    endpoints.tsa = ss.tsa_url.clone();
+    let http = Http::new();
+    let token = keyless::ambient_token(None, &ProcessEnv, &http)
+        .map_err(|e| PipelineError::step("sign", e))?;
+    Session::start(&token, endpoints, http).map_err(|e| PipelineError::step("sign", e))
 }
