@@ -12,6 +12,7 @@ pub mod convert;
 pub mod engine;
 pub mod finding;
 pub mod formats;
+pub mod hub;
 pub mod inspect;
 pub mod parity;
 pub mod pipeline;

@@ -23,6 +23,8 @@ pub struct Args {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 /// Open a model for the policy stage, with a clear error when it cannot be read.
@@ -37,7 +39,8 @@ pub(super) fn open_facts(path: &std::path::Path, hash: bool) -> anyhow::Result<M
         .with_context(|| format!("cannot read model `{}`", path.display()))
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let facts = open_facts(&args.path, false)?;
     let cats = Catalogues::builtin()?;
     let rep = policy::license_report(&facts, &cats);

@@ -18,9 +18,12 @@ pub struct Args {
     /// Output form: text for people, json for programs, sarif for code-scanning dashboards
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let findings = scan::scan(&args.path).map_err(|e| {
         super::hint(
             e,

@@ -41,6 +41,8 @@ pub struct ModelFacts {
     /// SHA-256 over the concatenated raw file digests sorted by path (the root digest the
     /// OpenSSF model-signing statement uses), when hashed.
     pub model_digest: Option<Sha256Digest>,
+    /// Where the model came from when it was resolved from `hf://`.
+    pub hub: Option<crate::hub::Provenance>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -107,6 +109,7 @@ impl ModelFacts {
             tensor_types,
             digests: Vec::new(),
             model_digest: None,
+            hub: None,
         };
         if hash {
             facts.hash_files(&root)?;

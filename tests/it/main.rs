@@ -9,6 +9,7 @@ mod engine;
 mod fixtures;
 mod formats_hf;
 mod gguf;
+mod hub;
 mod inspect;
 mod parity;
 mod pipeline;

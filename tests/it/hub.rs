@@ -1,0 +1,828 @@
+//! `hf://` models. No Hub is reachable from the test machines, so:
+//! - the download path runs against [`FakeHub`], a local HTTP server (127.0.0.1 only)
+//!   answering the Hub's endpoints as its public API documents them and as the clients
+//!   (huggingface_hub, hf-hub) read them: `/api/models/{id}/revision/{rev}` with `sha`
+//!   and `siblings[].lfs`, `/{id}/resolve/{rev}/{file}` with `X-Repo-Commit`,
+//!   `X-Linked-Etag`, `X-Linked-Size`, a redirect to a CDN on another port, `Range`, and
+//!   401/403 with `X-Error-Code` for unknown and gated repositories;
+//! - the cache layout is checked with Python's huggingface_hub itself: its
+//!   `scan_cache_dir()` must list what modelgate sees, and its `hf_hub_download()` from
+//!   the same server must write the very same tree modelgate writes.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use modelgate::hub::{CommitSha, RepoCache, RepoId};
+use sha1::Digest as _;
+
+use crate::support;
+
+const SHA: &str = "4b6d1e0c8a2f3e5d7c9b1a0f2e4d6c8b0a1f3e5d";
+const TOKEN: &str = "hf_modelgate_test_token";
+const REPO: &str = "org/tiny-llama";
+
+struct RepoFile {
+    path: String,
+    bytes: Vec<u8>,
+    lfs: bool,
+}
+
+impl RepoFile {
+    fn sha256(&self) -> String {
+        hex::encode(sha2::Sha256::digest(&self.bytes))
+    }
+
+    fn git_id(&self) -> String {
+        let mut h = sha1::Sha1::new();
+        h.update(format!("blob {}\0", self.bytes.len()).as_bytes());
+        h.update(&self.bytes);
+        hex::encode(h.finalize())
+    }
+
+    /// The blob name the cache uses.
+    fn etag(&self) -> String {
+        if self.lfs {
+            self.sha256()
+        } else {
+            self.git_id()
+        }
+    }
+}
+
+struct FakeRepo {
+    id: String,
+    files: Vec<RepoFile>,
+    gated: bool,
+}
+
+/// Misbehaviours the server can be told to show.
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    /// Close the connection halfway through an LFS file.
+    truncate: bool,
+    /// Serve LFS content that differs from the listed sha256.
+    wrong_content: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Logged {
+    method: String,
+    path: String,
+    auth: Option<String>,
+    range: Option<String>,
+}
+
+struct State {
+    repos: Vec<FakeRepo>,
+    faults: Faults,
+    log: Vec<Logged>,
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    cut_at: Option<usize>,
+}
+
+impl Reply {
+    fn new(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            cut_at: None,
+        }
+    }
+
+    fn header(mut self, k: &str, v: impl Into<String>) -> Reply {
+        self.headers.push((k.to_owned(), v.into()));
+        self
+    }
+
+    fn error(status: u16, code: &str) -> Reply {
+        Reply::new(status).header("X-Error-Code", code)
+    }
+}
+
+/// A Hub on 127.0.0.1: the API and resolve endpoints on one port, LFS content on a CDN
+/// on another (so a token must not follow the redirect there).
+struct FakeHub {
+    endpoint: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeHub {
+    fn start(repos: Vec<FakeRepo>) -> FakeHub {
+        let state = Arc::new(Mutex::new(State {
+            repos,
+            faults: Faults::default(),
+            log: Vec::new(),
+        }));
+        let hub = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cdn = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", hub.local_addr().unwrap());
+        let cdn_url = format!("http://{}", cdn.local_addr().unwrap());
+        for listener in [hub, cdn] {
+            let state = Arc::clone(&state);
+            let cdn_url = cdn_url.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let state = Arc::clone(&state);
+                    let cdn_url = cdn_url.clone();
+                    std::thread::spawn(move || serve(stream, &state, &cdn_url));
+                }
+            });
+        }
+        FakeHub { endpoint, state }
+    }
+
+    fn faults(&self, f: Faults) {
+        self.state.lock().unwrap().faults = f;
+    }
+
+    fn log(&self) -> Vec<Logged> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    fn clear_log(&self) {
+        self.state.lock().unwrap().log.clear();
+    }
+}
+
+fn serve(stream: TcpStream, state: &Mutex<State>, cdn: &str) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("").to_owned();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let reply = {
+        let mut st = state.lock().unwrap();
+        st.log.push(Logged {
+            method: method.clone(),
+            path: path.clone(),
+            auth: headers.get("authorization").cloned(),
+            range: headers.get("range").cloned(),
+        });
+        answer(&st, cdn, &method, &path, &headers)
+    };
+    let mut out = stream;
+    let mut head = format!("HTTP/1.1 {} X\r\n", reply.status);
+    for (k, v) in &reply.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.body.len()
+    ));
+    let _ = out.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let end = reply.cut_at.unwrap_or(reply.body.len());
+        let _ = out.write_all(&reply.body[..end]);
+    }
+    let _ = out.flush();
+    let _ = out.shutdown(std::net::Shutdown::Both);
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn ranged(bytes: &[u8], range: Option<&String>) -> Reply {
+    let len = bytes.len();
+    match range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok()) {
+        Some(start) if start >= len => {
+            Reply::new(416).header("Content-Range", format!("bytes */{len}"))
+        }
+        Some(start) => {
+            let mut r = Reply::new(206).header(
+                "Content-Range",
+                format!("bytes {start}-{}/{len}", len - 1),
+            );
+            r.body = bytes[start..].to_vec();
+            r
+        }
+        None => {
+            let mut r = Reply::new(200);
+            r.body = bytes.to_vec();
+            r
+        }
+    }
+}
+
+fn answer(
+    st: &State,
+    cdn: &str,
+    method: &str,
+    path: &str,
+    headers: &BTreeMap<String, String>,
+) -> Reply {
+    let path = path.split('?').next().unwrap_or("");
+    if let Some(digest) = path.strip_prefix("/cdn/") {
+        let Some(f) = st
+            .repos
+            .iter()
+            .flat_map(|r| &r.files)
+            .find(|f| f.lfs && f.sha256() == digest)
+        else {
+            return Reply::new(404);
+        };
+        let mut bytes = f.bytes.clone();
+        if st.faults.wrong_content {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+        }
+        let mut r = ranged(&bytes, headers.get("range"));
+        if st.faults.truncate && r.status != 416 {
+            r.cut_at = Some(r.body.len() / 2);
+        }
+        return r;
+    }
+    if let Some(rest) = path.strip_prefix("/api/models/") {
+        let segs: Vec<&str> = rest.splitn(4, '/').collect();
+        if segs.len() != 4 || segs[2] != "revision" || method != "GET" {
+            return Reply::new(404);
+        }
+        let id = format!("{}/{}", segs[0], segs[1]);
+        let Some(repo) = st.repos.iter().find(|r| r.id == id) else {
+            return Reply::error(401, "RepoNotFound");
+        };
+        let rev = decode(segs[3]);
+        if rev != "main" && rev != SHA {
+            return Reply::error(404, "RevisionNotFound");
+        }
+        let siblings: Vec<serde_json::Value> = repo
+            .files
+            .iter()
+            .map(|f| {
+                let mut s = serde_json::json!({
+                    "rfilename": f.path, "size": f.bytes.len(), "blobId": f.git_id()
+                });
+                if f.lfs {
+                    s["lfs"] = serde_json::json!({
+                        "sha256": f.sha256(), "size": f.bytes.len(), "pointerSize": 134
+                    });
+                }
+                s
+            })
+            .collect();
+        let body = serde_json::json!({
+            "_id": "0000", "id": id, "author": segs[0], "sha": SHA, "private": false,
+            "gated": if repo.gated { serde_json::json!("manual") } else { serde_json::json!(false) },
+            "cardData": {"license": "apache-2.0", "base_model": "org/base"},
+            "siblings": siblings,
+        });
+        let mut r = Reply::new(200).header("Content-Type", "application/json");
+        r.body = serde_json::to_vec(&body).unwrap();
+        return r;
+    }
+    // /{org}/{name}/resolve/{rev}/{path}
+    let segs: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    if segs.len() != 5 || segs[2] != "resolve" {
+        return Reply::new(404);
+    }
+    let id = format!("{}/{}", segs[0], segs[1]);
+    let Some(repo) = st.repos.iter().find(|r| r.id == id) else {
+        return Reply::error(401, "RepoNotFound");
+    };
+    if repo.gated {
+        match headers.get("authorization") {
+            None => return Reply::error(401, "GatedRepo"),
+            Some(a) if *a != format!("Bearer {TOKEN}") => return Reply::error(403, "GatedRepo"),
+            _ => {}
+        }
+    }
+    let rev = decode(segs[3]);
+    if rev != "main" && rev != SHA {
+        return Reply::error(404, "RevisionNotFound");
+    }
+    let file = decode(segs[4]);
+    let Some(f) = repo.files.iter().find(|f| f.path == file) else {
+        return Reply::error(404, "EntryNotFound");
+    };
+    let common = |r: Reply| r.header("X-Repo-Commit", SHA);
+    if f.lfs {
+        common(Reply::new(302))
+            .header("Location", format!("{cdn}/cdn/{}", f.sha256()))
+            .header("X-Linked-Etag", format!("\"{}\"", f.sha256()))
+            .header("X-Linked-Size", f.bytes.len().to_string())
+            .header("ETag", format!("\"{}\"", f.git_id()))
+    } else {
+        common(ranged(&f.bytes, headers.get("range"))).header("ETag", format!("\"{}\"", f.git_id()))
+    }
+}
+
+fn tiny_llama(id: &str, gated: bool) -> FakeRepo {
+    let dir = support::fixture("models/tiny-llama");
+    let mut files: Vec<RepoFile> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e.file_name().to_string_lossy().into_owned();
+            RepoFile {
+                lfs: path.ends_with(".safetensors"),
+                bytes: std::fs::read(e.path()).unwrap(),
+                path,
+            }
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    FakeRepo {
+        id: id.to_owned(),
+        files,
+        gated,
+    }
+}
+
+/// A cache, its surroundings and the variables that point at them.
+struct Env {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    cache: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new(hub: Option<&FakeHub>) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("hf-home");
+        let cache = home.join("hub");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut vars = vec![
+            ("HF_HOME".to_owned(), home.display().to_string()),
+            ("HF_HUB_CACHE".to_owned(), cache.display().to_string()),
+            ("HF_HUB_DISABLE_TELEMETRY".to_owned(), "1".to_owned()),
+            ("NO_PROXY".to_owned(), "*".to_owned()),
+        ];
+        if let Some(h) = hub {
+            vars.push(("HF_ENDPOINT".to_owned(), h.endpoint.clone()));
+        }
+        Env {
+            _dir: dir,
+            home,
+            cache,
+            vars,
+        }
+    }
+
+    fn with(&self, k: &str, v: &str) -> Env {
+        let mut vars = self.vars.clone();
+        vars.retain(|(key, _)| key != k);
+        vars.push((k.to_owned(), v.to_owned()));
+        Env {
+            _dir: tempfile::tempdir().unwrap(),
+            home: self.home.clone(),
+            cache: self.cache.clone(),
+            vars,
+        }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        for (k, _) in std::env::vars() {
+            let l = k.to_ascii_lowercase();
+            if k.starts_with("HF_") || k.starts_with("HUGGING") || l.contains("proxy") {
+                c.env_remove(&k);
+            }
+        }
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(Path::new(env!("CARGO_BIN_EXE_modelgate")))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.cache.join("models--org--tiny-llama")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(o: &Output, code: i32, needle: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{err}",
+        text(&o.stdout)
+    );
+    assert!(err.contains(needle), "`{needle}` not in stderr:\n{err}");
+}
+
+/// Every entry under `root`: path, then `dir`, `link -> target` or the file's sha256.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                let t = std::fs::read_link(e.path()).unwrap();
+                out.push(format!("{rel} -> {}", t.display()));
+            } else if ft.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(e.path());
+            } else {
+                let b = std::fs::read(e.path()).unwrap();
+                out.push(format!("{rel} = {}", hex::encode(sha2::Sha256::digest(&b))));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const SCAN: &str = r#"
+import json, sys
+from huggingface_hub import scan_cache_dir
+info = scan_cache_dir(sys.argv[1])
+repos = []
+for r in sorted(info.repos, key=lambda r: r.repo_id):
+    revs = []
+    for rev in sorted(r.revisions, key=lambda v: v.commit_hash):
+        files = sorted([f.file_path.relative_to(rev.snapshot_path).as_posix(), f.size_on_disk, f.blob_path.name] for f in rev.files)
+        revs.append({"commit": rev.commit_hash, "refs": sorted(rev.refs), "files": files})
+    repos.append({"id": r.repo_id, "type": r.repo_type, "revisions": revs})
+print(json.dumps({"warnings": [str(w) for w in info.warnings], "repos": repos}))
+"#;
+
+/// What huggingface_hub's `scan_cache_dir` lists, and the same facts read by modelgate.
+fn python_and_modelgate_views(cache: &Path) -> (serde_json::Value, serde_json::Value) {
+    let o = support::oracle_python()
+        .args(["-c", SCAN])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(py["warnings"], serde_json::json!([]), "{py}");
+    let mut repos = Vec::new();
+    for r in py["repos"].as_array().unwrap() {
+        let id = RepoId::parse(r["id"].as_str().unwrap()).unwrap();
+        let c = RepoCache::new(cache, &id);
+        let mut revs = Vec::new();
+        for rev in r["revisions"].as_array().unwrap() {
+            let sha = CommitSha::parse(rev["commit"].as_str().unwrap()).unwrap();
+            assert_eq!(c.resolve_revision(sha.as_str()).unwrap(), Some(sha.clone()));
+            let refs: Vec<String> = rev["refs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect();
+            for name in &refs {
+                assert_eq!(c.resolve_revision(name).unwrap(), Some(sha.clone()), "{name}");
+            }
+            let files: Vec<serde_json::Value> = c
+                .snapshot_files(&sha)
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let v = c.verify(f).unwrap();
+                    serde_json::json!([f.path, v.size, f.blob.clone().unwrap()])
+                })
+                .collect();
+            revs.push(serde_json::json!({"commit": sha.as_str(), "refs": refs, "files": files}));
+        }
+        repos.push(serde_json::json!({"id": id.to_string(), "type": "model", "revisions": revs}));
+    }
+    let mg = serde_json::json!({"warnings": [], "repos": repos});
+    (py, mg)
+}
+
+#[test]
+fn download_writes_the_layout_python_writes_and_reads() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub)).with("HF_TOKEN", TOKEN);
+    let o = env.run(&["inspect", "hf://org/tiny-llama"]);
+    assert_exit(&o, 0, "");
+    assert!(text(&o.stdout).contains("tiny-llama"), "{}", text(&o.stdout));
+
+    // The layout: refs, blobs named by etag, relative symlinks, nothing partial.
+    let repo = env.repo();
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), SHA);
+    let fake = tiny_llama(REPO, false);
+    for f in &fake.files {
+        let link = std::fs::read_link(repo.join("snapshots").join(SHA).join(&f.path)).unwrap();
+        assert_eq!(link, Path::new("../../blobs").join(f.etag()), "{}", f.path);
+        assert_eq!(std::fs::read(repo.join("blobs").join(f.etag())).unwrap(), f.bytes);
+    }
+    assert!(!tree(&repo).iter().any(|e| e.contains(".incomplete")));
+    // The token reached the Hub but not the CDN.
+    let log = hub.log();
+    assert!(log.iter().any(|l| l.path.starts_with("/cdn/")));
+    for l in &log {
+        let expect = if l.path.starts_with("/cdn/") { None } else { Some(format!("Bearer {TOKEN}")) };
+        assert_eq!(l.auth, expect, "{l:?}");
+    }
+    // The view modelgate made beside the cache is gone.
+    let left: Vec<_> = std::fs::read_dir(&env.home).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("hub")]);
+
+    // Offline: through refs/main, and a pinned sha with no ref naming it.
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    hub.clear_log();
+    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama@main"]), 0, "");
+    std::fs::remove_file(repo.join("refs/main")).unwrap();
+    assert_exit(&offline.run(&["inspect", &format!("hf://org/tiny-llama@{SHA}")]), 0, "");
+    assert!(hub.log().is_empty(), "offline runs asked the server: {:?}", hub.log());
+    std::fs::write(repo.join("refs/main"), SHA).unwrap();
+
+    // huggingface_hub's own reader lists what modelgate sees.
+    let (py, mg) = python_and_modelgate_views(&env.cache);
+    assert_eq!(py, mg);
+    assert_eq!(py["repos"][0]["revisions"][0]["refs"], serde_json::json!(["main"]));
+    assert_eq!(
+        py["repos"][0]["revisions"][0]["files"].as_array().unwrap().len(),
+        fake.files.len()
+    );
+
+    // huggingface_hub's own downloader, from the same server, writes the same tree.
+    let other = Env::new(Some(&hub));
+    let files: Vec<&str> = fake.files.iter().map(|f| f.path.as_str()).collect();
+    let script = format!(
+        "from huggingface_hub import hf_hub_download\nfor f in {files:?}:\n    hf_hub_download('{REPO}', f, revision='main')\n"
+    );
+    let o = other
+        .command(&support::oracle_python_path())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(tree(&other.repo()), tree(&repo));
+}
+
+#[test]
+fn a_cache_python_wrote_is_read_offline() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let script = format!(
+        "from huggingface_hub import hf_hub_download\nfor f in ['config.json', 'model.safetensors', 'tokenizer.json']:\n    hf_hub_download('{REPO}', f, revision='main')\n"
+    );
+    let o = env
+        .command(&support::oracle_python_path())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    hub.clear_log();
+    let o = offline.run(&["inspect", "--json", "hf://org/tiny-llama"]);
+    assert_exit(&o, 0, "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["config.json", "model.safetensors", "tokenizer.json"]);
+    assert!(hub.log().is_empty());
+    let (py, mg) = python_and_modelgate_views(&env.cache);
+    assert_eq!(py, mg);
+}
+
+#[test]
+fn include_and_exclude_take_a_subset() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let o = env.run(&[
+        "inspect",
+        "--json",
+        "hf://org/tiny-llama",
+        "--include",
+        "*.safetensors",
+        "--include",
+        "*.json",
+        "--exclude",
+        "tokenizer*",
+    ]);
+    assert_exit(&o, 0, "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["config.json", "generation_config.json", "model.safetensors"]);
+    let fetched: Vec<String> = hub
+        .log()
+        .iter()
+        .filter(|l| l.method == "GET" && l.path.contains("/resolve/"))
+        .map(|l| l.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert!(!fetched.iter().any(|f| f.starts_with("tokenizer") || f == "LICENSE"), "{fetched:?}");
+    // One file selected: the stages get the file itself.
+    let o = env.run(&["inspect", "hf://org/tiny-llama", "--include", "model.safetensors"]);
+    assert_exit(&o, 0, "");
+    assert!(text(&o.stdout).contains("safetensors file"), "{}", text(&o.stdout));
+    // Globs matching nothing, and globs on a local path, are usage errors.
+    let o = env.run(&["inspect", "hf://org/tiny-llama", "--include", "*.gguf"]);
+    assert_exit(&o, 2, "matches the --include/--exclude");
+    let local = support::fixture("models/tiny-llama");
+    let o = env.run(&["inspect", local.to_str().unwrap(), "--include", "*.json"]);
+    assert_exit(&o, 2, "apply only to `hf://`");
+}
+
+#[test]
+fn interrupted_download_resumes_with_range() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let fake = tiny_llama(REPO, false);
+    let weights = fake.files.iter().find(|f| f.lfs).unwrap();
+    let part = env.repo().join("blobs").join(format!("{}.incomplete", weights.sha256()));
+
+    hub.faults(Faults {
+        truncate: true,
+        ..Faults::default()
+    });
+    let o = env.run(&["scan", "hf://org/tiny-llama"]);
+    assert_exit(&o, 2, "stopped after");
+    assert_exit(&o, 2, "hint: run the command again");
+    // Nothing partial is in the cache's view of the repository: no blob, no link, no ref.
+    assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
+    assert!(std::fs::symlink_metadata(env.repo().join("snapshots").join(SHA).join(&weights.path)).is_err());
+    assert!(!env.repo().join("refs/main").exists());
+    let had = std::fs::metadata(&part).unwrap().len();
+    assert!(had > 0 && (had as usize) < weights.bytes.len());
+
+    hub.faults(Faults::default());
+    hub.clear_log();
+    assert_exit(&env.run(&["scan", "hf://org/tiny-llama"]), 0, "");
+    assert!(!part.exists());
+    assert_eq!(
+        std::fs::read(env.repo().join("blobs").join(weights.sha256())).unwrap(),
+        weights.bytes
+    );
+    let ranges: Vec<_> = hub.log().into_iter().filter_map(|l| l.range).collect();
+    assert_eq!(ranges, vec![format!("bytes={had}-")]);
+}
+
+#[test]
+fn sha256_mismatch_is_an_error_and_leaves_nothing() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    hub.faults(Faults {
+        wrong_content: true,
+        ..Faults::default()
+    });
+    let o = env.run(&["inspect", "hf://org/tiny-llama"]);
+    assert_exit(&o, 2, "`model.safetensors` downloaded with sha256");
+    let blobs = tree(&env.repo().join("blobs"));
+    assert!(!blobs.iter().any(|b| b.contains(".incomplete")), "{blobs:?}");
+    let fake = tiny_llama(REPO, false);
+    let weights = fake.files.iter().find(|f| f.lfs).unwrap();
+    assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
+    assert!(!env.repo().join("refs/main").exists());
+}
+
+#[test]
+fn unknown_repositories_and_revisions_are_input_errors() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    assert_exit(&env.run(&["inspect", "hf://org/missing"]), 2, "repository `org/missing` does not exist");
+    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama@nope"]), 2, "revision `nope` does not exist");
+    assert_exit(&env.run(&["inspect", "hf://org/../x"]), 2, "is not a hub model reference");
+    assert!(!env.repo().exists() || tree(&env.repo()).iter().all(|e| e.ends_with('/')));
+}
+
+#[test]
+fn gated_repositories_need_a_token() {
+    let hub = FakeHub::start(vec![tiny_llama("org/gated", true)]);
+    let env = Env::new(Some(&hub));
+    let o = env.run(&["inspect", "hf://org/gated"]);
+    assert_exit(&o, 2, "`org/gated` is gated or private and no token was given (HTTP 401)");
+    assert_exit(&o, 2, "hint: accept the conditions");
+    assert_exit(&o, 2, "HF_TOKEN");
+    let o = env.with("HF_TOKEN", "hf_wrong").run(&["inspect", "hf://org/gated"]);
+    assert_exit(&o, 2, "refused access to `org/gated`");
+    let dir = env.cache.join("models--org--gated");
+    assert!(!dir.join("refs").exists());
+    assert_exit(&env.with("HF_TOKEN", TOKEN).run(&["inspect", "hf://org/gated"]), 0, "");
+}
+
+#[test]
+fn offline_with_an_empty_cache_is_an_input_error() {
+    let env = Env::new(None).with("HF_HUB_OFFLINE", "1");
+    let o = env.run(&["scan", "hf://org/tiny-llama"]);
+    assert_exit(&o, 2, "is not in the hub cache");
+    assert_exit(&o, 2, "HF_HUB_OFFLINE");
+    assert!(!env.cache.exists());
+}
+
+#[test]
+fn hostile_cache_layouts_are_input_errors() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    let repo = env.repo();
+    let fake = tiny_llama(REPO, false);
+    let config = fake.files.iter().find(|f| f.path == "config.json").unwrap();
+    let blob = repo.join("blobs").join(config.etag());
+
+    // A blob whose content does not match its name.
+    std::fs::write(&blob, b"{\"model_type\": \"evil\"}").unwrap();
+    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "does not hold what its name says");
+    std::fs::write(&blob, &config.bytes).unwrap();
+
+    // A snapshot entry linking outside the cache.
+    let outside = env.home.join("outside.json");
+    std::fs::write(&outside, &config.bytes).unwrap();
+    let entry = repo.join("snapshots").join(SHA).join("config.json");
+    std::fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(&outside, &entry).unwrap();
+    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "outside the cache");
+    std::fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(Path::new("../../blobs").join(config.etag()), &entry).unwrap();
+    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
+
+    // refs/main naming a snapshot that does not exist.
+    std::fs::write(repo.join("refs/main"), "0".repeat(40)).unwrap();
+    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "does not exist");
+}
+
+#[test]
+fn policy_checks_pinning_and_publishers_of_hub_models() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let policy = env.home.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "name: hub\nintended_use:\n  commercial: false\n  distribution: internal\nprovenance:\n  require_pinned_revision: true\n  allowed_publishers: [trusted-org]\n",
+    )
+    .unwrap();
+    let rules = |o: &Output| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut r: Vec<String> = v
+            .pointer("/reports/0/findings")
+            .or_else(|| v.pointer("/0/findings"))
+            .or_else(|| v.get("findings"))
+            .and_then(|f| f.as_array())
+            .unwrap_or_else(|| panic!("no findings in {v}"))
+            .iter()
+            .map(|f| f["rule"].as_str().unwrap().to_owned())
+            .filter(|r| r == "policy/revision-unpinned" || r == "policy/publisher-not-allowed")
+            .collect();
+        r.sort();
+        r
+    };
+    let p = policy.to_str().unwrap();
+    let o = env.run(&["policy", "check", "hf://org/tiny-llama", "--policy", p, "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(rules(&o), ["policy/publisher-not-allowed", "policy/revision-unpinned"]);
+    std::fs::write(&policy, std::fs::read_to_string(&policy).unwrap().replace("trusted-org", "ORG")).unwrap();
+    let pinned = format!("hf://org/tiny-llama@{SHA}");
+    let o = env.run(&["policy", "check", &pinned, "--policy", p, "--format", "json"]);
+    assert!(rules(&o).is_empty(), "{}", text(&o.stdout));
+}
+
+#[test]
+fn sign_and_verify_need_a_named_signature_for_hub_models() {
+    let env = Env::new(None).with("HF_HUB_OFFLINE", "1");
+    let key = env.home.join("k.pem");
+    let o = env.run(&["sign", "hf://org/tiny-llama", "--key", key.to_str().unwrap()]);
+    assert_exit(&o, 2, "--signature FILE");
+}
