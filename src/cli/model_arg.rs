@@ -23,16 +23,9 @@ pub struct HubArgs {
 /// A model argument resolved from the Hub: keeps its temporary folder alive.
 #[derive(Debug, Default)]
 pub struct HubModel {
-    view: Option<View>,
+    _view: Option<View>,
     /// Where the model came from, for reports (`None` for a local path).
     pub provenance: Option<Provenance>,
-}
-
-impl HubModel {
-    /// Whether the model came from the Hub.
-    pub fn is_hub(&self) -> bool {
-        self.view.is_some()
-    }
 }
 
 /// Resolve `path` in place when it is `hf://...`: afterwards it names the local copy. The
@@ -55,7 +48,7 @@ pub fn resolve(path: &mut PathBuf, args: &HubArgs) -> anyhow::Result<HubModel> {
     let view = View::create(&snapshot, &settings.cache_root).map_err(hub_error)?;
     *path = view.path().to_owned();
     Ok(HubModel {
-        view: Some(view),
+        _view: Some(view),
         provenance: Some(snapshot.provenance),
     })
 }
@@ -89,10 +82,7 @@ pub fn resolve_pair(
     b: &mut PathBuf,
     args: &HubArgs,
 ) -> anyhow::Result<(HubModel, HubModel)> {
-    let is_hub = |p: &PathBuf| {
-        p.to_str()
-            .is_some_and(|p| p.starts_with(hub::spec::SCHEME))
-    };
+    let is_hub = |p: &PathBuf| p.to_str().is_some_and(|p| p.starts_with(hub::spec::SCHEME));
     let none = HubArgs::default();
     let globs = |p: &PathBuf| if is_hub(p) { args } else { &none };
     if !is_hub(a) && !is_hub(b) {

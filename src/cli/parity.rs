@@ -217,7 +217,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(Sub::Check(c)) => check(c),
         None => {
             // clap requires both when no subcommand is given.
-            let (Some(mut reference), Some(mut candidate)) = (args.reference, args.candidate) else {
+            let (Some(mut reference), Some(mut candidate)) = (args.reference, args.candidate)
+            else {
                 anyhow::bail!("give REFERENCE and CANDIDATE, or `record` / `check`");
             };
             let _hub = super::model_arg::resolve_pair(&mut reference, &mut candidate, &args.hub)?;

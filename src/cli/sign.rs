@@ -46,7 +46,8 @@ pub struct Args {
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
-    let _hub = super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
+    let _hub =
+        super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
     let opts = args.hashing.options()?;
     let key = PrivateKey::from_pem_file(&args.key).map_err(super::sign_error)?;
     if let Some(expected) = args.alg {

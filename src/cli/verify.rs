@@ -91,7 +91,8 @@ fn trusted_dir(dir: &Path) -> anyhow::Result<Vec<TrustedKey>> {
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
-    let _hub = super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
+    let _hub =
+        super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
     let keys = load_keys(&args)?;
     let signature = args
         .signature

@@ -387,7 +387,10 @@ mod tests {
     fn etags_are_normalised_and_checked() {
         let sha = "a".repeat(64);
         assert_eq!(normalise_etag(&format!("\"{sha}\"")), Some(sha.clone()));
-        assert_eq!(normalise_etag(&format!("W/\"{}\"", "B".repeat(40))), Some("b".repeat(40)));
+        assert_eq!(
+            normalise_etag(&format!("W/\"{}\"", "B".repeat(40))),
+            Some("b".repeat(40))
+        );
         assert_eq!(normalise_etag("\"../../x\""), None);
         assert_eq!(normalise_etag("abc"), None);
     }

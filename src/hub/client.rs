@@ -289,8 +289,11 @@ impl Client {
             let raw = header(&resp, "x-linked-etag")
                 .or_else(|| header(&resp, "etag"))
                 .ok_or_else(|| bad("no `ETag` header".into()))?;
-            let etag = normalise_etag(&raw)
-                .ok_or_else(|| bad(format!("etag `{raw}` is neither a sha256 nor a git blob id")))?;
+            let etag = normalise_etag(&raw).ok_or_else(|| {
+                bad(format!(
+                    "etag `{raw}` is neither a sha256 nor a git blob id"
+                ))
+            })?;
             let size = header(&resp, "x-linked-size")
                 .or_else(|| header(&resp, "content-length"))
                 .and_then(|s| s.parse::<u64>().ok())
@@ -467,7 +470,11 @@ impl Client {
         let (algorithm, expected, actual) = match &file.lfs {
             Some(l) => ("sha256", l.sha256.to_hex(), got256),
             None if meta.etag.len() == 64 => ("sha256", meta.etag.clone(), got256),
-            None => ("git blob id", meta.etag.clone(), hex::encode(git.finalize())),
+            None => (
+                "git blob id",
+                meta.etag.clone(),
+                hex::encode(git.finalize()),
+            ),
         };
         if expected != actual {
             let _ = fs::remove_file(&part);

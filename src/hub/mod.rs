@@ -62,7 +62,9 @@ pub enum HubError {
         #[source]
         source: globset::Error,
     },
-    #[error("cannot find the hub cache: none of HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME or HOME is set")]
+    #[error(
+        "cannot find the hub cache: none of HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME or HOME is set"
+    )]
     NoCacheDir,
     #[error("cannot read or write `{path}`")]
     Io {
@@ -123,7 +125,11 @@ pub enum HubError {
     #[error("`{url}` sent an invalid answer: {why}")]
     BadResponse { url: String, why: String },
     #[error("the download of `{file}` stopped after {got} of {expected} bytes")]
-    Truncated { file: String, got: u64, expected: u64 },
+    Truncated {
+        file: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("`{file}` downloaded with {algorithm} {actual}, but the hub lists {expected}")]
     DigestMismatch {
         file: String,
@@ -416,7 +422,9 @@ fn from_cache(
         revision: r.revision.clone(),
         cache: settings.cache_root.clone(),
     };
-    let sha = cache.resolve_revision(&r.revision)?.ok_or_else(not_cached)?;
+    let sha = cache
+        .resolve_revision(&r.revision)?
+        .ok_or_else(not_cached)?;
     let listed = cache.snapshot_files(&sha)?;
     let mut files = Vec::new();
     let mut out = Vec::new();

@@ -132,7 +132,9 @@ mod tests {
     use super::*;
 
     fn prov(rev: &str, hub: Option<HubCard>) -> Provenance {
-        let r = HubRef::parse(&format!("hf://org/model@{rev}")).unwrap().unwrap();
+        let r = HubRef::parse(&format!("hf://org/model@{rev}"))
+            .unwrap()
+            .unwrap();
         let sha = CommitSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
         let d = Sha256Digest::of(b"abc");
         Provenance::new(
@@ -162,7 +164,10 @@ mod tests {
         let p = prov("main", None);
         assert!(!p.is_pinned());
         assert_eq!(p.publisher(), "org");
-        assert_eq!(p.uri(), "hf://org/model@0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(
+            p.uri(),
+            "hf://org/model@0123456789abcdef0123456789abcdef01234567"
+        );
         assert_eq!(
             p.tree_url(),
             "https://huggingface.co/org/model/tree/0123456789abcdef0123456789abcdef01234567"

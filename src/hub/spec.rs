@@ -53,7 +53,9 @@ impl RepoId {
             }
             let edge = |c: Option<char>| matches!(c, Some('-' | '.'));
             if edge(part.chars().next()) || edge(part.chars().last()) {
-                return Err(bad("a repository id part cannot start or end with `-` or `.`"));
+                return Err(bad(
+                    "a repository id part cannot start or end with `-` or `.`",
+                ));
             }
         }
         if name.ends_with(".git") {
@@ -203,7 +205,9 @@ fn check_revision(rev: &str) -> Result<(), String> {
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == ".." || c.ends_with(".lock"))
     {
-        return Err(format!("revision `{rev}` is not a branch, tag or commit name"));
+        return Err(format!(
+            "revision `{rev}` is not a branch, tag or commit name"
+        ));
     }
     Ok(())
 }
@@ -234,7 +238,10 @@ pub fn encode_segment(s: &str) -> String {
 
 /// Percent-encode a repository path, keeping its `/` separators.
 pub fn encode_path(p: &str) -> String {
-    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -243,7 +250,9 @@ mod tests {
 
     #[test]
     fn parses_repo_and_revision() {
-        let r = HubRef::parse("hf://meta-llama/Llama-3.1-8B@main").unwrap().unwrap();
+        let r = HubRef::parse("hf://meta-llama/Llama-3.1-8B@main")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.repo.to_string(), "meta-llama/Llama-3.1-8B");
         assert_eq!(r.repo.cache_folder(), "models--meta-llama--Llama-3.1-8B");
         assert_eq!(r.revision, "main");

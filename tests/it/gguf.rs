@@ -158,7 +158,9 @@ fn same_json(a: &Value, b: &Value) -> bool {
 /// `MODELGATE_SKIP_PYTHON=1` says that is fine. Without that variable a missing oracle
 /// fails the test, so CI cannot silently skip it.
 fn gguf_py(args: &[&std::ffi::OsStr]) -> Option<Value> {
-    let probe = crate::support::oracle_python().args(["-c", "import gguf"]).output();
+    let probe = crate::support::oracle_python()
+        .args(["-c", "import gguf"])
+        .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
             eprintln!("skipping the gguf-py comparison: MODELGATE_SKIP_PYTHON=1");

@@ -219,15 +219,18 @@ fn decode(s: &str) -> String {
 
 fn ranged(bytes: &[u8], range: Option<&String>) -> Reply {
     let len = bytes.len();
-    match range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok()) {
+    match range.and_then(|r| {
+        r.strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse::<usize>()
+            .ok()
+    }) {
         Some(start) if start >= len => {
             Reply::new(416).header("Content-Range", format!("bytes */{len}"))
         }
         Some(start) => {
-            let mut r = Reply::new(206).header(
-                "Content-Range",
-                format!("bytes {start}-{}/{len}", len - 1),
-            );
+            let mut r =
+                Reply::new(206).header("Content-Range", format!("bytes {start}-{}/{len}", len - 1));
             r.body = bytes[start..].to_vec();
             r
         }
@@ -512,7 +515,11 @@ fn python_and_modelgate_views(cache: &Path) -> (serde_json::Value, serde_json::V
                 .map(|x| x.as_str().unwrap().to_owned())
                 .collect();
             for name in &refs {
-                assert_eq!(c.resolve_revision(name).unwrap(), Some(sha.clone()), "{name}");
+                assert_eq!(
+                    c.resolve_revision(name).unwrap(),
+                    Some(sha.clone()),
+                    "{name}"
+                );
             }
             let files: Vec<serde_json::Value> = c
                 .snapshot_files(&sha)
@@ -537,44 +544,79 @@ fn download_writes_the_layout_python_writes_and_reads() {
     let env = Env::new(Some(&hub)).with("HF_TOKEN", TOKEN);
     let o = env.run(&["inspect", "hf://org/tiny-llama"]);
     assert_exit(&o, 0, "");
-    assert!(text(&o.stdout).contains("tiny-llama"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("tiny-llama"),
+        "{}",
+        text(&o.stdout)
+    );
 
     // The layout: refs, blobs named by etag, relative symlinks, nothing partial.
     let repo = env.repo();
-    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), SHA);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        SHA
+    );
     let fake = tiny_llama(REPO, false);
     for f in &fake.files {
         let link = std::fs::read_link(repo.join("snapshots").join(SHA).join(&f.path)).unwrap();
         assert_eq!(link, Path::new("../../blobs").join(f.etag()), "{}", f.path);
-        assert_eq!(std::fs::read(repo.join("blobs").join(f.etag())).unwrap(), f.bytes);
+        assert_eq!(
+            std::fs::read(repo.join("blobs").join(f.etag())).unwrap(),
+            f.bytes
+        );
     }
     assert!(!tree(&repo).iter().any(|e| e.contains(".incomplete")));
     // The token reached the Hub but not the CDN.
     let log = hub.log();
     assert!(log.iter().any(|l| l.path.starts_with("/cdn/")));
     for l in &log {
-        let expect = if l.path.starts_with("/cdn/") { None } else { Some(format!("Bearer {TOKEN}")) };
+        let expect = if l.path.starts_with("/cdn/") {
+            None
+        } else {
+            Some(format!("Bearer {TOKEN}"))
+        };
         assert_eq!(l.auth, expect, "{l:?}");
     }
     // The view modelgate made beside the cache is gone.
-    let left: Vec<_> = std::fs::read_dir(&env.home).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&env.home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("hub")]);
 
     // Offline: through refs/main, and a pinned sha with no ref naming it.
     let offline = env.with("HF_HUB_OFFLINE", "1");
     hub.clear_log();
-    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama@main"]), 0, "");
+    assert_exit(
+        &offline.run(&["inspect", "hf://org/tiny-llama@main"]),
+        0,
+        "",
+    );
     std::fs::remove_file(repo.join("refs/main")).unwrap();
-    assert_exit(&offline.run(&["inspect", &format!("hf://org/tiny-llama@{SHA}")]), 0, "");
-    assert!(hub.log().is_empty(), "offline runs asked the server: {:?}", hub.log());
+    assert_exit(
+        &offline.run(&["inspect", &format!("hf://org/tiny-llama@{SHA}")]),
+        0,
+        "",
+    );
+    assert!(
+        hub.log().is_empty(),
+        "offline runs asked the server: {:?}",
+        hub.log()
+    );
     std::fs::write(repo.join("refs/main"), SHA).unwrap();
 
     // huggingface_hub's own reader lists what modelgate sees.
     let (py, mg) = python_and_modelgate_views(&env.cache);
     assert_eq!(py, mg);
-    assert_eq!(py["repos"][0]["revisions"][0]["refs"], serde_json::json!(["main"]));
     assert_eq!(
-        py["repos"][0]["revisions"][0]["files"].as_array().unwrap().len(),
+        py["repos"][0]["revisions"][0]["refs"],
+        serde_json::json!(["main"])
+    );
+    assert_eq!(
+        py["repos"][0]["revisions"][0]["files"]
+            .as_array()
+            .unwrap()
+            .len(),
         fake.files.len()
     );
 
@@ -617,7 +659,10 @@ fn a_cache_python_wrote_is_read_offline() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["config.json", "model.safetensors", "tokenizer.json"]);
+    assert_eq!(
+        files,
+        ["config.json", "model.safetensors", "tokenizer.json"]
+    );
     assert!(hub.log().is_empty());
     let (py, mg) = python_and_modelgate_views(&env.cache);
     assert_eq!(py, mg);
@@ -646,18 +691,35 @@ fn include_and_exclude_take_a_subset() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["config.json", "generation_config.json", "model.safetensors"]);
+    assert_eq!(
+        files,
+        ["config.json", "generation_config.json", "model.safetensors"]
+    );
     let fetched: Vec<String> = hub
         .log()
         .iter()
         .filter(|l| l.method == "GET" && l.path.contains("/resolve/"))
         .map(|l| l.path.rsplit('/').next().unwrap().to_owned())
         .collect();
-    assert!(!fetched.iter().any(|f| f.starts_with("tokenizer") || f == "LICENSE"), "{fetched:?}");
+    assert!(
+        !fetched
+            .iter()
+            .any(|f| f.starts_with("tokenizer") || f == "LICENSE"),
+        "{fetched:?}"
+    );
     // One file selected: the stages get the file itself.
-    let o = env.run(&["inspect", "hf://org/tiny-llama", "--include", "model.safetensors"]);
+    let o = env.run(&[
+        "inspect",
+        "hf://org/tiny-llama",
+        "--include",
+        "model.safetensors",
+    ]);
     assert_exit(&o, 0, "");
-    assert!(text(&o.stdout).contains("safetensors file"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("safetensors file"),
+        "{}",
+        text(&o.stdout)
+    );
     // Globs matching nothing, and globs on a local path, are usage errors.
     let o = env.run(&["inspect", "hf://org/tiny-llama", "--include", "*.gguf"]);
     assert_exit(&o, 2, "matches the --include/--exclude");
@@ -672,7 +734,10 @@ fn interrupted_download_resumes_with_range() {
     let env = Env::new(Some(&hub));
     let fake = tiny_llama(REPO, false);
     let weights = fake.files.iter().find(|f| f.lfs).unwrap();
-    let part = env.repo().join("blobs").join(format!("{}.incomplete", weights.sha256()));
+    let part = env
+        .repo()
+        .join("blobs")
+        .join(format!("{}.incomplete", weights.sha256()));
 
     hub.faults(Faults {
         truncate: true,
@@ -683,7 +748,10 @@ fn interrupted_download_resumes_with_range() {
     assert_exit(&o, 2, "hint: run the command again");
     // Nothing partial is in the cache's view of the repository: no blob, no link, no ref.
     assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
-    assert!(std::fs::symlink_metadata(env.repo().join("snapshots").join(SHA).join(&weights.path)).is_err());
+    assert!(
+        std::fs::symlink_metadata(env.repo().join("snapshots").join(SHA).join(&weights.path))
+            .is_err()
+    );
     assert!(!env.repo().join("refs/main").exists());
     let had = std::fs::metadata(&part).unwrap().len();
     assert!(had > 0 && (had as usize) < weights.bytes.len());
@@ -711,7 +779,10 @@ fn sha256_mismatch_is_an_error_and_leaves_nothing() {
     let o = env.run(&["inspect", "hf://org/tiny-llama"]);
     assert_exit(&o, 2, "`model.safetensors` downloaded with sha256");
     let blobs = tree(&env.repo().join("blobs"));
-    assert!(!blobs.iter().any(|b| b.contains(".incomplete")), "{blobs:?}");
+    assert!(
+        !blobs.iter().any(|b| b.contains(".incomplete")),
+        "{blobs:?}"
+    );
     let fake = tiny_llama(REPO, false);
     let weights = fake.files.iter().find(|f| f.lfs).unwrap();
     assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
@@ -722,9 +793,21 @@ fn sha256_mismatch_is_an_error_and_leaves_nothing() {
 fn unknown_repositories_and_revisions_are_input_errors() {
     let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
     let env = Env::new(Some(&hub));
-    assert_exit(&env.run(&["inspect", "hf://org/missing"]), 2, "repository `org/missing` does not exist");
-    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama@nope"]), 2, "revision `nope` does not exist");
-    assert_exit(&env.run(&["inspect", "hf://org/../x"]), 2, "is not a hub model reference");
+    assert_exit(
+        &env.run(&["inspect", "hf://org/missing"]),
+        2,
+        "repository `org/missing` does not exist",
+    );
+    assert_exit(
+        &env.run(&["inspect", "hf://org/tiny-llama@nope"]),
+        2,
+        "revision `nope` does not exist",
+    );
+    assert_exit(
+        &env.run(&["inspect", "hf://org/../x"]),
+        2,
+        "is not a hub model reference",
+    );
     assert!(!env.repo().exists() || tree(&env.repo()).iter().all(|e| e.ends_with('/')));
 }
 
@@ -733,14 +816,25 @@ fn gated_repositories_need_a_token() {
     let hub = FakeHub::start(vec![tiny_llama("org/gated", true)]);
     let env = Env::new(Some(&hub));
     let o = env.run(&["inspect", "hf://org/gated"]);
-    assert_exit(&o, 2, "`org/gated` is gated or private and no token was given (HTTP 401)");
+    assert_exit(
+        &o,
+        2,
+        "`org/gated` is gated or private and no token was given (HTTP 401)",
+    );
     assert_exit(&o, 2, "hint: accept the conditions");
     assert_exit(&o, 2, "HF_TOKEN");
-    let o = env.with("HF_TOKEN", "hf_wrong").run(&["inspect", "hf://org/gated"]);
+    let o = env
+        .with("HF_TOKEN", "hf_wrong")
+        .run(&["inspect", "hf://org/gated"]);
     assert_exit(&o, 2, "refused access to `org/gated`");
     let dir = env.cache.join("models--org--gated");
     assert!(!dir.join("refs").exists());
-    assert_exit(&env.with("HF_TOKEN", TOKEN).run(&["inspect", "hf://org/gated"]), 0, "");
+    assert_exit(
+        &env.with("HF_TOKEN", TOKEN)
+            .run(&["inspect", "hf://org/gated"]),
+        0,
+        "",
+    );
 }
 
 #[test]
@@ -765,7 +859,11 @@ fn hostile_cache_layouts_are_input_errors() {
 
     // A blob whose content does not match its name.
     std::fs::write(&blob, b"{\"model_type\": \"evil\"}").unwrap();
-    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "does not hold what its name says");
+    assert_exit(
+        &offline.run(&["inspect", "hf://org/tiny-llama"]),
+        2,
+        "does not hold what its name says",
+    );
     std::fs::write(&blob, &config.bytes).unwrap();
 
     // A snapshot entry linking outside the cache.
@@ -774,14 +872,22 @@ fn hostile_cache_layouts_are_input_errors() {
     let entry = repo.join("snapshots").join(SHA).join("config.json");
     std::fs::remove_file(&entry).unwrap();
     std::os::unix::fs::symlink(&outside, &entry).unwrap();
-    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "outside the cache");
+    assert_exit(
+        &offline.run(&["inspect", "hf://org/tiny-llama"]),
+        2,
+        "outside the cache",
+    );
     std::fs::remove_file(&entry).unwrap();
     std::os::unix::fs::symlink(Path::new("../../blobs").join(config.etag()), &entry).unwrap();
     assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
 
     // refs/main naming a snapshot that does not exist.
     std::fs::write(repo.join("refs/main"), "0".repeat(40)).unwrap();
-    assert_exit(&offline.run(&["inspect", "hf://org/tiny-llama"]), 2, "does not exist");
+    assert_exit(
+        &offline.run(&["inspect", "hf://org/tiny-llama"]),
+        2,
+        "does not exist",
+    );
 }
 
 #[test]
@@ -810,12 +916,31 @@ fn policy_checks_pinning_and_publishers_of_hub_models() {
         r
     };
     let p = policy.to_str().unwrap();
-    let o = env.run(&["policy", "check", "hf://org/tiny-llama", "--policy", p, "--format", "json"]);
+    let o = env.run(&[
+        "policy",
+        "check",
+        "hf://org/tiny-llama",
+        "--policy",
+        p,
+        "--format",
+        "json",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert_eq!(rules(&o), ["policy/publisher-not-allowed", "policy/revision-unpinned"]);
-    std::fs::write(&policy, std::fs::read_to_string(&policy).unwrap().replace("trusted-org", "ORG")).unwrap();
+    assert_eq!(
+        rules(&o),
+        ["policy/publisher-not-allowed", "policy/revision-unpinned"]
+    );
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("trusted-org", "ORG"),
+    )
+    .unwrap();
     let pinned = format!("hf://org/tiny-llama@{SHA}");
-    let o = env.run(&["policy", "check", &pinned, "--policy", p, "--format", "json"]);
+    let o = env.run(&[
+        "policy", "check", &pinned, "--policy", p, "--format", "json",
+    ]);
     assert!(rules(&o).is_empty(), "{}", text(&o.stdout));
 }
 
@@ -823,6 +948,11 @@ fn policy_checks_pinning_and_publishers_of_hub_models() {
 fn sign_and_verify_need_a_named_signature_for_hub_models() {
     let env = Env::new(None).with("HF_HUB_OFFLINE", "1");
     let key = env.home.join("k.pem");
-    let o = env.run(&["sign", "hf://org/tiny-llama", "--key", key.to_str().unwrap()]);
+    let o = env.run(&[
+        "sign",
+        "hf://org/tiny-llama",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
     assert_exit(&o, 2, "--signature FILE");
 }

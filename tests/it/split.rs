@@ -65,7 +65,9 @@ fn split_info(meta: &[(String, MetaValue)]) -> SplitInfo {
 
 /// gguf-py's dump of one file, or `None` under MODELGATE_SKIP_PYTHON=1 without gguf-py.
 fn gguf_py(path: &Path) -> Option<Value> {
-    let probe = crate::support::oracle_python().args(["-c", "import gguf"]).output();
+    let probe = crate::support::oracle_python()
+        .args(["-c", "import gguf"])
+        .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
             eprintln!("skipping the gguf-py check: MODELGATE_SKIP_PYTHON=1");
