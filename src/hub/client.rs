@@ -333,7 +333,7 @@ impl Client {
         let meta = self.file_meta(repo, sha, file)?;
         let blob = cache.blob_path(&meta.etag);
         if !blob.is_file() {
-            self.fetch_blob(cache, repo, file, &meta, progress)?;
+            self.fetch_blob(cache, repo, sha, file, &meta, progress)?;
         }
         cache.link(sha, &file.rfilename, &meta.etag)
     }
@@ -342,6 +342,7 @@ impl Client {
         &self,
         cache: &RepoCache,
         repo: &RepoId,
+        sha: &CommitSha,
         file: &Sibling,
         meta: &FileMeta,
         progress: &mut dyn Progress,
@@ -409,7 +410,7 @@ impl Client {
                         why: format!("refused to resume `{name}` at byte {start}"),
                     });
                 }
-                _ => return Err(self.refusal(&url, &resp, repo, "")),
+                _ => return Err(self.refusal(&url, &resp, repo, sha.as_str())),
             }
         };
         let complete_already = resp.status().as_u16() == 416;

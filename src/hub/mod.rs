@@ -345,8 +345,10 @@ pub fn resolve(
     let client = client::Client::new(&settings.endpoint, settings.token.clone());
     let info = match client.model_info(&r.repo, &r.revision) {
         Ok(info) => info,
-        // As in Python: an unreachable Hub falls back to what the cache holds.
-        Err(HubError::Transport { .. }) if cache.has_revision(&r.revision)? => {
+        // As in Python: an unreachable or failing Hub falls back to what the cache holds.
+        Err(HubError::Transport { .. } | HubError::Http { .. })
+            if cache.has_revision(&r.revision)? =>
+        {
             return from_cache(r, sel, settings, &cache)
         }
         Err(e) => return Err(e),
