@@ -119,7 +119,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(endpoint: &str, token: Option<String>) -> Client {
-        let config = ureq::Agent::config_builder()
+        let mut builder = ureq::Agent::config_builder();
+        // A proxy (from HTTP_PROXY and the like) cannot serve this machine's own loopback.
+        let host = origin(endpoint).rsplit("://").next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            builder = builder.proxy(None);
+        }
+        let config = builder
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(USER_AGENT)

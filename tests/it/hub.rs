@@ -956,3 +956,52 @@ fn sign_and_verify_need_a_named_signature_for_hub_models() {
     ]);
     assert_exit(&o, 2, "--signature FILE");
 }
+
+#[test]
+fn resolve_records_the_provenance_of_every_file() {
+    use modelgate::hub::{self, HubRef, NoProgress, Selection, Settings};
+    let hub_server = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        cache_root: dir.path().join("hub"),
+        endpoint: hub_server.endpoint.clone(),
+        token: None,
+        offline: false,
+    };
+    let r = HubRef::parse("hf://org/tiny-llama").unwrap().unwrap();
+    let online = hub::resolve(&r, &Selection::all(), &settings, &mut NoProgress).unwrap();
+    let p = &online.provenance;
+    assert_eq!(p.repository.to_string(), REPO);
+    assert_eq!(p.requested_revision, "main");
+    assert_eq!(p.commit.as_str(), SHA);
+    assert!(!p.is_pinned());
+    let card = p.hub.as_ref().unwrap();
+    assert_eq!(card.licence, ["apache-2.0"]);
+    assert_eq!(card.base_model, ["org/base"]);
+    assert_eq!(card.gated, hub::Gated::No);
+    let fake = tiny_llama(REPO, false);
+    assert_eq!(p.files.len(), fake.files.len());
+    for (got, want) in p.files.iter().zip(&fake.files) {
+        assert_eq!(got.path, want.path);
+        assert_eq!(got.size, want.bytes.len() as u64);
+        assert_eq!(got.sha256.to_hex(), want.sha256());
+        let lfs = got.hub_lfs_sha256.map(|d| d.to_hex());
+        assert_eq!(lfs, want.lfs.then(|| want.sha256()), "{}", want.path);
+    }
+    // From the cache alone: the same files and digests, no Hub facts.
+    settings.offline = true;
+    let offline = hub::resolve(&r, &Selection::all(), &settings, &mut NoProgress).unwrap();
+    assert_eq!(offline.provenance.files, p.files);
+    assert_eq!(offline.provenance.commit, p.commit);
+    assert!(offline.provenance.hub.is_none());
+    // The record is deterministic.
+    assert_eq!(
+        serde_json::to_string(&offline.provenance).unwrap(),
+        serde_json::to_string(
+            &hub::resolve(&r, &Selection::all(), &settings, &mut NoProgress)
+                .unwrap()
+                .provenance
+        )
+        .unwrap()
+    );
+}
