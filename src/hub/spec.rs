@@ -294,6 +294,21 @@ mod tests {
         assert!(CommitSha::parse(&"a".repeat(39)).is_none());
     }
 
+    proptest::proptest! {
+        /// Whatever the argument, parsing never panics, and a reference it accepts
+        /// names folders inside the cache only and prints back to itself.
+        #[test]
+        fn accepted_references_stay_inside_the_cache(s in "hf://[a-z.\\-/_@A-Z0-9%+]{0,40}") {
+            if let Some(Ok(r)) = HubRef::parse(&s) {
+                let folder = r.repo.cache_folder();
+                proptest::prop_assert!(!folder.contains('/') && !folder.contains(".."));
+                proptest::prop_assert!(r.revision.split('/').all(|c| !c.is_empty() && c != ".."));
+                let again = HubRef::parse(&r.to_string()).unwrap().unwrap();
+                proptest::prop_assert_eq!(again, r);
+            }
+        }
+    }
+
     #[test]
     fn repo_paths_and_encoding() {
         assert!(check_repo_path("a/b.gguf"));
