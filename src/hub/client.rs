@@ -199,23 +199,36 @@ impl Client {
 
     /// The commit a revision names and the files it holds.
     pub fn model_info(&self, repo: &RepoId, revision: &str) -> Result<ModelInfo, HubError> {
-        let url = format!(
+        let mut url = format!(
             "{}/api/models/{}/{}/revision/{}?blobs=true",
             self.endpoint,
             encode_segment(repo.org()),
             encode_segment(repo.name()),
             encode_segment(revision)
         );
-        let resp = self
-            .auth(&url, self.agent.get(&url))
-            .call()
-            .map_err(|source| HubError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        if resp.status().as_u16() != 200 {
-            return Err(self.refusal(&url, &resp, repo, revision));
-        }
+        // A renamed repository answers with a redirect to its new name.
+        let mut hops = 0;
+        let resp = loop {
+            let resp = self
+                .auth(&url, self.agent.get(&url))
+                .call()
+                .map_err(|source| HubError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
+            match resp.status().as_u16() {
+                200 => break resp,
+                300..=399 if hops < MAX_HOPS => {
+                    hops += 1;
+                    let loc = header(&resp, "location").ok_or_else(|| HubError::BadResponse {
+                        url: url.clone(),
+                        why: "a redirect without `Location`".into(),
+                    })?;
+                    url = join(&url, &loc);
+                }
+                _ => return Err(self.refusal(&url, &resp, repo, revision)),
+            }
+        };
         let bad = |why: String| HubError::BadResponse {
             url: url.clone(),
             why,

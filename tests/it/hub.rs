@@ -270,6 +270,13 @@ fn answer(
         }
         return r;
     }
+    // A renamed repository: the Hub redirects its old name, relative to itself.
+    if let Some(rest) = path.strip_prefix("/api/models/org/old-name/") {
+        return Reply::new(307).header("Location", format!("/api/models/org/tiny-llama/{rest}"));
+    }
+    if let Some(rest) = path.strip_prefix("/org/old-name/resolve/") {
+        return Reply::new(307).header("Location", format!("/org/tiny-llama/resolve/{rest}"));
+    }
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let segs: Vec<&str> = rest.splitn(4, '/').collect();
         if segs.len() != 4 || segs[2] != "revision" || method != "GET" {
@@ -633,6 +640,29 @@ fn download_writes_the_layout_python_writes_and_reads() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(tree(&other.repo()), tree(&repo));
+}
+
+#[test]
+fn a_renamed_repository_is_followed_and_cached_under_the_name_asked_for() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub)).with("HF_TOKEN", TOKEN);
+    assert_exit(&env.run(&["inspect", "hf://org/old-name"]), 0, "");
+    let dir = env.cache.join("models--org--old-name");
+    assert_eq!(std::fs::read_to_string(dir.join("refs/main")).unwrap(), SHA);
+    assert!(dir
+        .join("snapshots")
+        .join(SHA)
+        .join("model.safetensors")
+        .is_file());
+    // The token followed the Hub's own (relative) redirects.
+    let log = hub.log();
+    assert!(log
+        .iter()
+        .any(|l| l.path.starts_with("/org/tiny-llama/resolve/")));
+    assert!(log
+        .iter()
+        .filter(|l| !l.path.starts_with("/cdn/"))
+        .all(|l| l.auth.is_some()));
 }
 
 #[test]
