@@ -83,12 +83,13 @@ pub fn resolve_pair(
     args: &HubArgs,
 ) -> anyhow::Result<(HubModel, HubModel)> {
     let is_hub = |p: &PathBuf| p.to_str().is_some_and(|p| p.starts_with(hub::spec::SCHEME));
+    // With no hub model at all, the globs go to both, so that `resolve` refuses them.
     let none = HubArgs::default();
-    let globs = |p: &PathBuf| if is_hub(p) { args } else { &none };
-    if !is_hub(a) && !is_hub(b) {
-        return Ok((resolve(a, args)?, resolve(b, args)?));
-    }
-    let (ga, gb) = (globs(a), globs(b));
+    let any = is_hub(a) || is_hub(b);
+    let (ga, gb) = (
+        if is_hub(a) || !any { args } else { &none },
+        if is_hub(b) || !any { args } else { &none },
+    );
     Ok((resolve(a, ga)?, resolve(b, gb)?))
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::cache::{git_blob_hasher, normalise_etag, RepoCache};
+use super::cache::{git_blob_hasher, normalise_etag, RepoCache, Verified};
 use super::provenance::{Gated, HubCard};
 use super::spec::{check_repo_path, encode_path, encode_segment, CommitSha, RepoId};
 use super::{io_err, HubError, Progress};
@@ -341,7 +341,8 @@ impl Client {
     /// Download one file into the cache: `blobs/<etag>.incomplete` (resumed with `Range`),
     /// verified, renamed to `blobs/<etag>`, linked from `snapshots/<sha>/<path>`. A file
     /// whose digest is wrong is deleted; a cut-off download leaves only the
-    /// `.incomplete` file, which the next run resumes.
+    /// `.incomplete` file, which the next run resumes. Returns what hashing the download
+    /// found, or `None` when the blob was in the cache already (another commit's).
     pub fn download(
         &self,
         cache: &RepoCache,
@@ -349,13 +350,16 @@ impl Client {
         sha: &CommitSha,
         file: &Sibling,
         progress: &mut dyn Progress,
-    ) -> Result<(), HubError> {
+    ) -> Result<Option<Verified>, HubError> {
         let meta = self.file_meta(repo, sha, file)?;
         let blob = cache.blob_path(&meta.etag);
-        if !blob.is_file() {
-            self.fetch_blob(cache, repo, sha, file, &meta, progress)?;
-        }
-        cache.link(sha, &file.rfilename, &meta.etag)
+        let fetched = if blob.is_file() {
+            None
+        } else {
+            Some(self.fetch_blob(cache, repo, sha, file, &meta, progress)?)
+        };
+        cache.link(sha, &file.rfilename, &meta.etag)?;
+        Ok(fetched)
     }
 
     fn fetch_blob(
@@ -366,7 +370,7 @@ impl Client {
         file: &Sibling,
         meta: &FileMeta,
         progress: &mut dyn Progress,
-    ) -> Result<(), HubError> {
+    ) -> Result<Verified, HubError> {
         let name = &file.rfilename;
         let part = cache.incomplete_path(&meta.etag);
         if let Some(dir) = part.parent() {
@@ -487,7 +491,10 @@ impl Client {
                 expected: meta.size,
             });
         }
-        let got256 = hex::encode(sha256.finalize());
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&sha256.finalize());
+        let digest = Sha256Digest(digest);
+        let got256 = digest.to_hex();
         let (algorithm, expected, actual) = match &file.lfs {
             Some(l) => ("sha256", l.sha256.to_hex(), got256),
             None if meta.etag.len() == 64 => ("sha256", meta.etag.clone(), got256),
@@ -507,7 +514,12 @@ impl Client {
             });
         }
         let blob = cache.blob_path(&meta.etag);
-        fs::rename(&part, &blob).map_err(io_err(&blob))
+        fs::rename(&part, &blob).map_err(io_err(&blob))?;
+        Ok(Verified {
+            size: total,
+            sha256: digest,
+            named_sha256: Sha256Digest::from_hex(&meta.etag),
+        })
     }
 }
 

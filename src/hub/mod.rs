@@ -364,9 +364,13 @@ pub fn resolve(
             revision: r.revision.clone(),
         });
     }
+    // What each download hashed, so that a file just fetched is not read a second time.
+    let mut hashed = std::collections::BTreeMap::new();
     for s in &wanted {
         if cache.snapshot_file(&info.sha, &s.rfilename)?.is_none() {
-            client.download(&cache, &r.repo, &info.sha, s, progress)?;
+            if let Some(v) = client.download(&cache, &r.repo, &info.sha, s, progress)? {
+                hashed.insert(s.rfilename.as_str(), v);
+            }
         }
     }
     if r.revision != info.sha.as_str() {
@@ -381,7 +385,10 @@ pub fn resolve(
                 path: cache.snapshot_dir(&info.sha).join(&s.rfilename),
                 why: "the file vanished from the snapshot after it was written".into(),
             })?;
-        let v = cache.verify(&f)?;
+        let v = match hashed.get(s.rfilename.as_str()) {
+            Some(v) => *v,
+            None => cache.verify(&f)?,
+        };
         let lfs = s.lfs.as_ref().map(|l| l.sha256);
         if let Some(expected) = lfs {
             if expected != v.sha256 {

@@ -442,6 +442,30 @@ impl Env {
     }
 }
 
+/// The file paths `inspect --json` lists.
+fn inspected_files(o: &Output) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// huggingface_hub's `hf_hub_download` of `files` at `main`, with `env`'s variables.
+fn python_download(env: &Env, files: &[&str]) {
+    let script = format!(
+        "from huggingface_hub import hf_hub_download\nfor f in {files:?}:\n    hf_hub_download('{REPO}', f, revision='main')\n"
+    );
+    let o = env
+        .command(&support::oracle_python_path())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -630,15 +654,7 @@ fn download_writes_the_layout_python_writes_and_reads() {
     // huggingface_hub's own downloader, from the same server, writes the same tree.
     let other = Env::new(Some(&hub));
     let files: Vec<&str> = fake.files.iter().map(|f| f.path.as_str()).collect();
-    let script = format!(
-        "from huggingface_hub import hf_hub_download\nfor f in {files:?}:\n    hf_hub_download('{REPO}', f, revision='main')\n"
-    );
-    let o = other
-        .command(&support::oracle_python_path())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    python_download(&other, &files);
     assert_eq!(tree(&other.repo()), tree(&repo));
 }
 
@@ -669,26 +685,15 @@ fn a_renamed_repository_is_followed_and_cached_under_the_name_asked_for() {
 fn a_cache_python_wrote_is_read_offline() {
     let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
     let env = Env::new(Some(&hub));
-    let script = format!(
-        "from huggingface_hub import hf_hub_download\nfor f in ['config.json', 'model.safetensors', 'tokenizer.json']:\n    hf_hub_download('{REPO}', f, revision='main')\n"
+    python_download(
+        &env,
+        &["config.json", "model.safetensors", "tokenizer.json"],
     );
-    let o = env
-        .command(&support::oracle_python_path())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
     let offline = env.with("HF_HUB_OFFLINE", "1");
     hub.clear_log();
     let o = offline.run(&["inspect", "--json", "hf://org/tiny-llama"]);
     assert_exit(&o, 0, "");
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let files: Vec<&str> = v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let files = inspected_files(&o);
     assert_eq!(
         files,
         ["config.json", "model.safetensors", "tokenizer.json"]
@@ -714,13 +719,7 @@ fn include_and_exclude_take_a_subset() {
         "tokenizer*",
     ]);
     assert_exit(&o, 0, "");
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let files: Vec<&str> = v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let files = inspected_files(&o);
     assert_eq!(
         files,
         ["config.json", "generation_config.json", "model.safetensors"]
