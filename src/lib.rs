@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod parity;
 pub mod pipeline;
 pub mod policy;
+pub mod provenance;
 pub mod report;
 pub mod scan;
 pub mod sign;

@@ -359,6 +359,20 @@ impl RepoCache {
         fs::rename(&tmp, &dest).map_err(io_err(&dest))
     }
 
+    /// [`RepoCache::link`] each `(path, etag)`; when one fails, the links made before it
+    /// are removed again, so the snapshot shows all of them or none.
+    pub fn link_all(&self, sha: &CommitSha, files: &[(&str, String)]) -> Result<(), HubError> {
+        for (i, (path, etag)) in files.iter().enumerate() {
+            if let Err(e) = self.link(sha, path, etag) {
+                for (done, _) in &files[..i] {
+                    let _ = fs::remove_file(self.snapshot_dir(sha).join(done));
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Write `refs/<revision>` = `sha` (temporary file, then rename).
     pub fn write_ref(&self, revision: &str, sha: &CommitSha) -> Result<(), HubError> {
         let path = self.dir.join("refs").join(revision);

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::cache::{git_blob_hasher, normalise_etag, RepoCache, Verified};
-use super::provenance::{Gated, HubCard};
+use crate::provenance::{Gated, HubCard};
 use super::spec::{check_repo_path, encode_path, encode_segment, CommitSha, RepoId};
 use super::{io_err, HubError, Progress};
 use crate::types::Sha256Digest;
@@ -338,11 +338,13 @@ impl Client {
         })
     }
 
-    /// Download one file into the cache: `blobs/<etag>.incomplete` (resumed with `Range`),
-    /// verified, renamed to `blobs/<etag>`, linked from `snapshots/<sha>/<path>`. A file
-    /// whose digest is wrong is deleted; a cut-off download leaves only the
-    /// `.incomplete` file, which the next run resumes. Returns what hashing the download
-    /// found, or `None` when the blob was in the cache already (another commit's).
+    /// Download one file into the cache's blobs: `blobs/<etag>.incomplete` (resumed with
+    /// `Range`), verified, renamed to `blobs/<etag>`. A file whose digest is wrong is
+    /// deleted; a cut-off download leaves only the `.incomplete` file, which the next run
+    /// resumes. The snapshot link is left to the caller, which makes the links only once
+    /// every file is in, so a snapshot never shows part of a download. Returns the blob's
+    /// name and what hashing the download found (`None` when the blob was in the cache
+    /// already, another commit's).
     pub fn download(
         &self,
         cache: &RepoCache,
@@ -350,7 +352,7 @@ impl Client {
         sha: &CommitSha,
         file: &Sibling,
         progress: &mut dyn Progress,
-    ) -> Result<Option<Verified>, HubError> {
+    ) -> Result<(String, Option<Verified>), HubError> {
         let meta = self.file_meta(repo, sha, file)?;
         let blob = cache.blob_path(&meta.etag);
         let fetched = if blob.is_file() {
@@ -358,8 +360,7 @@ impl Client {
         } else {
             Some(self.fetch_blob(cache, repo, sha, file, &meta, progress)?)
         };
-        cache.link(sha, &file.rfilename, &meta.etag)?;
-        Ok(fetched)
+        Ok((meta.etag, fetched))
     }
 
     fn fetch_blob(

@@ -15,8 +15,9 @@
 //! it holds (`/api/models/{id}/revision/{rev}`), then fetch the missing files
 //! (`/{id}/resolve/{sha}/{path}`) into `blobs/<etag>.incomplete`, resuming with `Range`,
 //! verify each one (the LFS sha256 the Hub lists, or the git blob id for small files),
-//! and only then rename it to its blob and link it from `snapshots/<sha>/`. The ref
-//! (`refs/main`) is written last, so a failed download never leaves a ref to a missing
+//! and only then rename it to its blob. The files are linked from `snapshots/<sha>/` once
+//! every selected one is in, and the ref (`refs/main`) is written last, so a failed
+//! download never leaves a snapshot with part of the files, nor a ref to a missing
 //! snapshot.
 //!
 //! **Why not the `hf-hub` crate.** Its synchronous (ureq) client, version 0.4, was
@@ -34,7 +35,6 @@
 
 pub mod cache;
 pub mod client;
-pub mod provenance;
 pub mod spec;
 pub mod view;
 
@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 pub use cache::RepoCache;
-pub use provenance::{Gated, HubCard, Provenance, ProvenanceFile};
+pub use crate::provenance::{Gated, HubCard, Provenance, ProvenanceFile};
 pub use spec::{CommitSha, HubRef, RepoId};
 pub use view::View;
 
@@ -366,13 +366,18 @@ pub fn resolve(
     }
     // What each download hashed, so that a file just fetched is not read a second time.
     let mut hashed = std::collections::BTreeMap::new();
+    let mut to_link = Vec::new();
     for s in &wanted {
         if cache.snapshot_file(&info.sha, &s.rfilename)?.is_none() {
-            if let Some(v) = client.download(&cache, &r.repo, &info.sha, s, progress)? {
+            let (etag, v) = client.download(&cache, &r.repo, &info.sha, s, progress)?;
+            if let Some(v) = v {
                 hashed.insert(s.rfilename.as_str(), v);
             }
+            to_link.push((s.rfilename.as_str(), etag));
         }
     }
+    // Every blob is in: only now does the snapshot show the files, all or none.
+    cache.link_all(&info.sha, &to_link)?;
     if r.revision != info.sha.as_str() {
         cache.write_ref(&r.revision, &info.sha)?;
     }
@@ -408,7 +413,8 @@ pub fn resolve(
         out.push((s.rfilename.clone(), f.target));
     }
     let provenance = Provenance::new(
-        r,
+        r.repo.clone(),
+        &r.revision,
         info.sha.clone(),
         &settings.endpoint,
         Some(info.card()),
@@ -458,7 +464,7 @@ fn from_cache(
         });
     }
     Ok(Snapshot {
-        provenance: Provenance::new(r, sha, &settings.endpoint, None, files),
+        provenance: Provenance::new(r.repo.clone(), &r.revision, sha, &settings.endpoint, None, files),
         files: out,
     })
 }

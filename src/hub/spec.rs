@@ -4,138 +4,11 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use super::HubError;
+pub use crate::provenance::{encode_path, encode_segment, CommitSha, RepoId, SCHEME};
 
-/// The scheme that marks a model argument as a Hub repository.
-pub const SCHEME: &str = "hf://";
-
-/// The longest repository id the Hub accepts (huggingface_hub's `validate_repo_id`).
-const MAX_REPO_ID: usize = 96;
 /// A revision longer than this is not a branch, tag or commit the Hub would serve.
 const MAX_REVISION: usize = 255;
-
-/// A model repository id, `ORG/NAME`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RepoId {
-    org: String,
-    name: String,
-}
-
-impl RepoId {
-    /// Parse `ORG/NAME` with the Hub's rules: letters, digits, `-`, `_`, `.`; no `--` or
-    /// `..`; not starting or ending with `-` or `.`; at most 96 characters.
-    pub fn parse(s: &str) -> Result<RepoId, HubError> {
-        let bad = |why: &str| HubError::BadSpec {
-            spec: s.to_owned(),
-            why: why.to_owned(),
-        };
-        if s.len() > MAX_REPO_ID {
-            return Err(bad("a repository id has at most 96 characters"));
-        }
-        let (org, name) = s
-            .split_once('/')
-            .ok_or_else(|| bad("expected `ORG/NAME`"))?;
-        for part in [org, name] {
-            let ok_chars = !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok_chars {
-                return Err(bad(
-                    "expected `ORG/NAME` made of letters, digits, `-`, `_` and `.`",
-                ));
-            }
-            if part.contains("--") || part.contains("..") {
-                return Err(bad("`--` and `..` are not allowed in a repository id"));
-            }
-            let edge = |c: Option<char>| matches!(c, Some('-' | '.'));
-            if edge(part.chars().next()) || edge(part.chars().last()) {
-                return Err(bad(
-                    "a repository id part cannot start or end with `-` or `.`",
-                ));
-            }
-        }
-        if name.ends_with(".git") {
-            return Err(bad("a repository id cannot end with `.git`"));
-        }
-        Ok(RepoId {
-            org: org.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-
-    /// The organisation or user that publishes the repository.
-    pub fn org(&self) -> &str {
-        &self.org
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The repository's folder in the cache: `models--ORG--NAME`.
-    pub fn cache_folder(&self) -> String {
-        format!("models--{}--{}", self.org, self.name)
-    }
-}
-
-impl fmt::Display for RepoId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.org, self.name)
-    }
-}
-
-impl TryFrom<String> for RepoId {
-    type Error = HubError;
-    fn try_from(s: String) -> Result<Self, HubError> {
-        RepoId::parse(&s)
-    }
-}
-
-impl From<RepoId> for String {
-    fn from(r: RepoId) -> String {
-        r.to_string()
-    }
-}
-
-/// A commit of a Hub repository: 40 lower-case hex digits.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct CommitSha(String);
-
-impl CommitSha {
-    /// `Some` for exactly 40 lower-case hex digits (the form the Hub and the cache use).
-    pub fn parse(s: &str) -> Option<CommitSha> {
-        let ok = s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| CommitSha(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CommitSha {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for CommitSha {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        CommitSha::parse(&s).ok_or_else(|| format!("`{s}` is not a 40-digit commit sha"))
-    }
-}
-
-impl From<CommitSha> for String {
-    fn from(c: CommitSha) -> String {
-        c.0
-    }
-}
 
 /// A parsed `hf://ORG/NAME[@REVISION]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,12 +31,9 @@ impl HubRef {
             Some((r, rev)) => (r, rev),
             None => (rest, "main"),
         };
-        let repo = RepoId::parse(repo).map_err(|e| match e {
-            HubError::BadSpec { why, .. } => HubError::BadSpec {
-                spec: arg.to_owned(),
-                why,
-            },
-            other => other,
+        let repo = RepoId::parse(repo).map_err(|why| HubError::BadSpec {
+            spec: arg.to_owned(),
+            why,
         })?;
         check_revision(revision).map_err(|why| HubError::BadSpec {
             spec: arg.to_owned(),
@@ -223,27 +93,6 @@ pub fn check_repo_path(p: &str) -> bool {
         && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// Percent-encode one URL path segment (RFC 3986 unreserved characters are kept).
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Percent-encode a repository path, keeping its `/` separators.
-pub fn encode_path(p: &str) -> String {
-    p.split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,13 +136,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn commit_sha_is_exactly_40_lower_hex() {
-        assert!(CommitSha::parse(&"a".repeat(40)).is_some());
-        assert!(CommitSha::parse(&"A".repeat(40)).is_none());
-        assert!(CommitSha::parse(&"a".repeat(39)).is_none());
-    }
-
     proptest::proptest! {
         /// Whatever the argument, parsing never panics, and a reference it accepts
         /// names folders inside the cache only and prints back to itself.
@@ -310,12 +152,10 @@ mod tests {
     }
 
     #[test]
-    fn repo_paths_and_encoding() {
+    fn repo_paths() {
         assert!(check_repo_path("a/b.gguf"));
         for bad in ["", "/a", "a/../b", "a//b", "./a", "a\\b"] {
             assert!(!check_repo_path(bad), "{bad}");
         }
-        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
-        assert_eq!(encode_path("dir/a b.bin"), "dir/a%20b.bin");
     }
 }

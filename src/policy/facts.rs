@@ -42,7 +42,7 @@ pub struct ModelFacts {
     /// OpenSSF model-signing statement uses), when hashed.
     pub model_digest: Option<Sha256Digest>,
     /// Where the model came from when it was resolved from `hf://`.
-    pub hub: Option<crate::hub::Provenance>,
+    pub hub: Option<crate::provenance::Provenance>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@
 use super::file::ProvenanceRules;
 use super::rules;
 use crate::finding::{Evidence, Finding};
-use crate::hub::Provenance;
+use crate::provenance::Provenance;
 
 /// The findings of the Hub provenance rules for one model (none when it is not from the
 /// Hub).
@@ -70,14 +70,16 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::finding::Severity;
-    use crate::hub::{CommitSha, HubRef};
+    use crate::provenance::{CommitSha, RepoId};
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn prov(spec: &str) -> Provenance {
-        let r = HubRef::parse(spec).unwrap().unwrap();
+        let rest = spec.strip_prefix("hf://").unwrap();
+        let (repo, rev) = rest.split_once('@').unwrap_or((rest, "main"));
         Provenance::new(
-            &r,
+            RepoId::parse(repo).unwrap(),
+            rev,
             CommitSha::parse(SHA).unwrap(),
             "https://huggingface.co",
             None,

@@ -507,6 +507,43 @@ fn tree(root: &Path) -> Vec<String> {
     out
 }
 
+/// What a failed run may leave in a repository's cache folder: folders, and blobs that
+/// are complete (their content matches their name), kept for the next run; with
+/// `resumable`, also the `.incomplete` file of a cut-off download. Never a snapshot entry
+/// or a ref, so no reader of the cache takes part of a download for the model.
+#[track_caller]
+fn assert_nothing_partial(repo: &Path, resumable: bool) {
+    if !repo.exists() {
+        return;
+    }
+    for e in tree(repo) {
+        if e.ends_with('/') {
+            continue;
+        }
+        let (rel, sha256) = e
+            .split_once(" = ")
+            .unwrap_or_else(|| panic!("a link was left in the cache: {e}"));
+        let name = rel
+            .strip_prefix("blobs/")
+            .unwrap_or_else(|| panic!("`{rel}` was left in the cache"));
+        if name.ends_with(".incomplete") {
+            assert!(resumable, "`{rel}` was left in the cache");
+            continue;
+        }
+        let bytes = std::fs::read(repo.join(rel)).unwrap();
+        let git = RepoFile {
+            path: String::new(),
+            bytes,
+            lfs: false,
+        }
+        .git_id();
+        assert!(
+            name == sha256 || name == git,
+            "blob `{rel}` left in the cache does not match its name"
+        );
+    }
+}
+
 const SCAN: &str = r#"
 import json, sys
 from huggingface_hub import scan_cache_dir
@@ -775,13 +812,10 @@ fn interrupted_download_resumes_with_range() {
     let o = env.run(&["scan", "hf://org/tiny-llama"]);
     assert_exit(&o, 2, "stopped after");
     assert_exit(&o, 2, "hint: run the command again");
-    // Nothing partial is in the cache's view of the repository: no blob, no link, no ref.
+    // Nothing partial is in the cache's view of the repository: no blob of the cut file,
+    // no snapshot entry (not even of the files that did arrive), no ref.
     assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
-    assert!(
-        std::fs::symlink_metadata(env.repo().join("snapshots").join(SHA).join(&weights.path))
-            .is_err()
-    );
-    assert!(!env.repo().join("refs/main").exists());
+    assert_nothing_partial(&env.repo(), true);
     let had = std::fs::metadata(&part).unwrap().len();
     assert!(had > 0 && (had as usize) < weights.bytes.len());
 
@@ -815,7 +849,27 @@ fn sha256_mismatch_is_an_error_and_leaves_nothing() {
     let fake = tiny_llama(REPO, false);
     let weights = fake.files.iter().find(|f| f.lfs).unwrap();
     assert!(!env.repo().join("blobs").join(weights.sha256()).exists());
-    assert!(!env.repo().join("refs/main").exists());
+    assert_nothing_partial(&env.repo(), false);
+    // The next run, with the right bytes, does not fetch again the files that arrived
+    // whole before the bad one (listed before it).
+    hub.faults(Faults::default());
+    hub.clear_log();
+    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
+    let got: Vec<String> = hub
+        .log()
+        .iter()
+        .filter(|l| l.method == "GET" && !l.path.starts_with("/api/"))
+        .map(|l| l.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    let before: Vec<&str> = fake
+        .files
+        .iter()
+        .take_while(|f| !f.lfs)
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(!before.is_empty());
+    assert!(got.iter().all(|g| !before.contains(&g.as_str())), "{got:?}");
+    assert_eq!(got.iter().filter(|g| **g == weights.sha256()).count(), 1);
 }
 
 #[test]
@@ -838,6 +892,7 @@ fn unknown_repositories_and_revisions_are_input_errors() {
         "is not a hub model reference",
     );
     assert!(!env.repo().exists() || tree(&env.repo()).iter().all(|e| e.ends_with('/')));
+    assert!(!env.cache.join("models--org--missing").exists());
 }
 
 #[test]
@@ -857,6 +912,7 @@ fn gated_repositories_need_a_token() {
         .run(&["inspect", "hf://org/gated"]);
     assert_exit(&o, 2, "refused access to `org/gated`");
     let dir = env.cache.join("models--org--gated");
+    assert_nothing_partial(&dir, false);
     assert!(!dir.join("refs").exists());
     assert_exit(
         &env.with("HF_TOKEN", TOKEN)
@@ -1033,4 +1089,84 @@ fn resolve_records_the_provenance_of_every_file() {
         )
         .unwrap()
     );
+}
+
+#[test]
+fn every_model_command_takes_a_hub_model() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
+    // From here on the cache answers: no command asks the server.
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    hub.clear_log();
+    let m = "hf://org/tiny-llama";
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let eval = support::fixture("text/eval.txt");
+    let eval = eval.to_str().unwrap();
+
+    let o = offline.run(&["license", m, "--json"]);
+    assert_exit(&o, 0, "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["licences"].to_string().contains("apache-2.0"), "{v}");
+
+    let q8 = path("tiny-q8_0.gguf");
+    let o = offline.run(&[
+        "convert",
+        m,
+        "-o",
+        &q8,
+        "--type",
+        "Q8_0",
+        "--quiet",
+        "--exclude",
+        "README.md",
+    ]);
+    assert_exit(&o, 0, "");
+    assert!(Path::new(&q8).is_file());
+
+    // The globs apply to the hub model of the two.
+    let o = offline.run(&[
+        "parity", m, &q8, "--text", eval, "--ctx", "64", "--chunks", "1", "--json", "--quiet",
+        "--exclude", "README.md",
+    ]);
+    assert_exit(&o, 0, "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["candidate"]["quant"], "Q8_0", "{v}");
+
+    let golden = path("golden.json");
+    let o = offline.run(&[
+        "parity", "record", m, "--out", &golden, "--text", eval, "--ctx", "64", "--chunks",
+        "1", "--top", "16", "--quiet",
+    ]);
+    assert_exit(&o, 0, "");
+    let o = offline.run(&["parity", "check", m, "--golden", &golden, "--quiet"]);
+    assert_exit(&o, 0, "");
+
+    let key = path("k.pem");
+    assert_exit(
+        &offline.run(&["keygen", "--alg", "ed25519", "--out", &key]),
+        0,
+        "",
+    );
+    let public = format!("{key}.pub");
+    let sig = path("tiny.sig");
+    let o = offline.run(&["sign", m, "--key", &key, "--signature", &sig, "--quiet"]);
+    assert_exit(&o, 0, "");
+    let o = offline.run(&["verify", m, "--key", &public, "--signature", &sig]);
+    assert_exit(&o, 0, "");
+    // A subset of the repository is not what was signed.
+    let o = offline.run(&[
+        "verify",
+        m,
+        "--key",
+        &public,
+        "--signature",
+        &sig,
+        "--exclude",
+        "tokenizer.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
 }

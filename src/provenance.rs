@@ -1,12 +1,159 @@
-//! Where a Hub model came from, pinned: the repository, the revision asked for, the commit
-//! it resolved to, the Hub's licence and gating facts, and every file's size and sha256
-//! beside the sha256 the Hub lists for it (LFS). Reports, BOMs and attestations carry this
-//! struct as it is; it serialises deterministically (files sorted by path).
+//! Where a model came from, as reports, BOMs and attestations record it: a Hugging Face
+//! Hub repository (`ORG/NAME`), the revision asked for, the commit it resolved to, the
+//! Hub's licence and gating facts, and every file's size and sha256 beside the sha256 the
+//! Hub lists for it (LFS). A shared type: the `hub` stage fills it in, `policy` judges it,
+//! `report` and `sign` write it; it serialises deterministically (files sorted by path).
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{encode_path, CommitSha, HubRef, RepoId, SCHEME};
 use crate::types::Sha256Digest;
+
+/// The scheme that marks a model argument as a Hub repository.
+pub const SCHEME: &str = "hf://";
+
+/// The longest repository id the Hub accepts (huggingface_hub's `validate_repo_id`).
+const MAX_REPO_ID: usize = 96;
+
+/// A model repository id, `ORG/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoId {
+    org: String,
+    name: String,
+}
+
+impl RepoId {
+    /// Parse `ORG/NAME` with the Hub's rules: letters, digits, `-`, `_`, `.`; no `--` or
+    /// `..`; not starting or ending with `-` or `.`; at most 96 characters. The error says why, in words that follow "`ARG` is not a hub model reference: ".
+    pub fn parse(s: &str) -> Result<RepoId, String> {
+        let bad = |why: &str| why.to_owned();
+        if s.len() > MAX_REPO_ID {
+            return Err(bad("a repository id has at most 96 characters"));
+        }
+        let (org, name) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected `ORG/NAME`"))?;
+        for part in [org, name] {
+            let ok_chars = !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok_chars {
+                return Err(bad(
+                    "expected `ORG/NAME` made of letters, digits, `-`, `_` and `.`",
+                ));
+            }
+            if part.contains("--") || part.contains("..") {
+                return Err(bad("`--` and `..` are not allowed in a repository id"));
+            }
+            let edge = |c: Option<char>| matches!(c, Some('-' | '.'));
+            if edge(part.chars().next()) || edge(part.chars().last()) {
+                return Err(bad(
+                    "a repository id part cannot start or end with `-` or `.`",
+                ));
+            }
+        }
+        if name.ends_with(".git") {
+            return Err(bad("a repository id cannot end with `.git`"));
+        }
+        Ok(RepoId {
+            org: org.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The organisation or user that publishes the repository.
+    pub fn org(&self) -> &str {
+        &self.org
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The repository's folder in the cache: `models--ORG--NAME`.
+    pub fn cache_folder(&self) -> String {
+        format!("models--{}--{}", self.org, self.name)
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.org, self.name)
+    }
+}
+
+impl TryFrom<String> for RepoId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        RepoId::parse(&s).map_err(|why| format!("`{s}` is not a repository id: {why}"))
+    }
+}
+
+impl From<RepoId> for String {
+    fn from(r: RepoId) -> String {
+        r.to_string()
+    }
+}
+
+/// A commit of a Hub repository: 40 lower-case hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    /// `Some` for exactly 40 lower-case hex digits (the form the Hub and the cache use).
+    pub fn parse(s: &str) -> Option<CommitSha> {
+        let ok = s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| CommitSha(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CommitSha {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        CommitSha::parse(&s).ok_or_else(|| format!("`{s}` is not a 40-digit commit sha"))
+    }
+}
+
+impl From<CommitSha> for String {
+    fn from(c: CommitSha) -> String {
+        c.0
+    }
+}
+
+/// Percent-encode one URL path segment (RFC 3986 unreserved characters are kept).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Percent-encode a repository path, keeping its `/` separators.
+pub fn encode_path(p: &str) -> String {
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
 
 /// The provenance of a model resolved from `hf://`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,9 +222,11 @@ pub struct ProvenanceFile {
 }
 
 impl Provenance {
-    /// The provenance of `files` of `r`, resolved to `commit`.
+    /// The provenance of `files` of `repository` at `requested_revision`, resolved to
+    /// `commit`.
     pub fn new(
-        r: &HubRef,
+        repository: RepoId,
+        requested_revision: &str,
         commit: CommitSha,
         endpoint: &str,
         hub: Option<HubCard>,
@@ -85,8 +234,8 @@ impl Provenance {
     ) -> Provenance {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Provenance {
-            repository: r.repo.clone(),
-            requested_revision: r.revision.clone(),
+            repository,
+            requested_revision: requested_revision.to_owned(),
             commit,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             hub,
@@ -132,13 +281,11 @@ mod tests {
     use super::*;
 
     fn prov(rev: &str, hub: Option<HubCard>) -> Provenance {
-        let r = HubRef::parse(&format!("hf://org/model@{rev}"))
-            .unwrap()
-            .unwrap();
         let sha = CommitSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
         let d = Sha256Digest::of(b"abc");
         Provenance::new(
-            &r,
+            RepoId::parse("org/model").unwrap(),
+            rev,
             sha,
             "https://huggingface.co/",
             hub,
@@ -157,6 +304,19 @@ mod tests {
                 },
             ],
         )
+    }
+
+    #[test]
+    fn commit_sha_is_exactly_40_lower_hex() {
+        assert!(CommitSha::parse(&"a".repeat(40)).is_some());
+        assert!(CommitSha::parse(&"A".repeat(40)).is_none());
+        assert!(CommitSha::parse(&"a".repeat(39)).is_none());
+    }
+
+    #[test]
+    fn encodes_url_paths() {
+        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_path("dir/a b.bin"), "dir/a%20b.bin");
     }
 
     #[test]
