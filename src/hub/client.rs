@@ -21,9 +21,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::cache::{git_blob_hasher, normalise_etag, RepoCache, Verified};
-use crate::provenance::{Gated, HubCard};
 use super::spec::{check_repo_path, encode_path, encode_segment, CommitSha, RepoId};
 use super::{io_err, HubError, Progress};
+use crate::provenance::{Gated, HubCard};
 use crate::types::Sha256Digest;
 
 /// The model-info answer for a large repository is well under this.

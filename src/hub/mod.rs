@@ -42,8 +42,8 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-pub use cache::RepoCache;
 pub use crate::provenance::{Gated, HubCard, Provenance, ProvenanceFile};
+pub use cache::RepoCache;
 pub use spec::{CommitSha, HubRef, RepoId};
 pub use view::View;
 
@@ -464,7 +464,14 @@ fn from_cache(
         });
     }
     Ok(Snapshot {
-        provenance: Provenance::new(r.repo.clone(), &r.revision, sha, &settings.endpoint, None, files),
+        provenance: Provenance::new(
+            r.repo.clone(),
+            &r.revision,
+            sha,
+            &settings.endpoint,
+            None,
+            files,
+        ),
         files: out,
     })
 }

@@ -1127,8 +1127,19 @@ fn every_model_command_takes_a_hub_model() {
 
     // The globs apply to the hub model of the two.
     let o = offline.run(&[
-        "parity", m, &q8, "--text", eval, "--ctx", "64", "--chunks", "1", "--json", "--quiet",
-        "--exclude", "README.md",
+        "parity",
+        m,
+        &q8,
+        "--text",
+        eval,
+        "--ctx",
+        "64",
+        "--chunks",
+        "1",
+        "--json",
+        "--quiet",
+        "--exclude",
+        "README.md",
     ]);
     assert_exit(&o, 0, "");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1136,8 +1147,8 @@ fn every_model_command_takes_a_hub_model() {
 
     let golden = path("golden.json");
     let o = offline.run(&[
-        "parity", "record", m, "--out", &golden, "--text", eval, "--ctx", "64", "--chunks",
-        "1", "--top", "16", "--quiet",
+        "parity", "record", m, "--out", &golden, "--text", eval, "--ctx", "64", "--chunks", "1",
+        "--top", "16", "--quiet",
     ]);
     assert_exit(&o, 0, "");
     let o = offline.run(&["parity", "check", m, "--golden", &golden, "--quiet"]);
