@@ -7,12 +7,25 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-/// Why a capped text file could not be read.
-#[derive(Debug)]
+/// Why a capped text file could not be read. The caller names the file.
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    Io(std::io::Error),
+    #[error("cannot read the file")]
+    Io(#[source] std::io::Error),
     /// Too large or not UTF-8; the message says which, in the house style.
+    #[error("{0}")]
     Invalid(String),
+}
+
+impl ReadError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Some("check the path"),
+            ReadError::Io(_) => None,
+            ReadError::Invalid(_) => Some("give the YAML text file itself, saved as UTF-8"),
+        }
+    }
 }
 
 /// Read `path` as UTF-8 text of at most `max` bytes; `what` names the kind of file in
@@ -37,11 +50,19 @@ pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<(Vec<u8>, String
 }
 
 /// A YAML error at a place in the file.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{line}:{column}: {message}")]
 pub struct YamlError {
     pub line: u64,
     pub column: u64,
     pub message: String,
+}
+
+impl YamlError {
+    /// Advice for the `hint:` line.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some("check the YAML at that line: indentation, and quotes around values holding `: ` or `#`")
+    }
 }
 
 /// Deserialize YAML text, locating any error by line and column.

@@ -41,6 +41,10 @@ pub struct Args {
     /// No progress bar
     #[arg(long, short)]
     quiet: bool,
+    /// List every tensor that fell back to another type, not just each reason with a count
+    /// (`--json` always lists them)
+    #[arg(long, short)]
+    verbose: bool,
     /// Keep output.weight in its source type
     #[arg(long)]
     leave_output_tensor: bool,
@@ -186,13 +190,8 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
         Some(m) => split::convert_split(&args.src, &args.output, &opts, m, progress),
         None => convert::convert(&args.src, &args.output, format, &opts, progress),
     };
-    let summary = result.map_err(|e| {
-        let h = hint_for(&e);
-        match h {
-            Some(h) => super::hint(e, h),
-            None => anyhow::Error::new(e),
-        }
-    })?;
+    // The error's own hint is printed by `cli::print_error`.
+    let summary = result?;
     {
         let mut err = std::io::stderr().lock();
         for n in &summary.notes {
@@ -204,29 +203,15 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
         serde_json::to_writer_pretty(&mut out, &summary).context("cannot write JSON to stdout")?;
         writeln!(out)?;
     } else {
-        out.write_all(render_text(&summary).as_bytes())?;
+        out.write_all(render_text(&summary, args.verbose).as_bytes())?;
     }
     Ok(Outcome::Pass)
 }
 
-fn hint_for(e: &ConvertError) -> Option<String> {
-    Some(match e {
-        ConvertError::UnsupportedArchitecture { .. } => {
-            "modelgate converts dense llama-family decoders; convert other models with llama.cpp's converter".into()
-        }
-        ConvertError::Requantize { .. } => {
-            "quantize from the original weights, or pass --allow-requantize to accept the loss".into()
-        }
-        ConvertError::Shape { .. } | ConvertError::MissingTensor { .. } => {
-            "config.json and the weights come from different models, or a file is damaged".into()
-        }
-        ConvertError::Read(_) => "check that every file of the checkpoint is present and complete".into(),
-        _ => return None,
-    })
-}
-
-/// The readable summary.
-pub fn render_text(s: &Summary) -> String {
+/// The readable summary. Fallbacks are grouped by what was wanted, what was used and why,
+/// one line per group with a count (a small model has hundreds of identical ones);
+/// `verbose` lists the tensors of each group under it.
+pub fn render_text(s: &Summary, verbose: bool) -> String {
     let mut o = String::new();
     let what = match s.format {
         OutputFormat::Gguf => format!("GGUF {}", s.file_type.as_deref().unwrap_or("")),
@@ -311,13 +296,27 @@ pub fn render_text(s: &Summary) -> String {
         );
     }
     if !s.fallbacks.is_empty() {
-        let _ = writeln!(o, "  fallbacks ({}):", s.fallbacks.len());
+        // Groups in order of first appearance, so the output follows the tensor order.
+        // (wanted, used, reason) and the tensors that fell back so.
+        type Group<'a> = ((&'a str, &'a str, &'a str), Vec<&'a str>);
+        let mut groups: Vec<Group> = Vec::new();
         for f in &s.fallbacks {
-            let _ = writeln!(
-                o,
-                "    {:<32} {} -> {} ({})",
-                f.tensor, f.wanted, f.used, f.reason
-            );
+            let key = (f.wanted.as_str(), f.used.as_str(), f.reason.as_str());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, tensors)) => tensors.push(&f.tensor),
+                None => groups.push((key, vec![&f.tensor])),
+            }
+        }
+        let _ = writeln!(o, "  fallbacks ({}):", s.fallbacks.len());
+        for ((wanted, used, reason), tensors) in &groups {
+            let n = tensors.len();
+            let noun = if n == 1 { "tensor" } else { "tensors" };
+            let _ = writeln!(o, "    {n:>5} {noun:<7} {wanted} -> {used} ({reason})");
+            if verbose {
+                for t in tensors {
+                    let _ = writeln!(o, "            {t}");
+                }
+            }
         }
     }
     o

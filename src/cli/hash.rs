@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::sign::hash::GIT_PATHS;
+use crate::digest::GIT_PATHS;
 use crate::sign::{hash_model, HashOptions, Manifest, RelPath, Serialization};
 
 use super::Outcome;
@@ -112,7 +112,7 @@ pub fn manifest_json(m: &Manifest) -> serde_json::Value {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let opts = args.hashing.options()?;
     let start = Instant::now();
-    let manifest = hash_model(&args.path, &opts, None).map_err(super::sign_error)?;
+    let manifest = hash_model(&args.path, &opts, None)?;
     let secs = start.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     if args.json {

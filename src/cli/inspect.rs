@@ -28,11 +28,12 @@ pub struct Args {
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
     let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
-    let ckpt = Checkpoint::open(&args.path).map_err(|e| {
-        super::hint(
+    let ckpt = Checkpoint::open(&args.path).map_err(|e| match e.hint() {
+        Some(_) => anyhow::Error::new(e),
+        None => super::hint(
             e,
             "`modelgate inspect` reads GGUF, safetensors (single or sharded), PyTorch checkpoints and model directories",
-        )
+        ),
     })?;
     let summary = summarise(&ckpt, args.tensors);
     let mut out = std::io::stdout().lock();

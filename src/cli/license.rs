@@ -30,9 +30,15 @@ pub struct Args {
 /// Open a model for the policy stage, with a clear error when it cannot be read.
 pub(super) fn open_facts(path: &std::path::Path, hash: bool) -> anyhow::Result<ModelFacts> {
     let ckpt = Checkpoint::open(path).map_err(|e| {
+        // An unreadable path has its own advice; a malformed file gets this stage's.
+        let h = match &e {
+            crate::formats::FormatError::Io { .. } => e.hint(),
+            _ => None,
+        }
+        .unwrap_or("the model card, config and weights must be well-formed; nothing was evaluated");
         super::hint(
             anyhow::Error::new(e).context(format!("cannot read model `{}`", path.display())),
-            "the model card, config and weights must be well-formed; nothing was evaluated",
+            h,
         )
     })?;
     ModelFacts::from_checkpoint(&ckpt, hash)

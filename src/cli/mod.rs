@@ -158,13 +158,110 @@ fn sign_error(e: crate::sign::SignError) -> anyhow::Error {
     }
 }
 
-fn print_error(e: &anyhow::Error) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "error: {e}");
-    for cause in e.chain().skip(1) {
-        let _ = writeln!(err, "caused by: {cause}");
+/// The hint of a stage error, where the error is one and has a hint.
+fn stage_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use crate::{convert, digest, engine, formats, parity, policy, sign};
+    if let Some(e) = e.downcast_ref::<convert::ConvertError>() {
+        return e.hint();
     }
+    if let Some(e) = e.downcast_ref::<engine::EngineError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<parity::ParityError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<policy::PolicyError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<sign::SignError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<digest::DigestError>() {
+        return e.hint();
+    }
+    if let Some(e) = e.downcast_ref::<formats::FormatError>() {
+        return e.hint();
+    }
+    None
+}
+
+/// The hint to print: one attached with [`hint`], else that of the outermost stage error
+/// in the chain that has one.
+fn hint_of(e: &anyhow::Error) -> Option<String> {
     if let Some(h) = e.downcast_ref::<Hinted>() {
-        let _ = writeln!(err, "hint: {}", h.hint);
+        return Some(h.hint.clone());
+    }
+    e.chain().find_map(|c| match c.downcast_ref::<Hinted>() {
+        Some(h) => Some(h.hint.clone()),
+        None => stage_hint(c).map(str::to_owned),
+    })
+}
+
+/// Causes from outside modelgate (the operating system's `No such file or directory`)
+/// start in upper case; messages here are lower case. Acronyms (`GGUF`, `IO`) are kept.
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(a), Some(b)) if a.is_uppercase() && !b.is_uppercase() => {
+            a.to_lowercase().chain(s[a.len_utf8()..].chars()).collect()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+/// The error, then one `caused by:` line per cause and the hint, each cause once.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut s = format!("error: {e}\n");
+    for cause in e.chain().skip(1) {
+        s.push_str(&format!("caused by: {}\n", lower_first(&cause.to_string())));
+    }
+    if let Some(h) = hint_of(e) {
+        s.push_str(&format!("hint: {h}\n"));
+    }
+    s
+}
+
+fn print_error(e: &anyhow::Error) {
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(render_error(e).as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn each_cause_once_lower_case_with_the_stage_hint() {
+        let e = crate::policy::PolicyError::Io {
+            path: PathBuf::from("p.yaml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let e = anyhow::Error::new(e).context("cannot load the policy");
+        assert_eq!(
+            render_error(&e),
+            "error: cannot load the policy\n\
+             caused by: cannot read `p.yaml`\n\
+             caused by: entity not found\n\
+             hint: check the path\n"
+        );
+    }
+
+    #[test]
+    fn an_attached_hint_wins_over_the_stage_hint() {
+        let e = crate::formats::FormatError::malformed(std::path::Path::new("m.gguf"), "bad");
+        let e = hint(e, "try another file");
+        assert_eq!(
+            render_error(&e),
+            "error: `m.gguf`: bad\nhint: try another file\n"
+        );
+    }
+
+    #[test]
+    fn lower_first_keeps_acronyms() {
+        assert_eq!(lower_first("No such file"), "no such file");
+        assert_eq!(lower_first("GGUF header"), "GGUF header");
+        assert_eq!(lower_first(""), "");
     }
 }

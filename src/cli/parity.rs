@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::{DeviceSpec, Math};
 use crate::finding::Verdict;
+use crate::parity::thresholds::Overrides;
 use crate::parity::{self, Corpus, Golden, ParityOptions, ParityReport, Summary, Thresholds};
 use crate::policy::file::Policy;
 
@@ -193,17 +194,11 @@ impl Drop for Progress {
 /// quant type unless `--as-type` names another.
 fn thresholds(j: &Judge, declared: &str) -> anyhow::Result<Thresholds> {
     let quant = j.as_type.as_deref().unwrap_or(declared);
-    match &j.policy {
-        Some(p) => {
-            let policy = Policy::load(p)?;
-            let rules = policy.file.parity.clone();
-            Ok(match &rules {
-                Some(r) => Thresholds::resolve(quant, Some((p.as_path(), r))),
-                None => Thresholds::resolve(quant, None),
-            })
-        }
-        None => Ok(Thresholds::resolve(quant, None)),
-    }
+    let policy = j.policy.as_deref().map(Policy::load).transpose()?;
+    Ok(Thresholds::resolve(
+        quant,
+        policy.as_ref().and_then(Overrides::policy),
+    ))
 }
 
 fn declared_quant(candidate: &Path) -> anyhow::Result<String> {

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use serde_json::json;
 
 use crate::policy::{self, Catalogues, Policy};
 use crate::report::{self, GateReport, ReportFormat};
@@ -64,13 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Load a policy file; the error's own hint (`PolicyError::hint`) is printed with it.
 fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
-    Policy::load(path).map_err(|e| {
-        super::hint(
-            e,
-            "see schemas/policy.schema.json and the policies shipped in `policies/`",
-        )
-    })
+    Ok(Policy::load(path)?)
 }
 
 fn check(mut args: CheckArgs) -> anyhow::Result<Outcome> {
@@ -82,28 +77,9 @@ fn check(mut args: CheckArgs) -> anyhow::Result<Outcome> {
     let cats = Catalogues::builtin()?;
     let outcome = policy::check(&facts, &policy, &cats)?;
     let a = &outcome.assessment;
-    let details = json!({
-        "policy": {
-            "name": policy.file.name,
-            "path": policy.path.display().to_string(),
-            "sha256": policy.digest.to_hex(),
-        },
-        "model": {
-            "name": a.name,
-            "sha256": facts.model_digest.map(|d| d.to_hex()),
-            "files": facts.digests,
-        },
-        "licences": a.licences,
-        "detections": a.detections,
-        "inherited": a.inherited,
-        "provenance": a.provenance,
-        "obligations": outcome.obligations,
-        "documents": outcome.documents,
-        "waivers": outcome.waivers,
-    });
     let mut report = GateReport::new("policy", &args.model, outcome.findings.clone());
     report.waived = outcome.waived.clone();
-    report.details = Some(details);
+    report.details = Some(outcome.details(&policy, &facts, policy::Detail::Full));
     let mut out = std::io::stdout().lock();
     if args.format == ReportFormat::Text {
         write_summary(&mut out, &args.model, a, &cats.licences)?;

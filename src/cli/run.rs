@@ -114,18 +114,9 @@ fn default_pipeline() -> anyhow::Result<PathBuf> {
     ))
 }
 
+/// A pipeline error with its hint: the pipeline's own, or that of the stage that failed.
 fn pipeline_error(e: PipelineError) -> anyhow::Error {
-    let h = match &e {
-        PipelineError::Syntax { .. } | PipelineError::Invalid { .. } => {
-            Some("see schemas/pipeline.schema.json and `fixtures/pipeline/example.yaml`")
-        }
-        PipelineError::Unavailable { .. } => Some("remove the step from the pipeline file"),
-        PipelineError::Step { step, .. } if step.starts_with("sign") => Some(
-            "give `steps.sign.key` (a PKCS#8 PEM from `modelgate keygen`) or set the variable `steps.sign.key_env` names",
-        ),
-        _ => None,
-    };
-    match h {
+    match e.hint() {
         Some(h) => super::hint(e, h),
         None => e.into(),
     }
@@ -187,7 +178,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             writeln!(o, "  {r}")?;
         }
     }
-    for f in ["report.md", "report.json", "report.sarif", "bom.cdx.json"] {
+    for f in [
+        "report.md",
+        "report.json",
+        "report.sarif",
+        "bom.cdx.json",
+        "bom.spdx.json",
+    ] {
         writeln!(o, "  {}", out.join(f).display())?;
     }
     for a in report.artifacts() {

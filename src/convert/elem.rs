@@ -1,5 +1,5 @@
 //! Decoding stored values to f32 and encoding f32 to the output type, one run of rows at a
-//! time, through the [`quant`](super::quant) kernels (which also cover F32, F16 and BF16);
+//! time, through the [`quant`] kernels (which also cover F32, F16 and BF16);
 //! F64 sources, which ggml never writes but safetensors may hold, are narrowed here.
 
 use crate::formats::{DType, GgmlType};

@@ -1,8 +1,10 @@
 //! The conversion stage's error: every message says what was found and what was expected,
 //! and names the file or tensor concerned.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::formats::gguf::GgufWriteError;
+use crate::formats::safetensors::WriteError;
 use crate::formats::FormatError;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,7 @@ pub enum ConvertError {
     Options(String),
 
     /// Writing the output failed.
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     Write {
         path: PathBuf,
         #[source]
@@ -86,7 +88,7 @@ pub enum ConvertError {
     Hash {
         path: PathBuf,
         #[source]
-        source: crate::sign::SignError,
+        source: crate::digest::DigestError,
     },
 
     /// A quantization kernel refused its input.
@@ -95,10 +97,64 @@ pub enum ConvertError {
 }
 
 impl ConvertError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            ConvertError::UnsupportedArchitecture { .. } => {
+                "modelgate converts dense llama-family decoders; convert other models with llama.cpp's converter"
+            }
+            ConvertError::Requantize { .. } => {
+                "quantize from the original weights, or pass --allow-requantize to accept the loss"
+            }
+            ConvertError::Shape { .. } | ConvertError::MissingTensor { .. } => {
+                "config.json and the weights come from different models, or a file is damaged"
+            }
+            ConvertError::Read(_) => "check that every file of the checkpoint is present and complete",
+            ConvertError::Missing { .. } => {
+                "a Hugging Face model directory needs config.json, tokenizer.json and every weight file"
+            }
+            ConvertError::UnsupportedDtype { .. } => {
+                "modelgate converts from f32, f16, bf16 and the GGUF block types it writes"
+            }
+            ConvertError::Write { .. } => {
+                "check that the output folder exists, is writable and has space"
+            }
+            ConvertError::Hash { source, .. } => return source.hint(),
+            ConvertError::Shard { .. } => {
+                "convert the missing or damaged share again with the same `--shard I/N` and options"
+            }
+            _ => return None,
+        })
+    }
+
     pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ConvertError::Write {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A GGUF writer error on `path`: an I/O failure keeps its cause, a refused layout
+    /// becomes [`ConvertError::Output`].
+    pub(crate) fn gguf_output(path: &Path, e: GgufWriteError) -> Self {
+        match e {
+            GgufWriteError::Io(source) => ConvertError::write(path, source),
+            GgufWriteError::Invalid(fault) => ConvertError::Output {
+                path: path.to_owned(),
+                fault,
+            },
+        }
+    }
+
+    /// A safetensors writer error on `path`, as [`ConvertError::gguf_output`].
+    pub(crate) fn safetensors_output(path: &Path, e: WriteError) -> Self {
+        match e {
+            WriteError::Io(source) => ConvertError::write(path, source),
+            WriteError::File { path, source } => ConvertError::write(path, source),
+            other => ConvertError::Output {
+                path: path.to_owned(),
+                fault: other.to_string(),
+            },
         }
     }
 

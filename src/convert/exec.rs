@@ -161,10 +161,6 @@ impl<'a> Sink<'a> {
         path: &Path,
     ) -> Result<Sink<'a>, ConvertError> {
         let tensors = plan.tensors.get(part.range.clone()).unwrap_or(&[]);
-        let bad = |fault: String| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        };
         Ok(match plan.format {
             OutputFormat::Gguf => {
                 let descs: Vec<TensorDesc> = tensors
@@ -177,7 +173,7 @@ impl<'a> Sink<'a> {
                     .collect();
                 Sink::Gguf(
                     GgufWriter::new(file, part.gguf_meta, &descs)
-                        .map_err(|e| bad(e.to_string()))?,
+                        .map_err(|e| ConvertError::gguf_output(path, e))?,
                 )
             }
             OutputFormat::SafetensorsFile | OutputFormat::HfDir => {
@@ -190,32 +186,30 @@ impl<'a> Sink<'a> {
                 let meta: BTreeMap<String, String> = plan.st_meta.iter().cloned().collect();
                 Sink::Safetensors(
                     safetensors::Writer::new(file, &specs, &meta)
-                        .map_err(|e| bad(e.to_string()))?,
+                        .map_err(|e| ConvertError::safetensors_output(path, e))?,
                 )
             }
         })
     }
 
     fn write(&mut self, name: &str, data: &[u8], path: &Path) -> Result<(), ConvertError> {
-        let r = match self {
-            Sink::Gguf(w) => w.write_tensor_chunk(name, data).map_err(|e| e.to_string()),
-            Sink::Safetensors(w) => w.write_chunk(data).map_err(|e| e.to_string()),
-        };
-        r.map_err(|fault| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        })
+        match self {
+            Sink::Gguf(w) => w
+                .write_tensor_chunk(name, data)
+                .map_err(|e| ConvertError::gguf_output(path, e)),
+            Sink::Safetensors(w) => w
+                .write_chunk(data)
+                .map_err(|e| ConvertError::safetensors_output(path, e)),
+        }
     }
 
     fn finish(self, path: &Path) -> Result<Option<Sha256Digest>, ConvertError> {
-        let r = match self {
-            Sink::Gguf(w) => w.finish().map_err(|e| e.to_string()),
-            Sink::Safetensors(w) => w.finish().map_err(|e| e.to_string()),
+        let out = match self {
+            Sink::Gguf(w) => w.finish().map_err(|e| ConvertError::gguf_output(path, e))?,
+            Sink::Safetensors(w) => w
+                .finish()
+                .map_err(|e| ConvertError::safetensors_output(path, e))?,
         };
-        let out = r.map_err(|fault| ConvertError::Output {
-            path: path.to_owned(),
-            fault,
-        })?;
         Ok(out.hash.map(|h| Sha256Digest(h.finalize().into())))
     }
 }
@@ -450,9 +444,39 @@ pub enum Target {
     },
 }
 
+/// Remove what an interrupted run (`kill -9`, power loss) left beside the same output:
+/// entries of `dir` named `{prefix}XXXXXX.partial`, where `XXXXXX` is the random part
+/// tempfile adds (letters and digits, nothing else). Temporary files of other outputs have
+/// another prefix and are left alone. Two conversions writing the same OUT at once are not
+/// supported (the later rename would win anyway), so a fresh partial of the same output is
+/// taken to be stale. Failures are ignored: this is tidying, not part of the conversion.
+fn remove_stale_partials(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let random = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".partial"));
+        let Some(random) = random else { continue };
+        if random.is_empty() || !random.chars().all(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let path = entry.path();
+        // `file_type` does not follow symlinks: a link is removed, never its target.
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => continue,
+        };
+    }
+}
+
 impl Target {
-    /// Prepare a temporary file or directory beside `out`. Refuses to replace a non-empty
-    /// directory.
+    /// Prepare a temporary file or directory beside `out`, after removing those a killed
+    /// run left for the same `out`. Refuses to replace a non-empty directory.
     pub fn new(out: &Path, dir: bool) -> Result<Target, ConvertError> {
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -475,6 +499,7 @@ impl Target {
             }
         }
         let prefix = format!(".{stem}.");
+        remove_stale_partials(&parent, &prefix);
         let mut b = tempfile::Builder::new();
         b.prefix(&prefix).suffix(".partial");
         Ok(if dir {
@@ -517,5 +542,41 @@ impl Target {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_partials_of_the_same_output_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join(".q.gguf.Ab12Cd.partial"), b"half").unwrap();
+        std::fs::create_dir(d.join(".q.gguf.Zz9Yy8.partial")).unwrap();
+        std::fs::write(d.join(".q.gguf.Zz9Yy8.partial/model.safetensors"), b"x").unwrap();
+        let keep = [
+            ".other.gguf.Ab12Cd.partial",
+            ".q.gguf.notes.txt",
+            ".q.gguf.a.b.partial",
+            "q.gguf",
+        ];
+        for k in keep {
+            std::fs::write(d.join(k), b"keep").unwrap();
+        }
+        let t = Target::new(&d.join("q.gguf"), false).unwrap();
+        let Target::File { tmp, .. } = &t else {
+            panic!("a file target")
+        };
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| Some(n.as_str()) != tmp.path().file_name().and_then(|f| f.to_str()))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(names, want);
     }
 }

@@ -145,7 +145,7 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, ConvertError> {
 }
 
 fn file_sha256(path: &Path) -> Result<Sha256Digest, ConvertError> {
-    use crate::sign::{hash_model, HashOptions, Serialization};
+    use crate::digest::{hash_model, HashOptions, Serialization};
     let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|source| {
         ConvertError::Hash {
             path: path.to_owned(),
@@ -368,10 +368,7 @@ pub fn merge(inputs: &[PathBuf], out: Option<&Path>) -> Result<MergeSummary, Con
         .as_file()
         .try_clone()
         .map_err(|e| ConvertError::write(&tmp_path, e))?;
-    let bad = |e: crate::formats::gguf::GgufWriteError| ConvertError::Output {
-        path: out.to_owned(),
-        fault: e.to_string(),
-    };
+    let bad = |e| ConvertError::gguf_output(out, e);
     let mut writer = GgufWriter::with_alignment(
         std::io::BufWriter::with_capacity(1 << 20, file),
         &w.metadata,

@@ -2,8 +2,8 @@
 //! → GGUF that llama.cpp loads, GGUF → GGUF requantization, and GGUF → safetensors (a
 //! loadable Hugging Face directory, or one weights file).
 //!
-//! Stage two of the pipeline (import → **convert/quantize** → scan → policy → parity →
-//! sign). It works on the [`Checkpoint`] view of `formats` and never parses files itself:
+//! A stage of the pipeline (import → scan → **convert/quantize** → verify → policy →
+//! parity → sign). It works on the [`Checkpoint`] view of `formats` and never parses files itself:
 //! - [`arch`]: architectures, hyper-parameters, tensor names, q/k permutation, shape checks;
 //! - [`recipe`]: the per-tensor types of llama.cpp's quantization mixtures;
 //! - [`vocab`]: tokenizer.json ↔ `tokenizer.ggml.*`;
@@ -28,6 +28,7 @@ pub mod meta;
 pub mod plan;
 pub mod quant;
 pub mod recipe;
+mod report;
 pub mod split;
 pub mod vocab;
 

@@ -5,7 +5,7 @@
 //! requantization) happen here, before any output file exists.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -16,6 +16,7 @@ use super::meta::{self, GeneralSources};
 use super::recipe::{Fallback, FileType, ModelShape, Recipe, SourceKind};
 use super::vocab::{self, GgufVocab, HfTokenizer};
 use super::{elem, Options, OutputFormat};
+use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::{Checkpoint, DType, GgmlType, MetaValue, WeightFormat};
 
 /// Where an output tensor's values come from.
@@ -339,50 +340,28 @@ fn add_file_keys(
     }
 }
 
-fn meta_get<'a>(m: &'a [(String, MetaValue)], k: &str) -> Option<&'a MetaValue> {
-    m.iter().find(|(key, _)| key == k).map(|(_, v)| v)
-}
-
-fn meta_u64(m: &[(String, MetaValue)], k: &str) -> Option<u64> {
-    match meta_get(m, k)? {
-        MetaValue::U8(x) => Some((*x).into()),
-        MetaValue::U16(x) => Some((*x).into()),
-        MetaValue::U32(x) => Some((*x).into()),
-        MetaValue::U64(x) => Some(*x),
-        MetaValue::I32(x) => u64::try_from(*x).ok(),
-        MetaValue::I64(x) => u64::try_from(*x).ok(),
-        _ => None,
-    }
-}
-
-fn meta_f64(m: &[(String, MetaValue)], k: &str) -> Option<f64> {
-    match meta_get(m, k)? {
-        MetaValue::F32(x) => Some((*x).into()),
-        MetaValue::F64(x) => Some(*x),
-        _ => None,
-    }
-}
-
-fn meta_str<'a>(m: &'a [(String, MetaValue)], k: &str) -> Option<&'a str> {
-    match meta_get(m, k)? {
-        MetaValue::String(s) => Some(s),
-        _ => None,
-    }
+/// A GGUF key that is absent where it is needed, or holds the wrong type, reported against
+/// the file it came from.
+fn meta_err(path: &Path) -> impl Fn(MetaError) -> ConvertError + '_ {
+    move |e| ConvertError::config(path, e.to_string())
 }
 
 /// GGUF → GGUF: requantize, keeping names, order and metadata.
 fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     let m = &ckpt.weights.metadata;
-    let path = &ckpt.path;
+    let meta = Meta::new(m);
+    let bad = meta_err(&ckpt.path);
     let file_type = opts.file_type.ok_or_else(|| {
         ConvertError::Options("GGUF → GGUF needs --type (the type to requantize to)".into())
     })?;
-    let arch_name = meta_str(m, "general.architecture")
-        .ok_or_else(|| ConvertError::config(path, "no `general.architecture` key"))?
+    let arch_name = meta
+        .require_str("general.architecture")
+        .map_err(&bad)?
         .to_owned();
-    let n_layer = meta_u64(m, &format!("{arch_name}.block_count")).unwrap_or(0);
-    let n_head = meta_u64(m, &format!("{arch_name}.attention.head_count")).unwrap_or(1);
-    let n_head_kv = meta_u64(m, &format!("{arch_name}.attention.head_count_kv")).unwrap_or(n_head);
+    let int = |suffix: &str| meta.u64(&format!("{arch_name}.{suffix}")).map_err(&bad);
+    let n_layer = int("block_count")?.unwrap_or(0);
+    let n_head = int("attention.head_count")?.unwrap_or(1);
+    let n_head_kv = int("attention.head_count_kv")?.unwrap_or(n_head);
     let ts = &ckpt.weights.tensors;
     let recipe = Recipe {
         file_type,
@@ -470,20 +449,23 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
         side_files: Vec::new(),
         fallbacks,
         notes,
-        pre_tokenizer: meta_str(m, "tokenizer.ggml.pre").map(|p| PreChoice {
-            name: p.to_owned(),
-            reason: "kept from the input file".into(),
-        }),
+        pre_tokenizer: meta
+            .str("tokenizer.ggml.pre")
+            .map_err(&bad)?
+            .map(|p| PreChoice {
+                name: p.to_owned(),
+                reason: "kept from the input file".into(),
+            }),
     })
 }
 
 impl HParams {
     /// Read a GGUF file's `{arch}.*` keys back (the tensors supply what keys leave out).
     pub fn from_gguf(ckpt: &Checkpoint) -> Result<HParams, ConvertError> {
-        let m = &ckpt.weights.metadata;
+        let meta = Meta::new(&ckpt.weights.metadata);
         let path = &ckpt.path;
-        let arch_name = meta_str(m, "general.architecture")
-            .ok_or_else(|| ConvertError::config(path, "no `general.architecture` key"))?;
+        let bad = meta_err(path);
+        let arch_name = meta.require_str("general.architecture").map_err(&bad)?;
         let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
             ConvertError::UnsupportedArchitecture {
                 found: arch_name.to_owned(),
@@ -491,19 +473,18 @@ impl HParams {
             }
         })?;
         let k = |s: &str| format!("{arch_name}.{s}");
-        let need = |s: &str| {
-            meta_u64(m, &k(s)).filter(|v| *v > 0).ok_or_else(|| {
-                ConvertError::config(
-                    path,
-                    format!("`{}` is missing or not a positive integer", k(s)),
-                )
-            })
+        let int = |s: &str| meta.u64(&k(s)).map_err(&bad);
+        let float = |s: &str| meta.f64(&k(s)).map_err(&bad);
+        let need = |s: &str| match int(s)? {
+            Some(v) if v > 0 => Ok(v),
+            Some(_) => Err(ConvertError::config(path, format!("`{}` is 0", k(s)))),
+            None => Err(bad(MetaError::Missing { key: k(s) })),
         };
         let n_layer = need("block_count")?;
         let n_embd = need("embedding_length")?;
         let n_ff = need("feed_forward_length")?;
         let n_head = need("attention.head_count")?;
-        let n_head_kv = meta_u64(m, &k("attention.head_count_kv")).unwrap_or(n_head);
+        let n_head_kv = int("attention.head_count_kv")?.unwrap_or(n_head);
         if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(ConvertError::config(
                 path,
@@ -511,12 +492,12 @@ impl HParams {
             ));
         }
         let embd = ckpt.weights.tensor("token_embd.weight");
-        let n_vocab = meta_u64(m, &k("vocab_size"))
+        let n_vocab = int("vocab_size")?
             .or_else(|| embd.and_then(|t| t.shape.first().copied()))
             .ok_or_else(|| {
                 ConvertError::config(path, "no vocabulary size and no `token_embd.weight`")
             })?;
-        let head_dim_key = meta_u64(m, &k("attention.key_length"));
+        let head_dim_key = int("attention.key_length")?;
         let head_dim = match head_dim_key {
             Some(d) => d,
             None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
@@ -527,9 +508,10 @@ impl HParams {
                 ))
             }
         };
-        let n_ctx = meta_u64(m, &k("context_length")).unwrap_or(2048);
-        let rope_theta = meta_f64(m, &k("rope.freq_base")).unwrap_or(10000.0);
-        let rms_eps = meta_f64(m, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
+        let n_ctx = int("context_length")?.unwrap_or(2048);
+        let rope_theta = float("rope.freq_base")?.unwrap_or(10000.0);
+        let rms_eps = float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let token_id = |key: &str| meta.u64(key).map_err(&bad);
         let mut h = HParams {
             arch,
             model_type: arch.hf_class().1.to_owned(),
@@ -551,21 +533,21 @@ impl HParams {
                 .tensors
                 .iter()
                 .any(|t| t.name.as_str().ends_with("attn_output.bias")),
-            bos_token_id: meta_u64(m, "tokenizer.ggml.bos_token_id"),
-            eos_token_id: meta_u64(m, "tokenizer.ggml.eos_token_id"),
-            pad_token_id: meta_u64(m, "tokenizer.ggml.padding_token_id"),
+            bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
+            pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
         };
-        match meta_str(m, &k("rope.scaling.type")) {
+        match meta.str(&k("rope.scaling.type")).map_err(&bad)? {
             Some("linear") => {
-                if let Some(factor) = meta_f64(m, &k("rope.scaling.factor")) {
+                if let Some(factor) = float("rope.scaling.factor")? {
                     h.rope_scaling = RopeScaling::Linear { factor };
                 }
             }
             Some("yarn") => {
-                if let Some(factor) = meta_f64(m, &k("rope.scaling.factor")) {
+                if let Some(factor) = float("rope.scaling.factor")? {
                     h.rope_scaling = RopeScaling::Yarn {
                         factor,
-                        original_context: meta_u64(m, &k("rope.scaling.original_context_length"))
+                        original_context: int("rope.scaling.original_context_length")?
                             .unwrap_or(n_ctx),
                     };
                 }
@@ -849,7 +831,8 @@ fn gguf_to_safetensors(
             reason: "tokenizer.json pre_tokenizer rebuilt from `tokenizer.ggml.pre`".into(),
             name,
         });
-        if let Some(card) = model_card(&ckpt.weights.metadata) {
+        let card = model_card(Meta::new(&ckpt.weights.metadata)).map_err(meta_err(&path))?;
+        if let Some(card) = card {
             side_files.push(("README.md".into(), card.into_bytes()));
         }
     }
@@ -878,40 +861,40 @@ fn gguf_to_safetensors(
 
 /// A model card carrying the licence and lineage the GGUF file declares, so that licence
 /// checks on the converted directory see what the GGUF file said.
-fn model_card(m: &[(String, MetaValue)]) -> Option<String> {
+fn model_card(m: Meta<'_>) -> Result<Option<String>, MetaError> {
     let mut fm: BTreeMap<&str, Value> = BTreeMap::new();
-    if let Some(l) = meta_str(m, "general.license") {
+    if let Some(l) = m.str("general.license")? {
         fm.insert("license", json!(l));
     }
-    if let Some(l) = meta_str(m, "general.license.name") {
+    if let Some(l) = m.str("general.license.name")? {
         fm.insert("license_name", json!(l));
     }
-    if let Some(l) = meta_str(m, "general.license.link") {
+    if let Some(l) = m.str("general.license.link")? {
         fm.insert("license_link", json!(l));
     }
-    let n_base = meta_u64(m, "general.base_model.count").unwrap_or(0).min(64);
-    let bases: Vec<Value> = (0..n_base)
-        .filter_map(|i| {
-            let repo = meta_str(m, &format!("general.base_model.{i}.repo_url"));
-            let org = meta_str(m, &format!("general.base_model.{i}.organization"));
-            let name = meta_str(m, &format!("general.base_model.{i}.name"));
-            match (
-                repo.and_then(|r| r.strip_prefix("https://huggingface.co/")),
-                org,
-                name,
-            ) {
-                (Some(id), _, _) => Some(json!(id)),
-                (None, Some(o), Some(n)) => Some(json!(format!("{o}/{n}"))),
-                (None, None, Some(n)) => Some(json!(n)),
-                _ => None,
-            }
-        })
-        .collect();
+    let n_base = m.u64("general.base_model.count")?.unwrap_or(0).min(64);
+    let mut bases: Vec<Value> = Vec::new();
+    for i in 0..n_base {
+        let repo = m.str(&format!("general.base_model.{i}.repo_url"))?;
+        let org = m.str(&format!("general.base_model.{i}.organization"))?;
+        let name = m.str(&format!("general.base_model.{i}.name"))?;
+        let base = match (
+            repo.and_then(|r| r.strip_prefix("https://huggingface.co/")),
+            org,
+            name,
+        ) {
+            (Some(id), _, _) => json!(id),
+            (None, Some(o), Some(n)) => json!(format!("{o}/{n}")),
+            (None, None, Some(n)) => json!(n),
+            _ => continue,
+        };
+        bases.push(base);
+    }
     if !bases.is_empty() {
         fm.insert("base_model", Value::Array(bases));
     }
     if fm.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut s = String::from("---\n");
     for (k, v) in &fm {
@@ -925,11 +908,11 @@ fn model_card(m: &[(String, MetaValue)]) -> Option<String> {
             other => s.push_str(&format!("{k}: {other}\n")),
         }
     }
-    let name = meta_str(m, "general.name").unwrap_or("model");
+    let name = m.str("general.name")?.unwrap_or("model");
     s.push_str(&format!(
         "---\n\n# {name}\n\nConverted from GGUF by modelgate. Licence and base models above are the ones the GGUF file declared.\n"
     ));
-    Some(s)
+    Ok(Some(s))
 }
 
 /// A source tensor has the shape the hyper-parameters (from `origin`) imply and a dtype the
@@ -1008,13 +991,13 @@ mod tests {
                 MetaValue::String("https://huggingface.co/HuggingFaceTB/SmolLM2-135M".into()),
             ),
         ];
-        let card = model_card(&m).unwrap();
+        let card = model_card(Meta::new(&m)).unwrap().unwrap();
         assert!(
             card.starts_with(
                 "---\nbase_model:\n- \"HuggingFaceTB/SmolLM2-135M\"\nlicense: \"apache-2.0\"\n---"
             ),
             "{card}"
         );
-        assert!(model_card(&[]).is_none());
+        assert!(model_card(Meta::new(&[])).unwrap().is_none());
     }
 }

@@ -188,7 +188,7 @@ pub fn sidecar_path(part: &Path) -> PathBuf {
 /// The SHA-256 of the source files, each hashed whole (the same digests `modelgate hash`
 /// reports), by path relative to the checkpoint.
 fn source_digests(ckpt: &Checkpoint) -> Result<Vec<(String, Sha256Digest)>, ConvertError> {
-    use crate::sign::{hash_model, HashOptions, Serialization};
+    use crate::digest::{hash_model, HashOptions, Serialization};
     let opts = HashOptions::new(Serialization::Files);
     let hash = |p: &Path| {
         hash_model(p, &opts, None).map_err(|source| ConvertError::Hash {

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ConvertError;
 use super::meta::{arr_f32, arr_i32, arr_str};
+use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::MetaValue;
 
 /// llama.cpp's token types (`llama_token_type`).
@@ -499,72 +500,43 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-fn meta_u64(v: &MetaValue) -> Option<u64> {
-    match *v {
-        MetaValue::U8(x) => Some(x.into()),
-        MetaValue::U16(x) => Some(x.into()),
-        MetaValue::U32(x) => Some(x.into()),
-        MetaValue::U64(x) => Some(x),
-        MetaValue::I8(x) => u64::try_from(x).ok(),
-        MetaValue::I16(x) => u64::try_from(x).ok(),
-        MetaValue::I32(x) => u64::try_from(x).ok(),
-        MetaValue::I64(x) => u64::try_from(x).ok(),
-        _ => None,
-    }
-}
-
 impl GgufVocab {
     pub fn from_metadata(
         meta: &[(String, MetaValue)],
         path: &Path,
     ) -> Result<GgufVocab, ConvertError> {
-        let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let m = Meta::new(meta);
+        let bad = |e: MetaError| ConvertError::tokenizer(path, e.to_string());
         let strs = |k: &str| -> Result<Vec<String>, ConvertError> {
-            match get(k) {
-                None => Ok(Vec::new()),
-                Some(MetaValue::Array { items, .. }) => items
-                    .iter()
-                    .map(|i| match i {
-                        MetaValue::String(s) => Ok(s.clone()),
-                        _ => Err(ConvertError::tokenizer(
-                            path,
-                            format!("`{k}` holds a non-string"),
-                        )),
-                    })
-                    .collect(),
-                Some(_) => Err(ConvertError::tokenizer(
-                    path,
-                    format!("`{k}` is not an array"),
-                )),
-            }
+            Ok(m.strings(k)
+                .map_err(bad)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_owned)
+                .collect())
         };
-        let model = match get("tokenizer.ggml.model") {
-            Some(MetaValue::String(s)) => s.clone(),
-            _ => {
-                return Err(ConvertError::tokenizer(
+        let model = m
+            .str("tokenizer.ggml.model")
+            .map_err(bad)?
+            .ok_or_else(|| {
+                ConvertError::tokenizer(
                     path,
                     "no `tokenizer.ggml.model` key: the file carries no tokenizer",
-                ))
-            }
-        };
+                )
+            })?
+            .to_owned();
         let tokens = strs("tokenizer.ggml.tokens")?;
-        let types = match get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array { items, .. }) => items
-                .iter()
-                .map(|i| meta_u64(i).map(|x| x as i32).unwrap_or(token_type::NORMAL))
+        let types = match m.ints("tokenizer.ggml.token_type").map_err(bad)? {
+            Some(types) => types
+                .into_iter()
+                .map(|t| i32::try_from(t).unwrap_or(token_type::NORMAL))
                 .collect(),
-            _ => vec![token_type::NORMAL; tokens.len()],
+            None => vec![token_type::NORMAL; tokens.len()],
         };
-        let scores = match get("tokenizer.ggml.scores") {
-            Some(MetaValue::Array { items, .. }) => items
-                .iter()
-                .map(|i| match i {
-                    MetaValue::F32(x) => *x,
-                    _ => 0.0,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let scores = m
+            .floats("tokenizer.ggml.scores")
+            .map_err(bad)?
+            .unwrap_or_default();
         if types.len() != tokens.len() || (!scores.is_empty() && scores.len() != tokens.len()) {
             return Err(ConvertError::tokenizer(
                 path,
@@ -576,32 +548,27 @@ impl GgufVocab {
                 ),
             ));
         }
-        let id = |k: &str| {
-            get(k)
-                .and_then(meta_u64)
-                .filter(|&i| (i as usize) < tokens.len())
+        // An id outside the vocabulary names no token; it is dropped, as before.
+        let id = |k: &str| -> Result<Option<u64>, ConvertError> {
+            Ok(m.u64(k)
+                .map_err(bad)?
+                .filter(|&i| (i as usize) < tokens.len()))
         };
-        let boolean = |k: &str| match get(k) {
-            Some(MetaValue::Bool(b)) => Some(*b),
-            _ => None,
+        let boolean = |k: &str| m.bool(k).map_err(bad);
+        let text = |k: &str| -> Result<Option<String>, ConvertError> {
+            Ok(m.str(k).map_err(bad)?.map(str::to_owned))
         };
         Ok(GgufVocab {
-            pre: match get("tokenizer.ggml.pre") {
-                Some(MetaValue::String(s)) => Some(s.clone()),
-                _ => None,
-            },
+            pre: text("tokenizer.ggml.pre")?,
             merges: strs("tokenizer.ggml.merges")?,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
-            unk: id("tokenizer.ggml.unknown_token_id"),
-            pad: id("tokenizer.ggml.padding_token_id"),
-            add_bos: boolean("tokenizer.ggml.add_bos_token"),
-            add_eos: boolean("tokenizer.ggml.add_eos_token"),
-            add_space_prefix: boolean("tokenizer.ggml.add_space_prefix"),
-            chat_template: match get("tokenizer.chat_template") {
-                Some(MetaValue::String(s)) => Some(s.clone()),
-                _ => None,
-            },
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            pad: id("tokenizer.ggml.padding_token_id")?,
+            add_bos: boolean("tokenizer.ggml.add_bos_token")?,
+            add_eos: boolean("tokenizer.ggml.add_eos_token")?,
+            add_space_prefix: boolean("tokenizer.ggml.add_space_prefix")?,
+            chat_template: text("tokenizer.chat_template")?,
             model,
             tokens,
             types,

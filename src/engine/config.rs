@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use crate::formats::gguf::Meta;
 use crate::formats::{MetaValue, ModelParams};
 
 use super::EngineError;
@@ -128,8 +129,9 @@ impl ModelConfig {
         )?;
         let vocab = need(params.vocab_size, "vocabulary size", MAX_VOCAB)?;
         let context = need(params.context_length, "context length", u64::MAX)?;
-        let gguf_key = |suffix: &str| meta_u64(gguf, &format!("{arch_name}.{suffix}"));
-        let head_dim = match params.head_dim.or_else(|| gguf_key("attention.key_length")) {
+        let gguf = Meta::new(gguf);
+        let gguf_key = |suffix: &str| gguf.u64(&format!("{arch_name}.{suffix}"));
+        let head_dim = match params.head_dim.or(gguf_key("attention.key_length")?) {
             Some(d) => need(Some(d), "head size", MAX_DIM)?,
             None => {
                 if !hidden.is_multiple_of(n_heads) {
@@ -150,7 +152,7 @@ impl ModelConfig {
                 "head size {head_dim} is odd; RoPE needs pairs"
             )));
         }
-        if let Some(rot) = gguf_key("rope.dimension_count") {
+        if let Some(rot) = gguf_key("rope.dimension_count")? {
             if rot != head_dim as u64 {
                 return Err(EngineError::Unsupported(format!(
                     "partial rotary embedding (rope dimension {rot}, head size {head_dim})"
@@ -279,9 +281,9 @@ fn hf_sliding_window(cfg: &Value, arch: Architecture) -> Option<usize> {
 
 /// RoPE scaling from GGUF keys. Llama 3.1's frequency factors travel as the tensor
 /// `rope_freqs.weight`, which the model loader applies; here only the key-based kinds.
-fn gguf_rope(gguf: &[(String, MetaValue)], arch: &str) -> Result<RopeScaling, EngineError> {
-    let kind = meta_str(gguf, &format!("{arch}.rope.scaling.type"));
-    let factor = meta_f64(gguf, &format!("{arch}.rope.scaling.factor"));
+fn gguf_rope(gguf: Meta<'_>, arch: &str) -> Result<RopeScaling, EngineError> {
+    let kind = gguf.str(&format!("{arch}.rope.scaling.type"))?;
+    let factor = gguf.f64(&format!("{arch}.rope.scaling.factor"))?;
     match kind {
         None | Some("none") => Ok(RopeScaling::None),
         Some("linear") => match factor {
@@ -293,51 +295,6 @@ fn gguf_rope(gguf: &[(String, MetaValue)], arch: &str) -> Result<RopeScaling, En
         Some(other) => Err(EngineError::Unsupported(format!(
             "GGUF rope scaling `{other}` (the engine applies linear and llama3 frequency factors)"
         ))),
-    }
-}
-
-pub(crate) fn meta<'a>(gguf: &'a [(String, MetaValue)], key: &str) -> Option<&'a MetaValue> {
-    gguf.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-}
-
-/// An unsigned integer value of any integer type (negative values are absent).
-pub(crate) fn meta_u64(gguf: &[(String, MetaValue)], key: &str) -> Option<u64> {
-    meta(gguf, key).and_then(as_u64)
-}
-
-pub(crate) fn as_u64(v: &MetaValue) -> Option<u64> {
-    match *v {
-        MetaValue::U8(x) => Some(x.into()),
-        MetaValue::U16(x) => Some(x.into()),
-        MetaValue::U32(x) => Some(x.into()),
-        MetaValue::U64(x) => Some(x),
-        MetaValue::I8(x) => u64::try_from(x).ok(),
-        MetaValue::I16(x) => u64::try_from(x).ok(),
-        MetaValue::I32(x) => u64::try_from(x).ok(),
-        MetaValue::I64(x) => u64::try_from(x).ok(),
-        _ => None,
-    }
-}
-
-pub(crate) fn meta_f64(gguf: &[(String, MetaValue)], key: &str) -> Option<f64> {
-    match *meta(gguf, key)? {
-        MetaValue::F32(x) => Some(x.into()),
-        MetaValue::F64(x) => Some(x),
-        ref other => as_u64(other).map(|x| x as f64),
-    }
-}
-
-pub(crate) fn meta_str<'a>(gguf: &'a [(String, MetaValue)], key: &str) -> Option<&'a str> {
-    match meta(gguf, key)? {
-        MetaValue::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn meta_bool(gguf: &[(String, MetaValue)], key: &str) -> Option<bool> {
-    match *meta(gguf, key)? {
-        MetaValue::Bool(b) => Some(b),
-        ref other => as_u64(other).map(|x| x != 0),
     }
 }
 

@@ -37,6 +37,9 @@ pub use weights::{Naming, RawTensor, WeightSource};
 pub enum EngineError {
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// A GGUF key holds the wrong type (the key, found and expected types are named).
+    #[error(transparent)]
+    Meta(#[from] crate::formats::gguf::MetaError),
     #[error("the checkpoint does not declare its {0}")]
     MissingParam(String),
     #[error("bad hyper-parameter: {0}")]
@@ -67,11 +70,36 @@ pub enum EngineError {
     ChatTemplate(String),
     #[error("device `{spec}`: {why}")]
     Device { spec: String, why: String },
-    #[error("tensor computation failed: {0}")]
+    #[error("tensor computation failed")]
     Candle(#[from] candle_core::Error),
 }
 
 impl EngineError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            EngineError::Format(e) => return e.hint(),
+            EngineError::Meta(_) | EngineError::MissingParam(_) | EngineError::BadParam(_) => {
+                "the checkpoint's configuration is incomplete or damaged; give the model directory with its config.json, or a GGUF file written by llama.cpp or modelgate"
+            }
+            EngineError::Unsupported(_) => {
+                "run this model with its publisher's reference implementation instead"
+            }
+            EngineError::MissingTensor(_)
+            | EngineError::TensorShape { .. }
+            | EngineError::BadTensor { .. } => {
+                "the weights do not match the configuration; check that every file of the checkpoint is present and complete"
+            }
+            EngineError::UnsupportedDtype { .. } => {
+                "convert the model to f16, bf16 or a GGUF block type first (`modelgate convert`)"
+            }
+            EngineError::ContextOverflow { .. } => "shorten the input or ask for fewer new tokens",
+            EngineError::EmptyInput => "give a non-empty prompt or text",
+            EngineError::Device { .. } => "run on `--device cpu`",
+            _ => return None,
+        })
+    }
+
     /// Whether the error is about the user's input or checkpoint (exit code 2) rather than
     /// a fault of the engine itself. Every engine error is currently one of those.
     pub fn is_input_error(&self) -> bool {

@@ -34,10 +34,10 @@ use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
+use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::{Checkpoint, MetaValue};
 
 use super::chat;
-use super::config::{as_u64, meta, meta_bool, meta_str, meta_u64};
 use super::EngineError;
 
 /// Llama 3's pre-tokenizer regex (tokenizer.json of Meta-Llama-3).
@@ -96,7 +96,7 @@ impl TextTokenizer {
                 return Ok(tok);
             }
         }
-        if meta(&ckpt.weights.metadata, "tokenizer.ggml.model").is_some() {
+        if Meta::new(&ckpt.weights.metadata).contains("tokenizer.ggml.model") {
             return TextTokenizer::from_gguf(&ckpt.weights.metadata);
         }
         Err(EngineError::Tokenizer(format!(
@@ -167,17 +167,20 @@ impl TextTokenizer {
 
     /// Rebuild the tokenizer from GGUF `tokenizer.ggml.*` keys.
     pub fn from_gguf(md: &[(String, MetaValue)]) -> Result<TextTokenizer, EngineError> {
-        let model = meta_str(md, "tokenizer.ggml.model").ok_or_else(|| {
-            EngineError::Tokenizer("`tokenizer.ggml.model` is missing or not a string".into())
-        })?;
-        let tokens = string_array(md, "tokenizer.ggml.tokens")?
-            .ok_or_else(|| EngineError::Tokenizer("`tokenizer.ggml.tokens` is missing".into()))?;
+        let md = Meta::new(md);
+        let model = md.require_str("tokenizer.ggml.model").map_err(tok_meta)?;
+        let tokens: Vec<String> = md
+            .require_strings("tokenizer.ggml.tokens")
+            .map_err(tok_meta)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if tokens.is_empty() {
             return Err(EngineError::Tokenizer(
                 "`tokenizer.ggml.tokens` is empty".into(),
             ));
         }
-        let types = int_array(md, "tokenizer.ggml.token_type")?;
+        let types = md.ints("tokenizer.ggml.token_type").map_err(tok_meta)?;
         if let Some(t) = &types {
             if t.len() != tokens.len() {
                 return Err(EngineError::Tokenizer(format!(
@@ -188,7 +191,7 @@ impl TextTokenizer {
             }
         }
         let id_key = |key: &str| -> Result<Option<u32>, EngineError> {
-            match meta_u64(md, key) {
+            match md.u64(key).map_err(tok_meta)? {
                 None => Ok(None),
                 Some(id) if (id as usize) < tokens.len() => Ok(Some(id as u32)),
                 Some(id) => Err(EngineError::Tokenizer(format!(
@@ -211,21 +214,27 @@ impl TextTokenizer {
             }
         }
         let unk = id_key("tokenizer.ggml.unknown_token_id")?;
-        let pre = meta_str(md, "tokenizer.ggml.pre");
+        let pre = md.str("tokenizer.ggml.pre").map_err(tok_meta)?;
         let (mut inner, default_bos, origin) = match model {
             "gpt2" => {
-                let merges = string_array(md, "tokenizer.ggml.merges")?.ok_or_else(|| {
-                    EngineError::Tokenizer(
-                        "`tokenizer.ggml.merges` is missing (a gpt2 BPE vocabulary needs merges)"
-                            .into(),
-                    )
-                })?;
+                let merges: Vec<String> = md
+                    .strings("tokenizer.ggml.merges")
+                    .map_err(tok_meta)?
+                    .ok_or_else(|| {
+                        EngineError::Tokenizer(
+                            "`tokenizer.ggml.merges` is missing (a gpt2 BPE vocabulary needs merges)"
+                                .into(),
+                        )
+                    })?
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
                 let pre = pre.unwrap_or("default");
                 let (tok, bos_default) = gpt2_tokenizer(&tokens, &merges, pre)?;
                 (tok, bos_default, format!("GGUF gpt2/{pre}"))
             }
             "llama" => {
-                let scores = float_array(md, "tokenizer.ggml.scores")?.ok_or_else(|| {
+                let scores = md.floats("tokenizer.ggml.scores").map_err(tok_meta)?.ok_or_else(|| {
                     EngineError::Tokenizer(
                         "`tokenizer.ggml.scores` is missing (a llama SentencePiece vocabulary needs scores)"
                             .into(),
@@ -238,7 +247,10 @@ impl TextTokenizer {
                         tokens.len()
                     )));
                 }
-                let space_prefix = meta_bool(md, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let space_prefix = md
+                    .bool("tokenizer.ggml.add_space_prefix")
+                    .map_err(tok_meta)?
+                    .unwrap_or(true);
                 let unk_text = unk.map(|u| tokens[u as usize].clone());
                 let tok = spm_tokenizer(&tokens, &scores, unk_text, space_prefix)?;
                 (tok, true, "GGUF llama (SentencePiece)".to_string())
@@ -262,8 +274,14 @@ impl TextTokenizer {
                 .collect();
             inner.add_special_tokens(&added);
         }
-        let add_bos = meta_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(default_bos);
-        let chat_template = meta_str(md, "tokenizer.chat_template").map(str::to_owned);
+        let add_bos = md
+            .bool("tokenizer.ggml.add_bos_token")
+            .map_err(tok_meta)?
+            .unwrap_or(default_bos);
+        let chat_template = md
+            .str("tokenizer.chat_template")
+            .map_err(tok_meta)?
+            .map(str::to_owned);
         Ok(TextTokenizer {
             inner,
             bos,
@@ -339,51 +357,9 @@ impl TextTokenizer {
     }
 }
 
-/// The items of an array key, each converted by `item` (`what` names the expected item
-/// type in the error); `None` when the key is absent.
-fn typed_array<T>(
-    md: &[(String, MetaValue)],
-    key: &str,
-    what: &str,
-    item: impl Fn(&MetaValue) -> Option<T>,
-) -> Result<Option<Vec<T>>, EngineError> {
-    let items = match meta(md, key) {
-        None => return Ok(None),
-        Some(MetaValue::Array { items, .. }) => items,
-        Some(_) => {
-            return Err(EngineError::Tokenizer(format!("`{key}` is not an array")));
-        }
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            item(v).ok_or_else(|| EngineError::Tokenizer(format!("`{key}`[{i}] is not {what}")))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-fn string_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<String>>, EngineError> {
-    typed_array(md, key, "a string", |v| v.as_str().map(str::to_owned))
-}
-
-fn int_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<i64>>, EngineError> {
-    typed_array(md, key, "an integer", |v| match *v {
-        MetaValue::I8(x) => Some(i64::from(x)),
-        MetaValue::I16(x) => Some(i64::from(x)),
-        MetaValue::I32(x) => Some(i64::from(x)),
-        MetaValue::I64(x) => Some(x),
-        ref other => as_u64(other).and_then(|x| i64::try_from(x).ok()),
-    })
-}
-
-fn float_array(md: &[(String, MetaValue)], key: &str) -> Result<Option<Vec<f32>>, EngineError> {
-    typed_array(md, key, "a float", |v| match *v {
-        MetaValue::F32(x) => Some(x),
-        MetaValue::F64(x) => Some(x as f32),
-        _ => None,
-    })
+/// A tokenizer key that is absent or of the wrong type.
+fn tok_meta(e: MetaError) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
 }
 
 /// The vocabulary as a token -> id map. A repeated token keeps its first id: later copies

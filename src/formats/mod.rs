@@ -32,7 +32,7 @@ use crate::types::TensorName;
 /// An error reading a checkpoint. Every message names the file and the fault.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Io {
         path: PathBuf,
         #[source]
@@ -62,6 +62,26 @@ impl FormatError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            FormatError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "check the path",
+                std::io::ErrorKind::PermissionDenied => "give a file this user can read",
+                _ => return None,
+            },
+            FormatError::Malformed { .. } => {
+                "the file is damaged or truncated; download it again and compare its sha256 with the publisher's"
+            }
+            FormatError::Unsupported { .. } => {
+                "modelgate reads GGUF, safetensors (single or sharded) and PyTorch checkpoints"
+            }
+            FormatError::NotACheckpoint { .. } => {
+                "give a GGUF or safetensors file, or a Hugging Face model directory"
+            }
+        })
     }
 
     /// The file the error is about.

@@ -600,9 +600,9 @@ impl TensorSpec {
 /// An error writing a safetensors file.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("cannot write safetensors data: {0}")]
+    #[error("cannot write safetensors data")]
     Io(#[source] io::Error),
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     File {
         path: PathBuf,
         #[source]

@@ -15,6 +15,7 @@
 
 pub mod golden;
 pub mod hardware;
+mod report;
 pub mod stats;
 pub mod thresholds;
 
@@ -23,12 +24,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::digest::{hash_model, DigestError, HashOptions, Serialization};
 use crate::engine::{
     generate, DeviceSpec, Engine, EngineError, GenerationConfig, Logits, Math, Sampler,
 };
 use crate::finding::{Finding, Verdict};
 use crate::formats::{Checkpoint, FormatError};
-use crate::sign::hash::{hash_model, HashOptions, Serialization};
 use crate::types::Sha256Digest;
 
 pub use golden::Golden;
@@ -62,14 +63,18 @@ pub enum ParityError {
         #[source]
         source: EngineError,
     },
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot hash `{path}`: {why}")]
-    Hash { path: PathBuf, why: String },
+    #[error("cannot hash `{path}`")]
+    Hash {
+        path: PathBuf,
+        #[source]
+        source: DigestError,
+    },
     #[error("`{path}` is {size} bytes; evaluation texts are limited to {MAX_TEXT_BYTES} bytes")]
     TextTooLarge { path: PathBuf, size: u64 },
     #[error("`{path}` is not UTF-8 text")]
@@ -112,12 +117,43 @@ pub enum ParityError {
     },
     #[error("golden file `{path}`: {why}")]
     Golden { path: PathBuf, why: String },
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ParityError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            ParityError::Load { source, .. } | ParityError::Run { source, .. } => {
+                return source.hint()
+            }
+            ParityError::Open { source, .. } => return source.hint(),
+            ParityError::Hash { source, .. } => return source.hint(),
+            ParityError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
+            ParityError::TextTooLarge { .. } => "use an excerpt: parity needs thousands of tokens",
+            ParityError::NotText { .. } | ParityError::NoPrompts { .. } => {
+                "give a UTF-8 text file (`--text`) or one prompt per line (`--prompts`)"
+            }
+            ParityError::TextTooShort { .. } => "give a longer text or a smaller `--ctx`",
+            ParityError::ContextTooLong { .. } | ParityError::PromptTooLong { .. } => {
+                "pass a smaller `--ctx` or `--max-new`"
+            }
+            ParityError::Vocabulary { .. } | ParityError::Architecture { .. } => {
+                "compare a candidate converted from this reference"
+            }
+            ParityError::Golden { .. } => {
+                "record the golden file again with `modelgate parity record`"
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// What the models are evaluated on.
@@ -276,10 +312,10 @@ struct Side {
 }
 
 fn digest_of(path: &Path) -> Result<Sha256Digest, ParityError> {
-    let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|e| {
+    let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|source| {
         ParityError::Hash {
             path: path.to_owned(),
-            why: e.to_string(),
+            source,
         }
     })?;
     Ok(m.root_digest())

@@ -5,15 +5,21 @@
 //! Q3_K_M 0.102, Q2_K 0.445; top-1 97.7 % .. 71.1 %) with headroom, because small models
 //! drift more for the same type (llama.cpp measures SmolLM2 Q4_K_M at 0.053 and Q4_0 at
 //! 0.276). A policy file's `parity.thresholds` (keyed by quant type, or `default`) replaces
-//! them.
+//! them, and a pipeline file's `steps.parity.thresholds` replaces the policy's.
+//!
+//! [`Thresholds::resolve`] is the one place that decides which limits apply: `modelgate
+//! parity` and the pipeline's parity step both call it with the tables they have, most
+//! specific first.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::stats::Summary;
 use crate::finding::{Evidence, Finding, Severity};
-use crate::policy::file::{ParityRules, ParityThreshold};
+use crate::policy::file::ParityThreshold;
+use crate::policy::Policy;
 
 /// The limits applied to one candidate and where they come from.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -56,16 +62,42 @@ fn builtin(quant: &str) -> ParityThreshold {
     }
 }
 
+/// A table of limits in a file, keyed by quant type or `default`, that replaces the
+/// built-in defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Overrides<'a> {
+    /// The file holding the table.
+    pub file: &'a Path,
+    /// Where the table is in the file: `parity.thresholds` in a policy,
+    /// `steps.parity.thresholds` in a pipeline.
+    pub field: &'static str,
+    pub thresholds: &'a BTreeMap<String, ParityThreshold>,
+}
+
+impl<'a> Overrides<'a> {
+    /// A policy's `parity.thresholds`, when it has a `parity` section.
+    pub fn policy(policy: &'a Policy) -> Option<Overrides<'a>> {
+        policy.file.parity.as_ref().map(|r| Overrides {
+            file: &policy.path,
+            field: "parity.thresholds",
+            thresholds: &r.thresholds,
+        })
+    }
+}
+
 impl Thresholds {
-    /// The limits for `quant`: the policy's entry for it, else the policy's `default`, else
-    /// the built-in defaults.
-    pub fn resolve(quant: &str, policy: Option<(&Path, &ParityRules)>) -> Thresholds {
-        if let Some((path, rules)) = policy {
+    /// The limits for `quant`: from the first table of `overrides` with an entry for
+    /// `quant`, or else for `default`; the built-in defaults when no table has either.
+    pub fn resolve<'a>(
+        quant: &str,
+        overrides: impl IntoIterator<Item = Overrides<'a>>,
+    ) -> Thresholds {
+        for o in overrides {
             for key in [quant, "default"] {
-                if let Some(l) = rules.thresholds.get(key) {
+                if let Some(l) = o.thresholds.get(key) {
                     return Thresholds {
                         quant: quant.into(),
-                        origin: format!("`{}` parity.thresholds.{key}", path.display()),
+                        origin: format!("`{}` {}.{key}", o.file.display(), o.field),
                         limits: l.clone(),
                     };
                 }
@@ -153,7 +185,6 @@ fn fmt(x: f64) -> String {
 mod tests {
     use super::*;
     use crate::parity::stats::{Position, Summary};
-    use std::collections::BTreeMap;
 
     fn summary(kld: f64, agree: bool) -> Summary {
         let p = Position {
@@ -167,27 +198,59 @@ mod tests {
         Summary::of(&[p, p]).unwrap()
     }
 
+    fn kld(max_mean_kld: f64) -> ParityThreshold {
+        ParityThreshold {
+            max_mean_kld: Some(max_mean_kld),
+            max_p99_kld: None,
+            min_top1: None,
+            max_ppl_ratio: None,
+            max_rms_delta_p: None,
+        }
+    }
+
     #[test]
     fn policy_entry_beats_default_beats_builtin() {
-        let mut th = BTreeMap::new();
-        th.insert(
-            "default".to_string(),
-            ParityThreshold {
-                max_mean_kld: Some(0.5),
-                max_p99_kld: None,
-                min_top1: None,
-                max_ppl_ratio: None,
-                max_rms_delta_p: None,
-            },
-        );
-        let rules = ParityRules { thresholds: th };
-        let p = Path::new("p.yaml");
-        let t = Thresholds::resolve("Q8_0", Some((p, &rules)));
+        let th = BTreeMap::from([("default".to_string(), kld(0.5))]);
+        let policy = Overrides {
+            file: Path::new("p.yaml"),
+            field: "parity.thresholds",
+            thresholds: &th,
+        };
+        let t = Thresholds::resolve("Q8_0", [policy]);
         assert_eq!(t.limits.max_mean_kld, Some(0.5));
-        assert!(t.origin.contains("parity.thresholds.default"));
+        assert_eq!(t.origin, "`p.yaml` parity.thresholds.default");
         let b = Thresholds::resolve("Q8_0", None);
         assert_eq!(b.limits.max_mean_kld, Some(0.01));
         assert_eq!(b.origin, "built-in defaults");
+    }
+
+    #[test]
+    fn first_table_with_an_entry_wins_and_its_quant_key_beats_its_default() {
+        let pipeline = BTreeMap::from([("Q4_0".to_string(), kld(0.2))]);
+        let policy = BTreeMap::from([
+            ("Q8_0".to_string(), kld(0.03)),
+            ("default".to_string(), kld(0.5)),
+        ]);
+        let tables = [
+            Overrides {
+                file: Path::new("run.yaml"),
+                field: "steps.parity.thresholds",
+                thresholds: &pipeline,
+            },
+            Overrides {
+                file: Path::new("p.yaml"),
+                field: "parity.thresholds",
+                thresholds: &policy,
+            },
+        ];
+        let q4 = Thresholds::resolve("Q4_0", tables);
+        assert_eq!(q4.limits.max_mean_kld, Some(0.2));
+        assert_eq!(q4.origin, "`run.yaml` steps.parity.thresholds.Q4_0");
+        let q8 = Thresholds::resolve("Q8_0", tables);
+        assert_eq!(q8.origin, "`p.yaml` parity.thresholds.Q8_0");
+        let q6 = Thresholds::resolve("Q6_K", tables);
+        assert_eq!(q6.limits.max_mean_kld, Some(0.5));
+        assert_eq!(q6.origin, "`p.yaml` parity.thresholds.default");
     }
 
     #[test]

@@ -2,14 +2,12 @@
 //! [`Checkpoint`] (card, licence files, weight metadata, architecture, file list, digests).
 //! Every later step works on this plain struct, so tests can build one by hand.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::PolicyError;
+use crate::digest;
 use crate::formats::hf::{LicenceFile, ModelCard};
 use crate::formats::{Checkpoint, FileEntry, Layout, MetaValue, ModelParams, WeightFormat};
 use crate::types::Sha256Digest;
@@ -117,25 +115,19 @@ impl ModelFacts {
         Ok(facts)
     }
 
-    /// Hash every listed file (streamed; nothing is parsed, so this is not a reader of
-    /// checkpoint formats) and derive the model digest.
+    /// Hash every listed file (through [`crate::digest`]; nothing is parsed, so this is not
+    /// a reader of checkpoint formats) and derive the model digest.
     pub fn hash_files(&mut self, root: &Path) -> Result<(), PolicyError> {
         let mut digests = Vec::with_capacity(self.files.len());
         for f in &self.files {
             let path = root.join(&f.path);
             digests.push(FileDigest {
                 path: f.path.clone(),
-                sha256: sha256_file(&path)?,
+                sha256: digest::hash_file(&path)?,
             });
         }
         digests.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut root_hash = Sha256::new();
-        for d in &digests {
-            root_hash.update(d.sha256.0);
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&root_hash.finalize());
-        self.model_digest = Some(Sha256Digest(out));
+        self.model_digest = Some(digest::root_digest(digests.iter().map(|d| &d.sha256)));
         self.digests = digests;
         Ok(())
     }
@@ -180,27 +172,6 @@ fn meta_text(v: &MetaValue) -> Option<String> {
             parts.join(", ")
         }
     })
-}
-
-fn sha256_file(path: &Path) -> Result<Sha256Digest, PolicyError> {
-    let io = |e| PolicyError::Io {
-        path: path.to_owned(),
-        source: e,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&h.finalize());
-    Ok(Sha256Digest(out))
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Licences, provenance and policy: the stage that decides whether a model may be adopted
 //! and says what adopting it obliges.
 //!
-//! It sits after the format readers and beside scan in the pipeline
-//! (import -> convert -> scan -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
-//! gathered from a [`crate::formats::Checkpoint`]; [`assess`] identifies the licence from
+//! It sits after the format readers and beside scan in the pipeline (import -> scan ->
+//! convert -> verify -> **policy** -> parity -> sign). Input is a [`ModelFacts`]
+//! gathered from a [`crate::formats::Checkpoint`]; [`assess()`] identifies the licence from
 //! every source (card, licence texts, weight metadata), traces the base-model chain and
-//! the architecture family, and applies lineage inheritance; [`evaluate`] applies a
+//! the architecture family, and applies lineage inheritance; [`evaluate()`] applies a
 //! [`Policy`] file (intended use, licence conditions, provenance and security rules,
 //! waivers) and lists the obligations for that use. Findings are rendered only by
 //! [`crate::report`].
@@ -22,6 +22,7 @@ pub mod facts;
 pub mod families;
 pub mod file;
 pub mod provenance;
+mod report;
 pub mod rules;
 pub mod text;
 
@@ -34,11 +35,12 @@ pub use evaluate::{evaluate, Outcome};
 pub use facts::ModelFacts;
 pub use families::Families;
 pub use file::{Policy, PolicyFile};
+pub use report::Detail;
 
 /// An error of the policy stage. Messages name the file and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Io {
         path: PathBuf,
         #[source]
@@ -60,6 +62,28 @@ pub enum PolicyError {
     Catalogue { file: PathBuf, message: String },
     #[error("today's date: {0}")]
     Today(String),
+    /// A file of the model could not be hashed.
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestError),
+}
+
+impl PolicyError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            PolicyError::Syntax { .. } | PolicyError::Invalid { .. } => {
+                "see schemas/policy.schema.json and the policies shipped in `policies/`"
+            }
+            PolicyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
+            PolicyError::Catalogue { .. } => {
+                "the build's `policies/` data files were edited; rebuild from a clean checkout"
+            }
+            PolicyError::Digest(e) => return e.hint(),
+            _ => return None,
+        })
+    }
 }
 
 /// The built-in catalogues.

@@ -3,16 +3,21 @@
 //! One `machine-learning-model` component per artifact with its sha256 hashes (a directory
 //! artifact lists its files as nested `file` components), its licences (SPDX ids where
 //! the licence has one, names otherwise; `declared` or `concluded` for inherited ones), its
-//! pedigree (the source model, and the source's declared base models), and the
-//! quantization in `modelCard.properties` and `properties`. Written by hand because the
-//! document is small and no Rust crate targets CycloneDX 1.6's ML-BOM fields.
+//! pedigree (the source model, and the source's declared base models), and a `modelCard`:
+//! `modelParameters` (task, architecture, text in and out, the datasets the source's card
+//! names), `quantitativeAnalysis.performanceMetrics` from the parity step,
+//! `considerations.technicalLimitations`, and in `properties` the quantization,
+//! hyper-parameters (layers, experts, ...) and parity limits, which CycloneDX has no field
+//! for. Written by hand because the document is small and no Rust crate targets
+//! CycloneDX 1.6's ML-BOM fields.
 //!
 //! No `serialNumber` or `timestamp`: the spec asks for a fresh serial per generation, and
 //! modelgate's outputs are byte-for-byte the same for the same inputs.
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{Artifact, LicenceSummary, RunReport};
+use super::bom::{self, Parity};
+use super::run::{Artifact, LicenceSummary, RunReport};
 
 fn prop(name: &str, value: impl ToString) -> Value {
     json!({ "name": name, "value": value.to_string() })
@@ -126,11 +131,46 @@ fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {
             format!("{} tensors, {} bytes", s.tensors, s.bytes),
         ));
     }
-    let mut params = json!({ "task": "text-generation" });
+    for (k, v) in bom::hyperparameter_entries(a) {
+        if k != "quantization" && k != "bits_per_weight" {
+            card_props.push(prop(&format!("modelgate:hyperparameter:{k}"), v));
+        }
+    }
+    let mut params = json!({
+        "task": "text-generation",
+        "inputs": [{ "format": "text" }],
+        "outputs": [{ "format": "text" }],
+    });
     if let Some(arch) = &a.architecture {
         params["architectureFamily"] = json!(arch);
         params["modelArchitecture"] = json!(arch);
     }
+    let datasets: Vec<Value> = r
+        .licence()
+        .map(|l| l.datasets.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| json!({ "type": "dataset", "name": d }))
+        .collect();
+    if !datasets.is_empty() {
+        params["datasets"] = json!(datasets);
+    }
+    let mut card = json!({
+        "modelParameters": params,
+        "considerations": { "technicalLimitations": [bom::limitation(r, a)] },
+    });
+    if let Some(p) = bom::parity(r, &a.name) {
+        card["quantitativeAnalysis"] = json!({ "performanceMetrics": performance_metrics(&p) });
+        for m in &p.metrics {
+            if let (Some(t), Some(pass)) = (&m.threshold, m.passed) {
+                card_props.push(prop(
+                    &format!("modelgate:parity-threshold:{}", m.name),
+                    format!("{t} ({})", if pass { "pass" } else { "fail" }),
+                ));
+            }
+        }
+    }
+    card["properties"] = json!(card_props);
     let mut c = json!({
         "type": "machine-learning-model",
         "bom-ref": format!("artifact:{}", a.name),
@@ -142,7 +182,7 @@ fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {
             r.model.path
         ).replace("  ", " "),
         "pedigree": { "ancestors": [source] },
-        "modelCard": { "modelParameters": params, "properties": card_props },
+        "modelCard": card,
         "properties": props,
     });
     let lic = licences(r.licence());
@@ -164,6 +204,23 @@ fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {
             .collect::<Vec<_>>());
     }
     c
+}
+
+/// Parity figures as CycloneDX performance metrics: every figure, its `slice` naming the
+/// reference it was measured against. A checked figure is named by its limit
+/// (`max_mean_kld`); the limits themselves go in `modelCard.properties`, which has the
+/// only place for them.
+fn performance_metrics(p: &Parity) -> Vec<Value> {
+    p.metrics
+        .iter()
+        .map(|m| {
+            json!({
+                "type": m.name,
+                "value": m.value,
+                "slice": format!("next-token distributions against `{}`", p.reference),
+            })
+        })
+        .collect()
 }
 
 /// The BOM of a run.

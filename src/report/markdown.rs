@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::run::{RunReport, Status};
 use crate::finding::{Severity, Verdict};
-use crate::pipeline::{RunReport, Status};
 
 /// A table cell: pipes escaped, line breaks flattened.
 fn cell(s: &str) -> String {

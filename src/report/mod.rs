@@ -2,14 +2,22 @@
 //! [`Verdict`]; this module renders them as text for people, JSON for programs, and SARIF
 //! 2.1.0 for code-scanning dashboards. Stages never format findings themselves, so every
 //! gate reads the same and one SARIF file can carry the findings of all of them.
+//!
+//! [`GateReport`] is the one gate-report type: the CLI prints it, the pipeline records it
+//! per step, and `sign` reads it back (`--report`) to attest it. [`run`] holds the types of
+//! a pipeline run's report, which [`markdown`] and [`cyclonedx`] render. This module
+//! depends only on [`crate::finding`], so stages and the pipeline can both use it.
 
+pub mod bom;
 pub mod cyclonedx;
 pub mod markdown;
+pub mod run;
+pub mod spdx;
 
 use std::io::{self, Write};
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::finding::{Finding, Severity, Verdict};
@@ -23,20 +31,22 @@ pub enum ReportFormat {
     Sarif,
 }
 
-/// What one gate concluded about one subject.
-#[derive(Clone, Debug, Serialize)]
+/// What one gate concluded about one subject, as `modelgate scan|policy check|parity
+/// --format json` prints it, `report.json` records it and `sign --report` reads it back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GateReport {
     /// The gate: `scan`, `verify`, `policy`, `parity`.
     pub gate: String,
     /// The model file or directory examined.
     pub subject: String,
     pub verdict: Verdict,
+    #[serde(default)]
     pub findings: Vec<Finding>,
     /// Findings that a waiver suppressed; listed separately, never counted.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waived: Vec<Finding>,
     /// Gate-specific data (obligations, statistics) carried into JSON output.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }
 
@@ -104,11 +114,19 @@ fn write_text(out: &mut dyn Write, r: &GateReport) -> io::Result<()> {
         }
     }
     let count = |s: Severity| r.findings.iter().filter(|f| f.severity == s).count();
+    // A policy gate names the policy applied, then the model: `policy `NAME` on `MODEL``.
+    let policy = r
+        .details
+        .as_ref()
+        .and_then(|d| d.pointer("/policy/name"))
+        .and_then(Value::as_str);
+    let heading = match policy {
+        Some(name) if r.gate == "policy" => format!("policy `{name}` on `{}`", r.subject),
+        _ => format!("{} `{}`", r.gate, r.subject),
+    };
     writeln!(
         out,
-        "{} `{}`: {} ({} errors, {} warnings, {} notes{})",
-        r.gate,
-        r.subject,
+        "{heading}: {} ({} errors, {} warnings, {} notes{})",
         r.verdict,
         count(Severity::Error),
         count(Severity::Warning),

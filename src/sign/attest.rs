@@ -18,10 +18,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::finding::{Finding, Verdict};
+use crate::finding::Verdict;
+use crate::report::GateReport;
 use crate::types::Sha256Digest;
 
 use super::statement::STATEMENT_TYPE;
@@ -31,21 +31,6 @@ pub const VSA_PREDICATE: &str = "https://slsa.dev/verification_summary/v1";
 pub const VERIFIER_ID: &str = "https://github.com/modelgate/modelgate";
 
 const MAX_REPORT: u64 = 64 * 1024 * 1024;
-
-/// One gate report as `modelgate scan|policy check|parity --format json` prints it
-/// ([`crate::report::GateReport`]).
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct ReportIn {
-    pub gate: String,
-    pub subject: String,
-    pub verdict: Verdict,
-    #[serde(default)]
-    pub findings: Vec<Finding>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub waived: Vec<Finding>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<Value>,
-}
 
 /// A policy the attestation names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +43,7 @@ pub struct PolicyRef {
 #[derive(Clone, Debug)]
 pub struct Audit {
     pub source: PathBuf,
-    pub reports: Vec<ReportIn>,
+    pub reports: Vec<GateReport>,
     pub policy: Option<PolicyRef>,
 }
 
@@ -101,7 +86,7 @@ impl Audit {
         }
         let mut reports = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let r: ReportIn = serde_json::from_value(item).map_err(|e| {
+            let r: GateReport = serde_json::from_value(item).map_err(|e| {
                 report_err(
                     path,
                     format!(
@@ -351,8 +336,7 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Severity;
-    use crate::report::GateReport;
+    use crate::finding::{Finding, Severity};
 
     #[test]
     fn rfc3339_known_dates() {

@@ -1,6 +1,6 @@
 //! Signing and verifying models: the last stage of the pipeline, after the audit.
 //!
-//! files -> manifest of sha256 digests ([`hash`]) -> in-toto statement with the OpenSSF
+//! files -> manifest of sha256 digests ([`crate::digest`]) -> in-toto statement with the OpenSSF
 //! model signing predicate ([`statement`]) -> DSSE envelope in a Sigstore bundle v0.3
 //! (`model.sig`, [`dsse`]) signed with an ed25519 or P-256 key ([`keys`]). With an audit
 //! report, a second statement (SLSA verification summary, [`attest`]) is signed with the
@@ -12,7 +12,6 @@
 
 pub mod attest;
 pub mod dsse;
-pub mod hash;
 pub mod keys;
 pub mod statement;
 pub mod verify;
@@ -23,8 +22,10 @@ use std::path::{Path, PathBuf};
 
 use crate::types::Sha256Digest;
 
+pub use crate::digest::{
+    hash_model, DigestError, HashOptions, Manifest, RelPath, Resource, Serialization,
+};
 pub use attest::{Audit, PolicyRef};
-pub use hash::{hash_model, HashOptions, Manifest, RelPath, Resource, Serialization};
 pub use keys::{keygen, KeyAlgorithm, KeyId, PrivateKey, PublicKey};
 pub use verify::{verify_model, TrustedKey, Verification, VerifyRequest};
 
@@ -32,35 +33,24 @@ pub use verify::{verify_model, TrustedKey, Verification, VerifyRequest};
 /// keys, bundles that are not bundles. Verification failures are findings, not errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("`{path}` is a symbolic link, which is not signed unless symlinks are allowed")]
-    Symlink { path: PathBuf },
-    #[error("`{path}` is neither a regular file nor a directory (a socket, pipe or device?)")]
-    SpecialFile { path: PathBuf },
-    #[error("`{path}`: the file name is not UTF-8, which a signature cannot name")]
-    NonUtf8Name { path: PathBuf },
-    #[error(
-        "`{path}` changed while it was hashed: expected at least {expected} bytes, found {found}"
-    )]
-    Changed {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    /// Hashing the model failed (the digest module says why).
+    #[error(transparent)]
+    Digest(#[from] DigestError),
     #[error("key file `{path}` {what}")]
     Key { path: PathBuf, what: String },
-    #[error("`{path}` is not JSON: {source}")]
+    #[error("`{path}` is not JSON")]
     BundleJson {
         path: PathBuf,
         #[source]
@@ -88,10 +78,6 @@ pub enum SignError {
     },
     #[error("no public keys (`*.pub`, `*.pem`) in `{path}`")]
     NoTrustedKeys { path: PathBuf },
-    #[error("shard size must be at least 1 byte")]
-    ShardSize,
-    #[error("cannot start hashing threads: {0}")]
-    Threads(String),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
     #[error("{0}")]
@@ -102,8 +88,9 @@ impl SignError {
     /// Advice for the `hint:` line, where there is something to do about it.
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
-            SignError::Symlink { .. } => {
-                "replace the link with the file, or pass `--allow-symlinks` to sign its target"
+            SignError::Digest(e) => return e.hint(),
+            SignError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
             }
             SignError::Key { .. } => {
                 "create a key pair with `modelgate keygen --alg ed25519|p256 --out KEY`"

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::types::Sha256Digest;
 
-use super::hash::{root_digest, Manifest, RelPath, Resource, Serialization};
+use crate::digest::{root_digest, Manifest, RelPath, Resource, Serialization};
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const MODEL_SIGNING_PREDICATE: &str = "https://model_signing/signature/v1.0";

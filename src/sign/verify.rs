@@ -18,10 +18,12 @@ use crate::types::Sha256Digest;
 
 use super::attest::{parse_vsa, AttestationSummary};
 use super::dsse::{parse_hint, Bundle, IN_TOTO_PAYLOAD_TYPE};
-use super::hash::{hash_model, HashOptions, Manifest, RelPath, Resource, Serialization};
 use super::keys::PublicKey;
 use super::statement::{parse_model_statement, SignedModel, StatementProblem};
 use super::{attestation_path_for, path_inside, SignError};
+use crate::digest::{
+    hash_model, DigestError, HashOptions, Manifest, RelPath, Resource, Serialization,
+};
 
 /// A key the verifier trusts and where it came from.
 #[derive(Clone, Debug)]
@@ -156,7 +158,7 @@ pub fn verify_model(req: &VerifyRequest<'_>) -> Result<Verification, SignError> 
             }
             compare(req, &signed, &actual, &mut findings);
         }
-        Err(SignError::Symlink { path }) => findings.push(
+        Err(DigestError::Symlink { path }) => findings.push(
             err(
                 "verify/symlink",
                 format!(
@@ -166,14 +168,14 @@ pub fn verify_model(req: &VerifyRequest<'_>) -> Result<Verification, SignError> 
             )
             .at(Evidence::file(path)),
         ),
-        Err(SignError::SpecialFile { path }) => findings.push(
+        Err(DigestError::SpecialFile { path }) => findings.push(
             err(
                 "verify/special-file",
                 format!("`{}` is not a regular file or directory", path.display()),
             )
             .at(Evidence::file(path)),
         ),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
 
     let explicit = req.attestation.is_some();

@@ -4,7 +4,6 @@
 //! bad input (exit 2, a clear message, nothing left behind).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -21,7 +20,7 @@ const FIXTURES: &[&str] = &[
 const ORACLES: &[&str] = &["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
 
 fn oracle(name: &str) -> PathBuf {
-    PathBuf::from("/work/shared/oracles").join(name)
+    crate::support::oracle_dir(name)
 }
 
 /// Run `modelgate convert SRC -o OUT ARGS --json`, expecting success; the summary.
@@ -562,4 +561,121 @@ fn pytorch_checkpoint_converts_like_its_safetensors() {
         );
         std::fs::remove_dir_all(&pt).unwrap();
     }
+}
+
+#[test]
+fn convert_removes_the_partials_a_killed_run_left_for_the_same_output() {
+    // What `kill -9` during a conversion leaves: a `.NAME.XXXXXX.partial` beside OUT (a file
+    // for GGUF, a directory for a Hugging Face output). A new run for the same OUT removes
+    // them; temporary files of other outputs stay.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join(".q.gguf.k1LLed.partial"), b"half a file").unwrap();
+    std::fs::create_dir(d.join(".q.gguf.k2LLed.partial")).unwrap();
+    std::fs::write(d.join(".other.gguf.k1LLed.partial"), b"another run's").unwrap();
+    convert(
+        &fixture("models/tiny-llama"),
+        &d.join("q.gguf"),
+        &["--type", "Q8_0"],
+    );
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".other.gguf.k1LLed.partial", "q.gguf"]);
+}
+
+#[test]
+fn fallbacks_print_once_per_reason_with_a_count() {
+    // Text output groups the fallbacks by (wanted, used, reason); `--verbose` lists the
+    // tensors of each group, and `--json` keeps one entry per tensor.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.gguf");
+    let src = fixture("models/tiny-llama");
+    let text = |extra: &[&str]| {
+        let mut a = vec![
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "Q4_K_M",
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        let o = modelgate(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s = String::from_utf8(o.stdout).unwrap();
+        let at = s.find("  fallbacks (").expect("a fallbacks section");
+        s[at..].to_owned()
+    };
+    assert_eq!(
+        text(&[]),
+        "  fallbacks (15):\n\
+         \x20      12 tensors Q4_K -> Q5_0 (rows of 64 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q4_K -> Q5_0 (rows of 128 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q6_K -> Q8_0 (rows of 64 values do not divide into blocks of 256)\n\
+         \x20       1 tensor  Q6_K -> Q8_0 (rows of 128 values do not divide into blocks of 256)\n"
+    );
+    let verbose = text(&["--verbose"]);
+    assert_eq!(verbose.lines().count(), 5 + 15);
+    assert!(
+        verbose.contains("\n            blk.0.attn_q.weight\n"),
+        "{verbose}"
+    );
+    let json = convert(&src, &out, &["--type", "Q4_K_M"]);
+    assert_eq!(json["fallbacks"].as_array().unwrap().len(), 15);
+}
+
+#[test]
+fn a_killed_conversion_leaves_a_partial_that_the_next_run_removes() {
+    // The real thing: SIGKILL a conversion while it writes, then convert to the same OUT.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.gguf");
+    let src = smollm2();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args([
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "Q8_0",
+            "--allow-requantize",
+            "--threads",
+            "1",
+            "-q",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partials = || -> Vec<String> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".q.gguf.") && n.ends_with(".partial"))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while partials().is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the conversion ended before it could be killed"
+        );
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no partial file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix: no destructor runs
+    child.wait().unwrap();
+    assert_eq!(partials().len(), 1, "kill -9 leaves the partial behind");
+    assert!(!out.exists(), "never a half-written output");
+
+    convert(&fixture("models/tiny-llama"), &out, &["--type", "Q8_0"]);
+    assert!(partials().is_empty(), "{:?}", partials());
+    assert!(out.is_file());
 }

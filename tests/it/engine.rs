@@ -15,10 +15,7 @@ use crate::support::{modelgate, smollm2};
 const ORACLES: [&str; 5] = ["llama", "llama3-rope-scaled", "mistral", "qwen2", "qwen3"];
 
 fn oracle(name: &str) -> PathBuf {
-    std::env::var_os("MODELGATE_ORACLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/oracles"))
-        .join(name)
+    crate::support::oracle_dir(name)
 }
 
 /// `input_ids` and `logits` `[positions, vocab]` of an oracle's expected.safetensors.

@@ -154,32 +154,10 @@ fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Run `scripts/gguf_dump.py`, or `None` when python3 cannot import `gguf` and
-/// `MODELGATE_SKIP_PYTHON=1` says that is fine. Without that variable a missing oracle
-/// fails the test, so CI cannot silently skip it.
-fn gguf_py(args: &[&std::ffi::OsStr]) -> Option<Value> {
-    let probe = crate::support::oracle_python()
-        .args(["-c", "import gguf"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
-            eprintln!("skipping the gguf-py comparison: MODELGATE_SKIP_PYTHON=1");
-            return None;
-        }
-        panic!(
-            "python3 cannot import the PyPI `gguf` package ({}); install it (`pip install gguf`) \
-             or set MODELGATE_SKIP_PYTHON=1 to skip this comparison",
-            match &probe {
-                Ok(o) => String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .rfind(|l| !l.trim().is_empty())
-                    .unwrap_or("no error output")
-                    .trim()
-                    .to_owned(),
-                Err(e) => e.to_string(),
-            }
-        );
-    }
+/// Run `scripts/gguf_dump.py` with the pinned gguf-py; fails the test, naming the
+/// package, when gguf-py is missing, so an oracle is never skipped.
+fn gguf_py(args: &[&std::ffi::OsStr]) -> Value {
+    crate::support::require_oracle("gguf", "gguf");
     let out = crate::support::oracle_python()
         .arg(support::repo().join("scripts/gguf_dump.py"))
         .args(args)
@@ -190,7 +168,7 @@ fn gguf_py(args: &[&std::ffi::OsStr]) -> Option<Value> {
         "gguf_dump.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(serde_json::from_slice(&out.stdout).expect("gguf_dump.py prints JSON"))
+    serde_json::from_slice(&out.stdout).expect("gguf_dump.py prints JSON")
 }
 
 /// gguf-py's names for a value's types: `["UINT32"]`, `["ARRAY", "STRING"]`.
@@ -222,9 +200,7 @@ fn py_types(v: &MetaValue) -> Vec<String> {
 #[test]
 fn smollm2_agrees_with_gguf_py() {
     let path = support::smollm2();
-    let Some(py) = gguf_py(&[path.as_os_str()]) else {
-        return;
-    };
+    let py = gguf_py(&[path.as_os_str()]);
     let ours = gguf::open(&path).unwrap();
     let layout = ours.gguf.unwrap();
     assert_eq!(py["version"], layout.version);
@@ -259,9 +235,7 @@ fn smollm2_agrees_with_gguf_py() {
 
 #[test]
 fn ggml_type_table_agrees_with_gguf_py() {
-    let Some(py) = gguf_py(&["--types".as_ref()]) else {
-        return;
-    };
+    let py = gguf_py(&["--types".as_ref()]);
     let theirs = py["types"].as_array().unwrap();
     for p in theirs {
         let id = u32::try_from(p["id"].as_u64().unwrap()).unwrap();

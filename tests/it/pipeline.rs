@@ -1,6 +1,6 @@
 //! `modelgate run`: the example pipeline with no argument (all outputs, a fully cached
 //! second run), report.md contents, the BOM against the official CycloneDX 1.6 schema, the
-//! SARIF against SARIF 2.1.0, a failing gate (exit 1), a bad pipeline file (exit 2 with
+//! SPDX 3.0.1 AI BOM through `spdx3-validate`, the SARIF against SARIF 2.1.0, a failing gate (exit 1), a bad pipeline file (exit 2 with
 //! file:line:column), the pipeline schema against the example files, and an end-to-end
 //! SmolLM2 pipeline verified by a separate `modelgate verify`.
 
@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{fixture, repo, sarif_validator, smollm2};
+use crate::support::{fixture, oracle_python, repo, sarif_validator, smollm2};
 
 fn modelgate_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modelgate"))
@@ -58,6 +58,41 @@ fn cyclonedx_validator() -> jsonschema::Validator {
         .expect("CycloneDX 1.6 schema compiles")
 }
 
+/// The SPDX 3.0.1 JSON-LD context, SHACL model and JSON Schema that `spdx3-validate`
+/// otherwise downloads from spdx.org: `schemas/spdx-3.0.1/`, checked in with their source
+/// (`spdx3_validate_offline.py` checks each file's sha256).
+fn spdx_model_dir() -> PathBuf {
+    repo().join("schemas/spdx-3.0.1")
+}
+
+/// Validate SPDX 3 files with the PyPI `spdx3-validate` (JSON Schema and SHACL), offline.
+fn assert_spdx3_valid(files: &[&Path]) {
+    let o = oracle_python()
+        .arg(repo().join("tests/it/spdx3_validate_offline.py"))
+        .arg(spdx_model_dir())
+        .args(files)
+        .output()
+        .expect("run spdx3-validate");
+    assert_eq!(o.status.code(), Some(0), "spdx3-validate: {}", text(&o));
+}
+
+/// The `ai_AIPackage` of an artifact in `bom.spdx.json`.
+fn spdx_package<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["@graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "ai_AIPackage" && e["name"] == name)
+        .unwrap_or_else(|| panic!("no ai_AIPackage `{name}`"))
+}
+
+fn spdx_entry<'a>(list: &'a Value, key: &str) -> Option<&'a str> {
+    list.as_array()?
+        .iter()
+        .find(|e| e["key"] == key)
+        .and_then(|e| e["value"].as_str())
+}
+
 fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
     let errors: Vec<String> = v
         .iter_errors(doc)
@@ -79,6 +114,7 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
         "report.md",
         "report.sarif",
         "bom.cdx.json",
+        "bom.spdx.json",
         "tiny-llama-q8_0.gguf",
         "tiny-llama-q8_0.gguf.sig",
         "tiny-llama-q8_0.gguf.att.sig",
@@ -151,6 +187,43 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
         .unwrap()
         .iter()
         .any(|p| p["name"] == "modelgate:quantization" && p["value"] == "Q8_0"));
+    let card = &c["modelCard"];
+    assert_eq!(
+        card["modelParameters"]["datasets"][0]["name"],
+        "HuggingFaceTB/smoltalk"
+    );
+    let metrics = card["quantitativeAnalysis"]["performanceMetrics"]
+        .as_array()
+        .unwrap();
+    assert!(metrics.iter().any(|m| m["type"] == "mean KLD"), "{card:#}");
+    assert!(card["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "modelgate:hyperparameter:layers" && p["value"] == "2"));
+
+    // the SPDX 3.0.1 AI BOM passes spdx3-validate and says what the run found
+    let spdx_path = out.join("bom.spdx.json");
+    assert_spdx3_valid(&[&spdx_path]);
+    let spdx = json_file(&spdx_path);
+    let pkg = spdx_package(&spdx, "tiny-llama-q8_0");
+    assert_eq!(pkg["software_downloadLocation"], "tiny-llama-q8_0.gguf");
+    assert_eq!(pkg["verifiedUsing"][0]["hashValue"], gguf_sha);
+    assert_eq!(pkg["ai_safetyRiskAssessment"], "low");
+    assert_eq!(
+        spdx_entry(&pkg["ai_hyperparameter"], "quantization"),
+        Some("Q8_0")
+    );
+    assert_eq!(spdx_entry(&pkg["ai_hyperparameter"], "layers"), Some("2"));
+    assert_eq!(
+        spdx_entry(&pkg["ai_metricDecisionThreshold"], "max_mean_kld vs source"),
+        Some("0.01")
+    );
+    assert!(spdx_entry(&pkg["ai_metric"], "mean KLD vs source").is_some());
+    assert_eq!(pkg["releaseTime"], steps[2]["ran_at"]);
+    spdx_package(&spdx, "HuggingFaceTB/SmolLM2-135M");
+    let spdx_bytes = std::fs::read(&spdx_path).unwrap();
+    let cdx_bytes = std::fs::read(out.join("bom.cdx.json")).unwrap();
 
     let sarif = json_file(&out.join("report.sarif"));
     assert_valid(&sarif_validator(), &sarif, "report.sarif");
@@ -189,6 +262,12 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
     assert_eq!(events[0]["event"], "step-start");
     assert_eq!(events[1]["event"], "step-end");
     assert_eq!(events[1]["status"], "cached");
+    // an unchanged run rewrites both BOMs byte for byte
+    assert_eq!(
+        std::fs::read(out.join("bom.spdx.json")).unwrap(),
+        spdx_bytes
+    );
+    assert_eq!(std::fs::read(out.join("bom.cdx.json")).unwrap(), cdx_bytes);
 
     // an edited artifact is noticed: its conversion and everything after it run again
     std::fs::write(&gguf, b"not a gguf").unwrap();
@@ -227,6 +306,30 @@ fn no_argument_runs_the_example_writes_every_output_and_reruns_from_cache() {
             "left behind: {n}"
         );
     }
+}
+
+#[test]
+fn boms_of_two_fresh_runs_are_identical_under_source_date_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boms = Vec::new();
+    for out in ["a", "b"] {
+        let out = tmp.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .current_dir(repo())
+            .args(["run", "--out", out.to_str().unwrap()])
+            .env_remove("MODELGATE_SIGNING_KEY")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let spdx = std::fs::read(out.join("bom.spdx.json")).unwrap();
+        let cdx = std::fs::read(out.join("bom.cdx.json")).unwrap();
+        boms.push((spdx, cdx));
+    }
+    assert!(boms[0].0 == boms[1].0, "bom.spdx.json differs between runs");
+    assert!(boms[0].1 == boms[1].1, "bom.cdx.json differs between runs");
+    let doc: Value = serde_json::from_slice(&boms[0].0).unwrap();
+    assert_eq!(doc["@graph"][0]["created"], "2023-11-14T22:13:20Z");
 }
 
 #[test]
@@ -272,6 +375,20 @@ fn noncommercial_licence_under_commercial_policy_fails_the_policy_gate() {
         &json_file(&out.join("bom.cdx.json")),
         "bom.cdx.json",
     );
+    // a failing run without artifacts still writes a valid SPDX BOM rooted at the source
+    let spdx_path = out.join("bom.spdx.json");
+    assert_spdx3_valid(&[&spdx_path]);
+    let spdx = json_file(&spdx_path);
+    let graph = spdx["@graph"].as_array().unwrap();
+    let doc = graph.iter().find(|e| e["type"] == "SpdxDocument").unwrap();
+    let root = graph
+        .iter()
+        .find(|e| e["spdxId"] == doc["rootElement"][0])
+        .unwrap();
+    assert_eq!(root["type"], "ai_AIPackage");
+    assert!(graph
+        .iter()
+        .any(|e| e["simplelicensing_licenseExpression"] == "CC-BY-NC-4.0"));
 }
 
 #[test]
@@ -360,6 +477,69 @@ fn unknown_key_is_an_input_error_with_file_line_column() {
         !tmp.path().join("out").exists(),
         "nothing is written for a bad file"
     );
+}
+
+/// The error lines of a run with `--log json` (the step events left out).
+fn error_lines(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_key_that_does_not_load_names_the_cause_once_and_says_how_to_give_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: bad-key
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: q8, type: Q8_0, format: gguf }}
+  sign:
+    key: not-a-key.pem
+",
+        model = fixture("models/tiny-llama").display()
+    );
+    std::fs::write(tmp.path().join("bad-key.yaml"), yaml).unwrap();
+    std::fs::write(tmp.path().join("not-a-key.pem"), "hello\n").unwrap();
+    let o = modelgate_in(tmp.path(), &["run", "bad-key.yaml", "--log", "json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    insta::assert_snapshot!("run_bad_key_stderr", error_lines(&o));
+}
+
+#[test]
+fn a_failed_conversion_step_prints_the_stage_error_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tiny-llama is already safetensors: converting it to safetensors is refused.
+    let yaml = format!(
+        "name: bad-convert
+model: {model}
+out: out
+steps:
+  convert:
+    targets:
+      - {{ name: st, type: F16, format: safetensors }}
+",
+        model = fixture("models/tiny-llama").display()
+    );
+    std::fs::write(tmp.path().join("bad-convert.yaml"), yaml).unwrap();
+    let o = modelgate_in(tmp.path(), &["run", "bad-convert.yaml", "--log", "json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = error_lines(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines[0], "error: step `convert:st` could not run", "{err}");
+    assert!(
+        lines[1].starts_with("caused by: `") && lines[1].contains("is already a safetensors"),
+        "{err}"
+    );
+    assert_eq!(err.matches("is already a safetensors").count(), 1, "{err}");
+    // Not the old guess from the step's name: no hint about signing keys.
+    assert!(!err.contains("steps.sign.key"), "{err}");
+    assert!(!tmp.path().join("out/st").exists(), "{err}");
 }
 
 #[test]
@@ -500,6 +680,34 @@ steps:
         &json_file(&out.join("report.sarif")),
         "report.sarif",
     );
+    let spdx_path = out.join("bom.spdx.json");
+    assert_spdx3_valid(&[&spdx_path]);
+    let spdx = json_file(&spdx_path);
+    let q4 = spdx_package(&spdx, "smollm2-q4_k_m");
+    assert_eq!(
+        spdx_entry(&q4["ai_hyperparameter"], "architecture"),
+        Some("llama")
+    );
+    assert_eq!(spdx_entry(&q4["ai_hyperparameter"], "layers"), Some("30"));
+    assert_eq!(
+        spdx_entry(&q4["ai_hyperparameter"], "quantization"),
+        Some("Q4_K_M")
+    );
+    assert_eq!(
+        spdx_entry(
+            &q4["ai_metricDecisionThreshold"],
+            "max_ppl_ratio vs smollm2-f16"
+        ),
+        Some("1.12")
+    );
+    // the safetensors directory lists its files
+    let f16 = spdx_package(&spdx, "smollm2-f16");
+    assert_eq!(f16["software_downloadLocation"], "smollm2-f16/");
+    assert!(spdx["@graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "software_File" && e["name"] == "model.safetensors"));
     let pubkey = dir.join("key.pem.pub");
     for (artifact, sig) in [
         ("smollm2-f16", "smollm2-f16.sig"),

@@ -3,8 +3,9 @@
 //! (compiled from the ggml sources in the PyPI `ggml-python` source archive by
 //! `scripts/gguf_quant_oracle.py`), and candle's dequantizers; plus property tests.
 //!
-//! The Python oracles need python3 with `gguf` and `numpy` (and a C compiler for ggml's
-//! reference); without them these tests fail, unless `MODELGATE_SKIP_PYTHON=1`.
+//! The Python oracles (`gguf`, `numpy`) come from the pinned environment of
+//! `support::oracle_python`; ggml's reference also needs a C compiler. A missing oracle
+//! fails the test; it is never skipped.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -74,14 +75,6 @@ fn f32_from(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn skip_python() -> bool {
-    if std::env::var("MODELGATE_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("MODELGATE_SKIP_PYTHON=1: skipping the Python oracle");
-        return true;
-    }
-    false
-}
-
 /// Run `scripts/gguf_quant_oracle.py` on a list of jobs; panics with the script's message
 /// when an oracle cannot be loaded.
 fn oracle(jobs: &[Value], dir: &Path) -> Vec<Value> {
@@ -91,10 +84,10 @@ fn oracle(jobs: &[Value], dir: &Path) -> Vec<Value> {
         .arg(support::repo().join("scripts/gguf_quant_oracle.py"))
         .arg(&file)
         .output()
-        .expect("run python3 (set MODELGATE_SKIP_PYTHON=1 to skip the Python oracles)");
+        .expect("run the oracle Python");
     assert!(
         out.status.success(),
-        "the quant oracle failed (set MODELGATE_SKIP_PYTHON=1 to skip): {}",
+        "the quant oracle failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
@@ -144,9 +137,6 @@ fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn dequantizers_match_gguf_py_bit_for_bit() {
-    if skip_python() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let x = test_data();
     let mut rng = Rng(77);
@@ -188,9 +178,6 @@ fn dequantizers_match_gguf_py_bit_for_bit() {
 
 #[test]
 fn quantizers_match_ggml_and_gguf_py_bytes() {
-    if skip_python() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let x = test_data();
     let input = dir.path().join("values.f32");

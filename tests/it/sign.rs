@@ -3,12 +3,12 @@
 //! key, a replayed signature), bad input (exit 2), the audit attestation, and interop with
 //! the reference PyPI `model-signing` tool in both directions.
 //!
-//! The interop tests need `python3 -m pip install model-signing pyopenssl`; without the
-//! package they fail unless `MODELGATE_SKIP_PYTHON=1` is set.
+//! The interop tests run `model-signing` from the pinned environment of
+//! `support::oracle_python`; without the package they fail, never skip.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -562,25 +562,9 @@ fn signs_and_verifies_the_real_smollm2_file() {
 
 // ---- interop with the reference PyPI `model-signing` -------------------------------
 
-/// Whether `model_signing` imports. Fails loudly when it does not, unless the
-/// environment says to skip Python interop.
-fn have_model_signing() -> bool {
-    let ok = crate::support::oracle_python()
-        .args(["-c", "import model_signing"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
-        eprintln!("skipping model-signing interop: MODELGATE_SKIP_PYTHON=1");
-        return false;
-    }
-    panic!(
-        "PyPI `model-signing` is not importable: install it with \
-         `python3 -m pip install model-signing pyopenssl`, or set MODELGATE_SKIP_PYTHON=1"
-    );
+/// Fails the test, naming the package, when `model_signing` does not import.
+fn have_model_signing() {
+    crate::support::require_oracle("model_signing", "model-signing");
 }
 
 /// `python3 -m model_signing ARGS`.
@@ -603,9 +587,7 @@ fn python(script: &str, args: &[&str]) -> Output {
 
 #[test]
 fn interop_modelgate_p256_bundle_verifies_with_model_signing() {
-    if !have_model_signing() {
-        return;
-    }
+    have_model_signing();
     let dir = tempfile::tempdir().unwrap();
     let m = make_model(dir.path(), 20);
     let (key, public) = keygen(dir.path(), "p256");
@@ -645,9 +627,7 @@ fn interop_modelgate_p256_bundle_verifies_with_model_signing() {
 
 #[test]
 fn interop_model_signing_bundle_verifies_with_modelgate() {
-    if !have_model_signing() {
-        return;
-    }
+    have_model_signing();
     let dir = tempfile::tempdir().unwrap();
     let m = make_model(dir.path(), 21);
     let (key, public) = keygen(dir.path(), "p256");
@@ -680,9 +660,7 @@ fn interop_model_signing_bundle_verifies_with_modelgate() {
 /// other, which also checks that both hash shards and order them the same way.
 #[test]
 fn interop_shard_bundles_both_ways() {
-    if !have_model_signing() {
-        return;
-    }
+    have_model_signing();
     let dir = tempfile::tempdir().unwrap();
     let m = make_model(dir.path(), 22);
     fs::write(m.join("a.b"), vec![7u8; 40_000]).unwrap(); // `a.b` < `a/..` ordering case

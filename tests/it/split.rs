@@ -63,18 +63,9 @@ fn split_info(meta: &[(String, MetaValue)]) -> SplitInfo {
         .expect("split keys")
 }
 
-/// gguf-py's dump of one file, or `None` under MODELGATE_SKIP_PYTHON=1 without gguf-py.
-fn gguf_py(path: &Path) -> Option<Value> {
-    let probe = crate::support::oracle_python()
-        .args(["-c", "import gguf"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        if std::env::var("MODELGATE_SKIP_PYTHON").as_deref() == Ok("1") {
-            eprintln!("skipping the gguf-py check: MODELGATE_SKIP_PYTHON=1");
-            return None;
-        }
-        panic!("python3 cannot import the PyPI `gguf` package; install it or set MODELGATE_SKIP_PYTHON=1");
-    }
+/// gguf-py's dump of one file; fails the test, naming the package, without gguf-py.
+fn gguf_py(path: &Path) -> Value {
+    crate::support::require_oracle("gguf", "gguf");
     let out = crate::support::oracle_python()
         .arg(repo().join("scripts/gguf_dump.py"))
         .arg(path)
@@ -86,7 +77,7 @@ fn gguf_py(path: &Path) -> Option<Value> {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(serde_json::from_slice(&out.stdout).unwrap())
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The parts of a set in `dir`: each is GGUF v3 with llama.cpp's split keys (metadata in
@@ -130,29 +121,28 @@ fn check_set(dir: &Path, prefix: &str, count: u16, single: &Path) {
         for t in &part.tensors {
             seen.push(t.name.clone());
         }
-        if let Some(py) = gguf_py(&path) {
-            assert_eq!(py["version"], 3);
-            let meta = py["metadata"].as_array().unwrap();
-            let get = |k: &str| {
-                meta.iter()
-                    .find(|m| m["key"] == k)
-                    .unwrap_or_else(|| panic!("gguf-py finds no `{k}` in `{name}`"))
-            };
-            assert_eq!(get("split.no")["types"][0], "UINT16");
-            assert_eq!(get("split.no")["value"], i);
-            assert_eq!(get("split.count")["types"][0], "UINT16");
-            assert_eq!(get("split.count")["value"], count);
-            assert_eq!(get("split.tensors.count")["types"][0], "INT32");
-            assert_eq!(get("split.tensors.count")["value"], whole.tensors.len());
-            let py_names: Vec<&str> = py["tensors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["name"].as_str().unwrap())
-                .collect();
-            let ours: Vec<&str> = part.tensors.iter().map(|t| t.name.as_str()).collect();
-            assert_eq!(py_names, ours);
-        }
+        let py = gguf_py(&path);
+        assert_eq!(py["version"], 3);
+        let meta = py["metadata"].as_array().unwrap();
+        let get = |k: &str| {
+            meta.iter()
+                .find(|m| m["key"] == k)
+                .unwrap_or_else(|| panic!("gguf-py finds no `{k}` in `{name}`"))
+        };
+        assert_eq!(get("split.no")["types"][0], "UINT16");
+        assert_eq!(get("split.no")["value"], i);
+        assert_eq!(get("split.count")["types"][0], "UINT16");
+        assert_eq!(get("split.count")["value"], count);
+        assert_eq!(get("split.tensors.count")["types"][0], "INT32");
+        assert_eq!(get("split.tensors.count")["value"], whole.tensors.len());
+        let py_names: Vec<&str> = py["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = part.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(py_names, ours);
     }
     let names_whole: Vec<_> = whole.tensors.iter().map(|t| t.name.clone()).collect();
     assert_eq!(

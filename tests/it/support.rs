@@ -133,12 +133,20 @@ pub fn oracle_python_path() -> PathBuf {
             let o = cmd
                 .output()
                 .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            // pip's last `ERROR:` line names the package ("No matching distribution found
+            // for gguf==0.19.0"); lead with it so the cause is not lost in retry warnings.
+            let cause = stderr
+                .lines()
+                .rfind(|l| l.starts_with("ERROR:"))
+                .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+                .unwrap_or("no error output")
+                .trim();
             assert!(
                 o.status.success(),
-                "{what} failed; the Python oracles are needed by this test and are never \
-                 skipped.\nstdout:\n{}\nstderr:\n{}",
+                "{what} failed: {cause}\nthe Python oracles are needed by this test and are \
+                 never skipped.\nstdout:\n{}\nstderr:\n{stderr}",
                 String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
             );
         };
         run(
@@ -156,8 +164,8 @@ pub fn oracle_python_path() -> PathBuf {
                     "-r",
                 ])
                 .arg(&reqs),
-            "pip install -r scripts/oracle-requirements.txt (the package named below could \
-             not be installed; is the package registry reachable?)",
+            "pip install -r scripts/oracle-requirements.txt (is the package registry \
+             reachable?)",
         );
         match std::fs::rename(&tmp, &venv) {
             Ok(()) => {}
@@ -169,6 +177,49 @@ pub fn oracle_python_path() -> PathBuf {
         python
     })
     .clone()
+}
+
+/// The folder of one transformers forward-pass oracle (`llama`, `qwen2`, ...):
+/// `$MODELGATE_ORACLES/NAME`, else `oracles/NAME` under `$MODELGATE_SHARED`, the `shared/`
+/// folder beside the repository (as CI lays it out), or `/work/shared`.
+pub fn oracle_dir(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELGATE_ORACLES") {
+        return PathBuf::from(dir).join(name);
+    }
+    let candidates = [
+        std::env::var_os("MODELGATE_SHARED").map(PathBuf::from),
+        Some(repo().join("../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|p| p.join("oracles"))
+        .find(|p| p.is_dir())
+        .expect("the transformers oracles: set MODELGATE_SHARED to the folder holding `oracles/`")
+        .join(name)
+}
+
+/// Fail the test, naming the PyPI package, unless the oracle interpreter imports `module`.
+/// Only reachable with `MODELGATE_PYTHON` naming an interpreter that lacks the package
+/// (the pinned environment always has it); an oracle is never skipped.
+pub fn require_oracle(module: &str, package: &str) {
+    let o = oracle_python()
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .unwrap_or_else(|e| panic!("could not start `{}`: {e}", oracle_python_path().display()));
+    assert!(
+        o.status.success(),
+        "the Python oracle `{}` cannot import the PyPI package `{package}`: {}\n\
+         hint: unset MODELGATE_PYTHON to use the pinned environment under target/, or \
+         install `{package}` from scripts/oracle-requirements.txt into that interpreter",
+        oracle_python_path().display(),
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("no error output")
+            .trim()
+    );
 }
 
 /// Validate a JSON document against one of the repository's schemas (path from the repo

@@ -2,7 +2,7 @@
 //! writer ([`GgufWriter`]) and the metadata model they share ([`MetaValue`]).
 //!
 //! The reader is part of the first pipeline stage (`formats`): it turns a memory-mapped GGUF
-//! file into the common [`Weights`] view without reading tensor data. The writer is what
+//! file into the common [`Weights`](super::Weights) view without reading tensor data. The writer is what
 //! `convert` streams its output through. [`params_from_metadata`] and
 //! [`tokenizer_from_metadata`] give the architecture and tokenizer summaries `inspect`,
 //! `policy` and `engine` use when a checkpoint is a bare GGUF file.
@@ -12,6 +12,7 @@
 //! length fields. Neither bounds every claimed count by the bytes left, which is the point
 //! of this module. gguf-rs and the PyPI `gguf` package serve as independent oracles in tests.
 
+pub mod meta;
 mod read;
 pub mod split;
 mod write;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 use super::{ModelParams, SpecialToken, TokenizerSummary};
 
+pub use meta::{Meta, MetaError};
 pub use read::{open, parse_bytes, ParsedGguf, MAX_ARRAY_DEPTH, MAX_META_ELEMENTS};
 pub use write::{GgufWriteError, GgufWriter, TensorDesc, DEFAULT_ALIGNMENT};
 

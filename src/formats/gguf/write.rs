@@ -37,7 +37,7 @@ pub struct TensorDesc {
 /// Why a GGUF file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufWriteError {
-    #[error("cannot write GGUF output: {0}")]
+    #[error("cannot write GGUF output")]
     Io(#[from] std::io::Error),
     /// The metadata or tensors cannot be written as GGUF, or tensor data arrived out of
     /// order or with the wrong length.

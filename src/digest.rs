@@ -1,6 +1,10 @@
 //! Hashing a model the way OpenSSF model signing (PyPI `model-signing` 1.x) does, so that
 //! a manifest made here and one made by the reference tool are the same list of digests.
 //!
+//! A shared module below the stages: convert (split and merge sidecars), parity (model
+//! digests in golden files) and sign (manifests) all hash through it, and it depends only
+//! on [`crate::formats`] (memory maps) and [`crate::types`].
+//!
 //! A model is a directory (or one file). Every regular file under it is hashed with
 //! sha256, either whole (serialization `files`) or in shards of a fixed size named
 //! `path:start:end` (serialization `shards`); empty files have no shards. Paths are
@@ -24,7 +28,60 @@ use sha2::{Digest, Sha256};
 use crate::formats::{FormatError, Mapped};
 use crate::types::Sha256Digest;
 
-use super::SignError;
+/// Why a model could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error("cannot read `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weight file could not be mapped (the formats layer says why).
+    #[error(transparent)]
+    Map(#[from] FormatError),
+    #[error("`{path}` is a symbolic link, which is not signed unless symlinks are allowed")]
+    Symlink { path: PathBuf },
+    #[error("`{path}` is neither a regular file nor a directory (a socket, pipe or device?)")]
+    SpecialFile { path: PathBuf },
+    #[error("`{path}`: the file name is not UTF-8, which a signature cannot name")]
+    NonUtf8Name { path: PathBuf },
+    #[error(
+        "`{path}` changed while it was hashed: expected at least {expected} bytes, found {found}"
+    )]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("shard size must be at least 1 byte")]
+    ShardSize,
+    #[error("cannot start hashing threads: {0}")]
+    Threads(String),
+}
+
+impl DigestError {
+    /// Advice for the `hint:` line, where there is something to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            DigestError::Symlink { .. } => {
+                "replace the link with the file, or pass `--allow-symlinks` to sign its target"
+            }
+            DigestError::SpecialFile { .. } => {
+                "move sockets, pipes and devices out of the model directory"
+            }
+            DigestError::NonUtf8Name { .. } => "rename the file to a UTF-8 name",
+            DigestError::Changed { .. } => {
+                "another process is writing to the model; hash it again when it is done"
+            }
+            DigestError::Map(e) => return e.hint(),
+            DigestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "check the path"
+            }
+            _ => return None,
+        })
+    }
+}
 
 /// Shard size the reference tool uses when asked for shards without a size.
 pub const DEFAULT_SHARD_SIZE: u64 = 1_000_000_000;
@@ -273,9 +330,9 @@ pub fn hash_model(
     root: &Path,
     opts: &HashOptions,
     only: Option<&BTreeSet<RelPath>>,
-) -> Result<Manifest, SignError> {
+) -> Result<Manifest, DigestError> {
     if let Serialization::Shards { shard_size: 0 } = opts.serialization {
-        return Err(SignError::ShardSize);
+        return Err(DigestError::ShardSize);
     }
     let files = match only {
         Some(set) => listed_files(root, set, opts.allow_symlinks)?,
@@ -316,13 +373,13 @@ pub fn hash_model(
                     digest,
                 })
             })
-            .collect::<Result<Vec<Resource>, SignError>>()
+            .collect::<Result<Vec<Resource>, DigestError>>()
     };
     let mut resources = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build()
-            .map_err(|e| SignError::Threads(e.to_string()))?
+            .map_err(|e| DigestError::Threads(e.to_string()))?
             .install(work)?,
         None => work()?,
     };
@@ -338,14 +395,10 @@ pub fn hash_model(
     })
 }
 
-fn map_err(e: FormatError) -> SignError {
-    match e {
-        FormatError::Io { path, source } => SignError::Io { path, source },
-        other => SignError::Io {
-            path: other.path().to_owned(),
-            source: std::io::Error::other(other.to_string()),
-        },
-    }
+/// sha256 of one whole file, for callers that hash a list of files they already know
+/// (policy facts) rather than a model tree.
+pub fn hash_file(path: &Path) -> Result<Sha256Digest, DigestError> {
+    hash_unit(path, Serialization::Files, 0, 0)
 }
 
 fn hash_unit(
@@ -353,8 +406,8 @@ fn hash_unit(
     serialization: Serialization,
     start: u64,
     end: u64,
-) -> Result<Sha256Digest, SignError> {
-    let map = Mapped::open(path).map_err(map_err)?;
+) -> Result<Sha256Digest, DigestError> {
+    let map = Mapped::open(path)?;
     let bytes = map.bytes();
     let slice = match serialization {
         // A whole file is hashed as it is now, even if it changed size since the walk.
@@ -364,7 +417,7 @@ fn hash_unit(
             match (s, e) {
                 (Ok(s), Ok(e)) if e <= bytes.len() => &bytes[s..e],
                 _ => {
-                    return Err(SignError::Changed {
+                    return Err(DigestError::Changed {
                         path: path.to_owned(),
                         expected: end,
                         found: bytes.len() as u64,
@@ -376,10 +429,10 @@ fn hash_unit(
     Ok(Sha256Digest(Sha256::digest(slice).into()))
 }
 
-fn utf8_name(path: &Path, name: &std::ffi::OsStr) -> Result<String, SignError> {
+fn utf8_name(path: &Path, name: &std::ffi::OsStr) -> Result<String, DigestError> {
     name.to_str()
         .map(str::to_owned)
-        .ok_or_else(|| SignError::NonUtf8Name {
+        .ok_or_else(|| DigestError::NonUtf8Name {
             path: path.to_owned(),
         })
 }
@@ -392,21 +445,21 @@ enum Kind {
     Skip,
 }
 
-fn classify(path: &Path, allow_symlinks: bool) -> Result<Kind, SignError> {
-    let meta = fs::symlink_metadata(path).map_err(|source| SignError::Io {
+fn classify(path: &Path, allow_symlinks: bool) -> Result<Kind, DigestError> {
+    let meta = fs::symlink_metadata(path).map_err(|source| DigestError::Io {
         path: path.to_owned(),
         source,
     })?;
     let ft = meta.file_type();
     if ft.is_symlink() {
         if !allow_symlinks {
-            return Err(SignError::Symlink {
+            return Err(DigestError::Symlink {
                 path: path.to_owned(),
             });
         }
         // The reference tool hashes the target of a link to a file and neither lists
         // nor descends into a link to a directory (Python's `glob("**/*")`).
-        let target = fs::metadata(path).map_err(|source| SignError::Io {
+        let target = fs::metadata(path).map_err(|source| DigestError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -415,7 +468,7 @@ fn classify(path: &Path, allow_symlinks: bool) -> Result<Kind, SignError> {
         } else if target.is_dir() {
             Ok(Kind::Skip)
         } else {
-            Err(SignError::SpecialFile {
+            Err(DigestError::SpecialFile {
                 path: path.to_owned(),
             })
         };
@@ -425,13 +478,13 @@ fn classify(path: &Path, allow_symlinks: bool) -> Result<Kind, SignError> {
     } else if ft.is_dir() {
         Ok(Kind::Dir)
     } else {
-        Err(SignError::SpecialFile {
+        Err(DigestError::SpecialFile {
             path: path.to_owned(),
         })
     }
 }
 
-fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<FileEntry>, SignError> {
+fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<FileEntry>, DigestError> {
     let mut out = Vec::new();
     match classify(root, opts.allow_symlinks)? {
         Kind::File(len) => {
@@ -449,12 +502,12 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<FileEntry>, SignError> {
     // thread's stack.
     let mut stack = vec![(root.to_owned(), RelPath::single_file())];
     while let Some((dir, rel)) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|source| SignError::Io {
+        let entries = fs::read_dir(&dir).map_err(|source| DigestError::Io {
             path: dir.clone(),
             source,
         })?;
         for entry in entries {
-            let entry = entry.map_err(|source| SignError::Io {
+            let entry = entry.map_err(|source| DigestError::Io {
                 path: dir.clone(),
                 source,
             })?;
@@ -483,7 +536,7 @@ fn listed_files(
     root: &Path,
     set: &BTreeSet<RelPath>,
     allow_symlinks: bool,
-) -> Result<Vec<FileEntry>, SignError> {
+) -> Result<Vec<FileEntry>, DigestError> {
     let mut out = Vec::new();
     for rel in set {
         let abs = rel.under(root);
@@ -596,7 +649,7 @@ mod tests {
         std::os::unix::fs::symlink("t", dir.path().join("l")).unwrap();
         let mut opts = HashOptions::new(Serialization::Files);
         let err = hash_model(dir.path(), &opts, None).unwrap_err();
-        assert!(matches!(err, SignError::Symlink { .. }), "{err}");
+        assert!(matches!(err, DigestError::Symlink { .. }), "{err}");
         opts.allow_symlinks = true;
         let m = hash_model(dir.path(), &opts, None).unwrap();
         assert_eq!(m.resources.len(), 2);
