@@ -264,6 +264,17 @@ impl Provenance {
         format!("{}/{}/tree/{}", self.endpoint, self.repository, self.commit)
     }
 
+    /// The package URL (purl spec's `huggingface` type): `pkg:huggingface/ORG/NAME@COMMIT`,
+    /// for a BOM's `purl` / `software_packageUrl`.
+    pub fn purl(&self) -> String {
+        format!(
+            "pkg:huggingface/{}/{}@{}",
+            self.repository.org(),
+            self.repository.name(),
+            self.commit
+        )
+    }
+
     /// Where one file of the commit is downloaded from (an attestation's `resourceUri`).
     pub fn file_url(&self, path: &str) -> String {
         format!(
@@ -335,6 +346,10 @@ mod tests {
         assert_eq!(
             p.file_url("dir/a b.gguf"),
             "https://huggingface.co/org/model/resolve/0123456789abcdef0123456789abcdef01234567/dir/a%20b.gguf"
+        );
+        assert_eq!(
+            p.purl(),
+            "pkg:huggingface/org/model@0123456789abcdef0123456789abcdef01234567"
         );
         assert!(prov("0123456789abcdef0123456789abcdef01234567", None).is_pinned());
     }

@@ -46,7 +46,7 @@ pub struct Args {
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
-    let _hub =
+    let hub =
         super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
     let opts = args.hashing.options()?;
     let key = PrivateKey::from_pem_file(&args.key).map_err(super::sign_error)?;
@@ -65,6 +65,9 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
             if let Some(policy) = &args.policy {
                 audit.policy = Some(attest::policy_from_file(policy).map_err(super::sign_error)?);
             }
+            // A Hub model is named by its files at the commit it resolved to.
+            audit.resource_uri = hub.provenance.as_ref().map(|p| p.tree_url());
+            audit.hub_source = hub.provenance.clone();
             Some(audit)
         }
         None => None,

@@ -24,8 +24,15 @@ pub struct PipelineFile {
     /// Shown in reports; defaults to the file's stem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The source model (directory or weight file), relative to the pipeline file.
+    /// The source model (directory or weight file), relative to the pipeline file, or a
+    /// Hugging Face Hub repository `hf://ORG/NAME[@REVISION]`.
     pub model: PathBuf,
+    /// With an `hf://` model: take only the repository's files matching these globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// With an `hf://` model: leave out the files matching these globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// The policy file, relative to the pipeline file. Needed by the `policy` step and
     /// by the `parity` step's default thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,7 +200,11 @@ pub struct Pipeline {
     pub name: String,
     pub file: PipelineFile,
     pub digest: crate::types::Sha256Digest,
+    /// The source model: a local path, or, for an `hf://` model, the local copy once
+    /// the run has fetched it (until then the reference as written).
     pub model: PathBuf,
+    /// The Hub repository and revision when the model is `hf://`.
+    pub hub: Option<crate::hub::HubRef>,
     pub policy: Option<PathBuf>,
     pub out: PathBuf,
 }
@@ -227,15 +238,34 @@ impl Pipeline {
             Some(o) => base.join(o),
             None => base.join(format!("{stem}.out")),
         });
+        let hub = match file.model.to_str().and_then(crate::hub::HubRef::parse) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => return Err(invalid(path, format!("`model`: {e}"))),
+            None => None,
+        };
+        let model = match &hub {
+            Some(_) => file.model.clone(),
+            None => normalize(&base.join(&file.model)),
+        };
         Ok(Pipeline {
             path: path.to_owned(),
             name: file.name.clone().unwrap_or(stem),
-            model: normalize(&base.join(&file.model)),
+            model,
+            hub,
             policy: file.policy.as_ref().map(|p| normalize(&base.join(p))),
             out,
             digest: crate::types::Sha256Digest::of(&bytes),
             file,
         })
+    }
+
+    /// The source model as reports name it: `hf://ORG/NAME@REVISION` as asked for, or the
+    /// path. Never the local copy of a Hub model, which changes from run to run.
+    pub fn model_name(&self) -> String {
+        match &self.hub {
+            Some(r) => r.to_string(),
+            None => self.model.display().to_string(),
+        }
     }
 
     /// A path named in the pipeline file, resolved against its folder.
@@ -368,6 +398,21 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
                 path,
                 "`steps.sign` needs `key` (a private key file) or `key_env` (an environment variable holding one)".into(),
             ));
+        }
+    }
+    let is_hub = file
+        .model
+        .to_str()
+        .is_some_and(|m| m.starts_with(crate::hub::spec::SCHEME));
+    if !is_hub && !(file.include.is_empty() && file.exclude.is_empty()) {
+        return Err(invalid(
+            path,
+            "`include` and `exclude` apply only to an `hf://` model".into(),
+        ));
+    }
+    for g in file.include.iter().chain(&file.exclude) {
+        if let Err(e) = globset::Glob::new(g) {
+            return Err(invalid(path, format!("`{g}` is not a valid glob: {e}")));
         }
     }
     if file.steps.policy.is_some() && file.policy.is_none() {

@@ -1181,3 +1181,191 @@ fn every_model_command_takes_a_hub_model() {
 
     assert!(hub.log().is_empty(), "{:?}", hub.log());
 }
+
+#[test]
+fn a_pipeline_takes_a_hub_model_and_its_reports_name_the_commit() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let dir = env.home.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("k.pem");
+    assert_exit(
+        &env.run(&["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]),
+        0,
+        "",
+    );
+    let policy = support::repo().join("policies/research.yaml");
+    let yaml = format!(
+        "name: hubrun\nmodel: hf://org/tiny-llama\nexclude: [generation_config.json]\npolicy: {}\nsteps:\n  scan: {{}}\n  convert:\n    targets:\n      - {{ name: q8, type: Q8_0, format: gguf }}\n  policy: {{}}\n  sign: {{ key: k.pem }}\n",
+        policy.display()
+    );
+    let pipeline = dir.join("hub.yaml");
+    std::fs::write(&pipeline, &yaml).unwrap();
+    // The file fits the pipeline schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::repo().join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    let v = jsonschema::options().build(&schema).unwrap();
+    crate::pipeline::assert_valid(&v, &doc, "hub.yaml");
+
+    let o = env.run(&["run", pipeline.to_str().unwrap()]);
+    assert_exit(&o, 0, "");
+    let out = dir.join("hub.out");
+    let fake = tiny_llama(REPO, false);
+    let tree_url = format!("{}/{REPO}/tree/{SHA}", hub.endpoint);
+
+    // report.json: the model by the name written, the provenance of every file taken.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["model"]["path"], "hf://org/tiny-llama@main");
+    let src = &report["source"];
+    assert_eq!(src["repository"], REPO);
+    assert_eq!(src["requested_revision"], "main");
+    assert_eq!(src["commit"], SHA);
+    assert_eq!(src["hub"]["licence"][0], "apache-2.0");
+    let files: Vec<&str> = src["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = fake
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| *p != "generation_config.json")
+        .collect();
+    assert_eq!(files, want);
+    let weights = fake.files.iter().find(|f| f.lfs).unwrap();
+    let w = src["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == weights.path.as_str())
+        .unwrap();
+    assert_eq!(w["sha256"], weights.sha256());
+    assert_eq!(w["hub_lfs_sha256"], weights.sha256());
+    // No gate names the temporary local copy.
+    let text_report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(!text_report.contains(".modelgate-view-"), "{text_report}");
+    for s in report["steps"].as_array().unwrap() {
+        if s["step"] == "scan" || s["step"] == "policy" {
+            // The first gate is the source's (the policy step's others are artifacts').
+            assert_eq!(s["gates"][0]["subject"], "hf://org/tiny-llama@main", "{s}");
+        }
+    }
+
+    // report.md
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Source"), "{md}");
+    assert!(md.contains(&format!("resolved to commit `{SHA}`")), "{md}");
+    assert!(md.contains(&weights.sha256()), "{md}");
+
+    // CycloneDX: pinned by version and purl, the commit's files as the distribution.
+    let bom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bom.cdx.json")).unwrap()).unwrap();
+    crate::pipeline::assert_valid(
+        &crate::pipeline::cyclonedx_validator(),
+        &bom,
+        "bom.cdx.json",
+    );
+    let purl = format!("pkg:huggingface/org/tiny-llama@{SHA}");
+    let source = bom.to_string();
+    assert!(source.contains(&purl), "{bom}");
+    assert!(source.contains(&tree_url), "{bom}");
+
+    // SPDX: the source package's downloadLocation is the commit's files.
+    let spdx_path = out.join("bom.spdx.json");
+    let spdx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spdx_path).unwrap()).unwrap();
+    let pkg = spdx["@graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["software_packageUrl"] == purl.as_str())
+        .unwrap_or_else(|| panic!("no package with purl {purl}: {spdx}"));
+    assert_eq!(pkg["software_downloadLocation"], tree_url.as_str());
+    assert_eq!(pkg["software_packageVersion"], SHA);
+    crate::pipeline::assert_spdx3_valid(&[&spdx_path]);
+
+    // The artifact's signed attestation carries the source it was converted from.
+    let att = std::fs::read(out.join("q8.gguf.att.sig")).unwrap();
+    let att: serde_json::Value = serde_json::from_slice(&att).unwrap();
+    let payload = att["dsseEnvelope"]["payload"].as_str().unwrap();
+    let payload = base64_decode(payload);
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(statement["predicate"]["modelgate"]["source"]["commit"], SHA);
+
+    // A second run reads the cache, asks the Hub only for the revision, and is cached.
+    hub.clear_log();
+    let o = env.run(&["run", pipeline.to_str().unwrap()]);
+    assert_exit(&o, 0, "");
+    assert!(
+        hub.log().iter().all(|l| l.path.starts_with("/api/")),
+        "{:?}",
+        hub.log()
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for s in again["steps"].as_array().unwrap() {
+        assert_eq!(s["status"], "cached", "{}", s["name"]);
+    }
+}
+
+#[test]
+fn sign_attests_a_hub_model_by_its_commit() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let dir = env.home.join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let (key, sig, report) = (p("k.pem"), p("m.sig"), p("scan.json"));
+    assert_exit(
+        &env.run(&["keygen", "--alg", "ed25519", "--out", &key]),
+        0,
+        "",
+    );
+    let o = env.run(&["scan", "hf://org/tiny-llama", "--format", "json"]);
+    assert_exit(&o, 0, "");
+    std::fs::write(&report, &o.stdout).unwrap();
+    let o = env.run(&[
+        "sign",
+        "hf://org/tiny-llama",
+        "--key",
+        &key,
+        "--signature",
+        &sig,
+        "--attest",
+        &report,
+        "--quiet",
+    ]);
+    assert_exit(&o, 0, "");
+    let att: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("m.att.sig")).unwrap()).unwrap();
+    let payload = base64_decode(att["dsseEnvelope"]["payload"].as_str().unwrap());
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        statement["predicate"]["resourceUri"],
+        format!("{}/{REPO}/tree/{SHA}", hub.endpoint)
+    );
+    assert_eq!(
+        statement["predicate"]["modelgate"]["source"]["requested_revision"],
+        "main"
+    );
+    let o = env.run(&[
+        "verify",
+        "hf://org/tiny-llama",
+        "--key",
+        &format!("{key}.pub"),
+        "--signature",
+        &sig,
+    ]);
+    assert_exit(&o, 0, "");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}

@@ -1,14 +1,55 @@
-//! import: hash the source model, then read its licence and lineage. Hashing always runs
-//! (the source's root digest is every later step's input, so it cannot itself be cached);
-//! reading the licence is cached like any step.
+//! import: fetch an `hf://` source into a local copy (from the Hugging Face cache, or
+//! downloaded and verified), hash the source model, then read its licence and lineage.
+//! Fetching and hashing always run (the source's root digest is every later step's
+//! input, so it cannot itself be cached); reading the licence is cached like any step.
 
 use serde_json::{json, Value};
 
 use super::{open_facts, Context, StepKey, StepOutcome};
 use crate::digest::{self, HashOptions, Serialization};
+use crate::hub;
 use crate::pipeline::file::Pipeline;
-use crate::pipeline::{LicenceSummary, PipelineError, StepRecord};
+use crate::pipeline::{Events, LicenceSummary, PipelineError, StepRecord};
 use crate::policy;
+use crate::provenance::Provenance;
+
+/// An `hf://` source made local: the folder (or file) the steps read, kept while it
+/// lives, and where it came from.
+pub struct Fetched {
+    pub view: hub::View,
+    pub provenance: Provenance,
+}
+
+/// Download progress, passed on to the run's [`Events`].
+struct Progress<'a>(&'a dyn Events, String, u64, u64);
+
+impl hub::Progress for Progress<'_> {
+    fn start(&mut self, file: &str, size: u64, done: u64) {
+        *self = Progress(self.0, file.to_owned(), done, size);
+        self.0.download(&self.1, self.2, self.3);
+    }
+    fn advance(&mut self, bytes: u64) {
+        self.2 += bytes;
+        self.0.download(&self.1, self.2, self.3);
+    }
+    fn finish(&mut self) {}
+}
+
+/// Resolve an `hf://` source as the command line does (`HF_HUB_CACHE`, `HF_HUB_OFFLINE`,
+/// `HF_TOKEN`, ...); `None` for a local model.
+pub fn fetch(p: &Pipeline, ev: &dyn Events) -> Result<Option<Fetched>, PipelineError> {
+    let Some(r) = &p.hub else { return Ok(None) };
+    let err = |e| PipelineError::step("import", e);
+    let sel = hub::Selection::new(&p.file.include, &p.file.exclude).map_err(err)?;
+    let settings = hub::Settings::from_env().map_err(err)?;
+    let mut progress = Progress(ev, String::new(), 0, 0);
+    let snapshot = hub::resolve(r, &sel, &settings, &mut progress).map_err(err)?;
+    let view = hub::View::create(&snapshot, &settings.cache_root).map_err(err)?;
+    Ok(Some(Fetched {
+        view,
+        provenance: snapshot.provenance,
+    }))
+}
 
 /// The source model's digests.
 pub struct Source {
@@ -38,7 +79,7 @@ pub fn key(cx: &Context, source: Source) -> StepKey {
         kind: "import",
         inputs: cx.model_inputs(),
         settings: json!({
-            "model": cx.pipeline.model.display().to_string(),
+            "model": cx.pipeline.model_name(),
             "files": source.files,
         }),
     }
