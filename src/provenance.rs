@@ -253,6 +253,11 @@ impl Provenance {
         self.requested_revision == self.commit.as_str()
     }
 
+    /// `hf://ORG/NAME@REVISION`: the model as it was asked for.
+    pub fn requested_uri(&self) -> String {
+        format!("{SCHEME}{}@{}", self.repository, self.requested_revision)
+    }
+
     /// `hf://ORG/NAME@COMMIT`: the model, pinned.
     pub fn uri(&self) -> String {
         format!("{SCHEME}{}@{}", self.repository, self.commit)
@@ -335,6 +340,7 @@ mod tests {
         let p = prov("main", None);
         assert!(!p.is_pinned());
         assert_eq!(p.publisher(), "org");
+        assert_eq!(p.requested_uri(), "hf://org/model@main");
         assert_eq!(
             p.uri(),
             "hf://org/model@0123456789abcdef0123456789abcdef01234567"

@@ -46,14 +46,15 @@ pub(super) fn open_facts(path: &std::path::Path, hash: bool) -> anyhow::Result<M
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
-    let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
+    let hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let facts = open_facts(&args.path, false)?;
     let cats = Catalogues::builtin()?;
     let rep = policy::license_report(&facts, &cats);
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = json!({
-            "subject": args.path.display().to_string(),
+            "subject": hub.subject(&args.path),
+            "source": hub.provenance,
             "name": rep.assessment.name,
             "licences": rep.assessment.licences,
             "detections": rep.assessment.detections,

@@ -28,6 +28,34 @@ pub struct HubModel {
     pub provenance: Option<Provenance>,
 }
 
+impl HubModel {
+    /// How reports name the model: `hf://ORG/NAME@REVISION` for a Hub model (not its
+    /// temporary local copy), else the path.
+    pub fn subject(&self, path: &std::path::Path) -> String {
+        match &self.provenance {
+            Some(p) => p.requested_uri(),
+            None => path.display().to_string(),
+        }
+    }
+
+    /// Name a gate report's subject as [`HubModel::subject`] does and, for a Hub model,
+    /// add its provenance to the details (`details.source`).
+    pub fn annotate(&self, report: &mut crate::report::GateReport, path: &std::path::Path) {
+        report.subject = self.subject(path);
+        let Some(p) = &self.provenance else { return };
+        let Ok(source) = serde_json::to_value(p) else {
+            return;
+        };
+        match &mut report.details {
+            Some(serde_json::Value::Object(d)) => {
+                d.insert("source".into(), source);
+            }
+            Some(_) => {}
+            None => report.details = Some(serde_json::json!({ "source": source })),
+        }
+    }
+}
+
 /// Resolve `path` in place when it is `hf://...`: afterwards it names the local copy. The
 /// returned value must live as long as `path` is used.
 pub fn resolve(path: &mut PathBuf, args: &HubArgs) -> anyhow::Result<HubModel> {

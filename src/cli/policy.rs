@@ -80,6 +80,7 @@ fn check(mut args: CheckArgs) -> anyhow::Result<Outcome> {
     let mut report = GateReport::new("policy", &args.model, outcome.findings.clone());
     report.waived = outcome.waived.clone();
     report.details = Some(outcome.details(&policy, &facts, policy::Detail::Full));
+    hub.annotate(&mut report, &args.model);
     let mut out = std::io::stdout().lock();
     if args.format == ReportFormat::Text {
         write_summary(&mut out, &args.model, a, &cats.licences)?;

@@ -23,14 +23,15 @@ pub struct Args {
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
-    let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
+    let hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let findings = scan::scan(&args.path).map_err(|e| {
         super::hint(
             e,
             "give a weight file or a model directory that this user can read",
         )
     })?;
-    let report = GateReport::new("scan", &args.path, findings);
+    let mut report = GateReport::new("scan", &args.path, findings);
+    hub.annotate(&mut report, &args.path);
     let verdict = report.verdict;
     let mut out = std::io::stdout().lock();
     report::write(&mut out, args.format, &[report])?;

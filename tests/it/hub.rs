@@ -1109,6 +1109,8 @@ fn every_model_command_takes_a_hub_model() {
     assert_exit(&o, 0, "");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["licences"].to_string().contains("apache-2.0"), "{v}");
+    assert_eq!(v["subject"], "hf://org/tiny-llama@main");
+    assert_eq!(v["source"]["commit"], SHA);
 
     let q8 = path("tiny-q8_0.gguf");
     let o = offline.run(&[
@@ -1330,6 +1332,11 @@ fn sign_attests_a_hub_model_by_its_commit() {
     let o = env.run(&["scan", "hf://org/tiny-llama", "--format", "json"]);
     assert_exit(&o, 0, "");
     std::fs::write(&report, &o.stdout).unwrap();
+    // The scan report names the model as asked for and records where it came from.
+    let scan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let scan = if scan.is_array() { &scan[0] } else { &scan };
+    assert_eq!(scan["subject"], "hf://org/tiny-llama@main", "{scan}");
+    assert_eq!(scan["details"]["source"]["commit"], SHA, "{scan}");
     let o = env.run(&[
         "sign",
         "hf://org/tiny-llama",
