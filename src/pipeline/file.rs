@@ -404,7 +404,8 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
         .model
         .to_str()
         .is_some_and(|m| m.starts_with(crate::hub::spec::SCHEME));
-    if !is_hub && !(file.include.is_empty() && file.exclude.is_empty()) {
+    let globs = !file.include.is_empty() || !file.exclude.is_empty();
+    if globs && !is_hub {
         return Err(invalid(
             path,
             "`include` and `exclude` apply only to an `hf://` model".into(),
@@ -472,5 +473,29 @@ steps:
         assert!(e.contains("`steps.sign.artifacts` names `q4`"), "{e}");
         let e = err(&GOOD.replace("name: q8,", "name: ../x,"));
         assert!(e.contains("target name `../x`"), "{e}");
+    }
+
+    #[test]
+    fn a_hub_model_is_kept_as_written_and_its_globs_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let hub = GOOD.replace("model: m", "model: hf://org/m@v1\nexclude: ['*.bin']");
+        std::fs::write(&path, &hub).unwrap();
+        let p = Pipeline::load(&path).unwrap();
+        assert_eq!(p.model, PathBuf::from("hf://org/m@v1"));
+        assert_eq!(p.model_name(), "hf://org/m@v1");
+        assert_eq!(p.hub.as_ref().map(|r| r.revision.as_str()), Some("v1"));
+        // A malformed reference is an error of the pipeline file.
+        std::fs::write(&path, GOOD.replace("model: m", "model: hf://org/../m")).unwrap();
+        let e = Pipeline::load(&path).unwrap_err().to_string();
+        assert!(e.contains("is not a hub model reference"), "{e}");
+        // Globs need a hub model, and must parse.
+        let e = err(&GOOD.replace("model: m", "model: m\ninclude: ['*.gguf']"));
+        assert!(e.contains("apply only to an `hf://` model"), "{e}");
+        let e = err(&hub.replace("'*.bin'", "'['"));
+        assert!(e.contains("is not a valid glob"), "{e}");
+        // A local model keeps its path and name.
+        let local = parse(Path::new("p.yaml"), GOOD).unwrap();
+        assert!(local.include.is_empty());
     }
 }
