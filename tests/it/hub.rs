@@ -1376,3 +1376,26 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+#[test]
+fn a_pipeline_whose_hub_model_cannot_be_had_is_an_input_error() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false)]);
+    let env = Env::new(Some(&hub));
+    let dir = env.home.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(&pipeline, "model: hf://org/missing\nsteps:\n  scan: {}\n").unwrap();
+    let o = env.run(&["run", pipeline.to_str().unwrap()]);
+    assert_exit(&o, 2, "step `import` could not run");
+    assert_exit(&o, 2, "repository `org/missing` does not exist");
+    assert_exit(&o, 2, "hint: check the spelling");
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    std::fs::write(
+        &pipeline,
+        "model: hf://org/tiny-llama\nsteps:\n  scan: {}\n",
+    )
+    .unwrap();
+    let o = offline.run(&["run", pipeline.to_str().unwrap()]);
+    assert_exit(&o, 2, "is not in the hub cache");
+    assert!(!dir.join("p.out/report.json").exists());
+}

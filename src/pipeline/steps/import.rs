@@ -21,16 +21,23 @@ pub struct Fetched {
 }
 
 /// Download progress, passed on to the run's [`Events`].
-struct Progress<'a>(&'a dyn Events, String, u64, u64);
+struct Progress<'a> {
+    events: &'a dyn Events,
+    file: String,
+    done: u64,
+    size: u64,
+}
 
 impl hub::Progress for Progress<'_> {
     fn start(&mut self, file: &str, size: u64, done: u64) {
-        *self = Progress(self.0, file.to_owned(), done, size);
-        self.0.download(&self.1, self.2, self.3);
+        self.file = file.to_owned();
+        self.done = done;
+        self.size = size;
+        self.events.download(&self.file, self.done, self.size);
     }
     fn advance(&mut self, bytes: u64) {
-        self.2 += bytes;
-        self.0.download(&self.1, self.2, self.3);
+        self.done += bytes;
+        self.events.download(&self.file, self.done, self.size);
     }
     fn finish(&mut self) {}
 }
@@ -42,7 +49,12 @@ pub fn fetch(p: &Pipeline, ev: &dyn Events) -> Result<Option<Fetched>, PipelineE
     let err = |e| PipelineError::step("import", e);
     let sel = hub::Selection::new(&p.file.include, &p.file.exclude).map_err(err)?;
     let settings = hub::Settings::from_env().map_err(err)?;
-    let mut progress = Progress(ev, String::new(), 0, 0);
+    let mut progress = Progress {
+        events: ev,
+        file: String::new(),
+        done: 0,
+        size: 0,
+    };
     let snapshot = hub::resolve(r, &sel, &settings, &mut progress).map_err(err)?;
     let view = hub::View::create(&snapshot, &settings.cache_root).map_err(err)?;
     Ok(Some(Fetched {
