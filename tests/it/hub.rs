@@ -1399,3 +1399,105 @@ fn a_pipeline_whose_hub_model_cannot_be_had_is_an_input_error() {
     assert_exit(&o, 2, "is not in the hub cache");
     assert!(!dir.join("p.out/report.json").exists());
 }
+
+/// The full stderr of every bad input, as one insta snapshot: `error:`, each cause once,
+/// one `hint:`; the server's address and temporary paths normalised.
+#[test]
+fn bad_input_messages() {
+    let hub = FakeHub::start(vec![tiny_llama(REPO, false), tiny_llama("org/gated", true)]);
+    let env = Env::new(Some(&hub));
+    let mut all = String::new();
+    let mut case = |title: &str, e: &Env, args: &[&str]| {
+        let tmp = e.home.parent().unwrap().to_owned();
+        let o = e.run(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{title}: {err}");
+        assert!(o.stdout.is_empty(), "{title} printed to stdout");
+        crate::errors::assert_each_cause_once(&err);
+        let err = err
+            .replace(&hub.endpoint, "[HUB]")
+            .replace(tmp.to_str().unwrap(), "[TMP]");
+        all.push_str(&format!(
+            "## {title}: modelgate {}\n{err}\n",
+            args.join(" ")
+        ));
+    };
+    case("unknown repository", &env, &["inspect", "hf://org/missing"]);
+    case(
+        "unknown revision",
+        &env,
+        &["inspect", "hf://org/tiny-llama@nope"],
+    );
+    case("gated, no token", &env, &["inspect", "hf://org/gated"]);
+    case(
+        "gated, a token without access",
+        &env.with("HF_TOKEN", "hf_wrong"),
+        &["inspect", "hf://org/gated"],
+    );
+    hub.faults(Faults {
+        truncate: true,
+        ..Faults::default()
+    });
+    case("truncated download", &env, &["scan", "hf://org/tiny-llama"]);
+    hub.faults(Faults {
+        wrong_content: true,
+        ..Faults::default()
+    });
+    let fresh = Env::new(Some(&hub));
+    let fresh_tmp = fresh.home.parent().unwrap().to_owned();
+    let o = fresh.run(&["inspect", "hf://org/tiny-llama"]);
+    assert_eq!(o.status.code(), Some(2));
+    crate::errors::assert_each_cause_once(&text(&o.stderr));
+    let mismatch = text(&o.stderr).replace(fresh_tmp.to_str().unwrap(), "[TMP]");
+    hub.faults(Faults::default());
+    case(
+        "offline, empty cache",
+        &Env::new(None).with("HF_HUB_OFFLINE", "1"),
+        &["scan", "hf://org/tiny-llama"],
+    );
+    case("bad reference", &env, &["inspect", "hf://org/../x"]);
+    case(
+        "globs on a local path",
+        &env,
+        &[
+            "inspect",
+            "fixtures/models/tiny-llama",
+            "--include",
+            "*.json",
+        ],
+    );
+
+    // Hostile layouts, on a cache that held a good download.
+    assert_exit(&env.run(&["inspect", "hf://org/tiny-llama"]), 0, "");
+    let offline = env.with("HF_HUB_OFFLINE", "1");
+    let repo = env.repo();
+    let fake = tiny_llama(REPO, false);
+    let config = fake.files.iter().find(|f| f.path == "config.json").unwrap();
+    let blob = repo.join("blobs").join(config.etag());
+    std::fs::write(&blob, b"{}").unwrap();
+    case(
+        "blob not matching its name",
+        &offline,
+        &["inspect", "hf://org/tiny-llama"],
+    );
+    std::fs::write(&blob, &config.bytes).unwrap();
+    let entry = repo.join("snapshots").join(SHA).join("config.json");
+    std::fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(env.home.join("outside.json"), &entry).unwrap();
+    std::fs::write(env.home.join("outside.json"), &config.bytes).unwrap();
+    case(
+        "symlink leaving the cache",
+        &offline,
+        &["inspect", "hf://org/tiny-llama"],
+    );
+    std::fs::write(repo.join("refs/main"), "0".repeat(40)).unwrap();
+    case(
+        "refs/main naming a missing snapshot",
+        &offline,
+        &["inspect", "hf://org/tiny-llama"],
+    );
+    all.push_str(&format!(
+        "## sha256 mismatch: modelgate inspect hf://org/tiny-llama\n{mismatch}\n"
+    ));
+    insta::assert_snapshot!(all);
+}
