@@ -165,11 +165,13 @@ impl Client {
                 HubError::NeedsToken {
                     repo: repo.clone(),
                     status,
+                    endpoint: self.endpoint.clone(),
                 }
             } else {
                 HubError::AccessRefused {
                     repo: repo.clone(),
                     status,
+                    endpoint: self.endpoint.clone(),
                 }
             }
         };

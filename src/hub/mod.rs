@@ -111,9 +111,18 @@ pub enum HubError {
         file: String,
     },
     #[error("`{repo}` is gated or private and no token was given (HTTP {status})")]
-    NeedsToken { repo: RepoId, status: u16 },
+    NeedsToken {
+        repo: RepoId,
+        status: u16,
+        /// The Hub asked, for the hint's link to the repository's page.
+        endpoint: String,
+    },
     #[error("the hub refused access to `{repo}` with the token in HF_TOKEN (HTTP {status})")]
-    AccessRefused { repo: RepoId, status: u16 },
+    AccessRefused {
+        repo: RepoId,
+        status: u16,
+        endpoint: String,
+    },
     #[error("`{url}` answered HTTP {status}, expected 200")]
     Http { url: String, status: u16 },
     #[error("cannot reach `{url}`")]
@@ -167,11 +176,11 @@ impl HubError {
                 "give a branch, tag or full commit sha listed on the repository's hub page".into()
             }
             HubError::UnknownFile { .. } => "the hub listed a file it then did not serve; try again".into(),
-            HubError::NeedsToken { repo, .. } => format!(
-                "accept the conditions on the repository's page (https://huggingface.co/{repo}), then set HF_TOKEN to an access token of that account"
+            HubError::NeedsToken { repo, endpoint, .. } => format!(
+                "accept the conditions on the repository's page ({endpoint}/{repo}), then set HF_TOKEN to an access token of that account"
             ),
-            HubError::AccessRefused { repo, .. } => format!(
-                "the token's account has not been granted access: accept the conditions on https://huggingface.co/{repo} and wait for approval, or use a token with read access"
+            HubError::AccessRefused { repo, endpoint, .. } => format!(
+                "the token's account has not been granted access: accept the conditions on {endpoint}/{repo} and wait for approval, or use a token with read access"
             ),
             HubError::Transport { .. } => {
                 "check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache only".into()

@@ -378,3 +378,59 @@ pub fn render(r: &RunReport) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::{CommitSha, Gated, HubCard, Provenance, ProvenanceFile, RepoId};
+    use crate::types::Sha256Digest;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn prov(rev: &str, hub: Option<HubCard>, lfs: Option<Sha256Digest>) -> Provenance {
+        Provenance::new(
+            RepoId::parse("org/model").unwrap(),
+            rev,
+            CommitSha::parse(SHA).unwrap(),
+            "https://huggingface.co",
+            hub,
+            vec![ProvenanceFile {
+                path: "model.safetensors".into(),
+                size: 3,
+                sha256: Sha256Digest::of(b"abc"),
+                hub_lfs_sha256: lfs,
+            }],
+        )
+    }
+
+    #[test]
+    fn source_names_the_commit_the_hub_facts_and_each_file() {
+        let card = HubCard {
+            licence: vec!["llama3.1".into()],
+            gated: Gated::Manual,
+            ..HubCard::default()
+        };
+        let d = Sha256Digest::of(b"abc");
+        let mut o = String::new();
+        source(&mut o, &prov("main", Some(card), Some(d)));
+        assert!(o.contains("revision `main` (a name that can move)"), "{o}");
+        assert!(o.contains(&format!("resolved to commit `{SHA}`")), "{o}");
+        assert!(
+            o.contains(&format!("(https://huggingface.co/org/model/tree/{SHA})")),
+            "{o}"
+        );
+        assert!(o.contains("licence `llama3.1`"), "{o}");
+        assert!(o.contains("the publisher approves each request"), "{o}");
+        assert!(
+            o.contains(&format!("| `model.safetensors` | 3 | `{d}` | same |")),
+            "{o}"
+        );
+
+        let mut o = String::new();
+        let other = Sha256Digest::of(b"x");
+        source(&mut o, &prov(SHA, None, Some(other)));
+        assert!(o.contains("pinned to its commit"), "{o}");
+        assert!(o.contains("no Hub licence or gating facts"), "{o}");
+        assert!(o.contains(&format!("`{other}` (differs)")), "{o}");
+    }
+}
