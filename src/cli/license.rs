@@ -52,9 +52,8 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
     let rep = policy::license_report(&facts, &cats);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = json!({
+        let mut v = json!({
             "subject": hub.subject(&args.path),
-            "source": hub.provenance,
             "name": rep.assessment.name,
             "licences": rep.assessment.licences,
             "detections": rep.assessment.detections,
@@ -64,6 +63,10 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
             "documents": rep.documents,
             "findings": rep.assessment.findings,
         });
+        // Only a Hub model has a provenance record.
+        if let Some(p) = &hub.provenance {
+            v["source"] = serde_json::to_value(p)?;
+        }
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {
