@@ -339,6 +339,15 @@ fn raw_pickles() -> Vec<(&'static str, Vec<u8>)> {
                 b"q\x04sb.",
             ]),
         ),
+        // The same class only referenced, never called: a pickle whose value is the class.
+        (
+            "unknown_global_referenced.pkl",
+            cat(&[
+                b"\x80\x02",
+                &glob("transformers.training_args", "TrainingArguments"),
+                b"q\x00.",
+            ]),
+        ),
     ]
 }
 

@@ -7,7 +7,9 @@
 //!   llama) with random weights, configs, tokenizer, model card and licence (`models.rs`);
 //! - `text/eval.txt`: the evaluation text the tokenizer is trained on (`text.rs`);
 //! - `hostile/` and `pickle/`: malformed and malicious files for the format readers and the
-//!   scanner (written by the `hostile_*` modules, see below).
+//!   scanner (written by the `hostile_*` modules, see below);
+//! - `templates/`: official and hostile chat templates and tokenizers for the scanner's
+//!   template and tokenizer rules (`templates.rs`).
 //!
 //! `tests/it/fixtures.rs` regenerates into a temporary folder and checks the committed files
 //! are exactly this program's output.
@@ -22,6 +24,7 @@ mod tokenizer;
 mod hostile_gguf;
 mod hostile_pickle;
 mod hostile_safetensors;
+mod templates;
 
 /// Write every fixture under `out`.
 fn generate(out: &std::path::Path) -> std::io::Result<()> {
@@ -34,6 +37,7 @@ fn generate(out: &std::path::Path) -> std::io::Result<()> {
         ),
         ("hostile/safetensors", hostile_safetensors::write_all),
         ("pickle", hostile_pickle::write_all),
+        ("templates", templates::write_all),
     ] {
         let dir = out.join(sub);
         std::fs::create_dir_all(&dir)?;

@@ -1,5 +1,6 @@
 //! Hostile-safe readers for checkpoint files: GGUF, safetensors (single and sharded),
-//! PyTorch pickles and Hugging Face model directories.
+//! PyTorch pickles and Hugging Face model directories, and the chat templates and tokenizer
+//! steps a model carries.
 //!
 //! This is the first stage of the pipeline and the only module that touches checkpoint
 //! bytes. Every other stage works on the [`Checkpoint`] view it returns: tensor names,
@@ -15,6 +16,8 @@ mod mmap;
 pub mod pickle;
 pub mod pytorch;
 pub mod safetensors;
+pub mod template;
+pub mod tokenizer_file;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -120,7 +120,7 @@ impl StageError {
             StageError::Parity(e) => e.hint().map(str::to_owned),
             StageError::Digest(e) => e.hint().map(str::to_owned),
             StageError::Hub(e) => e.hint(),
-            StageError::Scan(_) => None,
+            StageError::Scan(e) => Some(e.hint().to_owned()),
         }
     }
 }

@@ -3,18 +3,20 @@
 //!
 //! To tell an ELF binary from a tokenizer this reads the first bytes of each file (at most
 //! [`HEAD`]) and compares magic numbers; it parses nothing. Every weight file is opened
-//! through [`crate::formats`].
+//! through [`crate::formats`], and so are the files carrying chat templates
+//! (`tokenizer_config.json`, `chat_template.json`, `*.jinja`, GGUF metadata) and
+//! `tokenizer.json`, whose contents go to the `template` and `tokenizer` rules.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use crate::finding::{Evidence, Finding, Severity};
-use crate::formats::{self, gguf, safetensors, FormatError, Weights};
+use crate::formats::{self, gguf, safetensors, template, tokenizer_file};
 
 use super::{
-    pickle, values, ScanError, MAX_DEPTH, MAX_FILES, RULE_REMOTE_CODE, RULE_STRUCTURE,
-    RULE_SYMLINK_ESCAPE, RULE_UNEXPECTED_FILE, RULE_UNREADABLE,
+    check_weights, fault_text, pickle, structure_finding, ScanError, MAX_DEPTH, MAX_FILES,
+    RULE_REMOTE_CODE, RULE_STRUCTURE, RULE_SYMLINK_ESCAPE, RULE_UNEXPECTED_FILE, RULE_UNREADABLE,
 };
 
 /// Bytes read to recognise a file (a tar header's `ustar` is at 257).
@@ -372,7 +374,7 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
             return;
         }
         Magic::Gguf => {
-            check_weights(gguf::open(abs), rel, out);
+            gguf_file(abs, rel, out);
             return;
         }
         Magic::Zip => {
@@ -387,7 +389,28 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
     }
     if ext == "gguf" {
         // Named GGUF without the magic: let the reader say what is wrong.
-        check_weights(gguf::open(abs), rel, out);
+        gguf_file(abs, rel, out);
+        return;
+    }
+    if ext == "jinja" {
+        match template::from_jinja_file(abs, &rel.display().to_string()) {
+            Ok(t) => super::template::judge(&[t], rel, out),
+            Err(e) => out.push(structure_finding(&e, rel)),
+        }
+        return;
+    }
+    if name == "chat_template.json" {
+        match template::from_json_file(abs) {
+            Ok(t) => super::template::judge(&t, rel, out),
+            Err(e) => out.push(structure_finding(&e, rel)),
+        }
+        return;
+    }
+    if name == "tokenizer.json" {
+        match tokenizer_file::read(abs) {
+            Ok(parts) => super::tokenizer::judge(&parts, rel, out),
+            Err(e) => out.push(structure_finding(&e, rel)),
+        }
         return;
     }
     if name.ends_with(".safetensors.index.json") {
@@ -424,6 +447,12 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
     }
     if ext == "json" && name.ends_with("config.json") {
         auto_map(abs, rel, out);
+        if name == "tokenizer_config.json" {
+            match template::from_json_file(abs) {
+                Ok(t) => super::template::judge(&t, rel, out),
+                Err(e) => out.push(structure_finding(&e, rel)),
+            }
+        }
         return;
     }
     if exec_bit {
@@ -441,6 +470,66 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
     }
 }
 
+/// A GGUF file: structure and values, then the chat templates and added tokens in its
+/// metadata.
+fn gguf_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
+    let opened = gguf::open(abs);
+    if let Ok(w) = &opened {
+        let templates = template::from_gguf(abs, &w.metadata);
+        super::template::judge(&templates, rel, out);
+        let added = tokenizer_file::added_from_gguf(&w.metadata);
+        super::tokenizer::added_tokens(&added, rel, "tokenizer.ggml.tokens", out);
+        gguf_hf_tokenizer(abs, rel, &w.metadata, out);
+    }
+    check_weights(opened, rel, out);
+}
+
+/// The GGUF key that may carry a whole Hugging Face `tokenizer.json`, for runtimes that
+/// load tokenizers with the `tokenizers` library.
+const GGUF_HF_TOKENIZER: &str = "tokenizer.huggingface.json";
+
+/// A `tokenizer.json` embedded in GGUF metadata gets the same rules as one in a directory;
+/// its evidence keys are prefixed with the GGUF key.
+fn gguf_hf_tokenizer(
+    abs: &Path,
+    rel: &Path,
+    metadata: &[(String, formats::MetaValue)],
+    out: &mut Vec<Finding>,
+) {
+    let text = match gguf::Meta::new(metadata).str(GGUF_HF_TOKENIZER) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            out.push(
+                Finding::new(
+                    RULE_STRUCTURE,
+                    Severity::Warning,
+                    format!("`{}`: {e}; the tokenizer was not checked", rel.display()),
+                )
+                .at(Evidence::file(rel).with_key(GGUF_HF_TOKENIZER)),
+            );
+            return;
+        }
+    };
+    let parts = match tokenizer_file::parse(abs, text) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(structure_finding(&e, rel));
+            return;
+        }
+    };
+    let start = out.len();
+    super::tokenizer::judge(&parts, rel, out);
+    for f in &mut out[start..] {
+        for ev in &mut f.evidence {
+            ev.key = Some(match ev.key.take() {
+                Some(k) => format!("{GGUF_HF_TOKENIZER}:{k}"),
+                None => GGUF_HF_TOKENIZER.to_owned(),
+            });
+        }
+    }
+}
+
 fn executable(rel: &Path, what: &str) -> Finding {
     Finding::new(
         RULE_UNEXPECTED_FILE,
@@ -449,53 +538,6 @@ fn executable(rel: &Path, what: &str) -> Finding {
     )
     .at(Evidence::file(rel))
     .hint("a model needs no programs; remove it, or review it and pin its digest")
-}
-
-/// The fault inside a format error, without the path (evidence carries the path).
-pub(super) fn fault_text(e: &FormatError) -> String {
-    match e {
-        FormatError::Io { source, .. } => source.to_string(),
-        FormatError::Malformed { fault, .. } => fault.clone(),
-        FormatError::Unsupported { what, .. } => format!("{what} is not supported"),
-        FormatError::NotACheckpoint { why, .. } => why.clone(),
-    }
-}
-
-/// Turn a format reader's verdict into findings, and check the values it can read.
-pub(super) fn check_weights(
-    opened: Result<Weights, FormatError>,
-    rel: &Path,
-    out: &mut Vec<Finding>,
-) {
-    match opened {
-        Ok(w) => values::check(&w, rel, out),
-        Err(e) => out.push(structure_finding(&e, rel)),
-    }
-}
-
-pub(super) fn structure_finding(e: &FormatError, rel: &Path) -> Finding {
-    let at = Evidence::file(rel);
-    match e {
-        FormatError::Unsupported { .. } => Finding::new(
-            RULE_STRUCTURE,
-            Severity::Note,
-            format!("structure and values of `{}` were not checked: {}", rel.display(), fault_text(e)),
-        )
-        .at(at),
-        FormatError::Io { .. } => Finding::new(
-            RULE_UNREADABLE,
-            Severity::Error,
-            format!("cannot read `{}`: {}", rel.display(), fault_text(e)),
-        )
-        .at(at),
-        FormatError::Malformed { .. } | FormatError::NotACheckpoint { .. } => Finding::new(
-            RULE_STRUCTURE,
-            Severity::Error,
-            format!("`{}` is malformed: {}", rel.display(), fault_text(e)),
-        )
-        .at(at)
-        .hint("a reader that trusts this file may crash or read out of bounds; get a fresh copy from the source"),
-    }
 }
 
 /// `auto_map` in a config makes `transformers` import classes from the repository's

@@ -10,10 +10,10 @@ use crate::finding::{Evidence, Finding, Severity};
 use crate::formats::pickle::{Call, CallOp, GlobalClass, GlobalName, Node};
 use crate::formats::pytorch::{self, Container, PickleEntry};
 
-use super::files::{check_weights, structure_finding};
 use super::{
-    RULE_DANGEROUS_GLOBAL, RULE_DYNAMIC_GLOBAL, RULE_PICKLE_FORMAT, RULE_PICKLE_MALFORMED,
-    RULE_REMOTE_CODE, RULE_UNEXPECTED_FILE, RULE_UNKNOWN_GLOBAL,
+    check_weights, structure_finding, RULE_DANGEROUS_GLOBAL, RULE_DYNAMIC_GLOBAL,
+    RULE_PICKLE_FORMAT, RULE_PICKLE_MALFORMED, RULE_REMOTE_CODE, RULE_UNEXPECTED_FILE,
+    RULE_UNKNOWN_GLOBAL,
 };
 
 /// Zip entry extensions that are programs rather than data.
@@ -170,10 +170,22 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
         }
     }
     let mut listed = 0usize;
-    let mut unlisted = (0usize, 0usize); // (errors, warnings)
+    // (dangerous or dynamic, unknown and called, unknown and only referenced)
+    let mut unlisted = (0usize, 0usize, 0usize);
     for (q, refs) in groups {
         let first = &a.globals[refs[0]];
         let class = crate::formats::pickle::classify_ref(first);
+        let call = refs
+            .iter()
+            .filter_map(|g| first_call.get(g))
+            .min_by_key(|c| c.offset);
+        // Calling an unknown global runs its constructor or function at load time, which
+        // is what an exploit needs; a global that is only referenced is inert data.
+        let unknown = if call.is_some() {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
         let (rule, severity, what) = match (&first.name, class) {
             (_, GlobalClass::Allowed) => continue,
             (GlobalName::Dynamic(why), _) => (
@@ -188,19 +200,20 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
             ),
             (GlobalName::Extension(code), _) => (
                 RULE_UNKNOWN_GLOBAL,
-                Severity::Warning,
+                unknown,
                 format!("extension code {code}, a global named through the `copyreg` registry"),
             ),
             (_, GlobalClass::Unknown) => (
                 RULE_UNKNOWN_GLOBAL,
-                Severity::Warning,
+                unknown,
                 format!("`{q}`, which is not on the allowlist of tensor-rebuild globals"),
             ),
         };
         if listed == MAX_LISTED_GLOBALS {
-            match severity {
-                Severity::Error => unlisted.0 += 1,
-                _ => unlisted.1 += 1,
+            match (rule, severity) {
+                (RULE_UNKNOWN_GLOBAL, Severity::Error) => unlisted.1 += 1,
+                (RULE_UNKNOWN_GLOBAL, _) => unlisted.2 += 1,
+                _ => unlisted.0 += 1,
             }
             continue;
         }
@@ -213,10 +226,6 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
         if refs.len() > 1 {
             msg.push_str(&format!(", {} times", refs.len()));
         }
-        let call = refs
-            .iter()
-            .filter_map(|g| first_call.get(g))
-            .min_by_key(|c| c.offset);
         if let Some(c) = call {
             let verb = match c.op {
                 CallOp::NewObj | CallOp::NewObjEx | CallOp::Obj | CallOp::Inst => "instantiated",
@@ -229,7 +238,9 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
             ));
         }
         msg.push(')');
-        let hint = if severity == Severity::Error {
+        let hint = if rule == RULE_UNKNOWN_GLOBAL && severity == Severity::Error {
+            "the pickle calls this class or function while loading; load it only in a sandbox, or get safetensors weights".to_owned()
+        } else if severity == Severity::Error {
             "do not load this file with `torch.load`, `pickle` or `joblib`; get safetensors weights from a trusted source, or convert in an isolated sandbox".to_owned()
         } else {
             "modelgate reads only tensor-rebuild globals; load this file only in a sandbox if you trust where the class comes from".to_owned()
@@ -240,9 +251,11 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
                 .hint(hint),
         );
     }
-    if unlisted.0 + unlisted.1 > 0 {
+    if unlisted.0 + unlisted.1 + unlisted.2 > 0 {
         let (rule, severity) = if unlisted.0 > 0 {
             (RULE_DANGEROUS_GLOBAL, Severity::Error)
+        } else if unlisted.1 > 0 {
+            (RULE_UNKNOWN_GLOBAL, Severity::Error)
         } else {
             (RULE_UNKNOWN_GLOBAL, Severity::Warning)
         };
@@ -256,10 +269,11 @@ fn judge(p: &PickleEntry, rel: &Path, trailing: bool, out: &mut Vec<Finding>) {
                 rule,
                 severity,
                 format!(
-                    "pickle{within} imports {} more globals outside the allowlist ({} dangerous, {} unknown), not listed one by one",
-                    unlisted.0 + unlisted.1,
+                    "pickle{within} imports {} more globals outside the allowlist ({} dangerous, {} unknown and called, {} unknown and only referenced), not listed one by one",
+                    unlisted.0 + unlisted.1 + unlisted.2,
                     unlisted.0,
-                    unlisted.1
+                    unlisted.1,
+                    unlisted.2
                 ),
             )
             .at(Evidence::file(rel)),

@@ -97,11 +97,7 @@ pub(super) fn check(w: &Weights, rel: &Path, out: &mut Vec<Finding>) {
                     Finding::new(
                         RULE_UNREADABLE,
                         Severity::Error,
-                        format!(
-                            "cannot read tensor `{}`: {}",
-                            t.name,
-                            super::files::fault_text(&e)
-                        ),
+                        format!("cannot read tensor `{}`: {}", t.name, super::fault_text(&e)),
                     )
                     .at(Evidence::file(rel).with_key(t.name.to_string())),
                 ),

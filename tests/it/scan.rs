@@ -1,9 +1,12 @@
 //! The scan gate and the PyTorch reader on the hostile pickle corpus (`fixtures/pickle/`,
-//! written by `examples/make_fixtures/hostile_pickle.rs`) and on model directories built
-//! in temporary folders.
+//! written by `examples/make_fixtures/hostile_pickle.rs`), the chat-template and tokenizer
+//! corpus (`fixtures/templates/`, written by `examples/make_fixtures/templates.rs`) and on
+//! model directories built in temporary folders.
 
 #[path = "../../examples/make_fixtures/hostile_pickle.rs"]
 mod hostile_pickle;
+#[path = "../../examples/make_fixtures/templates.rs"]
+mod templates;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -201,14 +204,22 @@ const HOSTILE: &[(&str, &str, Severity, &str)] = &[
         Severity::Error,
         "torch._utils._rebuild_tensor_v2.__globals__",
     ),
+    // unknown globals the pickle calls (REDUCE, NEWOBJ) are errors...
     (
         "dynamic_global.pkl",
         "scan/pickle-unknown-global",
-        Severity::Warning,
+        Severity::Error,
         "builtins.str",
     ),
     (
         "unknown_global.pkl",
+        "scan/pickle-unknown-global",
+        Severity::Error,
+        "transformers.training_args.TrainingArguments",
+    ),
+    // ...one only referenced stays a warning
+    (
+        "unknown_global_referenced.pkl",
         "scan/pickle-unknown-global",
         Severity::Warning,
         "transformers.training_args.TrainingArguments",
@@ -248,7 +259,7 @@ fn every_hostile_file_is_flagged_with_its_global() {
 fn hostile_verdicts() {
     for (file, _, _, _) in HOSTILE {
         let found = scan(&pickle_fixture(file)).unwrap();
-        let expect = if *file == "unknown_global.pkl" {
+        let expect = if *file == "unknown_global_referenced.pkl" {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -260,14 +271,20 @@ fn hostile_verdicts() {
     assert!(found
         .iter()
         .any(|f| f.rule == "scan/pickle-dynamic-global" && f.severity == Severity::Error));
-    // an unknown global alone warns without failing, and names how it is used
+    // an unknown global the pickle instantiates fails, and names how it is used
     let found = issues(&pickle_fixture("unknown_global.pkl"));
     assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].severity, Severity::Error);
     assert!(
         found[0].message.contains("instantiated by NEWOBJ"),
         "{}",
         found[0].message
     );
+    // the same global only referenced warns without failing
+    let found = issues(&pickle_fixture("unknown_global_referenced.pkl"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].severity, Severity::Warning);
+    assert!(!found[0].message.contains("NEWOBJ"), "{}", found[0].message);
 }
 
 #[test]
@@ -762,4 +779,466 @@ fn hugging_face_cache_snapshot_links_are_followed() {
     assert!(found.iter().any(|f| f.rule == DANGEROUS
         && f.evidence[0].path == Path::new("pytorch_model.bin")
         && f.evidence[0].key.as_deref() == Some("builtins.exec")));
+}
+
+// ---- chat templates and tokenizers ----
+
+fn template_fixture(rel: &str) -> PathBuf {
+    fixture("templates").join(rel)
+}
+
+/// Every file under `root`, as sorted relative paths.
+fn tree(root: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The committed template corpus is exactly what the generator writes
+/// (`MODELGATE_WRITE_FIXTURES=1` rewrites it).
+#[test]
+fn template_corpus_matches_its_generator() {
+    let dir = fixture("templates");
+    if std::env::var_os("MODELGATE_WRITE_FIXTURES").is_some() {
+        templates::write_all(&dir).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    templates::write_all(tmp.path()).unwrap();
+    let names = tree(tmp.path());
+    assert_eq!(names, tree(&dir), "run `cargo run --example make_fixtures`");
+    for n in names {
+        assert!(
+            fs::read(tmp.path().join(&n)).unwrap() == fs::read(dir.join(&n)).unwrap(),
+            "`fixtures/templates/{}` differs from the generator's output",
+            n.display()
+        );
+    }
+}
+
+/// (fixture, rule, severity, evidence key): every hostile file and the rule it must raise.
+const HOSTILE_TEMPLATES: &[(&str, &str, Severity, &str)] = &[
+    (
+        "hostile/ssti-jfrog.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-jfrog",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-lipsum-concat",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-cycler-format.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-joiner-join",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/ssti-namespace-attr.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/ssti-tool-use.gguf",
+        "scan/template-ssti",
+        Severity::Error,
+        "tokenizer.chat_template.tool_use",
+    ),
+    (
+        "hostile/ssti-config-list",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template[tool_use]",
+    ),
+    (
+        "hostile/ssti-padded",
+        "scan/template-ssti",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/ssti-padded",
+        "scan/template-oversize",
+        Severity::Warning,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/backdoor-trigger.gguf",
+        "scan/template-injection",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/backdoor-trigger",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/backdoor-tools",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template",
+    ),
+    (
+        "hostile/messages-rewrite",
+        "scan/template-injection",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/messages-reverse.gguf",
+        "scan/template-injection",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/unparseable.gguf",
+        "scan/template-unparseable",
+        Severity::Error,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/unparseable",
+        "scan/template-unparseable",
+        Severity::Error,
+        "chat_template.jinja",
+    ),
+    (
+        "hostile/oversize.gguf",
+        "scan/template-oversize",
+        Severity::Warning,
+        "tokenizer.chat_template",
+    ),
+    (
+        "hostile/oversize",
+        "scan/template-oversize",
+        Severity::Warning,
+        "chat_template",
+    ),
+    (
+        "hostile/regex-catastrophic.gguf",
+        "scan/tokenizer-regex",
+        Severity::Error,
+        "tokenizer.huggingface.json:pre_tokenizer.pretokenizers[0]",
+    ),
+    (
+        "hostile/duplicate-id.gguf",
+        "scan/tokenizer-duplicate",
+        Severity::Error,
+        "tokenizer.huggingface.json:model.vocab",
+    ),
+    (
+        "hostile/normalizer-replace.gguf",
+        "scan/tokenizer-normalizer",
+        Severity::Warning,
+        "tokenizer.huggingface.json:normalizer.normalizers[1]",
+    ),
+    (
+        "hostile/regex-catastrophic",
+        "scan/tokenizer-regex",
+        Severity::Error,
+        "pre_tokenizer.pretokenizers[0]",
+    ),
+    (
+        "hostile/duplicate-id",
+        "scan/tokenizer-duplicate",
+        Severity::Error,
+        "model.vocab",
+    ),
+    (
+        "hostile/added-token-zero-width",
+        "scan/tokenizer-added-token",
+        Severity::Warning,
+        "added_tokens[id=5]",
+    ),
+    (
+        "hostile/added-token-zero-width.gguf",
+        "scan/tokenizer-added-token",
+        Severity::Warning,
+        "tokenizer.ggml.tokens[id=3]",
+    ),
+    (
+        "hostile/normalizer-replace",
+        "scan/tokenizer-normalizer",
+        Severity::Warning,
+        "normalizer.normalizers[1]",
+    ),
+];
+
+#[test]
+fn every_hostile_template_and_tokenizer_is_flagged_by_its_rule() {
+    for (rel, rule, severity, key) in HOSTILE_TEMPLATES {
+        let found = scan(&template_fixture(rel)).expect("scan runs");
+        assert!(
+            has(&found, rule, *severity, key),
+            "{rel}: expected {severity} {rule} on `{key}`, got {found:#?}"
+        );
+        for f in found
+            .iter()
+            .filter(|f| f.rule.starts_with("scan/template-"))
+        {
+            assert!(
+                f.evidence.iter().all(|e| e.key.is_some()),
+                "{rel}: evidence names the key: {f:#?}"
+            );
+        }
+    }
+    // every hostile file and directory in the corpus is in the table
+    let mut listed: Vec<&str> = HOSTILE_TEMPLATES.iter().map(|h| h.0).collect();
+    listed.dedup();
+    let mut on_disk: Vec<String> = fs::read_dir(template_fixture("hostile"))
+        .unwrap()
+        .map(|e| format!("hostile/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    on_disk.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, on_disk);
+    assert!(on_disk.len() >= 12);
+}
+
+/// The rule ids in a `scan --format json` report.
+fn json_rules(stdout: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).expect("json report");
+    v["findings"]
+        .as_array()
+        .expect("a report with findings")
+        .iter()
+        .filter_map(|f| f["rule"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn hostile_templates_exit_1_and_clean_ones_exit_0() {
+    for (rel, rule, severity, _) in HOSTILE_TEMPLATES {
+        let path = template_fixture(rel);
+        let p = path.to_str().unwrap();
+        // error-level classes fail the default gate; warning-level ones (an odd added
+        // token, a rewriting normalizer, an oversized template) fail it with
+        // `--fail-on warning` and are reported, without failing, by default
+        let out = modelgate(&["scan", p, "--format", "json", "--fail-on", "warning"]);
+        assert!(
+            json_rules(&out.stdout).iter().any(|r| r == rule),
+            "{rel}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(out.status.code(), Some(1), "{rel} with --fail-on warning");
+        let out = modelgate(&["scan", p, "--format", "json"]);
+        assert!(json_rules(&out.stdout).iter().any(|r| r == rule), "{rel}");
+        let fails = *severity == Severity::Error || *rel == "hostile/ssti-padded";
+        assert_eq!(out.status.code(), Some(if fails { 1 } else { 0 }), "{rel}");
+    }
+    for dir in ["clean", "unknown"] {
+        for e in fs::read_dir(template_fixture(dir)).unwrap() {
+            let path = e.unwrap().path();
+            let out = modelgate(&["scan", path.to_str().unwrap(), "--fail-on", "warning"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+/// An official template with one edit raises only the catalogue note, naming the family.
+#[test]
+fn edited_official_templates_are_noted_as_unknown() {
+    for (rel, key, family) in [
+        (
+            "unknown/chatml-edited.gguf",
+            "tokenizer.chat_template",
+            "ChatML",
+        ),
+        ("unknown/llama3-edited", "chat_template", "Llama 3"),
+    ] {
+        let found = scan(&template_fixture(rel)).unwrap();
+        assert_eq!(found.len(), 1, "{rel}: {found:#?}");
+        assert!(
+            has(&found, "scan/template-unknown", Severity::Note, key),
+            "{rel}: {found:#?}"
+        );
+        assert!(
+            found[0]
+                .message
+                .contains(&format!("differs from {family}'s")),
+            "{rel}: {}",
+            found[0].message
+        );
+    }
+}
+
+/// The template texts in one fixture file.
+fn templates_in(p: &Path) -> Vec<String> {
+    use modelgate::formats::{gguf, template};
+    let name = p.file_name().unwrap().to_str().unwrap();
+    let found = if name.ends_with(".gguf") {
+        template::from_gguf(p, &gguf::open(p).unwrap().metadata)
+    } else if name.ends_with(".jinja") {
+        vec![template::from_jinja_file(p, name).unwrap()]
+    } else if name.ends_with("config.json") || name == "chat_template.json" {
+        template::from_json_file(p).unwrap()
+    } else {
+        Vec::new()
+    };
+    found.into_iter().map(|t| t.text).collect()
+}
+
+/// `scan` and `generate`'s renderer on every hostile template finish quickly, without a
+/// panic: the analyser parses, the renderer is sandboxed and bounded.
+#[test]
+fn hostile_templates_never_hang_scan_or_the_renderer() {
+    let texts: Vec<String> = fs::read_dir(template_fixture("hostile"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .flat_map(|p| {
+            if p.is_dir() {
+                fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect::<Vec<_>>()
+            } else {
+                vec![p]
+            }
+        })
+        .flat_map(|p| templates_in(&p))
+        .collect();
+    assert!(texts.len() >= 15, "{}", texts.len());
+    for t in &texts {
+        let start = std::time::Instant::now();
+        let _ = modelgate::scan::analyse_template(t);
+        let _ = modelgate::engine::chat::render(t, "deploy mode: hello", Some("<s>"), Some("</s>"));
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "slow on {}",
+            &t[..t.len().min(80)]
+        );
+    }
+}
+
+/// The official templates raise nothing at all, not even the catalogue note: their digests
+/// are in `policies/templates.yaml`.
+#[test]
+fn official_templates_raise_no_finding() {
+    for e in fs::read_dir(template_fixture("clean")).unwrap() {
+        let path = e.unwrap().path();
+        let found = scan(&path).unwrap();
+        assert!(found.is_empty(), "{}: {found:#?}", path.display());
+    }
+    let catalogue = fs::read_to_string(repo().join("policies/templates.yaml")).unwrap();
+    for (family, name, text, _) in templates::OFFICIAL {
+        let found = modelgate::scan::analyse_template(text);
+        assert!(found.is_empty(), "{name}: {found:#?}");
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(text.trim().as_bytes()))
+        };
+        assert!(
+            catalogue.contains(&digest),
+            "{family} template {name} (sha256 {digest}) is not in policies/templates.yaml"
+        );
+    }
+}
+
+#[test]
+fn template_evidence_points_into_the_file() {
+    // GGUF: the offset is the payload's byte in the file
+    let path = template_fixture("hostile/ssti-tool-use.gguf");
+    let found = scan(&path).unwrap();
+    let f = found
+        .iter()
+        .find(|f| f.rule == "scan/template-ssti")
+        .expect("ssti found");
+    let ev = &f.evidence[0];
+    let bytes = fs::read(&path).unwrap();
+    let at = ev.offset.expect("gguf offset") as usize;
+    assert!(bytes[at..].starts_with(b"lipsum"), "{f:#?}");
+    assert!(f.message.contains("line 1, column"), "{}", f.message);
+    // tokenizer_config.json: the offset is inside the escaped JSON string, with its line
+    let path = template_fixture("hostile/ssti-config-list/tokenizer_config.json");
+    let found = scan(&path).unwrap();
+    let f = found
+        .iter()
+        .find(|f| f.rule == "scan/template-ssti")
+        .expect("ssti found");
+    let text = fs::read_to_string(&path).unwrap();
+    let at = f.evidence[0].offset.expect("json offset") as usize;
+    assert!(text[at..].starts_with("()"), "{}", &text[at..at + 20]);
+    let line = f.evidence[0].line.expect("json line") as usize;
+    assert!(text.lines().nth(line - 1).unwrap().contains("\"template\""));
+    // the padded .jinja file: the finding is past the padding, on the file's own line
+    let found = scan(&template_fixture("hostile/ssti-padded")).unwrap();
+    let f = found
+        .iter()
+        .find(|f| f.rule == "scan/template-ssti")
+        .expect("ssti found");
+    assert!(f.evidence[0].line.unwrap() > 1000, "{f:#?}");
+    assert!(f.evidence[0].offset.unwrap() > 300 << 10, "{f:#?}");
+}
+
+#[test]
+fn template_findings_in_sarif_have_rules_and_locations() {
+    let path = template_fixture("hostile/ssti-padded");
+    let out = modelgate(&["scan", path.to_str().unwrap(), "--format", "sarif"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules = v["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap();
+    let ssti = rules
+        .iter()
+        .find(|r| r["id"] == "scan/template-ssti")
+        .expect("rule listed");
+    assert_eq!(ssti["properties"]["security-severity"], "8.0");
+    assert!(ssti["shortDescription"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("template-ssti"));
+    let res = v["runs"][0]["results"].as_array().unwrap();
+    assert!(res.iter().any(|r| r["ruleId"] == "scan/template-ssti"
+        && r["locations"][0]["physicalLocation"]["region"]["startLine"]
+            .as_u64()
+            .unwrap()
+            > 1000));
+}
+
+/// The tiny models' tokenizers and ChatML templates raise nothing above a note.
+#[test]
+fn fixture_models_have_clean_tokenizers_and_templates() {
+    for m in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
+        let found = issues(&fixture("models").join(m));
+        assert!(
+            !found
+                .iter()
+                .any(|f| f.rule.starts_with("scan/template-")
+                    || f.rule.starts_with("scan/tokenizer-")),
+            "{m}: {found:#?}"
+        );
+    }
 }
