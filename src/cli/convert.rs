@@ -86,6 +86,8 @@ pub struct Args {
     /// `.shard.json` sidecar; `modelgate merge` checks and assembles the N shares
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 struct Bar(ProgressBar);
@@ -146,7 +148,8 @@ fn options(args: &Args) -> anyhow::Result<convert::Options> {
     Ok(o)
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut args.src, &args.hub)?;
     let opts = options(&args)?;
     let format = OutputFormat::for_output(&args.output, args.format.as_deref())?;
     let bar = if !args.quiet && std::io::stderr().is_terminal() {

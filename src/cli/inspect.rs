@@ -22,9 +22,12 @@ pub struct Args {
     /// List every tensor (name, dtype, shape, bytes)
     #[arg(long)]
     tensors: bool,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let ckpt = Checkpoint::open(&args.path).map_err(|e| match e.hint() {
         Some(_) => anyhow::Error::new(e),
         None => super::hint(

@@ -23,6 +23,8 @@ pub struct Args {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 /// Open a model for the policy stage, with a clear error when it cannot be read.
@@ -43,14 +45,15 @@ pub(super) fn open_facts(path: &std::path::Path, hash: bool) -> anyhow::Result<M
         .with_context(|| format!("cannot read model `{}`", path.display()))
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let facts = open_facts(&args.path, false)?;
     let cats = Catalogues::builtin()?;
     let rep = policy::license_report(&facts, &cats);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = json!({
-            "subject": args.path.display().to_string(),
+        let mut v = json!({
+            "subject": hub.subject(&args.path),
             "name": rep.assessment.name,
             "licences": rep.assessment.licences,
             "detections": rep.assessment.detections,
@@ -60,6 +63,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             "documents": rep.documents,
             "findings": rep.assessment.findings,
         });
+        // Only a Hub model has a provenance record.
+        if let Some(p) = &hub.provenance {
+            v["source"] = serde_json::to_value(p)?;
+        }
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {

@@ -13,6 +13,7 @@ mod keygen;
 mod license;
 mod logits;
 mod merge;
+mod model_arg;
 mod parity;
 mod policy;
 mod run;

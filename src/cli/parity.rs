@@ -32,6 +32,8 @@ pub struct Args {
     common: Common,
     #[command(flatten)]
     judge: Judge,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -55,6 +57,8 @@ struct RecordArgs {
     top: usize,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +72,8 @@ struct CheckArgs {
     judge: Judge,
     #[command(flatten)]
     run: Run,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,9 +212,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(Sub::Check(c)) => check(c),
         None => {
             // clap requires both when no subcommand is given.
-            let (Some(reference), Some(candidate)) = (args.reference, args.candidate) else {
+            let (Some(mut reference), Some(mut candidate)) = (args.reference, args.candidate)
+            else {
                 anyhow::bail!("give REFERENCE and CANDIDATE, or `record` / `check`");
             };
+            let _hub = super::model_arg::resolve_pair(&mut reference, &mut candidate, &args.hub)?;
             let opts = options(&args.common)?;
             let th = thresholds(&args.judge, &declared_quant(&candidate)?)?;
             let bar = Progress::new(args.common.run.quiet, "scoring chunk");
@@ -221,7 +229,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
 }
 
-fn record(r: RecordArgs) -> anyhow::Result<Outcome> {
+fn record(mut r: RecordArgs) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut r.reference, &r.hub)?;
     let mut opts = options(&r.common)?;
     opts.top_k = r.top;
     anyhow::ensure!(r.top > 0, "--top must be at least 1");
@@ -246,7 +255,8 @@ fn record(r: RecordArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn check(c: CheckArgs) -> anyhow::Result<Outcome> {
+fn check(mut c: CheckArgs) -> anyhow::Result<Outcome> {
+    let _hub = super::model_arg::resolve(&mut c.candidate, &c.hub)?;
     set_threads(c.run.threads);
     let golden = Golden::read(&c.golden)?;
     let opts = ParityOptions {

@@ -37,6 +37,8 @@ struct CheckArgs {
     /// Output form
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,10 +68,12 @@ fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
     Ok(Policy::load(path)?)
 }
 
-fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
+fn check(mut args: CheckArgs) -> anyhow::Result<Outcome> {
     // The policy first: a bad policy file is an input error whatever the model is.
     let policy = load_policy(&args.policy)?;
-    let facts = open_facts(&args.model, true)?;
+    let hub = super::model_arg::resolve(&mut args.model, &args.hub)?;
+    let mut facts = open_facts(&args.model, true)?;
+    facts.hub = hub.provenance.clone();
     let cats = Catalogues::builtin()?;
     let outcome = policy::check(&facts, &policy, &cats)?;
     let a = &outcome.assessment;
@@ -81,6 +85,7 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let mut report = GateReport::new("policy", &args.model, findings);
     report.waived = outcome.waived.clone();
     report.details = Some(outcome.details(&policy, &facts, policy::Detail::Full));
+    hub.annotate(&mut report, &args.model);
     let mut out = std::io::stdout().lock();
     if args.format == ReportFormat::Text {
         write_summary(&mut out, &args.model, a, &cats.licences)?;

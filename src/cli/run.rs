@@ -69,6 +69,15 @@ struct TextLog {
 }
 
 impl Events for TextLog {
+    fn download(&self, file: &str, done: u64, size: u64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "import: download {file} {}/{}",
+                crate::inspect::human_bytes(done),
+                crate::inspect::human_bytes(size)
+            ));
+        }
+    }
     fn start(&self, name: &str, index: usize, total: usize) {
         if let Some(b) = &self.bar {
             b.set_length(total as u64);

@@ -19,6 +19,8 @@ pub struct Args {
     /// Output form: text for people, json for programs, sarif for code-scanning dashboards
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
     /// Lowest severity that fails the gate: `error`, or `warning` to also fail on the
     /// warning-level rules (odd added tokens, rewriting normalizers, oversized templates)
     #[arg(long, value_enum, default_value_t = FailOn::Error)]
@@ -32,12 +34,14 @@ enum FailOn {
     Warning,
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let hub = super::model_arg::resolve(&mut args.path, &args.hub)?;
     let findings = scan::scan(&args.path).map_err(|e| {
         let h = e.hint();
         super::hint(e, h)
     })?;
     let mut report = GateReport::new("scan", &args.path, findings);
+    hub.annotate(&mut report, &args.path);
     if args.fail_on == FailOn::Warning
         && report
             .findings

@@ -84,6 +84,8 @@ pub struct Args {
     /// Print no timing line on stderr
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 /// The keyless session: token, ephemeral key, Fulcio certificate.
@@ -117,7 +119,9 @@ fn keyless_session(args: &Args) -> anyhow::Result<Session> {
     Session::start(&token, endpoints, http).map_err(super::sign_error)
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let hub =
+        super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
     let opts = args.hashing.options()?;
     let session = if args.sigstore {
         Some(keyless_session(&args)?)
@@ -168,6 +172,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             if let Some(policy) = &args.policy {
                 audit.policy = Some(attest::policy_from_file(policy).map_err(super::sign_error)?);
             }
+            // A Hub model is named by its files at the commit it resolved to.
+            audit.resource_uri = hub.provenance.as_ref().map(|p| p.tree_url());
+            audit.hub_source = hub.provenance.clone();
             Some(audit)
         }
         None => None,

@@ -81,6 +81,8 @@ pub struct Args {
     /// Output form
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    #[command(flatten)]
+    hub: super::model_arg::HubArgs,
 }
 
 fn load_keys(args: &Args) -> anyhow::Result<Vec<TrustedKey>> {
@@ -126,7 +128,9 @@ fn trusted_dir(dir: &Path) -> anyhow::Result<Vec<TrustedKey>> {
         .collect()
 }
 
-pub fn run(args: Args) -> anyhow::Result<Outcome> {
+pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
+    let _hub =
+        super::model_arg::resolve_signed(&mut args.path, &args.hub, args.signature.is_some())?;
     let keys;
     let anchors;
     let keyless;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::convert::ConvertError;
 use crate::digest::DigestError;
 use crate::formats::FormatError;
+use crate::hub::HubError;
 use crate::parity::ParityError;
 use crate::policy::PolicyError;
 use crate::scan::ScanError;
@@ -104,6 +105,8 @@ pub enum StageError {
     Sign(#[from] SignError),
     #[error(transparent)]
     Digest(#[from] DigestError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
 }
 
 impl StageError {
@@ -116,6 +119,7 @@ impl StageError {
             StageError::Policy(e) => e.hint().map(str::to_owned),
             StageError::Parity(e) => e.hint().map(str::to_owned),
             StageError::Digest(e) => e.hint().map(str::to_owned),
+            StageError::Hub(e) => e.hint(),
             StageError::Scan(e) => Some(e.hint().to_owned()),
         }
     }

@@ -24,8 +24,15 @@ pub struct PipelineFile {
     /// Shown in reports; defaults to the file's stem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The source model (directory or weight file), relative to the pipeline file.
+    /// The source model (directory or weight file), relative to the pipeline file, or a
+    /// Hugging Face Hub repository `hf://ORG/NAME[@REVISION]`.
     pub model: PathBuf,
+    /// With an `hf://` model: take only the repository's files matching these globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// With an `hf://` model: leave out the files matching these globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// The policy file, relative to the pipeline file. Needed by the `policy` step and
     /// by the `parity` step's default thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,7 +241,11 @@ pub struct Pipeline {
     pub name: String,
     pub file: PipelineFile,
     pub digest: crate::types::Sha256Digest,
+    /// The source model: a local path, or, for an `hf://` model, the local copy once
+    /// the run has fetched it (until then the reference as written).
     pub model: PathBuf,
+    /// The Hub repository and revision when the model is `hf://`.
+    pub hub: Option<crate::hub::HubRef>,
     pub policy: Option<PathBuf>,
     pub out: PathBuf,
 }
@@ -268,15 +279,34 @@ impl Pipeline {
             Some(o) => base.join(o),
             None => base.join(format!("{stem}.out")),
         });
+        let hub = match file.model.to_str().and_then(crate::hub::HubRef::parse) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => return Err(invalid(path, format!("`model`: {e}"))),
+            None => None,
+        };
+        let model = match &hub {
+            Some(_) => file.model.clone(),
+            None => normalize(&base.join(&file.model)),
+        };
         Ok(Pipeline {
             path: path.to_owned(),
             name: file.name.clone().unwrap_or(stem),
-            model: normalize(&base.join(&file.model)),
+            model,
+            hub,
             policy: file.policy.as_ref().map(|p| normalize(&base.join(p))),
             out,
             digest: crate::types::Sha256Digest::of(&bytes),
             file,
         })
+    }
+
+    /// The source model as reports name it: `hf://ORG/NAME@REVISION` as asked for, or the
+    /// path. Never the local copy of a Hub model, which changes from run to run.
+    pub fn model_name(&self) -> String {
+        match &self.hub {
+            Some(r) => r.to_string(),
+            None => self.model.display().to_string(),
+        }
     }
 
     /// A path named in the pipeline file, resolved against its folder.
@@ -446,6 +476,22 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
             ));
         }
     }
+    let is_hub = file
+        .model
+        .to_str()
+        .is_some_and(|m| m.starts_with(crate::hub::spec::SCHEME));
+    let globs = !file.include.is_empty() || !file.exclude.is_empty();
+    if globs && !is_hub {
+        return Err(invalid(
+            path,
+            "`include` and `exclude` apply only to an `hf://` model".into(),
+        ));
+    }
+    for g in file.include.iter().chain(&file.exclude) {
+        if let Err(e) = globset::Glob::new(g) {
+            return Err(invalid(path, format!("`{g}` is not a valid glob: {e}")));
+        }
+    }
     if file.steps.policy.is_some() && file.policy.is_none() {
         return Err(invalid(
             path,
@@ -548,5 +594,29 @@ steps:
         assert!(e.contains("`steps.sign.artifacts` names `q4`"), "{e}");
         let e = err(&GOOD.replace("name: q8,", "name: ../x,"));
         assert!(e.contains("target name `../x`"), "{e}");
+    }
+
+    #[test]
+    fn a_hub_model_is_kept_as_written_and_its_globs_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let hub = GOOD.replace("model: m", "model: hf://org/m@v1\nexclude: ['*.bin']");
+        std::fs::write(&path, &hub).unwrap();
+        let p = Pipeline::load(&path).unwrap();
+        assert_eq!(p.model, PathBuf::from("hf://org/m@v1"));
+        assert_eq!(p.model_name(), "hf://org/m@v1");
+        assert_eq!(p.hub.as_ref().map(|r| r.revision.as_str()), Some("v1"));
+        // A malformed reference is an error of the pipeline file.
+        std::fs::write(&path, GOOD.replace("model: m", "model: hf://org/../m")).unwrap();
+        let e = Pipeline::load(&path).unwrap_err().to_string();
+        assert!(e.contains("is not a hub model reference"), "{e}");
+        // Globs need a hub model, and must parse.
+        let e = err(&GOOD.replace("model: m", "model: m\ninclude: ['*.gguf']"));
+        assert!(e.contains("apply only to an `hf://` model"), "{e}");
+        let e = err(&hub.replace("'*.bin'", "'['"));
+        assert!(e.contains("is not a valid glob"), "{e}");
+        // A local model keeps its path and name.
+        let local = parse(Path::new("p.yaml"), GOOD).unwrap();
+        assert!(local.include.is_empty());
     }
 }

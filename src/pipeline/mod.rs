@@ -39,6 +39,8 @@ pub trait Events {
     fn start(&self, _name: &str, _index: usize, _total: usize) {}
     /// A step ended (ran, cached or skipped).
     fn end(&self, _record: &StepRecord) {}
+    /// The import of an `hf://` source downloads `file`: `done` of `size` bytes so far.
+    fn download(&self, _file: &str, _done: u64, _size: u64) {}
 }
 
 /// [`Events`] that ignores everything.

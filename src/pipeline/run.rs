@@ -190,8 +190,23 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         total: plan.total(p),
         index: Cell::new(0),
     };
+    // An `hf://` source is fetched first; the steps then read its local copy, and the
+    // reports name it by `Pipeline::model_name`.
+    let fetched = steps::import::fetch(p, ev)?;
+    let local;
+    let p = match &fetched {
+        Some(f) => {
+            local = Pipeline {
+                model: f.view.path().to_owned(),
+                ..p.clone()
+            };
+            &local
+        }
+        None => p,
+    };
     let source = steps::import::hash(p)?;
     let mut cx = Context::new(p, out.clone(), source.digest.clone());
+    cx.source = fetched.as_ref().map(|f| f.provenance.clone());
     let mut records = vec![r.step(steps::import::key(&cx, source), || steps::import::run(&cx))?];
     if let Some(s) = &steps.scan {
         records.push(r.step(steps::scan::key(&cx), || steps::scan::run(s, &cx))?);
@@ -236,6 +251,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         records,
         cx.policy.as_ref(),
         &cx.model_digest,
+        cx.source.clone(),
         started,
     );
     write_reports(&out, &report)?;
@@ -278,6 +294,7 @@ fn finish(
     steps: Vec<StepRecord>,
     policy: Option<&Policy>,
     model_digest: &str,
+    source: Option<crate::provenance::Provenance>,
     started: Instant,
 ) -> RunReport {
     let mut failed = Vec::new();
@@ -307,9 +324,10 @@ fn finish(
             sha256: p.digest.to_hex(),
         },
         model: FileRef {
-            path: p.model.display().to_string(),
+            path: p.model_name(),
             sha256: model_digest.to_owned(),
         },
+        source,
         policy: policy.map(|pol| FileRef {
             path: pol.path.display().to_string(),
             sha256: pol.digest.to_hex(),

@@ -408,6 +408,10 @@ pub fn evaluate(
         ));
     }
     findings.extend(security_findings(facts, policy));
+    findings.extend(super::provenance::findings(
+        facts.hub.as_ref(),
+        &p.provenance,
+    ));
     // Severity overrides.
     findings.retain_mut(|f| match p.rules.iter().find(|(k, _)| k.0 == f.rule) {
         Some((_, level)) => match level.severity() {

@@ -39,6 +39,8 @@ pub struct ModelFacts {
     /// SHA-256 over the concatenated raw file digests sorted by path (the root digest the
     /// OpenSSF model-signing statement uses), when hashed.
     pub model_digest: Option<Sha256Digest>,
+    /// Where the model came from when it was resolved from `hf://`.
+    pub hub: Option<crate::provenance::Provenance>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -105,6 +107,7 @@ impl ModelFacts {
             tensor_types,
             digests: Vec::new(),
             model_digest: None,
+            hub: None,
         };
         if hash {
             facts.hash_files(&root)?;

@@ -103,6 +103,12 @@ pub struct ProvenanceRules {
     /// Card, licence files and metadata must agree.
     #[serde(default)]
     pub require_consistent_licence: bool,
+    /// A Hub model must be named by its full commit sha, not a branch or tag.
+    #[serde(default)]
+    pub require_pinned_revision: bool,
+    /// When present, a Hub model must be published by one of these organisations or users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_publishers: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ pub mod evaluate;
 pub mod facts;
 pub mod families;
 pub mod file;
+pub mod provenance;
 mod report;
 pub mod rules;
 pub mod text;

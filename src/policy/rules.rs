@@ -27,6 +27,8 @@ pub const REMOTE_CODE: &str = "policy/remote-code";
 pub const QUANT_TYPE: &str = "policy/quant-type";
 pub const WAIVER_EXPIRED: &str = "policy/waiver-expired";
 pub const WAIVER_UNUSED: &str = "policy/waiver-unused";
+pub const REVISION_UNPINNED: &str = "policy/revision-unpinned";
+pub const PUBLISHER: &str = "policy/publisher-not-allowed";
 
 /// (id, default severity, what it checks).
 pub const RULES: &[(&str, Severity, &str)] = &[
@@ -53,6 +55,8 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (QUANT_TYPE, Severity::Error, "a tensor storage type is not in the policy's allowed list"),
     (WAIVER_EXPIRED, Severity::Warning, "a waiver for this model is past its expiry date and no longer applies"),
     (WAIVER_UNUSED, Severity::Note, "a waiver matches this model but no finding of its rule"),
+    (REVISION_UNPINNED, Severity::Error, "a Hub model is named by a branch or tag, and the policy requires a commit sha"),
+    (PUBLISHER, Severity::Error, "a Hub model's publisher is not in the policy's allowed publishers"),
 ];
 
 pub fn default_severity(id: &str) -> Option<Severity> {

@@ -70,6 +70,9 @@ fn source_component(r: &RunReport) -> Value {
             }
         }
     }
+    if let Some(p) = &r.source {
+        hub_source(&mut c, p);
+    }
     let lic = licences(l);
     if !lic.is_empty() {
         c["licenses"] = json!(lic);
@@ -94,6 +97,52 @@ fn source_component(r: &RunReport) -> Value {
         }
     }
     c
+}
+
+/// A Hub source: pinned to its commit (`version`, `purl`), where its files are
+/// (`externalReferences`), each file with its sha256, and the Hub's facts as properties.
+fn hub_source(c: &mut Value, p: &crate::provenance::Provenance) {
+    c["version"] = json!(p.commit.as_str());
+    c["purl"] = json!(p.purl());
+    c["externalReferences"] = json!([
+        {
+            "type": "distribution",
+            "url": p.tree_url(),
+            "comment": format!(
+                "`hf://{}@{}` resolved to commit {}",
+                p.repository, p.requested_revision, p.commit
+            ),
+        },
+        { "type": "vcs", "url": format!("{}/{}", p.endpoint, p.repository) },
+    ]);
+    if let Value::Array(props) = &mut c["properties"] {
+        props.push(prop("modelgate:hub-repository", &p.repository));
+        props.push(prop("modelgate:hub-revision", &p.requested_revision));
+        props.push(prop("modelgate:hub-commit", &p.commit));
+        if let Some(h) = &p.hub {
+            let gated = serde_json::to_value(h.gated).unwrap_or(Value::Null);
+            props.push(prop(
+                "modelgate:hub-gated",
+                gated.as_str().unwrap_or_default(),
+            ));
+            if !h.licence.is_empty() {
+                props.push(prop("modelgate:hub-licence", h.licence.join(", ")));
+            }
+        }
+    }
+    let files: Vec<Value> = p
+        .files
+        .iter()
+        .map(|f| {
+            json!({
+                "type": "file",
+                "name": f.path,
+                "hashes": [sha256(&f.sha256.to_hex())],
+                "properties": [prop("modelgate:bytes", f.size)],
+            })
+        })
+        .collect();
+    c["components"] = json!(files);
 }
 
 fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {

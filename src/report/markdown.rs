@@ -23,6 +23,79 @@ fn human_bytes(n: u64) -> String {
     crate::inspect::human_bytes(n)
 }
 
+/// Where a Hub model came from: the commit it resolved to, the Hub's licence and gating
+/// facts, and each file's digest beside the one the Hub lists.
+fn source(o: &mut String, p: &crate::provenance::Provenance) {
+    let _ = writeln!(o, "## Source\n");
+    let pinned = if p.is_pinned() {
+        "pinned to its commit".to_owned()
+    } else {
+        format!(
+            "revision `{}` (a name that can move)",
+            cell(&p.requested_revision)
+        )
+    };
+    let _ = writeln!(
+        o,
+        "Hugging Face repository `{}`, {pinned}, resolved to commit `{}` on {} ([files at this commit]({})).",
+        p.repository,
+        p.commit,
+        p.endpoint,
+        p.tree_url()
+    );
+    match &p.hub {
+        Some(h) => {
+            let licence = if h.licence.is_empty() {
+                "none declared".to_owned()
+            } else {
+                h.licence
+                    .iter()
+                    .map(|l| format!("`{}`", cell(l)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let gated = match h.gated {
+                crate::provenance::Gated::No => "not gated",
+                crate::provenance::Gated::Auto => {
+                    "gated (access granted on accepting its conditions)"
+                }
+                crate::provenance::Gated::Manual => "gated (the publisher approves each request)",
+            };
+            let _ = writeln!(
+                o,
+                "The Hub lists licence {licence}{}; the repository is {gated}.",
+                h.licence_name
+                    .as_ref()
+                    .map(|n| format!(" (`{}`)", cell(n)))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "Read from the local Hugging Face cache without asking the Hub: no Hub licence or gating facts."
+            );
+        }
+    }
+    let _ = writeln!(o, "\n| file | bytes | sha256 | the Hub's LFS sha256 |");
+    let _ = writeln!(o, "|---|---:|---|---|");
+    for f in &p.files {
+        let lfs = match &f.hub_lfs_sha256 {
+            Some(d) if *d == f.sha256 => "same".to_owned(),
+            Some(d) => format!("`{}` (differs)", d),
+            None => "not in LFS".to_owned(),
+        };
+        let _ = writeln!(
+            o,
+            "| `{}` | {} | `{}` | {lfs} |",
+            cell(&f.path),
+            f.size,
+            f.sha256
+        );
+    }
+    let _ = writeln!(o);
+}
+
 /// Render a run.
 pub fn render(r: &RunReport) -> String {
     let mut o = String::new();
@@ -71,6 +144,9 @@ pub fn render(r: &RunReport) -> String {
         r.tool.version,
         r.pipeline.path
     );
+    if let Some(p) = &r.source {
+        source(&mut o, p);
+    }
 
     let _ = writeln!(o, "## Licence obligations\n");
     match r.licence() {
@@ -301,4 +377,60 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::{CommitSha, Gated, HubCard, Provenance, ProvenanceFile, RepoId};
+    use crate::types::Sha256Digest;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn prov(rev: &str, hub: Option<HubCard>, lfs: Option<Sha256Digest>) -> Provenance {
+        Provenance::new(
+            RepoId::parse("org/model").unwrap(),
+            rev,
+            CommitSha::parse(SHA).unwrap(),
+            "https://huggingface.co",
+            hub,
+            vec![ProvenanceFile {
+                path: "model.safetensors".into(),
+                size: 3,
+                sha256: Sha256Digest::of(b"abc"),
+                hub_lfs_sha256: lfs,
+            }],
+        )
+    }
+
+    #[test]
+    fn source_names_the_commit_the_hub_facts_and_each_file() {
+        let card = HubCard {
+            licence: vec!["llama3.1".into()],
+            gated: Gated::Manual,
+            ..HubCard::default()
+        };
+        let d = Sha256Digest::of(b"abc");
+        let mut o = String::new();
+        source(&mut o, &prov("main", Some(card), Some(d)));
+        assert!(o.contains("revision `main` (a name that can move)"), "{o}");
+        assert!(o.contains(&format!("resolved to commit `{SHA}`")), "{o}");
+        assert!(
+            o.contains(&format!("(https://huggingface.co/org/model/tree/{SHA})")),
+            "{o}"
+        );
+        assert!(o.contains("licence `llama3.1`"), "{o}");
+        assert!(o.contains("the publisher approves each request"), "{o}");
+        assert!(
+            o.contains(&format!("| `model.safetensors` | 3 | `{d}` | same |")),
+            "{o}"
+        );
+
+        let mut o = String::new();
+        let other = Sha256Digest::of(b"x");
+        source(&mut o, &prov(SHA, None, Some(other)));
+        assert!(o.contains("pinned to its commit"), "{o}");
+        assert!(o.contains("no Hub licence or gating facts"), "{o}");
+        assert!(o.contains(&format!("`{other}` (differs)")), "{o}");
+    }
 }

@@ -211,8 +211,13 @@ pub struct RunReport {
     pub tool: Tool,
     pub name: String,
     pub pipeline: FileRef,
-    /// The source model and its root digest.
+    /// The source model and its root digest. For a Hub model, the path is the reference
+    /// as the pipeline file wrote it (`hf://ORG/NAME@REVISION`).
     pub model: FileRef,
+    /// Where a Hub model came from: repository, revision asked for, the commit it
+    /// resolved to, the Hub's licence and gating facts, and every file's size and digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::provenance::Provenance>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<FileRef>,
     pub out: String,

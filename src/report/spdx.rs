@@ -265,6 +265,12 @@ pub fn document(r: &RunReport) -> Value {
     if let Some(hash) = single_source_file(r) {
         src["verifiedUsing"] = json!([sha256_hash(&hash)]);
     }
+    if let Some(p) = &r.source {
+        // A Hub source is pinned to the commit it resolved to.
+        src["software_downloadLocation"] = json!(p.tree_url());
+        src["software_packageVersion"] = json!(p.commit.as_str());
+        src["software_packageUrl"] = json!(p.purl());
+    }
     if let Some(l) = licence {
         if !l.datasets.is_empty() {
             src["ai_informationAboutTraining"] = json!(format!(

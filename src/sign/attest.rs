@@ -5,7 +5,8 @@
 //!
 //! It is an in-toto Statement v1 with the SLSA verification summary predicate
 //! (`https://slsa.dev/verification_summary/v1`): `verifier.id` is modelgate and its
-//! version, `timeVerified`, `resourceUri` the model name, `policy` the policy file named by
+//! version, `timeVerified`, `resourceUri` the model name (for a Hub model, its files at
+//! the resolved commit, with the provenance under `modelgate.source`), `policy` the policy file named by
 //! the report (uri and sha256), `inputAttestations` the model signature, and
 //! `verificationResult` PASSED only if every gate passed. The gate reports themselves,
 //! with findings and figures, sit under the modelgate-specific field `modelgate`. It is
@@ -45,6 +46,12 @@ pub struct Audit {
     pub source: PathBuf,
     pub reports: Vec<GateReport>,
     pub policy: Option<PolicyRef>,
+    /// The `resourceUri` when the model has a better name than its file name: for a model
+    /// from the Hugging Face Hub, its files at the commit it resolved to.
+    pub resource_uri: Option<String>,
+    /// Where a Hub model (or the source an artifact was converted from) came from,
+    /// carried under `modelgate.source`.
+    pub hub_source: Option<crate::provenance::Provenance>,
 }
 
 fn report_err(path: &Path, what: impl Into<String>) -> SignError {
@@ -111,6 +118,8 @@ impl Audit {
             source: path.to_owned(),
             reports,
             policy,
+            resource_uri: None,
+            hub_source: None,
         })
     }
 
@@ -190,7 +199,7 @@ pub fn vsa_statement(
             "version": { "modelgate": env!("CARGO_PKG_VERSION") },
         },
         "timeVerified": rfc3339_now(),
-        "resourceUri": model_name,
+        "resourceUri": audit.resource_uri.as_deref().unwrap_or(model_name),
     });
     let policy = match &audit.policy {
         Some(p) => {
@@ -219,6 +228,9 @@ pub fn vsa_statement(
         "toolVersion": env!("CARGO_PKG_VERSION"),
         "gates": gates,
     });
+    if let Some(p) = &audit.hub_source {
+        predicate["modelgate"]["source"] = serde_json::to_value(p).unwrap_or(Value::Null);
+    }
     let statement = json!({
         "_type": STATEMENT_TYPE,
         // The model first (what `verify` reads); then the signature file, so that

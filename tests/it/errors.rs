@@ -26,7 +26,7 @@ fn normalise(s: &str, tmp: &Path) -> String {
 
 /// Every `caused by:` text appears in no earlier line: a message that embeds its source
 /// and also reports it as a cause would print the cause twice.
-fn assert_each_cause_once(stderr: &str) {
+pub(crate) fn assert_each_cause_once(stderr: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines[0].starts_with("error: "), "{stderr}");
     for (i, line) in lines.iter().enumerate() {

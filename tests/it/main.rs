@@ -10,6 +10,7 @@ mod errors;
 mod fixtures;
 mod formats_hf;
 mod gguf;
+mod hub;
 mod inspect;
 mod parity;
 mod pipeline;

@@ -37,7 +37,7 @@ fn json_file(p: &Path) -> Value {
 /// The official CycloneDX 1.6 schema (from PyPI `cyclonedx-python-lib` 11.12.0,
 /// `cyclonedx/schema/_res/`), with its `spdx` and `jsf` references served from
 /// `tests/data/cyclonedx/` instead of the network.
-fn cyclonedx_validator() -> jsonschema::Validator {
+pub(crate) fn cyclonedx_validator() -> jsonschema::Validator {
     struct Local;
     impl jsonschema::Retrieve for Local {
         fn retrieve(
@@ -66,7 +66,7 @@ fn spdx_model_dir() -> PathBuf {
 }
 
 /// Validate SPDX 3 files with the PyPI `spdx3-validate` (JSON Schema and SHACL), offline.
-fn assert_spdx3_valid(files: &[&Path]) {
+pub(crate) fn assert_spdx3_valid(files: &[&Path]) {
     let o = oracle_python()
         .arg(repo().join("tests/it/spdx3_validate_offline.py"))
         .arg(spdx_model_dir())
@@ -93,7 +93,7 @@ fn spdx_entry<'a>(list: &'a Value, key: &str) -> Option<&'a str> {
         .and_then(|e| e["value"].as_str())
 }
 
-fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
+pub(crate) fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
     let errors: Vec<String> = v
         .iter_errors(doc)
         .map(|e| format!("{e} at {}", e.instance_path()))

@@ -45,6 +45,8 @@ pub(super) struct Context<'a> {
     pub artifacts: Vec<(Target, Artifact)>,
     /// The policy, once the policy step has loaded it.
     pub policy: Option<Policy>,
+    /// Where an `hf://` source came from.
+    pub source: Option<crate::provenance::Provenance>,
 }
 
 impl<'a> Context<'a> {
@@ -56,6 +58,7 @@ impl<'a> Context<'a> {
             catalogues: OnceCell::new(),
             artifacts: Vec::new(),
             policy: None,
+            source: None,
         }
     }
 

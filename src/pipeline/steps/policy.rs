@@ -33,12 +33,17 @@ pub fn key(pol: &Policy, cx: &Context) -> Result<StepKey, PipelineError> {
     for (_, a) in &cx.artifacts {
         inputs.extend(artifact_inputs(a));
     }
+    // Waivers expire: the date is part of the settings.
+    let mut settings = json!({ "date": today.to_string() });
+    if cx.pipeline.hub.is_some() {
+        // The provenance rules judge the revision asked for, which the digest omits.
+        settings["model"] = json!(cx.pipeline.model_name());
+    }
     Ok(StepKey {
         name: "policy".into(),
         kind: "policy",
         inputs,
-        // Waivers expire: the date is part of the settings.
-        settings: json!({ "date": today.to_string() }),
+        settings,
     })
 }
 
@@ -52,13 +57,17 @@ pub struct Checked {
 pub fn run(_settings: &PolicyStep, pol: &Policy, cx: &Context) -> Result<Checked, PipelineError> {
     let model = &cx.pipeline.model;
     let err = |e| PipelineError::step("policy", e);
-    let facts = open_facts(model, true, "policy")?;
+    let mut facts = open_facts(model, true, "policy")?;
+    // An `hf://` source's provenance, for the `provenance.require_pinned_revision` and
+    // `provenance.allowed_publishers` rules.
+    facts.hub = cx.source.clone();
     let outcome = policy::check(&facts, pol, cx.catalogues()?).map_err(err)?;
     let mut findings = outcome.findings.clone();
     findings.extend(
         signed_by_trusted_identity(model, pol).map_err(|e| PipelineError::step("policy", e))?,
     );
     let mut g = GateReport::new("policy", model, findings);
+    g.subject = cx.pipeline.model_name();
     g.waived = outcome.waived.clone();
     g.details = Some(outcome.details(pol, &facts, Detail::Run));
     let mut gates = vec![g];

@@ -23,9 +23,10 @@ pub struct Scanned {
 pub fn run(_settings: &ScanStep, cx: &Context) -> Result<Scanned, PipelineError> {
     let model = &cx.pipeline.model;
     let findings = crate::scan::scan(model).map_err(|e| PipelineError::step("scan", e))?;
-    Ok(Scanned {
-        gate: GateReport::new("scan", model, findings),
-    })
+    let mut gate = GateReport::new("scan", model, findings);
+    // The model as the pipeline file names it, not the local copy of an `hf://` source.
+    gate.subject = cx.pipeline.model_name();
+    Ok(Scanned { gate })
 }
 
 impl StepOutcome for Scanned {

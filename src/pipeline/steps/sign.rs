@@ -127,7 +127,7 @@ impl<'s> Signer<'s> {
         cx: &Context,
     ) -> Result<(StepKey, Job<'a>), PipelineError> {
         let subject = cx.out.join(&a.path).display().to_string();
-        let model_subject = cx.pipeline.model.display().to_string();
+        let model_subject = cx.pipeline.model_name();
         let reports: Vec<GateReport> = records
             .iter()
             .flat_map(|s| s.gates.iter())
@@ -167,6 +167,9 @@ impl<'s> Signer<'s> {
             source: out.join("report.json"),
             reports: job.reports,
             policy: self.policy.clone(),
+            resource_uri: None,
+            // The artifact was converted from this Hub source.
+            hub_source: cx.source.clone(),
         };
         if !self.settings.attest && att_path.exists() {
             fs::remove_file(&att_path).map_err(|e| PipelineError::Write {
