@@ -227,7 +227,12 @@ pub fn from_json_text(path: &Path, text: &str) -> Result<Vec<TemplateSource>, Fo
                 .iter()
                 .find(|&&(s, e)| {
                     let raw = &text[s + 1..e];
-                    raw.len() >= tpl.len() && decode_literal(raw).as_deref() == Some(tpl.as_str())
+                    // an object key (`"chat_template":`) is never the value, even when a
+                    // template's text happens to equal it
+                    let is_key = text[e + 1..].trim_start().starts_with(':');
+                    !is_key
+                        && raw.len() >= tpl.len()
+                        && decode_literal(raw).as_deref() == Some(tpl.as_str())
                 })
                 .map(|&(s, e)| Placement::Json {
                     quote: s as u64,
@@ -403,6 +408,17 @@ mod tests {
         assert!(from_json_text(Path::new("c.json"), "{}")
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_template_equal_to_its_key_is_located_at_the_value() {
+        // found by the `template` fuzz target: the key literal must never be taken for the
+        // value, and an empty value starts right after its opening quote
+        for (tpl, at) in [("chat_template", 19u64), ("", 19)] {
+            let text = format!("{{\"chat_template\": \"{tpl}\"}}");
+            let s = from_json_text(Path::new("c.json"), &text).unwrap();
+            assert_eq!(s[0].file_pos(0).offset, Some(at), "{text}");
+        }
     }
 
     #[test]

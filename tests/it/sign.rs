@@ -585,6 +585,12 @@ fn model_signing(args: &[&str]) -> Output {
         .expect("run python3 -m model_signing")
 }
 
+/// Run the `model_signing` CLI and fail the test, naming `what`, unless it succeeds.
+fn model_signing_ok(args: &[&str], what: &str) {
+    let o = model_signing(args);
+    assert!(o.status.success(), "{what} failed:\n{}", text(&o));
+}
+
 fn python(script: &str, args: &[&str]) -> Output {
     crate::support::oracle_python()
         .arg("-c")
@@ -603,19 +609,17 @@ fn interop_modelgate_p256_bundle_verifies_with_model_signing() {
     let o = sign(&m, &key, &["--alg", "p256"]);
     assert!(o.status.success(), "{}", text(&o));
     let sig = m.join("model.sig");
-    let o = model_signing(&[
-        "verify",
-        "key",
-        s(&m),
-        "--signature",
-        s(&sig),
-        "--public_key",
-        s(&public),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing verify key failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "verify",
+            "key",
+            s(&m),
+            "--signature",
+            s(&sig),
+            "--public_key",
+            s(&public),
+        ],
+        "model_signing verify key failed",
     );
     // and it sees tampering in our bundle's model the same way
     fs::write(m.join("config.json"), b"{}").unwrap();
@@ -641,19 +645,17 @@ fn interop_model_signing_bundle_verifies_with_modelgate() {
     let m = make_model(dir.path(), 21);
     let (key, public) = keygen(dir.path(), "p256");
     let sig = m.join("model.sig");
-    let o = model_signing(&[
-        "sign",
-        "key",
-        s(&m),
-        "--signature",
-        s(&sig),
-        "--private_key",
-        s(&key),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing sign key failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "sign",
+            "key",
+            s(&m),
+            "--signature",
+            s(&sig),
+            "--private_key",
+            s(&key),
+        ],
+        "model_signing sign key failed",
     );
     let o = verify(&m, &public, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -1116,36 +1118,32 @@ fn interop_p384_and_certificate_bundles_both_ways() {
     let o = sign(&m, &key, &["--alg", "p384"]);
     assert!(o.status.success(), "{}", text(&o));
     let sig = m.join("model.sig");
-    let o = model_signing(&[
-        "verify",
-        "key",
-        s(&m),
-        "--signature",
-        s(&sig),
-        "--public_key",
-        s(&public),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing verify key (p384) failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "verify",
+            "key",
+            s(&m),
+            "--signature",
+            s(&sig),
+            "--public_key",
+            s(&public),
+        ],
+        "model_signing verify key (p384) failed",
     );
     // theirs verified here
     let m2 = make_model(dir.path(), 32);
     let sig2 = m2.join("model.sig");
-    let o = model_signing(&[
-        "sign",
-        "key",
-        s(&m2),
-        "--signature",
-        s(&sig2),
-        "--private_key",
-        s(&key),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing sign key (p384) failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "sign",
+            "key",
+            s(&m2),
+            "--signature",
+            s(&sig2),
+            "--private_key",
+            s(&key),
+        ],
+        "model_signing sign key (p384) failed",
     );
     let o = verify(&m2, &public, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -1155,40 +1153,36 @@ fn interop_p384_and_certificate_bundles_both_ways() {
     let o = sign_with_certificate(&m3);
     assert!(o.status.success(), "{}", text(&o));
     let ca = mt("keys/certificate/ca-cert.pem");
-    let o = model_signing(&[
-        "verify",
-        "certificate",
-        s(&m3),
-        "--signature",
-        s(&m3.join("model.sig")),
-        "--certificate_chain",
-        s(&ca),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing verify certificate failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "verify",
+            "certificate",
+            s(&m3),
+            "--signature",
+            s(&m3.join("model.sig")),
+            "--certificate_chain",
+            s(&ca),
+        ],
+        "model_signing verify certificate failed",
     );
     // theirs verified here
     let m4 = make_model(dir.path(), 34);
     let sig4 = m4.join("model.sig");
-    let o = model_signing(&[
-        "sign",
-        "certificate",
-        s(&m4),
-        "--signature",
-        s(&sig4),
-        "--private_key",
-        s(&mt("keys/certificate/signing-key.pem")),
-        "--signing_certificate",
-        s(&mt("keys/certificate/signing-key-cert.pem")),
-        "--certificate_chain",
-        s(&mt("keys/certificate/int-ca-cert.pem")),
-    ]);
-    assert!(
-        o.status.success(),
-        "model_signing sign certificate failed:\n{}",
-        text(&o)
+    model_signing_ok(
+        &[
+            "sign",
+            "certificate",
+            s(&m4),
+            "--signature",
+            s(&sig4),
+            "--private_key",
+            s(&mt("keys/certificate/signing-key.pem")),
+            "--signing_certificate",
+            s(&mt("keys/certificate/signing-key-cert.pem")),
+            "--certificate_chain",
+            s(&mt("keys/certificate/int-ca-cert.pem")),
+        ],
+        "model_signing sign certificate failed",
     );
     let o = run(&["verify", s(&m4), "--certificate-chain", s(&ca)]);
     assert!(o.status.success(), "{}", text(&o));
