@@ -291,18 +291,9 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(&hostile)?;
 
     // ---- clean ----
-    fs::write(
-        clean.join("chatml-smollm2.gguf"),
-        gguf(&[("tokenizer.chat_template", SMOLLM2)], &[]),
-    )?;
-    fs::write(
-        clean.join("llama3.1-tools.gguf"),
-        gguf(&[("tokenizer.chat_template", LLAMA31)], &[]),
-    )?;
-    fs::write(
-        clean.join("mistral.gguf"),
-        gguf(&[("tokenizer.chat_template", MISTRAL)], &[]),
-    )?;
+    template_gguf(&clean.join("chatml-smollm2.gguf"), SMOLLM2)?;
+    template_gguf(&clean.join("llama3.1-tools.gguf"), LLAMA31)?;
+    template_gguf(&clean.join("mistral.gguf"), MISTRAL)?;
     hf(
         &clean.join("qwen2.5"),
         &[("tokenizer_config.json", config(json!(QWEN25)))],
@@ -408,10 +399,7 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
     )?;
 
     // ---- hostile: backdoors ----
-    fs::write(
-        hostile.join("backdoor-trigger.gguf"),
-        gguf(&[("tokenizer.chat_template", BACKDOOR_TRIGGER)], &[]),
-    )?;
+    template_gguf(&hostile.join("backdoor-trigger.gguf"), BACKDOOR_TRIGGER)?;
     hf(
         &hostile.join("backdoor-trigger"),
         &[("chat_template.jinja", BACKDOOR_TRIGGER_JINJA.to_owned())],
@@ -424,14 +412,8 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
         &hostile.join("messages-rewrite"),
         &[("chat_template.jinja", MESSAGES_REWRITE.to_owned())],
     )?;
-    fs::write(
-        hostile.join("messages-reverse.gguf"),
-        gguf(&[("tokenizer.chat_template", MESSAGES_REVERSE)], &[]),
-    )?;
-    fs::write(
-        hostile.join("unparseable.gguf"),
-        gguf(&[("tokenizer.chat_template", UNPARSEABLE)], &[]),
-    )?;
+    template_gguf(&hostile.join("messages-reverse.gguf"), MESSAGES_REVERSE)?;
+    template_gguf(&hostile.join("unparseable.gguf"), UNPARSEABLE)?;
 
     hf(
         &hostile.join("unparseable"),
@@ -592,19 +574,13 @@ fn tokenizer(
         "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": null,
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": false,
-            "vocab": Value::Object(vocab),
-            "merges": []
-        }
+        "model": super::tokenizer::bpe_model(Value::Object(vocab), json!([])),
     }))
+}
+
+/// A GGUF whose only template is `tokenizer.chat_template = text`.
+fn template_gguf(path: &Path, text: &str) -> io::Result<()> {
+    fs::write(path, gguf(&[("tokenizer.chat_template", text)], &[]))
 }
 
 /// A Hugging Face directory holding only the given files.

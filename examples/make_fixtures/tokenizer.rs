@@ -204,22 +204,28 @@ pub fn tokenizer_json(bpe: &Bpe, post: PostProcessing) -> std::io::Result<String
         "pre_tokenizer": byte_level(false, true),
         "post_processor": post_processor(post),
         "decoder": byte_level(true, true),
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": false,
-            "vocab": vocab,
-            "merges": merges
-        }
+        "model": bpe_model(json!(vocab), json!(merges)),
     });
     let mut text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
     text.push('\n');
     Ok(text)
+}
+
+/// The `model` object of a byte-level BPE `tokenizer.json` with this vocabulary and these
+/// merges (the settings every fixture tokenizer shares).
+pub fn bpe_model(vocab: Value, merges: Value) -> Value {
+    json!({
+        "type": "BPE",
+        "dropout": null,
+        "unk_token": null,
+        "continuing_subword_prefix": null,
+        "end_of_word_suffix": null,
+        "fuse_unk": false,
+        "byte_fallback": false,
+        "ignore_merges": false,
+        "vocab": vocab,
+        "merges": merges
+    })
 }
 
 #[cfg(test)]

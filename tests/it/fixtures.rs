@@ -34,7 +34,7 @@ mod models;
 mod text;
 #[allow(dead_code)]
 #[path = "../../examples/make_fixtures/tokenizer.rs"]
-mod tokenizer;
+pub(crate) mod tokenizer;
 
 const MODELS: [&str; 4] = [
     "tiny-llama",

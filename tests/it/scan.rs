@@ -7,6 +7,9 @@
 mod hostile_pickle;
 #[path = "../../examples/make_fixtures/templates.rs"]
 mod templates;
+// `templates` builds its tokenizers with the generator's shared BPE model object, which
+// `fixtures` already compiles into this binary.
+use crate::fixtures::tokenizer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
