@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
-use super::config::{Architecture, ModelConfig};
+use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
 use super::ops;
 use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
@@ -106,7 +106,10 @@ fn ids_device(_: &BlockMatrix) -> &'static Device {
 
 #[derive(Debug)]
 struct Layer {
-    attn_norm: Tensor,
+    /// Norm before attention (absent in OLMo 2).
+    attn_norm: Option<Tensor>,
+    /// Norm of the attention output before the residual add (Gemma, OLMo 2).
+    post_attn_norm: Option<Tensor>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -115,11 +118,18 @@ struct Layer {
     v_bias: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
+    /// The q/k norms span the whole projection (OLMo 2) rather than each head.
+    qk_norm_full: bool,
     o: Linear,
-    ffn_norm: Tensor,
+    /// Norm before the feed-forward (absent in OLMo 2).
+    ffn_norm: Option<Tensor>,
+    /// Norm of the feed-forward output before the residual add (Gemma, OLMo 2).
+    post_ffn_norm: Option<Tensor>,
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// Sliding window of this layer (`usize::MAX` for none).
+    window: usize,
 }
 
 /// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, the first `len`
@@ -166,7 +176,16 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Tensor,
     head: Linear,
+    /// Factor on the embedding (Gemma), in the precision transformers applies it.
+    embed_scale: Option<f32>,
+    /// RoPE of global layers (LongRoPE: its short table).
     rope: Rope,
+    /// RoPE of sliding-window layers when it differs (Gemma 3).
+    rope_local: Option<Rope>,
+    /// LongRoPE's long table, used for a whole forward call whose last position is past
+    /// `long_after` (transformers' rule).
+    rope_long: Option<Rope>,
+    long_after: usize,
     cache: Vec<KvCache>,
     /// Tokens processed since the last reset.
     pos: usize,
@@ -176,6 +195,10 @@ pub struct Model {
 struct Loader<'a> {
     src: &'a dyn WeightSource,
     naming: Naming,
+    arch: Architecture,
+    /// Gemma's Hugging Face norms hold `w` and multiply by `1 + w`; llama.cpp's converter
+    /// stores `1 + w`.
+    norm_plus_one: bool,
     math: Math,
     device: &'a Device,
     /// GGUF `llama` files store q/k rows interleaved for llama.cpp's RoPE.
@@ -183,8 +206,12 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    fn name(&self, role: Role) -> String {
+        self.naming.name_for(self.arch, role).unwrap_or_default()
+    }
+
     fn raw(&self, role: Role) -> Result<Option<RawTensor<'_>>, EngineError> {
-        match self.naming.name(role) {
+        match self.naming.name_for(self.arch, role) {
             Some(name) => self.src.tensor(&name),
             None => Ok(None),
         }
@@ -192,7 +219,7 @@ impl Loader<'_> {
 
     fn required(&self, role: Role) -> Result<RawTensor<'_>, EngineError> {
         self.raw(role)?
-            .ok_or_else(|| EngineError::MissingTensor(self.naming.name(role).unwrap_or_default()))
+            .ok_or_else(|| EngineError::MissingTensor(self.name(role)))
     }
 
     /// A 1-d f32 vector (norm weight, bias) of length `n`, if present.
@@ -206,9 +233,27 @@ impl Loader<'_> {
         }
     }
 
+    /// A norm weight, as the multiplier the norm applies.
+    fn norm_opt(&self, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
+        Ok(match self.vector(role, n)? {
+            // transformers: `1.0 + weight.float()`, one f32 addition
+            Some(w) if self.norm_plus_one => Some((w + 1.0)?),
+            other => other,
+        })
+    }
+
     fn norm(&self, role: Role, n: usize) -> Result<Tensor, EngineError> {
-        self.vector(role, n)?
-            .ok_or_else(|| EngineError::MissingTensor(self.naming.name(role).unwrap_or_default()))
+        self.norm_opt(role, n)?
+            .ok_or_else(|| EngineError::MissingTensor(self.name(role)))
+    }
+
+    /// A norm the family has (`want`), or none.
+    fn norm_if(&self, want: bool, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
+        if want {
+            self.norm(role, n).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn linear_from(&self, t: RawTensor<'_>, shape: [usize; 2]) -> Result<Linear, EngineError> {
@@ -273,16 +318,16 @@ impl Model {
         device: &Device,
     ) -> Result<Model, EngineError> {
         let naming = src.naming();
+        let arch = cfg.architecture;
         let ld = Loader {
             src,
             naming,
+            arch,
+            norm_plus_one: naming == Naming::HuggingFace && arch.is_gemma(),
             math,
             device,
             interleaved_qk: naming == Naming::Gguf
-                && matches!(
-                    cfg.architecture,
-                    Architecture::Llama | Architecture::Mistral
-                ),
+                && matches!(arch, Architecture::Llama | Architecture::Mistral),
         };
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let q_out = cfg.n_heads * hd;
@@ -290,6 +335,16 @@ impl Model {
 
         let embed_raw = ld.required(Role::Embedding)?;
         embed_raw.expect_shape(&[cfg.vocab, h])?;
+        // transformers multiplies by the scale cast to the weights' dtype; llama.cpp by the
+        // f32 value
+        let embed_scale = cfg.embed_scale.map(|s| {
+            let s = s as f32;
+            match (naming, embed_raw.dtype) {
+                (Naming::HuggingFace, DType::BF16) => half::bf16::from_f32(s).to_f32(),
+                (Naming::HuggingFace, DType::F16) => half::f16::from_f32(s).to_f32(),
+                _ => s,
+            }
+        });
         let (embed, tied_head) = match math {
             Math::Reference => {
                 let t = embed_raw.to_f32(device)?;
@@ -314,39 +369,140 @@ impl Model {
             None => tied_head,
         };
         let norm = ld.norm(Role::OutputNorm, h)?;
+        let rot = cfg.rotary_dim;
         let freq_factors = match ld.raw(Role::RopeFreqs)? {
             Some(t) => {
-                t.expect_shape(&[hd / 2])?;
+                t.expect_shape(&[rot / 2])?;
                 Some(t.to_f32(&Device::Cpu)?.to_vec1::<f32>()?)
             }
             None => None,
         };
-        let rope = Rope::new(hd, cfg.rope_theta, &cfg.rope_scaling, freq_factors)?;
+        let (rope, rope_long, long_after) = match &cfg.rope_scaling {
+            RopeScaling::LongRope {
+                short,
+                long,
+                original_context,
+                attention_factor,
+            } => {
+                let factors =
+                    |given: &Vec<f32>, role: Role| -> Result<Option<Vec<f32>>, EngineError> {
+                        if !given.is_empty() {
+                            return Ok(Some(given.clone()));
+                        }
+                        match ld.raw(role)? {
+                            Some(t) => {
+                                t.expect_shape(&[rot / 2])?;
+                                Ok(Some(t.to_f32(&Device::Cpu)?.to_vec1::<f32>()?))
+                            }
+                            None => Ok(None),
+                        }
+                    };
+                match (
+                    factors(short, Role::RopeFactorsShort)?,
+                    factors(long, Role::RopeFactorsLong)?,
+                ) {
+                    (Some(s), Some(l)) => (
+                        Rope::longrope(rot, cfg.rope_theta, &s, *attention_factor)?,
+                        Some(Rope::longrope(rot, cfg.rope_theta, &l, *attention_factor)?),
+                        *original_context,
+                    ),
+                    // a GGUF Phi-3 without factor tensors runs plain RoPE, as llama.cpp does
+                    (None, None) if naming == Naming::Gguf => (
+                        Rope::new(rot, cfg.rope_theta, &RopeScaling::None, freq_factors)?,
+                        None,
+                        usize::MAX,
+                    ),
+                    _ => {
+                        return Err(EngineError::MissingTensor(format!(
+                            "{} / {} (longrope factors)",
+                            ld.name(Role::RopeFactorsShort),
+                            ld.name(Role::RopeFactorsLong)
+                        )))
+                    }
+                }
+            }
+            scaling => (
+                Rope::new(rot, cfg.rope_theta, scaling, freq_factors)?,
+                None,
+                usize::MAX,
+            ),
+        };
+        let rope_local = match &cfg.local_rope {
+            Some((theta, scaling)) => Some(Rope::new(rot, *theta, scaling, None)?),
+            None => None,
+        };
 
+        let norms = arch.norms();
+        // OLMo 2 normalises q and k over the whole projection, the others per head
+        let qk_norm_full = arch == Architecture::Olmo2;
+        let (qn, kn) = if qk_norm_full {
+            (q_out, kv_out)
+        } else {
+            (hd, hd)
+        };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let q_norm = ld.vector(Role::QNorm(i), hd)?;
-            let k_norm = ld.vector(Role::KNorm(i), hd)?;
-            if cfg.architecture == Architecture::Qwen3 && (q_norm.is_none() || k_norm.is_none()) {
-                return Err(EngineError::MissingTensor(
-                    naming.name(Role::QNorm(i)).unwrap_or_default(),
-                ));
+            let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
+            let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
+            let needs_qk_norm = matches!(
+                arch,
+                Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Olmo2
+            );
+            if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
+                let role = if q_norm.is_none() {
+                    Role::QNorm(i)
+                } else {
+                    Role::KNorm(i)
+                };
+                return Err(EngineError::MissingTensor(ld.name(role)));
             }
+            let (q, k, v) = match ld.raw(Role::Qkv(i))? {
+                Some(t) => {
+                    t.expect_shape(&[q_out + 2 * kv_out, h])?;
+                    (
+                        ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
+                        ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
+                        ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
+                    )
+                }
+                None => (
+                    ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
+                    ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
+                    ld.linear(Role::V(i), [kv_out, h])?,
+                ),
+            };
+            let (gate, up) = if arch == Architecture::Phi3 {
+                let t = ld.required(Role::GateUp(i))?;
+                t.expect_shape(&[2 * cfg.ffn, h])?;
+                (
+                    ld.linear_from(t.rows(0, cfg.ffn)?, [cfg.ffn, h])?,
+                    ld.linear_from(t.rows(cfg.ffn, cfg.ffn)?, [cfg.ffn, h])?,
+                )
+            } else {
+                (
+                    ld.linear(Role::Gate(i), [cfg.ffn, h])?,
+                    ld.linear(Role::Up(i), [cfg.ffn, h])?,
+                )
+            };
             layers.push(Layer {
-                attn_norm: ld.norm(Role::AttnNorm(i), h)?,
-                q: ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
-                k: ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
-                v: ld.linear(Role::V(i), [kv_out, h])?,
+                attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
+                post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
+                q,
+                k,
+                v,
                 q_bias: ld.vector(Role::QBias(i), q_out)?,
                 k_bias: ld.vector(Role::KBias(i), kv_out)?,
                 v_bias: ld.vector(Role::VBias(i), kv_out)?,
                 q_norm,
                 k_norm,
+                qk_norm_full,
                 o: ld.linear(Role::AttnOut(i), [h, q_out])?,
-                ffn_norm: ld.norm(Role::FfnNorm(i), h)?,
-                gate: ld.linear(Role::Gate(i), [cfg.ffn, h])?,
-                up: ld.linear(Role::Up(i), [cfg.ffn, h])?,
+                ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
+                post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
+                gate,
+                up,
                 down: ld.linear(Role::Down(i), [h, cfg.ffn])?,
+                window: cfg.window(i).unwrap_or(usize::MAX),
             });
         }
         let mut model = Model {
@@ -357,7 +513,11 @@ impl Model {
             layers,
             norm,
             head,
+            embed_scale,
             rope,
+            rope_local,
+            rope_long,
+            long_after,
             cache: Vec::new(),
             pos: 0,
         };
@@ -418,33 +578,67 @@ impl Model {
         }
         let ids = Tensor::from_slice(tokens, n, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
+        if let Some(s) = self.embed_scale {
+            x = x.broadcast_mul(&Tensor::new(s, &self.device)?)?;
+        }
         let cpu = self.device.is_cpu();
-        let (tensors, mask) = if cpu {
-            (None, None)
-        } else {
-            (
-                Some(self.rope.tables(self.pos, n, &self.device)?),
-                self.mask(n)?,
-            )
+        let pos = self.pos;
+        // additive masks for the composed (non-CPU) path, one per distinct window
+        let mut masks: Vec<(usize, Option<Tensor>)> = Vec::new();
+        if !cpu {
+            for layer in &self.layers {
+                if !masks.iter().any(|(w, _)| *w == layer.window) {
+                    masks.push((layer.window, mask(pos, n, layer.window, &self.device)?));
+                }
+            }
+        }
+        // LongRoPE picks its table for the whole call from the call's last position, as
+        // transformers does (keys already cached keep the table they were rotated with)
+        let global = match self.rope_long.as_mut() {
+            Some(long) if end > self.long_after => long,
+            _ => &mut self.rope,
         };
-        let (cos, sin) = self.rope.slices(self.pos, n);
-        let rope_tables = RopeTables { cos, sin, tensors };
+        let global = RopeTables::new(global, pos, n, cpu, &self.device)?;
+        let local = match self.rope_local.as_mut() {
+            Some(r) => Some(RopeTables::new(r, pos, n, cpu, &self.device)?),
+            None => None,
+        };
+        let cfg = &self.cfg;
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
-            let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let a = attention(
-                &self.cfg,
-                layer,
-                cache,
-                &h,
-                self.pos,
-                &rope_tables,
-                mask.as_ref(),
-            )?;
+            let tables = match &local {
+                Some(t) if layer.window != usize::MAX => t,
+                _ => &global,
+            };
+            let layer_mask = masks
+                .iter()
+                .find(|(w, _)| *w == layer.window)
+                .and_then(|(_, m)| m.as_ref());
+            let h = match &layer.attn_norm {
+                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+                None => x.clone(),
+            };
+            let a = attention(cfg, layer, cache, &h, pos, tables, layer_mask)?;
+            let a = match &layer.post_attn_norm {
+                Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
+                None => a,
+            };
             x = (x + a)?;
-            let h = rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            let g = layer.gate.forward(&h)?.silu()?;
+            let h = match &layer.ffn_norm {
+                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+                None => x.clone(),
+            };
+            let g = layer.gate.forward(&h)?;
+            let g = match cfg.activation {
+                Activation::Silu => g.silu()?,
+                Activation::GeluTanh => g.gelu()?,
+            };
             let u = layer.up.forward(&h)?;
-            x = (x + layer.down.forward(&(g * u)?)?)?;
+            let m = layer.down.forward(&(g * u)?)?;
+            let m = match &layer.post_ffn_norm {
+                Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
+                None => m,
+            };
+            x = (x + m)?;
         }
         self.pos = end;
         let x = match which {
@@ -452,29 +646,43 @@ impl Model {
             Logits::All => x,
         };
         let x = rms_norm(&x, &self.norm, self.cfg.rms_eps)?;
-        self.head.forward(&x)
-    }
-
-    /// Additive mask `[n, pos + n]` for a chunk of `n` new tokens: `-inf` on keys after the
-    /// query (causal) and, with a sliding window, on keys `window` or more positions back.
-    /// `None` when nothing is masked (one token, no window reached).
-    fn mask(&self, n: usize) -> Result<Option<Tensor>, EngineError> {
-        let total = self.pos + n;
-        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        if n == 1 && total <= window {
-            return Ok(None);
+        let logits = self.head.forward(&x)?;
+        match self.cfg.final_softcap {
+            Some(cap) => soft_cap(&logits, cap as f32),
+            None => Ok(logits),
         }
-        let mut m = vec![0f32; n * total];
-        for i in 0..n {
-            let q = self.pos + i;
-            for (j, cell) in m[i * total..(i + 1) * total].iter_mut().enumerate() {
-                if j > q || q - j >= window {
-                    *cell = f32::NEG_INFINITY;
-                }
+    }
+}
+
+/// `cap * tanh(x / cap)`, with an exact f32 division as transformers computes it.
+fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor, EngineError> {
+    let cap = Tensor::new(cap, x.device())?;
+    Ok(x.broadcast_div(&cap)?.tanh()?.broadcast_mul(&cap)?)
+}
+
+/// Additive mask `[n, pos + n]` for a chunk of `n` new tokens at `pos`: `-inf` on keys
+/// after the query (causal) and on keys `window` or more positions back. `None` when
+/// nothing is masked (one token, no window reached).
+fn mask(
+    pos: usize,
+    n: usize,
+    window: usize,
+    device: &Device,
+) -> Result<Option<Tensor>, EngineError> {
+    let total = pos + n;
+    if n == 1 && total <= window {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; n * total];
+    for i in 0..n {
+        let q = pos + i;
+        for (j, cell) in m[i * total..(i + 1) * total].iter_mut().enumerate() {
+            if j > q || q - j >= window {
+                *cell = f32::NEG_INFINITY;
             }
         }
-        Ok(Some(Tensor::from_vec(m, (n, total), &self.device)?))
     }
+    Ok(Some(Tensor::from_vec(m, (n, total), device)?))
 }
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, in f32 as transformers does.
@@ -500,6 +708,24 @@ struct RopeTables<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
     tensors: Option<(Tensor, Tensor)>,
+}
+
+impl<'a> RopeTables<'a> {
+    fn new(
+        rope: &'a mut Rope,
+        pos: usize,
+        n: usize,
+        cpu: bool,
+        device: &Device,
+    ) -> Result<RopeTables<'a>, EngineError> {
+        let tensors = if cpu {
+            None
+        } else {
+            Some(rope.tables(pos, n, device)?)
+        };
+        let (cos, sin) = rope.slices(pos, n);
+        Ok(RopeTables { cos, sin, tensors })
+    }
 }
 
 impl RopeTables<'_> {
@@ -530,17 +756,21 @@ fn attention(
     let n = x.dim(0)?;
     let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let rep = nh / nkv;
-    let q = with_bias(layer.q.forward(x)?, layer.q_bias.as_ref())?.reshape((n, nh, hd))?;
-    let k = with_bias(layer.k.forward(x)?, layer.k_bias.as_ref())?.reshape((n, nkv, hd))?;
+    let q = with_bias(layer.q.forward(x)?, layer.q_bias.as_ref())?;
+    let k = with_bias(layer.k.forward(x)?, layer.k_bias.as_ref())?;
     let v = with_bias(layer.v.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
-    let q = match &layer.q_norm {
-        Some(w) => rms_norm(&q, w, cfg.rms_eps)?,
-        None => q,
-    };
-    let k = match &layer.k_norm {
-        Some(w) => rms_norm(&k, w, cfg.rms_eps)?,
-        None => k,
-    };
+    // a norm of the whole projection (OLMo 2) comes before the split into heads, a
+    // per-head norm (Qwen3, Gemma 3) after it
+    let norm =
+        |t: Tensor, w: &Option<Tensor>, heads: usize, full: bool| -> Result<Tensor, EngineError> {
+            match w {
+                Some(w) if full => Ok(rms_norm(&t, w, cfg.rms_eps)?.reshape((n, heads, hd))?),
+                Some(w) => rms_norm(&t.reshape((n, heads, hd))?, w, cfg.rms_eps),
+                None => Ok(t.reshape((n, heads, hd))?),
+            }
+        };
+    let q = norm(q, &layer.q_norm, nh, layer.qk_norm_full)?;
+    let k = norm(k, &layer.k_norm, nkv, layer.qk_norm_full)?;
     // [heads, n, head_dim]
     let q = rope_tables.apply(&q)?;
     let k = rope_tables.apply(&k)?;
@@ -550,17 +780,22 @@ fn attention(
     // Query heads sharing a key/value head are consecutive, so grouping them as extra rows
     // lets one batched matmul per kv head serve the whole group without copying keys.
     let q = q.reshape((nkv, rep * n, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
+    let scale = cfg.attn_scale;
     let scores = q.matmul(&k.t()?)?;
     let probs = if x.device().is_cpu() {
         scores.apply_op1_no_bwd(&ops::MaskedSoftmax {
             scale: scale as f32,
+            softcap: cfg.attn_softcap.map(|c| c as f32),
             n,
             pos,
-            window: cfg.sliding_window.unwrap_or(usize::MAX),
+            window: layer.window,
         })?
     } else {
         let scores = (scores * scale)?;
+        let scores = match cfg.attn_softcap {
+            Some(cap) => soft_cap(&scores, cap as f32)?,
+            None => scores,
+        };
         let scores = match mask {
             Some(m) => scores
                 .reshape((nkv, rep, n, total))?

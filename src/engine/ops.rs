@@ -57,7 +57,8 @@ impl CustomOp2 for RmsNorm {
 }
 
 /// Rotate-half RoPE of `x [n, heads, head_dim]` (a projection's output, reshaped), written
-/// as `[heads, n, head_dim]`, with cos/sin tables `[n, head_dim / 2]`.
+/// as `[heads, n, head_dim]`, with cos/sin tables `[n, rot / 2]`: the first `rot`
+/// dimensions of each head rotate, the rest are copied (partial rotary).
 pub struct Rope<'a> {
     pub cos: &'a [f32],
     pub sin: &'a [f32],
@@ -71,8 +72,8 @@ impl CustomOp1 for Rope<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "rope input")?;
         let (n, heads, hd) = l.shape().dims3()?;
-        let half = hd / 2;
-        if hd % 2 != 0 || self.cos.len() != n * half || self.sin.len() != n * half {
+        let half = if n == 0 { 0 } else { self.cos.len() / n };
+        if 2 * half > hd || self.cos.len() != n * half || self.sin.len() != n * half {
             bail!(
                 "rope tables of {} for input {:?}",
                 self.cos.len(),
@@ -86,12 +87,15 @@ impl CustomOp1 for Rope<'_> {
             for h in 0..heads {
                 let src = &x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
                 let dst = &mut out[(h * n + t) * hd..(h * n + t + 1) * hd];
-                let (x1, x2) = src.split_at(half);
-                let (d1, d2) = dst.split_at_mut(half);
+                let (x1, rest) = src.split_at(half);
+                let (x2, pass) = rest.split_at(half);
+                let (d1, rest) = dst.split_at_mut(half);
+                let (d2, dpass) = rest.split_at_mut(half);
                 for j in 0..half {
                     d1[j] = x1[j] * cos[j] - x2[j] * sin[j];
                     d2[j] = x2[j] * cos[j] + x1[j] * sin[j];
                 }
+                dpass.copy_from_slice(pass);
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((heads, n, hd))))
@@ -99,10 +103,12 @@ impl CustomOp1 for Rope<'_> {
 }
 
 /// Softmax over the last dimension of attention scores `[kv_heads, rep * n, total]` (rows
-/// ordered kv head, query head in the group, query), after scaling by `scale` and masking
-/// keys after each query (causal) or `window` or more positions before it.
+/// ordered kv head, query head in the group, query), after scaling by `scale`, soft-capping
+/// (`cap * tanh(s / cap)`, Gemma 2) and masking keys after each query (causal) or `window`
+/// or more positions before it.
 pub struct MaskedSoftmax {
     pub scale: f32,
+    pub softcap: Option<f32>,
     /// Queries in the chunk.
     pub n: usize,
     /// Position of the chunk's first query.
@@ -135,6 +141,25 @@ impl CustomOp1 for MaskedSoftmax {
             let q = self.pos + r % self.n;
             let lo = (q + 1).saturating_sub(self.window);
             let keys = lo..q + 1;
+            if let Some(cap) = self.softcap {
+                // the capped scores are kept in the output row, then exponentiated in place
+                for j in keys.clone() {
+                    o[j] = (row[j] * self.scale / cap).tanh() * cap;
+                }
+                let mut max = f32::NEG_INFINITY;
+                for &v in &o[keys.clone()] {
+                    max = max.max(v);
+                }
+                let mut sum = 0f32;
+                for v in &mut o[keys.clone()] {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                for v in &mut o[keys] {
+                    *v /= sum;
+                }
+                continue;
+            }
             let mut max = f32::NEG_INFINITY;
             for &v in &row[keys.clone()] {
                 max = max.max(v * self.scale);
@@ -197,6 +222,7 @@ mod tests {
         let p = s
             .apply_op1_no_bwd(&MaskedSoftmax {
                 scale: 1.0,
+                softcap: None,
                 n: 2,
                 pos: 1,
                 window: usize::MAX,
@@ -217,6 +243,7 @@ mod tests {
         let w = s
             .apply_op1_no_bwd(&MaskedSoftmax {
                 scale: 1.0,
+                softcap: None,
                 n: 2,
                 pos: 1,
                 window: 2,

@@ -1,5 +1,7 @@
-//! Rotary position embedding: the inverse frequencies (with linear, llama3 or per-frequency
-//! GGUF scaling) and the cos/sin tables, in Hugging Face's rotate-half convention.
+//! Rotary position embedding: the inverse frequencies (with linear, llama3, LongRoPE or
+//! per-frequency GGUF scaling) and the cos/sin tables, in Hugging Face's rotate-half
+//! convention. A table may cover only the leading dimensions of a head (partial rotary,
+//! Phi-3); the kernels pass the rest through.
 //!
 //! Arithmetic follows transformers step by step in f32 (inverse frequencies from an f32
 //! power, angle = f32 position x f32 frequency, then f32 cos/sin), because greedy parity
@@ -14,14 +16,18 @@ use super::EngineError;
 #[derive(Debug)]
 pub struct Rope {
     inv_freq: Vec<f32>,
+    /// Factor on cos and sin (LongRoPE's attention factor; 1 otherwise).
+    attention_scaling: f32,
     /// Rows computed so far (one per position), each `head_dim / 2` wide.
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
 impl Rope {
-    /// `freq_factors` is GGUF's `rope_freqs.weight` (each inverse frequency is divided by
-    /// its factor), as llama.cpp's converter stores Llama 3.1 scaling.
+    /// `head_dim` is the rotated width (the rotary dimension). `freq_factors` is GGUF's
+    /// `rope_freqs.weight` (each inverse frequency is divided by its factor), as
+    /// llama.cpp's converter stores Llama 3.1 scaling. LongRoPE is built by
+    /// [`Rope::longrope`] instead.
     pub fn new(
         head_dim: usize,
         theta: f64,
@@ -38,6 +44,11 @@ impl Rope {
             .collect();
         match *scaling {
             RopeScaling::None => {}
+            RopeScaling::LongRope { .. } => {
+                return Err(EngineError::BadParam(
+                    "longrope needs its short and long factors".into(),
+                ))
+            }
             RopeScaling::Linear { factor } => {
                 for f in inv_freq.iter_mut() {
                     *f /= factor as f32;
@@ -85,6 +96,44 @@ impl Rope {
         }
         Ok(Rope {
             inv_freq,
+            attention_scaling: 1.0,
+            cos: Vec::new(),
+            sin: Vec::new(),
+        })
+    }
+
+    /// One of LongRoPE's two tables: inverse frequency `1 / (factor * theta^(2i/dim))`,
+    /// cos and sin times `attention_factor`, in transformers' f32 order of operations.
+    pub fn longrope(
+        dim: usize,
+        theta: f64,
+        factors: &[f32],
+        attention_factor: f64,
+    ) -> Result<Rope, EngineError> {
+        let half = dim / 2;
+        if factors.len() != half {
+            return Err(EngineError::BadParam(format!(
+                "longrope has {} factors, expected {half} (half the rotary dimension)",
+                factors.len()
+            )));
+        }
+        if let Some(k) = factors.iter().find(|k| !(k.is_finite() && **k > 0.0)) {
+            return Err(EngineError::BadParam(format!(
+                "longrope holds the factor {k}"
+            )));
+        }
+        let base = theta as f32;
+        let inv_freq = factors
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let exponent = (2 * i) as f32 / dim as f32;
+                1.0 / (k * base.powf(exponent))
+            })
+            .collect();
+        Ok(Rope {
+            inv_freq,
+            attention_scaling: attention_factor as f32,
             cos: Vec::new(),
             sin: Vec::new(),
         })
@@ -102,8 +151,13 @@ impl Rope {
             let p = pos as f32;
             for &f in &self.inv_freq {
                 let angle = p * f;
-                self.cos.push(angle.cos());
-                self.sin.push(angle.sin());
+                if self.attention_scaling == 1.0 {
+                    self.cos.push(angle.cos());
+                    self.sin.push(angle.sin());
+                } else {
+                    self.cos.push(angle.cos() * self.attention_scaling);
+                    self.sin.push(angle.sin() * self.attention_scaling);
+                }
             }
         }
     }
@@ -133,17 +187,22 @@ impl Rope {
 }
 
 /// Apply rotate-half RoPE to `x` of shape `[heads, len, head_dim]` with tables
-/// `[len, head_dim / 2]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`.
+/// `[len, rot / 2]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)` on the first `rot`
+/// dimensions, the rest unchanged.
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, EngineError> {
     let head_dim = x.dim(2)?;
-    let half = head_dim / 2;
+    let half = cos.dim(1)?;
     let x1 = x.narrow(2, 0, half)?;
     let x2 = x.narrow(2, half, half)?;
     let cos = cos.unsqueeze(0)?;
     let sin = sin.unsqueeze(0)?;
     let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
     let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-    Ok(Tensor::cat(&[a, b], 2)?)
+    if 2 * half == head_dim {
+        return Ok(Tensor::cat(&[a, b], 2)?);
+    }
+    let pass = x.narrow(2, 2 * half, head_dim - 2 * half)?;
+    Ok(Tensor::cat(&[a, b, pass], 2)?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 
 use crate::formats::{DType, GgmlType, WeightFormat, Weights};
 
+use super::config::Architecture;
 use super::EngineError;
 
 /// The bytes of one tensor as stored, with what is needed to read them.
@@ -58,10 +59,45 @@ pub enum Role {
     Gate(usize),
     Up(usize),
     Down(usize),
+    /// Norm on the attention output before the residual add (Gemma, OLMo 2).
+    PostAttnNorm(usize),
+    /// Norm on the feed-forward output before the residual add (Gemma, OLMo 2).
+    PostFfnNorm(usize),
+    /// q, k and v stacked by rows (Phi-3).
+    Qkv(usize),
+    /// Gate and up stacked by rows, gate first (Phi-3).
+    GateUp(usize),
+    /// GGUF only: LongRoPE's factors (Phi-3).
+    RopeFactorsShort,
+    RopeFactorsLong,
 }
 
 impl Naming {
-    /// The tensor name of a role in this scheme (`None` when the scheme has no such tensor).
+    /// The tensor name of a role in a family's checkpoints (`None` when there is no such
+    /// tensor). Only Hugging Face names differ by family: Gemma calls the pre-feed-forward
+    /// norm `pre_feedforward_layernorm` and uses `post_attention_layernorm` for the norm
+    /// after attention, where Llama uses that name for the pre-feed-forward norm.
+    pub fn name_for(self, arch: Architecture, role: Role) -> Option<String> {
+        use Role::*;
+        if self == Naming::HuggingFace {
+            let layer = |i: usize, rest: &str| Some(format!("model.layers.{i}.{rest}"));
+            match (arch, role) {
+                (Architecture::Gemma2 | Architecture::Gemma3, FfnNorm(i)) => {
+                    return layer(i, "pre_feedforward_layernorm.weight")
+                }
+                (Architecture::Olmo2, FfnNorm(_) | AttnNorm(_)) => return None,
+                (_, PostAttnNorm(i)) => return layer(i, "post_attention_layernorm.weight"),
+                (_, PostFfnNorm(i)) => return layer(i, "post_feedforward_layernorm.weight"),
+                (_, Qkv(i)) => return layer(i, "self_attn.qkv_proj.weight"),
+                (_, GateUp(i)) => return layer(i, "mlp.gate_up_proj.weight"),
+                _ => {}
+            }
+        }
+        self.name(role)
+    }
+
+    /// The tensor name of a role in this scheme, as the llama family names it (`None` when
+    /// the scheme has no such tensor).
     pub fn name(self, role: Role) -> Option<String> {
         use Role::*;
         Some(match self {
@@ -84,6 +120,11 @@ impl Naming {
                 Gate(i) => format!("model.layers.{i}.mlp.gate_proj.weight"),
                 Up(i) => format!("model.layers.{i}.mlp.up_proj.weight"),
                 Down(i) => format!("model.layers.{i}.mlp.down_proj.weight"),
+                PostAttnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+                PostFfnNorm(i) => format!("model.layers.{i}.post_feedforward_layernorm.weight"),
+                Qkv(i) => format!("model.layers.{i}.self_attn.qkv_proj.weight"),
+                GateUp(i) => format!("model.layers.{i}.mlp.gate_up_proj.weight"),
+                RopeFactorsShort | RopeFactorsLong => return None,
             },
             Naming::Gguf => match role {
                 Embedding => "token_embd.weight".into(),
@@ -104,6 +145,13 @@ impl Naming {
                 Gate(i) => format!("blk.{i}.ffn_gate.weight"),
                 Up(i) => format!("blk.{i}.ffn_up.weight"),
                 Down(i) => format!("blk.{i}.ffn_down.weight"),
+                PostAttnNorm(i) => format!("blk.{i}.post_attention_norm.weight"),
+                PostFfnNorm(i) => format!("blk.{i}.post_ffw_norm.weight"),
+                Qkv(i) => format!("blk.{i}.attn_qkv.weight"),
+                // llama.cpp stores Phi-3's fused gate/up as `ffn_up` of twice the width
+                GateUp(i) => format!("blk.{i}.ffn_up.weight"),
+                RopeFactorsShort => "rope_factors_short.weight".into(),
+                RopeFactorsLong => "rope_factors_long.weight".into(),
             },
         })
     }
@@ -301,6 +349,29 @@ impl RawTensor<'_> {
         };
         let storage = QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?;
         Ok(QTensor::new(storage, self.shape.as_slice())?)
+    }
+
+    /// Rows `start..start + count` of a 2-d tensor (one part of a fused projection). Rows
+    /// are whole blocks in every block type, so this slices quantized bytes too.
+    pub fn rows(&self, start: usize, count: usize) -> Result<RawTensor<'_>, EngineError> {
+        self.check_len()?;
+        let (&total, inner) = self
+            .shape
+            .split_first()
+            .ok_or_else(|| self.bad("a scalar has no rows"))?;
+        let end = start
+            .checked_add(count)
+            .filter(|&e| e <= total && total > 0)
+            .ok_or_else(|| self.bad(format!("rows {start}..{start}+{count} of {total}")))?;
+        let row_len = self.data.len() / total;
+        let mut shape = vec![count];
+        shape.extend_from_slice(inner);
+        Ok(RawTensor {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            shape,
+            data: Cow::Borrowed(&self.data[start * row_len..end * row_len]),
+        })
     }
 
     /// Undo llama.cpp's row permutation of a q or k projection (see [`unpermute_rows`]).
