@@ -26,10 +26,14 @@ token ids fed to llama.cpp come from expected.safetensors, so this changes no lo
 
     pip install llama-cpp-python        # CMAKE_ARGS=-DGGML_NATIVE=OFF on this kind of machine
     scripts/llama_cpp_interop.py [--modelgate target/release/modelgate] [--oracles DIR ...]
-        [--llama-converter PY --llama-cpp DIR] [--only NAME,...] [--json]
+        [--llama-converter PY --llama-cpp DIR] [--only NAME,...] [--requant Q8_0,Q4_K_M] [--json]
 
-Exit status 0 when every case is within its bound (and, with --llama-converter, every F32
-tensor is byte-identical), 1 otherwise, 2 when llama-cpp-python is missing.
+Each oracle's F16 GGUF is also requantized by modelgate and by llama.cpp's
+`llama_model_quantize` (`--requant` types), and the two files compared tensor by tensor.
+
+Exit status 0 when every case is within its bound (every requantization is byte-identical
+with llama_model_quantize's and, with --llama-converter, every F32 tensor with llama.cpp's
+converter's), 1 otherwise, 2 when llama-cpp-python is missing.
 """
 
 import argparse
@@ -88,6 +92,20 @@ def llama_logits(llama_cpp, path, ids, threads):
     got = np.array(llm.scores[: len(ids)], dtype=np.float64)
     del llm
     return got
+
+
+FTYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15,
+          "Q5_K_M": 17, "Q6_K": 18}
+
+
+def llama_quantize(llama_cpp, src, dst, ty, threads):
+    import ctypes
+
+    llama_cpp.llama_backend_init()
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = FTYPES[ty]
+    p.nthread = threads
+    return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
 
 
 def compare_gguf(ours, theirs):
@@ -164,6 +182,9 @@ def main():
     ap.add_argument("--types", default="F32,F16,Q8_0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", help="comma-separated oracle folder names")
+    ap.add_argument("--requant", default="Q8_0,Q4_K_M",
+                    help="types whose modelgate requantization of modelgate's F16 GGUF is compared byte for byte "
+                         "with llama.cpp's llama_model_quantize of the same file ('' for none)")
     ap.add_argument("--llama-converter", help="a Python that can run llama.cpp's convert_hf_to_gguf.py")
     ap.add_argument("--llama-cpp", help="llama.cpp's source folder (for --llama-converter)")
     ap.add_argument("--json", action="store_true")
@@ -226,7 +247,24 @@ def main():
                 if theirs is not None and ty == "F32":
                     c = compare_gguf(out, theirs)
                     c["oracle"] = oracle.name
+                    c["what"] = "F32 against llama.cpp's converter"
                     bytecheck.append(c)
+                if ty == "F16":
+                    for q in filter(None, args.requant.split(",")):
+                        ours_q = Path(tmp) / f"{oracle.name}-{q}-from-f16.gguf"
+                        theirs_q = Path(tmp) / f"{oracle.name}-{q}-llama-quantize.gguf"
+                        conv = subprocess.run([mg, "convert", str(out), "-o", str(ours_q), "--type", q, "--quiet",
+                                               "--json"], capture_output=True, text=True)
+                        if conv.returncode != 0:
+                            rows.append({"oracle": oracle.name, "type": q, "error": "requantize: " + conv.stderr.strip()})
+                            continue
+                        if llama_quantize(llama_cpp, out, theirs_q, q, args.threads) != 0:
+                            rows.append({"oracle": oracle.name, "type": q, "error": "llama_model_quantize failed"})
+                            continue
+                        c = compare_gguf(ours_q, theirs_q)
+                        c["oracle"] = oracle.name
+                        c["what"] = f"{q} from F16 against llama_model_quantize"
+                        bytecheck.append(c)
     if args.json:
         print(json.dumps({"llama_cpp_python": llama_cpp.__version__, "results": rows, "f32_vs_llama_cpp_converter": bytecheck},
                          indent=2))
@@ -241,7 +279,7 @@ def main():
                   f"{r['argmax_agree']:>6.1%} {r['bound']:>8.2e}  {r['llama_cpp_own']:<16}  {'ok' if r['ok'] else 'OVER'}")
         for c in bytecheck:
             verdict = "byte-identical" if not c["tensor_diffs"] else f"{len(c['tensor_diffs'])} tensors differ"
-            print(f"{c['oracle']}: F32 against llama.cpp's converter: {c['tensors']} tensors, {verdict}")
+            print(f"{c['oracle']}: {c['what']}: {c['tensors']} tensors, {verdict}")
             for d in c["tensor_diffs"]:
                 print(f"    tensor {d}")
             for d in c["key_diffs"]:
