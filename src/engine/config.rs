@@ -488,6 +488,15 @@ fn hf_family(
     match arch {
         Architecture::Gemma2 | Architecture::Gemma3 => {
             let gemma2 = arch == Architecture::Gemma2;
+            if cfg
+                .get("use_bidirectional_attention")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                return Err(EngineError::Unsupported(
+                    "bidirectional attention (an embedding model, not a decoder)".into(),
+                ));
+            }
             let window = match cfg.get("sliding_window").filter(|v| !v.is_null()) {
                 Some(v) => Some(positive_usize(v, "sliding_window")?),
                 // transformers' default for both families
@@ -996,6 +1005,154 @@ mod tests {
         let mut p = params();
         p.architecture = Some("gpt2".into());
         assert!(ModelConfig::new(&p, None, &[]).is_err());
+    }
+
+    fn arch_params(arch: &str, layers: u64) -> ModelParams {
+        ModelParams {
+            architecture: Some(arch.into()),
+            block_count: Some(layers),
+            head_count_kv: Some(4),
+            ..params()
+        }
+    }
+
+    #[test]
+    fn gemma_layer_windows_from_layer_types_patterns_and_gguf() {
+        // transformers' defaults: gemma2 alternates, gemma3 five local to one global
+        let c = ModelConfig::new(&arch_params("gemma2", 4), Some(&json!({})), &[]).unwrap();
+        assert_eq!(c.layer_windows, [Some(4096), None, Some(4096), None]);
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(c.attn_scale, 1.0 / 16.0);
+        assert_eq!(c.embed_scale, Some(8.0));
+        assert_eq!(c.activation, Activation::GeluTanh);
+        let cfg = json!({"sliding_window": 8, "final_logit_softcapping": null,
+            "query_pre_attn_scalar": 64,
+            "layer_types": ["full_attention", "sliding_attention", "full_attention"]});
+        let c = ModelConfig::new(&arch_params("gemma2", 3), Some(&cfg), &[]).unwrap();
+        assert_eq!(c.layer_windows, [None, Some(8), None]);
+        assert_eq!((c.final_softcap, c.attn_scale), (None, 0.125));
+        // transformers 4 form of gemma3: global theta at the top, local base beside it,
+        // rope_scaling for the global layers only
+        let cfg = json!({"sliding_window": 16, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}});
+        let mut p = arch_params("gemma3_text", 7);
+        p.rope_theta = None;
+        let c = ModelConfig::new(&p, Some(&cfg), &[]).unwrap();
+        let w = Some(16);
+        assert_eq!(c.layer_windows, [w, w, w, w, w, None, w]);
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.local_rope, Some((1e4, RopeScaling::None)));
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+        // GGUF: llama.cpp's pattern rules, a number or one flag per layer
+        let kv = |k: &str, v: MetaValue| (format!("gemma3.{k}"), v);
+        let mut meta = vec![kv("attention.sliding_window", MetaValue::U32(32))];
+        let c = ModelConfig::new(&arch_params("gemma3", 7), None, &meta).unwrap();
+        let w = Some(32);
+        assert_eq!(c.layer_windows, [w, w, w, w, w, None, w]);
+        assert_eq!(c.local_rope, Some((10_000.0, RopeScaling::None)));
+        meta.push(kv("attention.sliding_window_pattern", MetaValue::U32(2)));
+        let c = ModelConfig::new(&arch_params("gemma3", 3), None, &meta).unwrap();
+        assert_eq!(c.layer_windows, [w, None, w]);
+        meta.pop();
+        meta.push(kv(
+            "attention.sliding_window_pattern",
+            MetaValue::Array {
+                elem: crate::formats::gguf::ValueType::Bool,
+                items: vec![MetaValue::Bool(false), MetaValue::Bool(true)],
+            },
+        ));
+        let c = ModelConfig::new(&arch_params("gemma3", 2), None, &meta).unwrap();
+        assert_eq!(c.layer_windows, [None, w]);
+        // gemma3 without a window has none; gemma2 falls back to 4096
+        let c = ModelConfig::new(&arch_params("gemma3", 2), None, &[]).unwrap();
+        assert_eq!(c.layer_windows, [None, None]);
+        let c = ModelConfig::new(&arch_params("gemma2", 2), None, &[]).unwrap();
+        assert_eq!(c.layer_windows, [Some(4096), None]);
+    }
+
+    #[test]
+    fn bad_soft_capping_names_the_field() {
+        for (field, v) in [
+            ("attn_logit_softcapping", json!(0)),
+            ("final_logit_softcapping", json!(-1.0)),
+        ] {
+            let cfg = json!({ field: v });
+            let e = ModelConfig::new(&arch_params("gemma2", 2), Some(&cfg), &[]).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
+            assert!(e.hint().is_some());
+        }
+        let meta = vec![(
+            "gemma2.attn_logit_softcapping".to_string(),
+            MetaValue::F32(0.0),
+        )];
+        let e = ModelConfig::new(&arch_params("gemma2", 2), None, &meta).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`gemma2.attn_logit_softcapping` is 0"),
+            "{e}"
+        );
+        // llama.cpp reads 0 as "no final soft-capping" for gemma3
+        let meta = vec![(
+            "gemma3.final_logit_softcapping".to_string(),
+            MetaValue::F32(0.0),
+        )];
+        let c = ModelConfig::new(&arch_params("gemma3", 2), None, &meta).unwrap();
+        assert_eq!(c.final_softcap, None);
+    }
+
+    #[test]
+    fn phi3_partial_rotary_longrope_and_window() {
+        let cfg = json!({"max_position_embeddings": 256, "sliding_window": 7,
+            "rope_scaling": {"type": "su", "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                "long_factor": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]},
+            "original_max_position_embeddings": 64, "partial_rotary_factor": 0.75});
+        let c = ModelConfig::new(&arch_params("phi3", 2), Some(&cfg), &[]).unwrap();
+        assert_eq!(c.rotary_dim, 12);
+        assert_eq!(c.layer_windows, [Some(7), Some(7)]);
+        let RopeScaling::LongRope {
+            original_context,
+            attention_factor,
+            ..
+        } = c.rope_scaling
+        else {
+            panic!("{:?}", c.rope_scaling)
+        };
+        assert_eq!(original_context, 64);
+        // factor 256 / 64 = 4: sqrt(1 + ln 4 / ln 64)
+        assert!((attention_factor - (1.0f64 + 4f64.ln() / 64f64.ln()).sqrt()).abs() < 1e-12);
+        // factors of the wrong length
+        let cfg = json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0],
+            "long_factor": [1.0]}, "original_max_position_embeddings": 64});
+        let e = ModelConfig::new(&arch_params("phi3", 2), Some(&cfg), &[]).unwrap_err();
+        assert!(e.to_string().contains("half the rotary dimension"), "{e}");
+        // GGUF: rope dimension below the head size is accepted for phi3
+        let meta = vec![
+            ("phi3.rope.dimension_count".to_string(), MetaValue::U32(8)),
+            (
+                "phi3.rope.scaling.original_context_length".to_string(),
+                MetaValue::U32(32),
+            ),
+        ];
+        let c = ModelConfig::new(&arch_params("phi3", 2), None, &meta).unwrap();
+        assert_eq!(c.rotary_dim, 8);
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::LongRope {
+                original_context: 32,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unsupported_message_lists_every_family() {
+        let e = ModelConfig::new(&arch_params("gpt2", 2), None, &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("llama, mistral, qwen2, qwen3, gemma2, gemma3, olmo2 and phi3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -217,6 +217,42 @@ mod tests {
     }
 
     #[test]
+    fn partial_rope_passes_the_tail_through() {
+        // one head of 6, tables for 4 rotated dimensions (half 2): the last 2 are copied
+        let x = Tensor::new(&[[[1f32, 2., 3., 4., 5., 6.]]], &Device::Cpu).unwrap();
+        let (cos, sin) = ([0f32, 1.], [1f32, 0.]);
+        let y = x
+            .apply_op1_no_bwd(&Rope {
+                cos: &cos,
+                sin: &sin,
+            })
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        // pair (1, 3) rotated by 90 degrees, pair (2, 4) unchanged, 5 and 6 untouched
+        assert_eq!(y[0][0], vec![-3., 2., 1., 4., 5., 6.]);
+    }
+
+    #[test]
+    fn soft_capping_bounds_scores_before_the_softmax() {
+        let s = Tensor::new(&[[[0f32, 1000.]]], &Device::Cpu).unwrap();
+        let p = s
+            .apply_op1_no_bwd(&MaskedSoftmax {
+                scale: 1.0,
+                softcap: Some(1.0),
+                n: 1,
+                pos: 1,
+                window: usize::MAX,
+            })
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        // capped to (0, tanh(1000) = 1): softmax of (0, 1)
+        let want = 1.0 / (1.0 + 1f32.exp());
+        assert!((p[0][0][0] - want).abs() < 1e-6, "{:?}", p);
+    }
+
+    #[test]
     fn masked_softmax_is_causal_and_windowed() {
         let s = Tensor::new(&[[[1f32, 2., 3.], [1., 2., 3.]]], &Device::Cpu).unwrap();
         let p = s

@@ -236,6 +236,27 @@ mod tests {
     }
 
     #[test]
+    fn longrope_divides_by_its_factors_and_scales_cos_sin() {
+        let mut r = Rope::longrope(4, 10_000.0, &[2.0, 4.0], 1.5).unwrap();
+        assert_eq!(r.inv_freq(), &[0.5, 1.0 / (4.0 * 100.0)]);
+        let (cos, sin) = r.slices(0, 1);
+        assert_eq!((cos[0], sin[0]), (1.5, 0.0));
+        assert!(Rope::longrope(4, 1e4, &[1.0], 1.0).is_err());
+        assert!(Rope::longrope(4, 1e4, &[1.0, f32::NAN], 1.0).is_err());
+    }
+
+    #[test]
+    fn partial_rotary_leaves_the_tail() {
+        let mut r = Rope::new(2, 10_000.0, &RopeScaling::None, None).unwrap();
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.], [1., 2., 3., 4.]]], &Device::Cpu).unwrap();
+        let (cos, sin) = r.tables(0, 2, &Device::Cpu).unwrap();
+        let y = apply(&x, &cos, &sin).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(y[0][0], vec![1., 2., 3., 4.]);
+        assert_eq!(&y[0][1][2..], &[3., 4.]);
+        assert_ne!(y[0][1][0], 1.0);
+    }
+
+    #[test]
     fn rotation_preserves_norm_and_position_zero() {
         let mut r = Rope::new(4, 10_000.0, &RopeScaling::None, None).unwrap();
         let x = Tensor::new(&[[[1f32, 2., 3., 4.], [1., 2., 3., 4.]]], &Device::Cpu).unwrap();

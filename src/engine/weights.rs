@@ -446,6 +446,34 @@ mod tests {
     }
 
     #[test]
+    fn rows_slice_fused_projections_and_check_bounds() {
+        let data: Vec<u8> = (0..24).collect();
+        let t = RawTensor {
+            name: "qkv".into(),
+            dtype: DType::F32,
+            shape: vec![3, 2],
+            data: Cow::Owned(data),
+        };
+        let mid = t.rows(1, 2).unwrap();
+        assert_eq!(mid.shape, [2, 2]);
+        assert_eq!(&mid.data[..], &(8..24).collect::<Vec<u8>>()[..]);
+        assert!(t.rows(2, 2).is_err());
+        assert!(t.rows(usize::MAX, 2).is_err());
+        assert_eq!(
+            Naming::HuggingFace.name_for(Architecture::Gemma2, Role::FfnNorm(3)),
+            Some("model.layers.3.pre_feedforward_layernorm.weight".into())
+        );
+        assert_eq!(
+            Naming::HuggingFace.name_for(Architecture::Llama, Role::FfnNorm(3)),
+            Some("model.layers.3.post_attention_layernorm.weight".into())
+        );
+        assert_eq!(
+            Naming::Gguf.name_for(Architecture::Phi3, Role::GateUp(0)),
+            Some("blk.0.ffn_up.weight".into())
+        );
+    }
+
+    #[test]
     fn unpermute_inverts_the_converter_permutation() {
         let rows = 12;
         let data: Vec<u8> = (0..rows as u8 * 3).collect();

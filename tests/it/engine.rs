@@ -580,3 +580,202 @@ fn oracles2_match_transformers_in_f32() {
         check_all_paths(name, &mut model, &ids, &want, 1e-4);
     }
 }
+
+/// `expected.safetensors` of a file name in an oracle folder.
+fn expected_file(dir: &Path, file: &str) -> (Vec<u32>, Tensor) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join(file), tmp.path().join("expected.safetensors")).unwrap();
+    expected(tmp.path())
+}
+
+fn phi3_oracle() -> PathBuf {
+    crate::support::repo().join("fixtures/oracles/phi3")
+}
+
+/// Phi-3's LongRoPE switches tables on the call's last position, as transformers does: 48
+/// positions in one pass use the long factors (the original context is 32), the first 24
+/// alone the short ones, whether in one pass or token by token.
+#[test]
+fn phi3_longrope_matches_transformers_long_and_short() {
+    let dir = phi3_oracle();
+    let (ids, want) = expected(&dir);
+    let (short_ids, want_short) = expected_file(&dir, "expected-short.safetensors");
+    assert_eq!(&ids[..24], &short_ids[..]);
+    let mut model = decoder(&dir, Math::Reference);
+    let long = chunked_logits(&mut model, &ids, &[ids.len()]);
+    let short = chunked_logits(&mut model, &short_ids, &[short_ids.len()]);
+    let stepped = chunked_logits(&mut model, &short_ids, &[1]);
+    let chunked = chunked_logits(&mut model, &short_ids, &[5, 13]);
+    let d = [
+        max_abs_diff(&long, &want),
+        max_abs_diff(&short, &want_short),
+        max_abs_diff(&stepped, &want_short),
+        max_abs_diff(&chunked, &want_short),
+    ];
+    eprintln!(
+        "phi3: max |delta logit| {:.2e} (48, long factors), {:.2e} / {:.2e} / {:.2e} (24, short: one pass / token by token / chunks)",
+        d[0], d[1], d[2], d[3]
+    );
+    assert!(d.iter().all(|&x| x <= 1e-4), "{d:?}");
+    // the two tables really differ on these positions, so the rule is tested
+    let first24 = long.narrow(0, 0, 24).unwrap();
+    assert!(max_abs_diff(&first24, &want_short) > 1e-3);
+}
+
+/// Native math on f32 safetensors multiplies in f32 too (candle's quantized matmul keeps
+/// f32 weights dense), so it stays within 1e-3 of transformers.
+#[test]
+fn oracles2_native_math_stays_close() {
+    let mut dirs: Vec<(String, PathBuf)> = ORACLES2
+        .iter()
+        .map(|n| (n.to_string(), crate::support::oracle2_dir(n)))
+        .collect();
+    dirs.push(("phi3".into(), phi3_oracle()));
+    for (name, dir) in dirs {
+        let (ids, want) = expected(&dir);
+        let mut model = decoder(&dir, Math::Native);
+        let got = chunked_logits(&mut model, &ids, &[ids.len()]);
+        let d = max_abs_diff(&got, &want);
+        eprintln!("{name} native: max |delta logit| {d:.2e}");
+        assert!(d <= 1e-3, "{name} native: {d}");
+    }
+}
+
+/// Transformers' greedy tokens for prompts that outgrow the sliding window (24 prompt
+/// tokens, 32 new ones, window 16) come out token for token through the KV cache.
+#[test]
+fn greedy_continuations_across_the_window_equal_transformers() {
+    let path = crate::support::repo().join("fixtures/oracles/greedy-window.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = v["cases"].as_object().unwrap();
+    assert!(cases.len() >= 3);
+    for (name, case) in cases {
+        let ids = |k: &str| -> Vec<u32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (prompt, want) = (ids("prompt"), ids("greedy"));
+        let dir = crate::support::oracle2_dir(name);
+        let mut model = decoder(&dir, Math::Reference);
+        let cfg = GenerationConfig {
+            max_tokens: want.len(),
+            stop: Vec::new(),
+        };
+        let g = generate(
+            &mut model,
+            &prompt,
+            &cfg,
+            &mut Sampler::new(0.0, 0).unwrap(),
+        )
+        .unwrap();
+        eprintln!(
+            "{name}: greedy first difference {:?}",
+            first_difference(&g.tokens, &want)
+        );
+        assert_eq!(g.tokens, want, "{name}");
+    }
+}
+
+/// Write a copy of an oracle folder with config.json edited.
+fn oracle_copy_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let p = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    tmp
+}
+
+#[test]
+fn bad_soft_capping_is_an_input_error_naming_the_field() {
+    let dir = crate::support::oracle2_dir("gemma2");
+    for (field, value) in [
+        ("final_logit_softcapping", serde_json::json!(0.0)),
+        ("attn_logit_softcapping", serde_json::json!(-50.0)),
+        ("final_logit_softcapping", serde_json::json!("30")),
+    ] {
+        let tmp = oracle_copy_with(&dir, |c| c[field] = value.clone());
+        let out = modelgate(&[
+            "logits",
+            tmp.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--quiet",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{field} = {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("`{field}`")) && err.contains("hint:"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // NaN travels only in GGUF
+    use modelgate::formats::MetaValue;
+    let meta = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String("gemma2".into()),
+        ),
+        (
+            "gemma2.final_logit_softcapping".to_string(),
+            MetaValue::F32(f32::NAN),
+        ),
+    ];
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let err = ModelConfig::new(&ckpt.params(), None, &meta).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`gemma2.final_logit_softcapping` is NaN"),
+        "{err}"
+    );
+    assert!(err.hint().is_some() && err.is_input_error());
+}
+
+/// Convert with modelgate's own converter to an F32 GGUF (llama.cpp's names and keys,
+/// Gemma norms stored as 1 + w, Phi-3's fused tensors and LongRoPE factor tensors) and run
+/// the engine on it: the same logits as transformers, in reference and native math.
+#[test]
+fn oracles2_through_modelgate_gguf_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs: Vec<(String, PathBuf)> = ORACLES2
+        .iter()
+        .map(|n| (n.to_string(), crate::support::oracle2_dir(n)))
+        .collect();
+    dirs.push(("phi3".into(), phi3_oracle()));
+    for (name, dir) in dirs {
+        let out = tmp.path().join(format!("{name}.gguf"));
+        let o = modelgate(&[
+            "convert",
+            dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "F32",
+            "--quiet",
+        ]);
+        assert!(
+            o.status.success(),
+            "convert {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (ids, want) = expected(&dir);
+        for math in [Math::Reference, Math::Native] {
+            let mut model = decoder(&out, math);
+            let got = chunked_logits(&mut model, &ids, &[ids.len()]);
+            let d = max_abs_diff(&got, &want);
+            eprintln!("{name} via modelgate F32 GGUF ({math:?}): max |delta logit| {d:.2e}");
+            assert!(d <= 1e-4, "{name} {math:?}: {d}");
+        }
+    }
+}
