@@ -363,7 +363,7 @@ fn check_theta(theta: f64) -> Result<(), EngineError> {
 }
 
 fn checked_rotary(rot: u64, head_dim: usize) -> Result<usize, EngineError> {
-    if rot == 0 || rot % 2 != 0 || rot > head_dim as u64 {
+    if rot == 0 || !rot.is_multiple_of(2) || rot > head_dim as u64 {
         return Err(EngineError::BadParam(format!(
             "rotary dimension {rot} for a head size of {head_dim} (expected an even number up to the head size)"
         )));

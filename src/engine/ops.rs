@@ -72,7 +72,7 @@ impl CustomOp1 for Rope<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "rope input")?;
         let (n, heads, hd) = l.shape().dims3()?;
-        let half = if n == 0 { 0 } else { self.cos.len() / n };
+        let half = self.cos.len().checked_div(n).unwrap_or(0);
         if 2 * half > hd || self.cos.len() != n * half || self.sin.len() != n * half {
             bail!(
                 "rope tables of {} for input {:?}",
