@@ -1,10 +1,14 @@
-//! The llama-family decoder: one forward pass for Llama 2/3.x, SmolLM, Mistral, Qwen2 and
-//! Qwen3, with grouped-query attention, a causal mask and a KV cache.
+//! The dense decoder: one forward pass for Llama 2/3.x, SmolLM, Mistral, Qwen2, Qwen3,
+//! Gemma 2, Gemma 3, OLMo 2 and Phi-3, with grouped-query attention, a causal mask with
+//! per-layer sliding windows and a KV cache.
 //!
 //! Differences between the families are data, not code paths: q/k/v biases (Qwen2) and
-//! per-head q/k RMS norms (Qwen3) are applied when the checkpoint has those tensors, the
-//! output head is the embedding when there is no separate head, and RoPE settings come from
-//! [`ModelConfig`]. The two numeric modes differ only in how a projection multiplies:
+//! q/k RMS norms (Qwen3 and Gemma 3 per head, OLMo 2 over the whole projection) are applied
+//! when the checkpoint has those tensors; which norms surround attention and feed-forward
+//! (before, after or both), the activation, soft-capping, the embedding scale, windows and
+//! RoPE (global, local, LongRoPE's two tables) come from [`ModelConfig`]; fused q/k/v and
+//! gate/up tensors are split by rows at load; the output head is the embedding when there
+//! is no separate head. The two numeric modes differ only in how a projection multiplies:
 //! [`Math::Reference`] dequantizes every weight to f32 and uses a dense f32 matmul,
 //! [`Math::Native`] keeps the stored block type and uses candle's quantized matmul (which
 //! quantizes activations, as llama.cpp does).
