@@ -1,6 +1,6 @@
 //! The reference engine: a forward pass for dense decoders (Llama, Mistral, Qwen2/3,
-//! Gemma 2/3, OLMo 2, Phi-3) on candle, the tokenizer
-//! that goes with a checkpoint, and greedy or sampled generation.
+//! Gemma 2/3, OLMo 2, Phi-3) on candle, the tokenizer that goes with a checkpoint, and
+//! greedy or sampled generation.
 //!
 //! In the pipeline it sits after `formats` (which it reads weights through, never touching
 //! checkpoint bytes itself) and before parity, which compares the logits of a reference and
