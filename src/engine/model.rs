@@ -215,10 +215,30 @@ impl Loader<'_> {
     }
 
     fn raw(&self, role: Role) -> Result<Option<RawTensor<'_>>, EngineError> {
-        match self.naming.name_for(self.arch, role) {
-            Some(name) => self.src.tensor(&name),
-            None => Ok(None),
+        let Some(name) = self.naming.name_for(self.arch, role) else {
+            return Ok(None);
+        };
+        if let Some(t) = self.src.tensor(&name)? {
+            return Ok(Some(t));
         }
+        // Gemma 3's multimodal checkpoints (Gemma3ForConditionalGeneration) keep the
+        // language model under a prefix: `model.language_model.` in transformers 5,
+        // `language_model.model.` in transformers 4
+        if self.naming == Naming::HuggingFace && self.arch == Architecture::Gemma3 {
+            let alternatives = match name.strip_prefix("model.") {
+                Some(rest) => vec![
+                    format!("model.language_model.{rest}"),
+                    format!("language_model.model.{rest}"),
+                ],
+                None => vec![format!("language_model.{name}")],
+            };
+            for alt in alternatives {
+                if let Some(t) = self.src.tensor(&alt)? {
+                    return Ok(Some(t));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn required(&self, role: Role) -> Result<RawTensor<'_>, EngineError> {

@@ -779,3 +779,60 @@ fn oracles2_through_modelgate_gguf_match_transformers() {
         }
     }
 }
+
+/// A Gemma 3 multimodal checkpoint (config under `text_config`, the language model's
+/// tensors under `model.language_model.` or, from transformers 4, `language_model.model.`)
+/// runs its text decoder.
+#[test]
+fn gemma3_multimodal_layout_runs_its_language_model() {
+    use modelgate::formats::safetensors::{write_file, TensorSpec};
+    let src = crate::support::oracle2_dir("gemma3");
+    let (ids, want) = expected(&src);
+    for prefix in ["model.language_model.", "language_model.model."] {
+        let tmp = tempfile::tempdir().unwrap();
+        let text: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        let cfg = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "text_config": text,
+            "vision_config": {"hidden_size": 32},
+        });
+        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(
+            src.join("tokenizer.model"),
+            tmp.path().join("tokenizer.model"),
+        )
+        .unwrap();
+        let w = open_weight_file(&src.join("model.safetensors")).unwrap();
+        let rename = |n: &str| match n.strip_prefix("model.") {
+            Some(rest) => format!("{prefix}{rest}"),
+            None => n.to_string(),
+        };
+        let specs: Vec<TensorSpec> = w
+            .tensors
+            .iter()
+            .map(|t| TensorSpec::new(rename(t.name.as_str()), t.dtype, t.shape.clone()))
+            .collect();
+        write_file(
+            &tmp.path().join("model.safetensors"),
+            &specs,
+            &Default::default(),
+            |spec| {
+                let t = w
+                    .tensors
+                    .iter()
+                    .find(|t| rename(t.name.as_str()) == spec.name)
+                    .unwrap();
+                Ok(std::borrow::Cow::Borrowed(w.tensor_data(t).unwrap()))
+            },
+        )
+        .unwrap();
+        let mut model = decoder(tmp.path(), Math::Reference);
+        let got = chunked_logits(&mut model, &ids, &[ids.len()]);
+        let d = max_abs_diff(&got, &want);
+        eprintln!("gemma3 multimodal layout `{prefix}`: max |delta logit| {d:.2e}");
+        assert!(d <= 1e-4, "{prefix}: {d}");
+    }
+}
