@@ -361,14 +361,9 @@ impl Model {
         embed_raw.expect_shape(&[cfg.vocab, h])?;
         // transformers multiplies by the scale cast to the weights' dtype; llama.cpp by the
         // f32 value
-        let embed_scale = cfg.embed_scale.map(|s| {
-            let s = s as f32;
-            match (naming, embed_raw.dtype) {
-                (Naming::HuggingFace, DType::BF16) => half::bf16::from_f32(s).to_f32(),
-                (Naming::HuggingFace, DType::F16) => half::f16::from_f32(s).to_f32(),
-                _ => s,
-            }
-        });
+        let embed_scale = cfg
+            .embed_scale
+            .map(|s| embed_scale_in(s, naming, embed_raw.dtype));
         let (embed, tied_head) = match math {
             Math::Reference => {
                 let t = embed_raw.to_f32(device)?;
@@ -678,6 +673,17 @@ impl Model {
     }
 }
 
+/// The embedding scale as it is applied: transformers casts it to the weights' dtype
+/// (bf16 rounds sqrt(3072) = 55.43 to 55.5), llama.cpp keeps the f32 value.
+fn embed_scale_in(scale: f64, naming: Naming, dtype: DType) -> f32 {
+    let s = scale as f32;
+    match (naming, dtype) {
+        (Naming::HuggingFace, DType::BF16) => half::bf16::from_f32(s).to_f32(),
+        (Naming::HuggingFace, DType::F16) => half::f16::from_f32(s).to_f32(),
+        _ => s,
+    }
+}
+
 /// `cap * tanh(x / cap)`, with an exact f32 division as transformers computes it.
 fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor, EngineError> {
     let cap = Tensor::new(cap, x.device())?;
@@ -844,4 +850,33 @@ fn softmax_last(x: &Tensor) -> Result<Tensor, EngineError> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&sum)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_scale_follows_the_source_dtype() {
+        let s = 3072f64.sqrt();
+        assert_eq!(embed_scale_in(s, Naming::HuggingFace, DType::BF16), 55.5);
+        assert_eq!(
+            embed_scale_in(s, Naming::HuggingFace, DType::F16),
+            half::f16::from_f32(s as f32).to_f32()
+        );
+        assert_eq!(embed_scale_in(s, Naming::HuggingFace, DType::F32), s as f32);
+        assert_eq!(embed_scale_in(s, Naming::Gguf, DType::BF16), s as f32);
+    }
+
+    #[test]
+    fn masks_are_causal_and_windowed_per_chunk() {
+        let m = mask(3, 2, 2, &Device::Cpu).unwrap().unwrap();
+        let m = m.to_vec2::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        // queries at 3 and 4 see keys q-1..=q only
+        assert_eq!(m[0], [inf, inf, 0.0, 0.0, inf]);
+        assert_eq!(m[1], [inf, inf, inf, 0.0, 0.0]);
+        assert!(mask(3, 1, usize::MAX, &Device::Cpu).unwrap().is_none());
+        assert!(mask(3, 1, 2, &Device::Cpu).unwrap().is_some());
+    }
 }
