@@ -336,7 +336,7 @@ fn parse_gguf(path: &Path, bytes: &[u8]) -> Result<Imatrix, FormatError> {
         let sums = f32s(slice(s)?);
         let raw_counts = f32s(slice(c)?);
         let n_mat = raw_counts.len();
-        if n_mat == 0 || sums.is_empty() || sums.len() % n_mat != 0 {
+        if n_mat == 0 || sums.is_empty() || !sums.len().is_multiple_of(n_mat) {
             return Err(FormatError::malformed(
                 path,
                 format!(
@@ -349,7 +349,7 @@ fn parse_gguf(path: &Path, bytes: &[u8]) -> Result<Imatrix, FormatError> {
         let mut counts = Vec::with_capacity(n_mat);
         for (i, &v) in raw_counts.iter().enumerate() {
             // Counts beyond 2^53 are not token counts anyone has.
-            if !v.is_finite() || v < 0.0 || v > 9.0e15 {
+            if !(0.0..=9.0e15).contains(&v) {
                 return Err(FormatError::malformed(
                     path,
                     format!("imatrix entry `{name}`: count {i} is {v}"),

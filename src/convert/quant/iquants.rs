@@ -235,7 +235,7 @@ fn ternary_scale(x: &[f32]) -> (f32, f32) {
 
 /// Five ternary digits per byte, stored as the ceiling of `value * 256 / 243`.
 fn pack_trits(q: u32) -> u8 {
-    ((q * 256 + 242) / 243) as u8
+    (q * 256).div_ceil(243) as u8
 }
 
 /// One TQ1_0 block: `qs[48]` (5 values per byte), `qh[4]` (4 per byte), `d`.
@@ -277,23 +277,13 @@ pub(super) fn dequantize_tq1_0(b: &[u8], y: &mut [f32]) {
         let q = byte.wrapping_mul(POW3[n]);
         ((u16::from(q) * 3) >> 8) as i16 - 1
     };
-    let mut k = 0;
-    for n in 0..5 {
-        for m in 0..32 {
-            y[k] = f32::from(trit(b[m], n)) * d;
-            k += 1;
-        }
-    }
-    for n in 0..5 {
-        for m in 0..16 {
-            y[k] = f32::from(trit(b[32 + m], n)) * d;
-            k += 1;
-        }
-    }
-    for n in 0..4 {
-        for j in 0..4 {
-            y[k] = f32::from(trit(b[48 + j], n)) * d;
-            k += 1;
+    // Value order: trit n of every byte of a run, then trit n + 1 (runs of 32, 16, 4 bytes).
+    let mut out = y.iter_mut();
+    for (bytes, trits) in [(&b[0..32], 5), (&b[32..48], 5), (&b[48..52], 4)] {
+        for n in 0..trits {
+            for (&byte, o) in bytes.iter().zip(out.by_ref()) {
+                *o = f32::from(trit(byte, n)) * d;
+            }
         }
     }
 }
