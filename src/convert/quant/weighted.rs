@@ -656,3 +656,53 @@ fn q6k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Byte equality with ggml is checked in `tests/it/quant.rs`; here, that the weighting
+    //! does what it is for: where the importance is concentrated, the error is smaller.
+
+    use super::super::{dequantize_to_vec, quantize_rows, quantize_rows_weighted};
+    use crate::formats::GgmlType;
+
+    #[test]
+    fn importance_moves_error_off_the_important_columns() {
+        let n = 1024;
+        let x: Vec<f32> = (0..8 * n)
+            .map(|i| ((i as f32) * 0.731).sin() * (1.0 + (i % 13) as f32 * 0.2))
+            .collect();
+        // Every 8th column matters a thousand times more than the rest.
+        let imp: Vec<f32> = (0..n)
+            .map(|j| if j % 8 == 0 { 1000.0 } else { 1.0 })
+            .collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+            GgmlType::IQ4NL,
+            GgmlType::IQ4XS,
+        ] {
+            let weighted_err = |w: Option<&[f32]>| {
+                let mut q = Vec::new();
+                match w {
+                    Some(w) => quantize_rows_weighted(ty, &x, n, Some(w), &mut q).unwrap(),
+                    None => quantize_rows(ty, &x, n, &mut q).unwrap(),
+                }
+                let y = dequantize_to_vec(ty, &q).unwrap();
+                x.iter()
+                    .zip(&y)
+                    .enumerate()
+                    .map(|(i, (a, b))| f64::from(imp[i % n]) * f64::from(a - b).powi(2))
+                    .sum::<f64>()
+            };
+            let (plain, weighted) = (weighted_err(None), weighted_err(Some(&imp)));
+            assert!(weighted < plain, "{ty}: {weighted} >= {plain}");
+        }
+    }
+}
