@@ -665,7 +665,11 @@ impl HParams {
         c.insert("attention_dropout".into(), json!(0.0));
         c.insert("bos_token_id".into(), json!(self.bos_token_id));
         c.insert("eos_token_id".into(), json!(self.eos_token_id));
-        c.insert("head_dim".into(), json!(self.head_dim));
+        // Only where it is not hidden_size / heads, so that the way back to GGUF writes the
+        // key-length keys exactly when the first conversion did.
+        if self.head_dim_explicit || self.head_dim * self.n_head != self.n_embd {
+            c.insert("head_dim".into(), json!(self.head_dim));
+        }
         if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) {
             c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
         } else {
@@ -722,6 +726,12 @@ impl HParams {
         } else {
             self.head_dim as f64
         });
+        // transformers' Gemma configs type it as an integer.
+        let qpas = if qpas.fract() == 0.0 && qpas >= 0.0 && qpas < 1e15 {
+            json!(qpas as u64)
+        } else {
+            json!(qpas)
+        };
         match self.arch {
             Arch::Gemma2 => {
                 c.insert("attn_logit_softcapping".into(), json!(self.attn_softcap));
@@ -748,8 +758,8 @@ impl HParams {
                     json!({"full_attention": Value::Object(full),
                            "sliding_attention": {"rope_type": "default", "rope_theta": swa}}),
                 );
-                c.remove("rope_scaling");
-                c.remove("rope_theta");
+                c.shift_remove("rope_scaling");
+                c.shift_remove("rope_theta");
             }
             Arch::Phi3 => {
                 c.insert(
@@ -759,7 +769,7 @@ impl HParams {
                 let partial = (self.rope_dims * self.n_head) as f64 / self.n_embd as f64;
                 c.insert("partial_rotary_factor".into(), json!(partial));
                 c.insert("sliding_window".into(), json!(self.sliding_window));
-                c.remove("attention_bias");
+                c.shift_remove("attention_bias");
             }
             Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 => {}
         }
