@@ -289,8 +289,20 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         });
     }
 
-    // Tokenizer.
+    // Tokenizer: the file llama.cpp's converter class for this architecture reads.
     let tok_path = root.join("tokenizer.json");
+    let sp_path = root.join("tokenizer.model");
+    let source = vocab_file(&h, dir, sp_path.is_file());
+    if source == VocabFile::SentencePiece {
+        // Hook for the SentencePiece reader: until `tokenizer.model` is read here,
+        // tokenizer.json stands in when the folder has one (same pieces for the released
+        // models; scores and types may differ from llama.cpp's).
+        notes.push(format!(
+            "llama.cpp reads `{}` for {}; modelgate read tokenizer.json",
+            sp_path.display(),
+            h.model_type
+        ));
+    }
     let tok_json = dir
         .tokenizer_json
         .as_deref()
@@ -320,15 +332,6 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         source_url: opts.source_url.clone(),
     }));
     keys.extend(h.gguf_keys());
-    // Gemma's SentencePiece vocabulary has no leading-space normalisation; llama.cpp's Gemma
-    // classes say so explicitly (Gemma 3 only when it read tokenizer.model).
-    let sentencepiece = v.model == "llama";
-    if h.arch == Arch::Gemma2 || (h.arch == Arch::Gemma3 && sentencepiece) {
-        keys.push((
-            "tokenizer.ggml.add_space_prefix".into(),
-            MetaValue::Bool(false),
-        ));
-    }
     // Gemma 3: embedding rows past the tokenizer's vocabulary are cut, as llama.cpp does.
     if h.arch == Arch::Gemma3 && v.n_tokens > 0 && v.n_tokens < h.n_vocab {
         for t in tensors.iter_mut().filter(|t| t.name == "token_embd.weight") {
@@ -341,6 +344,15 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         ));
     }
     keys.extend(v.keys);
+    // Gemma's SentencePiece vocabulary has no leading-space normalisation; llama.cpp's Gemma
+    // classes say so explicitly (Gemma 3 only when it read tokenizer.model). Later keys
+    // replace earlier ones in `meta::canonical`, so this overrides the vocabulary's own.
+    if matches!(h.arch, Arch::Gemma2 | Arch::Gemma3) && source == VocabFile::SentencePiece {
+        keys.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            MetaValue::Bool(false),
+        ));
+    }
     add_file_keys(&mut keys, file_type, &tensors, opts);
     if matches!(h.rope_scaling, RopeScaling::Yarn { .. }) {
         notes.push(
@@ -363,6 +375,30 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             reason: v.pre_reason,
         }),
     })
+}
+
+/// The tokenizer file a llama.cpp converter class reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabFile {
+    TokenizerJson,
+    SentencePiece,
+}
+
+/// llama.cpp's choice: Gemma 2 always reads `tokenizer.model`; Gemma 3 when there is one;
+/// Phi-3 unless tokenizer_config.json names `GPT2Tokenizer` (Phi-4, a byte-level BPE);
+/// every other family reads tokenizer.json.
+pub fn vocab_file(h: &HParams, dir: &crate::formats::hf::HfDir, has_model: bool) -> VocabFile {
+    let class = dir
+        .tokenizer_config
+        .as_ref()
+        .and_then(|c| c.get("tokenizer_class"))
+        .and_then(Value::as_str);
+    match h.arch {
+        Arch::Gemma2 => VocabFile::SentencePiece,
+        Arch::Gemma3 if has_model => VocabFile::SentencePiece,
+        Arch::Phi3 if class != Some("GPT2Tokenizer") => VocabFile::SentencePiece,
+        _ => VocabFile::TokenizerJson,
+    }
 }
 
 fn add_file_keys(
