@@ -763,7 +763,7 @@ impl HParams {
             self.head_dim as f64
         });
         // transformers' Gemma configs type it as an integer.
-        let qpas = if qpas.fract() == 0.0 && qpas >= 0.0 && qpas < 1e15 {
+        let qpas = if qpas.fract() == 0.0 && (0.0..1e15).contains(&qpas) {
             json!(qpas as u64)
         } else {
             json!(qpas)

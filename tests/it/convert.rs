@@ -846,13 +846,11 @@ fn phi4_without_a_window_gets_zero_and_keeps_null_on_the_way_back() {
     assert_eq!(cfg["sliding_window"], Value::Null);
 }
 
+type ArchKeys = Vec<(String, modelgate::formats::MetaValue)>;
+type TensorBytes = Vec<(String, DType, Vec<u64>, Vec<u8>)>;
+
 /// The `{arch}.*` keys and every tensor of a GGUF file.
-fn arch_keys_and_tensors(
-    path: &Path,
-) -> (
-    Vec<(String, modelgate::formats::MetaValue)>,
-    Vec<(String, DType, Vec<u64>, Vec<u8>)>,
-) {
+fn arch_keys_and_tensors(path: &Path) -> (ArchKeys, TensorBytes) {
     let m = meta_of(path);
     let arch = match m.iter().find(|(k, _)| k == "general.architecture") {
         Some((_, modelgate::formats::MetaValue::String(a))) => a.clone(),
