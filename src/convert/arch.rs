@@ -1231,4 +1231,185 @@ mod tests {
             assert_eq!(inv.source_row(m.source_row(r)), r);
         }
     }
+
+    fn key(h: &HParams, k: &str) -> Option<MetaValue> {
+        h.gguf_keys()
+            .into_iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v)
+    }
+
+    fn gemma_cfg(class: &str) -> Value {
+        json!({
+            "architectures": [class], "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+            "head_dim": 16, "vocab_size": 512, "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-6, "sliding_window": 16, "tie_word_embeddings": true
+        })
+    }
+
+    #[test]
+    fn gemma_keys_follow_llama_cpp_classes() {
+        let p = Path::new("config.json");
+        let mut c = gemma_cfg("Gemma2ForCausalLM");
+        c["attn_logit_softcapping"] = json!(50.0);
+        c["final_logit_softcapping"] = json!(30.0);
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h.arch, Arch::Gemma2);
+        assert_eq!(
+            key(&h, "gemma2.attn_logit_softcapping"),
+            Some(MetaValue::F32(50.0))
+        );
+        assert_eq!(
+            key(&h, "gemma2.attention.sliding_window"),
+            Some(MetaValue::U32(16))
+        );
+        assert_eq!(key(&h, "gemma2.rope.freq_base"), None);
+        for (field, bad) in [
+            ("attn_logit_softcapping", json!(0.0)),
+            ("final_logit_softcapping", json!(-1.0)),
+            ("final_logit_softcapping", json!("30")),
+        ] {
+            let mut c2 = c.clone();
+            c2[field] = bad;
+            let e = HParams::from_config(&c2, p).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        // Gemma 3 in transformers 4's form: global base, local base, linear scaling.
+        let mut c = gemma_cfg("Gemma3ForCausalLM");
+        c["rope_theta"] = json!(1_000_000.0);
+        c["rope_local_base_freq"] = json!(10000.0);
+        c["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(key(&h, "gemma3.rope.freq_base"), Some(MetaValue::F32(1e6)));
+        assert_eq!(
+            key(&h, "gemma3.rope.freq_base_swa"),
+            Some(MetaValue::F32(1e4))
+        );
+        assert_eq!(
+            key(&h, "gemma3.rope.scaling.type"),
+            Some(MetaValue::String("linear".into()))
+        );
+        assert_eq!(
+            key(&h, "gemma3.rope.scaling.factor"),
+            Some(MetaValue::F32(8.0))
+        );
+        assert_eq!(key(&h, "gemma3.final_logit_softcapping"), None);
+        // ... and in transformers 5's, one set per attention kind.
+        let mut c = gemma_cfg("Gemma3ForCausalLM");
+        c["rope_parameters"] = json!({
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}});
+        let h2 = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h2.gguf_keys(), h.gguf_keys());
+        c["attn_logit_softcapping"] = json!(50.0);
+        assert!(HParams::from_config(&c, p).is_err());
+    }
+
+    #[test]
+    fn phi3_longrope_and_partial_rotary() {
+        let p = Path::new("config.json");
+        let c = json!({
+            "architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+            "vocab_size": 512, "max_position_embeddings": 128, "original_max_position_embeddings": 32,
+            "partial_rotary_factor": 0.5, "sliding_window": null,
+            "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.0, 2.5],
+                             "long_factor": [1.0, 2.0, 3.0, 4.0]}
+        });
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h.rope_dims, 8);
+        assert_eq!(
+            key(&h, "phi3.rope.dimension_count"),
+            Some(MetaValue::U32(8))
+        );
+        assert_eq!(
+            key(&h, "phi3.attention.sliding_window"),
+            Some(MetaValue::U32(0))
+        );
+        let want = (1.0f64 + 4.0f64.ln() / 32.0f64.ln()).sqrt() as f32;
+        assert_eq!(
+            key(&h, "phi3.rope.scaling.attn_factor"),
+            Some(MetaValue::F32(want))
+        );
+        let (long, short) = h.longrope_factors().unwrap();
+        assert_eq!((long[3], short[1]), (4.0, 1.5));
+        let mut bad = c.clone();
+        bad["rope_scaling"]["long_factor"] = json!([1.0]);
+        let e = HParams::from_config(&bad, p).unwrap_err().to_string();
+        assert!(e.contains("long_factor"), "{e}");
+        let mut bad = c.clone();
+        bad["original_max_position_embeddings"] = Value::Null;
+        assert!(HParams::from_config(&bad, p).is_err());
+        // Phi-4: no long factors, no factor tensors, no attention factor.
+        let mut c4 = c.clone();
+        c4["rope_scaling"] = Value::Null;
+        let h4 = HParams::from_config(&c4, p).unwrap();
+        assert!(h4.longrope_factors().is_none());
+        assert_eq!(key(&h4, "phi3.rope.scaling.attn_factor"), None);
+    }
+
+    #[test]
+    fn family_names_and_shapes() {
+        let p = Path::new("config.json");
+        let mut c = gemma_cfg("Gemma2ForCausalLM");
+        c["attn_logit_softcapping"] = json!(50.0);
+        c["final_logit_softcapping"] = json!(30.0);
+        let g = HParams::from_config(&c, p).unwrap();
+        let post = parse_hf(
+            "model.layers.1.post_attention_layernorm.weight",
+            Arch::Gemma2,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            post.gguf_name(Arch::Gemma2),
+            "blk.1.post_attention_norm.weight"
+        );
+        assert_eq!(post.value_shift(&g, true), 1.0);
+        assert_eq!(post.value_shift(&g, false), -1.0);
+        let llama = parse_hf(
+            "model.layers.1.post_attention_layernorm.weight",
+            Arch::Llama,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(llama.gguf_name(Arch::Llama), "blk.1.ffn_norm.weight");
+        let pre = parse_gguf("blk.0.ffn_norm.weight", Arch::Gemma3).unwrap();
+        assert_eq!(
+            pre.hf_name(Arch::Gemma3),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        let q = parse_hf("model.layers.0.self_attn.q_proj.weight", Arch::Gemma2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.value_shift(&g, true), 0.0);
+        assert_eq!(q.row_map(&g, true), RowMap::Identity);
+        // OLMo 2 has no input norm; Phi-3 keeps its fused tensors under one name each way.
+        assert!(parse_hf("model.layers.0.input_layernorm.weight", Arch::Olmo2).is_none());
+        let gu = parse_gguf("blk.0.ffn_up.weight", Arch::Phi3).unwrap();
+        assert_eq!(gu.role, Role::FfnGateUp);
+        assert_eq!(
+            gu.hf_name(Arch::Phi3),
+            "model.layers.0.mlp.gate_up_proj.weight"
+        );
+        let phi = HParams::from_config(
+            &json!({"architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                    "vocab_size": 512, "original_max_position_embeddings": 32}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(gu.expected_shape(&phi), vec![256, 64]);
+        let qkv = parse_hf("model.layers.0.self_attn.qkv_proj.weight", Arch::Phi3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(qkv.expected_shape(&phi), vec![128, 64]);
+        let need: Vec<String> = required(&phi)
+            .iter()
+            .map(|r| r.gguf_name(Arch::Phi3))
+            .collect();
+        assert!(need.contains(&"blk.1.attn_qkv.weight".to_owned()));
+        assert!(!need.iter().any(|n| n.contains("attn_q.")));
+    }
 }
