@@ -344,6 +344,9 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         ));
     }
     keys.extend(v.keys);
+    if h.arch == Arch::Phi3 && source == VocabFile::SentencePiece {
+        phi3_added_tokens(&mut keys, dir);
+    }
     // Gemma's SentencePiece vocabulary has no leading-space normalisation; llama.cpp's Gemma
     // classes say so explicitly (Gemma 3 only when it read tokenizer.model). Later keys
     // replace earlier ones in `meta::canonical`, so this overrides the vocabulary's own.
@@ -375,6 +378,61 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             reason: v.pre_reason,
         }),
     })
+}
+
+/// Phi-3's own vocabulary step in llama.cpp (`Phi3MiniModel.set_vocab`): every added token
+/// (tokenizer_config.json's `added_tokens_decoder`, then tokenizer.json's `added_tokens`)
+/// takes its text, score -1000 and type CONTROL when special, USER_DEFINED otherwise.
+fn phi3_added_tokens(keys: &mut [(String, MetaValue)], dir: &crate::formats::hf::HfDir) {
+    let mut added: Vec<(usize, String, bool)> = Vec::new();
+    let mut take = |id: Option<u64>, v: &Value| {
+        let content = v.get("content").and_then(Value::as_str);
+        let special = v.get("special").and_then(Value::as_bool).unwrap_or(false);
+        if let (Some(id), Some(c)) = (id.and_then(|i| usize::try_from(i).ok()), content) {
+            added.push((id, c.to_owned(), special));
+        }
+    };
+    if let Some(dec) = dir
+        .tokenizer_config
+        .as_ref()
+        .and_then(|c| c.get("added_tokens_decoder"))
+        .and_then(Value::as_object)
+    {
+        for (id, v) in dec {
+            take(id.parse().ok(), v);
+        }
+    }
+    // tokenizer.json was read (size-capped) by the formats layer; only its
+    // `added_tokens` list matters here.
+    let tj: Option<Value> = dir
+        .tokenizer_json
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    if let Some(list) = tj
+        .as_ref()
+        .and_then(|t| t.get("added_tokens"))
+        .and_then(Value::as_array)
+    {
+        for v in list {
+            take(v.get("id").and_then(Value::as_u64), v);
+        }
+    }
+    for (key, value) in keys.iter_mut() {
+        let MetaValue::Array { items, .. } = value else {
+            continue;
+        };
+        for (id, content, special) in &added {
+            let Some(item) = items.get_mut(*id) else {
+                continue;
+            };
+            match key.as_str() {
+                "tokenizer.ggml.tokens" => *item = MetaValue::String(content.clone()),
+                "tokenizer.ggml.scores" => *item = MetaValue::F32(-1000.0),
+                "tokenizer.ggml.token_type" => *item = MetaValue::I32(if *special { 3 } else { 4 }),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The tokenizer file a llama.cpp converter class reads.
