@@ -810,6 +810,16 @@ fn family_facts_in_the_f32_files() {
     // sqrt(1 + ln(128 / 32) / ln(32))
     let want = (1.0f64 + (4.0f64).ln() / (32.0f64).ln()).sqrt() as f32;
     assert_eq!(get(&m, "phi3.rope.scaling.attn_factor"), Some(M::F32(want)));
+    // Phi3MiniModel's added tokens: score -1000, CONTROL when special (`<|endoftext|>`, 500).
+    match (
+        get(&m, "tokenizer.ggml.scores"),
+        get(&m, "tokenizer.ggml.token_type"),
+    ) {
+        (Some(M::Array { items: s, .. }), Some(M::Array { items: t, .. })) => {
+            assert_eq!((&s[500], &t[500]), (&M::F32(-1000.0), &M::I32(3)));
+        }
+        other => panic!("no scores or types: {other:?}"),
+    }
     let c = Checkpoint::open(&p).unwrap();
     assert_eq!(
         c.weights.tensor("blk.0.attn_qkv.weight").unwrap().shape,
