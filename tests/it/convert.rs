@@ -684,8 +684,9 @@ fn a_killed_conversion_leaves_a_partial_that_the_next_run_removes() {
 // Gemma 2, Gemma 3, OLMo 2, Phi-3 (issue 14)
 
 /// A copy of a conversion source for the families of issue 14: the Gemma oracles ship only
-/// a SentencePiece tokenizer.model; until that file is read, OLMo 2's 512-token byte-level
-/// tokenizer.json stands in, which leaves every tensor and architecture key as it is.
+/// a SentencePiece tokenizer.model; OLMo 2's 512-token byte-level tokenizer.json is added
+/// beside it, which converters that read tokenizer.model ignore and which leaves every tensor
+/// and architecture key as it is.
 fn family_source(name: &str, dst: &Path) -> PathBuf {
     let src = match name {
         "phi3" => repo().join("fixtures/oracles/phi3"),

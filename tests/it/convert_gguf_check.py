@@ -192,9 +192,11 @@ def main():
         if field(r, "tokenizer.ggml.add_space_prefix") is not False:
             problem("Gemma's SentencePiece vocabulary needs tokenizer.ggml.add_space_prefix = false")
 
-    # Tokenizer (a SentencePiece tokenizer.model alone is checked elsewhere).
+    # Tokenizer, when it came from tokenizer.json (a vocabulary read from a SentencePiece
+    # tokenizer.model is checked against the sentencepiece package elsewhere).
     tj_path = hf_dir / "tokenizer.json"
-    if tj_path.exists():
+    from_model = (hf_dir / "tokenizer.model").exists() and field(r, "tokenizer.ggml.model") == "llama"
+    if tj_path.exists() and not from_model:
         check_tokenizer(r, cfg, hf_dir, json.loads(tj_path.read_text()))
     check_tensors(r, cfg, hf_dir, arch, expected_types, rope, n_head, n_kv)
 
