@@ -141,7 +141,8 @@ pub fn pre_tokenizer_json(pre: &str) -> Option<Value> {
         "gpt-2" => byte_level(true),
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        "llama-bpe" => {
+        // Falcon 3's pre-tokenizer is Llama 3's under its own name (llama.cpp treats both alike).
+        "llama-bpe" | "falcon3" => {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE[0]), byte_level(false)]})
         }
         "qwen2" => {
@@ -636,7 +637,7 @@ impl GgufVocab {
                     "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                     "model": {"type": "BPE", "dropout": null, "unk_token": self.token(self.unk),
                               "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                              "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                              "byte_fallback": false, "ignore_merges": matches!(pre, "llama-bpe" | "falcon3"),
                               "vocab": vocab, "merges": merges}
                 })
             }
