@@ -289,7 +289,8 @@ mod tests {
         let f = fam();
         let cat = super::super::catalogue::Catalogue::builtin().unwrap();
         for id in [
-            "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon",
+            "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon", "olmo",
+            "phi",
         ] {
             let fam = f.get(id).unwrap_or_else(|| panic!("{id}"));
             for l in fam.licences.iter().chain([&fam.assumed_licence]) {
@@ -331,6 +332,33 @@ mod tests {
             ..Default::default()
         };
         assert!(fam().identify(&weak).is_empty());
+    }
+
+    #[test]
+    fn gemma_olmo_and_phi_dimensions_identify_their_families() {
+        let cases = [
+            ("gemma2", 256000, 10000.0, "gemma"),
+            ("gemma3", 262144, 1000000.0, "gemma"),
+            ("olmo2", 100352, 500000.0, "olmo"),
+            ("phi3", 32064, 10000.0, "phi"),
+            ("phi3", 100352, 250000.0, "phi"),
+        ];
+        for (arch, vocab, theta, want) in cases {
+            let facts = ArchFacts {
+                architecture: Some(arch.into()),
+                vocab_size: Some(vocab),
+                rope_theta: Some(theta),
+                ..Default::default()
+            };
+            let m = fam().identify(&facts);
+            assert_eq!(m.len(), 1, "{arch} {vocab}: {m:?}");
+            assert_eq!(m[0].family, want, "{arch} {vocab}");
+        }
+        let f = fam();
+        assert_eq!(f.resolve_model("google/gemma-3-4b-it").unwrap().licence, "gemma");
+        assert_eq!(f.resolve_model("allenai/OLMo-2-1124-7B").unwrap().licence, "apache-2.0");
+        assert_eq!(f.resolve_model("microsoft/phi-4").unwrap().licence, "mit");
+        assert_eq!(f.resolve_model("microsoft/Phi-3-mini-4k-instruct").unwrap().licence, "mit");
     }
 
     #[test]
