@@ -14,7 +14,7 @@ use super::arch::{self, Arch, HParams, Parsed, RopeScaling, RowMap};
 use super::error::ConvertError;
 use super::meta::{self, GeneralSources};
 use super::recipe::{Fallback, FileType, ModelShape, Recipe, SourceKind};
-use super::vocab::{self, GgufVocab, HfTokenizer};
+use super::vocab::{self, GgufVocab};
 use super::{elem, Options, OutputFormat};
 use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::{Checkpoint, DType, GgmlType, MetaValue, WeightFormat};
@@ -266,23 +266,14 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         });
     }
 
-    // Tokenizer.
-    let tok_path = root.join("tokenizer.json");
-    let tok_json = dir
-        .tokenizer_json
-        .as_deref()
-        .ok_or_else(|| ConvertError::Missing {
-            path: tok_path.clone(),
-            what: "tokenizer.json is missing; a GGUF file carries its tokenizer".into(),
-        })?;
-    let v = vocab::to_gguf(&HfTokenizer {
-        path: &tok_path,
-        json: tok_json,
-        config: dir.tokenizer_config.as_ref(),
+    // Tokenizer: tokenizer.model when present (as llama.cpp's converter), else tokenizer.json.
+    let v = vocab::from_dir(&vocab::DirVocab {
+        root: &root,
+        dir,
         config_ids: [h.bos_token_id, h.eos_token_id, h.pad_token_id],
         n_vocab: h.n_vocab,
         pre_override: opts.pre_tokenizer.as_deref(),
-        chat_template_file: dir.chat_template_jinja.as_deref(),
+        spm_style: vocab::SpmStyle::Default,
     })?;
 
     let mut keys = vec![(

@@ -200,6 +200,27 @@ pub fn oracle_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The folder of one oracle of the second set (`gemma2`, `gemma3`, `olmo2`, ...), found as
+/// [`oracle_dir`] finds the first: `$MODELGATE_ORACLES2/NAME`, else `oracles2/NAME` under
+/// `$MODELGATE_SHARED`, the `shared/` folder beside the repository, or `/work/shared`.
+pub fn oracle2_dir(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELGATE_ORACLES2") {
+        return PathBuf::from(dir).join(name);
+    }
+    let candidates = [
+        std::env::var_os("MODELGATE_SHARED").map(PathBuf::from),
+        Some(repo().join("../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|p| p.join("oracles2"))
+        .find(|p| p.is_dir())
+        .expect("the second oracle set: set MODELGATE_SHARED to the folder holding `oracles2/`")
+        .join(name)
+}
+
 /// Fail the test, naming the PyPI package, unless the oracle interpreter imports `module`.
 /// Only reachable with `MODELGATE_PYTHON` naming an interpreter that lacks the package
 /// (the pinned environment always has it); an oracle is never skipped.
