@@ -812,12 +812,8 @@ fn gguf_to_safetensors(
         gen.insert("pad_token_id".into(), json!(h.pad_token_id));
         side_files.push(("generation_config.json".into(), pretty(&Value::Object(gen))));
         let v = GgufVocab::from_metadata(&ckpt.weights.metadata, &path)?;
-        let tj = v.to_tokenizer_json(&path)?;
-        side_files.push(("tokenizer.json".into(), pretty(&tj)));
-        side_files.push((
-            "tokenizer_config.json".into(),
-            pretty(&v.tokenizer_config(h.n_ctx)),
-        ));
+        // tokenizer.json, tokenizer_config.json and, for SentencePiece, tokenizer.model.
+        side_files.extend(v.hf_files(&path, h.n_ctx)?);
         pre = v.pre.map(|name| PreChoice {
             reason: "tokenizer.json pre_tokenizer rebuilt from `tokenizer.ggml.pre`".into(),
             name,

@@ -19,7 +19,9 @@ use super::error::ConvertError;
 use super::meta::{arr_f32, arr_i32, arr_str};
 use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::hf::HfDir;
-use crate::formats::sentencepiece::{PieceType, SpModel};
+use crate::formats::sentencepiece::{
+    self, ModelType, NormalizerSpec, Piece, PieceType, SpModel, TrainerSpec,
+};
 use crate::formats::MetaValue;
 
 /// llama.cpp's token types (`llama_token_type`).
@@ -501,7 +503,10 @@ pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertErro
     }
     let tj: Option<Value> = match t.tokenizer_json {
         Some(text) => Some(serde_json::from_str(text).map_err(|e| {
-            ConvertError::tokenizer(path.with_file_name("tokenizer.json"), format!("not valid JSON: {e}"))
+            ConvertError::tokenizer(
+                path.with_file_name("tokenizer.json"),
+                format!("not valid JSON: {e}"),
+            )
         })?),
         None => None,
     };
@@ -535,13 +540,22 @@ pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertErro
             token_type::USER_DEFINED
         };
     };
-    if let Some(decoder) = tc.and_then(|c| c.get("added_tokens_decoder")).and_then(Value::as_object) {
+    if let Some(decoder) = tc
+        .and_then(|c| c.get("added_tokens_decoder"))
+        .and_then(Value::as_object)
+    {
         for (id, data) in decoder {
             let id: u64 = id.parse().map_err(|_| {
-                ConvertError::tokenizer(&tc_path, format!("`added_tokens_decoder` key `{id}` is not a token id"))
+                ConvertError::tokenizer(
+                    &tc_path,
+                    format!("`added_tokens_decoder` key `{id}` is not a token id"),
+                )
             })?;
             let content = data.get("content").and_then(Value::as_str).ok_or_else(|| {
-                ConvertError::tokenizer(&tc_path, format!("`added_tokens_decoder.{id}` has no string `content`"))
+                ConvertError::tokenizer(
+                    &tc_path,
+                    format!("`added_tokens_decoder.{id}` has no string `content`"),
+                )
             })?;
             overlay(id, content, flag(data, "special", false));
         }
@@ -558,8 +572,14 @@ pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertErro
     }
 
     let mut keys: Vec<(String, MetaValue)> = vec![
-        ("tokenizer.ggml.model".into(), MetaValue::String("llama".into())),
-        ("tokenizer.ggml.pre".into(), MetaValue::String("default".into())),
+        (
+            "tokenizer.ggml.model".into(),
+            MetaValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".into(),
+            MetaValue::String("default".into()),
+        ),
         ("tokenizer.ggml.tokens".into(), arr_str(tokens)),
         ("tokenizer.ggml.scores".into(), arr_f32(scores)),
         ("tokenizer.ggml.token_type".into(), arr_i32(types)),
@@ -615,11 +635,17 @@ pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertErro
             .and_then(|c| c.get(&format!("add_{typ}_token")))
             .and_then(Value::as_bool)
         {
-            keys.push((format!("tokenizer.ggml.add_{typ}_token"), MetaValue::Bool(b)));
+            keys.push((
+                format!("tokenizer.ggml.add_{typ}_token"),
+                MetaValue::Bool(b),
+            ));
         }
     }
     let from_file = t.chat_template_file.map(|s| Value::String(s.to_owned()));
-    if let Some(ct) = tc.and_then(|c| c.get("chat_template")).or(from_file.as_ref()) {
+    if let Some(ct) = tc
+        .and_then(|c| c.get("chat_template"))
+        .or(from_file.as_ref())
+    {
         push_chat_template(&mut keys, ct);
     }
     Ok(VocabKeys {
@@ -985,6 +1011,100 @@ impl GgufVocab {
             .into_iter()
             .map(|(_, _, l, r)| format!("{} {}", self.tokens[l], self.tokens[r]))
             .collect()
+    }
+
+    /// A SentencePiece model for a `llama` vocabulary: every token a piece with its score
+    /// and type, BPE with byte fallback when there are byte tokens, the special ids of the
+    /// GGUF keys (unknown: the key, else the first UNKNOWN token), and the normalization
+    /// llama.cpp applies to this vocabulary: no character map, no whitespace collapsing,
+    /// spaces escaped as `▁`, a dummy prefix as `add_space_prefix` says (default true). The
+    /// original file's `nmt_nfkc` map is not carried by GGUF, and neither llama.cpp nor
+    /// transformers' converted tokenizers apply it.
+    pub fn to_sentencepiece(&self) -> SpModel {
+        let kind = |ty: i32| match ty {
+            token_type::UNKNOWN => PieceType::Unknown,
+            token_type::CONTROL => PieceType::Control,
+            token_type::USER_DEFINED => PieceType::UserDefined,
+            token_type::UNUSED => PieceType::Unused,
+            token_type::BYTE => PieceType::Byte,
+            _ => PieceType::Normal,
+        };
+        let pieces: Vec<Piece> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let ty = self.types.get(i).copied().unwrap_or(token_type::NORMAL);
+                let score = self.scores.get(i).copied().unwrap_or(0.0);
+                Piece::new(
+                    t.clone(),
+                    if score.is_finite() { score } else { 0.0 },
+                    kind(ty),
+                )
+            })
+            .collect();
+        let unk = self.unk.or_else(|| {
+            self.types
+                .iter()
+                .position(|t| *t == token_type::UNKNOWN)
+                .map(|i| i as u64)
+        });
+        let id = |v: Option<u64>| Some(v.and_then(|v| i32::try_from(v).ok()).unwrap_or(-1));
+        SpModel {
+            trainer: Some(TrainerSpec {
+                model_type: Some(ModelType::Bpe),
+                vocab_size: i32::try_from(pieces.len()).ok(),
+                byte_fallback: Some(self.types.contains(&token_type::BYTE)),
+                unk_id: id(unk),
+                bos_id: id(self.bos),
+                eos_id: id(self.eos),
+                pad_id: id(self.pad),
+                ..TrainerSpec::default()
+            }),
+            normalizer: Some(NormalizerSpec {
+                name: Some("identity".into()),
+                precompiled_charsmap: None,
+                add_dummy_prefix: Some(self.add_space_prefix.unwrap_or(true)),
+                remove_extra_whitespaces: Some(false),
+                escape_whitespaces: Some(true),
+                other: Vec::new(),
+            }),
+            pieces,
+            denormalizer: None,
+            other: Vec::new(),
+        }
+    }
+
+    /// The tokenizer files of a Hugging Face directory for these keys: tokenizer.json and
+    /// tokenizer_config.json, and for a `llama` (SentencePiece) vocabulary `tokenizer.model`
+    /// too, so that tokenizer.model → GGUF → directory keeps a tokenizer.model.
+    pub fn hf_files(
+        &self,
+        path: &Path,
+        max_len: u64,
+    ) -> Result<Vec<(String, Vec<u8>)>, ConvertError> {
+        let pretty = |v: &Value| {
+            let mut s = serde_json::to_vec_pretty(v).unwrap_or_default();
+            s.push(b'\n');
+            s
+        };
+        let mut files = vec![
+            (
+                "tokenizer.json".to_owned(),
+                pretty(&self.to_tokenizer_json(path)?),
+            ),
+            (
+                "tokenizer_config.json".to_owned(),
+                pretty(&self.tokenizer_config(max_len)),
+            ),
+        ];
+        if self.model == "llama" {
+            files.push((
+                "tokenizer.model".to_owned(),
+                sentencepiece::write(&self.to_sentencepiece()),
+            ));
+        }
+        Ok(files)
     }
 
     /// tokenizer_config.json for these keys.

@@ -153,7 +153,10 @@ impl HfDir {
         let tcfg = self.tokenizer_config.as_ref();
         TokenizerSummary {
             model: "llama".into(),
-            pre: Some(format!("sentencepiece-{}", t.model_type().name().to_ascii_lowercase())),
+            pre: Some(format!(
+                "sentencepiece-{}",
+                t.model_type().name().to_ascii_lowercase()
+            )),
             vocab_size: m.pieces.len() as u64,
             merges: 0,
             bos: special(t.bos_id()),

@@ -231,9 +231,7 @@ impl SpModel {
     }
     /// The piece's text at an id.
     pub fn text(&self, id: Option<u32>) -> Option<&str> {
-        self.pieces
-            .get(id? as usize)
-            .map(|p| p.piece.as_str())
+        self.pieces.get(id? as usize).map(|p| p.piece.as_str())
     }
 }
 
@@ -285,14 +283,18 @@ impl<'a> Cursor<'a> {
             self.pos += 1;
             // The tenth byte may only carry the top bit of a 64-bit value.
             if i == 9 && b > 1 {
-                return Err(format!("varint of `{field}` at byte {start} overflows 64 bits"));
+                return Err(format!(
+                    "varint of `{field}` at byte {start} overflows 64 bits"
+                ));
             }
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err(format!("varint of `{field}` at byte {start} is longer than 10 bytes"))
+        Err(format!(
+            "varint of `{field}` at byte {start} is longer than 10 bytes"
+        ))
     }
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], Fault> {
         if n > self.left() {
@@ -323,7 +325,9 @@ impl<'a> Cursor<'a> {
             0 => Wire::Varint(self.varint(field)?),
             1 => {
                 let b = self.take(8, field)?;
-                Wire::Fixed64(u64::from_le_bytes(b.try_into().map_err(|_| field.to_owned())?))
+                Wire::Fixed64(u64::from_le_bytes(
+                    b.try_into().map_err(|_| field.to_owned())?,
+                ))
             }
             2 => {
                 let len = self.varint(&format!("{field} length"))?;
@@ -341,14 +345,18 @@ impl<'a> Cursor<'a> {
             }
             5 => {
                 let b = self.take(4, field)?;
-                Wire::Fixed32(u32::from_le_bytes(b.try_into().map_err(|_| field.to_owned())?))
-            }
-            3 | 4 => {
-                return Err(format!(
-                    "`{field}` at byte {start} is a protobuf group, which SentencePiece never writes"
+                Wire::Fixed32(u32::from_le_bytes(
+                    b.try_into().map_err(|_| field.to_owned())?,
                 ))
             }
-            w => return Err(format!("`{field}` at byte {start} has unknown wire type {w}")),
+            3 | 4 => return Err(format!(
+                "`{field}` at byte {start} is a protobuf group, which SentencePiece never writes"
+            )),
+            w => {
+                return Err(format!(
+                    "`{field}` at byte {start} has unknown wire type {w}"
+                ))
+            }
         };
         Ok(w)
     }
@@ -766,8 +774,10 @@ mod tests {
         assert!(err(&[0x0b]).contains("group"));
         assert!(err(&[0x0f]).contains("wire type 7"));
         // An overlong varint.
-        assert!(err(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])
-            .contains("overflows"));
+        assert!(
+            err(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f])
+                .contains("overflows")
+        );
         // A piece type outside the enum.
         let e = err(&[0x0a, 0x02, 0x18, 0x09]);
         assert!(e.contains("`pieces[0].type` is 9"), "{e}");

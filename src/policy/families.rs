@@ -289,8 +289,8 @@ mod tests {
         let f = fam();
         let cat = super::super::catalogue::Catalogue::builtin().unwrap();
         for id in [
-            "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon", "olmo",
-            "phi",
+            "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon",
+            "olmo", "phi",
         ] {
             let fam = f.get(id).unwrap_or_else(|| panic!("{id}"));
             for l in fam.licences.iter().chain([&fam.assumed_licence]) {
@@ -355,10 +355,21 @@ mod tests {
             assert_eq!(m[0].family, want, "{arch} {vocab}");
         }
         let f = fam();
-        assert_eq!(f.resolve_model("google/gemma-3-4b-it").unwrap().licence, "gemma");
-        assert_eq!(f.resolve_model("allenai/OLMo-2-1124-7B").unwrap().licence, "apache-2.0");
+        assert_eq!(
+            f.resolve_model("google/gemma-3-4b-it").unwrap().licence,
+            "gemma"
+        );
+        assert_eq!(
+            f.resolve_model("allenai/OLMo-2-1124-7B").unwrap().licence,
+            "apache-2.0"
+        );
         assert_eq!(f.resolve_model("microsoft/phi-4").unwrap().licence, "mit");
-        assert_eq!(f.resolve_model("microsoft/Phi-3-mini-4k-instruct").unwrap().licence, "mit");
+        assert_eq!(
+            f.resolve_model("microsoft/Phi-3-mini-4k-instruct")
+                .unwrap()
+                .licence,
+            "mit"
+        );
     }
 
     #[test]

@@ -109,10 +109,166 @@ print("ok", len(toks))
     );
 }
 
+/// A tiny Llama whose only tokenizer is the gemma2 oracle's tokenizer.model (both have 512
+/// entries): a directory the converter can take with an architecture it supports.
+fn llama_with_tokenizer_model(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("spm-llama");
+    fs::create_dir_all(&dir).unwrap();
+    let src = repo().join("fixtures/models/tiny-llama");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let g = oracle2_dir("gemma2");
+    for f in ["tokenizer.model", "tokenizer_config.json"] {
+        fs::copy(g.join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// The fixture text and the tricky strings of fixtures/oracles/tokenizer-ids.json, with
+/// transformers' ids for the gemma2 tokenizer.
+fn gemma_cases() -> Vec<(String, Vec<u64>)> {
+    let doc: Value = serde_json::from_str(
+        &fs::read_to_string(repo().join("fixtures/oracles/tokenizer-ids.json")).unwrap(),
+    )
+    .unwrap();
+    doc["tokenizers"]["gemma2"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ids = c["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap())
+                .collect();
+            (c["text"].as_str().unwrap().to_owned(), ids)
+        })
+        .collect()
+}
+
+/// `sentencepiece` ids of each case, from a model file; with `identity`, the model's
+/// normalizer is first set to what GGUF carries (no character map, no whitespace collapsing).
+fn spm_ids(model: &Path, cases: &[(String, Vec<u64>)], identity: bool) -> Vec<Vec<u64>> {
+    let texts: Vec<&str> = cases.iter().map(|c| c.0.as_str()).collect();
+    let script = r#"
+import json, sys, sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
+m = pb.ModelProto(); m.ParseFromString(open(sys.argv[1], "rb").read())
+if sys.argv[2] == "1":
+    ns = m.normalizer_spec; ns.name = "identity"; ns.precompiled_charsmap = b""; ns.remove_extra_whitespaces = False
+sp = spm.SentencePieceProcessor(model_proto=m.SerializeToString())
+print(json.dumps([sp.encode(t) for t in json.load(sys.stdin)]))
+"#;
+    let mut child = oracle_python()
+        .args(["-c", script])
+        .arg(model)
+        .arg(if identity { "1" } else { "0" })
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json!(texts).to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// tokenizer.model → GGUF → Hugging Face directory with the command line: the directory has
+/// a tokenizer.model again, the `sentencepiece` package gives the same ids on it as on the
+/// original (under the normalization GGUF carries), and converting it back gives the same
+/// GGUF vocabulary.
 #[test]
-fn dump_for_comparison() {
-    let v = dir_keys(&oracle2_dir("gemma2"), SpmStyle::Default);
-    fs::write("/tmp/sp-gemma2-keys.json", v.to_string()).unwrap();
-    let v = dir_keys(&repo().join("fixtures/oracles/phi3"), SpmStyle::Phi3);
-    fs::write("/tmp/sp-phi3-keys.json", v.to_string()).unwrap();
+fn tokenizer_model_round_trips_through_gguf() {
+    require_oracle("sentencepiece", "sentencepiece");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llama_with_tokenizer_model(tmp.path());
+    let gguf = tmp.path().join("m.gguf");
+    let o = crate::support::modelgate(&[
+        "convert",
+        dir.to_str().unwrap(),
+        "-o",
+        gguf.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = tmp.path().join("back");
+    let o = crate::support::modelgate(&[
+        "convert",
+        gguf.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(back.join("tokenizer.model").is_file());
+    assert!(back.join("tokenizer.json").is_file());
+
+    let cases = gemma_cases();
+    let before = spm_ids(&dir.join("tokenizer.model"), &cases, true);
+    let after = spm_ids(&back.join("tokenizer.model"), &cases, false);
+    assert_eq!(before, after);
+    assert!(before[0].len() > 4000, "the fixture text is long");
+
+    // And back to GGUF: the same vocabulary.
+    let again = tmp.path().join("again.gguf");
+    let o = crate::support::modelgate(&[
+        "convert",
+        back.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = Checkpoint::open(&gguf).unwrap();
+    let b = Checkpoint::open(&again).unwrap();
+    for k in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+    ] {
+        assert_eq!(a.weights.meta(k), b.weights.meta(k), "{k}");
+    }
+}
+
+/// With Gemma's `add_space_prefix = false` (which the converter's Gemma architecture adds),
+/// the tokenizer.model written from the GGUF keys gives, in the `sentencepiece` package,
+/// exactly transformers' ids for the gemma2 tokenizer on the fixture text and tricky strings.
+#[test]
+fn written_tokenizer_model_gives_transformers_ids() {
+    require_oracle("sentencepiece", "sentencepiece");
+    let dir = oracle2_dir("gemma2");
+    let ck = Checkpoint::open(&dir).unwrap();
+    let mut v = vocab::from_dir(&DirVocab {
+        root: &dir,
+        dir: ck.dir.as_ref().unwrap(),
+        config_ids: [None, None, None],
+        n_vocab: 512,
+        pre_override: None,
+        spm_style: SpmStyle::Default,
+    })
+    .unwrap();
+    v.keys.push((
+        "tokenizer.ggml.add_space_prefix".into(),
+        MetaValue::Bool(false),
+    ));
+    let g = vocab::GgufVocab::from_metadata(&v.keys, Path::new("x.gguf")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tokenizer.model");
+    fs::write(&out, sentencepiece::write(&g.to_sentencepiece())).unwrap();
+    let cases = gemma_cases();
+    let ids = spm_ids(&out, &cases, false);
+    for ((text, want), got) in cases.iter().zip(&ids) {
+        assert_eq!(got, want, "{text:?}");
+    }
 }
