@@ -349,9 +349,11 @@ impl<'a> Cursor<'a> {
                     b.try_into().map_err(|_| field.to_owned())?,
                 ))
             }
-            3 | 4 => return Err(format!(
+            3 | 4 => {
+                return Err(format!(
                 "`{field}` at byte {start} is a protobuf group, which SentencePiece never writes"
-            )),
+            ))
+            }
             w => {
                 return Err(format!(
                     "`{field}` at byte {start} has unknown wire type {w}"

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use modelgate::convert::vocab::{self, DirVocab, SpmStyle};
+use modelgate::engine::TextTokenizer;
 use modelgate::formats::sentencepiece;
 use modelgate::formats::{Checkpoint, MetaValue};
 use serde_json::{json, Value};
@@ -270,5 +271,57 @@ fn written_tokenizer_model_gives_transformers_ids() {
     let ids = spm_ids(&out, &cases, false);
     for ((text, want), got) in cases.iter().zip(&ids) {
         assert_eq!(got, want, "{text:?}");
+    }
+}
+
+/// The engine's tokenizer from the gemma2 oracle's tokenizer.model alone: transformers' ids
+/// on the fixture text and the tricky strings (leading and trailing spaces, newlines and
+/// tabs, accents, CJK and emoji that need byte fallback, chat markers), after the BOS the
+/// model asks for; decoding gives the text back.
+#[test]
+fn engine_tokenizer_from_tokenizer_model_gives_transformers_ids() {
+    let ck = Checkpoint::open(&oracle2_dir("gemma2")).unwrap();
+    let tok = TextTokenizer::from_checkpoint(&ck).unwrap();
+    assert!(
+        tok.origin().starts_with("tokenizer.model"),
+        "{}",
+        tok.origin()
+    );
+    for (text, want) in gemma_cases() {
+        let ids = tok.encode(&text).unwrap();
+        assert_eq!(ids[0], 1, "BOS first");
+        let got: Vec<u64> = ids[1..].iter().map(|&i| u64::from(i)).collect();
+        assert_eq!(got, want, "{text:?}");
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), text);
+    }
+}
+
+/// With a dummy prefix (a Llama directory whose tokenizer.model asks for one), the engine's
+/// ids equal the `sentencepiece` package's under the normalization GGUF carries, and the
+/// converted GGUF tokenizes the same.
+#[test]
+fn engine_tokenizer_matches_the_sentencepiece_package_with_a_dummy_prefix() {
+    require_oracle("sentencepiece", "sentencepiece");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llama_with_tokenizer_model(tmp.path());
+    let tok = TextTokenizer::from_checkpoint(&Checkpoint::open(&dir).unwrap()).unwrap();
+    let cases = gemma_cases();
+    let want = spm_ids(&dir.join("tokenizer.model"), &cases, true);
+    let gguf = tmp.path().join("m.gguf");
+    let o = crate::support::modelgate(&[
+        "convert",
+        dir.to_str().unwrap(),
+        "-o",
+        gguf.to_str().unwrap(),
+        "--type",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_gguf = TextTokenizer::from_checkpoint(&Checkpoint::open(&gguf).unwrap()).unwrap();
+    for ((text, _), want) in cases.iter().zip(&want) {
+        let ids = tok.encode(text).unwrap();
+        let got: Vec<u64> = ids[1..].iter().map(|&i| u64::from(i)).collect();
+        assert_eq!(&got, want, "{text:?}");
+        assert_eq!(from_gguf.encode(text).unwrap(), ids, "GGUF: {text:?}");
     }
 }
