@@ -477,15 +477,12 @@ pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertErro
     let m = t.model;
     let n = usize::try_from(t.n_vocab).unwrap_or(usize::MAX);
     if m.pieces.len() > n {
-        return Err(ConvertError::tokenizer(
-            path,
-            format!(
-                "the SentencePiece model has {} pieces but config.json's `vocab_size` is {}: they must agree (the embedding has {} rows)",
-                m.pieces.len(),
-                t.n_vocab,
-                t.n_vocab
-            ),
-        ));
+        return Err(ConvertError::VocabSize {
+            path: path.to_owned(),
+            config: path.with_file_name("config.json"),
+            pieces: m.pieces.len(),
+            vocab_size: t.n_vocab,
+        });
     }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; n];

@@ -325,3 +325,51 @@ fn engine_tokenizer_matches_the_sentencepiece_package_with_a_dummy_prefix() {
         assert_eq!(from_gguf.encode(text).unwrap(), ids, "GGUF: {text:?}");
     }
 }
+
+fn mismatches(dir: &Path) -> Vec<modelgate::finding::Finding> {
+    modelgate::scan::scan(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.rule == "scan/tokenizer-mismatch")
+        .collect()
+}
+
+/// A tokenizer.json that swaps two pieces and replaces the end-of-sequence token of the
+/// tokenizer.model beside it is a warning naming the ids; the Phi-3 oracle's two files,
+/// which agree, and the Gemma oracle (tokenizer.model alone) give none.
+#[test]
+fn scan_warns_when_tokenizer_model_and_json_disagree() {
+    use modelgate::finding::Severity;
+    let found = mismatches(&repo().join("fixtures/hostile/sentencepiece/swapped"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = &found[0];
+    assert_eq!(f.severity, Severity::Warning);
+    for part in [
+        "disagree on 3 of 10 ids",
+        "id 2 is `</s>` in tokenizer.model but `<eos>` in tokenizer.json",
+        "id 7 is `\u{2581}a` in tokenizer.model but `\u{2581}b` in tokenizer.json",
+        "special tokens among them: `</s>`",
+    ] {
+        assert!(f.message.contains(part), "{part}: {}", f.message);
+    }
+    assert!(mismatches(&repo().join("fixtures/oracles/phi3")).is_empty());
+    assert!(mismatches(&oracle2_dir("gemma2")).is_empty());
+}
+
+/// A corrupt tokenizer.model is a structure error in the scan, naming the field.
+#[test]
+fn scan_reports_a_corrupt_tokenizer_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::copy(
+        repo().join("fixtures/hostile/sentencepiece/score_nan.model"),
+        tmp.path().join("tokenizer.model"),
+    )
+    .unwrap();
+    let found = modelgate::scan::scan(tmp.path()).unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|f| f.rule == "scan/structure" && f.message.contains("`pieces[5].score` is NaN")),
+        "{found:?}"
+    );
+}
