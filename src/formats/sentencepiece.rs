@@ -9,9 +9,10 @@
 //! Read: the pieces (text, score, type), the `trainer_spec` fields that decide how text is
 //! tokenized (model type, byte fallback, special ids and pieces, vocabulary size) and the
 //! `normalizer_spec` (name, precompiled character map, dummy prefix, whitespace handling).
-//! Every field this module does not interpret is kept as raw bytes, in file order, and
-//! written back: fields are written in field-number order, as protobuf's C++ library writes
-//! them, so a file written by SentencePiece reads and writes back byte-identical.
+//! Every field this module does not interpret is kept as raw bytes (ordered by field
+//! number, repeated fields in file order) and written back: fields are written in
+//! field-number order, as protobuf's C++ library writes them, so a file written by
+//! SentencePiece reads and writes back byte-identical.
 //!
 //! Hostile input: the file is capped at [`MAX_FILE_LEN`], the piece count at
 //! [`MAX_PIECES`], every length and count is checked against the bytes left in its message
@@ -445,6 +446,7 @@ fn parse_model(bytes: &[u8]) -> Result<SpModel, Fault> {
             _ => m.other.push(RawField { number, wire: w }),
         }
     }
+    m.other.sort_by_key(|f| f.number);
     Ok(m)
 }
 
@@ -483,6 +485,7 @@ fn parse_piece(bytes: &[u8], base: usize, name: &str) -> Result<Piece, Fault> {
             _ => p.other.push(RawField { number, wire: w }),
         }
     }
+    p.other.sort_by_key(|f| f.number);
     Ok(p)
 }
 
@@ -530,6 +533,7 @@ fn parse_trainer(bytes: &[u8], base: usize) -> Result<TrainerSpec, Fault> {
             _ => t.other.push(RawField { number, wire: w }),
         }
     }
+    t.other.sort_by_key(|f| f.number);
     Ok(t)
 }
 
@@ -556,6 +560,7 @@ fn parse_normalizer(bytes: &[u8], base: usize, name: &str) -> Result<NormalizerS
             _ => n.other.push(RawField { number, wire: w }),
         }
     }
+    n.other.sort_by_key(|f| f.number);
     Ok(n)
 }
 
@@ -818,9 +823,27 @@ mod tests {
             prop_assert_eq!(write(&back), b);
         }
 
+        /// What the fuzz target checks: any bytes parse or fail; what parses writes back
+        /// to the same model, and writing is idempotent. Mutations of a valid model reach
+        /// deeper than random bytes.
         #[test]
-        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse(Path::new("t.model"), &b);
+        fn arbitrary_and_mutated_bytes_round_trip_or_fail(
+            b in proptest::collection::vec(any::<u8>(), 0..256),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        ) {
+            let mut mutated = write(&small());
+            for (at, v) in flips {
+                let n = mutated.len();
+                mutated[at % n] = v;
+            }
+            for input in [b, mutated] {
+                if let Ok(m) = parse(Path::new("t.model"), &input) {
+                    let out = write(&m);
+                    let again = parse(Path::new("t.model"), &out).unwrap();
+                    prop_assert_eq!(&again, &m);
+                    prop_assert_eq!(write(&again), out);
+                }
+            }
         }
     }
 }
