@@ -418,12 +418,8 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
             Ok(model) => {
                 // A tokenizer.json that cannot be read gets its own finding when visited.
                 let json = abs.with_file_name("tokenizer.json");
-                if let Ok(vocab) = json
-                    .is_file()
-                    .then(|| tokenizer_file::vocabulary(&json))
-                    .transpose()
-                {
-                    if let Some(vocab) = vocab {
+                if json.is_file() {
+                    if let Ok(vocab) = tokenizer_file::vocabulary(&json) {
                         super::tokenizer::agree(&model, &vocab, rel, out);
                     }
                 }
