@@ -12,6 +12,7 @@ mod formats_hf;
 mod gguf;
 mod hub;
 mod inspect;
+mod logits;
 mod parity;
 mod pipeline;
 mod policy;
