@@ -14,7 +14,7 @@ use super::arch::{self, Arch, HParams, Parsed, RopeScaling, RowMap};
 use super::error::ConvertError;
 use super::meta::{self, GeneralSources};
 use super::recipe::{Fallback, FileType, ModelShape, Recipe, SourceKind};
-use super::vocab::{self, GgufVocab, HfTokenizer};
+use super::vocab::{self, GgufVocab};
 use super::{elem, Options, OutputFormat};
 use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::{Checkpoint, DType, GgmlType, MetaValue, WeightFormat};
@@ -289,35 +289,21 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         });
     }
 
-    // Tokenizer: the file llama.cpp's converter class for this architecture reads.
-    let tok_path = root.join("tokenizer.json");
-    let sp_path = root.join("tokenizer.model");
-    let source = vocab_file(&h, dir, sp_path.is_file());
-    if source == VocabFile::SentencePiece {
-        // Hook for the SentencePiece reader: until `tokenizer.model` is read here,
-        // tokenizer.json stands in when the folder has one (same pieces for the released
-        // models; scores and types may differ from llama.cpp's).
-        notes.push(format!(
-            "llama.cpp reads `{}` for {}; modelgate read tokenizer.json",
-            sp_path.display(),
-            h.model_type
-        ));
-    }
-    let tok_json = dir
-        .tokenizer_json
-        .as_deref()
-        .ok_or_else(|| ConvertError::Missing {
-            path: tok_path.clone(),
-            what: "tokenizer.json is missing; a GGUF file carries its tokenizer".into(),
-        })?;
-    let v = vocab::to_gguf(&HfTokenizer {
-        path: &tok_path,
-        json: tok_json,
-        config: dir.tokenizer_config.as_ref(),
+    // Tokenizer: the file llama.cpp's converter class for this architecture reads
+    // (`vocab_file`). `vocab::from_dir` reads tokenizer.model when there is one (as llama.cpp's
+    // Llama, Gemma and Phi-3 classes do), else tokenizer.json.
+    let source = vocab_file(&h, dir, dir.tokenizer_model.is_some());
+    let v = vocab::from_dir(&vocab::DirVocab {
+        root: &root,
+        dir,
         config_ids: [h.bos_token_id, h.eos_token_id, h.pad_token_id],
         n_vocab: h.n_vocab,
         pre_override: opts.pre_tokenizer.as_deref(),
-        chat_template_file: dir.chat_template_jinja.as_deref(),
+        spm_style: if h.arch == Arch::Phi3 {
+            vocab::SpmStyle::Phi3
+        } else {
+            vocab::SpmStyle::Default
+        },
     })?;
 
     let mut keys = vec![(
@@ -344,9 +330,6 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         ));
     }
     keys.extend(v.keys);
-    if h.arch == Arch::Phi3 && source == VocabFile::SentencePiece {
-        phi3_added_tokens(&mut keys, dir);
-    }
     // Gemma's SentencePiece vocabulary has no leading-space normalisation; llama.cpp's Gemma
     // classes say so explicitly (Gemma 3 only when it read tokenizer.model). Later keys
     // replace earlier ones in `meta::canonical`, so this overrides the vocabulary's own.
@@ -378,61 +361,6 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             reason: v.pre_reason,
         }),
     })
-}
-
-/// Phi-3's own vocabulary step in llama.cpp (`Phi3MiniModel.set_vocab`): every added token
-/// (tokenizer_config.json's `added_tokens_decoder`, then tokenizer.json's `added_tokens`)
-/// takes its text, score -1000 and type CONTROL when special, USER_DEFINED otherwise.
-fn phi3_added_tokens(keys: &mut [(String, MetaValue)], dir: &crate::formats::hf::HfDir) {
-    let mut added: Vec<(usize, String, bool)> = Vec::new();
-    let mut take = |id: Option<u64>, v: &Value| {
-        let content = v.get("content").and_then(Value::as_str);
-        let special = v.get("special").and_then(Value::as_bool).unwrap_or(false);
-        if let (Some(id), Some(c)) = (id.and_then(|i| usize::try_from(i).ok()), content) {
-            added.push((id, c.to_owned(), special));
-        }
-    };
-    if let Some(dec) = dir
-        .tokenizer_config
-        .as_ref()
-        .and_then(|c| c.get("added_tokens_decoder"))
-        .and_then(Value::as_object)
-    {
-        for (id, v) in dec {
-            take(id.parse().ok(), v);
-        }
-    }
-    // tokenizer.json was read (size-capped) by the formats layer; only its
-    // `added_tokens` list matters here.
-    let tj: Option<Value> = dir
-        .tokenizer_json
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok());
-    if let Some(list) = tj
-        .as_ref()
-        .and_then(|t| t.get("added_tokens"))
-        .and_then(Value::as_array)
-    {
-        for v in list {
-            take(v.get("id").and_then(Value::as_u64), v);
-        }
-    }
-    for (key, value) in keys.iter_mut() {
-        let MetaValue::Array { items, .. } = value else {
-            continue;
-        };
-        for (id, content, special) in &added {
-            let Some(item) = items.get_mut(*id) else {
-                continue;
-            };
-            match key.as_str() {
-                "tokenizer.ggml.tokens" => *item = MetaValue::String(content.clone()),
-                "tokenizer.ggml.scores" => *item = MetaValue::F32(-1000.0),
-                "tokenizer.ggml.token_type" => *item = MetaValue::I32(if *special { 3 } else { 4 }),
-                _ => {}
-            }
-        }
-    }
 }
 
 /// The tokenizer file a llama.cpp converter class reads.
@@ -1116,12 +1044,8 @@ fn gguf_to_safetensors(
         gen.insert("pad_token_id".into(), json!(h.pad_token_id));
         side_files.push(("generation_config.json".into(), pretty(&Value::Object(gen))));
         let v = GgufVocab::from_metadata(&ckpt.weights.metadata, &path)?;
-        let tj = v.to_tokenizer_json(&path)?;
-        side_files.push(("tokenizer.json".into(), pretty(&tj)));
-        side_files.push((
-            "tokenizer_config.json".into(),
-            pretty(&v.tokenizer_config(h.n_ctx)),
-        ));
+        // tokenizer.json, tokenizer_config.json and, for SentencePiece, tokenizer.model.
+        side_files.extend(v.hf_files(&path, h.n_ctx)?);
         pre = v.pre.map(|name| PreChoice {
             reason: "tokenizer.json pre_tokenizer rebuilt from `tokenizer.ggml.pre`".into(),
             name,

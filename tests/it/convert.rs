@@ -1087,7 +1087,6 @@ fn falcon3_converts_as_a_llama_with_its_pre_tokenizer() {
 }
 
 #[test]
-#[ignore = "needs the SentencePiece tokenizer.model reader (helper sp): remove this line once it is merged"]
 fn gemma_oracles_convert_from_tokenizer_model_alone() {
     use modelgate::formats::MetaValue as M;
     let tmp = tempfile::tempdir().unwrap();
