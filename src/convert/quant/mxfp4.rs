@@ -138,7 +138,7 @@ pub fn repack_hf_mxfp4(tensor: &str, blocks: &[u8], scales: &[u8]) -> Result<Vec
 #[inline]
 fn hf_code(block: &[u8], k: usize) -> u8 {
     let byte = block[k / 2];
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         byte & 0x0F
     } else {
         byte >> 4
