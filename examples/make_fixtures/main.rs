@@ -24,6 +24,7 @@ mod tokenizer;
 mod hostile_gguf;
 mod hostile_pickle;
 mod hostile_safetensors;
+mod hostile_sentencepiece;
 mod templates;
 
 /// Write every fixture under `out`.
@@ -36,6 +37,7 @@ fn generate(out: &std::path::Path) -> std::io::Result<()> {
             hostile_gguf::write_all as fn(&std::path::Path) -> std::io::Result<()>,
         ),
         ("hostile/safetensors", hostile_safetensors::write_all),
+        ("hostile/sentencepiece", hostile_sentencepiece::write_all),
         ("pickle", hostile_pickle::write_all),
         ("templates", templates::write_all),
     ] {

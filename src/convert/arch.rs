@@ -23,6 +23,10 @@ pub enum Arch {
     Llama,
     Qwen2,
     Qwen3,
+    Gemma2,
+    Gemma3,
+    Olmo2,
+    Phi3,
 }
 
 impl Arch {
@@ -31,6 +35,10 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
+            Arch::Olmo2 => "olmo2",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -39,6 +47,10 @@ impl Arch {
             "llama" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
+            "gemma2" => Some(Arch::Gemma2),
+            "gemma3" => Some(Arch::Gemma3),
+            "olmo2" => Some(Arch::Olmo2),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -54,13 +66,32 @@ impl Arch {
             Arch::Llama => ("LlamaForCausalLM", "llama"),
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Arch::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+            Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+            Arch::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
+            Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
         }
     }
+
+    /// Gemma stores RMS norm weights as offsets from 1 (transformers multiplies by
+    /// `1 + w`); llama.cpp adds the 1 when converting.
+    pub fn norms_offset_by_one(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
+    }
+
+    /// Whether the architecture has per-head q/k RMS norms.
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3 | Arch::Gemma3 | Arch::Olmo2)
+    }
+
+    /// The architectures llama.cpp writes `general.architecture` names for that modelgate
+    /// reads back.
+    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3";
 }
 
 /// Names accepted from config.json, for error messages.
 pub const SUPPORTED: &str =
-    "LlamaForCausalLM (llama, SmolLM), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+    "LlamaForCausalLM (llama, SmolLM, Falcon 3), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM (Phi-3, Phi-4)";
 
 /// RoPE scaling as config.json declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +109,13 @@ pub enum RopeScaling {
         low_freq_factor: f64,
         high_freq_factor: f64,
         original_context: u64,
+    },
+    /// Phi-3 LongRoPE: one factor per rotary frequency for short and for long contexts
+    /// (llama.cpp's `rope_factors_short/long.weight`), and the attention scale it implies.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        attn_factor: f32,
     },
 }
 
@@ -105,6 +143,20 @@ pub struct HParams {
     pub bos_token_id: Option<u64>,
     pub eos_token_id: Option<u64>,
     pub pad_token_id: Option<u64>,
+    /// Gemma 2 attention logit soft-capping (`attn_logit_softcapping`).
+    pub attn_softcap: Option<f64>,
+    /// Gemma final logit soft-capping (`final_logit_softcapping`).
+    pub final_softcap: Option<f64>,
+    /// Sliding-window width of the local attention layers (Gemma, Phi-3; Phi-4 has none).
+    pub sliding_window: Option<u64>,
+    /// RoPE base of the sliding-window layers when it differs (Gemma 3).
+    pub rope_theta_swa: Option<f64>,
+    /// Rotary dimensions per head (Phi-3's `partial_rotary_factor`).
+    pub rope_dims: u64,
+    /// Phi-3's `original_max_position_embeddings`.
+    pub original_context: Option<u64>,
+    /// Gemma's `query_pre_attn_scalar` (llama.cpp does not store it; kept for config.json).
+    pub query_pre_attn_scalar: Option<f64>,
 }
 
 fn get<'a>(cfg: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -157,9 +209,17 @@ impl HParams {
             ("LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM", _) => Arch::Llama,
             ("Qwen2ForCausalLM", _) => Arch::Qwen2,
             ("Qwen3ForCausalLM", _) => Arch::Qwen3,
+            ("Gemma2ForCausalLM", _) => Arch::Gemma2,
+            ("Gemma3ForCausalLM", _) => Arch::Gemma3,
+            ("Olmo2ForCausalLM", _) => Arch::Olmo2,
+            ("Phi3ForCausalLM", _) => Arch::Phi3,
             ("", "llama" | "mistral") => Arch::Llama,
             ("", "qwen2") => Arch::Qwen2,
             ("", "qwen3") => Arch::Qwen3,
+            ("", "gemma2") => Arch::Gemma2,
+            ("", "gemma3_text") => Arch::Gemma3,
+            ("", "olmo2") => Arch::Olmo2,
+            ("", "phi3") => Arch::Phi3,
             _ => {
                 let found = if class.is_empty() {
                     format!("model_type {model_type}")
@@ -205,28 +265,143 @@ impl HParams {
                 format!("head dimension {head_dim} is odd; RoPE needs pairs"),
             ));
         }
-        let n_ctx = get_u64(cfg, "max_position_embeddings").unwrap_or(2048);
+        // Gemma 3's converter class fills in the released models' default.
+        let n_ctx_default = if arch == Arch::Gemma3 { 131072 } else { 2048 };
+        let n_ctx = get_u64(cfg, "max_position_embeddings").unwrap_or(n_ctx_default);
         let rms_eps = get_f64(cfg, "rms_norm_eps").unwrap_or(1e-6);
         // transformers 5 puts RoPE settings under `rope_parameters`; older configs have
         // `rope_theta` and `rope_scaling` at the top level. Both occur in real models.
-        let rope_params = get(cfg, "rope_parameters").and_then(Value::as_object);
+        // Gemma 3 in transformers 5 keeps one set per attention kind: the global layers'
+        // settings are the model's RoPE, the sliding layers' base goes to `freq_base_swa`.
+        let all_params = get(cfg, "rope_parameters").and_then(Value::as_object);
+        let rope_params = all_params.map(|p| {
+            get(p, "full_attention")
+                .and_then(Value::as_object)
+                .unwrap_or(p)
+        });
+        let rope_theta_default = if arch == Arch::Gemma3 {
+            1_000_000.0
+        } else {
+            10000.0
+        };
         let rope_theta = rope_params
             .and_then(|p| get_f64(p, "rope_theta"))
             .or_else(|| get_f64(cfg, "rope_theta"))
-            .unwrap_or(10000.0);
+            .unwrap_or(rope_theta_default);
+        let rope_theta_swa = all_params
+            .and_then(|p| get(p, "sliding_attention"))
+            .and_then(Value::as_object)
+            .and_then(|p| get_f64(p, "rope_theta"))
+            .or_else(|| get_f64(cfg, "rope_local_base_freq"));
         let scaling = get(cfg, "rope_scaling")
             .and_then(Value::as_object)
             .or(rope_params);
+        let original_context = scaling
+            .and_then(|s| get_u64(s, "original_max_position_embeddings"))
+            .or_else(|| get_u64(cfg, "original_max_position_embeddings"));
+        let partial_rotary = scaling
+            .and_then(|s| get_f64(s, "partial_rotary_factor"))
+            .or_else(|| get_f64(cfg, "partial_rotary_factor"))
+            .unwrap_or(1.0);
         let rope_scaling = match scaling {
             None => RopeScaling::None,
-            Some(s) => rope_scaling(s, cfg, n_ctx, path)?,
+            Some(s) => rope_scaling(s, cfg, n_ctx, arch, path)?,
         };
-        let tied_embeddings = get(cfg, "tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        // llama.cpp's Gemma 2 class drops `lm_head.weight` whatever the config says: the
+        // model always reads its output head from the token embedding.
+        let tied_embeddings = arch == Arch::Gemma2
+            || get(cfg, "tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         let attention_bias = get(cfg, "attention_bias")
             .and_then(Value::as_bool)
             .unwrap_or(arch == Arch::Qwen2);
+        let softcap = |key: &str| -> Result<Option<f64>, ConvertError> {
+            match get(cfg, key) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x > 0.0 && x.is_finite() => Ok(Some(x)),
+                    _ => Err(ConvertError::config(
+                        path,
+                        format!("`{key}` is {v}; soft-capping needs a positive number"),
+                    )),
+                },
+            }
+        };
+        let (attn_softcap, final_softcap) = match arch {
+            Arch::Gemma2 => {
+                let a = softcap("attn_logit_softcapping")?;
+                let f = softcap("final_logit_softcapping")?;
+                // llama.cpp's Gemma2Model reads both unconditionally.
+                for (v, key) in [
+                    (a, "attn_logit_softcapping"),
+                    (f, "final_logit_softcapping"),
+                ] {
+                    if v.is_none() {
+                        return Err(ConvertError::config(
+                            path,
+                            format!("`{key}` is missing; Gemma 2 needs it"),
+                        ));
+                    }
+                }
+                (a, f)
+            }
+            Arch::Gemma3 => {
+                if get(cfg, "attn_logit_softcapping").is_some() {
+                    return Err(ConvertError::config(
+                        path,
+                        "`attn_logit_softcapping` is set; Gemma 3 has no attention soft-capping",
+                    ));
+                }
+                (None, softcap("final_logit_softcapping")?)
+            }
+            _ => (None, None),
+        };
+        let sliding_window = match arch {
+            Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => match get(cfg, "sliding_window") {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ConvertError::config(
+                        path,
+                        format!("`sliding_window` is {v}, expected a non-negative integer"),
+                    )
+                })?),
+            },
+            _ => None,
+        };
+        if arch == Arch::Gemma2 && sliding_window.is_none() {
+            return Err(ConvertError::config(
+                path,
+                "`sliding_window` is missing; Gemma 2 needs it",
+            ));
+        }
+        if arch == Arch::Phi3 && original_context.is_none() {
+            return Err(ConvertError::config(
+                path,
+                "`original_max_position_embeddings` is missing; Phi-3 needs it",
+            ));
+        }
+        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && !head_dim_explicit {
+            return Err(ConvertError::config(
+                path,
+                "`head_dim` is missing; Gemma needs it",
+            ));
+        }
+        let rope_dims = ((partial_rotary * n_embd as f64) as u64) / n_head;
+        if let RopeScaling::LongRope { short, long, .. } = &rope_scaling {
+            if short.len() as u64 * 2 != rope_dims || long.len() != short.len() {
+                return Err(ConvertError::config(
+                    path,
+                    format!(
+                        "LongRoPE `short_factor` has {} and `long_factor` {} values; {} rotary dimensions need {} each",
+                        short.len(),
+                        long.len(),
+                        rope_dims,
+                        rope_dims / 2
+                    ),
+                ));
+            }
+        }
         Ok(HParams {
             arch,
             model_type: if model_type.is_empty() {
@@ -251,64 +426,108 @@ impl HParams {
             bos_token_id: token_id(cfg, "bos_token_id"),
             eos_token_id: token_id(cfg, "eos_token_id"),
             pad_token_id: token_id(cfg, "pad_token_id"),
+            attn_softcap,
+            final_softcap,
+            sliding_window,
+            rope_theta_swa,
+            rope_dims,
+            original_context,
+            query_pre_attn_scalar: get_f64(cfg, "query_pre_attn_scalar"),
         })
     }
 
-    /// The GGUF `{arch}.*` keys (and nothing else), in llama.cpp's meaning.
+    /// The GGUF `{arch}.*` keys (and nothing else), in llama.cpp's meaning: the keys each of
+    /// llama.cpp's converter classes writes for the architecture, with the same value types.
     pub fn gguf_keys(&self) -> Vec<(String, MetaValue)> {
         let a = self.arch.gguf_name();
         let k = |s: &str| format!("{a}.{s}");
+        let u32v = |v: u64| MetaValue::U32(v as u32);
+        let f32v = |v: f64| MetaValue::F32(v as f32);
         let mut out = vec![
-            (k("block_count"), MetaValue::U32(self.n_layer as u32)),
-            (k("context_length"), MetaValue::U32(self.n_ctx as u32)),
-            (k("embedding_length"), MetaValue::U32(self.n_embd as u32)),
-            (k("feed_forward_length"), MetaValue::U32(self.n_ff as u32)),
-            (
-                k("attention.head_count"),
-                MetaValue::U32(self.n_head as u32),
-            ),
-            (
-                k("attention.head_count_kv"),
-                MetaValue::U32(self.n_head_kv as u32),
-            ),
-            (k("rope.freq_base"), MetaValue::F32(self.rope_theta as f32)),
-            (
-                k("attention.layer_norm_rms_epsilon"),
-                MetaValue::F32(self.rms_eps as f32),
-            ),
+            (k("block_count"), u32v(self.n_layer)),
+            (k("context_length"), u32v(self.n_ctx)),
+            (k("embedding_length"), u32v(self.n_embd)),
+            (k("feed_forward_length"), u32v(self.n_ff)),
+            (k("attention.head_count"), u32v(self.n_head)),
+            (k("attention.head_count_kv"), u32v(self.n_head_kv)),
+            (k("attention.layer_norm_rms_epsilon"), f32v(self.rms_eps)),
         ];
-        if self.head_dim_explicit {
-            out.push((
-                k("attention.key_length"),
-                MetaValue::U32(self.head_dim as u32),
-            ));
-            out.push((
-                k("attention.value_length"),
-                MetaValue::U32(self.head_dim as u32),
-            ));
+        // Gemma 2's converter class writes no RoPE base; every other one does.
+        if self.arch != Arch::Gemma2 {
+            out.push((k("rope.freq_base"), f32v(self.rope_theta)));
         }
-        if self.arch == Arch::Llama {
-            out.push((k("vocab_size"), MetaValue::U32(self.n_vocab as u32)));
-            out.push((
-                k("rope.dimension_count"),
-                MetaValue::U32(self.head_dim as u32),
-            ));
+        if let Some(swa) = self.rope_theta_swa {
+            if self.arch == Arch::Gemma3 {
+                out.push((k("rope.freq_base_swa"), f32v(swa)));
+            }
         }
-        match self.rope_scaling {
+        // Gemma always writes the head size; the rest only when config.json states it
+        // (Phi-3's class never does).
+        let head_dim_key = match self.arch {
+            Arch::Gemma2 | Arch::Gemma3 => true,
+            Arch::Phi3 => false,
+            _ => self.head_dim_explicit,
+        };
+        if head_dim_key {
+            out.push((k("attention.key_length"), u32v(self.head_dim)));
+            out.push((k("attention.value_length"), u32v(self.head_dim)));
+        }
+        match self.arch {
+            Arch::Llama => {
+                out.push((k("vocab_size"), u32v(self.n_vocab)));
+                out.push((k("rope.dimension_count"), u32v(self.head_dim)));
+            }
+            Arch::Gemma2 => {
+                if let Some(c) = self.attn_softcap {
+                    out.push((k("attn_logit_softcapping"), f32v(c)));
+                }
+                if let Some(c) = self.final_softcap {
+                    out.push((k("final_logit_softcapping"), f32v(c)));
+                }
+                if let Some(w) = self.sliding_window {
+                    out.push((k("attention.sliding_window"), u32v(w)));
+                }
+            }
+            Arch::Gemma3 => {
+                if let Some(c) = self.final_softcap {
+                    out.push((k("final_logit_softcapping"), f32v(c)));
+                }
+                if let Some(w) = self.sliding_window {
+                    out.push((k("attention.sliding_window"), u32v(w)));
+                }
+            }
+            Arch::Phi3 => {
+                out.push((k("rope.dimension_count"), u32v(self.rope_dims)));
+                out.push((
+                    k("rope.scaling.original_context_length"),
+                    u32v(self.original_context.unwrap_or(self.n_ctx)),
+                ));
+                // Phi-4 has no sliding window; llama.cpp marks it with 0.
+                out.push((
+                    k("attention.sliding_window"),
+                    u32v(self.sliding_window.unwrap_or(0)),
+                ));
+            }
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 => {}
+        }
+        match &self.rope_scaling {
             RopeScaling::None | RopeScaling::Llama3 { .. } => {}
+            RopeScaling::LongRope { attn_factor, .. } => {
+                out.push((k("rope.scaling.attn_factor"), MetaValue::F32(*attn_factor)));
+            }
             RopeScaling::Linear { factor } => {
                 out.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
-                out.push((k("rope.scaling.factor"), MetaValue::F32(factor as f32)));
+                out.push((k("rope.scaling.factor"), f32v(*factor)));
             }
             RopeScaling::Yarn {
                 factor,
                 original_context,
             } => {
                 out.push((k("rope.scaling.type"), MetaValue::String("yarn".into())));
-                out.push((k("rope.scaling.factor"), MetaValue::F32(factor as f32)));
+                out.push((k("rope.scaling.factor"), f32v(*factor)));
                 out.push((
                     k("rope.scaling.original_context_length"),
-                    MetaValue::U32(original_context as u32),
+                    u32v(*original_context),
                 ));
             }
         }
@@ -352,6 +571,15 @@ impl HParams {
         Some(out)
     }
 
+    /// Phi-3 LongRoPE factors as llama.cpp stores them: (`rope_factors_long.weight`,
+    /// `rope_factors_short.weight`).
+    pub fn longrope_factors(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        match &self.rope_scaling {
+            RopeScaling::LongRope { short, long, .. } => Some((long.clone(), short.clone())),
+            _ => None,
+        }
+    }
+
     /// Rows of q (per head) and k (per KV head) for the permutation.
     pub fn q_rows(&self) -> u64 {
         self.n_head * self.head_dim
@@ -366,6 +594,7 @@ fn rope_scaling(
     s: &Map<String, Value>,
     cfg: &Map<String, Value>,
     n_ctx: u64,
+    arch: Arch,
     path: &Path,
 ) -> Result<RopeScaling, ConvertError> {
     let kind = get(s, "rope_type")
@@ -405,10 +634,49 @@ fn rope_scaling(
                 original_context: original.unwrap_or(8192),
             }
         }
+        "longrope" | "su" if arch == Arch::Phi3 => {
+            let factors = |key: &str| -> Result<Option<Vec<f32>>, ConvertError> {
+                match get(s, key) {
+                    None => Ok(None),
+                    Some(Value::Array(items)) if items.is_empty() => Ok(None),
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(|v| {
+                            v.as_f64().filter(|x| x.is_finite()).map(|x| x as f32).ok_or_else(|| {
+                                ConvertError::config(path, format!("LongRoPE `{key}` holds {v}, not a number"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Some),
+                    Some(v) => Err(ConvertError::config(path, format!("LongRoPE `{key}` is {v}, not a list"))),
+                }
+            };
+            // llama.cpp writes the factors only when a long factor list exists.
+            let Some(long) = factors("long_factor")? else {
+                return Ok(RopeScaling::None);
+            };
+            let short = factors("short_factor")?.ok_or_else(|| {
+                ConvertError::config(path, "LongRoPE has `long_factor` but no `short_factor`")
+            })?;
+            let original = original.ok_or_else(|| {
+                ConvertError::config(path, "LongRoPE needs `original_max_position_embeddings`")
+            })?;
+            let scale = n_ctx as f64 / original as f64;
+            let attn_factor = if scale > 1.0 {
+                (1.0 + scale.ln() / (original as f64).ln()).sqrt()
+            } else {
+                1.0
+            };
+            RopeScaling::LongRope {
+                short,
+                long,
+                attn_factor: attn_factor as f32,
+            }
+        }
         other => {
             return Err(ConvertError::config(
                 path,
-                format!("RoPE scaling type `{other}` is not supported (supported: default, linear, yarn, llama3)"),
+                format!("RoPE scaling type `{other}` is not supported (supported: default, linear, yarn, llama3, longrope for Phi-3)"),
             ))
         }
     })
@@ -465,10 +733,36 @@ pub enum Role {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// Gemma and OLMo 2: the norm applied to the attention output.
+    PostAttnNorm,
+    /// Gemma and OLMo 2: the norm applied to the feed-forward output.
+    PostFfwNorm,
+    /// Phi-3: q, k and v in one matrix (rows q, then k, then v).
+    AttnQkv,
+    /// Phi-3: gate and up in one matrix (rows gate, then up), stored as `ffn_up`.
+    FfnGateUp,
+}
+
+impl Role {
+    /// An RMS norm weight (Gemma stores these as offsets from 1).
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            Role::OutputNorm
+                | Role::AttnNorm
+                | Role::FfnNorm
+                | Role::PostAttnNorm
+                | Role::PostFfwNorm
+                | Role::AttnQNorm
+                | Role::AttnKNorm
+        )
+    }
 }
 
 /// (role, Hugging Face suffix inside `model.layers.N.`, GGUF name inside `blk.N.`)
-const LAYER_NAMES: &[(Role, &str, &str)] = &[
+type Names = &'static [(Role, &'static str, &'static str)];
+
+const LAYER_NAMES: Names = &[
     (Role::AttnNorm, "input_layernorm", "attn_norm"),
     (Role::AttnQ, "self_attn.q_proj", "attn_q"),
     (Role::AttnK, "self_attn.k_proj", "attn_k"),
@@ -482,7 +776,75 @@ const LAYER_NAMES: &[(Role, &str, &str)] = &[
     (Role::FfnDown, "mlp.down_proj", "ffn_down"),
 ];
 
-const GLOBAL_NAMES: &[(Role, &str, &str)] = &[
+/// Gemma 2 and 3: four norms per layer; `post_attention_layernorm` is the attention
+/// output's norm here, not the feed-forward input's as in Llama.
+const GEMMA_NAMES: Names = &[
+    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
+    (Role::AttnK, "self_attn.k_proj", "attn_k"),
+    (Role::AttnV, "self_attn.v_proj", "attn_v"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
+    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
+    (
+        Role::PostAttnNorm,
+        "post_attention_layernorm",
+        "post_attention_norm",
+    ),
+    (Role::FfnNorm, "pre_feedforward_layernorm", "ffn_norm"),
+    (
+        Role::PostFfwNorm,
+        "post_feedforward_layernorm",
+        "post_ffw_norm",
+    ),
+    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
+    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
+    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+];
+
+/// OLMo 2: norms after attention and feed-forward only, none before.
+const OLMO2_NAMES: Names = &[
+    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
+    (Role::AttnK, "self_attn.k_proj", "attn_k"),
+    (Role::AttnV, "self_attn.v_proj", "attn_v"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
+    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
+    (
+        Role::PostAttnNorm,
+        "post_attention_layernorm",
+        "post_attention_norm",
+    ),
+    (
+        Role::PostFfwNorm,
+        "post_feedforward_layernorm",
+        "post_ffw_norm",
+    ),
+    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
+    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
+    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+];
+
+/// Phi-3: fused q/k/v and fused gate/up, kept fused in both formats.
+const PHI3_NAMES: Names = &[
+    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::AttnQkv, "self_attn.qkv_proj", "attn_qkv"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
+    (Role::FfnGateUp, "mlp.gate_up_proj", "ffn_up"),
+    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+];
+
+fn layer_names(arch: Arch) -> Names {
+    match arch {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => LAYER_NAMES,
+        Arch::Gemma2 | Arch::Gemma3 => GEMMA_NAMES,
+        Arch::Olmo2 => OLMO2_NAMES,
+        Arch::Phi3 => PHI3_NAMES,
+    }
+}
+
+const GLOBAL_NAMES: Names = &[
     (Role::TokenEmbd, "model.embed_tokens", "token_embd"),
     (Role::OutputNorm, "model.norm", "output_norm"),
     (Role::Output, "lm_head", "output"),
@@ -506,7 +868,7 @@ fn split_kind(name: &str) -> Option<(&str, bool)> {
 
 /// Parse a Hugging Face tensor name. `Ok(None)` for tensors llama.cpp drops (rotary inverse
 /// frequencies saved by old transformers versions).
-pub fn parse_hf(name: &str) -> Option<Option<Parsed>> {
+pub fn parse_hf(name: &str, arch: Arch) -> Option<Option<Parsed>> {
     if name.ends_with(".rotary_emb.inv_freq") {
         return Some(None);
     }
@@ -521,7 +883,7 @@ pub fn parse_hf(name: &str) -> Option<Option<Parsed>> {
     let rest = stem.strip_prefix("model.layers.")?;
     let (n, suffix) = rest.split_once('.')?;
     let layer: u64 = n.parse().ok()?;
-    let (role, _, _) = LAYER_NAMES.iter().find(|l| l.1 == suffix)?;
+    let (role, _, _) = layer_names(arch).iter().find(|l| l.1 == suffix)?;
     Some(Some(Parsed {
         role: *role,
         layer: Some(layer),
@@ -531,7 +893,7 @@ pub fn parse_hf(name: &str) -> Option<Option<Parsed>> {
 
 /// Parse a GGUF tensor name (`blk.3.attn_q.weight`). `rope_freqs.weight` is not a weight of
 /// the model and parses as `None`.
-pub fn parse_gguf(name: &str) -> Option<Parsed> {
+pub fn parse_gguf(name: &str, arch: Arch) -> Option<Parsed> {
     let (stem, bias) = split_kind(name)?;
     if let Some((role, _, _)) = GLOBAL_NAMES.iter().find(|g| g.2 == stem) {
         return Some(Parsed {
@@ -543,7 +905,7 @@ pub fn parse_gguf(name: &str) -> Option<Parsed> {
     let rest = stem.strip_prefix("blk.")?;
     let (n, suffix) = rest.split_once('.')?;
     let layer: u64 = n.parse().ok()?;
-    let (role, _, _) = LAYER_NAMES.iter().find(|l| l.2 == suffix)?;
+    let (role, _, _) = layer_names(arch).iter().find(|l| l.2 == suffix)?;
     Some(Parsed {
         role: *role,
         layer: Some(layer),
@@ -552,7 +914,7 @@ pub fn parse_gguf(name: &str) -> Option<Parsed> {
 }
 
 impl Parsed {
-    pub fn gguf_name(&self) -> String {
+    pub fn gguf_name(&self, arch: Arch) -> String {
         let kind = if self.bias { "bias" } else { "weight" };
         match self.layer {
             None => {
@@ -560,13 +922,16 @@ impl Parsed {
                 format!("{}.{kind}", g.unwrap_or("unknown"))
             }
             Some(n) => {
-                let l = LAYER_NAMES.iter().find(|l| l.0 == self.role).map(|l| l.2);
+                let l = layer_names(arch)
+                    .iter()
+                    .find(|l| l.0 == self.role)
+                    .map(|l| l.2);
                 format!("blk.{n}.{}.{kind}", l.unwrap_or("unknown"))
             }
         }
     }
 
-    pub fn hf_name(&self) -> String {
+    pub fn hf_name(&self, arch: Arch) -> String {
         let kind = if self.bias { "bias" } else { "weight" };
         match self.layer {
             None => {
@@ -574,7 +939,10 @@ impl Parsed {
                 format!("{}.{kind}", g.unwrap_or("unknown"))
             }
             Some(n) => {
-                let l = LAYER_NAMES.iter().find(|l| l.0 == self.role).map(|l| l.1);
+                let l = layer_names(arch)
+                    .iter()
+                    .find(|l| l.0 == self.role)
+                    .map(|l| l.1);
                 format!("model.layers.{n}.{}.{kind}", l.unwrap_or("unknown"))
             }
         }
@@ -583,7 +951,7 @@ impl Parsed {
     /// Whether this tensor may appear in `arch` at all.
     pub fn allowed(&self, h: &HParams) -> bool {
         match self.role {
-            Role::AttnQNorm | Role::AttnKNorm => h.arch == Arch::Qwen3 && !self.bias,
+            Role::AttnQNorm | Role::AttnKNorm => h.arch.has_qk_norm() && !self.bias,
             Role::AttnQ | Role::AttnK | Role::AttnV => {
                 !self.bias || h.attention_bias || h.arch == Arch::Qwen2
             }
@@ -598,18 +966,40 @@ impl Parsed {
         let kv = h.kv_rows();
         let full = match self.role {
             Role::TokenEmbd | Role::Output => vec![h.n_vocab, h.n_embd],
-            Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => vec![h.n_embd],
+            Role::OutputNorm
+            | Role::AttnNorm
+            | Role::FfnNorm
+            | Role::PostAttnNorm
+            | Role::PostFfwNorm => vec![h.n_embd],
             Role::AttnQ => vec![q, h.n_embd],
             Role::AttnK | Role::AttnV => vec![kv, h.n_embd],
             Role::AttnOutput => vec![h.n_embd, q],
+            // OLMo 2 normalises the whole q and k projections, not each head.
+            Role::AttnQNorm if h.arch == Arch::Olmo2 => vec![q],
+            Role::AttnKNorm if h.arch == Arch::Olmo2 => vec![kv],
             Role::AttnQNorm | Role::AttnKNorm => vec![h.head_dim],
+            Role::AttnQkv => vec![q + 2 * kv, h.n_embd],
             Role::FfnGate | Role::FfnUp => vec![h.n_ff, h.n_embd],
+            Role::FfnGateUp => vec![2 * h.n_ff, h.n_embd],
             Role::FfnDown => vec![h.n_embd, h.n_ff],
         };
         if self.bias {
             vec![full[0]]
         } else {
             full
+        }
+    }
+
+    /// What to add to every value on the way (Gemma's norms: +1 to GGUF, -1 back).
+    pub fn value_shift(&self, h: &HParams, to_gguf: bool) -> f32 {
+        if h.arch.norms_offset_by_one() && self.role.is_norm() && !self.bias {
+            if to_gguf {
+                1.0
+            } else {
+                -1.0
+            }
+        } else {
+            0.0
         }
     }
 
@@ -643,11 +1033,27 @@ impl Parsed {
                 "num_key_value_heads {} x head_dim {} and hidden_size {}",
                 h.n_head_kv, h.head_dim, h.n_embd
             ),
+            Role::AttnQNorm | Role::AttnKNorm if h.arch == Arch::Olmo2 => format!(
+                "num_attention_heads {} / num_key_value_heads {} x head_dim {}",
+                h.n_head, h.n_head_kv, h.head_dim
+            ),
             Role::AttnQNorm | Role::AttnKNorm => format!("head_dim {}", h.head_dim),
+            Role::AttnQkv => format!(
+                "(num_attention_heads {} + 2 x num_key_value_heads {}) x head_dim {} and hidden_size {}",
+                h.n_head, h.n_head_kv, h.head_dim, h.n_embd
+            ),
+            Role::FfnGateUp => format!(
+                "2 x intermediate_size {} and hidden_size {}",
+                h.n_ff, h.n_embd
+            ),
             Role::FfnGate | Role::FfnUp | Role::FfnDown => {
                 format!("intermediate_size {} and hidden_size {}", h.n_ff, h.n_embd)
             }
-            Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => {
+            Role::OutputNorm
+            | Role::AttnNorm
+            | Role::FfnNorm
+            | Role::PostAttnNorm
+            | Role::PostFfwNorm => {
                 format!("hidden_size {}", h.n_embd)
             }
         }
@@ -677,9 +1083,9 @@ pub fn required(h: &HParams) -> Vec<Parsed> {
         });
     }
     for n in 0..h.n_layer {
-        for (role, _, _) in LAYER_NAMES {
+        for (role, _, _) in layer_names(h.arch) {
             let needed = match role {
-                Role::AttnQNorm | Role::AttnKNorm => h.arch == Arch::Qwen3,
+                Role::AttnQNorm | Role::AttnKNorm => h.arch.has_qk_norm(),
                 _ => true,
             };
             if needed {
@@ -785,27 +1191,28 @@ mod tests {
             "model.layers.3.self_attn.q_norm.weight",
             "model.layers.3.post_attention_layernorm.weight",
         ] {
-            let p = parse_hf(hf).unwrap().unwrap();
-            let g = p.gguf_name();
-            assert_eq!(parse_gguf(&g).unwrap(), p);
-            assert_eq!(p.hf_name(), hf);
+            let a = Arch::Llama;
+            let p = parse_hf(hf, a).unwrap().unwrap();
+            let g = p.gguf_name(a);
+            assert_eq!(parse_gguf(&g, a).unwrap(), p);
+            assert_eq!(p.hf_name(a), hf);
         }
         assert_eq!(
-            parse_hf("model.layers.0.self_attn.q_proj.weight")
+            parse_hf("model.layers.0.self_attn.q_proj.weight", Arch::Llama)
                 .unwrap()
                 .unwrap()
-                .gguf_name(),
+                .gguf_name(Arch::Llama),
             "blk.0.attn_q.weight"
         );
         assert_eq!(
-            parse_hf("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            parse_hf("model.layers.0.self_attn.rotary_emb.inv_freq", Arch::Llama),
             Some(None)
         );
         assert_eq!(
-            parse_hf("model.layers.0.block_sparse_moe.gate.weight"),
+            parse_hf("model.layers.0.block_sparse_moe.gate.weight", Arch::Llama),
             None
         );
-        assert_eq!(parse_gguf("rope_freqs.weight"), None);
+        assert_eq!(parse_gguf("rope_freqs.weight", Arch::Llama), None);
     }
 
     #[test]
@@ -823,5 +1230,186 @@ mod tests {
             assert_eq!(m.source_row(inv.source_row(r)), r);
             assert_eq!(inv.source_row(m.source_row(r)), r);
         }
+    }
+
+    fn key(h: &HParams, k: &str) -> Option<MetaValue> {
+        h.gguf_keys()
+            .into_iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v)
+    }
+
+    fn gemma_cfg(class: &str) -> Value {
+        json!({
+            "architectures": [class], "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+            "head_dim": 16, "vocab_size": 512, "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-6, "sliding_window": 16, "tie_word_embeddings": true
+        })
+    }
+
+    #[test]
+    fn gemma_keys_follow_llama_cpp_classes() {
+        let p = Path::new("config.json");
+        let mut c = gemma_cfg("Gemma2ForCausalLM");
+        c["attn_logit_softcapping"] = json!(50.0);
+        c["final_logit_softcapping"] = json!(30.0);
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h.arch, Arch::Gemma2);
+        assert_eq!(
+            key(&h, "gemma2.attn_logit_softcapping"),
+            Some(MetaValue::F32(50.0))
+        );
+        assert_eq!(
+            key(&h, "gemma2.attention.sliding_window"),
+            Some(MetaValue::U32(16))
+        );
+        assert_eq!(key(&h, "gemma2.rope.freq_base"), None);
+        for (field, bad) in [
+            ("attn_logit_softcapping", json!(0.0)),
+            ("final_logit_softcapping", json!(-1.0)),
+            ("final_logit_softcapping", json!("30")),
+        ] {
+            let mut c2 = c.clone();
+            c2[field] = bad;
+            let e = HParams::from_config(&c2, p).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        // Gemma 3 in transformers 4's form: global base, local base, linear scaling.
+        let mut c = gemma_cfg("Gemma3ForCausalLM");
+        c["rope_theta"] = json!(1_000_000.0);
+        c["rope_local_base_freq"] = json!(10000.0);
+        c["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(key(&h, "gemma3.rope.freq_base"), Some(MetaValue::F32(1e6)));
+        assert_eq!(
+            key(&h, "gemma3.rope.freq_base_swa"),
+            Some(MetaValue::F32(1e4))
+        );
+        assert_eq!(
+            key(&h, "gemma3.rope.scaling.type"),
+            Some(MetaValue::String("linear".into()))
+        );
+        assert_eq!(
+            key(&h, "gemma3.rope.scaling.factor"),
+            Some(MetaValue::F32(8.0))
+        );
+        assert_eq!(key(&h, "gemma3.final_logit_softcapping"), None);
+        // ... and in transformers 5's, one set per attention kind.
+        let mut c = gemma_cfg("Gemma3ForCausalLM");
+        c["rope_parameters"] = json!({
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}});
+        let h2 = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h2.gguf_keys(), h.gguf_keys());
+        c["attn_logit_softcapping"] = json!(50.0);
+        assert!(HParams::from_config(&c, p).is_err());
+    }
+
+    #[test]
+    fn phi3_longrope_and_partial_rotary() {
+        let p = Path::new("config.json");
+        let c = json!({
+            "architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+            "vocab_size": 512, "max_position_embeddings": 128, "original_max_position_embeddings": 32,
+            "partial_rotary_factor": 0.5, "sliding_window": null,
+            "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.0, 2.5],
+                             "long_factor": [1.0, 2.0, 3.0, 4.0]}
+        });
+        let h = HParams::from_config(&c, p).unwrap();
+        assert_eq!(h.rope_dims, 8);
+        assert_eq!(
+            key(&h, "phi3.rope.dimension_count"),
+            Some(MetaValue::U32(8))
+        );
+        assert_eq!(
+            key(&h, "phi3.attention.sliding_window"),
+            Some(MetaValue::U32(0))
+        );
+        let want = (1.0f64 + 4.0f64.ln() / 32.0f64.ln()).sqrt() as f32;
+        assert_eq!(
+            key(&h, "phi3.rope.scaling.attn_factor"),
+            Some(MetaValue::F32(want))
+        );
+        let (long, short) = h.longrope_factors().unwrap();
+        assert_eq!((long[3], short[1]), (4.0, 1.5));
+        let mut bad = c.clone();
+        bad["rope_scaling"]["long_factor"] = json!([1.0]);
+        let e = HParams::from_config(&bad, p).unwrap_err().to_string();
+        assert!(e.contains("long_factor"), "{e}");
+        let mut bad = c.clone();
+        bad["original_max_position_embeddings"] = Value::Null;
+        assert!(HParams::from_config(&bad, p).is_err());
+        // Phi-4: no long factors, no factor tensors, no attention factor.
+        let mut c4 = c.clone();
+        c4["rope_scaling"] = Value::Null;
+        let h4 = HParams::from_config(&c4, p).unwrap();
+        assert!(h4.longrope_factors().is_none());
+        assert_eq!(key(&h4, "phi3.rope.scaling.attn_factor"), None);
+    }
+
+    #[test]
+    fn family_names_and_shapes() {
+        let p = Path::new("config.json");
+        let mut c = gemma_cfg("Gemma2ForCausalLM");
+        c["attn_logit_softcapping"] = json!(50.0);
+        c["final_logit_softcapping"] = json!(30.0);
+        let g = HParams::from_config(&c, p).unwrap();
+        let post = parse_hf(
+            "model.layers.1.post_attention_layernorm.weight",
+            Arch::Gemma2,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            post.gguf_name(Arch::Gemma2),
+            "blk.1.post_attention_norm.weight"
+        );
+        assert_eq!(post.value_shift(&g, true), 1.0);
+        assert_eq!(post.value_shift(&g, false), -1.0);
+        let llama = parse_hf(
+            "model.layers.1.post_attention_layernorm.weight",
+            Arch::Llama,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(llama.gguf_name(Arch::Llama), "blk.1.ffn_norm.weight");
+        let pre = parse_gguf("blk.0.ffn_norm.weight", Arch::Gemma3).unwrap();
+        assert_eq!(
+            pre.hf_name(Arch::Gemma3),
+            "model.layers.0.pre_feedforward_layernorm.weight"
+        );
+        let q = parse_hf("model.layers.0.self_attn.q_proj.weight", Arch::Gemma2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.value_shift(&g, true), 0.0);
+        assert_eq!(q.row_map(&g, true), RowMap::Identity);
+        // OLMo 2 has no input norm; Phi-3 keeps its fused tensors under one name each way.
+        assert!(parse_hf("model.layers.0.input_layernorm.weight", Arch::Olmo2).is_none());
+        let gu = parse_gguf("blk.0.ffn_up.weight", Arch::Phi3).unwrap();
+        assert_eq!(gu.role, Role::FfnGateUp);
+        assert_eq!(
+            gu.hf_name(Arch::Phi3),
+            "model.layers.0.mlp.gate_up_proj.weight"
+        );
+        let phi = HParams::from_config(
+            &json!({"architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                    "vocab_size": 512, "original_max_position_embeddings": 32}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(gu.expected_shape(&phi), vec![256, 64]);
+        let qkv = parse_hf("model.layers.0.self_attn.qkv_proj.weight", Arch::Phi3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(qkv.expected_shape(&phi), vec![128, 64]);
+        let need: Vec<String> = required(&phi)
+            .iter()
+            .map(|r| r.gguf_name(Arch::Phi3))
+            .collect();
+        assert!(need.contains(&"blk.1.attn_qkv.weight".to_owned()));
+        assert!(!need.iter().any(|n| n.contains("attn_q.")));
     }
 }

@@ -52,6 +52,15 @@ pub enum ConvertError {
     #[error("`{path}`: {fault}")]
     Tokenizer { path: PathBuf, fault: String },
 
+    /// A tokenizer.model with more pieces than config.json's `vocab_size`.
+    #[error("`{path}` has {pieces} pieces, but `vocab_size` in `{config}` is {vocab_size}: the embedding has no row for the rest")]
+    VocabSize {
+        path: PathBuf,
+        config: PathBuf,
+        pieces: usize,
+        vocab_size: u64,
+    },
+
     /// An already-quantized tensor would be quantized again.
     #[error(
         "tensor `{tensor}` is already quantized as {from}; requantizing it to {to} loses quality"
@@ -101,7 +110,7 @@ impl ConvertError {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             ConvertError::UnsupportedArchitecture { .. } => {
-                "modelgate converts dense llama-family decoders; convert other models with llama.cpp's converter"
+                "modelgate converts dense decoders of the Llama, Qwen, Gemma 2/3, OLMo 2 and Phi-3/4 families; convert other models with llama.cpp's converter"
             }
             ConvertError::Requantize { .. } => {
                 "quantize from the original weights, or pass --allow-requantize to accept the loss"
@@ -110,6 +119,9 @@ impl ConvertError {
                 "config.json and the weights come from different models, or a file is damaged"
             }
             ConvertError::Read(_) => "check that every file of the checkpoint is present and complete",
+            ConvertError::VocabSize { .. } => {
+                "tokenizer.model and config.json come from different models; get both from the model's publisher"
+            }
             ConvertError::Missing { .. } => {
                 "a Hugging Face model directory needs config.json, tokenizer.json and every weight file"
             }

@@ -61,6 +61,7 @@ enum ChunkOut {
 /// Whether a tensor's bytes go through unchanged.
 fn is_copy(t: &Planned) -> bool {
     t.rows == RowMap::Identity
+        && t.shift == 0.0
         && matches!(t.source, Source::Tensor(_))
         && t.src_dtype == DType::from_ggml(t.ty)
 }
@@ -108,11 +109,28 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
                 let dst = &mut f[k * row_len as usize..(k + 1) * row_len as usize];
                 elem::decode(info.dtype, src, dst).map_err(kernel)?;
             }
+            if t.shift != 0.0 {
+                shift_values(&mut f, t.shift, info.dtype);
+            }
         }
     }
     let mut out = Vec::with_capacity(t.ty.bytes_for(values as u64).unwrap_or(0) as usize);
     elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?;
     Ok(ChunkOut::Owned(out))
+}
+
+/// Add `shift` to every value the way llama.cpp's converter does: torch adds in the
+/// tensor's own precision for F16 sources (so the sum is rounded to F16) and in F32 for
+/// everything else (BF16 is widened to F32 first).
+fn shift_values(f: &mut [f32], shift: f32, src: DType) {
+    for v in f.iter_mut() {
+        let s = *v + shift;
+        *v = if src == DType::F16 {
+            half::f16::from_f32(s).to_f32()
+        } else {
+            s
+        };
+    }
 }
 
 /// Which tensors of the plan one output file holds, and its GGUF metadata: the whole plan

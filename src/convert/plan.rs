@@ -14,7 +14,7 @@ use super::arch::{self, Arch, HParams, Parsed, RopeScaling, RowMap};
 use super::error::ConvertError;
 use super::meta::{self, GeneralSources};
 use super::recipe::{Fallback, FileType, ModelShape, Recipe, SourceKind};
-use super::vocab::{self, GgufVocab, HfTokenizer};
+use super::vocab::{self, GgufVocab};
 use super::{elem, Options, OutputFormat};
 use crate::formats::gguf::{Meta, MetaError};
 use crate::formats::{Checkpoint, DType, GgmlType, MetaValue, WeightFormat};
@@ -39,6 +39,8 @@ pub struct Planned {
     /// The stored dtype of the source (F32 for computed values).
     pub src_dtype: DType,
     pub rows: RowMap,
+    /// Added to every value (Gemma's norms are stored as offsets from 1 by transformers).
+    pub shift: f32,
     pub bytes: u64,
 }
 
@@ -140,7 +142,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     let mut seen: HashSet<String> = HashSet::new();
     for (idx, t) in ckpt.weights.tensors.iter().enumerate() {
         let name = t.name.as_str();
-        let parsed = match arch::parse_hf(name) {
+        let parsed = match arch::parse_hf(name, h.arch) {
             Some(Some(p)) => p,
             Some(None) => continue,
             None => {
@@ -163,11 +165,11 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             continue;
         }
         check_source(name, t, &parsed, &h, "config.json")?;
-        seen.insert(parsed.hf_name());
+        seen.insert(parsed.hf_name(h.arch));
         mapped.push((parsed, idx));
     }
     for need in arch::required(&h) {
-        if !seen.contains(&need.hf_name()) {
+        if !seen.contains(&need.hf_name(h.arch)) {
             let why = if need.role == arch::Role::Output {
                 "config.json says the embeddings are not tied, so the output head must be stored"
                     .to_owned()
@@ -178,7 +180,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
                 )
             };
             return Err(ConvertError::MissingTensor {
-                tensor: need.hf_name(),
+                tensor: need.hf_name(h.arch),
                 why,
             });
         }
@@ -226,7 +228,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             (None, arch::Role::OutputNorm) => 2,
             _ => 3,
         };
-        (group, p.layer.unwrap_or(0), p.gguf_name())
+        (group, p.layer.unwrap_or(0), p.gguf_name(h.arch))
     });
     let mut tensors = Vec::new();
     let mut fallbacks = Vec::new();
@@ -239,15 +241,35 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             source: Source::Values(freqs),
             src_dtype: DType::F32,
             rows: RowMap::Identity,
+            shift: 0.0,
             bytes: n * 4,
         });
         notes.push(
             "llama3 RoPE scaling written as the `rope_freqs.weight` factors llama.cpp reads".into(),
         );
     }
+    if let Some((long, short)) = h.longrope_factors() {
+        for (name, values) in [
+            ("rope_factors_long.weight", long),
+            ("rope_factors_short.weight", short),
+        ] {
+            let n = values.len() as u64;
+            tensors.push(Planned {
+                name: name.into(),
+                shape: vec![n],
+                ty: GgmlType::F32,
+                source: Source::Values(values),
+                src_dtype: DType::F32,
+                rows: RowMap::Identity,
+                shift: 0.0,
+                bytes: n * 4,
+            });
+        }
+        notes.push("LongRoPE scaling written as the `rope_factors_long/short.weight` factors and `rope.scaling.attn_factor` llama.cpp reads".into());
+    }
     for (p, idx) in &mapped {
         let t = &ckpt.weights.tensors[*idx];
-        let name = p.gguf_name();
+        let name = p.gguf_name(h.arch);
         let src = SourceKind {
             ty: as_ggml(t.dtype),
             n_dims: t.shape.len(),
@@ -263,26 +285,25 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             source: Source::Tensor(*idx),
             src_dtype: t.dtype,
             rows: p.row_map(&h, true),
+            shift: p.value_shift(&h, true),
         });
     }
 
-    // Tokenizer.
-    let tok_path = root.join("tokenizer.json");
-    let tok_json = dir
-        .tokenizer_json
-        .as_deref()
-        .ok_or_else(|| ConvertError::Missing {
-            path: tok_path.clone(),
-            what: "tokenizer.json is missing; a GGUF file carries its tokenizer".into(),
-        })?;
-    let v = vocab::to_gguf(&HfTokenizer {
-        path: &tok_path,
-        json: tok_json,
-        config: dir.tokenizer_config.as_ref(),
+    // Tokenizer: the file llama.cpp's converter class for this architecture reads
+    // (`vocab_file`). `vocab::from_dir` reads tokenizer.model when there is one (as llama.cpp's
+    // Llama, Gemma and Phi-3 classes do), else tokenizer.json.
+    let source = vocab_file(&h, dir, dir.tokenizer_model.is_some());
+    let v = vocab::from_dir(&vocab::DirVocab {
+        root: &root,
+        dir,
         config_ids: [h.bos_token_id, h.eos_token_id, h.pad_token_id],
         n_vocab: h.n_vocab,
         pre_override: opts.pre_tokenizer.as_deref(),
-        chat_template_file: dir.chat_template_jinja.as_deref(),
+        spm_style: if h.arch == Arch::Phi3 {
+            vocab::SpmStyle::Phi3
+        } else {
+            vocab::SpmStyle::Default
+        },
     })?;
 
     let mut keys = vec![(
@@ -297,7 +318,27 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         source_url: opts.source_url.clone(),
     }));
     keys.extend(h.gguf_keys());
+    // Gemma 3: embedding rows past the tokenizer's vocabulary are cut, as llama.cpp does.
+    if h.arch == Arch::Gemma3 && v.n_tokens > 0 && v.n_tokens < h.n_vocab {
+        for t in tensors.iter_mut().filter(|t| t.name == "token_embd.weight") {
+            t.shape[0] = v.n_tokens;
+            t.bytes = bytes_of(&t.name, t.ty, t.elements())?;
+        }
+        notes.push(format!(
+            "`token_embd.weight` cut from {} to the tokenizer's {} rows",
+            h.n_vocab, v.n_tokens
+        ));
+    }
     keys.extend(v.keys);
+    // Gemma's SentencePiece vocabulary has no leading-space normalisation; llama.cpp's Gemma
+    // classes say so explicitly (Gemma 3 only when it read tokenizer.model). Later keys
+    // replace earlier ones in `meta::canonical`, so this overrides the vocabulary's own.
+    if matches!(h.arch, Arch::Gemma2 | Arch::Gemma3) && source == VocabFile::SentencePiece {
+        keys.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            MetaValue::Bool(false),
+        ));
+    }
     add_file_keys(&mut keys, file_type, &tensors, opts);
     if matches!(h.rope_scaling, RopeScaling::Yarn { .. }) {
         notes.push(
@@ -320,6 +361,30 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             reason: v.pre_reason,
         }),
     })
+}
+
+/// The tokenizer file a llama.cpp converter class reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabFile {
+    TokenizerJson,
+    SentencePiece,
+}
+
+/// llama.cpp's choice: Gemma 2 always reads `tokenizer.model`; Gemma 3 when there is one;
+/// Phi-3 unless tokenizer_config.json names `GPT2Tokenizer` (Phi-4, a byte-level BPE);
+/// every other family reads tokenizer.json.
+pub fn vocab_file(h: &HParams, dir: &crate::formats::hf::HfDir, has_model: bool) -> VocabFile {
+    let class = dir
+        .tokenizer_config
+        .as_ref()
+        .and_then(|c| c.get("tokenizer_class"))
+        .and_then(Value::as_str);
+    match h.arch {
+        Arch::Gemma2 => VocabFile::SentencePiece,
+        Arch::Gemma3 if has_model => VocabFile::SentencePiece,
+        Arch::Phi3 if class != Some("GPT2Tokenizer") => VocabFile::SentencePiece,
+        _ => VocabFile::TokenizerJson,
+    }
 }
 
 fn add_file_keys(
@@ -372,7 +437,10 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
             n_head_kv,
             n_attn_v: ts
                 .iter()
-                .filter(|t| t.name.as_str().contains("attn_v.weight"))
+                .filter(|t| {
+                    let n = t.name.as_str();
+                    n.contains("attn_v.weight") || n.contains("attn_qkv.weight")
+                })
                 .count() as u64,
             tied_embeddings: !ts.iter().any(|t| t.name.as_str() == "output.weight"),
             is_llama_70b: arch_name == "llama" && n_layer == 80,
@@ -418,6 +486,7 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
             source: Source::Tensor(idx),
             src_dtype: t.dtype,
             rows: RowMap::Identity,
+            shift: 0.0,
         });
     }
     if requantized > 0 {
@@ -469,7 +538,7 @@ impl HParams {
         let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
             ConvertError::UnsupportedArchitecture {
                 found: arch_name.to_owned(),
-                supported: "llama, qwen2, qwen3".into(),
+                supported: Arch::GGUF_NAMES.into(),
             }
         })?;
         let k = |s: &str| format!("{arch_name}.{s}");
@@ -536,7 +605,58 @@ impl HParams {
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
             pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
+            attn_softcap: float("attn_logit_softcapping")?,
+            final_softcap: float("final_logit_softcapping")?,
+            // Phi-4 is marked by a window of 0: config.json says null.
+            sliding_window: int("attention.sliding_window")?.filter(|&w| w > 0),
+            rope_theta_swa: float("rope.freq_base_swa")?,
+            rope_dims: int("rope.dimension_count")?.unwrap_or(head_dim),
+            original_context: if arch == Arch::Phi3 {
+                int("rope.scaling.original_context_length")?
+            } else {
+                None
+            },
+            query_pre_attn_scalar: None,
         };
+        for (key, v) in [
+            ("attn_logit_softcapping", h.attn_softcap),
+            ("final_logit_softcapping", h.final_softcap),
+        ] {
+            if v.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+                return Err(ConvertError::config(
+                    path,
+                    format!(
+                        "`{}` is {}; soft-capping needs a positive number",
+                        k(key),
+                        v.unwrap_or(0.0)
+                    ),
+                ));
+            }
+        }
+        if arch == Arch::Phi3 {
+            let factors = |name: &str| -> Result<Option<Vec<f32>>, ConvertError> {
+                let Some(t) = ckpt.weights.tensor(name) else {
+                    return Ok(None);
+                };
+                let data = ckpt.weights.tensor_data(t)?;
+                let mut out = vec![0.0f32; t.elements() as usize];
+                elem::decode(t.dtype, data, &mut out).map_err(|fault| ConvertError::Kernel {
+                    tensor: name.into(),
+                    fault,
+                })?;
+                Ok(Some(out))
+            };
+            if let (Some(long), Some(short)) = (
+                factors("rope_factors_long.weight")?,
+                factors("rope_factors_short.weight")?,
+            ) {
+                h.rope_scaling = RopeScaling::LongRope {
+                    short,
+                    long,
+                    attn_factor: float("rope.scaling.attn_factor")?.unwrap_or(1.0) as f32,
+                };
+            }
+        }
         match meta.str(&k("rope.scaling.type")).map_err(&bad)? {
             Some("linear") => {
                 if let Some(factor) = float("rope.scaling.factor")? {
@@ -561,33 +681,22 @@ impl HParams {
     /// transformers 4 and 5 both read).
     pub fn to_config_json(&self, torch_dtype: &str) -> Value {
         let (class, model_type) = self.arch.hf_class();
-        let rope_scaling = match &self.rope_scaling {
-            RopeScaling::None => Value::Null,
-            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Yarn {
-                factor,
-                original_context,
-            } => {
-                json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_context})
-            }
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_context,
-            } => {
-                json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_context})
-            }
-        };
         let mut c = serde_json::Map::new();
         c.insert("architectures".into(), json!([class]));
         c.insert("attention_bias".into(), json!(self.attention_bias));
         c.insert("attention_dropout".into(), json!(0.0));
         c.insert("bos_token_id".into(), json!(self.bos_token_id));
         c.insert("eos_token_id".into(), json!(self.eos_token_id));
-        c.insert("head_dim".into(), json!(self.head_dim));
-        c.insert("hidden_act".into(), json!("silu"));
+        // Only where it is not hidden_size / heads, so that the way back to GGUF writes the
+        // key-length keys exactly when the first conversion did.
+        if self.head_dim_explicit || self.head_dim * self.n_head != self.n_embd {
+            c.insert("head_dim".into(), json!(self.head_dim));
+        }
+        if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) {
+            c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        } else {
+            c.insert("hidden_act".into(), json!("silu"));
+        }
         c.insert("hidden_size".into(), json!(self.n_embd));
         c.insert("initializer_range".into(), json!(0.02));
         c.insert("intermediate_size".into(), json!(self.n_ff));
@@ -601,13 +710,117 @@ impl HParams {
         c.insert("num_key_value_heads".into(), json!(self.n_head_kv));
         c.insert("pad_token_id".into(), json!(self.pad_token_id));
         c.insert("rms_norm_eps".into(), json!(self.rms_eps));
-        c.insert("rope_scaling".into(), rope_scaling);
+        c.insert(
+            "rope_scaling".into(),
+            rope_scaling_value(&self.rope_scaling),
+        );
         c.insert("rope_theta".into(), json!(self.rope_theta));
         c.insert("tie_word_embeddings".into(), json!(self.tied_embeddings));
         c.insert("torch_dtype".into(), json!(torch_dtype));
         c.insert("use_cache".into(), json!(true));
         c.insert("vocab_size".into(), json!(self.n_vocab));
+        self.arch_config(&mut c);
         Value::Object(c)
+    }
+
+    /// The config.json fields particular to an architecture.
+    fn arch_config(&self, c: &mut serde_json::Map<String, Value>) {
+        let layer_types = |period: u64| -> Value {
+            (0..self.n_layer)
+                .map(|i| {
+                    if (i + 1) % period == 0 {
+                        "full_attention"
+                    } else {
+                        "sliding_attention"
+                    }
+                })
+                .collect()
+        };
+        // llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B Gemmas (46 and
+        // 62 layers), which use hidden_size / heads; transformers reads the same choice
+        // from `query_pre_attn_scalar`.
+        let big = matches!(
+            (self.arch, self.n_layer),
+            (Arch::Gemma2, 46) | (Arch::Gemma3, 62)
+        );
+        let qpas = self.query_pre_attn_scalar.unwrap_or(if big {
+            (self.n_embd / self.n_head) as f64
+        } else {
+            self.head_dim as f64
+        });
+        // transformers' Gemma configs type it as an integer.
+        let qpas = if qpas.fract() == 0.0 && (0.0..1e15).contains(&qpas) {
+            json!(qpas as u64)
+        } else {
+            json!(qpas)
+        };
+        match self.arch {
+            Arch::Gemma2 => {
+                c.insert("attn_logit_softcapping".into(), json!(self.attn_softcap));
+                c.insert("final_logit_softcapping".into(), json!(self.final_softcap));
+                c.insert("query_pre_attn_scalar".into(), json!(qpas));
+                c.insert("sliding_window".into(), json!(self.sliding_window));
+                c.insert("layer_types".into(), layer_types(2));
+            }
+            Arch::Gemma3 => {
+                c.insert("attn_logit_softcapping".into(), Value::Null);
+                c.insert("final_logit_softcapping".into(), json!(self.final_softcap));
+                c.insert("query_pre_attn_scalar".into(), json!(qpas));
+                c.insert("sliding_window".into(), json!(self.sliding_window));
+                c.insert("layer_types".into(), layer_types(6));
+                // transformers 5's form: one RoPE set per attention kind.
+                let mut full = match rope_scaling_value(&self.rope_scaling) {
+                    Value::Object(m) => m,
+                    _ => serde_json::Map::from_iter([("rope_type".to_owned(), json!("default"))]),
+                };
+                full.insert("rope_theta".into(), json!(self.rope_theta));
+                let swa = self.rope_theta_swa.unwrap_or(10000.0);
+                c.insert(
+                    "rope_parameters".into(),
+                    json!({"full_attention": Value::Object(full),
+                           "sliding_attention": {"rope_type": "default", "rope_theta": swa}}),
+                );
+                c.shift_remove("rope_scaling");
+                c.shift_remove("rope_theta");
+            }
+            Arch::Phi3 => {
+                c.insert(
+                    "original_max_position_embeddings".into(),
+                    json!(self.original_context.unwrap_or(self.n_ctx)),
+                );
+                let partial = (self.rope_dims * self.n_head) as f64 / self.n_embd as f64;
+                c.insert("partial_rotary_factor".into(), json!(partial));
+                c.insert("sliding_window".into(), json!(self.sliding_window));
+                c.shift_remove("attention_bias");
+            }
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 => {}
+        }
+    }
+}
+
+/// `rope_scaling` for config.json.
+fn rope_scaling_value(scaling: &RopeScaling) -> Value {
+    match scaling {
+        RopeScaling::None => Value::Null,
+        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Yarn {
+            factor,
+            original_context,
+        } => {
+            json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_context})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_context,
+        } => {
+            json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_context})
+        }
+        RopeScaling::LongRope { short, long, .. } => {
+            json!({"rope_type": "longrope", "short_factor": short, "long_factor": long})
+        }
     }
 }
 
@@ -758,7 +971,16 @@ fn gguf_to_safetensors(
             }
             continue;
         }
-        let p = arch::parse_gguf(name).ok_or_else(|| ConvertError::UnknownTensor {
+        if h.arch == Arch::Phi3
+            && matches!(
+                name,
+                "rope_factors_long.weight" | "rope_factors_short.weight"
+            )
+        {
+            // Read back into config.json's `rope_scaling` by `HParams::from_gguf`.
+            continue;
+        }
+        let p = arch::parse_gguf(name, h.arch).ok_or_else(|| ConvertError::UnknownTensor {
             tensor: name.to_owned(),
             arch: h.arch.gguf_name().into(),
         })?;
@@ -776,7 +998,7 @@ fn gguf_to_safetensors(
         check_source(name, t, &p, &h, "GGUF keys")?;
         // 1-D tensors stay F32 in llama.cpp files; keep them at the requested type too so
         // the directory is uniform, as transformers saves it.
-        let hf_name = p.hf_name();
+        let hf_name = p.hf_name(h.arch);
         names.insert(hf_name.clone(), idx);
         tensors.push(Planned {
             bytes: bytes_of(&hf_name, out_ty, t.elements())?,
@@ -786,12 +1008,13 @@ fn gguf_to_safetensors(
             source: Source::Tensor(idx),
             src_dtype: t.dtype,
             rows: p.row_map(&h, false),
+            shift: p.value_shift(&h, false),
         });
     }
     for need in arch::required(&h) {
-        if !names.contains_key(&need.hf_name()) {
+        if !names.contains_key(&need.hf_name(h.arch)) {
             return Err(ConvertError::MissingTensor {
-                tensor: need.gguf_name(),
+                tensor: need.gguf_name(h.arch),
                 why: format!(
                     "the GGUF keys describe a {} with {} layers",
                     h.arch.gguf_name(),
@@ -821,12 +1044,8 @@ fn gguf_to_safetensors(
         gen.insert("pad_token_id".into(), json!(h.pad_token_id));
         side_files.push(("generation_config.json".into(), pretty(&Value::Object(gen))));
         let v = GgufVocab::from_metadata(&ckpt.weights.metadata, &path)?;
-        let tj = v.to_tokenizer_json(&path)?;
-        side_files.push(("tokenizer.json".into(), pretty(&tj)));
-        side_files.push((
-            "tokenizer_config.json".into(),
-            pretty(&v.tokenizer_config(h.n_ctx)),
-        ));
+        // tokenizer.json, tokenizer_config.json and, for SentencePiece, tokenizer.model.
+        side_files.extend(v.hf_files(&path, h.n_ctx)?);
         pre = v.pre.map(|name| PreChoice {
             reason: "tokenizer.json pre_tokenizer rebuilt from `tokenizer.ggml.pre`".into(),
             name,

@@ -172,7 +172,7 @@ pub struct ModelShape {
     pub n_layer: u64,
     pub n_head: u64,
     pub n_head_kv: u64,
-    /// Number of `attn_v` tensors (one per layer for the dense models here).
+    /// Number of `attn_v` (or fused `attn_qkv`) tensors: one per layer here.
     pub n_attn_v: u64,
     /// No separate `output.weight`: the token embedding doubles as the output head.
     pub tied_embeddings: bool,
@@ -200,7 +200,9 @@ fn category(name: &str) -> Category {
         Category::Output
     } else if name == "token_embd.weight" {
         Category::TokenEmbd
-    } else if name.contains("attn_v.weight") {
+    } else if name.contains("attn_qkv.weight") || name.contains("attn_v.weight") {
+        // llama.cpp's `category_is_attn_v` takes a fused qkv for an attn_v: the same extra
+        // bits, counted in the same sequence.
         Category::AttnV
     } else if name.contains("attn_k.weight") {
         Category::AttnK
@@ -593,6 +595,36 @@ mod tests {
         assert_eq!(c.ty, GgmlType::Q8_0);
         let r = recipe(FileType::Q8_0, 30);
         assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q8_0);
+    }
+
+    #[test]
+    fn fused_qkv_follows_the_attn_v_rules_and_gemma_embeddings_follow_the_head() {
+        // Phi-3: llama.cpp's attn_v branch catches `attn_qkv` before its own branch.
+        let r = recipe(FileType::Q4KM, 32);
+        assert_eq!(r.choose("blk.0.attn_qkv.weight", w(3072)).ty, GgmlType::Q6K);
+        assert_eq!(r.choose("blk.5.attn_qkv.weight", w(3072)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.5.ffn_up.weight", w(3072)).ty, GgmlType::Q4K);
+        let r = recipe(FileType::Q3KM, 32);
+        assert_eq!(r.choose("blk.1.attn_qkv.weight", w(3072)).ty, GgmlType::Q5K);
+        assert_eq!(r.choose("blk.2.attn_qkv.weight", w(3072)).ty, GgmlType::Q4K);
+        // Gemma: no output.weight, so token_embd gets the output head's type.
+        let mut r = recipe(FileType::Q4KM, 26);
+        r.shape.tied_embeddings = true;
+        assert_eq!(r.choose("token_embd.weight", w(2304)).ty, GgmlType::Q6K);
+        let mut r = recipe(FileType::Q8_0, 26);
+        r.shape.tied_embeddings = true;
+        assert_eq!(r.choose("token_embd.weight", w(2304)).ty, GgmlType::Q8_0);
+        assert_eq!(
+            r.choose(
+                "blk.0.post_ffw_norm.weight",
+                SourceKind {
+                    n_dims: 1,
+                    ..w(2304)
+                }
+            )
+            .ty,
+            GgmlType::F32
+        );
     }
 
     #[test]

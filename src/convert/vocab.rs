@@ -18,6 +18,10 @@ use serde_json::{json, Map, Value};
 use super::error::ConvertError;
 use super::meta::{arr_f32, arr_i32, arr_str};
 use crate::formats::gguf::{Meta, MetaError};
+use crate::formats::hf::HfDir;
+use crate::formats::sentencepiece::{
+    self, ModelType, NormalizerSpec, Piece, PieceType, SpModel, TrainerSpec,
+};
 use crate::formats::MetaValue;
 
 /// llama.cpp's token types (`llama_token_type`).
@@ -141,7 +145,8 @@ pub fn pre_tokenizer_json(pre: &str) -> Option<Value> {
         "gpt-2" => byte_level(true),
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        "llama-bpe" => {
+        // Falcon 3's pre-tokenizer is Llama 3's under its own name (llama.cpp treats both alike).
+        "llama-bpe" | "falcon3" => {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE[0]), byte_level(false)]})
         }
         "qwen2" => {
@@ -410,39 +415,7 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
         .and_then(|c| c.get("chat_template"))
         .or(from_file.as_ref())
     {
-        match ct {
-            Value::String(s) => keys.push((
-                "tokenizer.chat_template".into(),
-                MetaValue::String(s.clone()),
-            )),
-            Value::Array(list) => {
-                let mut names = Vec::new();
-                for item in list {
-                    let (Some(name), Some(tpl)) = (
-                        item.get("name").and_then(Value::as_str),
-                        item.get("template").and_then(Value::as_str),
-                    ) else {
-                        continue;
-                    };
-                    if name == "default" {
-                        keys.push((
-                            "tokenizer.chat_template".into(),
-                            MetaValue::String(tpl.into()),
-                        ));
-                    } else {
-                        keys.push((
-                            format!("tokenizer.chat_template.{name}"),
-                            MetaValue::String(tpl.into()),
-                        ));
-                        names.push(name.to_owned());
-                    }
-                }
-                if !names.is_empty() {
-                    keys.push(("tokenizer.chat_templates".into(), arr_str(names)));
-                }
-            }
-            _ => {}
-        }
+        push_chat_template(&mut keys, ct);
     }
     Ok(VocabKeys {
         keys,
@@ -451,6 +424,322 @@ pub fn to_gguf(t: &HfTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
         pre_reason,
         n_tokens: t.n_vocab,
     })
+}
+
+/// How added tokens are laid over a SentencePiece vocabulary: llama.cpp's shared
+/// `_create_vocab_sentencepiece` (Llama, Mistral, Gemma, ...) or its Phi-3 variant, which
+/// also takes tokenizer.json's `added_tokens` and never guesses a token special by its look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpmStyle {
+    #[default]
+    Default,
+    Phi3,
+}
+
+/// The inputs of [`from_sentencepiece`].
+pub struct SpmTokenizer<'a> {
+    /// Where tokenizer.model is, for messages.
+    pub path: &'a Path,
+    pub model: &'a SpModel,
+    /// tokenizer_config.json.
+    pub config: Option<&'a Value>,
+    /// config.json, for `{bos,eos,unk,sep,pad,cls,mask}_token_id` (also under `text_config`).
+    pub model_config: Option<&'a Value>,
+    /// tokenizer.json beside it, if any: its `added_tokens` name special-token ids.
+    pub tokenizer_json: Option<&'a str>,
+    /// config.json's `vocab_size`: the GGUF token list has exactly this many entries.
+    pub n_vocab: u64,
+    pub style: SpmStyle,
+    /// `chat_template.jinja`.
+    pub chat_template_file: Option<&'a str>,
+}
+
+/// Tokens gguf-py's converter treats as control tokens whatever tokenizer_config.json says.
+fn looks_special(t: &str) -> bool {
+    matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<\u{ff5c}") && t.ends_with("\u{ff5c}>"))
+        || (t.starts_with("<unused") && t.ends_with('>'))
+}
+
+/// A SentencePiece `tokenizer.model` as GGUF keys, the way llama.cpp's
+/// `_set_vocab_sentencepiece` writes them: `tokenizer.ggml.model = llama`, pre `default`,
+/// every piece with its score and type (user-defined pieces count as normal, as the
+/// `sentencepiece` library reports them), `[PAD{id}]` entries (score -10000, unused) up to
+/// config.json's `vocab_size`, the added tokens of tokenizer_config.json (score -1000), then
+/// gguf-py's special-token rules: ids named in tokenizer_config.json and found among
+/// tokenizer.json's added tokens, else config.json's `*_token_id`; `add_bos_token` and
+/// `add_eos_token` from tokenizer_config.json; the chat template.
+///
+/// Unlike llama.cpp, which drops pieces beyond `vocab_size` with a warning, more pieces than
+/// `vocab_size` is an error: the embedding has no row for them.
+pub fn from_sentencepiece(t: &SpmTokenizer<'_>) -> Result<VocabKeys, ConvertError> {
+    let path = t.path;
+    let m = t.model;
+    let n = usize::try_from(t.n_vocab).unwrap_or(usize::MAX);
+    if m.pieces.len() > n {
+        return Err(ConvertError::VocabSize {
+            path: path.to_owned(),
+            config: path.with_file_name("config.json"),
+            pieces: m.pieces.len(),
+            vocab_size: t.n_vocab,
+        });
+    }
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; n];
+    let mut types = vec![token_type::UNUSED; n];
+    for (id, p) in m.pieces.iter().enumerate() {
+        tokens[id] = p.piece.clone();
+        scores[id] = p.score;
+        types[id] = match p.kind {
+            PieceType::Unknown => token_type::UNKNOWN,
+            PieceType::Control => token_type::CONTROL,
+            PieceType::Unused => token_type::UNUSED,
+            PieceType::Byte => token_type::BYTE,
+            PieceType::Normal | PieceType::UserDefined => token_type::NORMAL,
+        };
+    }
+    let tj: Option<Value> = match t.tokenizer_json {
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+            ConvertError::tokenizer(
+                path.with_file_name("tokenizer.json"),
+                format!("not valid JSON: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let tj_added: Vec<&Value> = tj
+        .as_ref()
+        .and_then(|v| v.get("added_tokens"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let tc = t.config.and_then(Value::as_object);
+    let tc_path = path.with_file_name("tokenizer_config.json");
+    let mut overlay = |id: u64, content: &str, special: bool| {
+        let Some(i) = usize::try_from(id).ok().filter(|i| *i < n) else {
+            // llama.cpp skips these with a warning; they name no row of the embedding.
+            return;
+        };
+        let control = match t.style {
+            SpmStyle::Default => special || looks_special(content),
+            SpmStyle::Phi3 => special,
+        };
+        tokens[i] = if control || t.style == SpmStyle::Phi3 {
+            content.to_owned()
+        } else {
+            // gguf-py pre-normalizes the spaces of user-defined tokens.
+            content.replace('\u{2581}', " ")
+        };
+        scores[i] = -1000.0;
+        types[i] = if control {
+            token_type::CONTROL
+        } else {
+            token_type::USER_DEFINED
+        };
+    };
+    if let Some(decoder) = tc
+        .and_then(|c| c.get("added_tokens_decoder"))
+        .and_then(Value::as_object)
+    {
+        for (id, data) in decoder {
+            let id: u64 = id.parse().map_err(|_| {
+                ConvertError::tokenizer(
+                    &tc_path,
+                    format!("`added_tokens_decoder` key `{id}` is not a token id"),
+                )
+            })?;
+            let content = data.get("content").and_then(Value::as_str).ok_or_else(|| {
+                ConvertError::tokenizer(
+                    &tc_path,
+                    format!("`added_tokens_decoder.{id}` has no string `content`"),
+                )
+            })?;
+            overlay(id, content, flag(data, "special", false));
+        }
+    }
+    if t.style == SpmStyle::Phi3 {
+        for a in &tj_added {
+            if let (Some(id), Some(content)) = (
+                a.get("id").and_then(Value::as_u64),
+                a.get("content").and_then(Value::as_str),
+            ) {
+                overlay(id, content, flag(a, "special", false));
+            }
+        }
+    }
+
+    let mut keys: Vec<(String, MetaValue)> = vec![
+        (
+            "tokenizer.ggml.model".into(),
+            MetaValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".into(),
+            MetaValue::String("default".into()),
+        ),
+        ("tokenizer.ggml.tokens".into(), arr_str(tokens)),
+        ("tokenizer.ggml.scores".into(), arr_f32(scores)),
+        ("tokenizer.ggml.token_type".into(), arr_i32(types)),
+    ];
+    // Special ids: gguf-py looks tokenizer_config.json's `{typ}_token` up among
+    // tokenizer.json's added tokens only, then takes config.json's `{typ}_token_id`; the
+    // first found wins and ids outside the vocabulary are skipped.
+    let kinds = [
+        ("bos", "bos_token_id"),
+        ("eos", "eos_token_id"),
+        ("unk", "unknown_token_id"),
+        ("sep", "seperator_token_id"),
+        ("pad", "padding_token_id"),
+        ("cls", "cls_token_id"),
+        ("mask", "mask_token_id"),
+    ];
+    let mut ids: Vec<(&str, u64)> = Vec::new();
+    let set = |typ: &'static str, id: Option<u64>, ids: &mut Vec<(&'static str, u64)>| {
+        if let Some(id) = id.filter(|id| *id < t.n_vocab) {
+            if !ids.iter().any(|(k, _)| *k == typ) {
+                ids.push((typ, id));
+            }
+        }
+    };
+    if tj.is_some() {
+        for (typ, _) in kinds {
+            let content = tc.and_then(|c| special_content(c.get(&format!("{typ}_token"))));
+            let id = content.and_then(|c| {
+                tj_added
+                    .iter()
+                    .find(|a| a.get("content").and_then(Value::as_str) == Some(c.as_str()))
+                    .and_then(|a| a.get("id").and_then(Value::as_u64))
+            });
+            set(typ, id, &mut ids);
+        }
+    }
+    for (typ, _) in kinds {
+        let key = format!("{typ}_token_id");
+        let id = t.model_config.and_then(|c| {
+            c.get(&key)
+                .or_else(|| c.get("text_config").and_then(|tc| tc.get(&key)))
+                .and_then(Value::as_u64)
+        });
+        set(typ, id, &mut ids);
+    }
+    for (typ, key) in kinds {
+        if let Some((_, id)) = ids.iter().find(|(k, _)| *k == typ) {
+            keys.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(*id as u32)));
+        }
+    }
+    for typ in ["bos", "eos", "sep"] {
+        if let Some(b) = tc
+            .and_then(|c| c.get(&format!("add_{typ}_token")))
+            .and_then(Value::as_bool)
+        {
+            keys.push((
+                format!("tokenizer.ggml.add_{typ}_token"),
+                MetaValue::Bool(b),
+            ));
+        }
+    }
+    let from_file = t.chat_template_file.map(|s| Value::String(s.to_owned()));
+    if let Some(ct) = tc
+        .and_then(|c| c.get("chat_template"))
+        .or(from_file.as_ref())
+    {
+        push_chat_template(&mut keys, ct);
+    }
+    Ok(VocabKeys {
+        keys,
+        model: "llama",
+        pre: "default".into(),
+        pre_reason: format!(
+            "SentencePiece {} tokenizer.model",
+            m.trainer().model_type().name()
+        ),
+        n_tokens: t.n_vocab,
+    })
+}
+
+/// Where the converter takes a directory's tokenizer from, and how.
+pub struct DirVocab<'a> {
+    pub root: &'a Path,
+    pub dir: &'a HfDir,
+    /// `bos_token_id`, `eos_token_id`, `pad_token_id` from config.json.
+    pub config_ids: [Option<u64>; 3],
+    pub n_vocab: u64,
+    pub pre_override: Option<&'a str>,
+    pub spm_style: SpmStyle,
+}
+
+/// A model directory's tokenizer as GGUF keys. As llama.cpp's converter does for Llama,
+/// Mistral, Gemma and Phi-3, a SentencePiece `tokenizer.model` wins over tokenizer.json
+/// when both exist; tokenizer.json is used otherwise.
+pub fn from_dir(d: &DirVocab<'_>) -> Result<VocabKeys, ConvertError> {
+    if let Some(model) = &d.dir.tokenizer_model {
+        return from_sentencepiece(&SpmTokenizer {
+            path: &d.root.join("tokenizer.model"),
+            model,
+            config: d.dir.tokenizer_config.as_ref(),
+            model_config: d.dir.config.as_ref(),
+            tokenizer_json: d.dir.tokenizer_json.as_deref(),
+            n_vocab: d.n_vocab,
+            style: d.spm_style,
+            chat_template_file: d.dir.chat_template_jinja.as_deref(),
+        });
+    }
+    let tok_path = d.root.join("tokenizer.json");
+    let json = d
+        .dir
+        .tokenizer_json
+        .as_deref()
+        .ok_or_else(|| ConvertError::Missing {
+            path: tok_path.clone(),
+            what: "neither tokenizer.json nor tokenizer.model is present; a GGUF file carries its tokenizer".into(),
+        })?;
+    to_gguf(&HfTokenizer {
+        path: &tok_path,
+        json,
+        config: d.dir.tokenizer_config.as_ref(),
+        config_ids: d.config_ids,
+        n_vocab: d.n_vocab,
+        pre_override: d.pre_override,
+        chat_template_file: d.dir.chat_template_jinja.as_deref(),
+    })
+}
+
+/// `tokenizer.chat_template` (and named templates) from tokenizer_config.json's value.
+fn push_chat_template(keys: &mut Vec<(String, MetaValue)>, ct: &Value) {
+    match ct {
+        Value::String(s) => keys.push((
+            "tokenizer.chat_template".into(),
+            MetaValue::String(s.clone()),
+        )),
+        Value::Array(list) => {
+            let mut names = Vec::new();
+            for item in list {
+                let (Some(name), Some(tpl)) = (
+                    item.get("name").and_then(Value::as_str),
+                    item.get("template").and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                if name == "default" {
+                    keys.push((
+                        "tokenizer.chat_template".into(),
+                        MetaValue::String(tpl.into()),
+                    ));
+                } else {
+                    keys.push((
+                        format!("tokenizer.chat_template.{name}"),
+                        MetaValue::String(tpl.into()),
+                    ));
+                    names.push(name.to_owned());
+                }
+            }
+            if !names.is_empty() {
+                keys.push(("tokenizer.chat_templates".into(), arr_str(names)));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Merges as GGUF stores them: `"left right"`. tokenizer.json has either that form or
@@ -636,7 +925,7 @@ impl GgufVocab {
                     "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                     "model": {"type": "BPE", "dropout": null, "unk_token": self.token(self.unk),
                               "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                              "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                              "byte_fallback": false, "ignore_merges": matches!(pre, "llama-bpe" | "falcon3"),
                               "vocab": vocab, "merges": merges}
                 })
             }
@@ -720,6 +1009,100 @@ impl GgufVocab {
             .into_iter()
             .map(|(_, _, l, r)| format!("{} {}", self.tokens[l], self.tokens[r]))
             .collect()
+    }
+
+    /// A SentencePiece model for a `llama` vocabulary: every token a piece with its score
+    /// and type, BPE with byte fallback when there are byte tokens, the special ids of the
+    /// GGUF keys (unknown: the key, else the first UNKNOWN token), and the normalization
+    /// llama.cpp applies to this vocabulary: no character map, no whitespace collapsing,
+    /// spaces escaped as `▁`, a dummy prefix as `add_space_prefix` says (default true). The
+    /// original file's `nmt_nfkc` map is not carried by GGUF, and neither llama.cpp nor
+    /// transformers' converted tokenizers apply it.
+    pub fn to_sentencepiece(&self) -> SpModel {
+        let kind = |ty: i32| match ty {
+            token_type::UNKNOWN => PieceType::Unknown,
+            token_type::CONTROL => PieceType::Control,
+            token_type::USER_DEFINED => PieceType::UserDefined,
+            token_type::UNUSED => PieceType::Unused,
+            token_type::BYTE => PieceType::Byte,
+            _ => PieceType::Normal,
+        };
+        let pieces: Vec<Piece> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let ty = self.types.get(i).copied().unwrap_or(token_type::NORMAL);
+                let score = self.scores.get(i).copied().unwrap_or(0.0);
+                Piece::new(
+                    t.clone(),
+                    if score.is_finite() { score } else { 0.0 },
+                    kind(ty),
+                )
+            })
+            .collect();
+        let unk = self.unk.or_else(|| {
+            self.types
+                .iter()
+                .position(|t| *t == token_type::UNKNOWN)
+                .map(|i| i as u64)
+        });
+        let id = |v: Option<u64>| Some(v.and_then(|v| i32::try_from(v).ok()).unwrap_or(-1));
+        SpModel {
+            trainer: Some(TrainerSpec {
+                model_type: Some(ModelType::Bpe),
+                vocab_size: i32::try_from(pieces.len()).ok(),
+                byte_fallback: Some(self.types.contains(&token_type::BYTE)),
+                unk_id: id(unk),
+                bos_id: id(self.bos),
+                eos_id: id(self.eos),
+                pad_id: id(self.pad),
+                ..TrainerSpec::default()
+            }),
+            normalizer: Some(NormalizerSpec {
+                name: Some("identity".into()),
+                precompiled_charsmap: None,
+                add_dummy_prefix: Some(self.add_space_prefix.unwrap_or(true)),
+                remove_extra_whitespaces: Some(false),
+                escape_whitespaces: Some(true),
+                other: Vec::new(),
+            }),
+            pieces,
+            denormalizer: None,
+            other: Vec::new(),
+        }
+    }
+
+    /// The tokenizer files of a Hugging Face directory for these keys: tokenizer.json and
+    /// tokenizer_config.json, and for a `llama` (SentencePiece) vocabulary `tokenizer.model`
+    /// too, so that tokenizer.model → GGUF → directory keeps a tokenizer.model.
+    pub fn hf_files(
+        &self,
+        path: &Path,
+        max_len: u64,
+    ) -> Result<Vec<(String, Vec<u8>)>, ConvertError> {
+        let pretty = |v: &Value| {
+            let mut s = serde_json::to_vec_pretty(v).unwrap_or_default();
+            s.push(b'\n');
+            s
+        };
+        let mut files = vec![
+            (
+                "tokenizer.json".to_owned(),
+                pretty(&self.to_tokenizer_json(path)?),
+            ),
+            (
+                "tokenizer_config.json".to_owned(),
+                pretty(&self.tokenizer_config(max_len)),
+            ),
+        ];
+        if self.model == "llama" {
+            files.push((
+                "tokenizer.model".to_owned(),
+                sentencepiece::write(&self.to_sentencepiece()),
+            ));
+        }
+        Ok(files)
     }
 
     /// tokenizer_config.json for these keys.

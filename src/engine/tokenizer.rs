@@ -15,6 +15,9 @@
 //!   scores, as transformers' converter derives them, with byte fallback and the `▁`
 //!   space marker.
 //!
+//! - a SentencePiece `tokenizer.model` where a directory has no tokenizer.json, the same
+//!   way as a `llama` GGUF vocabulary (see [`TextTokenizer::from_sentencepiece`]).
+//!
 //! BOS is added as the model declares (`add_bos_token`; SmolLM2 declares false).
 
 use std::collections::HashMap;
@@ -35,6 +38,7 @@ use tokenizers::{
 };
 
 use crate::formats::gguf::{Meta, MetaError};
+use crate::formats::sentencepiece::{ModelType, PieceType, SpModel};
 use crate::formats::{Checkpoint, MetaValue};
 
 use super::chat;
@@ -96,11 +100,25 @@ impl TextTokenizer {
                 return Ok(tok);
             }
         }
+        if let Some(dir) = &ckpt.dir {
+            if let Some(model) = &dir.tokenizer_model {
+                let mut tok = TextTokenizer::from_sentencepiece(
+                    model,
+                    dir.tokenizer_config.as_ref(),
+                    dir.generation_config.as_ref(),
+                    dir.config.as_ref(),
+                )?;
+                if tok.chat_template.is_none() {
+                    tok.chat_template = dir.chat_template_jinja.clone();
+                }
+                return Ok(tok);
+            }
+        }
         if Meta::new(&ckpt.weights.metadata).contains("tokenizer.ggml.model") {
             return TextTokenizer::from_gguf(&ckpt.weights.metadata);
         }
         Err(EngineError::Tokenizer(format!(
-            "`{}` has neither a tokenizer.json nor GGUF tokenizer keys",
+            "`{}` has neither a tokenizer.json, a tokenizer.model nor GGUF tokenizer keys",
             ckpt.path.display()
         )))
     }
@@ -162,6 +180,90 @@ impl TextTokenizer {
             add_bos,
             chat_template,
             origin: "tokenizer.json".into(),
+        })
+    }
+
+    /// From a SentencePiece `tokenizer.model` (used when a directory has no tokenizer.json),
+    /// tokenizing as llama.cpp does with the vocabulary converted from it and as
+    /// transformers' converted tokenizers do: BPE over the pieces ranked by score, byte
+    /// fallback, spaces as `▁`, a dummy prefix when the normalizer asks for one, except for
+    /// Gemma (transformers' GemmaTokenizer and llama.cpp's Gemma converter drop it). The
+    /// file's character map and whitespace collapsing are not applied, as neither does.
+    /// Control and user-defined pieces are matched whole; BOS is added unless
+    /// tokenizer_config.json's `add_bos_token` says otherwise.
+    pub fn from_sentencepiece(
+        model: &SpModel,
+        tokenizer_config: Option<&Value>,
+        generation_config: Option<&Value>,
+        config: Option<&Value>,
+    ) -> Result<TextTokenizer, EngineError> {
+        if model.pieces.is_empty() {
+            return Err(EngineError::Tokenizer(
+                "tokenizer.model has no pieces".into(),
+            ));
+        }
+        let trainer = model.trainer();
+        if trainer.model_type() != ModelType::Bpe {
+            return Err(EngineError::Unsupported(format!(
+                "a SentencePiece {} model (the engine runs BPE models)",
+                trainer.model_type().name()
+            )));
+        }
+        let tokens: Vec<String> = model.pieces.iter().map(|p| p.piece.clone()).collect();
+        let scores: Vec<f32> = model.pieces.iter().map(|p| p.score).collect();
+        let in_vocab = |id: Option<u32>| id.filter(|i| (*i as usize) < tokens.len());
+        let unk = in_vocab(trainer.unk_id()).map(|u| tokens[u as usize].clone());
+        let gemma = config
+            .and_then(|c| c.get("model_type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("gemma"));
+        let space_prefix = model.normalizer().add_dummy_prefix() && !gemma;
+        let mut inner = spm_tokenizer(&tokens, &scores, unk, space_prefix)?;
+        let added: Vec<AddedToken> = model
+            .pieces
+            .iter()
+            .filter(|p| matches!(p.kind, PieceType::Control | PieceType::UserDefined))
+            .map(|p| {
+                AddedToken::from(p.piece.clone(), p.kind == PieceType::Control).normalized(false)
+            })
+            .collect();
+        inner.add_special_tokens(&added);
+        let ids = |v: Option<&Value>| -> Vec<u32> {
+            match v {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .filter_map(|x| u32::try_from(x).ok())
+                    .collect(),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .into_iter()
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let mut eos: Vec<u32> = ids(generation_config.and_then(|c| c.get("eos_token_id")));
+        eos.extend(in_vocab(trainer.eos_id()));
+        let mut seen = std::collections::BTreeSet::new();
+        eos.retain(|id| seen.insert(*id) && (*id as usize) < tokens.len());
+        let add_bos = tokenizer_config
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let chat_template = tokenizer_config
+            .and_then(|c| c.get("chat_template"))
+            .and_then(chat::template_from_config);
+        Ok(TextTokenizer {
+            inner,
+            bos: in_vocab(trainer.bos_id()),
+            eos,
+            add_bos,
+            chat_template,
+            origin: format!(
+                "tokenizer.model (SentencePiece {})",
+                trainer.model_type().name()
+            ),
         })
     }
 

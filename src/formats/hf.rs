@@ -111,6 +111,9 @@ pub struct HfDir {
     /// tokenizer.json, as text (the engine hands it to the `tokenizers` crate).
     pub tokenizer_json: Option<String>,
     pub tokenizer_config: Option<serde_json::Value>,
+    /// SentencePiece `tokenizer.model`, parsed (Gemma and older Llama and Mistral
+    /// repositories ship it, alone or beside tokenizer.json).
+    pub tokenizer_model: Option<super::sentencepiece::SpModel>,
     /// `chat_template.jinja`, where the chat template lives outside tokenizer_config.json.
     pub chat_template_jinja: Option<String>,
     pub card: Option<ModelCard>,
@@ -121,16 +124,51 @@ pub struct HfDir {
 }
 
 impl HfDir {
-    /// What tokenizer.json and tokenizer_config.json declare; `None` without a readable
-    /// tokenizer.json (a SentencePiece-only `tokenizer.model` is not summarised).
+    /// What tokenizer.json and tokenizer_config.json declare, or a SentencePiece
+    /// tokenizer.model where there is no tokenizer.json; `None` without either.
     pub fn tokenizer_summary(&self) -> Option<TokenizerSummary> {
-        let tok = parse_tokenizer_json(self.tokenizer_json.as_deref()?).ok()?;
+        let Some(json) = self.tokenizer_json.as_deref() else {
+            return self.tokenizer_model.as_ref().map(|m| self.spm_summary(m));
+        };
+        let tok = parse_tokenizer_json(json).ok()?;
         Some(summarise(
             &tok,
             self.tokenizer_config.as_ref(),
             [self.generation_config.as_ref(), self.config.as_ref()],
             self.chat_template_jinja.is_some(),
         ))
+    }
+
+    /// A summary of a SentencePiece model: ids from its trainer spec, texts from its pieces,
+    /// `add_bos_token` from tokenizer_config.json.
+    fn spm_summary(&self, m: &super::sentencepiece::SpModel) -> TokenizerSummary {
+        let t = m.trainer();
+        let special = |id: Option<u32>| {
+            let id = id.filter(|i| (*i as usize) < m.pieces.len())?;
+            Some(SpecialToken {
+                id: u64::from(id),
+                text: m.text(Some(id)).map(str::to_owned),
+            })
+        };
+        let tcfg = self.tokenizer_config.as_ref();
+        TokenizerSummary {
+            model: "llama".into(),
+            pre: Some(format!(
+                "sentencepiece-{}",
+                t.model_type().name().to_ascii_lowercase()
+            )),
+            vocab_size: m.pieces.len() as u64,
+            merges: 0,
+            bos: special(t.bos_id()),
+            eos: special(t.eos_id()),
+            unk: special(t.unk_id()),
+            pad: special(t.pad_id()),
+            add_bos: tcfg
+                .and_then(|c| c.get("add_bos_token"))
+                .and_then(Value::as_bool),
+            chat_template: self.chat_template_jinja.is_some()
+                || tcfg.is_some_and(|c| c.get("chat_template").is_some()),
+        }
     }
 }
 
@@ -170,6 +208,10 @@ pub fn open_dir(path: &Path) -> Result<Checkpoint, FormatError> {
         }
         None => None,
     };
+    let tokenizer_model = match top.iter().find(|n| **n == "tokenizer.model") {
+        Some(n) => Some(super::sentencepiece::read(&path.join(n))?),
+        None => None,
+    };
     let chat_template_jinja = match top.iter().find(|n| **n == "chat_template.jinja") {
         Some(n) => Some(read_text_capped(&path.join(n), MAX_LICENCE_LEN)?),
         None => None,
@@ -204,6 +246,7 @@ pub fn open_dir(path: &Path) -> Result<Checkpoint, FormatError> {
             generation_config,
             tokenizer_json,
             tokenizer_config,
+            tokenizer_model,
             chat_template_jinja,
             card,
             licence_files,

@@ -17,6 +17,7 @@ mod mmap;
 pub mod pickle;
 pub mod pytorch;
 pub mod safetensors;
+pub mod sentencepiece;
 pub mod template;
 pub mod tokenizer_file;
 

@@ -1,6 +1,7 @@
 //! The parts of a tokenizer the scanner judges: regex and string patterns of `Split` and
 //! `Replace` steps anywhere in `tokenizer.json`, the normalizer's `Replace` steps, added
-//! tokens (also GGUF control and user-defined tokens), and ids that two strings share.
+//! tokens (also GGUF control and user-defined tokens), ids that two strings share, and the
+//! id → text map compared with a SentencePiece tokenizer.model.
 //!
 //! `tokenizer.json` is read with a size cap and parsed by serde_json (nesting capped at
 //! 128 levels); the walk over it is bounded by the same depth, and every list this returns
@@ -202,6 +203,61 @@ fn collisions(
             }
         }
     }
+}
+
+/// The id → text map of a tokenizer.json (`model.vocab`, then `added_tokens`, which win),
+/// for comparing it with a SentencePiece tokenizer.model beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonVocab {
+    pub by_id: HashMap<u64, String>,
+    /// `model.byte_fallback`, where the model says.
+    pub byte_fallback: Option<bool>,
+    /// `model.type` (`BPE`, `Unigram`, ...).
+    pub kind: Option<String>,
+}
+
+/// Read tokenizer.json's vocabulary.
+pub fn vocabulary(path: &Path) -> Result<JsonVocab, FormatError> {
+    let text = read_text_capped(path, MAX_TOKENIZER_JSON_LEN)?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| FormatError::malformed(path, format!("not valid JSON: {e}")))?;
+    let mut out = JsonVocab::default();
+    let model = v.get("model");
+    out.byte_fallback = model
+        .and_then(|m| m.get("byte_fallback"))
+        .and_then(Value::as_bool);
+    out.kind = model
+        .and_then(|m| m.get("type"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match model.and_then(|m| m.get("vocab")) {
+        Some(Value::Object(m)) => {
+            for (s, id) in m {
+                if let Some(id) = id.as_u64() {
+                    out.by_id.entry(id).or_insert_with(|| s.clone());
+                }
+            }
+        }
+        Some(Value::Array(items)) => {
+            for (i, it) in items.iter().enumerate() {
+                if let Some(s) = it.get(0).and_then(Value::as_str) {
+                    out.by_id.insert(i as u64, s.to_owned());
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::Array(items)) = v.get("added_tokens") {
+        for it in items {
+            if let (Some(id), Some(content)) = (
+                it.get("id").and_then(Value::as_u64),
+                it.get("content").and_then(Value::as_str),
+            ) {
+                out.by_id.insert(id, content.to_owned());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// GGUF control (type 3) and user-defined (type 4) tokens: the GGUF form of added tokens.

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use crate::finding::{Evidence, Finding, Severity};
-use crate::formats::{self, gguf, safetensors, template, tokenizer_file};
+use crate::formats::{self, gguf, safetensors, sentencepiece, template, tokenizer_file};
 
 use super::{
     check_weights, fault_text, pickle, structure_finding, ScanError, MAX_DEPTH, MAX_FILES,
@@ -409,6 +409,21 @@ pub(super) fn scan_file(abs: &Path, rel: &Path, out: &mut Vec<Finding>) {
     if name == "tokenizer.json" {
         match tokenizer_file::read(abs) {
             Ok(parts) => super::tokenizer::judge(&parts, rel, out),
+            Err(e) => out.push(structure_finding(&e, rel)),
+        }
+        return;
+    }
+    if name == "tokenizer.model" {
+        match sentencepiece::read(abs) {
+            Ok(model) => {
+                // A tokenizer.json that cannot be read gets its own finding when visited.
+                let json = abs.with_file_name("tokenizer.json");
+                if json.is_file() {
+                    if let Ok(vocab) = tokenizer_file::vocabulary(&json) {
+                        super::tokenizer::agree(&model, &vocab, rel, out);
+                    }
+                }
+            }
             Err(e) => out.push(structure_finding(&e, rel)),
         }
         return;

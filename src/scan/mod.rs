@@ -33,6 +33,7 @@
 //! | `scan/tokenizer-added-token` | warning: an invisible, zero-width, bidi or instruction-like added token |
 //! | `scan/tokenizer-duplicate` | error: two token strings with one id |
 //! | `scan/tokenizer-normalizer` | warning: a normalizer that deletes or replaces non-whitespace text |
+//! | `scan/tokenizer-mismatch` | warning: a tokenizer.model and a tokenizer.json beside it that disagree (pieces, ids, special tokens, byte fallback) |
 //!
 //! Chat templates are found by [`crate::formats::template`] (every GGUF
 //! `tokenizer.chat_template*` key, `tokenizer_config.json`, `chat_template.json`, `*.jinja`)
@@ -81,6 +82,7 @@ pub const RULE_TOKENIZER_REGEX: &str = "scan/tokenizer-regex";
 pub const RULE_TOKENIZER_ADDED_TOKEN: &str = "scan/tokenizer-added-token";
 pub const RULE_TOKENIZER_DUPLICATE: &str = "scan/tokenizer-duplicate";
 pub const RULE_TOKENIZER_NORMALIZER: &str = "scan/tokenizer-normalizer";
+pub const RULE_TOKENIZER_MISMATCH: &str = "scan/tokenizer-mismatch";
 
 /// Every scan rule: (id, default severity, short description). Reports and the manual
 /// take the descriptions from here.
@@ -106,6 +108,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (RULE_TOKENIZER_ADDED_TOKEN, Severity::Warning, "an invisible, zero-width, bidi or instruction-like added token"),
     (RULE_TOKENIZER_DUPLICATE, Severity::Error, "two token strings with one id"),
     (RULE_TOKENIZER_NORMALIZER, Severity::Warning, "a normalizer that deletes or replaces non-whitespace text"),
+    (RULE_TOKENIZER_MISMATCH, Severity::Warning, "a tokenizer.model and a tokenizer.json that disagree on pieces, ids or byte fallback"),
 ];
 
 /// The short description of a scan rule, for report rule tables.

@@ -1,16 +1,18 @@
 //! Tokenizer rules: catastrophic regexes in `Split`/`Replace` steps, invisible or
 //! instruction-like added tokens, two strings sharing an id, and normalizers that rewrite
-//! text. The parts come from [`crate::formats::tokenizer_file`].
+//! text, and a tokenizer.model that disagrees with the tokenizer.json beside it. The parts
+//! come from [`crate::formats::tokenizer_file`] and [`crate::formats::sentencepiece`].
 
 use std::path::Path;
 
 use crate::finding::{Evidence, Finding, Severity};
-use crate::formats::tokenizer_file::{AddedToken, TokenizerParts};
+use crate::formats::sentencepiece::{PieceType, SpModel};
+use crate::formats::tokenizer_file::{AddedToken, JsonVocab, TokenizerParts};
 
 use super::regex_check;
 use super::{
-    RULE_TOKENIZER_ADDED_TOKEN, RULE_TOKENIZER_DUPLICATE, RULE_TOKENIZER_NORMALIZER,
-    RULE_TOKENIZER_REGEX,
+    RULE_TOKENIZER_ADDED_TOKEN, RULE_TOKENIZER_DUPLICATE, RULE_TOKENIZER_MISMATCH,
+    RULE_TOKENIZER_NORMALIZER, RULE_TOKENIZER_REGEX,
 };
 
 /// Added tokens reported one by one per file.
@@ -108,6 +110,87 @@ pub(super) fn judge(parts: &TokenizerParts, rel: &Path, out: &mut Vec<Finding>) 
             .at(Evidence::file(rel)),
         );
     }
+}
+
+/// Disagreeing ids reported by text in the one finding.
+const MAX_LISTED_MISMATCHES: usize = 5;
+
+/// A tokenizer.model and the tokenizer.json beside it must describe one vocabulary: every
+/// piece at the same id, and the same byte fallback. Runtimes differ in which file they
+/// load (llama.cpp's converter takes tokenizer.model, transformers tokenizer.json), so a
+/// swapped file makes the deployed model read other ids than the one that was reviewed.
+/// Ids beyond the pieces (tokens added in tokenizer.json only) are not compared.
+pub(super) fn agree(model: &SpModel, json: &JsonVocab, rel: &Path, out: &mut Vec<Finding>) {
+    let mut differ = Vec::new();
+    let mut special = Vec::new();
+    let mut count = 0usize;
+    for (id, p) in model.pieces.iter().enumerate() {
+        let other = json.by_id.get(&(id as u64));
+        if other.is_some_and(|t| *t == p.piece) {
+            continue;
+        }
+        count += 1;
+        if matches!(p.kind, PieceType::Control | PieceType::Unknown)
+            && special.len() < MAX_LISTED_MISMATCHES
+        {
+            special.push(format!("`{}`", shorten(&p.piece)));
+        }
+        if differ.len() < MAX_LISTED_MISMATCHES {
+            differ.push(match other {
+                Some(t) => format!(
+                    "id {id} is `{}` in tokenizer.model but `{}` in tokenizer.json",
+                    shorten(&p.piece),
+                    shorten(t)
+                ),
+                None => format!(
+                    "id {id} (`{}`) is missing from tokenizer.json",
+                    shorten(&p.piece)
+                ),
+            });
+        }
+    }
+    let mut faults = Vec::new();
+    if count > 0 {
+        let mut f = format!(
+            "they disagree on {count} of {} ids: {}",
+            model.pieces.len(),
+            differ.join("; ")
+        );
+        if count > differ.len() {
+            f.push_str("; ...");
+        }
+        if !special.is_empty() {
+            f.push_str(&format!(
+                " (special tokens among them: {})",
+                special.join(", ")
+            ));
+        }
+        faults.push(f);
+    }
+    let fallback = model.trainer().byte_fallback();
+    if json.kind.as_deref() == Some("BPE") && json.byte_fallback.is_some_and(|b| b != fallback) {
+        faults.push(format!(
+            "tokenizer.model {} byte fallback and tokenizer.json {}",
+            if fallback { "has" } else { "has no" },
+            if fallback { "has none" } else { "has it" }
+        ));
+    }
+    if faults.is_empty() {
+        return;
+    }
+    out.push(
+        Finding::new(
+            RULE_TOKENIZER_MISMATCH,
+            Severity::Warning,
+            format!(
+                "`{}` and the tokenizer.json beside it are different tokenizers: {}",
+                rel.display(),
+                faults.join("; ")
+            ),
+        )
+        .at(Evidence::file(rel))
+        .hint("llama.cpp's converter reads tokenizer.model and transformers reads tokenizer.json, so the model would read different ids depending on the runtime; get both files from the model's publisher"),
+    );
 }
 
 /// Added-token findings (tokenizer.json `added_tokens`, or GGUF control and user-defined

@@ -679,3 +679,425 @@ fn a_killed_conversion_leaves_a_partial_that_the_next_run_removes() {
     assert!(partials().is_empty(), "{:?}", partials());
     assert!(out.is_file());
 }
+
+// ---------------------------------------------------------------------------------------
+// Gemma 2, Gemma 3, OLMo 2, Phi-3 (issue 14)
+
+/// A copy of a conversion source for the families of issue 14: the Gemma oracles ship only
+/// a SentencePiece tokenizer.model; OLMo 2's 512-token byte-level tokenizer.json is added
+/// beside it, which converters that read tokenizer.model ignore and which leaves every tensor
+/// and architecture key as it is.
+fn family_source(name: &str, dst: &Path) -> PathBuf {
+    let src = match name {
+        "phi3" => repo().join("fixtures/oracles/phi3"),
+        other => crate::support::oracle2_dir(other),
+    };
+    let out = dst.join(name);
+    copy_dir(&src, &out);
+    if !out.join("tokenizer.json").exists() {
+        std::fs::copy(
+            crate::support::oracle2_dir("olmo2").join("tokenizer.json"),
+            out.join("tokenizer.json"),
+        )
+        .unwrap();
+    }
+    out
+}
+
+const FAMILIES: &[(&str, &str)] = &[
+    ("gemma2", "gemma2"),
+    ("gemma3", "gemma3"),
+    ("olmo2", "olmo2"),
+    ("phi3", "phi3"),
+];
+
+fn meta_of(path: &Path) -> Vec<(String, modelgate::formats::MetaValue)> {
+    Checkpoint::open(path).unwrap().weights.metadata
+}
+
+#[test]
+fn gemma_olmo2_phi3_convert_to_gguf_that_gguf_py_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, arch) in FAMILIES {
+        let src = family_source(name, tmp.path());
+        for ty in ["F32", "F16", "Q8_0", "Q4_K_M"] {
+            let out = tmp.path().join(format!("{name}-{ty}.gguf"));
+            let s = convert(&src, &out, &["--type", ty]);
+            assert_eq!(s["file_type"], ty, "{name}");
+            let report = gguf_py_check(&src, &out, None);
+            let c = Checkpoint::open(&out).unwrap();
+            assert_eq!(
+                c.weights.meta("general.architecture"),
+                Some(&modelgate::formats::MetaValue::String((*arch).into())),
+                "{name}"
+            );
+            assert_eq!(
+                report["checked"]["tensors"].as_u64().unwrap() + u64::from(*name == "phi3") * 2,
+                c.weights.tensors.len() as u64,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn family_facts_in_the_f32_files() {
+    use modelgate::formats::MetaValue as M;
+    let tmp = tempfile::tempdir().unwrap();
+    let get =
+        |m: &[(String, M)], k: &str| m.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let f32_of = |name: &str| {
+        let out = tmp.path().join(format!("{name}.gguf"));
+        convert(&family_source(name, tmp.path()), &out, &["--type", "F32"]);
+        out
+    };
+    // Gemma 2: both soft-caps, the window, the head size, no RoPE base, no output head,
+    // norms stored +1.
+    let g2 = f32_of("gemma2");
+    let m = meta_of(&g2);
+    assert_eq!(get(&m, "gemma2.attn_logit_softcapping"), Some(M::F32(50.0)));
+    assert_eq!(
+        get(&m, "gemma2.final_logit_softcapping"),
+        Some(M::F32(30.0))
+    );
+    assert_eq!(get(&m, "gemma2.attention.sliding_window"), Some(M::U32(16)));
+    assert_eq!(get(&m, "gemma2.attention.key_length"), Some(M::U32(16)));
+    assert_eq!(get(&m, "gemma2.rope.freq_base"), None);
+    assert_eq!(
+        get(&m, "tokenizer.ggml.add_space_prefix"),
+        Some(M::Bool(false))
+    );
+    let c = Checkpoint::open(&g2).unwrap();
+    assert!(c.weights.tensor("output.weight").is_none());
+    for n in [
+        "post_attention_norm",
+        "post_ffw_norm",
+        "ffn_norm",
+        "attn_norm",
+    ] {
+        assert!(
+            c.weights.tensor(&format!("blk.1.{n}.weight")).is_some(),
+            "{n}"
+        );
+    }
+    // Gemma 3: global and local RoPE bases, no attention soft-cap, q/k norms.
+    let m = meta_of(&f32_of("gemma3"));
+    assert_eq!(get(&m, "gemma3.rope.freq_base"), Some(M::F32(1e6)));
+    assert_eq!(get(&m, "gemma3.rope.freq_base_swa"), Some(M::F32(10000.0)));
+    assert_eq!(get(&m, "gemma3.attn_logit_softcapping"), None);
+    assert_eq!(get(&m, "gemma3.attention.sliding_window"), Some(M::U32(16)));
+    // OLMo 2: post-norms only, q/k norms over the whole projection.
+    let o = f32_of("olmo2");
+    let c = Checkpoint::open(&o).unwrap();
+    assert!(c.weights.tensor("blk.0.attn_norm.weight").is_none());
+    assert!(c.weights.tensor("blk.0.ffn_norm.weight").is_none());
+    assert_eq!(
+        c.weights.tensor("blk.0.attn_q_norm.weight").unwrap().shape,
+        vec![64]
+    );
+    assert_eq!(
+        c.weights.tensor("blk.0.attn_k_norm.weight").unwrap().shape,
+        vec![32]
+    );
+    // Phi-3: fused tensors, LongRoPE factors and attention factor, window.
+    let p = f32_of("phi3");
+    let m = meta_of(&p);
+    assert_eq!(get(&m, "phi3.rope.dimension_count"), Some(M::U32(16)));
+    assert_eq!(
+        get(&m, "phi3.rope.scaling.original_context_length"),
+        Some(M::U32(32))
+    );
+    assert_eq!(get(&m, "phi3.attention.sliding_window"), Some(M::U32(2047)));
+    // sqrt(1 + ln(128 / 32) / ln(32))
+    let want = (1.0f64 + (4.0f64).ln() / (32.0f64).ln()).sqrt() as f32;
+    assert_eq!(get(&m, "phi3.rope.scaling.attn_factor"), Some(M::F32(want)));
+    // Phi3MiniModel's added tokens: score -1000, CONTROL when special (`<|endoftext|>`, 500).
+    match (
+        get(&m, "tokenizer.ggml.scores"),
+        get(&m, "tokenizer.ggml.token_type"),
+    ) {
+        (Some(M::Array { items: s, .. }), Some(M::Array { items: t, .. })) => {
+            assert_eq!((&s[500], &t[500]), (&M::F32(-1000.0), &M::I32(3)));
+        }
+        other => panic!("no scores or types: {other:?}"),
+    }
+    let c = Checkpoint::open(&p).unwrap();
+    assert_eq!(
+        c.weights.tensor("blk.0.attn_qkv.weight").unwrap().shape,
+        vec![128, 64]
+    );
+    assert_eq!(
+        c.weights.tensor("blk.0.ffn_up.weight").unwrap().shape,
+        vec![256, 64]
+    );
+    assert_eq!(
+        c.weights.tensor("rope_factors_long.weight").unwrap().shape,
+        vec![8]
+    );
+}
+
+#[test]
+fn phi4_without_a_window_gets_zero_and_keeps_null_on_the_way_back() {
+    use modelgate::formats::MetaValue as M;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = family_source("phi3", tmp.path());
+    edit_json(&src.join("config.json"), |v| {
+        v["sliding_window"] = Value::Null
+    });
+    let g = tmp.path().join("phi4.gguf");
+    convert(&src, &g, &["--type", "F32"]);
+    gguf_py_check(&src, &g, None);
+    let m = meta_of(&g);
+    let w = m.iter().find(|(k, _)| k == "phi3.attention.sliding_window");
+    assert_eq!(w.map(|(_, v)| v.clone()), Some(M::U32(0)));
+    let dir = tmp.path().join("phi4-hf");
+    convert(&g, &dir, &[]);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["sliding_window"], Value::Null);
+}
+
+type ArchKeys = Vec<(String, modelgate::formats::MetaValue)>;
+type TensorBytes = Vec<(String, DType, Vec<u64>, Vec<u8>)>;
+
+/// The `{arch}.*` keys and every tensor of a GGUF file.
+fn arch_keys_and_tensors(path: &Path) -> (ArchKeys, TensorBytes) {
+    let m = meta_of(path);
+    let arch = match m.iter().find(|(k, _)| k == "general.architecture") {
+        Some((_, modelgate::formats::MetaValue::String(a))) => a.clone(),
+        other => panic!("no architecture: {other:?}"),
+    };
+    let mut keys: Vec<_> = m
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{arch}.")))
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    (keys, tensors(path))
+}
+
+#[test]
+fn families_round_trip_through_a_hugging_face_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, _) in FAMILIES {
+        let src = family_source(name, tmp.path());
+        let g1 = tmp.path().join(format!("{name}.gguf"));
+        convert(&src, &g1, &["--type", "F32"]);
+        let dir = tmp.path().join(format!("{name}-hf"));
+        let s = convert(&g1, &dir, &[]);
+        assert_eq!(s["format"], "hf-dir");
+        // The original class and the original Hugging Face tensor names.
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let orig: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"], orig["architectures"], "{name}");
+        let names = |p: &Path| {
+            let mut v: Vec<String> = Checkpoint::open(p)
+                .unwrap()
+                .weights
+                .tensors
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut want = names(&src);
+        if *name == "gemma2" || *name == "gemma3" {
+            want.retain(|n| n != "lm_head.weight");
+        }
+        assert_eq!(names(&dir), want, "{name}");
+        // Back to GGUF: the same architecture keys and byte-identical tensors.
+        let g2 = tmp.path().join(format!("{name}-2.gguf"));
+        convert(&dir, &g2, &["--type", "F32"]);
+        assert_eq!(
+            arch_keys_and_tensors(&g1),
+            arch_keys_and_tensors(&g2),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn family_quantization_follows_llama_quantize_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let types = |path: &Path| -> std::collections::HashMap<String, DType> {
+        Checkpoint::open(path)
+            .unwrap()
+            .weights
+            .tensors
+            .iter()
+            .map(|t| (t.name.to_string(), t.dtype))
+            .collect()
+    };
+    let q8 = |t: DType| t == DType::Ggml(modelgate::formats::GgmlType::Q8_0);
+    // Gemma: the tied embedding is the output head; Q4_K_M sends it to Q6_K, which does not
+    // fit rows of 64, so Q8_0 (llama.cpp's rule for heads whose rows do not divide).
+    let g = tmp.path().join("g.gguf");
+    convert(
+        &family_source("gemma2", tmp.path()),
+        &g,
+        &["--type", "Q4_K_M"],
+    );
+    let t = types(&g);
+    assert!(q8(t["token_embd.weight"]), "{:?}", t["token_embd.weight"]);
+    assert_eq!(t["blk.0.post_ffw_norm.weight"], DType::F32);
+    // Phi-3: the fused qkv is treated as attn_v: Q3_K_M gives the first two Q5_K (which
+    // falls back to Q5_1 on rows of 64), where ffn_up gets Q3_K (falling back to Q4_0).
+    let p = tmp.path().join("p.gguf");
+    convert(
+        &family_source("phi3", tmp.path()),
+        &p,
+        &["--type", "Q3_K_M"],
+    );
+    let t = types(&p);
+    let q = |g| DType::Ggml(g);
+    use modelgate::formats::GgmlType as G;
+    assert_eq!(t["blk.0.attn_qkv.weight"], q(G::Q5_1));
+    assert_eq!(t["blk.0.ffn_up.weight"], q(G::Q4_0));
+    assert_eq!(t["rope_factors_long.weight"], DType::F32);
+    // GGUF -> GGUF: the same types from the F32 file as from the source.
+    let f = tmp.path().join("p32.gguf");
+    convert(&family_source("phi3", tmp.path()), &f, &["--type", "F32"]);
+    let p2 = tmp.path().join("p2.gguf");
+    convert(&f, &p2, &["--type", "Q3_K_M"]);
+    assert_eq!(types(&p), types(&p2));
+    assert_eq!(tensors(&p), tensors(&p2));
+}
+
+/// Convert a damaged copy of a family source; expect exit 2 and `needle` in stderr.
+fn refuse_family(name: &str, damage: impl FnOnce(&Path), needle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = family_source(name, tmp.path());
+    damage(&src);
+    let outdir = tmp.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("m.gguf");
+    let o = modelgate(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(
+        leftovers(&outdir).is_empty(),
+        "left behind: {:?}",
+        leftovers(&outdir)
+    );
+}
+
+#[test]
+fn family_bad_input_is_refused_cleanly() {
+    for (key, value) in [
+        ("attn_logit_softcapping", 0.0),
+        ("final_logit_softcapping", -30.0),
+    ] {
+        refuse_family(
+            "gemma2",
+            |d| edit_json(&d.join("config.json"), |v| v[key] = value.into()),
+            key,
+        );
+    }
+    refuse_family(
+        "gemma3",
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["final_logit_softcapping"] = 0.into()
+            })
+        },
+        "final_logit_softcapping",
+    );
+    refuse_family(
+        "gemma2",
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["attn_logit_softcapping"] = Value::Null
+            })
+        },
+        "attn_logit_softcapping",
+    );
+    // A tensor of the wrong shape, and one missing.
+    refuse_family(
+        "olmo2",
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["intermediate_size"] = 96.into()
+            })
+        },
+        "intermediate_size 96",
+    );
+    refuse_family(
+        "gemma3",
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["num_hidden_layers"] = 7.into()
+            })
+        },
+        "model.layers.6.",
+    );
+    refuse_family(
+        "phi3",
+        |d| {
+            edit_json(&d.join("config.json"), |v| {
+                v["rope_parameters"]["short_factor"] = serde_json::json!([1.0, 1.0])
+            })
+        },
+        "short_factor",
+    );
+}
+
+#[test]
+fn falcon3_converts_as_a_llama_with_its_pre_tokenizer() {
+    // Falcon 3 is a LlamaForCausalLM whose tokenizer splits like Llama 3's; llama.cpp names
+    // the pre-tokenizer `falcon3` and treats it as Llama 3's.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("falcon3");
+    copy_dir(&fixture("models/tiny-llama"), &src);
+    edit_json(&src.join("tokenizer.json"), |v| {
+        v["pre_tokenizer"] = modelgate::convert::vocab::pre_tokenizer_json("falcon3").unwrap();
+        v["model"]["ignore_merges"] = true.into();
+    });
+    let g = tmp.path().join("f.gguf");
+    let s = convert(&src, &g, &["--type", "Q8_0", "--pre-tokenizer", "falcon3"]);
+    assert_eq!(s["pre_tokenizer"]["name"], "falcon3", "{s:#}");
+    gguf_py_check(&src, &g, None);
+    let m = meta_of(&g);
+    let pre = m
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.pre")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        pre,
+        Some(modelgate::formats::MetaValue::String("falcon3".into()))
+    );
+    // Without the name, the same splitting is recognised as Llama 3's.
+    let g2 = tmp.path().join("f2.gguf");
+    let s = convert(&src, &g2, &["--type", "Q8_0"]);
+    assert_eq!(s["pre_tokenizer"]["name"], "llama-bpe");
+    // And back to a Hugging Face directory and GGUF again.
+    let dir = tmp.path().join("f-hf");
+    convert(&g, &dir, &["--type", "F32"]);
+    let g3 = tmp.path().join("f3.gguf");
+    let s = convert(&dir, &g3, &["--type", "Q8_0", "--pre-tokenizer", "falcon3"]);
+    assert_eq!(s["pre_tokenizer"]["name"], "falcon3");
+}
+
+#[test]
+fn gemma_oracles_convert_from_tokenizer_model_alone() {
+    use modelgate::formats::MetaValue as M;
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["gemma2", "gemma3"] {
+        let src = crate::support::oracle2_dir(name);
+        let out = tmp.path().join(format!("{name}.gguf"));
+        convert(&src, &out, &["--type", "F32"]);
+        gguf_py_check(&src, &out, None);
+        let m = meta_of(&out);
+        let get = |k: &str| m.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("tokenizer.ggml.model"), Some(M::String("llama".into())));
+        assert_eq!(get("tokenizer.ggml.add_space_prefix"), Some(M::Bool(false)));
+    }
+}

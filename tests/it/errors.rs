@@ -193,3 +193,58 @@ fn license_of_a_missing_model() {
     let missing = tmp.path().join("model");
     insta::assert_snapshot!(failure(&["license", s(&missing)], tmp.path()));
 }
+
+/// tiny-llama with its tokenizer.json replaced by a SentencePiece tokenizer.model.
+fn llama_with_tokenizer_model(dir: &Path, model: &[u8]) -> std::path::PathBuf {
+    let src = fixture("models/tiny-llama");
+    let out = dir.join("spm");
+    std::fs::create_dir(&out).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    std::fs::write(out.join("tokenizer.model"), model).unwrap();
+    out
+}
+
+#[test]
+fn inspect_of_a_truncated_tokenizer_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = std::fs::read(fixture("hostile/sentencepiece/truncated.model")).unwrap();
+    let model = llama_with_tokenizer_model(tmp.path(), &bad);
+    insta::assert_snapshot!(failure(&["inspect", s(&model)], tmp.path()));
+}
+
+#[test]
+fn inspect_of_a_tokenizer_model_with_a_nan_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = std::fs::read(fixture("hostile/sentencepiece/score_nan.model")).unwrap();
+    let model = llama_with_tokenizer_model(tmp.path(), &bad);
+    insta::assert_snapshot!(failure(&["inspect", s(&model)], tmp.path()));
+}
+
+#[test]
+fn convert_of_a_tokenizer_model_with_too_many_pieces() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Empty pieces cost two bytes each: one more than the cap is 2 MiB, made here rather
+    // than committed.
+    let n = modelgate::formats::sentencepiece::MAX_PIECES + 1;
+    let bad: Vec<u8> = [0x0a, 0x00].repeat(n);
+    let model = llama_with_tokenizer_model(tmp.path(), &bad);
+    let out = tmp.path().join("out.gguf");
+    insta::assert_snapshot!(failure(&["convert", s(&model), "-o", s(&out)], tmp.path()));
+}
+
+#[test]
+fn convert_of_a_tokenizer_model_larger_than_the_config_vocabulary() {
+    use modelgate::formats::sentencepiece::{self, Piece, PieceType};
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("hostile/sentencepiece/swapped/tokenizer.model")).unwrap();
+    let mut m = sentencepiece::parse(Path::new("tokenizer.model"), &good).unwrap();
+    for i in m.pieces.len()..600 {
+        m.pieces
+            .push(Piece::new(format!("p{i}"), -(i as f32), PieceType::Normal));
+    }
+    let model = llama_with_tokenizer_model(tmp.path(), &sentencepiece::write(&m));
+    let out = tmp.path().join("out.gguf");
+    insta::assert_snapshot!(failure(&["convert", s(&model), "-o", s(&out)], tmp.path()));
+}

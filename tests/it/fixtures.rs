@@ -26,6 +26,9 @@ mod hostile_pickle;
 #[allow(dead_code)]
 #[path = "../../examples/make_fixtures/hostile_safetensors.rs"]
 mod hostile_safetensors;
+
+#[path = "../../examples/make_fixtures/hostile_sentencepiece.rs"]
+mod hostile_sentencepiece;
 #[allow(dead_code)]
 #[path = "../../examples/make_fixtures/models.rs"]
 mod models;
@@ -66,12 +69,19 @@ fn committed_fixtures_are_exactly_the_generators_output() {
     let tmp = tempfile::tempdir().expect("temp dir");
     models::write_all(&tmp.path().join("models")).expect("generate models");
     text::write_all(&tmp.path().join("text")).expect("generate text");
-    for sub in ["hostile/gguf", "hostile/safetensors", "pickle"] {
+    for sub in [
+        "hostile/gguf",
+        "hostile/safetensors",
+        "hostile/sentencepiece",
+        "pickle",
+    ] {
         std::fs::create_dir_all(tmp.path().join(sub)).expect("create fixture folder");
     }
     hostile_gguf::write_all(&tmp.path().join("hostile/gguf")).expect("generate hostile gguf");
     hostile_safetensors::write_all(&tmp.path().join("hostile/safetensors"))
         .expect("generate hostile safetensors");
+    hostile_sentencepiece::write_all(&tmp.path().join("hostile/sentencepiece"))
+        .expect("generate hostile sentencepiece");
     hostile_pickle::write_all(&tmp.path().join("pickle")).expect("generate pickles");
     for sub in ["models", "text", "hostile", "pickle"] {
         let fresh = tmp.path().join(sub);

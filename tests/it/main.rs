@@ -19,6 +19,7 @@ mod pipeline;
 mod policy;
 mod quant;
 mod scan;
+mod sentencepiece;
 mod sign;
 mod split;
 mod support;

@@ -200,9 +200,9 @@ pub fn oracle_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The folder of one oracle of the second set (`gemma2`, `gemma3`, `olmo2`, ...), found
-/// as [`oracle_dir`] finds the first: `$MODELGATE_ORACLES2/NAME`, else `oracles2/NAME`
-/// under `$MODELGATE_SHARED`, the `shared/` folder beside the repository, or `/work/shared`.
+/// The folder of one oracle of the second set (`gemma2`, `gemma3`, `olmo2`, ...), found as
+/// [`oracle_dir`] finds the first: `$MODELGATE_ORACLES2/NAME`, else `oracles2/NAME` under
+/// `$MODELGATE_SHARED`, the `shared/` folder beside the repository, or `/work/shared`.
 pub fn oracle2_dir(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("MODELGATE_ORACLES2") {
         return PathBuf::from(dir).join(name);
@@ -217,7 +217,7 @@ pub fn oracle2_dir(name: &str) -> PathBuf {
         .flatten()
         .map(|p| p.join("oracles2"))
         .find(|p| p.is_dir())
-        .expect("the second set of transformers oracles: set MODELGATE_SHARED to the folder holding `oracles2/`")
+        .expect("the second oracle set: set MODELGATE_SHARED to the folder holding `oracles2/`")
         .join(name)
 }
 
