@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{fixture, oracle_python, repo, sarif_validator, smollm2};
+use crate::support::{fixture, oracle2_dir, oracle_python, repo, sarif_validator, smollm2};
 
 fn modelgate_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modelgate"))
@@ -866,4 +866,90 @@ steps:
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     insta::assert_snapshot!("run_keyless_without_token_stderr", error_lines(&o));
     assert!(!tmp.path().join("out/q8.gguf.sig").exists());
+}
+
+/// Issue 14's end-to-end pipeline on a Gemma 3 (the oracles2 tiny model with a model card
+/// declaring the Gemma terms and a Gemma base): scan, convert from its SentencePiece
+/// `tokenizer.model`, verify, the commercial policy, parity and signing all pass, and the
+/// report carries the Gemma obligations.
+#[test]
+fn gemma3_pipeline_under_the_commercial_policy_reports_the_gemma_obligations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = dir.join("tiny-gemma3");
+    std::fs::create_dir(&model).unwrap();
+    let src = oracle2_dir("gemma3");
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), model.join(f)).unwrap();
+    }
+    std::fs::write(
+        model.join("README.md"),
+        "---\nlicense: gemma\nbase_model: google/gemma-3-1b-pt\nmodel_creator: example-org\n---\n\
+         # tiny-gemma3\n\nGemma is provided under and subject to the Gemma Terms of Use found at \
+         ai.google.dev/gemma/terms.\n",
+    )
+    .unwrap();
+    let key = dir.join("key.pem");
+    let k = modelgate_in(
+        dir,
+        &["keygen", "--alg", "p256", "--out", key.to_str().unwrap()],
+    );
+    assert_eq!(k.status.code(), Some(0), "{}", text(&k));
+    let story = std::fs::read_to_string(fixture("text/eval.txt")).unwrap();
+    let short: String = story.chars().take(1500).collect();
+    std::fs::write(dir.join("eval.txt"), short).unwrap();
+    let yaml = format!(
+        "name: gemma3
+model: tiny-gemma3
+policy: {policy}
+out: out
+steps:
+  scan: {{}}
+  convert:
+    targets:
+      - {{ name: gemma3-f16, type: F16, format: gguf }}
+      - {{ name: gemma3-q8_0, type: Q8_0, format: gguf }}
+  verify: {{}}
+  policy: {{}}
+  parity:
+    reference: source
+    targets: [gemma3-f16, gemma3-q8_0]
+    text: eval.txt
+    ctx: 64
+    # a 2-layer random-weight model is far from the Llama-3-8B figures the commercial
+    # limits come from, so the pipeline sets its own Q8_0 limits
+    thresholds:
+      Q8_0: {{ max_mean_kld: 0.02, min_top1: 0.85 }}
+  sign:
+    key_env: GEMMA3_TEST_KEY
+    key: key.pem
+",
+        policy = repo().join("policies/commercial.yaml").display()
+    );
+    std::fs::write(dir.join("gemma3.yaml"), yaml).unwrap();
+    let o = modelgate_in(dir, &["run", "gemma3.yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = dir.join("out");
+    let report = json_file(&out.join("report.json"));
+    assert_eq!(report["verdict"], "pass");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "Gemma Terms of Use",
+        "Gemma Prohibited Use Policy",
+        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms",
+    ] {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
+    let spdx = json_file(&out.join("bom.spdx.json"));
+    let q8 = spdx_package(&spdx, "gemma3-q8_0");
+    assert_eq!(
+        spdx_entry(&q8["ai_hyperparameter"], "architecture"),
+        Some("gemma3")
+    );
 }
