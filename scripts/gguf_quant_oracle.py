@@ -16,7 +16,14 @@ test:
   ggml copy inside the PyPI source package `ggml-python` (pip download, no install; its
   quantizers are those of llama-cpp-python 0.3.36's vendored ggml, which adds only Q2_0),
   compiled with the system C compiler into a small shared library in the cache folder, and
-  called through ctypes. Nothing of it enters the repository.
+  called through ctypes. Nothing of it enters the repository. MXFP4 calls
+  `quantize_row_mxfp4_ref` directly: `quantize_mxfp4` is that function for every row and
+  ignores importance.
+* `hf`: the Hugging Face MXFP4 layout (gpt-oss `*_blocks` / `*_scales`) decoded with numpy
+  as transformers' `convert_moe_packed_tensors` decodes it: byte `i` of a 16-byte block
+  holds value `2i` in its low nibble and `2i + 1` in its high nibble, each an E2M1 value,
+  times `2^(scale - 127)`. Job: `{"oracle": "hf", "op": "dequant", "type": "MXFP4",
+  "input": BLOCKS, "scales": SCALES, "output": F32}`.
 
 Usage:
     gguf_quant_oracle.py JOBS.json
@@ -175,6 +182,22 @@ def ggml_quant(lib, np, qtype, values: "np.ndarray", row_len: int, nbytes: int,
     return dst.raw
 
 
+# transformers' FP4_VALUES: the E2M1 value of each 4-bit code.
+E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def hf_mxfp4_dequant(np, blocks: bytes, scales: bytes) -> "np.ndarray":
+    b = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, 16)
+    e = np.frombuffer(scales, dtype=np.uint8).astype(np.int32) - 127
+    if e.size != b.shape[0]:
+        fail(f"{b.shape[0]} MXFP4 blocks but {e.size} scales")
+    lut = np.array(E2M1, dtype=np.float32)
+    out = np.empty((b.shape[0], 32), dtype=np.float32)
+    out[:, 0::2] = lut[b & 0x0F]
+    out[:, 1::2] = lut[b >> 4]
+    return np.ldexp(out, e.reshape(-1, 1)).astype("<f4")
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         fail("usage: gguf_quant_oracle.py JOBS.json")
@@ -199,6 +222,21 @@ def main() -> None:
                 res["status"] = "not-implemented"
             else:
                 out.write_bytes(np.ascontiguousarray(q).tobytes())
+        elif job["oracle"] == "hf" and job["op"] == "dequant" and job["type"] == "MXFP4":
+            scales = pathlib.Path(job["scales"]).read_bytes()
+            out.write_bytes(hf_mxfp4_dequant(np, data, scales).tobytes())
+        elif job["oracle"] == "ggml" and job["op"] == "quant" and job["type"] == "MXFP4":
+            if lib is None:
+                lib = ctypes.CDLL(str(build_ggml()))
+            fn = lib.quantize_row_mxfp4_ref
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            src = np.ascontiguousarray(np.frombuffer(data, dtype="<f4"))
+            if src.size % 32:
+                fail(f"{src.size} values are not whole MXFP4 blocks")
+            dst = ctypes.create_string_buffer(src.size // 32 * 17)
+            fn(src.ctypes.data, dst, ctypes.c_int64(src.size))
+            out.write_bytes(dst.raw)
         elif job["oracle"] == "ggml" and job["op"] == "quant":
             if job["type"] not in GGML_REF:
                 res["status"] = "not-implemented"

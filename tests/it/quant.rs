@@ -256,11 +256,11 @@ fn candle_dtype(ty: GgmlType) -> GgmlDType {
     }
 }
 
-/// The types candle 0.11 can dequantize (it has no IQ or TQ types).
+/// The types candle 0.11 can dequantize (it has no IQ, TQ or MXFP4 types).
 fn in_candle(ty: GgmlType) -> bool {
     !matches!(
         ty,
-        GgmlType::IQ4NL | GgmlType::IQ4XS | GgmlType::TQ1_0 | GgmlType::TQ2_0
+        GgmlType::IQ4NL | GgmlType::IQ4XS | GgmlType::TQ1_0 | GgmlType::TQ2_0 | GgmlType::MXFP4
     )
 }
 
@@ -357,6 +357,9 @@ fn step_fraction(ty: GgmlType) -> f32 {
         GgmlType::IQ4XS => 0.3,
         // Three levels: -d, 0, d with d the block maximum (rounded to f16).
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.51,
+        // The scale is a power of two with the block maximum in [4, 8) steps of it; the top
+        // level is 6, and levels 4 and 6 are two steps apart: a quarter of the maximum.
+        GgmlType::MXFP4 => 0.2501,
         other => panic!("{other}"),
     }
 }
@@ -380,6 +383,8 @@ fn f16_floor(ty: GgmlType) -> f32 {
         GgmlType::IQ4NL => 127.0,
         GgmlType::IQ4XS => 32.0 * 127.0,
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => 1.0,
+        // An E8M0 scale is never rounded.
+        GgmlType::MXFP4 => 0.0,
         other => panic!("{other}"),
     };
     factor * 2f32.powi(-25)
@@ -495,6 +500,7 @@ fn weighted_quantizers_match_ggml_bytes() {
         GgmlType::IQ4XS,
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
+        GgmlType::MXFP4,
     ];
     let mut jobs = Vec::new();
     let mut ours = Vec::new();
@@ -572,4 +578,184 @@ fn importance_of_the_wrong_shape_is_refused() {
     quant::quantize_rows_weighted(GgmlType::Q8_0, &x, 256, Some(&[2.0; 256]), &mut a).unwrap();
     quant::quantize_rows(GgmlType::Q8_0, &x, 256, &mut b).unwrap();
     assert_eq!(a, b);
+}
+
+/// MXFP4 blocks at the edges of ggml's reference quantizer, against ggml's C code and
+/// gguf-py's quantizer: maxima just below a power of two (where `log2f` rounds up), values
+/// exactly halfway between levels (ties go to the first code), maxima below 2^-125 (where
+/// ggml's exponent wraps to 248 or 255), the largest floats, and signed zeros.
+#[test]
+fn mxfp4_edge_blocks_match_ggml_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut x: Vec<f32> = Vec::new();
+    let mut block = |f: &dyn Fn(usize) -> f32| x.extend((0..32).map(f));
+    block(&|i| {
+        if i == 0 {
+            8.0f32.next_down()
+        } else {
+            i as f32 * 0.2
+        }
+    });
+    block(&|i| if i == 3 { -(16.0f32.next_down()) } else { 0.1 });
+    // amax 6: d = 0.5, levels 0, 0.5, 1, 1.5, 2, 3, 4, 6; halfway points and their negatives.
+    let halves = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0];
+    block(&|i| {
+        if i == 0 {
+            6.0
+        } else {
+            halves[i % 7] * if i % 2 == 0 { 1.0 } else { -1.0 }
+        }
+    });
+    block(&|i| if i % 3 == 0 { -0.0 } else { 0.0 });
+    block(&|i| 1e-40 * (i as f32 + 1.0) / 32.0);
+    block(&|i| if i == 5 { 1.2e-38 } else { 3e-39 });
+    block(&|i| {
+        if i == 9 {
+            f32::MAX
+        } else {
+            -3e38 + i as f32 * 1e37
+        }
+    });
+    block(&|i| (i as f32 - 15.5) * 1e-3);
+    x.extend(test_data().into_iter().take(4096));
+    let input = dir.path().join("edges.f32");
+    std::fs::write(&input, f32_bytes(&x)).unwrap();
+    let jobs: Vec<Value> = ["ggml", "gguf"]
+        .iter()
+        .map(|o| {
+            json!({"oracle": o, "op": "quant", "type": "MXFP4", "input": input,
+                "output": dir.path().join(format!("edges.{o}")), "row_len": 32})
+        })
+        .collect();
+    let results = oracle(&jobs, dir.path());
+    assert!(results.iter().all(|r| r["status"] == "ok"), "{results:?}");
+    let mut mine = Vec::new();
+    quant::quantize_rows(GgmlType::MXFP4, &x, 32, &mut mine).unwrap();
+    for job in &jobs {
+        let theirs = std::fs::read(job["output"].as_str().unwrap()).unwrap();
+        assert_eq!(mine.len(), theirs.len());
+        for (b, (m, t)) in mine.chunks(17).zip(theirs.chunks(17)).enumerate() {
+            assert_eq!(m, t, "block {b} differs from {}", job["oracle"]);
+        }
+    }
+    // The wrapped exponents are ggml's, not a clamp of ours.
+    assert_eq!(mine[4 * 17], 248);
+    assert_eq!(mine[5 * 17], 255);
+}
+
+fn moe_fixture(name: &str) -> Vec<u8> {
+    let path = support::repo()
+        .join("fixtures/oracles/moe-kernels")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Values equal as numbers (ggml decodes code 8 as +0 where transformers has -0) or both NaN.
+fn same_value(a: f32, b: f32) -> bool {
+    a == b || a.is_nan() && b.is_nan()
+}
+
+/// gpt-oss's Hugging Face MXFP4 layout repacked into ggml's blocks: byte-identical to
+/// llama.cpp's converter (`GptOssModel.repack_mxfp4`, run by
+/// `scripts/make_moe_kernel_fixtures.py`), and decoding (ours and gguf-py's) to the values
+/// transformers' `convert_moe_packed_tensors` gives; then a larger random tensor built here,
+/// against gguf-py's dequantizer and a numpy decoding of the Hugging Face layout.
+#[test]
+fn hf_mxfp4_repacks_as_llama_cpp_and_decodes_as_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = moe_fixture("mxfp4_hf_blocks.u8");
+    let scales = moe_fixture("mxfp4_hf_scales.u8");
+    let packed = quant::repack_hf_mxfp4("blk.0.ffn_down_exps.weight", &blocks, &scales).unwrap();
+    assert_eq!(packed, moe_fixture("mxfp4_llama_cpp.bin"));
+    let hf = f32_from(&moe_fixture("mxfp4_transformers.f32"));
+    let ours = quant::dequantize_to_vec(GgmlType::MXFP4, &packed).unwrap();
+    assert_eq!(ours.len(), hf.len());
+    assert!(ours.iter().zip(&hf).all(|(a, b)| same_value(*a, *b)));
+
+    // 4 experts x 64 rows x 90 blocks of random codes and scales 0..=254.
+    let mut rng = Rng(0x6d78_6670_3400);
+    let n = 4 * 64 * 90;
+    let big_blocks: Vec<u8> = (0..n * 16).map(|_| (rng.unit() * 256.0) as u8).collect();
+    let big_scales: Vec<u8> = (0..n).map(|_| (rng.unit() * 255.0) as u8).collect();
+    let big = quant::repack_hf_mxfp4("w", &big_blocks, &big_scales).unwrap();
+    let mut jobs = Vec::new();
+    for (tag, bytes) in [("fixture", &packed), ("random", &big)] {
+        let input = dir.path().join(format!("{tag}.mxfp4"));
+        std::fs::write(&input, bytes).unwrap();
+        jobs.push(
+            json!({"oracle": "gguf", "op": "dequant", "type": "MXFP4", "input": input,
+            "output": dir.path().join(format!("{tag}.gguf.f32")), "row_len": 32}),
+        );
+    }
+    let (bi, si) = (
+        dir.path().join("random.blocks"),
+        dir.path().join("random.scales"),
+    );
+    std::fs::write(&bi, &big_blocks).unwrap();
+    std::fs::write(&si, &big_scales).unwrap();
+    jobs.push(
+        json!({"oracle": "hf", "op": "dequant", "type": "MXFP4", "input": bi,
+        "scales": si, "output": dir.path().join("random.hf.f32")}),
+    );
+    oracle(&jobs, dir.path());
+    let read = |name: &str| f32_from(&std::fs::read(dir.path().join(name)).unwrap());
+    let gguf_fixture = read("fixture.gguf.f32");
+    assert!(gguf_fixture
+        .iter()
+        .zip(&hf)
+        .all(|(a, b)| same_value(*a, *b)));
+    let (gguf_random, hf_random) = (read("random.gguf.f32"), read("random.hf.f32"));
+    let ours_random = quant::dequantize_to_vec(GgmlType::MXFP4, &big).unwrap();
+    assert_eq!(gguf_random.len(), n * 32);
+    assert_eq!(hf_random.len(), n * 32);
+    let differ = (0..n * 32)
+        .filter(|&i| {
+            !same_value(gguf_random[i], hf_random[i]) || !same_value(ours_random[i], hf_random[i])
+        })
+        .count();
+    assert_eq!(differ, 0, "{differ} of {} values differ", n * 32);
+}
+
+/// FP8 E4M3: all 256 codes decode as torch's `float8_e4m3fn`, and block-scaled weights
+/// (a 130 x 259 weight in 128 x 128 blocks, a 2 x 10 x 13 weight in 4 x 8 blocks, both
+/// with partial edge blocks) dequantize bit for bit as llama.cpp's converter does.
+#[test]
+fn fp8_dequantizes_as_torch_and_llama_cpp() {
+    let table = f32_from(&moe_fixture("fp8_e4m3fn.f32"));
+    assert_eq!(table.len(), 256);
+    for (code, want) in table.iter().enumerate() {
+        let got = quant::f8_e4m3_to_f32(code as u8);
+        assert!(
+            got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+            "code {code:#04x}: {got} vs torch {want}"
+        );
+    }
+    let shapes: Value = serde_json::from_slice(&moe_fixture("shapes.json")).unwrap();
+    for case in ["fp8_2d", "fp8_3d"] {
+        let dims = |k: &str| -> Vec<usize> {
+            shapes[case][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
+        };
+        let (shape, scale_shape, block) = (dims("shape"), dims("scale_shape"), dims("block"));
+        let weight = moe_fixture(&format!("{case}_weight.u8"));
+        let scale = f32_from(&moe_fixture(&format!("{case}_scale.f32")));
+        let want = f32_from(&moe_fixture(&format!("{case}_llama_cpp.f32")));
+        let scale = quant::Fp8Scale {
+            values: &scale,
+            shape: &scale_shape,
+        };
+        let got =
+            quant::dequantize_fp8_e4m3(case, &weight, &shape, Some(scale), Some(&block)).unwrap();
+        assert_eq!(got.len(), want.len(), "{case}");
+        let differ = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()))
+            .count();
+        assert_eq!(differ, 0, "{case}: {differ} values differ from llama.cpp");
+    }
 }

@@ -5,7 +5,8 @@
 //! tensor, the reader hands over rows as `f32` (see [`dequantize`] for F16/BF16 sources,
 //! or for GGUF tensors being requantized), and the writer stores the bytes these functions
 //! return. Types: F32, F16, BF16 and the block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0, with the byte layouts of ggml's `block_q*` structs.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4, with the byte layouts of
+//! ggml's `block_*` structs.
 //!
 //! Why not candle: candle-core's quantizers run on one thread and its K-quant search
 //! (`make_qkx1_quants`) is simpler than ggml's current reference, so it loses a little
@@ -29,15 +30,25 @@
 //! above. IQ4_NL and IQ4_XS are quantized as `llama-quantize` quantizes them (ggml's
 //! `quantize_iq4_*` with 7 scale trials), TQ1_0 and TQ2_0 with ggml's reference.
 //!
+//! Source formats that are not ggml types, for the converter's readers: gpt-oss's Hugging
+//! Face MXFP4 layout repacked into ggml's MXFP4 without decoding ([`repack_hf_mxfp4`]), and
+//! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
+//! does ([`dequantize_fp8_e4m3`]).
+//!
 //! Not built: IQ1_*, IQ2_*, IQ3_* (they decode through ggml's large lattice tables) and
-//! MXFP4/NVFP4.
+//! NVFP4.
 
 mod float;
+mod fp8;
 mod iquants;
 mod kquants;
 mod legacy;
+mod mxfp4;
 mod search;
 mod weighted;
+
+pub use fp8::{dequantize_fp8_e4m3, f8_e4m3_to_f32, Fp8Scale};
+pub use mxfp4::repack_hf_mxfp4;
 
 use half::f16;
 use rayon::prelude::*;
@@ -92,10 +103,52 @@ pub enum QuantError {
         have: usize,
         unit: &'static str,
     },
+    /// Hugging Face MXFP4 blocks that are not whole 16-byte blocks.
+    #[error("the MXFP4 blocks of `{tensor}` are {len} bytes, not whole blocks of 16 bytes")]
+    Mxfp4Blocks { tensor: String, len: usize },
+    /// Hugging Face MXFP4 scales that are not one per block.
+    #[error(
+        "the MXFP4 tensor `{tensor}` has {blocks} blocks but {scales} scales; \
+         it needs one scale byte per block"
+    )]
+    Mxfp4Scales {
+        tensor: String,
+        blocks: usize,
+        scales: usize,
+    },
+    /// An E8M0 scale of 255, which the format reserves for NaN.
+    #[error("the MXFP4 tensor `{tensor}` has scale 255 (NaN in E8M0) at block {block}")]
+    Mxfp4NanScale { tensor: String, block: usize },
+    /// An FP8 weight whose scale tensor is missing.
+    #[error("the FP8 tensor `{tensor}` has no scale (`{tensor}_scale_inv`)")]
+    Fp8MissingScale { tensor: String },
+    /// An FP8 weight whose bytes or scale do not fit its shape.
+    #[error("the FP8 tensor `{tensor}` and its scale disagree: {detail}")]
+    Fp8Shape { tensor: String, detail: String },
+}
+
+impl QuantError {
+    /// What the user can do about it, where there is something.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            QuantError::Unsupported { .. } => Some("pick one of the supported types"),
+            QuantError::Mxfp4Blocks { .. }
+            | QuantError::Mxfp4Scales { .. }
+            | QuantError::Mxfp4NanScale { .. } => Some(
+                "the checkpoint's `*_blocks` must be [..., n_blocks, 16] bytes and its \
+                 `*_scales` [..., n_blocks]; the download may be damaged",
+            ),
+            QuantError::Fp8MissingScale { .. } | QuantError::Fp8Shape { .. } => Some(
+                "FP8 checkpoints need every `weight_scale_inv` with one scale per \
+                 `weight_block_size` block of config.json's `quantization_config`",
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 17] = [
+pub const SUPPORTED: [GgmlType; 18] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -113,6 +166,7 @@ pub const SUPPORTED: [GgmlType; 17] = [
     GgmlType::BF16,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];
 
 fn supported_names() -> String {
@@ -148,6 +202,7 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
         T::TQ2_0 => (kquants::QK_K, iquants::TQ2_0_BYTES),
+        T::MXFP4 => (mxfp4::QK, mxfp4::MXFP4_BYTES),
         ty => return Err(QuantError::Unsupported { ty }),
     })
 }
@@ -409,6 +464,7 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
+        T::MXFP4 => each_block(x, y, L, mxfp4::MXFP4_BYTES, mxfp4::quantize_mxfp4),
         // `layout` refused every other type before any chunk was cut.
         _ => {}
     }
@@ -480,6 +536,7 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         T::IQ4XS => each_block_back(b, y, K, iquants::IQ4_XS_BYTES, iquants::dequantize_iq4_xs),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, iquants::dequantize_tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, iquants::dequantize_tq2_0),
+        T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, mxfp4::dequantize_mxfp4),
         _ => {}
     }
 }
@@ -522,6 +579,8 @@ mod tests {
             GgmlType::Q2K => 0.0075,
             GgmlType::Q3K => 0.004,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
+            // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
+            GgmlType::MXFP4 => 0.003,
             _ => 0.002,
         }
     }
