@@ -8,18 +8,22 @@ test:
   `dequant` runs `gguf.quants.dequantize(bytes, qtype)`; `quant` runs
   `gguf.quants.quantize(values, qtype)` where gguf-py has a quantizer (F16, BF16, Q4_0,
   Q4_1, Q5_0, Q5_1, Q8_0), and reports `not-implemented` otherwise.
-* `ggml`: ggml's own reference quantizers (`quantize_row_*_ref` in `ggml-quants.c`, what
-  `llama-quantize` runs without an importance matrix). The file is taken from the ggml
-  copy inside the PyPI source package `ggml-python` (pip download, no install), compiled
-  with the system C compiler into a small shared library in the cache folder, and called
-  through ctypes. Nothing of it enters the repository.
+* `ggml`: ggml's own quantizers, `quantize_<type>(src, dst, nrow, n_per_row, imatrix)` in
+  `ggml-quants.c`, the entry point `llama-quantize` calls through `ggml_quantize_chunk`:
+  with no importance it runs the reference quantizers (`quantize_row_*_ref`; IQ4_NL and
+  IQ4_XS their 7-trial search), with an importance vector (a job's `importance`, f32, one
+  value per column) the weighted `quantize_row_*_impl` paths. The file is taken from the
+  ggml copy inside the PyPI source package `ggml-python` (pip download, no install; its
+  quantizers are those of llama-cpp-python 0.3.36's vendored ggml, which adds only Q2_0),
+  compiled with the system C compiler into a small shared library in the cache folder, and
+  called through ctypes. Nothing of it enters the repository.
 
 Usage:
     gguf_quant_oracle.py JOBS.json
 
 JOBS.json is a list of objects:
     {"oracle": "gguf"|"ggml", "op": "quant"|"dequant", "type": "Q4_K",
-     "input": PATH, "output": PATH, "row_len": N}
+     "input": PATH, "output": PATH, "row_len": N, "importance": PATH (optional, ggml)}
 `quant` reads little-endian f32 values and writes the quantized bytes; `dequant` reads
 bytes and writes little-endian f32 values. The script prints one JSON object per job
 (`{"status": "ok"|"not-implemented", ...}`) as a JSON list on stdout, and exits 2 with a
@@ -63,7 +67,8 @@ def load_gguf():
 def cache_dir() -> pathlib.Path:
     base = os.environ.get("MODELGATE_CACHE")
     root = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "modelgate"
-    return root / "ggml-ref-0.0.45"
+    # -r2: the shim gained ggml_row_size, which the chunk entry points call.
+    return root / "ggml-ref-0.0.45-r2"
 
 
 # Stubs for the ggml functions that ggml-quants.c calls outside itself (error, logging and
@@ -73,7 +78,28 @@ SHIM = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
-size_t ggml_row_size(int type, int64_t ne) { (void) type; (void) ne; abort(); }
+/* Block length and block bytes by ggml type id, for the types the oracle quantizes. */
+size_t ggml_row_size(int type, int64_t ne) {
+    int blck = 0, size = 0;
+    switch (type) {
+        case 2: blck = 32; size = 18; break;   /* Q4_0 */
+        case 3: blck = 32; size = 20; break;   /* Q4_1 */
+        case 6: blck = 32; size = 22; break;   /* Q5_0 */
+        case 7: blck = 32; size = 24; break;   /* Q5_1 */
+        case 8: blck = 32; size = 34; break;   /* Q8_0 */
+        case 10: blck = 256; size = 84; break; /* Q2_K */
+        case 11: blck = 256; size = 110; break;
+        case 12: blck = 256; size = 144; break;
+        case 13: blck = 256; size = 176; break;
+        case 14: blck = 256; size = 210; break;
+        case 20: blck = 32; size = 18; break;  /* IQ4_NL */
+        case 23: blck = 256; size = 136; break; /* IQ4_XS */
+        case 34: blck = 256; size = 54; break; /* TQ1_0 */
+        case 35: blck = 256; size = 66; break; /* TQ2_0 */
+        default: abort();
+    }
+    return (size_t) (ne / blck) * size;
+}
 size_t ggml_type_size(int type) { (void) type; abort(); }
 const char * ggml_type_name(int type) { (void) type; return "?"; }
 void ggml_abort(const char * file, int line, const char * fmt, ...) {
@@ -125,16 +151,27 @@ def build_ggml() -> pathlib.Path:
 GGML_REF = {
     "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
     "Q2_K": "q2_K", "Q3_K": "q3_K", "Q4_K": "q4_K", "Q5_K": "q5_K", "Q6_K": "q6_K",
+    "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "TQ1_0": "tq1_0", "TQ2_0": "tq2_0",
 }
 
 
-def ggml_quant(lib, np, qtype, values: "np.ndarray", nbytes: int) -> bytes:
-    fn = getattr(lib, f"quantize_row_{GGML_REF[qtype]}_ref")
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+def ggml_quant(lib, np, qtype, values: "np.ndarray", row_len: int, nbytes: int,
+               importance) -> bytes:
+    fn = getattr(lib, f"quantize_{GGML_REF[qtype]}")
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_void_p]
     src = np.ascontiguousarray(values, dtype=np.float32)
     dst = ctypes.create_string_buffer(nbytes)
-    fn(src.ctypes.data, dst, ctypes.c_int64(src.size))
+    qw = None
+    if importance is not None:
+        qw = np.ascontiguousarray(importance, dtype=np.float32)
+        if qw.size != row_len:
+            fail(f"importance has {qw.size} values for rows of {row_len}")
+    written = fn(src.ctypes.data, dst, ctypes.c_int64(src.size // row_len),
+                 ctypes.c_int64(row_len), None if qw is None else qw.ctypes.data)
+    if written != nbytes:
+        fail(f"quantize_{GGML_REF[qtype]} wrote {written} bytes, expected {nbytes}")
     return dst.raw
 
 
@@ -170,7 +207,11 @@ def main() -> None:
                     lib = ctypes.CDLL(str(build_ggml()))
                 vals = np.frombuffer(data, dtype="<f4")
                 block, size = gguf.GGML_QUANT_SIZES[qtype]
-                out.write_bytes(ggml_quant(lib, np, job["type"], vals, vals.size // block * size))
+                imp = job.get("importance")
+                if imp is not None:
+                    imp = np.frombuffer(pathlib.Path(imp).read_bytes(), dtype="<f4")
+                out.write_bytes(ggml_quant(lib, np, job["type"], vals, int(job["row_len"]),
+                                           vals.size // block * size, imp))
         else:
             fail(f"unknown job {job}")
         results.append(res)

@@ -12,6 +12,7 @@
 pub mod dtype;
 pub mod gguf;
 pub mod hf;
+pub mod imatrix;
 mod mmap;
 pub mod pickle;
 pub mod pytorch;

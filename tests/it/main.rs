@@ -11,6 +11,7 @@ mod fixtures;
 mod formats_hf;
 mod gguf;
 mod hub;
+mod imatrix;
 mod inspect;
 mod logits;
 mod parity;

@@ -5,7 +5,7 @@
 //! tensor, the reader hands over rows as `f32` (see [`dequantize`] for F16/BF16 sources,
 //! or for GGUF tensors being requantized), and the writer stores the bytes these functions
 //! return. Types: F32, F16, BF16 and the block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//! Q3_K, Q4_K, Q5_K and Q6_K, with the byte layouts of ggml's `block_q*` structs.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0, with the byte layouts of ggml's `block_q*` structs.
 //!
 //! Why not candle: candle-core's quantizers run on one thread and its K-quant search
 //! (`make_qkx1_quants`) is simpler than ggml's current reference, so it loses a little
@@ -23,12 +23,21 @@
 //! caller is in (`pool.install(|| quantize_rows(..))` picks the threads); every block is
 //! quantized on its own, so the bytes do not depend on the number of threads.
 //!
-//! Not built: importance-matrix (imatrix) quantization, and the IQ*/TQ*/MXFP4 types.
+//! Importance (imatrix) quantization: [`quantize_rows_weighted`] takes a tensor's per-column
+//! importance and runs ggml's weighted quantizers (`weighted`, and the IQ4 types in
+//! `iquants`), what `llama-quantize --imatrix` runs; without importance the bytes are those
+//! above. IQ4_NL and IQ4_XS are quantized as `llama-quantize` quantizes them (ggml's
+//! `quantize_iq4_*` with 7 scale trials), TQ1_0 and TQ2_0 with ggml's reference.
+//!
+//! Not built: IQ1_*, IQ2_*, IQ3_* (they decode through ggml's large lattice tables) and
+//! MXFP4/NVFP4.
 
 mod float;
+mod iquants;
 mod kquants;
 mod legacy;
 mod search;
+mod weighted;
 
 use half::f16;
 use rayon::prelude::*;
@@ -68,6 +77,12 @@ pub enum QuantError {
         len: usize,
         block_bytes: usize,
     },
+    /// An importance vector whose length is not the row length.
+    #[error("the importance has {len} values for rows of {row_len}")]
+    ImportanceLen { len: usize, row_len: usize },
+    /// An importance value that is negative or not finite.
+    #[error("importance value {index} is {value}; it must be finite and non-negative")]
+    BadImportance { index: usize, value: f32 },
     /// An output buffer of the wrong size.
     #[error("`{ty}` data for {values} values needs {need} {unit}, the buffer has {have}")]
     OutputSize {
@@ -80,7 +95,7 @@ pub enum QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 13] = [
+pub const SUPPORTED: [GgmlType; 17] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -93,7 +108,11 @@ pub const SUPPORTED: [GgmlType; 13] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
     GgmlType::BF16,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 fn supported_names() -> String {
@@ -125,6 +144,10 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::Q4K => (kquants::QK_K, kquants::Q4K_BYTES),
         T::Q5K => (kquants::QK_K, kquants::Q5K_BYTES),
         T::Q6K => (kquants::QK_K, kquants::Q6K_BYTES),
+        T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
+        T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
+        T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
+        T::TQ2_0 => (kquants::QK_K, iquants::TQ2_0_BYTES),
         ty => return Err(QuantError::Unsupported { ty }),
     })
 }
@@ -225,6 +248,124 @@ pub fn quantize_into(
     }
 }
 
+/// [`quantize_rows`] with an optional per-column importance (an imatrix entry, see
+/// `formats::imatrix::Imatrix::importance`), `row_len` values long. With `Some`, the types
+/// `llama-quantize` quantizes differently under an imatrix (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
+/// IQ4_NL, IQ4_XS) run ggml's importance-weighted quantizers and write its bytes; the other
+/// types ignore it, as ggml does. With `None` the bytes are exactly [`quantize_rows`]'.
+pub fn quantize_rows_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    importance: Option<&[f32]>,
+    out: &mut Vec<u8>,
+) -> Result<(), QuantError> {
+    let need = quantized_len(ty, src.len(), row_len)?;
+    let start = out.len();
+    out.resize(start + need, 0);
+    let result = quantize_into_weighted(ty, src, row_len, importance, &mut out[start..]);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// A row quantizer that takes the row's importance.
+type RowFn = fn(&[f32], &[f32], &mut [u8]);
+
+/// The importance-weighted row quantizer of `ty`, if ggml has one.
+fn weighted_row(ty: GgmlType) -> Option<RowFn> {
+    use GgmlType as T;
+    let f: RowFn = match ty {
+        T::Q4_0 => weighted::q4_0_row,
+        T::Q4_1 => weighted::q4_1_row,
+        T::Q5_0 => weighted::q5_0_row,
+        T::Q5_1 => weighted::q5_1_row,
+        T::Q2K => weighted::q2k_row,
+        T::Q3K => weighted::q3k_row,
+        T::Q4K => weighted::q4k_row,
+        T::Q5K => weighted::q5k_row,
+        T::Q6K => weighted::q6k_row,
+        T::IQ4NL => |x, qw, y| {
+            let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
+            for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
+                iquants::quantize_iq4_nl(x, Some(qw), y);
+            }
+        },
+        T::IQ4XS => |x, qw, y| {
+            let it = x
+                .chunks_exact(kquants::QK_K)
+                .zip(qw.chunks_exact(kquants::QK_K));
+            for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_XS_BYTES)) {
+                iquants::quantize_iq4_xs(x, Some(qw), y);
+            }
+        },
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// [`quantize_into`] with an optional per-column importance (see [`quantize_rows_weighted`]).
+pub fn quantize_into_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    importance: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let (Some(qw), Some(row_fn)) = (importance, weighted_row(ty)) else {
+        return quantize_into(ty, src, row_len, dst);
+    };
+    let need = quantized_len(ty, src.len(), row_len)?;
+    if dst.len() != need {
+        return Err(QuantError::OutputSize {
+            ty,
+            values: src.len(),
+            need,
+            have: dst.len(),
+            unit: "bytes",
+        });
+    }
+    if qw.len() != row_len {
+        return Err(QuantError::ImportanceLen {
+            len: qw.len(),
+            row_len,
+        });
+    }
+    if let Some(index) = qw.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(QuantError::BadImportance {
+            index,
+            value: qw[index],
+        });
+    }
+    // The legacy types' weights depend on the whole row, so work is cut into whole rows.
+    let row_bytes = need / (src.len() / row_len).max(1);
+    let rows_per_task = (TASK_VALUES / row_len).max(1);
+    let failures: Vec<Option<usize>> = src
+        .par_chunks(rows_per_task * row_len)
+        .zip(dst.par_chunks_mut(rows_per_task * row_bytes))
+        .enumerate()
+        .map(|(task, (x, y))| {
+            if !all_finite(x) {
+                let at = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Some(task * rows_per_task * row_len + at);
+            }
+            for (xr, yr) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_bytes)) {
+                row_fn(xr, qw, yr);
+            }
+            None
+        })
+        .collect();
+    match failures.into_iter().flatten().next() {
+        Some(index) => Err(QuantError::NonFinite {
+            ty,
+            index,
+            value: src[index],
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Whether every value is finite; written as a bitwise fold so that it vectorises.
 fn all_finite(x: &[f32]) -> bool {
     let exp = 0x7f80_0000u32;
@@ -260,6 +401,14 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::Q4K => each_block(x, y, K, kquants::Q4K_BYTES, kquants::quantize_q4k),
         T::Q5K => each_block(x, y, K, kquants::Q5K_BYTES, kquants::quantize_q5k),
         T::Q6K => each_block(x, y, K, kquants::Q6K_BYTES, kquants::quantize_q6k),
+        T::IQ4NL => each_block(x, y, L, iquants::IQ4_NL_BYTES, |x, y| {
+            iquants::quantize_iq4_nl(x, None, y)
+        }),
+        T::IQ4XS => each_block(x, y, K, iquants::IQ4_XS_BYTES, |x, y| {
+            iquants::quantize_iq4_xs(x, None, y)
+        }),
+        T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
+        T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
         // `layout` refused every other type before any chunk was cut.
         _ => {}
     }
@@ -327,6 +476,10 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         T::Q4K => each_block_back(b, y, K, kquants::Q4K_BYTES, kquants::dequantize_q4k),
         T::Q5K => each_block_back(b, y, K, kquants::Q5K_BYTES, kquants::dequantize_q5k),
         T::Q6K => each_block_back(b, y, K, kquants::Q6K_BYTES, kquants::dequantize_q6k),
+        T::IQ4NL => each_block_back(b, y, L, iquants::IQ4_NL_BYTES, iquants::dequantize_iq4_nl),
+        T::IQ4XS => each_block_back(b, y, K, iquants::IQ4_XS_BYTES, iquants::dequantize_iq4_xs),
+        T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, iquants::dequantize_tq1_0),
+        T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, iquants::dequantize_tq2_0),
         _ => {}
     }
 }
@@ -368,6 +521,7 @@ mod tests {
         match ty {
             GgmlType::Q2K => 0.0075,
             GgmlType::Q3K => 0.004,
+            GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             _ => 0.002,
         }
     }
@@ -408,7 +562,7 @@ mod tests {
         assert!(!row_fits(GgmlType::Q4K, 576));
         assert!(row_fits(GgmlType::Q4_0, 576));
         assert!(!row_fits(GgmlType::Q4_0, 0));
-        assert!(!row_fits(GgmlType::IQ4XS, 256));
+        assert!(!row_fits(GgmlType::IQ2XXS, 256));
         let mut out = vec![7u8];
         let err = quantize_rows(GgmlType::Q4K, &[0.0; 576], 576, &mut out).unwrap_err();
         assert_eq!(
