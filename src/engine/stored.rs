@@ -319,3 +319,179 @@ impl CustomOp1 for Product<'_> {
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::Module;
+
+    use super::*;
+
+    /// A pseudo-random stream in [-1, 1).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Stored bytes of `w [n, k]` in `elem`, and the f32 values the dense path read from
+    /// them (`RawTensor::to_f32`'s conversions; candle's dequantization for blocks).
+    fn encode(elem: Elem, w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>, Option<QTensor>) {
+        match elem {
+            Elem::F32 => (
+                w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                w.to_vec(),
+                None,
+            ),
+            Elem::F16 => {
+                let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                    None,
+                )
+            }
+            Elem::BF16 => {
+                let h: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                    None,
+                )
+            }
+            Elem::Block(t) => {
+                let dense = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&dense, t).unwrap();
+                let bytes = q.data().unwrap().to_vec();
+                let deq = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                (bytes, deq, Some(q))
+            }
+        }
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn tiled_products_equal_the_dense_f32_product() {
+        let cases = [
+            (Elem::F32, 37, 96),
+            (Elem::F16, 37, 96),
+            (Elem::BF16, 41, 72),
+            // more rows than one tile, and a partial last tile
+            (Elem::F16, 5477, 96),
+            (Elem::Block(GgmlDType::Q8_0), 53, 160),
+            (Elem::Block(GgmlDType::Q4K), 29, 512),
+            (Elem::Block(GgmlDType::Q6K), 31, 256),
+            (Elem::Block(GgmlDType::Q4K), 2061, 256),
+            (Elem::Block(GgmlDType::Q6K), 2049, 256),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 1, n * k);
+            let (bytes, deq, q) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            assert!(!sm.is_mapped());
+            let dense = Tensor::from_slice(&deq, (n, k), &Device::Cpu).unwrap();
+            for m in [1usize, 3, 17, 64] {
+                let x = noise(100 + m as u64, m * k);
+                let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+                let want = xt
+                    .matmul(&dense.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let got = sm.matmul_exact(&x, m).unwrap();
+                // one tile: the same call as the dense product, bit for bit; several tiles:
+                // candle's gemm may sum a dot product in another order when the width
+                // differs, a rounding difference bounded by the size of the terms
+                if n <= sm.tile_rows() {
+                    assert_eq!(got, want, "{elem:?} {n}x{k} m={m}");
+                }
+                let mut worst = 0f32;
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms: f32 =
+                            (0..k).map(|c| (x[i * k + c] * deq[j * k + c]).abs()).sum();
+                        let d = (got[i * n + j] - want[i * n + j]).abs() / terms.max(1e-30);
+                        worst = worst.max(d);
+                    }
+                }
+                assert!(
+                    worst <= 1e-6,
+                    "{elem:?} {n}x{k} m={m}: difference {worst:e} of the terms' size, \
+                     max relative {:e}",
+                    max_rel(&got, &want)
+                );
+                // native mode: candle's quantized product of the whole matrix
+                if let Some(q) = &q {
+                    let q = QTensor::new(
+                        candle_core::quantized::QStorage::from_data(
+                            Cow::Borrowed(&bytes),
+                            &Device::Cpu,
+                            q.dtype(),
+                        )
+                        .unwrap(),
+                        (n, k),
+                    )
+                    .unwrap();
+                    let want = QMatMul::from_qtensor(q)
+                        .unwrap()
+                        .forward(&xt)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let got = sm.matmul_quantized(&x, m).unwrap();
+                    assert_eq!(got, want, "{elem:?} {n}x{k} m={m} quantized");
+                }
+            }
+            // embedding rows, including the first and last
+            let ids = [0u32, (n - 1) as u32, (n / 2) as u32, 0];
+            let rows = sm.gather(&ids).unwrap().to_vec2::<f32>().unwrap();
+            for (row, &id) in rows.iter().zip(&ids) {
+                let id = id as usize;
+                assert_eq!(&row[..], &deq[id * k..(id + 1) * k], "{elem:?} row {id}");
+            }
+            assert!(sm.gather(&[n as u32]).is_err());
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_and_unaligned_blocks_are_read() {
+        assert!(StoredMatrix::new(Elem::F16, 2, 3, &[0u8; 11], None).is_none());
+        assert!(StoredMatrix::new(Elem::F16, 2, 0, &[], None).is_none());
+        assert!(StoredMatrix::new(Elem::Block(GgmlDType::Q4K), 1, 255, &[0; 144], None).is_none());
+        assert!(StoredMatrix::new(Elem::Block(GgmlDType::Q4K), 1, 256, &[0; 144], None).is_some());
+        // Q8_0 rows of 34 bytes start at odd multiples of 2: tiles of row 1.. are read through
+        // an aligned buffer
+        let (n, k) = (3, 32);
+        let w = noise(7, n * k);
+        let (bytes, deq, _) = encode(Elem::Block(GgmlDType::Q8_0), &w, n, k);
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&bytes);
+        let sm =
+            StoredMatrix::new(Elem::Block(GgmlDType::Q8_0), n, k, &shifted[1..], None).unwrap();
+        let mut out = vec![0f32; k];
+        sm.dequantize_rows(1, &mut out).unwrap();
+        assert_eq!(&out[..], &deq[k..2 * k]);
+    }
+}
