@@ -17,6 +17,7 @@ pub mod ops;
 pub mod qmatmul;
 pub mod rope;
 pub mod sampling;
+pub mod stored;
 pub mod tokenizer;
 pub mod weights;
 

@@ -9,9 +9,11 @@
 //! RoPE (global, local, LongRoPE's two tables) come from [`ModelConfig`]; fused q/k/v and
 //! gate/up tensors are split by rows at load; the output head is the embedding when there
 //! is no separate head. The two numeric modes differ only in how a projection multiplies:
-//! [`Math::Reference`] dequantizes every weight to f32 and uses a dense f32 matmul,
-//! [`Math::Native`] keeps the stored block type and uses candle's quantized matmul (which
-//! quantizes activations, as llama.cpp does).
+//! [`Math::Reference`] dequantizes each weight tile to f32 and uses a dense f32 matmul,
+//! [`Math::Native`] uses quantized kernels (which quantize activations, as llama.cpp
+//! does). On the CPU both keep weights in their stored type, mostly as ranges of the
+//! checkpoint's memory map ([`StoredMatrix`]); only the 32-value block types are repacked
+//! for native mode's kernels ([`BlockMatrix`]), and only non-CPU devices get f32 copies.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
 use super::ops;
 use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
+use super::stored::{Elem, StoredMatrix};
 use super::weights::{Naming, RawTensor, Role, SharedQTensor, WeightSource};
 use super::EngineError;
 use crate::formats::DType;
@@ -65,6 +68,12 @@ enum Linear {
     Quant(QMatMul),
     /// modelgate's CPU kernels for the 32-value block types.
     Block(Arc<BlockMatrix>),
+    /// Stored bytes, dequantized tile by tile: exactly (`quantized: false`) or through
+    /// candle's quantized kernel.
+    Stored {
+        w: Arc<StoredMatrix>,
+        quantized: bool,
+    },
 }
 
 impl Linear {
@@ -73,6 +82,14 @@ impl Linear {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant(q) => q.forward(x)?,
             Linear::Block(b) => x.contiguous()?.apply_op1_no_bwd(b.as_ref())?,
+            Linear::Stored { w, quantized } => {
+                let x = x.contiguous()?;
+                if *quantized {
+                    x.apply_op1_no_bwd(&w.quantized())?
+                } else {
+                    x.apply_op1_no_bwd(&w.exact())?
+                }
+            }
         })
     }
 }
@@ -83,6 +100,8 @@ enum Embedding {
     Dense(Tensor),
     Quant(SharedQTensor),
     Block(Arc<BlockMatrix>),
+    /// Only the looked-up rows are dequantized.
+    Stored(Arc<StoredMatrix>),
 }
 
 impl Embedding {
@@ -99,6 +118,7 @@ impl Embedding {
                 }
                 Tensor::from_vec(out, (ids.len(), k), ids_device(b))?
             }
+            Embedding::Stored(w) => w.gather(&ids.to_vec1::<u32>()?)?,
         })
     }
 }
@@ -282,13 +302,57 @@ impl Loader<'_> {
 
     fn linear_from(&self, t: RawTensor<'_>, shape: [usize; 2]) -> Result<Linear, EngineError> {
         t.expect_shape(&shape)?;
+        let quantized = self.math == Math::Native;
+        if quantized {
+            if let Some(b) = self.block_matrix(&t)? {
+                return Ok(Linear::Block(Arc::new(b)));
+            }
+        }
+        if let Some(w) = self.stored(&t)? {
+            return Ok(Linear::Stored {
+                w: Arc::new(w),
+                quantized,
+            });
+        }
         Ok(match self.math {
             Math::Reference => Linear::Dense(t.to_f32(self.device)?),
-            Math::Native => match self.block_matrix(&t)? {
-                Some(b) => Linear::Block(Arc::new(b)),
-                None => Linear::Quant(QMatMul::from_qtensor(t.to_qtensor(self.device)?)?),
-            },
+            Math::Native => Linear::Quant(QMatMul::from_qtensor(t.to_qtensor(self.device)?)?),
         })
+    }
+
+    /// The tensor kept in its stored type, borrowing the source's memory map when it can:
+    /// for a 2-d CPU tensor of a float or candle block type.
+    fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
+        if !self.device.is_cpu() || t.shape.len() != 2 {
+            return Ok(None);
+        }
+        let elem = match t.dtype {
+            DType::F32 => Elem::F32,
+            DType::F16 => Elem::F16,
+            DType::BF16 => Elem::BF16,
+            DType::Ggml(_) => match t.ggml_dtype()? {
+                candle_core::quantized::GgmlDType::F32 => Elem::F32,
+                candle_core::quantized::GgmlDType::F16 => Elem::F16,
+                candle_core::quantized::GgmlDType::BF16 => Elem::BF16,
+                g => Elem::Block(g),
+            },
+            _ => return Ok(None),
+        };
+        let shared = match &t.data {
+            std::borrow::Cow::Borrowed(b) => self.src.share(b),
+            std::borrow::Cow::Owned(_) => None,
+        };
+        StoredMatrix::new(elem, t.shape[0], t.shape[1], &t.data, shared)
+            .map(Some)
+            .ok_or_else(|| EngineError::BadTensor {
+                name: t.name.clone(),
+                why: format!(
+                    "{} bytes do not hold {:?} values of type {}",
+                    t.data.len(),
+                    t.shape,
+                    t.dtype
+                ),
+            })
     }
 
     /// The tensor repacked for modelgate's block kernels, when it is a 2-d CPU tensor of a
@@ -364,24 +428,38 @@ impl Model {
         let embed_scale = cfg
             .embed_scale
             .map(|s| embed_scale_in(s, naming, embed_raw.dtype));
-        let (embed, tied_head) = match math {
-            Math::Reference => {
+        let block = match math {
+            Math::Native => ld.block_matrix(&embed_raw)?,
+            Math::Reference => None,
+        };
+        let stored = match block {
+            Some(_) => None,
+            None => ld.stored(&embed_raw)?,
+        };
+        let (embed, tied_head) = match (math, block, stored) {
+            (_, Some(b), _) => {
+                let b = Arc::new(b);
+                (Embedding::Block(b.clone()), Linear::Block(b))
+            }
+            (_, None, Some(w)) => {
+                let w = Arc::new(w);
+                let head = Linear::Stored {
+                    w: w.clone(),
+                    quantized: math == Math::Native,
+                };
+                (Embedding::Stored(w), head)
+            }
+            (Math::Reference, None, None) => {
                 let t = embed_raw.to_f32(device)?;
                 (Embedding::Dense(t.clone()), Linear::Dense(t))
             }
-            Math::Native => match ld.block_matrix(&embed_raw)? {
-                Some(b) => {
-                    let b = Arc::new(b);
-                    (Embedding::Block(b.clone()), Linear::Block(b))
-                }
-                None => {
-                    let q = Arc::new(embed_raw.to_qtensor(device)?);
-                    (
-                        Embedding::Quant(q.clone()),
-                        Linear::Quant(QMatMul::from_arc(q)?),
-                    )
-                }
-            },
+            (Math::Native, None, None) => {
+                let q = Arc::new(embed_raw.to_qtensor(device)?);
+                (
+                    Embedding::Quant(q.clone()),
+                    Linear::Quant(QMatMul::from_arc(q)?),
+                )
+            }
         };
         let head = match ld.raw(Role::Output)? {
             Some(t) => ld.linear_from(t, [cfg.vocab, h])?,

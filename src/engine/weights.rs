@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::formats::{DType, GgmlType, WeightFormat, Weights};
+use crate::formats::{DType, GgmlType, MappedSlice, WeightFormat, Weights};
 
 use super::config::Architecture;
 use super::EngineError;
@@ -164,6 +164,12 @@ pub trait WeightSource {
     fn naming(&self) -> Naming;
     /// The tensor called `name`, or `None` when there is none.
     fn tensor(&self, name: &str) -> Result<Option<RawTensor<'_>>, EngineError>;
+    /// `bytes`, borrowed from a tensor this source handed out, as a range of its memory
+    /// map that outlives the source, so a model can keep weights without copying them.
+    /// `None` (the default) makes the model copy them.
+    fn share(&self, _bytes: &[u8]) -> Option<MappedSlice> {
+        None
+    }
 }
 
 impl WeightSource for Weights {
@@ -194,6 +200,10 @@ impl WeightSource for Weights {
             shape,
             data: Cow::Borrowed(data),
         }))
+    }
+
+    fn share(&self, bytes: &[u8]) -> Option<MappedSlice> {
+        Weights::share(self, bytes)
     }
 }
 
@@ -245,7 +255,7 @@ impl RawTensor<'_> {
     }
 
     /// The candle block type for this tensor, when candle can read it.
-    fn ggml_dtype(&self) -> Result<GgmlDType, EngineError> {
+    pub(super) fn ggml_dtype(&self) -> Result<GgmlDType, EngineError> {
         let t = match self.dtype {
             DType::F32 => GgmlType::F32,
             DType::F16 => GgmlType::F16,

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use dtype::{DType, GgmlType};
 pub use gguf::MetaValue;
-pub use mmap::Mapped;
+pub use mmap::{Mapped, MappedSlice};
 
 use crate::types::TensorName;
 
@@ -211,6 +211,12 @@ impl Weights {
                 ),
             )),
         }
+    }
+
+    /// `part`, bytes borrowed from one of this checkpoint's maps (as
+    /// [`Weights::tensor_data`] hands out), as a range that keeps that map open.
+    pub fn share(&self, part: &[u8]) -> Option<MappedSlice> {
+        self.maps.iter().find_map(|m| m.share(part))
     }
 
     /// A metadata value by key.

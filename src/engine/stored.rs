@@ -1,0 +1,523 @@
+//! Weight matrices kept in their stored type (F32, F16, BF16 or a ggml block type), read
+//! from the memory-mapped checkpoint where possible, and multiplied one tile of rows at a
+//! time.
+//!
+//! A model used to hold every projection as a dense f32 copy: 4 bytes per parameter on top
+//! of the mapped file, 9 bytes per parameter for a parity run of two models. Here a weight
+//! costs its stored bytes (a shared range of the file's map, or an owned copy for the few
+//! tensors the engine must rewrite, such as GGUF q/k rows), and a product dequantizes
+//! [`TILE_BYTES`] of f32 weights at a time.
+//!
+//! [`StoredMatrix::matmul_exact`] is the reference product: each tile is dequantized with
+//! the conversion the dense path used and multiplied by candle's f32 matmul, so every
+//! output element is the dot product of the same f32 values as the dense `x W^T`. With one
+//! tile the call is the dense one, bit for bit; across tiles candle's gemm may sum a dot
+//! product in another order (measured below 1.2e-7 of the terms' total size, see
+//! docs/engine.md). [`StoredMatrix::matmul_quantized`] is native mode for candle's block
+//! types: each tile goes through candle's quantized
+//! kernel, which computes each output element independently of the others.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QuantizedType};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::formats::MappedSlice;
+
+/// f32 bytes of weights dequantized per tile: large enough that each matmul call has
+/// work for every thread, small enough to stay in cache next to the activations.
+const TILE_BYTES: usize = 16 << 20;
+
+/// Where the stored bytes live.
+enum Bytes {
+    /// A range of the checkpoint's memory map (no copy).
+    Mapped(MappedSlice),
+    /// A copy the engine had to make (rows reordered, or a source without a map).
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// How one stored element or block is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    BF16,
+    /// A ggml block type, read by candle.
+    Block(GgmlDType),
+}
+
+impl Elem {
+    /// Bytes of one row of `k` values, `None` when `k` is not whole blocks.
+    fn row_bytes(self, k: usize) -> Option<usize> {
+        match self {
+            Elem::F32 => k.checked_mul(4),
+            Elem::F16 | Elem::BF16 => k.checked_mul(2),
+            Elem::Block(t) => {
+                let bs = t.block_size();
+                if bs == 0 || !k.is_multiple_of(bs) {
+                    return None;
+                }
+                (k / bs).checked_mul(t.type_size())
+            }
+        }
+    }
+}
+
+/// A weight matrix `[n, k]` in its stored type.
+pub struct StoredMatrix {
+    elem: Elem,
+    n: usize,
+    k: usize,
+    row_bytes: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for StoredMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.bytes {
+            Bytes::Mapped(_) => "mapped",
+            Bytes::Owned(_) => "owned",
+        };
+        write!(
+            f,
+            "StoredMatrix[{:?}; {}x{}; {kind}]",
+            self.elem, self.n, self.k
+        )
+    }
+}
+
+impl StoredMatrix {
+    /// `n` rows of `k` values. `shared` is the same bytes as a range of a memory map, when
+    /// the caller has one; otherwise `data` is copied. `None` when the sizes disagree.
+    pub fn new(
+        elem: Elem,
+        n: usize,
+        k: usize,
+        data: &[u8],
+        shared: Option<MappedSlice>,
+    ) -> Option<StoredMatrix> {
+        let row_bytes = elem.row_bytes(k)?;
+        if k == 0 || data.len() != n.checked_mul(row_bytes)? {
+            return None;
+        }
+        let bytes = match shared {
+            Some(s) if s.len() == data.len() => Bytes::Mapped(s),
+            _ => Bytes::Owned(data.to_vec()),
+        };
+        Some(StoredMatrix {
+            elem,
+            n,
+            k,
+            row_bytes,
+            bytes,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Whether the bytes are a range of the checkpoint's map rather than a copy.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, Bytes::Mapped(_))
+    }
+
+    /// Rows `r0..r0 + out.len() / k` as f32, the conversion `RawTensor::to_f32` applies.
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let rows = out.len() / self.k;
+        let src = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+        match self.elem {
+            Elem::F32 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Elem::F16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Elem::BF16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Elem::Block(t) => {
+                let q = blocks(t, src);
+                match q.dequantize(out.len())? {
+                    CpuStorage::F32(v) => out.copy_from_slice(&v),
+                    _ => candle_core::bail!("dequantizing {t:?} gave no f32 values"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows per tile, and the granularity of the parallel dequantization.
+    fn tile_rows(&self) -> usize {
+        (TILE_BYTES / 4 / self.k).clamp(16, self.n.max(1))
+    }
+
+    /// Dequantize a tile of rows in parallel, a few rows per task.
+    fn dequantize_tile(&self, j0: usize, rows: usize) -> candle_core::Result<Vec<f32>> {
+        let k = self.k;
+        let mut w = vec![0f32; rows * k];
+        // a few tasks per thread for balance, each a run of whole rows
+        let per_task = rows
+            .div_ceil(rayon::current_num_threads().max(1) * 4)
+            .max(1);
+        w.par_chunks_mut(per_task * k)
+            .enumerate()
+            .try_for_each(|(c, dst)| self.dequantize_rows(j0 + c * per_task, dst))?;
+        Ok(w)
+    }
+
+    /// `x [m, k] -> x W^T [m, n]` in f32: each tile dequantized exactly and multiplied with
+    /// candle's f32 matmul.
+    pub fn matmul_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        self.matmul_exact_tiled(x, m, self.tile_rows())
+    }
+
+    fn matmul_exact_tiled(
+        &self,
+        x: &[f32],
+        m: usize,
+        tile: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (n, k) = (self.n, self.k);
+        let cpu = Device::Cpu;
+        let x = Tensor::from_slice(x, (m, k), &cpu)?;
+        let mut out = vec![0f32; m * n];
+        let mut j0 = 0;
+        while j0 < n {
+            let rows = tile.min(n - j0);
+            let w = Tensor::from_vec(self.dequantize_tile(j0, rows)?, (rows, k), &cpu)?;
+            let y = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            scatter(&mut out, &y, n, j0, rows);
+            j0 += rows;
+        }
+        Ok(out)
+    }
+
+    /// `x [m, k] -> x W^T [m, n]` through candle's quantized kernel, one tile of rows at a
+    /// time (for block types; float types use [`StoredMatrix::matmul_exact`], which is what
+    /// candle does with them too).
+    pub fn matmul_quantized(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        // the quantized kernel reads blocks, not f32 values: a tile of the same bytes
+        let tile = (TILE_BYTES / self.row_bytes).clamp(16, self.n.max(1));
+        self.matmul_quantized_tiled(x, m, tile)
+    }
+
+    fn matmul_quantized_tiled(
+        &self,
+        x: &[f32],
+        m: usize,
+        tile: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        let Elem::Block(t) = self.elem else {
+            return self.matmul_exact_tiled(x, m, tile);
+        };
+        let n = self.n;
+        let mut out = vec![0f32; m * n];
+        let mut y = vec![0f32; m * tile];
+        let mut j0 = 0;
+        while j0 < n {
+            let rows = tile.min(n - j0);
+            let src = &self.bytes[j0 * self.row_bytes..(j0 + rows) * self.row_bytes];
+            let dst = &mut y[..m * rows];
+            blocks(t, src).matmul_t((m, self.k, rows), x, dst)?;
+            scatter(&mut out, dst, n, j0, rows);
+            j0 += rows;
+        }
+        Ok(out)
+    }
+
+    /// Rows `ids` dequantized, `[ids.len(), k]` (embedding lookups).
+    pub fn gather(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let k = self.k;
+        let mut out = vec![0f32; ids.len() * k];
+        for (dst, &id) in out.chunks_exact_mut(k).zip(ids) {
+            let id = id as usize;
+            if id >= self.n {
+                candle_core::bail!("row {id} of a {}-row embedding", self.n);
+            }
+            self.dequantize_rows(id, dst)?;
+        }
+        Tensor::from_vec(out, (ids.len(), k), &Device::Cpu)
+    }
+
+    /// This matrix as a candle op computing the reference product.
+    pub fn exact(&self) -> Product<'_> {
+        Product {
+            w: self,
+            quantized: false,
+        }
+    }
+
+    /// This matrix as a candle op computing native mode's product.
+    pub fn quantized(&self) -> Product<'_> {
+        Product {
+            w: self,
+            quantized: true,
+        }
+    }
+}
+
+/// Candle's reading of `src` as blocks of type `t`. Candle reinterprets the bytes in place
+/// (then copies them), which needs the alignment of the block's widest field; a tile of a
+/// mapped GGUF tensor is aligned, anything else goes through an aligned buffer.
+fn blocks(t: GgmlDType, src: &[u8]) -> Box<dyn QuantizedType> {
+    const ALIGN: usize = 8;
+    if src.as_ptr().align_offset(ALIGN) == 0 {
+        return t.from_data(Cow::Borrowed(src));
+    }
+    let mut padded = vec![0u8; src.len() + ALIGN];
+    let off = padded.as_ptr().align_offset(ALIGN).min(ALIGN);
+    padded[off..off + src.len()].copy_from_slice(src);
+    t.from_data(Cow::Borrowed(&padded[off..off + src.len()]))
+}
+
+/// Copy a `[m, rows]` tile into columns `j0..j0 + rows` of `out [m, n]`.
+fn scatter(out: &mut [f32], tile: &[f32], n: usize, j0: usize, rows: usize) {
+    for (dst, src) in out.chunks_exact_mut(n).zip(tile.chunks_exact(rows)) {
+        dst[j0..j0 + rows].copy_from_slice(src);
+    }
+}
+
+/// A product with a [`StoredMatrix`] as a candle op (CPU, f32 activations).
+pub struct Product<'a> {
+    w: &'a StoredMatrix,
+    quantized: bool,
+}
+
+impl CustomOp1 for Product<'_> {
+    fn name(&self) -> &'static str {
+        "modelgate-stored-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some(x) = layout.contiguous_offsets() else {
+            candle_core::bail!("stored matmul needs a contiguous input, got {layout:?}");
+        };
+        let dims = layout.shape().dims();
+        let Some((&k, lead)) = dims.split_last() else {
+            candle_core::bail!("stored matmul needs a matrix input");
+        };
+        if k != self.w.k {
+            candle_core::bail!("stored matmul input width {k}, weight width {}", self.w.k);
+        }
+        let m: usize = lead.iter().product();
+        let data = match storage {
+            CpuStorage::F32(v) => &v[x.0..x.1],
+            _ => candle_core::bail!("stored matmul needs f32 activations"),
+        };
+        let out = if self.quantized {
+            self.w.matmul_quantized(data, m)?
+        } else {
+            self.w.matmul_exact(data, m)?
+        };
+        let mut shape = lead.to_vec();
+        shape.push(self.w.n);
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::Module;
+
+    use super::*;
+
+    /// A pseudo-random stream in [-1, 1).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Stored bytes of `w [n, k]` in `elem`, and the f32 values the dense path read from
+    /// them (`RawTensor::to_f32`'s conversions; candle's dequantization for blocks).
+    fn encode(elem: Elem, w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>, Option<QTensor>) {
+        match elem {
+            Elem::F32 => (
+                w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                w.to_vec(),
+                None,
+            ),
+            Elem::F16 => {
+                let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                    None,
+                )
+            }
+            Elem::BF16 => {
+                let h: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                (
+                    h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                    None,
+                )
+            }
+            Elem::Block(t) => {
+                let dense = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&dense, t).unwrap();
+                let bytes = q.data().unwrap().to_vec();
+                let deq = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                (bytes, deq, Some(q))
+            }
+        }
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn tiled_products_equal_the_dense_f32_product() {
+        let cases = [
+            (Elem::F32, 37, 96),
+            (Elem::F16, 37, 96),
+            (Elem::BF16, 41, 72),
+            // more rows than one tile, and a partial last tile
+            (Elem::F16, 5477, 96),
+            (Elem::Block(GgmlDType::Q8_0), 53, 160),
+            (Elem::Block(GgmlDType::Q4K), 29, 512),
+            (Elem::Block(GgmlDType::Q6K), 31, 256),
+            (Elem::Block(GgmlDType::Q4K), 2061, 256),
+            (Elem::Block(GgmlDType::Q6K), 2049, 256),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 1, n * k);
+            let (bytes, deq, q) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            assert!(!sm.is_mapped());
+            let dense = Tensor::from_slice(&deq, (n, k), &Device::Cpu).unwrap();
+            for m in [1usize, 3, 17, 64] {
+                let x = noise(100 + m as u64, m * k);
+                let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+                let want = xt
+                    .matmul(&dense.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                // the large cases in tiles of 1000 rows, as a larger model would be
+                let tile = if n > 1000 { 1000 } else { sm.tile_rows() };
+                let got = sm.matmul_exact_tiled(&x, m, tile).unwrap();
+                // one tile: the same call as the dense product, bit for bit; several tiles:
+                // candle's gemm may sum a dot product in another order when the width
+                // differs, a rounding difference bounded by the size of the terms
+                if n <= tile {
+                    assert_eq!(got, want, "{elem:?} {n}x{k} m={m}");
+                }
+                let mut worst = 0f32;
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms: f32 =
+                            (0..k).map(|c| (x[i * k + c] * deq[j * k + c]).abs()).sum();
+                        let d = (got[i * n + j] - want[i * n + j]).abs() / terms.max(1e-30);
+                        worst = worst.max(d);
+                    }
+                }
+                assert!(
+                    worst <= 1e-6,
+                    "{elem:?} {n}x{k} m={m}: difference {worst:e} of the terms' size, \
+                     max relative {:e}",
+                    max_rel(&got, &want)
+                );
+                // native mode: candle's quantized product of the whole matrix
+                if let Some(q) = &q {
+                    let q = QTensor::new(
+                        candle_core::quantized::QStorage::from_data(
+                            Cow::Borrowed(&bytes),
+                            &Device::Cpu,
+                            q.dtype(),
+                        )
+                        .unwrap(),
+                        (n, k),
+                    )
+                    .unwrap();
+                    let want = QMatMul::from_qtensor(q)
+                        .unwrap()
+                        .forward(&xt)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let got = sm.matmul_quantized_tiled(&x, m, tile).unwrap();
+                    assert_eq!(got, want, "{elem:?} {n}x{k} m={m} quantized");
+                    let got = sm.matmul_quantized(&x, m).unwrap();
+                    assert_eq!(got, want, "{elem:?} {n}x{k} m={m} quantized");
+                }
+            }
+            // embedding rows, including the first and last
+            let ids = [0u32, (n - 1) as u32, (n / 2) as u32, 0];
+            let rows = sm.gather(&ids).unwrap().to_vec2::<f32>().unwrap();
+            for (row, &id) in rows.iter().zip(&ids) {
+                let id = id as usize;
+                assert_eq!(&row[..], &deq[id * k..(id + 1) * k], "{elem:?} row {id}");
+            }
+            assert!(sm.gather(&[n as u32]).is_err());
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_and_unaligned_blocks_are_read() {
+        assert!(StoredMatrix::new(Elem::F16, 2, 3, &[0u8; 11], None).is_none());
+        assert!(StoredMatrix::new(Elem::F16, 2, 0, &[], None).is_none());
+        assert!(StoredMatrix::new(Elem::Block(GgmlDType::Q4K), 1, 255, &[0; 144], None).is_none());
+        assert!(StoredMatrix::new(Elem::Block(GgmlDType::Q4K), 1, 256, &[0; 144], None).is_some());
+        // Q8_0 rows of 34 bytes start at odd multiples of 2: tiles of row 1.. are read through
+        // an aligned buffer
+        let (n, k) = (3, 32);
+        let w = noise(7, n * k);
+        let (bytes, deq, _) = encode(Elem::Block(GgmlDType::Q8_0), &w, n, k);
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&bytes);
+        let sm =
+            StoredMatrix::new(Elem::Block(GgmlDType::Q8_0), n, k, &shifted[1..], None).unwrap();
+        let mut out = vec![0f32; k];
+        sm.dequantize_rows(1, &mut out).unwrap();
+        assert_eq!(&out[..], &deq[k..2 * k]);
+    }
+}
