@@ -141,21 +141,6 @@ impl TextTokenizer {
                 .or_else(|| v.get("content").and_then(Value::as_str))?;
             inner.token_to_id(text)
         };
-        let id_list = |v: Option<&Value>| -> Vec<u32> {
-            match v {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .filter_map(|x| u32::try_from(x).ok())
-                    .collect(),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| u32::try_from(x).ok())
-                    .into_iter()
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
         let bos = special("bos_token").or_else(|| {
             id_list(config.and_then(|c| c.get("bos_token_id")))
                 .first()
@@ -228,22 +213,7 @@ impl TextTokenizer {
             })
             .collect();
         inner.add_special_tokens(&added);
-        let ids = |v: Option<&Value>| -> Vec<u32> {
-            match v {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .filter_map(|x| u32::try_from(x).ok())
-                    .collect(),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| u32::try_from(x).ok())
-                    .into_iter()
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        let mut eos: Vec<u32> = ids(generation_config.and_then(|c| c.get("eos_token_id")));
+        let mut eos: Vec<u32> = id_list(generation_config.and_then(|c| c.get("eos_token_id")));
         eos.extend(in_vocab(trainer.eos_id()));
         let mut seen = std::collections::BTreeSet::new();
         eos.retain(|id| seen.insert(*id) && (*id as usize) < tokens.len());
@@ -615,6 +585,23 @@ fn spm_tokenizer(
     }
     tok.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tok)
+}
+
+/// A config.json / generation_config.json token id field: one id or a list of them.
+fn id_list(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_u64)
+            .filter_map(|x| u32::try_from(x).ok())
+            .collect(),
+        Some(v) => v
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]

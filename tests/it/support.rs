@@ -183,28 +183,19 @@ pub fn oracle_python_path() -> PathBuf {
 /// `$MODELGATE_ORACLES/NAME`, else `oracles/NAME` under `$MODELGATE_SHARED`, the `shared/`
 /// folder beside the repository (as CI lays it out), or `/work/shared`.
 pub fn oracle_dir(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("MODELGATE_ORACLES") {
-        return PathBuf::from(dir).join(name);
-    }
-    let candidates = [
-        std::env::var_os("MODELGATE_SHARED").map(PathBuf::from),
-        Some(repo().join("../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|p| p.join("oracles"))
-        .find(|p| p.is_dir())
-        .expect("the transformers oracles: set MODELGATE_SHARED to the folder holding `oracles/`")
-        .join(name)
+    shared_oracle("MODELGATE_ORACLES", "oracles", name)
 }
 
 /// The folder of one oracle of the second set (`gemma2`, `gemma3`, `olmo2`, ...), found as
 /// [`oracle_dir`] finds the first: `$MODELGATE_ORACLES2/NAME`, else `oracles2/NAME` under
 /// `$MODELGATE_SHARED`, the `shared/` folder beside the repository, or `/work/shared`.
 pub fn oracle2_dir(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("MODELGATE_ORACLES2") {
+    shared_oracle("MODELGATE_ORACLES2", "oracles2", name)
+}
+
+/// `$ENV/NAME`, else `FOLDER/NAME` in the first shared folder that has `FOLDER`.
+fn shared_oracle(env: &str, folder: &str, name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(env) {
         return PathBuf::from(dir).join(name);
     }
     let candidates = [
@@ -215,9 +206,13 @@ pub fn oracle2_dir(name: &str) -> PathBuf {
     candidates
         .into_iter()
         .flatten()
-        .map(|p| p.join("oracles2"))
+        .map(|p| p.join(folder))
         .find(|p| p.is_dir())
-        .expect("the second oracle set: set MODELGATE_SHARED to the folder holding `oracles2/`")
+        .unwrap_or_else(|| {
+            panic!(
+                "the transformers oracles: set MODELGATE_SHARED to the folder holding `{folder}/`"
+            )
+        })
         .join(name)
 }
 
