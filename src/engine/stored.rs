@@ -6,7 +6,7 @@
 //! of the mapped file, 9 bytes per parameter for a parity run of two models. Here a weight
 //! costs its stored bytes (a shared range of the file's map, or an owned copy for the few
 //! tensors the engine must rewrite, such as GGUF q/k rows), and a product dequantizes
-//! [`TILE_BYTES`] of f32 weights at a time.
+//! `TILE_BYTES` (16 MiB) of f32 weights at a time.
 //!
 //! [`StoredMatrix::matmul_exact`] is the reference product: each tile is dequantized with
 //! the conversion the dense path used and multiplied by candle's f32 matmul, so every
