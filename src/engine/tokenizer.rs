@@ -86,28 +86,23 @@ impl TextTokenizer {
     /// vocabulary otherwise.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<TextTokenizer, EngineError> {
         if let Some(dir) = &ckpt.dir {
-            if let Some(json) = &dir.tokenizer_json {
-                let mut tok = TextTokenizer::from_tokenizer_json(
+            let tok = match (&dir.tokenizer_json, &dir.tokenizer_model) {
+                (Some(json), _) => Some(TextTokenizer::from_tokenizer_json(
                     json,
                     dir.tokenizer_config.as_ref(),
                     dir.generation_config.as_ref(),
                     dir.config.as_ref(),
-                )?;
-                // transformers 5 may keep the template in its own file
-                if tok.chat_template.is_none() {
-                    tok.chat_template = dir.chat_template_jinja.clone();
-                }
-                return Ok(tok);
-            }
-        }
-        if let Some(dir) = &ckpt.dir {
-            if let Some(model) = &dir.tokenizer_model {
-                let mut tok = TextTokenizer::from_sentencepiece(
+                )?),
+                (None, Some(model)) => Some(TextTokenizer::from_sentencepiece(
                     model,
                     dir.tokenizer_config.as_ref(),
                     dir.generation_config.as_ref(),
                     dir.config.as_ref(),
-                )?;
+                )?),
+                (None, None) => None,
+            };
+            if let Some(mut tok) = tok {
+                // transformers 5 may keep the template in its own file
                 if tok.chat_template.is_none() {
                     tok.chat_template = dir.chat_template_jinja.clone();
                 }
