@@ -82,6 +82,16 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
                     .ok_or_else(|| kernel("computed values too short".into()))?,
             );
         }
+        Source::Gather(g) => {
+            if let Some(raw) = g
+                .raw_rows(&t.name, weights, c.row0, c.row1)
+                .map_err(kernel)?
+            {
+                return Ok(ChunkOut::Owned(raw));
+            }
+            g.fill(weights, c.row0, c.row1, row_len, &mut f)
+                .map_err(kernel)?;
+        }
         Source::Tensor(i) => {
             let info = weights
                 .tensors
@@ -252,6 +262,7 @@ fn segments(
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&ckpt.weights.tensors),
         };
         if acc > 0 && acc + b > SEGMENT_BYTES {
             out.push(start..i);
@@ -323,6 +334,7 @@ pub fn write_part(
         .map(|t| match t.source {
             Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&first.weights.tensors),
         })
         .sum();
     progress.start(total_in);
@@ -420,6 +432,9 @@ pub fn write_part(
                             info.len * (c.row1 - c.row0) / t.n_rows().max(1)
                         }
                         Source::Values(_) => 0,
+                        Source::Gather(ref g) => {
+                            g.input_bytes(&weights.tensors) * (c.row1 - c.row0) / t.n_rows().max(1)
+                        }
                     };
                     bytes_in += in_bytes;
                     progress.advance(in_bytes);
