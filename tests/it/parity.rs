@@ -415,3 +415,59 @@ fn bad_input_exits_2_with_a_clear_message() {
         "token id 70000 is outside the vocabulary",
     );
 }
+
+/// Layer-major evaluation (embedding, each layer over the whole sequence in two chunks
+/// through that layer's own cache, final norm and head) gives bit for bit the logits of
+/// `Model::forward` over the same chunks, for families with sliding windows, local RoPE,
+/// q/k norms and LongRoPE.
+#[test]
+fn layer_steps_reproduce_the_forward_pass_exactly() {
+    use candle_core::Device;
+    use modelgate::engine::{Logits, Math, Model, ModelConfig};
+    use modelgate::formats::Checkpoint;
+
+    let dirs = [
+        crate::support::oracle_dir("llama"),
+        crate::support::oracle_dir("qwen3"),
+        crate::support::oracle2_dir("gemma3"),
+        fixture("oracles/phi3"),
+    ];
+    for dir in dirs {
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let cfg_json = ckpt.dir.as_ref().and_then(|d| d.config.as_ref());
+        let cfg = ModelConfig::new(&ckpt.params(), cfg_json, &ckpt.weights.metadata).unwrap();
+        let (ids, _) = crate::engine::expected(&dir);
+        let split = ids.len() / 2;
+        for math in [Math::Reference, Math::Native] {
+            let mut full = Model::load(&ckpt.weights, cfg.clone(), math, &Device::Cpu).unwrap();
+            let a = full.forward(&ids[..split], Logits::All).unwrap();
+            let b = full.forward(&ids[split..], Logits::All).unwrap();
+            let want = candle_core::Tensor::cat(&[a, b], 0).unwrap();
+
+            let mut m =
+                Model::load_without_layers(&ckpt.weights, cfg.clone(), math, &Device::Cpu).unwrap();
+            let mut first = m.embed(&ids[..split]).unwrap();
+            let mut second = m.embed(&ids[split..]).unwrap();
+            for i in 0..cfg.n_layers {
+                let w = m.load_layer(&ckpt.weights, i).unwrap();
+                let mut cache = m.layer_cache().unwrap();
+                first = m.run_layer(&w, &mut cache, &first).unwrap();
+                second = m.run_layer(&w, &mut cache, &second).unwrap();
+                assert_eq!(cache.len(), ids.len());
+            }
+            let got = candle_core::Tensor::cat(
+                &[
+                    m.head(&first, Logits::All).unwrap(),
+                    m.head(&second, Logits::All).unwrap(),
+                ],
+                0,
+            )
+            .unwrap();
+            let (want, got) = (
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(want, got, "{} {math:?}", dir.display());
+        }
+    }
+}
