@@ -81,6 +81,9 @@ pub enum Gather {
     /// Decoded to f32 from the pieces (output rows are the pieces' rows in order), then
     /// encoded to the output type.
     Float(Vec<Piece>),
+    /// Two runs of pieces of half the row each, interleaved value by value (`a0 b0 a1 b1
+    /// ...`): gpt-oss's fused `gate_up_proj` written back from separate gate and up.
+    Interleave(Vec<Piece>, Vec<Piece>),
     /// gpt-oss MXFP4: `blocks` `[mats, src_rows, n_blocks, 16]` and `scales`
     /// `[mats, src_rows, n_blocks]` (u8), rows `row0 + k * row_step` of each matrix,
     /// repacked into ggml's MXFP4 bytes.
@@ -114,6 +117,10 @@ impl Gather {
                     .sum()
             }
             Gather::Mxfp4 { blocks, scales, .. } => (len(*blocks) + len(*scales)) / 2,
+            Gather::Interleave(a, b) => {
+                Gather::Float(a.clone()).input_bytes(tensors)
+                    + Gather::Float(b.clone()).input_bytes(tensors)
+            }
         }
     }
 
@@ -175,8 +182,21 @@ impl Gather {
         row_len: u64,
         out: &mut [f32],
     ) -> Result<(), String> {
-        let Gather::Float(pieces) = self else {
-            return Err(fault("MXFP4 experts are copied, not decoded"));
+        let pieces = match self {
+            Gather::Float(pieces) => pieces,
+            Gather::Interleave(a, b) => {
+                let half = row_len / 2;
+                let n = ((row1 - row0) * half) as usize;
+                let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
+                Gather::Float(a.clone()).fill(weights, row0, row1, half, &mut x)?;
+                Gather::Float(b.clone()).fill(weights, row0, row1, half, &mut y)?;
+                for (k, o) in out.chunks_exact_mut(2).enumerate() {
+                    o[0] = x[k];
+                    o[1] = y[k];
+                }
+                return Ok(());
+            }
+            Gather::Mxfp4 { .. } => return Err(fault("MXFP4 experts are copied, not decoded")),
         };
         let rl = row_len as usize;
         // Decoded matrices of transposed pieces, kept for the rows of this run.
@@ -876,4 +896,163 @@ pub fn fp8_whole(t: &TensorInfo, index: usize, scale: &Fp8Scale) -> Gather {
     let cols = t.shape.last().copied().unwrap_or(1);
     let rows = t.elements() / cols.max(1);
     Gather::Float(vec![Piece::whole(index, rows, cols, Some(scale.clone()))])
+}
+
+/// A GGUF tensor of one of the assembled kinds, on the way back to Hugging Face names.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub parsed: Parsed,
+    pub index: usize,
+    pub shape: Vec<u64>,
+}
+
+/// One Hugging Face tensor rebuilt from GGUF tensors.
+#[derive(Clone, Debug)]
+pub struct Rebuilt {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub gather: Gather,
+    pub src_dtype: DType,
+}
+
+/// Split stacked experts back into the per-expert tensors transformers saves (gpt-oss:
+/// its fused, transposed, interleaved `gate_up_proj` and `down_proj` with biases), and
+/// join DeepSeek's `attn_k_b` / `attn_v_b` back into `kv_b_proj`.
+pub fn rebuild_hf(
+    h: &HParams,
+    stored: &[Stored],
+    ts: &[TensorInfo],
+) -> Result<Vec<Rebuilt>, ConvertError> {
+    let mut out = Vec::new();
+    let find = |layer: u64, role: Role, bias: bool| -> Result<&Stored, ConvertError> {
+        stored
+            .iter()
+            .find(|s| {
+                s.parsed.layer == Some(layer) && s.parsed.role == role && s.parsed.bias == bias
+            })
+            .ok_or_else(|| ConvertError::MissingTensor {
+                tensor: Parsed {
+                    role,
+                    layer: Some(layer),
+                    bias,
+                }
+                .gguf_name(h.arch),
+                why: format!("layer {layer} has the other parts of it"),
+            })
+    };
+    let layers: std::collections::BTreeSet<u64> =
+        stored.iter().filter_map(|s| s.parsed.layer).collect();
+    let dtype = |s: &Stored| ts.get(s.index).map_or(DType::F32, |t| t.dtype);
+    let whole = |s: &Stored, mat0: u64, transpose: bool| -> Piece {
+        let (mats, rows, cols) = match s.shape.as_slice() {
+            [m, r, c] => (*m, *r, *c),
+            [r, c] => (1, *r, *c),
+            _ => (1, 1, s.shape.iter().product()),
+        };
+        Piece {
+            tensor: s.index,
+            scale: None,
+            mat0,
+            mats: if mat0 == u64::MAX { mats } else { 1 },
+            src_rows: rows,
+            src_cols: cols,
+            transpose,
+            row0: 0,
+            row_step: 1,
+            n_rows: if transpose { cols } else { rows },
+            col0: 0,
+            col_step: 1,
+            n_cols: if transpose { rows } else { cols },
+        }
+    };
+    let all = |p: Piece| Piece { mat0: 0, ..p };
+    for layer in layers {
+        let prefix = format!("model.layers.{layer}");
+        let has = |role: Role| {
+            stored
+                .iter()
+                .any(|s| s.parsed.layer == Some(layer) && s.parsed.role == role)
+        };
+        if has(Role::FfnGateExps) || has(Role::FfnUpExps) || has(Role::FfnDownExps) {
+            let (g, u, d) = (
+                find(layer, Role::FfnGateExps, false)?,
+                find(layer, Role::FfnUpExps, false)?,
+                find(layer, Role::FfnDownExps, false)?,
+            );
+            if h.arch == Arch::GptOss {
+                let (e, ff, embd) = (g.shape[0], g.shape[1], g.shape[2]);
+                out.push(Rebuilt {
+                    name: format!("{prefix}.mlp.experts.gate_up_proj"),
+                    shape: vec![e, embd, 2 * ff],
+                    gather: Gather::Interleave(
+                        vec![all(whole(g, u64::MAX, true))],
+                        vec![all(whole(u, u64::MAX, true))],
+                    ),
+                    src_dtype: dtype(g),
+                });
+                out.push(Rebuilt {
+                    name: format!("{prefix}.mlp.experts.down_proj"),
+                    shape: vec![e, ff, embd],
+                    gather: Gather::Float(vec![all(whole(d, u64::MAX, true))]),
+                    src_dtype: dtype(d),
+                });
+                let (gb, ub, db) = (
+                    find(layer, Role::FfnGateExps, true)?,
+                    find(layer, Role::FfnUpExps, true)?,
+                    find(layer, Role::FfnDownExps, true)?,
+                );
+                out.push(Rebuilt {
+                    name: format!("{prefix}.mlp.experts.gate_up_proj_bias"),
+                    shape: vec![e, 2 * ff],
+                    gather: Gather::Interleave(
+                        vec![whole(gb, 0, false)],
+                        vec![whole(ub, 0, false)],
+                    ),
+                    src_dtype: dtype(gb),
+                });
+                out.push(Rebuilt {
+                    name: format!("{prefix}.mlp.experts.down_proj_bias"),
+                    shape: db.shape.clone(),
+                    gather: Gather::Float(vec![whole(db, 0, false)]),
+                    src_dtype: dtype(db),
+                });
+            } else {
+                let (group, names) = if h.arch == Arch::Llama {
+                    ("block_sparse_moe.experts", ["w1", "w3", "w2"])
+                } else {
+                    ("mlp.experts", ["gate_proj", "up_proj", "down_proj"])
+                };
+                for (s, w) in [g, u, d].into_iter().zip(names) {
+                    for e in 0..s.shape[0] {
+                        out.push(Rebuilt {
+                            name: format!("{prefix}.{group}.{e}.{w}.weight"),
+                            shape: s.shape[1..].to_vec(),
+                            gather: Gather::Float(vec![whole(s, e, false)]),
+                            src_dtype: dtype(s),
+                        });
+                    }
+                }
+            }
+        }
+        if has(Role::AttnKB) || has(Role::AttnVB) {
+            let (kb, vb) = (
+                find(layer, Role::AttnKB, false)?,
+                find(layer, Role::AttnVB, false)?,
+            );
+            // k_b [heads, kv_lora, nope] (transposed back), v_b [heads, v, kv_lora].
+            let (heads, kv_lora, nope, v) = (kb.shape[0], kb.shape[1], kb.shape[2], vb.shape[1]);
+            let mut pieces = Vec::new();
+            for hd in 0..heads {
+                pieces.push(whole(kb, hd, true));
+                pieces.push(whole(vb, hd, false));
+            }
+            out.push(Rebuilt {
+                name: format!("{prefix}.self_attn.kv_b_proj.weight"),
+                shape: vec![heads * (nope + v), kv_lora],
+                gather: Gather::Float(pieces),
+                src_dtype: dtype(kb),
+            });
+        }
+    }
+    Ok(out)
 }

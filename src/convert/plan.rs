@@ -625,6 +625,12 @@ impl HParams {
         let n_ff = need("feed_forward_length")?;
         let n_head = need("attention.head_count")?;
         let n_head_kv = int("attention.head_count_kv")?.unwrap_or(n_head);
+        // DeepSeek's one latent KV head stands for a full set of heads.
+        let n_head_kv = if arch == Arch::Deepseek2 {
+            n_head
+        } else {
+            n_head_kv
+        };
         if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(ConvertError::config(
                 path,
@@ -798,7 +804,65 @@ impl HParams {
         c.insert("use_cache".into(), json!(true));
         c.insert("vocab_size".into(), json!(self.n_vocab));
         self.arch_config(&mut c);
+        self.moe_config(&mut c);
         Value::Object(c)
+    }
+
+    /// config.json fields of mixtures of experts, MLA and YaRN's extra settings.
+    fn moe_config(&self, c: &mut serde_json::Map<String, Value>) {
+        if let Some(moe) = &self.moe {
+            moe.config_fields(self.arch, c);
+            if self.arch == Arch::Llama {
+                c.insert("architectures".into(), json!(["MixtralForCausalLM"]));
+                c.insert("model_type".into(), json!("mixtral"));
+                c.shift_remove("mlp_bias");
+            }
+        }
+        if let Some(Value::Object(rs)) = c.get_mut("rope_scaling") {
+            let y = &self.yarn;
+            for (k, v) in [
+                ("beta_fast", y.beta_fast),
+                ("beta_slow", y.beta_slow),
+                ("extrapolation_factor", y.ext_factor),
+                ("attention_factor", y.attn_factor),
+                ("mscale_all_dim", y.log_mul.map(|m| m / 0.1)),
+            ] {
+                if let Some(v) = v {
+                    rs.insert(k.into(), json!(v));
+                }
+            }
+        }
+        if let Some(mla) = &self.mla {
+            c.insert("q_lora_rank".into(), json!(mla.q_lora_rank));
+            c.insert("kv_lora_rank".into(), json!(mla.kv_lora_rank));
+            c.insert("qk_nope_head_dim".into(), json!(mla.qk_nope));
+            c.insert("qk_rope_head_dim".into(), json!(mla.qk_rope));
+            c.insert("qk_head_dim".into(), json!(mla.qk_head()));
+            c.insert("v_head_dim".into(), json!(mla.v_head));
+            c.insert("head_dim".into(), json!(mla.qk_rope));
+            c.insert("num_key_value_heads".into(), json!(self.n_head));
+            // ggml's DeepSeek RoPE rotates adjacent pairs, as DeepSeek's checkpoints do.
+            c.insert("rope_interleave".into(), json!(true));
+        }
+        if self.arch == Arch::GptOss {
+            c.insert("sliding_window".into(), json!(self.sliding_window));
+            let types: Vec<&str> = (0..self.n_layer)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect();
+            c.insert("layer_types".into(), json!(types));
+            c.insert("swiglu_limit".into(), json!(7.0));
+            // gpt-oss's YaRN does not round its correction range (transformers' default
+            // would); llama.cpp's gpt-oss graph does not round it either.
+            if let Some(Value::Object(rs)) = c.get_mut("rope_scaling") {
+                rs.insert("truncate".into(), json!(false));
+            }
+        }
     }
 
     /// The config.json fields particular to an architecture.
@@ -1010,13 +1074,6 @@ fn gguf_to_safetensors(
 ) -> Result<Plan, ConvertError> {
     let mut h = HParams::from_gguf(ckpt)?;
     let path = ckpt.path.clone();
-    if h.moe.is_some() || h.mla.is_some() {
-        return Err(ConvertError::Options(format!(
-            "`{}` is a {} mixture of experts; writing it back as a Hugging Face checkpoint is not supported yet (GGUF → GGUF works)",
-            path.display(),
-            h.arch.gguf_name()
-        )));
-    }
     let ts = &ckpt.weights.tensors;
     let out_ty = match opts.file_type {
         Some(FileType::F32) => GgmlType::F32,
@@ -1043,6 +1100,7 @@ fn gguf_to_safetensors(
     let mut notes = Vec::new();
     let mut tensors = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
+    let mut stored = Vec::new();
     for (idx, t) in ts.iter().enumerate() {
         let name = t.name.as_str();
         if name == "rope_freqs.weight" {
@@ -1088,6 +1146,15 @@ fn gguf_to_safetensors(
             });
         }
         check_source(name, t, &p, &h, "GGUF keys", false)?;
+        if p.role.is_experts() || matches!(p.role, arch::Role::AttnKB | arch::Role::AttnVB) {
+            // Rebuilt below into the tensors transformers saves.
+            stored.push(gather::Stored {
+                parsed: p,
+                index: idx,
+                shape: t.shape.clone(),
+            });
+            continue;
+        }
         // 1-D tensors stay F32 in llama.cpp files; keep them at the requested type too so
         // the directory is uniform, as transformers saves it.
         let hf_name = p.hf_name(h.arch);
@@ -1101,6 +1168,18 @@ fn gguf_to_safetensors(
             src_dtype: t.dtype,
             rows: p.row_map(&h, false),
             shift: p.value_shift(&h, false),
+        });
+    }
+    for r in gather::rebuild_hf(&h, &stored, ts)? {
+        tensors.push(Planned {
+            bytes: bytes_of(&r.name, out_ty, r.shape.iter().product())?,
+            name: r.name,
+            shape: r.shape,
+            ty: out_ty,
+            source: Source::Gather(Box::new(r.gather)),
+            src_dtype: r.src_dtype,
+            rows: RowMap::Identity,
+            shift: 0.0,
         });
     }
     for need in arch::required(&h) {

@@ -81,7 +81,11 @@ fn check_against(path: &Path, want: &Value, what: &str) {
         let v = meta
             .get(k.as_str())
             .unwrap_or_else(|| panic!("{what}: key `{k}` missing"));
-        assert_eq!(v.type_name(), tv[0].as_str().unwrap(), "{what}: type of `{k}`");
+        assert_eq!(
+            v.type_name(),
+            tv[0].as_str().unwrap(),
+            "{what}: type of `{k}`"
+        );
         let ours = v.to_json();
         let same = match (ours.as_f64(), tv[1].as_f64()) {
             (Some(a), Some(b)) if tv[0] == "f32" => a as f32 == b as f32,
@@ -91,7 +95,10 @@ fn check_against(path: &Path, want: &Value, what: &str) {
     }
     let prefix = format!("{arch}.");
     for k in meta.keys().filter(|k| k.starts_with(&prefix)) {
-        assert!(keys.contains_key(*k), "{what}: `{k}` is not written by llama.cpp");
+        assert!(
+            keys.contains_key(*k),
+            "{what}: `{k}` is not written by llama.cpp"
+        );
     }
     let ours = tensor_facts(path);
     let theirs = want["tensors"].as_object().unwrap();
@@ -124,6 +131,16 @@ fn moe_oracles_convert_byte_identical_to_llama_cpp() {
             convert_ok(&oracle2_dir(name), &out, ty);
             check_against(&out, &r[*name][ty], &format!("{name} {ty}"));
         }
+        // GGUF -> Hugging Face directory -> GGUF: the same keys and bytes again.
+        let dir = tmp.path().join(format!("{name}-hf"));
+        convert_ok(&tmp.path().join(format!("{name}-F32.gguf")), &dir, "F32");
+        let again = tmp.path().join(format!("{name}-again.gguf"));
+        convert_ok(&dir, &again, "F32");
+        check_against(
+            &again,
+            &r[*name]["F32"],
+            &format!("{name} GGUF -> HF -> GGUF"),
+        );
         // GGUF -> GGUF: F32 to F16 gives llama.cpp's F16 conversion, and back to F32.
         let f32 = tmp.path().join(format!("{name}-F32.gguf"));
         let f16 = tmp.path().join(format!("{name}-F16-from-F32.gguf"));
@@ -143,7 +160,10 @@ fn moe_oracles_convert_byte_identical_to_llama_cpp() {
         let back = tmp.path().join(format!("{name}-F32-from-F16.gguf"));
         convert_ok(&f16, &back, "F32");
         let a = tensor_facts(&back);
-        assert_eq!(a.len(), r[*name]["F16"]["tensors"].as_object().unwrap().len());
+        assert_eq!(
+            a.len(),
+            r[*name]["F16"]["tensors"].as_object().unwrap().len()
+        );
         for (n, (ty, _, _)) in &a {
             assert_eq!(ty, "F32", "{name}: {n} back to F32");
         }
@@ -309,11 +329,7 @@ fn gpt_oss_mxfp4_experts_are_repacked_not_decoded() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["ok"], true, "{v:#}");
         assert_eq!(v["tensors"], 6, "{v:#}");
@@ -415,7 +431,10 @@ fn bad_moe_input_is_refused_with_the_tensor_named() {
     case(
         "deepseek3",
         fp8,
-        &|v| v["quantization_config"] = json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
+        &|v| {
+            v["quantization_config"] =
+                json!({"quant_method": "fp8", "weight_block_size": [128, 128]})
+        },
         "`model.layers.1.self_attn.q_b_proj.weight_scale_inv` is missing",
     );
     // MXFP4 blocks of the wrong shape.
@@ -450,9 +469,17 @@ fn deepseek_fp8_weights_are_dequantized_with_their_block_scales() {
             continue;
         }
         let (rows, cols) = (t.2[0], t.2[1]);
-        let codes = bytes((rows * cols) as usize, 77 + i as u64, |b| if b & 0x7f == 0x7f { 0x30 } else { b });
+        let codes = bytes((rows * cols) as usize, 77 + i as u64, |b| {
+            if b & 0x7f == 0x7f {
+                0x30
+            } else {
+                b
+            }
+        });
         let (sr, sc) = (rows.div_ceil(block[0]), cols.div_ceil(block[1]));
-        let scales: Vec<f32> = (0..sr * sc).map(|k| 0.01 + (k % 7) as f32 * 0.003).collect();
+        let scales: Vec<f32> = (0..sr * sc)
+            .map(|k| 0.01 + (k % 7) as f32 * 0.003)
+            .collect();
         let mut values = Vec::with_capacity(codes.len() * 4);
         for (k, &c) in codes.iter().enumerate() {
             let (r, col) = (k as u64 / cols, k as u64 % cols);
@@ -483,11 +510,20 @@ fn deepseek_fp8_weights_are_dequantized_with_their_block_scales() {
     let extra: Vec<_> = mtp
         .iter()
         .filter(|t| t.0.starts_with("model.layers.1."))
-        .map(|t| (t.0.replace("model.layers.1.", "model.layers.2."), t.1, t.2.clone(), t.3.clone()))
+        .map(|t| {
+            (
+                t.0.replace("model.layers.1.", "model.layers.2."),
+                t.1,
+                t.2.clone(),
+                t.3.clone(),
+            )
+        })
         .collect();
     mtp.extend(extra);
     let c = tmp.path().join("c").join("deepseek3");
-    oracle_copy("deepseek3", &c, &mtp, |v| v["num_nextn_predict_layers"] = 1.into());
+    oracle_copy("deepseek3", &c, &mtp, |v| {
+        v["num_nextn_predict_layers"] = 1.into()
+    });
     let gc = tmp.path().join("c.gguf");
     convert_ok(&c, &gc, "F32");
     let r = reference();
