@@ -228,15 +228,17 @@ impl Gather {
                     *d = row_buf[(p.col0 + j as u64 * p.col_step) as usize];
                 }
             } else {
-                if !cache.contains_key(&(pi, m)) {
-                    let cols = p.src_cols as usize;
-                    let mut mat = vec![0f32; p.src_rows as usize * cols];
-                    for (i, chunk) in mat.chunks_exact_mut(cols).enumerate() {
-                        decode_row(weights, p, m * p.src_rows + i as u64, chunk)?;
+                let mat = match cache.entry((pi, m)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let cols = p.src_cols as usize;
+                        let mut mat = vec![0f32; p.src_rows as usize * cols];
+                        for (i, chunk) in mat.chunks_exact_mut(cols).enumerate() {
+                            decode_row(weights, p, m * p.src_rows + i as u64, chunk)?;
+                        }
+                        e.insert(mat)
                     }
-                    cache.insert((pi, m), mat);
-                }
-                let mat = &cache[&(pi, m)];
+                };
                 let cols = p.src_cols as usize;
                 for (j, d) in dst.iter_mut().enumerate() {
                     let src_row = (p.col0 + j as u64 * p.col_step) as usize;
@@ -273,22 +275,29 @@ fn decode_row(weights: &Weights, p: &Piece, row: u64, out: &mut [f32]) -> Result
             .get(scale.tensor)
             .ok_or_else(|| fault("scale tensor vanished"))?;
         let sdata = weights.tensor_data(st).map_err(|e| e.to_string())?;
-        let n_scale = st.elements() as usize;
-        let mut sv = vec![0f32; n_scale];
-        elem::decode(st.dtype, sdata, &mut sv)?;
         let (srow, scols, bc) = match scale.block {
             Some([br, bc]) => {
                 let scols = cols.div_ceil(bc.max(1));
                 (row / br.max(1), scols, bc.max(1))
             }
             // One scale per row, or one for the tensor.
-            None if n_scale == 1 => (0, 1, cols.max(1)),
+            None if st.elements() == 1 => (0, 1, cols.max(1)),
             None => (row, 1, cols.max(1)),
         };
+        // Only the scales of this row's blocks.
+        let width = st
+            .dtype
+            .bytes_for(1)
+            .ok_or_else(|| fault("FP8 scales are not a float type"))? as usize;
+        let start = (srow * scols) as usize * width;
+        let sbytes = sdata
+            .get(start..start + scols as usize * width)
+            .ok_or_else(|| fault("FP8 scale has fewer blocks than the weight needs"))?;
+        let mut sv = vec![0f32; scols as usize];
+        elem::decode(st.dtype, sbytes, &mut sv)?;
         for (c, (o, &code)) in out.iter_mut().zip(codes).enumerate() {
-            let si = (srow * scols + c as u64 / bc) as usize;
             let sc = sv
-                .get(si)
+                .get((c as u64 / bc) as usize)
                 .copied()
                 .ok_or_else(|| fault("FP8 scale has fewer blocks than the weight needs"))?;
             *o = quant::f8_e4m3_to_f32(code) * sc;
@@ -401,6 +410,30 @@ pub fn plan_experts(ckpt: &Checkpoint, h: &HParams) -> Result<Found, ConvertErro
                     t.shape.len()
                 ),
             });
+        }
+        if let (Some(sc), [rows, cols]) = (found.fp8.get(&i), t.shape.as_slice()) {
+            let st = &ts[sc.tensor];
+            let want = match sc.block {
+                Some([br, bc]) if br > 0 && bc > 0 => vec![rows.div_ceil(br), cols.div_ceil(bc)],
+                Some(_) => vec![0, 0],
+                None if st.elements() == 1 => st.shape.clone(),
+                None => vec![*rows, 1],
+            };
+            let same = st.shape == want || (sc.block.is_none() && st.elements() == *rows);
+            if !same || !matches!(st.dtype, DType::F32 | DType::BF16 | DType::F16) {
+                return Err(ConvertError::Shape {
+                    tensor: st.name.as_str().to_owned(),
+                    found: st.shape.clone(),
+                    expected: want,
+                    why: format!(
+                        "the {} scales of FP8 weight `{}` {:?} in blocks of {:?} (`weight_block_size`)",
+                        st.dtype,
+                        t.name.as_str(),
+                        t.shape,
+                        sc.block
+                    ),
+                });
+            }
         }
     }
     let Some(moe) = h.moe.as_ref() else {

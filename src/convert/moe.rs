@@ -571,3 +571,51 @@ impl YarnExtra {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn routing_reads_llama_cpp_keys_and_refuses_bad_values() {
+        let p = Path::new("config.json");
+        let c = cfg(
+            json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "n_shared_experts": 1, "first_k_dense_replace": 1, "scoring_func": "sigmoid",
+            "n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": true}),
+        );
+        let m = Moe::from_config(&c, Arch::Deepseek2, 64, p)
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.n_ff_shexp, m.gating), (Some(16), Some(Gating::Sigmoid)));
+        assert!(!m.is_moe_layer(0) && m.is_moe_layer(1));
+        let keys = m.gguf_keys(Arch::Deepseek2);
+        assert!(keys.contains(&("deepseek2.expert_gating_func".into(), MetaValue::U32(2))));
+        assert!(keys.contains(&(
+            "deepseek2.expert_weights_norm".into(),
+            MetaValue::Bool(true)
+        )));
+        for (k, v, needle) in [
+            ("scoring_func", json!("tanh"), "scoring_func"),
+            ("num_experts_per_tok", json!(9), "num_experts_per_tok"),
+            ("n_group", json!(3), "n_group"),
+        ] {
+            let mut bad = c.clone();
+            bad.insert(k.into(), v);
+            let e = Moe::from_config(&bad, Arch::Deepseek2, 64, p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        // A dense Llama config has no routing; a MoE architecture without experts is refused.
+        assert!(Moe::from_config(&cfg(json!({})), Arch::Llama, 64, p)
+            .unwrap()
+            .is_none());
+        assert!(Moe::from_config(&cfg(json!({})), Arch::Qwen3Moe, 64, p).is_err());
+    }
+}
