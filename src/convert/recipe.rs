@@ -171,6 +171,9 @@ pub struct RecipeOptions {
     pub token_embedding_type: Option<GgmlType>,
     /// `--tensor-type REGEX=TYPE`, first match wins (as in llama-quantize).
     pub tensor_types: Vec<(Regex, GgmlType)>,
+    /// An importance matrix is given (`--imatrix`): some mixtures change with one, as in
+    /// llama.cpp (its `has_imatrix`). Set by the conversion from `Options::imatrix`.
+    pub has_imatrix: bool,
 }
 
 /// Model facts the mixture rules depend on.
@@ -482,6 +485,10 @@ impl Recipe {
                     F::Q4KM if more_bits(i, n) => G::Q6K,
                     F::Q5KM if more_bits(i, n) => G::Q6K,
                     F::Q4KS if i < n / 8 => G::Q5K,
+                    // llama.cpp guards the first eighth of ffn_down against Q4_0/Q5_0's
+                    // failures, only under an imatrix so that plain files stay as they were.
+                    F::Q4_0 if self.opts.has_imatrix && i < n / 8 => G::Q4_1,
+                    F::Q5_0 if self.opts.has_imatrix && i < n / 8 => G::Q5_1,
                     _ => t,
                 };
             }
@@ -542,6 +549,24 @@ impl Recipe {
             }),
         }
     }
+}
+
+/// Whether tensor `name` quantized to `ty` needs an importance matrix (llama.cpp's
+/// `tensor_requires_imatrix`): the 1- to 3-bit lattice types give garbage without one. The
+/// token embedding and the output head are exempt.
+pub fn requires_imatrix(name: &str, ty: GgmlType) -> bool {
+    if name == "token_embd.weight" || name == "output.weight" {
+        return false;
+    }
+    matches!(
+        ty,
+        GgmlType::IQ3XXS
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ1M
+            | GgmlType::IQ1S
+    )
 }
 
 /// Parse `--tensor-type REGEX=TYPE`.
@@ -730,6 +755,33 @@ mod tests {
             .ty,
             GgmlType::F32
         );
+    }
+
+    #[test]
+    fn an_imatrix_moves_the_first_ffn_down_layers_of_q4_0_and_q5_0() {
+        let mut r = recipe(FileType::Q4_0, 16);
+        assert_eq!(
+            r.choose("blk.1.ffn_down.weight", w(4096)).ty,
+            GgmlType::Q4_0
+        );
+        r.opts.has_imatrix = true;
+        assert_eq!(
+            r.choose("blk.1.ffn_down.weight", w(4096)).ty,
+            GgmlType::Q4_1
+        );
+        assert_eq!(
+            r.choose("blk.2.ffn_down.weight", w(4096)).ty,
+            GgmlType::Q4_0
+        );
+        let mut r = recipe(FileType::Q5_0, 16);
+        r.opts.has_imatrix = true;
+        assert_eq!(
+            r.choose("blk.0.ffn_down.weight", w(4096)).ty,
+            GgmlType::Q5_1
+        );
+        assert!(requires_imatrix("blk.0.ffn_up.weight", GgmlType::IQ2XS));
+        assert!(!requires_imatrix("output.weight", GgmlType::IQ2XS));
+        assert!(!requires_imatrix("blk.0.ffn_up.weight", GgmlType::Q2K));
     }
 
     #[test]
