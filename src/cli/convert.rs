@@ -60,6 +60,10 @@ pub struct Args {
     /// Type of the tensors whose GGUF name matches REGEX (repeatable; first match wins)
     #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
     tensor_type: Vec<String>,
+    /// Importance matrix (llama-imatrix's GGUF or legacy .dat) weighting the quantizers'
+    /// errors, as `llama-quantize --imatrix`
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
     /// Requantize already-quantized tensors (loses quality)
     #[arg(long)]
     allow_requantize: bool,
@@ -136,7 +140,11 @@ fn options(args: &Args) -> anyhow::Result<convert::Options> {
                 recipe::parse_tensor_type(s).map_err(|e| anyhow::anyhow!("--tensor-type: {e}"))
             })
             .collect::<anyhow::Result<_>>()?,
+        has_imatrix: args.imatrix.is_some(),
     };
+    if let Some(path) = &args.imatrix {
+        o.imatrix = Some(std::sync::Arc::new(convert::ImatrixInput::read(path)?));
+    }
     o.allow_requantize = args.allow_requantize;
     if let Some(p) = &args.pre_tokenizer {
         anyhow::ensure!(!p.is_empty(), "--pre-tokenizer needs a name");
@@ -248,6 +256,18 @@ pub fn render_text(s: &Summary, verbose: bool) -> String {
         ),
     );
     line("bits/weight", format!("{:.3}", s.bits_per_weight));
+    if let Some(m) = &s.imatrix {
+        line(
+            "imatrix",
+            format!(
+                "`{}` ({} entries, {} chunks, sha256 {})",
+                m.path.display(),
+                m.entries,
+                m.chunk_count,
+                m.sha256
+            ),
+        );
+    }
     for p in &s.parts {
         line(
             "part",

@@ -271,6 +271,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             n_attn_v: h.n_layer,
             tied_embeddings: !has_output,
             is_llama_70b: h.arch == Arch::Llama && h.n_layer == 80,
+            n_expert: crate::formats::experts::Experts::from_config(cfg).count,
         },
     };
 
@@ -326,11 +327,7 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     for e in mapped {
         let p = e.parsed;
         let name = p.gguf_name(h.arch);
-        let src = SourceKind {
-            ty: as_ggml(e.src_dtype),
-            n_dims: e.shape.len(),
-            row_len: e.shape.last().copied().unwrap_or(1),
-        };
+        let src = SourceKind::of(as_ggml(e.src_dtype), &e.shape);
         let choice = recipe.choose(&name, src);
         let ty = match e.fixed_type {
             Some(ty) => ty,
@@ -510,11 +507,14 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
                 .iter()
                 .filter(|t| {
                     let n = t.name.as_str();
-                    n.contains("attn_v.weight") || n.contains("attn_qkv.weight")
+                    n.contains("attn_v.weight")
+                        || n.contains("attn_qkv.weight")
+                        || n.contains("attn_kv_b.weight")
                 })
                 .count() as u64,
             tied_embeddings: !ts.iter().any(|t| t.name.as_str() == "output.weight"),
             is_llama_70b: arch_name == "llama" && n_layer == 80,
+            n_expert: int("expert_count")?.unwrap_or(0),
         },
     };
     let mut notes = Vec::new();
@@ -524,11 +524,7 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
     for (idx, t) in ts.iter().enumerate() {
         let name = t.name.as_str().to_owned();
         let src_ty = as_ggml(t.dtype);
-        let src = SourceKind {
-            ty: src_ty,
-            n_dims: t.shape.len(),
-            row_len: t.shape.last().copied().unwrap_or(1),
-        };
+        let src = SourceKind::of(src_ty, &t.shape);
         let choice = recipe.choose(&name, src);
         if choice.ty != src_ty {
             if src_ty.is_quantized() {
@@ -552,7 +548,8 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
         tensors.push(Planned {
             bytes: bytes_of(&name, choice.ty, t.elements())?,
             name,
-            shape: t.shape.clone(),
+            // As llama-quantize writes it: without leading dimensions of 1.
+            shape: super::recipe::ggml_shape(&t.shape),
             ty: choice.ty,
             source: Source::Tensor(idx),
             src_dtype: t.dtype,

@@ -19,6 +19,7 @@ mod parity;
 mod pipeline;
 mod policy;
 mod quant;
+mod quant_moe;
 mod scan;
 mod sentencepiece;
 mod sign;
