@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod config;
 pub mod generate;
+pub mod layered;
 pub mod model;
 pub mod ops;
 pub mod qmatmul;
@@ -74,6 +75,19 @@ pub enum EngineError {
     Device { spec: String, why: String },
     #[error("tensor computation failed")]
     Candle(#[from] candle_core::Error),
+    #[error("a memory budget of {} is below the {} one layer needs (its weights, the weights outside the layers and one sequence's activations)", mib(*budget), mib(*need))]
+    MemoryBudget { need: u64, budget: u64 },
+    #[error("cannot keep hidden states in `{dir}`")]
+    Spill {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bytes as MiB with one decimal, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 impl EngineError {
@@ -98,6 +112,12 @@ impl EngineError {
             EngineError::ContextOverflow { .. } => "shorten the input or ask for fewer new tokens",
             EngineError::EmptyInput => "give a non-empty prompt or text",
             EngineError::Device { .. } => "run on `--device cpu`",
+            EngineError::MemoryBudget { .. } => {
+                "raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`"
+            }
+            EngineError::Spill { .. } => {
+                "free space there or pass `--spill-dir` on a disk with room for the hidden states"
+            }
             _ => return None,
         })
     }
