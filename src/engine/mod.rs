@@ -75,7 +75,7 @@ pub enum EngineError {
     Device { spec: String, why: String },
     #[error("tensor computation failed")]
     Candle(#[from] candle_core::Error),
-    #[error("a memory budget of {} is below the {} one layer needs (its weights, the weights outside the layers and one sequence's activations)", mib(*budget), mib(*need))]
+    #[error("a memory budget of {} is below the {} ({need} bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence", size(*budget), size(*need))]
     MemoryBudget { need: u64, budget: u64 },
     #[error("cannot keep hidden states in `{dir}`")]
     Spill {
@@ -85,9 +85,16 @@ pub enum EngineError {
     },
 }
 
-/// Bytes as MiB with one decimal, for messages.
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+/// Bytes in KiB, MiB or GiB with one decimal, for messages.
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    }
 }
 
 impl EngineError {
