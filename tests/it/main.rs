@@ -6,6 +6,7 @@
 
 mod convert;
 mod engine;
+mod engine_moe;
 mod errors;
 mod fixtures;
 mod formats_hf;
