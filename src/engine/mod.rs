@@ -1,5 +1,6 @@
 //! The reference engine: a forward pass for dense decoders (Llama, Mistral, Qwen2/3,
-//! Gemma 2/3, OLMo 2, Phi-3) on candle, the tokenizer that goes with a checkpoint, and
+//! Gemma 2/3, OLMo 2, Phi-3) and mixtures of experts (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3
+//! with latent attention, gpt-oss) on candle, the tokenizer that goes with a checkpoint, and
 //! greedy or sampled generation.
 //!
 //! In the pipeline it sits after `formats` (which it reads weights through, never touching
@@ -13,7 +14,9 @@ pub mod chat;
 pub mod config;
 pub mod generate;
 pub mod layered;
+mod mla;
 pub mod model;
+mod moe;
 pub mod ops;
 pub mod qmatmul;
 pub mod rope;

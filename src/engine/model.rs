@@ -21,6 +21,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
 use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
+use super::mla::MlaAttn;
+use super::moe::MoeFfn;
 use super::ops;
 use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
@@ -61,7 +63,7 @@ pub enum Logits {
 
 /// A projection `y = x W^T (+ b)`.
 #[derive(Debug)]
-enum Linear {
+pub(super) enum Linear {
     /// f32 weight `[out, in]`.
     Dense(Tensor),
     /// candle's quantized matmul (K types, float types, non-CPU devices).
@@ -77,7 +79,7 @@ enum Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         Ok(match self {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant(q) => q.forward(x)?,
@@ -134,9 +136,10 @@ struct Layer {
     attn_norm: Option<Tensor>,
     /// Norm of the attention output before the residual add (Gemma, OLMo 2).
     post_attn_norm: Option<Tensor>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections; latent attention (`mla`) has its own.
+    qkv: Option<(Linear, Linear, Linear)>,
+    /// DeepSeek's multi-head latent attention, in place of `qkv`.
+    mla: Option<Box<MlaAttn>>,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
@@ -145,43 +148,61 @@ struct Layer {
     /// The q/k norms span the whole projection (OLMo 2) rather than each head.
     qk_norm_full: bool,
     o: Linear,
+    o_bias: Option<Tensor>,
+    /// Per-head attention sinks (gpt-oss): a logit each softmax row also normalises over.
+    sinks: Option<Vec<f32>>,
     /// Norm before the feed-forward (absent in OLMo 2).
     ffn_norm: Option<Tensor>,
     /// Norm of the feed-forward output before the residual add (Gemma, OLMo 2).
     post_ffn_norm: Option<Tensor>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
     /// Sliding window of this layer (`usize::MAX` for none).
     window: usize,
+}
+
+/// A block's feed-forward: dense, or a mixture of experts.
+#[derive(Debug)]
+enum Mlp {
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    Moe(Box<MoeFfn>),
 }
 
 /// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, the first `len`
 /// positions filled. Capacity doubles as needed, so memory follows the tokens actually
 /// processed rather than the context length a file claims.
 #[derive(Debug)]
-struct KvCache {
+pub(super) struct KvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
 }
 
 impl KvCache {
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor), EngineError> {
-        let (heads, add, dim) = k.dims3()?;
+    pub(super) fn append(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), EngineError> {
+        let add = k.dim(1)?;
         let cap = self.k.dim(1)?;
         let need = self.len + add;
         if need > cap {
             let new_cap = need.max(cap * 2).max(64);
-            let grow = |old: &Tensor| -> Result<Tensor, EngineError> {
+            // keys and values may differ in width (MLA caches a latent and a rotary key)
+            let grow = |old: &Tensor, new: &Tensor| -> Result<Tensor, EngineError> {
+                let (heads, _, dim) = new.dims3()?;
                 let t = Tensor::zeros((heads, new_cap, dim), CDType::F32, old.device())?;
                 if self.len > 0 {
                     t.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 }
                 Ok(t)
             };
-            self.k = grow(&self.k)?;
-            self.v = grow(&self.v)?;
+            self.k = grow(&self.k, k)?;
+            self.v = grow(&self.v, v)?;
         }
         self.k.slice_set(&k.contiguous()?, 1, self.len)?;
         self.v.slice_set(&v.contiguous()?, 1, self.len)?;
@@ -216,15 +237,15 @@ pub struct Model {
 }
 
 /// Loads tensors by role from a source, checking shapes.
-struct Loader<'a> {
-    src: &'a dyn WeightSource,
-    naming: Naming,
-    arch: Architecture,
+pub(super) struct Loader<'a> {
+    pub(super) src: &'a dyn WeightSource,
+    pub(super) naming: Naming,
+    pub(super) arch: Architecture,
     /// Gemma's Hugging Face norms hold `w` and multiply by `1 + w`; llama.cpp's converter
     /// stores `1 + w`.
     norm_plus_one: bool,
-    math: Math,
-    device: &'a Device,
+    pub(super) math: Math,
+    pub(super) device: &'a Device,
     /// GGUF `llama` files store q/k rows interleaved for llama.cpp's RoPE.
     interleaved_qk: bool,
 }
@@ -287,7 +308,7 @@ impl<'a> Loader<'a> {
     }
 
     /// A 1-d f32 vector (norm weight, bias) of length `n`, if present.
-    fn vector(&self, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
+    pub(super) fn vector(&self, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
         match self.raw(role)? {
             Some(t) => {
                 t.expect_shape(&[n])?;
@@ -320,7 +341,11 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn linear_from(&self, t: RawTensor<'_>, shape: [usize; 2]) -> Result<Linear, EngineError> {
+    pub(super) fn linear_from(
+        &self,
+        t: RawTensor<'_>,
+        shape: [usize; 2],
+    ) -> Result<Linear, EngineError> {
         t.expect_shape(&shape)?;
         let quantized = self.math == Math::Native;
         if quantized {
@@ -342,7 +367,7 @@ impl<'a> Loader<'a> {
 
     /// The tensor kept in its stored type, borrowing the source's memory map when it can:
     /// for a 2-d CPU tensor of a float or candle block type.
-    fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
+    pub(super) fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
         if !self.device.is_cpu() || t.shape.len() != 2 {
             return Ok(None);
         }
@@ -350,6 +375,7 @@ impl<'a> Loader<'a> {
             DType::F32 => Elem::F32,
             DType::F16 => Elem::F16,
             DType::BF16 => Elem::BF16,
+            DType::Ggml(crate::formats::GgmlType::MXFP4) => Elem::Mxfp4,
             DType::Ggml(_) => match t.ggml_dtype()? {
                 candle_core::quantized::GgmlDType::F32 => Elem::F32,
                 candle_core::quantized::GgmlDType::F16 => Elem::F16,
@@ -415,6 +441,58 @@ impl<'a> Loader<'a> {
             self.linear_from(t, shape)
         }
     }
+}
+
+impl Loader<'_> {
+    /// A 1-d f32 vector called `name`, if present.
+    pub(super) fn named_vector(&self, name: &str, n: usize) -> Result<Option<Tensor>, EngineError> {
+        match self.src.tensor(name)? {
+            Some(t) => {
+                t.expect_shape(&[n])?;
+                Ok(Some(t.to_f32(self.device)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// gpt-oss's attention sinks, one logit per head.
+    fn sinks(&self, i: usize, heads: usize) -> Result<Option<Vec<f32>>, EngineError> {
+        let name = match self.naming {
+            Naming::HuggingFace => format!("model.layers.{i}.self_attn.sinks"),
+            Naming::Gguf => format!("blk.{i}.attn_sinks.weight"),
+        };
+        let sinks = match self.named_vector(&name, heads)? {
+            Some(t) => Some(t.to_device(&Device::Cpu)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if sinks.is_none() && self.arch == Architecture::GptOss {
+            return Err(EngineError::MissingTensor(name));
+        }
+        Ok(sinks)
+    }
+}
+
+/// The dense feed-forward of layer `i` (Phi-3's fused gate/up split by rows).
+fn dense_mlp(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Mlp, EngineError> {
+    let h = cfg.hidden;
+    let (gate, up) = if cfg.architecture == Architecture::Phi3 {
+        let t = ld.required(Role::GateUp(i))?;
+        t.expect_shape(&[2 * cfg.ffn, h])?;
+        (
+            ld.linear_from(t.rows(0, cfg.ffn)?, [cfg.ffn, h])?,
+            ld.linear_from(t.rows(cfg.ffn, cfg.ffn)?, [cfg.ffn, h])?,
+        )
+    } else {
+        (
+            ld.linear(Role::Gate(i), [cfg.ffn, h])?,
+            ld.linear(Role::Up(i), [cfg.ffn, h])?,
+        )
+    };
+    Ok(Mlp::Dense {
+        gate,
+        up,
+        down: ld.linear(Role::Down(i), [h, cfg.ffn])?,
+    })
 }
 
 impl Model {
@@ -806,7 +884,11 @@ fn layer_step(
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
     };
-    let a = attention(cfg, layer, cache, &h, pos, tables, layer_mask)?;
+    let a = match &layer.mla {
+        Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
+        None => attention(cfg, layer, cache, &h, pos, tables, layer_mask)?,
+    };
+    let a = with_bias(layer.o.forward(&a)?, layer.o_bias.as_ref())?;
     let a = match &layer.post_attn_norm {
         Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
         None => a,
@@ -816,13 +898,17 @@ fn layer_step(
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
     };
-    let g = layer.gate.forward(&h)?;
-    let g = match cfg.activation {
-        Activation::Silu => g.silu()?,
-        Activation::GeluTanh => g.gelu()?,
+    let m = match &layer.mlp {
+        Mlp::Dense { gate, up, down } => {
+            let g = gate.forward(&h)?;
+            let g = match cfg.activation {
+                Activation::Silu => g.silu()?,
+                Activation::GeluTanh => g.gelu()?,
+            };
+            down.forward(&(g * up.forward(&h)?)?)?
+        }
+        Mlp::Moe(moe) => moe.forward(&h)?,
     };
-    let u = layer.up.forward(&h)?;
-    let m = layer.down.forward(&(g * u)?)?;
     let m = match &layer.post_ffn_norm {
         Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
         None => m,
@@ -844,11 +930,15 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
     } else {
         (hd, hd)
     };
+    let mla = match &cfg.mla {
+        Some(m) => Some(Box::new(MlaAttn::load(ld, cfg, m, i)?)),
+        None => None,
+    };
     let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
     let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
     let needs_qk_norm = matches!(
         arch,
-        Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Olmo2
+        Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3 | Architecture::Olmo2
     );
     if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
         let role = if q_norm.is_none() {
@@ -858,52 +948,44 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
         };
         return Err(EngineError::MissingTensor(ld.name(role)));
     }
-    let (q, k, v) = match ld.raw(Role::Qkv(i))? {
-        Some(t) => {
+    let qkv = match ld.raw(Role::Qkv(i))? {
+        _ if mla.is_some() => None,
+        Some(t) => Some({
             t.expect_shape(&[q_out + 2 * kv_out, h])?;
             (
                 ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
                 ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
                 ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
             )
-        }
-        None => (
+        }),
+        None => Some((
             ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
             ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
             ld.linear(Role::V(i), [kv_out, h])?,
-        ),
+        )),
     };
-    let (gate, up) = if arch == Architecture::Phi3 {
-        let t = ld.required(Role::GateUp(i))?;
-        t.expect_shape(&[2 * cfg.ffn, h])?;
-        (
-            ld.linear_from(t.rows(0, cfg.ffn)?, [cfg.ffn, h])?,
-            ld.linear_from(t.rows(cfg.ffn, cfg.ffn)?, [cfg.ffn, h])?,
-        )
-    } else {
-        (
-            ld.linear(Role::Gate(i), [cfg.ffn, h])?,
-            ld.linear(Role::Up(i), [cfg.ffn, h])?,
-        )
+    let attn_out = mla.as_ref().map_or(q_out, |m| m.out_width());
+    let mlp = match &cfg.moe {
+        Some(m) if m.is_sparse(i) => Mlp::Moe(Box::new(MoeFfn::load(ld, cfg, m, i)?)),
+        _ => dense_mlp(ld, cfg, i)?,
     };
     Ok(Layer {
         attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
         post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
-        q,
-        k,
-        v,
+        qkv,
+        mla,
         q_bias: ld.vector(Role::QBias(i), q_out)?,
         k_bias: ld.vector(Role::KBias(i), kv_out)?,
         v_bias: ld.vector(Role::VBias(i), kv_out)?,
         q_norm,
         k_norm,
         qk_norm_full,
-        o: ld.linear(Role::AttnOut(i), [h, q_out])?,
+        o: ld.linear(Role::AttnOut(i), [h, attn_out])?,
+        o_bias: ld.named_vector(&ld.name(Role::AttnOut(i)).replace(".weight", ".bias"), h)?,
+        sinks: ld.sinks(i, cfg.n_heads)?,
         ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
         post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
-        gate,
-        up,
-        down: ld.linear(Role::Down(i), [h, cfg.ffn])?,
+        mlp,
         window: cfg.window(i).unwrap_or(usize::MAX),
     })
 }
@@ -951,7 +1033,7 @@ fn mask(
 }
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, in f32 as transformers does.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, EngineError> {
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, EngineError> {
     if x.device().is_cpu() {
         return Ok(x.contiguous()?.apply_op2_no_bwd(w, &ops::RmsNorm { eps })?);
     }
@@ -969,7 +1051,7 @@ fn with_bias(x: Tensor, b: Option<&Tensor>) -> Result<Tensor, EngineError> {
 
 /// RoPE tables for the positions of one chunk: slices for the fused CPU kernel, tensors
 /// for the composed ops used on other devices.
-struct RopeTables<'a> {
+pub(super) struct RopeTables<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
     tensors: Option<(Tensor, Tensor)>,
@@ -995,7 +1077,7 @@ impl<'a> RopeTables<'a> {
 
 impl RopeTables<'_> {
     /// `x [n, heads, head_dim]` rotated and laid out as `[heads, n, head_dim]`.
-    fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    pub(super) fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match &self.tensors {
             None => Ok(x.contiguous()?.apply_op1_no_bwd(&ops::Rope {
                 cos: self.cos,
@@ -1006,8 +1088,8 @@ impl RopeTables<'_> {
     }
 }
 
-/// Self-attention of `n` new positions (starting at `pos`) over the cache. `x` is
-/// `[n, hidden]`.
+/// Self-attention of `n` new positions (starting at `pos`) over the cache, before the
+/// output projection. `x` is `[n, hidden]`.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &ModelConfig,
@@ -1021,9 +1103,12 @@ fn attention(
     let n = x.dim(0)?;
     let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let rep = nh / nkv;
-    let q = with_bias(layer.q.forward(x)?, layer.q_bias.as_ref())?;
-    let k = with_bias(layer.k.forward(x)?, layer.k_bias.as_ref())?;
-    let v = with_bias(layer.v.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
+    let Some((q_proj, k_proj, v_proj)) = &layer.qkv else {
+        return Err(EngineError::MissingTensor("q/k/v projections".into()));
+    };
+    let q = with_bias(q_proj.forward(x)?, layer.q_bias.as_ref())?;
+    let k = with_bias(k_proj.forward(x)?, layer.k_bias.as_ref())?;
+    let v = with_bias(v_proj.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
     // a norm of the whole projection (OLMo 2) comes before the split into heads, a
     // per-head norm (Qwen3, Gemma 3) after it
     let norm =
@@ -1054,7 +1139,12 @@ fn attention(
             n,
             pos,
             window: layer.window,
+            sinks: layer.sinks.as_deref(),
         })?
+    } else if layer.sinks.is_some() {
+        return Err(EngineError::Unsupported(
+            "attention sinks on a non-CPU device".into(),
+        ));
     } else {
         let scores = (scores * scale)?;
         let scores = match cfg.attn_softcap {
@@ -1077,7 +1167,7 @@ fn attention(
         .transpose(0, 1)?
         .contiguous()?
         .reshape((n, nh * hd))?;
-    layer.o.forward(&out)
+    Ok(out)
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor, EngineError> {

@@ -56,6 +56,9 @@ pub enum Elem {
     BF16,
     /// A ggml block type, read by candle.
     Block(GgmlDType),
+    /// ggml's MXFP4 (gpt-oss experts), which candle does not read: dequantized by
+    /// `formats::mxfp4` and multiplied exactly in both math modes.
+    Mxfp4,
 }
 
 impl Elem {
@@ -71,6 +74,7 @@ impl Elem {
                 }
                 (k / bs).checked_mul(t.type_size())
             }
+            Elem::Mxfp4 => crate::formats::mxfp4::bytes_for(k),
         }
     }
 }
@@ -158,6 +162,15 @@ impl StoredMatrix {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
+            Elem::Mxfp4 => {
+                if crate::formats::mxfp4::dequantize(src, out).is_none() {
+                    candle_core::bail!(
+                        "MXFP4 rows of {} bytes for {} values",
+                        src.len(),
+                        out.len()
+                    );
+                }
+            }
             Elem::Block(t) => {
                 let q = blocks(t, src);
                 match q.dequantize(out.len())? {
@@ -171,7 +184,7 @@ impl StoredMatrix {
 
     /// Rows per tile, and the granularity of the parallel dequantization.
     fn tile_rows(&self) -> usize {
-        (TILE_BYTES / 4 / self.k).clamp(16, self.n.max(1))
+        (TILE_BYTES / 4 / self.k).max(16).min(self.n.max(1))
     }
 
     /// Dequantize a tile of rows in parallel, a few rows per task.
@@ -220,7 +233,7 @@ impl StoredMatrix {
     /// candle does with them too).
     pub fn matmul_quantized(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         // the quantized kernel reads blocks, not f32 values: a tile of the same bytes
-        let tile = (TILE_BYTES / self.row_bytes).clamp(16, self.n.max(1));
+        let tile = (TILE_BYTES / self.row_bytes).max(16).min(self.n.max(1));
         self.matmul_quantized_tiled(x, m, tile)
     }
 
@@ -400,6 +413,7 @@ mod tests {
                     .unwrap();
                 (bytes, deq, Some(q))
             }
+            Elem::Mxfp4 => unreachable!("MXFP4 is tested in formats::mxfp4"),
         }
     }
 

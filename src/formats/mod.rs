@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod hf;
 pub mod imatrix;
 mod mmap;
+pub mod mxfp4;
 pub mod pickle;
 pub mod pytorch;
 pub mod safetensors;

@@ -7,6 +7,7 @@
 mod convert;
 mod convert_moe;
 mod engine;
+mod engine_moe;
 mod errors;
 mod fixtures;
 mod formats_hf;
