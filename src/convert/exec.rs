@@ -46,6 +46,9 @@ pub struct Written {
     pub tensor_bytes: u64,
 }
 
+/// Per-tensor importance (an imatrix entry, expert slices concatenated), by tensor name.
+pub type Importance = BTreeMap<String, Vec<f32>>;
+
 struct Chunk {
     tensor: usize,
     row0: u64,
@@ -98,7 +101,12 @@ fn is_copy(t: &Planned) -> bool {
         && t.src_dtype == DType::from_ggml(t.ty)
 }
 
-fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, ConvertError> {
+fn convert_chunk(
+    t: &Planned,
+    importance: Option<&[f32]>,
+    weights: &Weights,
+    c: &Chunk,
+) -> Result<ChunkOut, ConvertError> {
     let row_len = t.row_len();
     let kernel = |fault: String| ConvertError::Kernel {
         tensor: t.name.clone(),
@@ -113,6 +121,16 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
                 v.get(start..start + values)
                     .ok_or_else(|| kernel("computed values too short".into()))?,
             );
+        }
+        Source::Gather(g) => {
+            if let Some(raw) = g
+                .raw_rows(&t.name, weights, c.row0, c.row1)
+                .map_err(kernel)?
+            {
+                return Ok(ChunkOut::Owned(raw));
+            }
+            g.fill(weights, c.row0, c.row1, row_len, &mut f)
+                .map_err(kernel)?;
         }
         Source::Tensor(i) => {
             let info = weights
@@ -147,7 +165,34 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
         }
     }
     let mut out = Vec::with_capacity(t.ty.bytes_for(values as u64).unwrap_or(0) as usize);
-    elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?;
+    match importance {
+        None => elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?,
+        Some(imp) => {
+            // A stacked expert tensor has one importance slice per expert: quantize each
+            // expert's rows of the chunk with its own slice.
+            let per_expert = if t.shape.len() == 3 {
+                t.shape[1].max(1)
+            } else {
+                u64::MAX
+            };
+            let mut r = c.row0;
+            while r < c.row1 {
+                let expert = r / per_expert;
+                let end = c
+                    .row1
+                    .min(expert.saturating_add(1).saturating_mul(per_expert));
+                let at = (expert * row_len) as usize;
+                let slice = imp
+                    .get(at..at + row_len as usize)
+                    .ok_or_else(|| kernel("the importance is shorter than the tensor".into()))?;
+                let vals =
+                    &f[((r - c.row0) * row_len) as usize..((end - c.row0) * row_len) as usize];
+                elem::encode_weighted(t.ty, vals, row_len as usize, slice, &mut out)
+                    .map_err(kernel)?;
+                r = end;
+            }
+        }
+    }
     Ok(ChunkOut::Owned(out))
 }
 
@@ -174,6 +219,8 @@ pub struct Part<'p> {
     pub gguf_meta: &'p [(String, MetaValue)],
     /// Compute the SHA-256 of the file while writing it (shard sidecars record it).
     pub hash: bool,
+    /// The importance of the tensors quantized with an imatrix.
+    pub importance: &'p Importance,
 }
 
 /// The output file, hashing what goes through it when asked; hashing while writing saves
@@ -284,6 +331,7 @@ fn segments(
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&ckpt.weights.tensors),
         };
         if acc > 0 && acc + b > SEGMENT_BYTES {
             out.push(start..i);
@@ -300,8 +348,10 @@ fn segments(
 
 /// Write the plan's tensors to `file` (header first). `first` is the checkpoint the plan
 /// was made from; later segments re-open `src`.
+#[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
 pub fn write_tensors(
     plan: &Plan,
+    importance: &Importance,
     first: Checkpoint,
     src: &Path,
     file: &mut File,
@@ -313,6 +363,7 @@ pub fn write_tensors(
         range: 0..plan.tensors.len(),
         gguf_meta: &plan.gguf_meta,
         hash: false,
+        importance,
     };
     write_part(plan, &part, first, src, file, file_path, threads, progress)
 }
@@ -355,6 +406,7 @@ pub fn write_part(
         .map(|t| match t.source {
             Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&first.weights.tensors),
         })
         .sum();
     progress.start(total_in);
@@ -403,7 +455,9 @@ pub fn write_part(
                         let r = if failed.load(Ordering::Relaxed) {
                             Err(ConvertError::Options("cancelled".into()))
                         } else {
-                            convert_chunk(&plan.tensors[chunks[i].tensor], weights, &chunks[i])
+                            let t = &plan.tensors[chunks[i].tensor];
+                            let imp = part.importance.get(&t.name).map(Vec::as_slice);
+                            convert_chunk(t, imp, weights, &chunks[i])
                         };
                         if r.is_err() {
                             failed.store(true, Ordering::Relaxed);
@@ -440,6 +494,9 @@ pub fn write_part(
                             info.len * (c.row1 - c.row0) / t.n_rows().max(1)
                         }
                         Source::Values(_) => 0,
+                        Source::Gather(ref g) => {
+                            g.input_bytes(&weights.tensors) * (c.row1 - c.row0) / t.n_rows().max(1)
+                        }
                     };
                     bytes_in += in_bytes;
                     progress.advance(in_bytes);

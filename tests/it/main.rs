@@ -5,6 +5,7 @@
 #![allow(clippy::duplicate_mod)]
 
 mod convert;
+mod convert_moe;
 mod engine;
 mod errors;
 mod fixtures;
