@@ -10,6 +10,7 @@
 //! Weight files are memory-mapped, so opening a checkpoint reads headers only.
 
 pub mod dtype;
+pub mod experts;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
