@@ -26,7 +26,8 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Target type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S
-    /// Q4_K_M Q5_K_S Q5_K_M Q6_K (Q3_K, Q4_K, Q5_K mean the _M mixtures, as in llama-quantize)
+    /// Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 (Q3_K, Q4_K, Q5_K mean the _M
+    /// mixtures, as in llama-quantize)
     #[arg(short = 't', long = "type", value_name = "T")]
     ty: Option<String>,
     /// Output format when OUT's name does not say: gguf or safetensors

@@ -292,11 +292,19 @@ fn summarise(
     }
 }
 
-/// The options as the plan sees them: the recipe knows whether an imatrix is given.
-fn effective(opts: &Options) -> Options {
+/// The options as the plan sees them: the recipe knows whether an imatrix is given. A
+/// target whose recipe picks a type modelgate cannot write yet is refused here.
+fn effective(opts: &Options) -> Result<Options, ConvertError> {
+    if let Some(ft) = opts.file_type.filter(|f| !f.is_built()) {
+        let missing: Vec<&str> = ft.missing_types().iter().map(|t| t.name()).collect();
+        return Err(ConvertError::Options(format!(
+            "{ft} is not built yet: modelgate has no quantizer for {}",
+            missing.join(", ")
+        )));
+    }
     let mut o = opts.clone();
     o.recipe.has_imatrix = opts.imatrix.is_some();
-    o
+    Ok(o)
 }
 
 /// Each planned tensor's importance (`in_sum2 / count` per column, expert slices
@@ -400,7 +408,7 @@ pub fn convert(
     let started = Instant::now();
     let ckpt = open_source(src)?;
     let source_format = ckpt.weights.format.as_str().to_owned();
-    let plan = plan::plan(&ckpt, &effective(opts), format)?;
+    let plan = plan::plan(&ckpt, &effective(opts)?, format)?;
     let importance = importance_for(&plan, opts)?;
     let target = exec::Target::new(out, format == OutputFormat::HfDir)?;
     let written = match &target {

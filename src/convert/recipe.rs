@@ -41,6 +41,20 @@ pub enum FileType {
     Q6K,
     /// llama.cpp's `MXFP4_MOE`: expert tensors in MXFP4, every other quantizable tensor Q8_0.
     Mxfp4Moe,
+    IQ2XXS,
+    IQ2XS,
+    IQ2S,
+    IQ2M,
+    IQ3XXS,
+    IQ3XS,
+    IQ3S,
+    IQ3M,
+    IQ1S,
+    IQ1M,
+    IQ4NL,
+    IQ4XS,
+    TQ1_0,
+    TQ2_0,
 }
 
 /// (file type, llama_ftype id, canonical name, aliases accepted on the command line)
@@ -62,8 +76,22 @@ const FILE_TYPES: &[(FileType, u32, &str, &[&str])] = &[
     (FileType::Q5KS, 16, "Q5_K_S", &[]),
     (FileType::Q5KM, 17, "Q5_K_M", &["Q5_K"]),
     (FileType::Q6K, 18, "Q6_K", &[]),
+    (FileType::IQ2XXS, 19, "IQ2_XXS", &[]),
+    (FileType::IQ2XS, 20, "IQ2_XS", &[]),
+    (FileType::IQ3XS, 22, "IQ3_XS", &[]),
+    (FileType::IQ3XXS, 23, "IQ3_XXS", &[]),
+    (FileType::IQ1S, 24, "IQ1_S", &[]),
+    (FileType::IQ4NL, 25, "IQ4_NL", &[]),
+    (FileType::IQ3S, 26, "IQ3_S", &[]),
+    (FileType::IQ3M, 27, "IQ3_M", &[]),
+    (FileType::IQ2S, 28, "IQ2_S", &[]),
+    (FileType::IQ2M, 29, "IQ2_M", &[]),
+    (FileType::IQ4XS, 30, "IQ4_XS", &[]),
+    (FileType::IQ1M, 31, "IQ1_M", &[]),
     (FileType::BF16, 32, "BF16", &[]),
     (FileType::Mxfp4Moe, 38, "MXFP4_MOE", &[]),
+    (FileType::TQ1_0, 36, "TQ1_0", &[]),
+    (FileType::TQ2_0, 37, "TQ2_0", &[]),
 ];
 
 impl FileType {
@@ -102,7 +130,11 @@ impl FileType {
 
     /// Every name accepted by [`FileType::parse`], for help and error messages.
     pub fn names() -> Vec<&'static str> {
-        FILE_TYPES.iter().map(|r| r.2).collect()
+        FILE_TYPES
+            .iter()
+            .filter(|r| r.0.is_built())
+            .map(|r| r.2)
+            .collect()
     }
 
     /// The type most tensors get (llama.cpp's `llama_ftype_get_default_type`).
@@ -122,7 +154,66 @@ impl FileType {
             FileType::Q5KS | FileType::Q5KM => GgmlType::Q5K,
             FileType::Q6K => GgmlType::Q6K,
             FileType::Mxfp4Moe => GgmlType::MXFP4,
+            FileType::IQ2XXS => GgmlType::IQ2XXS,
+            FileType::IQ2XS | FileType::IQ2S => GgmlType::IQ2XS,
+            FileType::IQ2M => GgmlType::IQ2S,
+            FileType::IQ3XXS => GgmlType::IQ3XXS,
+            FileType::IQ3XS | FileType::IQ3S | FileType::IQ3M => GgmlType::IQ3S,
+            FileType::IQ1S => GgmlType::IQ1S,
+            FileType::IQ1M => GgmlType::IQ1M,
+            FileType::IQ4NL => GgmlType::IQ4NL,
+            FileType::IQ4XS => GgmlType::IQ4XS,
+            FileType::TQ1_0 => GgmlType::TQ1_0,
+            FileType::TQ2_0 => GgmlType::TQ2_0,
         }
+    }
+
+    /// The lattice types (ggml's IQ1..IQ3 grids) this target's recipe can pick; every other
+    /// type a recipe picks, fallbacks included, is one modelgate writes.
+    fn lattice_types(self) -> &'static [GgmlType] {
+        use GgmlType as G;
+        match self {
+            FileType::IQ2XXS => &[G::IQ2XXS],
+            FileType::IQ2XS => &[G::IQ2XS],
+            FileType::IQ2S => &[G::IQ2XS, G::IQ3S],
+            FileType::IQ2M => &[G::IQ2S, G::IQ3S],
+            FileType::IQ1S => &[G::IQ1S, G::IQ2XXS],
+            FileType::IQ1M => &[G::IQ1M, G::IQ2XXS],
+            FileType::IQ3XXS => &[G::IQ3XXS, G::IQ3S, G::IQ2S],
+            FileType::IQ3XS => &[G::IQ3S, G::IQ3XXS],
+            FileType::IQ3S | FileType::IQ3M => &[G::IQ3S],
+            _ => &[],
+        }
+    }
+
+    /// Whether modelgate can write every type this target's recipe picks. The recipes of
+    /// the IQ1..IQ3 targets are all here, but a target is offered only once the quantizers
+    /// of its lattice types are.
+    pub fn is_built(self) -> bool {
+        self.lattice_types().iter().all(|&t| writable(t))
+    }
+
+    /// The lattice types this target needs that modelgate cannot write yet.
+    pub fn missing_types(self) -> Vec<GgmlType> {
+        self.lattice_types()
+            .iter()
+            .copied()
+            .filter(|&t| !writable(t))
+            .collect()
+    }
+
+    /// The 1- and 2-bit targets whose output head gets Q5_K instead of Q6_K (llama.cpp).
+    fn is_very_low_bit(self) -> bool {
+        matches!(
+            self,
+            FileType::IQ2XXS
+                | FileType::IQ2XS
+                | FileType::IQ3XXS
+                | FileType::IQ1S
+                | FileType::IQ2S
+                | FileType::IQ2M
+                | FileType::IQ1M
+        )
     }
 
     /// Whether the target quantizes (as opposed to a plain float type).
@@ -155,6 +246,10 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::MXFP4
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS
+            | GgmlType::TQ1_0
+            | GgmlType::TQ2_0
     )
 }
 
@@ -424,6 +519,8 @@ impl Recipe {
             let (block, _) = default.block().unwrap_or((1, 0));
             if ft == F::Mxfp4Moe || !src.row_len.is_multiple_of(block) {
                 t = G::Q8_0;
+            } else if ft.is_very_low_bit() {
+                t = G::Q5K;
             } else if t != G::Q8_0 {
                 t = G::Q6K;
             }
@@ -435,6 +532,39 @@ impl Recipe {
             return if src.slices > 1 { G::MXFP4 } else { G::Q8_0 };
         }
         let eight_experts = m.n_expert == 8;
+        let imatrix = self.opts.has_imatrix;
+        if cat == Category::TokenEmbd {
+            return match ft {
+                F::IQ2XXS | F::IQ2XS | F::IQ1S | F::IQ1M => G::Q2K,
+                F::IQ2S | F::IQ2M | F::IQ3XXS => G::IQ3S,
+                F::TQ1_0 | F::TQ2_0 => G::Q4K,
+                _ => t,
+            };
+        }
+        if matches!(
+            ft,
+            F::IQ2XXS | F::IQ2XS | F::IQ1S | F::IQ2S | F::IQ2M | F::IQ1M
+        ) {
+            // The 1- and 2-bit targets have their own short rule set and nothing else.
+            let two_s = matches!(ft, F::IQ2S | F::IQ2M);
+            return match cat {
+                Category::AttnV if n_gqa >= 4 || m.n_expert >= 4 => G::Q4K,
+                Category::AttnV if two_s => G::IQ3S,
+                Category::AttnV => G::Q2K,
+                Category::FfnDown if layer < m.n_layer / 8 => {
+                    if two_s {
+                        G::IQ3S
+                    } else {
+                        G::Q2K
+                    }
+                }
+                Category::AttnK if eight_experts => G::Q4K,
+                Category::AttnOutput if eight_experts => G::Q5K,
+                Category::AttnOutput if matches!(ft, F::IQ1S | F::IQ1M) => G::IQ2XXS,
+                Category::AttnOutput if two_s => G::IQ3S,
+                _ => t,
+            };
+        }
         match cat {
             Category::AttnV => {
                 let i = layer;
@@ -447,6 +577,11 @@ impl Recipe {
                             G::Q3K
                         }
                     }
+                    F::IQ3XXS if n_gqa >= 4 => G::Q4K,
+                    F::IQ3XXS if !imatrix => G::IQ3S,
+                    F::IQ3XXS => G::IQ3XXS,
+                    F::IQ3XS | F::IQ3S if n_gqa >= 4 => G::Q4K,
+                    F::IQ3M => G::Q4K,
                     F::Q3KM => {
                         if i < 2 {
                             G::Q5K
@@ -455,6 +590,7 @@ impl Recipe {
                         }
                     }
                     F::Q3KL => G::Q5K,
+                    F::IQ4NL | F::IQ4XS if n_gqa >= 4 => G::Q5K,
                     F::Q4KM | F::Q5KM if more_bits(i, n) => G::Q6K,
                     F::Q4KS if i < 4 => G::Q5K,
                     _ => t,
@@ -469,11 +605,25 @@ impl Recipe {
                 }
             }
             Category::AttnK if eight_experts => t = G::Q8_0,
+            Category::AttnK | Category::AttnQ => {
+                t = match ft {
+                    F::IQ3XS => G::IQ3XXS,
+                    F::IQ3XXS => G::IQ2S,
+                    _ => t,
+                };
+            }
             Category::FfnDown => {
                 let i = layer;
                 let n = m.n_layer;
                 t = match ft {
                     F::Q2K => G::Q3K,
+                    F::IQ3XXS if !imatrix => {
+                        if i < n / 8 {
+                            G::Q4K
+                        } else {
+                            G::Q3K
+                        }
+                    }
                     F::Q3KM => {
                         if i < n / 16 {
                             G::Q5K
@@ -481,14 +631,16 @@ impl Recipe {
                             G::Q4K
                         }
                     }
+                    F::IQ3M if i < n / 8 => G::Q4K,
                     F::Q3KL => G::Q5K,
                     F::Q4KM if more_bits(i, n) => G::Q6K,
+                    F::IQ4NL | F::IQ4XS if i < n / 8 && !imatrix => G::Q5K,
                     F::Q5KM if more_bits(i, n) => G::Q6K,
                     F::Q4KS if i < n / 8 => G::Q5K,
                     // llama.cpp guards the first eighth of ffn_down against Q4_0/Q5_0's
                     // failures, only under an imatrix so that plain files stay as they were.
-                    F::Q4_0 if self.opts.has_imatrix && i < n / 8 => G::Q4_1,
-                    F::Q5_0 if self.opts.has_imatrix && i < n / 8 => G::Q5_1,
+                    F::Q4_0 if imatrix && i < n / 8 => G::Q4_1,
+                    F::Q5_0 if imatrix && i < n / 8 => G::Q5_1,
                     _ => t,
                 };
             }
@@ -500,18 +652,19 @@ impl Recipe {
             Category::AttnOutput => {
                 t = match ft {
                     F::Q2K => G::Q3K,
-                    F::Q3KM => G::Q4K,
+                    F::IQ3XXS => G::IQ3S,
+                    F::Q3KM | F::IQ3M => G::Q4K,
                     F::Q3KL => G::Q5K,
                     _ => t,
                 };
             }
-            Category::TokenEmbd
-            | Category::AttnQ
-            | Category::AttnK
-            | Category::FfnUp
-            | Category::FfnGate
-            | Category::Output
-            | Category::Other => {}
+            Category::FfnUp | Category::FfnGate => {
+                let n = m.n_layer;
+                if ft == F::IQ3XS && layer >= n / 8 && layer < 7 * n / 8 {
+                    t = G::IQ3XXS;
+                }
+            }
+            Category::TokenEmbd | Category::Output | Category::Other => {}
         }
         t
     }
@@ -528,7 +681,15 @@ impl Recipe {
             return Choice { ty, fallback: None };
         }
         let next = match ty {
-            GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+            GgmlType::IQ1S
+            | GgmlType::IQ1M
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
+            | GgmlType::IQ4XS => GgmlType::IQ4NL,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
             GgmlType::Q4K => GgmlType::Q5_0,
             GgmlType::Q5K => GgmlType::Q5_1,
             GgmlType::Q6K => GgmlType::Q8_0,
@@ -585,7 +746,7 @@ pub fn parse_ggml_type(name: &str) -> Result<GgmlType, String> {
     match GgmlType::from_name(name) {
         Some(t) if writable(t) => Ok(t),
         _ => Err(format!(
-            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4)"
+            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)"
         )),
     }
 }
@@ -644,13 +805,30 @@ mod tests {
             FileType::Q5KM,
             FileType::Q6K,
             FileType::Mxfp4Moe,
+            FileType::IQ2XXS,
+            FileType::IQ2XS,
+            FileType::IQ2S,
+            FileType::IQ2M,
+            FileType::IQ3XXS,
+            FileType::IQ3XS,
+            FileType::IQ3S,
+            FileType::IQ3M,
+            FileType::IQ1S,
+            FileType::IQ1M,
+            FileType::IQ4NL,
+            FileType::IQ4XS,
+            FileType::TQ1_0,
+            FileType::TQ2_0,
         ] {
             assert_eq!(FileType::from_id(ft.id()), Some(ft));
             assert_eq!(FileType::parse(ft.name()), Some(ft));
         }
         assert_eq!(FileType::parse("q4_k"), Some(FileType::Q4KM));
         assert_eq!(FileType::parse("Q3_K"), Some(FileType::Q3KM));
-        assert_eq!(FileType::parse("IQ2_XS"), None);
+        assert_eq!(FileType::parse("IQ2_XS"), Some(FileType::IQ2XS));
+        assert_eq!(FileType::parse("IQ8_XS"), None);
+        assert_eq!(FileType::IQ4XS.id(), 30);
+        assert_eq!(FileType::TQ2_0.id(), 37);
         assert_eq!(FileType::Q4KM.id(), 15);
         assert_eq!(FileType::BF16.id(), 32);
     }
@@ -782,6 +960,150 @@ mod tests {
         assert!(requires_imatrix("blk.0.ffn_up.weight", GgmlType::IQ2XS));
         assert!(!requires_imatrix("output.weight", GgmlType::IQ2XS));
         assert!(!requires_imatrix("blk.0.ffn_up.weight", GgmlType::Q2K));
+    }
+
+    #[test]
+    fn i_quant_recipes_follow_llama_cpp() {
+        // 32 layers, GQA 8 (Llama 3 8B's shape).
+        let mut r = recipe(FileType::IQ3XXS, 32);
+        assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(r.choose("blk.5.attn_q.weight", w(4096)).ty, GgmlType::IQ2S);
+        assert_eq!(r.choose("blk.5.attn_k.weight", w(4096)).ty, GgmlType::IQ2S);
+        assert_eq!(
+            r.choose("blk.5.attn_output.weight", w(4096)).ty,
+            GgmlType::IQ3S
+        );
+        assert_eq!(
+            r.choose("blk.1.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q4K
+        );
+        assert_eq!(
+            r.choose("blk.9.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q3K
+        );
+        assert_eq!(
+            r.choose("blk.9.ffn_up.weight", w(4096)).ty,
+            GgmlType::IQ3XXS
+        );
+        assert_eq!(r.choose("token_embd.weight", w(4096)).ty, GgmlType::IQ3S);
+        assert_eq!(r.choose("output.weight", w(4096)).ty, GgmlType::Q5K);
+        r.opts.has_imatrix = true;
+        assert_eq!(
+            r.choose("blk.9.ffn_down.weight", w(14336)).ty,
+            GgmlType::IQ3XXS
+        );
+        r.shape.n_head_kv = 32;
+        assert_eq!(
+            r.choose("blk.5.attn_v.weight", w(4096)).ty,
+            GgmlType::IQ3XXS
+        );
+        r.opts.has_imatrix = false;
+        assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::IQ3S);
+
+        let r = recipe(FileType::IQ2XXS, 32);
+        assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q2K
+        );
+        assert_eq!(
+            r.choose("blk.4.ffn_down.weight", w(14336)).ty,
+            GgmlType::IQ2XXS
+        );
+        assert_eq!(
+            r.choose("blk.4.attn_output.weight", w(4096)).ty,
+            GgmlType::IQ2XXS
+        );
+        assert_eq!(r.choose("token_embd.weight", w(4096)).ty, GgmlType::Q2K);
+        assert_eq!(r.choose("output.weight", w(4096)).ty, GgmlType::Q5K);
+        let r = recipe(FileType::IQ1M, 32);
+        assert_eq!(
+            r.choose("blk.4.attn_output.weight", w(4096)).ty,
+            GgmlType::IQ2XXS
+        );
+        assert_eq!(r.choose("blk.4.attn_q.weight", w(4096)).ty, GgmlType::IQ1M);
+        let mut r = recipe(FileType::IQ2M, 32);
+        r.shape.n_head_kv = 16;
+        assert_eq!(r.choose("blk.5.attn_v.weight", w(4096)).ty, GgmlType::IQ3S);
+        assert_eq!(
+            r.choose("blk.0.ffn_down.weight", w(14336)).ty,
+            GgmlType::IQ3S
+        );
+        assert_eq!(
+            r.choose("blk.9.ffn_gate.weight", w(4096)).ty,
+            GgmlType::IQ2S
+        );
+        assert_eq!(r.choose("token_embd.weight", w(4096)).ty, GgmlType::IQ3S);
+        let r = recipe(FileType::IQ2S, 32);
+        assert_eq!(
+            r.choose("blk.9.ffn_gate.weight", w(4096)).ty,
+            GgmlType::IQ2XS
+        );
+
+        let r = recipe(FileType::IQ3XS, 32);
+        assert_eq!(
+            r.choose("blk.3.ffn_gate.weight", w(4096)).ty,
+            GgmlType::IQ3S
+        );
+        assert_eq!(
+            r.choose("blk.4.ffn_gate.weight", w(4096)).ty,
+            GgmlType::IQ3XXS
+        );
+        assert_eq!(r.choose("blk.28.ffn_up.weight", w(4096)).ty, GgmlType::IQ3S);
+        assert_eq!(
+            r.choose("blk.4.attn_q.weight", w(4096)).ty,
+            GgmlType::IQ3XXS
+        );
+        assert_eq!(r.choose("blk.4.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        let r = recipe(FileType::IQ3M, 32);
+        assert_eq!(r.choose("blk.4.attn_v.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q4K
+        );
+        assert_eq!(
+            r.choose("blk.4.ffn_down.weight", w(14336)).ty,
+            GgmlType::IQ3S
+        );
+        assert_eq!(
+            r.choose("blk.4.attn_output.weight", w(4096)).ty,
+            GgmlType::Q4K
+        );
+
+        let mut r = recipe(FileType::IQ4XS, 32);
+        assert_eq!(r.choose("blk.4.attn_v.weight", w(4096)).ty, GgmlType::Q5K);
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::Q5K
+        );
+        r.opts.has_imatrix = true;
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::IQ4XS
+        );
+        assert_eq!(r.choose("output.weight", w(4096)).ty, GgmlType::Q6K);
+        let r = recipe(FileType::TQ2_0, 32);
+        assert_eq!(r.choose("token_embd.weight", w(4096)).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.3.ffn_down.weight", w(14336)).ty,
+            GgmlType::TQ2_0
+        );
+    }
+
+    #[test]
+    fn i_quants_fall_back_as_llama_cpp_does() {
+        // SmolLM2's width 576 is not a multiple of 256.
+        let r = recipe(FileType::IQ4XS, 30);
+        let c = r.choose("blk.3.attn_q.weight", w(576));
+        assert_eq!(c.ty, GgmlType::IQ4NL);
+        assert_eq!(c.fallback.unwrap().wanted, "IQ4_XS");
+        let r = recipe(FileType::IQ2XXS, 30);
+        assert_eq!(r.choose("blk.3.attn_q.weight", w(576)).ty, GgmlType::IQ4NL);
+        let r = recipe(FileType::TQ1_0, 30);
+        assert_eq!(r.choose("blk.3.attn_q.weight", w(576)).ty, GgmlType::Q4_0);
+        let r = recipe(FileType::IQ4NL, 30);
+        assert_eq!(r.choose("blk.3.attn_q.weight", w(48)).ty, GgmlType::F16);
+        assert!(FileType::IQ4XS.is_built() && FileType::TQ1_0.is_built());
     }
 
     #[test]

@@ -343,7 +343,7 @@ pub fn convert_split(
     }
     let ckpt = super::open_source(src)?;
     let source_format = ckpt.weights.format.as_str().to_owned();
-    let plan = plan::plan(&ckpt, &super::effective(opts), OutputFormat::Gguf)?;
+    let plan = plan::plan(&ckpt, &super::effective(opts)?, OutputFormat::Gguf)?;
     let importance = super::importance_for(&plan, opts)?;
     let n_tensors = plan.tensors.len();
     let total = n_tensors as u64;

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 pub use dtype::{DType, GgmlType};
 pub use gguf::MetaValue;
-pub use mmap::{Mapped, MappedSlice};
+pub use mmap::{FileReads, Mapped, MappedSlice};
 
 use crate::types::TensorName;
 

@@ -78,7 +78,7 @@ fn tensors() -> Vec<(String, Vec<u64>, GgmlType)> {
     t
 }
 
-fn write_input(path: &Path) {
+pub fn write_input(path: &Path) {
     let meta: Vec<(String, MetaValue)> = vec![
         (
             "general.architecture".into(),
