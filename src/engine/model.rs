@@ -330,6 +330,7 @@ impl Loader<'_> {
             DType::F32 => Elem::F32,
             DType::F16 => Elem::F16,
             DType::BF16 => Elem::BF16,
+            DType::Ggml(g) if crate::formats::blocks::supported(g) => Elem::Decoded(g),
             DType::Ggml(_) => match t.ggml_dtype()? {
                 candle_core::quantized::GgmlDType::F32 => Elem::F32,
                 candle_core::quantized::GgmlDType::F16 => Elem::F16,
