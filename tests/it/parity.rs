@@ -516,7 +516,16 @@ fn a_memory_budget_is_checked_and_spilling_changes_nothing() {
         text.to_str().unwrap(),
         spill.to_str().unwrap(),
     );
-    let common = ["--text", t, "--ctx", "64", "--chunks", "3", "--spill-dir", sp];
+    let common = [
+        "--text",
+        t,
+        "--ctx",
+        "64",
+        "--chunks",
+        "3",
+        "--spill-dir",
+        sp,
+    ];
     let need = |model: &str| -> (String, u64) {
         let mut args = vec!["parity", model, model, "--max-memory", "1K"];
         args.extend_from_slice(&common);
