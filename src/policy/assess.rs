@@ -14,6 +14,7 @@ use super::facts::ModelFacts;
 use super::families::{repo_id, ArchFacts, Families, FamilyMatch, Resolved};
 use super::rules;
 use crate::finding::{Evidence, Finding};
+use crate::formats::experts::Experts;
 use crate::formats::WeightFormat;
 
 /// Where a licence statement was found.
@@ -392,6 +393,8 @@ fn provenance(facts: &ModelFacts, fam: &Families) -> Provenance {
     }
     p.datasets = strings(facts.card_value("datasets"));
     p.architecture = ArchFacts::from_params(&facts.params, facts.tokens.clone());
+    let (moe, _) = Experts::from_sources(facts.config.as_ref(), &facts.metadata);
+    p.architecture.experts = moe.is_moe().then_some(moe.count);
     p.family = fam.identify(&p.architecture).into_iter().next();
     p.family_original = match (&p.family, &p.publisher) {
         (Some(f), Some(org)) => fam.is_publisher(&f.family, org),

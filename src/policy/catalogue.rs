@@ -505,6 +505,10 @@ const LICENCE_FILES: &[(&str, &str)] = &[
         include_str!("../../policies/licenses/gemma.yaml"),
     ),
     (
+        "gpt-oss.yaml",
+        include_str!("../../policies/licenses/gpt-oss.yaml"),
+    ),
+    (
         "llama2.yaml",
         include_str!("../../policies/licenses/llama2.yaml"),
     ),

@@ -45,6 +45,10 @@ pub struct ArchFingerprint {
     pub embedding_length: Vec<u64>,
     #[serde(default)]
     pub feed_forward_length: Vec<u64>,
+    /// Routed-expert counts of the family's mixtures of experts; empty for a dense family,
+    /// which a checkpoint with experts never matches.
+    #[serde(default)]
+    pub experts: Vec<u64>,
     /// Special-token texts (bos, eos, chat markers); they add confidence only.
     #[serde(default)]
     pub tokens: Vec<String>,
@@ -71,6 +75,8 @@ pub struct ArchFacts {
     pub rope_theta: Option<f64>,
     pub embedding_length: Option<u64>,
     pub feed_forward_length: Option<u64>,
+    /// Routed experts per layer, for a mixture of experts.
+    pub experts: Option<u64>,
     pub tokens: Vec<String>,
 }
 
@@ -82,6 +88,7 @@ impl ArchFacts {
             rope_theta: p.rope_theta,
             embedding_length: p.embedding_length,
             feed_forward_length: p.feed_forward_length,
+            experts: None,
             tokens,
         }
     }
@@ -198,6 +205,13 @@ fn match_family(f: &Family, facts: &ArchFacts) -> Option<FamilyMatch> {
             matched.push(format!("{name} {v}"));
         }
     }
+    if let Some(n) = facts.experts {
+        // A dense family (no `experts`) never matches a mixture of experts.
+        if !fp.experts.contains(&n) {
+            return None;
+        }
+        matched.push(format!("{n} experts"));
+    }
     if let (Some(a), false) = (&facts.architecture, fp.architectures.is_empty()) {
         if !fp.architectures.iter().any(|x| x.eq_ignore_ascii_case(a)) {
             return None;
@@ -290,7 +304,7 @@ mod tests {
         let cat = super::super::catalogue::Catalogue::builtin().unwrap();
         for id in [
             "llama2", "llama3", "mistral", "qwen2", "gemma", "smollm", "deepseek", "falcon",
-            "olmo", "phi",
+            "olmo", "phi", "qwen-moe", "gpt-oss",
         ] {
             let fam = f.get(id).unwrap_or_else(|| panic!("{id}"));
             for l in fam.licences.iter().chain([&fam.assumed_licence]) {
@@ -302,6 +316,107 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn experts_tell_mixtures_from_dense_families() {
+        let f = fam();
+        // llama.cpp's Mixtral: architecture llama, vocabulary 32000, 8 experts.
+        let mixtral = ArchFacts {
+            architecture: Some("llama".into()),
+            vocab_size: Some(32000),
+            rope_theta: Some(1e6),
+            feed_forward_length: Some(14336),
+            experts: Some(8),
+            ..Default::default()
+        };
+        let m = f.identify(&mixtral);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].family, "mistral");
+        assert!(m[0].matched.contains(&"8 experts".to_string()));
+        // The same shape without experts is still a candidate for the dense families.
+        let dense = ArchFacts {
+            experts: None,
+            ..mixtral.clone()
+        };
+        assert!(f.identify(&dense).iter().any(|m| m.family == "mistral"));
+        let qwen3 = ArchFacts {
+            architecture: Some("qwen3moe".into()),
+            vocab_size: Some(151936),
+            experts: Some(128),
+            ..Default::default()
+        };
+        assert_eq!(f.identify(&qwen3)[0].family, "qwen-moe");
+        // A Qwen vocabulary with experts is never the dense Qwen2 family.
+        assert!(f.identify(&qwen3).iter().all(|m| m.family != "qwen2"));
+        let v3 = ArchFacts {
+            architecture: Some("deepseek2".into()),
+            vocab_size: Some(129280),
+            experts: Some(256),
+            ..Default::default()
+        };
+        assert_eq!(f.identify(&v3)[0].family, "deepseek");
+        let oss = ArchFacts {
+            architecture: Some("gpt-oss".into()),
+            vocab_size: Some(201088),
+            rope_theta: Some(150000.0),
+            experts: Some(32),
+            ..Default::default()
+        };
+        assert_eq!(f.identify(&oss)[0].family, "gpt-oss");
+        let wrong = ArchFacts {
+            experts: Some(16),
+            ..oss
+        };
+        assert!(f.identify(&wrong).is_empty());
+    }
+
+    #[test]
+    fn moe_releases_resolve_to_the_licence_that_applies() {
+        let f = fam();
+        let lic = |n: &str| f.resolve_model(n).map(|r| r.licence);
+        assert_eq!(
+            lic("mistralai/Mixtral-8x7B-Instruct-v0.1").as_deref(),
+            Some("apache-2.0")
+        );
+        assert_eq!(lic("Qwen/Qwen3-30B-A3B").as_deref(), Some("apache-2.0"));
+        assert_eq!(
+            lic("Qwen/Qwen2-57B-A14B-Instruct").as_deref(),
+            Some("apache-2.0")
+        );
+        assert_eq!(
+            lic("Qwen/Qwen1.5-MoE-A2.7B").as_deref(),
+            Some("tongyi-qianwen")
+        );
+        // DeepSeek: the V2/V3 base models under the DeepSeek License, R1 and V3-0324 MIT.
+        assert_eq!(lic("deepseek-ai/DeepSeek-V3").as_deref(), Some("deepseek"));
+        assert_eq!(
+            lic("deepseek-ai/DeepSeek-V3-Base").as_deref(),
+            Some("deepseek")
+        );
+        assert_eq!(
+            lic("deepseek-ai/DeepSeek-V2-Lite").as_deref(),
+            Some("deepseek")
+        );
+        assert_eq!(lic("deepseek-ai/DeepSeek-R1").as_deref(), Some("mit"));
+        assert_eq!(lic("deepseek-ai/DeepSeek-V3-0324").as_deref(), Some("mit"));
+        assert_eq!(lic("openai/gpt-oss-20b").as_deref(), Some("gpt-oss"));
+        let cat = super::super::catalogue::Catalogue::builtin().unwrap();
+        let oss = cat.get("gpt-oss").unwrap();
+        let u = oss.obligations.use_restrictions.as_ref().unwrap();
+        assert_eq!(u.policy, "gpt-oss usage policy");
+        assert_eq!(
+            oss.obligations.commercial.status,
+            super::super::catalogue::Permission::Allowed
+        );
+        let ds = cat.get("deepseek").unwrap();
+        assert!(ds.obligations.use_restrictions.is_some());
+        assert!(cat
+            .get("mit")
+            .unwrap()
+            .obligations
+            .use_restrictions
+            .is_none());
     }
 
     #[test]

@@ -554,3 +554,54 @@ fn trusted_identities_require_a_keyless_signature() {
         "{out}"
     );
 }
+
+/// A fine-tune of an MoE release that declares only its own licence: the release's terms
+/// come through `base_model`, and the catalogue says which apply. gpt-oss brings Apache-2.0
+/// with its usage policy; a DeepSeek-V3 base brings the DeepSeek License's use restrictions,
+/// while R1 brings MIT and none. The oracle's weights carry 4 experts, recorded as an
+/// architecture fact.
+#[test]
+fn moe_derivatives_inherit_the_licence_of_their_release() {
+    let cases = [
+        ("openai/gpt-oss-20b", "gptoss", "gpt-oss", true),
+        ("deepseek-ai/DeepSeek-V3", "deepseek3", "deepseek", true),
+        ("deepseek-ai/DeepSeek-R1", "deepseek3", "mit", false),
+        (
+            "mistralai/Mixtral-8x7B-v0.1",
+            "mixtral",
+            "apache-2.0",
+            false,
+        ),
+        ("Qwen/Qwen3-30B-A3B", "qwen3moe", "apache-2.0", false),
+    ];
+    for (base, oracle, licence, restricted) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let src = crate::support::oracle2_dir(oracle);
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+        }
+        std::fs::write(
+            d.path().join("README.md"),
+            format!("---\nlicense: other\nlicense_name: acme-internal\nbase_model: {base}\n---\n# fine-tune\n"),
+        )
+        .unwrap();
+        let v = license_json(d.path().to_str().unwrap());
+        let resolved = &v["provenance"]["base_models"][0]["resolved"];
+        assert_eq!(resolved["licence"], licence, "{base}");
+        assert_eq!(v["provenance"]["architecture"]["experts"], 4, "{base}");
+        let inherited: Vec<&str> = v["inherited"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["licence"].as_str().unwrap())
+            .collect();
+        assert!(inherited.contains(&licence), "{base}: {inherited:?}");
+        let restrictions: Vec<&Value> = v["obligations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["licence"] == licence && o["topic"] == "use-restrictions")
+            .collect();
+        assert_eq!(!restrictions.is_empty(), restricted, "{base}");
+    }
+}
