@@ -122,3 +122,55 @@ fn logits_and_generate_commands_run_the_moe_oracles() {
         assert!(!run.stdout.is_empty(), "{name}: generate printed nothing");
     }
 }
+
+/// The engine's MXFP4 block reader gives gguf-py's values for every code and scale byte
+/// (random blocks, scale bytes 0 to 255 each appearing), the reading llama.cpp applies to
+/// gpt-oss's GGUF experts.
+#[test]
+fn mxfp4_blocks_dequantize_as_gguf_py() {
+    use modelgate::formats::mxfp4;
+    let blocks = 512;
+    let mut bytes = vec![0u8; blocks * mxfp4::BLOCK_BYTES];
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for (b, block) in bytes.chunks_exact_mut(mxfp4::BLOCK_BYTES).enumerate() {
+        block[0] = (b % 256) as u8;
+        for v in &mut block[1..] {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *v = (s >> 56) as u8;
+        }
+    }
+    let mut ours = vec![0f32; blocks * mxfp4::BLOCK_VALUES];
+    mxfp4::dequantize(&bytes, &mut ours).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("blocks.bin"), tmp.path().join("values.bin"));
+    std::fs::write(&input, &bytes).unwrap();
+    crate::support::require_oracle("gguf", "gguf");
+    let run = crate::support::oracle_python()
+        .arg("-c")
+        .arg(
+            "import sys, numpy as np\n\
+             from gguf.quants import dequantize\n\
+             from gguf.constants import GGMLQuantizationType as T\n\
+             b = np.fromfile(sys.argv[1], dtype=np.uint8).reshape(-1, 17)\n\
+             dequantize(b, T.MXFP4).astype(np.float32).reshape(-1).tofile(sys.argv[2])\n",
+        )
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs: Vec<f32> = std::fs::read(&output)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} of {} values differ", ours.len());
+}
