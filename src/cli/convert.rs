@@ -26,7 +26,8 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Target type: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S
-    /// Q4_K_M Q5_K_S Q5_K_M Q6_K (Q3_K, Q4_K, Q5_K mean the _M mixtures, as in llama-quantize)
+    /// Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 (Q3_K, Q4_K, Q5_K mean the _M
+    /// mixtures, as in llama-quantize)
     #[arg(short = 't', long = "type", value_name = "T")]
     ty: Option<String>,
     /// Output format when OUT's name does not say: gguf or safetensors
@@ -60,6 +61,10 @@ pub struct Args {
     /// Type of the tensors whose GGUF name matches REGEX (repeatable; first match wins)
     #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
     tensor_type: Vec<String>,
+    /// Importance matrix (llama-imatrix's GGUF or legacy .dat) weighting the quantizers'
+    /// errors, as `llama-quantize --imatrix`
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
     /// Requantize already-quantized tensors (loses quality)
     #[arg(long)]
     allow_requantize: bool,
@@ -136,7 +141,11 @@ fn options(args: &Args) -> anyhow::Result<convert::Options> {
                 recipe::parse_tensor_type(s).map_err(|e| anyhow::anyhow!("--tensor-type: {e}"))
             })
             .collect::<anyhow::Result<_>>()?,
+        has_imatrix: args.imatrix.is_some(),
     };
+    if let Some(path) = &args.imatrix {
+        o.imatrix = Some(std::sync::Arc::new(convert::ImatrixInput::read(path)?));
+    }
     o.allow_requantize = args.allow_requantize;
     if let Some(p) = &args.pre_tokenizer {
         anyhow::ensure!(!p.is_empty(), "--pre-tokenizer needs a name");
@@ -248,6 +257,18 @@ pub fn render_text(s: &Summary, verbose: bool) -> String {
         ),
     );
     line("bits/weight", format!("{:.3}", s.bits_per_weight));
+    if let Some(m) = &s.imatrix {
+        line(
+            "imatrix",
+            format!(
+                "`{}` ({} entries, {} chunks, sha256 {})",
+                m.path.display(),
+                m.entries,
+                m.chunk_count,
+                m.sha256
+            ),
+        );
+    }
     for p in &s.parts {
         line(
             "part",

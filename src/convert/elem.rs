@@ -47,6 +47,18 @@ pub fn encode(ty: GgmlType, src: &[f32], row_len: usize, out: &mut Vec<u8>) -> R
     quant::quantize_rows(ty, src, row_len, out).map_err(|e| e.to_string())
 }
 
+/// [`encode`] with the columns' importance (`row_len` values), as `llama-quantize --imatrix`.
+pub fn encode_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    importance: &[f32],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    quant::quantize_rows_weighted(ty, src, row_len, Some(importance), out)
+        .map_err(|e| e.to_string())
+}
+
 /// The dtype safetensors uses for an output float type.
 pub fn st_dtype(ty: GgmlType) -> Option<DType> {
     match ty {

@@ -100,6 +100,18 @@ pub enum ConvertError {
         source: crate::digest::DigestError,
     },
 
+    /// The `--imatrix` file could not be read or holds bad values (NaN, negative sums).
+    #[error("cannot use the importance matrix")]
+    Imatrix(#[source] FormatError),
+
+    /// The importance matrix does not belong to the model being converted.
+    #[error("importance matrix `{path}` does not match the model: {fault}")]
+    ImatrixMismatch { path: PathBuf, fault: String },
+
+    /// A type that gives garbage without an importance matrix, asked for without one.
+    #[error("tensor `{tensor}` would be quantized to {ty}, which needs an importance matrix")]
+    NeedsImatrix { tensor: String, ty: String },
+
     /// A quantization kernel refused its input.
     #[error("tensor `{tensor}`: {fault}")]
     Kernel { tensor: String, fault: String },
@@ -132,6 +144,12 @@ impl ConvertError {
                 "check that the output folder exists, is writable and has space"
             }
             ConvertError::Hash { source, .. } => return source.hint(),
+            ConvertError::Imatrix(_) | ConvertError::ImatrixMismatch { .. } => {
+                "give the imatrix llama-imatrix wrote for this model (GGUF or legacy .dat)"
+            }
+            ConvertError::NeedsImatrix { .. } => {
+                "pass --imatrix FILE (made by llama-imatrix on a calibration text), or choose a type of 3 bits or more"
+            }
             ConvertError::Shard { .. } => {
                 "convert the missing or damaged share again with the same `--shard I/N` and options"
             }

@@ -46,6 +46,9 @@ pub struct Written {
     pub tensor_bytes: u64,
 }
 
+/// Per-tensor importance (an imatrix entry, expert slices concatenated), by tensor name.
+pub type Importance = BTreeMap<String, Vec<f32>>;
+
 struct Chunk {
     tensor: usize,
     row0: u64,
@@ -58,6 +61,38 @@ enum ChunkOut {
     Copy(usize, usize),
 }
 
+/// Rows of one matrix of `t`: a 3-D tensor stacks matrices (experts, or MLA heads) of
+/// `shape[len - 2]` rows each; anything else is one matrix.
+fn rows_per_slice(t: &Planned) -> u64 {
+    let n = t.shape.len();
+    if n >= 3 {
+        t.shape[n - 2].max(1)
+    } else {
+        t.n_rows().max(1)
+    }
+}
+
+/// Cut tensor `ti` into chunks of rows. A chunk never crosses from one expert's matrix to
+/// the next, as in llama-quantize: each slice is quantized on its own, so that anything
+/// that differs per expert (an importance matrix has one row of weights per expert) applies
+/// to whole chunks.
+fn chunk_rows(t: &Planned, ti: usize, chunks: &mut Vec<Chunk>) {
+    let rows = t.n_rows();
+    let per_slice = rows_per_slice(t);
+    let per = (CHUNK_VALUES / t.row_len().max(1)).max(1);
+    let mut r = 0;
+    while r < rows {
+        let slice_end = (r / per_slice + 1).saturating_mul(per_slice);
+        let r1 = (r + per).min(rows).min(slice_end);
+        chunks.push(Chunk {
+            tensor: ti,
+            row0: r,
+            row1: r1,
+        });
+        r = r1;
+    }
+}
+
 /// Whether a tensor's bytes go through unchanged.
 fn is_copy(t: &Planned) -> bool {
     t.rows == RowMap::Identity
@@ -66,7 +101,12 @@ fn is_copy(t: &Planned) -> bool {
         && t.src_dtype == DType::from_ggml(t.ty)
 }
 
-fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, ConvertError> {
+fn convert_chunk(
+    t: &Planned,
+    importance: Option<&[f32]>,
+    weights: &Weights,
+    c: &Chunk,
+) -> Result<ChunkOut, ConvertError> {
     let row_len = t.row_len();
     let kernel = |fault: String| ConvertError::Kernel {
         tensor: t.name.clone(),
@@ -81,6 +121,16 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
                 v.get(start..start + values)
                     .ok_or_else(|| kernel("computed values too short".into()))?,
             );
+        }
+        Source::Gather(g) => {
+            if let Some(raw) = g
+                .raw_rows(&t.name, weights, c.row0, c.row1)
+                .map_err(kernel)?
+            {
+                return Ok(ChunkOut::Owned(raw));
+            }
+            g.fill(weights, c.row0, c.row1, row_len, &mut f)
+                .map_err(kernel)?;
         }
         Source::Tensor(i) => {
             let info = weights
@@ -115,7 +165,34 @@ fn convert_chunk(t: &Planned, weights: &Weights, c: &Chunk) -> Result<ChunkOut, 
         }
     }
     let mut out = Vec::with_capacity(t.ty.bytes_for(values as u64).unwrap_or(0) as usize);
-    elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?;
+    match importance {
+        None => elem::encode(t.ty, &f, row_len as usize, &mut out).map_err(kernel)?,
+        Some(imp) => {
+            // A stacked expert tensor has one importance slice per expert: quantize each
+            // expert's rows of the chunk with its own slice.
+            let per_expert = if t.shape.len() == 3 {
+                t.shape[1].max(1)
+            } else {
+                u64::MAX
+            };
+            let mut r = c.row0;
+            while r < c.row1 {
+                let expert = r / per_expert;
+                let end = c
+                    .row1
+                    .min(expert.saturating_add(1).saturating_mul(per_expert));
+                let at = (expert * row_len) as usize;
+                let slice = imp
+                    .get(at..at + row_len as usize)
+                    .ok_or_else(|| kernel("the importance is shorter than the tensor".into()))?;
+                let vals =
+                    &f[((r - c.row0) * row_len) as usize..((end - c.row0) * row_len) as usize];
+                elem::encode_weighted(t.ty, vals, row_len as usize, slice, &mut out)
+                    .map_err(kernel)?;
+                r = end;
+            }
+        }
+    }
     Ok(ChunkOut::Owned(out))
 }
 
@@ -142,6 +219,8 @@ pub struct Part<'p> {
     pub gguf_meta: &'p [(String, MetaValue)],
     /// Compute the SHA-256 of the file while writing it (shard sidecars record it).
     pub hash: bool,
+    /// The importance of the tensors quantized with an imatrix.
+    pub importance: &'p Importance,
 }
 
 /// The output file, hashing what goes through it when asked; hashing while writing saves
@@ -252,6 +331,7 @@ fn segments(
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&ckpt.weights.tensors),
         };
         if acc > 0 && acc + b > SEGMENT_BYTES {
             out.push(start..i);
@@ -268,8 +348,10 @@ fn segments(
 
 /// Write the plan's tensors to `file` (header first). `first` is the checkpoint the plan
 /// was made from; later segments re-open `src`.
+#[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
 pub fn write_tensors(
     plan: &Plan,
+    importance: &Importance,
     first: Checkpoint,
     src: &Path,
     file: &mut File,
@@ -281,6 +363,7 @@ pub fn write_tensors(
         range: 0..plan.tensors.len(),
         gguf_meta: &plan.gguf_meta,
         hash: false,
+        importance,
     };
     write_part(plan, &part, first, src, file, file_path, threads, progress)
 }
@@ -323,6 +406,7 @@ pub fn write_part(
         .map(|t| match t.source {
             Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&first.weights.tensors),
         })
         .sum();
     progress.start(total_in);
@@ -349,19 +433,7 @@ pub fn write_part(
         };
         let mut chunks = Vec::new();
         for ti in seg.clone() {
-            let t = &plan.tensors[ti];
-            let rows = t.n_rows();
-            let per = (CHUNK_VALUES / t.row_len().max(1)).max(1);
-            let mut r = 0;
-            while r < rows {
-                let r1 = (r + per).min(rows);
-                chunks.push(Chunk {
-                    tensor: ti,
-                    row0: r,
-                    row1: r1,
-                });
-                r = r1;
-            }
+            chunk_rows(&plan.tensors[ti], ti, &mut chunks);
         }
         let weights = &ckpt.weights;
         let failed = AtomicBool::new(false);
@@ -383,7 +455,9 @@ pub fn write_part(
                         let r = if failed.load(Ordering::Relaxed) {
                             Err(ConvertError::Options("cancelled".into()))
                         } else {
-                            convert_chunk(&plan.tensors[chunks[i].tensor], weights, &chunks[i])
+                            let t = &plan.tensors[chunks[i].tensor];
+                            let imp = part.importance.get(&t.name).map(Vec::as_slice);
+                            convert_chunk(t, imp, weights, &chunks[i])
                         };
                         if r.is_err() {
                             failed.store(true, Ordering::Relaxed);
@@ -420,6 +494,9 @@ pub fn write_part(
                             info.len * (c.row1 - c.row0) / t.n_rows().max(1)
                         }
                         Source::Values(_) => 0,
+                        Source::Gather(ref g) => {
+                            g.input_bytes(&weights.tensors) * (c.row1 - c.row0) / t.n_rows().max(1)
+                        }
                     };
                     bytes_in += in_bytes;
                     progress.advance(in_bytes);
@@ -566,6 +643,42 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_never_cross_an_expert_slice() {
+        let t = Planned {
+            name: "blk.0.ffn_up_exps.weight".into(),
+            shape: vec![3, 5000, 256],
+            ty: crate::formats::GgmlType::Q8_0,
+            source: Source::Values(Vec::new()),
+            src_dtype: DType::F32,
+            rows: RowMap::Identity,
+            shift: 0.0,
+            bytes: 0,
+        };
+        let mut chunks = Vec::new();
+        chunk_rows(&t, 0, &mut chunks);
+        // 4096 rows of 256 values per chunk, cut at 5000 and 10000.
+        let got: Vec<(u64, u64)> = chunks.iter().map(|c| (c.row0, c.row1)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 4096),
+                (4096, 5000),
+                (5000, 9096),
+                (9096, 10000),
+                (10000, 14096),
+                (14096, 15000)
+            ]
+        );
+        let t2 = Planned {
+            shape: vec![9000, 256],
+            ..t
+        };
+        let mut chunks = Vec::new();
+        chunk_rows(&t2, 0, &mut chunks);
+        assert_eq!(chunks.len(), 3);
+    }
 
     #[test]
     fn stale_partials_of_the_same_output_are_removed_and_others_kept() {

@@ -23,8 +23,10 @@ pub mod arch;
 pub mod elem;
 pub mod error;
 pub mod exec;
+pub mod gather;
 pub mod merge;
 pub mod meta;
+pub mod moe;
 pub mod plan;
 pub mod quant;
 pub mod recipe;
@@ -34,6 +36,7 @@ pub mod vocab;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -41,7 +44,9 @@ use serde::Serialize;
 pub use error::ConvertError;
 pub use recipe::{FileType, RecipeOptions};
 
+use crate::formats::imatrix::Imatrix;
 use crate::formats::{Checkpoint, WeightFormat};
+use crate::types::Sha256Digest;
 
 /// What the output is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -97,6 +102,56 @@ pub struct Options {
     pub source_url: Option<String>,
     /// `--quantized-by`: `general.quantized_by` (default `modelgate`).
     pub quantized_by: Option<String>,
+    /// `--imatrix FILE`: the importance matrix the quantizers weight their errors by.
+    pub imatrix: Option<Arc<ImatrixInput>>,
+}
+
+/// An importance matrix given to a conversion, with the facts the report records.
+#[derive(Debug)]
+pub struct ImatrixInput {
+    pub path: PathBuf,
+    /// SHA-256 of the file as read.
+    pub sha256: Sha256Digest,
+    pub matrix: Imatrix,
+}
+
+impl ImatrixInput {
+    /// Read and check an imatrix file (llama.cpp's GGUF or legacy `.dat`); NaN, infinite or
+    /// negative sums and malformed files are refused by the formats layer.
+    pub fn read(path: &Path) -> Result<ImatrixInput, ConvertError> {
+        let map = crate::formats::Mapped::open(path).map_err(ConvertError::Imatrix)?;
+        let matrix = Imatrix::parse_bytes(path, map.bytes()).map_err(ConvertError::Imatrix)?;
+        Ok(ImatrixInput {
+            path: path.to_path_buf(),
+            sha256: Sha256Digest::of(map.bytes()),
+            matrix,
+        })
+    }
+
+    /// What the summary (and so the report and BOM) records.
+    pub fn record(&self) -> ImatrixRecord {
+        ImatrixRecord {
+            path: self.path.clone(),
+            sha256: self.sha256.to_hex(),
+            entries: self.matrix.entries.len(),
+            datasets: self.matrix.datasets.clone(),
+            chunk_count: self.matrix.chunk_count,
+            chunk_size: self.matrix.chunk_size,
+        }
+    }
+}
+
+/// The importance matrix a conversion used, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImatrixRecord {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Weight matrices it covers.
+    pub entries: usize,
+    /// Its calibration texts (`imatrix.datasets`).
+    pub datasets: Vec<String>,
+    pub chunk_count: u32,
+    pub chunk_size: u32,
 }
 
 impl Default for Options {
@@ -112,6 +167,7 @@ impl Default for Options {
             name: None,
             source_url: None,
             quantized_by: None,
+            imatrix: None,
         }
     }
 }
@@ -171,6 +227,9 @@ pub struct Summary {
     /// What a sharded conversion recorded for the merge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<split::ShardSummary>,
+    /// The importance matrix the quantizers used (`--imatrix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<ImatrixRecord>,
 }
 
 /// Open a conversion's source, refusing a PyTorch file whose tensors cannot be read.
@@ -229,7 +288,112 @@ fn summarise(
         notes: plan.notes.clone(),
         parts: Vec::new(),
         shard: None,
+        imatrix: opts.imatrix.as_ref().map(|m| m.record()),
     }
+}
+
+/// The options as the plan sees them: the recipe knows whether an imatrix is given. A
+/// target whose recipe picks a type modelgate cannot write yet is refused here.
+fn effective(opts: &Options) -> Result<Options, ConvertError> {
+    if let Some(ft) = opts.file_type.filter(|f| !f.is_built()) {
+        let missing: Vec<&str> = ft.missing_types().iter().map(|t| t.name()).collect();
+        return Err(ConvertError::Options(format!(
+            "{ft} is not built yet: modelgate has no quantizer for {}",
+            missing.join(", ")
+        )));
+    }
+    let mut o = opts.clone();
+    o.recipe.has_imatrix = opts.imatrix.is_some();
+    Ok(o)
+}
+
+/// Each planned tensor's importance (`in_sum2 / count` per column, expert slices
+/// concatenated), checked against the model as `llama-quantize` checks it, and more
+/// strictly: an imatrix entry that names no tensor of the model, or whose column count
+/// differs from the tensor's (the token embedding excepted, as in llama.cpp: it is looked
+/// up by rows, not multiplied), means the imatrix belongs to another model. A tensor whose
+/// type needs an imatrix and has no entry is refused.
+pub(crate) fn importance_for(
+    plan: &plan::Plan,
+    opts: &Options,
+) -> Result<exec::Importance, ConvertError> {
+    let mut out = exec::Importance::new();
+    let Some(im) = &opts.imatrix else {
+        if let Some(t) = plan
+            .tensors
+            .iter()
+            .find(|t| recipe::requires_imatrix(&t.name, t.ty))
+        {
+            return Err(ConvertError::NeedsImatrix {
+                tensor: t.name.clone(),
+                ty: t.ty.name().to_owned(),
+            });
+        }
+        return Ok(out);
+    };
+    let names: std::collections::BTreeSet<&str> =
+        plan.tensors.iter().map(|t| t.name.as_str()).collect();
+    let strangers: Vec<&str> = im
+        .matrix
+        .entries
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !names.contains(n))
+        .collect();
+    if !strangers.is_empty() {
+        return Err(ConvertError::ImatrixMismatch {
+            path: im.path.clone(),
+            fault: format!(
+                "{} of its {} entries name no tensor of the model (`{}`{})",
+                strangers.len(),
+                im.matrix.entries.len(),
+                strangers[0],
+                if strangers.len() > 1 { ", ..." } else { "" }
+            ),
+        });
+    }
+    for t in &plan.tensors {
+        if !t.ty.is_quantized() {
+            continue;
+        }
+        let Some(v) = im.matrix.importance(&t.name) else {
+            if recipe::requires_imatrix(&t.name, t.ty) {
+                return Err(ConvertError::ImatrixMismatch {
+                    path: im.path.clone(),
+                    fault: format!(
+                        "it has no entry for `{}`, which {} needs",
+                        t.name,
+                        t.ty.name()
+                    ),
+                });
+            }
+            continue;
+        };
+        // A stacked expert tensor [experts, rows, columns] has one slice per expert.
+        let slices = if t.shape.len() == 3 { t.shape[0] } else { 1 };
+        let want = t.row_len().saturating_mul(slices);
+        if v.len() as u64 != want {
+            if t.name == "token_embd.weight" {
+                continue;
+            }
+            return Err(ConvertError::ImatrixMismatch {
+                path: im.path.clone(),
+                fault: format!(
+                    "`{}` has {} values, but the tensor has {} columns{}",
+                    t.name,
+                    v.len(),
+                    t.row_len(),
+                    if slices > 1 {
+                        format!(" in each of {slices} experts")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
+        out.insert(t.name.clone(), v);
+    }
+    Ok(out)
 }
 
 /// Convert `src` into `out`. Everything that can be wrong with the input is found before
@@ -244,7 +408,8 @@ pub fn convert(
     let started = Instant::now();
     let ckpt = open_source(src)?;
     let source_format = ckpt.weights.format.as_str().to_owned();
-    let plan = plan::plan(&ckpt, opts, format)?;
+    let plan = plan::plan(&ckpt, &effective(opts)?, format)?;
+    let importance = importance_for(&plan, opts)?;
     let target = exec::Target::new(out, format == OutputFormat::HfDir)?;
     let written = match &target {
         exec::Target::File { tmp, .. } => {
@@ -253,14 +418,31 @@ pub fn convert(
                 .as_file()
                 .try_clone()
                 .map_err(|e| ConvertError::write(&path, e))?;
-            exec::write_tensors(&plan, ckpt, src, &mut f, &path, opts.threads, progress)?
+            exec::write_tensors(
+                &plan,
+                &importance,
+                ckpt,
+                src,
+                &mut f,
+                &path,
+                opts.threads,
+                progress,
+            )?
         }
         exec::Target::Dir { tmp, .. } => {
             let weights = tmp.path().join("model.safetensors");
             let mut f =
                 std::fs::File::create(&weights).map_err(|e| ConvertError::write(&weights, e))?;
-            let mut w =
-                exec::write_tensors(&plan, ckpt, src, &mut f, &weights, opts.threads, progress)?;
+            let mut w = exec::write_tensors(
+                &plan,
+                &importance,
+                ckpt,
+                src,
+                &mut f,
+                &weights,
+                opts.threads,
+                progress,
+            )?;
             for (name, bytes) in &plan.side_files {
                 let p = tmp.path().join(name);
                 std::fs::write(&p, bytes).map_err(|e| ConvertError::write(&p, e))?;

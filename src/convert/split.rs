@@ -245,6 +245,7 @@ pub fn plan_digest(plan: &Plan, ckpt: &Checkpoint) -> Result<Sha256Digest, Conve
                     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                     json!({"values_sha256": Sha256Digest::of(&bytes).to_hex()})
                 }
+                Source::Gather(g) => json!({"gather": format!("{g:?}")}),
             };
             json!({
                 "name": t.name,
@@ -342,7 +343,8 @@ pub fn convert_split(
     }
     let ckpt = super::open_source(src)?;
     let source_format = ckpt.weights.format.as_str().to_owned();
-    let plan = plan::plan(&ckpt, opts, OutputFormat::Gguf)?;
+    let plan = plan::plan(&ckpt, &super::effective(opts)?, OutputFormat::Gguf)?;
+    let importance = super::importance_for(&plan, opts)?;
     let n_tensors = plan.tensors.len();
     let total = n_tensors as u64;
     let padded: Vec<u64> = plan
@@ -371,7 +373,14 @@ pub fn convert_split(
             (
                 r,
                 vec![usize::from(s.index) - 1],
-                Some(plan_digest(&plan, &ckpt)?),
+                // Shares quantized with different imatrices must not merge.
+                Some(match &opts.imatrix {
+                    None => plan_digest(&plan, &ckpt)?,
+                    Some(m) => {
+                        let d = plan_digest(&plan, &ckpt)?;
+                        Sha256Digest::of(&[d.0, m.sha256.0].concat())
+                    }
+                }),
             )
         }
     };
@@ -387,6 +396,7 @@ pub fn convert_split(
             .map(|t| match t.source {
                 Source::Tensor(k) => c.weights.tensors.get(k).map_or(0, |x| x.len),
                 Source::Values(_) => 0,
+                Source::Gather(ref g) => g.input_bytes(&c.weights.tensors),
             })
             .sum()
     };
@@ -411,6 +421,7 @@ pub fn convert_split(
             range: ranges[i].clone(),
             gguf_meta: &meta,
             hash: digest.is_some(),
+            importance: &importance,
         };
         let c = match first.take() {
             Some(c) => c,

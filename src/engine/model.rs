@@ -250,7 +250,27 @@ pub(super) struct Loader<'a> {
     interleaved_qk: bool,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    fn new(
+        src: &'a dyn WeightSource,
+        cfg: &ModelConfig,
+        math: Math,
+        device: &'a Device,
+    ) -> Loader<'a> {
+        let naming = src.naming();
+        let arch = cfg.architecture;
+        Loader {
+            src,
+            naming,
+            arch,
+            norm_plus_one: naming == Naming::HuggingFace && arch.is_gemma(),
+            math,
+            device,
+            interleaved_qk: naming == Naming::Gguf
+                && matches!(arch, Architecture::Llama | Architecture::Mistral),
+        }
+    }
+
     fn name(&self, role: Role) -> String {
         self.naming.name_for(self.arch, role).unwrap_or_default()
     }
@@ -483,21 +503,27 @@ impl Model {
         math: Math,
         device: &Device,
     ) -> Result<Model, EngineError> {
+        let mut model = Model::load_without_layers(src, cfg, math, device)?;
+        let ld = Loader::new(src, &model.cfg, math, device);
+        let layers = (0..model.cfg.n_layers)
+            .map(|i| load_layer(&ld, &model.cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        model.layers = layers;
+        Ok(model)
+    }
+
+    /// Everything but the decoder layers: embedding, final norm, head and RoPE tables. A
+    /// layer-major driver loads each layer with [`Model::load_layer`] when it runs it, so
+    /// only one layer's weights are held at a time.
+    pub fn load_without_layers(
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        math: Math,
+        device: &Device,
+    ) -> Result<Model, EngineError> {
         let naming = src.naming();
-        let arch = cfg.architecture;
-        let ld = Loader {
-            src,
-            naming,
-            arch,
-            norm_plus_one: naming == Naming::HuggingFace && arch.is_gemma(),
-            math,
-            device,
-            interleaved_qk: naming == Naming::Gguf
-                && matches!(arch, Architecture::Llama | Architecture::Mistral),
-        };
-        let (h, hd) = (cfg.hidden, cfg.head_dim);
-        let q_out = cfg.n_heads * hd;
-        let kv_out = cfg.n_kv_heads * hd;
+        let ld = Loader::new(src, &cfg, math, device);
+        let h = cfg.hidden;
 
         let embed_raw = ld.required(Role::Embedding)?;
         embed_raw.expect_shape(&[cfg.vocab, h])?;
@@ -607,85 +633,12 @@ impl Model {
             None => None,
         };
 
-        let norms = arch.norms();
-        // OLMo 2 normalises q and k over the whole projection, the others per head
-        let qk_norm_full = arch == Architecture::Olmo2;
-        let (qn, kn) = if qk_norm_full {
-            (q_out, kv_out)
-        } else {
-            (hd, hd)
-        };
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let mla = match &cfg.mla {
-                Some(m) => Some(Box::new(MlaAttn::load(&ld, &cfg, m, i)?)),
-                None => None,
-            };
-            let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
-            let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
-            let needs_qk_norm = matches!(
-                arch,
-                Architecture::Qwen3
-                    | Architecture::Qwen3Moe
-                    | Architecture::Gemma3
-                    | Architecture::Olmo2
-            );
-            if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
-                let role = if q_norm.is_none() {
-                    Role::QNorm(i)
-                } else {
-                    Role::KNorm(i)
-                };
-                return Err(EngineError::MissingTensor(ld.name(role)));
-            }
-            let qkv = match ld.raw(Role::Qkv(i))? {
-                _ if mla.is_some() => None,
-                Some(t) => Some({
-                    t.expect_shape(&[q_out + 2 * kv_out, h])?;
-                    (
-                        ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
-                        ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
-                        ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
-                    )
-                }),
-                None => Some((
-                    ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
-                    ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
-                    ld.linear(Role::V(i), [kv_out, h])?,
-                )),
-            };
-            let attn_out = mla.as_ref().map_or(q_out, |m| m.out_width());
-            let mlp = match &cfg.moe {
-                Some(m) if m.is_sparse(i) => Mlp::Moe(Box::new(MoeFfn::load(&ld, &cfg, m, i)?)),
-                _ => dense_mlp(&ld, &cfg, i)?,
-            };
-            layers.push(Layer {
-                attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
-                post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
-                qkv,
-                mla,
-                q_bias: ld.vector(Role::QBias(i), q_out)?,
-                k_bias: ld.vector(Role::KBias(i), kv_out)?,
-                v_bias: ld.vector(Role::VBias(i), kv_out)?,
-                q_norm,
-                k_norm,
-                qk_norm_full,
-                o: ld.linear(Role::AttnOut(i), [h, attn_out])?,
-                o_bias: ld
-                    .named_vector(&ld.name(Role::AttnOut(i)).replace(".weight", ".bias"), h)?,
-                sinks: ld.sinks(i, cfg.n_heads)?,
-                ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
-                post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
-                mlp,
-                window: cfg.window(i).unwrap_or(usize::MAX),
-            });
-        }
         let mut model = Model {
             cfg,
             math,
             device: device.clone(),
             embed,
-            layers,
+            layers: Vec::new(),
             norm,
             head,
             embed_scale,
@@ -715,18 +668,9 @@ impl Model {
 
     /// Forget every processed token.
     pub fn reset(&mut self) -> Result<(), EngineError> {
-        let empty = Tensor::zeros(
-            (self.cfg.n_kv_heads, 0, self.cfg.head_dim),
-            CDType::F32,
-            &self.device,
-        )?;
         self.cache = (0..self.cfg.n_layers)
-            .map(|_| KvCache {
-                k: empty.clone(),
-                v: empty.clone(),
-                len: 0,
-            })
-            .collect();
+            .map(|_| self.empty_cache())
+            .collect::<Result<_, _>>()?;
         self.pos = 0;
         Ok(())
     }
@@ -751,11 +695,7 @@ impl Model {
                 vocab: self.cfg.vocab,
             });
         }
-        let ids = Tensor::from_slice(tokens, n, &self.device)?;
-        let mut x = self.embed.forward(&ids)?;
-        if let Some(s) = self.embed_scale {
-            x = x.broadcast_mul(&Tensor::new(s, &self.device)?)?;
-        }
+        let mut x = self.embed_ids(tokens)?;
         let cpu = self.device.is_cpu();
         let pos = self.pos;
         // additive masks for the composed (non-CPU) path, one per distinct window
@@ -788,45 +728,119 @@ impl Model {
                 .iter()
                 .find(|(w, _)| *w == layer.window)
                 .and_then(|(_, m)| m.as_ref());
-            let h = match &layer.attn_norm {
-                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
-                None => x.clone(),
-            };
-            let a = match &layer.mla {
-                Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
-                None => attention(cfg, layer, cache, &h, pos, tables, layer_mask)?,
-            };
-            let a = with_bias(layer.o.forward(&a)?, layer.o_bias.as_ref())?;
-            let a = match &layer.post_attn_norm {
-                Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
-                None => a,
-            };
-            x = (x + a)?;
-            let h = match &layer.ffn_norm {
-                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
-                None => x.clone(),
-            };
-            let m = match &layer.mlp {
-                Mlp::Dense { gate, up, down } => {
-                    let g = gate.forward(&h)?;
-                    let g = match cfg.activation {
-                        Activation::Silu => g.silu()?,
-                        Activation::GeluTanh => g.gelu()?,
-                    };
-                    down.forward(&(g * up.forward(&h)?)?)?
-                }
-                Mlp::Moe(moe) => moe.forward(&h)?,
-            };
-            let m = match &layer.post_ffn_norm {
-                Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
-                None => m,
-            };
-            x = (x + m)?;
+            x = layer_step(cfg, layer, cache, x, pos, tables, layer_mask)?;
         }
         self.pos = end;
+        self.head(&x, which)
+    }
+
+    /// The weights of decoder layer `i`, for a model loaded with
+    /// [`Model::load_without_layers`] from the same source.
+    pub fn load_layer(
+        &self,
+        src: &dyn WeightSource,
+        i: usize,
+    ) -> Result<LayerWeights, EngineError> {
+        if i >= self.cfg.n_layers {
+            return Err(EngineError::BadParam(format!(
+                "layer {i} of a {}-layer model",
+                self.cfg.n_layers
+            )));
+        }
+        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
+        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
+    }
+
+    /// An empty KV cache for one layer of one sequence.
+    pub fn layer_cache(&self) -> Result<LayerCache, EngineError> {
+        Ok(LayerCache(self.empty_cache()?))
+    }
+
+    fn empty_cache(&self) -> Result<KvCache, EngineError> {
+        let empty = Tensor::zeros(
+            (self.cfg.n_kv_heads, 0, self.cfg.head_dim),
+            CDType::F32,
+            &self.device,
+        )?;
+        Ok(KvCache {
+            k: empty.clone(),
+            v: empty,
+            len: 0,
+        })
+    }
+
+    /// The hidden states `[n, hidden]` of `tokens` entering the first layer (embedding and
+    /// its scale). Layer-major evaluation: [`Model::embed`], then [`Model::run_layer`] for
+    /// each layer, then [`Model::head`], gives what [`Model::forward`] gives.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(EngineError::TokenOutOfRange {
+                token: bad,
+                vocab: self.cfg.vocab,
+            });
+        }
+        self.embed_ids(tokens)
+    }
+
+    fn embed_ids(&self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+        let x = self.embed.forward(&ids)?;
+        Ok(match self.embed_scale {
+            Some(s) => x.broadcast_mul(&Tensor::new(s, &self.device)?)?,
+            None => x,
+        })
+    }
+
+    /// Run one decoder layer on hidden states `x` `[n, hidden]` that follow the positions
+    /// already in `cache`, appending their keys and values to it.
+    pub fn run_layer(
+        &mut self,
+        weights: &LayerWeights,
+        cache: &mut LayerCache,
+        x: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let layer = &weights.0;
+        let n = x.dim(0)?;
+        let pos = cache.0.len;
+        let end = pos + n;
+        if end > self.cfg.context {
+            return Err(EngineError::ContextOverflow {
+                tokens: end,
+                context: self.cfg.context,
+            });
+        }
+        let cpu = self.device.is_cpu();
+        let layer_mask = if cpu {
+            None
+        } else {
+            mask(pos, n, layer.window, &self.device)?
+        };
+        let rope = match (self.rope_local.as_mut(), self.rope_long.as_mut()) {
+            (Some(r), _) if layer.window != usize::MAX => r,
+            (_, Some(long)) if end > self.long_after => long,
+            _ => &mut self.rope,
+        };
+        let tables = RopeTables::new(rope, pos, n, cpu, &self.device)?;
+        layer_step(
+            &self.cfg,
+            layer,
+            &mut cache.0,
+            x.clone(),
+            pos,
+            &tables,
+            layer_mask.as_ref(),
+        )
+    }
+
+    /// Final norm and output head on the last layer's hidden states: logits `[n, vocab]`
+    /// for the last position (`n = 1`) or every position.
+    pub fn head(&self, x: &Tensor, which: Logits) -> Result<Tensor, EngineError> {
         let x = match which {
-            Logits::Last => x.narrow(0, n - 1, 1)?,
-            Logits::All => x,
+            Logits::Last => x.narrow(0, x.dim(0)? - 1, 1)?,
+            Logits::All => x.clone(),
         };
         let x = rms_norm(&x, &self.norm, self.cfg.rms_eps)?;
         let logits = self.head.forward(&x)?;
@@ -835,6 +849,145 @@ impl Model {
             None => Ok(logits),
         }
     }
+}
+
+/// The weights of one decoder layer, loaded on their own ([`Model::load_layer`]).
+#[derive(Debug)]
+pub struct LayerWeights(Layer);
+
+/// The keys and values one layer has seen of one sequence ([`Model::layer_cache`]).
+#[derive(Debug)]
+pub struct LayerCache(KvCache);
+
+impl LayerCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+/// One decoder layer on `x` `[n, hidden]` at positions `pos..pos + n`.
+fn layer_step(
+    cfg: &ModelConfig,
+    layer: &Layer,
+    cache: &mut KvCache,
+    x: Tensor,
+    pos: usize,
+    tables: &RopeTables<'_>,
+    layer_mask: Option<&Tensor>,
+) -> Result<Tensor, EngineError> {
+    let h = match &layer.attn_norm {
+        Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+        None => x.clone(),
+    };
+    let a = match &layer.mla {
+        Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
+        None => attention(cfg, layer, cache, &h, pos, tables, layer_mask)?,
+    };
+    let a = with_bias(layer.o.forward(&a)?, layer.o_bias.as_ref())?;
+    let a = match &layer.post_attn_norm {
+        Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
+        None => a,
+    };
+    let x = (x + a)?;
+    let h = match &layer.ffn_norm {
+        Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+        None => x.clone(),
+    };
+    let m = match &layer.mlp {
+        Mlp::Dense { gate, up, down } => {
+            let g = gate.forward(&h)?;
+            let g = match cfg.activation {
+                Activation::Silu => g.silu()?,
+                Activation::GeluTanh => g.gelu()?,
+            };
+            down.forward(&(g * up.forward(&h)?)?)?
+        }
+        Mlp::Moe(moe) => moe.forward(&h)?,
+    };
+    let m = match &layer.post_ffn_norm {
+        Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
+        None => m,
+    };
+    Ok((x + m)?)
+}
+
+/// The weights of decoder layer `i`.
+fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, EngineError> {
+    let arch = cfg.architecture;
+    let (h, hd) = (cfg.hidden, cfg.head_dim);
+    let q_out = cfg.n_heads * hd;
+    let kv_out = cfg.n_kv_heads * hd;
+    let norms = arch.norms();
+    // OLMo 2 normalises q and k over the whole projection, the others per head
+    let qk_norm_full = arch == Architecture::Olmo2;
+    let (qn, kn) = if qk_norm_full {
+        (q_out, kv_out)
+    } else {
+        (hd, hd)
+    };
+    let mla = match &cfg.mla {
+        Some(m) => Some(Box::new(MlaAttn::load(ld, cfg, m, i)?)),
+        None => None,
+    };
+    let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
+    let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
+    let needs_qk_norm = matches!(
+        arch,
+        Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3 | Architecture::Olmo2
+    );
+    if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
+        let role = if q_norm.is_none() {
+            Role::QNorm(i)
+        } else {
+            Role::KNorm(i)
+        };
+        return Err(EngineError::MissingTensor(ld.name(role)));
+    }
+    let qkv = match ld.raw(Role::Qkv(i))? {
+        _ if mla.is_some() => None,
+        Some(t) => {
+            t.expect_shape(&[q_out + 2 * kv_out, h])?;
+            Some((
+                ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
+                ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
+                ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
+            ))
+        }
+        None => Some((
+            ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
+            ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
+            ld.linear(Role::V(i), [kv_out, h])?,
+        )),
+    };
+    let attn_out = mla.as_ref().map_or(q_out, |m| m.out_width());
+    let mlp = match &cfg.moe {
+        Some(m) if m.is_sparse(i) => Mlp::Moe(Box::new(MoeFfn::load(ld, cfg, m, i)?)),
+        _ => dense_mlp(ld, cfg, i)?,
+    };
+    Ok(Layer {
+        attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
+        post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
+        qkv,
+        mla,
+        q_bias: ld.vector(Role::QBias(i), q_out)?,
+        k_bias: ld.vector(Role::KBias(i), kv_out)?,
+        v_bias: ld.vector(Role::VBias(i), kv_out)?,
+        q_norm,
+        k_norm,
+        qk_norm_full,
+        o: ld.linear(Role::AttnOut(i), [h, attn_out])?,
+        o_bias: ld.named_vector(&ld.name(Role::AttnOut(i)).replace(".weight", ".bias"), h)?,
+        sinks: ld.sinks(i, cfg.n_heads)?,
+        ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
+        post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
+        mlp,
+        window: cfg.window(i).unwrap_or(usize::MAX),
+    })
 }
 
 /// The embedding scale as it is applied: transformers casts it to the weights' dtype

@@ -10,6 +10,7 @@
 //! Weight files are memory-mapped, so opening a checkpoint reads headers only.
 
 pub mod dtype;
+pub mod experts;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
@@ -31,7 +32,7 @@ use serde::Serialize;
 
 pub use dtype::{DType, GgmlType};
 pub use gguf::MetaValue;
-pub use mmap::{Mapped, MappedSlice};
+pub use mmap::{FileReads, Mapped, MappedSlice};
 
 use crate::types::TensorName;
 

@@ -174,3 +174,43 @@ fn mxfp4_blocks_dequantize_as_gguf_py() {
     let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "{differ} of {} values differ", ours.len());
 }
+
+/// modelgate's own F32 (and F16) GGUF conversions of the MoE oracles run through the
+/// llama.cpp tensor names (3-d `ffn_*_exps`, `ffn_gate_inp`, `*_shexp`, `exp_probs_b`,
+/// `attn_kv_a_mqa`, absorbed `attn_k_b` / `attn_v_b`, `attn_sinks`) and `expert_*` keys,
+/// and reproduce transformers' logits as the safetensors do.
+#[test]
+fn moe_gguf_conversions_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in MOE_ORACLES {
+        let dir = oracle2_dir(name);
+        let (ids, want) = expected(&dir);
+        for (ty, bound) in [("F32", 1e-4f32), ("F16", 2e-2)] {
+            let out = tmp.path().join(format!("{name}-{ty}.gguf"));
+            let run = modelgate(&[
+                "convert",
+                dir.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--type",
+                ty,
+            ]);
+            assert!(
+                run.status.success(),
+                "{name} {ty}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            for math in [Math::Reference, Math::Native] {
+                let mut model = decoder(&out, math);
+                let label = format!("{name} {ty} gguf {math:?}");
+                if ty == "F32" && math == Math::Reference {
+                    check_paths(&label, &mut model, &ids, &want, bound);
+                } else {
+                    let d = max_abs_diff(&chunked_logits(&mut model, &ids, &[ids.len()]), &want);
+                    eprintln!("{label}: max |delta logit| {d:.2e}");
+                    assert!(d <= bound, "{label}: {d}");
+                }
+            }
+        }
+    }
+}

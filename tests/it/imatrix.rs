@@ -195,3 +195,220 @@ fn hostile_imatrix_files_name_the_tensor() {
     let err = Imatrix::read(&dir.path().join("missing.dat")).unwrap_err();
     assert!(err.to_string().starts_with("cannot read"));
 }
+
+/// Run `modelgate convert` with ARGS, returning (exit code, stderr).
+fn convert_status(args: &[&str]) -> (i32, String) {
+    let mut a = vec!["convert"];
+    a.extend_from_slice(args);
+    let o = support::modelgate(&a);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// An imatrix for every 2-D weight but the token embedding of the GGUF at `model`, with
+/// uneven, seeded sums (some columns much larger, some zero) and a token count.
+fn imatrix_for(model: &Path) -> Imatrix {
+    let c = modelgate::formats::Checkpoint::open(model).unwrap();
+    let mut entries = BTreeMap::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for t in &c.weights.tensors {
+        if t.shape.len() != 2 || t.name.as_str() == "token_embd.weight" {
+            continue;
+        }
+        let columns = *t.shape.last().unwrap() as usize;
+        let sums = (0..columns)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+                match i % 7 {
+                    0 => 0.0,
+                    3 => 500.0 * u,
+                    _ => u * u * 3.0,
+                }
+            })
+            .collect();
+        entries.insert(
+            t.name.as_str().to_owned(),
+            Entry {
+                columns,
+                sums,
+                counts: vec![96],
+            },
+        );
+    }
+    Imatrix {
+        format: ImatrixFormat::Gguf,
+        entries,
+        datasets: vec!["calibration.txt".into()],
+        chunk_count: 3,
+        chunk_size: 32,
+    }
+}
+
+/// `convert --imatrix` quantizes every tensor as ggml's `quantize_<type>` does with that
+/// tensor's importance (ggml compiled from the ggml-python sdist, as in `quant.rs`), for the
+/// legacy types and, through their fallbacks on width-64 rows, the K-quant recipes; the
+/// summary records the imatrix's digest.
+#[test]
+fn convert_with_an_imatrix_matches_ggml_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::oracle_dir("llama");
+    let f32_path = dir.path().join("f32.gguf");
+    let (code, err) = convert_status(&[
+        src.to_str().unwrap(),
+        "-o",
+        f32_path.to_str().unwrap(),
+        "--type",
+        "F32",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let m = imatrix_for(&f32_path);
+    let im_path = dir.path().join("imatrix.gguf");
+    let im_bytes = m.to_gguf_bytes().unwrap();
+    std::fs::write(&im_path, &im_bytes).unwrap();
+    let f32c = modelgate::formats::Checkpoint::open(&f32_path).unwrap();
+    let mut jobs = Vec::new();
+    let mut ours = Vec::new();
+    for ty in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q4_K_M", "Q6_K"] {
+        let out = dir.path().join(format!("{ty}.gguf"));
+        let o = support::modelgate(&[
+            "convert",
+            f32_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--imatrix",
+            im_path.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            s["imatrix"]["sha256"],
+            modelgate::types::Sha256Digest::of(&im_bytes).to_hex()
+        );
+        assert_eq!(s["imatrix"]["entries"], m.entries.len());
+        let q = modelgate::formats::Checkpoint::open(&out).unwrap();
+        for t in &q.weights.tensors {
+            let modelgate::formats::DType::Ggml(g) = t.dtype else {
+                continue;
+            };
+            if !g.is_quantized() {
+                continue;
+            }
+            let Some(imp) = m.importance(t.name.as_str()) else {
+                continue;
+            };
+            let src_info = f32c.weights.tensor(t.name.as_str()).unwrap();
+            let input = dir.path().join(format!("{ty}.{}.f32", t.name));
+            std::fs::write(&input, f32c.weights.tensor_data(src_info).unwrap()).unwrap();
+            let imp_path = dir.path().join(format!("{ty}.{}.imp", t.name));
+            let ib: Vec<u8> = imp.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(&imp_path, ib).unwrap();
+            let output = dir.path().join(format!("{ty}.{}.ggml", t.name));
+            jobs.push(
+                serde_json::json!({"oracle": "ggml", "op": "quant", "type": g.name(),
+                "input": input, "output": output, "row_len": imp.len(), "importance": imp_path}),
+            );
+            ours.push((
+                format!("{ty} {} {g}", t.name),
+                q.weights.tensor_data(t).unwrap().to_vec(),
+                output,
+            ));
+        }
+    }
+    let file = dir.path().join("jobs.json");
+    std::fs::write(&file, serde_json::to_vec(&jobs).unwrap()).unwrap();
+    let out = support::oracle_python()
+        .arg(support::repo().join("scripts/gguf_quant_oracle.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(results.iter().all(|r| r["status"] == "ok"), "{results:?}");
+    let differ: Vec<&str> = ours
+        .iter()
+        .filter(|(_, mine, theirs)| *mine != std::fs::read(theirs).unwrap())
+        .map(|(tag, _, _)| tag.as_str())
+        .collect();
+    assert!(ours.len() >= 40, "only {} tensors compared", ours.len());
+    assert!(differ.is_empty(), "differ from ggml: {differ:#?}");
+}
+
+/// An imatrix that belongs to another model, or holds a negative sum, stops the conversion
+/// with exit 2 and a message naming the problem; nothing is written.
+#[test]
+fn mismatched_or_bad_imatrix_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::oracle_dir("llama");
+    let f32_path = dir.path().join("f32.gguf");
+    let (code, err) = convert_status(&[
+        src.to_str().unwrap(),
+        "-o",
+        f32_path.to_str().unwrap(),
+        "--type",
+        "F32",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("q.gguf");
+    let run = |m: &Imatrix, name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, m.to_gguf_bytes().unwrap()).unwrap();
+        let (code, err) = convert_status(&[
+            f32_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "Q4_0",
+            "--imatrix",
+            p.to_str().unwrap(),
+        ]);
+        assert!(!out.exists());
+        (code, err.replace(dir.path().to_str().unwrap(), "TMP"))
+    };
+    let good = imatrix_for(&f32_path);
+
+    let mut m = good.clone();
+    let e = m.entries.remove("blk.0.attn_q.weight").unwrap();
+    m.entries.insert("blk.7.attn_q.weight".into(), e);
+    let (code, err) = run(&m, "stranger.gguf");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("importance matrix `TMP/stranger.gguf` does not match the model: 1 of its 15 entries name no tensor of the model (`blk.7.attn_q.weight`)"),
+        "{err}"
+    );
+
+    let mut m = good.clone();
+    let e = m.entries.get_mut("blk.1.ffn_up.weight").unwrap();
+    e.columns = 32;
+    e.sums.truncate(32);
+    let (code, err) = run(&m, "columns.gguf");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`blk.1.ffn_up.weight` has 32 values, but the tensor has 64 columns"),
+        "{err}"
+    );
+
+    let mut m = good.clone();
+    m.entries.get_mut("blk.1.ffn_down.weight").unwrap().sums[5] = f32::NAN;
+    let (code, err) = run(&m, "nan.gguf");
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot use the importance matrix"), "{err}");
+    assert!(err.contains("blk.1.ffn_down.weight"), "{err}");
+
+    let mut m = good;
+    m.entries.get_mut("blk.0.ffn_up.weight").unwrap().sums[0] = -1.0;
+    let (code, err) = run(&m, "negative.gguf");
+    assert_eq!(code, 2);
+    assert!(err.contains("must be finite and non-negative"), "{err}");
+}

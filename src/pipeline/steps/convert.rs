@@ -132,6 +132,7 @@ fn options(t: &Target, threads: Option<usize>) -> Result<convert::Options, Strin
             .iter()
             .map(|s| recipe::parse_tensor_type(s))
             .collect::<Result<_, _>>()?,
+        ..RecipeOptions::default()
     };
     o.allow_requantize = op.allow_requantize;
     o.pre_tokenizer = op.pre_tokenizer.clone();
