@@ -5,10 +5,11 @@
 # `llama-perplexity --kl-divergence-base` then `--kl-divergence` on the same files, text,
 # context and threads. The checkpoint comes from examples/synth_checkpoint.rs (pseudo-random
 # weights, byte-level BPE tokenizer padded to the 32000-token vocabulary); the text is
-# fixtures/text/eval.txt cut into chunks of CTX tokens. Peak RSS is /usr/bin/time -v's
+# fixtures/text/eval.txt cut into CHUNKS chunks of CTX tokens (13 x 256 as in issue 12; the
+# byte-level tokenizer gives 34 chunks of 256 from that text). Peak RSS is /usr/bin/time -v's
 # "Maximum resident set size".
 #
-#   benches/parity_memory.sh     # WORK=target/bench-parity LAYERS="22 88" CTX=256 THREADS=2
+#   benches/parity_memory.sh     # WORK=target/bench-parity LAYERS="22 88" CTX=256 CHUNKS=13 THREADS=2
 #                                # LLAMA_BIN=/path/to/llama.cpp/build/bin (llama-perplexity)
 #                                # LLAMA_LAYERS="22 88" MATHS="reference native" KEEP=0
 #
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-target/bench-parity}
 LAYERS=${LAYERS:-"22 88"}
 CTX=${CTX:-256}
+CHUNKS=${CHUNKS:-13}
 THREADS=${THREADS:-2}
 MATHS=${MATHS:-"reference native"}
 LLAMA_BIN=${LLAMA_BIN:-}
@@ -56,7 +58,7 @@ for layers in $LAYERS; do
     for math in $MATHS; do
         t="$WORK/time-$layers-$math.txt"
         /usr/bin/time -v "$BIN" parity "$f16" "$q4" --text "$TEXT" --ctx "$CTX" \
-            --threads "$THREADS" --math "$math" --json --quiet \
+            --chunks "$CHUNKS" --threads "$THREADS" --math "$math" --json --quiet \
             >"$WORK/parity-$layers-$math.json" 2>"$t" || true
         res=$(python3 -c '
 import json, sys
@@ -69,11 +71,11 @@ print("KLD %.6f, top-1 %.4f, PPL ratio %.5f, %d positions" % (v["mean_kld"]["val
     if [ -n "$LLAMA_BIN" ] && [[ " $LLAMA_LAYERS " == *" $layers "* ]]; then
         base="$WORK/base-$layers.kld"
         /usr/bin/time -v "$LLAMA_BIN/llama-perplexity" -m "$f16" -f "$TEXT" -c "$CTX" \
-            -t "$THREADS" -b "$CTX" --kl-divergence-base "$base" \
+            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base" \
             >"$WORK/llama-base-$layers.log" 2>&1 || true
         grep -h "Elapsed\|Maximum resident" "$WORK/llama-base-$layers.log" >"$WORK/time-llama-base-$layers.txt" || true
         /usr/bin/time -v "$LLAMA_BIN/llama-perplexity" -m "$q4" -f "$TEXT" -c "$CTX" \
-            -t "$THREADS" -b "$CTX" --kl-divergence-base "$base" --kl-divergence \
+            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base" --kl-divergence \
             >"$WORK/llama-kld-$layers.log" 2>&1 || true
         grep -h "Elapsed\|Maximum resident" "$WORK/llama-kld-$layers.log" >"$WORK/time-llama-kld-$layers.txt" || true
         kld=$(grep -m1 "Mean    KLD:" "$WORK/llama-kld-$layers.log" | awk '{print "KLD " $3}' || true)

@@ -142,16 +142,7 @@ fn is_provenance_key(key: &str) -> bool {
 /// The experts of `ckpt` (config.json first, as for the other hyper-parameters, then GGUF
 /// metadata) with its total / active parameter split; `None` for a dense model.
 pub fn experts_of(ckpt: &Checkpoint) -> Option<ExpertSummary> {
-    let from_config = ckpt
-        .dir
-        .as_ref()
-        .and_then(|d| d.config.as_ref())
-        .map(Experts::from_config)
-        .filter(Experts::is_moe);
-    let (e, source) = match from_config {
-        Some(e) => (e, "config.json"),
-        None => (Experts::from_gguf(&ckpt.weights.metadata), "gguf"),
-    };
+    let (e, source) = Experts::of(ckpt);
     if !e.is_moe() {
         return None;
     }

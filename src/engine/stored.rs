@@ -23,7 +23,7 @@ use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::formats::MappedSlice;
+use crate::formats::{blocks, GgmlType, MappedSlice};
 
 /// f32 bytes of weights dequantized per tile: large enough that each matmul call has
 /// work for every thread, small enough to stay in cache next to the activations.
@@ -59,6 +59,9 @@ pub enum Elem {
     /// ggml's MXFP4 (gpt-oss experts), which candle does not read: dequantized by
     /// `formats::mxfp4` and multiplied exactly in both math modes.
     Mxfp4,
+    /// A ggml block type candle lacks (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), decoded by
+    /// `formats::blocks`; native mode dequantizes it and multiplies in f32.
+    Decoded(GgmlType),
 }
 
 impl Elem {
@@ -75,6 +78,14 @@ impl Elem {
                 (k / bs).checked_mul(t.type_size())
             }
             Elem::Mxfp4 => crate::formats::mxfp4::bytes_for(k),
+            Elem::Decoded(t) => {
+                let (bs, size) = t.block()?;
+                let (bs, size) = (usize::try_from(bs).ok()?, usize::try_from(size).ok()?);
+                if bs == 0 || !k.is_multiple_of(bs) {
+                    return None;
+                }
+                (k / bs).checked_mul(size)
+            }
         }
     }
 }
@@ -178,6 +189,8 @@ impl StoredMatrix {
                     _ => candle_core::bail!("dequantizing {t:?} gave no f32 values"),
                 }
             }
+            Elem::Decoded(t) => blocks::dequantize(t, src, out)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
         }
         Ok(())
     }
@@ -414,6 +427,28 @@ mod tests {
                 (bytes, deq, Some(q))
             }
             Elem::Mxfp4 => unreachable!("MXFP4 is tested in formats::mxfp4"),
+            Elem::Decoded(t) => {
+                // Random block bytes with each block's f16 scale made small and finite.
+                let (bs, size) = t.block().unwrap();
+                let (bs, size) = (bs as usize, size as usize);
+                let mut bytes: Vec<u8> = noise(k as u64, n * k / bs * size)
+                    .iter()
+                    .map(|v| (v.to_bits() >> 7) as u8)
+                    .collect();
+                let at = if t == GgmlType::IQ4NL || t == GgmlType::IQ4XS {
+                    0
+                } else {
+                    size - 2
+                };
+                for (i, b) in bytes.chunks_exact_mut(size).enumerate() {
+                    let d = half::f16::from_f32(0.01 + 0.001 * (i % 7) as f32);
+                    b[at..at + 2].copy_from_slice(&d.to_le_bytes());
+                }
+                let mut deq = vec![0f32; n * k];
+                blocks::dequantize(t, &bytes, &mut deq).unwrap();
+                let _ = w;
+                (bytes, deq, None)
+            }
         }
     }
 
@@ -437,6 +472,10 @@ mod tests {
             (Elem::Block(GgmlDType::Q6K), 31, 256),
             (Elem::Block(GgmlDType::Q4K), 2061, 256),
             (Elem::Block(GgmlDType::Q6K), 2049, 256),
+            (Elem::Decoded(GgmlType::IQ4NL), 19, 96),
+            (Elem::Decoded(GgmlType::IQ4XS), 33, 512),
+            (Elem::Decoded(GgmlType::TQ1_0), 9, 256),
+            (Elem::Decoded(GgmlType::TQ2_0), 17, 256),
         ];
         for (case, &(elem, n, k)) in cases.iter().enumerate() {
             let w = noise(case as u64 + 1, n * k);
@@ -502,6 +541,11 @@ mod tests {
                     assert_eq!(got, want, "{elem:?} {n}x{k} m={m} quantized");
                     let got = sm.matmul_quantized(&x, m).unwrap();
                     assert_eq!(got, want, "{elem:?} {n}x{k} m={m} quantized");
+                }
+                // native mode for the types candle lacks: dequantize, then the exact product
+                if let Elem::Decoded(_) = elem {
+                    let exact = sm.matmul_exact_tiled(&x, m, tile).unwrap();
+                    assert_eq!(sm.matmul_quantized_tiled(&x, m, tile).unwrap(), exact);
                 }
             }
             // embedding rows, including the first and last

@@ -321,6 +321,12 @@ impl RawTensor<'_> {
                     f64::from_le_bytes(b) as f32
                 })
                 .collect(),
+            DType::Ggml(g) if crate::formats::blocks::supported(g) => {
+                let mut v = vec![0f32; elements];
+                crate::formats::blocks::dequantize(g, bytes, &mut v)
+                    .map_err(|e| self.bad(e.to_string()))?;
+                v
+            }
             _ => {
                 let q = self.to_qtensor(&Device::Cpu)?;
                 return Ok(q.dequantize(device)?);

@@ -81,6 +81,26 @@ impl Experts {
         }
     }
 
+    /// The experts of an opened checkpoint and where they were read: `config.json` of a
+    /// model directory first (as for the other hyper-parameters), then GGUF metadata.
+    pub fn of(ckpt: &super::Checkpoint) -> (Experts, &'static str) {
+        Experts::from_sources(
+            ckpt.dir.as_ref().and_then(|d| d.config.as_ref()),
+            &ckpt.weights.metadata,
+        )
+    }
+
+    /// [`Experts::of`] from the parts: a `config.json` and GGUF metadata.
+    pub fn from_sources(
+        config: Option<&Value>,
+        meta: &[(String, MetaValue)],
+    ) -> (Experts, &'static str) {
+        match config.map(Experts::from_config).filter(Experts::is_moe) {
+            Some(e) => (e, "config.json"),
+            None => (Experts::from_gguf(meta), "gguf"),
+        }
+    }
+
     /// From GGUF metadata: `{arch}.expert_count`, `expert_used_count`,
     /// `expert_shared_count` and `leading_dense_block_count`.
     pub fn from_gguf(meta: &[(String, MetaValue)]) -> Experts {

@@ -9,6 +9,7 @@
 //! and every count is bounded by the bytes left in the file before anything is allocated.
 //! Weight files are memory-mapped, so opening a checkpoint reads headers only.
 
+pub mod blocks;
 pub mod dtype;
 pub mod experts;
 pub mod gguf;

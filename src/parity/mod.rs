@@ -464,6 +464,7 @@ impl Opened {
 
     /// Run `jobs` through this model layer-major and hand each job's kept logits to `each`
     /// in job order.
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
         math: Math,

@@ -306,3 +306,31 @@ fn inspect_moe_gguf_reads_expert_keys() {
         "{text}"
     );
 }
+
+/// The BOM's hyper-parameters (what `cyclonedx` and `spdx` write for an artifact) record
+/// the architecture, experts and active parameters of a mixture of experts, from
+/// config.json and from GGUF metadata alike, and leave active parameters out for a dense
+/// model.
+#[test]
+fn bom_records_experts_and_active_parameters() {
+    use modelgate::formats::Checkpoint;
+    use modelgate::report::bom::Hyperparameters;
+    let mixtral = Checkpoint::open(&crate::support::oracle2_dir("mixtral")).unwrap();
+    let h = Hyperparameters::of(&mixtral);
+    assert_eq!((h.experts, h.experts_used), (Some(4), Some(2)));
+    assert_eq!(h.active_parameters, Some(287_552 - 98_304));
+    assert_eq!(mixtral.params().architecture.as_deref(), Some("mixtral"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("moe.gguf");
+    crate::quant_moe::write_input(&f);
+    let gguf = Checkpoint::open(&f).unwrap();
+    let h = Hyperparameters::of(&gguf);
+    assert_eq!((h.experts, h.experts_used), (Some(8), Some(2)));
+    let total = gguf.weights.parameter_count();
+    assert_eq!(
+        h.active_parameters,
+        Some(total - 4 * 3 * 8 * 256 * 256 / 4 * 3)
+    );
+    let olmo = Checkpoint::open(&crate::support::oracle2_dir("olmo2")).unwrap();
+    assert_eq!(Hyperparameters::of(&olmo).active_parameters, None);
+}

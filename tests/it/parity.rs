@@ -542,7 +542,11 @@ fn a_memory_budget_is_checked_and_spilling_changes_nothing() {
     };
     let (text_ref, need_ref) = need(l);
     let (_, need_cand) = need(c);
-    insta::assert_snapshot!(text_ref.replace(&need_ref.to_string(), "[N]"), @r"");
+    insta::assert_snapshot!(text_ref.replace(&need_ref.to_string(), "[N]"), @r"
+    error: running `[REPO]/fixtures/models/tiny-llama` failed
+    caused by: a memory budget of 1.0 KiB is below the 129.1 MiB ([N] bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence
+    hint: raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`
+    ");
     assert!(empty_dir(&spill));
 
     let budget = (need_ref.max(need_cand) + 1).to_string();
@@ -608,5 +612,9 @@ fn a_model_truncated_under_a_running_parity_is_an_input_error() {
     assert!(truncated, "{stderr}");
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(empty_dir(&spill));
-    insta::assert_snapshot!(failure_text(&stderr, tmp.path()), @r"");
+    insta::assert_snapshot!(failure_text(&stderr, tmp.path()), @r"
+    error: running `[TMP]/candidate.gguf` failed
+    caused by: `[TMP]/candidate.gguf`: tensor `output_norm.weight` needs bytes 98360128..98362432 but the file now has 59017459 bytes (truncated or replaced while in use)
+    hint: the file is damaged or truncated; download it again and compare its sha256 with the publisher's
+    ");
 }

@@ -759,3 +759,92 @@ fn fp8_dequantizes_as_torch_and_llama_cpp() {
         assert_eq!(differ, 0, "{case}: {differ} values differ from llama.cpp");
     }
 }
+
+/// The engine runs a model holding the types candle cannot read (IQ4_NL, IQ4_XS, TQ1_0,
+/// TQ2_0; decoded by `formats::blocks`): SmolLM2 with its ffn_down in IQ4_XS, TQ2_0 and
+/// TQ1_0 and its attn_q in IQ4_NL. gguf-py dequantizes every such tensor to the values of
+/// modelgate's F32 file bit for bit, and the engine's reference logits on the quantized file
+/// equal its logits on that F32 file; native math (dequantize, then multiply) stays close.
+#[test]
+fn engine_runs_iq4_and_ternary_models_with_gguf_py_values() {
+    use modelgate::engine::{Logits, Math, Model, ModelConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("mixed.gguf");
+    let f = dir.path().join("f32.gguf");
+    let src = support::smollm2();
+    let o = support::modelgate(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-o",
+        q.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+        "--allow-requantize",
+        "--tensor-type",
+        r"blk\.[0-9]*[02468]\.ffn_down=IQ4_XS",
+        "--tensor-type",
+        r"blk\.[0-9]*[13]\.ffn_down=TQ2_0",
+        "--tensor-type",
+        "ffn_down=TQ1_0",
+        "--tensor-type",
+        "attn_q=IQ4_NL",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = support::modelgate(&[
+        "convert",
+        q.to_str().unwrap(),
+        "-o",
+        f.to_str().unwrap(),
+        "--type",
+        "F32",
+        "--allow-requantize",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = support::oracle_python()
+        .arg(support::repo().join("tests/it/iquant_check.py"))
+        .arg(&q)
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{r}");
+    for t in ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"] {
+        assert!(r["compared"][t].as_u64().unwrap_or(0) >= 4, "{r}");
+    }
+    assert_eq!(r["differ"], json!([]));
+
+    let logits = |path: &Path, math: Math| {
+        let ckpt = modelgate::formats::Checkpoint::open(path).unwrap();
+        let cfg = ModelConfig::new(&ckpt.params(), None, &ckpt.weights.metadata).unwrap();
+        let mut m = Model::load(&ckpt.weights, cfg, math, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| 100 + 37 * i).collect();
+        m.forward(&ids, Logits::All)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mixed = logits(&q, Math::Reference);
+    let dense = logits(&f, Math::Reference);
+    let worst = mixed
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("reference logits, quantized file vs its F32 values: max |delta| {worst:e}");
+    assert!(worst <= 1e-4, "{worst}");
+    let native = logits(&q, Math::Native);
+    let worst = native
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("native logits vs reference: max |delta| {worst:e}");
+    assert!(worst.is_finite() && worst < 1.0, "{worst}");
+}

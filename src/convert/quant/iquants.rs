@@ -1,7 +1,8 @@
 //! The non-linear 4-bit types IQ4_NL (32 values per block) and IQ4_XS (256 per super-block),
 //! and the ternary types TQ1_0 and TQ2_0, quantized as `llama-quantize` does (ggml's
 //! `quantize_iq4_nl` / `quantize_iq4_xs` with or without importance, and the ternary
-//! reference quantizers, which ignore importance) and dequantized with ggml's arithmetic.
+//! reference quantizers, which ignore importance). Their decoders are format knowledge and
+//! live in `formats::blocks`.
 //!
 //! IQ4 levels are indices into ggml's 16-entry non-uniform table `kvalues_iq4nl` (a fact of
 //! the format: the decoder multiplies the block scale by the table entry). Each 32-value
@@ -10,18 +11,16 @@
 //! The other I-quants (IQ1/IQ2/IQ3) decode through large lattice grids and are not built.
 
 use super::kquants::QK_K;
+use super::put_f16;
 use super::search::{nearest_int, GROUP_MAX_EPS};
-use super::{f16_at, put_f16};
 
 pub(super) const IQ4_NL_BYTES: usize = 18;
 pub(super) const IQ4_XS_BYTES: usize = 136;
 pub(super) const TQ1_0_BYTES: usize = 54;
 pub(super) const TQ2_0_BYTES: usize = 66;
 
-/// The IQ4 level values (`kvalues_iq4nl`).
-const KVALUES: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+/// The IQ4 level values (`kvalues_iq4nl`), a fact of the format kept beside its decoder.
+const KVALUES: [i8; 16] = crate::formats::blocks::IQ4NL_VALUES;
 
 /// The index of the table value nearest `x` (ties to the lower), by ggml's bisection.
 #[inline]
@@ -188,33 +187,6 @@ pub(super) fn quantize_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     iq4_impl(x, qw, dh, q4, Some((sh, sl)));
 }
 
-pub(super) fn dequantize_iq4_nl(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let qs = &b[2..18];
-    for j in 0..16 {
-        y[j] = d * f32::from(KVALUES[(qs[j] & 0xF) as usize]);
-        y[j + 16] = d * f32::from(KVALUES[(qs[j] >> 4) as usize]);
-    }
-}
-
-pub(super) fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let sh = u16::from_le_bytes([b[2], b[3]]);
-    let sl = &b[4..8];
-    let qs = &b[8..136];
-    for ib in 0..8 {
-        let ls = i32::from((sl[ib / 2] >> (4 * (ib % 2))) & 0xF)
-            | ((i32::from(sh >> (2 * ib)) & 3) << 4);
-        let dl = d * (ls - 32) as f32;
-        let q = &qs[16 * ib..16 * ib + 16];
-        let out = &mut y[32 * ib..32 * ib + 32];
-        for j in 0..16 {
-            out[j] = dl * f32::from(KVALUES[(q[j] & 0xF) as usize]);
-            out[j + 16] = dl * f32::from(KVALUES[(q[j] >> 4) as usize]);
-        }
-    }
-}
-
 // --------------------------------------------------------------------- TQ1_0 and TQ2_0
 
 /// C's `lroundf` (half away from zero) for the small values the ternary types round.
@@ -270,24 +242,6 @@ pub(super) fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
     put_f16(dd, d);
 }
 
-pub(super) fn dequantize_tq1_0(b: &[u8], y: &mut [f32]) {
-    const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
-    let d = f16_at(b, 52);
-    let trit = |byte: u8, n: usize| {
-        let q = byte.wrapping_mul(POW3[n]);
-        ((u16::from(q) * 3) >> 8) as i16 - 1
-    };
-    // Value order: trit n of every byte of a run, then trit n + 1 (runs of 32, 16, 4 bytes).
-    let mut out = y.iter_mut();
-    for (bytes, trits) in [(&b[0..32], 5), (&b[32..48], 5), (&b[48..52], 4)] {
-        for n in 0..trits {
-            for (&byte, o) in bytes.iter().zip(out.by_ref()) {
-                *o = f32::from(trit(byte, n)) * d;
-            }
-        }
-    }
-}
-
 /// One TQ2_0 block: `qs[64]` (2 bits per value), `d`.
 pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
     let (d, id) = ternary_scale(x);
@@ -302,18 +256,6 @@ pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
         }
     }
     put_f16(&mut y[64..66], d);
-}
-
-pub(super) fn dequantize_tq2_0(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 64);
-    for j in 0..2 {
-        for l in 0..4 {
-            for m in 0..32 {
-                let q = ((b[32 * j + m] >> (2 * l)) & 3) as i8;
-                y[128 * j + 32 * l + m] = f32::from(q - 1) * d;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -336,10 +278,10 @@ mod tests {
         for (q, dq, bytes) in [
             (
                 quantize_tq1_0 as fn(&[f32], &mut [u8]),
-                dequantize_tq1_0 as fn(&[u8], &mut [f32]),
+                crate::formats::blocks::tq1_0 as fn(&[u8], &mut [f32]),
                 TQ1_0_BYTES,
             ),
-            (quantize_tq2_0, dequantize_tq2_0, TQ2_0_BYTES),
+            (quantize_tq2_0, crate::formats::blocks::tq2_0, TQ2_0_BYTES),
         ] {
             let mut b = vec![0u8; bytes];
             q(&x, &mut b);

@@ -532,10 +532,22 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         T::Q4K => each_block_back(b, y, K, kquants::Q4K_BYTES, kquants::dequantize_q4k),
         T::Q5K => each_block_back(b, y, K, kquants::Q5K_BYTES, kquants::dequantize_q5k),
         T::Q6K => each_block_back(b, y, K, kquants::Q6K_BYTES, kquants::dequantize_q6k),
-        T::IQ4NL => each_block_back(b, y, L, iquants::IQ4_NL_BYTES, iquants::dequantize_iq4_nl),
-        T::IQ4XS => each_block_back(b, y, K, iquants::IQ4_XS_BYTES, iquants::dequantize_iq4_xs),
-        T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, iquants::dequantize_tq1_0),
-        T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, iquants::dequantize_tq2_0),
+        T::IQ4NL => each_block_back(
+            b,
+            y,
+            L,
+            iquants::IQ4_NL_BYTES,
+            crate::formats::blocks::iq4_nl,
+        ),
+        T::IQ4XS => each_block_back(
+            b,
+            y,
+            K,
+            iquants::IQ4_XS_BYTES,
+            crate::formats::blocks::iq4_xs,
+        ),
+        T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
+        T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, mxfp4::dequantize_mxfp4),
         _ => {}
     }
