@@ -951,14 +951,14 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
     }
     let qkv = match ld.raw(Role::Qkv(i))? {
         _ if mla.is_some() => None,
-        Some(t) => Some({
+        Some(t) => {
             t.expect_shape(&[q_out + 2 * kv_out, h])?;
-            (
+            Some((
                 ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
                 ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
                 ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
-            )
-        }),
+            ))
+        }
         None => Some((
             ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
             ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,

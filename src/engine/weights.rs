@@ -79,6 +79,10 @@ impl Naming {
     /// after attention, where Llama uses that name for the pre-feed-forward norm.
     pub fn name_for(self, arch: Architecture, role: Role) -> Option<String> {
         use Role::*;
+        // llama.cpp names gpt-oss's pre-feed-forward norm `post_attention_norm`
+        if let (Naming::Gguf, Architecture::GptOss, FfnNorm(i)) = (self, arch, role) {
+            return Some(format!("blk.{i}.post_attention_norm.weight"));
+        }
         if self == Naming::HuggingFace {
             let layer = |i: usize, rest: &str| Some(format!("model.layers.{i}.{rest}"));
             match (arch, role) {

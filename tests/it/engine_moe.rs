@@ -122,3 +122,95 @@ fn logits_and_generate_commands_run_the_moe_oracles() {
         assert!(!run.stdout.is_empty(), "{name}: generate printed nothing");
     }
 }
+
+/// The engine's MXFP4 block reader gives gguf-py's values for every code and scale byte
+/// (random blocks, scale bytes 0 to 255 each appearing), the reading llama.cpp applies to
+/// gpt-oss's GGUF experts.
+#[test]
+fn mxfp4_blocks_dequantize_as_gguf_py() {
+    use modelgate::formats::mxfp4;
+    let blocks = 512;
+    let mut bytes = vec![0u8; blocks * mxfp4::BLOCK_BYTES];
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for (b, block) in bytes.chunks_exact_mut(mxfp4::BLOCK_BYTES).enumerate() {
+        block[0] = (b % 256) as u8;
+        for v in &mut block[1..] {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *v = (s >> 56) as u8;
+        }
+    }
+    let mut ours = vec![0f32; blocks * mxfp4::BLOCK_VALUES];
+    mxfp4::dequantize(&bytes, &mut ours).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("blocks.bin"), tmp.path().join("values.bin"));
+    std::fs::write(&input, &bytes).unwrap();
+    crate::support::require_oracle("gguf", "gguf");
+    let run = crate::support::oracle_python()
+        .arg("-c")
+        .arg(
+            "import sys, numpy as np\n\
+             from gguf.quants import dequantize\n\
+             from gguf.constants import GGMLQuantizationType as T\n\
+             b = np.fromfile(sys.argv[1], dtype=np.uint8).reshape(-1, 17)\n\
+             dequantize(b, T.MXFP4).astype(np.float32).reshape(-1).tofile(sys.argv[2])\n",
+        )
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs: Vec<f32> = std::fs::read(&output)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} of {} values differ", ours.len());
+}
+
+/// modelgate's own F32 (and F16) GGUF conversions of the MoE oracles run through the
+/// llama.cpp tensor names (3-d `ffn_*_exps`, `ffn_gate_inp`, `*_shexp`, `exp_probs_b`,
+/// `attn_kv_a_mqa`, absorbed `attn_k_b` / `attn_v_b`, `attn_sinks`) and `expert_*` keys,
+/// and reproduce transformers' logits as the safetensors do.
+#[test]
+fn moe_gguf_conversions_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in MOE_ORACLES {
+        let dir = oracle2_dir(name);
+        let (ids, want) = expected(&dir);
+        for (ty, bound) in [("F32", 1e-4f32), ("F16", 5e-3)] {
+            let out = tmp.path().join(format!("{name}-{ty}.gguf"));
+            let run = modelgate(&[
+                "convert",
+                dir.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--type",
+                ty,
+            ]);
+            assert!(
+                run.status.success(),
+                "{name} {ty}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            for math in [Math::Reference, Math::Native] {
+                let mut model = decoder(&out, math);
+                let label = format!("{name} {ty} gguf {math:?}");
+                if ty == "F32" && math == Math::Reference {
+                    check_paths(&label, &mut model, &ids, &want, bound);
+                } else {
+                    let d = max_abs_diff(&chunked_logits(&mut model, &ids, &[ids.len()]), &want);
+                    eprintln!("{label}: max |delta logit| {d:.2e}");
+                    assert!(d <= bound, "{label}: {d}");
+                }
+            }
+        }
+    }
+}
