@@ -10,10 +10,13 @@ llama.cpp's own converter achieves on these oracles (max |delta logit| 1.0e-3..1
 2.0e-3..3.5e-3 for F16, 0.065..0.076 for Q8_0; llama.cpp keeps the KV cache in f16 and
 quantizes activations for Q8_0), i.e. at most 1.8e-3, 4.2e-3 and 0.0912.
 
-The second set of oracles (../shared/oracles2: gemma2, gemma3, olmo2; the MoE folders are
-skipped until modelgate converts them) and modelgate's own Phi-3 oracle
+The second set of oracles (../shared/oracles2: gemma2, gemma3, olmo2, and the mixtures of
+experts mixtral, qwen2moe, qwen3moe, deepseek3 and gptoss) and modelgate's own Phi-3 oracle
 (fixtures/oracles/phi3) are held to 1.2x the figures oracles2/README.md gives for llama.cpp's
-own converter (per folder and type).
+own converter (per folder and type). Q8_0 of a mixture of experts is not judged by its
+maximum logit difference (one expert flipped on a near tie moves logits by more than 1; the
+README's llama.cpp figures are 0.2 to 1.7): it is reported with the bound shown but the
+verdict only counts F32 and F16 for those folders.
 
 With `--llama-converter PYTHON` (a Python with torch, transformers, sentencepiece and numpy)
 and `--llama-cpp DIR` (llama.cpp's sources, e.g. vendor/llama.cpp of the llama-cpp-python
@@ -54,7 +57,13 @@ OWN2 = {
     "gemma2": {"F32": 1.3e-3, "F16": 2.7e-3, "Q8_0": 0.069},
     "gemma3": {"F32": 3.2e-3, "F16": 7.9e-3, "Q8_0": 0.16},
     "olmo2": {"F32": 2.1e-3, "F16": 3.9e-3, "Q8_0": 0.095},
+    "mixtral": {"F32": 8.7e-4, "F16": 2.1e-3, "Q8_0": 1.08},
+    "qwen2moe": {"F32": 1.3e-3, "F16": 3.8e-3, "Q8_0": 0.20},
+    "qwen3moe": {"F32": 1.1e-3, "F16": 2.2e-3, "Q8_0": 0.92},
+    "deepseek3": {"F32": 1.4e-3, "F16": 3.6e-3, "Q8_0": 1.66},
+    "gptoss": {"F32": 6.4e-3, "F16": 6.9e-3, "Q8_0": 0.051},
 }
+# Mixtures of experts: Q8_0 is measured but not judged by max |delta logit| (see above).
 MOE = {"mixtral", "qwen2moe", "qwen3moe", "deepseek3", "gptoss"}
 
 # Runs llama.cpp's converter with the pre-tokenizer hash check answered "default" for
@@ -203,7 +212,7 @@ def main():
     only = set(args.only.split(",")) if args.only else None
     oracles = sorted(
         (p for c in collections if Path(c).is_dir() for p in Path(c).iterdir()
-         if (p / "expected.safetensors").exists() and p.name not in MOE and (only is None or p.name in only)),
+         if (p / "expected.safetensors").exists() and (only is None or p.name in only)),
         key=lambda p: p.name,
     )
     rows = []
@@ -242,7 +251,8 @@ def main():
                     "argmax_agree": float(np.mean(got.argmax(-1) == want.argmax(-1))),
                     "bound": bound,
                     "llama_cpp_own": own,
-                    "ok": bool(delta.max() <= bound),
+                    "judged": not (oracle.name in MOE and ty not in ("F32", "F16")),
+                    "ok": bool(delta.max() <= bound) or (oracle.name in MOE and ty not in ("F32", "F16")),
                 })
                 if theirs is not None and ty == "F32":
                     c = compare_gguf(out, theirs)
@@ -276,7 +286,7 @@ def main():
                 print(f"{r['oracle']:<20} {r['type']:<5} conversion failed: {r['error']}")
                 continue
             print(f"{r['oracle']:<20} {r['type']:<5} {r['max_abs_delta']:>12.3e} {r['mean_abs_delta']:>10.2e} "
-                  f"{r['argmax_agree']:>6.1%} {r['bound']:>8.2e}  {r['llama_cpp_own']:<16}  {'ok' if r['ok'] else 'OVER'}")
+                  f"{r['argmax_agree']:>6.1%} {r['bound']:>8.2e}  {r['llama_cpp_own']:<16}  {('ok' if r['ok'] else 'OVER') if r['judged'] else 'not judged (MoE)'}")
         for c in bytecheck:
             verdict = "byte-identical" if not c["tensor_diffs"] else f"{len(c['tensor_diffs'])} tensors differ"
             print(f"{c['oracle']}: {c['what']}: {c['tensors']} tensors, {verdict}")

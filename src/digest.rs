@@ -426,7 +426,15 @@ fn hash_unit(
             }
         }
     };
-    Ok(Sha256Digest(Sha256::digest(slice).into()))
+    // in 64 MiB steps, each released once hashed, so hashing a multi-gigabyte model
+    // does not leave all of it resident in this process
+    let base = slice.as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut h = Sha256::new();
+    for (i, part) in slice.chunks(64 << 20).enumerate() {
+        h.update(part);
+        map.release(base + i * (64 << 20), part.len());
+    }
+    Ok(Sha256Digest(h.finalize().into()))
 }
 
 fn utf8_name(path: &Path, name: &std::ffi::OsStr) -> Result<String, DigestError> {

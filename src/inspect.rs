@@ -1,7 +1,8 @@
 //! The `inspect` summary: what a checkpoint holds, in one serialisable value.
 //!
 //! Sits right after [`crate::formats`] in the pipeline: it reads nothing itself, only the
-//! [`Checkpoint`] view, and gathers format, architecture, parameter count, bytes per dtype,
+//! [`Checkpoint`] view, and gathers format, architecture, parameter count (with the experts
+//! and active parameters of a mixture of experts), bytes per dtype,
 //! hyper-parameters, tokenizer, metadata, declared licence and provenance and file sizes.
 //! The CLI prints it as text or JSON; `schemas/inspect.schema.json` describes the JSON.
 
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::formats::experts::{param_split, Experts};
 use crate::formats::{
     bytes_per_dtype, Checkpoint, FileEntry, Layout, MetaValue, ModelParams, TokenizerSummary,
     WeightFormat,
@@ -28,6 +30,9 @@ pub struct Summary {
     pub gguf: Option<GgufInfo>,
     pub architecture: Option<String>,
     pub parameters: u64,
+    /// Mixture-of-experts facts; absent for a dense model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertSummary>,
     pub tensor_count: usize,
     pub dtypes: Vec<DtypeBytes>,
     pub params: ModelParams,
@@ -43,6 +48,29 @@ pub struct Summary {
     pub total_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<TensorRow>>,
+}
+
+/// Experts of a mixture-of-experts model and the parameters a token uses.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpertSummary {
+    /// Routed experts per MoE layer.
+    pub count: u64,
+    /// Routed experts each token uses.
+    pub used_per_token: u64,
+    /// Experts every token uses beside the routed ones.
+    pub shared: u64,
+    /// Dense layers before the first MoE layer.
+    pub leading_dense_layers: u64,
+    /// Where the counts were read: `gguf` metadata or `config.json`.
+    pub source: &'static str,
+    /// Parameters over all tensors, counting MXFP4 blocks of the Hugging Face layout as
+    /// their values (two per byte) and their scales as none.
+    pub total_parameters: u64,
+    /// Parameters in the routed expert tensors.
+    pub routed_parameters: u64,
+    /// Parameters one token touches: everything but the routed experts, plus
+    /// `used_per_token / count` of theirs.
+    pub active_parameters: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,6 +137,26 @@ fn is_provenance_key(key: &str) -> bool {
                 | "general.organization"
                 | "general.quantized_by"
         )
+}
+
+/// The experts of `ckpt` (config.json first, as for the other hyper-parameters, then GGUF
+/// metadata) with its total / active parameter split; `None` for a dense model.
+pub fn experts_of(ckpt: &Checkpoint) -> Option<ExpertSummary> {
+    let (e, source) = Experts::of(ckpt);
+    if !e.is_moe() {
+        return None;
+    }
+    let split = param_split(&ckpt.weights.tensors, &e);
+    Some(ExpertSummary {
+        count: e.count,
+        used_per_token: e.used,
+        shared: e.shared,
+        leading_dense_layers: e.leading_dense,
+        source,
+        total_parameters: split.total,
+        routed_parameters: split.routed,
+        active_parameters: split.active,
+    })
 }
 
 /// Gather the summary. `with_tensors` adds the per-tensor table.
@@ -213,6 +261,7 @@ pub fn summarise(ckpt: &Checkpoint, with_tensors: bool) -> Summary {
         }),
         architecture: arch,
         parameters: w.parameter_count(),
+        experts: experts_of(ckpt),
         tensor_count: w.tensors.len(),
         dtypes,
         params,

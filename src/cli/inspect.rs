@@ -79,6 +79,30 @@ pub fn render_text(s: &Summary) -> String {
             s.tensor_count
         ),
     );
+    if let Some(e) = &s.experts {
+        let mut v = format!("{} routed, {} used per token", e.count, e.used_per_token);
+        if e.shared > 0 {
+            v.push_str(&format!(", {} shared", e.shared));
+        }
+        if e.leading_dense_layers > 0 {
+            v.push_str(&format!(
+                ", {} dense leading layer{}",
+                e.leading_dense_layers,
+                if e.leading_dense_layers == 1 { "" } else { "s" }
+            ));
+        }
+        v.push_str(&format!(" (from {})", e.source));
+        line("experts", v);
+        line(
+            "active params",
+            format!(
+                "{} per token of {} ({:.1}%)",
+                group_digits(e.active_parameters),
+                group_digits(e.total_parameters),
+                100.0 * e.active_parameters as f64 / e.total_parameters.max(1) as f64
+            ),
+        );
+    }
     let p = &s.params;
     let mut hp = Vec::new();
     let mut push = |name: &str, v: Option<String>| {

@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::engine::layered::Budget;
 use crate::engine::{DeviceSpec, Math};
 use crate::finding::Verdict;
 use crate::parity::thresholds::Overrides;
 use crate::parity::{self, Corpus, Golden, ParityOptions, ParityReport, Summary, Thresholds};
 use crate::policy::file::Policy;
 
+use super::run::LogFormat;
 use super::Outcome;
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +114,58 @@ struct Run {
     /// No progress on stderr
     #[arg(long, short)]
     quiet: bool,
+    /// Progress on stderr: a bar on a terminal (text), or one JSON object per line
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log: LogFormat,
+    /// Memory budget of a text evaluation (e.g. `800M`, `4G`): one layer's weights and
+    /// activations must fit; hidden states go to a temporary file past it [default: half
+    /// the available memory]
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Where hidden states and the reference's logits are kept on disk [default: the
+    /// system's temporary directory]
+    #[arg(long = "spill-dir", value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+}
+
+/// A size in bytes: a number with an optional `K`, `M`, `G` or `T` (powers of 1024,
+/// optionally followed by `B` or `iB`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        Some('t') => (&lower[..lower.len() - 1], 40),
+        _ => (lower, 0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size (e.g. `800M`, `4G`, `1073741824`)"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{t}` is not a size of at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+impl Run {
+    fn budget(&self) -> Option<Budget> {
+        if self.max_memory.is_none() && self.spill_dir.is_none() {
+            return None;
+        }
+        let d = Budget::default_for_machine();
+        Some(Budget {
+            max_memory: self.max_memory.unwrap_or(d.max_memory),
+            spill_dir: self.spill_dir.clone().unwrap_or(d.spill_dir),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,37 +208,102 @@ fn options(c: &Common) -> anyhow::Result<ParityOptions> {
     o.max_new_tokens = c.max_new;
     o.candidate_math = c.run.math;
     o.device = c.run.device.clone();
+    o.budget = c.run.budget();
     Ok(o)
 }
 
-struct Progress(Option<ProgressBar>);
+/// Progress on stderr: a bar on a terminal, JSON lines with `--log json`, else nothing.
+struct Progress {
+    bar: Option<ProgressBar>,
+    json: bool,
+    /// The model the bar is counting, so it restarts (and its ETA) for the next one.
+    model: Option<&'static str>,
+    started: std::time::Instant,
+}
 
 impl Progress {
-    fn new(quiet: bool, what: &str) -> Progress {
-        if quiet || !std::io::stderr().is_terminal() {
-            return Progress(None);
+    fn new(run: &Run) -> Progress {
+        let json = run.log == LogFormat::Json;
+        let bar = (!run.quiet && !json && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Progress {
+            bar,
+            json,
+            model: None,
+            started: std::time::Instant::now(),
         }
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(&format!(
-                "{{spinner}} {what} {{pos}}/{{len}} {{wide_bar}} eta {{eta}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Progress(Some(b))
     }
 
-    fn tick(&self, done: usize, total: usize) {
-        if let Some(b) = &self.0 {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
+    fn event(&mut self, e: parity::Event) {
+        match e {
+            parity::Event::Layers { model, progress: p } => {
+                if self.json {
+                    // one line when a model starts and one per layer finished
+                    let done = if p.layer == 0 && p.sequences == 0 {
+                        0
+                    } else if p.sequences == p.total_sequences && p.layer < p.layers {
+                        p.layer + 1
+                    } else {
+                        return;
+                    };
+                    let v = serde_json::json!({
+                        "event": "parity-layer",
+                        "model": model,
+                        "layers_done": done,
+                        "layers": p.layers,
+                        "sequences": p.total_sequences,
+                        "spilled": p.spilled,
+                        "seconds": self.started.elapsed().as_secs_f64(),
+                    });
+                    eprintln!("{v}");
+                    return;
+                }
+                let Some(b) = &self.bar else { return };
+                if self.model != Some(model) {
+                    self.model = Some(model);
+                    b.reset();
+                }
+                b.set_length((p.layers * p.total_sequences) as u64);
+                b.set_position((p.layer * p.total_sequences + p.sequences) as u64);
+                b.set_message(format!(
+                    "{model}: layer {}/{}, sequences {}/{}{}",
+                    (p.layer + 1).min(p.layers),
+                    p.layers,
+                    p.sequences,
+                    p.total_sequences,
+                    if p.spilled { " (spilled)" } else { "" }
+                ));
+            }
+            parity::Event::Sequence { done, total } => {
+                if self.json {
+                    let v = serde_json::json!({
+                        "event": "parity-sequence",
+                        "done": done,
+                        "total": total,
+                        "seconds": self.started.elapsed().as_secs_f64(),
+                    });
+                    eprintln!("{v}");
+                    return;
+                }
+                if let Some(b) = &self.bar {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                    b.set_message("sequences");
+                }
+            }
         }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
     }
@@ -219,9 +338,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             let _hub = super::model_arg::resolve_pair(&mut reference, &mut candidate, &args.hub)?;
             let opts = options(&args.common)?;
             let th = thresholds(&args.judge, &declared_quant(&candidate)?)?;
-            let bar = Progress::new(args.common.run.quiet, "scoring chunk");
-            let report = parity::compare(&reference, &candidate, &opts, Some(th), &mut |d, t| {
-                bar.tick(d, t)
+            let mut bar = Progress::new(&args.common.run);
+            let report = parity::compare(&reference, &candidate, &opts, Some(th), &mut |e| {
+                bar.event(e)
             })?;
             drop(bar);
             print_report(&report, args.judge.json)
@@ -234,8 +353,8 @@ fn record(mut r: RecordArgs) -> anyhow::Result<Outcome> {
     let mut opts = options(&r.common)?;
     opts.top_k = r.top;
     anyhow::ensure!(r.top > 0, "--top must be at least 1");
-    let bar = Progress::new(r.common.run.quiet, "recording chunk");
-    let golden = parity::record(&r.reference, &opts, &mut |d, t| bar.tick(d, t))?;
+    let mut bar = Progress::new(&r.common.run);
+    let golden = parity::record(&r.reference, &opts, &mut |e| bar.event(e))?;
     drop(bar);
     golden.write(&r.out)?;
     let positions: usize = golden.sequences.iter().map(|s| s.positions.len()).sum();
@@ -264,17 +383,18 @@ fn check(mut c: CheckArgs) -> anyhow::Result<Outcome> {
         device: c.run.device.clone(),
         ctx: golden.corpus.ctx,
         max_new_tokens: golden.corpus.max_new_tokens,
+        budget: c.run.budget(),
         ..ParityOptions::new(Corpus::Text(PathBuf::from(&golden.corpus.path)))
     };
     let th = thresholds(&c.judge, &declared_quant(&c.candidate)?)?;
-    let bar = Progress::new(c.run.quiet, "checking chunk");
+    let mut bar = Progress::new(&c.run);
     let report = parity::check(
         &c.candidate,
         &golden,
         &c.golden,
         &opts,
         Some(th),
-        &mut |d, t| bar.tick(d, t),
+        &mut |e| bar.event(e),
     )
     .with_context(|| format!("cannot check `{}`", c.candidate.display()))?;
     drop(bar);

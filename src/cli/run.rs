@@ -62,6 +62,25 @@ impl Events for JsonLog {
         });
         eprintln!("{v}");
     }
+    fn parity(&self, step: &str, e: &crate::parity::Event) {
+        // one line per layer finished (and per sequence on prompt corpora)
+        let v = match *e {
+            crate::parity::Event::Layers { model, progress: p } => {
+                if p.sequences != p.total_sequences || p.layer >= p.layers {
+                    return;
+                }
+                json!({
+                    "event": "parity-layer", "step": step, "model": model,
+                    "layers_done": p.layer + 1, "layers": p.layers,
+                    "sequences": p.total_sequences, "spilled": p.spilled,
+                })
+            }
+            crate::parity::Event::Sequence { done, total } => {
+                json!({ "event": "parity-sequence", "step": step, "done": done, "total": total })
+            }
+        };
+        eprintln!("{v}");
+    }
 }
 
 struct TextLog {
@@ -75,6 +94,15 @@ impl Events for TextLog {
                 "import: download {file} {}/{}",
                 crate::inspect::human_bytes(done),
                 crate::inspect::human_bytes(size)
+            ));
+        }
+    }
+    fn parity(&self, step: &str, e: &crate::parity::Event) {
+        if let (Some(b), crate::parity::Event::Layers { model, progress: p }) = (&self.bar, e) {
+            b.set_message(format!(
+                "{step}: {model} layer {}/{}",
+                (p.layer + 1).min(p.layers),
+                p.layers
             ));
         }
     }

@@ -15,6 +15,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::error::ConvertError;
+use super::moe::{Mla, Moe, YarnExtra};
 use crate::formats::MetaValue;
 
 /// A GGUF architecture modelgate writes and reads.
@@ -27,6 +28,11 @@ pub enum Arch {
     Gemma3,
     Olmo2,
     Phi3,
+    Qwen2Moe,
+    Qwen3Moe,
+    /// DeepSeek-V2, V3 and R1 (multi-head latent attention).
+    Deepseek2,
+    GptOss,
 }
 
 impl Arch {
@@ -39,6 +45,10 @@ impl Arch {
             Arch::Gemma3 => "gemma3",
             Arch::Olmo2 => "olmo2",
             Arch::Phi3 => "phi3",
+            Arch::Qwen2Moe => "qwen2moe",
+            Arch::Qwen3Moe => "qwen3moe",
+            Arch::Deepseek2 => "deepseek2",
+            Arch::GptOss => "gpt-oss",
         }
     }
 
@@ -51,6 +61,10 @@ impl Arch {
             "gemma3" => Some(Arch::Gemma3),
             "olmo2" => Some(Arch::Olmo2),
             "phi3" => Some(Arch::Phi3),
+            "qwen2moe" => Some(Arch::Qwen2Moe),
+            "qwen3moe" => Some(Arch::Qwen3Moe),
+            "deepseek2" => Some(Arch::Deepseek2),
+            "gpt-oss" => Some(Arch::GptOss),
             _ => None,
         }
     }
@@ -70,6 +84,10 @@ impl Arch {
             Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
             Arch::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
             Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
+            Arch::Qwen2Moe => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+            Arch::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+            Arch::Deepseek2 => ("DeepseekV3ForCausalLM", "deepseek_v3"),
+            Arch::GptOss => ("GptOssForCausalLM", "gpt_oss"),
         }
     }
 
@@ -81,17 +99,21 @@ impl Arch {
 
     /// Whether the architecture has per-head q/k RMS norms.
     pub fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Gemma3 | Arch::Olmo2)
+        matches!(
+            self,
+            Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3 | Arch::Olmo2
+        )
     }
 
     /// The architectures llama.cpp writes `general.architecture` names for that modelgate
     /// reads back.
-    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3";
+    pub const GGUF_NAMES: &'static str =
+        "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3, qwen2moe, qwen3moe, deepseek2, gpt-oss";
 }
 
 /// Names accepted from config.json, for error messages.
 pub const SUPPORTED: &str =
-    "LlamaForCausalLM (llama, SmolLM, Falcon 3), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM (Phi-3, Phi-4)";
+    "LlamaForCausalLM (llama, SmolLM, Falcon 3), MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Olmo2ForCausalLM, Phi3ForCausalLM (Phi-3, Phi-4), MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (also R1), GptOssForCausalLM";
 
 /// RoPE scaling as config.json declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +179,12 @@ pub struct HParams {
     pub original_context: Option<u64>,
     /// Gemma's `query_pre_attn_scalar` (llama.cpp does not store it; kept for config.json).
     pub query_pre_attn_scalar: Option<f64>,
+    /// The experts' routing, for mixtures of experts.
+    pub moe: Option<Moe>,
+    /// DeepSeek's multi-head latent attention.
+    pub mla: Option<Mla>,
+    /// YaRN settings beyond the common three.
+    pub yarn: YarnExtra,
 }
 
 fn get<'a>(cfg: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -206,14 +234,26 @@ impl HParams {
             .unwrap_or("");
         let model_type = get(cfg, "model_type").and_then(Value::as_str).unwrap_or("");
         let arch = match (class, model_type) {
-            ("LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM", _) => Arch::Llama,
+            (
+                "LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM"
+                | "MixtralForCausalLM",
+                _,
+            ) => Arch::Llama,
+            ("Qwen2MoeForCausalLM", _) => Arch::Qwen2Moe,
+            ("Qwen3MoeForCausalLM", _) => Arch::Qwen3Moe,
+            ("DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM", _) => Arch::Deepseek2,
+            ("GptOssForCausalLM", _) => Arch::GptOss,
             ("Qwen2ForCausalLM", _) => Arch::Qwen2,
             ("Qwen3ForCausalLM", _) => Arch::Qwen3,
             ("Gemma2ForCausalLM", _) => Arch::Gemma2,
             ("Gemma3ForCausalLM", _) => Arch::Gemma3,
             ("Olmo2ForCausalLM", _) => Arch::Olmo2,
             ("Phi3ForCausalLM", _) => Arch::Phi3,
-            ("", "llama" | "mistral") => Arch::Llama,
+            ("", "llama" | "mistral" | "mixtral") => Arch::Llama,
+            ("", "qwen2_moe") => Arch::Qwen2Moe,
+            ("", "qwen3_moe") => Arch::Qwen3Moe,
+            ("", "deepseek_v2" | "deepseek_v3") => Arch::Deepseek2,
+            ("", "gpt_oss") => Arch::GptOss,
             ("", "qwen2") => Arch::Qwen2,
             ("", "qwen3") => Arch::Qwen3,
             ("", "gemma2") => Arch::Gemma2,
@@ -315,7 +355,7 @@ impl HParams {
                 .unwrap_or(false);
         let attention_bias = get(cfg, "attention_bias")
             .and_then(Value::as_bool)
-            .unwrap_or(arch == Arch::Qwen2);
+            .unwrap_or(matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe));
         let softcap = |key: &str| -> Result<Option<f64>, ConvertError> {
             match get(cfg, key) {
                 None => Ok(None),
@@ -358,15 +398,17 @@ impl HParams {
             _ => (None, None),
         };
         let sliding_window = match arch {
-            Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => match get(cfg, "sliding_window") {
-                None => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| {
-                    ConvertError::config(
-                        path,
-                        format!("`sliding_window` is {v}, expected a non-negative integer"),
-                    )
-                })?),
-            },
+            Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 | Arch::GptOss => {
+                match get(cfg, "sliding_window") {
+                    None => None,
+                    Some(v) => Some(v.as_u64().ok_or_else(|| {
+                        ConvertError::config(
+                            path,
+                            format!("`sliding_window` is {v}, expected a non-negative integer"),
+                        )
+                    })?),
+                }
+            }
             _ => None,
         };
         if arch == Arch::Gemma2 && sliding_window.is_none() {
@@ -433,6 +475,15 @@ impl HParams {
             rope_dims,
             original_context,
             query_pre_attn_scalar: get_f64(cfg, "query_pre_attn_scalar"),
+            moe: Moe::from_config(cfg, arch, n_ff, path)?,
+            mla: if arch == Arch::Deepseek2 {
+                Some(Mla::from_config(cfg, path)?)
+            } else {
+                None
+            },
+            yarn: scaling
+                .map(|s| YarnExtra::from_params(s, arch))
+                .unwrap_or_default(),
         })
     }
 
@@ -449,7 +500,7 @@ impl HParams {
             (k("embedding_length"), u32v(self.n_embd)),
             (k("feed_forward_length"), u32v(self.n_ff)),
             (k("attention.head_count"), u32v(self.n_head)),
-            (k("attention.head_count_kv"), u32v(self.n_head_kv)),
+            (k("attention.head_count_kv"), u32v(self.gguf_n_head_kv())),
             (k("attention.layer_norm_rms_epsilon"), f32v(self.rms_eps)),
         ];
         // Gemma 2's converter class writes no RoPE base; every other one does.
@@ -465,7 +516,8 @@ impl HParams {
         // (Phi-3's class never does).
         let head_dim_key = match self.arch {
             Arch::Gemma2 | Arch::Gemma3 => true,
-            Arch::Phi3 => false,
+            // DeepSeek's class writes its own MLA lengths.
+            Arch::Phi3 | Arch::Deepseek2 => false,
             _ => self.head_dim_explicit,
         };
         if head_dim_key {
@@ -508,8 +560,25 @@ impl HParams {
                     u32v(self.sliding_window.unwrap_or(0)),
                 ));
             }
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 => {}
+            Arch::GptOss => {
+                if let Some(w) = self.sliding_window {
+                    out.push((k("attention.sliding_window"), u32v(w)));
+                }
+            }
+            Arch::Deepseek2 => {
+                if let Some(mla) = &self.mla {
+                    out.extend(mla.gguf_keys(self.arch, self.n_vocab));
+                }
+            }
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 | Arch::Qwen2Moe | Arch::Qwen3Moe => {}
         }
+        if let Some(moe) = &self.moe {
+            out.extend(moe.gguf_keys(self.arch));
+        }
+        out.extend(self.yarn.gguf_keys(
+            self.arch,
+            matches!(self.rope_scaling, RopeScaling::Yarn { .. }),
+        ));
         match &self.rope_scaling {
             RopeScaling::None | RopeScaling::Llama3 { .. } => {}
             RopeScaling::LongRope { attn_factor, .. } => {
@@ -577,6 +646,16 @@ impl HParams {
         match &self.rope_scaling {
             RopeScaling::LongRope { short, long, .. } => Some((long.clone(), short.clone())),
             _ => None,
+        }
+    }
+
+    /// The KV head count a GGUF file states: DeepSeek's MLA is stored as one shared latent
+    /// head (llama.cpp's class writes 1).
+    pub fn gguf_n_head_kv(&self) -> u64 {
+        if self.arch == Arch::Deepseek2 {
+            1
+        } else {
+            self.n_head_kv
         }
     }
 
@@ -741,6 +820,32 @@ pub enum Role {
     AttnQkv,
     /// Phi-3: gate and up in one matrix (rows gate, then up), stored as `ffn_up`.
     FfnGateUp,
+    /// The router of a mixture of experts.
+    FfnGateInp,
+    /// Routed experts stacked into one 3-D tensor each (`[experts, rows, columns]`).
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    /// The shared expert (Qwen2-MoE, DeepSeek).
+    FfnGateShexp,
+    FfnUpShexp,
+    FfnDownShexp,
+    /// Qwen2-MoE: the shared expert's sigmoid gate.
+    FfnGateInpShexp,
+    /// DeepSeek-V3: the selection-only router bias (`e_score_correction_bias`).
+    ExpProbsB,
+    /// gpt-oss: one attention-sink logit per head.
+    AttnSinks,
+    /// DeepSeek MLA: q down-projection, its norm, q up-projection.
+    AttnQA,
+    AttnQANorm,
+    AttnQB,
+    /// DeepSeek MLA: the joint kv down-projection (with the shared rotary key) and its norm.
+    AttnKvAMqa,
+    AttnKvANorm,
+    /// DeepSeek MLA: `kv_b_proj` split per head into k (transposed) and v.
+    AttnKB,
+    AttnVB,
 }
 
 impl Role {
@@ -755,6 +860,16 @@ impl Role {
                 | Role::PostFfwNorm
                 | Role::AttnQNorm
                 | Role::AttnKNorm
+                | Role::AttnQANorm
+                | Role::AttnKvANorm
+        )
+    }
+
+    /// A stacked expert tensor.
+    pub fn is_experts(self) -> bool {
+        matches!(
+            self,
+            Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps
         )
     }
 }
@@ -774,6 +889,127 @@ const LAYER_NAMES: Names = &[
     (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
     (Role::FfnUp, "mlp.up_proj", "ffn_up"),
     (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+    // Mixtral (as `llama`); transformers 5 also calls it `mlp.gate` (see `parse_hf`).
+    (Role::FfnGateInp, "block_sparse_moe.gate", "ffn_gate_inp"),
+    (
+        Role::FfnGateExps,
+        "block_sparse_moe.experts",
+        "ffn_gate_exps",
+    ),
+    (Role::FfnUpExps, "block_sparse_moe.experts", "ffn_up_exps"),
+    (
+        Role::FfnDownExps,
+        "block_sparse_moe.experts",
+        "ffn_down_exps",
+    ),
+];
+
+/// Qwen2-MoE and Qwen3-MoE: the dense names plus router, experts and shared expert.
+const QWEN_MOE_NAMES: Names = &[
+    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
+    (Role::AttnK, "self_attn.k_proj", "attn_k"),
+    (Role::AttnV, "self_attn.v_proj", "attn_v"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
+    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
+    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
+    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
+    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
+    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+    (Role::FfnGateInp, "mlp.gate", "ffn_gate_inp"),
+    (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
+    (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
+    (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
+    (
+        Role::FfnGateShexp,
+        "mlp.shared_expert.gate_proj",
+        "ffn_gate_shexp",
+    ),
+    (
+        Role::FfnUpShexp,
+        "mlp.shared_expert.up_proj",
+        "ffn_up_shexp",
+    ),
+    (
+        Role::FfnDownShexp,
+        "mlp.shared_expert.down_proj",
+        "ffn_down_shexp",
+    ),
+    (
+        Role::FfnGateInpShexp,
+        "mlp.shared_expert_gate",
+        "ffn_gate_inp_shexp",
+    ),
+];
+
+/// DeepSeek-V2/V3/R1: MLA, leading dense layers, experts, shared experts, router bias.
+const DEEPSEEK_NAMES: Names = &[
+    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
+    (Role::AttnQA, "self_attn.q_a_proj", "attn_q_a"),
+    (Role::AttnQANorm, "self_attn.q_a_layernorm", "attn_q_a_norm"),
+    (Role::AttnQB, "self_attn.q_b_proj", "attn_q_b"),
+    (
+        Role::AttnKvAMqa,
+        "self_attn.kv_a_proj_with_mqa",
+        "attn_kv_a_mqa",
+    ),
+    (
+        Role::AttnKvANorm,
+        "self_attn.kv_a_layernorm",
+        "attn_kv_a_norm",
+    ),
+    (Role::AttnKB, "self_attn.kv_b_proj", "attn_k_b"),
+    (Role::AttnVB, "self_attn.kv_b_proj", "attn_v_b"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
+    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
+    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
+    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
+    (Role::FfnGateInp, "mlp.gate", "ffn_gate_inp"),
+    (
+        Role::ExpProbsB,
+        "mlp.gate.e_score_correction_bias",
+        "exp_probs_b",
+    ),
+    (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
+    (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
+    (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
+    (
+        Role::FfnGateShexp,
+        "mlp.shared_experts.gate_proj",
+        "ffn_gate_shexp",
+    ),
+    (
+        Role::FfnUpShexp,
+        "mlp.shared_experts.up_proj",
+        "ffn_up_shexp",
+    ),
+    (
+        Role::FfnDownShexp,
+        "mlp.shared_experts.down_proj",
+        "ffn_down_shexp",
+    ),
+];
+
+/// gpt-oss: biases everywhere, attention sinks, a router with a bias, fused experts.
+const GPT_OSS_NAMES: Names = &[
+    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
+    (Role::AttnK, "self_attn.k_proj", "attn_k"),
+    (Role::AttnV, "self_attn.v_proj", "attn_v"),
+    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+    (Role::AttnSinks, "self_attn.sinks", "attn_sinks"),
+    (
+        Role::PostAttnNorm,
+        "post_attention_layernorm",
+        "post_attention_norm",
+    ),
+    (Role::FfnGateInp, "mlp.router", "ffn_gate_inp"),
+    (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
+    (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
+    (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
 ];
 
 /// Gemma 2 and 3: four norms per layer; `post_attention_layernorm` is the attention
@@ -841,6 +1077,9 @@ fn layer_names(arch: Arch) -> Names {
         Arch::Gemma2 | Arch::Gemma3 => GEMMA_NAMES,
         Arch::Olmo2 => OLMO2_NAMES,
         Arch::Phi3 => PHI3_NAMES,
+        Arch::Qwen2Moe | Arch::Qwen3Moe => QWEN_MOE_NAMES,
+        Arch::Deepseek2 => DEEPSEEK_NAMES,
+        Arch::GptOss => GPT_OSS_NAMES,
     }
 }
 
@@ -872,6 +1111,22 @@ pub fn parse_hf(name: &str, arch: Arch) -> Option<Option<Parsed>> {
     if name.ends_with(".rotary_emb.inv_freq") {
         return Some(None);
     }
+    // Tensors whose Hugging Face names carry no `.weight` / `.bias` suffix.
+    let special = [
+        (".self_attn.sinks", Role::AttnSinks, false),
+        (".mlp.gate.e_score_correction_bias", Role::ExpProbsB, true),
+    ];
+    for (suffix, role, bias) in special {
+        if let Some(rest) = name.strip_suffix(suffix) {
+            let layer: u64 = rest.strip_prefix("model.layers.")?.parse().ok()?;
+            layer_names(arch).iter().find(|l| l.0 == role)?;
+            return Some(Some(Parsed {
+                role,
+                layer: Some(layer),
+                bias,
+            }));
+        }
+    }
     let (stem, bias) = split_kind(name)?;
     if let Some((role, _, _)) = GLOBAL_NAMES.iter().find(|g| g.1 == stem) {
         return Some(Some(Parsed {
@@ -883,7 +1138,15 @@ pub fn parse_hf(name: &str, arch: Arch) -> Option<Option<Parsed>> {
     let rest = stem.strip_prefix("model.layers.")?;
     let (n, suffix) = rest.split_once('.')?;
     let layer: u64 = n.parse().ok()?;
-    let (role, _, _) = layer_names(arch).iter().find(|l| l.1 == suffix)?;
+    // transformers 5 names Mixtral's router `mlp.gate`.
+    let suffix = if arch == Arch::Llama && suffix == "mlp.gate" {
+        "block_sparse_moe.gate"
+    } else {
+        suffix
+    };
+    let (role, _, _) = layer_names(arch).iter().find(|l| {
+        l.1 == suffix && !l.0.is_experts() && !matches!(l.0, Role::AttnKB | Role::AttnVB)
+    })?;
     Some(Some(Parsed {
         role: *role,
         layer: Some(layer),
@@ -943,19 +1206,49 @@ impl Parsed {
                     .iter()
                     .find(|l| l.0 == self.role)
                     .map(|l| l.1);
-                format!("model.layers.{n}.{}.{kind}", l.unwrap_or("unknown"))
+                match self.role {
+                    Role::AttnSinks | Role::ExpProbsB => {
+                        format!("model.layers.{n}.{}", l.unwrap_or("unknown"))
+                    }
+                    _ => format!("model.layers.{n}.{}.{kind}", l.unwrap_or("unknown")),
+                }
             }
         }
     }
 
     /// Whether this tensor may appear in `arch` at all.
     pub fn allowed(&self, h: &HParams) -> bool {
+        let moe_layer = match (&h.moe, self.layer) {
+            (Some(m), Some(n)) => m.is_moe_layer(n),
+            _ => false,
+        };
+        let shexp = h.moe.as_ref().is_some_and(|m| m.n_ff_shexp.is_some());
+        let mla = h.mla.as_ref();
         match self.role {
             Role::AttnQNorm | Role::AttnKNorm => h.arch.has_qk_norm() && !self.bias,
+            Role::AttnQ if h.arch == Arch::Deepseek2 => {
+                !self.bias && mla.is_some_and(|m| m.q_lora_rank.is_none())
+            }
+            Role::AttnQA | Role::AttnQANorm | Role::AttnQB => {
+                !self.bias && mla.is_some_and(|m| m.q_lora_rank.is_some())
+            }
+            Role::AttnKvAMqa | Role::AttnKvANorm | Role::AttnKB | Role::AttnVB => {
+                !self.bias && mla.is_some()
+            }
             Role::AttnQ | Role::AttnK | Role::AttnV => {
-                !self.bias || h.attention_bias || h.arch == Arch::Qwen2
+                !self.bias || h.attention_bias || matches!(h.arch, Arch::Qwen2 | Arch::Qwen2Moe)
             }
             Role::AttnOutput => !self.bias || h.attention_bias,
+            Role::FfnGate | Role::FfnUp | Role::FfnDown => !self.bias && !moe_layer,
+            Role::FfnGateInp => moe_layer && (!self.bias || h.arch == Arch::GptOss),
+            Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps => {
+                moe_layer && (!self.bias || h.arch == Arch::GptOss)
+            }
+            Role::FfnGateShexp | Role::FfnUpShexp | Role::FfnDownShexp => {
+                moe_layer && shexp && !self.bias
+            }
+            Role::FfnGateInpShexp => moe_layer && shexp && !self.bias && h.arch == Arch::Qwen2Moe,
+            Role::ExpProbsB => moe_layer && self.bias,
             _ => !self.bias,
         }
     }
@@ -964,6 +1257,36 @@ impl Parsed {
     pub fn expected_shape(&self, h: &HParams) -> Vec<u64> {
         let q = h.q_rows();
         let kv = h.kv_rows();
+        let n_expert = h.moe.as_ref().map_or(0, |m| m.n_expert);
+        let ff_exp = h.moe.as_ref().map_or(0, |m| m.n_ff_exp);
+        let ff_sh = h.moe.as_ref().and_then(|m| m.n_ff_shexp).unwrap_or(0);
+        let (q_lora, kv_lora, qk_head, qk_rope, qk_nope, v_head) =
+            h.mla.as_ref().map_or((0, 0, 0, 0, 0, 0), |m| {
+                (
+                    m.q_lora_rank.unwrap_or(0),
+                    m.kv_lora_rank,
+                    m.qk_head(),
+                    m.qk_rope,
+                    m.qk_nope,
+                    m.v_head,
+                )
+            });
+        if self.bias && self.role.is_experts() {
+            // gpt-oss: one bias row per expert.
+            let rows = if self.role == Role::FfnDownExps {
+                h.n_embd
+            } else {
+                ff_exp
+            };
+            return vec![n_expert, rows];
+        }
+        if h.mla.is_some() && matches!(self.role, Role::AttnQ | Role::AttnOutput) {
+            return if self.role == Role::AttnQ {
+                vec![h.n_head * qk_head, h.n_embd]
+            } else {
+                vec![h.n_embd, h.n_head * v_head]
+            };
+        }
         let full = match self.role {
             Role::TokenEmbd | Role::Output => vec![h.n_vocab, h.n_embd],
             Role::OutputNorm
@@ -982,6 +1305,22 @@ impl Parsed {
             Role::FfnGate | Role::FfnUp => vec![h.n_ff, h.n_embd],
             Role::FfnGateUp => vec![2 * h.n_ff, h.n_embd],
             Role::FfnDown => vec![h.n_embd, h.n_ff],
+            Role::FfnGateInp => vec![n_expert, h.n_embd],
+            Role::FfnGateExps | Role::FfnUpExps => vec![n_expert, ff_exp, h.n_embd],
+            Role::FfnDownExps => vec![n_expert, h.n_embd, ff_exp],
+            Role::FfnGateShexp | Role::FfnUpShexp => vec![ff_sh, h.n_embd],
+            Role::FfnDownShexp => vec![h.n_embd, ff_sh],
+            Role::FfnGateInpShexp => vec![1, h.n_embd],
+            Role::ExpProbsB => vec![n_expert],
+            Role::AttnSinks => vec![h.n_head],
+            Role::AttnQA => vec![q_lora, h.n_embd],
+            Role::AttnQANorm => vec![q_lora],
+            Role::AttnQB => vec![h.n_head * qk_head, q_lora],
+            Role::AttnKvAMqa => vec![kv_lora + qk_rope, h.n_embd],
+            Role::AttnKvANorm => vec![kv_lora],
+            // As llama.cpp stores them: k transposed for the absorbed form.
+            Role::AttnKB => vec![h.n_head, kv_lora, qk_nope],
+            Role::AttnVB => vec![h.n_head, v_head, kv_lora],
         };
         if self.bias {
             vec![full[0]]
@@ -1049,6 +1388,40 @@ impl Parsed {
             Role::FfnGate | Role::FfnUp | Role::FfnDown => {
                 format!("intermediate_size {} and hidden_size {}", h.n_ff, h.n_embd)
             }
+            Role::FfnGateInp
+            | Role::FfnGateExps
+            | Role::FfnUpExps
+            | Role::FfnDownExps
+            | Role::ExpProbsB => {
+                let m = h.moe.as_ref();
+                format!(
+                    "{} experts of width {} and hidden_size {}",
+                    m.map_or(0, |m| m.n_expert),
+                    m.map_or(0, |m| m.n_ff_exp),
+                    h.n_embd
+                )
+            }
+            Role::FfnGateShexp | Role::FfnUpShexp | Role::FfnDownShexp | Role::FfnGateInpShexp => {
+                format!(
+                    "shared expert width {} and hidden_size {}",
+                    h.moe.as_ref().and_then(|m| m.n_ff_shexp).unwrap_or(0),
+                    h.n_embd
+                )
+            }
+            Role::AttnSinks => format!("num_attention_heads {}", h.n_head),
+            Role::AttnQA
+            | Role::AttnQANorm
+            | Role::AttnQB
+            | Role::AttnKvAMqa
+            | Role::AttnKvANorm
+            | Role::AttnKB
+            | Role::AttnVB => match &h.mla {
+                Some(m) => format!(
+                    "num_attention_heads {}, q_lora_rank {:?}, kv_lora_rank {}, qk_nope_head_dim {}, qk_rope_head_dim {}, v_head_dim {}",
+                    h.n_head, m.q_lora_rank, m.kv_lora_rank, m.qk_nope, m.qk_rope, m.v_head
+                ),
+                None => "no multi-head latent attention".into(),
+            },
             Role::OutputNorm
             | Role::AttnNorm
             | Role::FfnNorm
@@ -1084,9 +1457,22 @@ pub fn required(h: &HParams) -> Vec<Parsed> {
     }
     for n in 0..h.n_layer {
         for (role, _, _) in layer_names(h.arch) {
+            let p = Parsed {
+                role: *role,
+                layer: Some(n),
+                bias: false,
+            };
+            // Stacked experts and the split kv_b are checked where they are assembled
+            // (`gather`); the router bias is optional (DeepSeek-V2 has none).
             let needed = match role {
                 Role::AttnQNorm | Role::AttnKNorm => h.arch.has_qk_norm(),
-                _ => true,
+                Role::FfnGateExps
+                | Role::FfnUpExps
+                | Role::FfnDownExps
+                | Role::AttnKB
+                | Role::AttnVB
+                | Role::ExpProbsB => false,
+                _ => p.allowed(h),
             };
             if needed {
                 out.push(Parsed {
@@ -1096,8 +1482,12 @@ pub fn required(h: &HParams) -> Vec<Parsed> {
                 });
             }
         }
-        if h.arch == Arch::Qwen2 {
-            for role in [Role::AttnQ, Role::AttnK, Role::AttnV] {
+        if matches!(h.arch, Arch::Qwen2 | Arch::Qwen2Moe | Arch::GptOss) {
+            let mut roles = vec![Role::AttnQ, Role::AttnK, Role::AttnV];
+            if h.arch == Arch::GptOss {
+                roles.extend([Role::AttnOutput, Role::FfnGateInp]);
+            }
+            for role in roles {
                 out.push(Parsed {
                     role,
                     layer: Some(n),
@@ -1208,10 +1598,13 @@ mod tests {
             parse_hf("model.layers.0.self_attn.rotary_emb.inv_freq", Arch::Llama),
             Some(None)
         );
-        assert_eq!(
-            parse_hf("model.layers.0.block_sparse_moe.gate.weight", Arch::Llama),
-            None
-        );
+        // Mixtral's router parses, but a dense config does not allow it.
+        let gate = parse_hf("model.layers.0.block_sparse_moe.gate.weight", Arch::Llama)
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.role, Role::FfnGateInp);
+        let dense = HParams::from_config(&llama_cfg(), Path::new("config.json")).unwrap();
+        assert!(!gate.allowed(&dense));
         assert_eq!(parse_gguf("rope_freqs.weight", Arch::Llama), None);
     }
 

@@ -122,7 +122,7 @@ impl ConvertError {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             ConvertError::UnsupportedArchitecture { .. } => {
-                "modelgate converts dense decoders of the Llama, Qwen, Gemma 2/3, OLMo 2 and Phi-3/4 families; convert other models with llama.cpp's converter"
+                "modelgate converts the Llama, Qwen, Gemma 2/3, OLMo 2 and Phi-3/4 families and the Mixtral, Qwen-MoE, DeepSeek-V2/V3 and gpt-oss mixtures of experts; convert other models with llama.cpp's converter"
             }
             ConvertError::Requantize { .. } => {
                 "quantize from the original weights, or pass --allow-requantize to accept the loss"

@@ -61,6 +61,38 @@ enum ChunkOut {
     Copy(usize, usize),
 }
 
+/// Rows of one matrix of `t`: a 3-D tensor stacks matrices (experts, or MLA heads) of
+/// `shape[len - 2]` rows each; anything else is one matrix.
+fn rows_per_slice(t: &Planned) -> u64 {
+    let n = t.shape.len();
+    if n >= 3 {
+        t.shape[n - 2].max(1)
+    } else {
+        t.n_rows().max(1)
+    }
+}
+
+/// Cut tensor `ti` into chunks of rows. A chunk never crosses from one expert's matrix to
+/// the next, as in llama-quantize: each slice is quantized on its own, so that anything
+/// that differs per expert (an importance matrix has one row of weights per expert) applies
+/// to whole chunks.
+fn chunk_rows(t: &Planned, ti: usize, chunks: &mut Vec<Chunk>) {
+    let rows = t.n_rows();
+    let per_slice = rows_per_slice(t);
+    let per = (CHUNK_VALUES / t.row_len().max(1)).max(1);
+    let mut r = 0;
+    while r < rows {
+        let slice_end = (r / per_slice + 1).saturating_mul(per_slice);
+        let r1 = (r + per).min(rows).min(slice_end);
+        chunks.push(Chunk {
+            tensor: ti,
+            row0: r,
+            row1: r1,
+        });
+        r = r1;
+    }
+}
+
 /// Whether a tensor's bytes go through unchanged.
 fn is_copy(t: &Planned) -> bool {
     t.rows == RowMap::Identity
@@ -89,6 +121,16 @@ fn convert_chunk(
                 v.get(start..start + values)
                     .ok_or_else(|| kernel("computed values too short".into()))?,
             );
+        }
+        Source::Gather(g) => {
+            if let Some(raw) = g
+                .raw_rows(&t.name, weights, c.row0, c.row1)
+                .map_err(kernel)?
+            {
+                return Ok(ChunkOut::Owned(raw));
+            }
+            g.fill(weights, c.row0, c.row1, row_len, &mut f)
+                .map_err(kernel)?;
         }
         Source::Tensor(i) => {
             let info = weights
@@ -289,6 +331,7 @@ fn segments(
         let b = match t.source {
             Source::Tensor(k) => ckpt.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&ckpt.weights.tensors),
         };
         if acc > 0 && acc + b > SEGMENT_BYTES {
             out.push(start..i);
@@ -363,6 +406,7 @@ pub fn write_part(
         .map(|t| match t.source {
             Source::Tensor(k) => first.weights.tensors.get(k).map(|x| x.len).unwrap_or(0),
             Source::Values(_) => 0,
+            Source::Gather(ref g) => g.input_bytes(&first.weights.tensors),
         })
         .sum();
     progress.start(total_in);
@@ -389,19 +433,7 @@ pub fn write_part(
         };
         let mut chunks = Vec::new();
         for ti in seg.clone() {
-            let t = &plan.tensors[ti];
-            let rows = t.n_rows();
-            let per = (CHUNK_VALUES / t.row_len().max(1)).max(1);
-            let mut r = 0;
-            while r < rows {
-                let r1 = (r + per).min(rows);
-                chunks.push(Chunk {
-                    tensor: ti,
-                    row0: r,
-                    row1: r1,
-                });
-                r = r1;
-            }
+            chunk_rows(&plan.tensors[ti], ti, &mut chunks);
         }
         let weights = &ckpt.weights;
         let failed = AtomicBool::new(false);
@@ -462,6 +494,9 @@ pub fn write_part(
                             info.len * (c.row1 - c.row0) / t.n_rows().max(1)
                         }
                         Source::Values(_) => 0,
+                        Source::Gather(ref g) => {
+                            g.input_bytes(&weights.tensors) * (c.row1 - c.row0) / t.n_rows().max(1)
+                        }
                     };
                     bytes_in += in_bytes;
                     progress.advance(in_bytes);
@@ -608,6 +643,42 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_never_cross_an_expert_slice() {
+        let t = Planned {
+            name: "blk.0.ffn_up_exps.weight".into(),
+            shape: vec![3, 5000, 256],
+            ty: crate::formats::GgmlType::Q8_0,
+            source: Source::Values(Vec::new()),
+            src_dtype: DType::F32,
+            rows: RowMap::Identity,
+            shift: 0.0,
+            bytes: 0,
+        };
+        let mut chunks = Vec::new();
+        chunk_rows(&t, 0, &mut chunks);
+        // 4096 rows of 256 values per chunk, cut at 5000 and 10000.
+        let got: Vec<(u64, u64)> = chunks.iter().map(|c| (c.row0, c.row1)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 4096),
+                (4096, 5000),
+                (5000, 9096),
+                (9096, 10000),
+                (10000, 14096),
+                (14096, 15000)
+            ]
+        );
+        let t2 = Planned {
+            shape: vec![9000, 256],
+            ..t
+        };
+        let mut chunks = Vec::new();
+        chunk_rows(&t2, 0, &mut chunks);
+        assert_eq!(chunks.len(), 3);
+    }
 
     #[test]
     fn stale_partials_of_the_same_output_are_removed_and_others_kept() {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::arch::{self, Arch, HParams, Parsed, RopeScaling, RowMap};
 use super::error::ConvertError;
+use super::gather;
 use super::meta::{self, GeneralSources};
 use super::recipe::{Fallback, FileType, ModelShape, Recipe, SourceKind};
 use super::vocab::{self, GgufVocab};
@@ -26,6 +27,9 @@ pub enum Source {
     Tensor(usize),
     /// Values computed by the converter (Llama 3 RoPE factors).
     Values(Vec<f32>),
+    /// Assembled from parts of source tensors (stacked or split experts, DeepSeek's kv_b,
+    /// FP8 weights with their scales, MXFP4 repacking).
+    Gather(Box<super::gather::Gather>),
 }
 
 /// One tensor of the output.
@@ -122,6 +126,16 @@ fn source_files_note(ckpt: &Checkpoint) -> PathBuf {
         .unwrap_or_else(|| ckpt.path.clone())
 }
 
+/// A source tensor on its way to the plan: renamed as is, or assembled.
+struct Entry {
+    parsed: Parsed,
+    shape: Vec<u64>,
+    source: Source,
+    src_dtype: DType,
+    /// A type the tensor keeps whatever the file type (MXFP4 experts).
+    fixed_type: Option<GgmlType>,
+}
+
 /// Hugging Face (or PyTorch) checkpoint → GGUF.
 fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     let root = source_files_note(ckpt);
@@ -138,9 +152,25 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
     let mut notes = Vec::new();
 
     // Map every tensor, checking names and shapes against config.json.
-    let mut mapped: Vec<(Parsed, usize)> = Vec::new();
+    // Experts, DeepSeek's kv_b and FP8 scales are assembled rather than renamed.
+    let found = gather::plan_experts(ckpt, &h)?;
+    notes.extend(found.notes.iter().cloned());
+    let mut mapped: Vec<Entry> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
+    for a in &found.assembled {
+        seen.insert(a.parsed.hf_name(h.arch));
+        mapped.push(Entry {
+            parsed: a.parsed,
+            shape: a.shape.clone(),
+            source: Source::Gather(Box::new(a.gather.clone())),
+            src_dtype: a.src_dtype,
+            fixed_type: a.fixed_type,
+        });
+    }
     for (idx, t) in ckpt.weights.tensors.iter().enumerate() {
+        if found.consumed.contains(&idx) {
+            continue;
+        }
         let name = t.name.as_str();
         let parsed = match arch::parse_hf(name, h.arch) {
             Some(Some(p)) => p,
@@ -164,9 +194,34 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             ));
             continue;
         }
-        check_source(name, t, &parsed, &h, "config.json")?;
+        let fp8 = found.fp8.get(&idx);
+        check_source(name, t, &parsed, &h, "config.json", fp8.is_some())?;
         seen.insert(parsed.hf_name(h.arch));
-        mapped.push((parsed, idx));
+        let source = match fp8 {
+            None => Source::Tensor(idx),
+            Some(scale) => {
+                if parsed.row_map(&h, true) != RowMap::Identity {
+                    return Err(ConvertError::UnsupportedDtype {
+                        tensor: name.to_owned(),
+                        dtype: "F8_E4M3 in a tensor whose rows llama.cpp permutes".into(),
+                    });
+                }
+                Source::Gather(Box::new(gather::fp8_whole(t, idx, scale)))
+            }
+        };
+        mapped.push(Entry {
+            parsed,
+            shape: t.shape.clone(),
+            source,
+            src_dtype: t.dtype,
+            fixed_type: None,
+        });
+    }
+    if !found.fp8.is_empty() {
+        notes.push(format!(
+            "{} FP8 E4M3 tensors dequantized with their block scales (`*_scale_inv`), as llama.cpp's converter does",
+            found.fp8.len()
+        ));
     }
     for need in arch::required(&h) {
         if !seen.contains(&need.hf_name(h.arch)) {
@@ -193,9 +248,9 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             // everything else becomes f16.
             let first = mapped
                 .iter()
-                .map(|(_, i)| &ckpt.weights.tensors[*i])
-                .find(|t| t.shape.len() >= 2);
-            let ft = match first.map(|t| t.dtype) {
+                .filter(|e| matches!(e.source, Source::Tensor(_)))
+                .find(|e| e.shape.len() >= 2);
+            let ft = match first.map(|e| e.src_dtype) {
                 Some(DType::BF16) => FileType::BF16,
                 _ => FileType::F16,
             };
@@ -205,23 +260,25 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
             ft
         }
     };
-    let has_output = mapped.iter().any(|(p, _)| p.role == arch::Role::Output);
+    let has_output = mapped.iter().any(|e| e.parsed.role == arch::Role::Output);
     let recipe = Recipe {
         file_type,
         opts: opts.recipe.clone(),
         shape: ModelShape {
             n_layer: h.n_layer,
             n_head: h.n_head,
-            n_head_kv: h.n_head_kv,
+            n_head_kv: h.gguf_n_head_kv(),
             n_attn_v: h.n_layer,
             tied_embeddings: !has_output,
             is_llama_70b: h.arch == Arch::Llama && h.n_layer == 80,
+            n_expert: crate::formats::experts::Experts::from_config(cfg).count,
         },
     };
 
     // Output order: computed tensors, token embedding, the blocks in layer order (names
     // sorted within a layer), output norm and head.
-    mapped.sort_by_key(|(p, _)| {
+    mapped.sort_by_key(|e| {
+        let p = &e.parsed;
         let group = match (p.layer, p.role) {
             (None, arch::Role::TokenEmbd) => 0,
             (Some(_), _) => 1,
@@ -267,24 +324,35 @@ fn hf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError> {
         }
         notes.push("LongRoPE scaling written as the `rope_factors_long/short.weight` factors and `rope.scaling.attn_factor` llama.cpp reads".into());
     }
-    for (p, idx) in &mapped {
-        let t = &ckpt.weights.tensors[*idx];
+    for e in mapped {
+        let p = e.parsed;
         let name = p.gguf_name(h.arch);
-        let src = SourceKind {
-            ty: as_ggml(t.dtype),
-            n_dims: t.shape.len(),
-            row_len: t.shape.last().copied().unwrap_or(1),
-        };
+        let src = SourceKind::of(as_ggml(e.src_dtype), &e.shape);
         let choice = recipe.choose(&name, src);
-        fallbacks.extend(choice.fallback);
+        let ty = match e.fixed_type {
+            Some(ty) => ty,
+            // llama.cpp's converter keeps routers in F32 whatever the output type.
+            None if matches!(p.role, arch::Role::FfnGateInp | arch::Role::FfnGateInpShexp) => {
+                GgmlType::F32
+            }
+            None => {
+                fallbacks.extend(choice.fallback);
+                choice.ty
+            }
+        };
+        let elements: u64 = e.shape.iter().product();
         tensors.push(Planned {
-            bytes: bytes_of(&name, choice.ty, t.elements())?,
+            bytes: bytes_of(&name, ty, elements)?,
             name,
-            shape: t.shape.clone(),
-            ty: choice.ty,
-            source: Source::Tensor(*idx),
-            src_dtype: t.dtype,
-            rows: p.row_map(&h, true),
+            shape: e.shape,
+            ty,
+            rows: if matches!(e.source, Source::Tensor(_)) {
+                p.row_map(&h, true)
+            } else {
+                RowMap::Identity
+            },
+            source: e.source,
+            src_dtype: e.src_dtype,
             shift: p.value_shift(&h, true),
         });
     }
@@ -439,11 +507,14 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
                 .iter()
                 .filter(|t| {
                     let n = t.name.as_str();
-                    n.contains("attn_v.weight") || n.contains("attn_qkv.weight")
+                    n.contains("attn_v.weight")
+                        || n.contains("attn_qkv.weight")
+                        || n.contains("attn_kv_b.weight")
                 })
                 .count() as u64,
             tied_embeddings: !ts.iter().any(|t| t.name.as_str() == "output.weight"),
             is_llama_70b: arch_name == "llama" && n_layer == 80,
+            n_expert: int("expert_count")?.unwrap_or(0),
         },
     };
     let mut notes = Vec::new();
@@ -453,11 +524,7 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
     for (idx, t) in ts.iter().enumerate() {
         let name = t.name.as_str().to_owned();
         let src_ty = as_ggml(t.dtype);
-        let src = SourceKind {
-            ty: src_ty,
-            n_dims: t.shape.len(),
-            row_len: t.shape.last().copied().unwrap_or(1),
-        };
+        let src = SourceKind::of(src_ty, &t.shape);
         let choice = recipe.choose(&name, src);
         if choice.ty != src_ty {
             if src_ty.is_quantized() {
@@ -481,7 +548,8 @@ fn gguf_to_gguf(ckpt: &Checkpoint, opts: &Options) -> Result<Plan, ConvertError>
         tensors.push(Planned {
             bytes: bytes_of(&name, choice.ty, t.elements())?,
             name,
-            shape: t.shape.clone(),
+            // As llama-quantize writes it: without leading dimensions of 1.
+            shape: super::recipe::ggml_shape(&t.shape),
             ty: choice.ty,
             source: Source::Tensor(idx),
             src_dtype: t.dtype,
@@ -554,6 +622,12 @@ impl HParams {
         let n_ff = need("feed_forward_length")?;
         let n_head = need("attention.head_count")?;
         let n_head_kv = int("attention.head_count_kv")?.unwrap_or(n_head);
+        // DeepSeek's one latent KV head stands for a full set of heads.
+        let n_head_kv = if arch == Arch::Deepseek2 {
+            n_head
+        } else {
+            n_head_kv
+        };
         if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(ConvertError::config(
                 path,
@@ -617,6 +691,13 @@ impl HParams {
                 None
             },
             query_pre_attn_scalar: None,
+            moe: super::moe::Moe::from_gguf(&meta, arch, n_ff, path)?,
+            mla: if arch == Arch::Deepseek2 {
+                Some(super::moe::Mla::from_gguf(&meta, arch, path)?)
+            } else {
+                None
+            },
+            yarn: super::moe::YarnExtra::from_gguf(&meta, arch, path)?,
         };
         for (key, v) in [
             ("attn_logit_softcapping", h.attn_softcap),
@@ -720,7 +801,65 @@ impl HParams {
         c.insert("use_cache".into(), json!(true));
         c.insert("vocab_size".into(), json!(self.n_vocab));
         self.arch_config(&mut c);
+        self.moe_config(&mut c);
         Value::Object(c)
+    }
+
+    /// config.json fields of mixtures of experts, MLA and YaRN's extra settings.
+    fn moe_config(&self, c: &mut serde_json::Map<String, Value>) {
+        if let Some(moe) = &self.moe {
+            moe.config_fields(self.arch, c);
+            if self.arch == Arch::Llama {
+                c.insert("architectures".into(), json!(["MixtralForCausalLM"]));
+                c.insert("model_type".into(), json!("mixtral"));
+                c.shift_remove("mlp_bias");
+            }
+        }
+        if let Some(Value::Object(rs)) = c.get_mut("rope_scaling") {
+            let y = &self.yarn;
+            for (k, v) in [
+                ("beta_fast", y.beta_fast),
+                ("beta_slow", y.beta_slow),
+                ("extrapolation_factor", y.ext_factor),
+                ("attention_factor", y.attn_factor),
+                ("mscale_all_dim", y.log_mul.map(|m| m / 0.1)),
+            ] {
+                if let Some(v) = v {
+                    rs.insert(k.into(), json!(v));
+                }
+            }
+        }
+        if let Some(mla) = &self.mla {
+            c.insert("q_lora_rank".into(), json!(mla.q_lora_rank));
+            c.insert("kv_lora_rank".into(), json!(mla.kv_lora_rank));
+            c.insert("qk_nope_head_dim".into(), json!(mla.qk_nope));
+            c.insert("qk_rope_head_dim".into(), json!(mla.qk_rope));
+            c.insert("qk_head_dim".into(), json!(mla.qk_head()));
+            c.insert("v_head_dim".into(), json!(mla.v_head));
+            c.insert("head_dim".into(), json!(mla.qk_rope));
+            c.insert("num_key_value_heads".into(), json!(self.n_head));
+            // ggml's DeepSeek RoPE rotates adjacent pairs, as DeepSeek's checkpoints do.
+            c.insert("rope_interleave".into(), json!(true));
+        }
+        if self.arch == Arch::GptOss {
+            c.insert("sliding_window".into(), json!(self.sliding_window));
+            let types: Vec<&str> = (0..self.n_layer)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect();
+            c.insert("layer_types".into(), json!(types));
+            c.insert("swiglu_limit".into(), json!(7.0));
+            // gpt-oss's YaRN does not round its correction range (transformers' default
+            // would); llama.cpp's gpt-oss graph does not round it either.
+            if let Some(Value::Object(rs)) = c.get_mut("rope_scaling") {
+                rs.insert("truncate".into(), json!(false));
+            }
+        }
     }
 
     /// The config.json fields particular to an architecture.
@@ -793,7 +932,14 @@ impl HParams {
                 c.insert("sliding_window".into(), json!(self.sliding_window));
                 c.shift_remove("attention_bias");
             }
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo2 => {}
+            Arch::Llama
+            | Arch::Qwen2
+            | Arch::Qwen3
+            | Arch::Olmo2
+            | Arch::Qwen2Moe
+            | Arch::Qwen3Moe
+            | Arch::Deepseek2
+            | Arch::GptOss => {}
         }
     }
 }
@@ -951,6 +1097,7 @@ fn gguf_to_safetensors(
     let mut notes = Vec::new();
     let mut tensors = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
+    let mut stored = Vec::new();
     for (idx, t) in ts.iter().enumerate() {
         let name = t.name.as_str();
         if name == "rope_freqs.weight" {
@@ -995,7 +1142,16 @@ fn gguf_to_safetensors(
                 arch: h.arch.gguf_name().into(),
             });
         }
-        check_source(name, t, &p, &h, "GGUF keys")?;
+        check_source(name, t, &p, &h, "GGUF keys", false)?;
+        if p.role.is_experts() || matches!(p.role, arch::Role::AttnKB | arch::Role::AttnVB) {
+            // Rebuilt below into the tensors transformers saves.
+            stored.push(gather::Stored {
+                parsed: p,
+                index: idx,
+                shape: t.shape.clone(),
+            });
+            continue;
+        }
         // 1-D tensors stay F32 in llama.cpp files; keep them at the requested type too so
         // the directory is uniform, as transformers saves it.
         let hf_name = p.hf_name(h.arch);
@@ -1009,6 +1165,18 @@ fn gguf_to_safetensors(
             src_dtype: t.dtype,
             rows: p.row_map(&h, false),
             shift: p.value_shift(&h, false),
+        });
+    }
+    for r in gather::rebuild_hf(&h, &stored, ts)? {
+        tensors.push(Planned {
+            bytes: bytes_of(&r.name, out_ty, r.shape.iter().product())?,
+            name: r.name,
+            shape: r.shape,
+            ty: out_ty,
+            source: Source::Gather(Box::new(r.gather)),
+            src_dtype: r.src_dtype,
+            rows: RowMap::Identity,
+            shift: 0.0,
         });
     }
     for need in arch::required(&h) {
@@ -1142,6 +1310,7 @@ fn check_source(
     parsed: &arch::Parsed,
     h: &HParams,
     origin: &str,
+    fp8_scaled: bool,
 ) -> Result<(), ConvertError> {
     let want = parsed.expected_shape(h);
     if t.shape != want {
@@ -1152,7 +1321,7 @@ fn check_source(
             why: format!("{origin}: {}", parsed.shape_reason(h)),
         });
     }
-    if !elem::decodable(t.dtype) {
+    if !(elem::decodable(t.dtype) || fp8_scaled) {
         return Err(ConvertError::UnsupportedDtype {
             tensor: name.to_owned(),
             dtype: t.dtype.to_string(),

@@ -3,9 +3,11 @@
 //!
 //! The mixtures (`Q4_K_M`, `Q3_K_L`, ...) are not one type but a recipe: the output head goes
 //! to Q6_K, some `attn_v` and `ffn_down` layers get more bits, norms stay F32. The rules here
-//! follow llama.cpp's `llama_tensor_get_type` for the dense decoder architectures modelgate
-//! converts (no MoE, no IQ types, no importance matrix), so a file converted here has the
-//! same per-tensor types as one made by `convert_hf_to_gguf.py` + `llama-quantize`. Tensors
+//! follow llama.cpp's `llama_tensor_get_type` for the decoder architectures modelgate
+//! converts, mixtures of experts included (3-D `*_exps` tensors take the rules of their
+//! dense names, models with 8 experts keep attention at more bits, `MXFP4_MOE` puts stacked
+//! tensors in MXFP4), so a file converted here has the same per-tensor types as one made by
+//! `convert_hf_to_gguf.py` + `llama-quantize`. Tensors
 //! whose rows do not divide into the type's blocks fall back to a type that fits, as
 //! llama.cpp does, and every fallback is reported.
 
@@ -37,6 +39,8 @@ pub enum FileType {
     Q5KS,
     Q5KM,
     Q6K,
+    /// llama.cpp's `MXFP4_MOE`: expert tensors in MXFP4, every other quantizable tensor Q8_0.
+    Mxfp4Moe,
     IQ2XXS,
     IQ2XS,
     IQ2S,
@@ -85,6 +89,7 @@ const FILE_TYPES: &[(FileType, u32, &str, &[&str])] = &[
     (FileType::IQ4XS, 30, "IQ4_XS", &[]),
     (FileType::IQ1M, 31, "IQ1_M", &[]),
     (FileType::BF16, 32, "BF16", &[]),
+    (FileType::Mxfp4Moe, 38, "MXFP4_MOE", &[]),
     (FileType::TQ1_0, 36, "TQ1_0", &[]),
     (FileType::TQ2_0, 37, "TQ2_0", &[]),
 ];
@@ -148,6 +153,7 @@ impl FileType {
             FileType::Q4KS | FileType::Q4KM => GgmlType::Q4K,
             FileType::Q5KS | FileType::Q5KM => GgmlType::Q5K,
             FileType::Q6K => GgmlType::Q6K,
+            FileType::Mxfp4Moe => GgmlType::MXFP4,
             FileType::IQ2XXS => GgmlType::IQ2XXS,
             FileType::IQ2XS | FileType::IQ2S => GgmlType::IQ2XS,
             FileType::IQ2M => GgmlType::IQ2S,
@@ -239,6 +245,7 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::MXFP4
             | GgmlType::IQ4NL
             | GgmlType::IQ4XS
             | GgmlType::TQ1_0
@@ -276,6 +283,9 @@ pub struct ModelShape {
     pub tied_embeddings: bool,
     /// llama.cpp gives 70B llama models (80 layers) more bits in `attn_v`.
     pub is_llama_70b: bool,
+    /// Routed experts per MoE layer (`{arch}.expert_count`; 0 for dense models). llama.cpp
+    /// keeps `attn_v`, `attn_k` and some `attn_output` at more bits when it is 8.
+    pub n_expert: u64,
 }
 
 /// What kind of tensor this is, for the mixture rules (llama.cpp's `tensor_category`).
@@ -296,11 +306,16 @@ enum Category {
 fn category(name: &str) -> Category {
     if name == "output.weight" {
         Category::Output
-    } else if name == "token_embd.weight" {
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
         Category::TokenEmbd
-    } else if name.contains("attn_qkv.weight") || name.contains("attn_v.weight") {
-        // llama.cpp's `category_is_attn_v` takes a fused qkv for an attn_v: the same extra
-        // bits, counted in the same sequence.
+    } else if name.contains("attn_qkv.weight")
+        || name.contains("attn_kv_b.weight")
+        || name.contains("attn_v.weight")
+    {
+        // llama.cpp's `category_is_attn_v` takes a fused qkv and MLA's joint `attn_kv_b` for
+        // an attn_v: the same extra bits, counted in the same sequence. The split MLA
+        // tensors `attn_k_b` / `attn_v_b` match none of the names and take the default type
+        // (with a fallback where their rows do not divide into its blocks).
         Category::AttnV
     } else if name.contains("attn_k.weight") {
         Category::AttnK
@@ -359,6 +374,76 @@ pub struct SourceKind {
     pub n_dims: usize,
     /// Elements per row (ggml's `ne[0]`).
     pub row_len: u64,
+    /// Matrices stacked in the tensor (ggml's `ne[2]`: the experts of a 3-D expert tensor,
+    /// the heads of DeepSeek's `attn_k_b`; 1 for a 2-D tensor).
+    pub slices: u64,
+}
+
+impl SourceKind {
+    /// The kind of a tensor of type `ty` and shape `shape` (outermost dimension first, as
+    /// safetensors and modelgate's tensor tables list it).
+    pub fn of(ty: GgmlType, shape: &[u64]) -> SourceKind {
+        let n = shape.len();
+        SourceKind {
+            ty,
+            n_dims: ggml_shape(shape).len(),
+            row_len: shape.last().copied().unwrap_or(1),
+            slices: if n >= 3 { shape[n - 3] } else { 1 },
+        }
+    }
+}
+
+/// The shape as ggml counts its dimensions (`ggml_n_dims`): trailing `ne` of 1, i.e.
+/// leading dimensions of 1 in modelgate's outermost-first order, do not count, and
+/// `llama-quantize` writes tensors without them (Qwen2-MoE's `ffn_gate_inp_shexp`, stored
+/// `[1, n_embd]` by the converter, comes out 1-D and stays F32).
+pub fn ggml_shape(shape: &[u64]) -> Vec<u64> {
+    let first = shape
+        .iter()
+        .position(|&d| d != 1)
+        .unwrap_or(shape.len().saturating_sub(1));
+    shape[first..].to_vec()
+}
+
+/// Tensors llama.cpp never quantizes although they are 2-D `*weight` tensors (its
+/// `tensor_allows_quantization`): the expert router, small or positional tables.
+const NEVER_QUANTIZED: &[&str] = &[
+    "ffn_gate_inp.weight",
+    "ffn_gate_tid2eid.weight",
+    "altup",
+    "laurel",
+    "per_layer_model_proj",
+    "ssm_conv1d",
+    "shortconv.conv.weight",
+    "indexer.k_proj.weight",
+    "indexer.q_proj.weight",
+    "time_mix_first.weight",
+    "time_mix_w0.weight",
+    "time_mix_w1.weight",
+    "time_mix_w2.weight",
+    "time_mix_v0.weight",
+    "time_mix_v1.weight",
+    "time_mix_v2.weight",
+    "time_mix_a0.weight",
+    "time_mix_a1.weight",
+    "time_mix_a2.weight",
+    "time_mix_g1.weight",
+    "time_mix_g2.weight",
+    "time_mix_decay_w1.weight",
+    "time_mix_decay_w2.weight",
+    "time_mix_lerp_fused.weight",
+    "attn_rel_b.weight",
+];
+
+/// Tensors llama.cpp's converter always writes as F32 (beside 1-D tensors and norms): the
+/// expert routers and anything that is not a `.weight` (the 2-D expert biases of gpt-oss).
+fn always_f32(name: &str) -> bool {
+    name.contains("ffn_gate_inp.weight")
+        || name.contains("ffn_gate_inp_shexp.weight")
+        || name == "position_embd.weight"
+        || name == "token_types.weight"
+        || name.contains("ssm_conv1d")
+        || !name.ends_with(".weight")
 }
 
 impl Recipe {
@@ -369,14 +454,18 @@ impl Recipe {
             && name.ends_with("weight")
             && !name.contains("_norm.weight")
             && !(self.opts.leave_output_tensor && name == "output.weight")
+            && !NEVER_QUANTIZED.iter().any(|n| name.contains(n))
+            && name != "position_embd.weight"
+            && name != "token_types.weight"
     }
 
     /// The type for tensor `name`.
     pub fn choose(&self, name: &str, src: SourceKind) -> Choice {
         if !self.allows_quantization(name, src) {
-            // 1-D tensors (norms, biases, rope factors) are F32 in every llama.cpp file; a
-            // kept output head stays what it is unless that is a type we cannot write.
-            let ty = if src.n_dims < 2 {
+            // 1-D tensors (norms, biases, rope factors), expert routers and 2-D biases are
+            // F32 in every llama.cpp file; a kept output head stays what it is unless that is
+            // a type we cannot write.
+            let ty = if src.n_dims < 2 || always_f32(name) {
                 GgmlType::F32
             } else if writable(src.ty) {
                 src.ty
@@ -428,7 +517,7 @@ impl Recipe {
         let mut t = default;
         if cat == Category::Output || (m.tied_embeddings && cat == Category::TokenEmbd) {
             let (block, _) = default.block().unwrap_or((1, 0));
-            if !src.row_len.is_multiple_of(block) {
+            if ft == F::Mxfp4Moe || !src.row_len.is_multiple_of(block) {
                 t = G::Q8_0;
             } else if ft.is_very_low_bit() {
                 t = G::Q5K;
@@ -437,6 +526,12 @@ impl Recipe {
             }
             return t;
         }
+        if ft == F::Mxfp4Moe {
+            // Stacked matrices (experts; also MLA's per-head `attn_k_b` / `attn_v_b`, which
+            // llama.cpp does not tell apart here) go to MXFP4, everything else to Q8_0.
+            return if src.slices > 1 { G::MXFP4 } else { G::Q8_0 };
+        }
+        let eight_experts = m.n_expert == 8;
         let imatrix = self.opts.has_imatrix;
         if cat == Category::TokenEmbd {
             return match ft {
@@ -453,7 +548,7 @@ impl Recipe {
             // The 1- and 2-bit targets have their own short rule set and nothing else.
             let two_s = matches!(ft, F::IQ2S | F::IQ2M);
             return match cat {
-                Category::AttnV if n_gqa >= 4 => G::Q4K,
+                Category::AttnV if n_gqa >= 4 || m.n_expert >= 4 => G::Q4K,
                 Category::AttnV if two_s => G::IQ3S,
                 Category::AttnV => G::Q2K,
                 Category::FfnDown if layer < m.n_layer / 8 => {
@@ -463,6 +558,8 @@ impl Recipe {
                         G::Q2K
                     }
                 }
+                Category::AttnK if eight_experts => G::Q4K,
+                Category::AttnOutput if eight_experts => G::Q5K,
                 Category::AttnOutput if matches!(ft, F::IQ1S | F::IQ1M) => G::IQ2XXS,
                 Category::AttnOutput if two_s => G::IQ3S,
                 _ => t,
@@ -501,7 +598,13 @@ impl Recipe {
                 if m.is_llama_70b && (t == G::Q3K || t == G::Q4K) {
                     t = G::Q5K;
                 }
+                if eight_experts {
+                    // llama.cpp: "for the 8-expert model, bumping this to Q8_0 trades just
+                    // ~128MB".
+                    t = G::Q8_0;
+                }
             }
+            Category::AttnK if eight_experts => t = G::Q8_0,
             Category::AttnK | Category::AttnQ => {
                 t = match ft {
                     F::IQ3XS => G::IQ3XXS,
@@ -540,6 +643,11 @@ impl Recipe {
                     F::Q5_0 if imatrix && i < n / 8 => G::Q5_1,
                     _ => t,
                 };
+            }
+            Category::AttnOutput if eight_experts => {
+                if matches!(ft, F::Q2K | F::Q3KS | F::Q3KM | F::Q4KS | F::Q4KM) {
+                    t = G::Q5K;
+                }
             }
             Category::AttnOutput => {
                 t = match ft {
@@ -638,7 +746,7 @@ pub fn parse_ggml_type(name: &str) -> Result<GgmlType, String> {
     match GgmlType::from_name(name) {
         Some(t) if writable(t) => Ok(t),
         _ => Err(format!(
-            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)"
+            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)"
         )),
     }
 }
@@ -655,6 +763,7 @@ mod tests {
             n_attn_v: n_layer,
             tied_embeddings: false,
             is_llama_70b: false,
+            n_expert: 0,
         }
     }
 
@@ -671,6 +780,7 @@ mod tests {
             ty: GgmlType::BF16,
             n_dims: 2,
             row_len,
+            slices: 1,
         }
     }
 
@@ -694,6 +804,7 @@ mod tests {
             FileType::Q5KS,
             FileType::Q5KM,
             FileType::Q6K,
+            FileType::Mxfp4Moe,
             FileType::IQ2XXS,
             FileType::IQ2XS,
             FileType::IQ2S,
@@ -739,11 +850,7 @@ mod tests {
         assert_eq!(r.choose("blk.3.ffn_up.weight", w(2048)).ty, GgmlType::Q4K);
         assert_eq!(r.choose("output.weight", w(2048)).ty, GgmlType::Q6K);
         assert_eq!(r.choose("token_embd.weight", w(2048)).ty, GgmlType::Q4K);
-        let norm = SourceKind {
-            ty: GgmlType::BF16,
-            n_dims: 1,
-            row_len: 2048,
-        };
+        let norm = SourceKind::of(GgmlType::BF16, &[2048]);
         assert_eq!(r.choose("blk.0.attn_norm.weight", norm).ty, GgmlType::F32);
     }
 
@@ -1035,16 +1142,163 @@ mod tests {
         assert!(parse_tensor_type("(=q8_0").is_err());
     }
 
+    fn moe(ft: FileType, n_expert: u64) -> Recipe {
+        let mut r = recipe(ft, 8);
+        r.shape.n_expert = n_expert;
+        r.shape.n_head_kv = 16; // n_gqa 2: the Q2_K attn_v rule gives Q3_K without experts
+        r
+    }
+
+    fn exps(row_len: u64, rows: u64) -> SourceKind {
+        SourceKind::of(GgmlType::F16, &[8, rows, row_len])
+    }
+
+    #[test]
+    fn eight_experts_bump_attention_as_llama_cpp() {
+        for ft in [
+            FileType::Q2K,
+            FileType::Q3KM,
+            FileType::Q4KM,
+            FileType::Q4_0,
+        ] {
+            let r = moe(ft, 8);
+            assert_eq!(r.choose("blk.3.attn_v.weight", w(256)).ty, GgmlType::Q8_0);
+            assert_eq!(r.choose("blk.3.attn_k.weight", w(256)).ty, GgmlType::Q8_0);
+            let r = moe(ft, 4);
+            assert_ne!(r.choose("blk.3.attn_k.weight", w(256)).ty, GgmlType::Q8_0);
+        }
+        for (ft, want) in [
+            (FileType::Q2K, GgmlType::Q5K),
+            (FileType::Q3KM, GgmlType::Q5K),
+            (FileType::Q4KM, GgmlType::Q5K),
+            // Q3_K_L has no 8-expert rule and none of its dense one either.
+            (FileType::Q3KL, GgmlType::Q3K),
+            (FileType::Q5KM, GgmlType::Q5K),
+        ] {
+            let c = moe(ft, 8).choose("blk.3.attn_output.weight", w(256));
+            assert_eq!(c.ty, want, "{ft}");
+        }
+        assert_eq!(
+            moe(FileType::Q3KL, 4)
+                .choose("blk.3.attn_output.weight", w(256))
+                .ty,
+            GgmlType::Q5K
+        );
+    }
+
+    #[test]
+    fn expert_tensors_follow_their_dense_names() {
+        // ffn_down_exps counts as ffn_down, by the layer in its name: 8 layers, so
+        // use_more_bits holds for layers 0, 3, 6, 7.
+        let r = moe(FileType::Q4KM, 8);
+        let bumped: Vec<u64> = (0..8)
+            .filter(|i| {
+                r.choose(&format!("blk.{i}.ffn_down_exps.weight"), exps(256, 256))
+                    .ty
+                    == GgmlType::Q6K
+            })
+            .collect();
+        assert_eq!(bumped, vec![0, 3, 6, 7]);
+        assert_eq!(
+            r.choose("blk.3.ffn_down_shexp.weight", w(256)).ty,
+            GgmlType::Q6K
+        );
+        assert_eq!(
+            r.choose("blk.1.ffn_gate_exps.weight", exps(256, 256)).ty,
+            GgmlType::Q4K
+        );
+        let r = moe(FileType::Q2K, 8);
+        assert_eq!(
+            r.choose("blk.1.ffn_down_exps.weight", exps(256, 256)).ty,
+            GgmlType::Q3K
+        );
+        assert_eq!(
+            r.choose("blk.1.ffn_up_exps.weight", exps(256, 256)).ty,
+            GgmlType::Q2K
+        );
+    }
+
+    #[test]
+    fn routers_and_biases_stay_f32() {
+        let r = moe(FileType::Q4KM, 8);
+        let router = SourceKind::of(GgmlType::F16, &[8, 256]);
+        assert_eq!(
+            r.choose("blk.0.ffn_gate_inp.weight", router).ty,
+            GgmlType::F32
+        );
+        let bias = SourceKind::of(GgmlType::BF16, &[8, 256]);
+        assert_eq!(r.choose("blk.0.ffn_up_exps.bias", bias).ty, GgmlType::F32);
+        // [1, n]: one dimension for ggml, so F32 like any 1-D tensor.
+        let shexp_gate = SourceKind::of(GgmlType::F16, &[1, 256]);
+        assert_eq!(shexp_gate.n_dims, 1);
+        assert_eq!(
+            r.choose("blk.0.ffn_gate_inp_shexp.weight", shexp_gate).ty,
+            GgmlType::F32
+        );
+        assert_eq!(ggml_shape(&[1, 1, 64]), vec![64]);
+        assert_eq!(ggml_shape(&[8, 1, 64]), vec![8, 1, 64]);
+        assert_eq!(ggml_shape(&[1]), vec![1]);
+        let r = moe(FileType::F16, 8);
+        assert_eq!(
+            r.choose("blk.0.ffn_gate_inp.weight", router).ty,
+            GgmlType::F32
+        );
+        assert_eq!(
+            r.choose("blk.0.ffn_up_exps.weight", exps(256, 256)).ty,
+            GgmlType::F16
+        );
+    }
+
+    #[test]
+    fn mla_tensors_fall_back_and_kv_b_counts_as_attn_v() {
+        let r = moe(FileType::Q4KM, 8);
+        // attn_k_b is [heads, kv_lora_rank, nope]: rows of 64 values.
+        let k_b = SourceKind::of(GgmlType::F16, &[4, 256, 64]);
+        let c = r.choose("blk.1.attn_k_b.weight", k_b);
+        assert_eq!(c.ty, GgmlType::Q5_0);
+        assert!(c.fallback.is_some());
+        let v_b = SourceKind::of(GgmlType::F16, &[4, 64, 256]);
+        assert_eq!(r.choose("blk.1.attn_v_b.weight", v_b).ty, GgmlType::Q4K);
+        assert_eq!(
+            r.choose("blk.1.attn_kv_b.weight", w(256)).ty,
+            GgmlType::Q8_0
+        );
+        let r = moe(FileType::Q3KM, 2);
+        assert_eq!(r.choose("blk.0.attn_kv_b.weight", w(256)).ty, GgmlType::Q5K);
+    }
+
+    #[test]
+    fn mxfp4_moe_puts_experts_in_mxfp4_and_the_rest_in_q8_0() {
+        let r = moe(FileType::Mxfp4Moe, 8);
+        assert_eq!(FileType::parse("mxfp4_moe"), Some(FileType::Mxfp4Moe));
+        assert_eq!(FileType::Mxfp4Moe.id(), 38);
+        assert_eq!(
+            r.choose("blk.0.ffn_down_exps.weight", exps(256, 256)).ty,
+            GgmlType::MXFP4
+        );
+        // Stacked MLA heads count as stacked too, as in llama.cpp.
+        let k_b = SourceKind::of(GgmlType::F16, &[4, 256, 64]);
+        assert_eq!(r.choose("blk.1.attn_k_b.weight", k_b).ty, GgmlType::MXFP4);
+        for name in [
+            "blk.0.attn_v.weight",
+            "blk.0.ffn_down_shexp.weight",
+            "output.weight",
+            "token_embd.weight",
+        ] {
+            assert_eq!(r.choose(name, w(256)).ty, GgmlType::Q8_0, "{name}");
+        }
+        // Rows of 48 values fit neither MXFP4 nor Q8_0.
+        let c = r.choose("blk.0.ffn_up_exps.weight", exps(48, 64));
+        assert_eq!(c.ty, GgmlType::F16);
+        assert_eq!(parse_ggml_type("mxfp4"), Ok(GgmlType::MXFP4));
+    }
+
     #[test]
     fn float_targets_keep_1d_in_f32() {
         let r = recipe(FileType::F16, 2);
         assert_eq!(r.choose("blk.0.attn_q.weight", w(64)).ty, GgmlType::F16);
         assert_eq!(r.choose("token_embd.weight", w(64)).ty, GgmlType::F16);
-        let bias = SourceKind {
-            ty: GgmlType::BF16,
-            n_dims: 1,
-            row_len: 64,
-        };
+        let bias = SourceKind::of(GgmlType::BF16, &[64]);
         assert_eq!(r.choose("blk.0.attn_q.bias", bias).ty, GgmlType::F32);
     }
 }

@@ -245,6 +245,7 @@ pub fn plan_digest(plan: &Plan, ckpt: &Checkpoint) -> Result<Sha256Digest, Conve
                     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                     json!({"values_sha256": Sha256Digest::of(&bytes).to_hex()})
                 }
+                Source::Gather(g) => json!({"gather": format!("{g:?}")}),
             };
             json!({
                 "name": t.name,
@@ -395,6 +396,7 @@ pub fn convert_split(
             .map(|t| match t.source {
                 Source::Tensor(k) => c.weights.tensors.get(k).map_or(0, |x| x.len),
                 Source::Values(_) => 0,
+                Source::Gather(ref g) => g.input_bytes(&c.weights.tensors),
             })
             .sum()
     };

@@ -36,11 +36,23 @@ pub enum Architecture {
     Olmo2,
     /// Phi-3 / Phi-3.5 / Phi-4: fused qkv and gate/up projections, partial rotary, LongRoPE.
     Phi3,
+    /// Mixtral (Hugging Face names; llama.cpp stores it as `llama` with experts).
+    Mixtral,
+    /// Qwen2-MoE / Qwen1.5-MoE: experts plus a sigmoid-gated shared expert, q/k/v biases.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3's attention with experts.
+    Qwen3Moe,
+    /// DeepSeek-V2 / V3 / R1: multi-head latent attention, leading dense layers, shared
+    /// experts, sigmoid or softmax routing with group limits.
+    Deepseek2,
+    /// gpt-oss: attention sinks and biases, alternating sliding window, YaRN, clamped
+    /// SwiGLU experts with biases.
+    GptOss,
 }
 
 impl Architecture {
     /// Every family, in the order the error message lists them.
-    pub const ALL: [Architecture; 8] = [
+    pub const ALL: [Architecture; 13] = [
         Architecture::Llama,
         Architecture::Mistral,
         Architecture::Qwen2,
@@ -49,6 +61,11 @@ impl Architecture {
         Architecture::Gemma3,
         Architecture::Olmo2,
         Architecture::Phi3,
+        Architecture::Mixtral,
+        Architecture::Qwen2Moe,
+        Architecture::Qwen3Moe,
+        Architecture::Deepseek2,
+        Architecture::GptOss,
     ];
 
     /// From config.json `model_type` or GGUF `general.architecture`.
@@ -65,6 +82,12 @@ impl Architecture {
             "olmo2" => Architecture::Olmo2,
             // Phi-4 ships as `phi3`
             "phi3" => Architecture::Phi3,
+            "mixtral" => Architecture::Mixtral,
+            // config.json `model_type` / GGUF architecture
+            "qwen2_moe" | "qwen2moe" => Architecture::Qwen2Moe,
+            "qwen3_moe" | "qwen3moe" => Architecture::Qwen3Moe,
+            "deepseek_v2" | "deepseek_v3" | "deepseek2" => Architecture::Deepseek2,
+            "gpt_oss" | "gpt-oss" => Architecture::GptOss,
             _ => return None,
         })
     }
@@ -79,6 +102,11 @@ impl Architecture {
             Architecture::Gemma3 => "gemma3",
             Architecture::Olmo2 => "olmo2",
             Architecture::Phi3 => "phi3",
+            Architecture::Mixtral => "mixtral",
+            Architecture::Qwen2Moe => "qwen2moe",
+            Architecture::Qwen3Moe => "qwen3moe",
+            Architecture::Deepseek2 => "deepseek2",
+            Architecture::GptOss => "gpt-oss",
         }
     }
 
@@ -164,6 +192,28 @@ pub enum RopeScaling {
         original_context: usize,
         attention_factor: f64,
     },
+    /// YaRN (transformers' `yarn`): frequencies blended between interpolated (divided by
+    /// `factor`) and original along a ramp between the dimensions that turn `beta_fast`
+    /// and `beta_slow` times over `original_context`, cos and sin times
+    /// `attention_factor`. `truncate` rounds the ramp's ends outwards (transformers'
+    /// default and llama.cpp's rule; gpt-oss sets it false).
+    Yarn {
+        factor: f64,
+        original_context: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
+}
+
+/// YaRN's attention factor: `0.1 * m * ln(factor) + 1` (1 for factors up to 1).
+pub fn yarn_mscale(factor: f64, m: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * factor.ln() + 1.0
+    }
 }
 
 /// Validated hyper-parameters of one decoder.
@@ -201,6 +251,78 @@ pub struct ModelConfig {
     /// Factor on the token embedding (Gemma: sqrt(hidden)).
     pub embed_scale: Option<f64>,
     pub activation: Activation,
+    /// Mixture-of-experts feed-forward (absent for dense models).
+    pub moe: Option<MoeConfig>,
+    /// Multi-head latent attention (DeepSeek); absent for ordinary attention.
+    pub mla: Option<MlaConfig>,
+}
+
+/// How a router turns its logits into the weights of the chosen experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over every expert, then the top k (Mixtral, Qwen-MoE, DeepSeek-V2).
+    Softmax,
+    /// Sigmoid of each logit, then the top k (DeepSeek-V3/R1).
+    Sigmoid,
+    /// Top k of the raw logits, then a softmax over the chosen k (gpt-oss).
+    SoftmaxSelected,
+}
+
+/// gpt-oss's clamped SwiGLU: `(clamp(up, -l, l) + 1) * g * sigmoid(alpha g)` with
+/// `g = min(gate, l)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwigluClamp {
+    pub alpha: f32,
+    pub limit: f32,
+}
+
+/// The experts of a mixture-of-experts feed-forward and how tokens are routed to them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Routed experts per layer.
+    pub experts: usize,
+    /// Experts each token uses.
+    pub used: usize,
+    /// Hidden width of one routed expert.
+    pub expert_ffn: usize,
+    pub gating: Gating,
+    /// Divide the chosen weights by their sum.
+    pub norm_topk: bool,
+    /// Factor on the chosen weights (`routed_scaling_factor`).
+    pub scale: f32,
+    /// Expert groups; a token picks from the `groups_used` groups whose two best
+    /// (bias-corrected) scores sum highest. 1 means no groups.
+    pub groups: usize,
+    pub groups_used: usize,
+    /// Hidden width of the shared expert(s), 0 when there are none.
+    pub shared_ffn: usize,
+    /// Per layer: whether its feed-forward is the mixture (the others are dense).
+    pub sparse_layers: Vec<bool>,
+    /// gpt-oss's clamped activation (SiLU otherwise).
+    pub clamp: Option<SwigluClamp>,
+}
+
+impl MoeConfig {
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.sparse_layers.get(layer).copied().unwrap_or(false)
+    }
+}
+
+/// DeepSeek's multi-head latent attention: q through a low-rank bottleneck (or a plain
+/// projection), keys and values from one compressed latent per position plus a shared
+/// rotary key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaConfig {
+    /// Rank of q's bottleneck; `None` for a plain q projection (V2-Lite).
+    pub q_lora: Option<usize>,
+    pub kv_lora: usize,
+    /// Per head: key dimensions without position, with RoPE, and value dimensions.
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+    /// RoPE rotates adjacent pairs (DeepSeek's layout, `rope_interleave`, and always in
+    /// GGUF); otherwise the two halves.
+    pub adjacent_pairs: bool,
 }
 
 impl ModelConfig {
@@ -249,7 +371,6 @@ impl ModelConfig {
         };
         let n_layers = need(params.block_count, "block count", MAX_LAYERS)?;
         let hidden = need(params.embedding_length, "embedding length", MAX_DIM)?;
-        let ffn = need(params.feed_forward_length, "feed-forward length", MAX_DIM)?;
         let n_heads = need(params.head_count, "attention head count", MAX_DIM)?;
         let n_kv_heads = need(
             params.head_count_kv.or(params.head_count),
@@ -260,7 +381,27 @@ impl ModelConfig {
         let context = need(params.context_length, "context length", u64::MAX)?;
         let gguf = Meta::new(gguf);
         let gguf_key = |suffix: &str| gguf.u64(&format!("{arch_name}.{suffix}"));
-        let head_dim = match params.head_dim.or(gguf_key("attention.key_length")?) {
+        let (moe, mla) = match config_json {
+            Some(c) => (
+                moe_from_hf(c, architecture, n_layers)?,
+                mla_from_hf(c, architecture)?,
+            ),
+            None => (
+                moe_from_gguf(gguf, &arch_name, architecture, n_layers)?,
+                mla_from_gguf(gguf, &arch_name, architecture)?,
+            ),
+        };
+        // a model whose every layer is a mixture need not declare a dense width
+        let ffn = match (params.feed_forward_length, &moe) {
+            (None, Some(m)) if m.sparse_layers.iter().all(|&s| s) => m.expert_ffn,
+            (f, _) => need(f, "feed-forward length", MAX_DIM)?,
+        };
+        // MLA's per-head sizes live in `mla`; `head_dim` is its rotary part
+        let declared_head = match &mla {
+            Some(m) => Some(m.rope as u64),
+            None => params.head_dim.or(gguf_key("attention.key_length")?),
+        };
+        let head_dim = match declared_head {
             Some(d) => need(Some(d), "head size", MAX_DIM)?,
             None => {
                 if !hidden.is_multiple_of(n_heads) {
@@ -283,7 +424,7 @@ impl ModelConfig {
         }
         let mut rotary_dim = head_dim;
         if let Some(rot) = gguf_key("rope.dimension_count")? {
-            if rot != head_dim as u64 {
+            if rot != head_dim as u64 && mla.is_none() {
                 // llama-family GGUF files interleave q/k rows over the whole head, so only
                 // Phi-3 (rotate-half on the leading dimensions) may rotate part of a head
                 if architecture != Architecture::Phi3 {
@@ -323,7 +464,12 @@ impl ModelConfig {
                 }
             }
         }
-        let attn_scale = fam.attn_scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
+        let attn_scale = match (&mla, fam.attn_scale) {
+            (_, Some(s)) => s,
+            // MLA scores span the position-free and the rotary part of a head
+            (Some(m), None) => 1.0 / ((m.nope + m.rope) as f64).sqrt(),
+            (None, None) => 1.0 / (head_dim as f64).sqrt(),
+        };
         if !(attn_scale.is_finite() && attn_scale > 0.0) {
             return Err(EngineError::BadParam(format!(
                 "attention scale is {attn_scale}"
@@ -351,6 +497,8 @@ impl ModelConfig {
             final_softcap: fam.final_softcap,
             embed_scale,
             activation: fam.activation,
+            moe,
+            mla,
         })
     }
 }
@@ -582,6 +730,40 @@ fn hf_family(
             };
             fam.layer_windows = vec![hf_window(cfg)?; n_layers];
         }
+        Architecture::GptOss => {
+            let (theta, scaling) = hf_rope(cfg, None, arch)?;
+            fam.rope_theta = params.rope_theta.or(theta);
+            fam.rope_scaling = scaling;
+            // transformers' GptOssConfig: every other layer slides, the first one first
+            let window = match cfg.get("sliding_window").filter(|v| !v.is_null()) {
+                Some(v) => positive_usize(v, "sliding_window")?,
+                None => 128,
+            };
+            fam.layer_windows = hf_layer_types(cfg, n_layers, 2)?
+                .iter()
+                .map(|&s| s.then_some(window))
+                .collect();
+        }
+        Architecture::Deepseek2 => {
+            let (theta, scaling) = hf_rope(cfg, None, arch)?;
+            fam.rope_theta = params.rope_theta.or(theta);
+            // transformers folds YaRN's `mscale_all_dim` into the softmax scale, squared
+            if let RopeScaling::Yarn { factor, .. } = scaling {
+                let all = rope_object(cfg, None)
+                    .and_then(|p| p.get("mscale_all_dim"))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                if all != 0.0 {
+                    let qk = ["qk_nope_head_dim", "qk_rope_head_dim"]
+                        .iter()
+                        .filter_map(|k| cfg.get(*k).and_then(Value::as_u64))
+                        .sum::<u64>();
+                    let m = yarn_mscale(factor, all);
+                    fam.attn_scale = Some(m * m / (qk.max(1) as f64).sqrt());
+                }
+            }
+            fam.rope_scaling = scaling;
+        }
         _ => {
             let (theta, scaling) = hf_rope(cfg, None, arch)?;
             fam.rope_theta = params.rope_theta.or(theta);
@@ -721,6 +903,8 @@ fn gguf_family(
         Architecture::Gemma3 => (window, 6),
         Architecture::Olmo2 => (window, 4),
         Architecture::Phi3 => (window, 0),
+        // llama.cpp: gpt-oss slides on even layers
+        Architecture::GptOss => (window, 2),
         _ => (None, 0),
     };
     if let Some(w) = window.filter(|&w| w > 0) {
@@ -806,6 +990,19 @@ fn gguf_family(
             }
         }
     }
+    if let (Architecture::Deepseek2, RopeScaling::Yarn { factor, .. }) = (arch, &fam.rope_scaling) {
+        // llama.cpp's converter stores 0.1 * mscale_all_dim; the softmax scale takes the
+        // square of `1 + that * ln(factor)`
+        if let Some(mul) = gguf.f64(&key("rope.scaling.yarn_log_multiplier"))? {
+            let k = gguf
+                .u64(&key("attention.key_length_mla"))?
+                .or(gguf.u64(&key("attention.key_length"))?)
+                .unwrap_or(1)
+                .max(1);
+            let m = 1.0 + mul * factor.ln();
+            fam.attn_scale = Some(m * m / (k as f64).sqrt());
+        }
+    }
     if arch == Architecture::Phi3 {
         let original = match gguf.u64(&key("rope.scaling.original_context_length"))? {
             Some(o) if o > 0 => usize::try_from(o).unwrap_or(usize::MAX),
@@ -874,6 +1071,35 @@ fn parse_hf_scaling(s: &Value, arch: Architecture) -> Result<RopeScaling, Engine
         // are read by `longrope_from_hf`
         "longrope" => longrope_placeholder(),
         "su" | "yarn" if arch == Architecture::Phi3 => longrope_placeholder(),
+        "yarn" => {
+            let factor = num("factor")?;
+            let opt = |key: &str, default: f64| -> Result<f64, EngineError> {
+                match s.get(key).filter(|v| !v.is_null()) {
+                    None => Ok(default),
+                    Some(_) => num(key),
+                }
+            };
+            let attention_factor = match s.get("attention_factor").filter(|v| !v.is_null()) {
+                Some(_) => num("attention_factor")?,
+                None => {
+                    let m = opt("mscale", 0.0)?;
+                    let all = opt("mscale_all_dim", 0.0)?;
+                    if m != 0.0 && all != 0.0 {
+                        yarn_mscale(factor, m) / yarn_mscale(factor, all)
+                    } else {
+                        yarn_mscale(factor, 1.0)
+                    }
+                }
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_context: num("original_max_position_embeddings")?,
+                beta_fast: opt("beta_fast", 32.0)?,
+                beta_slow: opt("beta_slow", 1.0)?,
+                attention_factor,
+                truncate: s.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+            }
+        }
         "linear" => RopeScaling::Linear {
             factor: num("factor")?,
         },
@@ -900,7 +1126,7 @@ fn parse_hf_scaling(s: &Value, arch: Architecture) -> Result<RopeScaling, Engine
         }
         other => {
             return Err(EngineError::Unsupported(format!(
-                "rope scaling `{other}` (the engine applies default, linear, llama3 and longrope)"
+                "rope scaling `{other}` (the engine applies default, linear, llama3, longrope and yarn)"
             )))
         }
     })
@@ -920,8 +1146,11 @@ fn longrope_placeholder() -> RopeScaling {
 fn hf_sliding_window(cfg: &Value, arch: Architecture) -> Option<usize> {
     let window = cfg.get("sliding_window").and_then(Value::as_u64)?;
     let enabled = match arch {
-        Architecture::Mistral => true,
-        Architecture::Qwen2 | Architecture::Qwen3 => cfg
+        Architecture::Mistral | Architecture::Mixtral => true,
+        Architecture::Qwen2
+        | Architecture::Qwen3
+        | Architecture::Qwen2Moe
+        | Architecture::Qwen3Moe => cfg
             .get("use_sliding_window")
             .and_then(Value::as_bool)
             .unwrap_or(false),
@@ -936,6 +1165,40 @@ fn gguf_rope(gguf: Meta<'_>, arch: &str) -> Result<RopeScaling, EngineError> {
     let kind = gguf.str(&format!("{arch}.rope.scaling.type"))?;
     let factor = gguf.f64(&format!("{arch}.rope.scaling.factor"))?;
     match kind {
+        Some("yarn") => {
+            let factor = factor.filter(|f| f.is_finite() && *f > 0.0).ok_or_else(|| {
+                EngineError::BadParam(format!(
+                    "`{arch}.rope.scaling.type` is yarn but `{arch}.rope.scaling.factor` is missing or not positive"
+                ))
+            })?;
+            let original_key = format!("{arch}.rope.scaling.original_context_length");
+            let original = gguf
+                .u64(&original_key)?
+                .filter(|&o| o > 0)
+                .ok_or_else(|| EngineError::MissingParam(format!("`{original_key}`")))?;
+            let beta = |k: &str, default: f64| -> Result<f64, EngineError> {
+                Ok(gguf
+                    .f64(&format!("{arch}.rope.scaling.{k}"))?
+                    .filter(|b| b.is_finite() && *b > 0.0)
+                    .unwrap_or(default))
+            };
+            // DeepSeek's YaRN keeps cos/sin unscaled and scales the softmax instead (see
+            // `gguf_family`); gpt-oss's config sets `truncate: false`, which GGUF does
+            // not carry
+            let deepseek = arch == "deepseek2";
+            Ok(RopeScaling::Yarn {
+                factor,
+                original_context: original as f64,
+                beta_fast: beta("yarn_beta_fast", 32.0)?,
+                beta_slow: beta("yarn_beta_slow", 1.0)?,
+                attention_factor: if deepseek {
+                    1.0
+                } else {
+                    yarn_mscale(factor, 1.0)
+                },
+                truncate: arch != "gpt-oss",
+            })
+        }
         None | Some("none") => Ok(RopeScaling::None),
         Some("linear") => match factor {
             Some(f) if f.is_finite() && f > 0.0 => Ok(RopeScaling::Linear { factor: f }),
@@ -947,6 +1210,348 @@ fn gguf_rope(gguf: Meta<'_>, arch: &str) -> Result<RopeScaling, EngineError> {
             "GGUF rope scaling `{other}` (the engine applies linear and llama3 frequency factors)"
         ))),
     }
+}
+
+fn is_moe_family(arch: Architecture) -> bool {
+    matches!(
+        arch,
+        Architecture::Mixtral
+            | Architecture::Qwen2Moe
+            | Architecture::Qwen3Moe
+            | Architecture::Deepseek2
+            | Architecture::GptOss
+    )
+}
+
+/// Check the routing numbers every source must satisfy.
+fn checked_moe(m: MoeConfig, what: &str) -> Result<MoeConfig, EngineError> {
+    if m.experts == 0 || m.experts as u64 > MAX_DIM || m.expert_ffn == 0 {
+        return Err(EngineError::BadParam(format!(
+            "{what}: {} experts of width {}",
+            m.experts, m.expert_ffn
+        )));
+    }
+    if m.expert_ffn as u64 > MAX_DIM || m.shared_ffn as u64 > MAX_DIM {
+        return Err(EngineError::BadParam(format!(
+            "{what}: expert width {} / shared width {} above {MAX_DIM}",
+            m.expert_ffn, m.shared_ffn
+        )));
+    }
+    if m.used == 0 || m.used > m.experts {
+        return Err(EngineError::BadParam(format!(
+            "{what}: {} experts per token of {} experts",
+            m.used, m.experts
+        )));
+    }
+    if m.groups == 0
+        || !m.experts.is_multiple_of(m.groups)
+        || m.groups_used == 0
+        || m.groups_used > m.groups
+        || (m.groups > 1 && m.experts / m.groups < 2)
+        || (m.groups > 1 && m.used > m.groups_used * (m.experts / m.groups))
+    {
+        return Err(EngineError::BadParam(format!(
+            "{what}: {} experts in {} groups, {} groups used, {} experts per token",
+            m.experts, m.groups, m.groups_used, m.used
+        )));
+    }
+    if !(m.scale.is_finite() && m.scale > 0.0) {
+        return Err(EngineError::BadParam(format!(
+            "{what}: routed scaling factor {}",
+            m.scale
+        )));
+    }
+    Ok(m)
+}
+
+/// The mixture of experts a config.json declares, with transformers' defaults.
+fn moe_from_hf(
+    cfg: &Value,
+    arch: Architecture,
+    n_layers: usize,
+) -> Result<Option<MoeConfig>, EngineError> {
+    if !is_moe_family(arch) {
+        return Ok(None);
+    }
+    let uint = |keys: &[&str]| -> Result<Option<usize>, EngineError> {
+        for k in keys {
+            if let Some(v) = cfg.get(*k).filter(|v| !v.is_null()) {
+                let n = v
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        EngineError::BadParam(format!("`{k}` is {v}, expected an integer"))
+                    })?;
+                return Ok(Some(n));
+            }
+        }
+        Ok(None)
+    };
+    let need = |keys: &[&str]| -> Result<usize, EngineError> {
+        uint(keys)?.ok_or_else(|| EngineError::MissingParam(format!("`{}`", keys.join("` / `"))))
+    };
+    let float = |k: &str, default: f64| -> Result<f64, EngineError> {
+        match cfg.get(k).filter(|v| !v.is_null()) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| EngineError::BadParam(format!("`{k}` is {v}, expected a number"))),
+        }
+    };
+    let flag = |k: &str, default: bool| cfg.get(k).and_then(Value::as_bool).unwrap_or(default);
+    let experts = need(&["num_local_experts", "num_experts", "n_routed_experts"])?;
+    let used = need(&["num_experts_per_tok"])?;
+    let expert_ffn = match arch {
+        Architecture::Mixtral | Architecture::GptOss => need(&["intermediate_size"])?,
+        _ => need(&["moe_intermediate_size"])?,
+    };
+    let mut m = MoeConfig {
+        experts,
+        used,
+        expert_ffn,
+        gating: Gating::Softmax,
+        norm_topk: false,
+        scale: 1.0,
+        groups: 1,
+        groups_used: 1,
+        shared_ffn: 0,
+        sparse_layers: vec![true; n_layers],
+        clamp: None,
+    };
+    match arch {
+        // transformers' Mixtral router always renormalises the chosen weights
+        Architecture::Mixtral => m.norm_topk = true,
+        Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
+            m.norm_topk = flag("norm_topk_prob", false);
+            if arch == Architecture::Qwen2Moe {
+                m.shared_ffn = uint(&["shared_expert_intermediate_size"])?.unwrap_or(0);
+            }
+            let step = uint(&["decoder_sparse_step"])?.unwrap_or(1).max(1);
+            let dense: Vec<u64> = cfg
+                .get("mlp_only_layers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            m.sparse_layers = (0..n_layers)
+                .map(|i| !dense.contains(&(i as u64)) && (i + 1).is_multiple_of(step))
+                .collect();
+        }
+        Architecture::Deepseek2 => {
+            let v3 = cfg.get("model_type").and_then(Value::as_str) == Some("deepseek_v3");
+            // transformers' DeepSeek-V3 router is sigmoid whatever the config says;
+            // V2 declares its scoring function
+            let scoring = cfg
+                .get("scoring_func")
+                .and_then(Value::as_str)
+                .unwrap_or(if v3 { "sigmoid" } else { "softmax" });
+            m.gating = match (v3, scoring) {
+                (true, _) | (false, "sigmoid") => Gating::Sigmoid,
+                (false, "softmax") => Gating::Softmax,
+                (false, other) => {
+                    return Err(EngineError::Unsupported(format!(
+                        "expert scoring function `{other}`"
+                    )))
+                }
+            };
+            let method = cfg.get("topk_method").and_then(Value::as_str);
+            if !v3 && method == Some("group_limited_greedy") {
+                return Err(EngineError::Unsupported(
+                    "DeepSeek-V2's `group_limited_greedy` routing (the engine limits groups by their top-2 sum, as V3 does)".into(),
+                ));
+            }
+            m.norm_topk = flag("norm_topk_prob", v3);
+            m.scale = float("routed_scaling_factor", 1.0)? as f32;
+            if v3 || method == Some("noaux_tc") {
+                m.groups = uint(&["n_group"])?.unwrap_or(1).max(1);
+                m.groups_used = uint(&["topk_group"])?.unwrap_or(m.groups).max(1);
+            }
+            m.shared_ffn = uint(&["n_shared_experts"])?.unwrap_or(0) * expert_ffn;
+            let first_dense = uint(&["first_k_dense_replace"])?.unwrap_or(0);
+            let freq = uint(&["moe_layer_freq"])?.unwrap_or(1).max(1);
+            m.sparse_layers = (0..n_layers)
+                .map(|i| i >= first_dense && i.is_multiple_of(freq))
+                .collect();
+        }
+        Architecture::GptOss => {
+            m.gating = Gating::SoftmaxSelected;
+            m.clamp = Some(SwigluClamp {
+                alpha: float("swiglu_alpha", 1.702)? as f32,
+                limit: float("swiglu_limit", 7.0)? as f32,
+            });
+        }
+        _ => {}
+    }
+    checked_moe(m, "config.json").map(Some)
+}
+
+/// The mixture of experts GGUF `{arch}.expert_*` keys declare, with llama.cpp's per-family
+/// rules (Qwen3-MoE and Mixtral always renormalise, gpt-oss takes a softmax over the
+/// chosen logits).
+fn moe_from_gguf(
+    gguf: Meta<'_>,
+    arch_name: &str,
+    arch: Architecture,
+    n_layers: usize,
+) -> Result<Option<MoeConfig>, EngineError> {
+    let key = |suffix: &str| format!("{arch_name}.{suffix}");
+    let uint = |suffix: &str| -> Result<Option<usize>, EngineError> {
+        match gguf.u64(&key(suffix))? {
+            Some(v) => usize::try_from(v)
+                .map(Some)
+                .map_err(|_| EngineError::BadParam(format!("`{}` is {v}", key(suffix)))),
+            None => Ok(None),
+        }
+    };
+    let experts = match uint("expert_count")? {
+        Some(n) if n > 0 => n,
+        _ if is_moe_family(arch) => {
+            return Err(EngineError::MissingParam(format!(
+                "`{}`",
+                key("expert_count")
+            )))
+        }
+        _ => return Ok(None),
+    };
+    let used = uint("expert_used_count")?
+        .ok_or_else(|| EngineError::MissingParam(format!("`{}`", key("expert_used_count"))))?;
+    // Mixtral (`llama`) has no expert width key: its experts are the dense width
+    let expert_ffn = match uint("expert_feed_forward_length")? {
+        Some(f) => f,
+        None => uint("feed_forward_length")?.ok_or_else(|| {
+            EngineError::MissingParam(format!("`{}`", key("expert_feed_forward_length")))
+        })?,
+    };
+    let gating = match uint("expert_gating_func")? {
+        None | Some(0) => match arch {
+            Architecture::GptOss => Gating::SoftmaxSelected,
+            _ => Gating::Softmax,
+        },
+        Some(1) => Gating::Softmax,
+        Some(2) => Gating::Sigmoid,
+        Some(3) => Gating::SoftmaxSelected,
+        Some(other) => {
+            return Err(EngineError::Unsupported(format!(
+                "expert gating function {other} (`{}`)",
+                key("expert_gating_func")
+            )))
+        }
+    };
+    let norm_topk = match arch {
+        Architecture::Llama | Architecture::Mixtral | Architecture::Qwen3Moe => true,
+        Architecture::Deepseek2 => gguf.bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        _ => false,
+    };
+    let scale = match gguf.f64(&key("expert_weights_scale"))? {
+        // llama.cpp leaves the weights alone for 0 (its default) and 1
+        None => 1.0,
+        Some(0.0) => 1.0,
+        Some(s) => s as f32,
+    };
+    let shared_ffn = match arch {
+        Architecture::Deepseek2 => uint("expert_shared_count")?.unwrap_or(0) * expert_ffn,
+        _ => uint("expert_shared_feed_forward_length")?.unwrap_or(0),
+    };
+    let dense_lead = uint("leading_dense_block_count")?.unwrap_or(0);
+    let m = MoeConfig {
+        experts,
+        used,
+        expert_ffn,
+        gating,
+        norm_topk,
+        scale,
+        groups: uint("expert_group_count")?.unwrap_or(1).max(1),
+        groups_used: uint("expert_group_used_count")?.unwrap_or(1).max(1),
+        shared_ffn,
+        sparse_layers: (0..n_layers).map(|i| i >= dense_lead).collect(),
+        clamp: (arch == Architecture::GptOss).then_some(SwigluClamp {
+            alpha: 1.702,
+            limit: 7.0,
+        }),
+    };
+    checked_moe(m, "GGUF expert keys").map(Some)
+}
+
+fn mla_from_hf(cfg: &Value, arch: Architecture) -> Result<Option<MlaConfig>, EngineError> {
+    if arch != Architecture::Deepseek2 {
+        return Ok(None);
+    }
+    let get = |k: &str| -> Result<Option<usize>, EngineError> {
+        match cfg.get(k).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0 && n <= MAX_DIM)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| {
+                    EngineError::BadParam(format!("`{k}` is {v}, expected a positive integer"))
+                }),
+        }
+    };
+    let need = |k: &str| get(k)?.ok_or_else(|| EngineError::MissingParam(format!("`{k}`")));
+    let rope = need("qk_rope_head_dim")?;
+    if !rope.is_multiple_of(2) {
+        return Err(EngineError::BadParam(format!(
+            "`qk_rope_head_dim` is {rope}; RoPE needs pairs"
+        )));
+    }
+    Ok(Some(MlaConfig {
+        q_lora: get("q_lora_rank")?,
+        kv_lora: need("kv_lora_rank")?,
+        nope: need("qk_nope_head_dim")?,
+        rope,
+        v: need("v_head_dim")?,
+        adjacent_pairs: cfg
+            .get("rope_interleave")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+    }))
+}
+
+/// MLA from llama.cpp's keys: `key_length_mla` / `value_length_mla` are the per-head
+/// sizes (older files put them in `key_length` / `value_length`), the rotary part is
+/// `rope.dimension_count`.
+fn mla_from_gguf(
+    gguf: Meta<'_>,
+    arch_name: &str,
+    arch: Architecture,
+) -> Result<Option<MlaConfig>, EngineError> {
+    if arch != Architecture::Deepseek2 {
+        return Ok(None);
+    }
+    let key = |suffix: &str| format!("{arch_name}.{suffix}");
+    let get = |suffix: &str| -> Result<Option<usize>, EngineError> {
+        match gguf.u64(&key(suffix))? {
+            None => Ok(None),
+            Some(v) if v > 0 && v <= MAX_DIM => Ok(Some(v as usize)),
+            Some(v) => Err(EngineError::BadParam(format!("`{}` is {v}", key(suffix)))),
+        }
+    };
+    let need = |suffix: &str| {
+        get(suffix)?.ok_or_else(|| EngineError::MissingParam(format!("`{}`", key(suffix))))
+    };
+    let rope = need("rope.dimension_count")?;
+    let k_len = match get("attention.key_length_mla")? {
+        Some(k) => k,
+        None => need("attention.key_length")?,
+    };
+    let v = match get("attention.value_length_mla")? {
+        Some(v) => v,
+        None => need("attention.value_length")?,
+    };
+    if k_len <= rope || !rope.is_multiple_of(2) {
+        return Err(EngineError::BadParam(format!(
+            "MLA key length {k_len} with rope dimension {rope}"
+        )));
+    }
+    Ok(Some(MlaConfig {
+        q_lora: get("attention.q_lora_rank")?,
+        kv_lora: need("attention.kv_lora_rank")?,
+        nope: k_len - rope,
+        rope,
+        v,
+        adjacent_pairs: true,
+    }))
 }
 
 #[cfg(test)]
@@ -1150,7 +1755,7 @@ mod tests {
         let e = ModelConfig::new(&arch_params("gpt2", 2), None, &[]).unwrap_err();
         assert!(
             e.to_string()
-                .contains("llama, mistral, qwen2, qwen3, gemma2, gemma3, olmo2 and phi3"),
+                .contains("llama, mistral, qwen2, qwen3, gemma2, gemma3, olmo2, phi3, mixtral, qwen2moe, qwen3moe, deepseek2 and gpt-oss"),
             "{e}"
         );
     }

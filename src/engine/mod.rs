@@ -1,5 +1,6 @@
 //! The reference engine: a forward pass for dense decoders (Llama, Mistral, Qwen2/3,
-//! Gemma 2/3, OLMo 2, Phi-3) on candle, the tokenizer that goes with a checkpoint, and
+//! Gemma 2/3, OLMo 2, Phi-3) and mixtures of experts (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3
+//! with latent attention, gpt-oss) on candle, the tokenizer that goes with a checkpoint, and
 //! greedy or sampled generation.
 //!
 //! In the pipeline it sits after `formats` (which it reads weights through, never touching
@@ -12,7 +13,10 @@
 pub mod chat;
 pub mod config;
 pub mod generate;
+pub mod layered;
+mod mla;
 pub mod model;
+mod moe;
 pub mod ops;
 pub mod qmatmul;
 pub mod rope;
@@ -74,6 +78,26 @@ pub enum EngineError {
     Device { spec: String, why: String },
     #[error("tensor computation failed")]
     Candle(#[from] candle_core::Error),
+    #[error("a memory budget of {} is below the {} ({need} bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence", size(*budget), size(*need))]
+    MemoryBudget { need: u64, budget: u64 },
+    #[error("cannot keep hidden states in `{dir}`")]
+    Spill {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bytes in KiB, MiB or GiB with one decimal, for messages.
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    }
 }
 
 impl EngineError {
@@ -98,6 +122,12 @@ impl EngineError {
             EngineError::ContextOverflow { .. } => "shorten the input or ask for fewer new tokens",
             EngineError::EmptyInput => "give a non-empty prompt or text",
             EngineError::Device { .. } => "run on `--device cpu`",
+            EngineError::MemoryBudget { .. } => {
+                "raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`"
+            }
+            EngineError::Spill { .. } => {
+                "free space there or pass `--spill-dir` on a disk with room for the hidden states"
+            }
             _ => return None,
         })
     }

@@ -21,6 +21,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
 use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
+use super::mla::MlaAttn;
+use super::moe::MoeFfn;
 use super::ops;
 use super::qmatmul::BlockMatrix;
 use super::rope::{self, Rope};
@@ -61,7 +63,7 @@ pub enum Logits {
 
 /// A projection `y = x W^T (+ b)`.
 #[derive(Debug)]
-enum Linear {
+pub(super) enum Linear {
     /// f32 weight `[out, in]`.
     Dense(Tensor),
     /// candle's quantized matmul (K types, float types, non-CPU devices).
@@ -77,7 +79,7 @@ enum Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         Ok(match self {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant(q) => q.forward(x)?,
@@ -134,9 +136,10 @@ struct Layer {
     attn_norm: Option<Tensor>,
     /// Norm of the attention output before the residual add (Gemma, OLMo 2).
     post_attn_norm: Option<Tensor>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections; latent attention (`mla`) has its own.
+    qkv: Option<(Linear, Linear, Linear)>,
+    /// DeepSeek's multi-head latent attention, in place of `qkv`.
+    mla: Option<Box<MlaAttn>>,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
@@ -145,43 +148,61 @@ struct Layer {
     /// The q/k norms span the whole projection (OLMo 2) rather than each head.
     qk_norm_full: bool,
     o: Linear,
+    o_bias: Option<Tensor>,
+    /// Per-head attention sinks (gpt-oss): a logit each softmax row also normalises over.
+    sinks: Option<Vec<f32>>,
     /// Norm before the feed-forward (absent in OLMo 2).
     ffn_norm: Option<Tensor>,
     /// Norm of the feed-forward output before the residual add (Gemma, OLMo 2).
     post_ffn_norm: Option<Tensor>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
     /// Sliding window of this layer (`usize::MAX` for none).
     window: usize,
+}
+
+/// A block's feed-forward: dense, or a mixture of experts.
+#[derive(Debug)]
+enum Mlp {
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    Moe(Box<MoeFfn>),
 }
 
 /// Keys and values of one layer, `[kv_heads, capacity, head_dim]`, the first `len`
 /// positions filled. Capacity doubles as needed, so memory follows the tokens actually
 /// processed rather than the context length a file claims.
 #[derive(Debug)]
-struct KvCache {
+pub(super) struct KvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
 }
 
 impl KvCache {
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor), EngineError> {
-        let (heads, add, dim) = k.dims3()?;
+    pub(super) fn append(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), EngineError> {
+        let add = k.dim(1)?;
         let cap = self.k.dim(1)?;
         let need = self.len + add;
         if need > cap {
             let new_cap = need.max(cap * 2).max(64);
-            let grow = |old: &Tensor| -> Result<Tensor, EngineError> {
+            // keys and values may differ in width (MLA caches a latent and a rotary key)
+            let grow = |old: &Tensor, new: &Tensor| -> Result<Tensor, EngineError> {
+                let (heads, _, dim) = new.dims3()?;
                 let t = Tensor::zeros((heads, new_cap, dim), CDType::F32, old.device())?;
                 if self.len > 0 {
                     t.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 }
                 Ok(t)
             };
-            self.k = grow(&self.k)?;
-            self.v = grow(&self.v)?;
+            self.k = grow(&self.k, k)?;
+            self.v = grow(&self.v, v)?;
         }
         self.k.slice_set(&k.contiguous()?, 1, self.len)?;
         self.v.slice_set(&v.contiguous()?, 1, self.len)?;
@@ -216,20 +237,40 @@ pub struct Model {
 }
 
 /// Loads tensors by role from a source, checking shapes.
-struct Loader<'a> {
-    src: &'a dyn WeightSource,
-    naming: Naming,
-    arch: Architecture,
+pub(super) struct Loader<'a> {
+    pub(super) src: &'a dyn WeightSource,
+    pub(super) naming: Naming,
+    pub(super) arch: Architecture,
     /// Gemma's Hugging Face norms hold `w` and multiply by `1 + w`; llama.cpp's converter
     /// stores `1 + w`.
     norm_plus_one: bool,
-    math: Math,
-    device: &'a Device,
+    pub(super) math: Math,
+    pub(super) device: &'a Device,
     /// GGUF `llama` files store q/k rows interleaved for llama.cpp's RoPE.
     interleaved_qk: bool,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    fn new(
+        src: &'a dyn WeightSource,
+        cfg: &ModelConfig,
+        math: Math,
+        device: &'a Device,
+    ) -> Loader<'a> {
+        let naming = src.naming();
+        let arch = cfg.architecture;
+        Loader {
+            src,
+            naming,
+            arch,
+            norm_plus_one: naming == Naming::HuggingFace && arch.is_gemma(),
+            math,
+            device,
+            interleaved_qk: naming == Naming::Gguf
+                && matches!(arch, Architecture::Llama | Architecture::Mistral),
+        }
+    }
+
     fn name(&self, role: Role) -> String {
         self.naming.name_for(self.arch, role).unwrap_or_default()
     }
@@ -267,7 +308,7 @@ impl Loader<'_> {
     }
 
     /// A 1-d f32 vector (norm weight, bias) of length `n`, if present.
-    fn vector(&self, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
+    pub(super) fn vector(&self, role: Role, n: usize) -> Result<Option<Tensor>, EngineError> {
         match self.raw(role)? {
             Some(t) => {
                 t.expect_shape(&[n])?;
@@ -300,7 +341,11 @@ impl Loader<'_> {
         }
     }
 
-    fn linear_from(&self, t: RawTensor<'_>, shape: [usize; 2]) -> Result<Linear, EngineError> {
+    pub(super) fn linear_from(
+        &self,
+        t: RawTensor<'_>,
+        shape: [usize; 2],
+    ) -> Result<Linear, EngineError> {
         t.expect_shape(&shape)?;
         let quantized = self.math == Math::Native;
         if quantized {
@@ -322,7 +367,7 @@ impl Loader<'_> {
 
     /// The tensor kept in its stored type, borrowing the source's memory map when it can:
     /// for a 2-d CPU tensor of a float or candle block type.
-    fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
+    pub(super) fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
         if !self.device.is_cpu() || t.shape.len() != 2 {
             return Ok(None);
         }
@@ -330,6 +375,7 @@ impl Loader<'_> {
             DType::F32 => Elem::F32,
             DType::F16 => Elem::F16,
             DType::BF16 => Elem::BF16,
+            DType::Ggml(crate::formats::GgmlType::MXFP4) => Elem::Mxfp4,
             DType::Ggml(g) if crate::formats::blocks::supported(g) => Elem::Decoded(g),
             DType::Ggml(_) => match t.ggml_dtype()? {
                 candle_core::quantized::GgmlDType::F32 => Elem::F32,
@@ -398,6 +444,58 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// A 1-d f32 vector called `name`, if present.
+    pub(super) fn named_vector(&self, name: &str, n: usize) -> Result<Option<Tensor>, EngineError> {
+        match self.src.tensor(name)? {
+            Some(t) => {
+                t.expect_shape(&[n])?;
+                Ok(Some(t.to_f32(self.device)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// gpt-oss's attention sinks, one logit per head.
+    fn sinks(&self, i: usize, heads: usize) -> Result<Option<Vec<f32>>, EngineError> {
+        let name = match self.naming {
+            Naming::HuggingFace => format!("model.layers.{i}.self_attn.sinks"),
+            Naming::Gguf => format!("blk.{i}.attn_sinks.weight"),
+        };
+        let sinks = match self.named_vector(&name, heads)? {
+            Some(t) => Some(t.to_device(&Device::Cpu)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if sinks.is_none() && self.arch == Architecture::GptOss {
+            return Err(EngineError::MissingTensor(name));
+        }
+        Ok(sinks)
+    }
+}
+
+/// The dense feed-forward of layer `i` (Phi-3's fused gate/up split by rows).
+fn dense_mlp(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Mlp, EngineError> {
+    let h = cfg.hidden;
+    let (gate, up) = if cfg.architecture == Architecture::Phi3 {
+        let t = ld.required(Role::GateUp(i))?;
+        t.expect_shape(&[2 * cfg.ffn, h])?;
+        (
+            ld.linear_from(t.rows(0, cfg.ffn)?, [cfg.ffn, h])?,
+            ld.linear_from(t.rows(cfg.ffn, cfg.ffn)?, [cfg.ffn, h])?,
+        )
+    } else {
+        (
+            ld.linear(Role::Gate(i), [cfg.ffn, h])?,
+            ld.linear(Role::Up(i), [cfg.ffn, h])?,
+        )
+    };
+    Ok(Mlp::Dense {
+        gate,
+        up,
+        down: ld.linear(Role::Down(i), [h, cfg.ffn])?,
+    })
+}
+
 impl Model {
     /// Load every tensor the config calls for from `src`.
     pub fn load(
@@ -406,21 +504,27 @@ impl Model {
         math: Math,
         device: &Device,
     ) -> Result<Model, EngineError> {
+        let mut model = Model::load_without_layers(src, cfg, math, device)?;
+        let ld = Loader::new(src, &model.cfg, math, device);
+        let layers = (0..model.cfg.n_layers)
+            .map(|i| load_layer(&ld, &model.cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        model.layers = layers;
+        Ok(model)
+    }
+
+    /// Everything but the decoder layers: embedding, final norm, head and RoPE tables. A
+    /// layer-major driver loads each layer with [`Model::load_layer`] when it runs it, so
+    /// only one layer's weights are held at a time.
+    pub fn load_without_layers(
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        math: Math,
+        device: &Device,
+    ) -> Result<Model, EngineError> {
         let naming = src.naming();
-        let arch = cfg.architecture;
-        let ld = Loader {
-            src,
-            naming,
-            arch,
-            norm_plus_one: naming == Naming::HuggingFace && arch.is_gemma(),
-            math,
-            device,
-            interleaved_qk: naming == Naming::Gguf
-                && matches!(arch, Architecture::Llama | Architecture::Mistral),
-        };
-        let (h, hd) = (cfg.hidden, cfg.head_dim);
-        let q_out = cfg.n_heads * hd;
-        let kv_out = cfg.n_kv_heads * hd;
+        let ld = Loader::new(src, &cfg, math, device);
+        let h = cfg.hidden;
 
         let embed_raw = ld.required(Role::Embedding)?;
         embed_raw.expect_shape(&[cfg.vocab, h])?;
@@ -530,85 +634,12 @@ impl Model {
             None => None,
         };
 
-        let norms = arch.norms();
-        // OLMo 2 normalises q and k over the whole projection, the others per head
-        let qk_norm_full = arch == Architecture::Olmo2;
-        let (qn, kn) = if qk_norm_full {
-            (q_out, kv_out)
-        } else {
-            (hd, hd)
-        };
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
-            let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
-            let needs_qk_norm = matches!(
-                arch,
-                Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Olmo2
-            );
-            if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
-                let role = if q_norm.is_none() {
-                    Role::QNorm(i)
-                } else {
-                    Role::KNorm(i)
-                };
-                return Err(EngineError::MissingTensor(ld.name(role)));
-            }
-            let (q, k, v) = match ld.raw(Role::Qkv(i))? {
-                Some(t) => {
-                    t.expect_shape(&[q_out + 2 * kv_out, h])?;
-                    (
-                        ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
-                        ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
-                        ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
-                    )
-                }
-                None => (
-                    ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
-                    ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
-                    ld.linear(Role::V(i), [kv_out, h])?,
-                ),
-            };
-            let (gate, up) = if arch == Architecture::Phi3 {
-                let t = ld.required(Role::GateUp(i))?;
-                t.expect_shape(&[2 * cfg.ffn, h])?;
-                (
-                    ld.linear_from(t.rows(0, cfg.ffn)?, [cfg.ffn, h])?,
-                    ld.linear_from(t.rows(cfg.ffn, cfg.ffn)?, [cfg.ffn, h])?,
-                )
-            } else {
-                (
-                    ld.linear(Role::Gate(i), [cfg.ffn, h])?,
-                    ld.linear(Role::Up(i), [cfg.ffn, h])?,
-                )
-            };
-            layers.push(Layer {
-                attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
-                post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
-                q,
-                k,
-                v,
-                q_bias: ld.vector(Role::QBias(i), q_out)?,
-                k_bias: ld.vector(Role::KBias(i), kv_out)?,
-                v_bias: ld.vector(Role::VBias(i), kv_out)?,
-                q_norm,
-                k_norm,
-                qk_norm_full,
-                o: ld.linear(Role::AttnOut(i), [h, q_out])?,
-                ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
-                post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
-                gate,
-                up,
-                down: ld.linear(Role::Down(i), [h, cfg.ffn])?,
-                window: cfg.window(i).unwrap_or(usize::MAX),
-            });
-        }
         let mut model = Model {
             cfg,
             math,
             device: device.clone(),
             embed,
-            layers,
+            layers: Vec::new(),
             norm,
             head,
             embed_scale,
@@ -638,18 +669,9 @@ impl Model {
 
     /// Forget every processed token.
     pub fn reset(&mut self) -> Result<(), EngineError> {
-        let empty = Tensor::zeros(
-            (self.cfg.n_kv_heads, 0, self.cfg.head_dim),
-            CDType::F32,
-            &self.device,
-        )?;
         self.cache = (0..self.cfg.n_layers)
-            .map(|_| KvCache {
-                k: empty.clone(),
-                v: empty.clone(),
-                len: 0,
-            })
-            .collect();
+            .map(|_| self.empty_cache())
+            .collect::<Result<_, _>>()?;
         self.pos = 0;
         Ok(())
     }
@@ -674,11 +696,7 @@ impl Model {
                 vocab: self.cfg.vocab,
             });
         }
-        let ids = Tensor::from_slice(tokens, n, &self.device)?;
-        let mut x = self.embed.forward(&ids)?;
-        if let Some(s) = self.embed_scale {
-            x = x.broadcast_mul(&Tensor::new(s, &self.device)?)?;
-        }
+        let mut x = self.embed_ids(tokens)?;
         let cpu = self.device.is_cpu();
         let pos = self.pos;
         // additive masks for the composed (non-CPU) path, one per distinct window
@@ -711,37 +729,119 @@ impl Model {
                 .iter()
                 .find(|(w, _)| *w == layer.window)
                 .and_then(|(_, m)| m.as_ref());
-            let h = match &layer.attn_norm {
-                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
-                None => x.clone(),
-            };
-            let a = attention(cfg, layer, cache, &h, pos, tables, layer_mask)?;
-            let a = match &layer.post_attn_norm {
-                Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
-                None => a,
-            };
-            x = (x + a)?;
-            let h = match &layer.ffn_norm {
-                Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
-                None => x.clone(),
-            };
-            let g = layer.gate.forward(&h)?;
-            let g = match cfg.activation {
-                Activation::Silu => g.silu()?,
-                Activation::GeluTanh => g.gelu()?,
-            };
-            let u = layer.up.forward(&h)?;
-            let m = layer.down.forward(&(g * u)?)?;
-            let m = match &layer.post_ffn_norm {
-                Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
-                None => m,
-            };
-            x = (x + m)?;
+            x = layer_step(cfg, layer, cache, x, pos, tables, layer_mask)?;
         }
         self.pos = end;
+        self.head(&x, which)
+    }
+
+    /// The weights of decoder layer `i`, for a model loaded with
+    /// [`Model::load_without_layers`] from the same source.
+    pub fn load_layer(
+        &self,
+        src: &dyn WeightSource,
+        i: usize,
+    ) -> Result<LayerWeights, EngineError> {
+        if i >= self.cfg.n_layers {
+            return Err(EngineError::BadParam(format!(
+                "layer {i} of a {}-layer model",
+                self.cfg.n_layers
+            )));
+        }
+        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
+        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
+    }
+
+    /// An empty KV cache for one layer of one sequence.
+    pub fn layer_cache(&self) -> Result<LayerCache, EngineError> {
+        Ok(LayerCache(self.empty_cache()?))
+    }
+
+    fn empty_cache(&self) -> Result<KvCache, EngineError> {
+        let empty = Tensor::zeros(
+            (self.cfg.n_kv_heads, 0, self.cfg.head_dim),
+            CDType::F32,
+            &self.device,
+        )?;
+        Ok(KvCache {
+            k: empty.clone(),
+            v: empty,
+            len: 0,
+        })
+    }
+
+    /// The hidden states `[n, hidden]` of `tokens` entering the first layer (embedding and
+    /// its scale). Layer-major evaluation: [`Model::embed`], then [`Model::run_layer`] for
+    /// each layer, then [`Model::head`], gives what [`Model::forward`] gives.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(EngineError::TokenOutOfRange {
+                token: bad,
+                vocab: self.cfg.vocab,
+            });
+        }
+        self.embed_ids(tokens)
+    }
+
+    fn embed_ids(&self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+        let x = self.embed.forward(&ids)?;
+        Ok(match self.embed_scale {
+            Some(s) => x.broadcast_mul(&Tensor::new(s, &self.device)?)?,
+            None => x,
+        })
+    }
+
+    /// Run one decoder layer on hidden states `x` `[n, hidden]` that follow the positions
+    /// already in `cache`, appending their keys and values to it.
+    pub fn run_layer(
+        &mut self,
+        weights: &LayerWeights,
+        cache: &mut LayerCache,
+        x: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let layer = &weights.0;
+        let n = x.dim(0)?;
+        let pos = cache.0.len;
+        let end = pos + n;
+        if end > self.cfg.context {
+            return Err(EngineError::ContextOverflow {
+                tokens: end,
+                context: self.cfg.context,
+            });
+        }
+        let cpu = self.device.is_cpu();
+        let layer_mask = if cpu {
+            None
+        } else {
+            mask(pos, n, layer.window, &self.device)?
+        };
+        let rope = match (self.rope_local.as_mut(), self.rope_long.as_mut()) {
+            (Some(r), _) if layer.window != usize::MAX => r,
+            (_, Some(long)) if end > self.long_after => long,
+            _ => &mut self.rope,
+        };
+        let tables = RopeTables::new(rope, pos, n, cpu, &self.device)?;
+        layer_step(
+            &self.cfg,
+            layer,
+            &mut cache.0,
+            x.clone(),
+            pos,
+            &tables,
+            layer_mask.as_ref(),
+        )
+    }
+
+    /// Final norm and output head on the last layer's hidden states: logits `[n, vocab]`
+    /// for the last position (`n = 1`) or every position.
+    pub fn head(&self, x: &Tensor, which: Logits) -> Result<Tensor, EngineError> {
         let x = match which {
-            Logits::Last => x.narrow(0, n - 1, 1)?,
-            Logits::All => x,
+            Logits::Last => x.narrow(0, x.dim(0)? - 1, 1)?,
+            Logits::All => x.clone(),
         };
         let x = rms_norm(&x, &self.norm, self.cfg.rms_eps)?;
         let logits = self.head.forward(&x)?;
@@ -750,6 +850,145 @@ impl Model {
             None => Ok(logits),
         }
     }
+}
+
+/// The weights of one decoder layer, loaded on their own ([`Model::load_layer`]).
+#[derive(Debug)]
+pub struct LayerWeights(Layer);
+
+/// The keys and values one layer has seen of one sequence ([`Model::layer_cache`]).
+#[derive(Debug)]
+pub struct LayerCache(KvCache);
+
+impl LayerCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+/// One decoder layer on `x` `[n, hidden]` at positions `pos..pos + n`.
+fn layer_step(
+    cfg: &ModelConfig,
+    layer: &Layer,
+    cache: &mut KvCache,
+    x: Tensor,
+    pos: usize,
+    tables: &RopeTables<'_>,
+    layer_mask: Option<&Tensor>,
+) -> Result<Tensor, EngineError> {
+    let h = match &layer.attn_norm {
+        Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+        None => x.clone(),
+    };
+    let a = match &layer.mla {
+        Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
+        None => attention(cfg, layer, cache, &h, pos, tables, layer_mask)?,
+    };
+    let a = with_bias(layer.o.forward(&a)?, layer.o_bias.as_ref())?;
+    let a = match &layer.post_attn_norm {
+        Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
+        None => a,
+    };
+    let x = (x + a)?;
+    let h = match &layer.ffn_norm {
+        Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
+        None => x.clone(),
+    };
+    let m = match &layer.mlp {
+        Mlp::Dense { gate, up, down } => {
+            let g = gate.forward(&h)?;
+            let g = match cfg.activation {
+                Activation::Silu => g.silu()?,
+                Activation::GeluTanh => g.gelu()?,
+            };
+            down.forward(&(g * up.forward(&h)?)?)?
+        }
+        Mlp::Moe(moe) => moe.forward(&h)?,
+    };
+    let m = match &layer.post_ffn_norm {
+        Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
+        None => m,
+    };
+    Ok((x + m)?)
+}
+
+/// The weights of decoder layer `i`.
+fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, EngineError> {
+    let arch = cfg.architecture;
+    let (h, hd) = (cfg.hidden, cfg.head_dim);
+    let q_out = cfg.n_heads * hd;
+    let kv_out = cfg.n_kv_heads * hd;
+    let norms = arch.norms();
+    // OLMo 2 normalises q and k over the whole projection, the others per head
+    let qk_norm_full = arch == Architecture::Olmo2;
+    let (qn, kn) = if qk_norm_full {
+        (q_out, kv_out)
+    } else {
+        (hd, hd)
+    };
+    let mla = match &cfg.mla {
+        Some(m) => Some(Box::new(MlaAttn::load(ld, cfg, m, i)?)),
+        None => None,
+    };
+    let q_norm = ld.norm_opt(Role::QNorm(i), qn)?;
+    let k_norm = ld.norm_opt(Role::KNorm(i), kn)?;
+    let needs_qk_norm = matches!(
+        arch,
+        Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3 | Architecture::Olmo2
+    );
+    if needs_qk_norm && (q_norm.is_none() || k_norm.is_none()) {
+        let role = if q_norm.is_none() {
+            Role::QNorm(i)
+        } else {
+            Role::KNorm(i)
+        };
+        return Err(EngineError::MissingTensor(ld.name(role)));
+    }
+    let qkv = match ld.raw(Role::Qkv(i))? {
+        _ if mla.is_some() => None,
+        Some(t) => Some({
+            t.expect_shape(&[q_out + 2 * kv_out, h])?;
+            (
+                ld.linear_from(t.rows(0, q_out)?, [q_out, h])?,
+                ld.linear_from(t.rows(q_out, kv_out)?, [kv_out, h])?,
+                ld.linear_from(t.rows(q_out + kv_out, kv_out)?, [kv_out, h])?,
+            )
+        }),
+        None => Some((
+            ld.rope_linear(Role::Q(i), cfg.n_heads, [q_out, h])?,
+            ld.rope_linear(Role::K(i), cfg.n_kv_heads, [kv_out, h])?,
+            ld.linear(Role::V(i), [kv_out, h])?,
+        )),
+    };
+    let attn_out = mla.as_ref().map_or(q_out, |m| m.out_width());
+    let mlp = match &cfg.moe {
+        Some(m) if m.is_sparse(i) => Mlp::Moe(Box::new(MoeFfn::load(ld, cfg, m, i)?)),
+        _ => dense_mlp(ld, cfg, i)?,
+    };
+    Ok(Layer {
+        attn_norm: ld.norm_if(norms.pre_attn, Role::AttnNorm(i), h)?,
+        post_attn_norm: ld.norm_if(norms.post_attn, Role::PostAttnNorm(i), h)?,
+        qkv,
+        mla,
+        q_bias: ld.vector(Role::QBias(i), q_out)?,
+        k_bias: ld.vector(Role::KBias(i), kv_out)?,
+        v_bias: ld.vector(Role::VBias(i), kv_out)?,
+        q_norm,
+        k_norm,
+        qk_norm_full,
+        o: ld.linear(Role::AttnOut(i), [h, attn_out])?,
+        o_bias: ld.named_vector(&ld.name(Role::AttnOut(i)).replace(".weight", ".bias"), h)?,
+        sinks: ld.sinks(i, cfg.n_heads)?,
+        ffn_norm: ld.norm_if(norms.pre_ffn, Role::FfnNorm(i), h)?,
+        post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
+        mlp,
+        window: cfg.window(i).unwrap_or(usize::MAX),
+    })
 }
 
 /// The embedding scale as it is applied: transformers casts it to the weights' dtype
@@ -795,7 +1034,7 @@ fn mask(
 }
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, in f32 as transformers does.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, EngineError> {
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, EngineError> {
     if x.device().is_cpu() {
         return Ok(x.contiguous()?.apply_op2_no_bwd(w, &ops::RmsNorm { eps })?);
     }
@@ -813,7 +1052,7 @@ fn with_bias(x: Tensor, b: Option<&Tensor>) -> Result<Tensor, EngineError> {
 
 /// RoPE tables for the positions of one chunk: slices for the fused CPU kernel, tensors
 /// for the composed ops used on other devices.
-struct RopeTables<'a> {
+pub(super) struct RopeTables<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
     tensors: Option<(Tensor, Tensor)>,
@@ -839,7 +1078,7 @@ impl<'a> RopeTables<'a> {
 
 impl RopeTables<'_> {
     /// `x [n, heads, head_dim]` rotated and laid out as `[heads, n, head_dim]`.
-    fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    pub(super) fn apply(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match &self.tensors {
             None => Ok(x.contiguous()?.apply_op1_no_bwd(&ops::Rope {
                 cos: self.cos,
@@ -850,8 +1089,8 @@ impl RopeTables<'_> {
     }
 }
 
-/// Self-attention of `n` new positions (starting at `pos`) over the cache. `x` is
-/// `[n, hidden]`.
+/// Self-attention of `n` new positions (starting at `pos`) over the cache, before the
+/// output projection. `x` is `[n, hidden]`.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &ModelConfig,
@@ -865,9 +1104,12 @@ fn attention(
     let n = x.dim(0)?;
     let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let rep = nh / nkv;
-    let q = with_bias(layer.q.forward(x)?, layer.q_bias.as_ref())?;
-    let k = with_bias(layer.k.forward(x)?, layer.k_bias.as_ref())?;
-    let v = with_bias(layer.v.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
+    let Some((q_proj, k_proj, v_proj)) = &layer.qkv else {
+        return Err(EngineError::MissingTensor("q/k/v projections".into()));
+    };
+    let q = with_bias(q_proj.forward(x)?, layer.q_bias.as_ref())?;
+    let k = with_bias(k_proj.forward(x)?, layer.k_bias.as_ref())?;
+    let v = with_bias(v_proj.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
     // a norm of the whole projection (OLMo 2) comes before the split into heads, a
     // per-head norm (Qwen3, Gemma 3) after it
     let norm =
@@ -898,7 +1140,12 @@ fn attention(
             n,
             pos,
             window: layer.window,
+            sinks: layer.sinks.as_deref(),
         })?
+    } else if layer.sinks.is_some() {
+        return Err(EngineError::Unsupported(
+            "attention sinks on a non-CPU device".into(),
+        ));
     } else {
         let scores = (scores * scale)?;
         let scores = match cfg.attn_softcap {
@@ -921,7 +1168,7 @@ fn attention(
         .transpose(0, 1)?
         .contiguous()?
         .reshape((n, nh * hd))?;
-    layer.o.forward(&out)
+    Ok(out)
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor, EngineError> {

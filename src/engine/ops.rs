@@ -106,7 +106,7 @@ impl CustomOp1 for Rope<'_> {
 /// ordered kv head, query head in the group, query), after scaling by `scale`, soft-capping
 /// (`cap * tanh(s / cap)`, Gemma 2) and masking keys after each query (causal) or `window`
 /// or more positions before it.
-pub struct MaskedSoftmax {
+pub struct MaskedSoftmax<'a> {
     pub scale: f32,
     pub softcap: Option<f32>,
     /// Queries in the chunk.
@@ -114,9 +114,12 @@ pub struct MaskedSoftmax {
     /// Position of the chunk's first query.
     pub pos: usize,
     pub window: usize,
+    /// One extra logit per query head (rows `h * n .. (h + 1) * n`) that each row also
+    /// normalises over and then drops (gpt-oss's attention sinks).
+    pub sinks: Option<&'a [f32]>,
 }
 
-impl CustomOp1 for MaskedSoftmax {
+impl CustomOp1 for MaskedSoftmax<'_> {
     fn name(&self) -> &'static str {
         "modelgate-masked-softmax"
     }
@@ -160,11 +163,17 @@ impl CustomOp1 for MaskedSoftmax {
                 }
                 continue;
             }
-            let mut max = f32::NEG_INFINITY;
+            let sink = match self.sinks {
+                Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no attention sink for row {r}"))
+                })?),
+                None => None,
+            };
+            let mut max = sink.unwrap_or(f32::NEG_INFINITY);
             for &v in &row[keys.clone()] {
                 max = max.max(v * self.scale);
             }
-            let mut sum = 0f32;
+            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
             for j in keys.clone() {
                 let e = (row[j] * self.scale - max).exp();
                 o[j] = e;
@@ -243,6 +252,7 @@ mod tests {
                 n: 1,
                 pos: 1,
                 window: usize::MAX,
+                sinks: None,
             })
             .unwrap()
             .to_vec3::<f32>()
@@ -262,6 +272,7 @@ mod tests {
                 n: 2,
                 pos: 1,
                 window: usize::MAX,
+                sinks: None,
             })
             .unwrap();
         let p = p.to_vec3::<f32>().unwrap();
@@ -283,6 +294,7 @@ mod tests {
                 n: 2,
                 pos: 1,
                 window: 2,
+                sinks: None,
             })
             .unwrap()
             .to_vec3::<f32>()

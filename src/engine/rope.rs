@@ -42,8 +42,28 @@ impl Rope {
                 1.0 / base.powf(exponent)
             })
             .collect();
+        let mut attention_scaling = 1.0f32;
         match *scaling {
             RopeScaling::None => {}
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            } => {
+                inv_freq = yarn_inv_freq(
+                    &inv_freq,
+                    head_dim,
+                    theta,
+                    factor,
+                    original_context,
+                    (beta_fast, beta_slow),
+                    truncate,
+                );
+                attention_scaling = attention_factor as f32;
+            }
             RopeScaling::LongRope { .. } => {
                 return Err(EngineError::BadParam(
                     "longrope needs its short and long factors".into(),
@@ -96,7 +116,7 @@ impl Rope {
         }
         Ok(Rope {
             inv_freq,
-            attention_scaling: 1.0,
+            attention_scaling,
             cos: Vec::new(),
             sin: Vec::new(),
         })
@@ -184,6 +204,48 @@ impl Rope {
         let sin = Tensor::from_slice(&self.sin[range], (len, half), device)?;
         Ok((cos, sin))
     }
+}
+
+/// YaRN's frequencies, in transformers' f32 order of operations: `plain` holds
+/// `1 / theta^(2i/dim)`; each becomes `interp (1 - e) + plain e` with `interp = 1 / (factor
+/// theta^(2i/dim))` and `e` one minus a linear ramp over the pair index between the
+/// correction dimensions of `beta_fast` and `beta_slow`.
+fn yarn_inv_freq(
+    plain: &[f32],
+    dim: usize,
+    theta: f64,
+    factor: f64,
+    original_context: f64,
+    (beta_fast, beta_slow): (f64, f64),
+    truncate: bool,
+) -> Vec<f32> {
+    let correction = |rotations: f64| {
+        (dim as f64 * (original_context / (rotations * 2.0 * std::f64::consts::PI)).ln())
+            / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+    if truncate {
+        low = low.floor();
+        high = high.ceil();
+    }
+    let low = low.max(0.0);
+    let mut high = high.min(dim as f64 - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    let base = theta as f32;
+    let factor = factor as f32;
+    plain
+        .iter()
+        .enumerate()
+        .map(|(i, &extrapolation)| {
+            let pos_freq = base.powf((2 * i) as f32 / dim as f32);
+            let interpolation = 1.0 / (factor * pos_freq);
+            let ramp = ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+            let e = 1.0 - ramp;
+            interpolation * (1.0 - e) + extrapolation * e
+        })
+        .collect()
 }
 
 /// Apply rotate-half RoPE to `x` of shape `[heads, len, head_dim]` with tables

@@ -11,10 +11,12 @@
 
 pub mod blocks;
 pub mod dtype;
+pub mod experts;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
 mod mmap;
+pub mod mxfp4;
 pub mod pickle;
 pub mod pytorch;
 pub mod safetensors;
@@ -31,7 +33,7 @@ use serde::Serialize;
 
 pub use dtype::{DType, GgmlType};
 pub use gguf::MetaValue;
-pub use mmap::{Mapped, MappedSlice};
+pub use mmap::{FileReads, Mapped, MappedSlice};
 
 use crate::types::TensorName;
 

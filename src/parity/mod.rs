@@ -25,8 +25,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::digest::{hash_model, DigestError, HashOptions, Serialization};
+use crate::engine::layered::{self, Budget, Job, Layered};
 use crate::engine::{
-    generate, DeviceSpec, Engine, EngineError, GenerationConfig, Logits, Math, Sampler,
+    generate, DeviceSpec, Engine, EngineError, GenerationConfig, Logits, Math, ModelConfig,
+    Sampler, TextTokenizer,
 };
 use crate::finding::{Finding, Verdict};
 use crate::formats::{Checkpoint, FormatError};
@@ -117,6 +119,12 @@ pub enum ParityError {
     },
     #[error("golden file `{path}`: {why}")]
     Golden { path: PathBuf, why: String },
+    #[error("cannot keep the reference's logits in `{dir}`")]
+    Scratch {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write `{path}`")]
     Write {
         path: PathBuf,
@@ -147,6 +155,9 @@ impl ParityError {
             }
             ParityError::Vocabulary { .. } | ParityError::Architecture { .. } => {
                 "compare a candidate converted from this reference"
+            }
+            ParityError::Scratch { .. } => {
+                "free space there or pass `--spill-dir` on a disk with room for the reference's logits"
             }
             ParityError::Golden { .. } => {
                 "record the golden file again with `modelgate parity record`"
@@ -195,6 +206,9 @@ pub struct ParityOptions {
     pub device: DeviceSpec,
     /// Top-k kept per position by `record`.
     pub top_k: usize,
+    /// Memory budget and spill directory of layer-major runs (text corpora); half the
+    /// available memory and the system's temporary directory when `None`.
+    pub budget: Option<Budget>,
 }
 
 impl ParityOptions {
@@ -207,8 +221,27 @@ impl ParityOptions {
             candidate_math: Math::Reference,
             device: DeviceSpec::Cpu,
             top_k: 1024,
+            budget: None,
         }
     }
+
+    fn budget(&self) -> Budget {
+        self.budget
+            .clone()
+            .unwrap_or_else(Budget::default_for_machine)
+    }
+}
+
+/// What a parity run reports as it goes, for progress displays and JSON logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Layer-major progress of one model (`reference` or `candidate`).
+    Layers {
+        model: &'static str,
+        progress: layered::Progress,
+    },
+    /// A prompt or sequence finished (prompt corpora run one sequence at a time).
+    Sequence { done: usize, total: usize },
 }
 
 /// A model as a report names it.
@@ -346,11 +379,11 @@ pub fn quant_type(ckpt: &Checkpoint) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn vocab_digest(engine: &Engine) -> String {
+fn vocab_digest(tokenizer: &TextTokenizer) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for id in 0..engine.tokenizer.vocab_size() as u32 {
-        let t = engine.tokenizer.token(id).unwrap_or_default();
+    for id in 0..tokenizer.vocab_size() as u32 {
+        let t = tokenizer.token(id).unwrap_or_default();
         h.update((t.len() as u64).to_le_bytes());
         h.update(t.as_bytes());
     }
@@ -366,22 +399,98 @@ fn load(path: &Path, math: Math, device: &candle_core::Device) -> Result<Side, P
         path: path.to_owned(),
         source,
     })?;
-    let cfg = engine.model.config();
-    let info = ModelRef {
-        path: path.display().to_string(),
-        digest: digest_of(path)?.to_hex(),
-        architecture: cfg.architecture.name().to_owned(),
-        layers: cfg.n_layers,
-        vocab: cfg.vocab,
-        vocab_digest: vocab_digest(&engine),
-        quant: quant_type(&ckpt),
-        math,
-    };
+    let info = model_ref(path, &ckpt, engine.model.config(), &engine.tokenizer, math)?;
     Ok(Side {
         engine,
         path: path.to_owned(),
         info,
     })
+}
+
+fn model_ref(
+    path: &Path,
+    ckpt: &Checkpoint,
+    cfg: &ModelConfig,
+    tokenizer: &TextTokenizer,
+    math: Math,
+) -> Result<ModelRef, ParityError> {
+    Ok(ModelRef {
+        path: path.display().to_string(),
+        digest: digest_of(path)?.to_hex(),
+        architecture: cfg.architecture.name().to_owned(),
+        layers: cfg.n_layers,
+        vocab: cfg.vocab,
+        vocab_digest: vocab_digest(tokenizer),
+        quant: quant_type(ckpt),
+        math,
+    })
+}
+
+/// A checkpoint opened for layer-major runs: configuration and tokenizer, no weights.
+struct Opened {
+    ckpt: Checkpoint,
+    cfg: ModelConfig,
+    tokenizer: TextTokenizer,
+    path: PathBuf,
+    info: ModelRef,
+}
+
+fn open(path: &Path, math: Math) -> Result<Opened, ParityError> {
+    let ckpt = Checkpoint::open(path).map_err(|source| ParityError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (cfg, tokenizer) = layered::open_parts(&ckpt).map_err(|source| ParityError::Load {
+        path: path.to_owned(),
+        source,
+    })?;
+    let info = model_ref(path, &ckpt, &cfg, &tokenizer, math)?;
+    Ok(Opened {
+        ckpt,
+        cfg,
+        tokenizer,
+        path: path.to_owned(),
+        info,
+    })
+}
+
+impl Opened {
+    fn run_err(&self) -> impl Fn(EngineError) -> ParityError + '_ {
+        |source| ParityError::Run {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Run `jobs` through this model layer-major and hand each job's kept logits to `each`
+    /// in job order.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        math: Math,
+        device: &candle_core::Device,
+        jobs: Vec<Job>,
+        budget: &Budget,
+        model: &'static str,
+        progress: &mut dyn FnMut(Event),
+        each: &mut dyn FnMut(usize, Vec<f32>) -> Result<(), ParityError>,
+    ) -> Result<(), ParityError> {
+        let run = self.run_err();
+        let n = jobs.len();
+        let mut l =
+            Layered::new(&self.ckpt, self.cfg.clone(), math, device, jobs, budget).map_err(&run)?;
+        l.run_layers(&mut |p| progress(Event::Layers { model, progress: p }))
+            .map_err(&run)?;
+        for j in 0..n {
+            let t = l.logits(j).map_err(&run)?;
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| run(EngineError::Candle(e)))?;
+            each(j, v)?;
+        }
+        Ok(())
+    }
 }
 
 /// The first `(what, reference, candidate)` whose values differ, as an error.
@@ -406,7 +515,20 @@ pub(crate) fn network(architecture: &str) -> &str {
 }
 
 fn same_shape(r: &Side, c: &Side) -> Result<(), ParityError> {
-    let (a, b) = (r.engine.model.config(), c.engine.model.config());
+    same_shape_of(
+        r.engine.model.config(),
+        &r.info,
+        c.engine.model.config(),
+        &c.info,
+    )
+}
+
+fn same_shape_of(
+    a: &ModelConfig,
+    ai: &ModelRef,
+    b: &ModelConfig,
+    bi: &ModelRef,
+) -> Result<(), ParityError> {
     let pair = |what, x: &dyn ToString, y: &dyn ToString| (what, x.to_string(), y.to_string());
     agree(&[
         pair(
@@ -420,12 +542,12 @@ fn same_shape(r: &Side, c: &Side) -> Result<(), ParityError> {
         pair("the key-value head count", &a.n_kv_heads, &b.n_kv_heads),
         pair("the vocabulary size", &a.vocab, &b.vocab),
     ])?;
-    if r.info.vocab_digest != c.info.vocab_digest {
+    if ai.vocab_digest != bi.vocab_digest {
         return Err(ParityError::Vocabulary {
             what: format!(
                 "the token strings differ (vocabulary digests {} and {})",
-                &r.info.vocab_digest[..12],
-                &c.info.vocab_digest[..12]
+                &ai.vocab_digest[..12],
+                &bi.vocab_digest[..12]
             ),
         });
     }
@@ -455,16 +577,17 @@ fn read_text(path: &Path) -> Result<(String, Sha256Digest), ParityError> {
 /// Token sequences of a text corpus: `ctx`-token chunks, BOS first in each when the model
 /// adds one (llama.cpp's perplexity tool does the same).
 fn text_sequences(
-    side: &Side,
+    tokenizer: &TextTokenizer,
+    model: &Path,
     path: &Path,
     text: &str,
     opts: &ParityOptions,
 ) -> Result<Vec<Sequence>, ParityError> {
     let run = |source| ParityError::Run {
-        path: side.path.clone(),
+        path: model.to_owned(),
         source,
     };
-    let tokens = side.engine.tokenizer.encode(text).map_err(run)?;
+    let tokens = tokenizer.encode(text).map_err(run)?;
     let ctx = opts.ctx;
     let available = tokens.len() / ctx;
     if available == 0 {
@@ -475,8 +598,8 @@ fn text_sequences(
         });
     }
     let n = opts.chunks.map_or(available, |c| c.clamp(1, available));
-    let bos = side.engine.tokenizer.bos();
-    let adds_bos = side.engine.tokenizer.adds_bos();
+    let bos = tokenizer.bos();
+    let adds_bos = tokenizer.adds_bos();
     Ok((0..n)
         .map(|i| {
             let mut chunk = tokens[i * ctx..(i + 1) * ctx].to_vec();
@@ -618,11 +741,15 @@ fn logits(side: &mut Side, seq: &Sequence, split: bool) -> Result<Vec<f32>, Pari
 }
 
 fn check_context(side: &Side, seqs: &[Sequence]) -> Result<(), ParityError> {
-    let context = side.engine.model.config().context;
+    check_context_of(side.engine.model.config(), &side.path, seqs)
+}
+
+fn check_context_of(cfg: &ModelConfig, model: &Path, seqs: &[Sequence]) -> Result<(), ParityError> {
+    let context = cfg.context;
     let longest = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
     if longest > context {
         return Err(ParityError::ContextTooLong {
-            model: side.path.clone(),
+            model: model.to_owned(),
             ctx: longest,
             context,
         });
@@ -636,24 +763,42 @@ struct Plan {
     corpus: CorpusRef,
 }
 
+/// The plan of a text corpus, from the reference's tokenizer and context.
+fn plan_text(r: &Opened, text_path: &Path, opts: &ParityOptions) -> Result<Plan, ParityError> {
+    if opts.ctx < 4 {
+        return Err(ParityError::CtxTooSmall(opts.ctx));
+    }
+    let context = r.cfg.context;
+    if opts.ctx > context {
+        return Err(ParityError::ContextTooLong {
+            model: r.path.clone(),
+            ctx: opts.ctx,
+            context,
+        });
+    }
+    let (text, digest) = read_text(text_path)?;
+    let sequences = text_sequences(&r.tokenizer, &r.path, text_path, &text, opts)?;
+    check_context_of(&r.cfg, &r.path, &sequences)?;
+    Ok(Plan {
+        corpus: CorpusRef {
+            kind: opts.corpus.kind().into(),
+            path: text_path.display().to_string(),
+            digest: digest.to_hex(),
+            ctx: opts.ctx,
+            chunks: sequences.len(),
+            max_new_tokens: opts.max_new_tokens,
+        },
+        sequences,
+    })
+}
+
 fn plan(reference: &mut Side, opts: &ParityOptions) -> Result<Plan, ParityError> {
     if opts.ctx < 4 {
         return Err(ParityError::CtxTooSmall(opts.ctx));
     }
     let path = opts.corpus.path().to_owned();
     let (sequences, digest) = match &opts.corpus {
-        Corpus::Text(p) => {
-            let context = reference.engine.model.config().context;
-            if opts.ctx > context {
-                return Err(ParityError::ContextTooLong {
-                    model: reference.path.clone(),
-                    ctx: opts.ctx,
-                    context,
-                });
-            }
-            let (text, digest) = read_text(p)?;
-            (text_sequences(reference, p, &text, opts)?, digest)
-        }
+        Corpus::Text(_) => return Err(ParityError::NoInput),
         Corpus::Prompts(p) => {
             let (prompts, digest) = read_prompts(p)?;
             (
@@ -728,63 +873,176 @@ fn open_device(spec: &DeviceSpec) -> Result<candle_core::Device, ParityError> {
     })
 }
 
-/// Run both models over the corpus and compare every scored position.
+/// The reference's kept logits between its run and the candidate's: an unnamed temporary
+/// file of f32 rows in job order, read back in the same order, so the two models are never
+/// in memory together and the comparison uses the reference's exact logits.
+struct RowStore {
+    file: std::fs::File,
+    dir: PathBuf,
+}
+
+impl RowStore {
+    fn new(dir: &Path) -> Result<RowStore, ParityError> {
+        let file = tempfile::tempfile_in(dir).map_err(|source| ParityError::Scratch {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        Ok(RowStore {
+            file,
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(std::io::Error) -> ParityError + '_ {
+        |source| ParityError::Scratch {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    fn push(&mut self, rows: &[f32]) -> Result<(), ParityError> {
+        use std::io::Write;
+        let mut bytes = Vec::with_capacity(rows.len() * 4);
+        for v in rows {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let e = self.err();
+        (&self.file).write_all(&bytes).map_err(e)
+    }
+
+    fn rewind(&mut self) -> Result<(), ParityError> {
+        use std::io::Seek;
+        let e = self.err();
+        (&self.file).rewind().map_err(e)
+    }
+
+    fn next(&mut self, len: usize) -> Result<Vec<f32>, ParityError> {
+        use std::io::Read;
+        let mut bytes = vec![0u8; len * 4];
+        let e = self.err();
+        (&self.file).read_exact(&mut bytes).map_err(e)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+fn jobs_of(seqs: &[Sequence], split: bool) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for s in seqs {
+        jobs.push(Job {
+            tokens: s.tokens.clone(),
+            split: false,
+            keep_from: s.first_scored,
+        });
+        if split {
+            jobs.push(Job {
+                tokens: s.tokens.clone(),
+                split: true,
+                keep_from: s.first_scored,
+            });
+        }
+    }
+    jobs
+}
+
+/// Same vocabulary strings can still tokenize differently (merges, normalizer).
+fn same_tokens(r: &Opened, c: &Opened, p: &Path) -> Result<(), ParityError> {
+    let (text, _) = read_text(p)?;
+    let encode = |side: &Opened| side.tokenizer.encode(&text).map_err(side.run_err());
+    let (a, b) = (encode(r)?, encode(c)?);
+    if a != b {
+        let at = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        return Err(ParityError::Vocabulary {
+            what: format!(
+                "the tokenizers split `{}` differently from token {at} on",
+                p.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Run both models over the corpus and compare every scored position. A text corpus runs
+/// layer-major, the reference first (its kept logits go to a temporary file), then the
+/// candidate; prompts run one sequence at a time with both models loaded, since their
+/// greedy continuations need the whole model.
 pub fn compare(
     reference: &Path,
     candidate: &Path,
     opts: &ParityOptions,
     thresholds: Option<Thresholds>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<ParityReport, ParityError> {
     let start = Instant::now();
     let device = open_device(&opts.device)?;
-    let mut r = load(reference, Math::Reference, &device)?;
-    let mut c = load(candidate, opts.candidate_math, &device)?;
-    same_shape(&r, &c)?;
-    let plan = plan(&mut r, opts)?;
-    check_context(&c, &plan.sequences)?;
-    if let Corpus::Text(p) = &opts.corpus {
-        // Same vocabulary strings can still tokenize differently (merges, normalizer).
-        let (text, _) = read_text(p)?;
-        let encode = |side: &Side| {
-            side.engine
-                .tokenizer
-                .encode(&text)
-                .map_err(|source| ParityError::Run {
-                    path: side.path.clone(),
-                    source,
-                })
-        };
-        let (a, b) = (encode(&r)?, encode(&c)?);
-        if a != b {
-            let at = a
-                .iter()
-                .zip(&b)
-                .position(|(x, y)| x != y)
-                .unwrap_or(a.len().min(b.len()));
-            return Err(ParityError::Vocabulary {
-                what: format!(
-                    "the tokenizers split `{}` differently from token {at} on",
-                    p.display()
-                ),
-            });
+    let (r_info, c_info, corpus, positions, divergence) = match &opts.corpus {
+        Corpus::Text(p) => {
+            let r = open(reference, Math::Reference)?;
+            let c = open(candidate, opts.candidate_math)?;
+            same_shape_of(&r.cfg, &r.info, &c.cfg, &c.info)?;
+            let plan = plan_text(&r, p, opts)?;
+            check_context_of(&c.cfg, &c.path, &plan.sequences)?;
+            same_tokens(&r, &c, p)?;
+            let budget = opts.budget();
+            let mut store = RowStore::new(&budget.spill_dir)?;
+            let jobs = jobs_of(&plan.sequences, false);
+            r.evaluate(
+                Math::Reference,
+                &device,
+                jobs.clone(),
+                &budget,
+                "reference",
+                progress,
+                &mut |_, rows| store.push(&rows),
+            )?;
+            store.rewind()?;
+            let vocab = r.cfg.vocab;
+            let mut positions = Vec::new();
+            c.evaluate(
+                opts.candidate_math,
+                &device,
+                jobs,
+                &budget,
+                "candidate",
+                progress,
+                &mut |j, b| {
+                    let a = store.next(b.len())?;
+                    positions_full(&plan.sequences[j], &a, &b, vocab, &mut positions);
+                    Ok(())
+                },
+            )?;
+            (r.info, c.info, plan.corpus, positions, Vec::new())
         }
-    }
-    let vocab = r.engine.model.config().vocab;
-    let mut positions = Vec::new();
-    let total = plan.sequences.len();
-    for (i, seq) in plan.sequences.iter().enumerate() {
-        let a = logits(&mut r, seq, false)?;
-        let b = logits(&mut c, seq, false)?;
-        positions_full(seq, &a, &b, vocab, &mut positions);
-        progress(i + 1, total);
-    }
-    let divergence = divergences(&mut c, &plan.sequences, opts.max_new_tokens)?;
+        Corpus::Prompts(_) => {
+            let mut r = load(reference, Math::Reference, &device)?;
+            let mut c = load(candidate, opts.candidate_math, &device)?;
+            same_shape(&r, &c)?;
+            let plan = plan(&mut r, opts)?;
+            check_context(&c, &plan.sequences)?;
+            let vocab = r.engine.model.config().vocab;
+            let mut positions = Vec::new();
+            let total = plan.sequences.len();
+            for (i, seq) in plan.sequences.iter().enumerate() {
+                let a = logits(&mut r, seq, false)?;
+                let b = logits(&mut c, seq, false)?;
+                positions_full(seq, &a, &b, vocab, &mut positions);
+                progress(Event::Sequence { done: i + 1, total });
+            }
+            let divergence = divergences(&mut c, &plan.sequences, opts.max_new_tokens)?;
+            (r.info, c.info, plan.corpus, positions, divergence)
+        }
+    };
     let summary = Summary::of(&positions).ok_or(ParityError::NoInput)?;
     let mut report = ParityReport {
-        reference: r.info,
-        candidate: c.info,
-        corpus: plan.corpus,
+        reference: r_info,
+        candidate: c_info,
+        corpus,
         against: "full",
         summary,
         noise_floor: None,
@@ -803,46 +1061,88 @@ pub fn compare(
     Ok(report)
 }
 
+fn top_ks(seq: &Sequence, a: &[f32], vocab: usize, k: usize) -> Vec<stats::TopK> {
+    (seq.first_scored..seq.tokens.len() - 1)
+        .map(|p| {
+            stats::TopK::from_row(
+                &a[(p - seq.first_scored) * vocab..(p - seq.first_scored + 1) * vocab],
+                seq.tokens[p + 1] as usize,
+                k,
+            )
+        })
+        .collect()
+}
+
 /// Run the reference over the corpus and keep what `check` needs: the token ids, each
 /// scored position's top-k logits, log-sum-exp and next-token log-probability, plus the
-/// noise floor of this machine (the reference evaluated a second way and compared).
+/// noise floor of this machine (the reference evaluated a second way and compared). A text
+/// corpus runs layer-major, each chunk once whole and once in two halves.
 pub fn record(
     reference: &Path,
     opts: &ParityOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<Golden, ParityError> {
     let device = open_device(&opts.device)?;
-    let mut r = load(reference, Math::Reference, &device)?;
-    let plan = plan(&mut r, opts)?;
-    let vocab = r.engine.model.config().vocab;
-    let k = opts.top_k.clamp(1, vocab);
     let mut records = Vec::new();
     let mut noise = Vec::new();
-    let total = plan.sequences.len();
-    for (i, seq) in plan.sequences.iter().enumerate() {
-        let a = logits(&mut r, seq, false)?;
-        let b = logits(&mut r, seq, true)?;
-        positions_full(seq, &a, &b, vocab, &mut noise);
-        let tops = (seq.first_scored..seq.tokens.len() - 1)
-            .map(|p| {
-                stats::TopK::from_row(
-                    &a[(p - seq.first_scored) * vocab..(p - seq.first_scored + 1) * vocab],
-                    seq.tokens[p + 1] as usize,
-                    k,
-                )
-            })
-            .collect();
-        records.push(golden::Recorded {
-            sequence: seq.clone(),
-            positions: tops,
-        });
-        progress(i + 1, total);
-    }
+    let (info, corpus) = match &opts.corpus {
+        Corpus::Text(p) => {
+            let r = open(reference, Math::Reference)?;
+            let plan = plan_text(&r, p, opts)?;
+            let vocab = r.cfg.vocab;
+            let k = opts.top_k.clamp(1, vocab);
+            let mut whole: Vec<f32> = Vec::new();
+            r.evaluate(
+                Math::Reference,
+                &device,
+                jobs_of(&plan.sequences, true),
+                &opts.budget(),
+                "reference",
+                progress,
+                &mut |j, rows| {
+                    let seq = &plan.sequences[j / 2];
+                    if j % 2 == 0 {
+                        whole = rows;
+                    } else {
+                        positions_full(seq, &whole, &rows, vocab, &mut noise);
+                        records.push(golden::Recorded {
+                            sequence: seq.clone(),
+                            positions: top_ks(seq, &whole, vocab, k),
+                        });
+                    }
+                    Ok(())
+                },
+            )?;
+            (r.info, plan.corpus)
+        }
+        Corpus::Prompts(_) => {
+            let mut r = load(reference, Math::Reference, &device)?;
+            let plan = plan(&mut r, opts)?;
+            let vocab = r.engine.model.config().vocab;
+            let k = opts.top_k.clamp(1, vocab);
+            let total = plan.sequences.len();
+            for (i, seq) in plan.sequences.iter().enumerate() {
+                let a = logits(&mut r, seq, false)?;
+                let b = logits(&mut r, seq, true)?;
+                positions_full(seq, &a, &b, vocab, &mut noise);
+                records.push(golden::Recorded {
+                    sequence: seq.clone(),
+                    positions: top_ks(seq, &a, vocab, k),
+                });
+                progress(Event::Sequence { done: i + 1, total });
+            }
+            (r.info, plan.corpus)
+        }
+    };
+    let k = records
+        .first()
+        .and_then(|r| r.positions.first())
+        .map_or(opts.top_k, |t| t.top.len());
     Ok(Golden {
         format: golden::FORMAT.into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
-        reference: r.info,
-        corpus: plan.corpus,
+        reference: info,
+        corpus,
         top_k: k,
         hardware: Hardware::detect(&opts.device),
         noise_floor: Summary::of(&noise).ok_or(ParityError::NoInput)?,
@@ -850,46 +1150,72 @@ pub fn record(
     })
 }
 
-/// Compare a candidate with a golden file, running only the candidate.
+fn compare_golden(rec: &golden::Recorded, b: &[f32], vocab: usize, positions: &mut Vec<Position>) {
+    let seq = &rec.sequence;
+    for (j, top) in rec.positions.iter().enumerate() {
+        let p = seq.first_scored + j;
+        positions.push(stats::compare_topk(
+            top,
+            &b[j * vocab..(j + 1) * vocab],
+            seq.tokens[p + 1] as usize,
+        ));
+    }
+}
+
+/// Compare a candidate with a golden file, running only the candidate (layer-major when
+/// the golden file was recorded on text).
 pub fn check(
     candidate: &Path,
     golden: &Golden,
     golden_path: &Path,
     opts: &ParityOptions,
     thresholds: Option<Thresholds>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<ParityReport, ParityError> {
     let start = Instant::now();
     let device = open_device(&opts.device)?;
-    let mut c = load(candidate, opts.candidate_math, &device)?;
-    golden.check_candidate(golden_path, &c.info)?;
     let seqs: Vec<Sequence> = golden
         .sequences
         .iter()
         .map(|s| s.sequence.clone())
         .collect();
-    check_context(&c, &seqs)?;
-    let vocab = c.engine.model.config().vocab;
     let mut positions = Vec::new();
-    let total = golden.sequences.len();
-    for (i, rec) in golden.sequences.iter().enumerate() {
-        let seq = &rec.sequence;
-        let b = logits(&mut c, seq, false)?;
-        for (j, top) in rec.positions.iter().enumerate() {
-            let p = seq.first_scored + j;
-            positions.push(stats::compare_topk(
-                top,
-                &b[j * vocab..(j + 1) * vocab],
-                seq.tokens[p + 1] as usize,
-            ));
+    let (info, divergence) = if golden.corpus.kind == "text" {
+        let c = open(candidate, opts.candidate_math)?;
+        golden.check_candidate(golden_path, &c.info)?;
+        check_context_of(&c.cfg, &c.path, &seqs)?;
+        let vocab = c.cfg.vocab;
+        c.evaluate(
+            opts.candidate_math,
+            &device,
+            jobs_of(&seqs, false),
+            &opts.budget(),
+            "candidate",
+            progress,
+            &mut |j, b| {
+                compare_golden(&golden.sequences[j], &b, vocab, &mut positions);
+                Ok(())
+            },
+        )?;
+        (c.info, Vec::new())
+    } else {
+        let mut c = load(candidate, opts.candidate_math, &device)?;
+        golden.check_candidate(golden_path, &c.info)?;
+        check_context(&c, &seqs)?;
+        let vocab = c.engine.model.config().vocab;
+        let total = golden.sequences.len();
+        for (i, rec) in golden.sequences.iter().enumerate() {
+            let b = logits(&mut c, &rec.sequence, false)?;
+            compare_golden(rec, &b, vocab, &mut positions);
+            progress(Event::Sequence { done: i + 1, total });
         }
-        progress(i + 1, total);
-    }
-    let divergence = divergences(&mut c, &seqs, golden.corpus.max_new_tokens)?;
+        let divergence = divergences(&mut c, &seqs, golden.corpus.max_new_tokens)?;
+        (c.info, divergence)
+    };
     let summary = Summary::of(&positions).ok_or(ParityError::NoInput)?;
     let mut report = ParityReport {
         reference: golden.reference.clone(),
-        candidate: c.info,
+        candidate: info,
         corpus: golden.corpus.clone(),
         against: "golden",
         summary,

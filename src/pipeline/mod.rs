@@ -41,6 +41,8 @@ pub trait Events {
     fn end(&self, _record: &StepRecord) {}
     /// The import of an `hf://` source downloads `file`: `done` of `size` bytes so far.
     fn download(&self, _file: &str, _done: u64, _size: u64) {}
+    /// Progress of the parity step `step` (layer by layer on text).
+    fn parity(&self, _step: &str, _event: &crate::parity::Event) {}
 }
 
 /// [`Events`] that ignores everything.

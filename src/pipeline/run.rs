@@ -237,7 +237,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
         let parity = steps::parity::Parity::new(ps, &cx)?;
         for n in &plan.parity {
             records.push(match parity.plan(n, &cx) {
-                Some((key, job)) => r.step(key, || parity.run(&job, &cx))?,
+                Some((key, job)) => r.step(key, || parity.run(&job, &cx, r.ev))?,
                 None => r.skip(format!("parity:{n}"), "parity", parity.missing(n)),
             });
         }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::run::{Artifact, LicenceRef, RunReport};
 use crate::finding::Severity;
+use crate::formats::experts::{param_split, Experts};
 use crate::formats::{Checkpoint, MetaValue};
 
 /// Architecture hyper-parameters of an artifact, read back from the written file's own
@@ -42,6 +43,10 @@ pub struct Hyperparameters {
     pub kv_heads: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab_size: Option<u64>,
+    /// Parameters one token uses in a mixture of experts: all but the routed experts,
+    /// plus `experts_used / experts` of theirs (counted from the tensor table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_parameters: Option<u64>,
 }
 
 /// Config keys for the expert counts, by family (Mixtral and gpt-oss, Qwen-MoE and OLMoE,
@@ -71,6 +76,10 @@ impl Hyperparameters {
                 .flat_map(|c| keys.iter().filter_map(move |k| c.get(*k)?.as_u64()))
                 .next()
         };
+        let moe = Experts::of(ckpt).0;
+        let active_parameters = moe
+            .is_moe()
+            .then(|| param_split(&ckpt.weights.tensors, &moe).active);
         Hyperparameters {
             layers: p.block_count,
             experts: from_config(&CONFIG_EXPERTS).or_else(|| arch_key("expert_count")),
@@ -81,6 +90,7 @@ impl Hyperparameters {
             heads: p.head_count,
             kv_heads: p.head_count_kv,
             vocab_size: p.vocab_size,
+            active_parameters,
         }
     }
 
@@ -108,6 +118,7 @@ pub fn hyperparameter_entries(a: &Artifact) -> Vec<(&'static str, String)> {
         ("kv_heads", h.kv_heads),
         ("vocab_size", h.vocab_size),
         ("parameters", Some(a.parameters)),
+        ("active_parameters", h.active_parameters),
     ] {
         if let Some(v) = v {
             out.push((k, v.to_string()));

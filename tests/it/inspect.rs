@@ -239,3 +239,98 @@ fn missing_path_is_an_input_error() {
         "{stderr}"
     );
 }
+
+/// `inspect` of each mixture-of-experts oracle: experts, experts used per token, shared
+/// experts, dense leading layers and active parameters, as text (snapshot) and JSON
+/// (schema). Active parameters are checked by hand for mixtral: 2 layers of 4 experts with
+/// three 64 x 128 matrices each, 2 used, so half the 196,608 routed parameters are active.
+#[test]
+fn inspect_moe_oracles() {
+    for name in ["mixtral", "qwen2moe", "qwen3moe", "deepseek3", "gptoss"] {
+        let dir = crate::support::oracle2_dir(name);
+        let p = dir.to_str().unwrap();
+        let out = modelgate(&["inspect", p]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap().replace(p, "ORACLE");
+        insta::assert_snapshot!(format!("inspect_moe_{name}"), text);
+        let v = inspect_json(&dir, &[]);
+        validate(&v);
+        let e = &v["experts"];
+        assert_eq!(e["source"], "config.json");
+        assert_eq!(e["count"], 4, "{name}");
+        assert_eq!(e["used_per_token"], 2, "{name}");
+        if name == "mixtral" {
+            assert_eq!(e["routed_parameters"], 196_608);
+            assert_eq!(e["total_parameters"], v["parameters"]);
+            assert_eq!(
+                e["active_parameters"].as_u64().unwrap(),
+                v["parameters"].as_u64().unwrap() - 98_304
+            );
+        }
+    }
+    // A dense model has no experts section.
+    let v = inspect_json(&crate::support::oracle2_dir("olmo2"), &[]);
+    assert!(v.get("experts").is_none());
+}
+
+/// The same facts from GGUF metadata (`{arch}.expert_count`, ...), on the synthetic
+/// 8-expert model of `quant_moe`.
+#[test]
+fn inspect_moe_gguf_reads_expert_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("moe.gguf");
+    crate::quant_moe::write_input(&f);
+    let v = inspect_json(&f, &[]);
+    validate(&v);
+    let e = &v["experts"];
+    assert_eq!(e["source"], "gguf");
+    assert_eq!(
+        (e["count"].as_u64(), e["used_per_token"].as_u64()),
+        (Some(8), Some(2))
+    );
+    // 4 layers x 3 stacked tensors of 8 x 256 x 256; 2 of 8 experts used.
+    let routed = 4 * 3 * 8 * 256 * 256u64;
+    assert_eq!(e["routed_parameters"], routed);
+    assert_eq!(
+        e["active_parameters"].as_u64().unwrap(),
+        v["parameters"].as_u64().unwrap() - routed / 4 * 3
+    );
+    let text = modelgate(&["inspect", f.to_str().unwrap()]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("  experts       8 routed, 2 used per token (from gguf)\n"),
+        "{text}"
+    );
+}
+
+/// The BOM's hyper-parameters (what `cyclonedx` and `spdx` write for an artifact) record
+/// the architecture, experts and active parameters of a mixture of experts, from
+/// config.json and from GGUF metadata alike, and leave active parameters out for a dense
+/// model.
+#[test]
+fn bom_records_experts_and_active_parameters() {
+    use modelgate::formats::Checkpoint;
+    use modelgate::report::bom::Hyperparameters;
+    let mixtral = Checkpoint::open(&crate::support::oracle2_dir("mixtral")).unwrap();
+    let h = Hyperparameters::of(&mixtral);
+    assert_eq!((h.experts, h.experts_used), (Some(4), Some(2)));
+    assert_eq!(h.active_parameters, Some(287_552 - 98_304));
+    assert_eq!(mixtral.params().architecture.as_deref(), Some("mixtral"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("moe.gguf");
+    crate::quant_moe::write_input(&f);
+    let gguf = Checkpoint::open(&f).unwrap();
+    let h = Hyperparameters::of(&gguf);
+    assert_eq!((h.experts, h.experts_used), (Some(8), Some(2)));
+    let total = gguf.weights.parameter_count();
+    assert_eq!(
+        h.active_parameters,
+        Some(total - 4 * 3 * 8 * 256 * 256 / 4 * 3)
+    );
+    let olmo = Checkpoint::open(&crate::support::oracle2_dir("olmo2")).unwrap();
+    assert_eq!(Hyperparameters::of(&olmo).active_parameters, None);
+}

@@ -5,7 +5,9 @@
 #![allow(clippy::duplicate_mod)]
 
 mod convert;
+mod convert_moe;
 mod engine;
+mod engine_moe;
 mod errors;
 mod fixtures;
 mod formats_hf;
@@ -18,6 +20,7 @@ mod parity;
 mod pipeline;
 mod policy;
 mod quant;
+mod quant_moe;
 mod scan;
 mod sentencepiece;
 mod sign;

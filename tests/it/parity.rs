@@ -415,3 +415,206 @@ fn bad_input_exits_2_with_a_clear_message() {
         "token id 70000 is outside the vocabulary",
     );
 }
+
+/// Layer-major evaluation (embedding, each layer over the whole sequence in two chunks
+/// through that layer's own cache, final norm and head) gives bit for bit the logits of
+/// `Model::forward` over the same chunks, for families with sliding windows, local RoPE,
+/// q/k norms and LongRoPE.
+#[test]
+fn layer_steps_reproduce_the_forward_pass_exactly() {
+    use candle_core::Device;
+    use modelgate::engine::{Logits, Math, Model, ModelConfig};
+    use modelgate::formats::Checkpoint;
+
+    let dirs = [
+        crate::support::oracle_dir("llama"),
+        crate::support::oracle_dir("qwen3"),
+        crate::support::oracle2_dir("gemma3"),
+        fixture("oracles/phi3"),
+    ];
+    for dir in dirs {
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let cfg_json = ckpt.dir.as_ref().and_then(|d| d.config.as_ref());
+        let cfg = ModelConfig::new(&ckpt.params(), cfg_json, &ckpt.weights.metadata).unwrap();
+        let (ids, _) = crate::engine::expected(&dir);
+        let split = ids.len() / 2;
+        for math in [Math::Reference, Math::Native] {
+            let mut full = Model::load(&ckpt.weights, cfg.clone(), math, &Device::Cpu).unwrap();
+            let a = full.forward(&ids[..split], Logits::All).unwrap();
+            let b = full.forward(&ids[split..], Logits::All).unwrap();
+            let want = candle_core::Tensor::cat(&[a, b], 0).unwrap();
+
+            let mut m =
+                Model::load_without_layers(&ckpt.weights, cfg.clone(), math, &Device::Cpu).unwrap();
+            let mut first = m.embed(&ids[..split]).unwrap();
+            let mut second = m.embed(&ids[split..]).unwrap();
+            for i in 0..cfg.n_layers {
+                let w = m.load_layer(&ckpt.weights, i).unwrap();
+                let mut cache = m.layer_cache().unwrap();
+                first = m.run_layer(&w, &mut cache, &first).unwrap();
+                second = m.run_layer(&w, &mut cache, &second).unwrap();
+                assert_eq!(cache.len(), ids.len());
+            }
+            let got = candle_core::Tensor::cat(
+                &[
+                    m.head(&first, Logits::All).unwrap(),
+                    m.head(&second, Logits::All).unwrap(),
+                ],
+                0,
+            )
+            .unwrap();
+            let (want, got) = (
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(want, got, "{} {math:?}", dir.display());
+        }
+    }
+}
+
+/// stderr of a failed command without `--log json` event lines, temporary and repository
+/// paths replaced, after checking the error form (each cause once, one hint).
+fn failure_text(stderr: &str, tmp: &Path) -> String {
+    let text: String = stderr
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::errors::assert_each_cause_once(&text);
+    text.replace(tmp.to_str().unwrap(), "[TMP]")
+        .replace(repo().to_str().unwrap(), "[REPO]")
+}
+
+fn empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+/// `--max-memory` below one layer's need: exit 2, the message says how much is needed; a
+/// budget just above it spills the hidden states to `--spill-dir` and gives the same
+/// figures as a run in memory, leaving no file behind.
+#[test]
+fn a_memory_budget_is_checked_and_spilling_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spill = tmp.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let llama = fixture("models/tiny-llama");
+    let q8 = tmp.path().join("tiny-llama-q8_0.gguf");
+    let o = modelgate(&[
+        "convert",
+        llama.to_str().unwrap(),
+        "-o",
+        q8.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = eval_text();
+    let (l, c, t, sp) = (
+        llama.to_str().unwrap(),
+        q8.to_str().unwrap(),
+        text.to_str().unwrap(),
+        spill.to_str().unwrap(),
+    );
+    let common = [
+        "--text",
+        t,
+        "--ctx",
+        "64",
+        "--chunks",
+        "3",
+        "--spill-dir",
+        sp,
+    ];
+    let need = |model: &str| -> (String, u64) {
+        let mut args = vec!["parity", model, model, "--max-memory", "1K"];
+        args.extend_from_slice(&common);
+        let o = modelgate(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let bytes = err
+            .split(" bytes)")
+            .next()
+            .and_then(|s| s.rsplit('(').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no byte count in {err}"));
+        (failure_text(&err, tmp.path()), bytes)
+    };
+    let (text_ref, need_ref) = need(l);
+    let (_, need_cand) = need(c);
+    insta::assert_snapshot!(text_ref.replace(&need_ref.to_string(), "[N]"), @r"
+    error: running `[REPO]/fixtures/models/tiny-llama` failed
+    caused by: a memory budget of 1.0 KiB is below the 129.1 MiB ([N] bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence
+    hint: raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`
+    ");
+    assert!(empty_dir(&spill));
+
+    let budget = (need_ref.max(need_cand) + 1).to_string();
+    let mut args = vec!["parity", l, c, "--json", "--log", "json"];
+    args.extend_from_slice(&common);
+    let (code, in_memory, err) = run_json(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("\"spilled\":true"), "{err}");
+    args.extend_from_slice(&["--max-memory", &budget]);
+    let (code, spilled, err) = run_json(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("\"spilled\":true"), "{err}");
+    assert!(err.contains("\"event\":\"parity-layer\""), "{err}");
+    assert_eq!(in_memory["summary"], spilled["summary"]);
+    assert!(f(&spilled, "/summary/mean_kld/value") > 0.0);
+    assert!(empty_dir(&spill));
+}
+
+/// A candidate truncated while the reference runs: exit 2, the message names the tensor
+/// and the file, and nothing is left in the spill directory.
+#[test]
+fn a_model_truncated_under_a_running_parity_is_an_input_error() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let spill = tmp.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let reference = smollm2();
+    let cand = tmp.path().join("candidate.gguf");
+    std::fs::copy(&reference, &cand).unwrap();
+    let text = eval_text();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args([
+            "parity",
+            reference.to_str().unwrap(),
+            cand.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--ctx",
+            "256",
+            "--log",
+            "json",
+            "--spill-dir",
+            spill.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    let mut truncated = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if !truncated && line.contains("\"model\":\"reference\"") {
+            let f = std::fs::OpenOptions::new().write(true).open(&cand).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len * 6 / 10).unwrap();
+            truncated = true;
+        }
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(truncated, "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(empty_dir(&spill));
+    insta::assert_snapshot!(failure_text(&stderr, tmp.path()), @r"
+    error: running `[TMP]/candidate.gguf` failed
+    caused by: `[TMP]/candidate.gguf`: tensor `output_norm.weight` needs bytes 98360128..98362432 but the file now has 59017459 bytes (truncated or replaced while in use)
+    hint: the file is damaged or truncated; download it again and compare its sha256 with the publisher's
+    ");
+}

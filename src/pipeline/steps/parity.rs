@@ -108,7 +108,12 @@ impl<'s> Parity<'s> {
         )
     }
 
-    pub fn run(&self, job: &Job, cx: &Context) -> Result<Compared, PipelineError> {
+    pub fn run(
+        &self,
+        job: &Job,
+        cx: &Context,
+        ev: &dyn crate::pipeline::Events,
+    ) -> Result<Compared, PipelineError> {
         let name = format!("parity:{}", job.target);
         let err = |e: parity::ParityError| PipelineError::step(&name, e);
         let cand = &job.candidate;
@@ -128,8 +133,10 @@ impl<'s> Parity<'s> {
             opts.ctx = c;
         }
         opts.chunks = ps.chunks;
-        let rep =
-            parity::compare(&job.reference, cand, &opts, Some(th), &mut |_, _| {}).map_err(err)?;
+        let rep = parity::compare(&job.reference, cand, &opts, Some(th), &mut |e| {
+            ev.parity(&name, &e)
+        })
+        .map_err(err)?;
         let mut gate = GateReport::new("parity", cand, rep.findings.clone());
         gate.verdict = rep.verdict;
         gate.details = serde_json::to_value(&rep).ok();

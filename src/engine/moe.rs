@@ -1,0 +1,721 @@
+//! The mixture-of-experts feed-forward: a router picks `used` of `experts` expert
+//! feed-forwards per token and mixes their outputs by its weights; shared experts run on
+//! every token (Qwen2-MoE gates its one by a sigmoid, DeepSeek adds them as they are).
+//!
+//! Routing follows transformers' code for each family (llama.cpp's `build_moe_ffn` agrees):
+//! softmax over all experts then the top k, optionally renormalised (Mixtral always,
+//! Qwen by `norm_topk_prob`); DeepSeek-V3's sigmoid scores, where a per-expert bias
+//! (`e_score_correction_bias`, GGUF `exp_probs_b`) moves the selection but not the
+//! weights, experts chosen only from the `topk_group` groups whose two best biased scores
+//! sum highest, and the weights times `routed_scaling_factor`; gpt-oss's top k of the raw
+//! (biased) logits followed by a softmax over those k, with its clamped SwiGLU.
+//!
+//! Dispatch is grouped by expert: every token's choices are gathered first, then each
+//! expert multiplies all of its tokens in one product, so an expert's weights are read
+//! once per forward call whatever the batch. Weights stay in their stored type
+//! ([`StoredMatrix`], mostly ranges of the checkpoint's map); products are exact f32 in
+//! reference math and candle's quantized kernels for block types in native math. Expert
+//! layouts read: one tensor per expert (Mixtral `w1/w2/w3`, Qwen and DeepSeek
+//! `experts.E.{gate,up,down}_proj`), transformers 5's stacked `gate_up_proj` / `down_proj`,
+//! gpt-oss's transposed, interleaved `gate_up_proj` with biases, and llama.cpp's 3-d
+//! `ffn_{gate,up,down}_exps` (MXFP4 included, dequantized by `formats::mxfp4`).
+
+use candle_core::{Device, Tensor};
+
+use super::config::{Architecture, Gating, ModelConfig, MoeConfig, SwigluClamp};
+use super::model::{Loader, Math};
+use super::stored::{Elem, StoredMatrix};
+use super::weights::{Naming, RawTensor};
+use super::EngineError;
+
+/// One expert feed-forward `down(act(gate x) * up x)`, with gpt-oss's biases.
+#[derive(Debug)]
+struct Expert {
+    gate: StoredMatrix,
+    up: StoredMatrix,
+    down: StoredMatrix,
+    /// Biases of gate, up and down (gpt-oss).
+    bias: Option<[Vec<f32>; 3]>,
+}
+
+/// A mixture-of-experts feed-forward layer.
+#[derive(Debug)]
+pub(super) struct MoeFfn {
+    cfg: MoeConfig,
+    hidden: usize,
+    /// Native math: block types through candle's quantized kernel.
+    quantized: bool,
+    router: StoredMatrix,
+    /// Added to the router logits (gpt-oss).
+    router_bias: Option<Vec<f32>>,
+    /// Added to the scores for the choice only (DeepSeek-V3).
+    selection_bias: Option<Vec<f32>>,
+    experts: Vec<Expert>,
+    shared: Option<Expert>,
+    /// Qwen2-MoE: the shared expert's output times sigmoid(x . gate).
+    shared_gate: Option<StoredMatrix>,
+}
+
+/// Tensor names of one layer's experts, by scheme and family.
+struct Names {
+    naming: Naming,
+    arch: Architecture,
+    layer: usize,
+}
+
+impl Names {
+    fn hf_prefix(&self) -> String {
+        match self.arch {
+            Architecture::Mixtral => format!("model.layers.{}.block_sparse_moe.", self.layer),
+            _ => format!("model.layers.{}.mlp.", self.layer),
+        }
+    }
+
+    fn gguf(&self, rest: &str) -> String {
+        format!("blk.{}.{rest}", self.layer)
+    }
+
+    fn router(&self) -> String {
+        match (self.naming, self.arch) {
+            (Naming::Gguf, _) => self.gguf("ffn_gate_inp.weight"),
+            (_, Architecture::GptOss) => format!("{}router.weight", self.hf_prefix()),
+            _ => format!("{}gate.weight", self.hf_prefix()),
+        }
+    }
+
+    fn router_bias(&self) -> String {
+        match self.naming {
+            Naming::Gguf => self.gguf("ffn_gate_inp.bias"),
+            Naming::HuggingFace => format!("{}router.bias", self.hf_prefix()),
+        }
+    }
+
+    fn selection_bias(&self) -> String {
+        match self.naming {
+            Naming::Gguf => self.gguf("exp_probs_b.bias"),
+            Naming::HuggingFace => format!("{}gate.e_score_correction_bias", self.hf_prefix()),
+        }
+    }
+
+    /// The per-expert tensor of projection `which` (0 gate, 1 up, 2 down).
+    fn per_expert(&self, e: usize, which: usize) -> String {
+        match (self.naming, self.arch) {
+            (Naming::Gguf, _) => self.gguf(&format!("{}.{e}.weight", GGUF_DENSE[which])),
+            (_, Architecture::Mixtral) => {
+                format!("{}experts.{e}.{}.weight", self.hf_prefix(), MIXTRAL[which])
+            }
+            _ => format!("{}experts.{e}.{}.weight", self.hf_prefix(), HF_PROJ[which]),
+        }
+    }
+
+    /// The stacked tensor of projection `which`: llama.cpp's `ffn_*_exps`, or
+    /// transformers' `gate_up_proj` (`which` 0) / `down_proj` (2).
+    fn stacked(&self, which: usize) -> Option<String> {
+        match self.naming {
+            Naming::Gguf => Some(self.gguf(&format!("{}_exps.weight", GGUF_DENSE[which]))),
+            Naming::HuggingFace => match which {
+                0 => Some(format!("{}experts.gate_up_proj", self.hf_prefix())),
+                2 => Some(format!("{}experts.down_proj", self.hf_prefix())),
+                _ => None,
+            },
+        }
+    }
+
+    fn stacked_bias(&self, which: usize) -> String {
+        match self.naming {
+            Naming::Gguf => self.gguf(&format!("{}_exps.bias", GGUF_DENSE[which])),
+            Naming::HuggingFace => match which {
+                2 => format!("{}experts.down_proj_bias", self.hf_prefix()),
+                _ => format!("{}experts.gate_up_proj_bias", self.hf_prefix()),
+            },
+        }
+    }
+
+    fn shared(&self, which: usize) -> String {
+        match (self.naming, self.arch) {
+            (Naming::Gguf, _) => self.gguf(&format!("{}_shexp.weight", GGUF_DENSE[which])),
+            (_, Architecture::Qwen2Moe) => {
+                format!(
+                    "{}shared_expert.{}.weight",
+                    self.hf_prefix(),
+                    HF_PROJ[which]
+                )
+            }
+            _ => format!(
+                "{}shared_experts.{}.weight",
+                self.hf_prefix(),
+                HF_PROJ[which]
+            ),
+        }
+    }
+
+    fn shared_gate(&self) -> String {
+        match self.naming {
+            Naming::Gguf => self.gguf("ffn_gate_inp_shexp.weight"),
+            Naming::HuggingFace => format!("{}shared_expert_gate.weight", self.hf_prefix()),
+        }
+    }
+}
+
+const HF_PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+const MIXTRAL: [&str; 3] = ["w1", "w3", "w2"];
+const GGUF_DENSE: [&str; 3] = ["ffn_gate", "ffn_up", "ffn_down"];
+
+impl MoeFfn {
+    /// Load layer `i`'s router and experts.
+    pub(super) fn load(
+        ld: &Loader<'_>,
+        cfg: &ModelConfig,
+        m: &MoeConfig,
+        i: usize,
+    ) -> Result<MoeFfn, EngineError> {
+        if !ld.device.is_cpu() {
+            return Err(EngineError::Unsupported(
+                "mixture-of-experts layers on a non-CPU device".into(),
+            ));
+        }
+        let names = Names {
+            naming: ld.naming,
+            arch: cfg.architecture,
+            layer: i,
+        };
+        let (h, e) = (cfg.hidden, m.experts);
+        let router = matrix(ld, &required(ld, &names.router())?, [e, h])?;
+        let router_bias = vector(ld, &names.router_bias(), e)?;
+        let selection_bias = vector(ld, &names.selection_bias(), e)?;
+        let experts =
+            if cfg.architecture == Architecture::GptOss && ld.naming == Naming::HuggingFace {
+                gpt_oss_hf_experts(ld, &names, m, h)?
+            } else {
+                stacked_or_per_expert(ld, &names, m, h)?
+            };
+        let shared = if m.shared_ffn > 0 {
+            let s = m.shared_ffn;
+            Some(Expert {
+                gate: matrix(ld, &required(ld, &names.shared(0))?, [s, h])?,
+                up: matrix(ld, &required(ld, &names.shared(1))?, [s, h])?,
+                down: matrix(ld, &required(ld, &names.shared(2))?, [h, s])?,
+                bias: None,
+            })
+        } else {
+            None
+        };
+        let shared_gate = match ld.src.tensor(&names.shared_gate())? {
+            // llama.cpp stores the gate as a vector of `hidden`
+            Some(t) => {
+                let t = if t.shape == [h] {
+                    reshaped(&t, vec![1, h])
+                } else {
+                    t
+                };
+                Some(matrix(ld, &t, [1, h])?)
+            }
+            None if cfg.architecture == Architecture::Qwen2Moe && m.shared_ffn > 0 => {
+                return Err(EngineError::MissingTensor(names.shared_gate()))
+            }
+            None => None,
+        };
+        Ok(MoeFfn {
+            cfg: m.clone(),
+            hidden: h,
+            quantized: ld.math == Math::Native,
+            router,
+            router_bias,
+            selection_bias,
+            experts,
+            shared,
+            shared_gate,
+        })
+    }
+
+    /// `x [n, hidden] -> [n, hidden]`.
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let (n, h) = x.dims2()?;
+        if h != self.hidden {
+            return Err(EngineError::BadParam(format!(
+                "mixture input of width {h}, expected {}",
+                self.hidden
+            )));
+        }
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let e = self.cfg.experts;
+        let mut logits = self.product(&self.router, &xs, n)?;
+        if let Some(b) = &self.router_bias {
+            for row in logits.chunks_exact_mut(e) {
+                for (l, b) in row.iter_mut().zip(b) {
+                    *l += b;
+                }
+            }
+        }
+        // every token's choices first, then one product per expert over its tokens
+        let mut tokens: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (t, row) in logits.chunks_exact(e).enumerate() {
+            for (expert, w) in route(&self.cfg, row, self.selection_bias.as_deref()) {
+                tokens[expert].push((t, w));
+            }
+        }
+        let mut out = vec![0f32; n * h];
+        let mut xe = Vec::new();
+        for (expert, chosen) in self.experts.iter().zip(&tokens) {
+            if chosen.is_empty() {
+                continue;
+            }
+            xe.clear();
+            for &(t, _) in chosen {
+                xe.extend_from_slice(&xs[t * h..(t + 1) * h]);
+            }
+            let y = self.expert(expert, &xe, chosen.len())?;
+            for (&(t, w), row) in chosen.iter().zip(y.chunks_exact(h)) {
+                for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(row) {
+                    *o += v * w;
+                }
+            }
+        }
+        if let Some(shared) = &self.shared {
+            let y = self.expert(shared, &xs, n)?;
+            let gates = match &self.shared_gate {
+                Some(g) => Some(self.product(g, &xs, n)?),
+                None => None,
+            };
+            for (t, (o, row)) in out.chunks_exact_mut(h).zip(y.chunks_exact(h)).enumerate() {
+                let g = gates.as_ref().map_or(1.0, |g| sigmoid(g[t]));
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o += if gates.is_some() { g * v } else { *v };
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (n, h), &Device::Cpu)?.to_device(x.device())?)
+    }
+
+    fn product(&self, w: &StoredMatrix, x: &[f32], m: usize) -> Result<Vec<f32>, EngineError> {
+        Ok(if self.quantized {
+            w.matmul_quantized(x, m)?
+        } else {
+            w.matmul_exact(x, m)?
+        })
+    }
+
+    /// One expert on `m` rows of `x`.
+    fn expert(&self, ex: &Expert, x: &[f32], m: usize) -> Result<Vec<f32>, EngineError> {
+        let mut g = self.product(&ex.gate, x, m)?;
+        let mut u = self.product(&ex.up, x, m)?;
+        if let Some([bg, bu, _]) = &ex.bias {
+            add_rows(&mut g, bg);
+            add_rows(&mut u, bu);
+        }
+        match self.cfg.clamp {
+            None => {
+                for (g, u) in g.iter_mut().zip(&u) {
+                    // torch's SiLU: x / (1 + exp(-x))
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+            }
+            Some(SwigluClamp { alpha, limit }) => {
+                for (g, u) in g.iter_mut().zip(&u) {
+                    let gate = g.min(limit);
+                    let up = u.clamp(-limit, limit);
+                    *g = (up + 1.0) * (gate * sigmoid(gate * alpha));
+                }
+            }
+        }
+        let mut y = self.product(&ex.down, &g, m)?;
+        if let Some([_, _, bd]) = &ex.bias {
+            add_rows(&mut y, bd);
+        }
+        Ok(y)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (v, b) in row.iter_mut().zip(b) {
+            *v += b;
+        }
+    }
+}
+
+/// Softmax in f32, as torch computes it: `exp(x - max) / sum`.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// The experts one token uses and their weights, from its router logits.
+fn route(cfg: &MoeConfig, logits: &[f32], selection_bias: Option<&[f32]>) -> Vec<(usize, f32)> {
+    let mut probs = logits.to_vec();
+    match cfg.gating {
+        Gating::Softmax => softmax(&mut probs),
+        Gating::Sigmoid => probs.iter_mut().for_each(|p| *p = sigmoid(*p)),
+        Gating::SoftmaxSelected => {}
+    }
+    let mut select = probs.clone();
+    if let Some(b) = selection_bias {
+        for (s, b) in select.iter_mut().zip(b) {
+            *s += b;
+        }
+    }
+    if cfg.groups > 1 {
+        // keep the groups whose two best scores sum highest
+        let per = cfg.experts / cfg.groups;
+        let mut group_scores: Vec<(usize, f32)> = select
+            .chunks_exact(per)
+            .map(|g| {
+                let mut best = g.to_vec();
+                best.sort_by(|a, b| b.total_cmp(a));
+                best.iter().take(2).sum::<f32>()
+            })
+            .enumerate()
+            .collect();
+        group_scores.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for &(g, _) in &group_scores[cfg.groups_used..] {
+            select[g * per..(g + 1) * per].fill(f32::NEG_INFINITY);
+        }
+    }
+    let mut order: Vec<usize> = (0..select.len()).collect();
+    order.sort_by(|&a, &b| select[b].total_cmp(&select[a]).then(a.cmp(&b)));
+    order.truncate(cfg.used);
+    let mut weights: Vec<f32> = order.iter().map(|&i| probs[i]).collect();
+    if cfg.gating == Gating::SoftmaxSelected {
+        softmax(&mut weights);
+    }
+    if cfg.norm_topk {
+        let sum: f32 = weights.iter().sum();
+        if sum > 0.0 {
+            weights.iter_mut().for_each(|w| *w /= sum);
+        }
+    }
+    if cfg.scale != 1.0 {
+        weights.iter_mut().for_each(|w| *w *= cfg.scale);
+    }
+    order.into_iter().zip(weights).collect()
+}
+
+fn required<'a>(ld: &'a Loader<'_>, name: &str) -> Result<RawTensor<'a>, EngineError> {
+    ld.src
+        .tensor(name)?
+        .ok_or_else(|| EngineError::MissingTensor(name.into()))
+}
+
+/// A 1-d f32 vector of length `n`, if the checkpoint has it.
+fn vector(ld: &Loader<'_>, name: &str, n: usize) -> Result<Option<Vec<f32>>, EngineError> {
+    match ld.src.tensor(name)? {
+        Some(t) => {
+            t.expect_shape(&[n])?;
+            Ok(Some(t.to_f32(&Device::Cpu)?.to_vec1::<f32>()?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The same bytes under another shape (a stacked tensor seen as rows).
+fn reshaped<'a>(t: &RawTensor<'a>, shape: Vec<usize>) -> RawTensor<'a> {
+    RawTensor {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        shape,
+        data: t.data.clone(),
+    }
+}
+
+/// A 2-d weight kept in its stored type, checked against `shape`.
+fn matrix(
+    ld: &Loader<'_>,
+    t: &RawTensor<'_>,
+    shape: [usize; 2],
+) -> Result<StoredMatrix, EngineError> {
+    t.expect_shape(&shape)?;
+    ld.stored(t)?.ok_or_else(|| EngineError::UnsupportedDtype {
+        name: t.name.clone(),
+        dtype: t.dtype.to_string(),
+    })
+}
+
+/// Expert `e` of a stacked `[experts, rows, cols]` tensor, as a `[rows, cols]` matrix.
+fn slice_expert(
+    ld: &Loader<'_>,
+    t: &RawTensor<'_>,
+    e: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<StoredMatrix, EngineError> {
+    let experts = t.shape.first().copied().unwrap_or(0);
+    let flat = reshaped(t, vec![experts.saturating_mul(rows), cols]);
+    matrix(ld, &flat.rows(e * rows, rows)?, [rows, cols])
+}
+
+/// Experts from llama.cpp's or transformers' stacked tensors when present, else one
+/// tensor per expert. Shapes are checked against the config, so an expert count that
+/// disagrees with the tensors names the tensor.
+fn stacked_or_per_expert(
+    ld: &Loader<'_>,
+    names: &Names,
+    m: &MoeConfig,
+    h: usize,
+) -> Result<Vec<Expert>, EngineError> {
+    let (e, f) = (m.experts, m.expert_ffn);
+    let stacked = |which: usize| -> Result<Option<RawTensor<'_>>, EngineError> {
+        match names.stacked(which) {
+            Some(n) => ld.src.tensor(&n),
+            None => Ok(None),
+        }
+    };
+    let bias = |which: usize, len: usize| -> Result<Option<Vec<f32>>, EngineError> {
+        let name = names.stacked_bias(which);
+        match ld.src.tensor(&name)? {
+            Some(t) => {
+                t.expect_shape(&[e, len])?;
+                Ok(Some(
+                    t.to_f32(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?,
+                ))
+            }
+            None => Ok(None),
+        }
+    };
+    let mut out = Vec::with_capacity(e);
+    match (names.naming, stacked(0)?, stacked(2)?) {
+        (Naming::Gguf, Some(gate), Some(down)) => {
+            let up = required(ld, &names.stacked(1).unwrap_or_default())?;
+            gate.expect_shape(&[e, f, h])?;
+            up.expect_shape(&[e, f, h])?;
+            down.expect_shape(&[e, h, f])?;
+            let biases = match (bias(0, f)?, bias(1, f)?, bias(2, h)?) {
+                (Some(g), Some(u), Some(d)) => Some((g, u, d)),
+                _ => None,
+            };
+            for x in 0..e {
+                out.push(Expert {
+                    gate: slice_expert(ld, &gate, x, f, h)?,
+                    up: slice_expert(ld, &up, x, f, h)?,
+                    down: slice_expert(ld, &down, x, h, f)?,
+                    bias: biases.as_ref().map(|(g, u, d)| {
+                        [
+                            g[x * f..(x + 1) * f].to_vec(),
+                            u[x * f..(x + 1) * f].to_vec(),
+                            d[x * h..(x + 1) * h].to_vec(),
+                        ]
+                    }),
+                });
+            }
+        }
+        // transformers 5: `gate_up_proj [experts, 2 ffn, hidden]` (gate rows first) and
+        // `down_proj [experts, hidden, ffn]`
+        (Naming::HuggingFace, Some(gate_up), Some(down)) => {
+            gate_up.expect_shape(&[e, 2 * f, h])?;
+            down.expect_shape(&[e, h, f])?;
+            let flat = reshaped(&gate_up, vec![e * 2 * f, h]);
+            for x in 0..e {
+                out.push(Expert {
+                    gate: matrix(ld, &flat.rows(2 * f * x, f)?, [f, h])?,
+                    up: matrix(ld, &flat.rows(2 * f * x + f, f)?, [f, h])?,
+                    down: slice_expert(ld, &down, x, h, f)?,
+                    bias: None,
+                });
+            }
+        }
+        (_, Some(t), None) | (_, None, Some(t)) => {
+            return Err(EngineError::BadTensor {
+                name: t.name,
+                why: "the other stacked expert tensors are missing".into(),
+            })
+        }
+        (_, None, None) => {
+            for x in 0..e {
+                let get = |which: usize, shape: [usize; 2]| {
+                    matrix(ld, &required(ld, &names.per_expert(x, which))?, shape)
+                };
+                out.push(Expert {
+                    gate: get(0, [f, h])?,
+                    up: get(1, [f, h])?,
+                    down: get(2, [h, f])?,
+                    bias: None,
+                });
+            }
+            // a checkpoint with more experts than the config declares
+            if let Some(t) = ld.src.tensor(&names.per_expert(e, 0))? {
+                return Err(EngineError::BadTensor {
+                    name: t.name,
+                    why: format!("the config declares {e} experts"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// gpt-oss's Hugging Face experts: `gate_up_proj [experts, hidden, 2 ffn]` holds x -> gate
+/// in its even columns and x -> up in its odd ones, `down_proj [experts, ffn, hidden]`,
+/// both transposed against the `[out, in]` layout of a projection, so they are rewritten
+/// as f32 matrices (the one copy this layout costs).
+fn gpt_oss_hf_experts(
+    ld: &Loader<'_>,
+    names: &Names,
+    m: &MoeConfig,
+    h: usize,
+) -> Result<Vec<Expert>, EngineError> {
+    let (e, f) = (m.experts, m.expert_ffn);
+    let gate_up_name = names.stacked(0).unwrap_or_default();
+    let down_name = names.stacked(2).unwrap_or_default();
+    let gate_up = match ld.src.tensor(&gate_up_name)? {
+        Some(t) => t,
+        None => {
+            let blocks = format!("{gate_up_name}_blocks");
+            if ld.src.tensor(&blocks)?.is_some() {
+                return Err(EngineError::Unsupported(format!(
+                    "gpt-oss experts in Hugging Face MXFP4 (`{blocks}`); convert to GGUF first"
+                )));
+            }
+            return Err(EngineError::MissingTensor(gate_up_name));
+        }
+    };
+    let down = required(ld, &down_name)?;
+    gate_up.expect_shape(&[e, h, 2 * f])?;
+    down.expect_shape(&[e, f, h])?;
+    let gu = gate_up
+        .to_f32(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let dn = down.to_f32(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let gu_bias = vector_2d(ld, &names.stacked_bias(0), e, 2 * f)?;
+    let dn_bias = vector_2d(ld, &names.stacked_bias(2), e, h)?;
+    let owned = |name: &str, rows: usize, cols: usize, v: Vec<f32>| {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        StoredMatrix::new(Elem::F32, rows, cols, &bytes, None).ok_or_else(|| {
+            EngineError::BadTensor {
+                name: name.into(),
+                why: format!("cannot hold a {rows}x{cols} expert"),
+            }
+        })
+    };
+    let mut out = Vec::with_capacity(e);
+    for x in 0..e {
+        let src = &gu[x * h * 2 * f..(x + 1) * h * 2 * f];
+        let mut gate = vec![0f32; f * h];
+        let mut up = vec![0f32; f * h];
+        for r in 0..h {
+            for j in 0..f {
+                gate[j * h + r] = src[r * 2 * f + 2 * j];
+                up[j * h + r] = src[r * 2 * f + 2 * j + 1];
+            }
+        }
+        let src = &dn[x * f * h..(x + 1) * f * h];
+        let mut down_t = vec![0f32; h * f];
+        for r in 0..f {
+            for c in 0..h {
+                down_t[c * f + r] = src[r * h + c];
+            }
+        }
+        let bias = match (&gu_bias, &dn_bias) {
+            (Some(gb), Some(db)) => {
+                let row = &gb[x * 2 * f..(x + 1) * 2 * f];
+                Some([
+                    row.iter().step_by(2).copied().collect(),
+                    row.iter().skip(1).step_by(2).copied().collect(),
+                    db[x * h..(x + 1) * h].to_vec(),
+                ])
+            }
+            _ => None,
+        };
+        out.push(Expert {
+            gate: owned(&gate_up_name, f, h, gate)?,
+            up: owned(&gate_up_name, f, h, up)?,
+            down: owned(&down_name, h, f, down_t)?,
+            bias,
+        });
+    }
+    Ok(out)
+}
+
+fn vector_2d(
+    ld: &Loader<'_>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<Vec<f32>>, EngineError> {
+    match ld.src.tensor(name)? {
+        Some(t) => {
+            t.expect_shape(&[rows, cols])?;
+            Ok(Some(
+                t.to_f32(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(gating: Gating, used: usize) -> MoeConfig {
+        MoeConfig {
+            experts: 4,
+            used,
+            expert_ffn: 2,
+            gating,
+            norm_topk: false,
+            scale: 1.0,
+            groups: 1,
+            groups_used: 1,
+            shared_ffn: 0,
+            sparse_layers: vec![true],
+            clamp: None,
+        }
+    }
+
+    #[test]
+    fn softmax_top_k_with_and_without_renormalisation() {
+        let logits = [0.0f32, 2.0, 1.0, -1.0];
+        let mut c = cfg(Gating::Softmax, 2);
+        let r = route(&c, &logits, None);
+        assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((r[0].1 - 2f32.exp() / z).abs() < 1e-6);
+        c.norm_topk = true;
+        let r = route(&c, &logits, None);
+        assert!((r[0].1 + r[1].1 - 1.0).abs() < 1e-6);
+        assert!((r[0].1 - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn selection_bias_moves_the_choice_not_the_weight() {
+        let logits = [0.0f32, 1.0, 0.5, -1.0];
+        let mut c = cfg(Gating::Sigmoid, 1);
+        c.scale = 2.5;
+        let bias = [0.0f32, 0.0, 0.0, 5.0];
+        let r = route(&c, &logits, Some(&bias));
+        assert_eq!(r[0].0, 3);
+        assert!((r[0].1 - 2.5 * sigmoid(-1.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn groups_limit_the_choice() {
+        // groups {0, 1} and {2, 3}; group 2 sums higher, so expert 1 (the best single
+        // score) is not eligible
+        let logits = [-5.0f32, 3.0, 2.0, 2.0];
+        let mut c = cfg(Gating::Sigmoid, 2);
+        c.groups = 2;
+        c.groups_used = 1;
+        let r = route(&c, &logits, None);
+        assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn softmax_over_the_selected_logits() {
+        let logits = [0.0f32, 2.0, 1.0, -1.0];
+        let c = cfg(Gating::SoftmaxSelected, 2);
+        let r = route(&c, &logits, None);
+        assert_eq!(r[0].0, 1);
+        assert!((r[0].1 - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+    }
+}
