@@ -839,12 +839,21 @@ fn engine_runs_iq4_and_ternary_models_with_gguf_py_values() {
         .fold(0f32, f32::max);
     eprintln!("reference logits, quantized file vs its F32 values: max |delta| {worst:e}");
     assert!(worst <= 1e-4, "{worst}");
+    // Native math quantizes activations to 8 bits for the Q8_0 tensors (as llama.cpp
+    // does), so its logits differ; the top token at each position should mostly agree.
     let native = logits(&q, Math::Native);
-    let worst = native
+    assert!(native.iter().all(|v| v.is_finite()));
+    let vocab = native.len() / 24;
+    let top = |v: &[f32]| {
+        v.chunks(vocab)
+            .map(|r| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b }))
+            .collect::<Vec<_>>()
+    };
+    let agree = top(&native)
         .iter()
-        .zip(&dense)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    eprintln!("native logits vs reference: max |delta| {worst:e}");
-    assert!(worst.is_finite() && worst < 1.0, "{worst}");
+        .zip(top(&dense))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    eprintln!("native vs reference: same top token at {agree} of 24 positions");
+    assert!(agree >= 20, "{agree}");
 }
