@@ -16,6 +16,7 @@ mod hub;
 mod imatrix;
 mod inspect;
 mod logits;
+mod moe_gate;
 mod parity;
 mod pipeline;
 mod policy;
