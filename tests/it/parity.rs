@@ -27,9 +27,10 @@ fn f(v: &Value, path: &str) -> f64 {
 }
 
 /// SmolLM2 dequantized to f16 safetensors, and that requantized to Q8_0 and Q4_K_M, made
-/// once for every test here.
+/// once for every test here. A static is never dropped, so the files live in one fixed
+/// folder under cargo's `CARGO_TARGET_TMPDIR`, emptied at first use, rather than in a
+/// temporary directory that would leak half a gigabyte into the system's temp on every run.
 struct Requantized {
-    _dir: tempfile::TempDir,
     f16: PathBuf,
     q8_0: PathBuf,
     q4_k_m: PathBuf,
@@ -38,10 +39,14 @@ struct Requantized {
 fn requantized() -> &'static Requantized {
     static R: OnceLock<Requantized> = OnceLock::new();
     R.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let f16 = dir.path().join("smollm2-f16");
-        let q8_0 = dir.path().join("smollm2-q8_0.gguf");
-        let q4_k_m = dir.path().join("smollm2-q4_k_m.gguf");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("parity-smollm2");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let f16 = dir.join("smollm2-f16");
+        let q8_0 = dir.join("smollm2-q8_0.gguf");
+        let q4_k_m = dir.join("smollm2-q4_k_m.gguf");
         let src = smollm2();
         for (from, to, ty) in [
             (&src, &f16, "F16"),
@@ -63,12 +68,7 @@ fn requantized() -> &'static Requantized {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
-        Requantized {
-            _dir: dir,
-            f16,
-            q8_0,
-            q4_k_m,
-        }
+        Requantized { f16, q8_0, q4_k_m }
     })
 }
 
