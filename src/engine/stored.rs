@@ -259,6 +259,14 @@ impl StoredMatrix {
         let Elem::Block(t) = self.elem else {
             return self.matmul_exact_tiled(x, m, tile);
         };
+        // candle's Q4_1/Q5_0/Q5_1 dot products work on pairs of blocks and assert an even
+        // block count (in debug builds; release builds handle the odd tail). Rows of an odd
+        // number of 32-value blocks exist only in tiny models (the MoE oracles' 32-wide
+        // experts), so those take the exact product rather than risk the assertion.
+        let paired = matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+        if paired && !(self.k / 32).is_multiple_of(2) {
+            return self.matmul_exact_tiled(x, m, tile);
+        }
         let n = self.n;
         let mut out = vec![0f32; m * n];
         let mut y = vec![0f32; m * tile];

@@ -83,6 +83,17 @@ fn parity_of_quantized_moe_oracles_reports_kld_and_top1() {
             ]);
             assert!(o.status.success(), "{name} {ty}: {}", text(&o));
         }
+        // Native math on Q4_K_M: the 32-wide experts fall back to Q5_0 rows of one block,
+        // which candle's paired-block kernels would assert on in debug builds.
+        let o = modelgate(&[
+            "logits",
+            gguf("Q4_K_M").to_str().unwrap(),
+            "--ids",
+            "1,5,9,30,200,7",
+            "--math",
+            "native",
+        ]);
+        assert!(o.status.success(), "{name} native logits: {}", text(&o));
         let mut kld = Vec::new();
         for ty in ["Q8_0", "Q4_K_M"] {
             let o = modelgate(&[
