@@ -375,7 +375,6 @@ impl<'a> Loader<'a> {
             DType::F32 => Elem::F32,
             DType::F16 => Elem::F16,
             DType::BF16 => Elem::BF16,
-            DType::Ggml(crate::formats::GgmlType::MXFP4) => Elem::Mxfp4,
             DType::Ggml(g) if crate::formats::blocks::supported(g) => Elem::Decoded(g),
             DType::Ggml(_) => match t.ggml_dtype()? {
                 candle_core::quantized::GgmlDType::F32 => Elem::F32,

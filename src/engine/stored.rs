@@ -56,11 +56,9 @@ pub enum Elem {
     BF16,
     /// A ggml block type, read by candle.
     Block(GgmlDType),
-    /// ggml's MXFP4 (gpt-oss experts), which candle does not read: dequantized by
-    /// `formats::mxfp4` and multiplied exactly in both math modes.
-    Mxfp4,
-    /// A ggml block type candle lacks (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0), decoded by
-    /// `formats::blocks`; native mode dequantizes it and multiplies in f32.
+    /// A ggml block type candle lacks (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, and MXFP4 for
+    /// gpt-oss's experts), decoded by `formats::blocks`; native mode dequantizes it and
+    /// multiplies in f32.
     Decoded(GgmlType),
 }
 
@@ -77,7 +75,6 @@ impl Elem {
                 }
                 (k / bs).checked_mul(t.type_size())
             }
-            Elem::Mxfp4 => crate::formats::mxfp4::bytes_for(k),
             Elem::Decoded(t) => {
                 let (bs, size) = t.block()?;
                 let (bs, size) = (usize::try_from(bs).ok()?, usize::try_from(size).ok()?);
@@ -171,15 +168,6 @@ impl StoredMatrix {
             Elem::BF16 => {
                 for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            Elem::Mxfp4 => {
-                if crate::formats::mxfp4::dequantize(src, out).is_none() {
-                    candle_core::bail!(
-                        "MXFP4 rows of {} bytes for {} values",
-                        src.len(),
-                        out.len()
-                    );
                 }
             }
             Elem::Block(t) => {
@@ -434,7 +422,6 @@ mod tests {
                     .unwrap();
                 (bytes, deq, Some(q))
             }
-            Elem::Mxfp4 => unreachable!("MXFP4 is tested in formats::mxfp4"),
             Elem::Decoded(t) => {
                 // Random block bytes with each block's f16 scale made small and finite.
                 let (bs, size) = t.block().unwrap();

@@ -1,5 +1,5 @@
 //! Decoding ggml block types that candle cannot read: the non-linear 4-bit IQ4_NL and
-//! IQ4_XS and the ternary TQ1_0 and TQ2_0. Block layouts are facts of the GGUF format
+//! IQ4_XS, the ternary TQ1_0 and TQ2_0, and MXFP4 (through `super::mxfp4`). Block layouts are facts of the GGUF format
 //! (ggml's `block_iq4_nl`, `block_iq4_xs`, `block_tq1_0`, `block_tq2_0`), so their decoding
 //! lives here, beside the reader, and serves both the engine (which multiplies with the
 //! values) and the conversion stage (which requantizes from them).
@@ -50,6 +50,7 @@ fn decoder(ty: GgmlType) -> Option<(usize, usize, BlockFn)> {
         GgmlType::IQ4XS => (256, 136, iq4_xs),
         GgmlType::TQ1_0 => (256, 54, tq1_0),
         GgmlType::TQ2_0 => (256, 66, tq2_0),
+        GgmlType::MXFP4 => (32, 17, mxfp4),
         _ => return None,
     })
 }
@@ -84,6 +85,12 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Blo
         f(b, y);
     }
     Ok(())
+}
+
+/// MXFP4, 17 bytes: one E8M0 scale, 16 bytes of E2M1 nibbles (`super::mxfp4` has the
+/// layout). Called with one whole block, so its length check cannot fail.
+pub fn mxfp4(b: &[u8], y: &mut [f32]) {
+    let _ = super::mxfp4::dequantize(b, y);
 }
 
 /// The little-endian IEEE half at `at`, as `f32` (exact).

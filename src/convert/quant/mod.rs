@@ -548,7 +548,7 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         ),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
-        T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, mxfp4::dequantize_mxfp4),
+        T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
         _ => {}
     }
 }

@@ -15,6 +15,8 @@
 //! without decoding a value.
 
 use super::QuantError;
+// ggml's `ggml_e8m0_to_fp32_half`: one definition, beside the reader.
+use crate::formats::mxfp4::half_scale as e8m0_half;
 
 /// Values per block.
 pub(super) const QK: usize = 32;
@@ -25,19 +27,6 @@ const CODE_BYTES: usize = QK / 2;
 
 /// The doubled E2M1 levels by code (`kvalues_mxfp4`); code 8 is a second zero.
 const KVALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-
-/// Half the value of an E8M0 scale byte, `2^(e - 128)`, built from bits as ggml's
-/// `ggml_e8m0_to_fp32_half` does: bytes 0 and 1 are subnormal floats, and 255 (NaN in the
-/// OCP format) reads as `2^127` rather than NaN.
-#[inline]
-pub(super) fn e8m0_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        u32::from(e - 1) << 23
-    };
-    f32::from_bits(bits)
-}
 
 /// The code whose level times `d` is nearest `x`; the first on ties (ggml's
 /// `best_index_mxfp4`, a linear scan with a strict comparison).
@@ -74,16 +63,6 @@ pub(super) fn quantize_mxfp4(x: &[f32], y: &mut [u8]) {
         let lo = best_index(x[j], d);
         let hi = best_index(x[j + CODE_BYTES], d);
         y[1 + j] = lo | (hi << 4);
-    }
-}
-
-/// Dequantize one 17-byte block into 32 values, with ggml's arithmetic (`level * d`).
-pub(super) fn dequantize_mxfp4(b: &[u8], y: &mut [f32]) {
-    let d = e8m0_half(b[0]);
-    for j in 0..CODE_BYTES {
-        let q = b[1 + j];
-        y[j] = f32::from(KVALUES[usize::from(q & 0x0F)]) * d;
-        y[j + CODE_BYTES] = f32::from(KVALUES[usize::from(q >> 4)]) * d;
     }
 }
 
@@ -177,7 +156,7 @@ mod tests {
         assert_eq!(packed.len(), 4 * MXFP4_BYTES);
         let mut y = [0.0f32; QK];
         for (b, (src, &e)) in blocks.chunks_exact(16).zip(&scales).enumerate() {
-            dequantize_mxfp4(&packed[b * MXFP4_BYTES..(b + 1) * MXFP4_BYTES], &mut y);
+            crate::formats::blocks::mxfp4(&packed[b * MXFP4_BYTES..(b + 1) * MXFP4_BYTES], &mut y);
             for (k, v) in y.iter().enumerate() {
                 let code = hf_code(src, k);
                 let want = f64::from(E2M1[usize::from(code)]) * 2f64.powi(i32::from(e) - 127);
@@ -223,7 +202,7 @@ mod tests {
         assert_eq!(y[2], 10);
         assert_eq!(y[3], 0);
         let mut back = [0.0f32; QK];
-        dequantize_mxfp4(&y, &mut back);
+        crate::formats::blocks::mxfp4(&y, &mut back);
         assert_eq!(&back[..3], &[6.0, -1.0, 0.0]);
         assert_eq!(back[16], 3.0);
     }
