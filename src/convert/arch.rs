@@ -877,19 +877,53 @@ impl Role {
 /// (role, Hugging Face suffix inside `model.layers.N.`, GGUF name inside `blk.N.`)
 type Names = &'static [(Role, &'static str, &'static str)];
 
-const LAYER_NAMES: Names = &[
+// Each family's layer names are a few shared parts plus its own rows; a lookup searches the
+// parts in order (no Hugging Face or GGUF name is claimed by two parts of one family except
+// the stacked experts and MLA's split `kv_b_proj`, which the lookups tell apart by role).
+
+/// Llama's norms: before attention, and before the feed-forward (`post_attention_layernorm`).
+const PRE_NORMS: Names = &[
     (Role::AttnNorm, "input_layernorm", "attn_norm"),
+    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
+];
+
+/// Separate q/k/v projections and the output projection.
+const ATTN: Names = &[
     (Role::AttnQ, "self_attn.q_proj", "attn_q"),
     (Role::AttnK, "self_attn.k_proj", "attn_k"),
     (Role::AttnV, "self_attn.v_proj", "attn_v"),
     (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
+];
+
+/// Per-head (or OLMo 2's full-width) q/k norms.
+const QK_NORMS: Names = &[
     (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
     (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
-    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
+];
+
+/// The dense gated feed-forward (also DeepSeek's leading dense layers).
+const DENSE_FFN: Names = &[
     (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
     (Role::FfnUp, "mlp.up_proj", "ffn_up"),
     (Role::FfnDown, "mlp.down_proj", "ffn_down"),
-    // Mixtral (as `llama`); transformers 5 also calls it `mlp.gate` (see `parse_hf`).
+];
+
+/// Gemma's and OLMo 2's norms of the attention and feed-forward outputs.
+const POST_NORMS: Names = &[
+    (
+        Role::PostAttnNorm,
+        "post_attention_layernorm",
+        "post_attention_norm",
+    ),
+    (
+        Role::PostFfwNorm,
+        "post_feedforward_layernorm",
+        "post_ffw_norm",
+    ),
+];
+
+/// Mixtral (as `llama`); transformers 5 also calls the router `mlp.gate` (see `parse_hf`).
+const MIXTRAL_MOE: Names = &[
     (Role::FfnGateInp, "block_sparse_moe.gate", "ffn_gate_inp"),
     (
         Role::FfnGateExps,
@@ -904,23 +938,16 @@ const LAYER_NAMES: Names = &[
     ),
 ];
 
-/// Qwen2-MoE and Qwen3-MoE: the dense names plus router, experts and shared expert.
-const QWEN_MOE_NAMES: Names = &[
-    (Role::AttnNorm, "input_layernorm", "attn_norm"),
-    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
-    (Role::AttnK, "self_attn.k_proj", "attn_k"),
-    (Role::AttnV, "self_attn.v_proj", "attn_v"),
-    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
-    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
-    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
-    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
-    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
-    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
-    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
-    (Role::FfnGateInp, "mlp.gate", "ffn_gate_inp"),
+/// Stacked routed experts under `mlp.experts` (Qwen-MoE, DeepSeek, gpt-oss).
+const EXPERTS: Names = &[
     (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
     (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
     (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
+];
+
+/// Qwen2-MoE and Qwen3-MoE: router and the (sigmoid-gated) shared expert.
+const QWEN_MOE: Names = &[
+    (Role::FfnGateInp, "mlp.gate", "ffn_gate_inp"),
     (
         Role::FfnGateShexp,
         "mlp.shared_expert.gate_proj",
@@ -943,9 +970,8 @@ const QWEN_MOE_NAMES: Names = &[
     ),
 ];
 
-/// DeepSeek-V2/V3/R1: MLA, leading dense layers, experts, shared experts, router bias.
-const DEEPSEEK_NAMES: Names = &[
-    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+/// DeepSeek-V2/V3/R1: MLA projections, router with its selection bias, shared experts.
+const DEEPSEEK: Names = &[
     (Role::AttnQ, "self_attn.q_proj", "attn_q"),
     (Role::AttnQA, "self_attn.q_a_proj", "attn_q_a"),
     (Role::AttnQANorm, "self_attn.q_a_layernorm", "attn_q_a_norm"),
@@ -963,19 +989,12 @@ const DEEPSEEK_NAMES: Names = &[
     (Role::AttnKB, "self_attn.kv_b_proj", "attn_k_b"),
     (Role::AttnVB, "self_attn.kv_b_proj", "attn_v_b"),
     (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
-    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
-    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
-    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
-    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
     (Role::FfnGateInp, "mlp.gate", "ffn_gate_inp"),
     (
         Role::ExpProbsB,
         "mlp.gate.e_score_correction_bias",
         "exp_probs_b",
     ),
-    (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
-    (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
-    (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
     (
         Role::FfnGateShexp,
         "mlp.shared_experts.gate_proj",
@@ -993,13 +1012,10 @@ const DEEPSEEK_NAMES: Names = &[
     ),
 ];
 
-/// gpt-oss: biases everywhere, attention sinks, a router with a bias, fused experts.
-const GPT_OSS_NAMES: Names = &[
+/// gpt-oss: attention sinks, the output-side attention norm before the feed-forward, and a
+/// router with a bias (biases everywhere, fused experts).
+const GPT_OSS: Names = &[
     (Role::AttnNorm, "input_layernorm", "attn_norm"),
-    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
-    (Role::AttnK, "self_attn.k_proj", "attn_k"),
-    (Role::AttnV, "self_attn.v_proj", "attn_v"),
-    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
     (Role::AttnSinks, "self_attn.sinks", "attn_sinks"),
     (
         Role::PostAttnNorm,
@@ -1007,80 +1023,44 @@ const GPT_OSS_NAMES: Names = &[
         "post_attention_norm",
     ),
     (Role::FfnGateInp, "mlp.router", "ffn_gate_inp"),
-    (Role::FfnGateExps, "mlp.experts", "ffn_gate_exps"),
-    (Role::FfnUpExps, "mlp.experts", "ffn_up_exps"),
-    (Role::FfnDownExps, "mlp.experts", "ffn_down_exps"),
 ];
 
-/// Gemma 2 and 3: four norms per layer; `post_attention_layernorm` is the attention
-/// output's norm here, not the feed-forward input's as in Llama.
-const GEMMA_NAMES: Names = &[
+/// Gemma 2 and 3: the norm before attention, and `pre_feedforward_layernorm` before the
+/// feed-forward (`post_attention_layernorm` is the attention output's norm here).
+const GEMMA: Names = &[
     (Role::AttnNorm, "input_layernorm", "attn_norm"),
-    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
-    (Role::AttnK, "self_attn.k_proj", "attn_k"),
-    (Role::AttnV, "self_attn.v_proj", "attn_v"),
-    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
-    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
-    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
-    (
-        Role::PostAttnNorm,
-        "post_attention_layernorm",
-        "post_attention_norm",
-    ),
     (Role::FfnNorm, "pre_feedforward_layernorm", "ffn_norm"),
-    (
-        Role::PostFfwNorm,
-        "post_feedforward_layernorm",
-        "post_ffw_norm",
-    ),
-    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
-    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
-    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
-];
-
-/// OLMo 2: norms after attention and feed-forward only, none before.
-const OLMO2_NAMES: Names = &[
-    (Role::AttnQ, "self_attn.q_proj", "attn_q"),
-    (Role::AttnK, "self_attn.k_proj", "attn_k"),
-    (Role::AttnV, "self_attn.v_proj", "attn_v"),
-    (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
-    (Role::AttnQNorm, "self_attn.q_norm", "attn_q_norm"),
-    (Role::AttnKNorm, "self_attn.k_norm", "attn_k_norm"),
-    (
-        Role::PostAttnNorm,
-        "post_attention_layernorm",
-        "post_attention_norm",
-    ),
-    (
-        Role::PostFfwNorm,
-        "post_feedforward_layernorm",
-        "post_ffw_norm",
-    ),
-    (Role::FfnGate, "mlp.gate_proj", "ffn_gate"),
-    (Role::FfnUp, "mlp.up_proj", "ffn_up"),
-    (Role::FfnDown, "mlp.down_proj", "ffn_down"),
 ];
 
 /// Phi-3: fused q/k/v and fused gate/up, kept fused in both formats.
-const PHI3_NAMES: Names = &[
-    (Role::AttnNorm, "input_layernorm", "attn_norm"),
+const PHI3: Names = &[
     (Role::AttnQkv, "self_attn.qkv_proj", "attn_qkv"),
     (Role::AttnOutput, "self_attn.o_proj", "attn_output"),
-    (Role::FfnNorm, "post_attention_layernorm", "ffn_norm"),
     (Role::FfnGateUp, "mlp.gate_up_proj", "ffn_up"),
     (Role::FfnDown, "mlp.down_proj", "ffn_down"),
 ];
 
-fn layer_names(arch: Arch) -> Names {
+/// The parts that name one family's layer tensors.
+fn layer_parts(arch: Arch) -> &'static [Names] {
     match arch {
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => LAYER_NAMES,
-        Arch::Gemma2 | Arch::Gemma3 => GEMMA_NAMES,
-        Arch::Olmo2 => OLMO2_NAMES,
-        Arch::Phi3 => PHI3_NAMES,
-        Arch::Qwen2Moe | Arch::Qwen3Moe => QWEN_MOE_NAMES,
-        Arch::Deepseek2 => DEEPSEEK_NAMES,
-        Arch::GptOss => GPT_OSS_NAMES,
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
+            &[PRE_NORMS, ATTN, QK_NORMS, DENSE_FFN, MIXTRAL_MOE]
+        }
+        Arch::Gemma2 | Arch::Gemma3 => &[GEMMA, ATTN, QK_NORMS, POST_NORMS, DENSE_FFN],
+        // OLMo 2 has the output-side norms only, none before.
+        Arch::Olmo2 => &[ATTN, QK_NORMS, POST_NORMS, DENSE_FFN],
+        Arch::Phi3 => &[PRE_NORMS, PHI3],
+        Arch::Qwen2Moe | Arch::Qwen3Moe => {
+            &[PRE_NORMS, ATTN, QK_NORMS, DENSE_FFN, QWEN_MOE, EXPERTS]
+        }
+        Arch::Deepseek2 => &[PRE_NORMS, DEEPSEEK, DENSE_FFN, EXPERTS],
+        Arch::GptOss => &[GPT_OSS, ATTN, EXPERTS],
     }
+}
+
+/// Every layer tensor name of one family.
+fn layer_names(arch: Arch) -> impl Iterator<Item = &'static (Role, &'static str, &'static str)> {
+    layer_parts(arch).iter().flat_map(|part| part.iter())
 }
 
 const GLOBAL_NAMES: Names = &[
@@ -1119,7 +1099,7 @@ pub fn parse_hf(name: &str, arch: Arch) -> Option<Option<Parsed>> {
     for (suffix, role, bias) in special {
         if let Some(rest) = name.strip_suffix(suffix) {
             let layer: u64 = rest.strip_prefix("model.layers.")?.parse().ok()?;
-            layer_names(arch).iter().find(|l| l.0 == role)?;
+            layer_names(arch).find(|l| l.0 == role)?;
             return Some(Some(Parsed {
                 role,
                 layer: Some(layer),
@@ -1144,7 +1124,7 @@ pub fn parse_hf(name: &str, arch: Arch) -> Option<Option<Parsed>> {
     } else {
         suffix
     };
-    let (role, _, _) = layer_names(arch).iter().find(|l| {
+    let (role, _, _) = layer_names(arch).find(|l| {
         l.1 == suffix && !l.0.is_experts() && !matches!(l.0, Role::AttnKB | Role::AttnVB)
     })?;
     Some(Some(Parsed {
@@ -1168,7 +1148,7 @@ pub fn parse_gguf(name: &str, arch: Arch) -> Option<Parsed> {
     let rest = stem.strip_prefix("blk.")?;
     let (n, suffix) = rest.split_once('.')?;
     let layer: u64 = n.parse().ok()?;
-    let (role, _, _) = layer_names(arch).iter().find(|l| l.2 == suffix)?;
+    let (role, _, _) = layer_names(arch).find(|l| l.2 == suffix)?;
     Some(Parsed {
         role: *role,
         layer: Some(layer),
@@ -1185,10 +1165,7 @@ impl Parsed {
                 format!("{}.{kind}", g.unwrap_or("unknown"))
             }
             Some(n) => {
-                let l = layer_names(arch)
-                    .iter()
-                    .find(|l| l.0 == self.role)
-                    .map(|l| l.2);
+                let l = layer_names(arch).find(|l| l.0 == self.role).map(|l| l.2);
                 format!("blk.{n}.{}.{kind}", l.unwrap_or("unknown"))
             }
         }
@@ -1202,10 +1179,7 @@ impl Parsed {
                 format!("{}.{kind}", g.unwrap_or("unknown"))
             }
             Some(n) => {
-                let l = layer_names(arch)
-                    .iter()
-                    .find(|l| l.0 == self.role)
-                    .map(|l| l.1);
+                let l = layer_names(arch).find(|l| l.0 == self.role).map(|l| l.1);
                 match self.role {
                     Role::AttnSinks | Role::ExpProbsB => {
                         format!("model.layers.{n}.{}", l.unwrap_or("unknown"))
