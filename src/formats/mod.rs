@@ -15,6 +15,7 @@ pub mod experts;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
+pub mod iq2;
 pub mod iq_grids;
 mod mmap;
 pub mod mxfp4;
