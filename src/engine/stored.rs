@@ -430,7 +430,8 @@ mod tests {
                     .iter()
                     .map(|v| (v.to_bits() >> 7) as u8)
                     .collect();
-                let at = if t == GgmlType::IQ4NL || t == GgmlType::IQ4XS {
+                use GgmlType as G;
+                let at = if matches!(t, G::IQ4NL | G::IQ4XS | G::IQ2XXS | G::IQ2XS | G::IQ2S) {
                     0
                 } else {
                     size - 2
@@ -471,6 +472,9 @@ mod tests {
             (Elem::Decoded(GgmlType::IQ4XS), 33, 512),
             (Elem::Decoded(GgmlType::TQ1_0), 9, 256),
             (Elem::Decoded(GgmlType::TQ2_0), 17, 256),
+            (Elem::Decoded(GgmlType::IQ2XXS), 11, 256),
+            (Elem::Decoded(GgmlType::IQ2XS), 7, 512),
+            (Elem::Decoded(GgmlType::IQ2S), 13, 256),
         ];
         for (case, &(elem, n, k)) in cases.iter().enumerate() {
             let w = noise(case as u64 + 1, n * k);
