@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--threads", default="2")
     ap.add_argument("--tolerance", type=float, default=1e-3)
     ap.add_argument("--type", default="Q4_K_M")
+    ap.add_argument("--f32-attention", action="store_true",
+                    help="run llama-imatrix with an f32 KV cache and no flash attention "
+                         "(-ctk f32 -ctv f32 -fa off): with an F32 model it then computes in f32 throughout")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     work = Path(a.work)
@@ -70,6 +73,8 @@ def main():
                "-t", a.threads, "--output-format", "gguf", "-o", str(ref)]
         if a.chunks:
             cmd += ["--chunks", a.chunks]
+        if a.f32_attention:
+            cmd += ["-ctk", "f32", "-ctv", "f32", "-fa", "off"]
         t0 = time.time()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out["llama_imatrix_seconds"] = round(time.time() - t0, 2)
