@@ -371,7 +371,11 @@ pub fn render_text(s: &Summary, verbose: bool) -> String {
 
 /// `--target-bpw` / `--max-size`: the budget mix, its table and the predicted and measured
 /// KLD.
-fn run_budget(args: &Args, opts: &convert::Options, format: OutputFormat) -> anyhow::Result<Outcome> {
+fn run_budget(
+    args: &Args,
+    opts: &convert::Options,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
     use crate::pipeline::budget::{self as pb, BudgetOptions, Event};
     use crate::pipeline::StageError;
     if format != OutputFormat::Gguf {
@@ -412,13 +416,14 @@ fn run_budget(args: &Args, opts: &convert::Options, format: OutputFormat) -> any
         };
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     };
-    let outcome = pb::convert_to_budget(&args.src, &args.output, opts, &b, &mut progress)
-        .map_err(|e| match e {
+    let outcome = pb::convert_to_budget(&args.src, &args.output, opts, &b, &mut progress).map_err(
+        |e| match e {
             StageError::Convert(e) => anyhow::Error::new(e),
             StageError::Parity(e) => anyhow::Error::new(e),
             StageError::Format(e) => anyhow::Error::new(e),
             other => anyhow::Error::new(other),
-        })?;
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &outcome).context("cannot write JSON to stdout")?;
@@ -463,7 +468,10 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
         ),
     );
     if let Some(m) = &s.imatrix {
-        line("imatrix", format!("`{}` (sha256 {})", m.path.display(), m.sha256));
+        line(
+            "imatrix",
+            format!("`{}` (sha256 {})", m.path.display(), m.sha256),
+        );
     }
     let c = &b.calibration;
     line(
@@ -498,7 +506,10 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
             ),
         );
     }
-    line("predicted KLD", format!("{:.5} (sum over tensors)", b.predicted_kld));
+    line(
+        "predicted KLD",
+        format!("{:.5} (sum over tensors)", b.predicted_kld),
+    );
     match &b.measured {
         Some(m) => line(
             "measured KLD",

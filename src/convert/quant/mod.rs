@@ -376,7 +376,9 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         T::IQ2XXS => iq2::iq2_xxs_row,
         T::IQ2XS => iq2::iq2_xs_row,
         T::IQ2S => iq2::iq2_s_row,
-        T::IQ3XXS => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs),
+        T::IQ3XXS => {
+            |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
+        }
         T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
         T::IQ4NL => |x, qw, y| {
             let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
@@ -518,7 +520,9 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::IQ3XXS => each_block(x, y, K, iq3::IQ3_XXS_BYTES, |x, y| {
             iq3::quantize_iq3_xxs(x, None, y)
         }),
-        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| iq3::quantize_iq3_s(x, None, y)),
+        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| {
+            iq3::quantize_iq3_s(x, None, y)
+        }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
         T::MXFP4 => each_block(x, y, L, mxfp4::MXFP4_BYTES, mxfp4::quantize_mxfp4),
