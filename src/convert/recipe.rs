@@ -253,6 +253,8 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::IQ4XS
             | GgmlType::TQ1_0
             | GgmlType::TQ2_0
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
     )
 }
 

@@ -55,6 +55,8 @@ fn decoder(ty: GgmlType) -> Option<(usize, usize, BlockFn)> {
         GgmlType::IQ2XXS => (256, super::iq2::IQ2_XXS_BYTES, super::iq2::iq2_xxs),
         GgmlType::IQ2XS => (256, super::iq2::IQ2_XS_BYTES, super::iq2::iq2_xs),
         GgmlType::IQ2S => (256, super::iq2::IQ2_S_BYTES, super::iq2::iq2_s),
+        GgmlType::IQ3XXS => (256, 98, super::iq3::iq3_xxs),
+        GgmlType::IQ3S => (256, 110, super::iq3::iq3_s),
         _ => return None,
     })
 }

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod hf;
 pub mod imatrix;
 pub mod iq2;
+pub mod iq3;
 pub mod iq_grids;
 mod mmap;
 pub mod mxfp4;

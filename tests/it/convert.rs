@@ -505,7 +505,6 @@ fn usage_errors_exit_2() {
     let out = tmp.path().join("m.gguf");
     let src = fixture("models/tiny-llama");
     for (args, needle) in [
-        (vec!["--type", "IQ2_XS"], "IQ2_XS"),
         (vec!["--tensor-type", "attn_q"], "REGEX=TYPE"),
         (vec!["--output-tensor-type", "Q9"], "Q9"),
         (vec!["--format", "onnx"], "onnx"),

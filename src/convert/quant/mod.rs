@@ -5,8 +5,8 @@
 //! tensor, the reader hands over rows as `f32` (see [`dequantize`] for F16/BF16 sources,
 //! or for GGUF tensors being requantized), and the writer stores the bytes these functions
 //! return. Types: F32, F16, BF16 and the block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4,
-//! with the byte layouts of ggml's `block_*` structs.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0,
+//! TQ2_0 and MXFP4, with the byte layouts of ggml's `block_*` structs.
 //!
 //! Why not candle: candle-core's quantizers run on one thread and its K-quant search
 //! (`make_qkx1_quants`) is simpler than ggml's current reference, so it loses a little
@@ -29,7 +29,8 @@
 //! `iquants`), what `llama-quantize --imatrix` runs; without importance the bytes are those
 //! above. IQ4_NL and IQ4_XS are quantized as `llama-quantize` quantizes them (ggml's
 //! `quantize_iq4_*` with 7 scale trials), TQ1_0 and TQ2_0 with ggml's reference. The IQ2
-//! lattice types are quantized by ggml's searches over their grids (`iq2`, `lattice`);
+//! and IQ3 lattice types are quantized by ggml's searches over their grids (`iq2`,
+//! `lattice`, `iq3`);
 //! IQ2_XXS and IQ2_XS exist only with importance ([`QuantError::NeedsImportance`] without).
 //!
 //! Source formats that are not ggml types, for the converter's readers: gpt-oss's Hugging
@@ -37,11 +38,12 @@
 //! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
 //! does ([`dequantize_fp8_e4m3`]).
 //!
-//! Not built: IQ1_*, IQ3_* and NVFP4.
+//! Not built: IQ1_* and NVFP4.
 
 mod float;
 mod fp8;
 mod iq2;
+mod iq3;
 mod iquants;
 mod kquants;
 mod lattice;
@@ -157,7 +159,7 @@ impl QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 21] = [
+pub const SUPPORTED: [GgmlType; 23] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -172,7 +174,9 @@ pub const SUPPORTED: [GgmlType; 21] = [
     GgmlType::Q6K,
     GgmlType::IQ2XXS,
     GgmlType::IQ2XS,
+    GgmlType::IQ3XXS,
     GgmlType::IQ4NL,
+    GgmlType::IQ3S,
     GgmlType::IQ2S,
     GgmlType::IQ4XS,
     GgmlType::BF16,
@@ -220,6 +224,8 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::IQ2XXS => (kquants::QK_K, iq2::IQ2_XXS_BYTES),
         T::IQ2XS => (kquants::QK_K, iq2::IQ2_XS_BYTES),
         T::IQ2S => (kquants::QK_K, iq2::IQ2_S_BYTES),
+        T::IQ3XXS => (kquants::QK_K, iq3::IQ3_XXS_BYTES),
+        T::IQ3S => (kquants::QK_K, iq3::IQ3_S_BYTES),
         T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
@@ -331,7 +337,7 @@ pub fn quantize_into(
 /// [`quantize_rows`] with an optional per-column importance (an imatrix entry, see
 /// `formats::imatrix::Imatrix::importance`), `row_len` values long. With `Some`, the types
 /// `llama-quantize` quantizes differently under an imatrix (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
-/// IQ2_XXS, IQ2_XS, IQ2_S, IQ4_NL, IQ4_XS) run ggml's importance-weighted quantizers and
+/// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS) run ggml's importance-weighted quantizers and
 /// write its bytes; the other types ignore it, as ggml does. With `None` the bytes are
 /// exactly [`quantize_rows`]' (an error for the types of [`needs_importance`]).
 pub fn quantize_rows_weighted(
@@ -370,6 +376,10 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         T::IQ2XXS => iq2::iq2_xxs_row,
         T::IQ2XS => iq2::iq2_xs_row,
         T::IQ2S => iq2::iq2_s_row,
+        T::IQ3XXS => {
+            |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
+        }
+        T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
         T::IQ4NL => |x, qw, y| {
             let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
             for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
@@ -387,6 +397,21 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         _ => return None,
     };
     Some(f)
+}
+
+/// Run a super-block quantizer that takes optional importance over a row, with importance.
+fn weighted_blocks(
+    x: &[f32],
+    qw: &[f32],
+    y: &mut [u8],
+    bytes: usize,
+    f: fn(&[f32], Option<&[f32]>, &mut [u8]),
+) {
+    let k = kquants::QK_K;
+    let it = x.chunks_exact(k).zip(qw.chunks_exact(k));
+    for ((x, qw), y) in it.zip(y.chunks_exact_mut(bytes)) {
+        f(x, Some(qw), y);
+    }
 }
 
 /// [`quantize_into`] with an optional per-column importance (see [`quantize_rows_weighted`]).
@@ -492,6 +517,12 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::IQ4XS => each_block(x, y, K, iquants::IQ4_XS_BYTES, |x, y| {
             iquants::quantize_iq4_xs(x, None, y)
         }),
+        T::IQ3XXS => each_block(x, y, K, iq3::IQ3_XXS_BYTES, |x, y| {
+            iq3::quantize_iq3_xxs(x, None, y)
+        }),
+        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| {
+            iq3::quantize_iq3_s(x, None, y)
+        }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
         T::MXFP4 => each_block(x, y, L, mxfp4::MXFP4_BYTES, mxfp4::quantize_mxfp4),
@@ -579,6 +610,8 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
             iquants::IQ4_XS_BYTES,
             crate::formats::blocks::iq4_xs,
         ),
+        T::IQ3XXS => each_block_back(b, y, K, iq3::IQ3_XXS_BYTES, crate::formats::iq3::iq3_xxs),
+        T::IQ3S => each_block_back(b, y, K, iq3::IQ3_S_BYTES, crate::formats::iq3::iq3_s),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
@@ -632,7 +665,8 @@ mod tests {
             // ggml's test skips the types that need an imatrix; with uniform importance
             // they land between 2-bit and ternary.
             GgmlType::IQ2XXS | GgmlType::IQ2XS => 0.012,
-            GgmlType::Q3K => 0.004,
+            GgmlType::Q3K | GgmlType::IQ3S => 0.004,
+            GgmlType::IQ3XXS => 0.005,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
             GgmlType::MXFP4 => 0.003,
