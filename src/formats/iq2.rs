@@ -66,12 +66,8 @@ pub fn iq2_xxs(b: &[u8], y: &mut [f32]) {
 /// scales per 32 values (low nibble for the first 16).
 pub fn iq2_xs(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
-    let scales = &b[66..74];
-    for ib in 0..8 {
-        let db = [
-            group_scale(d, scales[ib] & 0xf),
-            group_scale(d, scales[ib] >> 4),
-        ];
+    for (ib, &sc) in b[66..74].iter().enumerate() {
+        let db = [group_scale(d, sc & 0xf), group_scale(d, sc >> 4)];
         for l in 0..4 {
             let at = 2 + 2 * (4 * ib + l);
             let q = u16::from_le_bytes([b[at], b[at + 1]]);

@@ -17,6 +17,10 @@
 //! IQ2_XXS and IQ2_XS need an importance vector (ggml asserts one, `llama-quantize`
 //! refuses to run without an imatrix); IQ2_S runs ggml's unweighted fallback without one.
 
+// The loops keep ggml's indices (`xval[8*k + i]`, `scales[ib]`) so the transcription can be
+// checked against `ggml-quants.c` line by line.
+#![allow(clippy::needless_range_loop)]
+
 use super::kquants::QK_K;
 use super::lattice::{self, Lattice, Lookup};
 use super::put_f16;
