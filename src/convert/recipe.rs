@@ -255,6 +255,8 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::TQ2_0
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
+            | GgmlType::IQ1S
+            | GgmlType::IQ1M
     )
 }
 

@@ -35,8 +35,16 @@ fn point(p: u32, j: usize) -> f32 {
 #[inline(always)]
 fn eight(y: &mut [f32], db: f32, p1: u32, p2: u32, signs: u8) {
     for j in 0..4 {
-        let s1 = if signs & KMASK_IQ2XS[j] != 0 { -1.0 } else { 1.0 };
-        let s2 = if signs & KMASK_IQ2XS[j + 4] != 0 { -1.0 } else { 1.0 };
+        let s1 = if signs & KMASK_IQ2XS[j] != 0 {
+            -1.0
+        } else {
+            1.0
+        };
+        let s2 = if signs & KMASK_IQ2XS[j + 4] != 0 {
+            -1.0
+        } else {
+            1.0
+        };
         y[j] = db * point(p1, j) * s1;
         y[j + 4] = db * point(p2, j) * s2;
     }
@@ -79,7 +87,13 @@ pub fn iq3_s(b: &[u8], y: &mut [f32]) {
             let i1 = usize::from(qs[8 * ib + 2 * l]) | usize::from((h << (8 - 2 * l)) & 256);
             let i2 = usize::from(qs[8 * ib + 2 * l + 1]) | usize::from((h << (7 - 2 * l)) & 256);
             let at = 32 * ib + 8 * l;
-            eight(&mut y[at..at + 8], db, IQ3S_GRID[i1], IQ3S_GRID[i2], signs[4 * ib + l]);
+            eight(
+                &mut y[at..at + 8],
+                db,
+                IQ3S_GRID[i1],
+                IQ3S_GRID[i2],
+                signs[4 * ib + l],
+            );
         }
     }
 }

@@ -94,8 +94,20 @@ fn oracle(jobs: &[Value], dir: &Path) -> Vec<Value> {
 }
 
 fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    quantize_any(ty, x, 4096)
+}
+
+/// Uniform importance for the types that cannot be quantized without (IQ2_XXS, IQ2_XS),
+/// none for the others.
+fn ones_if_needed(ty: GgmlType, row_len: usize) -> Option<Vec<f32>> {
+    quant::needs_importance(ty).then(|| vec![1.0; row_len])
+}
+
+/// [`quant::quantize_rows`], with uniform importance where the type needs importance.
+fn quantize_any(ty: GgmlType, x: &[f32], row_len: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    quant::quantize_rows(ty, x, 4096, &mut out).unwrap();
+    let qw = ones_if_needed(ty, row_len);
+    quant::quantize_rows_weighted(ty, x, row_len, qw.as_deref(), &mut out).unwrap();
     out
 }
 
@@ -115,7 +127,10 @@ fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],
         GgmlType::Q6K => &[208],
-        GgmlType::IQ4NL | GgmlType::IQ4XS | GgmlType::IQ3XXS | GgmlType::IQ3S => &[0],
+        GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
+        GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S => &[0],
+        GgmlType::IQ3XXS | GgmlType::IQ3S => &[0],
+        GgmlType::IQ1S => &[0],
         GgmlType::TQ1_0 => &[52],
         GgmlType::TQ2_0 => &[64],
         _ => &[],
@@ -123,6 +138,12 @@ fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
     for block in b.chunks_exact_mut(size as usize) {
         for &at in halves {
             block[at + 1] &= 0b1011_1111; // exponent at most 0b01111: |value| < 2
+        }
+    }
+    if ty == GgmlType::IQ1M {
+        // The f16 super-scale's top nibble (sign, exponent high bits) is in byte 55.
+        for block in b.chunks_exact_mut(size as usize) {
+            block[55] &= 0b1011_1111;
         }
     }
     if ty == GgmlType::BF16 {
@@ -185,12 +206,18 @@ fn quantizers_match_ggml_and_gguf_py_bytes() {
     let x = test_data();
     let input = dir.path().join("values.f32");
     std::fs::write(&input, f32_bytes(&x)).unwrap();
+    let ones = dir.path().join("ones.f32");
+    std::fs::write(&ones, f32_bytes(&[1.0; 4096])).unwrap();
     let mut jobs = Vec::new();
     for ty in SUPPORTED {
         for which in ["gguf", "ggml"] {
-            jobs.push(json!({"oracle": which, "op": "quant", "type": ty.name(),
+            let mut job = json!({"oracle": which, "op": "quant", "type": ty.name(),
                 "input": input, "output": dir.path().join(format!("{ty}.{which}")),
-                "row_len": 4096}));
+                "row_len": 4096});
+            if quant::needs_importance(ty) {
+                job["importance"] = json!(ones);
+            }
+            jobs.push(job);
         }
     }
     let results = oracle(&jobs, dir.path());
@@ -270,6 +297,8 @@ fn in_candle(ty: GgmlType) -> bool {
             | GgmlType::IQ2S
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
+            | GgmlType::IQ1S
+            | GgmlType::IQ1M
     )
 }
 
@@ -366,6 +395,10 @@ fn step_fraction(ty: GgmlType) -> f32 {
         GgmlType::IQ4XS => 0.3,
         // Three levels: -d, 0, d with d the block maximum (rounded to f16).
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.51,
+        // Magnitudes 1, 3 or 5 times a group scale, only in the combinations of the grid,
+        // and the sign of the least important of 8 values may be flipped to make the
+        // count of negative signs even: a value can land a whole block maximum away.
+        GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S => 1.3,
         // The scale is a power of two with the block maximum in [4, 8) steps of it; the top
         // level is 6, and levels 4 and 6 are two steps apart: a quarter of the maximum.
         GgmlType::MXFP4 => 0.2501,
@@ -375,6 +408,9 @@ fn step_fraction(ty: GgmlType) -> f32 {
         // Also 7 sign bits per 8 values: with an odd count of negative values, the one of
         // least weight (here the smallest) is stored with the wrong sign.
         GgmlType::IQ3XXS => 2.01,
+        // Three levels (-1, 0, 1) shifted by 1/8 and only in the grid's combinations: a
+        // value can land a whole block maximum away.
+        GgmlType::IQ1S | GgmlType::IQ1M => 2.01,
         other => panic!("{other}"),
     }
 }
@@ -398,10 +434,12 @@ fn f16_floor(ty: GgmlType) -> f32 {
         GgmlType::IQ4NL => 127.0,
         GgmlType::IQ4XS => 32.0 * 127.0,
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => 1.0,
+        GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S => 43.0 * 15.5 * 0.25,
         // An E8M0 scale is never rounded.
         GgmlType::MXFP4 => 0.0,
         GgmlType::IQ3XXS => 15.5 * 0.5 * 62.0,
         GgmlType::IQ3S => 31.0 * 15.0,
+        GgmlType::IQ1S | GgmlType::IQ1M => 15.0 * 1.125,
         other => panic!("{other}"),
     };
     factor * 2f32.powi(-25)
@@ -448,8 +486,7 @@ proptest! {
     fn round_trips_stay_within_a_step((t, x) in row_strategy()) {
         let ty = SUPPORTED[t];
         let block = quant::block_len(ty).unwrap().max(32);
-        let mut bytes = Vec::new();
-        quant::quantize_rows(ty, &x, x.len(), &mut bytes).unwrap();
+        let bytes = quantize_any(ty, &x, x.len());
         prop_assert_eq!(bytes.len(), quant::row_bytes(ty, x.len()).unwrap());
         let y = quant::dequantize_to_vec(ty, &bytes).unwrap();
         let (bound, floor) = (step_fraction(ty), f16_floor(ty));
@@ -467,8 +504,7 @@ proptest! {
         }
         // Same input, same bytes: on one thread as on the shared pool.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let mut again = Vec::new();
-        pool.install(|| quant::quantize_rows(ty, &x, x.len(), &mut again)).unwrap();
+        let again = pool.install(|| quantize_any(ty, &x, x.len()));
         prop_assert_eq!(bytes, again);
     }
 
@@ -477,7 +513,8 @@ proptest! {
         for ty in SUPPORTED {
             let x = vec![0.25f32; len];
             let mut out = Vec::new();
-            let r = quant::quantize_rows(ty, &x, row_len, &mut out);
+            let qw = ones_if_needed(ty, row_len);
+            let r = quant::quantize_rows_weighted(ty, &x, row_len, qw.as_deref(), &mut out);
             let block = quant::block_len(ty).unwrap();
             let fits = row_len % block == 0 && len % row_len == 0;
             prop_assert_eq!(r.is_ok(), fits, "{} len {} row {}", ty, len, row_len);
@@ -508,8 +545,8 @@ fn importance(n: usize, kind: u8, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
-/// Every type `llama-quantize` can write with an importance matrix, with and without one,
-/// against ggml's own `quantize_<type>(.., imatrix)` (compiled from the ggml-python sdist):
+/// Every type `llama-quantize` can write with an importance matrix, with and without one
+/// (IQ2_XXS and IQ2_XS only with), against ggml's own `quantize_<type>(.., imatrix)` (compiled from the ggml-python sdist):
 /// byte-identical for rows of several lengths, random and realistic importance.
 #[test]
 fn weighted_quantizers_match_ggml_bytes() {
@@ -532,8 +569,13 @@ fn weighted_quantizers_match_ggml_bytes() {
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
         GgmlType::MXFP4,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ2S,
         GgmlType::IQ3XXS,
         GgmlType::IQ3S,
+        GgmlType::IQ1S,
+        GgmlType::IQ1M,
     ];
     let mut jobs = Vec::new();
     let mut ours = Vec::new();
@@ -551,7 +593,13 @@ fn weighted_quantizers_match_ggml_bytes() {
             let x = &data[data.len() - rows * row_len..];
             let input = dir.path().join(format!("{ty}.{row_len}.f32"));
             std::fs::write(&input, f32_bytes(x)).unwrap();
-            for kind in [None, Some(0u8), Some(1u8)] {
+            // ggml refuses IQ2_XXS and IQ2_XS without importance (so does `quantize_rows`).
+            let kinds: &[Option<u8>] = if quant::needs_importance(ty) {
+                &[Some(0), Some(1)]
+            } else {
+                &[None, Some(0), Some(1)]
+            };
+            for &kind in kinds {
                 let imp = kind.map(|k| importance(row_len, k, &mut rng));
                 let tag = format!("{ty}.{row_len}.{kind:?}");
                 let mut job = json!({"oracle": "ggml", "op": "quant", "type": ty.name(),

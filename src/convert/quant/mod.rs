@@ -42,6 +42,7 @@
 
 mod float;
 mod fp8;
+mod iq1;
 mod iq2;
 mod iq3;
 mod iquants;
@@ -159,7 +160,7 @@ impl QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 23] = [
+pub const SUPPORTED: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -175,10 +176,12 @@ pub const SUPPORTED: [GgmlType; 23] = [
     GgmlType::IQ2XXS,
     GgmlType::IQ2XS,
     GgmlType::IQ3XXS,
+    GgmlType::IQ1S,
     GgmlType::IQ4NL,
     GgmlType::IQ3S,
     GgmlType::IQ2S,
     GgmlType::IQ4XS,
+    GgmlType::IQ1M,
     GgmlType::BF16,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
@@ -202,7 +205,7 @@ pub fn supported(ty: GgmlType) -> bool {
 /// `ggml_quantize_requires_imatrix` among the supported types): [`quantize_rows`] refuses
 /// it, [`quantize_rows_weighted`] needs `Some`.
 pub fn needs_importance(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::IQ2XXS | GgmlType::IQ2XS)
+    matches!(ty, GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ1S)
 }
 
 /// Values per block and bytes per block of a supported type.
@@ -226,6 +229,8 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::IQ2S => (kquants::QK_K, iq2::IQ2_S_BYTES),
         T::IQ3XXS => (kquants::QK_K, iq3::IQ3_XXS_BYTES),
         T::IQ3S => (kquants::QK_K, iq3::IQ3_S_BYTES),
+        T::IQ1S => (kquants::QK_K, iq1::IQ1_S_BYTES),
+        T::IQ1M => (kquants::QK_K, iq1::IQ1_M_BYTES),
         T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
@@ -376,8 +381,19 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         T::IQ2XXS => iq2::iq2_xxs_row,
         T::IQ2XS => iq2::iq2_xs_row,
         T::IQ2S => iq2::iq2_s_row,
-        T::IQ3XXS => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs),
+        T::IQ3XXS => {
+            |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
+        }
         T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
+        T::IQ1S => |x, qw, y| {
+            let it = x
+                .chunks_exact(kquants::QK_K)
+                .zip(qw.chunks_exact(kquants::QK_K));
+            for ((x, qw), y) in it.zip(y.chunks_exact_mut(iq1::IQ1_S_BYTES)) {
+                iq1::quantize_iq1_s(x, qw, y);
+            }
+        },
+        T::IQ1M => |x, qw, y| weighted_blocks(x, qw, y, iq1::IQ1_M_BYTES, iq1::quantize_iq1_m),
         T::IQ4NL => |x, qw, y| {
             let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
             for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
@@ -518,7 +534,12 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::IQ3XXS => each_block(x, y, K, iq3::IQ3_XXS_BYTES, |x, y| {
             iq3::quantize_iq3_xxs(x, None, y)
         }),
-        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| iq3::quantize_iq3_s(x, None, y)),
+        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| {
+            iq3::quantize_iq3_s(x, None, y)
+        }),
+        T::IQ1M => each_block(x, y, K, iq1::IQ1_M_BYTES, |x, y| {
+            iq1::quantize_iq1_m(x, None, y)
+        }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
         T::MXFP4 => each_block(x, y, L, mxfp4::MXFP4_BYTES, mxfp4::quantize_mxfp4),
@@ -608,6 +629,8 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         ),
         T::IQ3XXS => each_block_back(b, y, K, iq3::IQ3_XXS_BYTES, crate::formats::iq3::iq3_xxs),
         T::IQ3S => each_block_back(b, y, K, iq3::IQ3_S_BYTES, crate::formats::iq3::iq3_s),
+        T::IQ1S => each_block_back(b, y, K, iq1::IQ1_S_BYTES, crate::formats::iq1::iq1_s),
+        T::IQ1M => each_block_back(b, y, K, iq1::IQ1_M_BYTES, crate::formats::iq1::iq1_m),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
@@ -663,6 +686,8 @@ mod tests {
             GgmlType::IQ2XXS | GgmlType::IQ2XS => 0.012,
             GgmlType::Q3K | GgmlType::IQ3S => 0.004,
             GgmlType::IQ3XXS => 0.005,
+            // ggml's test skips the 1-bit types; three shifted levels per value.
+            GgmlType::IQ1S | GgmlType::IQ1M => 0.02,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
             GgmlType::MXFP4 => 0.003,
@@ -722,10 +747,10 @@ mod tests {
                 row_len: 32
             }
         );
-        let err = quantize_rows(GgmlType::IQ1S, &[0.0; 256], 256, &mut out).unwrap_err();
+        let err = quantize_rows(GgmlType::Q8K, &[0.0; 256], 256, &mut out).unwrap_err();
         assert!(err
             .to_string()
-            .starts_with("cannot convert to or from `IQ1_S`"));
+            .starts_with("cannot convert to or from `Q8_K`"));
         let err = dequantize(GgmlType::Q4_1, &[0u8; 30], &mut [0.0; 32]).unwrap_err();
         assert_eq!(
             err.to_string(),
