@@ -38,7 +38,9 @@
 //! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
 //! does ([`dequantize_fp8_e4m3`]).
 //!
-//! Not built: IQ1_* and NVFP4.
+//! IQ1_S and IQ1_M take ggml's exact three-level splits (`iq1`); IQ1_S only with importance.
+//!
+//! Not built: NVFP4.
 
 mod float;
 mod fp8;
