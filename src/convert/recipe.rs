@@ -256,7 +256,6 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
             | GgmlType::IQ1S
-            | GgmlType::IQ1M
     )
 }
 

@@ -11,6 +11,9 @@
 //! `tests/it/quant.rs` checks on random blocks). Callers hand over one whole block
 //! (`blocks::dequantize` checks sizes); every index read is masked into its table.
 
+// The loops index several arrays in step, as ggml's do, so the order of every sum stays ggml's.
+#![allow(clippy::needless_range_loop)]
+
 use super::iq_grids::IQ1S_GRID;
 
 /// Bytes of one IQ1_S block: f16 `d`, `qs[32]`, `qh[8]` (`u16`).

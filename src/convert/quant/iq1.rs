@@ -14,13 +14,16 @@
 //! The sort is by value only; values that compare equal keep their index order, as glibc's
 //! merge sort (`qsort` for arrays this small) keeps them, so ties split as in ggml.
 
+// The loops index several arrays in step, as ggml's do, so the order of every sum stays ggml's.
+#![allow(clippy::needless_range_loop)]
+
 use super::kquants::QK_K;
 use super::lattice::{self, key_of, Lattice, Lookup};
 use super::put_f16;
 use super::search::nearest_int;
 
 use crate::formats::iq1::IQ1_DELTA;
-pub(super) use crate::formats::iq1::{IQ1_M_BYTES, IQ1_S_BYTES};
+pub(super) use crate::formats::iq1::IQ1_S_BYTES;
 
 /// IQ1_S groups whose largest magnitude is below this are all zero.
 const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
@@ -288,7 +291,11 @@ pub(super) fn quantize_iq1_s(x: &[f32], qw: &[f32], y: &mut [u8]) {
 /// The shifted levels of group `k` (0 or 1) of 8 in a 16-value IQ1_M block with shift
 /// choice `best_k` (0: +,+; 1: +,-; 2: -,+; 3: -,-).
 fn iq1m_levels(best_k: usize, k: usize) -> &'static [f32; 3] {
-    let plus = if k == 0 { best_k < 2 } else { best_k % 2 == 0 };
+    let plus = if k == 0 {
+        best_k < 2
+    } else {
+        best_k.is_multiple_of(2)
+    };
     if plus {
         &X_P
     } else {
@@ -297,7 +304,9 @@ fn iq1m_levels(best_k: usize, k: usize) -> &'static [f32; 3] {
 }
 
 /// One IQ1_M super-block of 256 values (`quantize_row_iq1_m_impl`) into 56 bytes; `qw` is
-/// the block's importance, if any.
+/// the block's importance, if any. Not registered: about a third of its blocks still differ
+/// from ggml's bytes.
+#[allow(dead_code)]
 pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
