@@ -255,6 +255,7 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::TQ2_0
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
+            | GgmlType::IQ1S
     )
 }
 

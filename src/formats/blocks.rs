@@ -55,8 +55,10 @@ fn decoder(ty: GgmlType) -> Option<(usize, usize, BlockFn)> {
         GgmlType::IQ2XXS => (256, super::iq2::IQ2_XXS_BYTES, super::iq2::iq2_xxs),
         GgmlType::IQ2XS => (256, super::iq2::IQ2_XS_BYTES, super::iq2::iq2_xs),
         GgmlType::IQ2S => (256, super::iq2::IQ2_S_BYTES, super::iq2::iq2_s),
-        GgmlType::IQ3XXS => (256, 98, super::iq3::iq3_xxs),
-        GgmlType::IQ3S => (256, 110, super::iq3::iq3_s),
+        GgmlType::IQ3XXS => (256, super::iq3::IQ3_XXS_BYTES, super::iq3::iq3_xxs),
+        GgmlType::IQ3S => (256, super::iq3::IQ3_S_BYTES, super::iq3::iq3_s),
+        GgmlType::IQ1S => (256, super::iq1::IQ1_S_BYTES, super::iq1::iq1_s),
+        GgmlType::IQ1M => (256, super::iq1::IQ1_M_BYTES, super::iq1::iq1_m),
         _ => return None,
     })
 }

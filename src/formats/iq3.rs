@@ -12,6 +12,9 @@
 //! `tests/it/quant.rs` checks on random blocks). Callers hand over one whole block
 //! (`blocks::dequantize` checks sizes); every index read is masked into its table.
 
+// The loops index several arrays in step, as ggml's do, so the order of every sum stays ggml's.
+#![allow(clippy::needless_range_loop)]
+
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 
 /// Bytes of one IQ3_XXS block: f16 `d`, 64 grid indices, 8 `u32` of scale and signs.

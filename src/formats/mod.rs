@@ -15,6 +15,7 @@ pub mod experts;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
+pub mod iq1;
 pub mod iq2;
 pub mod iq3;
 pub mod iq_grids;

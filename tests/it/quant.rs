@@ -127,8 +127,10 @@ fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],
         GgmlType::Q6K => &[208],
-        GgmlType::IQ4NL | GgmlType::IQ4XS | GgmlType::IQ3XXS | GgmlType::IQ3S => &[0],
+        GgmlType::IQ4NL | GgmlType::IQ4XS => &[0],
         GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S => &[0],
+        GgmlType::IQ3XXS | GgmlType::IQ3S => &[0],
+        GgmlType::IQ1S => &[0],
         GgmlType::TQ1_0 => &[52],
         GgmlType::TQ2_0 => &[64],
         _ => &[],
@@ -136,6 +138,12 @@ fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
     for block in b.chunks_exact_mut(size as usize) {
         for &at in halves {
             block[at + 1] &= 0b1011_1111; // exponent at most 0b01111: |value| < 2
+        }
+    }
+    if ty == GgmlType::IQ1M {
+        // The f16 super-scale's top nibble (sign, exponent high bits) is in byte 55.
+        for block in b.chunks_exact_mut(size as usize) {
+            block[55] &= 0b1011_1111;
         }
     }
     if ty == GgmlType::BF16 {
@@ -289,6 +297,8 @@ fn in_candle(ty: GgmlType) -> bool {
             | GgmlType::IQ2S
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
+            | GgmlType::IQ1S
+            | GgmlType::IQ1M
     )
 }
 
@@ -394,10 +404,13 @@ fn step_fraction(ty: GgmlType) -> f32 {
         GgmlType::MXFP4 => 0.2501,
         // Lattice points: a group of four values may be moved to a neighbouring grid point
         // when its rounded levels are not one, and a group's scale has 4 bits.
-        GgmlType::IQ3S => 0.35,
+        GgmlType::IQ3S => 0.6,
         // Also 7 sign bits per 8 values: with an odd count of negative values, the one of
         // least weight (here the smallest) is stored with the wrong sign.
         GgmlType::IQ3XXS => 2.01,
+        // Three levels (-1, 0, 1) shifted by 1/8 and only in the grid's combinations: a
+        // value can land a whole block maximum away.
+        GgmlType::IQ1S | GgmlType::IQ1M => 2.01,
         other => panic!("{other}"),
     }
 }
@@ -426,6 +439,7 @@ fn f16_floor(ty: GgmlType) -> f32 {
         GgmlType::MXFP4 => 0.0,
         GgmlType::IQ3XXS => 15.5 * 0.5 * 62.0,
         GgmlType::IQ3S => 31.0 * 15.0,
+        GgmlType::IQ1S | GgmlType::IQ1M => 15.0 * 1.125,
         other => panic!("{other}"),
     };
     factor * 2f32.powi(-25)
@@ -560,6 +574,7 @@ fn weighted_quantizers_match_ggml_bytes() {
         GgmlType::IQ2S,
         GgmlType::IQ3XXS,
         GgmlType::IQ3S,
+        GgmlType::IQ1S,
     ];
     let mut jobs = Vec::new();
     let mut ours = Vec::new();

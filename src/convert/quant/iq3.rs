@@ -17,6 +17,9 @@
 //! groups that are not all zero, so the groups after an all-zero group are stored one
 //! slot early (their ninth index bits and scales stay in place).
 
+// The loops index several arrays in step, as ggml's do, so the order of every sum stays ggml's.
+#![allow(clippy::needless_range_loop)]
+
 use std::sync::OnceLock;
 
 use super::kquants::QK_K;

@@ -38,10 +38,13 @@
 //! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
 //! does ([`dequantize_fp8_e4m3`]).
 //!
-//! Not built: IQ1_* and NVFP4.
+//! IQ1_S takes ggml's exact three-level splits (`iq1`), only with importance.
+//!
+//! Not built: IQ1_M (its quantizer is not yet byte-identical to ggml) and NVFP4.
 
 mod float;
 mod fp8;
+mod iq1;
 mod iq2;
 mod iq3;
 mod iquants;
@@ -159,7 +162,7 @@ impl QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 23] = [
+pub const SUPPORTED: [GgmlType; 24] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -175,6 +178,7 @@ pub const SUPPORTED: [GgmlType; 23] = [
     GgmlType::IQ2XXS,
     GgmlType::IQ2XS,
     GgmlType::IQ3XXS,
+    GgmlType::IQ1S,
     GgmlType::IQ4NL,
     GgmlType::IQ3S,
     GgmlType::IQ2S,
@@ -202,7 +206,7 @@ pub fn supported(ty: GgmlType) -> bool {
 /// `ggml_quantize_requires_imatrix` among the supported types): [`quantize_rows`] refuses
 /// it, [`quantize_rows_weighted`] needs `Some`.
 pub fn needs_importance(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::IQ2XXS | GgmlType::IQ2XS)
+    matches!(ty, GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ1S)
 }
 
 /// Values per block and bytes per block of a supported type.
@@ -226,6 +230,7 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::IQ2S => (kquants::QK_K, iq2::IQ2_S_BYTES),
         T::IQ3XXS => (kquants::QK_K, iq3::IQ3_XXS_BYTES),
         T::IQ3S => (kquants::QK_K, iq3::IQ3_S_BYTES),
+        T::IQ1S => (kquants::QK_K, iq1::IQ1_S_BYTES),
         T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
@@ -380,6 +385,14 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
             |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
         }
         T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
+        T::IQ1S => |x, qw, y| {
+            let it = x
+                .chunks_exact(kquants::QK_K)
+                .zip(qw.chunks_exact(kquants::QK_K));
+            for ((x, qw), y) in it.zip(y.chunks_exact_mut(iq1::IQ1_S_BYTES)) {
+                iq1::quantize_iq1_s(x, qw, y);
+            }
+        },
         T::IQ4NL => |x, qw, y| {
             let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
             for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
@@ -612,6 +625,7 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         ),
         T::IQ3XXS => each_block_back(b, y, K, iq3::IQ3_XXS_BYTES, crate::formats::iq3::iq3_xxs),
         T::IQ3S => each_block_back(b, y, K, iq3::IQ3_S_BYTES, crate::formats::iq3::iq3_s),
+        T::IQ1S => each_block_back(b, y, K, iq1::IQ1_S_BYTES, crate::formats::iq1::iq1_s),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
@@ -667,6 +681,8 @@ mod tests {
             GgmlType::IQ2XXS | GgmlType::IQ2XS => 0.012,
             GgmlType::Q3K | GgmlType::IQ3S => 0.004,
             GgmlType::IQ3XXS => 0.005,
+            // ggml's test skips the 1-bit types; three shifted levels per value.
+            GgmlType::IQ1S => 0.02,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
             GgmlType::MXFP4 => 0.003,
@@ -726,10 +742,10 @@ mod tests {
                 row_len: 32
             }
         );
-        let err = quantize_rows(GgmlType::IQ1S, &[0.0; 256], 256, &mut out).unwrap_err();
+        let err = quantize_rows(GgmlType::Q8K, &[0.0; 256], 256, &mut out).unwrap_err();
         assert!(err
             .to_string()
-            .starts_with("cannot convert to or from `IQ1_S`"));
+            .starts_with("cannot convert to or from `Q8_K`"));
         let err = dequantize(GgmlType::Q4_1, &[0u8; 30], &mut [0.0; 32]).unwrap_err();
         assert_eq!(
             err.to_string(),
