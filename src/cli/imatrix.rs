@@ -130,7 +130,8 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let c = result.with_context(|| format!("cannot compute an importance matrix of `{subject}`"))?;
+    let c =
+        result.with_context(|| format!("cannot compute an importance matrix of `{subject}`"))?;
     c.imatrix.write_file(&args.output)?;
     let bytes = std::fs::read(&args.output)
         .with_context(|| format!("cannot read back `{}`", args.output.display()))?;

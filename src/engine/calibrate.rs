@@ -45,11 +45,13 @@ pub struct CalibrationText {
 impl CalibrationText {
     /// Read `path`: UTF-8, at most [`MAX_TEXT_BYTES`].
     pub fn read(path: &Path) -> Result<CalibrationText, EngineError> {
-        let (bytes, text) = crate::userfile::read_capped(path, MAX_TEXT_BYTES, "a calibration text")
-            .map_err(|source| EngineError::CalibrationText {
-                path: path.to_owned(),
-                source,
-            })?;
+        let (bytes, text) =
+            crate::userfile::read_capped(path, MAX_TEXT_BYTES, "a calibration text").map_err(
+                |source| EngineError::CalibrationText {
+                    path: path.to_owned(),
+                    source,
+                },
+            )?;
         Ok(CalibrationText {
             path: path.to_owned(),
             digest: Sha256Digest::of(&bytes),
@@ -108,7 +110,9 @@ fn nll(logits: &[f32], vocab: usize, next: &[u32]) -> Vec<f64> {
         .map(|(row, &t)| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-            let lp = row.get(t as usize).map_or(f64::NEG_INFINITY, |&v| v as f64 - max);
+            let lp = row
+                .get(t as usize)
+                .map_or(f64::NEG_INFINITY, |&v| v as f64 - max);
             sum.ln() - lp
         })
         .collect()

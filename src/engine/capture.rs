@@ -200,7 +200,10 @@ mod tests {
             .unwrap();
         let e = c.take().unwrap();
         let q = &e["blk.3.attn_q.weight"];
-        assert_eq!((q.columns, &q.sums[..], &q.counts[..]), (2, &[14.0, 4.25][..], &[3][..]));
+        assert_eq!(
+            (q.columns, &q.sums[..], &q.counts[..]),
+            (2, &[14.0, 4.25][..], &[3][..])
+        );
         let k = &e["blk.3.attn_k.weight"];
         assert_eq!((&k.sums[..], &k.counts[..]), (&[10.0, 4.25][..], &[2][..]));
         let x = &e["blk.3.ffn_up_exps.weight"];
@@ -217,7 +220,8 @@ mod tests {
         t.dense_rows(&["ffn_down"], &[1.0, 2.0], 1).unwrap();
         assert!(t.dense_rows(&["ffn_down"], &[1.0, 2.0, 3.0], 1).is_err());
         assert!(t.dense_rows(&["ffn_down"], &[1.0, 2.0, 3.0], 2).is_err());
-        t.dense_rows(&["ffn_down"], &[f32::INFINITY, 0.0], 1).unwrap();
+        t.dense_rows(&["ffn_down"], &[f32::INFINITY, 0.0], 1)
+            .unwrap();
         let e = c.take().unwrap_err();
         assert!(e.to_string().contains("blk.0.ffn_down.weight"), "{e}");
     }

@@ -909,7 +909,14 @@ fn layer_step(
         None => {
             if let Some(t) = &tap {
                 let fused: &[&str] = &["attn_qkv"];
-                t.dense(if layer.fused_qkv { fused } else { &["attn_q", "attn_k", "attn_v"] }, &h)?;
+                t.dense(
+                    if layer.fused_qkv {
+                        fused
+                    } else {
+                        &["attn_q", "attn_k", "attn_v"]
+                    },
+                    &h,
+                )?;
             }
             attention(cfg, layer, cache, &h, pos, tables, layer_mask)?
         }

@@ -274,9 +274,8 @@ impl MoeFfn {
                 xe.extend_from_slice(&xs[t * h..(t + 1) * h]);
             }
             let m = chosen.len();
-            let seen = tap.map(|t| {
-                move |which: &[&str], x: &[f32]| t.expert_rows(which, e, i, x, m)
-            });
+            let seen =
+                tap.map(|t| move |which: &[&str], x: &[f32]| t.expert_rows(which, e, i, x, m));
             let y = self.expert(expert, &xe, m, seen.as_ref().map(|f| f as _))?;
             for (&(t, w), row) in chosen.iter().zip(y.chunks_exact(h)) {
                 for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(row) {

@@ -69,7 +69,11 @@ fn imatrix_matches_a_numpy_forward_pass_and_gguf_py_reads_it() {
         .arg(&ids_path)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(v["keys"]["general.type"], "imatrix");
     assert_eq!(v["keys"]["imatrix.chunk_count"], 3);
@@ -87,7 +91,11 @@ fn imatrix_matches_a_numpy_forward_pass_and_gguf_py_reads_it() {
     assert_eq!(names, numpy);
     assert_eq!(names.len(), 14);
     for (name, e) in entries {
-        let cols = if name.ends_with("ffn_down.weight") { 128 } else { 64 };
+        let cols = if name.ends_with("ffn_down.weight") {
+            128
+        } else {
+            64
+        };
         assert_eq!(e["shape"], serde_json::json!([cols, 1]), "{name}");
         assert_eq!(e["type"], "F32", "{name}");
         assert_eq!(e["counts"], serde_json::json!([192.0]), "{name}");
@@ -174,7 +182,10 @@ fn bad_input_exits_2_with_a_message() {
     let missing = tmp.path().join("missing.txt");
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("no text", vec!["imatrix", m, "-o", o_]),
-        ("ctx 0", vec!["imatrix", m, "--text", t, "--ctx", "0", "-o", o_]),
+        (
+            "ctx 0",
+            vec!["imatrix", m, "--text", t, "--ctx", "0", "-o", o_],
+        ),
         (
             "empty text",
             vec!["imatrix", m, "--text", empty.to_str().unwrap(), "-o", o_],
