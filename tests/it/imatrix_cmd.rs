@@ -288,6 +288,9 @@ fn mixture_of_experts_entries_are_per_expert() {
     let gate = &m.entries["blk.0.ffn_gate_exps.weight"];
     for (c, r) in router.sums.iter().enumerate() {
         let s: f32 = (0..4).map(|e| gate.sums[e * gate.columns + c]).sum();
-        assert!((s - 2.0 * r).abs() <= 1e-4 * r.abs(), "column {c}: {s} vs 2 x {r}");
+        assert!(
+            (s - 2.0 * r).abs() <= 1e-4 * r.abs(),
+            "column {c}: {s} vs 2 x {r}"
+        );
     }
 }
