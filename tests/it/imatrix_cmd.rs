@@ -55,7 +55,7 @@ fn imatrix_matches_a_numpy_forward_pass_and_gguf_py_reads_it() {
         .map(|(a, _)| format!("{a}perplexity [PPL]"))
         .unwrap();
     insta::assert_snapshot!(format!("{}\n--- stderr\n{}", redact(&stdout, tmp.path()), stderr), @r"
-    wrote `[TMP]/imatrix.gguf`: 14 entries from 3 chunks of 64 tokens ([N] tokens of text), perplexity [PPL]
+    wrote `[TMP]/imatrix.gguf`: 14 entries from 3 chunks of 64 tokens (3835 tokens of text), perplexity [PPL]
     --- stderr
     ");
 
@@ -180,6 +180,8 @@ fn bad_input_exits_2_with_a_message() {
     let garbage = tmp.path().join("garbage.gguf");
     std::fs::write(&garbage, b"GGUF\x03\x00\x00\x00\xff").unwrap();
     let missing = tmp.path().join("missing.txt");
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "A few words of text.\n").unwrap();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("no text", vec!["imatrix", m, "-o", o_]),
         (
@@ -200,7 +202,16 @@ fn bad_input_exits_2_with_a_message() {
         ),
         (
             "text shorter than a chunk",
-            vec!["imatrix", m, "--text", t, "--ctx", "200000", "-o", o_],
+            vec![
+                "imatrix",
+                m,
+                "--text",
+                short.to_str().unwrap(),
+                "--ctx",
+                "64",
+                "-o",
+                o_,
+            ],
         ),
         (
             "chunk longer than the context",
