@@ -132,6 +132,17 @@ pub fn calibrate(
         return Err(EngineError::BadParam("a chunk size of 0 tokens".into()));
     }
     let (cfg, tokenizer) = layered::open_parts(ckpt)?;
+    if text.text.trim().is_empty() {
+        return Err(EngineError::EmptyText {
+            path: text.path.clone(),
+        });
+    }
+    if ctx > cfg.context {
+        return Err(EngineError::ChunkTooLong {
+            ctx,
+            context: cfg.context,
+        });
+    }
     let tokens = tokenizer.encode(&text.text)?;
     let bos = tokenizer.bos().filter(|_| tokenizer.adds_bos());
     let seqs = chunks(&tokens, ctx, opts.chunks, bos);
@@ -140,12 +151,6 @@ pub fn calibrate(
             path: text.path.clone(),
             tokens: tokens.len(),
             ctx,
-        });
-    }
-    if ctx > cfg.context {
-        return Err(EngineError::ContextOverflow {
-            tokens: ctx,
-            context: cfg.context,
         });
     }
     let first = ctx / 2;

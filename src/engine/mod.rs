@@ -94,6 +94,10 @@ pub enum EngineError {
         tokens: usize,
         ctx: usize,
     },
+    #[error("the calibration text `{}` holds no tokens", path.display())]
+    EmptyText { path: std::path::PathBuf },
+    #[error("chunks of {ctx} tokens are longer than the model's context of {context}")]
+    ChunkTooLong { ctx: usize, context: usize },
     #[error("cannot keep hidden states in `{dir}`")]
     Spill {
         dir: std::path::PathBuf,
@@ -145,6 +149,8 @@ impl EngineError {
                 }
                 crate::userfile::ReadError::Io(_) => return source.hint(),
             },
+            EngineError::EmptyText { .. } => "give a text of at least one chunk of `--ctx` tokens",
+            EngineError::ChunkTooLong { .. } => "give a `--ctx` no larger than the model's context",
             EngineError::TextTooShort { .. } => {
                 "give a longer text or a smaller `--ctx` (`fixtures/text/eval.txt` is a small English text to start with)"
             }

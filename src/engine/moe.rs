@@ -324,7 +324,7 @@ impl MoeFfn {
         ex: &Expert,
         x: &[f32],
         m: usize,
-        seen: Option<&dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>>,
+        seen: Option<Seen<'_>>,
     ) -> Result<Vec<f32>, EngineError> {
         if let Some(f) = seen {
             f(&["ffn_gate_exps", "ffn_up_exps"], x)?;
@@ -360,6 +360,9 @@ impl MoeFfn {
         Ok(y)
     }
 }
+
+/// Where one expert's product inputs go: the stacked tensors' suffixes and the rows.
+type Seen<'a> = &'a dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>;
 
 /// A shared expert's tensor from the routed one's name: `ffn_gate_exps` -> `ffn_gate_shexp`.
 fn shared_name(routed: &str) -> String {

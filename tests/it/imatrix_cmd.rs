@@ -55,7 +55,7 @@ fn imatrix_matches_a_numpy_forward_pass_and_gguf_py_reads_it() {
         .map(|(a, _)| format!("{a}perplexity [PPL]"))
         .unwrap();
     insta::assert_snapshot!(format!("{}\n--- stderr\n{}", redact(&stdout, tmp.path()), stderr), @r"
-    wrote `[TMP]/imatrix.gguf`: 14 entries from 3 chunks of 64 tokens ([N] tokens of text), perplexity [PPL]
+    wrote `[TMP]/imatrix.gguf`: 14 entries from 3 chunks of 64 tokens (3835 tokens of text), perplexity [PPL]
     --- stderr
     ");
 
@@ -180,6 +180,8 @@ fn bad_input_exits_2_with_a_message() {
     let garbage = tmp.path().join("garbage.gguf");
     std::fs::write(&garbage, b"GGUF\x03\x00\x00\x00\xff").unwrap();
     let missing = tmp.path().join("missing.txt");
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "A few words of text.\n").unwrap();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("no text", vec!["imatrix", m, "-o", o_]),
         (
@@ -200,7 +202,16 @@ fn bad_input_exits_2_with_a_message() {
         ),
         (
             "text shorter than a chunk",
-            vec!["imatrix", m, "--text", t, "--ctx", "200000", "-o", o_],
+            vec![
+                "imatrix",
+                m,
+                "--text",
+                short.to_str().unwrap(),
+                "--ctx",
+                "64",
+                "-o",
+                o_,
+            ],
         ),
         (
             "chunk longer than the context",
@@ -225,4 +236,72 @@ fn bad_input_exits_2_with_a_message() {
     }
     assert!(!out.exists());
     insta::assert_snapshot!(all);
+}
+
+/// A mixture of experts (the Qwen2-MoE oracle: 4 experts, top 2, a gated shared expert):
+/// stacked `ffn_*_exps` entries have one slice and one count per expert, every token counts
+/// for the 2 experts it is routed to, and since the router, the shared expert and the
+/// routed experts' gate/up products all take the same input, the expert slices of
+/// `ffn_gate_exps` add up to twice the router's sums.
+#[test]
+fn mixture_of_experts_entries_are_per_expert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = support::oracle2_dir("qwen2moe");
+    let out = tmp.path().join("moe.gguf");
+    let o = modelgate(&[
+        "imatrix",
+        model.to_str().unwrap(),
+        "--text",
+        fixture("text/eval.txt").to_str().unwrap(),
+        "--ctx",
+        "32",
+        "--chunks",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = modelgate::formats::imatrix::Imatrix::read(&out).unwrap();
+    let names: Vec<&str> = m
+        .entries
+        .keys()
+        .filter(|n| n.starts_with("blk.0."))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "blk.0.attn_k.weight",
+            "blk.0.attn_output.weight",
+            "blk.0.attn_q.weight",
+            "blk.0.attn_v.weight",
+            "blk.0.ffn_down_exps.weight",
+            "blk.0.ffn_down_shexp.weight",
+            "blk.0.ffn_gate_exps.weight",
+            "blk.0.ffn_gate_inp.weight",
+            "blk.0.ffn_gate_inp_shexp.weight",
+            "blk.0.ffn_gate_shexp.weight",
+            "blk.0.ffn_up_exps.weight",
+            "blk.0.ffn_up_shexp.weight",
+        ]
+    );
+    let tokens = 64u64;
+    let router = &m.entries["blk.0.ffn_gate_inp.weight"];
+    assert_eq!(router.counts, [tokens]);
+    assert_eq!(m.entries["blk.0.ffn_gate_shexp.weight"].sums, router.sums);
+    for stacked in ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"] {
+        let e = &m.entries[&format!("blk.0.{stacked}.weight")];
+        assert_eq!(e.slices(), 4, "{stacked}");
+        assert_eq!(e.counts.iter().sum::<u64>(), 2 * tokens, "{stacked}");
+        assert_eq!(e.counts, m.entries["blk.0.ffn_gate_exps.weight"].counts);
+    }
+    let gate = &m.entries["blk.0.ffn_gate_exps.weight"];
+    for (c, r) in router.sums.iter().enumerate() {
+        let s: f32 = (0..4).map(|e| gate.sums[e * gate.columns + c]).sum();
+        assert!(
+            (s - 2.0 * r).abs() <= 1e-4 * r.abs(),
+            "column {c}: {s} vs 2 x {r}"
+        );
+    }
 }
