@@ -371,7 +371,11 @@ pub fn render_text(s: &Summary, verbose: bool) -> String {
 
 /// `--target-bpw` / `--max-size`: the budget mix, its table and the predicted and measured
 /// KLD.
-fn run_budget(args: &Args, opts: &convert::Options, format: OutputFormat) -> anyhow::Result<Outcome> {
+fn run_budget(
+    args: &Args,
+    opts: &convert::Options,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
     use crate::pipeline::budget::{self as pb, BudgetOptions, Event};
     use crate::pipeline::StageError;
     if format != OutputFormat::Gguf {
@@ -412,13 +416,14 @@ fn run_budget(args: &Args, opts: &convert::Options, format: OutputFormat) -> any
         };
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     };
-    let outcome = pb::convert_to_budget(&args.src, &args.output, opts, &b, &mut progress)
-        .map_err(|e| match e {
+    let outcome = pb::convert_to_budget(&args.src, &args.output, opts, &b, &mut progress).map_err(
+        |e| match e {
             StageError::Convert(e) => anyhow::Error::new(e),
             StageError::Parity(e) => anyhow::Error::new(e),
             StageError::Format(e) => anyhow::Error::new(e),
             other => anyhow::Error::new(other),
-        })?;
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &outcome).context("cannot write JSON to stdout")?;
@@ -463,7 +468,10 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
         ),
     );
     if let Some(m) = &s.imatrix {
-        line("imatrix", format!("`{}` (sha256 {})", m.path.display(), m.sha256));
+        line(
+            "imatrix",
+            format!("`{}` (sha256 {})", m.path.display(), m.sha256),
+        );
     }
     let c = &b.calibration;
     line(
@@ -498,14 +506,17 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
             ),
         );
     }
-    line("predicted KLD", format!("{:.5} (sum over tensors)", b.predicted_kld));
+    line(
+        "predicted KLD",
+        format!("{} (sum over tensors)", kld(b.predicted_kld)),
+    );
     match &b.measured {
         Some(m) => line(
             "measured KLD",
             format!(
-                "{:.5} ± {:.5} over {} positions of the calibration text, same top-1 {:.1} %",
-                m.mean_kld.value,
-                m.mean_kld.stderr,
+                "{} ± {} over {} positions of the calibration text, same top-1 {:.1} %",
+                kld(m.mean_kld.value),
+                kld(m.mean_kld.stderr),
                 m.positions,
                 m.same_top1.value * 100.0
             ),
@@ -534,14 +545,23 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
             .join(" ");
         let _ = writeln!(
             o,
-            "    {:<26} {:>7}  {:<28} {:>10} {:>6.2} {:>10.5}",
+            "    {:<26} {:>7}  {:<28} {:>10} {:>6.2} {:>10}",
             g.group,
             g.tensors,
             types,
             human_bytes(g.bytes),
             g.bits_per_weight,
-            g.predicted_kld
+            kld(g.predicted_kld)
         );
     }
     o
+}
+
+/// A KLD for people: four decimals, or three significant digits when smaller.
+fn kld(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 1e-3 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2e}")
+    }
 }

@@ -26,7 +26,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::plan::{Plan, Planned, Source};
-use super::{elem, exec, quant, recipe, ConvertError, FileType, OutputFormat, Options};
+use super::{elem, exec, quant, recipe, ConvertError, FileType, Options, OutputFormat};
 use crate::formats::{Checkpoint, GgmlType, Weights};
 
 /// How large the output may be.
@@ -331,8 +331,7 @@ pub fn table(
             let per = rows_per_slice.max(1) * row_len;
             for (s, chunk) in values.chunks(per).enumerate() {
                 let w = imp.and_then(|v| v.get(s * row_len..(s + 1) * row_len));
-                quant::quantize_rows_weighted(ty, chunk, row_len, w, &mut bytes)
-                    .map_err(kernel)?;
+                quant::quantize_rows_weighted(ty, chunk, row_len, w, &mut bytes).map_err(kernel)?;
             }
             let back = quant::dequantize_to_vec(ty, &bytes).map_err(kernel)?;
             let error = weighted_error(&values, &back, row_len, rows_per_slice, imp.unwrap_or(&[]));
@@ -400,7 +399,10 @@ pub fn select(table: &Table, factors: &[f64], budget: u64) -> Choice {
         })
         .collect();
     let mut pos = vec![0usize; n];
-    let mut choice: Choice = hulls.iter().map(|h| h.first().copied().unwrap_or(0)).collect();
+    let mut choice: Choice = hulls
+        .iter()
+        .map(|h| h.first().copied().unwrap_or(0))
+        .collect();
     let mut used: u64 = table.fixed_bytes
         + (0..n)
             .map(|t| {
@@ -501,7 +503,11 @@ pub fn file_type_of(table: &Table, choice: &Choice) -> FileType {
 
 /// Conversion options that write exactly this choice: the guessed file type, and one
 /// `--tensor-type` rule per choosable tensor naming its type.
-pub fn options_for(opts: &Options, table: &Table, choice: &Choice) -> Result<Options, ConvertError> {
+pub fn options_for(
+    opts: &Options,
+    table: &Table,
+    choice: &Choice,
+) -> Result<Options, ConvertError> {
     let mut o = opts.clone();
     o.file_type = Some(file_type_of(table, choice));
     o.recipe.pure = true;

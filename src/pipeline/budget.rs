@@ -31,7 +31,9 @@ use crate::convert::budget::{self, Budget, Table};
 use crate::convert::plan::{Plan, Source};
 use crate::convert::{self, quant, ConvertError, OutputFormat};
 use crate::engine::model::{LayerWeights, Model};
-use crate::engine::{EngineError, Logits, Math, ModelConfig, RawTensor, TextTokenizer, WeightSource};
+use crate::engine::{
+    EngineError, Logits, Math, ModelConfig, RawTensor, TextTokenizer, WeightSource,
+};
 use crate::formats::{Checkpoint, DType, GgmlType, MappedSlice, Weights};
 use crate::parity::{self, stats, Corpus, ParityError, ParityOptions};
 
@@ -340,7 +342,10 @@ impl<'a> Runner<'a> {
                     for i in l..self.cfg.n_layers {
                         let lw = if i == l { &w } else { &self.layers[i] };
                         let mut cache = self.model.layer_cache().map_err(run_err(path))?;
-                        x = self.model.run_layer(lw, &mut cache, &x).map_err(run_err(path))?;
+                        x = self
+                            .model
+                            .run_layer(lw, &mut cache, &x)
+                            .map_err(run_err(path))?;
                     }
                     rows.push(head_rows(&self.model, &x, self.first_scored, path)?);
                 }
@@ -481,7 +486,10 @@ fn pick(table: &Table, probes: usize) -> (Vec<usize>, Vec<usize>) {
     let mut groups: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
     for (t, c) in table.tensors.iter().enumerate() {
         let layer = convert::recipe::layer_of(&c.name).unwrap_or(0);
-        groups.entry(group_of(&c.name)).or_default().push((layer, t));
+        groups
+            .entry(group_of(&c.name))
+            .or_default()
+            .push((layer, t));
     }
     let mut probe = Vec::new();
     let mut check = Vec::new();
@@ -492,7 +500,9 @@ fn pick(table: &Table, probes: usize) -> (Vec<usize>, Vec<usize>) {
         let chosen: Vec<usize> = if p == 1 {
             vec![0]
         } else {
-            (0..p).map(|k| (k * (m - 1) + (p - 1) / 2) / (p - 1)).collect()
+            (0..p)
+                .map(|k| (k * (m - 1) + (p - 1) / 2) / (p - 1))
+                .collect()
         };
         let mut chosen = chosen;
         chosen.dedup();
@@ -572,9 +582,13 @@ pub fn convert_to_budget(
     let (plan, importance) = budget::base_plan(&ckpt, opts)?;
     let types = budget::candidate_types(opts.imatrix.is_some());
     let table = pool.install(|| {
-        budget::table(&plan, &ckpt.weights, &importance, &types, &mut |done, total| {
-            progress(Event::Errors { done, total })
-        })
+        budget::table(
+            &plan,
+            &ckpt.weights,
+            &importance,
+            &types,
+            &mut |done, total| progress(Event::Errors { done, total }),
+        )
     })?;
     let (lo, hi) = table.range();
     let (min_bpw, max_bpw) = (table.bpw(lo), table.bpw(hi));
@@ -603,25 +617,26 @@ pub fn convert_to_budget(
     let (probe_set, check_set) = pick(&table, b.probes);
     let total = probe_set.len() + check_set.len() + check_set.len().min(4);
     let mut done = 0;
-    let mut measure = |t: usize, c: usize, runner: &mut Runner| -> Result<Option<Probe>, StageError> {
-        let ch = &table.tensors[t];
-        let Some((name, shape)) = source_of(&plan, &ckpt.weights, ch.index) else {
-            return Ok(None);
+    let mut measure =
+        |t: usize, c: usize, runner: &mut Runner| -> Result<Option<Probe>, StageError> {
+            let ch = &table.tensors[t];
+            let Some((name, shape)) = source_of(&plan, &ckpt.weights, ch.index) else {
+                return Ok(None);
+            };
+            let cand = &ch.candidates[c];
+            let values = round_trip(&plan, &ckpt.weights, &importance, ch.index, cand.ty)?;
+            let layer = convert::recipe::layer_of(&ch.name).map(|l| l as usize);
+            let kld = runner.kld_with(layer, &name, shape, &values)?;
+            done += 1;
+            progress(Event::Probe { done, total });
+            Ok(Some(Probe {
+                tensor: ch.name.clone(),
+                ty: cand.ty.name().to_owned(),
+                error: cand.error,
+                measured_kld: kld,
+                predicted_kld: 0.0,
+            }))
         };
-        let cand = &ch.candidates[c];
-        let values = round_trip(&plan, &ckpt.weights, &importance, ch.index, cand.ty)?;
-        let layer = convert::recipe::layer_of(&ch.name).map(|l| l as usize);
-        let kld = runner.kld_with(layer, &name, shape, &values)?;
-        done += 1;
-        progress(Event::Probe { done, total });
-        Ok(Some(Probe {
-            tensor: ch.name.clone(),
-            ty: cand.ty.name().to_owned(),
-            error: cand.error,
-            measured_kld: kld,
-            predicted_kld: 0.0,
-        }))
-    };
     // Factor per probed tensor.
     let mut probes = Vec::new();
     let mut factor_of: BTreeMap<usize, f64> = BTreeMap::new();
@@ -651,7 +666,11 @@ pub fn convert_to_budget(
             }
         }
     }
-    for &t in probe_set.iter().filter(|t| factor_of.contains_key(t)).take(4) {
+    for &t in probe_set
+        .iter()
+        .filter(|t| factor_of.contains_key(t))
+        .take(4)
+    {
         if let Some(c) = nearest(&table, t, 6.0) {
             if let Some(mut p) = measure(t, c, &mut runner)? {
                 p.predicted_kld = factors[t] * p.error;
@@ -718,14 +737,16 @@ pub fn convert_to_budget(
         };
         let p = factors[t] * cand.error;
         predicted += p;
-        let g = groups.entry(group_of(&ch.name)).or_insert_with(|| MixGroup {
-            group: group_of(&ch.name),
-            tensors: 0,
-            types: BTreeMap::new(),
-            bytes: 0,
-            bits_per_weight: 0.0,
-            predicted_kld: 0.0,
-        });
+        let g = groups
+            .entry(group_of(&ch.name))
+            .or_insert_with(|| MixGroup {
+                group: group_of(&ch.name),
+                tensors: 0,
+                types: BTreeMap::new(),
+                bytes: 0,
+                bits_per_weight: 0.0,
+                predicted_kld: 0.0,
+            });
         g.tensors += 1;
         *g.types.entry(cand.ty.name().to_owned()).or_default() += 1;
         g.bytes += cand.bytes;
@@ -827,7 +848,11 @@ fn fit(table: &Table, probed: &BTreeMap<usize, f64>) -> Vec<f64> {
                 Some(0) => pts[0].1,
                 Some(i) => {
                     let (a, b) = (pts[i - 1], pts[i]);
-                    let w = if b.0 > a.0 { (x - a.0) / (b.0 - a.0) } else { 0.0 };
+                    let w = if b.0 > a.0 {
+                        (x - a.0) / (b.0 - a.0)
+                    } else {
+                        0.0
+                    };
                     a.1 + w * (b.1 - a.1)
                 }
             };
