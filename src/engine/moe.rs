@@ -22,6 +22,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::capture::LayerTap;
 use super::config::{Architecture, Gating, ModelConfig, MoeConfig, SwigluClamp};
 use super::model::{Loader, Math};
 use super::stored::{Elem, StoredMatrix};
@@ -228,8 +229,13 @@ impl MoeFfn {
         })
     }
 
-    /// `x [n, hidden] -> [n, hidden]`.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    /// `x [n, hidden] -> [n, hidden]`; the inputs of its products go to `tap`, per expert
+    /// for the routed experts.
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        tap: Option<&LayerTap<'_>>,
+    ) -> Result<Tensor, EngineError> {
         let (n, h) = x.dims2()?;
         if h != self.hidden {
             return Err(EngineError::BadParam(format!(
@@ -239,6 +245,9 @@ impl MoeFfn {
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let e = self.cfg.experts;
+        if let Some(t) = tap {
+            t.dense_rows(&["ffn_gate_inp"], &xs, n)?;
+        }
         let mut logits = self.product(&self.router, &xs, n)?;
         if let Some(b) = &self.router_bias {
             for row in logits.chunks_exact_mut(e) {
@@ -256,7 +265,7 @@ impl MoeFfn {
         }
         let mut out = vec![0f32; n * h];
         let mut xe = Vec::new();
-        for (expert, chosen) in self.experts.iter().zip(&tokens) {
+        for (i, (expert, chosen)) in self.experts.iter().zip(&tokens).enumerate() {
             if chosen.is_empty() {
                 continue;
             }
@@ -264,7 +273,10 @@ impl MoeFfn {
             for &(t, _) in chosen {
                 xe.extend_from_slice(&xs[t * h..(t + 1) * h]);
             }
-            let y = self.expert(expert, &xe, chosen.len())?;
+            let m = chosen.len();
+            let seen =
+                tap.map(|t| move |which: &[&str], x: &[f32]| t.expert_rows(which, e, i, x, m));
+            let y = self.expert(expert, &xe, m, seen.as_ref().map(|f| f as _))?;
             for (&(t, w), row) in chosen.iter().zip(y.chunks_exact(h)) {
                 for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(row) {
                     *o += v * w;
@@ -272,7 +284,17 @@ impl MoeFfn {
             }
         }
         if let Some(shared) = &self.shared {
-            let y = self.expert(shared, &xs, n)?;
+            let seen = tap.map(|t| {
+                move |which: &[&str], x: &[f32]| {
+                    let shexp: Vec<String> = which.iter().map(|w| shared_name(w)).collect();
+                    let shexp: Vec<&str> = shexp.iter().map(String::as_str).collect();
+                    t.dense_rows(&shexp, x, n)
+                }
+            });
+            let y = self.expert(shared, &xs, n, seen.as_ref().map(|f| f as _))?;
+            if let (Some(t), Some(_)) = (tap, &self.shared_gate) {
+                t.dense_rows(&["ffn_gate_inp_shexp"], &xs, n)?;
+            }
             let gates = match &self.shared_gate {
                 Some(g) => Some(self.product(g, &xs, n)?),
                 None => None,
@@ -295,8 +317,18 @@ impl MoeFfn {
         })
     }
 
-    /// One expert on `m` rows of `x`.
-    fn expert(&self, ex: &Expert, x: &[f32], m: usize) -> Result<Vec<f32>, EngineError> {
+    /// One expert on `m` rows of `x`; `seen` gets the inputs of its products, named by
+    /// llama.cpp's stacked tensors (`ffn_gate_exps`).
+    fn expert(
+        &self,
+        ex: &Expert,
+        x: &[f32],
+        m: usize,
+        seen: Option<&dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>>,
+    ) -> Result<Vec<f32>, EngineError> {
+        if let Some(f) = seen {
+            f(&["ffn_gate_exps", "ffn_up_exps"], x)?;
+        }
         let mut g = self.product(&ex.gate, x, m)?;
         let mut u = self.product(&ex.up, x, m)?;
         if let Some([bg, bu, _]) = &ex.bias {
@@ -318,12 +350,20 @@ impl MoeFfn {
                 }
             }
         }
+        if let Some(f) = seen {
+            f(&["ffn_down_exps"], &g)?;
+        }
         let mut y = self.product(&ex.down, &g, m)?;
         if let Some([_, _, bd]) = &ex.bias {
             add_rows(&mut y, bd);
         }
         Ok(y)
     }
+}
+
+/// A shared expert's tensor from the routed one's name: `ffn_gate_exps` -> `ffn_gate_shexp`.
+fn shared_name(routed: &str) -> String {
+    format!("{}_shexp", routed.trim_end_matches("_exps"))
 }
 
 fn sigmoid(x: f32) -> f32 {

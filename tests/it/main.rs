@@ -15,6 +15,7 @@ mod formats_hf;
 mod gguf;
 mod hub;
 mod imatrix;
+mod imatrix_cmd;
 mod inspect;
 mod logits;
 mod moe_gate;
