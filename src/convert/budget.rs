@@ -449,8 +449,7 @@ pub fn select(table: &Table, factors: &[f64], budget: u64) -> Choice {
     // Leftover bytes: any single change that fits and lowers the loss most.
     loop {
         let mut best: Option<(f64, usize, usize)> = None;
-        for t in 0..n {
-            let cur = choice[t];
+        for (t, &cur) in choice.iter().enumerate() {
             for c in 0..table.tensors[t].candidates.len() {
                 let (b0, b1) = (cs(t, cur).bytes, cs(t, c).bytes);
                 if b1 <= b0 || used + (b1 - b0) > budget {
