@@ -508,15 +508,15 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
     }
     line(
         "predicted KLD",
-        format!("{:.5} (sum over tensors)", b.predicted_kld),
+        format!("{} (sum over tensors)", kld(b.predicted_kld)),
     );
     match &b.measured {
         Some(m) => line(
             "measured KLD",
             format!(
-                "{:.5} ± {:.5} over {} positions of the calibration text, same top-1 {:.1} %",
-                m.mean_kld.value,
-                m.mean_kld.stderr,
+                "{} ± {} over {} positions of the calibration text, same top-1 {:.1} %",
+                kld(m.mean_kld.value),
+                kld(m.mean_kld.stderr),
                 m.positions,
                 m.same_top1.value * 100.0
             ),
@@ -545,14 +545,23 @@ pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
             .join(" ");
         let _ = writeln!(
             o,
-            "    {:<26} {:>7}  {:<28} {:>10} {:>6.2} {:>10.5}",
+            "    {:<26} {:>7}  {:<28} {:>10} {:>6.2} {:>10}",
             g.group,
             g.tensors,
             types,
             human_bytes(g.bytes),
             g.bits_per_weight,
-            g.predicted_kld
+            kld(g.predicted_kld)
         );
     }
     o
+}
+
+/// A KLD for people: four decimals, or three significant digits when smaller.
+fn kld(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 1e-3 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2e}")
+    }
 }

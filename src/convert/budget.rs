@@ -277,35 +277,67 @@ fn weighted_error(x: &[f32], y: &[f32], row_len: usize, rows_per_slice: usize, i
 /// Events of [`table`]: tensor `done` of `total` measured.
 pub type TableProgress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Quantize every choosable tensor of `plan` to each of `types` that fits its rows and
-/// measure the weighted error. Runs on the rayon pool the caller is in.
-pub fn table(
+/// Every choosable tensor of `plan` with the types of `types` that fit its rows and their
+/// sizes; no errors yet ([`measure`] fills them), so the achievable range is known at once.
+pub fn table(plan: &Plan, importance: &exec::Importance, types: &[GgmlType]) -> Table {
+    let mut tensors = Vec::new();
+    let mut fixed_bytes = 0;
+    for (i, t) in plan.tensors.iter().enumerate() {
+        if !(t.ty.is_quantized() && t.shift == 0.0) {
+            fixed_bytes += t.bytes;
+            continue;
+        }
+        let row_len = t.row_len() as usize;
+        let has_imp = importance.contains_key(&t.name);
+        let mut candidates: Vec<Candidate> = types
+            .iter()
+            .copied()
+            .filter(|&ty| quant::row_fits(ty, row_len))
+            .filter(|&ty| has_imp || !recipe::requires_imatrix(&t.name, ty))
+            .filter_map(|ty| {
+                let bytes = ty.bytes_for(t.elements())?;
+                Some(Candidate {
+                    ty,
+                    bytes,
+                    error: 0.0,
+                })
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.bytes.cmp(&b.bytes).then(a.ty.id().cmp(&b.ty.id())));
+        tensors.push(Choosable {
+            index: i,
+            name: t.name.clone(),
+            params: t.elements(),
+            candidates,
+        });
+    }
+    Table {
+        tensors,
+        fixed_bytes,
+        params: plan.tensors.iter().map(Planned::elements).sum(),
+        seconds: 0.0,
+    }
+}
+
+/// Quantize every choosable tensor to each of its candidates and measure the weighted
+/// error. Runs on the rayon pool the caller is in.
+pub fn measure(
+    table: &mut Table,
     plan: &Plan,
     weights: &Weights,
     importance: &exec::Importance,
-    types: &[GgmlType],
     progress: TableProgress<'_>,
-) -> Result<Table, ConvertError> {
+) -> Result<(), ConvertError> {
     let started = Instant::now();
-    let mut tensors = Vec::new();
-    let mut fixed_bytes = 0;
-    let choosable: Vec<usize> = plan
-        .tensors
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.ty.is_quantized() && t.shift == 0.0)
-        .map(|(i, _)| i)
-        .collect();
-    for t in plan
-        .tensors
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !choosable.contains(i))
-    {
-        fixed_bytes += t.1.bytes;
-    }
-    for (done, &i) in choosable.iter().enumerate() {
-        let t = &plan.tensors[i];
+    let total = table.tensors.len();
+    for (done, ch) in table.tensors.iter_mut().enumerate() {
+        let t = plan
+            .tensors
+            .get(ch.index)
+            .ok_or_else(|| ConvertError::Kernel {
+                tensor: ch.name.clone(),
+                fault: "not in the plan".into(),
+            })?;
         let row_len = t.row_len() as usize;
         let values = planned_values(t, weights)?;
         let imp = importance.get(&t.name).map(Vec::as_slice);
@@ -314,14 +346,8 @@ pub fn table(
         } else {
             t.n_rows() as usize
         };
-        let mut candidates = Vec::new();
-        for &ty in types {
-            if !quant::row_fits(ty, row_len) {
-                continue;
-            }
-            if imp.is_none() && recipe::requires_imatrix(&t.name, ty) {
-                continue;
-            }
+        for cand in &mut ch.candidates {
+            let ty = cand.ty;
             let kernel = |e: quant::QuantError| ConvertError::Kernel {
                 tensor: t.name.clone(),
                 fault: e.to_string(),
@@ -334,28 +360,13 @@ pub fn table(
                 quant::quantize_rows_weighted(ty, chunk, row_len, w, &mut bytes).map_err(kernel)?;
             }
             let back = quant::dequantize_to_vec(ty, &bytes).map_err(kernel)?;
-            let error = weighted_error(&values, &back, row_len, rows_per_slice, imp.unwrap_or(&[]));
-            candidates.push(Candidate {
-                ty,
-                bytes: bytes.len() as u64,
-                error,
-            });
+            cand.error =
+                weighted_error(&values, &back, row_len, rows_per_slice, imp.unwrap_or(&[]));
         }
-        candidates.sort_by(|a, b| a.bytes.cmp(&b.bytes).then(a.ty.id().cmp(&b.ty.id())));
-        tensors.push(Choosable {
-            index: i,
-            name: t.name.clone(),
-            params: t.elements(),
-            candidates,
-        });
-        progress(done + 1, choosable.len());
+        progress(done + 1, total);
     }
-    Ok(Table {
-        tensors,
-        fixed_bytes,
-        params: plan.tensors.iter().map(Planned::elements).sum(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    table.seconds = started.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// The chosen candidate (index into its `candidates`) of every choosable tensor.
@@ -438,8 +449,7 @@ pub fn select(table: &Table, factors: &[f64], budget: u64) -> Choice {
     // Leftover bytes: any single change that fits and lowers the loss most.
     loop {
         let mut best: Option<(f64, usize, usize)> = None;
-        for t in 0..n {
-            let cur = choice[t];
+        for (t, &cur) in choice.iter().enumerate() {
             for c in 0..table.tensors[t].candidates.len() {
                 let (b0, b1) = (cs(t, cur).bytes, cs(t, c).bytes);
                 if b1 <= b0 || used + (b1 - b0) > budget {

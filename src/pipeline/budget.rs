@@ -581,15 +581,7 @@ pub fn convert_to_budget(
     let started = Instant::now();
     let (plan, importance) = budget::base_plan(&ckpt, opts)?;
     let types = budget::candidate_types(opts.imatrix.is_some());
-    let table = pool.install(|| {
-        budget::table(
-            &plan,
-            &ckpt.weights,
-            &importance,
-            &types,
-            &mut |done, total| progress(Event::Errors { done, total }),
-        )
-    })?;
+    let mut table = budget::table(&plan, &importance, &types);
     let (lo, hi) = table.range();
     let (min_bpw, max_bpw) = (table.bpw(lo), table.bpw(hi));
     let mut budget_bytes = match b.budget {
@@ -606,6 +598,15 @@ pub fn convert_to_budget(
             n.min(hi)
         }
     };
+    pool.install(|| {
+        budget::measure(
+            &mut table,
+            &plan,
+            &ckpt.weights,
+            &importance,
+            &mut |done, total| progress(Event::Errors { done, total }),
+        )
+    })?;
     let t_errors = started.elapsed().as_secs_f64();
 
     // Sensitivity.

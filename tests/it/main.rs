@@ -4,6 +4,7 @@
 // The fixture generator's modules are compiled into each test module that checks their output.
 #![allow(clippy::duplicate_mod)]
 
+mod budget;
 mod convert;
 mod convert_moe;
 mod engine;
