@@ -13,6 +13,7 @@
 #   benches/parity_memory.sh     # WORK=target/bench-parity LAYERS="22 88" CTX=256 CHUNKS=13 THREADS=2
 #                                # LLAMA_BIN=/path/to/llama.cpp/build/bin (llama-perplexity)
 #                                # LLAMA_LAYERS="22 88" MATHS="reference native" KEEP=0
+#                                # NO_BUILD=1 uses target/release as it is
 #
 # Targets: peak RSS at most 1.2 GB in both maths at 22 layers, at most +10 % at 88, and
 # wall time no more than llama-perplexity's two runs. The generated files (about 20 GB at
@@ -33,7 +34,7 @@ TEXT=fixtures/text/eval.txt
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-cargo build --release --quiet --bin modelgate --example synth_checkpoint
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --quiet --bin modelgate --example synth_checkpoint
 BIN=target/release/modelgate
 GEN=target/release/examples/synth_checkpoint
 
@@ -56,7 +57,7 @@ PY
 }
 row() { printf '%-7s %-38s %9s %10s %12s  %s\n' "$@"; }
 
-row layers run "wall s" "peak MB" "read/F16" "result"
+row layers run "wall s" "peak MB" "read/size" "result"
 for layers in $LAYERS; do
     dir="$WORK/synth-$layers"
     f16="$WORK/synth-$layers.F16.gguf"

@@ -94,6 +94,8 @@ pub struct ReadSource<'a> {
     /// Tensors read ahead for the layer about to load, in file order, by name.
     ahead: RefCell<HashMap<String, Vec<u8>>>,
     hashes: RefCell<Vec<FileHash>>,
+    /// [`GAP_READ`], smaller in tests.
+    gap_read: u64,
 }
 
 /// The sha256 of one weight file, fed by the reads as long as they arrive in file order:
@@ -133,6 +135,7 @@ impl<'a> ReadSource<'a> {
             reads: FileReads::open(&weights.files)?,
             ahead: RefCell::new(HashMap::new()),
             hashes: RefCell::new(hashes),
+            gap_read: GAP_READ,
         })
     }
 
@@ -148,7 +151,7 @@ impl<'a> ReadSource<'a> {
                     .tensors
                     .iter()
                     .any(|&(s, e)| s < offset && e > h.at && e > s);
-                if gap == 0 || gap <= GAP_READ || !data_in_gap {
+                if gap <= self.gap_read || !data_in_gap {
                     let mut at = h.at;
                     while at < offset {
                         let n = (offset - at).min(GAP_READ);
@@ -194,7 +197,8 @@ impl<'a> ReadSource<'a> {
                 .len();
             while h.at < size {
                 let n = (size - h.at).min(GAP_READ);
-                h.sha.update(self.reads.read(i, h.at, n, "(the file's digest)")?);
+                h.sha
+                    .update(self.reads.read(i, h.at, n, "(the file's digest)")?);
                 h.at += n;
             }
             out.push((path.clone(), Sha256Digest(h.sha.clone().finalize().into())));
@@ -573,9 +577,7 @@ impl<'a> Layered<'a> {
             Tensor::cat(&parts, 0)?
         };
         drop(parts);
-        let y = self
-            .model
-            .run_layer_batch(w, &mut caches, &segments, &x)?;
+        let y = self.model.run_layer_batch(w, &mut caches, &segments, &x)?;
         drop((x, caches));
         let mut at = 0;
         for j in g {
@@ -692,5 +694,83 @@ mod tests {
         assert!(e.to_string().contains("`/spill`"), "{e}");
         assert!(e.is_input_error());
         assert!(e.hint().unwrap().contains("--spill-dir"));
+    }
+
+    #[test]
+    fn jobs_are_grouped_into_batches_within_the_row_cap() {
+        let g = groups_of([256u64, 256, 256, 100, 900, 2000, 10].into_iter(), 1024);
+        assert_eq!(g, vec![0..4, 4..5, 5..6, 6..7]);
+        assert_eq!(
+            groups_of(std::iter::empty(), 1024),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        // a cap below one job still gives every job a group of its own
+        assert_eq!(groups_of([5u64, 5].into_iter(), 1), vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn batches_grow_with_the_budget_up_to_the_cap() {
+        let need = Need {
+            minimum: 1000,
+            states: 500,
+            per_row: 10,
+            longest: 256,
+        };
+        // nothing to spare: one sequence at a time
+        assert_eq!(need.batch_rows(1500, false), 256);
+        assert_eq!(need.batch_rows(1000, true), 256);
+        assert_eq!(need.batch_rows(1500 + 100 * 10, false), 356);
+        assert_eq!(need.batch_rows(u64::MAX, false), MAX_BATCH_ROWS);
+    }
+
+    #[test]
+    fn weights_are_hashed_as_they_are_read_in_file_order() {
+        use sha2::{Digest, Sha256};
+        // a checkpoint of two layers and an output head stored after them
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bin");
+        let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let t = |name: &str, offset: u64, len: u64| crate::formats::TensorInfo {
+            name: name.into(),
+            dtype: crate::formats::DType::F32,
+            shape: vec![len / 4],
+            file: 0,
+            offset,
+            len,
+        };
+        let weights = Weights::new(
+            crate::formats::WeightFormat::Gguf,
+            vec![path.clone()],
+            Vec::new(),
+            vec![
+                t("token_embd.weight", 100, 400),
+                t("blk.0.b.weight", 900, 400),
+                t("blk.0.a.weight", 500, 400),
+                t("blk.1.a.weight", 1300, 800),
+                t("output.weight", 2100, 1600),
+            ],
+            Vec::new(),
+            None,
+        );
+        let mut src = ReadSource::new(&weights).unwrap();
+        // the output head is past the layers: hashing waits for it rather than read ahead
+        src.gap_read = 0;
+        // the engine's order: embedding, output head, then each layer in its own order
+        for name in ["token_embd.weight", "output.weight"] {
+            src.tensor(name).unwrap().unwrap();
+        }
+        for i in 0..2 {
+            src.read_ahead(i).unwrap();
+        }
+        for name in ["blk.0.b.weight", "blk.0.a.weight", "blk.1.a.weight"] {
+            let got = src.tensor(name).unwrap().unwrap();
+            let info = weights.tensor(name).unwrap();
+            let want = &bytes[info.offset as usize..(info.offset + info.len) as usize];
+            assert_eq!(&got.data[..], want, "{name}");
+        }
+        let d = src.digests().unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].1 .0, <[u8; 32]>::from(Sha256::digest(&bytes)));
     }
 }

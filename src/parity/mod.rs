@@ -347,11 +347,12 @@ struct Side {
 /// The model's root digest; `known` are whole-file digests already computed (by a
 /// layer-major run that hashed the weights as it read them).
 fn digest_of(path: &Path, known: &[(PathBuf, Sha256Digest)]) -> Result<Sha256Digest, ParityError> {
-    let m = hash_model_known(path, &HashOptions::new(Serialization::Files), None, known)
-        .map_err(|source| ParityError::Hash {
+    let m = hash_model_known(path, &HashOptions::new(Serialization::Files), None, known).map_err(
+        |source| ParityError::Hash {
             path: path.to_owned(),
             source,
-        })?;
+        },
+    )?;
     Ok(m.root_digest())
 }
 

@@ -506,10 +506,22 @@ fn batched_layers_reproduce_single_sequences_exactly() {
             let mut batch = Tensor::cat(&alone, 0).unwrap();
             let (n, s, half) = (ids.len(), short.len(), ids.len() / 2);
             let segments = [
-                Segment { cache: 0, rows: 0..n },
-                Segment { cache: 1, rows: n..n + s },
-                Segment { cache: 2, rows: n + s..n + s + half },
-                Segment { cache: 2, rows: n + s + half..2 * n + s },
+                Segment {
+                    cache: 0,
+                    rows: 0..n,
+                },
+                Segment {
+                    cache: 1,
+                    rows: n..n + s,
+                },
+                Segment {
+                    cache: 2,
+                    rows: n + s..n + s + half,
+                },
+                Segment {
+                    cache: 2,
+                    rows: n + s + half..2 * n + s,
+                },
             ];
             for i in 0..cfg.n_layers {
                 let w = m.load_layer(&ckpt.weights, i).unwrap();
