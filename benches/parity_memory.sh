@@ -6,12 +6,14 @@
 # context and threads. The checkpoint comes from examples/synth_checkpoint.rs (pseudo-random
 # weights, byte-level BPE tokenizer padded to the 32000-token vocabulary); the text is
 # fixtures/text/eval.txt cut into CHUNKS chunks of CTX tokens (13 x 256 as in issue 12; the
-# byte-level tokenizer gives 34 chunks of 256 from that text). Peak RSS is /usr/bin/time -v's
-# "Maximum resident set size".
+# byte-level tokenizer gives 34 chunks of 256 from that text). Peak RSS is the process's
+# maximum resident set size (wait4); "read" is every byte it read (/proc/PID/io rchar, page
+# cache or disk) over the size of the two model files, which each run reads once.
 #
 #   benches/parity_memory.sh     # WORK=target/bench-parity LAYERS="22 88" CTX=256 CHUNKS=13 THREADS=2
 #                                # LLAMA_BIN=/path/to/llama.cpp/build/bin (llama-perplexity)
 #                                # LLAMA_LAYERS="22 88" MATHS="reference native" KEEP=0
+#                                # NO_BUILD=1 uses target/release as it is
 #
 # Targets: peak RSS at most 1.2 GB in both maths at 22 layers, at most +10 % at 88, and
 # wall time no more than llama-perplexity's two runs. The generated files (about 20 GB at
@@ -32,17 +34,30 @@ TEXT=fixtures/text/eval.txt
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-cargo build --release --quiet --bin modelgate --example synth_checkpoint
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --quiet --bin modelgate --example synth_checkpoint
 BIN=target/release/modelgate
 GEN=target/release/examples/synth_checkpoint
 
-peak_kb() { awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$1"; }
-wall_s() {
-    awk '/Elapsed \(wall clock\)/ {n = split($NF, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$1"
+# run CMD..., stdout to $1 and stderr to $2; prints "wall_s peak_kb rchar" from wait4's
+# rusage and the process's /proc/PID/io read just after it exits (before it is reaped), so
+# rchar counts every byte the process read, page cache or disk
+measure() {
+    python3 - "$@" <<'PY'
+import os, subprocess, sys, time
+out, err, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+t = time.monotonic()
+with open(out, "wb") as o, open(err, "wb") as e:
+    p = subprocess.Popen(cmd, stdout=o, stderr=e)
+    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+    wall = time.monotonic() - t
+    io = dict(l.split(": ") for l in open(f"/proc/{p.pid}/io").read().split("\n") if l)
+    _, status, ru = os.wait4(p.pid, 0)
+print("%.1f %d %s" % (wall, ru.ru_maxrss, io["rchar"]))
+PY
 }
-row() { printf '%-7s %-34s %9s %10s  %s\n' "$@"; }
+row() { printf '%-7s %-38s %9s %10s %12s  %s\n' "$@"; }
 
-row layers run "wall s" "peak MB" "result"
+row layers run "wall s" "peak MB" "read/size" "result"
 for layers in $LAYERS; do
     dir="$WORK/synth-$layers"
     f16="$WORK/synth-$layers.F16.gguf"
@@ -54,36 +69,34 @@ for layers in $LAYERS; do
     fi
     [ -f "$q4" ] || "$BIN" convert "$f16" -o "$q4" --type Q4_K_M --threads "$THREADS" --quiet
     cat "$f16" "$q4" >/dev/null # page cache warm, as for every run below
+    size=$(($(stat -c %s "$f16") + $(stat -c %s "$q4")))
+    ratio() { python3 -c "print('%.3f' % ($1 / $size))"; }
 
     for math in $MATHS; do
-        t="$WORK/time-$layers-$math.txt"
-        /usr/bin/time -v "$BIN" parity "$f16" "$q4" --text "$TEXT" --ctx "$CTX" \
-            --chunks "$CHUNKS" --threads "$THREADS" --math "$math" --json --quiet \
-            >"$WORK/parity-$layers-$math.json" 2>"$t" || true
+        read -r wall kb rchar < <(measure "$WORK/parity-$layers-$math.json" "$WORK/parity-$layers-$math.err" \
+            "$BIN" parity "$f16" "$q4" --text "$TEXT" --ctx "$CTX" \
+            --chunks "$CHUNKS" --threads "$THREADS" --math "$math" --json --quiet)
         res=$(python3 -c '
 import json, sys
 v = json.load(open(sys.argv[1]))["summary"]
 print("KLD %.6f, top-1 %.4f, PPL ratio %.5f, %d positions" % (v["mean_kld"]["value"], v["same_top1"]["value"], v["ppl_ratio"]["value"], v["positions"]))
-' "$WORK/parity-$layers-$math.json" 2>/dev/null || echo "FAILED: $(tail -3 "$t" | head -1)")
-        row "$layers" "modelgate parity --math $math" "$(wall_s "$t")" "$(($(peak_kb "$t") / 1000))" "$res"
+' "$WORK/parity-$layers-$math.json" 2>/dev/null || echo "FAILED: $(tail -3 "$WORK/parity-$layers-$math.err" | head -1)")
+        row "$layers" "modelgate parity --math $math" "$wall" "$((kb / 1000))" "$(ratio "$rchar")" "$res"
     done
 
     if [ -n "$LLAMA_BIN" ] && [[ " $LLAMA_LAYERS " == *" $layers "* ]]; then
         base="$WORK/base-$layers.kld"
-        /usr/bin/time -v "$LLAMA_BIN/llama-perplexity" -m "$f16" -f "$TEXT" -c "$CTX" \
-            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base" \
-            >"$WORK/llama-base-$layers.log" 2>&1 || true
-        grep -h "Elapsed\|Maximum resident" "$WORK/llama-base-$layers.log" >"$WORK/time-llama-base-$layers.txt" || true
-        /usr/bin/time -v "$LLAMA_BIN/llama-perplexity" -m "$q4" -f "$TEXT" -c "$CTX" \
-            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base" --kl-divergence \
-            >"$WORK/llama-kld-$layers.log" 2>&1 || true
-        grep -h "Elapsed\|Maximum resident" "$WORK/llama-kld-$layers.log" >"$WORK/time-llama-kld-$layers.txt" || true
+        read -r w1 kb1 r1 < <(measure /dev/null "$WORK/llama-base-$layers.log" \
+            "$LLAMA_BIN/llama-perplexity" -m "$f16" -f "$TEXT" -c "$CTX" \
+            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base")
+        read -r w2 kb2 r2 < <(measure /dev/null "$WORK/llama-kld-$layers.log" \
+            "$LLAMA_BIN/llama-perplexity" -m "$q4" -f "$TEXT" -c "$CTX" \
+            --chunks "$CHUNKS" -t "$THREADS" --kl-divergence-base "$base" --kl-divergence)
         kld=$(grep -m1 "Mean    KLD:" "$WORK/llama-kld-$layers.log" | awk '{print "KLD " $3}' || true)
-        w1=$(wall_s "$WORK/time-llama-base-$layers.txt")
-        w2=$(wall_s "$WORK/time-llama-kld-$layers.txt")
-        row "$layers" "llama-perplexity --kl-divergence-base" "$w1" "$(($(peak_kb "$WORK/time-llama-base-$layers.txt") / 1000))" ""
-        row "$layers" "llama-perplexity --kl-divergence" "$w2" "$(($(peak_kb "$WORK/time-llama-kld-$layers.txt") / 1000))" "${kld:-}"
-        row "$layers" "llama-perplexity, both runs" "$(python3 -c "print('%.2f' % ($w1 + $w2))")" "" ""
+        row "$layers" "llama-perplexity --kl-divergence-base" "$w1" "$((kb1 / 1000))" "" ""
+        row "$layers" "llama-perplexity --kl-divergence" "$w2" "$((kb2 / 1000))" "" "${kld:-}"
+        row "$layers" "llama-perplexity, both runs" "$(python3 -c "print('%.1f' % ($w1 + $w2))")" "" \
+            "$(ratio $((r1 + r2)))" ""
         rm -f "$base"
     fi
 done

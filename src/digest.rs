@@ -331,6 +331,28 @@ pub fn hash_model(
     opts: &HashOptions,
     only: Option<&BTreeSet<RelPath>>,
 ) -> Result<Manifest, DigestError> {
+    hash_model_known(root, opts, only, &[])
+}
+
+/// [`hash_model`] given the whole-file digests of some files, computed by a caller that read
+/// them anyway (parity hashes weights as it evaluates them), so those are not read again.
+pub fn hash_model_known(
+    root: &Path,
+    opts: &HashOptions,
+    only: Option<&BTreeSet<RelPath>>,
+    known: &[(PathBuf, Sha256Digest)],
+) -> Result<Manifest, DigestError> {
+    let known: Vec<(PathBuf, Sha256Digest)> = known
+        .iter()
+        .filter_map(|(p, d)| fs::canonicalize(p).ok().map(|p| (p, *d)))
+        .collect();
+    let known_for = |abs: &Path| -> Option<Sha256Digest> {
+        if known.is_empty() {
+            return None;
+        }
+        let abs = fs::canonicalize(abs).ok()?;
+        known.iter().find(|(p, _)| *p == abs).map(|(_, d)| *d)
+    };
     if let Serialization::Shards { shard_size: 0 } = opts.serialization {
         return Err(DigestError::ShardSize);
     }
@@ -362,7 +384,10 @@ pub fn hash_model(
             .with_max_len(1)
             .map(|&(i, start, end)| {
                 let f = &files[i];
-                let digest = hash_unit(&f.abs, serialization, start, end)?;
+                let digest = match (serialization, known_for(&f.abs)) {
+                    (Serialization::Files, Some(d)) => d,
+                    _ => hash_unit(&f.abs, serialization, start, end)?,
+                };
                 let range = match serialization {
                     Serialization::Files => None,
                     Serialization::Shards { .. } => Some((start, end)),

@@ -172,15 +172,18 @@ pub fn calibrate(
     let entries = capture.take()?;
     let mut total = 0f64;
     let mut count = 0usize;
-    for (j, c) in seqs.iter().enumerate() {
-        let logits = l.logits(j)?.flatten_all()?.to_vec1::<f32>()?;
-        // rows first..ctx-1 predict tokens first+1..ctx; the last row predicts nothing
-        let rows = ctx - 1 - first;
-        let next = &c[first + 1..];
-        // the scored tokens are the text's own, not the BOS put in place of the first
-        let losses = nll(&logits[..rows * vocab], vocab, next);
-        total += losses.iter().sum::<f64>();
-        count += losses.len();
+    for g in l.logit_groups() {
+        let ts = l.logits(g.clone())?;
+        for (c, t) in seqs[g].iter().zip(ts) {
+            let logits = t.flatten_all()?.to_vec1::<f32>()?;
+            // rows first..ctx-1 predict tokens first+1..ctx; the last row predicts nothing
+            let rows = ctx - 1 - first;
+            let next = &c[first + 1..];
+            // the scored tokens are the text's own, not the BOS put in place of the first
+            let losses = nll(&logits[..rows * vocab], vocab, next);
+            total += losses.iter().sum::<f64>();
+            count += losses.len();
+        }
     }
     let perplexity = if count > 0 {
         (total / count as f64).exp()

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
-use super::capture::Capture;
+use super::capture::{Capture, LayerTap};
 use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
 use super::mla::MlaAttn;
 use super::moe::MoeFfn;
@@ -851,6 +851,87 @@ impl Model {
         )
     }
 
+    /// Run one decoder layer on the stacked rows of several sequences: `x` `[rows, hidden]`,
+    /// where each segment, in order, is the rows that follow the positions already in
+    /// `caches[seg.cache]`. The projections and the feed-forward take all rows in one
+    /// product, so a weight tile is dequantized once for all of them; attention runs per
+    /// segment. Each row gets what [`Model::run_layer`] gives it on its segment alone.
+    pub fn run_layer_batch(
+        &mut self,
+        weights: &LayerWeights,
+        caches: &mut [LayerCache],
+        segments: &[Segment],
+        x: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let layer = &weights.0;
+        for s in segments {
+            let Some(c) = caches.get(s.cache) else {
+                return Err(EngineError::BadParam(format!("no cache {}", s.cache)));
+            };
+            if s.rows.end > x.dim(0)? {
+                return Err(EngineError::BadParam(format!(
+                    "rows {:?} of a {}-row batch",
+                    s.rows,
+                    x.dim(0)?
+                )));
+            }
+            let end = c.0.len + s.rows.len();
+            if end > self.cfg.context {
+                return Err(EngineError::ContextOverflow {
+                    tokens: end,
+                    context: self.cfg.context,
+                });
+            }
+        }
+        let cpu = self.device.is_cpu();
+        let Model {
+            cfg,
+            device,
+            rope,
+            rope_local,
+            rope_long,
+            long_after,
+            capture,
+            ..
+        } = self;
+        let mut attend = |h: &Tensor| -> Result<Tensor, EngineError> {
+            let qkv = match &layer.mla {
+                Some(_) => None,
+                None => Some(project_qkv(layer, h)?),
+            };
+            let mut outs = Vec::with_capacity(segments.len());
+            for s in segments {
+                let cache = &mut caches[s.cache].0;
+                let (pos, n) = (cache.len, s.rows.len());
+                let r = match (rope_local.as_mut(), rope_long.as_mut()) {
+                    (Some(r), _) if layer.window != usize::MAX => r,
+                    (_, Some(long)) if pos + n > *long_after => long,
+                    _ => &mut *rope,
+                };
+                let tables = RopeTables::new(r, pos, n, cpu, device)?;
+                let rows = |t: &Tensor| t.narrow(0, s.rows.start, n);
+                outs.push(match (&layer.mla, &qkv) {
+                    (Some(mla), _) => mla.forward(cfg, cache, &rows(h)?, pos, &tables)?,
+                    (None, qkv) => {
+                        let Some((q, k, v)) = qkv else {
+                            return Err(EngineError::MissingTensor("q/k/v projections".into()));
+                        };
+                        let m = if cpu {
+                            None
+                        } else {
+                            mask(pos, n, layer.window, device)?
+                        };
+                        let qkv = (rows(q)?, rows(k)?, rows(v)?);
+                        attention(cfg, layer, cache, qkv, pos, &tables, m.as_ref())?
+                    }
+                });
+            }
+            Ok(Tensor::cat(&outs, 0)?)
+        };
+        let tap = capture.as_deref().map(|c| c.layer(layer.index));
+        layer_step_with(cfg, layer, x.clone(), tap, &mut attend)
+    }
+
     /// Final norm and output head on the last layer's hidden states: logits `[n, vocab]`
     /// for the last position (`n = 1`) or every position.
     pub fn head(&self, x: &Tensor, which: Logits) -> Result<Tensor, EngineError> {
@@ -870,6 +951,14 @@ impl Model {
 /// The weights of one decoder layer, loaded on their own ([`Model::load_layer`]).
 #[derive(Debug)]
 pub struct LayerWeights(Layer);
+
+/// Rows `rows` of a stacked input that continue the sequence in cache `cache`
+/// ([`Model::run_layer_batch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub cache: usize,
+    pub rows: std::ops::Range<usize>,
+}
 
 /// The keys and values one layer has seen of one sequence ([`Model::layer_cache`]).
 #[derive(Debug)]
@@ -900,27 +989,36 @@ fn layer_step(
     capture: Option<&Capture>,
 ) -> Result<Tensor, EngineError> {
     let tap = capture.map(|c| c.layer(layer.index));
+    layer_step_with(cfg, layer, x, tap, &mut |h| match &layer.mla {
+        Some(mla) => mla.forward(cfg, cache, h, pos, tables),
+        None => {
+            let (q, k, v) = project_qkv(layer, h)?;
+            attention(cfg, layer, cache, (q, k, v), pos, tables, layer_mask)
+        }
+    })
+}
+
+/// One decoder layer on `x`, with `attend` mapping the normed states to the attention
+/// output before its projection: every other step works row by row, so `x` may stack
+/// several sequences ([`Model::run_layer_batch`]). The inputs of its products go to `tap`
+/// when there is one.
+fn layer_step_with(
+    cfg: &ModelConfig,
+    layer: &Layer,
+    x: Tensor,
+    tap: Option<LayerTap<'_>>,
+    attend: &mut dyn FnMut(&Tensor) -> Result<Tensor, EngineError>,
+) -> Result<Tensor, EngineError> {
     let h = match &layer.attn_norm {
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
     };
-    let a = match &layer.mla {
-        Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
-        None => {
-            if let Some(t) = &tap {
-                let fused: &[&str] = &["attn_qkv"];
-                t.dense(
-                    if layer.fused_qkv {
-                        fused
-                    } else {
-                        &["attn_q", "attn_k", "attn_v"]
-                    },
-                    &h,
-                )?;
-            }
-            attention(cfg, layer, cache, &h, pos, tables, layer_mask)?
-        }
-    };
+    if let (Some(t), None) = (&tap, &layer.mla) {
+        let fused: &[&str] = &["attn_qkv"];
+        let separate: &[&str] = &["attn_q", "attn_k", "attn_v"];
+        t.dense(if layer.fused_qkv { fused } else { separate }, &h)?;
+    }
+    let a = attend(&h)?;
     if let Some(t) = &tap {
         t.dense(&["attn_output"], &a)?;
     }
@@ -1138,27 +1236,35 @@ impl RopeTables<'_> {
     }
 }
 
+/// q, k and v (with their biases) of `x` `[n, hidden]`, each `[n, width]`: row by row, so
+/// the rows of several sequences go through one product.
+fn project_qkv(layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor), EngineError> {
+    let Some((q_proj, k_proj, v_proj)) = &layer.qkv else {
+        return Err(EngineError::MissingTensor("q/k/v projections".into()));
+    };
+    Ok((
+        with_bias(q_proj.forward(x)?, layer.q_bias.as_ref())?,
+        with_bias(k_proj.forward(x)?, layer.k_bias.as_ref())?,
+        with_bias(v_proj.forward(x)?, layer.v_bias.as_ref())?,
+    ))
+}
+
 /// Self-attention of `n` new positions (starting at `pos`) over the cache, before the
-/// output projection. `x` is `[n, hidden]`.
+/// output projection, from their projections `qkv` ([`project_qkv`]).
 #[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &ModelConfig,
     layer: &Layer,
     cache: &mut KvCache,
-    x: &Tensor,
+    (q, k, v): (Tensor, Tensor, Tensor),
     pos: usize,
     rope_tables: &RopeTables<'_>,
     mask: Option<&Tensor>,
 ) -> Result<Tensor, EngineError> {
-    let n = x.dim(0)?;
+    let n = q.dim(0)?;
     let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let rep = nh / nkv;
-    let Some((q_proj, k_proj, v_proj)) = &layer.qkv else {
-        return Err(EngineError::MissingTensor("q/k/v projections".into()));
-    };
-    let q = with_bias(q_proj.forward(x)?, layer.q_bias.as_ref())?;
-    let k = with_bias(k_proj.forward(x)?, layer.k_bias.as_ref())?;
-    let v = with_bias(v_proj.forward(x)?, layer.v_bias.as_ref())?.reshape((n, nkv, hd))?;
+    let v = v.reshape((n, nkv, hd))?;
     // a norm of the whole projection (OLMo 2) comes before the split into heads, a
     // per-head norm (Qwen3, Gemma 3) after it
     let norm =
@@ -1182,7 +1288,7 @@ fn attention(
     let q = q.reshape((nkv, rep * n, hd))?;
     let scale = cfg.attn_scale;
     let scores = q.matmul(&k.t()?)?;
-    let probs = if x.device().is_cpu() {
+    let probs = if q.device().is_cpu() {
         scores.apply_op1_no_bwd(&ops::MaskedSoftmax {
             scale: scale as f32,
             softcap: cfg.attn_softcap.map(|c| c as f32),

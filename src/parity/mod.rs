@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::digest::{hash_model, DigestError, HashOptions, Serialization};
+use crate::digest::{hash_model_known, DigestError, HashOptions, Serialization};
 use crate::engine::layered::{self, Budget, Job, Layered};
 use crate::engine::{
     generate, DeviceSpec, Engine, EngineError, GenerationConfig, Logits, Math, ModelConfig,
@@ -344,13 +344,15 @@ struct Side {
     info: ModelRef,
 }
 
-fn digest_of(path: &Path) -> Result<Sha256Digest, ParityError> {
-    let m = hash_model(path, &HashOptions::new(Serialization::Files), None).map_err(|source| {
-        ParityError::Hash {
+/// The model's root digest; `known` are whole-file digests already computed (by a
+/// layer-major run that hashed the weights as it read them).
+fn digest_of(path: &Path, known: &[(PathBuf, Sha256Digest)]) -> Result<Sha256Digest, ParityError> {
+    let m = hash_model_known(path, &HashOptions::new(Serialization::Files), None, known).map_err(
+        |source| ParityError::Hash {
             path: path.to_owned(),
             source,
-        }
-    })?;
+        },
+    )?;
     Ok(m.root_digest())
 }
 
@@ -399,7 +401,8 @@ fn load(path: &Path, math: Math, device: &candle_core::Device) -> Result<Side, P
         path: path.to_owned(),
         source,
     })?;
-    let info = model_ref(path, &ckpt, engine.model.config(), &engine.tokenizer, math)?;
+    let mut info = model_ref(path, &ckpt, engine.model.config(), &engine.tokenizer, math);
+    info.digest = digest_of(path, &[])?.to_hex();
     Ok(Side {
         engine,
         path: path.to_owned(),
@@ -413,17 +416,18 @@ fn model_ref(
     cfg: &ModelConfig,
     tokenizer: &TextTokenizer,
     math: Math,
-) -> Result<ModelRef, ParityError> {
-    Ok(ModelRef {
+) -> ModelRef {
+    ModelRef {
         path: path.display().to_string(),
-        digest: digest_of(path)?.to_hex(),
+        // set once the files are hashed
+        digest: String::new(),
         architecture: cfg.architecture.name().to_owned(),
         layers: cfg.n_layers,
         vocab: cfg.vocab,
         vocab_digest: vocab_digest(tokenizer),
         quant: quant_type(ckpt),
         math,
-    })
+    }
 }
 
 /// A checkpoint opened for layer-major runs: configuration and tokenizer, no weights.
@@ -444,7 +448,7 @@ fn open(path: &Path, math: Math) -> Result<Opened, ParityError> {
         path: path.to_owned(),
         source,
     })?;
-    let info = model_ref(path, &ckpt, &cfg, &tokenizer, math)?;
+    let info = model_ref(path, &ckpt, &cfg, &tokenizer, math);
     Ok(Opened {
         ckpt,
         cfg,
@@ -463,10 +467,10 @@ impl Opened {
     }
 
     /// Run `jobs` through this model layer-major and hand each job's kept logits to `each`
-    /// in job order.
+    /// in job order; the model's digest is set from the weights as they were read.
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
-        &self,
+        &mut self,
         math: Math,
         device: &candle_core::Device,
         jobs: Vec<Job>,
@@ -481,14 +485,25 @@ impl Opened {
             Layered::new(&self.ckpt, self.cfg.clone(), math, device, jobs, budget).map_err(&run)?;
         l.run_layers(&mut |p| progress(Event::Layers { model, progress: p }))
             .map_err(&run)?;
-        for j in 0..n {
-            let t = l.logits(j).map_err(&run)?;
-            let v = t
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| run(EngineError::Candle(e)))?;
-            each(j, v)?;
+        let mut j = 0;
+        for g in l.logit_groups() {
+            for t in l.logits(g).map_err(&run)? {
+                let v = t
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| run(EngineError::Candle(e)))?;
+                each(j, v)?;
+                j += 1;
+            }
         }
+        if j != n {
+            return Err(run(EngineError::BadParam(format!(
+                "{j} of {n} sequences scored"
+            ))));
+        }
+        let known = l.digests().map_err(&run)?;
+        drop((l, run));
+        self.info.digest = digest_of(&self.path, &known)?.to_hex();
         Ok(())
     }
 }
@@ -983,8 +998,8 @@ pub fn compare(
     let device = open_device(&opts.device)?;
     let (r_info, c_info, corpus, positions, divergence) = match &opts.corpus {
         Corpus::Text(p) => {
-            let r = open(reference, Math::Reference)?;
-            let c = open(candidate, opts.candidate_math)?;
+            let mut r = open(reference, Math::Reference)?;
+            let mut c = open(candidate, opts.candidate_math)?;
             same_shape_of(&r.cfg, &r.info, &c.cfg, &c.info)?;
             let plan = plan_text(&r, p, opts)?;
             check_context_of(&c.cfg, &c.path, &plan.sequences)?;
@@ -1087,7 +1102,7 @@ pub fn record(
     let mut noise = Vec::new();
     let (info, corpus) = match &opts.corpus {
         Corpus::Text(p) => {
-            let r = open(reference, Math::Reference)?;
+            let mut r = open(reference, Math::Reference)?;
             let plan = plan_text(&r, p, opts)?;
             let vocab = r.cfg.vocab;
             let k = opts.top_k.clamp(1, vocab);
@@ -1181,7 +1196,7 @@ pub fn check(
         .collect();
     let mut positions = Vec::new();
     let (info, divergence) = if golden.corpus.kind == "text" {
-        let c = open(candidate, opts.candidate_math)?;
+        let mut c = open(candidate, opts.candidate_math)?;
         golden.check_candidate(golden_path, &c.info)?;
         check_context_of(&c.cfg, &c.path, &seqs)?;
         let vocab = c.cfg.vocab;

@@ -472,6 +472,85 @@ fn layer_steps_reproduce_the_forward_pass_exactly() {
     }
 }
 
+/// Sequences of different lengths stacked into one batch through each layer, one of them
+/// in two halves through its cache, give every sequence bit for bit the states of running
+/// it alone: only attention is per sequence, every product and norm works row by row.
+#[test]
+fn batched_layers_reproduce_single_sequences_exactly() {
+    use candle_core::{Device, Tensor};
+    use modelgate::engine::model::Segment;
+    use modelgate::engine::{Math, Model, ModelConfig};
+    use modelgate::formats::Checkpoint;
+
+    let dirs = [
+        crate::support::oracle_dir("llama"),
+        crate::support::oracle_dir("qwen3"),
+        crate::support::oracle2_dir("gemma3"),
+        fixture("oracles/phi3"),
+    ];
+    for dir in dirs {
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let cfg_json = ckpt.dir.as_ref().and_then(|d| d.config.as_ref());
+        let cfg = ModelConfig::new(&ckpt.params(), cfg_json, &ckpt.weights.metadata).unwrap();
+        let (ids, _) = crate::engine::expected(&dir);
+        let short = &ids[..ids.len() / 2 + 1];
+        for math in [Math::Reference, Math::Native] {
+            let mut m =
+                Model::load_without_layers(&ckpt.weights, cfg.clone(), math, &Device::Cpu).unwrap();
+            // alone: the whole sequence, a shorter one, the whole one in two halves
+            let mut alone = [
+                m.embed(&ids).unwrap(),
+                m.embed(short).unwrap(),
+                m.embed(&ids).unwrap(),
+            ];
+            let mut batch = Tensor::cat(&alone, 0).unwrap();
+            let (n, s, half) = (ids.len(), short.len(), ids.len() / 2);
+            let segments = [
+                Segment {
+                    cache: 0,
+                    rows: 0..n,
+                },
+                Segment {
+                    cache: 1,
+                    rows: n..n + s,
+                },
+                Segment {
+                    cache: 2,
+                    rows: n + s..n + s + half,
+                },
+                Segment {
+                    cache: 2,
+                    rows: n + s + half..2 * n + s,
+                },
+            ];
+            for i in 0..cfg.n_layers {
+                let w = m.load_layer(&ckpt.weights, i).unwrap();
+                for (k, x) in alone.iter_mut().enumerate() {
+                    let mut cache = m.layer_cache().unwrap();
+                    *x = if k == 2 {
+                        let a = m.run_layer(&w, &mut cache, &x.narrow(0, 0, half).unwrap());
+                        let b = m.run_layer(&w, &mut cache, &x.narrow(0, half, n - half).unwrap());
+                        Tensor::cat(&[a.unwrap(), b.unwrap()], 0).unwrap()
+                    } else {
+                        m.run_layer(&w, &mut cache, x).unwrap()
+                    };
+                }
+                let mut caches: Vec<_> = (0..3).map(|_| m.layer_cache().unwrap()).collect();
+                batch = m
+                    .run_layer_batch(&w, &mut caches, &segments, &batch)
+                    .unwrap();
+                assert_eq!(caches[2].len(), n);
+            }
+            let want = Tensor::cat(&alone, 0).unwrap();
+            let (want, got) = (
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                batch.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(want, got, "{} {math:?}", dir.display());
+        }
+    }
+}
+
 /// stderr of a failed command without `--log json` event lines, temporary and repository
 /// paths replaced, after checking the error form (each cause once, one hint).
 fn failure_text(stderr: &str, tmp: &Path) -> String {
