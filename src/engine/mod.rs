@@ -12,6 +12,7 @@
 
 pub mod chat;
 pub mod config;
+mod dispatch;
 pub mod generate;
 pub mod layered;
 mod mla;
