@@ -187,51 +187,47 @@ impl pulp::WithSimd for Dots<'_> {
             out.fill(0.0);
             return;
         }
-        let rows = w.len() / k;
         let m = x.len() / k;
         let w_rows: Vec<&[f32]> = w.chunks_exact(k).collect();
         let x_rows: Vec<&[f32]> = x.chunks_exact(k).collect();
         // four activation rows stay in L1 while the tile's weight rows stream from L2: one
-        // weight value loaded per four multiply-adds
+        // weight value loaded per four multiply-adds, eight accumulators in flight (2 x 4
+        // with their operands fit AVX2's 16 registers; larger blocks spill accumulators)
         let mut i = 0;
         while i < m {
-            let quad = i + 4 <= m;
-            let mut j = 0;
-            while j < rows {
-                let pair = j + 2 <= rows;
-                match (pair, quad) {
-                    (true, true) => {
-                        let v = block::<S, 2, 4>(
-                            simd,
-                            [w_rows[j], w_rows[j + 1]],
-                            [x_rows[i], x_rows[i + 1], x_rows[i + 2], x_rows[i + 3]],
-                        );
-                        for (a, vr) in v.iter().enumerate() {
-                            out[(j + a) * m + i..(j + a) * m + i + 4].copy_from_slice(vr);
-                        }
-                    }
-                    (false, true) => {
-                        let v = block::<S, 1, 4>(
-                            simd,
-                            [w_rows[j]],
-                            [x_rows[i], x_rows[i + 1], x_rows[i + 2], x_rows[i + 3]],
-                        );
-                        out[j * m + i..j * m + i + 4].copy_from_slice(&v[0]);
-                    }
-                    (true, false) => {
-                        let v = block::<S, 2, 1>(simd, [w_rows[j], w_rows[j + 1]], [x_rows[i]]);
-                        out[j * m + i] = v[0][0];
-                        out[(j + 1) * m + i] = v[1][0];
-                    }
-                    (false, false) => {
-                        out[j * m + i] = block::<S, 1, 1>(simd, [w_rows[j]], [x_rows[i]])[0][0];
-                    }
-                }
-                j += if pair { 2 } else { 1 };
-            }
-            i += if quad { 4 } else { 1 };
+            i += match m - i {
+                4.. => group::<S, 4>(simd, &w_rows, &x_rows, i, m, out),
+                2 | 3 => group::<S, 2>(simd, &w_rows, &x_rows, i, m, out),
+                _ => group::<S, 1>(simd, &w_rows, &x_rows, i, m, out),
+            };
         }
     }
+}
+
+/// Activation rows `i..i + I` against every weight row, into `out [rows, m]`; returns `I`.
+#[inline(always)]
+fn group<S: pulp::Simd, const I: usize>(
+    simd: S,
+    w_rows: &[&[f32]],
+    x_rows: &[&[f32]],
+    i: usize,
+    m: usize,
+    out: &mut [f32],
+) -> usize {
+    let xs: [&[f32]; I] = std::array::from_fn(|b| x_rows[i + b]);
+    let mut j = 0;
+    while j + 2 <= w_rows.len() {
+        let v = block::<S, 2, I>(simd, [w_rows[j], w_rows[j + 1]], xs);
+        for (a, vr) in v.iter().enumerate() {
+            out[(j + a) * m + i..(j + a) * m + i + I].copy_from_slice(vr);
+        }
+        j += 2;
+    }
+    if j < w_rows.len() {
+        let v = block::<S, 1, I>(simd, [w_rows[j]], xs);
+        out[j * m + i..j * m + i + I].copy_from_slice(&v[0]);
+    }
+    I
 }
 
 /// `J x I` dot products, each summed lane-wise over the SIMD part of the row, the lanes then
