@@ -12,7 +12,9 @@ test:
   `ggml-quants.c`, the entry point `llama-quantize` calls through `ggml_quantize_chunk`:
   with no importance it runs the reference quantizers (`quantize_row_*_ref`; IQ4_NL and
   IQ4_XS their 7-trial search), with an importance vector (a job's `importance`, f32, one
-  value per column) the weighted `quantize_row_*_impl` paths. The file is taken from the
+  value per column) the weighted `quantize_row_*_impl` paths. The lattice types (IQ1_*,
+  IQ2_*, IQ3_*) first build ggml's search tables (`iq2xs_init_impl` / `iq3xs_init_impl`,
+  what `ggml_quantize_init` calls). The file is taken from the
   ggml copy inside the PyPI source package `ggml-python` (pip download, no install; its
   quantizers are those of llama-cpp-python 0.3.36's vendored ggml, which adds only Q2_0),
   compiled with the system C compiler into a small shared library in the cache folder, and
@@ -74,8 +76,9 @@ def load_gguf():
 def cache_dir() -> pathlib.Path:
     base = os.environ.get("MODELGATE_CACHE")
     root = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "modelgate"
-    # -r2: the shim gained ggml_row_size, which the chunk entry points call.
-    return root / "ggml-ref-0.0.45-r2"
+    # -r2: the shim gained ggml_row_size, which the chunk entry points call; -r3: the
+    # lattice types' sizes.
+    return root / "ggml-ref-0.0.45-r3"
 
 
 # Stubs for the ggml functions that ggml-quants.c calls outside itself (error, logging and
@@ -99,6 +102,13 @@ size_t ggml_row_size(int type, int64_t ne) {
         case 12: blck = 256; size = 144; break;
         case 13: blck = 256; size = 176; break;
         case 14: blck = 256; size = 210; break;
+        case 16: blck = 256; size = 66; break; /* IQ2_XXS */
+        case 17: blck = 256; size = 74; break; /* IQ2_XS */
+        case 18: blck = 256; size = 98; break; /* IQ3_XXS */
+        case 19: blck = 256; size = 50; break; /* IQ1_S */
+        case 21: blck = 256; size = 110; break; /* IQ3_S */
+        case 22: blck = 256; size = 82; break; /* IQ2_S */
+        case 29: blck = 256; size = 56; break; /* IQ1_M */
         case 20: blck = 32; size = 18; break;  /* IQ4_NL */
         case 23: blck = 256; size = 136; break; /* IQ4_XS */
         case 34: blck = 256; size = 54; break; /* TQ1_0 */
@@ -159,11 +169,34 @@ GGML_REF = {
     "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
     "Q2_K": "q2_K", "Q3_K": "q3_K", "Q4_K": "q4_K", "Q5_K": "q5_K", "Q6_K": "q6_K",
     "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "TQ1_0": "tq1_0", "TQ2_0": "tq2_0",
+    "IQ2_XXS": "iq2_xxs", "IQ2_XS": "iq2_xs", "IQ2_S": "iq2_s",
+    "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s", "IQ1_S": "iq1_s", "IQ1_M": "iq1_m",
 }
+
+# The lattice types search tables that ggml builds once (`ggml_quantize_init`, which lives
+# in ggml.c, outside the compiled file): `iq2xs_init_impl(type)` for the 8-dimensional
+# grids, `iq3xs_init_impl(grid_size)` for the 4-dimensional ones. Type ids and sizes are
+# ggml's.
+LATTICE_INIT = {
+    "IQ2_XXS": ("iq2xs_init_impl", 16), "IQ2_XS": ("iq2xs_init_impl", 17),
+    "IQ2_S": ("iq2xs_init_impl", 22), "IQ1_S": ("iq2xs_init_impl", 19),
+    "IQ1_M": ("iq2xs_init_impl", 29), "IQ3_XXS": ("iq3xs_init_impl", 256),
+    "IQ3_S": ("iq3xs_init_impl", 512),
+}
+
+
+def lattice_init(lib, qtype: str) -> None:
+    if qtype in LATTICE_INIT:
+        name, arg = LATTICE_INIT[qtype]
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int]
+        fn(arg)  # returns at once when the tables exist
 
 
 def ggml_quant(lib, np, qtype, values: "np.ndarray", row_len: int, nbytes: int,
                importance) -> bytes:
+    lattice_init(lib, qtype)
     fn = getattr(lib, f"quantize_{GGML_REF[qtype]}")
     fn.restype = ctypes.c_size_t
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,

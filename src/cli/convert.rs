@@ -91,6 +91,29 @@ pub struct Args {
     /// `.shard.json` sidecar; `modelgate merge` checks and assembles the N shares
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    /// Choose each tensor's type to minimise the predicted KLD at this many bits per weight
+    /// (tensor data over parameters, as `bits/weight` is printed); needs `--text`
+    #[arg(long, value_name = "B", conflicts_with_all = ["ty", "max_size", "shard", "split_max_size", "split_max_tensors"], requires = "text")]
+    target_bpw: Option<f64>,
+    /// Like `--target-bpw`, with the whole file at most SIZE (800M, 4.5G, 123456789)
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["ty", "shard", "split_max_size", "split_max_tensors"], requires = "text")]
+    max_size: Option<String>,
+    /// Calibration text for `--target-bpw` / `--max-size`: each tensor's sensitivity is
+    /// measured with the engine on its first chunks
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Tokens per calibration chunk (the second half of each is scored)
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    ctx: usize,
+    /// Calibration chunks used
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    chunks: usize,
+    /// Layers probed per kind of layer tensor
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    probes: usize,
+    /// Do not compare the written mix with the source on the calibration text
+    #[arg(long)]
+    no_measure: bool,
     #[command(flatten)]
     hub: super::model_arg::HubArgs,
 }
@@ -161,6 +184,9 @@ pub fn run(mut args: Args) -> anyhow::Result<Outcome> {
     let _hub = super::model_arg::resolve(&mut args.src, &args.hub)?;
     let opts = options(&args)?;
     let format = OutputFormat::for_output(&args.output, args.format.as_deref())?;
+    if args.target_bpw.is_some() || args.max_size.is_some() {
+        return run_budget(&args, &opts, format);
+    }
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         let b = ProgressBar::new(0);
         b.set_style(
@@ -339,6 +365,194 @@ pub fn render_text(s: &Summary, verbose: bool) -> String {
                 }
             }
         }
+    }
+    o
+}
+
+/// `--target-bpw` / `--max-size`: the budget mix, its table and the predicted and measured
+/// KLD.
+fn run_budget(
+    args: &Args,
+    opts: &convert::Options,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    use crate::pipeline::budget::{self as pb, BudgetOptions, Event};
+    use crate::pipeline::StageError;
+    if format != OutputFormat::Gguf {
+        anyhow::bail!(ConvertError::Options(format!(
+            "a budget mix is written as GGUF; name OUT `NAME.gguf`, not `{}`",
+            args.output.display()
+        )));
+    }
+    let budget = match (args.target_bpw, &args.max_size) {
+        (Some(b), _) => convert::budget::Budget::Bpw(b),
+        (None, Some(s)) => convert::budget::Budget::Bytes(convert::budget::parse_size(s)?),
+        (None, None) => anyhow::bail!("--target-bpw or --max-size is needed"),
+    };
+    let Some(text) = &args.text else {
+        anyhow::bail!(ConvertError::Options(
+            "--target-bpw and --max-size need --text FILE, the calibration text".into()
+        ));
+    };
+    let mut b = BudgetOptions::new(budget, text.clone());
+    b.ctx = args.ctx;
+    b.chunks = args.chunks.max(1);
+    b.probes = args.probes.max(1);
+    b.measure = !args.no_measure;
+    let quiet = args.quiet;
+    let mut progress = |e: Event| {
+        if quiet {
+            return;
+        }
+        let line = match e {
+            Event::Errors { done, total } if done == total => {
+                format!("quantization errors of {total} tensors measured")
+            }
+            Event::Errors { .. } => return,
+            Event::Reference => "reference run on the calibration text done".to_owned(),
+            Event::Probe { done, total } => format!("sensitivity probe {done}/{total}"),
+            Event::Writing => "writing the mix".to_owned(),
+            Event::Measuring => "measuring the written mix against the source".to_owned(),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    };
+    let outcome = pb::convert_to_budget(&args.src, &args.output, opts, &b, &mut progress).map_err(
+        |e| match e {
+            StageError::Convert(e) => anyhow::Error::new(e),
+            StageError::Parity(e) => anyhow::Error::new(e),
+            StageError::Format(e) => anyhow::Error::new(e),
+            other => anyhow::Error::new(other),
+        },
+    )?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &outcome).context("cannot write JSON to stdout")?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render_budget(&outcome).as_bytes())?;
+    }
+    Ok(Outcome::Pass)
+}
+
+/// The readable report of a budget mix.
+pub fn render_budget(b: &crate::pipeline::budget::Outcome) -> String {
+    let s = &b.summary;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "`{}` -> `{}`: GGUF budget mix (general.file_type {})",
+        s.source.display(),
+        s.output.display(),
+        s.file_type.as_deref().unwrap_or("F16")
+    );
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(o, "  {label:<15} {value}");
+    };
+    line(
+        "budget",
+        format!(
+            "{}: {} of tensor data (this model: {:.3} to {:.3} bits/weight)",
+            b.budget,
+            human_bytes(b.budget_bytes),
+            b.min_bpw,
+            b.max_bpw
+        ),
+    );
+    line("bits/weight", format!("{:.3}", s.bits_per_weight));
+    line(
+        "size",
+        format!(
+            "{} in, {} out",
+            human_bytes(s.bytes_in),
+            human_bytes(s.bytes_out)
+        ),
+    );
+    if let Some(m) = &s.imatrix {
+        line(
+            "imatrix",
+            format!("`{}` (sha256 {})", m.path.display(), m.sha256),
+        );
+    }
+    let c = &b.calibration;
+    line(
+        "calibration",
+        format!(
+            "`{}`: {} chunks of {} tokens, {} scored (sha256 {})",
+            c.path.display(),
+            c.chunks,
+            c.ctx,
+            c.scored_tokens,
+            c.sha256
+        ),
+    );
+    line(
+        "time",
+        format!(
+            "errors {:.1} s, sensitivity {:.1} s ({} probes, {} checks), write {:.1} s, measure {:.1} s",
+            b.seconds.errors,
+            b.seconds.sensitivity,
+            b.probes.len(),
+            b.checks.len(),
+            b.seconds.write,
+            b.seconds.measure
+        ),
+    );
+    if let Some(p) = &b.proxy {
+        line(
+            "proxy check",
+            format!(
+                "{} pairs: measured/predicted KLD {:.2} (geometric mean), worst {:.2}x, rank correlation {:.2}",
+                p.pairs, p.ratio_geomean, p.worst_factor, p.rank_correlation
+            ),
+        );
+    }
+    line(
+        "predicted KLD",
+        format!("{:.5} (sum over tensors)", b.predicted_kld),
+    );
+    match &b.measured {
+        Some(m) => line(
+            "measured KLD",
+            format!(
+                "{:.5} ± {:.5} over {} positions of the calibration text, same top-1 {:.1} %",
+                m.mean_kld.value,
+                m.mean_kld.stderr,
+                m.positions,
+                m.same_top1.value * 100.0
+            ),
+        ),
+        None => line(
+            "measured KLD",
+            format!(
+                "not measured; run `modelgate parity {} {} --text {}`",
+                s.source.display(),
+                s.output.display(),
+                c.path.display()
+            ),
+        ),
+    }
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>7}  {:<28} {:>10} {:>6} {:>10}",
+        "mix", "tensors", "types", "size", "bpw", "pred. KLD"
+    );
+    for g in &b.groups {
+        let types = g
+            .types
+            .iter()
+            .map(|(t, n)| format!("{t}x{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            o,
+            "    {:<26} {:>7}  {:<28} {:>10} {:>6.2} {:>10.5}",
+            g.group,
+            g.tensors,
+            types,
+            human_bytes(g.bytes),
+            g.bits_per_weight,
+            g.predicted_kld
+        );
     }
     o
 }

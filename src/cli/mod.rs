@@ -8,6 +8,7 @@
 mod convert;
 mod generate;
 mod hash;
+mod imatrix;
 mod inspect;
 mod keygen;
 mod license;
@@ -77,6 +78,8 @@ enum Command {
     Parity(parity::Args),
     /// Check the shares of `convert --shard I/N` and assemble them into one GGUF
     Merge(merge::Args),
+    /// Compute an importance matrix on a calibration text (llama.cpp's GGUF imatrix)
+    Imatrix(imatrix::Args),
 }
 
 /// Parse the process arguments, run, and map the result to an exit code.
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Logits(args) => logits::run(args),
         Command::Parity(args) => parity::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Imatrix(args) => imatrix::run(args),
     }
 }
 

@@ -130,7 +130,7 @@ struct Run {
 
 /// A size in bytes: a number with an optional `K`, `M`, `G` or `T` (powers of 1024,
 /// optionally followed by `B` or `iB`).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let lower = lower

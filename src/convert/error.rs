@@ -115,6 +115,14 @@ pub enum ConvertError {
     /// A quantization kernel refused its input.
     #[error("tensor `{tensor}`: {fault}")]
     Kernel { tensor: String, fault: String },
+
+    /// A size budget no choice of types reaches (`--target-bpw`, `--max-size`).
+    #[error("{asked} is outside what this model can be written in: from {min} to {max}")]
+    BudgetOutOfRange {
+        asked: String,
+        min: String,
+        max: String,
+    },
 }
 
 impl ConvertError {
@@ -149,6 +157,9 @@ impl ConvertError {
             }
             ConvertError::NeedsImatrix { .. } => {
                 "pass --imatrix FILE (made by llama-imatrix on a calibration text), or choose a type of 3 bits or more"
+            }
+            ConvertError::BudgetOutOfRange { .. } => {
+                "the smallest size puts every quantizable tensor at the cheapest type that fits its rows, the largest at F16"
             }
             ConvertError::Shard { .. } => {
                 "convert the missing or damaged share again with the same `--shard I/N` and options"

@@ -13,6 +13,8 @@
 //!   GGUF and safetensors writers of `formats`) to a temporary file renamed into place;
 //! - [`split`]: GGUF split sets (`--split-max-size`) and shares of a conversion spread
 //!   over N processes (`--shard I/N`); [`merge`] checks and assembles the shares;
+//! - [`budget`]: the size-budget mixes' candidate types, quantization errors and choice
+//!   (`--target-bpw`, `--max-size`; the engine half is in `pipeline::budget`);
 //! - [`elem`]: stored values ↔ f32 rows, through [`quant`], the ggml block-format kernels
 //!   (quantize and dequantize rows of `f32`, on all cores).
 //!
@@ -20,6 +22,7 @@
 //! [`Summary`] that `cli::convert` renders.
 
 pub mod arch;
+pub mod budget;
 pub mod elem;
 pub mod error;
 pub mod exec;

@@ -246,10 +246,15 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::MXFP4
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
             | GgmlType::IQ4NL
             | GgmlType::IQ4XS
             | GgmlType::TQ1_0
             | GgmlType::TQ2_0
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
     )
 }
 

@@ -346,6 +346,11 @@ impl<'a> Layered<'a> {
         self.model.config()
     }
 
+    /// Send the inputs of every product to `capture` (see [`Model::set_capture`]).
+    pub fn set_capture(&mut self, capture: Option<std::sync::Arc<super::capture::Capture>>) {
+        self.model.set_capture(capture);
+    }
+
     /// Run every job through every layer, reading each layer's weights once and dropping
     /// them before the next.
     pub fn run_layers(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), EngineError> {

@@ -10,6 +10,8 @@
 //! [`Math`] mode decides whether weights are dequantized to f32 (`reference`) or multiplied
 //! in their stored block type (`native`).
 
+pub mod calibrate;
+pub mod capture;
 pub mod chat;
 pub mod config;
 mod dispatch;
@@ -81,6 +83,18 @@ pub enum EngineError {
     Candle(#[from] candle_core::Error),
     #[error("a memory budget of {} is below the {} ({need} bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence", size(*budget), size(*need))]
     MemoryBudget { need: u64, budget: u64 },
+    #[error("cannot read the calibration text `{}`", path.display())]
+    CalibrationText {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::userfile::ReadError,
+    },
+    #[error("the calibration text `{}` is {tokens} tokens, fewer than one chunk of {ctx}", path.display())]
+    TextTooShort {
+        path: std::path::PathBuf,
+        tokens: usize,
+        ctx: usize,
+    },
     #[error("cannot keep hidden states in `{dir}`")]
     Spill {
         dir: std::path::PathBuf,
@@ -125,6 +139,15 @@ impl EngineError {
             EngineError::Device { .. } => "run on `--device cpu`",
             EngineError::MemoryBudget { .. } => {
                 "raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`"
+            }
+            EngineError::CalibrationText { source, .. } => match source {
+                crate::userfile::ReadError::Invalid(_) => {
+                    "give a plain text file saved as UTF-8, in the language the model will see"
+                }
+                crate::userfile::ReadError::Io(_) => return source.hint(),
+            },
+            EngineError::TextTooShort { .. } => {
+                "give a longer text or a smaller `--ctx` (`fixtures/text/eval.txt` is a small English text to start with)"
             }
             EngineError::Spill { .. } => {
                 "free space there or pass `--spill-dir` on a disk with room for the hidden states"

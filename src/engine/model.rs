@@ -20,6 +20,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
+use super::capture::Capture;
 use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
 use super::mla::MlaAttn;
 use super::moe::MoeFfn;
@@ -158,6 +159,10 @@ struct Layer {
     mlp: Mlp,
     /// Sliding window of this layer (`usize::MAX` for none).
     window: usize,
+    /// Its index, and whether q/k/v come from one fused tensor: how an activation
+    /// capture names its products.
+    index: usize,
+    fused_qkv: bool,
 }
 
 /// A block's feed-forward: dense, or a mixture of experts.
@@ -234,6 +239,8 @@ pub struct Model {
     cache: Vec<KvCache>,
     /// Tokens processed since the last reset.
     pos: usize,
+    /// Where the inputs of every product go, when an importance matrix is being computed.
+    capture: Option<Arc<Capture>>,
 }
 
 /// Loads tensors by role from a source, checking shapes.
@@ -648,6 +655,7 @@ impl Model {
             long_after,
             cache: Vec::new(),
             pos: 0,
+            capture: None,
         };
         model.reset()?;
         Ok(model)
@@ -659,6 +667,12 @@ impl Model {
 
     pub fn math(&self) -> Math {
         self.math
+    }
+
+    /// Send the inputs of every product of every following forward pass to `capture`
+    /// (`None` stops it).
+    pub fn set_capture(&mut self, capture: Option<Arc<Capture>>) {
+        self.capture = capture;
     }
 
     /// Tokens in the KV cache.
@@ -728,7 +742,8 @@ impl Model {
                 .iter()
                 .find(|(w, _)| *w == layer.window)
                 .and_then(|(_, m)| m.as_ref());
-            x = layer_step(cfg, layer, cache, x, pos, tables, layer_mask)?;
+            let tap = self.capture.as_deref();
+            x = layer_step(cfg, layer, cache, x, pos, tables, layer_mask, tap)?;
         }
         self.pos = end;
         self.head(&x, which)
@@ -832,6 +847,7 @@ impl Model {
             pos,
             &tables,
             layer_mask.as_ref(),
+            self.capture.as_deref(),
         )
     }
 
@@ -870,7 +886,9 @@ impl LayerCache {
     }
 }
 
-/// One decoder layer on `x` `[n, hidden]` at positions `pos..pos + n`.
+/// One decoder layer on `x` `[n, hidden]` at positions `pos..pos + n`; the inputs of its
+/// products go to `capture` when there is one.
+#[allow(clippy::too_many_arguments)]
 fn layer_step(
     cfg: &ModelConfig,
     layer: &Layer,
@@ -879,15 +897,33 @@ fn layer_step(
     pos: usize,
     tables: &RopeTables<'_>,
     layer_mask: Option<&Tensor>,
+    capture: Option<&Capture>,
 ) -> Result<Tensor, EngineError> {
+    let tap = capture.map(|c| c.layer(layer.index));
     let h = match &layer.attn_norm {
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
     };
     let a = match &layer.mla {
         Some(mla) => mla.forward(cfg, cache, &h, pos, tables)?,
-        None => attention(cfg, layer, cache, &h, pos, tables, layer_mask)?,
+        None => {
+            if let Some(t) = &tap {
+                let fused: &[&str] = &["attn_qkv"];
+                t.dense(
+                    if layer.fused_qkv {
+                        fused
+                    } else {
+                        &["attn_q", "attn_k", "attn_v"]
+                    },
+                    &h,
+                )?;
+            }
+            attention(cfg, layer, cache, &h, pos, tables, layer_mask)?
+        }
     };
+    if let Some(t) = &tap {
+        t.dense(&["attn_output"], &a)?;
+    }
     let a = with_bias(layer.o.forward(&a)?, layer.o_bias.as_ref())?;
     let a = match &layer.post_attn_norm {
         Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
@@ -900,14 +936,24 @@ fn layer_step(
     };
     let m = match &layer.mlp {
         Mlp::Dense { gate, up, down } => {
+            if let Some(t) = &tap {
+                // Phi-3 keeps gate and up in one tensor, llama.cpp's `ffn_up`
+                let fused: &[&str] = &["ffn_up"];
+                let phi3 = cfg.architecture == Architecture::Phi3;
+                t.dense(if phi3 { fused } else { &["ffn_gate", "ffn_up"] }, &h)?;
+            }
             let g = gate.forward(&h)?;
             let g = match cfg.activation {
                 Activation::Silu => g.silu()?,
                 Activation::GeluTanh => g.gelu()?,
             };
-            down.forward(&(g * up.forward(&h)?)?)?
+            let p = (g * up.forward(&h)?)?;
+            if let Some(t) = &tap {
+                t.dense(&["ffn_down"], &p)?;
+            }
+            down.forward(&p)?
         }
-        Mlp::Moe(moe) => moe.forward(&h)?,
+        Mlp::Moe(moe) => moe.forward(&h, tap.as_ref())?,
     };
     let m = match &layer.post_ffn_norm {
         Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
@@ -948,7 +994,9 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
         };
         return Err(EngineError::MissingTensor(ld.name(role)));
     }
-    let qkv = match ld.raw(Role::Qkv(i))? {
+    let fused = ld.raw(Role::Qkv(i))?;
+    let fused_qkv = mla.is_none() && fused.is_some();
+    let qkv = match fused {
         _ if mla.is_some() => None,
         Some(t) => {
             t.expect_shape(&[q_out + 2 * kv_out, h])?;
@@ -987,6 +1035,8 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
         post_ffn_norm: ld.norm_if(norms.post_ffn, Role::PostFfnNorm(i), h)?,
         mlp,
         window: cfg.window(i).unwrap_or(usize::MAX),
+        index: i,
+        fused_qkv,
     })
 }
 

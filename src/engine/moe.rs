@@ -23,6 +23,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::capture::LayerTap;
 use super::config::{Architecture, Gating, ModelConfig, MoeConfig, SwigluClamp};
 use super::dispatch::{self, Rounding, TILE_ROWS};
 use super::model::{Loader, Math};
@@ -235,8 +236,13 @@ impl MoeFfn {
         })
     }
 
-    /// `x [n, hidden] -> [n, hidden]`.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    /// `x [n, hidden] -> [n, hidden]`; the inputs of its products go to `tap`, per expert
+    /// for the routed experts.
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        tap: Option<&LayerTap<'_>>,
+    ) -> Result<Tensor, EngineError> {
         let (n, h) = x.dims2()?;
         if h != self.hidden {
             return Err(EngineError::BadParam(format!(
@@ -246,6 +252,9 @@ impl MoeFfn {
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let e = self.cfg.experts;
+        if let Some(t) = tap {
+            t.dense_rows(&["ffn_gate_inp"], &xs, n)?;
+        }
         let mut logits = self.product(&self.router, &xs, n)?;
         if let Some(b) = &self.router_bias {
             for row in logits.chunks_exact_mut(e) {
@@ -262,16 +271,19 @@ impl MoeFfn {
             }
         }
         let mut batches = Vec::new();
-        for (expert, chosen) in self.experts.iter().zip(&tokens) {
+        for (i, (expert, chosen)) in self.experts.iter().zip(&tokens).enumerate() {
             if !chosen.is_empty() {
                 let rows = input_rows(&xs, h, chosen.iter().map(|&(t, _)| t));
-                batches.push(Batch::new(expert, rows, chosen.len()));
+                batches.push(Batch::new(expert, rows, chosen.len(), Some(i)));
             }
         }
         if let Some(shared) = &self.shared {
-            batches.push(Batch::new(shared, xs.clone(), n));
+            batches.push(Batch::new(shared, xs.clone(), n, None));
+            if let (Some(t), Some(_)) = (tap, &self.shared_gate) {
+                t.dense_rows(&["ffn_gate_inp_shexp"], &xs, n)?;
+            }
         }
-        let ys = self.experts_forward(&batches)?;
+        let ys = self.experts_forward(&batches, tap)?;
         let shared_gates = match (&self.shared, &self.shared_gate) {
             (Some(_), Some(g)) => Some(self.product(g, &xs, n)?),
             _ => None,
@@ -315,8 +327,26 @@ impl MoeFfn {
     /// the activation, then down; each item runs a single-threaded kernel
     /// (`dispatch::tile_product`) and writes its own slice, so a layer costs two fork/joins
     /// whatever its number of experts.
-    fn experts_forward(&self, batches: &[Batch<'_>]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn experts_forward(
+        &self,
+        batches: &[Batch<'_>],
+        tap: Option<&LayerTap<'_>>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let h = self.hidden;
+        let e = self.cfg.experts;
+        // what an activation capture records: the input rows of each product, per expert
+        // for the routed ones, under llama.cpp's stacked names
+        let seen = |b: &Batch<'_>, which: &[&str], x: &[f32]| -> Result<(), EngineError> {
+            match (tap, b.expert) {
+                (None, _) => Ok(()),
+                (Some(t), Some(i)) => t.expert_rows(which, e, i, x, b.m),
+                (Some(t), None) => {
+                    let shexp: Vec<String> = which.iter().map(|w| shared_name(w)).collect();
+                    let shexp: Vec<&str> = shexp.iter().map(String::as_str).collect();
+                    t.dense_rows(&shexp, x, b.m)
+                }
+            }
+        };
         let mut ys: Vec<Vec<f32>> = batches.iter().map(|b| vec![0f32; h * b.m]).collect();
         // native math on few rows (token-by-token generation): candle's integer kernel per
         // expert reads the blocks once, where dispatch would dequantize them for one row
@@ -325,7 +355,8 @@ impl MoeFfn {
         };
         for (b, y) in batches.iter().zip(ys.iter_mut()) {
             if per_expert(b) {
-                let rows = self.expert(b.ffn, &b.x, b.m)?;
+                let f = |which: &[&str], x: &[f32]| seen(b, which, x);
+                let rows = self.expert(b.ffn, &b.x, b.m, tap.map(|_| &f as _))?;
                 for (i, row) in rows.chunks_exact(h).enumerate() {
                     for (r, v) in row.iter().enumerate() {
                         y[r * b.m + i] = *v;
@@ -343,6 +374,9 @@ impl MoeFfn {
             dispatch::round_rows(&mut x, w.cols(), r)?;
             Ok(Some(x))
         };
+        for b in batches.iter().filter(|b| !per_expert(b)) {
+            seen(b, &["ffn_gate_exps", "ffn_up_exps"], &b.x)?;
+        }
         let inputs = batches
             .par_iter()
             .map(|b| -> candle_core::Result<_> {
@@ -398,12 +432,12 @@ impl MoeFfn {
             },
         )?;
         // down: the activations token by token, rounded for down's type
-        let downs = batches
+        let mut downs: Vec<Vec<f32>> = batches
             .par_iter()
             .zip(acts.par_iter())
-            .map(|(b, act)| -> candle_core::Result<Vec<f32>> {
+            .map(|(b, act)| {
                 if per_expert(b) {
-                    return Ok(Vec::new());
+                    return Vec::new();
                 }
                 let f = b.ffn.gate.rows();
                 let mut x = vec![0f32; b.m * f];
@@ -412,10 +446,24 @@ impl MoeFfn {
                         x[i * f + j] = *v;
                     }
                 }
-                dispatch::round_rows(&mut x, f, Rounding::of(&b.ffn.down, self.quantized))?;
-                Ok(x)
+                x
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .collect();
+        for (b, x) in batches.iter().zip(&downs) {
+            if !per_expert(b) {
+                seen(b, &["ffn_down_exps"], x)?;
+            }
+        }
+        downs
+            .par_iter_mut()
+            .zip(batches.par_iter())
+            .try_for_each(|(x, b)| {
+                dispatch::round_rows(
+                    x,
+                    b.ffn.down.cols(),
+                    Rounding::of(&b.ffn.down, self.quantized),
+                )
+            })?;
         let mut items = Vec::new();
         for (bi, (b, y)) in batches.iter().zip(ys.iter_mut()).enumerate() {
             if b.m > 0 && !per_expert(b) {
@@ -465,8 +513,18 @@ impl MoeFfn {
         })
     }
 
-    /// One expert on `m` rows of `x`.
-    fn expert(&self, ex: &Expert, x: &[f32], m: usize) -> Result<Vec<f32>, EngineError> {
+    /// One expert on `m` rows of `x`; `seen` gets the inputs of its products, named by
+    /// llama.cpp's stacked tensors (`ffn_gate_exps`).
+    fn expert(
+        &self,
+        ex: &Expert,
+        x: &[f32],
+        m: usize,
+        seen: Option<&dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>>,
+    ) -> Result<Vec<f32>, EngineError> {
+        if let Some(f) = seen {
+            f(&["ffn_gate_exps", "ffn_up_exps"], x)?;
+        }
         let mut g = self.product(&ex.gate, x, m)?;
         let mut u = self.product(&ex.up, x, m)?;
         if let Some([bg, bu, _]) = &ex.bias {
@@ -474,6 +532,9 @@ impl MoeFfn {
             add_rows(&mut u, bu);
         }
         self.activate(&mut g, &u);
+        if let Some(f) = seen {
+            f(&["ffn_down_exps"], &g)?;
+        }
         let mut y = self.product(&ex.down, &g, m)?;
         if let Some([_, _, bd]) = &ex.bias {
             add_rows(&mut y, bd);
@@ -511,12 +572,19 @@ struct Batch<'a> {
     /// `[m, hidden]`.
     x: Vec<f32>,
     m: usize,
+    /// The routed expert's index, `None` for the shared one.
+    expert: Option<usize>,
 }
 
 impl<'a> Batch<'a> {
-    fn new(ffn: &'a Expert, x: Vec<f32>, m: usize) -> Batch<'a> {
-        Batch { ffn, x, m }
+    fn new(ffn: &'a Expert, x: Vec<f32>, m: usize, expert: Option<usize>) -> Batch<'a> {
+        Batch { ffn, x, m, expert }
     }
+}
+
+/// A shared expert's tensor from the routed one's name: `ffn_gate_exps` -> `ffn_gate_shexp`.
+fn shared_name(routed: &str) -> String {
+    format!("{}_shexp", routed.trim_end_matches("_exps"))
 }
 
 fn add_rows(x: &mut [f32], b: &[f32]) {
@@ -965,10 +1033,10 @@ mod tests {
             let mut chosen = route(&l.cfg, &logits[t * 16..(t + 1) * 16], None);
             chosen.sort_by_key(|c| c.0);
             for (ex, w) in chosen {
-                let y = l.expert(&l.experts[ex], x, 1).unwrap();
+                let y = l.expert(&l.experts[ex], x, 1, None).unwrap();
                 o.iter_mut().zip(&y).for_each(|(o, y)| *o += y * w);
             }
-            let y = l.expert(l.shared.as_ref().unwrap(), x, 1).unwrap();
+            let y = l.expert(l.shared.as_ref().unwrap(), x, 1, None).unwrap();
             let g = sigmoid(gates[t]);
             o.iter_mut().zip(&y).for_each(|(o, y)| *o += g * y);
         }
@@ -981,7 +1049,7 @@ mod tests {
             .build()
             .unwrap();
         let x = Tensor::from_slice(xs, (n, l.hidden), &Device::Cpu).unwrap();
-        pool.install(|| l.forward(&x))
+        pool.install(|| l.forward(&x, None))
             .unwrap()
             .flatten_all()
             .unwrap()

@@ -1,5 +1,6 @@
 //! Decoding ggml block types that candle cannot read: the non-linear 4-bit IQ4_NL and
-//! IQ4_XS, the ternary TQ1_0 and TQ2_0, and MXFP4 (through `super::mxfp4`). Block layouts are facts of the GGUF format
+//! IQ4_XS, the ternary TQ1_0 and TQ2_0, MXFP4 (through `super::mxfp4`) and the IQ2 lattice
+//! types (through `super::iq2`). Block layouts are facts of the GGUF format
 //! (ggml's `block_iq4_nl`, `block_iq4_xs`, `block_tq1_0`, `block_tq2_0`), so their decoding
 //! lives here, beside the reader, and serves both the engine (which multiplies with the
 //! values) and the conversion stage (which requantizes from them).
@@ -51,6 +52,11 @@ fn decoder(ty: GgmlType) -> Option<(usize, usize, BlockFn)> {
         GgmlType::TQ1_0 => (256, 54, tq1_0),
         GgmlType::TQ2_0 => (256, 66, tq2_0),
         GgmlType::MXFP4 => (32, 17, mxfp4),
+        GgmlType::IQ2XXS => (256, super::iq2::IQ2_XXS_BYTES, super::iq2::iq2_xxs),
+        GgmlType::IQ2XS => (256, super::iq2::IQ2_XS_BYTES, super::iq2::iq2_xs),
+        GgmlType::IQ2S => (256, super::iq2::IQ2_S_BYTES, super::iq2::iq2_s),
+        GgmlType::IQ3XXS => (256, 98, super::iq3::iq3_xxs),
+        GgmlType::IQ3S => (256, 110, super::iq3::iq3_s),
         _ => return None,
     })
 }
@@ -185,6 +191,9 @@ mod tests {
             GgmlType::IQ4XS,
             GgmlType::TQ1_0,
             GgmlType::TQ2_0,
+            GgmlType::IQ2XXS,
+            GgmlType::IQ2XS,
+            GgmlType::IQ2S,
         ] {
             let (b, s, _) = decoder(t).unwrap();
             assert_eq!(t.block(), Some((b as u64, s as u64)));

@@ -17,6 +17,7 @@
 //! prints: progress goes through [`Events`], errors carry their stage's hint
 //! ([`PipelineError::hint`]).
 
+pub mod budget;
 pub mod cache;
 mod error;
 pub mod file;

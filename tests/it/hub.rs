@@ -375,7 +375,10 @@ fn tiny_llama(id: &str, gated: bool) -> FakeRepo {
 
 /// A cache, its surroundings and the variables that point at them.
 struct Env {
-    _dir: tempfile::TempDir,
+    /// Shared with every `with` variant, so the folder lives as long as the last of them
+    /// (a variant of a temporary `Env` would otherwise see its folder deleted and the
+    /// command under test recreate it outside any `TempDir`).
+    _dir: std::rc::Rc<tempfile::TempDir>,
     home: PathBuf,
     cache: PathBuf,
     vars: Vec<(String, String)>,
@@ -397,7 +400,7 @@ impl Env {
             vars.push(("HF_ENDPOINT".to_owned(), h.endpoint.clone()));
         }
         Env {
-            _dir: dir,
+            _dir: std::rc::Rc::new(dir),
             home,
             cache,
             vars,
@@ -409,7 +412,7 @@ impl Env {
         vars.retain(|(key, _)| key != k);
         vars.push((k.to_owned(), v.to_owned()));
         Env {
-            _dir: tempfile::tempdir().unwrap(),
+            _dir: std::rc::Rc::clone(&self._dir),
             home: self.home.clone(),
             cache: self.cache.clone(),
             vars,

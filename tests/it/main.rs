@@ -14,6 +14,7 @@ mod formats_hf;
 mod gguf;
 mod hub;
 mod imatrix;
+mod imatrix_cmd;
 mod inspect;
 mod logits;
 mod moe_gate;

@@ -5,8 +5,8 @@
 //! tensor, the reader hands over rows as `f32` (see [`dequantize`] for F16/BF16 sources,
 //! or for GGUF tensors being requantized), and the writer stores the bytes these functions
 //! return. Types: F32, F16, BF16 and the block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4, with the byte layouts of
-//! ggml's `block_*` structs.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0,
+//! TQ2_0 and MXFP4, with the byte layouts of ggml's `block_*` structs.
 //!
 //! Why not candle: candle-core's quantizers run on one thread and its K-quant search
 //! (`make_qkx1_quants`) is simpler than ggml's current reference, so it loses a little
@@ -28,20 +28,25 @@
 //! importance and runs ggml's weighted quantizers (`weighted`, and the IQ4 types in
 //! `iquants`), what `llama-quantize --imatrix` runs; without importance the bytes are those
 //! above. IQ4_NL and IQ4_XS are quantized as `llama-quantize` quantizes them (ggml's
-//! `quantize_iq4_*` with 7 scale trials), TQ1_0 and TQ2_0 with ggml's reference.
+//! `quantize_iq4_*` with 7 scale trials), TQ1_0 and TQ2_0 with ggml's reference. The IQ2
+//! and IQ3 lattice types are quantized by ggml's searches over their grids (`iq2`,
+//! `lattice`, `iq3`);
+//! IQ2_XXS and IQ2_XS exist only with importance ([`QuantError::NeedsImportance`] without).
 //!
 //! Source formats that are not ggml types, for the converter's readers: gpt-oss's Hugging
 //! Face MXFP4 layout repacked into ggml's MXFP4 without decoding ([`repack_hf_mxfp4`]), and
 //! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
 //! does ([`dequantize_fp8_e4m3`]).
 //!
-//! Not built: IQ1_*, IQ2_*, IQ3_* (they decode through ggml's large lattice tables) and
-//! NVFP4.
+//! Not built: IQ1_* and NVFP4.
 
 mod float;
 mod fp8;
+mod iq2;
+mod iq3;
 mod iquants;
 mod kquants;
+mod lattice;
 mod legacy;
 mod mxfp4;
 mod search;
@@ -88,6 +93,9 @@ pub enum QuantError {
         len: usize,
         block_bytes: usize,
     },
+    /// A type that ggml quantizes only with an importance vector.
+    #[error("`{ty}` needs an importance matrix (imatrix) to quantize")]
+    NeedsImportance { ty: GgmlType },
     /// An importance vector whose length is not the row length.
     #[error("the importance has {len} values for rows of {row_len}")]
     ImportanceLen { len: usize, row_len: usize },
@@ -132,6 +140,9 @@ impl QuantError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             QuantError::Unsupported { .. } => Some("pick one of the supported types"),
+            QuantError::NeedsImportance { .. } => {
+                Some("give an imatrix (`--imatrix FILE`) or pick another type")
+            }
             QuantError::Mxfp4Blocks { .. }
             | QuantError::Mxfp4Scales { .. }
             | QuantError::Mxfp4NanScale { .. } => Some(
@@ -148,7 +159,7 @@ impl QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 18] = [
+pub const SUPPORTED: [GgmlType; 23] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -161,7 +172,12 @@ pub const SUPPORTED: [GgmlType; 18] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ3XXS,
     GgmlType::IQ4NL,
+    GgmlType::IQ3S,
+    GgmlType::IQ2S,
     GgmlType::IQ4XS,
     GgmlType::BF16,
     GgmlType::TQ1_0,
@@ -182,6 +198,13 @@ pub fn supported(ty: GgmlType) -> bool {
     SUPPORTED.contains(&ty)
 }
 
+/// Whether `ty` can be written only with an importance vector (ggml's
+/// `ggml_quantize_requires_imatrix` among the supported types): [`quantize_rows`] refuses
+/// it, [`quantize_rows_weighted`] needs `Some`.
+pub fn needs_importance(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::IQ2XXS | GgmlType::IQ2XS)
+}
+
 /// Values per block and bytes per block of a supported type.
 fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
     use GgmlType as T;
@@ -198,6 +221,11 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::Q4K => (kquants::QK_K, kquants::Q4K_BYTES),
         T::Q5K => (kquants::QK_K, kquants::Q5K_BYTES),
         T::Q6K => (kquants::QK_K, kquants::Q6K_BYTES),
+        T::IQ2XXS => (kquants::QK_K, iq2::IQ2_XXS_BYTES),
+        T::IQ2XS => (kquants::QK_K, iq2::IQ2_XS_BYTES),
+        T::IQ2S => (kquants::QK_K, iq2::IQ2_S_BYTES),
+        T::IQ3XXS => (kquants::QK_K, iq3::IQ3_XXS_BYTES),
+        T::IQ3S => (kquants::QK_K, iq3::IQ3_S_BYTES),
         T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
@@ -275,6 +303,9 @@ pub fn quantize_into(
             unit: "bytes",
         });
     }
+    if needs_importance(ty) {
+        return Err(QuantError::NeedsImportance { ty });
+    }
     let (block, bytes) = layout(ty)?;
     let blocks_per_task = (TASK_VALUES / block).max(1);
     let checked = ty.is_quantized();
@@ -306,8 +337,9 @@ pub fn quantize_into(
 /// [`quantize_rows`] with an optional per-column importance (an imatrix entry, see
 /// `formats::imatrix::Imatrix::importance`), `row_len` values long. With `Some`, the types
 /// `llama-quantize` quantizes differently under an imatrix (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
-/// IQ4_NL, IQ4_XS) run ggml's importance-weighted quantizers and write its bytes; the other
-/// types ignore it, as ggml does. With `None` the bytes are exactly [`quantize_rows`]'.
+/// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS) run ggml's importance-weighted quantizers and
+/// write its bytes; the other types ignore it, as ggml does. With `None` the bytes are
+/// exactly [`quantize_rows`]' (an error for the types of [`needs_importance`]).
 pub fn quantize_rows_weighted(
     ty: GgmlType,
     src: &[f32],
@@ -341,6 +373,13 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         T::Q4K => weighted::q4k_row,
         T::Q5K => weighted::q5k_row,
         T::Q6K => weighted::q6k_row,
+        T::IQ2XXS => iq2::iq2_xxs_row,
+        T::IQ2XS => iq2::iq2_xs_row,
+        T::IQ2S => iq2::iq2_s_row,
+        T::IQ3XXS => {
+            |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
+        }
+        T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
         T::IQ4NL => |x, qw, y| {
             let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
             for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
@@ -358,6 +397,21 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
         _ => return None,
     };
     Some(f)
+}
+
+/// Run a super-block quantizer that takes optional importance over a row, with importance.
+fn weighted_blocks(
+    x: &[f32],
+    qw: &[f32],
+    y: &mut [u8],
+    bytes: usize,
+    f: fn(&[f32], Option<&[f32]>, &mut [u8]),
+) {
+    let k = kquants::QK_K;
+    let it = x.chunks_exact(k).zip(qw.chunks_exact(k));
+    for ((x, qw), y) in it.zip(y.chunks_exact_mut(bytes)) {
+        f(x, Some(qw), y);
+    }
 }
 
 /// [`quantize_into`] with an optional per-column importance (see [`quantize_rows_weighted`]).
@@ -456,11 +510,18 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::Q4K => each_block(x, y, K, kquants::Q4K_BYTES, kquants::quantize_q4k),
         T::Q5K => each_block(x, y, K, kquants::Q5K_BYTES, kquants::quantize_q5k),
         T::Q6K => each_block(x, y, K, kquants::Q6K_BYTES, kquants::quantize_q6k),
+        T::IQ2S => each_block(x, y, K, iq2::IQ2_S_BYTES, iq2::quantize_iq2_s),
         T::IQ4NL => each_block(x, y, L, iquants::IQ4_NL_BYTES, |x, y| {
             iquants::quantize_iq4_nl(x, None, y)
         }),
         T::IQ4XS => each_block(x, y, K, iquants::IQ4_XS_BYTES, |x, y| {
             iquants::quantize_iq4_xs(x, None, y)
+        }),
+        T::IQ3XXS => each_block(x, y, K, iq3::IQ3_XXS_BYTES, |x, y| {
+            iq3::quantize_iq3_xxs(x, None, y)
+        }),
+        T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| {
+            iq3::quantize_iq3_s(x, None, y)
         }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
@@ -532,6 +593,9 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         T::Q4K => each_block_back(b, y, K, kquants::Q4K_BYTES, kquants::dequantize_q4k),
         T::Q5K => each_block_back(b, y, K, kquants::Q5K_BYTES, kquants::dequantize_q5k),
         T::Q6K => each_block_back(b, y, K, kquants::Q6K_BYTES, kquants::dequantize_q6k),
+        T::IQ2XXS => each_block_back(b, y, K, iq2::IQ2_XXS_BYTES, crate::formats::iq2::iq2_xxs),
+        T::IQ2XS => each_block_back(b, y, K, iq2::IQ2_XS_BYTES, crate::formats::iq2::iq2_xs),
+        T::IQ2S => each_block_back(b, y, K, iq2::IQ2_S_BYTES, crate::formats::iq2::iq2_s),
         T::IQ4NL => each_block_back(
             b,
             y,
@@ -546,6 +610,8 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
             iquants::IQ4_XS_BYTES,
             crate::formats::blocks::iq4_xs,
         ),
+        T::IQ3XXS => each_block_back(b, y, K, iq3::IQ3_XXS_BYTES, crate::formats::iq3::iq3_xxs),
+        T::IQ3S => each_block_back(b, y, K, iq3::IQ3_S_BYTES, crate::formats::iq3::iq3_s),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
@@ -585,11 +651,22 @@ mod tests {
         sum.sqrt() as f32 / a.len() as f32
     }
 
+    /// [`quantize_rows`], with uniform importance for the types that need importance.
+    fn quantize_any(ty: GgmlType, x: &[f32], row_len: usize, out: &mut Vec<u8>) {
+        let ones = vec![1.0f32; row_len];
+        let qw = needs_importance(ty).then_some(&ones[..]);
+        quantize_rows_weighted(ty, x, row_len, qw, out).unwrap();
+    }
+
     /// ggml's thresholds: 2-bit 0.0075, 3-bit 0.004, otherwise 0.002.
     fn threshold(ty: GgmlType) -> f32 {
         match ty {
-            GgmlType::Q2K => 0.0075,
-            GgmlType::Q3K => 0.004,
+            GgmlType::Q2K | GgmlType::IQ2S => 0.0075,
+            // ggml's test skips the types that need an imatrix; with uniform importance
+            // they land between 2-bit and ternary.
+            GgmlType::IQ2XXS | GgmlType::IQ2XS => 0.012,
+            GgmlType::Q3K | GgmlType::IQ3S => 0.004,
+            GgmlType::IQ3XXS => 0.005,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
             GgmlType::MXFP4 => 0.003,
@@ -602,7 +679,7 @@ mod tests {
         let x = ggml_test_vector();
         for ty in SUPPORTED {
             let mut bytes = Vec::new();
-            quantize_rows(ty, &x, 4096, &mut bytes).unwrap();
+            quantize_any(ty, &x, 4096, &mut bytes);
             assert_eq!(Some(bytes.len() as u64), ty.bytes_for(4096), "{ty}");
             let y = dequantize_to_vec(ty, &bytes).unwrap();
             let err = ggml_error(&x, &y);
@@ -623,7 +700,7 @@ mod tests {
             let (block, bytes) = layout(ty).unwrap();
             assert_eq!(ty.block(), Some((block as u64, bytes as u64)), "{ty}");
         }
-        assert!(!supported(GgmlType::IQ2XXS));
+        assert!(!supported(GgmlType::Q8K));
         assert!(!supported(GgmlType::Q8_1));
     }
 
@@ -633,7 +710,7 @@ mod tests {
         assert!(!row_fits(GgmlType::Q4K, 576));
         assert!(row_fits(GgmlType::Q4_0, 576));
         assert!(!row_fits(GgmlType::Q4_0, 0));
-        assert!(!row_fits(GgmlType::IQ2XXS, 256));
+        assert!(!row_fits(GgmlType::Q8_1, 32));
         let mut out = vec![7u8];
         let err = quantize_rows(GgmlType::Q4K, &[0.0; 576], 576, &mut out).unwrap_err();
         assert_eq!(
@@ -662,6 +739,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "`Q4_1` data for 32 values needs 32 values, the buffer has 31"
+        );
+        let err = quantize_rows(GgmlType::IQ2XS, &[0.0; 256], 256, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`IQ2_XS` needs an importance matrix (imatrix) to quantize"
         );
         let mut dst = [0u8; 10];
         assert!(quantize_into(GgmlType::Q8_0, &[0.0; 32], 32, &mut dst).is_err());
@@ -696,8 +778,7 @@ mod tests {
                     .build()
                     .unwrap();
                 let mut out = Vec::new();
-                pool.install(|| quantize_rows(ty, &x, 4096, &mut out))
-                    .unwrap();
+                pool.install(|| quantize_any(ty, &x, 4096, &mut out));
                 out
             };
             let one = run(1);
@@ -710,7 +791,7 @@ mod tests {
     fn all_zero_blocks_stay_zero() {
         for ty in SUPPORTED {
             let mut out = Vec::new();
-            quantize_rows(ty, &[0.0; 512], 512, &mut out).unwrap();
+            quantize_any(ty, &[0.0; 512], 512, &mut out);
             let y = dequantize_to_vec(ty, &out).unwrap();
             assert!(y.iter().all(|v| *v == 0.0), "{ty}");
         }

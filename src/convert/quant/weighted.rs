@@ -159,7 +159,7 @@ fn make_qkx3(
 
 /// ggml's `make_qp_quants`: non-negative values (scales or minimums) to levels `0..=nmax`
 /// weighted by `qw`; returns the scale. Levels are stored as `uint8_t`, as in ggml.
-fn make_qp(nmax: i32, x: &[f32], out: &mut [u8], qw: &[f32]) -> f32 {
+pub(super) fn make_qp(nmax: i32, x: &[f32], out: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
     let mut max = 0.0f32;
     for &v in x {
