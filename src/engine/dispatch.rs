@@ -232,6 +232,8 @@ fn group<S: pulp::Simd, const I: usize>(
 
 /// `J x I` dot products, each summed lane-wise over the SIMD part of the row, the lanes then
 /// reduced, the scalar tail added last: an order fixed by `k` alone.
+// the fixed-size arrays are indexed in lock step so that the accumulators stay in registers
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn block<S: pulp::Simd, const J: usize, const I: usize>(
     simd: S,
