@@ -520,7 +520,7 @@ impl MoeFfn {
         ex: &Expert,
         x: &[f32],
         m: usize,
-        seen: Option<&dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>>,
+        seen: Option<Seen<'_>>,
     ) -> Result<Vec<f32>, EngineError> {
         if let Some(f) = seen {
             f(&["ffn_gate_exps", "ffn_up_exps"], x)?;
@@ -581,6 +581,9 @@ impl<'a> Batch<'a> {
         Batch { ffn, x, m, expert }
     }
 }
+
+/// Where an expert reports the input rows of its products, by llama.cpp's tensor names.
+type Seen<'a> = &'a dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>;
 
 /// A shared expert's tensor from the routed one's name: `ffn_gate_exps` -> `ffn_gate_shexp`.
 fn shared_name(routed: &str) -> String {
