@@ -9,7 +9,7 @@
 #     the wall time less the load time the command prints, median of RUNS;
 #   - llama.cpp: `llama-bench -p 512 -n 0 -t THREADS` (RUNS repetitions, its mean).
 # The work folder (4.3 GB of f16 safetensors, 1.3 GB of GGUF) is deleted at the end unless
-# KEEP=1.
+# KEEP=1; a kept GGUF is reused by the next run.
 #
 #   benches/moe_throughput.sh     # THREADS=2 RUNS=3 TYPE=Q4_K_M WORK=target/bench-moe
 #                                 # LLAMA_BENCH=/work/tools/llama-build/bin/llama-bench
@@ -33,15 +33,18 @@ trap cleanup EXIT
 cargo build --release --quiet --bin modelgate
 BIN=target/release/modelgate
 
-if [ ! -f "$WORK/synth/model.safetensors" ]; then
-    "$PYTHON" scripts/make_synth_moe.py "$ORACLE" "$WORK/synth"
-fi
 GGUF="$WORK/synth-$TYPE.gguf"
-start=$(date +%s.%N)
-"$BIN" convert "$WORK/synth" -o "$GGUF" --type "$TYPE" --threads "$THREADS" --quiet
-end=$(date +%s.%N)
-echo "convert to $TYPE: $(echo "$end - $start" | bc) s, $(du -h "$GGUF" | cut -f1)"
-rm -rf "$WORK/synth"
+# with KEEP=1 a second run reuses the GGUF of the first
+if [ ! -f "$GGUF" ]; then
+    if [ ! -f "$WORK/synth/model.safetensors" ]; then
+        "$PYTHON" scripts/make_synth_moe.py "$ORACLE" "$WORK/synth"
+    fi
+    start=$(date +%s.%N)
+    "$BIN" convert "$WORK/synth" -o "$GGUF" --type "$TYPE" --threads "$THREADS" --quiet
+    end=$(date +%s.%N)
+    echo "convert to $TYPE: $(echo "$end - $start" | bc) s, $(du -h "$GGUF" | cut -f1)"
+    rm -rf "$WORK/synth"
+fi
 
 # 512 token ids of the 512-token vocabulary, spread over it
 seq 0 $((PROMPT - 1)) | awk '{ printf "%d ", ($1 * 37 + 11) % 509 + 3 }' > "$WORK/ids.txt"

@@ -14,6 +14,7 @@ pub mod calibrate;
 pub mod capture;
 pub mod chat;
 pub mod config;
+mod dispatch;
 pub mod generate;
 pub mod layered;
 mod mla;

@@ -21,9 +21,11 @@
 //! `ffn_{gate,up,down}_exps` (MXFP4 included, dequantized by `formats::mxfp4`).
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use super::capture::LayerTap;
 use super::config::{Architecture, Gating, ModelConfig, MoeConfig, SwigluClamp};
+use super::dispatch::{self, Rounding, TILE_ROWS};
 use super::model::{Loader, Math};
 use super::stored::{Elem, StoredMatrix};
 use super::weights::{Naming, RawTensor};
@@ -158,6 +160,11 @@ impl Names {
     }
 }
 
+/// Native math keeps candle's integer kernel, one expert at a time, for an expert with
+/// fewer rows than this (token-by-token generation): dequantizing an expert's weights for
+/// the f32 dispatch costs more than the integer dot products of a few rows.
+const DISPATCH_MIN_ROWS: usize = 8;
+
 const HF_PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 const MIXTRAL: [&str; 3] = ["w1", "w3", "w2"];
 const GGUF_DENSE: [&str; 3] = ["ffn_gate", "ffn_up", "ffn_down"];
@@ -256,57 +263,246 @@ impl MoeFfn {
                 }
             }
         }
-        // every token's choices first, then one product per expert over its tokens
+        // every token's choices first, then every expert's tokens at once
         let mut tokens: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
         for (t, row) in logits.chunks_exact(e).enumerate() {
             for (expert, w) in route(&self.cfg, row, self.selection_bias.as_deref()) {
                 tokens[expert].push((t, w));
             }
         }
-        let mut out = vec![0f32; n * h];
-        let mut xe = Vec::new();
+        let mut batches = Vec::new();
         for (i, (expert, chosen)) in self.experts.iter().zip(&tokens).enumerate() {
-            if chosen.is_empty() {
-                continue;
-            }
-            xe.clear();
-            for &(t, _) in chosen {
-                xe.extend_from_slice(&xs[t * h..(t + 1) * h]);
-            }
-            let m = chosen.len();
-            let seen =
-                tap.map(|t| move |which: &[&str], x: &[f32]| t.expert_rows(which, e, i, x, m));
-            let y = self.expert(expert, &xe, m, seen.as_ref().map(|f| f as _))?;
-            for (&(t, w), row) in chosen.iter().zip(y.chunks_exact(h)) {
-                for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(row) {
-                    *o += v * w;
-                }
+            if !chosen.is_empty() {
+                let rows = input_rows(&xs, h, chosen.iter().map(|&(t, _)| t));
+                batches.push(Batch::new(expert, rows, chosen.len(), Some(i)));
             }
         }
         if let Some(shared) = &self.shared {
-            let seen = tap.map(|t| {
-                move |which: &[&str], x: &[f32]| {
-                    let shexp: Vec<String> = which.iter().map(|w| shared_name(w)).collect();
-                    let shexp: Vec<&str> = shexp.iter().map(String::as_str).collect();
-                    t.dense_rows(&shexp, x, n)
-                }
-            });
-            let y = self.expert(shared, &xs, n, seen.as_ref().map(|f| f as _))?;
+            batches.push(Batch::new(shared, xs.clone(), n, None));
             if let (Some(t), Some(_)) = (tap, &self.shared_gate) {
                 t.dense_rows(&["ffn_gate_inp_shexp"], &xs, n)?;
             }
-            let gates = match &self.shared_gate {
-                Some(g) => Some(self.product(g, &xs, n)?),
-                None => None,
-            };
-            for (t, (o, row)) in out.chunks_exact_mut(h).zip(y.chunks_exact(h)).enumerate() {
-                let g = gates.as_ref().map_or(1.0, |g| sigmoid(g[t]));
-                for (o, v) in o.iter_mut().zip(row) {
-                    *o += if gates.is_some() { g * v } else { *v };
+        }
+        let ys = self.experts_forward(&batches, tap)?;
+        let shared_gates = match (&self.shared, &self.shared_gate) {
+            (Some(_), Some(g)) => Some(self.product(g, &xs, n)?),
+            _ => None,
+        };
+        // each token's experts in ascending order, as (batch, row of the batch, weight)
+        let mut slots: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n];
+        for (b, chosen) in tokens.iter().filter(|c| !c.is_empty()).enumerate() {
+            for (i, &(t, w)) in chosen.iter().enumerate() {
+                slots[t].push((b, i, w));
+            }
+        }
+        let shared_y = self.shared.as_ref().and_then(|_| ys.last());
+        let mut out = vec![0f32; n * h];
+        out.par_chunks_mut(h)
+            .zip(slots.par_iter())
+            .enumerate()
+            .for_each(|(t, (o, slots))| {
+                // a fixed order of additions per token: independent of the thread count
+                for &(b, i, w) in slots {
+                    let (y, m) = (&ys[b], batches[b].m);
+                    for (r, o) in o.iter_mut().enumerate() {
+                        *o += y[r * m + i] * w;
+                    }
+                }
+                if let Some(y) = shared_y {
+                    let g = shared_gates.as_ref().map(|g| sigmoid(g[t]));
+                    for (r, o) in o.iter_mut().enumerate() {
+                        let v = y[r * n + t];
+                        *o += match g {
+                            Some(g) => g * v,
+                            None => v,
+                        };
+                    }
+                }
+            });
+        Ok(Tensor::from_vec(out, (n, h), &Device::Cpu)?.to_device(x.device())?)
+    }
+
+    /// Every batch's expert on its rows: `[hidden, m]` per batch, stored output row by
+    /// output row. Two parallel loops over (batch, tile of weight rows), gate and up with
+    /// the activation, then down; each item runs a single-threaded kernel
+    /// (`dispatch::tile_product`) and writes its own slice, so a layer costs two fork/joins
+    /// whatever its number of experts.
+    fn experts_forward(
+        &self,
+        batches: &[Batch<'_>],
+        tap: Option<&LayerTap<'_>>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let h = self.hidden;
+        let e = self.cfg.experts;
+        // what an activation capture records: the input rows of each product, per expert
+        // for the routed ones, under llama.cpp's stacked names
+        let seen = |b: &Batch<'_>, which: &[&str], x: &[f32]| -> Result<(), EngineError> {
+            match (tap, b.expert) {
+                (None, _) => Ok(()),
+                (Some(t), Some(i)) => t.expert_rows(which, e, i, x, b.m),
+                (Some(t), None) => {
+                    let shexp: Vec<String> = which.iter().map(|w| shared_name(w)).collect();
+                    let shexp: Vec<&str> = shexp.iter().map(String::as_str).collect();
+                    t.dense_rows(&shexp, x, b.m)
+                }
+            }
+        };
+        let mut ys: Vec<Vec<f32>> = batches.iter().map(|b| vec![0f32; h * b.m]).collect();
+        // native math on few rows (token-by-token generation): candle's integer kernel per
+        // expert reads the blocks once, where dispatch would dequantize them for one row
+        let per_expert = |b: &Batch<'_>| {
+            self.quantized && b.m < DISPATCH_MIN_ROWS && matches!(b.ffn.gate.elem(), Elem::Block(_))
+        };
+        for (b, y) in batches.iter().zip(ys.iter_mut()) {
+            if per_expert(b) {
+                let f = |which: &[&str], x: &[f32]| seen(b, which, x);
+                let rows = self.expert(b.ffn, &b.x, b.m, tap.map(|_| &f as _))?;
+                for (i, row) in rows.chunks_exact(h).enumerate() {
+                    for (r, v) in row.iter().enumerate() {
+                        y[r * b.m + i] = *v;
+                    }
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (n, h), &Device::Cpu)?.to_device(x.device())?)
+        // the inputs of gate and up, rounded as native math rounds them
+        let round = |w: &StoredMatrix, x: &[f32]| -> candle_core::Result<Option<Vec<f32>>> {
+            let r = Rounding::of(w, self.quantized);
+            if r == Rounding::Exact {
+                return Ok(None);
+            }
+            let mut x = x.to_vec();
+            dispatch::round_rows(&mut x, w.cols(), r)?;
+            Ok(Some(x))
+        };
+        for b in batches.iter().filter(|b| !per_expert(b)) {
+            seen(b, &["ffn_gate_exps", "ffn_up_exps"], &b.x)?;
+        }
+        let inputs = batches
+            .par_iter()
+            .map(|b| -> candle_core::Result<_> {
+                if per_expert(b) {
+                    return Ok((None, None));
+                }
+                let gate = round(&b.ffn.gate, &b.x)?;
+                let up = if Rounding::of(&b.ffn.up, self.quantized)
+                    == Rounding::of(&b.ffn.gate, self.quantized)
+                {
+                    None
+                } else {
+                    round(&b.ffn.up, &b.x)?
+                };
+                Ok((gate, up))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // gate and up, and the activation: `act [ffn, m]` per batch
+        let mut acts: Vec<Vec<f32>> = batches
+            .iter()
+            .map(|b| {
+                if per_expert(b) {
+                    Vec::new()
+                } else {
+                    vec![0f32; b.ffn.gate.rows() * b.m]
+                }
+            })
+            .collect();
+        let mut items = Vec::new();
+        for (bi, (b, act)) in batches.iter().zip(acts.iter_mut()).enumerate() {
+            if b.m > 0 {
+                for (tile, chunk) in act.chunks_mut(TILE_ROWS * b.m).enumerate() {
+                    items.push((bi, tile * TILE_ROWS, chunk));
+                }
+            }
+        }
+        items.into_par_iter().try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scratch, up), (bi, j0, act)| -> candle_core::Result<()> {
+                let b = &batches[bi];
+                let (xg, xu) = &inputs[bi];
+                let xg = xg.as_deref().unwrap_or(&b.x);
+                let xu = xu.as_deref().unwrap_or(xg);
+                dispatch::tile_product(&b.ffn.gate, j0, xg, b.m, scratch, act)?;
+                up.resize(act.len(), 0.0);
+                dispatch::tile_product(&b.ffn.up, j0, xu, b.m, scratch, up)?;
+                if let Some([bg, bu, _]) = &b.ffn.bias {
+                    add_row_bias(act, &bg[j0..], b.m);
+                    add_row_bias(up, &bu[j0..], b.m);
+                }
+                self.activate(act, up);
+                Ok(())
+            },
+        )?;
+        // down: the activations token by token, rounded for down's type
+        let mut downs: Vec<Vec<f32>> = batches
+            .par_iter()
+            .zip(acts.par_iter())
+            .map(|(b, act)| {
+                if per_expert(b) {
+                    return Vec::new();
+                }
+                let f = b.ffn.gate.rows();
+                let mut x = vec![0f32; b.m * f];
+                for (j, col) in act.chunks_exact(b.m).enumerate() {
+                    for (i, v) in col.iter().enumerate() {
+                        x[i * f + j] = *v;
+                    }
+                }
+                x
+            })
+            .collect();
+        for (b, x) in batches.iter().zip(&downs) {
+            if !per_expert(b) {
+                seen(b, &["ffn_down_exps"], x)?;
+            }
+        }
+        downs
+            .par_iter_mut()
+            .zip(batches.par_iter())
+            .try_for_each(|(x, b)| {
+                dispatch::round_rows(
+                    x,
+                    b.ffn.down.cols(),
+                    Rounding::of(&b.ffn.down, self.quantized),
+                )
+            })?;
+        let mut items = Vec::new();
+        for (bi, (b, y)) in batches.iter().zip(ys.iter_mut()).enumerate() {
+            if b.m > 0 && !per_expert(b) {
+                for (tile, chunk) in y.chunks_mut(TILE_ROWS * b.m).enumerate() {
+                    items.push((bi, tile * TILE_ROWS, chunk));
+                }
+            }
+        }
+        items.into_par_iter().try_for_each_init(
+            Vec::new,
+            |scratch, (bi, j0, y)| -> candle_core::Result<()> {
+                let b = &batches[bi];
+                dispatch::tile_product(&b.ffn.down, j0, &downs[bi], b.m, scratch, y)?;
+                if let Some([_, _, bd]) = &b.ffn.bias {
+                    add_row_bias(y, &bd[j0..], b.m);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(ys)
+    }
+
+    /// `g <- act(g) * u` elementwise: SiLU, or gpt-oss's clamped SwiGLU.
+    fn activate(&self, g: &mut [f32], u: &[f32]) {
+        match self.cfg.clamp {
+            None => {
+                for (g, u) in g.iter_mut().zip(u) {
+                    // torch's SiLU: x / (1 + exp(-x))
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+            }
+            Some(SwigluClamp { alpha, limit }) => {
+                for (g, u) in g.iter_mut().zip(u) {
+                    let gate = g.min(limit);
+                    let up = u.clamp(-limit, limit);
+                    *g = (up + 1.0) * (gate * sigmoid(gate * alpha));
+                }
+            }
+        }
     }
 
     fn product(&self, w: &StoredMatrix, x: &[f32], m: usize) -> Result<Vec<f32>, EngineError> {
@@ -335,21 +531,7 @@ impl MoeFfn {
             add_rows(&mut g, bg);
             add_rows(&mut u, bu);
         }
-        match self.cfg.clamp {
-            None => {
-                for (g, u) in g.iter_mut().zip(&u) {
-                    // torch's SiLU: x / (1 + exp(-x))
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }
-            }
-            Some(SwigluClamp { alpha, limit }) => {
-                for (g, u) in g.iter_mut().zip(&u) {
-                    let gate = g.min(limit);
-                    let up = u.clamp(-limit, limit);
-                    *g = (up + 1.0) * (gate * sigmoid(gate * alpha));
-                }
-            }
-        }
+        self.activate(&mut g, &u);
         if let Some(f) = seen {
             f(&["ffn_down_exps"], &g)?;
         }
@@ -361,16 +543,51 @@ impl MoeFfn {
     }
 }
 
-/// Where one expert's product inputs go: the stacked tensors' suffixes and the rows.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Add `b[r]` to the `m` values of output row `r` (a tile stored output row by output row).
+fn add_row_bias(y: &mut [f32], b: &[f32], m: usize) {
+    for (row, b) in y.chunks_exact_mut(m).zip(b) {
+        for v in row.iter_mut() {
+            *v += b;
+        }
+    }
+}
+
+/// The input rows of one expert: rows `tokens` of `x [n, h]`, gathered in token order.
+/// This is the one place an expert's inputs exist as a matrix of their own.
+fn input_rows(x: &[f32], h: usize, tokens: impl Iterator<Item = usize>) -> Vec<f32> {
+    let mut rows = Vec::new();
+    for t in tokens {
+        rows.extend_from_slice(&x[t * h..(t + 1) * h]);
+    }
+    rows
+}
+
+/// One expert (or the shared one) with its input rows.
+struct Batch<'a> {
+    ffn: &'a Expert,
+    /// `[m, hidden]`.
+    x: Vec<f32>,
+    m: usize,
+    /// The routed expert's index, `None` for the shared one.
+    expert: Option<usize>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(ffn: &'a Expert, x: Vec<f32>, m: usize, expert: Option<usize>) -> Batch<'a> {
+        Batch { ffn, x, m, expert }
+    }
+}
+
+/// Where an expert reports the input rows of its products, by llama.cpp's tensor names.
 type Seen<'a> = &'a dyn Fn(&[&str], &[f32]) -> Result<(), EngineError>;
 
 /// A shared expert's tensor from the routed one's name: `ffn_gate_exps` -> `ffn_gate_shexp`.
 fn shared_name(routed: &str) -> String {
     format!("{}_shexp", routed.trim_end_matches("_exps"))
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 fn add_rows(x: &mut [f32], b: &[f32]) {
@@ -751,6 +968,143 @@ mod tests {
         c.groups_used = 1;
         let r = route(&c, &logits, None);
         assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    /// A pseudo-random stream in [-1, 1).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn stored(elem: Elem, n: usize, k: usize, seed: u64) -> StoredMatrix {
+        let w: Vec<f32> = noise(seed, n * k).iter().map(|v| v * 0.1).collect();
+        let bytes = match elem {
+            Elem::Block(t) => {
+                let dense = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
+                let q = candle_core::quantized::QTensor::quantize(&dense, t).unwrap();
+                q.data().unwrap().to_vec()
+            }
+            _ => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        StoredMatrix::new(elem, n, k, &bytes, None).unwrap()
+    }
+
+    /// 16 experts of 4 used, 256 wide (a Q4_K row is 256 values), a shared expert gated
+    /// by a sigmoid, and biases on the routed experts.
+    fn layer(elem: Elem, quantized: bool) -> MoeFfn {
+        let (h, f, e) = (256, 256, 16);
+        let mut c = cfg(Gating::Softmax, 4);
+        c.experts = e;
+        c.expert_ffn = f;
+        c.norm_topk = true;
+        c.sparse_layers = vec![true];
+        let expert = |x: u64, bias: bool| Expert {
+            gate: stored(elem, f, h, 10 * x + 1),
+            up: stored(elem, f, h, 10 * x + 2),
+            down: stored(elem, h, f, 10 * x + 3),
+            bias: bias.then(|| [noise(x, f), noise(x + 100, f), noise(x + 200, h)]),
+        };
+        MoeFfn {
+            cfg: c,
+            hidden: h,
+            quantized,
+            router: stored(Elem::F32, e, h, 7),
+            router_bias: None,
+            selection_bias: None,
+            experts: (0..e as u64).map(|x| expert(x, true)).collect(),
+            shared: Some(expert(99, false)),
+            shared_gate: Some(stored(Elem::F32, 1, h, 8)),
+        }
+    }
+
+    /// The mixture as the sum over each token's experts, one token and one expert at a time.
+    fn token_by_token(l: &MoeFfn, xs: &[f32], n: usize) -> Vec<f32> {
+        let h = l.hidden;
+        let logits = l.product(&l.router, xs, n).unwrap();
+        let gates = l.product(l.shared_gate.as_ref().unwrap(), xs, n).unwrap();
+        let mut out = vec![0f32; n * h];
+        for t in 0..n {
+            let x = &xs[t * h..(t + 1) * h];
+            let o = &mut out[t * h..(t + 1) * h];
+            let mut chosen = route(&l.cfg, &logits[t * 16..(t + 1) * 16], None);
+            chosen.sort_by_key(|c| c.0);
+            for (ex, w) in chosen {
+                let y = l.expert(&l.experts[ex], x, 1, None).unwrap();
+                o.iter_mut().zip(&y).for_each(|(o, y)| *o += y * w);
+            }
+            let y = l.expert(l.shared.as_ref().unwrap(), x, 1, None).unwrap();
+            let g = sigmoid(gates[t]);
+            o.iter_mut().zip(&y).for_each(|(o, y)| *o += g * y);
+        }
+        out
+    }
+
+    fn forward_on(l: &MoeFfn, xs: &[f32], n: usize, threads: usize) -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let x = Tensor::from_slice(xs, (n, l.hidden), &Device::Cpu).unwrap();
+        pool.install(|| l.forward(&x, None))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn dispatch_matches_one_token_at_a_time_and_ignores_the_thread_count() {
+        let n = 48;
+        let xs = noise(5, n * 256);
+        let cases = [
+            (Elem::F32, false, 2e-5),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q4K),
+                false,
+                2e-5,
+            ),
+            // native math: the same rounding of the activations as candle's integer kernel,
+            // summed in f32 instead of integers
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q4K),
+                true,
+                1e-4,
+            ),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q8_0),
+                true,
+                1e-4,
+            ),
+        ];
+        for (elem, quantized, bound) in cases {
+            let l = layer(elem, quantized);
+            let one = forward_on(&l, &xs, n, 1);
+            for threads in [2, 3] {
+                assert_eq!(
+                    forward_on(&l, &xs, n, threads),
+                    one,
+                    "{elem:?} native {quantized}: {threads} threads"
+                );
+            }
+            let want = token_by_token(&l, &xs, n);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let worst = one
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(
+                worst <= bound * scale,
+                "{elem:?} native {quantized}: {worst} of {scale}"
+            );
+        }
     }
 
     #[test]

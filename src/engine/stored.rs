@@ -145,6 +145,18 @@ impl StoredMatrix {
         self.k
     }
 
+    /// How the elements are stored (the expert dispatch picks its activation rounding by it).
+    pub fn elem(&self) -> Elem {
+        self.elem
+    }
+
+    /// The stored bytes of rows `r0..r0 + rows` (the expert dispatch decodes K blocks from
+    /// them), `None` past the end.
+    pub fn row_bytes(&self, r0: usize, rows: usize) -> Option<&[u8]> {
+        let end = r0.checked_add(rows)?.checked_mul(self.row_bytes)?;
+        self.bytes.get(r0 * self.row_bytes..end)
+    }
+
     /// Whether the bytes are a range of the checkpoint's map rather than a copy.
     pub fn is_mapped(&self) -> bool {
         matches!(self.bytes, Bytes::Mapped(_))
