@@ -901,11 +901,13 @@ fn layer_step(
     let m = match &layer.mlp {
         Mlp::Dense { gate, up, down } => {
             let g = gate.forward(&h)?;
-            let g = match cfg.activation {
-                Activation::Silu => g.silu()?,
-                Activation::GeluTanh => g.gelu()?,
+            let u = up.forward(&h)?;
+            let gu = match cfg.activation {
+                Activation::Silu if g.device().is_cpu() => g.apply_op2_no_bwd(&u, &ops::SiluMul)?,
+                Activation::Silu => (g.silu()? * u)?,
+                Activation::GeluTanh => (g.gelu()? * u)?,
             };
-            down.forward(&(g * up.forward(&h)?)?)?
+            down.forward(&gu)?
         }
         Mlp::Moe(moe) => moe.forward(&h)?,
     };
