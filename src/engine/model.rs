@@ -1128,6 +1128,19 @@ fn attention(
     let k = rope_tables.apply(&k)?;
     let v = v.transpose(0, 1)?;
     let (k, v) = cache.append(&k, &v)?;
+    // generation: scores, softmax and weighted values in one op, straight into [n, hidden]
+    if x.device().is_cpu() && n <= 4 {
+        let softmax = ops::MaskedSoftmax {
+            scale: cfg.attn_scale as f32,
+            softcap: cfg.attn_softcap.map(|c| c as f32),
+            n,
+            pos,
+            window: layer.window,
+            sinks: layer.sinks.as_deref(),
+        };
+        let op = ops::DecodeAttention { softmax, rep };
+        return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
+    }
     let total = k.dim(1)?;
     // Query heads sharing a key/value head are consecutive, so grouping them as extra rows
     // lets one batched matmul per kv head serve the whole group without copying keys.

@@ -8,7 +8,7 @@
 //! form (and as transformers'), in f32, except that sums of squares accumulate in f64.
 //! Other devices keep the composed tensor ops (see `model.rs`).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// From this many values on, an op splits its rows over the thread pool; below, waking the
@@ -207,6 +207,94 @@ impl MaskedSoftmax<'_> {
             *v /= sum;
         }
         Ok(())
+    }
+}
+
+/// Attention of a few new queries over the cached keys and values in one pass, for
+/// generation: `q [heads, n, head_dim]` (rotated), keys and values `[kv_heads, total,
+/// head_dim]` (views of the cache, strided by its capacity), output `[n, heads *
+/// head_dim]`, ready for the output projection. Per query head: scores are f32 dot
+/// products, the softmax is [`MaskedSoftmax`]'s row, the output the probability-weighted
+/// sum of values in key order. For one token the composed form is five candle ops with
+/// their allocations and a GEMM call each; here it is one loop.
+pub struct DecodeAttention<'a> {
+    pub softmax: MaskedSoftmax<'a>,
+    /// Query heads per key/value head.
+    pub rep: usize,
+}
+
+/// Element `(a, b, ..)` rows of a 3-d strided view: slice of row `b` of matrix `a`.
+fn row3<'s>(v: &'s [f32], l: &Layout, a: usize, b: usize, len: usize) -> &'s [f32] {
+    let st = l.stride();
+    let at = l.start_offset() + a * st[0] + b * st[1];
+    &v[at..at + len]
+}
+
+impl CustomOp3 for DecodeAttention<'_> {
+    fn name(&self) -> &'static str {
+        "modelgate-decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = f32_slice(s1, l1, "queries")?;
+        let (CpuStorage::F32(k), CpuStorage::F32(v)) = (s2, s3) else {
+            bail!("keys and values must be f32")
+        };
+        let (nh, n, hd) = l1.shape().dims3()?;
+        let (nkv, total, khd) = l2.shape().dims3()?;
+        let sm = &self.softmax;
+        if khd != hd
+            || l3.shape().dims3()? != (nkv, total, hd)
+            || l2.stride()[2] != 1
+            || l3.stride()[2] != 1
+            || self.rep == 0
+            || nkv * self.rep != nh
+            || sm.n != n
+            || sm.pos + n != total
+        {
+            bail!(
+                "decode attention of {:?} over {:?} / {:?} at {}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape(),
+                sm.pos
+            );
+        }
+        let mut out = vec![0f32; n * nh * hd];
+        let mut scores = vec![0f32; total];
+        let mut probs = vec![0f32; total];
+        for h in 0..nh {
+            let g = h / self.rep;
+            for t in 0..n {
+                let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
+                let q_pos = sm.pos + t;
+                let lo = (q_pos + 1).saturating_sub(sm.window);
+                for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
+                    let kr = row3(k, l2, g, j, hd);
+                    *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
+                }
+                // the softmax row index: kv head, query head in the group, query
+                let r = (h % self.rep) * n + t;
+                probs.fill(0.0);
+                sm.row(r + g * self.rep * n, &mut probs, &scores)?;
+                let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
+                    let vr = row3(v, l3, g, j, hd);
+                    for (o, &x) in o.iter_mut().zip(vr) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, nh * hd))))
     }
 }
 

@@ -25,8 +25,10 @@ const ROWS: usize = 4;
 const TILE_M: usize = 16;
 /// From this many activation rows on, products go through an f32 GEMM.
 pub const GEMM_ROWS: usize = 16;
-/// Weight rows dequantized at a time for the GEMM path.
-const GEMM_TILE: usize = 1024;
+/// f32 bytes of weights dequantized at a time for the GEMM path (the reference product's
+/// tile size): a small model's projections are one tile, one GEMM call with work for every
+/// thread.
+const GEMM_TILE_BYTES: usize = 16 << 20;
 
 /// How the quants of a block are stored after repacking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,10 +221,11 @@ impl BlockMatrix {
         let mut out = vec![0f32; m * n];
         let mut j0 = 0;
         while j0 < n {
-            let rows = GEMM_TILE.min(n - j0);
+            let rows = (GEMM_TILE_BYTES / 4 / k).max(16).min(n - j0);
             let mut w = vec![0f32; rows * k];
             w.par_chunks_mut(k)
                 .enumerate()
+                .with_min_len(16)
                 .for_each(|(r, dst)| self.dequantize_row(j0 + r, dst));
             let w = candle_core::Tensor::from_vec(w, (rows, k), &cpu)?;
             let y = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
