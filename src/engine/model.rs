@@ -1041,15 +1041,16 @@ fn layer_step_with(
                 t.dense(if phi3 { fused } else { &["ffn_gate", "ffn_up"] }, &h)?;
             }
             let g = gate.forward(&h)?;
-            let g = match cfg.activation {
-                Activation::Silu => g.silu()?,
-                Activation::GeluTanh => g.gelu()?,
+            let u = up.forward(&h)?;
+            let gu = match cfg.activation {
+                Activation::Silu if g.device().is_cpu() => g.apply_op2_no_bwd(&u, &ops::SiluMul)?,
+                Activation::Silu => (g.silu()? * u)?,
+                Activation::GeluTanh => (g.gelu()? * u)?,
             };
-            let p = (g * up.forward(&h)?)?;
             if let Some(t) = &tap {
-                t.dense(&["ffn_down"], &p)?;
+                t.dense(&["ffn_down"], &gu)?;
             }
-            down.forward(&p)?
+            down.forward(&gu)?
         }
         Mlp::Moe(moe) => moe.forward(&h, tap.as_ref())?,
     };
@@ -1282,6 +1283,19 @@ fn attention(
     let k = rope_tables.apply(&k)?;
     let v = v.transpose(0, 1)?;
     let (k, v) = cache.append(&k, &v)?;
+    // generation: scores, softmax and weighted values in one op, straight into [n, hidden]
+    if x.device().is_cpu() && n <= 4 {
+        let softmax = ops::MaskedSoftmax {
+            scale: cfg.attn_scale as f32,
+            softcap: cfg.attn_softcap.map(|c| c as f32),
+            n,
+            pos,
+            window: layer.window,
+            sinks: layer.sinks.as_deref(),
+        };
+        let op = ops::DecodeAttention { softmax, rep };
+        return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
+    }
     let total = k.dim(1)?;
     // Query heads sharing a key/value head are consecutive, so grouping them as extra rows
     // lets one batched matmul per kv head serve the whole group without copying keys.

@@ -8,7 +8,12 @@
 //! form (and as transformers'), in f32, except that sums of squares accumulate in f64.
 //! Other devices keep the composed tensor ops (see `model.rs`).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// From this many values on, an op splits its rows over the thread pool; below, waking the
+/// pool costs more than the work (one token's scores or feed-forward).
+const PARALLEL_VALUES: usize = 1 << 15;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -136,54 +141,196 @@ impl CustomOp1 for MaskedSoftmax<'_> {
             );
         }
         let mut out = vec![0f32; x.len()];
-        for (r, (o, row)) in out
-            .chunks_exact_mut(total)
-            .zip(x.chunks_exact(total))
-            .enumerate()
-        {
-            let q = self.pos + r % self.n;
-            let lo = (q + 1).saturating_sub(self.window);
-            let keys = lo..q + 1;
-            if let Some(cap) = self.softcap {
-                // the capped scores are kept in the output row, then exponentiated in place
-                for j in keys.clone() {
-                    o[j] = (row[j] * self.scale / cap).tanh() * cap;
-                }
-                let mut max = f32::NEG_INFINITY;
-                for &v in &o[keys.clone()] {
-                    max = max.max(v);
-                }
-                let mut sum = 0f32;
-                for v in &mut o[keys.clone()] {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                for v in &mut o[keys] {
-                    *v /= sum;
-                }
-                continue;
+        // Rows are independent: a prompt's scores (heads x queries rows) are split over
+        // the threads, one token's few rows stay on the calling thread.
+        if x.len() >= PARALLEL_VALUES {
+            out.par_chunks_mut(total)
+                .zip(x.par_chunks(total))
+                .enumerate()
+                .with_min_len(8)
+                .try_for_each(|(r, (o, row))| self.row(r, o, row))?;
+        } else {
+            for (r, (o, row)) in out
+                .chunks_exact_mut(total)
+                .zip(x.chunks_exact(total))
+                .enumerate()
+            {
+                self.row(r, o, row)?;
             }
-            let sink = match self.sinks {
-                Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("no attention sink for row {r}"))
-                })?),
-                None => None,
-            };
-            let mut max = sink.unwrap_or(f32::NEG_INFINITY);
-            for &v in &row[keys.clone()] {
-                max = max.max(v * self.scale);
-            }
-            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+impl MaskedSoftmax<'_> {
+    /// Softmax of score row `r` into `o` (entries outside the row's keys stay zero).
+    fn row(&self, r: usize, o: &mut [f32], row: &[f32]) -> Result<()> {
+        let q = self.pos + r % self.n;
+        let lo = (q + 1).saturating_sub(self.window);
+        let keys = lo..q + 1;
+        if let Some(cap) = self.softcap {
+            // the capped scores are kept in the output row, then exponentiated in place
             for j in keys.clone() {
-                let e = (row[j] * self.scale - max).exp();
-                o[j] = e;
-                sum += e;
+                o[j] = (row[j] * self.scale / cap).tanh() * cap;
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in &o[keys.clone()] {
+                max = max.max(v);
+            }
+            let mut sum = 0f32;
+            for v in &mut o[keys.clone()] {
+                *v = (*v - max).exp();
+                sum += *v;
             }
             for v in &mut o[keys] {
                 *v /= sum;
             }
+            return Ok(());
         }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        let sink = match self.sinks {
+            Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no attention sink for row {r}"))
+            })?),
+            None => None,
+        };
+        let mut max = sink.unwrap_or(f32::NEG_INFINITY);
+        for &v in &row[keys.clone()] {
+            max = max.max(v * self.scale);
+        }
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        for j in keys.clone() {
+            let e = (row[j] * self.scale - max).exp();
+            o[j] = e;
+            sum += e;
+        }
+        for v in &mut o[keys] {
+            *v /= sum;
+        }
+        Ok(())
+    }
+}
+
+/// Attention of a few new queries over the cached keys and values in one pass, for
+/// generation: `q [heads, n, head_dim]` (rotated), keys and values `[kv_heads, total,
+/// head_dim]` (views of the cache, strided by its capacity), output `[n, heads *
+/// head_dim]`, ready for the output projection. Per query head: scores are f32 dot
+/// products, the softmax is [`MaskedSoftmax`]'s row, the output the probability-weighted
+/// sum of values in key order. For one token the composed form is five candle ops with
+/// their allocations and a GEMM call each; here it is one loop.
+pub struct DecodeAttention<'a> {
+    pub softmax: MaskedSoftmax<'a>,
+    /// Query heads per key/value head.
+    pub rep: usize,
+}
+
+/// Element `(a, b, ..)` rows of a 3-d strided view: slice of row `b` of matrix `a`.
+fn row3<'s>(v: &'s [f32], l: &Layout, a: usize, b: usize, len: usize) -> &'s [f32] {
+    let st = l.stride();
+    let at = l.start_offset() + a * st[0] + b * st[1];
+    &v[at..at + len]
+}
+
+impl CustomOp3 for DecodeAttention<'_> {
+    fn name(&self) -> &'static str {
+        "modelgate-decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = f32_slice(s1, l1, "queries")?;
+        let (CpuStorage::F32(k), CpuStorage::F32(v)) = (s2, s3) else {
+            bail!("keys and values must be f32")
+        };
+        let (nh, n, hd) = l1.shape().dims3()?;
+        let (nkv, total, khd) = l2.shape().dims3()?;
+        let sm = &self.softmax;
+        if khd != hd
+            || l3.shape().dims3()? != (nkv, total, hd)
+            || l2.stride()[2] != 1
+            || l3.stride()[2] != 1
+            || self.rep == 0
+            || nkv * self.rep != nh
+            || sm.n != n
+            || sm.pos + n != total
+        {
+            bail!(
+                "decode attention of {:?} over {:?} / {:?} at {}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape(),
+                sm.pos
+            );
+        }
+        let mut out = vec![0f32; n * nh * hd];
+        let mut scores = vec![0f32; total];
+        let mut probs = vec![0f32; total];
+        for h in 0..nh {
+            let g = h / self.rep;
+            for t in 0..n {
+                let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
+                let q_pos = sm.pos + t;
+                let lo = (q_pos + 1).saturating_sub(sm.window);
+                for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
+                    let kr = row3(k, l2, g, j, hd);
+                    *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
+                }
+                // the softmax row index: kv head, query head in the group, query
+                let r = (h % self.rep) * n + t;
+                probs.fill(0.0);
+                sm.row(r + g * self.rep * n, &mut probs, &scores)?;
+                let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
+                    let vr = row3(v, l3, g, j, hd);
+                    for (o, &x) in o.iter_mut().zip(vr) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, nh * hd))))
+    }
+}
+
+/// `act(g) * u` elementwise for the gated feed-forward, `g` the first operand: SiLU
+/// (`g / (1 + exp(-g))`, candle's formula) times the up projection, in one pass and, for
+/// a prompt, split over the threads. Same f32 operations as candle's `silu` then `mul`.
+pub struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "modelgate-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s1, l1, "gate")?;
+        let u = f32_slice(s2, l2, "up")?;
+        if l1.shape() != l2.shape() {
+            bail!("gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+        }
+        let f = |(o, (&g, &u)): (&mut f32, (&f32, &f32))| *o = g / (1.0 + (-g).exp()) * u;
+        let mut out = vec![0f32; g.len()];
+        if g.len() >= PARALLEL_VALUES {
+            out.par_iter_mut()
+                .zip(g.par_iter().zip(u.par_iter()))
+                .with_min_len(4096)
+                .for_each(f);
+        } else {
+            out.iter_mut().zip(g.iter().zip(u)).for_each(f);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -260,6 +407,45 @@ mod tests {
         // capped to (0, tanh(1000) = 1): softmax of (0, 1)
         let want = 1.0 / (1.0 + 1f32.exp());
         assert!((p[0][0][0] - want).abs() < 1e-6, "{:?}", p);
+    }
+
+    #[test]
+    fn silu_mul_is_silu_then_mul() {
+        for len in [7usize, 40_000] {
+            let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
+            let u: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let g = Tensor::from_vec(g, len, &Device::Cpu).unwrap();
+            let u = Tensor::from_vec(u, len, &Device::Cpu).unwrap();
+            let got = g.apply_op2_no_bwd(&u, &SiluMul).unwrap();
+            let want = (g.silu().unwrap() * u).unwrap();
+            assert_eq!(
+                got.to_vec1::<f32>().unwrap(),
+                want.to_vec1::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn large_score_blocks_split_over_threads_give_the_same_rows() {
+        // 3 heads x 200 queries over 200 keys: above the parallel threshold
+        let (h, n) = (3usize, 200usize);
+        let v: Vec<f32> = (0..h * n * n).map(|i| (i as f32 * 0.013).sin()).collect();
+        let s = Tensor::from_vec(v.clone(), (h, n, n), &Device::Cpu).unwrap();
+        let op = MaskedSoftmax {
+            scale: 0.5,
+            softcap: None,
+            n,
+            pos: 0,
+            window: 50,
+            sinks: None,
+        };
+        let got = s.apply_op1_no_bwd(&op).unwrap().flatten_all().unwrap();
+        let got = got.to_vec1::<f32>().unwrap();
+        for (r, row) in v.chunks_exact(n).enumerate() {
+            let mut want = vec![0f32; n];
+            op.row(r, &mut want, row).unwrap();
+            assert_eq!(&got[r * n..(r + 1) * n], &want[..]);
+        }
     }
 
     #[test]

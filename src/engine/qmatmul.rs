@@ -25,8 +25,10 @@ const ROWS: usize = 4;
 const TILE_M: usize = 16;
 /// From this many activation rows on, products go through an f32 GEMM.
 pub const GEMM_ROWS: usize = 16;
-/// Weight rows dequantized at a time for the GEMM path.
-const GEMM_TILE: usize = 1024;
+/// f32 bytes of weights dequantized at a time for the GEMM path (the reference product's
+/// tile size): a small model's projections are one tile, one GEMM call with work for every
+/// thread.
+const GEMM_TILE_BYTES: usize = 16 << 20;
 
 /// How the quants of a block are stored after repacking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,10 +221,11 @@ impl BlockMatrix {
         let mut out = vec![0f32; m * n];
         let mut j0 = 0;
         while j0 < n {
-            let rows = GEMM_TILE.min(n - j0);
+            let rows = (GEMM_TILE_BYTES / 4 / k).max(16).min(n - j0);
             let mut w = vec![0f32; rows * k];
             w.par_chunks_mut(k)
                 .enumerate()
+                .with_min_len(16)
                 .for_each(|(r, dst)| self.dequantize_row(j0 + r, dst));
             let w = candle_core::Tensor::from_vec(w, (rows, k), &cpu)?;
             let y = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
@@ -234,6 +237,31 @@ impl BlockMatrix {
         Ok(out)
     }
 
+    /// Rows `rows` of the product with quantized activations, computed on the calling
+    /// thread and written weight row by weight row: `out[(j - rows.start) * m + i]` is
+    /// activation row `i` against weight row `j`. Each value depends only on its two rows,
+    /// so any split of rows over threads gives the same result. The entry point for callers
+    /// running their own parallel loop (experts, batches); panics on mismatched sizes.
+    pub fn rows_into(&self, acts: &Acts, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        assert!(
+            acts.nb * QK == self.k && rows.end <= self.n && out.len() == rows.len() * acts.m,
+            "block rows {rows:?} of {}x{} for {} activation rows into {}",
+            self.n,
+            self.k,
+            acts.m,
+            out.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            simd.vectorize(
+                #[inline(always)]
+                || self.tile(acts, rows.start, out, |w, a, r| avx2::dot(simd, w, a, r)),
+            );
+            return;
+        }
+        self.tile(acts, rows.start, out, portable_dot);
+    }
+
     fn matmul_blocks(&self, acts: &Acts) -> Vec<f32> {
         let m = acts.m;
         let n = self.n;
@@ -241,22 +269,12 @@ impl BlockMatrix {
         // Enough chunks for load balance, each a whole number of weight rows.
         let chunk = n.div_ceil(threads * 4).max(16).min(n.max(1));
         let mut out_t = vec![0f32; n * m];
-        #[cfg(target_arch = "x86_64")]
-        let simd = pulp::x86::V3::try_new();
         out_t
             .par_chunks_mut(chunk * m)
             .enumerate()
             .for_each(|(c, dst)| {
                 let j0 = c * chunk;
-                #[cfg(target_arch = "x86_64")]
-                if let Some(simd) = simd {
-                    simd.vectorize(
-                        #[inline(always)]
-                        || self.tile(acts, j0, dst, |w, a, rows| avx2::dot(simd, w, a, rows)),
-                    );
-                    return;
-                }
-                self.tile(acts, j0, dst, portable_dot);
+                self.rows_into(acts, j0..j0 + dst.len() / m, dst);
             });
         if m == 1 {
             return out_t;
@@ -321,8 +339,9 @@ struct WeightRow<'a> {
 }
 
 /// Activation rows quantized to 8 bits per 32-value block (ggml's Q8_1): quants, scale
-/// `d = max|x| / 127`, and `s = d * sum(q)` for the offset term.
-struct Acts {
+/// `d = max|x| / 127`, and `s = d * sum(q)` for the offset term. Made once per product
+/// ([`Acts::quantize`]) and shared by every weight row.
+pub struct Acts {
     m: usize,
     nb: usize,
     q: Vec<u8>,
@@ -331,33 +350,53 @@ struct Acts {
 }
 
 impl Acts {
-    fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
+    /// `m` rows of `k` values (`k` a multiple of 32, as every block matrix's width is).
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Acts {
         let nb = k / QK;
         let mut q = vec![0u8; m * k];
         let mut d = vec![0f32; m * nb];
         let mut s = vec![0f32; m * nb];
         if m * nb < 1024 {
             // one token: not worth waking the thread pool
-            for (((qb, db), sb), xb) in q
-                .chunks_mut(QK)
-                .zip(d.iter_mut())
-                .zip(s.iter_mut())
-                .zip(x.chunks(QK))
-            {
-                quantize_block(xb, qb, db, sb);
-            }
+            quantize_blocks(x, &mut q, &mut d, &mut s);
             return Acts { m, nb, q, d, s };
         }
-        q.par_chunks_mut(QK)
-            .zip(d.par_iter_mut().zip(s.par_iter_mut()))
-            .zip(x.par_chunks(QK))
-            .with_min_len(64)
-            .for_each(|((qb, (db, sb)), xb)| quantize_block(xb, qb, db, sb));
+        const TASK: usize = 64;
+        q.par_chunks_mut(QK * TASK)
+            .zip(d.par_chunks_mut(TASK).zip(s.par_chunks_mut(TASK)))
+            .zip(x.par_chunks(QK * TASK))
+            .for_each(|((q, (d, s)), x)| quantize_blocks(x, q, d, s));
         Acts { m, nb, q, d, s }
     }
 }
 
+/// [`quantize_block`] over consecutive blocks, compiled for AVX2 where the CPU has it (there
+/// `round` is an instruction sequence, not a libm call).
+fn quantize_blocks(x: &[f32], q: &mut [u8], d: &mut [f32], s: &mut [f32]) {
+    #[inline(always)]
+    fn run(x: &[f32], q: &mut [u8], d: &mut [f32], s: &mut [f32]) {
+        for (((qb, db), sb), xb) in q
+            .chunks_mut(QK)
+            .zip(d.iter_mut())
+            .zip(s.iter_mut())
+            .zip(x.chunks(QK))
+        {
+            quantize_block(xb, qb, db, sb);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        simd.vectorize(
+            #[inline(always)]
+            || run(x, q, d, s),
+        );
+        return;
+    }
+    run(x, q, d, s);
+}
+
 /// One block as ggml's `quantize_row_q8_1` does it: scale `max|x| / 127`, round to nearest.
+#[inline(always)]
 fn quantize_block(xb: &[f32], qb: &mut [u8], db: &mut f32, sb: &mut f32) {
     let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
     let scale = amax / 127.0;
@@ -667,6 +706,27 @@ mod tests {
                         let b = blocks[i * n + j];
                         assert!((b - p).abs() < 1e-4, "{t}: simd {b} vs portable {p}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_in_any_split_are_the_same_bits() {
+        let (n, k) = (29, 128);
+        let w = noise(9, n * k);
+        let bm =
+            BlockMatrix::from_ggml(GgmlType::Q4_1, n, k, &quantize(GgmlType::Q4_1, &w)).unwrap();
+        for m in [1usize, 5] {
+            let x = noise(11, m * k);
+            let whole = bm.matmul(&x, m).unwrap();
+            let acts = Acts::quantize(&x, m, k);
+            let mut out = vec![0f32; n * m];
+            bm.rows_into(&acts, 0..10, &mut out[..10 * m]);
+            bm.rows_into(&acts, 10..n, &mut out[10 * m..]);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(out[j * m + i], whole[i * n + j]);
                 }
             }
         }

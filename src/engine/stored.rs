@@ -29,6 +29,41 @@ use crate::formats::{blocks, GgmlType, MappedSlice};
 /// work for every thread, small enough to stay in cache next to the activations.
 const TILE_BYTES: usize = 16 << 20;
 
+/// Below this many activation rows the exact product is a mat-vec over weight rows rather
+/// than tiles and a GEMM: generation multiplies one row, and dequantizing a whole tile to
+/// memory for it costs more than the product.
+const MATVEC_ROWS: usize = 8;
+
+/// Weight rows the mat-vec path dequantizes together (a buffer that stays in L1/L2).
+const MATVEC_CHUNK: usize = 8;
+
+/// `a . b` in f32 with 16 running sums (lane `l` takes elements `l, l + 16, ...`), fused
+/// multiply-adds, then a fixed pairwise reduction: one order on every machine and thread
+/// count. Inlined into a function with AVX2/FMA enabled, the lanes become two vector
+/// registers.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] = x.mul_add(*y, acc[l]);
+    }
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
 /// Where the stored bytes live.
 enum Bytes {
     /// A range of the checkpoint's memory map (no copy).
@@ -195,6 +230,194 @@ impl StoredMatrix {
         Ok(())
     }
 
+    /// Rows `r0..r0 + out.len() / k` as f32, bit for bit what [`StoredMatrix::dequantize_rows`]
+    /// gives, with the common block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) decoded here in
+    /// loops the compiler vectorizes instead of through candle (which allocates per call).
+    /// Each value is computed with the same f32 operations as candle's `to_float`
+    /// (`q * d`, or `q * d + m` as a multiply then an add, never fused).
+    #[inline(always)]
+    fn dequantize_rows_fast(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let rows = out.len() / self.k;
+        let src = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+        let Elem::Block(t) = self.elem else {
+            return self.dequantize_rows(r0, out);
+        };
+        let f16 = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        match t {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+                let size = if t == GgmlDType::Q4_0 { 18 } else { 20 };
+                for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+                    let d = f16(b, 0);
+                    let (lo, hi) = o.split_at_mut(16);
+                    if t == GgmlDType::Q4_0 {
+                        let qs = &b[2..18];
+                        for j in 0..16 {
+                            lo[j] = f32::from(i16::from(qs[j] & 0x0F) - 8) * d;
+                            hi[j] = f32::from(i16::from(qs[j] >> 4) - 8) * d;
+                        }
+                    } else {
+                        let m = f16(b, 2);
+                        let qs = &b[4..20];
+                        for j in 0..16 {
+                            lo[j] = f32::from(qs[j] & 0x0F) * d + m;
+                            hi[j] = f32::from(qs[j] >> 4) * d + m;
+                        }
+                    }
+                }
+            }
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+                let (size, qh_at) = if t == GgmlDType::Q5_0 {
+                    (22, 2)
+                } else {
+                    (24, 4)
+                };
+                for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+                    let d = f16(b, 0);
+                    let m = if t == GgmlDType::Q5_1 { f16(b, 2) } else { 0.0 };
+                    let qh =
+                        u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+                    let qs = &b[qh_at + 4..qh_at + 20];
+                    let (lo, hi) = o.split_at_mut(16);
+                    for j in 0..16 {
+                        let x0 = (qs[j] & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
+                        let x1 = (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
+                        if t == GgmlDType::Q5_0 {
+                            lo[j] = (i32::from(x0) - 16) as f32 * d;
+                            hi[j] = (i32::from(x1) - 16) as f32 * d;
+                        } else {
+                            lo[j] = f32::from(x0) * d + m;
+                            hi[j] = f32::from(x1) * d + m;
+                        }
+                    }
+                }
+            }
+            GgmlDType::Q8_0 => {
+                for (b, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                    let d = f16(b, 0);
+                    for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                        *o = f32::from(q as i8) * d;
+                    }
+                }
+            }
+            _ => return self.dequantize_rows(r0, out),
+        }
+        Ok(())
+    }
+
+    /// [`StoredMatrix::dequantize_rows_fast`] compiled for AVX2 where the CPU has it.
+    fn dequantize_rows_simd(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            return simd.vectorize(
+                #[inline(always)]
+                || self.dequantize_rows_fast(r0, out),
+            );
+        }
+        self.dequantize_rows_fast(r0, out)
+    }
+
+    /// Rows `rows` of `x W^T` for the `m` activation rows of `x` (`[m, k]`), computed on the
+    /// calling thread and written weight row by weight row: `out[(j - rows.start) * m + i]`
+    /// is row `i` of `x` dotted with weight row `j`. The exact product's mat-vec form: a few
+    /// weight rows at a time are dequantized into a small buffer (the same f32 values as the
+    /// tiled path) and each output is one f32 dot product in a fixed order, so results do
+    /// not depend on how callers split rows over threads. An entry point for callers that
+    /// run their own parallel loop (experts, batches of sequences).
+    pub fn exact_rows_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let k = self.k;
+        if x.len() != m * k || rows.end > self.n || out.len() != rows.len() * m {
+            candle_core::bail!(
+                "exact rows {rows:?} of a {}x{k} weight for {} inputs of {m} rows into {}",
+                self.n,
+                x.len(),
+                out.len()
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            if let Elem::Block(t @ (GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)) =
+                self.elem
+            {
+                simd.vectorize(
+                    #[inline(always)]
+                    || {
+                        for (jj, dst) in out.chunks_exact_mut(m.max(1)).enumerate() {
+                            let j = rows.start + jj;
+                            let w = &self.bytes[j * self.row_bytes..(j + 1) * self.row_bytes];
+                            for (o, xrow) in dst.iter_mut().zip(x.chunks_exact(k)) {
+                                *o = avx2::dot_blocks(simd, t, w, xrow);
+                            }
+                        }
+                    },
+                );
+                return Ok(());
+            }
+            return simd.vectorize(
+                #[inline(always)]
+                || self.exact_rows_inner(x, m, rows, out),
+            );
+        }
+        self.exact_rows_inner(x, m, rows, out)
+    }
+
+    #[inline(always)]
+    fn exact_rows_inner(
+        &self,
+        x: &[f32],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let k = self.k;
+        let mut buf = vec![0f32; MATVEC_CHUNK.min(rows.len()) * k];
+        let mut j = rows.start;
+        while j < rows.end {
+            let r = MATVEC_CHUNK.min(rows.end - j);
+            let w = &mut buf[..r * k];
+            self.dequantize_rows_fast(j, w)?;
+            for (jj, wrow) in w.chunks_exact(k).enumerate() {
+                let dst = &mut out[(j - rows.start + jj) * m..(j - rows.start + jj + 1) * m];
+                for (o, xrow) in dst.iter_mut().zip(x.chunks_exact(k)) {
+                    *o = dot(wrow, xrow);
+                }
+            }
+            j += r;
+        }
+        Ok(())
+    }
+
+    /// The exact product for a few activation rows: weight rows split over the threads,
+    /// each computed by [`StoredMatrix::exact_rows_into`].
+    fn matvec_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        let n = self.n;
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(threads * 4).max(16).min(n.max(1));
+        let mut out_t = vec![0f32; n * m];
+        out_t
+            .par_chunks_mut(chunk * m)
+            .enumerate()
+            .try_for_each(|(c, dst)| {
+                let j0 = c * chunk;
+                self.exact_rows_into(x, m, j0..j0 + dst.len() / m, dst)
+            })?;
+        if m == 1 {
+            return Ok(out_t);
+        }
+        let mut out = vec![0f32; m * n];
+        for (j, col) in out_t.chunks_exact(m).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                out[i * n + j] = *v;
+            }
+        }
+        Ok(out)
+    }
+
     /// Rows per tile, and the granularity of the parallel dequantization.
     fn tile_rows(&self) -> usize {
         (TILE_BYTES / 4 / self.k).max(16).min(self.n.max(1))
@@ -210,13 +433,19 @@ impl StoredMatrix {
             .max(1);
         w.par_chunks_mut(per_task * k)
             .enumerate()
-            .try_for_each(|(c, dst)| self.dequantize_rows(j0 + c * per_task, dst))?;
+            .try_for_each(|(c, dst)| self.dequantize_rows_simd(j0 + c * per_task, dst))?;
         Ok(w)
     }
 
     /// `x [m, k] -> x W^T [m, n]` in f32: each tile dequantized exactly and multiplied with
     /// candle's f32 matmul.
+    /// Below [`MATVEC_ROWS`] activation rows (generation) the tiles are skipped: each
+    /// weight row is dequantized into a small buffer and dotted with the inputs
+    /// ([`StoredMatrix::exact_rows_into`]); the same f32 products, summed in another order.
     pub fn matmul_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        if m < MATVEC_ROWS {
+            return self.matvec_exact(x, m);
+        }
         self.matmul_exact_tiled(x, m, self.tile_rows())
     }
 
@@ -310,6 +539,103 @@ impl StoredMatrix {
             w: self,
             quantized: true,
         }
+    }
+}
+
+/// The exact mat-vec for the common 32-value block types without a buffer: each block is
+/// dequantized in registers with the operations of candle's `to_float` (convert, multiply by
+/// the scale, then add the minimum: never fused, so the weight values are bit for bit the
+/// tiled path's) and multiplied into four running sums of eight lanes.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m128i, __m256};
+
+    use candle_core::quantized::GgmlDType;
+    use pulp::bytemuck::cast;
+    use pulp::x86::V3;
+
+    #[inline(always)]
+    fn load8f(x: &[f32]) -> __m256 {
+        let mut a = [0f32; 8];
+        a.copy_from_slice(&x[..8]);
+        cast(a)
+    }
+
+    #[inline(always)]
+    fn load16(b: &[u8]) -> __m128i {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[..16]);
+        cast(a)
+    }
+
+    /// Weight row `w` (stored blocks of `t`) dotted with `x` in f32.
+    #[inline(always)]
+    pub(super) fn dot_blocks(simd: V3, t: GgmlDType, w: &[u8], x: &[f32]) -> f32 {
+        let size = match t {
+            GgmlDType::Q4_0 => 18,
+            GgmlDType::Q4_1 => 20,
+            _ => 34,
+        };
+        let f16 = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let mut acc = [simd.avx._mm256_setzero_ps(); 4];
+        for (b, xb) in w.chunks_exact(size).zip(x.chunks_exact(32)) {
+            let d = simd.avx._mm256_set1_ps(f16(b, 0));
+            // 32 values as four vectors of 8 i32, in value order
+            let q: [std::arch::x86_64::__m256i; 4] = match t {
+                GgmlDType::Q8_0 => {
+                    let lo = load16(&b[2..18]);
+                    let hi = load16(&b[18..34]);
+                    [
+                        simd.avx2._mm256_cvtepi8_epi32(lo),
+                        simd.avx2
+                            ._mm256_cvtepi8_epi32(simd.sse2._mm_srli_si128::<8>(lo)),
+                        simd.avx2._mm256_cvtepi8_epi32(hi),
+                        simd.avx2
+                            ._mm256_cvtepi8_epi32(simd.sse2._mm_srli_si128::<8>(hi)),
+                    ]
+                }
+                _ => {
+                    let at = if t == GgmlDType::Q4_0 { 2 } else { 4 };
+                    let v = load16(&b[at..at + 16]);
+                    let mask = simd.sse2._mm_set1_epi8(0x0F);
+                    let lo = simd.sse2._mm_and_si128(v, mask);
+                    let hi = simd
+                        .sse2
+                        ._mm_and_si128(simd.sse2._mm_srli_epi16::<4>(v), mask);
+                    let mut q = [
+                        simd.avx2._mm256_cvtepu8_epi32(lo),
+                        simd.avx2
+                            ._mm256_cvtepu8_epi32(simd.sse2._mm_srli_si128::<8>(lo)),
+                        simd.avx2._mm256_cvtepu8_epi32(hi),
+                        simd.avx2
+                            ._mm256_cvtepu8_epi32(simd.sse2._mm_srli_si128::<8>(hi)),
+                    ];
+                    if t == GgmlDType::Q4_0 {
+                        let eight = simd.avx._mm256_set1_epi32(8);
+                        for v in &mut q {
+                            *v = simd.avx2._mm256_sub_epi32(*v, eight);
+                        }
+                    }
+                    q
+                }
+            };
+            let m = (t == GgmlDType::Q4_1).then(|| simd.avx._mm256_set1_ps(f16(b, 2)));
+            for c in 0..4 {
+                let mut wv = simd.avx._mm256_mul_ps(simd.avx._mm256_cvtepi32_ps(q[c]), d);
+                if let Some(m) = m {
+                    wv = simd.avx._mm256_add_ps(wv, m);
+                }
+                acc[c] = simd
+                    .fma
+                    ._mm256_fmadd_ps(wv, load8f(&xb[c * 8..c * 8 + 8]), acc[c]);
+            }
+        }
+        let s = simd.avx._mm256_add_ps(
+            simd.avx._mm256_add_ps(acc[0], acc[1]),
+            simd.avx._mm256_add_ps(acc[2], acc[3]),
+        );
+        let a: [f32; 8] = cast(s);
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
     }
 }
 
@@ -567,6 +893,57 @@ mod tests {
                 assert_eq!(&row[..], &deq[id * k..(id + 1) * k], "{elem:?} row {id}");
             }
             assert!(sm.gather(&[n as u32]).is_err());
+        }
+    }
+
+    #[test]
+    fn matvec_rows_match_the_dense_product_and_any_split() {
+        let cases = [
+            (Elem::F32, 37, 100),
+            (Elem::F16, 29, 96),
+            (Elem::Block(GgmlDType::Q4_0), 41, 160),
+            (Elem::Block(GgmlDType::Q4_1), 43, 576),
+            (Elem::Block(GgmlDType::Q5_0), 19, 96),
+            (Elem::Block(GgmlDType::Q5_1), 23, 64),
+            (Elem::Block(GgmlDType::Q8_0), 53, 160),
+            (Elem::Block(GgmlDType::Q4K), 17, 256),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 40, n * k);
+            let (bytes, deq, _) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            // the fast dequantization is candle's, bit for bit
+            let mut fast = vec![0f32; n * k];
+            sm.dequantize_rows_simd(0, &mut fast).unwrap();
+            assert_eq!(fast, deq, "{elem:?} dequantization");
+            for m in [1usize, 3] {
+                let x = noise(200 + m as u64, m * k);
+                let got = sm.matmul_exact(&x, m).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms: f32 =
+                            (0..k).map(|c| (x[i * k + c] * deq[j * k + c]).abs()).sum();
+                        let want: f64 = (0..k)
+                            .map(|c| f64::from(x[i * k + c]) * f64::from(deq[j * k + c]))
+                            .sum();
+                        let d = (f64::from(got[i * n + j]) - want).abs() / f64::from(terms);
+                        assert!(d <= 1e-6, "{elem:?} m={m} ({i},{j}): {d:e}");
+                    }
+                }
+                // rows computed in any split are the same bits
+                let mut split = vec![0f32; n * m];
+                let cut = n / 3;
+                sm.exact_rows_into(&x, m, 0..cut, &mut split[..cut * m])
+                    .unwrap();
+                sm.exact_rows_into(&x, m, cut..n, &mut split[cut * m..])
+                    .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(split[j * m + i], got[i * n + j], "{elem:?} split");
+                    }
+                }
+            }
+            assert!(sm.exact_rows_into(&[0.0; 3], 1, 0..1, &mut [0.0]).is_err());
         }
     }
 
