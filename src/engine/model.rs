@@ -1284,7 +1284,7 @@ fn attention(
     let v = v.transpose(0, 1)?;
     let (k, v) = cache.append(&k, &v)?;
     // generation: scores, softmax and weighted values in one op, straight into [n, hidden]
-    if x.device().is_cpu() && n <= 4 {
+    if q.device().is_cpu() && n <= 4 {
         let softmax = ops::MaskedSoftmax {
             scale: cfg.attn_scale as f32,
             softcap: cfg.attn_softcap.map(|c| c as f32),
