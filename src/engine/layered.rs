@@ -55,8 +55,8 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Half of the memory the system reports available (`MemAvailable`), else 4 GiB; the
-    /// spill directory is the system's temporary directory.
+    /// Half of the memory available to this process ([`available_memory`]), else 4 GiB;
+    /// the spill directory is the system's temporary directory.
     pub fn default_for_machine() -> Budget {
         Budget {
             max_memory: available_memory().map_or(4 << 30, |a| a / 2),
@@ -65,12 +65,60 @@ impl Budget {
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
+/// The memory this process may still use: the system's `MemAvailable` (`/proc/meminfo`),
+/// or less when the process's memory cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`) leaves less room. CI runners in containers see the whole host
+/// in `/proc/meminfo`; only their cgroup says how much they may have, and a budget above
+/// it gets the run killed instead of spilling.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let system = meminfo.as_deref().and_then(mem_available);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| cgroup_room(&c, &|p| std::fs::read_to_string(p).ok()));
+    match (system, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// Limit less usage of the memory cgroup named in a `/proc/self/cgroup` text, read through
+/// `read` (v2 `0::/path` first, then v1's `memory` controller); `None` without a limit.
+fn cgroup_room(proc_cgroup: &str, read: &dyn Fn(&str) -> Option<String>) -> Option<u64> {
+    let num = |p: String| read(&p).and_then(|t| t.trim().parse::<u64>().ok());
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let path = path.trim_end_matches('/');
+        let (limit, usage) = if controllers.is_empty() {
+            // "max" (no limit) does not parse, which is what it means
+            let dir = format!("/sys/fs/cgroup{path}");
+            (
+                num(format!("{dir}/memory.max")),
+                num(format!("{dir}/memory.current")),
+            )
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            (
+                num(format!("{dir}/memory.limit_in_bytes")),
+                num(format!("{dir}/memory.usage_in_bytes")),
+            )
+        } else {
+            continue;
+        };
+        // v1 reports "no limit" as a huge page-rounded number
+        if let Some(limit) = limit.filter(|&l| l < 1 << 60) {
+            return Some(limit.saturating_sub(usage.unwrap_or(0)));
+        }
+    }
+    None
 }
 
 /// Where the run is, for progress displays.
@@ -666,6 +714,31 @@ fn groups_of(sizes: impl Iterator<Item = u64>, cap: u64) -> Vec<std::ops::Range<
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_memory_cgroup_bounds_the_available_memory() {
+        let files = |p: &str| -> Option<String> {
+            match p {
+                "/sys/fs/cgroup/memory/ci/job/memory.limit_in_bytes" => Some("3221225472\n".into()),
+                "/sys/fs/cgroup/memory/ci/job/memory.usage_in_bytes" => Some("1073741824\n".into()),
+                "/sys/fs/cgroup/runner/memory.max" => Some("2147483648\n".into()),
+                "/sys/fs/cgroup/runner/memory.current" => Some("536870912\n".into()),
+                "/sys/fs/cgroup/free/memory.max" => Some("max\n".into()),
+                "/sys/fs/cgroup/memory/big/memory.limit_in_bytes" => {
+                    Some("9223372036854771712\n".into())
+                }
+                _ => None,
+            }
+        };
+        let v1 = "4:memory:/ci/job\n3:cpuset:/\n0::/\n";
+        assert_eq!(super::cgroup_room(v1, &files), Some(2 << 30));
+        assert_eq!(super::cgroup_room("0::/runner\n", &files), Some(1536 << 20));
+        assert_eq!(super::cgroup_room("0::/free\n", &files), None);
+        assert_eq!(super::cgroup_room("4:memory:/big\n", &files), None);
+        assert_eq!(super::cgroup_room("garbage", &files), None);
+        let meminfo = "MemTotal: 100 kB\nMemAvailable:    2048 kB\n";
+        assert_eq!(super::mem_available(meminfo), Some(2 << 20));
+    }
+
     use super::*;
 
     #[test]
