@@ -324,6 +324,46 @@ fn search16(
     scale
 }
 
+/// One 16-value group of IQ2_XS or IQ2_S with its weights: the signs of each half (IQ2_XS
+/// keeps them of even parity, IQ2_S does not), the grid levels and the scale, or `None` for
+/// a group below `eps` (scale 0). A negative scale is made positive by flipping the signs
+/// within `flip` (IQ2_XS's 7 stored bits, IQ2_S's 8).
+fn group16(
+    lat: &Lattice,
+    xb: &[f32],
+    weight: &[f32; 16],
+    even: bool,
+    eps: f32,
+    flip: u8,
+    levels: &mut [i8; 16],
+) -> Option<(f32, [u8; 2])> {
+    let mut waux = [0.0f32; 16];
+    for (a, w) in waux.iter_mut().zip(weight) {
+        *a = w.sqrt();
+    }
+    let mut xval = [0.0f32; 16];
+    let mut block_signs = [0u8; 2];
+    for k in 0..2 {
+        let r = 8 * k..8 * k + 8;
+        block_signs[k] = signs(&xb[r.clone()], &weight[r.clone()], even, &mut xval[r]);
+    }
+    let mut max = xval[0];
+    for &v in &xval[1..] {
+        max = max_f(max, v);
+    }
+    if max < eps {
+        return None;
+    }
+    let mut scale = search16(lat, &xval, weight, &waux, max, levels);
+    if scale < 0.0 {
+        scale = -scale;
+        for s in &mut block_signs {
+            *s = !*s & flip;
+        }
+    }
+    Some((scale, block_signs))
+}
+
 /// One IQ2_XS super-block (74 bytes) from 256 values and their importance.
 fn iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let lat = lattice::iq2_xs();
@@ -332,8 +372,6 @@ fn iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let mut max_scale = 0.0f32;
     let sigma2 = sum_sq(x) / QK_K as f32;
     let mut weight = [0.0f32; 16];
-    let mut waux = [0.0f32; 16];
-    let mut xval = [0.0f32; 16];
     let mut levels = [0i8; 16];
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
@@ -341,29 +379,12 @@ fn iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
         for i in 0..16 {
             weight[i] = qb[i] * (sigma2 + xb[i] * xb[i]).sqrt();
         }
-        for i in 0..16 {
-            waux[i] = weight[i].sqrt();
-        }
-        let mut block_signs = [0u8; 2];
-        for k in 0..2 {
-            let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs(&xb[r.clone()], &weight[r.clone()], true, &mut xval[r]);
-        }
-        let mut max = xval[0];
-        for &v in &xval[1..] {
-            max = max_f(max, v);
-        }
-        if max < GROUP_MAX_EPS {
+        let Some((scale, block_signs)) =
+            group16(lat, xb, &weight, true, GROUP_MAX_EPS, 127, &mut levels)
+        else {
             scales[ib] = 0.0;
             continue;
-        }
-        let mut scale = search16(lat, &xval, &weight, &waux, max, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s & 127;
-            }
-        }
+        };
         for k in 0..2 {
             let g = index(lat, &levels[8 * k..8 * k + 8]) as u16;
             q2[2 * ib + k] = g | (u16::from(block_signs[k]) << 9);
@@ -395,8 +416,6 @@ fn iq2_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let mut max_scale = 0.0f32;
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
     let mut weight = [0.0f32; 16];
-    let mut waux = [0.0f32; 16];
-    let mut xval = [0.0f32; 16];
     let mut levels = [0i8; 16];
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
@@ -413,29 +432,18 @@ fn iq2_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
                 }
             }
         }
-        for i in 0..16 {
-            waux[i] = weight[i].sqrt();
-        }
-        let mut block_signs = [0u8; 2];
-        for k in 0..2 {
-            let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs(&xb[r.clone()], &weight[r.clone()], false, &mut xval[r]);
-        }
-        let mut max = xval[0];
-        for &v in &xval[1..] {
-            max = max_f(max, v);
-        }
-        if max < GROUP_MAX_EPS_IQ2_S {
+        let Some((scale, block_signs)) = group16(
+            lat,
+            xb,
+            &weight,
+            false,
+            GROUP_MAX_EPS_IQ2_S,
+            255,
+            &mut levels,
+        ) else {
             scales[ib] = 0.0;
             continue;
-        }
-        let mut scale = search16(lat, &xval, &weight, &waux, max, &mut levels);
-        if scale < 0.0 {
-            scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s;
-            }
-        }
+        };
         for k in 0..2 {
             let g = index(lat, &levels[8 * k..8 * k + 8]);
             let i8 = 2 * ib + k;
