@@ -119,7 +119,7 @@ mod tests {
         b[6..10].copy_from_slice(&(1u32 | (3 << 28)).to_le_bytes());
         let mut y = [0f32; 256];
         iq2_xxs(&b, &mut y);
-        assert_eq!(y[0], 0.875 * 43.0);
+        assert_eq!(y[0], -0.875 * 43.0);
         assert_eq!(y[1], 0.875 * 8.0);
         assert_eq!(y[7], -0.875 * 8.0);
         assert_eq!(y[8], 0.875 * 8.0);
