@@ -5,7 +5,8 @@
 //!
 //! - `models/`: tiny Hugging Face model directories (llama, mistral, qwen2, and a sharded
 //!   llama) with random weights, configs, tokenizer, model card and licence (`models.rs`);
-//! - `text/eval.txt`: the evaluation text the tokenizer is trained on (`text.rs`);
+//! - `text/eval.txt`: the evaluation text the tokenizer is trained on, and `text/heldout.txt`,
+//!   a held-out text for scoring quantizations (`text.rs`);
 //! - `hostile/` and `pickle/`: malformed and malicious files for the format readers and the
 //!   scanner (written by the `hostile_*` modules, see below);
 //! - `templates/`: official and hostile chat templates and tokenizers for the scanner's

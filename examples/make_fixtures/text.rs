@@ -103,8 +103,65 @@ On the last page of the old ledger, beneath the final entry, Marta added a line 
 Then she closed the book, put it on the shelf beside the others, and climbed the 117 steps to wind the clock.
 "##;
 
-/// Write `eval.txt` into `dir` (the fixture tree's `text/` folder).
+/// A second story by the same authors under the same licence, never used for training or
+/// calibration: the held-out text on which size-budget mixes and imatrix quantizations are
+/// scored (`benches/target_bpw.sh`), byte for byte as written to `text/heldout.txt`.
+pub const HELDOUT_TEXT: &str = r##"The Bridge at Calder Ford
+
+For most of its history the town of Calder Ford had no bridge at all. The river was wide and shallow there, and for nine months of the year a farmer could lead a horse across it without wetting the saddle. In spring, when the snow melted in the hills, the water rose and turned brown, and anyone who wanted to reach the market on the far bank had to walk four miles upstream to the ferry at Hollin's Mill. People complained about the walk, but they complained about it the way they complained about the weather, as something that could not be changed and was therefore nobody's fault.
+
+That changed in the autumn of 1894, when a cattle dealer named Josiah Penrose drowned trying to cross with a herd of heifers after three days of rain. He was not a popular man, and the town did not grieve him for long, but his widow was a woman of determination and some money. She wrote to the county surveyor, then to the member of parliament, then to the newspaper in the city. Her letters were polite, precise and impossible to ignore. Within two years the county had agreed to pay for half of a stone bridge, provided that the town raised the other half itself.
+
+Raising the money took four more years. There were concerts in the chapel, a raffle of a pedigree ram, and a long argument in the parish council about whether the publican should be allowed to sell beer at the summer fair if part of his takings went to the bridge fund. The minutes of that meeting run to eleven pages. In the end the publican sold his beer, the Methodists held a separate fair on the other side of the green, and both sides claimed afterwards that they had raised more.
+
+The engineer the county sent was a young man called Arthur Dunmore, who had built railway viaducts in the north and regarded a three-arch road bridge as a holiday. He lodged with the schoolmaster, walked the banks every morning with a notebook, and asked questions that nobody in Calder Ford had thought to ask. Where did the river run in a dry summer? How high had the worst flood reached, and how did anyone know? What was under the gravel?
+
+The last question turned out to matter most. Dunmore sank trial pits on both banks and found that the gravel lay on a bed of soft blue clay, and that the clay went down a long way. A bridge built on the gravel alone would settle unevenly, and a settling arch cracks. He proposed to drive timber piles through the clay until they reached something firmer, and to build the piers on platforms of oak laid across the tops of the piles. The council, which had been promised a simple job, was alarmed by the cost. Dunmore explained, with a patience that several people remembered years later, that the alternative was to build the bridge twice.
+
+Work began in the spring of 1900. A steam pile driver was brought by rail to the nearest station and hauled the last six miles by a team of eight horses, which took two days because the lane was narrow and the machine was not. Children were let out of school to watch it arrive. For the rest of the summer the town lived with the sound of it, a heavy thud every few seconds from six in the morning until dusk, so regular that people said they stopped hearing it and only noticed when it stopped.
+
+The masons came from a quarry forty miles away and brought their own stone, a pale sandstone that weathered to the colour of bread crust. They were paid by the course, and they worked fast, but Dunmore checked every joint with a steel rule and sent back any stone whose face was more than a quarter of an inch out of true. There was a strike for three days in July, settled when the county agreed to pay for a second cart to bring water from the spring, because the river water made the men ill.
+
+The centering for the arches, the wooden frames on which the stones are laid until the keystone locks them together, was built by a local carpenter named Eli Marsh. He had never built anything larger than a barn, and he studied Dunmore's drawings for a week before he cut a single timber. When the first arch was finished and the centering was eased down, the whole town came to watch. The arch dropped by less than the width of a finger, exactly as Dunmore had predicted, and Marsh went home and slept for fourteen hours.
+
+The bridge was opened on the first of October 1901 by the widow Penrose, who cut a ribbon with her late husband's pocket knife and then walked across and back without stopping, although she was seventy-three years old and had a bad hip. There is a photograph of the ceremony in the town hall. Most of the faces in it are blurred, because people moved while the shutter was open, but hers is perfectly sharp.
+
+How a Stone Arch Stands
+
+An arch is a curious structure, because every part of it is trying to fall and none of it can. Each wedge-shaped stone, called a voussoir, is pushed down by its own weight and by the weight of everything above it. Because the stones are cut to fit the curve, that downward push turns into a sideways push against the neighbouring stones, and so on around the arch, until the forces arrive at the springing points at either end. There they must be resisted by the piers and abutments, which is why an arch needs solid ground at its feet more than almost any other kind of structure.
+
+The line along which the force travels through the arch is called the line of thrust. As long as that line stays within the middle third of the thickness of the stones, every joint is in compression and the arch is stable. If the load changes, for instance when a heavy cart stands near one end, the line of thrust moves. If it moves outside the stones altogether, the joints open on one side, the arch forms hinges, and with enough hinges it becomes a mechanism and collapses. Engineers in the nineteenth century learned to draw the line of thrust by hand, with a set of triangles and a great deal of care, and the best of them could do it for a dozen load cases in an afternoon.
+
+Masonry arches are remarkably forgiving. They tolerate small movements of their foundations, they do not rust, and they often carry loads many times greater than the ones they were designed for. Many bridges built for horses and carts now carry lorries of forty tonnes without complaint. Their weakness is water. Frost can split stones whose pores are full of it, and a river in flood can scour the gravel from around a pier until the foundation is undermined. Most old bridges that fail do not break from the top. They are eaten from below.
+
+The Flood of 1947
+
+The bridge at Calder Ford was tested properly only once. In March 1947, after the hardest winter anyone could remember, a sudden thaw and two days of warm rain sent the river up faster than it had ever been seen to rise. By the evening of the second day the water was within three feet of the crown of the middle arch, and it was carrying whole trees. People stood on the bank with lanterns and watched the trunks strike the cutwaters, the pointed ends of the piers that Dunmore had designed to split the current, and turn aside.
+
+At about ten o'clock a barn roof came down the river in one piece and lodged against the upstream face of the bridge. Water piled up behind it, and the bridge began to act as a dam. The men who were watching could feel the parapet shaking under their hands. Someone ran for the fire brigade, which had a single motor pump and was of no use at all, and someone else ran for Eli Marsh's son, who had inherited his father's tools and his reputation. He arrived with two of his own sons, a coil of rope and a long-handled axe, and they went out along the parapet and cut the roof apart from above while the water roared underneath them. It took an hour. When the last section broke free and went under the arch, the level behind the bridge dropped by almost two feet in a minute, and the crowd on the bank cheered as if a goal had been scored.
+
+The next morning the county surveyor came to inspect the damage and found almost none. A few stones were chipped, the parapet had lost its coping on one side, and a great deal of mud had been left on the road. The piers stood exactly where they had been set forty-six years before. When the surveyor's report reached the council, someone pointed out that the oak platforms under the piers had been the most expensive part of the original work and the subject of the longest argument. The minutes record that the point was received in silence.
+
+Keeping an Old Bridge
+
+A bridge that has stood for a century is not finished; it is maintained. The joints between the stones are filled with lime mortar, which is softer than the stone and meant to wear away first, so that the stones themselves are spared. Every few decades the mortar has to be raked out and renewed. If it is replaced with hard cement, as it often was in the middle of the twentieth century, the stones crack instead, because the cement does not give when the bridge moves with the seasons. Calder Ford was lucky. The county's works department in the nineteen sixties was run by a man who had learned his trade from a mason, and he refused to let cement near the bridge.
+
+Vegetation is the other enemy. Seeds lodge in the joints, and a small tree growing from the side of a pier can, in twenty years, push a stone out of the face. Inspectors walk the bridge every spring and pull out whatever has started to grow. They also look at the river bed, because the scour holes that form around piers in a flood are often invisible from the bank and can only be found by wading or, in deeper water, by sending down a diver with a measuring pole. Since 1990 the inspections at Calder Ford have been done with a sonar survey from a small boat, which produces a coloured map of the river bed that nobody in the town can read but everyone agrees is very reassuring.
+
+Traffic has changed more than the bridge. In 1901 the heaviest thing to cross it was a traction engine. By 1960 it carried buses, and by 1980 lorries from the quarry that had opened up the valley. The parapets were struck so often that the county replaced the coping stones with a harder granite, which is why the top of the bridge is grey while the rest of it is the colour of bread crust. In 2004 a weight limit was finally imposed and a bypass was built a mile downstream, a concrete beam bridge that is wider, flatter and, by general agreement, uglier. It was opened without ceremony. Nobody cut a ribbon.
+
+What the Town Remembers
+
+The bridge at Calder Ford appears on the town's sign, on the badge of the football club and on the label of a beer brewed in the old maltings, which sells well to visitors and is not much drunk by anyone who lives there. Every October the primary school walks across it in a line, and the children are told the story of the widow Penrose and her pocket knife. Most of them are more interested in the story of the barn roof, and some of the older ones claim to be related to the Marsh family, which is possible, because the Marsh family was large.
+
+The engineer Arthur Dunmore never came back. He went on to build harbours in India and a dam in Egypt, and he died in 1938 in a nursing home in Eastbourne. Among his papers, which his daughter gave to a university library, there is a thin folder labelled Calder Ford. It contains his original calculations, a sketch of the pile driver, a bill from the schoolmaster for eleven months of board and lodging, and a letter from the widow Penrose thanking him for the bridge. At the bottom of the letter, in a different ink, Dunmore had written a single line: "She was right about the clay, too." Nobody knows what he meant. The most likely explanation is that she had told him, before he dug a single pit, that the ground by the river was soft, and that he had not believed her until he saw it for himself.
+
+Bridges like the one at Calder Ford are easy to take for granted. They were built by people who are now forgotten, paid for by concerts and raffles and arguments about beer, and they have carried several generations to market and to school and home again without asking anything but a little mortar and an eye on the river. The best of them will outlast the roads that lead to them. When the bypass was being built, the engineer in charge was asked by a local reporter how long the new bridge was designed to last. He said one hundred and twenty years, and then, after a pause, he added that he hoped the old one would still be there to see it go.
+"##;
+
+/// Write `eval.txt` and `heldout.txt` into `dir` (the fixture tree's `text/` folder).
 pub fn write_all(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("eval.txt"), EVAL_TEXT)
+    std::fs::write(dir.join("eval.txt"), EVAL_TEXT)?;
+    std::fs::write(dir.join("heldout.txt"), HELDOUT_TEXT)
 }
