@@ -18,7 +18,7 @@
 //! take its memory. A non-finite total is an error (llama-imatrix aborts there too).
 //!
 //! The hook costs nothing when no capture is installed: the forward pass holds an
-//! `Option<&Capture>` and the layer code calls [`LayerTap`] only when it is `Some`.
+//! `Option<&Capture>` and the layer code calls its `LayerTap` only when it is `Some`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

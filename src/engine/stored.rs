@@ -439,7 +439,7 @@ impl StoredMatrix {
 
     /// `x [m, k] -> x W^T [m, n]` in f32: each tile dequantized exactly and multiplied with
     /// candle's f32 matmul.
-    /// Below [`MATVEC_ROWS`] activation rows (generation) the tiles are skipped: each
+    /// Below `MATVEC_ROWS` activation rows (generation) the tiles are skipped: each
     /// weight row is dequantized into a small buffer and dotted with the inputs
     /// ([`StoredMatrix::exact_rows_into`]); the same f32 products, summed in another order.
     pub fn matmul_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
