@@ -23,7 +23,7 @@ use super::put_f16;
 use super::search::nearest_int;
 
 use crate::formats::iq1::IQ1_DELTA;
-pub(super) use crate::formats::iq1::IQ1_S_BYTES;
+pub(super) use crate::formats::iq1::{IQ1_M_BYTES, IQ1_S_BYTES};
 
 /// IQ1_S groups whose largest magnitude is below this are all zero.
 const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
@@ -304,9 +304,9 @@ fn iq1m_levels(best_k: usize, k: usize) -> &'static [f32; 3] {
 }
 
 /// One IQ1_M super-block of 256 values (`quantize_row_iq1_m_impl`) into 56 bytes; `qw` is
-/// the block's importance, if any. Not registered: about a third of its blocks still differ
-/// from ggml's bytes.
-#[allow(dead_code)]
+/// the block's importance, if any. The split search is llama.cpp's form with prefix sums
+/// per half (a split's sum is `total * v[2] - px[i1] - px[i2]`); older ggml copies (the
+/// `ggml-python` 0.0.45 sdist) sum each split afresh and round differently.
 pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
