@@ -800,6 +800,64 @@ steps:
     }
 
     #[test]
+    fn targets_with_the_same_calibration_share_one_imatrix() {
+        let yaml = "\
+model: m
+steps:
+  convert:
+    targets:
+      - { name: a, type: IQ4_XS, format: gguf, imatrix: { text: c.txt, ctx: 64 } }
+      - { name: b, type: IQ2_XS, format: gguf, imatrix: { text: ./c.txt, ctx: 64 } }
+      - { name: c, type: Q4_K_M, format: gguf, imatrix: { text: c.txt, ctx: 128 } }
+      - { name: d, type: Q4_K_M, format: gguf, imatrix: { file: m.gguf } }
+      - { name: e, format: gguf, max_size: 800M, imatrix: { text: c.txt, ctx: 64 } }
+";
+        let f = parse(Path::new("p.yaml"), yaml).unwrap();
+        let targets = f.steps.convert.unwrap().targets;
+        let g = imatrix_groups(&targets);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].targets, vec![0, 1, 4]);
+        assert_eq!(g[0].file_name(&targets), "a.imatrix.gguf");
+        assert_eq!(g[1].targets, vec![2]);
+        assert_eq!(
+            targets[4].max_size.as_ref().unwrap().bytes(),
+            Ok(800_000_000)
+        );
+        // A target whose artifact would overwrite a matrix is refused.
+        let clash = yaml.replace("name: d,", "name: a.imatrix,");
+        let e = err(&clash);
+        assert!(e.contains("clashes with `a.imatrix.gguf`"), "{e}");
+    }
+
+    #[test]
+    fn calibration_settings_are_checked_per_target() {
+        let t = |target: &str| {
+            err(&format!(
+                "model: m\nsteps:\n  convert:\n    targets:\n      - {target}\n"
+            ))
+        };
+        let e = t("{ name: x, type: IQ2_XXS, format: gguf }");
+        assert!(
+            e.contains("target `x`: IQ2_XXS needs an importance matrix"),
+            "{e}"
+        );
+        let e = t("{ name: x, format: gguf, target_bpw: .nan, imatrix: { text: c } }");
+        assert!(e.contains("is not a number of bits per weight"), "{e}");
+        let e = t("{ name: x, format: safetensors, target_bpw: 5, imatrix: { text: c } }");
+        assert!(e.contains("say `format: gguf`"), "{e}");
+        let e = t("{ name: x, format: gguf, target_bpw: 5, max_size: 1G, imatrix: { text: c } }");
+        assert!(e.contains("not both"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, probes: 2 }");
+        assert!(e.contains("`probes` applies"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: { file: f, ctx: 5 } }");
+        assert!(e.contains("apply to `imatrix.text`"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: { text: c, chunks: 0 } }");
+        assert!(e.contains("at least 1"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: {} }");
+        assert!(e.contains("needs `text"), "{e}");
+    }
+
+    #[test]
     fn references_to_missing_targets_are_refused() {
         let e = err(&GOOD.replace("artifacts: [q8]", "artifacts: [q4]"));
         assert!(e.contains("`steps.sign.artifacts` names `q4`"), "{e}");

@@ -16,7 +16,7 @@ use crate::convert::{self, recipe, ConvertError, FileType, OutputFormat, RecipeO
 use crate::digest::{self, HashOptions, Serialization};
 use crate::formats::Checkpoint;
 use crate::pipeline::budget::BudgetOptions;
-use crate::pipeline::file::{artifact_rel, ConvertStep, Target, TargetFormat};
+use crate::pipeline::file::{artifact_rel, ConvertStep, Size, Target, TargetFormat};
 use crate::pipeline::{Artifact, FileDigest, FileRef, PipelineError, StageError, StepRecord};
 use crate::report::bom::Hyperparameters;
 use crate::report::run::{Calibration, Mix, MixGroup, StoredArtifact};
@@ -80,8 +80,21 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
     }
     let (summary, mix) = match (t.is_budget(), calibration) {
         (true, Some(c)) => {
-            let (s, m) = budget_mix(t, c, &p.model, &write_to, &o)
-                .map_err(|e| PipelineError::step(&name, e))?;
+            let (s, m) = budget_mix(t, c, &p.model, &write_to, &o).map_err(|e| match e {
+                // Only the model says which budgets are reachable; name the setting as the
+                // pipeline file writes it.
+                StageError::Convert(ConvertError::BudgetOutOfRange { min, max, .. }) => {
+                    PipelineError::Invalid {
+                        path: p.path.clone(),
+                        message: format!(
+                            "target `{}`: {} is outside what this model can be written in: from {min} to {max}",
+                            t.name,
+                            budget_setting(t)
+                        ),
+                    }
+                }
+                e => PipelineError::step(&name, e),
+            })?;
             (s, Some(m))
         }
         _ => {
@@ -159,6 +172,16 @@ fn calibration_record(c: &ForTarget, input: &convert::ImatrixInput) -> Calibrati
         ctx: input.matrix.chunk_size,
         chunks: input.matrix.chunk_count,
         datasets: input.matrix.datasets.clone(),
+    }
+}
+
+/// The budget setting as the pipeline file writes it: `target_bpw: 4.5`, `max_size: 800M`.
+fn budget_setting(t: &Target) -> String {
+    match (&t.max_size, t.target_bpw) {
+        (Some(Size::Bytes(n)), _) => format!("`max_size: {n}`"),
+        (Some(Size::Text(s)), _) => format!("`max_size: {s}`"),
+        (None, Some(b)) => format!("`target_bpw: {b}`"),
+        (None, None) => String::new(),
     }
 }
 

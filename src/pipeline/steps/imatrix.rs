@@ -140,14 +140,11 @@ pub fn plan(p: &Pipeline, targets: &[Target]) -> Result<Plan, PipelineError> {
         };
         let shown = crate::pipeline::file::normalize(file).display().to_string();
         let path = p.resolve(file);
-        if !path.is_file() {
-            return Err(unreadable(
-                p,
-                &t.name,
-                "the imatrix file",
-                &shown,
-                "no such file",
-            ));
+        let what = "the imatrix file";
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(unreadable(p, &t.name, what, &shown, "not a file")),
+            Err(e) => return Err(unreadable(p, &t.name, what, &shown, e)),
         }
         let sha256 =
             digest_of(&path).map_err(|e| unreadable(p, &t.name, "the imatrix file", &shown, e))?;
