@@ -752,9 +752,17 @@ pub fn parse_tensor_type(spec: &str) -> Result<(Regex, GgmlType), String> {
 pub fn parse_ggml_type(name: &str) -> Result<GgmlType, String> {
     match GgmlType::from_name(name) {
         Some(t) if writable(t) => Ok(t),
-        _ => Err(format!(
-            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)"
-        )),
+        _ => {
+            // Built from the table so the list never falls behind the quantizers.
+            let names: Vec<&str> = GgmlType::known()
+                .filter(|t| writable(*t))
+                .map(GgmlType::name)
+                .collect();
+            Err(format!(
+                "`{name}` is not a type modelgate writes ({})",
+                names.join(", ")
+            ))
+        }
     }
 }
 
