@@ -432,6 +432,45 @@ mod tests {
     }
 
     #[test]
+    fn calibration_entries_name_text_matrix_and_mix_without_floats_of_the_run() {
+        let a: Artifact = serde_json::from_value(serde_json::json!({
+            "name": "m", "path": "m.gguf", "format": "gguf", "sha256": "ab", "files": [],
+            "bytes": 1, "tensors": 1, "parameters": 1, "bits_per_weight": 5.0, "types": {},
+            "calibration": {
+                "text": { "path": "c.txt", "sha256": "01" },
+                "imatrix": { "path": "m.imatrix.gguf", "sha256": "02" },
+                "entries": 14, "ctx": 64, "chunks": 2,
+            },
+            "mix": {
+                "budget": "target_bpw 5", "budget_bytes": 10, "min_bpw": 4.5, "max_bpw": 16.0,
+                "probes": 3, "predicted_kld": 0.123456789,
+                "groups": [{ "group": "attn_q.weight", "tensors": 2,
+                    "types": { "Q4_K": 1, "Q6_K": 1 }, "bytes": 9, "bits_per_weight": 5.5,
+                    "predicted_kld": 0.1 }],
+            },
+        }))
+        .unwrap();
+        let e = calibration_entries(&a);
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "calibration_text",
+                "calibration_text_sha256",
+                "imatrix",
+                "imatrix_sha256",
+                "imatrix_entries",
+                "imatrix_ctx",
+                "imatrix_chunks",
+                "mix_budget",
+                "mix:attn_q.weight"
+            ]
+        );
+        assert_eq!(e[8].1, "Q4_Kx1 Q6_Kx1 (5.5000 bits/weight)");
+        assert!(!e.iter().any(|(_, v)| v.contains("0.123")));
+    }
+
+    #[test]
     fn timestamps_are_utc_seconds() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(timestamp(1_700_000_000), "2023-11-14T22:13:20Z");

@@ -39,7 +39,8 @@ impl Status {
 pub struct StepRecord {
     /// `scan`, `convert:q8_0`, `sign:q8_0`, ...
     pub name: String,
-    /// The step kind: `import`, `scan`, `convert`, `verify`, `policy`, `parity`, `sign`.
+    /// The step kind: `import`, `scan`, `imatrix`, `convert`, `verify`, `policy`, `parity`,
+    /// `sign`.
     pub step: String,
     pub status: Status,
     /// The gate verdict, for gate steps (scan, verify, policy, parity).

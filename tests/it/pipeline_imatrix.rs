@@ -301,6 +301,17 @@ fn bad_calibration_settings_exit_2_naming_the_file_and_the_target() {
         let yaml =
             format!("model: MODEL\nout: out\nsteps:\n  convert:\n    targets:\n      - {target}\n");
         let p = pipeline(dir, &yaml, false);
+        // What the file alone says is wrong, the schema says too.
+        let doc: Value = serde_yaml::from_str(&yaml).unwrap();
+        let schema_rejects =
+            !jsonschema::validator_for(&json_file(&repo().join("schemas/pipeline.schema.json")))
+                .unwrap()
+                .is_valid(&doc);
+        let file_alone = !matches!(
+            name,
+            "missing_text" | "missing_file" | "needs_imatrix" | "bpw_out_of_range"
+        );
+        assert_eq!(schema_rejects, file_alone, "{name}: schema");
         let o = run_in(dir, &["run", &p]);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
         let stderr = String::from_utf8_lossy(&o.stderr);

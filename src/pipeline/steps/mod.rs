@@ -97,7 +97,7 @@ pub(super) fn artifact_inputs(a: &Artifact) -> BTreeMap<String, String> {
 pub(super) struct StepKey {
     /// `scan`, `convert:q8_0`, ...
     pub name: String,
-    /// `import`, `scan`, `convert`, `verify`, `policy`, `parity` or `sign`.
+    /// `import`, `scan`, `imatrix`, `convert`, `verify`, `policy`, `parity` or `sign`.
     pub kind: &'static str,
     /// Input name -> sha256 (hex) of its content.
     pub inputs: BTreeMap<String, String>,
