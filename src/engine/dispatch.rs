@@ -9,13 +9,17 @@
 //! [`TILE_ROWS`] weight rows), runs it as one parallel loop, and each item calls
 //! [`tile_product`] here, which never starts threads of its own.
 //!
-//! Each item dequantizes its weight rows to f32 (the conversion [`StoredMatrix::matmul_exact`]
-//! uses) and takes dot products in f32 ([`dots`]). In native math the activations are first
-//! rounded as candle's quantized kernel rounds them before its integer dot products
-//! ([`Rounding`]: Q8_K for the K types, Q8_0 or Q8_1 for the 32-value types), so the product
-//! is the one the integer kernel computes, up to f32 rounding (the same argument as
-//! `qmatmul.rs`'s GEMM path). Every output element is one dot product whose summation order
-//! depends only on the width `k`, never on the tile, the batch or the thread count.
+//! In native math on Q4_K, Q5_K and Q6_K weights (the Q4_K_M mix) an item runs ggml's integer
+//! arithmetic (`kdot.rs`): the expert's activations are quantized once to Q8_K
+//! ([`Rounding::Integer`], [`prepare`]) and each weight row is multiplied in integers
+//! without becoming f32. Otherwise each item dequantizes its weight rows to f32 (the
+//! conversion [`StoredMatrix::matmul_exact`] uses) and takes dot products in f32 ([`dots`]);
+//! in native math the activations are first rounded as candle's quantized kernel rounds them
+//! before its integer dot products ([`Rounding::Blocks`]: Q8_0 or Q8_1 for the 32-value
+//! types, Q8_K for the other K types), so the product is the one the integer kernel
+//! computes, up to f32 rounding (the same argument as `qmatmul.rs`'s GEMM path). Every
+//! output element is one dot product whose summation order depends only on the width `k`,
+//! never on the tile, the batch or the thread count.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::CpuStorage;

@@ -89,26 +89,26 @@ impl Q8K {
             d: vec![0.0; m * nb],
             bsums: vec![0; m * nb * 16],
         };
-        let run = |q: &mut Q8K| {
-            for (((xb, qb), d), bs) in x
-                .chunks_exact(QK_K)
-                .zip(q.qs.chunks_exact_mut(QK_K))
-                .zip(q.d.iter_mut())
-                .zip(q.bsums.chunks_exact_mut(16))
-            {
-                quantize_block(xb, qb, d, bs);
-            }
-        };
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            simd.vectorize(
-                #[inline(always)]
-                || run(&mut q),
-            );
+            pulp::Simd::vectorize(simd, Fill { q: &mut q, x });
             return q;
         }
-        run(&mut q);
+        q.fill(x);
         q
+    }
+
+    // inlined into the caller's SIMD context (where `round` is an instruction sequence)
+    #[inline(always)]
+    fn fill(&mut self, x: &[f32]) {
+        for (((xb, qb), d), bs) in x
+            .chunks_exact(QK_K)
+            .zip(self.qs.chunks_exact_mut(QK_K))
+            .zip(self.d.iter_mut())
+            .zip(self.bsums.chunks_exact_mut(16))
+        {
+            quantize_block(xb, qb, d, bs);
+        }
     }
 
     /// Activation rows.
@@ -184,6 +184,7 @@ fn scale_min(s: &[u8], j: usize) -> (u8, u8) {
 
 impl Unpacked {
     /// Unpack the super-blocks of `src` (whole rows of `kind`).
+    #[inline(always)]
     fn fill(&mut self, kind: Kind, src: &[u8]) {
         let n = src.len() / kind.block_bytes();
         self.q.resize(n * QK_K, 0);
@@ -263,31 +264,102 @@ pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out:
         out.fill(0.0);
         return;
     }
-    let run = |scratch: &mut Unpacked, out: &mut [f32], simd: Option<Simd>| {
-        for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-            scratch.fill(kind, w);
-            let mut i = 0;
-            while i < m {
-                let r = (m - i).min(GROUP);
-                let v = match simd {
-                    #[cfg(target_arch = "x86_64")]
-                    Some(s) => avx2::row(s, scratch, a, i, r),
-                    _ => portable_row(scratch, a, i, r),
-                };
-                col[i..i + r].copy_from_slice(&v[..r]);
-                i += r;
-            }
-        }
-    };
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
-        simd.vectorize(
-            #[inline(always)]
-            || run(scratch, out, Some(simd)),
-        );
+        let op = Rows {
+            kind,
+            src,
+            row_bytes,
+            a,
+            scratch,
+            out,
+            simd,
+        };
+        pulp::Simd::vectorize(simd, op);
         return;
     }
-    run(scratch, out, None);
+    rows(kind, src, row_bytes, a, scratch, out, None);
+}
+
+// `pulp`'s `WithSimd` entry: `with_simd` is inlined into a function compiled with AVX2
+// enabled, and everything it calls with it (a closure handed to `V3::vectorize` is called
+// through a shim that is not, which leaves every intrinsic an out-of-line call)
+
+/// [`Q8K::fill`] in an AVX2 context.
+#[cfg(target_arch = "x86_64")]
+struct Fill<'a> {
+    q: &'a mut Q8K,
+    x: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for Fill<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.q.fill(self.x);
+    }
+}
+
+/// [`rows`] in an AVX2 context.
+#[cfg(target_arch = "x86_64")]
+struct Rows<'a> {
+    kind: Kind,
+    src: &'a [u8],
+    row_bytes: usize,
+    a: &'a Q8K,
+    scratch: &'a mut Unpacked,
+    out: &'a mut [f32],
+    simd: pulp::x86::V3,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Rows {
+            kind,
+            src,
+            row_bytes,
+            a,
+            scratch,
+            out,
+            simd,
+        } = self;
+        rows(kind, src, row_bytes, a, scratch, out, Some(simd));
+    }
+}
+
+/// [`tile`] on the SIMD path given (inlined into its target-feature context) or the
+/// portable one.
+#[inline(always)]
+fn rows(
+    kind: Kind,
+    src: &[u8],
+    row_bytes: usize,
+    a: &Q8K,
+    scratch: &mut Unpacked,
+    out: &mut [f32],
+    simd: Option<Simd>,
+) {
+    let m = a.m;
+    for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        scratch.fill(kind, w);
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(GROUP);
+            let v = match simd {
+                #[cfg(target_arch = "x86_64")]
+                Some(s) => avx2::row(s, scratch, a, i, r),
+                _ => portable_row(scratch, a, i, r),
+            };
+            col[i..i + r].copy_from_slice(&v[..r]);
+            i += r;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -14,7 +14,8 @@
 //! expert multiplies all of its tokens in one product, so an expert's weights are read
 //! once per forward call whatever the batch. Weights stay in their stored type
 //! ([`StoredMatrix`], mostly ranges of the checkpoint's map); products are exact f32 in
-//! reference math and candle's quantized kernels for block types in native math. Expert
+//! reference math; native math multiplies K-type experts with ggml's integer Q8_K
+//! arithmetic (`kdot.rs`) and other block types through candle's quantized kernels. Expert
 //! layouts read: one tensor per expert (Mixtral `w1/w2/w3`, Qwen and DeepSeek
 //! `experts.E.{gate,up,down}_proj`), transformers 5's stacked `gate_up_proj` / `down_proj`,
 //! gpt-oss's transposed, interleaved `gate_up_proj` with biases, and llama.cpp's 3-d
@@ -1067,10 +1068,20 @@ mod tests {
                 false,
                 2e-5,
             ),
-            // native math: the same rounding of the activations as candle's integer kernel,
-            // summed in f32 instead of integers
+            // native math: the integer kernel on the activations quantized as candle's
+            // integer kernel quantizes them (K types), or that rounding summed in f32 (Q8_0)
             (
                 Elem::Block(candle_core::quantized::GgmlDType::Q4K),
+                true,
+                1e-4,
+            ),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q5K),
+                true,
+                1e-4,
+            ),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q6K),
                 true,
                 1e-4,
             ),
