@@ -86,11 +86,10 @@ impl Linear {
             Linear::Quant(q) => q.forward(x)?,
             Linear::Block(b) => x.contiguous()?.apply_op1_no_bwd(b.as_ref())?,
             Linear::Stored { w, quantized } => {
-                let x = x.contiguous()?;
                 if *quantized {
-                    x.apply_op1_no_bwd(&w.quantized())?
+                    w.forward_quantized(x)?
                 } else {
-                    x.apply_op1_no_bwd(&w.exact())?
+                    w.forward_exact(x)?
                 }
             }
         })

@@ -470,6 +470,82 @@ impl StoredMatrix {
         Ok(out)
     }
 
+    /// `x W^T` for `x [.., k]` as a tensor, computed as [`StoredMatrix::matmul_exact`]
+    /// computes it, bit for bit. From `MATVEC_ROWS` rows on, each tile's product stays the
+    /// tensor candle's matmul returns (one tile: the result; several: concatenated), so
+    /// the activations and outputs are not copied in and out of a custom op.
+    pub fn forward_exact(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        let dims = x.dims();
+        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        if !x.device().is_cpu() || m < MATVEC_ROWS {
+            return x.apply_op1_no_bwd(&self.exact());
+        }
+        let x2 = x.reshape((m, self.k))?;
+        let y = self.tiles_product(&x2)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.n;
+        }
+        y.reshape(shape)
+    }
+
+    /// Native mode's product as a tensor: for prompt-sized inputs of the K types, the
+    /// activations are quantized to Q8_K as candle's kernel quantizes them and the product
+    /// of the two quantized operands is taken in f32 over dequantized tiles (see
+    /// [`quantize_q8k_rows`]); otherwise [`StoredMatrix::matmul_quantized`].
+    pub fn forward_quantized(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        let dims = x.dims();
+        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        if !x.device().is_cpu() || m < GEMM_ROWS || !self.q8k_activations() {
+            return x.apply_op1_no_bwd(&self.quantized());
+        }
+        let xq = quantize_q8k_rows(&x.flatten_all()?.to_vec1::<f32>()?);
+        let x2 = Tensor::from_vec(xq, (m, self.k), x.device())?;
+        let y = self.tiles_product(&x2)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.n;
+        }
+        y.reshape(shape)
+    }
+
+    /// Whether candle's kernel for this type multiplies Q8_K activations (the K types).
+    fn q8k_activations(&self) -> bool {
+        matches!(
+            self.elem,
+            Elem::Block(
+                GgmlDType::Q2K
+                    | GgmlDType::Q3K
+                    | GgmlDType::Q4K
+                    | GgmlDType::Q5K
+                    | GgmlDType::Q6K
+                    | GgmlDType::Q8K
+            )
+        ) && self.k.is_multiple_of(QK_K)
+    }
+
+    /// `x [m, k] W^T` as candle tensors, one dequantized tile at a time.
+    fn tiles_product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, k) = (self.n, self.k);
+        let tile = self.tile_rows();
+        let mut parts = Vec::with_capacity(n.div_ceil(tile));
+        let mut j0 = 0;
+        while j0 < n {
+            let rows = tile.min(n - j0);
+            let w = Tensor::from_vec(self.dequantize_tile(j0, rows)?, (rows, k), x.device())?;
+            parts.push(x.matmul(&w.t()?)?);
+            j0 += rows;
+        }
+        if parts.len() == 1 {
+            return parts
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("no tiles".into()));
+        }
+        Tensor::cat(&parts, 1)
+    }
+
     /// `x [m, k] -> x W^T [m, n]` through candle's quantized kernel, one tile of rows at a
     /// time (for block types; float types use [`StoredMatrix::matmul_exact`], which is what
     /// candle does with them too).
@@ -637,6 +713,52 @@ mod avx2 {
         let a: [f32; 8] = cast(s);
         ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
     }
+}
+
+/// Values per K-type block.
+const QK_K: usize = 256;
+
+/// From this many activation rows on, native mode's K-type products go through an f32 GEMM
+/// of the quantized operands rather than candle's integer dot products.
+const GEMM_ROWS: usize = 16;
+
+/// Rows of `k` values (a multiple of 256) quantized to Q8_K exactly as candle's
+/// `BlockQ8K::from_float` quantizes them (ggml's `quantize_row_q8_K`: per 256 values the
+/// signed value of largest magnitude `max` gives `iscale = -127 / max`, each quant is
+/// `round(iscale * x)` clamped to i8, the scale is `1 / iscale`), returned dequantized
+/// (`d * q`). Native mode's integer kernel computes `sum(d_w q_w * d_x q_x)` exactly; an
+/// f32 GEMM of the dequantized operands computes the same sum up to f32 rounding (about
+/// 1e-7 relative, far below the quantization error), several times faster on a prompt.
+fn quantize_q8k_rows(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let block = |(o, xs): (&mut [f32], &[f32])| {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in xs {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            o.fill(0.0);
+            return;
+        }
+        let iscale = -127f32 / max;
+        let d = 1.0 / iscale;
+        for (o, &v) in o.iter_mut().zip(xs) {
+            let q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+            *o = d * f32::from(q);
+        }
+    };
+    if x.len() >= 1 << 15 {
+        out.par_chunks_mut(QK_K)
+            .zip(x.par_chunks(QK_K))
+            .with_min_len(64)
+            .for_each(block);
+    } else {
+        out.chunks_mut(QK_K).zip(x.chunks(QK_K)).for_each(block);
+    }
+    out
 }
 
 /// Candle's reading of `src` as blocks of type `t`. Candle reinterprets the bytes in place
@@ -945,6 +1067,70 @@ mod tests {
             }
             assert!(sm.exact_rows_into(&[0.0; 3], 1, 0..1, &mut [0.0]).is_err());
         }
+    }
+
+    #[test]
+    fn tensor_products_match_the_slice_products() {
+        let cases = [
+            (Elem::F16, 37, 96),
+            (Elem::F16, 5477, 96),
+            (Elem::Block(GgmlDType::Q4K), 29, 512),
+            (Elem::Block(GgmlDType::Q6K), 2049, 256),
+            (Elem::Block(GgmlDType::Q8_0), 53, 160),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 70, n * k);
+            let (bytes, _, _) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            for m in [1usize, 9, 16, 40] {
+                let x = noise(300 + m as u64, m * k);
+                let xt = Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap();
+                let exact = sm.forward_exact(&xt).unwrap();
+                assert_eq!(exact.dims(), &[1, m, n]);
+                let exact = exact.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(exact, sm.matmul_exact(&x, m).unwrap(), "{elem:?} m={m}");
+                let native = sm.forward_quantized(&xt).unwrap();
+                let native = native.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = sm.matmul_quantized(&x, m).unwrap();
+                if m < GEMM_ROWS || !sm.q8k_activations() {
+                    assert_eq!(native, want, "{elem:?} m={m} quantized");
+                    continue;
+                }
+                // the integer dot products against the f32 GEMM of the same quantized
+                // operands: f32 rounding of the terms only
+                let xq = quantize_q8k_rows(&x);
+                let mut deq = vec![0f32; n * k];
+                sm.dequantize_rows(0, &mut deq).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms: f32 = (0..k)
+                            .map(|c| (xq[i * k + c] * deq[j * k + c]).abs())
+                            .sum();
+                        let d = (native[i * n + j] - want[i * n + j]).abs() / terms.max(1e-30);
+                        assert!(d <= 1e-6, "{elem:?} m={m} ({i},{j}): {d:e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8k_rows_quantize_as_candle_does() {
+        let k = 512;
+        let mut x = noise(5, 3 * k);
+        x[k..k + 256].fill(0.0);
+        x[3] = -1.5;
+        let got = quantize_q8k_rows(&x);
+        let t = Tensor::from_slice(&x, (3, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8K).unwrap();
+        let want = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]
