@@ -279,13 +279,41 @@ impl BlockMatrix {
         if m == 1 {
             return out_t;
         }
-        let mut out = vec![0f32; m * n];
-        for (j, col) in out_t.chunks_exact(m).enumerate() {
-            for (i, v) in col.iter().enumerate() {
-                out[i * n + j] = *v;
+        transpose(&out_t, n, m)
+    }
+
+    /// `x [m, k]` times several matrices of width `k` (`x W_i^T`, row-major `[m, n_i]`
+    /// each) for a few rows (`m` below [`GEMM_ROWS`]): the activations are quantized once
+    /// and the weight rows of all matrices are split over the threads in one parallel
+    /// region, rather than one region per matrix (generation runs q/k/v and gate/up this
+    /// way). Each value depends only on its two rows, so it is the same bits as
+    /// [`BlockMatrix::matmul`] gives; `None` when the widths differ or `m` is larger.
+    pub fn matmul_many(mats: &[&BlockMatrix], x: &[f32], m: usize) -> Option<Vec<Vec<f32>>> {
+        let k = mats.first()?.k;
+        if m == 0 || m >= GEMM_ROWS || x.len() != m * k || mats.iter().any(|b| b.k != k) {
+            return None;
+        }
+        let acts = Acts::quantize(x, m, k);
+        let threads = rayon::current_num_threads().max(1);
+        let total: usize = mats.iter().map(|b| b.n).sum();
+        let chunk = total.div_ceil(threads * 4).max(16);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|b| vec![0f32; b.n * m]).collect();
+        let mut items = Vec::new();
+        for (b, out) in mats.iter().zip(outs.iter_mut()) {
+            for (c, dst) in out.chunks_mut(chunk * m).enumerate() {
+                items.push((*b, c * chunk, dst));
             }
         }
-        out
+        items.into_par_iter().for_each(|(b, j0, dst)| {
+            let rows = dst.len() / m;
+            b.rows_into(&acts, j0..j0 + rows, dst);
+        });
+        if m > 1 {
+            for (b, out) in mats.iter().zip(outs.iter_mut()) {
+                *out = transpose(out, b.n, m);
+            }
+        }
+        Some(outs)
     }
 
     /// Fill `dst` (weight rows `j0..`, each `m` activation rows, column-major) with dots.
@@ -328,6 +356,17 @@ impl BlockMatrix {
             quants: &self.quants[j * nb * qb..(j + 1) * nb * qb],
         }
     }
+}
+
+/// `[n, m]` (column-major products) as `[m, n]`.
+fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for (j, col) in t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -730,6 +769,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn many_matrices_in_one_region_are_the_same_bits() {
+        let k = 96;
+        let mats: Vec<BlockMatrix> = [(GgmlType::Q4_1, 29), (GgmlType::Q8_0, 7), (GgmlType::Q5_0, 40)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, n))| {
+                BlockMatrix::from_ggml(t, n, k, &quantize(t, &noise(20 + i as u64, n * k)))
+                    .unwrap()
+            })
+            .collect();
+        let refs: Vec<&BlockMatrix> = mats.iter().collect();
+        for m in [1usize, 3] {
+            let x = noise(30 + m as u64, m * k);
+            let many = BlockMatrix::matmul_many(&refs, &x, m).unwrap();
+            for (b, got) in mats.iter().zip(&many) {
+                assert_eq!(got, &b.matmul(&x, m).unwrap());
+            }
+        }
+        assert!(BlockMatrix::matmul_many(&refs, &noise(1, 16 * k), 16).is_none());
     }
 
     #[test]

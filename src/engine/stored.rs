@@ -418,6 +418,49 @@ impl StoredMatrix {
         Ok(out)
     }
 
+    /// The exact product of `x [m, k]` with several matrices of width `k` for a few rows
+    /// (`m` below `MATVEC_ROWS`), in one parallel region over the weight rows of all of
+    /// them ([`StoredMatrix::exact_rows_into`]; the same bits as
+    /// [`StoredMatrix::matmul_exact`]). `None` when the widths differ or `m` is larger.
+    pub fn matvec_many(
+        mats: &[&StoredMatrix],
+        x: &[f32],
+        m: usize,
+    ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+        let Some(k) = mats.first().map(|w| w.k) else {
+            return Ok(None);
+        };
+        if m == 0 || m >= MATVEC_ROWS || x.len() != m * k || mats.iter().any(|w| w.k != k) {
+            return Ok(None);
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let total: usize = mats.iter().map(|w| w.n).sum();
+        let chunk = total.div_ceil(threads * 4).max(16);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; w.n * m]).collect();
+        let mut items = Vec::new();
+        for (w, out) in mats.iter().zip(outs.iter_mut()) {
+            for (c, dst) in out.chunks_mut(chunk * m).enumerate() {
+                items.push((*w, c * chunk, dst));
+            }
+        }
+        items.into_par_iter().try_for_each(|(w, j0, dst)| {
+            let rows = dst.len() / m;
+            w.exact_rows_into(x, m, j0..j0 + rows, dst)
+        })?;
+        if m > 1 {
+            for (w, out) in mats.iter().zip(outs.iter_mut()) {
+                let mut t = vec![0f32; m * w.n];
+                for (j, col) in out.chunks_exact(m).enumerate() {
+                    for (i, v) in col.iter().enumerate() {
+                        t[i * w.n + j] = *v;
+                    }
+                }
+                *out = t;
+            }
+        }
+        Ok(Some(outs))
+    }
+
     /// Rows per tile, and the granularity of the parallel dequantization.
     fn tile_rows(&self) -> usize {
         (TILE_BYTES / 4 / self.k).max(16).min(self.n.max(1))
@@ -488,42 +531,6 @@ impl StoredMatrix {
             *last = self.n;
         }
         y.reshape(shape)
-    }
-
-    /// Native mode's product as a tensor: for prompt-sized inputs of the K types, the
-    /// activations are quantized to Q8_K as candle's kernel quantizes them and the product
-    /// of the two quantized operands is taken in f32 over dequantized tiles (see
-    /// [`quantize_q8k_rows`]); otherwise [`StoredMatrix::matmul_quantized`].
-    pub fn forward_quantized(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        let dims = x.dims();
-        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        if !x.device().is_cpu() || m < GEMM_ROWS || !self.q8k_activations() {
-            return x.apply_op1_no_bwd(&self.quantized());
-        }
-        let xq = quantize_q8k_rows(&x.flatten_all()?.to_vec1::<f32>()?);
-        let x2 = Tensor::from_vec(xq, (m, self.k), x.device())?;
-        let y = self.tiles_product(&x2)?;
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.n;
-        }
-        y.reshape(shape)
-    }
-
-    /// Whether candle's kernel for this type multiplies Q8_K activations (the K types).
-    fn q8k_activations(&self) -> bool {
-        matches!(
-            self.elem,
-            Elem::Block(
-                GgmlDType::Q2K
-                    | GgmlDType::Q3K
-                    | GgmlDType::Q4K
-                    | GgmlDType::Q5K
-                    | GgmlDType::Q6K
-                    | GgmlDType::Q8K
-            )
-        ) && self.k.is_multiple_of(QK_K)
     }
 
     /// `x [m, k] W^T` as candle tensors, one dequantized tile at a time.
@@ -713,52 +720,6 @@ mod avx2 {
         let a: [f32; 8] = cast(s);
         ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
     }
-}
-
-/// Values per K-type block.
-const QK_K: usize = 256;
-
-/// From this many activation rows on, native mode's K-type products go through an f32 GEMM
-/// of the quantized operands rather than candle's integer dot products.
-const GEMM_ROWS: usize = 16;
-
-/// Rows of `k` values (a multiple of 256) quantized to Q8_K exactly as candle's
-/// `BlockQ8K::from_float` quantizes them (ggml's `quantize_row_q8_K`: per 256 values the
-/// signed value of largest magnitude `max` gives `iscale = -127 / max`, each quant is
-/// `round(iscale * x)` clamped to i8, the scale is `1 / iscale`), returned dequantized
-/// (`d * q`). Native mode's integer kernel computes `sum(d_w q_w * d_x q_x)` exactly; an
-/// f32 GEMM of the dequantized operands computes the same sum up to f32 rounding (about
-/// 1e-7 relative, far below the quantization error), several times faster on a prompt.
-fn quantize_q8k_rows(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    let block = |(o, xs): (&mut [f32], &[f32])| {
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in xs {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
-            o.fill(0.0);
-            return;
-        }
-        let iscale = -127f32 / max;
-        let d = 1.0 / iscale;
-        for (o, &v) in o.iter_mut().zip(xs) {
-            let q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
-            *o = d * f32::from(q);
-        }
-    };
-    if x.len() >= 1 << 15 {
-        out.par_chunks_mut(QK_K)
-            .zip(x.par_chunks(QK_K))
-            .with_min_len(64)
-            .for_each(block);
-    } else {
-        out.chunks_mut(QK_K).zip(x.chunks(QK_K)).for_each(block);
-    }
-    out
 }
 
 /// Candle's reading of `src` as blocks of type `t`. Candle reinterprets the bytes in place
@@ -1066,11 +1027,22 @@ mod tests {
                 }
             }
             assert!(sm.exact_rows_into(&[0.0; 3], 1, 0..1, &mut [0.0]).is_err());
+            // with a second matrix of the same width in one region: the same bits
+            let (bytes2, _, _) = encode(elem, &noise(case as u64 + 90, 7 * k), 7, k);
+            let other = StoredMatrix::new(elem, 7, k, &bytes2, None).unwrap();
+            for m in [1usize, 3] {
+                let x = noise(400 + m as u64, m * k);
+                let many = StoredMatrix::matvec_many(&[&sm, &other], &x, m)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(many[0], sm.matmul_exact(&x, m).unwrap(), "{elem:?} many");
+                assert_eq!(many[1], other.matmul_exact(&x, m).unwrap(), "{elem:?} many");
+            }
         }
     }
 
     #[test]
-    fn tensor_products_match_the_slice_products() {
+    fn tensor_products_are_the_slice_products() {
         let cases = [
             (Elem::F16, 37, 96),
             (Elem::F16, 5477, 96),
@@ -1089,48 +1061,8 @@ mod tests {
                 assert_eq!(exact.dims(), &[1, m, n]);
                 let exact = exact.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(exact, sm.matmul_exact(&x, m).unwrap(), "{elem:?} m={m}");
-                let native = sm.forward_quantized(&xt).unwrap();
-                let native = native.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let want = sm.matmul_quantized(&x, m).unwrap();
-                if m < GEMM_ROWS || !sm.q8k_activations() {
-                    assert_eq!(native, want, "{elem:?} m={m} quantized");
-                    continue;
-                }
-                // the integer dot products against the f32 GEMM of the same quantized
-                // operands: f32 rounding of the terms only
-                let xq = quantize_q8k_rows(&x);
-                let mut deq = vec![0f32; n * k];
-                sm.dequantize_rows(0, &mut deq).unwrap();
-                for i in 0..m {
-                    for j in 0..n {
-                        let terms: f32 = (0..k)
-                            .map(|c| (xq[i * k + c] * deq[j * k + c]).abs())
-                            .sum();
-                        let d = (native[i * n + j] - want[i * n + j]).abs() / terms.max(1e-30);
-                        assert!(d <= 1e-6, "{elem:?} m={m} ({i},{j}): {d:e}");
-                    }
-                }
             }
         }
-    }
-
-    #[test]
-    fn q8k_rows_quantize_as_candle_does() {
-        let k = 512;
-        let mut x = noise(5, 3 * k);
-        x[k..k + 256].fill(0.0);
-        x[3] = -1.5;
-        let got = quantize_q8k_rows(&x);
-        let t = Tensor::from_slice(&x, (3, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, GgmlDType::Q8K).unwrap();
-        let want = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(got, want);
     }
 
     #[test]
