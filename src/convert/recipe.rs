@@ -256,6 +256,7 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
             | GgmlType::IQ1S
+            | GgmlType::IQ1M
     )
 }
 
@@ -1144,7 +1145,7 @@ mod tests {
         assert_eq!(r.choose("blk.3.attn_k.weight", w(2048)).ty, GgmlType::Q8_0);
         assert_eq!(r.choose("blk.3.attn_v.weight", w(2048)).ty, GgmlType::Q4K);
         assert!(parse_tensor_type("attn_q").is_err());
-        assert!(parse_tensor_type("attn_q=IQ1_M").is_err());
+        assert!(parse_tensor_type("attn_q=NVFP4").is_err());
         assert!(parse_tensor_type("(=q8_0").is_err());
     }
 

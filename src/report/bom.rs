@@ -1,5 +1,6 @@
 //! What the two BOM writers ([`super::cyclonedx`], [`super::spdx`]) say alike about a run:
-//! an artifact's architecture hyper-parameters, its parity metrics and thresholds, its
+//! an artifact's architecture hyper-parameters, what its quantization was calibrated on
+//! (calibration text, importance matrix, size-budget mix), its parity metrics and thresholds, its
 //! licences as one SPDX licence expression, the risk its scan and verify gates found, the
 //! limitation a consumer should know, and the time a step ran.
 //!
@@ -129,6 +130,36 @@ pub fn hyperparameter_entries(a: &Artifact) -> Vec<(&'static str, String)> {
         a.file_type.clone().unwrap_or_else(|| dominant_type(a)),
     ));
     out.push(("bits_per_weight", format!("{:.4}", a.bits_per_weight)));
+    out
+}
+
+/// What an artifact's quantization was calibrated on, as ordered key/value pairs: the
+/// calibration text and its sha256, the importance matrix and its sha256, its chunk size
+/// and chunks, then, for a size-budget mix, the budget and each kind of tensor's types.
+/// Empty for an artifact quantized without an importance matrix. Only digests, counts and
+/// type names: the same inputs give the same entries on every machine.
+pub fn calibration_entries(a: &Artifact) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(c) = &a.calibration {
+        if let Some(t) = &c.text {
+            out.push(("calibration_text".to_owned(), t.path.clone()));
+            out.push(("calibration_text_sha256".to_owned(), t.sha256.clone()));
+        }
+        out.push(("imatrix".to_owned(), c.imatrix.path.clone()));
+        out.push(("imatrix_sha256".to_owned(), c.imatrix.sha256.clone()));
+        out.push(("imatrix_entries".to_owned(), c.entries.to_string()));
+        out.push(("imatrix_ctx".to_owned(), c.ctx.to_string()));
+        out.push(("imatrix_chunks".to_owned(), c.chunks.to_string()));
+    }
+    if let Some(m) = &a.mix {
+        out.push(("mix_budget".to_owned(), m.budget.clone()));
+        for g in &m.groups {
+            out.push((
+                format!("mix:{}", g.group),
+                format!("{} ({:.4} bits/weight)", g.types_text(), g.bits_per_weight),
+            ));
+        }
+    }
     out
 }
 
