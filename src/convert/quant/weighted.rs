@@ -10,11 +10,14 @@
 //! `make_qkx3_quants` (asymmetric grid with least-squares refinement) and `make_qp_quants`
 //! (the super-block's scales and minimums, quantized against the summed group weights).
 //!
-//! Unlike the unweighted K-quant searches in `search`, these run group by group, as ggml
-//! does: an imatrix conversion is dominated by the 37-step `make_qkx3_quants` grid, and
-//! the plain loop keeps the transcription easy to check against ggml line by line. Levels
-//! are kept in the integer types ggml keeps them in (`u8` for `make_qkx3_quants` and
-//! `make_qp_quants`, which wrap exactly as ggml's `uint8_t` stores do).
+//! The K types run a super-block's 8 or 16 groups in lockstep through the searches of
+//! `search`, as the unweighted K-quants do: `make_qkx3_quants` is `make_qkx2_quants` with
+//! other constants, operation for operation, and `make_qx_quants` only takes its weights
+//! from the caller, so the same lockstep code serves both, and the 37-step grid that
+//! dominates an imatrix conversion vectorises over groups. The legacy types (one 32-value
+//! block per scale) and the super-block scale searches (`make_qp_quants`) stay group by
+//! group. Levels are kept in the integer types ggml keeps them in (`u8` for
+//! `make_qkx3_quants` and `make_qp_quants`, which wrap exactly as ggml's `uint8_t` stores do).
 
 use super::kquants::{groups_of_16, groups_of_32, QK_K};
 use super::search::{self, nearest_int, Qkx2, GROUP_MAX_EPS};
