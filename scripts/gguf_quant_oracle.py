@@ -15,9 +15,9 @@ test:
   value per column) the weighted `quantize_row_*_impl` paths. The lattice types (IQ1_*,
   IQ2_*, IQ3_*) first build ggml's search tables (`iq2xs_init_impl` / `iq3xs_init_impl`,
   what `ggml_quantize_init` calls). The file is taken from the
-  ggml copy inside the PyPI source package `ggml-python` (pip download, no install; its
-  quantizers are those of llama-cpp-python 0.3.36's vendored ggml, which adds only Q2_0),
-  compiled with the system C compiler into a small shared library in the cache folder, and
+  llama.cpp copy inside the PyPI source package `llama-cpp-python` 0.3.36 (pip download,
+  no install), the ggml that `llama-quantize` of that version runs (the older
+  `ggml-python` 0.0.45 copy searches IQ1_M's splits with other float sums), compiled with the system C compiler into a small shared library in the cache folder, and
   called through ctypes. Nothing of it enters the repository. MXFP4 calls
   `quantize_row_mxfp4_ref` directly: `quantize_mxfp4` is that function for every row and
   ignores importance.
@@ -50,8 +50,8 @@ import subprocess
 import sys
 import tempfile
 
-GGML_PYTHON = "ggml-python==0.0.45"
-GGML_SDIST = "ggml_python-0.0.45"
+GGML_PACKAGE = "llama-cpp-python==0.3.36"
+GGML_SDIST = "llama_cpp_python-0.3.36"
 
 
 def fail(msg: str) -> None:
@@ -77,8 +77,8 @@ def cache_dir() -> pathlib.Path:
     base = os.environ.get("MODELGATE_CACHE")
     root = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "modelgate"
     # -r2: the shim gained ggml_row_size, which the chunk entry points call; -r3: the
-    # lattice types' sizes.
-    return root / "ggml-ref-0.0.45-r3"
+    # lattice types' sizes; llama-cpp-python: the ggml of llama.cpp itself.
+    return root / "ggml-ref-llama-cpp-python-0.3.36-r1"
 
 
 # Stubs for the ggml functions that ggml-quants.c calls outside itself (error, logging and
@@ -138,14 +138,16 @@ def build_ggml() -> pathlib.Path:
         tmp = pathlib.Path(tmp)
         # This version is published as a source archive only, so pip fetches the sources.
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                            GGML_PYTHON, "-d", str(tmp)], capture_output=True, text=True)
+                            GGML_PACKAGE, "-d", str(tmp)], capture_output=True, text=True)
         if r.returncode != 0:
-            fail(f"pip download {GGML_PYTHON} failed: {r.stderr.strip()}")
+            fail(f"pip download {GGML_PACKAGE} failed: {r.stderr.strip()}")
         if not (tmp / f"{GGML_SDIST}.tar.gz").is_file():
-            fail(f"pip download {GGML_PYTHON} gave no source archive {GGML_SDIST}.tar.gz")
-        subprocess.run(["tar", "xzf", str(tmp / f"{GGML_SDIST}.tar.gz"), "-C", str(tmp)],
-                       check=True)
-        ggml = tmp / GGML_SDIST / "vendor" / "ggml"
+            fail(f"pip download {GGML_PACKAGE} gave no source archive {GGML_SDIST}.tar.gz")
+        # Only ggml's sources and headers: the archive holds all of llama.cpp.
+        ggml_dir = f"{GGML_SDIST}/vendor/llama.cpp/ggml"
+        subprocess.run(["tar", "xzf", str(tmp / f"{GGML_SDIST}.tar.gz"), "-C", str(tmp),
+                        f"{ggml_dir}/src", f"{ggml_dir}/include"], check=True)
+        ggml = tmp / ggml_dir
         (tmp / "shim.c").write_text(SHIM)
         cc = os.environ.get("CC", "cc")
         # No -march: ggml-base (where these functions live) is built for the baseline ISA,

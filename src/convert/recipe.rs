@@ -256,6 +256,7 @@ pub fn writable(t: GgmlType) -> bool {
             | GgmlType::IQ3XXS
             | GgmlType::IQ3S
             | GgmlType::IQ1S
+            | GgmlType::IQ1M
     )
 }
 
@@ -751,9 +752,17 @@ pub fn parse_tensor_type(spec: &str) -> Result<(Regex, GgmlType), String> {
 pub fn parse_ggml_type(name: &str) -> Result<GgmlType, String> {
     match GgmlType::from_name(name) {
         Some(t) if writable(t) => Ok(t),
-        _ => Err(format!(
-            "`{name}` is not a type modelgate writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)"
-        )),
+        _ => {
+            // Built from the table so the list never falls behind the quantizers.
+            let names: Vec<&str> = GgmlType::known()
+                .filter(|t| writable(*t))
+                .map(GgmlType::name)
+                .collect();
+            Err(format!(
+                "`{name}` is not a type modelgate writes ({})",
+                names.join(", ")
+            ))
+        }
     }
 }
 
@@ -1144,7 +1153,7 @@ mod tests {
         assert_eq!(r.choose("blk.3.attn_k.weight", w(2048)).ty, GgmlType::Q8_0);
         assert_eq!(r.choose("blk.3.attn_v.weight", w(2048)).ty, GgmlType::Q4K);
         assert!(parse_tensor_type("attn_q").is_err());
-        assert!(parse_tensor_type("attn_q=IQ1_M").is_err());
+        assert!(parse_tensor_type("attn_q=NVFP4").is_err());
         assert!(parse_tensor_type("(=q8_0").is_err());
     }
 

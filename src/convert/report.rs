@@ -34,6 +34,8 @@ impl Summary {
                 })
                 .collect(),
             hyperparameters: None,
+            calibration: None,
+            mix: None,
         }
     }
 }

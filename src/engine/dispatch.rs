@@ -9,30 +9,38 @@
 //! [`TILE_ROWS`] weight rows), runs it as one parallel loop, and each item calls
 //! [`tile_product`] here, which never starts threads of its own.
 //!
-//! Each item dequantizes its weight rows to f32 (the conversion [`StoredMatrix::matmul_exact`]
-//! uses) and takes dot products in f32 ([`dots`]). In native math the activations are first
-//! rounded as candle's quantized kernel rounds them before its integer dot products
-//! ([`Rounding`]: Q8_K for the K types, Q8_0 or Q8_1 for the 32-value types), so the product
-//! is the one the integer kernel computes, up to f32 rounding (the same argument as
-//! `qmatmul.rs`'s GEMM path). Every output element is one dot product whose summation order
-//! depends only on the width `k`, never on the tile, the batch or the thread count.
+//! In native math on Q4_K, Q5_K and Q6_K weights (the Q4_K_M mix) an item runs ggml's integer
+//! arithmetic (`kdot.rs`): the expert's activations are quantized once to Q8_K
+//! ([`Rounding::Integer`], [`prepare`]) and each weight row is multiplied in integers
+//! without becoming f32. Otherwise each item dequantizes its weight rows to f32 (the
+//! conversion [`StoredMatrix::matmul_exact`] uses) and takes dot products in f32 ([`dots`]);
+//! in native math the activations are first rounded as candle's quantized kernel rounds them
+//! before its integer dot products ([`Rounding::Blocks`]: Q8_0 or Q8_1 for the 32-value
+//! types, Q8_K for the other K types), so the product is the one the integer kernel
+//! computes, up to f32 rounding (the same argument as `qmatmul.rs`'s GEMM path). Every
+//! output element is one dot product whose summation order depends only on the width `k`,
+//! never on the tile, the batch or the thread count.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::CpuStorage;
 
+use super::kdot::{self, Kind, Unpacked, Q8K, QK_K};
 use super::stored::{Elem, StoredMatrix};
 
 /// Weight rows per work item: 32 rows of 1024 f32 values (128 KiB) stay in L2 beside the
 /// expert's activations, and a 768-row projection still splits into 24 items.
 pub(super) const TILE_ROWS: usize = 32;
 
-/// How activations are rounded before an f32 product.
+/// How the activations of a product are prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Rounding {
     /// Not at all: reference math, and native math on float or decoded types.
     Exact,
-    /// To the 8-bit blocks of this type and back, as candle's quantized kernel does.
+    /// To the 8-bit blocks of this type and back, as candle's quantized kernel does, for an
+    /// f32 product.
     Blocks(GgmlDType),
+    /// To Q8_K, for the integer kernel of `kdot.rs` (native math on Q4_K, Q5_K, Q6_K).
+    Integer(Kind),
 }
 
 impl Rounding {
@@ -43,6 +51,11 @@ impl Rounding {
         };
         if !quantized {
             return Rounding::Exact;
+        }
+        if let Some(kind) = Kind::of(t) {
+            if w.cols().is_multiple_of(QK_K) {
+                return Rounding::Integer(kind);
+            }
         }
         use GgmlDType as D;
         let dot = match t {
@@ -58,8 +71,45 @@ impl Rounding {
     }
 }
 
-/// Round each row of `x` (`k` values wide) in place as `r` says.
-pub(super) fn round_rows(x: &mut [f32], k: usize, r: Rounding) -> candle_core::Result<()> {
+/// Activation rows prepared for a product: f32 (rounded or not) or Q8_K.
+#[derive(Debug)]
+pub(super) enum Prepared {
+    Rows(Vec<f32>),
+    Q8K(Q8K),
+}
+
+/// The input rows of a product, as [`tile_product`] reads them.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Input<'a> {
+    Rows(&'a [f32]),
+    Q8K(&'a Q8K),
+}
+
+impl Prepared {
+    pub(super) fn input(&self) -> Input<'_> {
+        match self {
+            Prepared::Rows(x) => Input::Rows(x),
+            Prepared::Q8K(q) => Input::Q8K(q),
+        }
+    }
+}
+
+/// The rows of `x` (each `k` values) prepared as `r` says; `None` for [`Rounding::Exact`]
+/// (use `x` as it is).
+pub(super) fn prepare(x: &[f32], k: usize, r: Rounding) -> candle_core::Result<Option<Prepared>> {
+    Ok(match r {
+        Rounding::Exact => None,
+        Rounding::Integer(_) => Some(Prepared::Q8K(Q8K::quantize(x, k))),
+        Rounding::Blocks(_) => {
+            let mut x = x.to_vec();
+            round_rows(&mut x, k, r)?;
+            Some(Prepared::Rows(x))
+        }
+    })
+}
+
+/// Round each row of `x` (`k` values wide) in place as `r` says (f32 roundings only).
+fn round_rows(x: &mut [f32], k: usize, r: Rounding) -> candle_core::Result<()> {
     let Rounding::Blocks(t) = r else {
         return Ok(());
     };
@@ -74,21 +124,45 @@ pub(super) fn round_rows(x: &mut [f32], k: usize, r: Rounding) -> candle_core::R
     Ok(())
 }
 
+/// Per-thread buffers of [`tile_product`].
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    /// A dequantized tile (f32 products).
+    tile: Vec<f32>,
+    /// An unpacked weight row (integer products).
+    unpacked: Unpacked,
+}
+
 /// `out [rows, m] = W[j0..j0 + rows] x^T`: weight rows `j0..` of `w` against the `m` rows of
-/// `x [m, k]` (already rounded), stored weight row by weight row. `scratch` holds the
-/// dequantized tile between calls.
+/// `x [m, k]` (prepared for `w`), stored weight row by weight row.
 pub(super) fn tile_product(
     w: &StoredMatrix,
     j0: usize,
-    x: &[f32],
+    x: Input<'_>,
     m: usize,
-    scratch: &mut Vec<f32>,
+    scratch: &mut Scratch,
     out: &mut [f32],
 ) -> candle_core::Result<()> {
     let k = w.cols();
     let rows = out.len() / m.max(1);
-    scratch.resize(rows * k, 0.0);
-    let tile = &mut scratch[..rows * k];
+    let x = match x {
+        Input::Q8K(q) => {
+            let (Elem::Block(t), Some(src)) = (w.elem(), w.row_bytes(j0, rows)) else {
+                candle_core::bail!("integer product of a matrix without stored blocks");
+            };
+            let Some(kind) = Kind::of(t) else {
+                candle_core::bail!("no integer kernel for {t:?}");
+            };
+            if q.rows() != m || src.len() != rows * (k / QK_K) * kind.block_bytes() {
+                candle_core::bail!("integer product of mismatched sizes");
+            }
+            kdot::tile(kind, src, q, &mut scratch.unpacked, out);
+            return Ok(());
+        }
+        Input::Rows(x) => x,
+    };
+    scratch.tile.resize(rows * k, 0.0);
+    let tile = &mut scratch.tile[..rows * k];
     match (w.elem(), w.row_bytes(j0, rows)) {
         (Elem::Block(GgmlDType::Q4K), Some(src)) => dequantize_q4k(src, tile),
         (Elem::Block(GgmlDType::Q6K), Some(src)) => dequantize_q6k(src, tile),

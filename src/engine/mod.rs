@@ -16,6 +16,7 @@ pub mod chat;
 pub mod config;
 mod dispatch;
 pub mod generate;
+mod kdot;
 pub mod layered;
 mod mla;
 pub mod model;

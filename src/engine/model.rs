@@ -86,15 +86,62 @@ impl Linear {
             Linear::Quant(q) => q.forward(x)?,
             Linear::Block(b) => x.contiguous()?.apply_op1_no_bwd(b.as_ref())?,
             Linear::Stored { w, quantized } => {
-                let x = x.contiguous()?;
                 if *quantized {
-                    x.apply_op1_no_bwd(&w.quantized())?
+                    x.contiguous()?.apply_op1_no_bwd(&w.quantized())?
                 } else {
-                    x.apply_op1_no_bwd(&w.exact())?
+                    w.forward_exact(x)?
                 }
             }
         })
     }
+}
+
+/// `x` through several projections that read the same input (q/k/v, gate/up). For a few
+/// rows on the CPU (generation), when all of them are modelgate's block kernels or all
+/// exact stored products, the weight rows of all of them go through one parallel region
+/// instead of one each, the same values as [`Linear::forward`] per projection; otherwise
+/// each projection runs on its own.
+fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> {
+    let each = || ls.iter().map(|l| l.forward(x)).collect();
+    if !x.device().is_cpu() || x.rank() != 2 {
+        return each();
+    }
+    let (m, _) = x.dims2()?;
+    let blocks: Option<Vec<&BlockMatrix>> = ls
+        .iter()
+        .map(|l| match l {
+            Linear::Block(b) => Some(b.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let stored: Option<Vec<&StoredMatrix>> = ls
+        .iter()
+        .map(|l| match l {
+            Linear::Stored {
+                w,
+                quantized: false,
+            } => Some(w.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if blocks.is_none() && stored.is_none() {
+        return each();
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let outs = match (blocks, stored) {
+        (Some(b), _) => BlockMatrix::matmul_many(&b, &xs, m),
+        (_, Some(w)) => StoredMatrix::matvec_many(&w, &xs, m)?,
+        _ => None,
+    };
+    let Some(outs) = outs else {
+        return each();
+    };
+    outs.into_iter()
+        .map(|o| {
+            let n = o.len() / m.max(1);
+            Ok(Tensor::from_vec(o, (m, n), x.device())?)
+        })
+        .collect()
 }
 
 /// The token embedding table `[vocab, hidden]`.
@@ -1040,8 +1087,10 @@ fn layer_step_with(
                 let phi3 = cfg.architecture == Architecture::Phi3;
                 t.dense(if phi3 { fused } else { &["ffn_gate", "ffn_up"] }, &h)?;
             }
-            let g = gate.forward(&h)?;
-            let u = up.forward(&h)?;
+            let mut gu = forward_many(&[gate, up], &h)?.into_iter();
+            let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+                return Err(EngineError::MissingTensor("gate/up projections".into()));
+            };
             let gu = match cfg.activation {
                 Activation::Silu if g.device().is_cpu() => g.apply_op2_no_bwd(&u, &ops::SiluMul)?,
                 Activation::Silu => (g.silu()? * u)?,
@@ -1243,10 +1292,14 @@ fn project_qkv(layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor), En
     let Some((q_proj, k_proj, v_proj)) = &layer.qkv else {
         return Err(EngineError::MissingTensor("q/k/v projections".into()));
     };
+    let mut qkv = forward_many(&[q_proj, k_proj, v_proj], x)?.into_iter();
+    let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+        return Err(EngineError::MissingTensor("q/k/v projections".into()));
+    };
     Ok((
-        with_bias(q_proj.forward(x)?, layer.q_bias.as_ref())?,
-        with_bias(k_proj.forward(x)?, layer.k_bias.as_ref())?,
-        with_bias(v_proj.forward(x)?, layer.v_bias.as_ref())?,
+        with_bias(q, layer.q_bias.as_ref())?,
+        with_bias(k, layer.k_bias.as_ref())?,
+        with_bias(v, layer.v_bias.as_ref())?,
     ))
 }
 

@@ -14,7 +14,8 @@
 //! expert multiplies all of its tokens in one product, so an expert's weights are read
 //! once per forward call whatever the batch. Weights stay in their stored type
 //! ([`StoredMatrix`], mostly ranges of the checkpoint's map); products are exact f32 in
-//! reference math and candle's quantized kernels for block types in native math. Expert
+//! reference math; native math multiplies K-type experts with ggml's integer Q8_K
+//! arithmetic (`kdot.rs`) and other block types through candle's quantized kernels. Expert
 //! layouts read: one tensor per expert (Mixtral `w1/w2/w3`, Qwen and DeepSeek
 //! `experts.E.{gate,up,down}_proj`), transformers 5's stacked `gate_up_proj` / `down_proj`,
 //! gpt-oss's transposed, interleaved `gate_up_proj` with biases, and llama.cpp's 3-d
@@ -25,7 +26,7 @@ use rayon::prelude::*;
 
 use super::capture::LayerTap;
 use super::config::{Architecture, Gating, ModelConfig, MoeConfig, SwigluClamp};
-use super::dispatch::{self, Rounding, TILE_ROWS};
+use super::dispatch::{self, Input, Prepared, Rounding, TILE_ROWS};
 use super::model::{Loader, Math};
 use super::stored::{Elem, StoredMatrix};
 use super::weights::{Naming, RawTensor};
@@ -348,10 +349,14 @@ impl MoeFfn {
             }
         };
         let mut ys: Vec<Vec<f32>> = batches.iter().map(|b| vec![0f32; h * b.m]).collect();
-        // native math on few rows (token-by-token generation): candle's integer kernel per
-        // expert reads the blocks once, where dispatch would dequantize them for one row
+        // native math on few rows (token-by-token generation) of a type without an integer
+        // kernel here: candle's integer kernel per expert reads the blocks once, where
+        // dispatch would dequantize them for one row
         let per_expert = |b: &Batch<'_>| {
-            self.quantized && b.m < DISPATCH_MIN_ROWS && matches!(b.ffn.gate.elem(), Elem::Block(_))
+            self.quantized
+                && b.m < DISPATCH_MIN_ROWS
+                && matches!(b.ffn.gate.elem(), Elem::Block(_))
+                && !matches!(Rounding::of(&b.ffn.gate, true), Rounding::Integer(_))
         };
         for (b, y) in batches.iter().zip(ys.iter_mut()) {
             if per_expert(b) {
@@ -364,15 +369,9 @@ impl MoeFfn {
                 }
             }
         }
-        // the inputs of gate and up, rounded as native math rounds them
-        let round = |w: &StoredMatrix, x: &[f32]| -> candle_core::Result<Option<Vec<f32>>> {
-            let r = Rounding::of(w, self.quantized);
-            if r == Rounding::Exact {
-                return Ok(None);
-            }
-            let mut x = x.to_vec();
-            dispatch::round_rows(&mut x, w.cols(), r)?;
-            Ok(Some(x))
+        // the inputs of gate and up, rounded or quantized as native math does
+        let round = |w: &StoredMatrix, x: &[f32]| {
+            dispatch::prepare(x, w.cols(), Rounding::of(w, self.quantized))
         };
         for b in batches.iter().filter(|b| !per_expert(b)) {
             seen(b, &["ffn_gate_exps", "ffn_up_exps"], &b.x)?;
@@ -414,12 +413,12 @@ impl MoeFfn {
             }
         }
         items.into_par_iter().try_for_each_init(
-            || (Vec::new(), Vec::new()),
+            || (dispatch::Scratch::default(), Vec::new()),
             |(scratch, up), (bi, j0, act)| -> candle_core::Result<()> {
                 let b = &batches[bi];
                 let (xg, xu) = &inputs[bi];
-                let xg = xg.as_deref().unwrap_or(&b.x);
-                let xu = xu.as_deref().unwrap_or(xg);
+                let xg = xg.as_ref().map_or(Input::Rows(&b.x), Prepared::input);
+                let xu = xu.as_ref().map_or(xg, Prepared::input);
                 dispatch::tile_product(&b.ffn.gate, j0, xg, b.m, scratch, act)?;
                 up.resize(act.len(), 0.0);
                 dispatch::tile_product(&b.ffn.up, j0, xu, b.m, scratch, up)?;
@@ -432,7 +431,7 @@ impl MoeFfn {
             },
         )?;
         // down: the activations token by token, rounded for down's type
-        let mut downs: Vec<Vec<f32>> = batches
+        let downs: Vec<Vec<f32>> = batches
             .par_iter()
             .zip(acts.par_iter())
             .map(|(b, act)| {
@@ -454,16 +453,14 @@ impl MoeFfn {
                 seen(b, &["ffn_down_exps"], x)?;
             }
         }
-        downs
-            .par_iter_mut()
+        let downs: Vec<Prepared> = downs
+            .into_par_iter()
             .zip(batches.par_iter())
-            .try_for_each(|(x, b)| {
-                dispatch::round_rows(
-                    x,
-                    b.ffn.down.cols(),
-                    Rounding::of(&b.ffn.down, self.quantized),
-                )
-            })?;
+            .map(|(x, b)| {
+                let r = Rounding::of(&b.ffn.down, self.quantized);
+                Ok(dispatch::prepare(&x, b.ffn.down.cols(), r)?.unwrap_or(Prepared::Rows(x)))
+            })
+            .collect::<candle_core::Result<_>>()?;
         let mut items = Vec::new();
         for (bi, (b, y)) in batches.iter().zip(ys.iter_mut()).enumerate() {
             if b.m > 0 && !per_expert(b) {
@@ -473,10 +470,10 @@ impl MoeFfn {
             }
         }
         items.into_par_iter().try_for_each_init(
-            Vec::new,
+            dispatch::Scratch::default,
             |scratch, (bi, j0, y)| -> candle_core::Result<()> {
                 let b = &batches[bi];
-                dispatch::tile_product(&b.ffn.down, j0, &downs[bi], b.m, scratch, y)?;
+                dispatch::tile_product(&b.ffn.down, j0, downs[bi].input(), b.m, scratch, y)?;
                 if let Some([_, _, bd]) = &b.ffn.bias {
                     add_row_bias(y, &bd[j0..], b.m);
                 }
@@ -1071,10 +1068,20 @@ mod tests {
                 false,
                 2e-5,
             ),
-            // native math: the same rounding of the activations as candle's integer kernel,
-            // summed in f32 instead of integers
+            // native math: the integer kernel on the activations quantized as candle's
+            // integer kernel quantizes them (K types), or that rounding summed in f32 (Q8_0)
             (
                 Elem::Block(candle_core::quantized::GgmlDType::Q4K),
+                true,
+                1e-4,
+            ),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q5K),
+                true,
+                1e-4,
+            ),
+            (
+                Elem::Block(candle_core::quantized::GgmlDType::Q6K),
                 true,
                 1e-4,
             ),

@@ -156,7 +156,30 @@ impl BlockMatrix {
         self.k
     }
 
+    /// Rows `r0..r0 + out.len() / k` dequantized, compiled for AVX2 where the CPU has it
+    /// (the same `d * q + o`, a multiply then an add, so the same bits as
+    /// [`BlockMatrix::dequantize_row`]): the GEMM path dequantizes every weight once per
+    /// product, and the portable loop is several times slower.
+    fn dequantize_rows_simd(&self, r0: usize, out: &mut [f32]) {
+        #[inline(always)]
+        fn run(b: &BlockMatrix, r0: usize, out: &mut [f32]) {
+            for (i, row) in out.chunks_exact_mut(b.k).enumerate() {
+                b.dequantize_row(r0 + i, row);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            simd.vectorize(
+                #[inline(always)]
+                || run(self, r0, out),
+            );
+            return;
+        }
+        run(self, r0, out);
+    }
+
     /// Row `r` dequantized (for embedding lookups).
+    #[inline(always)]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.k / QK;
         let qb = self.quants_kind.block_bytes();
@@ -218,17 +241,28 @@ impl BlockMatrix {
                 }
             });
         let x = candle_core::Tensor::from_vec(xd, (m, k), &cpu)?;
-        let mut out = vec![0f32; m * n];
+        let tile = (GEMM_TILE_BYTES / 4 / k).max(16);
+        let mut out = if tile >= n {
+            Vec::new()
+        } else {
+            vec![0f32; m * n]
+        };
         let mut j0 = 0;
         while j0 < n {
-            let rows = (GEMM_TILE_BYTES / 4 / k).max(16).min(n - j0);
+            let rows = tile.min(n - j0);
             let mut w = vec![0f32; rows * k];
-            w.par_chunks_mut(k)
+            let per_task = rows
+                .div_ceil(rayon::current_num_threads().max(1) * 4)
+                .max(1);
+            w.par_chunks_mut(per_task * k)
                 .enumerate()
-                .with_min_len(16)
-                .for_each(|(r, dst)| self.dequantize_row(j0 + r, dst));
+                .for_each(|(c, dst)| self.dequantize_rows_simd(j0 + c * per_task, dst));
             let w = candle_core::Tensor::from_vec(w, (rows, k), &cpu)?;
             let y = x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            if rows == n {
+                // one tile: the product is the output
+                return Ok(y);
+            }
             for (dst, src) in out.chunks_exact_mut(n).zip(y.chunks_exact(rows)) {
                 dst[j0..j0 + rows].copy_from_slice(src);
             }
@@ -279,13 +313,41 @@ impl BlockMatrix {
         if m == 1 {
             return out_t;
         }
-        let mut out = vec![0f32; m * n];
-        for (j, col) in out_t.chunks_exact(m).enumerate() {
-            for (i, v) in col.iter().enumerate() {
-                out[i * n + j] = *v;
+        transpose(&out_t, n, m)
+    }
+
+    /// `x [m, k]` times several matrices of width `k` (`x W_i^T`, row-major `[m, n_i]`
+    /// each) for a few rows (`m` below [`GEMM_ROWS`]): the activations are quantized once
+    /// and the weight rows of all matrices are split over the threads in one parallel
+    /// region, rather than one region per matrix (generation runs q/k/v and gate/up this
+    /// way). Each value depends only on its two rows, so it is the same bits as
+    /// [`BlockMatrix::matmul`] gives; `None` when the widths differ or `m` is larger.
+    pub fn matmul_many(mats: &[&BlockMatrix], x: &[f32], m: usize) -> Option<Vec<Vec<f32>>> {
+        let k = mats.first()?.k;
+        if m == 0 || m >= GEMM_ROWS || x.len() != m * k || mats.iter().any(|b| b.k != k) {
+            return None;
+        }
+        let acts = Acts::quantize(x, m, k);
+        let threads = rayon::current_num_threads().max(1);
+        let total: usize = mats.iter().map(|b| b.n).sum();
+        let chunk = total.div_ceil(threads * 4).max(16);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|b| vec![0f32; b.n * m]).collect();
+        let mut items = Vec::new();
+        for (b, out) in mats.iter().zip(outs.iter_mut()) {
+            for (c, dst) in out.chunks_mut(chunk * m).enumerate() {
+                items.push((*b, c * chunk, dst));
             }
         }
-        out
+        items.into_par_iter().for_each(|(b, j0, dst)| {
+            let rows = dst.len() / m;
+            b.rows_into(&acts, j0..j0 + rows, dst);
+        });
+        if m > 1 {
+            for (b, out) in mats.iter().zip(outs.iter_mut()) {
+                *out = transpose(out, b.n, m);
+            }
+        }
+        Some(outs)
     }
 
     /// Fill `dst` (weight rows `j0..`, each `m` activation rows, column-major) with dots.
@@ -328,6 +390,17 @@ impl BlockMatrix {
             quants: &self.quants[j * nb * qb..(j + 1) * nb * qb],
         }
     }
+}
+
+/// `[n, m]` (column-major products) as `[m, n]`.
+fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for (j, col) in t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -687,6 +760,9 @@ mod tests {
             for (a, b) in deq.iter().zip(&candle) {
                 assert!((a - b).abs() < 1e-6, "{t}: {a} vs {b}");
             }
+            let mut simd = vec![0f32; n * k];
+            bm.dequantize_rows_simd(0, &mut simd);
+            assert_eq!(simd, deq, "{t}: vectorized dequantization");
             for m in [1usize, 3, 21] {
                 let x = noise(2 + m as u64, m * k);
                 let got = bm.matmul(&x, m).unwrap();
@@ -730,6 +806,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn many_matrices_in_one_region_are_the_same_bits() {
+        let k = 96;
+        let mats: Vec<BlockMatrix> = [
+            (GgmlType::Q4_1, 29),
+            (GgmlType::Q8_0, 7),
+            (GgmlType::Q5_0, 40),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, n))| {
+            BlockMatrix::from_ggml(t, n, k, &quantize(t, &noise(20 + i as u64, n * k))).unwrap()
+        })
+        .collect();
+        let refs: Vec<&BlockMatrix> = mats.iter().collect();
+        for m in [1usize, 3] {
+            let x = noise(30 + m as u64, m * k);
+            let many = BlockMatrix::matmul_many(&refs, &x, m).unwrap();
+            for (b, got) in mats.iter().zip(&many) {
+                assert_eq!(got, &b.matmul(&x, m).unwrap());
+            }
+        }
+        assert!(BlockMatrix::matmul_many(&refs, &noise(1, 16 * k), 16).is_none());
     }
 
     #[test]

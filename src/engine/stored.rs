@@ -418,6 +418,49 @@ impl StoredMatrix {
         Ok(out)
     }
 
+    /// The exact product of `x [m, k]` with several matrices of width `k` for a few rows
+    /// (`m` below `MATVEC_ROWS`), in one parallel region over the weight rows of all of
+    /// them ([`StoredMatrix::exact_rows_into`]; the same bits as
+    /// [`StoredMatrix::matmul_exact`]). `None` when the widths differ or `m` is larger.
+    pub fn matvec_many(
+        mats: &[&StoredMatrix],
+        x: &[f32],
+        m: usize,
+    ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+        let Some(k) = mats.first().map(|w| w.k) else {
+            return Ok(None);
+        };
+        if m == 0 || m >= MATVEC_ROWS || x.len() != m * k || mats.iter().any(|w| w.k != k) {
+            return Ok(None);
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let total: usize = mats.iter().map(|w| w.n).sum();
+        let chunk = total.div_ceil(threads * 4).max(16);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; w.n * m]).collect();
+        let mut items = Vec::new();
+        for (w, out) in mats.iter().zip(outs.iter_mut()) {
+            for (c, dst) in out.chunks_mut(chunk * m).enumerate() {
+                items.push((*w, c * chunk, dst));
+            }
+        }
+        items.into_par_iter().try_for_each(|(w, j0, dst)| {
+            let rows = dst.len() / m;
+            w.exact_rows_into(x, m, j0..j0 + rows, dst)
+        })?;
+        if m > 1 {
+            for (w, out) in mats.iter().zip(outs.iter_mut()) {
+                let mut t = vec![0f32; m * w.n];
+                for (j, col) in out.chunks_exact(m).enumerate() {
+                    for (i, v) in col.iter().enumerate() {
+                        t[i * w.n + j] = *v;
+                    }
+                }
+                *out = t;
+            }
+        }
+        Ok(Some(outs))
+    }
+
     /// Rows per tile, and the granularity of the parallel dequantization.
     fn tile_rows(&self) -> usize {
         (TILE_BYTES / 4 / self.k).max(16).min(self.n.max(1))
@@ -468,6 +511,46 @@ impl StoredMatrix {
             j0 += rows;
         }
         Ok(out)
+    }
+
+    /// `x W^T` for `x [.., k]` as a tensor, computed as [`StoredMatrix::matmul_exact`]
+    /// computes it, bit for bit. From `MATVEC_ROWS` rows on, each tile's product stays the
+    /// tensor candle's matmul returns (one tile: the result; several: concatenated), so
+    /// the activations and outputs are not copied in and out of a custom op.
+    pub fn forward_exact(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        let dims = x.dims();
+        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        if !x.device().is_cpu() || m < MATVEC_ROWS {
+            return x.apply_op1_no_bwd(&self.exact());
+        }
+        let x2 = x.reshape((m, self.k))?;
+        let y = self.tiles_product(&x2)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.n;
+        }
+        y.reshape(shape)
+    }
+
+    /// `x [m, k] W^T` as candle tensors, one dequantized tile at a time.
+    fn tiles_product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, k) = (self.n, self.k);
+        let tile = self.tile_rows();
+        let mut parts = Vec::with_capacity(n.div_ceil(tile));
+        let mut j0 = 0;
+        while j0 < n {
+            let rows = tile.min(n - j0);
+            let w = Tensor::from_vec(self.dequantize_tile(j0, rows)?, (rows, k), x.device())?;
+            parts.push(x.matmul(&w.t()?)?);
+            j0 += rows;
+        }
+        if parts.len() == 1 {
+            return parts
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("no tiles".into()));
+        }
+        Tensor::cat(&parts, 1)
     }
 
     /// `x [m, k] -> x W^T [m, n]` through candle's quantized kernel, one tile of rows at a
@@ -944,6 +1027,41 @@ mod tests {
                 }
             }
             assert!(sm.exact_rows_into(&[0.0; 3], 1, 0..1, &mut [0.0]).is_err());
+            // with a second matrix of the same width in one region: the same bits
+            let (bytes2, _, _) = encode(elem, &noise(case as u64 + 90, 7 * k), 7, k);
+            let other = StoredMatrix::new(elem, 7, k, &bytes2, None).unwrap();
+            for m in [1usize, 3] {
+                let x = noise(400 + m as u64, m * k);
+                let many = StoredMatrix::matvec_many(&[&sm, &other], &x, m)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(many[0], sm.matmul_exact(&x, m).unwrap(), "{elem:?} many");
+                assert_eq!(many[1], other.matmul_exact(&x, m).unwrap(), "{elem:?} many");
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_products_are_the_slice_products() {
+        let cases = [
+            (Elem::F16, 37, 96),
+            (Elem::F16, 5477, 96),
+            (Elem::Block(GgmlDType::Q4K), 29, 512),
+            (Elem::Block(GgmlDType::Q6K), 2049, 256),
+            (Elem::Block(GgmlDType::Q8_0), 53, 160),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 70, n * k);
+            let (bytes, _, _) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            for m in [1usize, 9, 16, 40] {
+                let x = noise(300 + m as u64, m * k);
+                let xt = Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap();
+                let exact = sm.forward_exact(&xt).unwrap();
+                assert_eq!(exact.dims(), &[1, m, n]);
+                let exact = exact.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(exact, sm.matmul_exact(&x, m).unwrap(), "{elem:?} m={m}");
+            }
         }
     }
 

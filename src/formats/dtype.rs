@@ -120,6 +120,11 @@ impl GgmlType {
         self.row().map(|r| r.2).unwrap_or("unknown")
     }
 
+    /// Every type ggml defines today, in id order.
+    pub fn known() -> impl Iterator<Item = GgmlType> {
+        GGML_TABLE.iter().map(|row| row.0)
+    }
+
     /// Parse a ggml type name as llama.cpp prints it (case-insensitive).
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GGML_TABLE

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::convert::ConvertError;
 use crate::digest::DigestError;
+use crate::engine::EngineError;
 use crate::formats::FormatError;
 use crate::hub::HubError;
 use crate::parity::ParityError;
@@ -107,6 +108,8 @@ pub enum StageError {
     Digest(#[from] DigestError),
     #[error(transparent)]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl StageError {
@@ -120,6 +123,7 @@ impl StageError {
             StageError::Parity(e) => e.hint().map(str::to_owned),
             StageError::Digest(e) => e.hint().map(str::to_owned),
             StageError::Hub(e) => e.hint(),
+            StageError::Engine(e) => e.hint().map(str::to_owned),
             StageError::Scan(e) => Some(e.hint().to_owned()),
         }
     }

@@ -103,6 +103,78 @@ pub struct Target {
     pub format: TargetFormat,
     #[serde(default)]
     pub options: TargetOptions,
+    /// The importance matrix the quantizers weight their errors by: computed by the engine
+    /// from a calibration text (once per pipeline for every target asking for the same
+    /// text, `ctx` and `chunks`), or an existing imatrix file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<ImatrixSpec>,
+    /// Choose each tensor's type to minimise the predicted KLD at this many bits per weight
+    /// (`convert --target-bpw`); the sensitivity pass runs on `imatrix.text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bpw: Option<f64>,
+    /// Like `target_bpw`, with the whole file at most this size (`convert --max-size`):
+    /// bytes, or a size such as `800M`, `4.5G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<Size>,
+    /// With `target_bpw` or `max_size`: layers probed per kind of layer tensor (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<usize>,
+}
+
+/// `imatrix:` of a target: `{text: PATH, ctx: N, chunks: N}` or `{file: PATH}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImatrixSpec {
+    /// A calibration text (UTF-8), relative to the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk (default 512, as `modelgate imatrix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<usize>,
+    /// At most this many chunks (default: all the text holds; a budget mix's sensitivity
+    /// pass takes at most 4 unless this is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<usize>,
+    /// An existing imatrix file (llama.cpp's GGUF or legacy `.dat`, or `modelgate
+    /// imatrix`'s), relative to the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// Chunk size of a computed imatrix when the pipeline file gives none.
+pub const DEFAULT_IMATRIX_CTX: usize = 512;
+
+impl ImatrixSpec {
+    /// Tokens per chunk.
+    pub fn ctx(&self) -> usize {
+        self.ctx.unwrap_or(DEFAULT_IMATRIX_CTX)
+    }
+}
+
+/// A size: a number of bytes, or text such as `800M` (`convert --max-size`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    /// The size in bytes; `Err` says what is wrong.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(0) => Err("a size of 0 bytes".into()),
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => crate::convert::budget::parse_size(s).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl Target {
+    /// Whether the target is a size-budget mix.
+    pub fn is_budget(&self) -> bool {
+        self.target_bpw.is_some() || self.max_size.is_some()
+    }
 }
 
 /// The recipe options of `modelgate convert`, by the same names.
@@ -349,6 +421,132 @@ fn invalid(path: &Path, message: String) -> PipelineError {
     }
 }
 
+/// The path of a target's artifact, relative to the output folder: `NAME.gguf`, or the
+/// directory `NAME` of a safetensors target.
+pub fn artifact_rel(t: &Target) -> String {
+    match t.format {
+        TargetFormat::Gguf => format!("{}.gguf", t.name),
+        TargetFormat::Safetensors => t.name.clone(),
+    }
+}
+
+/// Targets that share one computed importance matrix: the same calibration text (as the
+/// pipeline file names it, normalized), `ctx` and `chunks`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImatrixGroup {
+    pub text: PathBuf,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    /// Indices into the targets, in file order.
+    pub targets: Vec<usize>,
+}
+
+impl ImatrixGroup {
+    /// Where the matrix is written, relative to the output folder: named after the first
+    /// target that uses it.
+    pub fn file_name(&self, targets: &[Target]) -> String {
+        format!("{}.imatrix.gguf", targets[self.targets[0]].name)
+    }
+}
+
+/// The importance matrices to compute, in the order of the first target using each.
+pub fn imatrix_groups(targets: &[Target]) -> Vec<ImatrixGroup> {
+    let mut groups: Vec<ImatrixGroup> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let Some(spec) = &t.imatrix else { continue };
+        let Some(text) = &spec.text else { continue };
+        let text = normalize(text);
+        let (ctx, chunks) = (spec.ctx(), spec.chunks);
+        match groups
+            .iter_mut()
+            .find(|g| g.text == text && g.ctx == ctx && g.chunks == chunks)
+        {
+            Some(g) => g.targets.push(i),
+            None => groups.push(ImatrixGroup {
+                text,
+                ctx,
+                chunks,
+                targets: vec![i],
+            }),
+        }
+    }
+    groups
+}
+
+/// What a target's `imatrix`, `target_bpw`, `max_size` and `probes` say together, and
+/// whether its type needs an importance matrix it does not have.
+fn check_calibration(t: &Target) -> Result<(), String> {
+    if let Some(m) = &t.imatrix {
+        match (&m.text, &m.file) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "`imatrix` takes `text` (compute one) or `file` (use one), not both".into(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "`imatrix` needs `text: CALIBRATION.txt` or `file: IMATRIX.gguf`".into(),
+                )
+            }
+            (None, Some(_)) if m.ctx.is_some() || m.chunks.is_some() => {
+                return Err(
+                    "`imatrix.ctx` and `imatrix.chunks` apply to `imatrix.text`, not to a `file`"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if m.ctx == Some(0) || m.chunks == Some(0) {
+            return Err("`imatrix.ctx` and `imatrix.chunks` must be at least 1".into());
+        }
+    }
+    if let Some(b) = t.target_bpw {
+        if !b.is_finite() || b <= 0.0 {
+            return Err(format!(
+                "`target_bpw: {b}` is not a number of bits per weight above 0"
+            ));
+        }
+    }
+    if let Some(s) = &t.max_size {
+        s.bytes().map_err(|e| format!("`max_size`: {e}"))?;
+    }
+    if t.probes.is_some() && !t.is_budget() {
+        return Err("`probes` applies to a `target_bpw` or `max_size` target".into());
+    }
+    if t.probes == Some(0) {
+        return Err("`probes` must be at least 1".into());
+    }
+    if t.is_budget() {
+        if t.target_bpw.is_some() && t.max_size.is_some() {
+            return Err("give `target_bpw` or `max_size`, not both".into());
+        }
+        if let Some(ty) = &t.ty {
+            return Err(format!(
+                "a `target_bpw` or `max_size` target chooses each tensor's type itself: drop `type: {ty}`"
+            ));
+        }
+        if t.format != TargetFormat::Gguf {
+            return Err(
+                "a `target_bpw` or `max_size` target is written as GGUF: say `format: gguf`".into(),
+            );
+        }
+        if t.imatrix.as_ref().and_then(|m| m.text.as_ref()).is_none() {
+            return Err("`target_bpw` and `max_size` measure each tensor's sensitivity on a calibration text: add `imatrix: { text: CALIBRATION.txt }`".into());
+        }
+    }
+    if t.imatrix.is_none() {
+        let ft = t.ty.as_deref().and_then(crate::convert::FileType::parse);
+        if let Some(ft) = ft.filter(|f| {
+            crate::convert::recipe::requires_imatrix("blk.0.ffn_up.weight", f.default_type())
+        }) {
+            return Err(format!(
+                "{ft} needs an importance matrix: add `imatrix: {{ text: CALIBRATION.txt }}` (computed by modelgate) or `imatrix: {{ file: IMATRIX.gguf }}`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parse pipeline text; `path` names the file in errors. Checks what the schema cannot:
 /// target names unique and file-safe, step references to existing targets.
 pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
@@ -397,6 +595,19 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, PipelineError> {
             return Err(invalid(
                 path,
                 format!("target name `{}` is used twice", t.name),
+            ));
+        }
+        check_calibration(t).map_err(|m| invalid(path, format!("target `{}`: {m}", t.name)))?;
+    }
+    for g in imatrix_groups(targets) {
+        let file = g.file_name(targets);
+        if let Some(t) = targets.iter().find(|t| artifact_rel(t) == file) {
+            return Err(invalid(
+                path,
+                format!(
+                    "target name `{}` clashes with `{file}`, the importance matrix of target `{}`",
+                    t.name, targets[g.targets[0]].name
+                ),
             ));
         }
     }
@@ -586,6 +797,64 @@ steps:
         assert!(e.contains("apply to `method: sigstore`"), "{e}");
         let e = err(&GOOD.replace("sign: { key: k.pem,", "sign: { method: pgp, key: k.pem,"));
         assert!(e.contains("unknown variant `pgp`"), "{e}");
+    }
+
+    #[test]
+    fn targets_with_the_same_calibration_share_one_imatrix() {
+        let yaml = "\
+model: m
+steps:
+  convert:
+    targets:
+      - { name: a, type: IQ4_XS, format: gguf, imatrix: { text: c.txt, ctx: 64 } }
+      - { name: b, type: IQ2_XS, format: gguf, imatrix: { text: ./c.txt, ctx: 64 } }
+      - { name: c, type: Q4_K_M, format: gguf, imatrix: { text: c.txt, ctx: 128 } }
+      - { name: d, type: Q4_K_M, format: gguf, imatrix: { file: m.gguf } }
+      - { name: e, format: gguf, max_size: 800M, imatrix: { text: c.txt, ctx: 64 } }
+";
+        let f = parse(Path::new("p.yaml"), yaml).unwrap();
+        let targets = f.steps.convert.unwrap().targets;
+        let g = imatrix_groups(&targets);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].targets, vec![0, 1, 4]);
+        assert_eq!(g[0].file_name(&targets), "a.imatrix.gguf");
+        assert_eq!(g[1].targets, vec![2]);
+        assert_eq!(
+            targets[4].max_size.as_ref().unwrap().bytes(),
+            Ok(800_000_000)
+        );
+        // A target whose artifact would overwrite a matrix is refused.
+        let clash = yaml.replace("name: d,", "name: a.imatrix,");
+        let e = err(&clash);
+        assert!(e.contains("clashes with `a.imatrix.gguf`"), "{e}");
+    }
+
+    #[test]
+    fn calibration_settings_are_checked_per_target() {
+        let t = |target: &str| {
+            err(&format!(
+                "model: m\nsteps:\n  convert:\n    targets:\n      - {target}\n"
+            ))
+        };
+        let e = t("{ name: x, type: IQ2_XXS, format: gguf }");
+        assert!(
+            e.contains("target `x`: IQ2_XXS needs an importance matrix"),
+            "{e}"
+        );
+        let e = t("{ name: x, format: gguf, target_bpw: .nan, imatrix: { text: c } }");
+        assert!(e.contains("is not a number of bits per weight"), "{e}");
+        let e = t("{ name: x, format: safetensors, target_bpw: 5, imatrix: { text: c } }");
+        assert!(e.contains("say `format: gguf`"), "{e}");
+        let e = t("{ name: x, format: gguf, target_bpw: 5, max_size: 1G, imatrix: { text: c } }");
+        assert!(e.contains("not both"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, probes: 2 }");
+        assert!(e.contains("`probes` applies"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: { file: f, ctx: 5 } }");
+        assert!(e.contains("apply to `imatrix.text`"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: { text: c, chunks: 0 } }");
+        assert!(e.contains("at least 1"), "{e}");
+        let e = t("{ name: x, type: Q4_0, format: gguf, imatrix: {} }");
+        assert!(e.contains("needs `text"), "{e}");
     }
 
     #[test]

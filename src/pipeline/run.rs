@@ -173,7 +173,7 @@ fn record(
 }
 
 /// Run a pipeline and write its reports into the output folder. The steps run in this
-/// order: import, scan, convert, verify, policy, parity, sign.
+/// order: import, scan, imatrix, convert, verify, policy, parity, sign.
 pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport, PipelineError> {
     let started = Instant::now();
     let out = opts.out.clone().unwrap_or_else(|| p.out.clone());
@@ -183,11 +183,13 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     })?;
     let steps = &p.file.steps;
     let plan = Plan::of(p);
+    // Calibration texts and imatrix files are found before anything runs.
+    let imatrices = steps::imatrix::plan(p, &plan.targets)?;
     let r = Runner {
         out: out.clone(),
         force: opts.force,
         ev,
-        total: plan.total(p),
+        total: plan.total(p) + imatrices.jobs.len(),
         index: Cell::new(0),
     };
     // An `hf://` source is fetched first; the steps then read its local copy, and the
@@ -211,6 +213,14 @@ pub fn run(p: &Pipeline, opts: &RunOptions, ev: &dyn Events) -> Result<RunReport
     if let Some(s) = &steps.scan {
         records.push(r.step(steps::scan::key(&cx), || steps::scan::run(s, &cx))?);
     }
+    for job in &imatrices.jobs {
+        let rec = r.step(steps::imatrix::key(job, &cx), || {
+            steps::imatrix::run(job, &cx)
+        })?;
+        cx.calibrations.extend(job.for_targets(&rec, &cx));
+        records.push(rec);
+    }
+    cx.calibrations.extend(imatrices.files);
     if let Some(cs) = &steps.convert {
         for t in &plan.targets {
             let rec = r.step(steps::convert::key(t, &cx)?, || {

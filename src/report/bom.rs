@@ -1,5 +1,6 @@
 //! What the two BOM writers ([`super::cyclonedx`], [`super::spdx`]) say alike about a run:
-//! an artifact's architecture hyper-parameters, its parity metrics and thresholds, its
+//! an artifact's architecture hyper-parameters, what its quantization was calibrated on
+//! (calibration text, importance matrix, size-budget mix), its parity metrics and thresholds, its
 //! licences as one SPDX licence expression, the risk its scan and verify gates found, the
 //! limitation a consumer should know, and the time a step ran.
 //!
@@ -129,6 +130,36 @@ pub fn hyperparameter_entries(a: &Artifact) -> Vec<(&'static str, String)> {
         a.file_type.clone().unwrap_or_else(|| dominant_type(a)),
     ));
     out.push(("bits_per_weight", format!("{:.4}", a.bits_per_weight)));
+    out
+}
+
+/// What an artifact's quantization was calibrated on, as ordered key/value pairs: the
+/// calibration text and its sha256, the importance matrix and its sha256, its chunk size
+/// and chunks, then, for a size-budget mix, the budget and each kind of tensor's types.
+/// Empty for an artifact quantized without an importance matrix. Only digests, counts and
+/// type names: the same inputs give the same entries on every machine.
+pub fn calibration_entries(a: &Artifact) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(c) = &a.calibration {
+        if let Some(t) = &c.text {
+            out.push(("calibration_text".to_owned(), t.path.clone()));
+            out.push(("calibration_text_sha256".to_owned(), t.sha256.clone()));
+        }
+        out.push(("imatrix".to_owned(), c.imatrix.path.clone()));
+        out.push(("imatrix_sha256".to_owned(), c.imatrix.sha256.clone()));
+        out.push(("imatrix_entries".to_owned(), c.entries.to_string()));
+        out.push(("imatrix_ctx".to_owned(), c.ctx.to_string()));
+        out.push(("imatrix_chunks".to_owned(), c.chunks.to_string()));
+    }
+    if let Some(m) = &a.mix {
+        out.push(("mix_budget".to_owned(), m.budget.clone()));
+        for g in &m.groups {
+            out.push((
+                format!("mix:{}", g.group),
+                format!("{} ({:.4} bits/weight)", g.types_text(), g.bits_per_weight),
+            ));
+        }
+    }
     out
 }
 
@@ -398,6 +429,45 @@ mod tests {
         assert_eq!(readable("0.9896004378762999"), "0.9896");
         assert_eq!(readable("1827"), "1827");
         assert_eq!(readable("0.0"), "0.0000");
+    }
+
+    #[test]
+    fn calibration_entries_name_text_matrix_and_mix_without_floats_of_the_run() {
+        let a: Artifact = serde_json::from_value(serde_json::json!({
+            "name": "m", "path": "m.gguf", "format": "gguf", "sha256": "ab", "files": [],
+            "bytes": 1, "tensors": 1, "parameters": 1, "bits_per_weight": 5.0, "types": {},
+            "calibration": {
+                "text": { "path": "c.txt", "sha256": "01" },
+                "imatrix": { "path": "m.imatrix.gguf", "sha256": "02" },
+                "entries": 14, "ctx": 64, "chunks": 2,
+            },
+            "mix": {
+                "budget": "target_bpw 5", "budget_bytes": 10, "min_bpw": 4.5, "max_bpw": 16.0,
+                "probes": 3, "predicted_kld": 0.123456789,
+                "groups": [{ "group": "attn_q.weight", "tensors": 2,
+                    "types": { "Q4_K": 1, "Q6_K": 1 }, "bytes": 9, "bits_per_weight": 5.5,
+                    "predicted_kld": 0.1 }],
+            },
+        }))
+        .unwrap();
+        let e = calibration_entries(&a);
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "calibration_text",
+                "calibration_text_sha256",
+                "imatrix",
+                "imatrix_sha256",
+                "imatrix_entries",
+                "imatrix_ctx",
+                "imatrix_chunks",
+                "mix_budget",
+                "mix:attn_q.weight"
+            ]
+        );
+        assert_eq!(e[8].1, "Q4_Kx1 Q6_Kx1 (5.5000 bits/weight)");
+        assert!(!e.iter().any(|(_, v)| v.contains("0.123")));
     }
 
     #[test]

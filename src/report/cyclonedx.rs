@@ -7,8 +7,9 @@
 //! `modelParameters` (task, architecture, text in and out, the datasets the source's card
 //! names), `quantitativeAnalysis.performanceMetrics` from the parity step,
 //! `considerations.technicalLimitations`, and in `properties` the quantization,
-//! hyper-parameters (layers, experts, ...) and parity limits, which CycloneDX has no field
-//! for. Written by hand because the document is small and no Rust crate targets
+//! hyper-parameters (layers, experts, ...), the calibration text and importance matrix
+//! with their sha256 and a size-budget mix (`modelgate:calibration:*`), and parity limits,
+//! which CycloneDX has no field for. Written by hand because the document is small and no Rust crate targets
 //! CycloneDX 1.6's ML-BOM fields.
 //!
 //! No `serialNumber` or `timestamp`: the spec asks for a fresh serial per generation, and
@@ -184,6 +185,9 @@ fn artifact_component(r: &RunReport, a: &Artifact, source: &Value) -> Value {
         if k != "quantization" && k != "bits_per_weight" {
             card_props.push(prop(&format!("modelgate:hyperparameter:{k}"), v));
         }
+    }
+    for (k, v) in bom::calibration_entries(a) {
+        card_props.push(prop(&format!("modelgate:calibration:{k}"), v));
     }
     let mut params = json!({
         "task": "text-generation",

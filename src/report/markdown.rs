@@ -1,7 +1,7 @@
 //! `report.md`: a pipeline run as a pull-request comment. The verdict comes first (and,
 //! when it fails, exactly which gate failed and why), then the licence obligations a
 //! reviewer must accept, the findings, the parity table per target, the signatures, and
-//! the artifacts and steps for reference.
+//! the artifacts (with what their quantization was calibrated on) and steps for reference.
 
 use std::fmt::Write as _;
 
@@ -92,6 +92,72 @@ fn source(o: &mut String, p: &crate::provenance::Provenance) {
             f.size,
             f.sha256
         );
+    }
+    let _ = writeln!(o);
+}
+
+/// What each quantization was calibrated on: text and importance matrix with their full
+/// sha256, and the types a size budget chose per kind of tensor.
+fn calibration(o: &mut String, r: &RunReport) {
+    let arts: Vec<_> = r
+        .artifacts()
+        .filter(|a| a.calibration.is_some() || a.mix.is_some())
+        .collect();
+    if arts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "### Calibration
+"
+    );
+    for a in arts {
+        if let Some(c) = &a.calibration {
+            let from = match &c.text {
+                Some(t) => format!(
+                    "computed from `{}` (sha256 `{}`), {} chunks of {} tokens",
+                    cell(&t.path),
+                    t.sha256,
+                    c.chunks,
+                    c.ctx
+                ),
+                None => format!("given ({} chunks of {} tokens)", c.chunks, c.ctx),
+            };
+            let _ = writeln!(
+                o,
+                "- `{}`: importance matrix `{}` (sha256 `{}`, {} entries), {from}.",
+                a.name,
+                cell(&c.imatrix.path),
+                c.imatrix.sha256,
+                c.entries
+            );
+        }
+        if let Some(m) = &a.mix {
+            let _ = writeln!(
+                o,
+                "- `{}`: size-budget mix for `{}` ({} of tensor data; this model {:.3} to {:.3} bits/weight), {} sensitivity probes, predicted KLD {:.3e}:\n",
+                a.name,
+                m.budget,
+                human_bytes(m.budget_bytes),
+                m.min_bpw,
+                m.max_bpw,
+                m.probes,
+                m.predicted_kld
+            );
+            let _ = writeln!(o, "  | tensors | count | types | size | bits/weight |");
+            let _ = writeln!(o, "  |---|---:|---|---:|---:|");
+            for g in &m.groups {
+                let _ = writeln!(
+                    o,
+                    "  | `{}` | {} | {} | {} | {:.2} |",
+                    cell(&g.group),
+                    g.tensors,
+                    g.types_text(),
+                    human_bytes(g.bytes),
+                    g.bits_per_weight
+                );
+            }
+        }
     }
     let _ = writeln!(o);
 }
@@ -361,6 +427,7 @@ pub fn render(r: &RunReport) -> String {
             );
         }
         let _ = writeln!(o);
+        calibration(&mut o, r);
     }
 
     let _ = writeln!(o, "## Steps\n");

@@ -39,7 +39,8 @@ impl Status {
 pub struct StepRecord {
     /// `scan`, `convert:q8_0`, `sign:q8_0`, ...
     pub name: String,
-    /// The step kind: `import`, `scan`, `convert`, `verify`, `policy`, `parity`, `sign`.
+    /// The step kind: `import`, `scan`, `imatrix`, `convert`, `verify`, `policy`, `parity`,
+    /// `sign`.
     pub step: String,
     pub status: Status,
     /// The gate verdict, for gate steps (scan, verify, policy, parity).
@@ -115,6 +116,74 @@ pub struct Artifact {
     /// Architecture hyper-parameters read back from the artifact, for the BOMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hyperparameters: Option<super::bom::Hyperparameters>,
+    /// The importance matrix the quantizers used, and the calibration text it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// The per-tensor types a size budget chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
+}
+
+/// The importance matrix an artifact was quantized with, and what it was computed on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The calibration text as the pipeline file names it, and its sha256; absent when an
+    /// existing imatrix file was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<FileRef>,
+    /// The imatrix file: relative to the output folder when the pipeline computed it, else
+    /// as the pipeline file names it.
+    pub imatrix: FileRef,
+    /// Weight matrices it covers.
+    pub entries: usize,
+    /// Tokens per chunk (`imatrix.chunk_size`; 0 when the file does not say).
+    pub ctx: u32,
+    /// Chunks it was computed on (`imatrix.chunk_count`).
+    pub chunks: u32,
+    /// Its calibration texts as recorded in the file (`imatrix.datasets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<String>,
+}
+
+/// The per-tensor type mix a size budget (`target_bpw`, `max_size`) chose.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mix {
+    /// `target_bpw 4.5` or `max_size 150000`.
+    pub budget: String,
+    /// Tensor bytes the budget allowed.
+    pub budget_bytes: u64,
+    /// Bits per weight this model can be written in: cheapest and F16.
+    pub min_bpw: f64,
+    pub max_bpw: f64,
+    /// One-tensor sensitivity probes measured with the engine on the calibration text.
+    pub probes: usize,
+    /// The predicted mean KLD of the mix (sum over tensors).
+    pub predicted_kld: f64,
+    /// The chosen types by kind of tensor, in name order.
+    pub groups: Vec<MixGroup>,
+}
+
+/// The tensors of one kind (`attn_q.weight`, `token_embd.weight`) in a budget mix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MixGroup {
+    pub group: String,
+    pub tensors: usize,
+    /// Type name to tensor count.
+    pub types: BTreeMap<String, usize>,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    pub predicted_kld: f64,
+}
+
+impl MixGroup {
+    /// `Q4_Kx2 Q6_Kx1`: each type with its tensor count.
+    pub fn types_text(&self) -> String {
+        self.types
+            .iter()
+            .map(|(t, n)| format!("{t}x{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Where an artifact was written and what its files hash to: the part of an [`Artifact`]

@@ -6,7 +6,8 @@
 //! `SpdxDocument`, then one `ai_AIPackage` per artifact: supplier, release time, download
 //! location (the artifact's path relative to this file), version (a prefix of its content
 //! digest), purpose `model`, type of model, hyper-parameters (architecture, layers,
-//! experts, quantization), the parity figures as `ai_metric` and the limits they were held
+//! experts, quantization, and the calibration text, importance matrix and size-budget mix
+//! with their sha256), the parity figures as `ai_metric` and the limits they were held
 //! to as `ai_metricDecisionThreshold`, the safety risk the scan and verify gates found, and
 //! the limitation a consumer should know. A directory artifact lists its files as
 //! `software_File`s it `contains`. The source model and its declared base models are
@@ -302,7 +303,12 @@ pub fn document(r: &RunReport) -> Value {
             "suppliedBy": agent,
             "ai_typeOfModel": type_of_model(a),
             "ai_domain": ["text generation"],
-            "ai_hyperparameter": entries(bom::hyperparameter_entries(a)),
+            "ai_hyperparameter": entries(
+                bom::hyperparameter_entries(a)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .chain(bom::calibration_entries(a))
+            ),
             "ai_limitation": bom::limitation(r, a),
         });
         if let Some(t) = bom::released(r, a) {

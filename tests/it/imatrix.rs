@@ -250,7 +250,7 @@ fn imatrix_for(model: &Path) -> Imatrix {
 }
 
 /// `convert --imatrix` quantizes every tensor as ggml's `quantize_<type>` does with that
-/// tensor's importance (ggml compiled from the ggml-python sdist, as in `quant.rs`), for the
+/// tensor's importance (ggml compiled from the llama-cpp-python sdist, as in `quant.rs`), for the
 /// legacy types and, through their fallbacks on width-64 rows, the K-quant recipes; the
 /// summary records the imatrix's digest.
 #[test]

@@ -21,6 +21,7 @@ mod logits;
 mod moe_gate;
 mod parity;
 mod pipeline;
+mod pipeline_imatrix;
 mod policy;
 mod quant;
 mod quant_moe;

@@ -1,6 +1,6 @@
 //! The block-format kernels (`modelgate::convert::quant`) against independent oracles:
 //! the PyPI `gguf` package's dequantizers and quantizers, ggml's own reference quantizers
-//! (compiled from the ggml sources in the PyPI `ggml-python` source archive by
+//! (compiled from the ggml sources in the PyPI `llama-cpp-python` source archive by
 //! `scripts/gguf_quant_oracle.py`), and candle's dequantizers; plus property tests.
 //!
 //! The Python oracles (`gguf`, `numpy`) come from the pinned environment of
@@ -546,7 +546,7 @@ fn importance(n: usize, kind: u8, rng: &mut Rng) -> Vec<f32> {
 }
 
 /// Every type `llama-quantize` can write with an importance matrix, with and without one
-/// (IQ2_XXS and IQ2_XS only with), against ggml's own `quantize_<type>(.., imatrix)` (compiled from the ggml-python sdist):
+/// (IQ2_XXS and IQ2_XS only with), against ggml's own `quantize_<type>(.., imatrix)` (compiled from the llama-cpp-python sdist):
 /// byte-identical for rows of several lengths, random and realistic importance.
 #[test]
 fn weighted_quantizers_match_ggml_bytes() {
@@ -575,6 +575,7 @@ fn weighted_quantizers_match_ggml_bytes() {
         GgmlType::IQ3XXS,
         GgmlType::IQ3S,
         GgmlType::IQ1S,
+        GgmlType::IQ1M,
     ];
     let mut jobs = Vec::new();
     let mut ours = Vec::new();
@@ -643,7 +644,7 @@ fn weighted_quantizers_match_ggml_bytes() {
 fn lattice_targets_without_an_imatrix_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = support::smollm2();
-    for ty in ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M"] {
+    for ty in ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_M"] {
         let out = dir.path().join(format!("{ty}.gguf"));
         let o = support::modelgate(&[
             "convert",

@@ -23,7 +23,7 @@ use super::put_f16;
 use super::search::nearest_int;
 
 use crate::formats::iq1::IQ1_DELTA;
-pub(super) use crate::formats::iq1::IQ1_S_BYTES;
+pub(super) use crate::formats::iq1::{IQ1_M_BYTES, IQ1_S_BYTES};
 
 /// IQ1_S groups whose largest magnitude is below this are all zero.
 const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
@@ -146,31 +146,49 @@ fn grid_point(
     }
 }
 
-/// The weighted fit `(sumqx, sumq2)` of grid points `index` (one per 8 values) with the
-/// shifted levels `xx(k)` for the `k`-th point.
-fn refit(
+/// The grid points of a group's levels `l`, one per 8 values (`xx(k)` the shifted levels
+/// of the `k`-th eight): an eight whose levels are not a grid point takes its best neighbour
+/// at `scale` (and `l` is updated). If any did, the scale is refit to the points, and kept
+/// only when the fit is positive. Returns the points and the scale.
+fn grid_points<const N: usize>(
     lat: &Lattice,
-    index: &[usize],
     x: &[f32],
     w: &[f32],
+    mut scale: f32,
     xx: impl Fn(usize) -> &'static [f32; 3],
-) -> (f32, f32) {
-    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for (k, &i) in index.iter().enumerate() {
-        let p = lat.point(i);
-        let xx = xx(k);
-        for j in 0..8 {
-            let w = w[8 * k + j];
-            let q = xx[((p[j] - 1) / 2) as usize];
-            sumqx += w * q * x[8 * k + j];
-            sumq2 += w * q * q;
+    l: &mut [i8],
+) -> ([usize; N], f32) {
+    let mut index = [0usize; N];
+    let mut all_on_grid = true;
+    for k in 0..N {
+        let r = 8 * k..8 * k + 8;
+        let (i, on) = grid_point(lat, &x[r.clone()], &w[r.clone()], scale, xx(k), &mut l[r]);
+        all_on_grid &= on;
+        index[k] = i;
+    }
+    if !all_on_grid {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for (k, &i) in index.iter().enumerate() {
+            let p = lat.point(i);
+            let xx = xx(k);
+            for j in 0..8 {
+                let w = w[8 * k + j];
+                let q = xx[((p[j] - 1) / 2) as usize];
+                sumqx += w * q * x[8 * k + j];
+                sumq2 += w * q * q;
+            }
+        }
+        if sumqx > 0.0 && sumq2 > 0.0 {
+            scale = sumqx / sumq2;
         }
     }
-    (sumqx, sumq2)
+    (index, scale)
 }
 
 /// Levels by cut points in the sorted order: below `i1` level 0, below `i2` level 1, else 2.
-fn split(idx: &[usize], i1: usize, i2: usize, l: &mut [i8]) {
+/// A negative `scale` is made positive by mirroring every level (`2 - l`); returns whether
+/// it was, since the shifts then change sign too.
+fn split(idx: &[usize], i1: usize, i2: usize, scale: &mut f32, l: &mut [i8]) -> bool {
     for (j, &i) in idx.iter().enumerate() {
         l[i] = if j < i1 {
             0
@@ -180,6 +198,14 @@ fn split(idx: &[usize], i1: usize, i2: usize, l: &mut [i8]) {
             2
         };
     }
+    let mirror = *scale < 0.0;
+    if mirror {
+        for v in l.iter_mut() {
+            *v = 2 - *v;
+        }
+        *scale = -*scale;
+    }
+    mirror
 }
 
 /// One IQ1_S super-block of 256 values (`quantize_row_iq1_s_impl`) into 50 bytes.
@@ -231,36 +257,11 @@ pub(super) fn quantize_iq1_s(x: &[f32], qw: &[f32], y: &mut [u8]) {
         let Some((i1, i2, mut shift)) = best else {
             continue;
         };
-        split(&idx, i1, i2, &mut l);
-        if scale < 0.0 {
-            for v in &mut l {
-                *v = 2 - *v;
-            }
-            scale = -scale;
+        if split(&idx, i1, i2, &mut scale, &mut l) {
             shift = -shift;
         }
         let xx: &'static [f32; 3] = if shift == 1 { &X_P } else { &X_M };
-        let mut index = [0usize; BS / 8];
-        let mut all_on_grid = true;
-        for k in 0..BS / 8 {
-            let r = 8 * k..8 * k + 8;
-            let (i, on) = grid_point(
-                lat,
-                &xb[r.clone()],
-                &weight[r.clone()],
-                scale,
-                xx,
-                &mut l[r],
-            );
-            all_on_grid &= on;
-            index[k] = i;
-        }
-        if !all_on_grid {
-            let (sumqx, sumq2) = refit(lat, &index, xb, &weight, |_| xx);
-            if sumqx > 0.0 && sumq2 > 0.0 {
-                scale = sumqx / sumq2;
-            }
-        }
+        let (index, scale) = grid_points::<{ BS / 8 }>(lat, xb, &weight, scale, |_| xx, &mut l);
         let mut h = 0u16;
         for k in 0..BS / 8 {
             y[2 + (BS / 8) * ib + k] = (index[k] & 255) as u8;
@@ -304,9 +305,9 @@ fn iq1m_levels(best_k: usize, k: usize) -> &'static [f32; 3] {
 }
 
 /// One IQ1_M super-block of 256 values (`quantize_row_iq1_m_impl`) into 56 bytes; `qw` is
-/// the block's importance, if any. Not registered: about a third of its blocks still differ
-/// from ggml's bytes.
-#[allow(dead_code)]
+/// the block's importance, if any. The split search is llama.cpp's form with prefix sums
+/// per half (a split's sum is `total * v[2] - px[i1] - px[i2]`); older ggml copies (the
+/// `ggml-python` 0.0.45 sdist) sum each split afresh and round differently.
 pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
@@ -383,36 +384,11 @@ pub(super) fn quantize_iq1_m(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
         let Some((i1, i2, mut best_k)) = best else {
             continue;
         };
-        split(&idx, i1, i2, &mut l);
-        if scale < 0.0 {
-            for v in &mut l {
-                *v = 2 - *v;
-            }
-            scale = -scale;
+        if split(&idx, i1, i2, &mut scale, &mut l) {
             best_k = 3 - best_k;
         }
-        let mut index = [0usize; 2];
-        let mut all_on_grid = true;
-        for k in 0..2 {
-            let xx = iq1m_levels(best_k, k);
-            let r = 8 * k..8 * k + 8;
-            let (i, on) = grid_point(
-                lat,
-                &xb[r.clone()],
-                &weight[r.clone()],
-                scale,
-                xx,
-                &mut l[r],
-            );
-            all_on_grid &= on;
-            index[k] = i;
-        }
-        if !all_on_grid {
-            let (sumqx, sumq2) = refit(lat, &index, xb, &weight, |k| iq1m_levels(best_k, k));
-            if sumqx > 0.0 && sumq2 > 0.0 {
-                scale = sumqx / sumq2;
-            }
-        }
+        let levels = |k| iq1m_levels(best_k, k);
+        let (index, scale) = grid_points::<2>(lat, xb, &weight, scale, levels, &mut l);
         qs[2 * ib] = (index[0] & 255) as u8;
         qs[2 * ib + 1] = (index[1] & 255) as u8;
         qh[ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;

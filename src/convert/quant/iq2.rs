@@ -61,30 +61,33 @@ fn level(id: f32, v: f32) -> i8 {
     nearest_int(0.5 * (id * v - 1.0)).clamp(0, KMAXQ - 1) as i8
 }
 
-/// Round 8 values at inverse scale `id` to levels in `out`; if they are not a grid point,
-/// replace them by the best candidate at scale `scale`. Returns whether they were one.
+/// Round each group of 8 of `xval` at inverse scale `id` to levels in `out`; a group that
+/// is not a grid point is replaced by its best candidate at scale `scale` (one trial of
+/// ggml's scale searches). Returns a mask with bit `k` set when group `k` was not one.
 #[inline]
-fn round_group(
+fn round_groups(
     lat: &Lattice,
     xval: &[f32],
     waux: &[f32],
     id: f32,
     scale: f32,
     out: &mut [i8],
-) -> bool {
-    let mut key = 0usize;
-    for i in 0..8 {
-        let l = level(id, xval[i]);
-        out[i] = l;
-        key |= (l as usize) << (2 * i);
-    }
-    match lat.lookup(key) {
-        Lookup::Point(_) => true,
-        Lookup::Near(c) => {
-            lat.best_neighbour(c, xval, waux, scale, out);
-            false
+) -> u8 {
+    let mut off_grid = 0u8;
+    for k in 0..xval.len() / 8 {
+        let r = 8 * k..8 * k + 8;
+        let mut key = 0usize;
+        for i in r.clone() {
+            let l = level(id, xval[i]);
+            out[i] = l;
+            key |= (l as usize) << (2 * (i - 8 * k));
+        }
+        if let Lookup::Near(c) = lat.lookup(key) {
+            lat.best_neighbour(c, &xval[r.clone()], &waux[r.clone()], scale, &mut out[r]);
+            off_grid |= 1 << k;
         }
     }
+    off_grid
 }
 
 /// `(sum w x q, sum w q q)` for levels `l` at positions `q = 2l + 1`.
@@ -193,18 +196,7 @@ fn iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
         let mut best = 0.0f32;
         for is in -6i32..=6 {
             let id = (5.0 + is as f32 * 0.1) / eff_max;
-            let this_scale = 1.0 / id;
-            for k in 0..4 {
-                let r = 8 * k..8 * k + 8;
-                round_group(
-                    lat,
-                    &xval[r.clone()],
-                    &waux[r.clone()],
-                    id,
-                    this_scale,
-                    &mut l_aux[r],
-                );
-            }
+            round_groups(lat, &xval, &waux, id, 1.0 / id, &mut l_aux);
             let (sumqx, sumq2) = fit(&weight, &xval, &l_aux);
             if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
                 scale = sumqx / sumq2;
@@ -213,18 +205,7 @@ fn iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
             }
         }
         if scale > 0.0 {
-            let id = 1.0 / scale;
-            for k in 0..4 {
-                let r = 8 * k..8 * k + 8;
-                round_group(
-                    lat,
-                    &xval[r.clone()],
-                    &waux[r.clone()],
-                    id,
-                    scale,
-                    &mut l_best[r],
-                );
-            }
+            round_groups(lat, &xval, &waux, 1.0 / scale, scale, &mut l_best);
             let (sumqx, sumq2) = fit(&weight, &xval, &l_best);
             if sumq2 > 0.0 {
                 scale = sumqx / sumq2;
@@ -274,40 +255,28 @@ fn search16(
 ) -> f32 {
     let mut best = 0.0f32;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
-    let mut on_grid = [true; 2];
+    let mut off_grid = 0u8;
     let mut l_aux = [0i8; 16];
     *levels = [0; 16];
     for is in -9i32..=9 {
         let id = (5.0 + is as f32 * 0.1) / max;
-        let this_scale = 1.0 / id;
-        let mut on_grid_aux = [true; 2];
-        for k in 0..2 {
-            let r = 8 * k..8 * k + 8;
-            on_grid_aux[k] = round_group(
-                lat,
-                &xval[r.clone()],
-                &waux[r.clone()],
-                id,
-                this_scale,
-                &mut l_aux[r],
-            );
-        }
+        let off_grid_aux = round_groups(lat, xval, waux, id, 1.0 / id, &mut l_aux);
         let (sumqx, sumq2) = fit(weight, xval, &l_aux);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             scale = sumqx / sumq2;
             best = scale * sumqx;
             *levels = l_aux;
-            on_grid = on_grid_aux;
+            off_grid = off_grid_aux;
         }
     }
-    if on_grid.contains(&false) && scale > 0.0 {
+    if off_grid != 0 && scale > 0.0 {
         let id = 1.0 / scale;
         for k in 0..2 {
-            if on_grid[k] {
+            if off_grid & (1 << k) == 0 {
                 continue;
             }
             let r = 8 * k..8 * k + 8;
-            round_group(
+            round_groups(
                 lat,
                 &xval[r.clone()],
                 &waux[r.clone()],

@@ -38,9 +38,9 @@
 //! FP8 E4M3 weights with block scales (DeepSeek-V3/R1) dequantized as llama.cpp's converter
 //! does ([`dequantize_fp8_e4m3`]).
 //!
-//! IQ1_S takes ggml's exact three-level splits (`iq1`), only with importance.
+//! IQ1_S and IQ1_M take ggml's exact three-level splits (`iq1`); IQ1_S only with importance.
 //!
-//! Not built: IQ1_M (its quantizer is not yet byte-identical to ggml) and NVFP4.
+//! Not built: NVFP4.
 
 mod float;
 mod fp8;
@@ -162,7 +162,7 @@ impl QuantError {
 }
 
 /// Every type this module converts to and from, in ggml id order.
-pub const SUPPORTED: [GgmlType; 24] = [
+pub const SUPPORTED: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -179,6 +179,7 @@ pub const SUPPORTED: [GgmlType; 24] = [
     GgmlType::IQ2XS,
     GgmlType::IQ3XXS,
     GgmlType::IQ1S,
+    GgmlType::IQ1M,
     GgmlType::IQ4NL,
     GgmlType::IQ3S,
     GgmlType::IQ2S,
@@ -231,6 +232,7 @@ fn layout(ty: GgmlType) -> Result<(usize, usize), QuantError> {
         T::IQ3XXS => (kquants::QK_K, iq3::IQ3_XXS_BYTES),
         T::IQ3S => (kquants::QK_K, iq3::IQ3_S_BYTES),
         T::IQ1S => (kquants::QK_K, iq1::IQ1_S_BYTES),
+        T::IQ1M => (kquants::QK_K, iq1::IQ1_M_BYTES),
         T::IQ4NL => (legacy::QK, iquants::IQ4_NL_BYTES),
         T::IQ4XS => (kquants::QK_K, iquants::IQ4_XS_BYTES),
         T::TQ1_0 => (kquants::QK_K, iquants::TQ1_0_BYTES),
@@ -385,6 +387,7 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
             |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_XXS_BYTES, iq3::quantize_iq3_xxs)
         }
         T::IQ3S => |x, qw, y| weighted_blocks(x, qw, y, iq3::IQ3_S_BYTES, iq3::quantize_iq3_s),
+        T::IQ1M => |x, qw, y| weighted_blocks(x, qw, y, iq1::IQ1_M_BYTES, iq1::quantize_iq1_m),
         T::IQ1S => |x, qw, y| {
             let it = x
                 .chunks_exact(kquants::QK_K)
@@ -529,6 +532,9 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::IQ3S => each_block(x, y, K, iq3::IQ3_S_BYTES, |x, y| {
             iq3::quantize_iq3_s(x, None, y)
         }),
+        T::IQ1M => each_block(x, y, K, iq1::IQ1_M_BYTES, |x, y| {
+            iq1::quantize_iq1_m(x, None, y)
+        }),
         T::TQ1_0 => each_block(x, y, K, iquants::TQ1_0_BYTES, iquants::quantize_tq1_0),
         T::TQ2_0 => each_block(x, y, K, iquants::TQ2_0_BYTES, iquants::quantize_tq2_0),
         T::MXFP4 => each_block(x, y, L, mxfp4::MXFP4_BYTES, mxfp4::quantize_mxfp4),
@@ -619,6 +625,7 @@ fn dequantize_chunk(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         T::IQ3XXS => each_block_back(b, y, K, iq3::IQ3_XXS_BYTES, crate::formats::iq3::iq3_xxs),
         T::IQ3S => each_block_back(b, y, K, iq3::IQ3_S_BYTES, crate::formats::iq3::iq3_s),
         T::IQ1S => each_block_back(b, y, K, iq1::IQ1_S_BYTES, crate::formats::iq1::iq1_s),
+        T::IQ1M => each_block_back(b, y, K, iq1::IQ1_M_BYTES, crate::formats::iq1::iq1_m),
         T::TQ1_0 => each_block_back(b, y, K, iquants::TQ1_0_BYTES, crate::formats::blocks::tq1_0),
         T::TQ2_0 => each_block_back(b, y, K, iquants::TQ2_0_BYTES, crate::formats::blocks::tq2_0),
         T::MXFP4 => each_block_back(b, y, L, mxfp4::MXFP4_BYTES, crate::formats::blocks::mxfp4),
@@ -675,7 +682,7 @@ mod tests {
             GgmlType::Q3K | GgmlType::IQ3S => 0.004,
             GgmlType::IQ3XXS => 0.005,
             // ggml's test skips the 1-bit types; three shifted levels per value.
-            GgmlType::IQ1S => 0.02,
+            GgmlType::IQ1S | GgmlType::IQ1M => 0.02,
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.012,
             // ggml's MAX_QUANTIZATION_TOTAL_ERROR_FP4.
             GgmlType::MXFP4 => 0.003,

@@ -1,24 +1,38 @@
 //! convert: one step per target, each writing one artifact (a GGUF file, or a safetensors
 //! directory swapped into place whole) into the output folder. The conversion reports its
-//! own [`Artifact`] record; this step adds where it went and what its files hash to.
+//! own [`Artifact`] record; this step adds where it went and what its files hash to, the
+//! importance matrix and calibration text it was quantized with, and for a `target_bpw` /
+//! `max_size` target the mix the size budget chose (the budget conversion of
+//! [`crate::pipeline::budget`], which calls the convert and engine stages).
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
+use super::imatrix::ForTarget;
 use super::{digest_of, Context, StepKey, StepOutcome};
-use crate::convert::{self, recipe, FileType, OutputFormat, RecipeOptions};
+use crate::convert::budget::Budget;
+use crate::convert::{self, recipe, ConvertError, FileType, OutputFormat, RecipeOptions};
 use crate::digest::{self, HashOptions, Serialization};
 use crate::formats::Checkpoint;
-use crate::pipeline::file::{ConvertStep, Target, TargetFormat};
-use crate::pipeline::{Artifact, FileDigest, PipelineError, StepRecord};
+use crate::pipeline::budget::BudgetOptions;
+use crate::pipeline::file::{artifact_rel, ConvertStep, Size, Target, TargetFormat};
+use crate::pipeline::{Artifact, FileDigest, FileRef, PipelineError, StageError, StepRecord};
 use crate::report::bom::Hyperparameters;
-use crate::report::run::StoredArtifact;
+use crate::report::run::{Calibration, Mix, MixGroup, StoredArtifact};
 
 pub fn key(t: &Target, cx: &Context) -> Result<StepKey, PipelineError> {
+    let mut inputs = cx.model_inputs();
+    if let Some(c) = cx.calibrations.get(&t.name) {
+        inputs.insert("imatrix".into(), c.imatrix.sha256.clone());
+        if let Some(text) = &c.text {
+            inputs.insert(format!("text:{}", text.shown), text.sha256.clone());
+        }
+    }
     Ok(StepKey {
         name: format!("convert:{}", t.name),
         kind: "convert",
-        inputs: cx.model_inputs(),
+        inputs,
         // Threads do not change the output (conversion is deterministic), so they are not
         // part of the key.
         settings: serde_json::to_value(t).map_err(|e| PipelineError::Internal(e.to_string()))?,
@@ -35,10 +49,19 @@ pub struct Converted {
 pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted, PipelineError> {
     let p = cx.pipeline;
     let name = format!("convert:{}", t.name);
-    let o = options(t, settings.threads).map_err(|m| PipelineError::Invalid {
+    let mut o = options(t, settings.threads).map_err(|m| PipelineError::Invalid {
         path: p.path.clone(),
         message: m,
     })?;
+    let calibration = cx.calibrations.get(&t.name);
+    let mut record = None;
+    if let Some(c) = calibration {
+        let input = convert::ImatrixInput::read(&c.imatrix.path)
+            .map_err(|e| PipelineError::step(&name, e))?;
+        record = Some(calibration_record(c, &input));
+        o.imatrix = Some(Arc::new(input));
+        o.recipe.has_imatrix = true;
+    }
     let rel = artifact_rel(t);
     let dest = cx.out.join(&rel);
     let (format, write_to) = match t.format {
@@ -55,8 +78,43 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
             source: e,
         })?;
     }
-    let summary = convert::convert(&p.model, &write_to, format, &o, &convert::NoProgress)
-        .map_err(|e| PipelineError::step(&name, e))?;
+    let (summary, mix) = match (t.is_budget(), calibration) {
+        (true, Some(c)) => {
+            let (s, m) = budget_mix(t, c, &p.model, &write_to, &o).map_err(|e| match e {
+                // Only the model says which budgets are reachable; name the setting as the
+                // pipeline file writes it.
+                StageError::Convert(ConvertError::BudgetOutOfRange { min, max, .. }) => {
+                    PipelineError::Invalid {
+                        path: p.path.clone(),
+                        message: format!(
+                            "target `{}`: {} is outside what this model can be written in: from {min} to {max}",
+                            t.name,
+                            budget_setting(t)
+                        ),
+                    }
+                }
+                e => PipelineError::step(&name, e),
+            })?;
+            (s, Some(m))
+        }
+        _ => {
+            let s = convert::convert(&p.model, &write_to, format, &o, &convert::NoProgress)
+                .map_err(|e| match e {
+                    // A `tensor_types` override can ask for such a type too.
+                    ConvertError::NeedsImatrix { .. } if calibration.is_none() => {
+                        PipelineError::Invalid {
+                            path: p.path.clone(),
+                            message: format!(
+                                "target `{}`: {e}: add `imatrix: {{ text: CALIBRATION.txt }}` or `imatrix: {{ file: IMATRIX.gguf }}`",
+                                t.name
+                            ),
+                        }
+                    }
+                    e => PipelineError::step(&name, e),
+                })?;
+            (s, None)
+        }
+    };
     if write_to != dest {
         swap_dir(&write_to, &dest)?;
     }
@@ -82,6 +140,8 @@ pub fn run(settings: &ConvertStep, t: &Target, cx: &Context) -> Result<Converted
     artifact.hyperparameters = Checkpoint::open(&dest)
         .ok()
         .map(|c| Hyperparameters::of(&c));
+    artifact.calibration = record;
+    artifact.mix = mix;
     Ok(Converted {
         artifact,
         note: (!summary.notes.is_empty()).then(|| summary.notes.join("; ")),
@@ -97,12 +157,86 @@ impl StepOutcome for Converted {
     }
 }
 
-/// The path of a target's artifact, relative to the output folder.
-fn artifact_rel(t: &Target) -> String {
-    match t.format {
-        TargetFormat::Gguf => format!("{}.gguf", t.name),
-        TargetFormat::Safetensors => t.name.clone(),
+/// What the report and the BOMs record of a target's importance matrix.
+fn calibration_record(c: &ForTarget, input: &convert::ImatrixInput) -> Calibration {
+    Calibration {
+        text: c.text.as_ref().map(|t| FileRef {
+            path: t.shown.clone(),
+            sha256: t.sha256.clone(),
+        }),
+        imatrix: FileRef {
+            path: c.imatrix.shown.clone(),
+            sha256: input.sha256.to_hex(),
+        },
+        entries: input.matrix.entries.len(),
+        ctx: input.matrix.chunk_size,
+        chunks: input.matrix.chunk_count,
+        datasets: input.matrix.datasets.clone(),
     }
+}
+
+/// The budget setting as the pipeline file writes it: `target_bpw: 4.5`, `max_size: 800M`.
+fn budget_setting(t: &Target) -> String {
+    match (&t.max_size, t.target_bpw) {
+        (Some(Size::Bytes(n)), _) => format!("`max_size: {n}`"),
+        (Some(Size::Text(s)), _) => format!("`max_size: {s}`"),
+        (None, Some(b)) => format!("`target_bpw: {b}`"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Sensitivity-pass chunks when the pipeline file gives no `imatrix.chunks` (as
+/// `convert --chunks`).
+const BUDGET_CHUNKS: usize = 4;
+
+/// A `target_bpw` / `max_size` target: the size-budget mix, its sensitivity measured on
+/// the target's calibration text. The written file is not measured again here: the parity
+/// step compares it with its reference on the evaluation text.
+fn budget_mix(
+    t: &Target,
+    c: &ForTarget,
+    src: &Path,
+    out: &Path,
+    o: &convert::Options,
+) -> Result<(convert::Summary, Mix), StageError> {
+    let budget = match (&t.max_size, t.target_bpw) {
+        (Some(s), _) => Budget::Bytes(s.bytes().map_err(ConvertError::Options)?),
+        (None, Some(b)) => Budget::Bpw(b),
+        (None, None) => return Err(ConvertError::Options("no budget".into()).into()),
+    };
+    let Some(text) = &c.text else {
+        return Err(ConvertError::Options("a budget mix needs a calibration text".into()).into());
+    };
+    let mut b = BudgetOptions::new(budget, text.path.clone());
+    b.ctx = c.ctx;
+    b.chunks = c.chunks.unwrap_or(BUDGET_CHUNKS);
+    b.probes = t.probes.unwrap_or(b.probes);
+    b.measure = false;
+    let outcome = crate::pipeline::budget::convert_to_budget(src, out, o, &b, &mut |_| {})?;
+    let mix = Mix {
+        budget: match budget {
+            Budget::Bpw(x) => format!("target_bpw {x}"),
+            Budget::Bytes(n) => format!("max_size {n}"),
+        },
+        budget_bytes: outcome.budget_bytes,
+        min_bpw: outcome.min_bpw,
+        max_bpw: outcome.max_bpw,
+        probes: outcome.probes.len(),
+        predicted_kld: outcome.predicted_kld,
+        groups: outcome
+            .groups
+            .iter()
+            .map(|g| MixGroup {
+                group: g.group.clone(),
+                tensors: g.tensors,
+                types: g.types.clone(),
+                bytes: g.bytes,
+                bits_per_weight: g.bits_per_weight,
+                predicted_kld: g.predicted_kld,
+            })
+            .collect(),
+    };
+    Ok((outcome.summary, mix))
 }
 
 /// The conversion options a target asks for; `Err` says which setting is wrong.

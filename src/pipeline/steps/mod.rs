@@ -1,5 +1,5 @@
 //! The steps of a pipeline, one file each, in the order `run.rs` runs them: [`import`],
-//! [`scan`], [`convert`], [`verify`], [`policy`], [`parity`], [`sign`].
+//! [`scan`], [`imatrix`], [`convert`], [`verify`], [`policy`], [`parity`], [`sign`].
 //!
 //! A step file gives two things: a `key` (a [`StepKey`]: the step's name, its input
 //! digests and its settings, which make the cache key) and a `run` that takes the step's
@@ -8,6 +8,7 @@
 //! the cache or send events; `run.rs` does both around every step.
 
 pub(super) mod convert;
+pub(super) mod imatrix;
 pub(super) mod import;
 pub(super) mod parity;
 pub(super) mod policy;
@@ -41,6 +42,8 @@ pub(super) struct Context<'a> {
     /// The built-in catalogues, parsed on first use, which a fully cached run never
     /// reaches.
     catalogues: OnceCell<Catalogues>,
+    /// The importance matrix of each target that asked for one, once computed.
+    pub calibrations: BTreeMap<String, imatrix::ForTarget>,
     /// The converted artifacts so far, in target order (cached ones included).
     pub artifacts: Vec<(Target, Artifact)>,
     /// The policy, once the policy step has loaded it.
@@ -56,6 +59,7 @@ impl<'a> Context<'a> {
             out,
             model_digest,
             catalogues: OnceCell::new(),
+            calibrations: BTreeMap::new(),
             artifacts: Vec::new(),
             policy: None,
             source: None,
@@ -93,7 +97,7 @@ pub(super) fn artifact_inputs(a: &Artifact) -> BTreeMap<String, String> {
 pub(super) struct StepKey {
     /// `scan`, `convert:q8_0`, ...
     pub name: String,
-    /// `import`, `scan`, `convert`, `verify`, `policy`, `parity` or `sign`.
+    /// `import`, `scan`, `imatrix`, `convert`, `verify`, `policy`, `parity` or `sign`.
     pub kind: &'static str,
     /// Input name -> sha256 (hex) of its content.
     pub inputs: BTreeMap<String, String>,

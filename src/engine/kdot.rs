@@ -1,0 +1,668 @@
+//! Integer products of K-quant weight rows (Q4_K, Q5_K, Q6_K) with activations quantized to
+//! Q8_K: the arithmetic of ggml's `vec_dot_q4_K_q8_K` / `q5_K` / `q6_K`, for native math's
+//! expert dispatch (`dispatch.rs`).
+//!
+//! Each activation row is quantized once per product to Q8_K ([`Q8K::quantize`]): per
+//! 256-value super-block a scale `dx`, 256 signed 8-bit quants and the sums of each 16 of
+//! them (`bsums`), rounded as candle's quantizer rounds them, so a row gives the values
+//! candle's own kernel (token-by-token generation) multiplies. A weight super-block is
+//! `d * scale_g * q - dmin * min_g` per 16- or 32-value group `g` (Q6_K: `d * scale_g *
+//! (q - 32)`), so its dot product with an activation super-block is
+//!
+//! `d * dx * sum(scale * q * x8) - dmin * dx * sum_g(min_g * bsum_g)`
+//!
+//! with both sums exact integers: the weights never become floats. Q6_K's `- 32` goes into
+//! the second term (`min_g = 32 * scale_g`, `dmin = d`), so every type runs one kernel.
+//!
+//! Each tile of weight rows is first unpacked ([`Unpacked`]): one unsigned quant per byte in
+//! value order, the group scales as 16-bit vectors and the mins per 16 values. The unpacking
+//! is integer work shared by every activation row, the dot products then need only AVX2's
+//! `maddubs` (unsigned weights times signed activations, pairs summed to 16 bits) and
+//! `madd` (times the scales, pairs summed to 32 bits). The exact sum of each super-block
+//! is kept in eight 32-bit lanes (lane `l` holds the values at positions `4l..4l + 4` of
+//! every 32), turned to f32 and added with one fused multiply-add per lane into eight f32
+//! lanes, which are summed in a fixed order at the end. The portable path computes the same
+//! lanes in the same order with `f32::mul_add`, so both give the same bits, whatever the
+//! tile, the batch or the thread count.
+//!
+//! SIMD comes from `pulp` (AVX2 detected at run time, intrinsics as safe methods): no
+//! `unsafe` here.
+
+use candle_core::quantized::GgmlDType;
+
+/// Values per super-block.
+pub(super) const QK_K: usize = 256;
+/// Activation rows multiplied together against one unpacked weight row.
+const GROUP: usize = 4;
+
+/// The weight types of the integer kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Kind {
+    /// The kernel for weights of type `t`, if there is one.
+    pub(super) fn of(t: GgmlDType) -> Option<Kind> {
+        match t {
+            GgmlDType::Q4K => Some(Kind::Q4K),
+            GgmlDType::Q5K => Some(Kind::Q5K),
+            GgmlDType::Q6K => Some(Kind::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Stored bytes of one super-block.
+    pub(super) fn block_bytes(self) -> usize {
+        match self {
+            Kind::Q4K => 144,
+            Kind::Q5K => 176,
+            Kind::Q6K => 210,
+        }
+    }
+}
+
+/// Activation rows quantized to Q8_K.
+#[derive(Debug)]
+pub(super) struct Q8K {
+    m: usize,
+    nb: usize,
+    /// `m * nb * 256` quants, `i8` stored as bytes.
+    qs: Vec<u8>,
+    /// `m * nb` scales.
+    d: Vec<f32>,
+    /// `m * nb * 16` sums of 16 quants.
+    bsums: Vec<i16>,
+}
+
+impl Q8K {
+    /// The `x.len() / k` rows of `x`, each `k` values (a multiple of 256) wide.
+    pub(super) fn quantize(x: &[f32], k: usize) -> Q8K {
+        let nb = k / QK_K;
+        let m = x.len().checked_div(k).unwrap_or(0);
+        let mut q = Q8K {
+            m,
+            nb,
+            qs: vec![0; m * nb * QK_K],
+            d: vec![0.0; m * nb],
+            bsums: vec![0; m * nb * 16],
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            pulp::Simd::vectorize(simd, Fill { q: &mut q, x });
+            return q;
+        }
+        q.fill(x);
+        q
+    }
+
+    // inlined into the caller's SIMD context (where `round` is an instruction sequence)
+    #[inline(always)]
+    fn fill(&mut self, x: &[f32]) {
+        for (((xb, qb), d), bs) in x
+            .chunks_exact(QK_K)
+            .zip(self.qs.chunks_exact_mut(QK_K))
+            .zip(self.d.iter_mut())
+            .zip(self.bsums.chunks_exact_mut(16))
+        {
+            quantize_block(xb, qb, d, bs);
+        }
+    }
+
+    /// Activation rows.
+    pub(super) fn rows(&self) -> usize {
+        self.m
+    }
+
+    fn block(&self, i: usize, b: usize) -> (&[u8], f32, &[i16]) {
+        let at = i * self.nb + b;
+        (
+            &self.qs[at * QK_K..(at + 1) * QK_K],
+            self.d[at],
+            &self.bsums[at * 16..(at + 1) * 16],
+        )
+    }
+}
+
+/// One super-block as candle's `BlockQ8K::from_float` does it: scale `-127 / x` for the
+/// value `x` of largest magnitude (the first of equals), quants rounded half away from zero.
+#[inline(always)]
+fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        bsums.fill(0);
+        *d = 0.0;
+        return;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (iscale * v).round().clamp(-128.0, 127.0) as i8 as u8;
+    }
+    for (s, g) in bsums.iter_mut().zip(q.chunks_exact(16)) {
+        *s = g.iter().map(|&v| i16::from(v as i8)).sum();
+    }
+    *d = 1.0 / iscale;
+}
+
+/// Weight rows unpacked for the kernel, per super-block: 256 unsigned quants, the scale of
+/// each pair of values (for each 32-value vector the 16 factors `madd` applies), the mins
+/// of each 16 values, and `d`, `dmin`.
+#[derive(Debug, Default)]
+pub(super) struct Unpacked {
+    q: Vec<u8>,
+    scales: Vec<i16>,
+    mins: Vec<i16>,
+    d: Vec<f32>,
+    dmin: Vec<f32>,
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The 6-bit scale and min of 32-value group `j` of a Q4_K / Q5_K super-block (12 bytes).
+#[inline(always)]
+fn scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+impl Unpacked {
+    /// Unpack the super-blocks of `src` (whole rows of `kind`).
+    #[inline(always)]
+    fn fill(&mut self, kind: Kind, src: &[u8]) {
+        let n = src.len() / kind.block_bytes();
+        self.q.resize(n * QK_K, 0);
+        self.scales.resize(n * QK_K / 2, 0);
+        self.mins.resize(n * 16, 0);
+        self.d.resize(n, 0.0);
+        self.dmin.resize(n, 0.0);
+        let blocks = src
+            .chunks_exact(kind.block_bytes())
+            .zip(self.q.chunks_exact_mut(QK_K))
+            .zip(self.scales.chunks_exact_mut(QK_K / 2))
+            .zip(self.mins.chunks_exact_mut(16))
+            .zip(self.d.iter_mut().zip(self.dmin.iter_mut()));
+        for ((((b, q), sv), mins), (d, dmin)) in blocks {
+            match kind {
+                Kind::Q4K | Kind::Q5K => {
+                    *d = f16_at(b, 0);
+                    *dmin = f16_at(b, 2);
+                    let sc = &b[4..16];
+                    let (qh, qs) = match kind {
+                        Kind::Q5K => (Some(&b[16..48]), &b[48..176]),
+                        _ => (None, &b[16..144]),
+                    };
+                    for j in 0..4 {
+                        let (q, qs) = (&mut q[64 * j..64 * j + 64], &qs[32 * j..32 * j + 32]);
+                        let (lo, hi) = q.split_at_mut(32);
+                        for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+                            *lo = v & 0xF;
+                            *hi = v >> 4;
+                        }
+                        if let Some(qh) = qh {
+                            // bit 2j of high byte l tops value 64j + l, bit 2j + 1 value
+                            // 64j + 32 + l
+                            for ((lo, hi), &h) in lo.iter_mut().zip(hi.iter_mut()).zip(qh) {
+                                *lo |= ((h >> (2 * j)) & 1) << 4;
+                                *hi |= ((h >> (2 * j + 1)) & 1) << 4;
+                            }
+                        }
+                        for g in 0..2 {
+                            let (s, m) = scale_min(sc, 2 * j + g);
+                            sv[(2 * j + g) * 16..(2 * j + g + 1) * 16].fill(i16::from(s));
+                            mins[4 * j + 2 * g..4 * j + 2 * g + 2].fill(i16::from(m));
+                        }
+                    }
+                }
+                Kind::Q6K => {
+                    *d = f16_at(b, 208);
+                    *dmin = *d;
+                    for h in 0..2 {
+                        let ql = &b[64 * h..64 * h + 64];
+                        let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+                        let q = &mut q[128 * h..128 * h + 128];
+                        for l in 0..32 {
+                            q[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                            q[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                        }
+                    }
+                    for (g, &s) in b[192..208].iter().enumerate() {
+                        let s = i16::from(s as i8);
+                        sv[8 * g..8 * g + 8].fill(s);
+                        mins[g] = 32 * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out [rows, m]`: the dot products of the weight rows in `src` (whole rows of `kind`,
+/// `a`'s width) with each of `a`'s rows. `scratch` keeps the unpacked row between calls.
+pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out: &mut [f32]) {
+    let m = a.m;
+    let row_bytes = a.nb * kind.block_bytes();
+    if m == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        let op = Rows {
+            kind,
+            src,
+            row_bytes,
+            a,
+            scratch,
+            out,
+            simd,
+        };
+        pulp::Simd::vectorize(simd, op);
+        return;
+    }
+    rows(kind, src, row_bytes, a, scratch, out, None);
+}
+
+// `pulp`'s `WithSimd` entry: `with_simd` is inlined into a function compiled with AVX2
+// enabled, and everything it calls with it (a closure handed to `V3::vectorize` is called
+// through a shim that is not, which leaves every intrinsic an out-of-line call)
+
+/// [`Q8K::fill`] in an AVX2 context.
+#[cfg(target_arch = "x86_64")]
+struct Fill<'a> {
+    q: &'a mut Q8K,
+    x: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for Fill<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.q.fill(self.x);
+    }
+}
+
+/// [`rows`] in an AVX2 context.
+#[cfg(target_arch = "x86_64")]
+struct Rows<'a> {
+    kind: Kind,
+    src: &'a [u8],
+    row_bytes: usize,
+    a: &'a Q8K,
+    scratch: &'a mut Unpacked,
+    out: &'a mut [f32],
+    simd: pulp::x86::V3,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Rows {
+            kind,
+            src,
+            row_bytes,
+            a,
+            scratch,
+            out,
+            simd,
+        } = self;
+        rows(kind, src, row_bytes, a, scratch, out, Some(simd));
+    }
+}
+
+/// [`tile`] on the SIMD path given (inlined into its target-feature context) or the
+/// portable one.
+#[inline(always)]
+fn rows(
+    kind: Kind,
+    src: &[u8],
+    row_bytes: usize,
+    a: &Q8K,
+    scratch: &mut Unpacked,
+    out: &mut [f32],
+    simd: Option<Simd>,
+) {
+    let m = a.m;
+    for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        scratch.fill(kind, w);
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(GROUP);
+            let v = match simd {
+                #[cfg(target_arch = "x86_64")]
+                Some(s) => avx2::row(s, scratch, a, i, r),
+                _ => portable_row(scratch, a, i, r),
+            };
+            col[i..i + r].copy_from_slice(&v[..r]);
+            i += r;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type Simd = pulp::x86::V3;
+#[cfg(not(target_arch = "x86_64"))]
+type Simd = ();
+
+/// The eight f32 lanes summed in the order AVX2's reduction uses.
+#[inline(always)]
+fn reduce(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
+/// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`), lane by lane
+/// as the AVX2 kernel sums.
+fn portable_row(w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+    let mut out = [0f32; GROUP];
+    for (s, o) in out.iter_mut().enumerate().take(r) {
+        let mut acc = [0f32; 8];
+        for b in 0..a.nb {
+            let (x, dx, bsums) = a.block(i0 + s, b);
+            let q = &w.q[b * QK_K..(b + 1) * QK_K];
+            let sv = &w.scales[b * QK_K / 2..(b + 1) * QK_K / 2];
+            let mins = &w.mins[b * 16..(b + 1) * 16];
+            let mut lanes = [0i32; 8];
+            for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
+                let sc = i32::from(sv[p / 2]);
+                lanes[(p % 32) / 4] += sc * i32::from(q) * i32::from(x as i8);
+            }
+            let mut min_lanes = [0i32; 8];
+            for (l, ml) in min_lanes.iter_mut().enumerate() {
+                *ml = i32::from(mins[2 * l]) * i32::from(bsums[2 * l])
+                    + i32::from(mins[2 * l + 1]) * i32::from(bsums[2 * l + 1]);
+            }
+            let dd = w.d[b] * dx;
+            let dm = -(w.dmin[b] * dx);
+            for l in 0..8 {
+                acc[l] = dd.mul_add(lanes[l] as f32, acc[l]);
+                acc[l] = dm.mul_add(min_lanes[l] as f32, acc[l]);
+            }
+        }
+        *o = reduce(acc);
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m256, __m256i};
+
+    use pulp::bytemuck::cast;
+    use pulp::x86::V3;
+
+    use super::{reduce, Unpacked, GROUP, Q8K, QK_K};
+
+    #[inline(always)]
+    fn load32(b: &[u8]) -> __m256i {
+        let a: [u8; 32] = b[..32].try_into().unwrap_or([0; 32]);
+        cast(a)
+    }
+
+    #[inline(always)]
+    fn load16x16(b: &[i16]) -> __m256i {
+        let a: [i16; 16] = b[..16].try_into().unwrap_or([0; 16]);
+        cast(a)
+    }
+
+    /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`): each
+    /// weight vector is loaded once for all `r` rows.
+    #[inline(always)]
+    pub(super) fn row(simd: V3, w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+        match r {
+            4 => rows::<4>(simd, w, a, i0),
+            3 => pad(rows::<3>(simd, w, a, i0)),
+            2 => pad(rows::<2>(simd, w, a, i0)),
+            _ => pad(rows::<1>(simd, w, a, i0)),
+        }
+    }
+
+    fn pad<const R: usize>(v: [f32; R]) -> [f32; GROUP] {
+        let mut out = [0f32; GROUP];
+        out[..R].copy_from_slice(&v);
+        out
+    }
+
+    // the fixed-size arrays are indexed in lock step so that the accumulators stay in
+    // registers
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn rows<const R: usize>(simd: V3, w: &Unpacked, a: &Q8K, i0: usize) -> [f32; R] {
+        let (avx, avx2, fma) = (simd.avx, simd.avx2, simd.fma);
+        let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
+        for b in 0..a.nb {
+            let q = &w.q[b * QK_K..(b + 1) * QK_K];
+            let sv = &w.scales[b * QK_K / 2..(b + 1) * QK_K / 2];
+            let x: [&[u8]; R] =
+                std::array::from_fn(|s| &a.qs[((i0 + s) * a.nb + b) * QK_K..][..QK_K]);
+            let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
+            for v in 0..8 {
+                let wq = load32(&q[32 * v..]);
+                let sc = load16x16(&sv[16 * v..]);
+                for s in 0..R {
+                    let p16 = avx2._mm256_maddubs_epi16(wq, load32(&x[s][32 * v..]));
+                    let p32 = avx2._mm256_madd_epi16(p16, sc);
+                    lanes[s] = avx2._mm256_add_epi32(lanes[s], p32);
+                }
+            }
+            let mins = load16x16(&w.mins[b * 16..]);
+            for s in 0..R {
+                let at = (i0 + s) * a.nb + b;
+                let dx = a.d[at];
+                let bs = load16x16(&a.bsums[at * 16..]);
+                let ml = avx2._mm256_madd_epi16(bs, mins);
+                let dd = avx._mm256_set1_ps(w.d[b] * dx);
+                let dm = avx._mm256_set1_ps(-(w.dmin[b] * dx));
+                acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
+                acc[s] = fma._mm256_fmadd_ps(dm, avx._mm256_cvtepi32_ps(ml), acc[s]);
+            }
+        }
+        acc.map(|v| reduce(cast(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn quantize(t: GgmlDType, w: &[f32], n: usize, k: usize) -> Vec<u8> {
+        let dense = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&dense, t)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Q8_K blocks of `x` as candle makes them: (quants, scale, sums of 16).
+    fn candle_q8k(x: &[f32]) -> Vec<(Vec<i8>, f32, Vec<i16>)> {
+        let q = Q8K::quantize(x, x.len());
+        (0..q.nb)
+            .map(|b| {
+                let (qs, d, bs) = q.block(0, b);
+                (qs.iter().map(|&v| v as i8).collect(), d, bs.to_vec())
+            })
+            .collect()
+    }
+
+    /// ggml's `vec_dot_q4_K_q8_K` / `vec_dot_q5_K_q8_K` arithmetic, scalar and in f64: per
+    /// super-block the quants of each 32-value group times its 6-bit scale, summed in
+    /// integers, times `d * dx`; less `dmin * dx` times the sum of each group's min times
+    /// its two 16-value sums of activation quants.
+    fn ggml_q45k(kind: Kind, w: &[u8], x: &[f32]) -> f64 {
+        let mut sum = 0f64;
+        for (blk, (x8, dx, bsums)) in w.chunks_exact(kind.block_bytes()).zip(candle_q8k(x)) {
+            let d = f64::from(f16_at(blk, 0));
+            let dmin = f64::from(f16_at(blk, 2));
+            let sc = &blk[4..16];
+            let (qh, qs) = if kind == Kind::Q5K {
+                (&blk[16..48], &blk[48..176])
+            } else {
+                (&blk[16..16], &blk[16..144])
+            };
+            let (mut sumi, mut summ) = (0i64, 0i64);
+            for g in 0..8 {
+                let (s, m) = scale_min(sc, g);
+                for l in 0..32 {
+                    let byte = qs[32 * (g / 2) + l];
+                    let mut q = if g % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                    if kind == Kind::Q5K && qh[l] & (1 << g) != 0 {
+                        q += 16;
+                    }
+                    sumi += i64::from(s) * i64::from(q) * i64::from(x8[32 * g + l]);
+                }
+                summ += i64::from(m) * i64::from(bsums[2 * g] + bsums[2 * g + 1]);
+            }
+            sum += d * f64::from(dx) * sumi as f64 - dmin * f64::from(dx) * summ as f64;
+        }
+        sum
+    }
+
+    /// ggml's `vec_dot_q6_K_q8_K` arithmetic, scalar and in f64: the signed 6-bit quants
+    /// (`q - 32`) of each 16-value group times its 8-bit scale, summed in integers, times
+    /// `d * dx`.
+    fn ggml_q6k(w: &[u8], x: &[f32]) -> f64 {
+        let mut sum = 0f64;
+        for (blk, (x8, dx, _)) in w.chunks_exact(210).zip(candle_q8k(x)) {
+            let d = f64::from(f16_at(blk, 208));
+            let mut sumi = 0i64;
+            for p in 0..QK_K {
+                let (h, r) = (p / 128, p % 128);
+                let (quarter, l) = (r / 32, r % 32);
+                let low = blk[64 * h + l + 32 * (quarter % 2)];
+                let low = if quarter < 2 { low & 0xF } else { low >> 4 };
+                let high = (blk[128 + 32 * h + l] >> (2 * quarter)) & 3;
+                let q = i64::from(low | (high << 4)) - 32;
+                let s = i64::from(blk[192 + p / 16] as i8);
+                sumi += s * q * i64::from(x8[p]);
+            }
+            sum += d * f64::from(dx) * sumi as f64;
+        }
+        sum
+    }
+
+    fn products(kind: Kind, w: &[u8], x: &[f32], k: usize, portable: bool) -> Vec<f32> {
+        let a = Q8K::quantize(x, k);
+        let rows = w.len() / (k / QK_K * kind.block_bytes());
+        let mut out = vec![0f32; rows * a.rows()];
+        if portable {
+            let mut un = Unpacked::default();
+            let rb = k / QK_K * kind.block_bytes();
+            for (r, col) in out.chunks_exact_mut(a.rows()).enumerate() {
+                un.fill(kind, &w[r * rb..(r + 1) * rb]);
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = portable_row(&un, &a, i, 1)[0];
+                }
+            }
+        } else {
+            tile(kind, w, &a, &mut Unpacked::default(), &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn integer_dots_match_ggml_arithmetic() {
+        let (n, m, k) = (3, 7, 768);
+        for (t, kind) in [
+            (GgmlDType::Q4K, Kind::Q4K),
+            (GgmlDType::Q5K, Kind::Q5K),
+            (GgmlDType::Q6K, Kind::Q6K),
+        ] {
+            let w = quantize(t, &noise(1, n * k), n, k);
+            let mut x = noise(2, m * k);
+            // an all-zero super-block (scale 0) and a row of one large value
+            x[k..k + QK_K].fill(0.0);
+            x[2 * k + 5] = 40.0;
+            let got = products(kind, &w, &x, k, false);
+            let rb = w.len() / n;
+            for j in 0..n {
+                for i in 0..m {
+                    let (wr, xr) = (&w[j * rb..(j + 1) * rb], &x[i * k..(i + 1) * k]);
+                    let want = match kind {
+                        Kind::Q6K => ggml_q6k(wr, xr),
+                        _ => ggml_q45k(kind, wr, xr),
+                    };
+                    let g = f64::from(got[j * m + i]);
+                    assert!(
+                        (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{kind:?} ({j}, {i}): {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_simd_give_the_same_bits() {
+        let (n, m, k) = (4, 9, 512);
+        for t in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let Some(kind) = Kind::of(t) else {
+                panic!("{t:?} has a kernel");
+            };
+            let w = quantize(t, &noise(3, n * k), n, k);
+            let x = noise(4, m * k);
+            assert_eq!(
+                products(kind, &w, &x, k, false),
+                products(kind, &w, &x, k, true),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn activations_round_as_candle_quantizes_them() {
+        let k = 512;
+        let x = noise(5, 2 * k);
+        let ours = Q8K::quantize(&x, k);
+        let dense = Tensor::from_slice(&x, (2, k), &Device::Cpu).unwrap();
+        let theirs = QTensor::quantize(&dense, GgmlDType::Q8K).unwrap();
+        let bytes = theirs.data().unwrap();
+        // candle's block: f32 d, 256 quants, 16 sums
+        for (b, blk) in bytes.chunks_exact(4 + 256 + 32).enumerate() {
+            let (qs, d, bs) = ours.block(b / 2, b % 2);
+            assert_eq!(f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]), d);
+            assert_eq!(&blk[4..260], qs);
+            let sums: Vec<i16> = blk[260..]
+                .chunks_exact(2)
+                .map(|p| i16::from_le_bytes([p[0], p[1]]))
+                .collect();
+            assert_eq!(sums, bs);
+        }
+    }
+}
