@@ -12,7 +12,7 @@
 
 use super::kquants::QK_K;
 use super::put_f16;
-use super::search::{nearest_int, GROUP_MAX_EPS};
+use super::search::{self, nearest_int, GROUP_MAX_EPS};
 
 pub(super) const IQ4_NL_BYTES: usize = 18;
 pub(super) const IQ4_XS_BYTES: usize = 136;
@@ -22,169 +22,258 @@ pub(super) const TQ2_0_BYTES: usize = 66;
 /// The IQ4 level values (`kvalues_iq4nl`), a fact of the format kept beside its decoder.
 const KVALUES: [i8; 16] = crate::formats::blocks::IQ4NL_VALUES;
 
-/// The index of the table value nearest `x` (ties to the lower), by ggml's bisection.
-#[inline]
+/// Midpoints between consecutive table values: half-integers, exact in `f32`.
+const MIDPOINTS: [f32; 15] = {
+    let mut m = [0.0f32; 15];
+    let mut k = 0;
+    while k < 15 {
+        m[k] = (KVALUES[k] as i32 + KVALUES[k + 1] as i32) as f32 * 0.5;
+        k += 1;
+    }
+    m
+};
+
+/// Distances between consecutive table values.
+const STEPS: [f32; 15] = {
+    let mut s = [0.0f32; 15];
+    let mut k = 0;
+    while k < 15 {
+        s[k] = (KVALUES[k + 1] as i32 - KVALUES[k] as i32) as f32;
+        k += 1;
+    }
+    s
+};
+
+/// The index of the table value nearest `x`, as ggml's bisection `best_index_int8` picks
+/// it: the number of midpoints at or below `x`.
+///
+/// ggml bisects to the neighbours `a < x < b` and takes `a` when `x - a < b - x` in `f32`.
+/// That is `x < (a + b) / 2` exactly: the midpoint is representable, rounding is monotonic,
+/// so both differences can only round to the same value when `x` lies within an ulp of the
+/// midpoint, where (all table gaps being at least 11 and the midpoints at least 4.5 from
+/// zero) both subtractions are exact. A tie (`x` on the midpoint) goes to `b` either way.
+/// Unlike the bisection, the count has no data-dependent branches, so the searches below
+/// vectorise over blocks (the test `branch_free_index_is_the_bisection` checks the two
+/// agree, ulp by ulp around every midpoint).
+#[inline(always)]
 fn best_index(x: f32) -> u8 {
-    let v = |i: usize| f32::from(KVALUES[i]);
-    if x <= v(0) {
-        return 0;
+    let mut n = 0u8;
+    for m in MIDPOINTS {
+        n += u8::from(x >= m);
     }
-    if x >= v(15) {
-        return 15;
+    n
+}
+
+/// The table value [`best_index`] picks, as `f32`: the first value plus the steps below
+/// `x` (integers, so the sum is exact).
+#[inline(always)]
+fn best_value(x: f32) -> f32 {
+    let mut v = f32::from(KVALUES[0]);
+    for (m, s) in MIDPOINTS.iter().zip(STEPS) {
+        v += if x >= *m { s } else { 0.0 };
     }
-    let (mut ml, mut mu) = (0usize, 15usize);
-    while mu - ml > 1 {
-        let mav = (ml + mu) / 2;
-        if x < v(mav) {
-            mu = mav;
-        } else {
-            ml = mav;
+    v
+}
+
+/// The block scales of ggml's `quantize_row_iq4_nl_impl` (`ntry` 7) for `G` blocks of 32
+/// values searched in lockstep (`x[i][g]` is value `i` of block `g`, weights likewise), as
+/// `search` does for the K-quants: per block, the candidate scales of ggml in its order,
+/// each scored by its weighted fit, with every block's sums added in ggml's order. The
+/// levels the search finds are never written (ggml requantizes against the final scale),
+/// so only the scales come out.
+#[inline(always)]
+fn iq4_block_scales<const G: usize>(x: &[[f32; G]; 32], w: &[[f32; G]; 32]) -> [f32; G] {
+    const NTRY: i32 = 7;
+    let (max, amax) = search::signed_max(x);
+    let v0 = f32::from(KVALUES[0]);
+    let mut id = [0.0f32; G];
+    for g in 0..G {
+        id[g] = 1.0 / (-max[g] / v0);
+    }
+    let mut sumqx = [0.0f32; G];
+    let mut sumq2 = [0.0f32; G];
+    for (xr, wr) in x.iter().zip(w) {
+        for g in 0..G {
+            let q = best_value(id[g] * xr[g]);
+            sumqx[g] += wr[g] * q * xr[g];
+            sumq2[g] += wr[g] * q * q;
         }
     }
-    if x - v(mu - 1) < v(mu) - x {
-        (mu - 1) as u8
-    } else {
-        mu as u8
+    let mut d = [0.0f32; G];
+    let mut best = [0.0f32; G];
+    for g in 0..G {
+        d[g] = if sumq2[g] > 0.0 {
+            sumqx[g] / sumq2[g]
+        } else {
+            0.0
+        };
+        best[g] = d[g] * sumqx[g];
+    }
+    for itry in -NTRY..=NTRY {
+        let num = (itry + i32::from(KVALUES[0])) as f32;
+        for g in 0..G {
+            id[g] = num / max[g];
+        }
+        let mut sumqx = [0.0f32; G];
+        let mut sumq2 = [0.0f32; G];
+        for (xr, wr) in x.iter().zip(w) {
+            for g in 0..G {
+                let q = best_value(id[g] * xr[g]);
+                sumqx[g] += wr[g] * q * xr[g];
+                sumq2[g] += wr[g] * q * q;
+            }
+        }
+        for g in 0..G {
+            let take = sumq2[g] > 0.0 && sumqx[g] * sumqx[g] > best[g] * sumq2[g];
+            d[g] = if take { sumqx[g] / sumq2[g] } else { d[g] };
+            best[g] = if take { d[g] * sumqx[g] } else { best[g] };
+        }
+    }
+    for g in 0..G {
+        if amax[g] < GROUP_MAX_EPS {
+            d[g] = 0.0;
+        }
+    }
+    d
+}
+
+/// The weights of `G` blocks of 32 laid out as the search wants them: `qw * sqrt(sigma2 +
+/// x^2)` with the importance, `x^2` without.
+#[inline(always)]
+fn iq4_weights<const G: usize>(
+    xs: &[[f32; G]; 32],
+    qw: Option<&[f32]>,
+    sigma2: &[f32; G],
+) -> [[f32; G]; 32] {
+    let mut w = [[0.0f32; G]; 32];
+    for (i, row) in w.iter_mut().enumerate() {
+        for (g, v) in row.iter_mut().enumerate() {
+            let xv = xs[i][g];
+            *v = match qw {
+                Some(qw) => qw[32 * g + i] * (sigma2[g] + xv * xv).sqrt(),
+                None => xv * xv,
+            };
+        }
+    }
+    w
+}
+
+/// `x[32 * g + i]` as `[i][g]` for `G` blocks of 32.
+#[inline(always)]
+fn transpose<const G: usize>(x: &[f32]) -> [[f32; G]; 32] {
+    let mut t = [[0.0f32; G]; 32];
+    for (g, chunk) in x.chunks_exact(32).take(G).enumerate() {
+        for (i, &v) in chunk.iter().enumerate() {
+            t[i][g] = v;
+        }
+    }
+    t
+}
+
+/// ggml's `sigma2` of `x`: twice the mean square, summed in order.
+fn sigma2(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s * (2.0 / x.len() as f32)
+}
+
+/// Pack 32 levels of a block as nibbles: byte `j` holds values `j` and `j + 16`.
+fn pack_nibbles(l: &[u8], q4: &mut [u8]) {
+    for j in 0..16 {
+        q4[j] = l[j] | (l[16 + j] << 4);
     }
 }
 
-/// ggml's `quantize_row_iq4_nl_impl` with `ntry` 7 for one super-block of `x.len()` values
-/// in blocks of 32. Writes the f16 super-scale into `dh`, the packed nibbles into `q4`, and
-/// (for more than one block) the 6-bit block scales into `scales_h` / `scales_l`.
-fn iq4_impl(
-    x: &[f32],
-    qw: Option<&[f32]>,
-    dh: &mut [u8],
-    q4: &mut [u8],
-    scales_hl: Option<(&mut [u8], &mut [u8])>,
-) {
-    const NTRY: i32 = 7;
-    let n = x.len();
-    let nb = n / 32;
-    let mut sigma2 = 0.0f32;
-    for &v in x {
-        sigma2 += v * v;
+/// `G` consecutive IQ4_NL blocks (`32 * G` values, `18 * G` bytes), as ggml's
+/// `quantize_iq4_nl` writes them one by one: each block has its own `sigma2` and scale,
+/// and its levels are requantized against that scale.
+fn iq4_nl_blocks<const G: usize>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let xs = transpose::<G>(x);
+    let mut s2 = [0.0f32; G];
+    for (g, s) in s2.iter_mut().enumerate() {
+        *s = sigma2(&x[32 * g..32 * g + 32]);
     }
-    sigma2 *= 2.0 / n as f32;
-    q4.fill(0);
-    put_f16(dh, 0.0);
-    let mut l = [0u8; QK_K];
-    let mut scales = [0.0f32; 8];
-    let mut weight = [0.0f32; 32];
+    let w = iq4_weights(&xs, qw, &s2);
+    let scales = iq4_block_scales(&xs, &w);
+    for ((xb, yb), &d) in x
+        .chunks_exact(32)
+        .zip(y.chunks_exact_mut(IQ4_NL_BYTES))
+        .zip(&scales)
+    {
+        put_f16(&mut yb[0..2], d);
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut l = [0u8; 32];
+        for (o, &v) in l.iter_mut().zip(xb) {
+            *o = best_index(id * v);
+        }
+        pack_nibbles(&l, &mut yb[2..18]);
+    }
+}
+
+/// IQ4_NL blocks (`d` (f16), `qs[16]`) of a row (whole blocks of 32): eight at a time in lockstep, then the rest
+/// one by one. Blocks are independent, so the grouping does not change a byte.
+pub(super) fn quantize_iq4_nl_row(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let mut xs = x.chunks_exact(8 * 32);
+    let mut ys = y.chunks_exact_mut(8 * IQ4_NL_BYTES);
+    let mut at = 0;
+    for (xb, yb) in (&mut xs).zip(&mut ys) {
+        iq4_nl_blocks::<8>(xb, qw.map(|q| &q[at..at + 8 * 32]), yb);
+        at += 8 * 32;
+    }
+    let rest = xs.remainder();
+    let yrest = ys.into_remainder();
+    for (xb, yb) in rest
+        .chunks_exact(32)
+        .zip(yrest.chunks_exact_mut(IQ4_NL_BYTES))
+    {
+        iq4_nl_blocks::<1>(xb, qw.map(|q| &q[at..at + 32]), yb);
+        at += 32;
+    }
+}
+
+/// One IQ4_XS super-block: `d` (f16), `scales_h` (u16), `scales_l[4]`, `qs[128]`. The eight
+/// block scales are searched in lockstep (one `sigma2` for the super-block), then quantized
+/// to 6 bits against the f16 super-scale `-max_scale / 32`, and every value is requantized
+/// against its block's decoded scale.
+pub(super) fn quantize_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let (dh, rest) = y.split_at_mut(2);
+    let (scales_h, rest) = rest.split_at_mut(2);
+    let (scales_l, q4) = rest.split_at_mut(4);
+    let xs = transpose::<8>(x);
+    let w = iq4_weights(&xs, qw, &[sigma2(x); 8]);
+    let scales = iq4_block_scales(&xs, &w);
     let (mut max_scale, mut amax_scale) = (0.0f32, 0.0f32);
-    let v0 = f32::from(KVALUES[0]);
-    for ib in 0..nb {
-        let xb = &x[32 * ib..32 * ib + 32];
-        match qw {
-            Some(qw) => {
-                let qb = &qw[32 * ib..32 * ib + 32];
-                for j in 0..32 {
-                    weight[j] = qb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
-            }
-            None => {
-                for j in 0..32 {
-                    weight[j] = xb[j] * xb[j];
-                }
-            }
-        }
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax < GROUP_MAX_EPS {
-            scales[ib] = 0.0;
-            continue;
-        }
-        let mut d = -max / v0;
-        let mut id = 1.0 / d;
-        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-        for j in 0..32 {
-            let li = best_index(id * xb[j]);
-            l[32 * ib + j] = li;
-            let q = f32::from(KVALUES[li as usize]);
-            let w = weight[j];
-            sumqx += w * q * xb[j];
-            sumq2 += w * q * q;
-        }
-        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -NTRY..=NTRY {
-            id = (itry + i32::from(KVALUES[0])) as f32 / max;
-            sumqx = 0.0;
-            sumq2 = 0.0;
-            for j in 0..32 {
-                let q = f32::from(KVALUES[best_index(id * xb[j]) as usize]);
-                let w = weight[j];
-                sumqx += w * q * xb[j];
-                sumq2 += w * q * q;
-            }
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
-        scales[ib] = d;
+    for &d in &scales {
         if d.abs() > amax_scale {
             amax_scale = d.abs();
             max_scale = d;
         }
     }
-    if let Some((scales_h, scales_l)) = scales_hl {
-        let mut sh = 0u16;
-        let d = -max_scale / 32.0;
-        put_f16(dh, d);
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for ib in 0..nb {
-            let mut li = nearest_int(id * scales[ib]).clamp(-32, 31);
-            let dl = d * li as f32;
-            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-            for j in 0..32 {
-                l[32 * ib + j] = best_index(idl * x[32 * ib + j]);
-            }
-            li += 32;
-            let (l_l, l_h) = ((li & 0xF) as u8, (li >> 4) as u16);
-            if ib % 2 == 0 {
-                scales_l[ib / 2] = l_l;
-            } else {
-                scales_l[ib / 2] |= l_l << 4;
-            }
-            sh |= l_h << (2 * (ib % 8));
+    let mut sh = 0u16;
+    let d = -max_scale / 32.0;
+    put_f16(dh, d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for ib in 0..QK_K / 32 {
+        let mut li = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * li as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        let mut l = [0u8; 32];
+        for (o, &v) in l.iter_mut().zip(&x[32 * ib..32 * ib + 32]) {
+            *o = best_index(idl * v);
         }
-        scales_h.copy_from_slice(&sh.to_le_bytes());
-    } else {
-        put_f16(dh, scales[0]);
-        let id = if scales[0] != 0.0 {
-            1.0 / scales[0]
+        pack_nibbles(&l, &mut q4[16 * ib..16 * ib + 16]);
+        li += 32;
+        let (l_l, l_h) = ((li & 0xF) as u8, (li >> 4) as u16);
+        if ib % 2 == 0 {
+            scales_l[ib / 2] = l_l;
         } else {
-            0.0
-        };
-        for j in 0..n {
-            l[j] = best_index(id * x[j]);
+            scales_l[ib / 2] |= l_l << 4;
         }
+        sh |= l_h << (2 * (ib % 8));
     }
-    for i in 0..n / 32 {
-        for j in 0..16 {
-            q4[16 * i + j] = l[32 * i + j] | (l[32 * i + 16 + j] << 4);
-        }
-    }
-}
-
-/// One IQ4_NL block: `d` (f16), `qs[16]`.
-pub(super) fn quantize_iq4_nl(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let (dh, q4) = y.split_at_mut(2);
-    iq4_impl(x, qw, dh, q4, None);
-}
-
-/// One IQ4_XS super-block: `d` (f16), `scales_h` (u16), `scales_l[4]`, `qs[128]`.
-pub(super) fn quantize_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let (dh, rest) = y.split_at_mut(2);
-    let (sh, rest) = rest.split_at_mut(2);
-    let (sl, q4) = rest.split_at_mut(4);
-    iq4_impl(x, qw, dh, q4, Some((sh, sl)));
+    scales_h.copy_from_slice(&sh.to_le_bytes());
 }
 
 // --------------------------------------------------------------------- TQ1_0 and TQ2_0
@@ -270,6 +359,59 @@ mod tests {
         assert_eq!(best_index(-4.5), 8); // -10 and 1 are both 5.5 away: ggml takes the upper
         assert_eq!(best_index(7.0), 9); // 1 and 13 tie at 6: ggml takes the upper
         assert_eq!(best_index(6.9), 8);
+    }
+
+    /// ggml's `best_index_int8`, transcribed: bisection, then the nearer neighbour.
+    fn bisection(x: f32) -> u8 {
+        let v = |i: usize| f32::from(KVALUES[i]);
+        if x <= v(0) {
+            return 0;
+        }
+        if x >= v(15) {
+            return 15;
+        }
+        let (mut ml, mut mu) = (0usize, 15usize);
+        while mu - ml > 1 {
+            let mav = (ml + mu) / 2;
+            if x < v(mav) {
+                mu = mav;
+            } else {
+                ml = mav;
+            }
+        }
+        if x - v(mu - 1) < v(mu) - x {
+            (mu - 1) as u8
+        } else {
+            mu as u8
+        }
+    }
+
+    #[test]
+    fn branch_free_index_is_the_bisection() {
+        let mut xs: Vec<f32> = vec![0.0, -0.0, f32::MAX, f32::MIN, f32::INFINITY, -f32::INFINITY];
+        // Every float within 2^12 ulps of each midpoint and of each table value.
+        let anchors = MIDPOINTS
+            .iter()
+            .copied()
+            .chain(KVALUES.iter().map(|&v| f32::from(v)));
+        for a in anchors {
+            for k in -4096i32..=4096 {
+                xs.push(f32::from_bits((a.to_bits() as i32 + k) as u32));
+            }
+        }
+        // And a dense sweep over the whole range the searches use.
+        let mut s = 0x9e37_79b9u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            xs.push((s as f32 / u32::MAX as f32 - 0.5) * 300.0);
+        }
+        for x in xs {
+            let want = bisection(x);
+            assert_eq!(best_index(x), want, "{x:e}");
+            assert_eq!(best_value(x), f32::from(KVALUES[want as usize]), "{x:e}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub(super) const Q5K_BYTES: usize = 176;
 pub(super) const Q6K_BYTES: usize = 210;
 
 /// `x[32 * g + i]` as `[i][g]`: 8 groups of 32.
-fn groups_of_32(x: &[f32]) -> [[f32; 8]; 32] {
+pub(super) fn groups_of_32(x: &[f32]) -> [[f32; 8]; 32] {
     let mut t = [[0.0f32; 8]; 32];
     for (g, chunk) in x.chunks_exact(32).enumerate() {
         for (i, &v) in chunk.iter().enumerate() {
@@ -33,7 +33,7 @@ fn groups_of_32(x: &[f32]) -> [[f32; 8]; 32] {
 }
 
 /// `x[16 * g + i]` as `[i][g]`: 16 groups of 16.
-fn groups_of_16(x: &[f32]) -> [[f32; 16]; 16] {
+pub(super) fn groups_of_16(x: &[f32]) -> [[f32; 16]; 16] {
     let mut t = [[0.0f32; 16]; 16];
     for (g, chunk) in x.chunks_exact(16).enumerate() {
         for (i, &v) in chunk.iter().enumerate() {

@@ -396,12 +396,7 @@ fn weighted_row(ty: GgmlType) -> Option<RowFn> {
                 iq1::quantize_iq1_s(x, qw, y);
             }
         },
-        T::IQ4NL => |x, qw, y| {
-            let it = x.chunks_exact(legacy::QK).zip(qw.chunks_exact(legacy::QK));
-            for ((x, qw), y) in it.zip(y.chunks_exact_mut(iquants::IQ4_NL_BYTES)) {
-                iquants::quantize_iq4_nl(x, Some(qw), y);
-            }
-        },
+        T::IQ4NL => |x, qw, y| iquants::quantize_iq4_nl_row(x, Some(qw), y),
         T::IQ4XS => |x, qw, y| {
             let it = x
                 .chunks_exact(kquants::QK_K)
@@ -527,9 +522,7 @@ fn quantize_chunk(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         T::Q5K => each_block(x, y, K, kquants::Q5K_BYTES, kquants::quantize_q5k),
         T::Q6K => each_block(x, y, K, kquants::Q6K_BYTES, kquants::quantize_q6k),
         T::IQ2S => each_block(x, y, K, iq2::IQ2_S_BYTES, iq2::quantize_iq2_s),
-        T::IQ4NL => each_block(x, y, L, iquants::IQ4_NL_BYTES, |x, y| {
-            iquants::quantize_iq4_nl(x, None, y)
-        }),
+        T::IQ4NL => iquants::quantize_iq4_nl_row(x, None, y),
         T::IQ4XS => each_block(x, y, K, iquants::IQ4_XS_BYTES, |x, y| {
             iquants::quantize_iq4_xs(x, None, y)
         }),

@@ -184,7 +184,9 @@ pub(super) fn qkx2<const N: usize, const G: usize>(
 
 /// The value of largest magnitude of each group (the first one, on ties) and that
 /// magnitude, as ggml's searches pick them.
-fn signed_max<const N: usize, const G: usize>(x: &[[f32; G]; N]) -> ([f32; G], [f32; G]) {
+pub(super) fn signed_max<const N: usize, const G: usize>(
+    x: &[[f32; G]; N],
+) -> ([f32; G], [f32; G]) {
     let mut max = [0.0f32; G];
     let mut amax = [0.0f32; G];
     for row in x {
@@ -208,13 +210,26 @@ pub(super) fn qx<const N: usize, const G: usize>(
     levels: &mut [[i32; G]; N],
     scale: &mut [f32; G],
 ) {
-    let (max, amax) = signed_max(x);
     let mut w = [[0.0f32; G]; N];
     for i in 0..N {
         for g in 0..G {
             w[i][g] = x[i][g] * x[i][g];
         }
     }
+    qx_weighted(x, &w, nmax, levels, scale);
+}
+
+/// [`qx`] with explicit weights (`make_qx_quants` given `quant_weights`, as the importance
+/// quantizers call it); the weights only enter the sums, in the same places as `x * x`.
+#[inline(always)]
+pub(super) fn qx_weighted<const N: usize, const G: usize>(
+    x: &[[f32; G]; N],
+    w: &[[f32; G]; N],
+    nmax: i32,
+    levels: &mut [[i32; G]; N],
+    scale: &mut [f32; G],
+) {
+    let (max, amax) = signed_max(x);
     let nmaxf = nmax as f32;
     let (lo, hi) = (-nmaxf, nmaxf - 1.0);
     let mut iscale = [0.0f32; G];

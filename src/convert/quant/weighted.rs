@@ -10,14 +10,17 @@
 //! `make_qkx3_quants` (asymmetric grid with least-squares refinement) and `make_qp_quants`
 //! (the super-block's scales and minimums, quantized against the summed group weights).
 //!
-//! Unlike the unweighted K-quant searches in `search`, these run group by group, as ggml
-//! does: an imatrix conversion is dominated by the 37-step `make_qkx3_quants` grid, and
-//! the plain loop keeps the transcription easy to check against ggml line by line. Levels
-//! are kept in the integer types ggml keeps them in (`u8` for `make_qkx3_quants` and
-//! `make_qp_quants`, which wrap exactly as ggml's `uint8_t` stores do).
+//! The K types run a super-block's 8 or 16 groups in lockstep through the searches of
+//! `search`, as the unweighted K-quants do: `make_qkx3_quants` is `make_qkx2_quants` with
+//! other constants, operation for operation, and `make_qx_quants` only takes its weights
+//! from the caller, so the same lockstep code serves both, and the 37-step grid that
+//! dominates an imatrix conversion vectorises over groups. The legacy types (one 32-value
+//! block per scale) and the super-block scale searches (`make_qp_quants`) stay group by
+//! group. Levels are kept in the integer types ggml keeps them in (`u8` for
+//! `make_qkx3_quants` and `make_qp_quants`, which wrap exactly as ggml's `uint8_t` stores do).
 
-use super::kquants::QK_K;
-use super::search::{nearest_int, GROUP_MAX_EPS};
+use super::kquants::{groups_of_16, groups_of_32, QK_K};
+use super::search::{self, nearest_int, Qkx2, GROUP_MAX_EPS};
 use super::{f16_at, put_f16};
 
 /// ggml's `make_qx_quants` with `rmse_type` 1 and explicit weights: levels `l + nmax` with
@@ -256,6 +259,54 @@ fn weigh(x: &[f32], qw: &[f32], sigma2: f32, w: &mut [f32]) {
     }
 }
 
+/// The weights `qw[j] * sqrt(sigma2 + x[j]^2)` of a super-block laid out like `xs` (value
+/// `N * g + i` at `[i][g]`), and each group's sum of weights added in value order.
+#[inline(always)]
+fn weigh_groups<const N: usize, const G: usize>(
+    xs: &[[f32; G]; N],
+    qw: &[f32],
+    sigma2: f32,
+) -> ([[f32; G]; N], [f32; G]) {
+    let mut w = [[0.0f32; G]; N];
+    for (i, row) in w.iter_mut().enumerate() {
+        for (g, v) in row.iter_mut().enumerate() {
+            let x = xs[i][g];
+            *v = qw[N * g + i] * (sigma2 + x * x).sqrt();
+        }
+    }
+    let mut sw = [0.0f32; G];
+    for row in &w {
+        for g in 0..G {
+            sw[g] += row[g];
+        }
+    }
+    (w, sw)
+}
+
+/// `make_qkx3_quants` as the K types call it (`rmin` -0.9, `rdelta` 0.05, 37 candidate
+/// scales, squared error). It is `make_qkx2_quants` with other constants, operation for
+/// operation, so the lockstep search of `search` serves both.
+fn qkx3_params(nmax: i32) -> Qkx2 {
+    Qkx2 {
+        nmax,
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    }
+}
+
+/// Levels of a lockstep search back in value order, as bytes.
+fn flatten_u8<const N: usize, const G: usize>(lv: &[[i32; G]; N]) -> [u8; QK_K] {
+    let mut out = [0u8; QK_K];
+    for (i, row) in lv.iter().enumerate() {
+        for (g, &l) in row.iter().enumerate() {
+            out[N * g + i] = l as u8;
+        }
+    }
+    out
+}
+
 // ------------------------------------------------------------------------- legacy types
 
 /// The row's `sigma2` for the legacy types: mean square over the whole row.
@@ -382,21 +433,13 @@ pub(super) fn q2k_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
 
 fn q2k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let sigma2 = sum_sq(x) / QK_K as f32;
-    let mut levels = [0u8; QK_K];
+    let xs = groups_of_16(x);
+    let (w, sw) = weigh_groups(&xs, qw, sigma2);
+    let mut lv = [[0i32; 16]; 16];
     let mut scales = [0.0f32; 16];
     let mut mins = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
-    let mut w = [0.0f32; 16];
-    for j in 0..16 {
-        let xg = &x[16 * j..16 * j + 16];
-        weigh(xg, &qw[16 * j..16 * j + 16], sigma2, &mut w);
-        for &v in &w {
-            sw[j] += v;
-        }
-        let (s, m) = make_qkx3(3, xg, &w, &mut levels[16 * j..16 * j + 16], -0.9, 0.05, 36);
-        scales[j] = s;
-        mins[j] = m;
-    }
+    search::qkx2(&xs, &w, &qkx3_params(3), &mut lv, &mut scales, &mut mins);
+    let mut levels = flatten_u8(&lv);
     let mut ls = [0u8; 16];
     let mut lm = [0u8; 16];
     let dm = make_qp(15, &scales, &mut ls, &sw);
@@ -429,20 +472,11 @@ pub(super) fn q3k_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
 
 fn q3k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    let mut l = [0i8; QK_K];
+    let xs = groups_of_16(x);
+    let (w, sw) = weigh_groups(&xs, qw, sigma2);
+    let mut lv = [[0i32; 16]; 16];
     let mut scales = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
-    let mut w = [0.0f32; 16];
-    for j in 0..16 {
-        let xg = &x[16 * j..16 * j + 16];
-        weigh(xg, &qw[16 * j..16 * j + 16], sigma2, &mut w);
-        let mut sumw = 0.0f32;
-        for &v in &w {
-            sumw += v;
-        }
-        sw[j] = sumw;
-        scales[j] = make_qx(4, xg, &mut l[16 * j..16 * j + 16], &w);
-    }
+    search::qx_weighted(&xs, &w, 4, &mut lv, &mut scales);
     let (hmask, rest) = y.split_at_mut(32);
     let (qs, rest) = rest.split_at_mut(64);
     let (sb, d_bytes) = rest.split_at_mut(12);
@@ -461,10 +495,7 @@ fn q3k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     }
     put_f16(d_bytes, d_block);
     let d_all = f16_at(d_bytes, 0);
-    let mut levels = [0u8; QK_K];
-    for (o, &v) in levels.iter_mut().zip(&l) {
-        *o = v as u8;
-    }
+    let mut levels = flatten_u8(&lv);
     for j in 0..16 {
         let low = if j < 8 { sb[j] & 0xF } else { sb[j - 8] >> 4 };
         let sc = (low | (((sb[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8 - 32;
@@ -489,31 +520,13 @@ fn q3k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
 /// Q4_K and Q5_K share everything up to the packing of the levels.
 fn k4_head(x: &[f32], qw: &[f32], nmax: i32, clamp_ls: bool, head: &mut [u8]) -> [u8; QK_K] {
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    let mut levels = [0u8; QK_K];
+    let xs = groups_of_32(x);
+    let (w, sw) = weigh_groups(&xs, qw, sigma2);
+    let mut lv = [[0i32; 8]; 32];
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
-    let mut sw = [0.0f32; 8];
-    let mut w = [0.0f32; 32];
-    for j in 0..8 {
-        let xg = &x[32 * j..32 * j + 32];
-        weigh(xg, &qw[32 * j..32 * j + 32], sigma2, &mut w);
-        let mut sumw = 0.0f32;
-        for &v in &w {
-            sumw += v;
-        }
-        sw[j] = sumw;
-        let (s, m) = make_qkx3(
-            nmax,
-            xg,
-            &w,
-            &mut levels[32 * j..32 * j + 32],
-            -0.9,
-            0.05,
-            36,
-        );
-        scales[j] = s;
-        mins[j] = m;
-    }
+    search::qkx2(&xs, &w, &qkx3_params(nmax), &mut lv, &mut scales, &mut mins);
+    let mut levels = flatten_u8(&lv);
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     let d_block = make_qp(63, &scales, &mut ls, &sw);
@@ -603,18 +616,14 @@ pub(super) fn q6k_row(x: &[f32], qw: &[f32], y: &mut [u8]) {
 }
 
 fn q6k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+    let xs = groups_of_16(x);
+    let ws = groups_of_16(qw);
+    let mut lv = [[0i32; 16]; 16];
     let mut scales = [0.0f32; 16];
+    search::qx_weighted(&xs, &ws, 32, &mut lv, &mut scales);
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
-        let s = make_qx(
-            32,
-            &x[16 * ib..16 * ib + 16],
-            &mut l[16 * ib..16 * ib + 16],
-            &qw[16 * ib..16 * ib + 16],
-        );
-        scales[ib] = s;
+    for &s in &scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;
@@ -634,8 +643,10 @@ fn q6k_block(x: &[f32], qw: &[f32], y: &mut [u8]) {
     }
     let d_all = f16_at(d_bytes, 0);
     let mut levels = [0i32; QK_K];
-    for (o, &v) in levels.iter_mut().zip(&l) {
-        *o = i32::from(v);
+    for (i, row) in lv.iter().enumerate() {
+        for (g, &l) in row.iter().enumerate() {
+            levels[16 * g + i] = l;
+        }
     }
     for j in 0..16 {
         let d = d_all * f32::from(sc[j] as i8);
