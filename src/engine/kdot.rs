@@ -721,9 +721,10 @@ mod tests {
             assert_eq!(sums, bs);
         }
     }
-    /// The dense native product (candle's quantized matmul on the stored rows) and this
-    /// kernel give the same bits: rows with outliers, one to five activation rows, one to
-    /// eight super-blocks.
+    /// Candle's quantized matmul (what native mode used for dense K-quant products before
+    /// `StoredMatrix::matmul_quantized` took this kernel) and this kernel give the same bits:
+    /// rows with outliers, one to five activation rows, one to eight super-blocks; and so
+    /// does `matmul_quantized`, which now runs it.
     #[test]
     fn products_are_candles_quantized_matmul_bit_for_bit() {
         use crate::engine::stored::{Elem, StoredMatrix};
@@ -739,7 +740,11 @@ mod tests {
                     let mut x = noise(7 + (k + m) as u64, m * k);
                     x[3] = 30.0;
                     x[(m - 1) * k + 100] = -55.0;
-                    let want = sm.matmul_quantized(&x, m).unwrap();
+                    let mut want = vec![0f32; m * n];
+                    t.from_data(std::borrow::Cow::Borrowed(&w))
+                        .matmul_t((m, k, n), &x, &mut want)
+                        .unwrap();
+                    assert_eq!(sm.matmul_quantized(&x, m).unwrap(), want);
                     let got = products(kind, &w, &x, k, false);
                     for j in 0..n {
                         for i in 0..m {
