@@ -618,6 +618,9 @@ impl StoredMatrix {
             .for_each_init(kdot::Unpacked::default, |un, (dst, src)| {
                 kdot::tile(kind, src, &q, un, dst);
             });
+        if m == 1 {
+            return t;
+        }
         // `[n, m]` to `[m, n]`
         let mut out = vec![0f32; m * n];
         for (j, row) in t.chunks_exact(m).enumerate() {
