@@ -353,8 +353,8 @@ fn rows(
             let r = (m - i).min(GROUP);
             let v = match simd {
                 #[cfg(target_arch = "x86_64")]
-                Some(s) => avx2::row(s, scratch, a, i, r),
-                _ => portable_row(scratch, a, i, r),
+                Some(s) => avx2::row(s, kind, scratch, a, i, r),
+                _ => portable_row(kind, scratch, a, i, r),
             };
             col[i..i + r].copy_from_slice(&v[..r]);
             i += r;
@@ -367,18 +367,58 @@ type Simd = pulp::x86::V3;
 #[cfg(not(target_arch = "x86_64"))]
 type Simd = ();
 
-/// The eight f32 lanes summed in the order AVX2's reduction uses.
+/// The eight f32 lanes summed in the order of candle's `hsum_float_8` (high half plus low
+/// half, then lanes 0 + 2 and 1 + 3).
 #[inline(always)]
 fn reduce(a: [f32; 8]) -> f32 {
-    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// Running sums of the `dmin` terms, kept apart from the scale terms as candle keeps them:
+/// Q4_K in four f32 lanes (lane `i` the mins of 32-value groups `2i`, `2i + 1`, fused
+/// multiply-adds), Q5_K in one f32 (multiply, then add), Q6_K none (its `- 32` is in the
+/// integer sum).
+#[derive(Clone, Copy, Default)]
+struct Mins {
+    lanes: [f32; 4],
+    sum: f32,
+}
+
+impl Mins {
+    /// Add one super-block: `ml` the eight products `min * bsum` summed per 32 values (as
+    /// `madd` leaves them), `dm = -dx * dmin`.
+    #[inline(always)]
+    fn add(&mut self, kind: Kind, dm: f32, ml: [i32; 8]) {
+        match kind {
+            Kind::Q4K => {
+                for (i, l) in self.lanes.iter_mut().enumerate() {
+                    *l = dm.mul_add((ml[2 * i] + ml[2 * i + 1]) as f32, *l);
+                }
+            }
+            Kind::Q5K => self.sum += dm * ml.iter().sum::<i32>() as f32,
+            Kind::Q6K => {}
+        }
+    }
+
+    /// `h` (the reduced scale terms) plus these, in candle's order.
+    #[inline(always)]
+    fn finish(self, kind: Kind, h: f32) -> f32 {
+        let l = self.lanes;
+        match kind {
+            Kind::Q4K => h + ((l[0] + l[2]) + (l[1] + l[3])),
+            Kind::Q5K => h + self.sum,
+            Kind::Q6K => h,
+        }
+    }
 }
 
 /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`), lane by lane
 /// as the AVX2 kernel sums.
-fn portable_row(w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+fn portable_row(kind: Kind, w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
     let mut out = [0f32; GROUP];
     for (s, o) in out.iter_mut().enumerate().take(r) {
         let mut acc = [0f32; 8];
+        let mut m = Mins::default();
         for b in 0..a.nb {
             let (x, dx, bsums) = a.block(i0 + s, b);
             let q = &w.q[b * QK_K..(b + 1) * QK_K];
@@ -387,21 +427,21 @@ fn portable_row(w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
             let mut lanes = [0i32; 8];
             for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
                 let sc = i32::from(sv[p / 2]);
-                lanes[(p % 32) / 4] += sc * i32::from(q) * i32::from(x as i8);
+                let q = i32::from(q) - if kind == Kind::Q6K { 32 } else { 0 };
+                lanes[(p % 32) / 4] += sc * q * i32::from(x as i8);
             }
             let mut min_lanes = [0i32; 8];
             for (l, ml) in min_lanes.iter_mut().enumerate() {
                 *ml = i32::from(mins[2 * l]) * i32::from(bsums[2 * l])
                     + i32::from(mins[2 * l + 1]) * i32::from(bsums[2 * l + 1]);
             }
-            let dd = w.d[b] * dx;
-            let dm = -(w.dmin[b] * dx);
+            let dd = dx * w.d[b];
             for l in 0..8 {
                 acc[l] = dd.mul_add(lanes[l] as f32, acc[l]);
-                acc[l] = dm.mul_add(min_lanes[l] as f32, acc[l]);
             }
+            m.add(kind, -dx * w.dmin[b], min_lanes);
         }
-        *o = reduce(acc);
+        *o = m.finish(kind, reduce(acc));
     }
     out
 }
@@ -413,7 +453,7 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{reduce, Unpacked, GROUP, Q8K, QK_K};
+    use super::{reduce, Kind, Mins, Unpacked, GROUP, Q8K, QK_K};
 
     #[inline(always)]
     fn load32(b: &[u8]) -> __m256i {
@@ -430,12 +470,19 @@ mod avx2 {
     /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`): each
     /// weight vector is loaded once for all `r` rows.
     #[inline(always)]
-    pub(super) fn row(simd: V3, w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+    pub(super) fn row(
+        simd: V3,
+        kind: Kind,
+        w: &Unpacked,
+        a: &Q8K,
+        i0: usize,
+        r: usize,
+    ) -> [f32; GROUP] {
         match r {
-            4 => rows::<4>(simd, w, a, i0),
-            3 => pad(rows::<3>(simd, w, a, i0)),
-            2 => pad(rows::<2>(simd, w, a, i0)),
-            _ => pad(rows::<1>(simd, w, a, i0)),
+            4 => rows::<4>(simd, kind, w, a, i0),
+            3 => pad(rows::<3>(simd, kind, w, a, i0)),
+            2 => pad(rows::<2>(simd, kind, w, a, i0)),
+            _ => pad(rows::<1>(simd, kind, w, a, i0)),
         }
     }
 
@@ -449,9 +496,13 @@ mod avx2 {
     // registers
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn rows<const R: usize>(simd: V3, w: &Unpacked, a: &Q8K, i0: usize) -> [f32; R] {
+    fn rows<const R: usize>(simd: V3, kind: Kind, w: &Unpacked, a: &Q8K, i0: usize) -> [f32; R] {
         let (avx, avx2, fma) = (simd.avx, simd.avx2, simd.fma);
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
+        let mut m = [Mins::default(); R];
+        // Q6_K's `- 32` enters the 16-bit pair sums, as candle subtracts it
+        let q6 = kind == Kind::Q6K;
+        let m32 = avx._mm256_set1_epi8(32);
         for b in 0..a.nb {
             let q = &w.q[b * QK_K..(b + 1) * QK_K];
             let sv = &w.scales[b * QK_K / 2..(b + 1) * QK_K / 2];
@@ -462,7 +513,11 @@ mod avx2 {
                 let wq = load32(&q[32 * v..]);
                 let sc = load16x16(&sv[16 * v..]);
                 for s in 0..R {
-                    let p16 = avx2._mm256_maddubs_epi16(wq, load32(&x[s][32 * v..]));
+                    let xv = load32(&x[s][32 * v..]);
+                    let mut p16 = avx2._mm256_maddubs_epi16(wq, xv);
+                    if q6 {
+                        p16 = avx2._mm256_sub_epi16(p16, avx2._mm256_maddubs_epi16(m32, xv));
+                    }
                     let p32 = avx2._mm256_madd_epi16(p16, sc);
                     lanes[s] = avx2._mm256_add_epi32(lanes[s], p32);
                 }
@@ -472,14 +527,15 @@ mod avx2 {
                 let at = (i0 + s) * a.nb + b;
                 let dx = a.d[at];
                 let bs = load16x16(&a.bsums[at * 16..]);
-                let ml = avx2._mm256_madd_epi16(bs, mins);
-                let dd = avx._mm256_set1_ps(w.d[b] * dx);
-                let dm = avx._mm256_set1_ps(-(w.dmin[b] * dx));
+                let dd = avx._mm256_set1_ps(dx * w.d[b]);
                 acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
-                acc[s] = fma._mm256_fmadd_ps(dm, avx._mm256_cvtepi32_ps(ml), acc[s]);
+                if !q6 {
+                    let ml: [i32; 8] = cast(avx2._mm256_madd_epi16(bs, mins));
+                    m[s].add(kind, -dx * w.dmin[b], ml);
+                }
             }
         }
-        acc.map(|v| reduce(cast(v)))
+        std::array::from_fn(|s| m[s].finish(kind, reduce(cast(acc[s]))))
     }
 }
 
@@ -587,7 +643,7 @@ mod tests {
             for (r, col) in out.chunks_exact_mut(a.rows()).enumerate() {
                 un.fill(kind, &w[r * rb..(r + 1) * rb]);
                 for (i, v) in col.iter_mut().enumerate() {
-                    *v = portable_row(&un, &a, i, 1)[0];
+                    *v = portable_row(kind, &un, &a, i, 1)[0];
                 }
             }
         } else {
@@ -663,6 +719,45 @@ mod tests {
                 .map(|p| i16::from_le_bytes([p[0], p[1]]))
                 .collect();
             assert_eq!(sums, bs);
+        }
+    }
+    /// Candle's quantized matmul (what native mode used for dense K-quant products before
+    /// `StoredMatrix::matmul_quantized` took this kernel) and this kernel give the same bits:
+    /// rows with outliers, one to five activation rows, one to eight super-blocks; and so
+    /// does `matmul_quantized`, which now runs it.
+    #[test]
+    fn products_are_candles_quantized_matmul_bit_for_bit() {
+        use crate::engine::stored::{Elem, StoredMatrix};
+        let n = 9;
+        for t in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let Some(kind) = Kind::of(t) else {
+                panic!("{t:?} has a kernel");
+            };
+            for k in [256usize, 512, 768, 1024, 2048] {
+                let w = quantize(t, &noise(11 + k as u64, n * k), n, k);
+                let sm = StoredMatrix::new(Elem::Block(t), n, k, &w, None).unwrap();
+                for m in [1usize, 3, 5] {
+                    let mut x = noise(7 + (k + m) as u64, m * k);
+                    x[3] = 30.0;
+                    x[(m - 1) * k + 100] = -55.0;
+                    let mut want = vec![0f32; m * n];
+                    t.from_data(std::borrow::Cow::Borrowed(&w))
+                        .matmul_t((m, k, n), &x, &mut want)
+                        .unwrap();
+                    assert_eq!(sm.matmul_quantized(&x, m).unwrap(), want);
+                    let got = products(kind, &w, &x, k, false);
+                    for j in 0..n {
+                        for i in 0..m {
+                            let (g, e) = (got[j * m + i], want[i * n + j]);
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "{t:?} k {k} ({j}, {i}): {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

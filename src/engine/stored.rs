@@ -15,7 +15,8 @@
 //! product in another order (measured below 1.2e-7 of the terms' total size, see
 //! docs/engine.md). [`StoredMatrix::matmul_quantized`] is native mode for candle's block
 //! types: each tile goes through candle's quantized
-//! kernel, which computes each output element independently of the others.
+//! kernel, which computes each output element independently of the others (Q4_K, Q5_K and
+//! Q6_K through the integer kernel of `kdot.rs`, which gives candle's bits).
 
 use std::borrow::Cow;
 
@@ -23,6 +24,7 @@ use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kdot;
 use crate::formats::{blocks, GgmlType, MappedSlice};
 
 /// f32 bytes of weights dequantized per tile: large enough that each matmul call has
@@ -36,6 +38,9 @@ const MATVEC_ROWS: usize = 8;
 
 /// Weight rows the mat-vec path dequantizes together (a buffer that stays in L1/L2).
 const MATVEC_CHUNK: usize = 8;
+
+/// Weight rows per task of the K-quant integer product (`kdot.rs`).
+const KDOT_ROWS: usize = 16;
 
 /// `a . b` in f32 with 16 running sums (lane `l` takes elements `l, l + 16, ...`), fused
 /// multiply-adds, then a fixed pairwise reduction: one order on every machine and thread
@@ -579,6 +584,9 @@ impl StoredMatrix {
         if paired && !(self.k / 32).is_multiple_of(2) {
             return self.matmul_exact_tiled(x, m, tile);
         }
+        if let Some(kind) = kdot::Kind::of(t) {
+            return Ok(self.matmul_kdot(kind, x, m));
+        }
         let n = self.n;
         let mut out = vec![0f32; m * n];
         let mut y = vec![0f32; m * tile];
@@ -592,6 +600,35 @@ impl StoredMatrix {
             j0 += rows;
         }
         Ok(out)
+    }
+
+    /// Native mode for Q4_K, Q5_K and Q6_K: `kdot.rs`'s integer kernel, which gives candle's
+    /// quantized matmul bit for bit (activations quantized once, weight rows unpacked once
+    /// for all activation rows). Each output element is computed alone, so the split into
+    /// `KDOT_ROWS`-row tasks over rayon's threads does not change any bit.
+    fn matmul_kdot(&self, kind: kdot::Kind, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, rb) = (self.n, self.row_bytes);
+        let q = kdot::Q8K::quantize(x, self.k);
+        let mut t = vec![0f32; n * m];
+        if m == 0 {
+            return t;
+        }
+        t.par_chunks_mut(KDOT_ROWS * m)
+            .zip(self.bytes.par_chunks(KDOT_ROWS * rb))
+            .for_each_init(kdot::Unpacked::default, |un, (dst, src)| {
+                kdot::tile(kind, src, &q, un, dst);
+            });
+        if m == 1 {
+            return t;
+        }
+        // `[n, m]` to `[m, n]`
+        let mut out = vec![0f32; m * n];
+        for (j, row) in t.chunks_exact(m).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                out[i * n + j] = v;
+            }
+        }
+        out
     }
 
     /// Rows `ids` dequantized, `[ids.len(), k]` (embedding lookups).
