@@ -26,6 +26,8 @@ pub mod qmatmul;
 pub mod rope;
 pub mod sampling;
 pub mod stored;
+#[cfg(test)]
+mod test_noise;
 pub mod tokenizer;
 pub mod weights;
 

@@ -913,6 +913,7 @@ fn vector_2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::test_noise::noise;
 
     fn cfg(gating: Gating, used: usize) -> MoeConfig {
         MoeConfig {
@@ -965,19 +966,6 @@ mod tests {
         c.groups_used = 1;
         let r = route(&c, &logits, None);
         assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
-    }
-
-    /// A pseudo-random stream in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
     }
 
     fn stored(elem: Elem, n: usize, k: usize, seed: u64) -> StoredMatrix {

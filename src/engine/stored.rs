@@ -824,23 +824,11 @@ impl CustomOp1 for Product<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::engine::test_noise::noise;
     use candle_core::quantized::{QMatMul, QTensor};
     use candle_core::Module;
 
     use super::*;
-
-    /// A pseudo-random stream in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Stored bytes of `w [n, k]` in `elem`, and the f32 values the dense path read from
     /// them (`RawTensor::to_f32`'s conversions; candle's dequantization for blocks).
