@@ -107,17 +107,9 @@ pub struct MixTensor {
     pub predicted_kld: f64,
 }
 
-/// The tensors of one kind (`attn_q`, `ffn_down`, `token_embd`, ...), as printed.
-#[derive(Clone, Debug, Serialize)]
-pub struct MixGroup {
-    pub group: String,
-    pub tensors: usize,
-    /// Type name to tensor count.
-    pub types: BTreeMap<String, usize>,
-    pub bytes: u64,
-    pub bits_per_weight: f64,
-    pub predicted_kld: f64,
-}
+/// The tensors of one kind (`attn_q`, `ffn_down`, `token_embd`, ...), as printed: the
+/// report's type, so a pipeline records the mix exactly as `convert` prints it.
+pub use crate::report::run::MixGroup;
 
 /// How well the proxy predicted the check pairs.
 #[derive(Clone, Debug, Serialize)]

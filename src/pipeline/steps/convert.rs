@@ -19,7 +19,7 @@ use crate::pipeline::budget::BudgetOptions;
 use crate::pipeline::file::{artifact_rel, ConvertStep, Size, Target, TargetFormat};
 use crate::pipeline::{Artifact, FileDigest, FileRef, PipelineError, StageError, StepRecord};
 use crate::report::bom::Hyperparameters;
-use crate::report::run::{Calibration, Mix, MixGroup, StoredArtifact};
+use crate::report::run::{Calibration, Mix, StoredArtifact};
 
 pub fn key(t: &Target, cx: &Context) -> Result<StepKey, PipelineError> {
     let mut inputs = cx.model_inputs();
@@ -223,18 +223,7 @@ fn budget_mix(
         max_bpw: outcome.max_bpw,
         probes: outcome.probes.len(),
         predicted_kld: outcome.predicted_kld,
-        groups: outcome
-            .groups
-            .iter()
-            .map(|g| MixGroup {
-                group: g.group.clone(),
-                tensors: g.tensors,
-                types: g.types.clone(),
-                bytes: g.bytes,
-                bits_per_weight: g.bits_per_weight,
-                predicted_kld: g.predicted_kld,
-            })
-            .collect(),
+        groups: outcome.groups.clone(),
     };
     Ok((outcome.summary, mix))
 }
