@@ -21,7 +21,7 @@ fn modelgate_in(dir: &Path, args: &[&str]) -> Output {
         .expect("run modelgate")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "stdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&o.stdout),
@@ -29,7 +29,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn json_file(p: &Path) -> Value {
+pub(crate) fn json_file(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap())
         .unwrap_or_else(|e| panic!("`{}` is not JSON: {e}", p.display()))
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{assert_spdx3_valid, assert_valid, cyclonedx_validator};
+use crate::pipeline::{assert_spdx3_valid, assert_valid, cyclonedx_validator, json_file, text};
 use crate::support::{assert_schema, fixture, repo};
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
@@ -19,18 +19,6 @@ fn run_in(dir: &Path, args: &[&str]) -> Output {
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .expect("run modelgate")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json_file(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 /// A folder with the calibration text as `calib.txt` and the pipeline file `p.yaml`
