@@ -90,15 +90,7 @@ fn iq4_block_scales<const G: usize>(x: &[[f32; G]; 32], w: &[[f32; G]; 32]) -> [
     for g in 0..G {
         id[g] = 1.0 / (-max[g] / v0);
     }
-    let mut sumqx = [0.0f32; G];
-    let mut sumq2 = [0.0f32; G];
-    for (xr, wr) in x.iter().zip(w) {
-        for g in 0..G {
-            let q = best_value(id[g] * xr[g]);
-            sumqx[g] += wr[g] * q * xr[g];
-            sumq2[g] += wr[g] * q * q;
-        }
-    }
+    let (sumqx, sumq2) = fit_sums(x, w, &id);
     let mut d = [0.0f32; G];
     let mut best = [0.0f32; G];
     for g in 0..G {
@@ -114,15 +106,7 @@ fn iq4_block_scales<const G: usize>(x: &[[f32; G]; 32], w: &[[f32; G]; 32]) -> [
         for g in 0..G {
             id[g] = num / max[g];
         }
-        let mut sumqx = [0.0f32; G];
-        let mut sumq2 = [0.0f32; G];
-        for (xr, wr) in x.iter().zip(w) {
-            for g in 0..G {
-                let q = best_value(id[g] * xr[g]);
-                sumqx[g] += wr[g] * q * xr[g];
-                sumq2[g] += wr[g] * q * q;
-            }
-        }
+        let (sumqx, sumq2) = fit_sums(x, w, &id);
         for g in 0..G {
             let take = sumq2[g] > 0.0 && sumqx[g] * sumqx[g] > best[g] * sumq2[g];
             d[g] = if take { sumqx[g] / sumq2[g] } else { d[g] };
@@ -135,6 +119,26 @@ fn iq4_block_scales<const G: usize>(x: &[[f32; G]; 32], w: &[[f32; G]; 32]) -> [
         }
     }
     d
+}
+
+/// Per block, the weighted sums `sum(w * q * x)` and `sum(w * q * q)` of the values rounded
+/// to the table at inverse scale `id`, added in ggml's order (value by value).
+#[inline(always)]
+fn fit_sums<const G: usize>(
+    x: &[[f32; G]; 32],
+    w: &[[f32; G]; 32],
+    id: &[f32; G],
+) -> ([f32; G], [f32; G]) {
+    let mut sumqx = [0.0f32; G];
+    let mut sumq2 = [0.0f32; G];
+    for (xr, wr) in x.iter().zip(w) {
+        for g in 0..G {
+            let q = best_value(id[g] * xr[g]);
+            sumqx[g] += wr[g] * q * xr[g];
+            sumq2[g] += wr[g] * q * q;
+        }
+    }
+    (sumqx, sumq2)
 }
 
 /// The weights of `G` blocks of 32 laid out as the search wants them: `qw * sqrt(sigma2 +
