@@ -334,7 +334,11 @@ fn gguf_tensor(rng: &mut Rng, hf: &str, shape: &[u64]) -> (TensorDesc, Vec<u8>) 
     let norm = shape.len() == 1;
     let mut vals = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let v = if norm { 1.0 + rng.weight() } else { rng.weight() };
+        let v = if norm {
+            1.0 + rng.weight()
+        } else {
+            rng.weight()
+        };
         vals.push(f32::from_bits(u32::from(u16::from_le_bytes(bf16(v))) << 16));
     }
     let heads = if hf.ends_with("q_proj.weight") {
@@ -394,7 +398,10 @@ fn gguf_metadata(name: &str, layers: u64) -> Vec<(String, MetaValue)> {
         ("general.type", s("model")),
         ("llama.attention.head_count", u32v(HEADS)),
         ("llama.attention.head_count_kv", u32v(KV_HEADS)),
-        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-5),
+        ),
         ("llama.block_count", u32v(layers)),
         ("llama.context_length", MetaValue::U32(2048)),
         ("llama.embedding_length", u32v(HIDDEN)),
