@@ -12,7 +12,9 @@
 #   (the same bytes `modelgate convert` makes of the bf16 checkpoint, which would need
 #   another 31.6 GB of disk), the Q4_K_M by `modelgate convert`. The script refuses (exit 2)
 #   unless the free disk holds F16 + estimated Q4_K_M + 3 GB. Run once as a benchmark: it
-#   writes and reads about 40 GB, and quantizing takes a quarter of an hour on 2 cores.
+#   writes 41 GB and reads 73 GB. Session 9, 2 busy cores, CTX=128 CHUNKS=2: F16 written in
+#   5:11, quantized in 11:11, parity 9:36 at 550 MB peak RSS reading 1.004x the files,
+#   record 9:19 at 537 MB reading 1.005x (docs/benchmarks.md).
 # - Default: the machine's RAM is bounded with a memory cgroup (LIMIT_MIB) instead. A memory
 #   cgroup charges the page cache to the run as well, so the F16 file cannot stay cached
 #   and every weight the run needs must come from storage; that is what a model larger
