@@ -206,32 +206,36 @@ fn scale_min(s: &[u8], j: usize) -> (u8, u8) {
 }
 
 impl Unpacked {
-    /// Unpack the super-blocks of `src` (whole rows of `kind`). Fixed-size loops over whole
-    /// vectors, which the compiler turns into SIMD in the caller's AVX2 context.
+    /// Unpack the super-blocks of `src` (whole rows of `kind`): the quants with AVX2 when
+    /// `simd` is given (the same bytes), the scales and mins in scalar code.
     #[inline(always)]
-    fn fill(&mut self, kind: Kind, src: &[u8]) {
+    fn fill(&mut self, kind: Kind, src: &[u8], simd: Option<Simd>) {
         let n = src.len() / kind.block_bytes();
         self.blocks.resize(n, ZERO_BLOCK);
         for (b, w) in src.chunks_exact(kind.block_bytes()).zip(&mut self.blocks) {
+            match (kind, simd) {
+                #[cfg(target_arch = "x86_64")]
+                (Kind::Q4K | Kind::Q5K, Some(s)) => avx2::quants_q45k(s, kind, b, &mut w.q),
+                #[cfg(target_arch = "x86_64")]
+                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.q),
+                (Kind::Q4K | Kind::Q5K, _) => quants_q45k(kind, b, &mut w.q),
+                (Kind::Q6K, _) => quants_q6k(b, &mut w.q),
+            }
             match kind {
-                Kind::Q4K | Kind::Q5K => unpack_q45k(kind, b, w),
-                Kind::Q6K => unpack_q6k(b, w),
+                Kind::Q4K | Kind::Q5K => scales_q45k(b, w),
+                Kind::Q6K => scales_q6k(b, w),
             }
         }
     }
 }
 
-/// A Q4_K (144 bytes) or Q5_K (176 bytes) super-block.
-#[inline(always)]
-fn unpack_q45k(kind: Kind, b: &[u8], w: &mut WBlock) {
-    w.d = f16_at(b, 0);
-    w.dmin = f16_at(b, 2);
-    let sc = &b[4..16];
+/// The quants of a Q4_K (144 bytes) or Q5_K (176 bytes) super-block.
+fn quants_q45k(kind: Kind, b: &[u8], q: &mut Quants) {
     let (qh, qs) = match kind {
         Kind::Q5K => (b[16..48].as_chunks::<32>().0.first(), &b[48..176]),
         _ => (None, &b[16..144]),
     };
-    let (q, _) = w.q.as_chunks_mut::<2>();
+    let (q, _) = q.as_chunks_mut::<2>();
     for (j, (q, qs)) in q.iter_mut().zip(qs.as_chunks::<32>().0).enumerate() {
         let [lo, hi] = q;
         for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
@@ -246,6 +250,13 @@ fn unpack_q45k(kind: Kind, b: &[u8], w: &mut WBlock) {
             }
         }
     }
+}
+
+/// `d`, `dmin`, the scales and the mins of a Q4_K or Q5_K super-block.
+fn scales_q45k(b: &[u8], w: &mut WBlock) {
+    w.d = f16_at(b, 0);
+    w.dmin = f16_at(b, 2);
+    let sc = &b[4..16];
     for (g, (sv, m)) in w.sc.iter_mut().zip(w.mins.iter_mut()).enumerate() {
         let (s, mn) = scale_min(sc, g);
         *sv = [i16::from(s); 16];
@@ -253,14 +264,11 @@ fn unpack_q45k(kind: Kind, b: &[u8], w: &mut WBlock) {
     }
 }
 
-/// A Q6_K super-block (210 bytes): quants stored as `q - 32`.
-#[inline(always)]
-fn unpack_q6k(b: &[u8], w: &mut WBlock) {
-    w.d = f16_at(b, 208);
-    w.dmin = w.d;
+/// The quants of a Q6_K super-block (210 bytes), as `q - 32`.
+fn quants_q6k(b: &[u8], q: &mut Quants) {
     let (ql, _) = b[..128].as_chunks::<64>();
     let (qh, _) = b[128..192].as_chunks::<32>();
-    let (q, _) = w.q.as_chunks_mut::<4>();
+    let (q, _) = q.as_chunks_mut::<4>();
     for ((q, ql), qh) in q.iter_mut().zip(ql).zip(qh) {
         let (l0, l1) = ql.split_at(32);
         let [q0, q1, q2, q3] = q;
@@ -272,7 +280,12 @@ fn unpack_q6k(b: &[u8], w: &mut WBlock) {
             q3[l] = ((c >> 4) | (((h >> 6) & 3) << 4)).wrapping_sub(32);
         }
     }
-    // 16 scales of 16 values: two per vector
+}
+
+/// `d` and the 16 scales (two per 32 values) of a Q6_K super-block.
+fn scales_q6k(b: &[u8], w: &mut WBlock) {
+    w.d = f16_at(b, 208);
+    w.dmin = w.d;
     for (sv, s) in w.sc.iter_mut().zip(b[192..208].as_chunks::<2>().0) {
         let (s0, s1) = (i16::from(s[0] as i8), i16::from(s[1] as i8));
         *sv = [
@@ -373,7 +386,7 @@ fn rows(
 ) {
     let m = a.m;
     for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-        scratch.fill(kind, w);
+        scratch.fill(kind, w, simd);
         let w = &scratch.blocks[..a.nb];
         let mut i = 0;
         while i < m {
@@ -466,6 +479,73 @@ mod avx2 {
 
     use super::{finish, reduce, Kind, Quants, WBlock, GROUP, Q8K};
 
+    /// [`super::quants_q45k`]: one 32-byte load gives two vectors of nibbles; Q5_K's fifth
+    /// bits are tested in place (`cmpeq` on the bit, masked to 16).
+    #[inline(always)]
+    pub(super) fn quants_q45k(simd: V3, kind: Kind, b: &[u8], q: &mut Quants) {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let (qh, qs) = match kind {
+            Kind::Q5K => (b[16..48].as_chunks::<32>().0.first(), &b[48..176]),
+            _ => (None, &b[16..144]),
+        };
+        let m4 = avx._mm256_set1_epi8(0xF);
+        let m16 = avx._mm256_set1_epi8(16);
+        let (q, _) = q.as_chunks_mut::<2>();
+        for (j, (q, qs)) in q.iter_mut().zip(qs.as_chunks::<32>().0).enumerate() {
+            let bits: __m256i = cast(*qs);
+            let mut lo = avx2._mm256_and_si256(bits, m4);
+            let mut hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(bits), m4);
+            if let Some(qh) = qh {
+                let h: __m256i = cast(*qh);
+                let m = avx._mm256_set1_epi8((1u8 << (2 * j)) as i8);
+                let set = avx2._mm256_cmpeq_epi8(avx2._mm256_and_si256(h, m), m);
+                lo = avx2._mm256_or_si256(lo, avx2._mm256_and_si256(set, m16));
+                let m = avx._mm256_set1_epi8((1u8 << (2 * j + 1)) as i8);
+                let set = avx2._mm256_cmpeq_epi8(avx2._mm256_and_si256(h, m), m);
+                hi = avx2._mm256_or_si256(hi, avx2._mm256_and_si256(set, m16));
+            }
+            *q = [cast(lo), cast(hi)];
+        }
+    }
+
+    /// [`super::quants_q6k`]: low nibbles and high bit pairs shifted in 16-bit lanes and
+    /// masked per byte.
+    #[inline(always)]
+    pub(super) fn quants_q6k(simd: V3, b: &[u8], q: &mut Quants) {
+        let avx2 = simd.avx2;
+        let (ql, _) = b[..128].as_chunks::<32>();
+        let (qh, _) = b[128..192].as_chunks::<32>();
+        let (q, _) = q.as_chunks_mut::<4>();
+        for ((q, ql), qh) in q.iter_mut().zip(ql.as_chunks::<2>().0).zip(qh) {
+            let (a, c, h): (__m256i, __m256i, __m256i) = (cast(ql[0]), cast(ql[1]), cast(*qh));
+            let (a4, c4) = (
+                avx2._mm256_srli_epi16::<4>(a),
+                avx2._mm256_srli_epi16::<4>(c),
+            );
+            let (h2, h4, h6) = (
+                avx2._mm256_srli_epi16::<2>(h),
+                avx2._mm256_srli_epi16::<4>(h),
+                avx2._mm256_srli_epi16::<6>(h),
+            );
+            *q = [
+                join6(simd, a, h),
+                join6(simd, c, h2),
+                join6(simd, a4, h4),
+                join6(simd, c4, h6),
+            ];
+        }
+    }
+
+    /// A Q6_K quant less 32 from the low nibble of `l` and the two bits at the bottom of `h`.
+    #[inline(always)]
+    fn join6(simd: V3, l: __m256i, h: __m256i) -> [u8; 32] {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let l = avx2._mm256_and_si256(l, avx._mm256_set1_epi8(0xF));
+        let h = avx2._mm256_and_si256(h, avx._mm256_set1_epi8(3));
+        let q = avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h));
+        cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
+    }
+
     // the kernel's weight types as const parameters, so each is compiled without branches
     const Q4: u8 = 0;
     const Q5: u8 = 1;
@@ -513,6 +593,10 @@ mod avx2 {
     /// `-127 / max` overflowed to infinity (largest magnitude below about 4e-37); that block's
     /// `dx` is then -0, so its terms add a zero to accumulators that are never -0, whatever
     /// the integer sum (`tiny_activation_blocks_keep_candles_bits`).
+    ///
+    /// The mins terms depend on no quant: they run in a second pass over the super-blocks
+    /// (the same operations in the same order), so that the first keeps its `2R` accumulators
+    /// in registers.
     // the fixed-size arrays are indexed in lock step so that the accumulators stay in
     // registers
     #[allow(clippy::needless_range_loop)]
@@ -522,10 +606,7 @@ mod avx2 {
         let nb = w.len();
         let xq: [&[Quants]; R] = std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]);
         let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
-        let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
-        let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
-        let mut sum_m = [0f32; R];
         for (b, wb) in w.iter().enumerate() {
             let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
             for v in 0..8 {
@@ -546,12 +627,19 @@ mod avx2 {
                 }
             }
             for s in 0..R {
-                let dx = xd[s][b];
-                let dd = avx._mm256_set1_ps(dx * wb.d);
+                let dd = avx._mm256_set1_ps(xd[s][b] * wb.d);
                 acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
-                if K == Q4 || K == Q5 {
-                    let p = sse2._mm_madd_epi16(cast(wb.mins), cast(xm[s][b]));
-                    let dm = -dx * wb.dmin;
+            }
+        }
+        let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
+        let mut sum_m = [0f32; R];
+        if K != Q6 {
+            let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
+            for (b, wb) in w.iter().enumerate() {
+                let mins = cast(wb.mins);
+                for s in 0..R {
+                    let p = sse2._mm_madd_epi16(mins, cast(xm[s][b]));
+                    let dm = -xd[s][b] * wb.dmin;
                     if K == Q4 {
                         let pf = sse2._mm_cvtepi32_ps(p);
                         acc_m[s] = fma._mm_fmadd_ps(sse._mm_set1_ps(dm), pf, acc_m[s]);
@@ -662,7 +750,7 @@ mod tests {
             let mut un = Unpacked::default();
             let rb = k / QK_K * kind.block_bytes();
             for (r, col) in out.chunks_exact_mut(a.rows()).enumerate() {
-                un.fill(kind, &w[r * rb..(r + 1) * rb]);
+                un.fill(kind, &w[r * rb..(r + 1) * rb], None);
                 for (i, v) in col.iter_mut().enumerate() {
                     *v = portable_row(kind, &un.blocks, &a, i, 1)[0];
                 }
