@@ -1,29 +1,33 @@
 //! Integer products of K-quant weight rows (Q4_K, Q5_K, Q6_K) with activations quantized to
 //! Q8_K: the arithmetic of ggml's `vec_dot_q4_K_q8_K` / `q5_K` / `q6_K`, for native math's
-//! expert dispatch (`dispatch.rs`).
+//! dense products (`stored.rs`) and expert dispatch (`dispatch.rs`).
 //!
 //! Each activation row is quantized once per product to Q8_K ([`Q8K::quantize`]): per
-//! 256-value super-block a scale `dx`, 256 signed 8-bit quants and the sums of each 16 of
-//! them (`bsums`), rounded as candle's quantizer rounds them, so a row gives the values
-//! candle's own kernel (token-by-token generation) multiplies. A weight super-block is
-//! `d * scale_g * q - dmin * min_g` per 16- or 32-value group `g` (Q6_K: `d * scale_g *
-//! (q - 32)`), so its dot product with an activation super-block is
+//! 256-value super-block a scale `dx`, 256 signed 8-bit quants and the sums of each 16 and
+//! each 32 of them, rounded as candle's quantizer rounds them, so a row gives the values
+//! candle's own kernel (token-by-token generation) multiplies. A Q4_K / Q5_K weight
+//! super-block is `d * scale_g * q - dmin * min_g` per 32-value group `g`, so its dot product
+//! with an activation super-block is
 //!
 //! `d * dx * sum(scale * q * x8) - dmin * dx * sum_g(min_g * bsum_g)`
 //!
-//! with both sums exact integers: the weights never become floats. Q6_K's `- 32` goes into
-//! the second term (`min_g = 32 * scale_g`, `dmin = d`), so every type runs one kernel.
+//! with both sums exact integers: the weights never become floats. Q6_K is `d * scale_g *
+//! (q - 32)` per 16 values, the `- 32` inside the integer sum.
 //!
-//! Each tile of weight rows is first unpacked ([`Unpacked`]): one unsigned quant per byte in
-//! value order, the group scales as 16-bit vectors and the mins per 16 values. The unpacking
-//! is integer work shared by every activation row, the dot products then need only AVX2's
-//! `maddubs` (unsigned weights times signed activations, pairs summed to 16 bits) and
-//! `madd` (times the scales, pairs summed to 32 bits). The exact sum of each super-block
-//! is kept in eight 32-bit lanes (lane `l` holds the values at positions `4l..4l + 4` of
-//! every 32), turned to f32 and added with one fused multiply-add per lane into eight f32
-//! lanes, which are summed in a fixed order at the end. The portable path computes the same
-//! lanes in the same order with `f32::mul_add`, so both give the same bits, whatever the
-//! tile, the batch or the thread count.
+//! Each weight row is first unpacked with AVX2 ([`Unpacked`], one block per super-block):
+//! one quant per byte in value order (Q6_K: `|q - 32|` and `q - 32`), the scale of each
+//! value pair as 16-bit vectors, the eight mins. The unpacking is shared by every activation
+//! row; the dot products then need only AVX2's `maddubs` (unsigned weights times signed
+//! activations, pairs summed to 16 bits; Q6_K's weight signs moved onto the activations with
+//! `sign_epi8`) and `madd` (times the scales, pairs summed to 32 bits), for four activation
+//! rows per weight vector load. The exact sum of each super-block is kept in eight 32-bit
+//! lanes (lane `l` holds the values at positions `4l..4l + 4` of every 32), turned to f32
+//! and added with one fused multiply-add per lane into eight f32 lanes, which are summed in
+//! `hsum_float_8`'s order at the end; the mins terms go through `madd` of the mins with the
+//! 32-value activation sums into Q4_K's four separate f32 lanes (Q5_K: one scalar), as
+//! candle keeps them. The portable path computes the same lanes in the same order with
+//! `f32::mul_add`, so both give candle's bits, whatever the tile, the batch or the thread
+//! count.
 //!
 //! SIMD comes from `pulp` (AVX2 detected at run time, intrinsics as safe methods): no
 //! `unsafe` here.
@@ -163,9 +167,11 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
 /// One weight super-block unpacked for the kernel.
 #[derive(Clone, Copy, Debug)]
 struct WBlock {
-    /// The quants of each 32 values in value order: unsigned (Q4_K, Q5_K) or Q6_K's `q - 32`
-    /// as `i8`.
+    /// The quants of each 32 values in value order: unsigned (Q4_K, Q5_K) or Q6_K's
+    /// `|q - 32|`.
     q: Quants,
+    /// Q6_K's `q - 32` as `i8`, whose signs go onto the activations.
+    w6: Quants,
     /// Per 32 values the scale of each value pair (the 16 factors `madd` applies).
     sc: [[i16; 16]; 8],
     /// The min of each 32 values (Q4_K, Q5_K).
@@ -176,6 +182,7 @@ struct WBlock {
 
 const ZERO_BLOCK: WBlock = WBlock {
     q: [[0; 32]; 8],
+    w6: [[0; 32]; 8],
     sc: [[0; 16]; 8],
     mins: [0; 8],
     d: 0.0,
@@ -217,9 +224,9 @@ impl Unpacked {
                 #[cfg(target_arch = "x86_64")]
                 (Kind::Q4K | Kind::Q5K, Some(s)) => avx2::quants_q45k(s, kind, b, &mut w.q),
                 #[cfg(target_arch = "x86_64")]
-                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.q),
+                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.w6, &mut w.q),
                 (Kind::Q4K | Kind::Q5K, _) => quants_q45k(kind, b, &mut w.q),
-                (Kind::Q6K, _) => quants_q6k(b, &mut w.q),
+                (Kind::Q6K, _) => quants_q6k(b, &mut w.w6, &mut w.q),
             }
             match kind {
                 Kind::Q4K | Kind::Q5K => scales_q45k(b, w),
@@ -264,12 +271,12 @@ fn scales_q45k(b: &[u8], w: &mut WBlock) {
     }
 }
 
-/// The quants of a Q6_K super-block (210 bytes), as `q - 32`.
-fn quants_q6k(b: &[u8], q: &mut Quants) {
+/// The quants of a Q6_K super-block (210 bytes) as `w6 = q - 32` and `q = |q - 32|`.
+fn quants_q6k(b: &[u8], w6: &mut Quants, q: &mut Quants) {
     let (ql, _) = b[..128].as_chunks::<64>();
     let (qh, _) = b[128..192].as_chunks::<32>();
-    let (q, _) = q.as_chunks_mut::<4>();
-    for ((q, ql), qh) in q.iter_mut().zip(ql).zip(qh) {
+    let (w4, _) = w6.as_chunks_mut::<4>();
+    for ((q, ql), qh) in w4.iter_mut().zip(ql).zip(qh) {
         let (l0, l1) = ql.split_at(32);
         let [q0, q1, q2, q3] = q;
         for l in 0..32 {
@@ -279,6 +286,9 @@ fn quants_q6k(b: &[u8], q: &mut Quants) {
             q2[l] = ((a >> 4) | (((h >> 4) & 3) << 4)).wrapping_sub(32);
             q3[l] = ((c >> 4) | (((h >> 6) & 3) << 4)).wrapping_sub(32);
         }
+    }
+    for (q, w) in q.as_flattened_mut().iter_mut().zip(w6.as_flattened()) {
+        *q = (*w as i8).unsigned_abs();
     }
 }
 
@@ -437,7 +447,8 @@ fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32;
             let at = (i0 + s) * a.nb + b;
             let (x, dx, b32) = (&a.qs[at], a.d[at], &a.bsum32[at]);
             let mut lanes = [0i32; 8];
-            for ((q, sc), x) in wb.q.iter().zip(&wb.sc).zip(x) {
+            let q = if kind == Kind::Q6K { &wb.w6 } else { &wb.q };
+            for ((q, sc), x) in q.iter().zip(&wb.sc).zip(x) {
                 for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
                     let q = match kind {
                         Kind::Q6K => i32::from(q as i8),
@@ -511,12 +522,12 @@ mod avx2 {
     /// [`super::quants_q6k`]: low nibbles and high bit pairs shifted in 16-bit lanes and
     /// masked per byte.
     #[inline(always)]
-    pub(super) fn quants_q6k(simd: V3, b: &[u8], q: &mut Quants) {
+    pub(super) fn quants_q6k(simd: V3, b: &[u8], w6: &mut Quants, q: &mut Quants) {
         let avx2 = simd.avx2;
         let (ql, _) = b[..128].as_chunks::<32>();
         let (qh, _) = b[128..192].as_chunks::<32>();
-        let (q, _) = q.as_chunks_mut::<4>();
-        for ((q, ql), qh) in q.iter_mut().zip(ql.as_chunks::<2>().0).zip(qh) {
+        let (w4, _) = w6.as_chunks_mut::<4>();
+        for ((q, ql), qh) in w4.iter_mut().zip(ql.as_chunks::<2>().0).zip(qh) {
             let (a, c, h): (__m256i, __m256i, __m256i) = (cast(ql[0]), cast(ql[1]), cast(*qh));
             let (a4, c4) = (
                 avx2._mm256_srli_epi16::<4>(a),
@@ -533,6 +544,9 @@ mod avx2 {
                 join6(simd, a4, h4),
                 join6(simd, c4, h6),
             ];
+        }
+        for (q, w) in q.iter_mut().zip(w6.iter()) {
+            *q = cast(avx2._mm256_abs_epi8(cast(*w)));
         }
     }
 
@@ -610,16 +624,12 @@ mod avx2 {
         for (b, wb) in w.iter().enumerate() {
             let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
             for v in 0..8 {
-                let wq: __m256i = cast(wb.q[v]);
+                let wu: __m256i = cast(wb.q[v]);
                 let sc: __m256i = cast(wb.sc[v]);
-                let wu = match K {
-                    Q6 => avx2._mm256_abs_epi8(wq),
-                    _ => wq,
-                };
                 for s in 0..R {
                     let xv: __m256i = cast(xq[s][b][v]);
                     let xv = match K {
-                        Q6 => avx2._mm256_sign_epi8(xv, wq),
+                        Q6 => avx2._mm256_sign_epi8(xv, cast(wb.w6[v])),
                         _ => xv,
                     };
                     let p16 = avx2._mm256_maddubs_epi16(wu, xv);
