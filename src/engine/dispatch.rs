@@ -215,9 +215,18 @@ fn q4k_scales(b: &[u8; 144]) -> ([f32; 8], [f32; 8]) {
 }
 
 fn dequantize_q4k_scalar(src: &[u8], out: &mut [f32]) {
-    for (b, y) in src.as_chunks::<144>().0.iter().zip(out.as_chunks_mut::<256>().0) {
+    for (b, y) in src
+        .as_chunks::<144>()
+        .0
+        .iter()
+        .zip(out.as_chunks_mut::<256>().0)
+    {
         let (ds, ms) = q4k_scales(b);
-        for (g, (q, y)) in b[16..].chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        for (g, (q, y)) in b[16..]
+            .chunks_exact(32)
+            .zip(y.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (lo, hi) = y.split_at_mut(32);
             for ((q, lo), hi) in q.iter().zip(lo).zip(hi) {
                 *lo = ds[2 * g] * f32::from(q & 0xF) - ms[2 * g];
@@ -246,7 +255,12 @@ impl pulp::NullaryFnOnce for Q4kV3<'_> {
         let Q4kV3 { simd, src, out } = self;
         let (avx, avx2) = (simd.avx, simd.avx2);
         let nibble = avx._mm256_set1_epi32(0xF);
-        for (b, y) in src.as_chunks::<144>().0.iter().zip(out.as_chunks_mut::<256>().0) {
+        for (b, y) in src
+            .as_chunks::<144>()
+            .0
+            .iter()
+            .zip(out.as_chunks_mut::<256>().0)
+        {
             let (ds, ms) = q4k_scales(b);
             for (g, (q, y)) in b[16..]
                 .as_chunks::<32>()
@@ -296,7 +310,13 @@ impl pulp::WithSimd for Q6k<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        for (b, y) in self.src.as_chunks::<210>().0.iter().zip(self.out.as_chunks_mut::<256>().0) {
+        for (b, y) in self
+            .src
+            .as_chunks::<210>()
+            .0
+            .iter()
+            .zip(self.out.as_chunks_mut::<256>().0)
+        {
             let d = f16_at(b, 208);
             let (ql, rest) = b.split_at(128);
             let (qh, rest) = rest.split_at(64);

@@ -559,17 +559,15 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     if rows == 0 {
         return t;
     }
-    t.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(blk, t)| {
-            let c0 = blk * B;
-            let width = t.len() / rows;
-            for (r, row) in a.chunks_exact(cols).enumerate() {
-                for (c, v) in row[c0..c0 + width].iter().enumerate() {
-                    t[c * rows + r] = *v;
-                }
+    t.par_chunks_mut(B * rows).enumerate().for_each(|(blk, t)| {
+        let c0 = blk * B;
+        let width = t.len() / rows;
+        for (r, row) in a.chunks_exact(cols).enumerate() {
+            for (c, v) in row[c0..c0 + width].iter().enumerate() {
+                t[c * rows + r] = *v;
             }
-        });
+        }
+    });
     t
 }
 
