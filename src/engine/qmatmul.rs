@@ -287,6 +287,17 @@ impl BlockMatrix {
         );
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
+            if acts.m == 1 {
+                let op = OneRow {
+                    simd,
+                    b: self,
+                    acts,
+                    j0: rows.start,
+                    out,
+                };
+                pulp::Simd::vectorize(simd, op);
+                return;
+            }
             simd.vectorize(
                 #[inline(always)]
                 || self.tile(acts, rows.start, out, |w, a, r| avx2::dot(simd, w, a, r)),
@@ -512,6 +523,38 @@ fn portable_dot(w: WeightRow<'_>, a: &Acts, rows: std::ops::Range<usize>) -> [f3
     out
 }
 
+/// [`avx2::one_row`] in an AVX2 context: `pulp` inlines `with_simd` into a function
+/// compiled with AVX2 enabled, together with everything it calls.
+#[cfg(target_arch = "x86_64")]
+struct OneRow<'a> {
+    simd: pulp::x86::V3,
+    b: &'a BlockMatrix,
+    acts: &'a Acts,
+    j0: usize,
+    out: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for OneRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let OneRow {
+            simd,
+            b,
+            acts,
+            j0,
+            out,
+        } = self;
+        match b.quants_kind {
+            Quants::Nibbles => avx2::one_row::<{ avx2::NIBBLES }>(simd, b, acts, j0, out),
+            Quants::Bytes => avx2::one_row::<{ avx2::BYTES }>(simd, b, acts, j0, out),
+            Quants::Signed => avx2::one_row::<{ avx2::SIGNED }>(simd, b, acts, j0, out),
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{__m128i, __m256, __m256i};
@@ -519,7 +562,151 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{Acts, Quants, WeightRow, QK, ROWS};
+    use super::{Acts, BlockMatrix, Quants, WeightRow, QK, ROWS};
+
+    /// [`Quants`] as const parameters of [`one_row`].
+    pub(super) const NIBBLES: u8 = 0;
+    pub(super) const BYTES: u8 = 1;
+    pub(super) const SIGNED: u8 = 2;
+
+    /// Weight rows a pass of [`one_row`] interleaves.
+    const WROWS: usize = 4;
+
+    #[inline(always)]
+    fn load8f(x: &[f32]) -> __m256 {
+        let mut a = [0f32; 8];
+        a.copy_from_slice(&x[..8]);
+        cast(a)
+    }
+
+    /// Weight rows `j0..j0 + out.len()` against the single activation row of `a` (a
+    /// generation step), `WROWS` weight rows at a time so that each activation block is
+    /// loaded once for all of them and their sums form independent chains. Every output
+    /// gets exactly the operations [`dot`] gives it, in the same order (the scale and offset
+    /// products of eight blocks are taken in one vector multiply, the same IEEE products
+    /// lane by lane), so the bits do not change with the row grouping.
+    #[inline(always)]
+    pub(super) fn one_row<const KIND: u8>(
+        simd: V3,
+        b: &BlockMatrix,
+        a: &Acts,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let mut j = 0;
+        while j + WROWS <= out.len() {
+            let v = rows::<KIND, WROWS>(simd, b, a, j0 + j);
+            out[j..j + WROWS].copy_from_slice(&v);
+            j += WROWS;
+        }
+        while j < out.len() {
+            out[j] = rows::<KIND, 1>(simd, b, a, j0 + j)[0];
+            j += 1;
+        }
+    }
+
+    /// The unpacked block `q` (`KIND`'s layout) as 32 unsigned bytes to multiply, and the
+    /// activation bytes `x` with the weights' signs moved onto them (signed weights).
+    #[inline(always)]
+    fn operands<const KIND: u8>(simd: V3, q: &[u8], x: __m256i) -> (__m256i, __m256i) {
+        match KIND {
+            NIBBLES => {
+                // the 16 bytes in both halves, the upper half shifted down a nibble
+                let v = simd.avx2._mm256_broadcastsi128_si256(load16(q));
+                let shift = simd.avx._mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+                let v = simd.avx2._mm256_srlv_epi32(v, shift);
+                let mask = simd.avx._mm256_set1_epi8(0x0F);
+                (simd.avx2._mm256_and_si256(v, mask), x)
+            }
+            BYTES => (load32(q), x),
+            _ => {
+                let w = load32(q);
+                (
+                    simd.avx2._mm256_abs_epi8(w),
+                    simd.avx2._mm256_sign_epi8(x, w),
+                )
+            }
+        }
+    }
+
+    /// Dot products of weight rows `j..j + R` with the one activation row.
+    #[inline(always)]
+    fn rows<const KIND: u8, const R: usize>(
+        simd: V3,
+        b: &BlockMatrix,
+        a: &Acts,
+        j: usize,
+    ) -> [f32; R] {
+        let nb = a.nb;
+        let qb = if KIND == NIBBLES { 16 } else { 32 };
+        let offsets = KIND != SIGNED;
+        let xq = &a.q[..nb * QK];
+        let xd = &a.d[..nb];
+        let xs = &a.s[..nb];
+        let quants: [&[u8]; R] =
+            std::array::from_fn(|r| &b.quants[(j + r) * nb * qb..(j + r + 1) * nb * qb]);
+        let scale: [&[f32]; R] = std::array::from_fn(|r| &b.scale[(j + r) * nb..(j + r + 1) * nb]);
+        let offset: [&[f32]; R] = std::array::from_fn(|r| {
+            if offsets {
+                &b.offset[(j + r) * nb..(j + r + 1) * nb]
+            } else {
+                &[]
+            }
+        });
+        let ones = simd.avx._mm256_set1_epi16(1);
+        let mut acc = [simd.avx._mm256_setzero_ps(); R];
+        let mut off = [0f32; R];
+        let mut b0 = 0;
+        // eight blocks at a time: their scale and offset products in one multiply each
+        while b0 + 8 <= nb {
+            let d8 = load8f(&xd[b0..b0 + 8]);
+            let s8 = load8f(&xs[b0..b0 + 8]);
+            let sc: [[f32; 8]; R] = std::array::from_fn(|r| {
+                cast(simd.avx._mm256_mul_ps(load8f(&scale[r][b0..b0 + 8]), d8))
+            });
+            let op: [[f32; 8]; R] = std::array::from_fn(|r| {
+                if offsets {
+                    cast(simd.avx._mm256_mul_ps(load8f(&offset[r][b0..b0 + 8]), s8))
+                } else {
+                    [0f32; 8]
+                }
+            });
+            let xg = &xq[b0 * QK..(b0 + 8) * QK];
+            for t in 0..8 {
+                let xv = load32(&xg[t * QK..(t + 1) * QK]);
+                for r in 0..R {
+                    let qg = &quants[r][b0 * qb..(b0 + 8) * qb];
+                    let (wu, xv) = operands::<KIND>(simd, &qg[t * qb..(t + 1) * qb], xv);
+                    let p16 = simd.avx2._mm256_maddubs_epi16(wu, xv);
+                    let p32 = simd.avx2._mm256_madd_epi16(p16, ones);
+                    let s = simd.avx._mm256_set1_ps(sc[r][t]);
+                    acc[r] = simd
+                        .fma
+                        ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(p32), s, acc[r]);
+                    if offsets {
+                        off[r] += op[r][t];
+                    }
+                }
+            }
+            b0 += 8;
+        }
+        for bb in b0..nb {
+            let xv = load32(&xq[bb * QK..(bb + 1) * QK]);
+            for r in 0..R {
+                let (wu, xv) = operands::<KIND>(simd, &quants[r][bb * qb..(bb + 1) * qb], xv);
+                let p16 = simd.avx2._mm256_maddubs_epi16(wu, xv);
+                let p32 = simd.avx2._mm256_madd_epi16(p16, ones);
+                let s = simd.avx._mm256_set1_ps(scale[r][bb] * xd[bb]);
+                acc[r] = simd
+                    .fma
+                    ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(p32), s, acc[r]);
+                if offsets {
+                    off[r] += offset[r][bb] * xs[bb];
+                }
+            }
+        }
+        std::array::from_fn(|r| hsum(acc[r]) + off[r])
+    }
 
     #[inline(always)]
     fn load32(b: &[u8]) -> __m256i {
@@ -831,6 +1018,39 @@ mod tests {
             }
         }
         assert!(BlockMatrix::matmul_many(&refs, &noise(1, 16 * k), 16).is_none());
+    }
+
+    /// The one-activation-row kernel (generation) gives every output the bits of the general
+    /// kernel, for row counts that do and do not fill its groups of weight rows and widths
+    /// with and without a remainder after its groups of eight blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn one_activation_row_is_the_general_kernels_bits() {
+        let Some(simd) = pulp::x86::V3::try_new() else {
+            eprintln!("no AVX2 on this CPU: only the portable kernel runs");
+            return;
+        };
+        for t in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            for (n, k) in [(37usize, 32 * 19), (8, 32 * 16), (3, 96)] {
+                let w = noise(40 + n as u64, n * k);
+                let bm = BlockMatrix::from_ggml(t, n, k, &quantize(t, &w)).unwrap();
+                let acts = Acts::quantize(&noise(50, k), 1, k);
+                let mut got = vec![0f32; n];
+                bm.rows_into(&acts, 0..n, &mut got);
+                let mut want = vec![0f32; n];
+                simd.vectorize(|| bm.tile(&acts, 0, &mut want, |w, a, r| avx2::dot(simd, w, a, r)));
+                assert_eq!(got, want, "{t} {n}x{k}");
+                let mut part = vec![0f32; n - 1];
+                bm.rows_into(&acts, 1..n, &mut part);
+                assert_eq!(part, want[1..], "{t} {n}x{k} from row 1");
+            }
+        }
     }
 
     #[test]

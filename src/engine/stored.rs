@@ -349,18 +349,16 @@ impl StoredMatrix {
             if let Elem::Block(t @ (GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)) =
                 self.elem
             {
-                simd.vectorize(
-                    #[inline(always)]
-                    || {
-                        for (jj, dst) in out.chunks_exact_mut(m.max(1)).enumerate() {
-                            let j = rows.start + jj;
-                            let w = &self.bytes[j * self.row_bytes..(j + 1) * self.row_bytes];
-                            for (o, xrow) in dst.iter_mut().zip(x.chunks_exact(k)) {
-                                *o = avx2::dot_blocks(simd, t, w, xrow);
-                            }
-                        }
-                    },
-                );
+                let op = DotBlocks {
+                    simd,
+                    t,
+                    w: self,
+                    x,
+                    m,
+                    j0: rows.start,
+                    out,
+                };
+                pulp::Simd::vectorize(simd, op);
                 return Ok(());
             }
             return simd.vectorize(
@@ -662,6 +660,46 @@ impl StoredMatrix {
     }
 }
 
+/// [`avx2::dot_blocks`] over weight rows `j0..` and the `m` rows of `x`, in an AVX2
+/// context: `pulp` inlines `with_simd` into a function compiled with AVX2 enabled, with
+/// everything it calls.
+#[cfg(target_arch = "x86_64")]
+struct DotBlocks<'a> {
+    simd: pulp::x86::V3,
+    t: GgmlDType,
+    w: &'a StoredMatrix,
+    x: &'a [f32],
+    m: usize,
+    j0: usize,
+    out: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for DotBlocks<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let DotBlocks {
+            simd,
+            t,
+            w,
+            x,
+            m,
+            j0,
+            out,
+        } = self;
+        let (k, rb) = (w.k, w.row_bytes);
+        for (jj, dst) in out.chunks_exact_mut(m.max(1)).enumerate() {
+            let j = j0 + jj;
+            let wrow = &w.bytes[j * rb..(j + 1) * rb];
+            for (o, xrow) in dst.iter_mut().zip(x.chunks_exact(k)) {
+                *o = avx2::dot_blocks(simd, t, wrow, xrow);
+            }
+        }
+    }
+}
+
 /// The exact mat-vec for the common 32-value block types without a buffer: each block is
 /// dequantized in registers with the operations of candle's `to_float` (convert, multiply by
 /// the scale, then add the minimum: never fused, so the weight values are bit for bit the
@@ -688,6 +726,26 @@ mod avx2 {
         cast(a)
     }
 
+    /// An f16's value as f32, exact, in a few inline integer operations and one multiply:
+    /// `half`'s conversion is an out-of-line call here (its F16C path is a separate
+    /// function), and a call per block makes the compiler spill the running sums around it.
+    /// The same value as `half::f16::to_f32` for every input, NaN payloads included.
+    #[inline(always)]
+    pub(super) fn f16_to_f32(h: u16) -> f32 {
+        let sign = u32::from(h & 0x8000) << 16;
+        let rest = u32::from(h & 0x7FFF);
+        if rest >= 0x7C00 {
+            // infinity, or a NaN made quiet as the hardware conversion does
+            let man = rest & 0x03FF;
+            let quiet = if man != 0 { 0x0040_0000 } else { 0 };
+            return f32::from_bits(sign | 0x7F80_0000 | (man << 13) | quiet);
+        }
+        // the exponent and mantissa bits placed as an f32's, times 2^112 to move the bias
+        // from 15 to 127 (exact: subnormal halves come out normal)
+        let mag = f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000);
+        f32::from_bits(mag.to_bits() | sign)
+    }
+
     /// Weight row `w` (stored blocks of `t`) dotted with `x` in f32.
     #[inline(always)]
     pub(super) fn dot_blocks(simd: V3, t: GgmlDType, w: &[u8], x: &[f32]) -> f32 {
@@ -696,7 +754,7 @@ mod avx2 {
             GgmlDType::Q4_1 => 20,
             _ => 34,
         };
-        let f16 = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let f16 = |b: &[u8], at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
         let mut acc = [simd.avx._mm256_setzero_ps(); 4];
         for (b, xb) in w.chunks_exact(size).zip(x.chunks_exact(32)) {
             let d = simd.avx._mm256_set1_ps(f16(b, 0));
@@ -829,6 +887,15 @@ mod tests {
     use candle_core::Module;
 
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn inline_f16_conversion_is_halfs_for_every_value() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32().to_bits();
+            assert_eq!(avx2::f16_to_f32(h).to_bits(), want, "{h:#06x}");
+        }
+    }
 
     /// Stored bytes of `w [n, k]` in `elem`, and the f32 values the dense path read from
     /// them (`RawTensor::to_f32`'s conversions; candle's dequantization for blocks).
