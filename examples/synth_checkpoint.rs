@@ -7,10 +7,28 @@
 //!
 //! safetensors is written by hand here (header, then tensors streamed in order) so that a
 //! multi-gigabyte checkpoint never has to be held in memory.
+//!
+//!     cargo run --release --example synth_checkpoint -- --gguf-f16 FILE.gguf [--layers 22]
+//!
+//! writes the F16 GGUF that `modelgate convert DIR -o FILE.gguf --type F16` would make of that
+//! checkpoint (same weights, metadata, tokenizer and tensor order: byte for byte the same when
+//! the file's stem equals the checkpoint folder's name, which becomes `general.name`), without
+//! the checkpoint ever being on disk. `benches/parity_over_ram.sh` needs this for a model
+//! larger than the machine's RAM: a 31.6 GB F16 file, its Q4_K_M and a bf16 checkpoint of
+//! the same size do not fit on the disk together. The converter cannot stream from a
+//! checkpoint that does not exist, so the GGUF side is reproduced here: the metadata keys
+//! the converter writes for this config and tokenizer (sorted, as it sorts them), blocks in
+//! layer order with names sorted within a layer, q/k rows permuted for llama.cpp's rope, and
+//! bf16 weights widened to f32 (norms) or rounded to f16. It goes through the library's
+//! streaming [`GgufWriter`], one layer in memory at a time (about 88 MB), into a temporary
+//! file renamed at the end.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use modelgate::formats::gguf::{GgufWriter, TensorDesc, ValueType};
+use modelgate::formats::{GgmlType, MetaValue};
 
 const HIDDEN: u64 = 2048;
 const HEADS: u64 = 32;
@@ -20,12 +38,15 @@ const VOCAB: u64 = 32000;
 
 struct Args {
     out: PathBuf,
+    /// Write the F16 GGUF to `out` instead of a checkpoint folder.
+    gguf_f16: bool,
     layers: u64,
     shards: usize,
 }
 
 fn args() -> Result<Args, String> {
     let mut out = None;
+    let mut gguf = None;
     let mut layers = 22;
     let mut shards = 3;
     let mut it = std::env::args().skip(1);
@@ -33,6 +54,7 @@ fn args() -> Result<Args, String> {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--out" => out = Some(PathBuf::from(val("--out")?)),
+            "--gguf-f16" => gguf = Some(PathBuf::from(val("--gguf-f16")?)),
             "--layers" => {
                 layers = val("--layers")?
                     .parse()
@@ -46,8 +68,14 @@ fn args() -> Result<Args, String> {
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
+    let (out, gguf_f16) = match (out, gguf) {
+        (Some(o), None) => (o, false),
+        (None, Some(g)) => (g, true),
+        _ => return Err("give one of --out DIR and --gguf-f16 FILE".into()),
+    };
     Ok(Args {
-        out: out.ok_or("--out DIR is required")?,
+        out,
+        gguf_f16,
         layers,
         shards: shards.max(1),
     })
@@ -155,31 +183,37 @@ fn write_shard(path: &Path, items: &[(String, Vec<u64>)], rng: &mut Rng) -> std:
     w.flush()
 }
 
-fn tokenizer_json() -> serde_json::Value {
-    // GPT-2's byte-to-unicode table: printable bytes map to themselves, the rest to U+0100+.
-    let mut chars: Vec<char> = Vec::new();
+/// The vocabulary in id order: `<|endoftext|>`, GPT-2's 256 byte characters (printable
+/// bytes map to themselves, the rest to U+0100 on), then filler words up to the vocabulary
+/// size.
+fn vocab_tokens() -> Vec<String> {
+    let mut tokens = vec!["<|endoftext|>".to_owned()];
     let mut extra = 0u32;
     for b in 0u32..256 {
         let printable =
             (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-        chars.push(if printable {
-            char::from_u32(b).unwrap_or('?')
-        } else {
-            extra += 1;
-            char::from_u32(255 + extra).unwrap_or('?')
-        });
+        tokens.push(
+            if printable {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap_or('?')
+            }
+            .to_string(),
+        );
     }
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<|endoftext|>".into(), 0.into());
-    for (i, c) in chars.iter().enumerate() {
-        vocab.insert(c.to_string(), (i + 1).into());
-    }
-    let mut next = vocab.len() as u64;
     let mut k = 0u64;
-    while next < VOCAB {
-        vocab.insert(format!("\u{120}t{k}"), next.into());
-        next += 1;
+    while (tokens.len() as u64) < VOCAB {
+        tokens.push(format!("\u{120}t{k}"));
         k += 1;
+    }
+    tokens
+}
+
+fn tokenizer_json() -> serde_json::Value {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in vocab_tokens().into_iter().enumerate() {
+        vocab.insert(t, i.into());
     }
     serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null,
@@ -203,7 +237,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&a) {
+    let res = if a.gguf_f16 { run_gguf(&a) } else { run(&a) };
+    if let Err(e) = res {
         eprintln!("error: cannot write `{}`: {e}", a.out.display());
         std::process::exit(2);
     }
@@ -260,6 +295,221 @@ fn run(a: &Args) -> std::io::Result<()> {
     )?;
     println!(
         "{}: {} layers, {total} bytes in {n} shards",
+        a.out.display(),
+        a.layers
+    );
+    Ok(())
+}
+
+/// The GGUF name llama.cpp gives a Hugging Face tensor of this model.
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap_or(hf);
+    let (layer, role) = rest.split_once('.').unwrap_or((rest, ""));
+    let role = match role {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        other => other,
+    };
+    format!("blk.{layer}.{role}.weight")
+}
+
+/// One tensor as the F16 GGUF stores it: the next weights of `rng` (the same draws as the
+/// checkpoint's bf16 tensor), norms as f32, matrices rounded to f16, and q/k rows permuted
+/// per head the way llama.cpp's converter does for rope (`(heads, 2, d/2)` to `(heads, d/2, 2)`).
+fn gguf_tensor(rng: &mut Rng, hf: &str, shape: &[u64]) -> (TensorDesc, Vec<u8>) {
+    let n: u64 = shape.iter().product();
+    let norm = shape.len() == 1;
+    let mut vals = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let v = if norm {
+            1.0 + rng.weight()
+        } else {
+            rng.weight()
+        };
+        vals.push(f32::from_bits(u32::from(u16::from_le_bytes(bf16(v))) << 16));
+    }
+    let heads = if hf.ends_with("q_proj.weight") {
+        HEADS
+    } else if hf.ends_with("k_proj.weight") {
+        KV_HEADS
+    } else {
+        0
+    };
+    let (ggml_type, bytes) = if norm {
+        let b = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (GgmlType::F32, b)
+    } else {
+        let cols = shape[1] as usize;
+        let rows = shape[0] as usize;
+        let mut b = vec![0u8; vals.len() * 2];
+        for r in 0..rows {
+            // Output row `r` takes source row `src`: rows of a head go (half, index) in the
+            // checkpoint and (index, half) in GGUF.
+            let src = if heads > 0 {
+                let d = rows / heads as usize;
+                let (h, w) = (r / d, r % d);
+                h * d + (w % 2) * (d / 2) + w / 2
+            } else {
+                r
+            };
+            let from = &vals[src * cols..(src + 1) * cols];
+            for (o, v) in b[r * cols * 2..(r + 1) * cols * 2]
+                .chunks_exact_mut(2)
+                .zip(from)
+            {
+                o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        (GgmlType::F16, b)
+    };
+    let desc = TensorDesc {
+        name: gguf_name(hf),
+        ggml_type,
+        shape: shape.to_vec(),
+    };
+    (desc, bytes)
+}
+
+/// The metadata `modelgate convert` writes for this checkpoint at F16, sorted by key.
+fn gguf_metadata(name: &str, layers: u64) -> Vec<(String, MetaValue)> {
+    let u32v = |v: u64| MetaValue::U32(v as u32);
+    let s = |v: &str| MetaValue::String(v.to_owned());
+    let tokens = vocab_tokens();
+    let types = (0..tokens.len())
+        .map(|i| MetaValue::I32(if i == 0 { 3 } else { 1 }))
+        .collect();
+    let mut m = vec![
+        ("general.architecture", s("llama")),
+        ("general.file_type", MetaValue::U32(1)),
+        ("general.name", s(name)),
+        ("general.type", s("model")),
+        ("llama.attention.head_count", u32v(HEADS)),
+        ("llama.attention.head_count_kv", u32v(KV_HEADS)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-5),
+        ),
+        ("llama.block_count", u32v(layers)),
+        ("llama.context_length", MetaValue::U32(2048)),
+        ("llama.embedding_length", u32v(HIDDEN)),
+        ("llama.feed_forward_length", u32v(FFN)),
+        ("llama.rope.dimension_count", u32v(HIDDEN / HEADS)),
+        ("llama.rope.freq_base", MetaValue::F32(10000.0)),
+        ("llama.vocab_size", u32v(VOCAB)),
+        ("tokenizer.ggml.add_bos_token", MetaValue::Bool(false)),
+        ("tokenizer.ggml.bos_token_id", MetaValue::U32(0)),
+        ("tokenizer.ggml.eos_token_id", MetaValue::U32(0)),
+        (
+            "tokenizer.ggml.merges",
+            MetaValue::Array {
+                elem: ValueType::String,
+                items: Vec::new(),
+            },
+        ),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.pre", s("gpt-2")),
+        (
+            "tokenizer.ggml.token_type",
+            MetaValue::Array {
+                elem: ValueType::I32,
+                items: types,
+            },
+        ),
+        (
+            "tokenizer.ggml.tokens",
+            MetaValue::Array {
+                elem: ValueType::String,
+                items: tokens.into_iter().map(MetaValue::String).collect(),
+            },
+        ),
+    ];
+    m.sort_by(|a, b| a.0.cmp(b.0));
+    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Write the F16 GGUF directly: tensors drawn in the checkpoint's order, one layer at a
+/// time, and written in the converter's order (names sorted within a layer).
+fn run_gguf(a: &Args) -> std::io::Result<()> {
+    let all = tensors(a.layers);
+    let name = a
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let meta = gguf_metadata(&name, a.layers);
+    // Groups drawn and written together: the embedding, each layer's nine tensors, then the
+    // final norm and the head.
+    let per_layer = 9;
+    let mut groups: Vec<&[(String, Vec<u64>)]> = vec![&all[..1]];
+    groups.extend(all[1..all.len() - 2].chunks(per_layer));
+    groups.push(&all[all.len() - 2..]);
+    // Names are sorted within a layer only: the converter writes the final norm before the
+    // head, although `output.weight` sorts first.
+    let last = groups.len() - 1;
+    let sorted = |i: usize| i > 0 && i < last;
+    let mut descs = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let mut d: Vec<TensorDesc> = g
+            .iter()
+            .map(|(hf, shape)| TensorDesc {
+                name: gguf_name(hf),
+                ggml_type: if shape.len() == 1 {
+                    GgmlType::F32
+                } else {
+                    GgmlType::F16
+                },
+                shape: shape.clone(),
+            })
+            .collect();
+        if sorted(i) {
+            d.sort_by(|x, y| x.name.cmp(&y.name));
+        }
+        descs.extend(d);
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", a.out.display()));
+    let file = BufWriter::with_capacity(8 << 20, File::create(&tmp)?);
+    let mut w = GgufWriter::new(file, &meta, &descs).map_err(std::io::Error::other)?;
+    let total = w.total_len();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let res = (|| -> std::io::Result<()> {
+        for (i, g) in groups.iter().enumerate() {
+            let mut done: Vec<(TensorDesc, Vec<u8>)> = g
+                .iter()
+                .map(|(hf, shape)| gguf_tensor(&mut rng, hf, shape))
+                .collect();
+            if sorted(i) {
+                done.sort_by(|x, y| x.0.name.cmp(&y.0.name));
+            }
+            for (d, bytes) in done {
+                w.write_tensor(&d.name, &bytes)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+        Ok(())
+    })();
+    let res = res.and_then(|()| {
+        let f = w.finish().map_err(std::io::Error::other)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    });
+    if let Err(e) = res.and_then(|()| std::fs::rename(&tmp, &a.out)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    println!(
+        "{}: {} layers, {total} bytes of F16 GGUF",
         a.out.display(),
         a.layers
     );

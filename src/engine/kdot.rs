@@ -1,29 +1,33 @@
 //! Integer products of K-quant weight rows (Q4_K, Q5_K, Q6_K) with activations quantized to
 //! Q8_K: the arithmetic of ggml's `vec_dot_q4_K_q8_K` / `q5_K` / `q6_K`, for native math's
-//! expert dispatch (`dispatch.rs`).
+//! dense products (`stored.rs`) and expert dispatch (`dispatch.rs`).
 //!
 //! Each activation row is quantized once per product to Q8_K ([`Q8K::quantize`]): per
-//! 256-value super-block a scale `dx`, 256 signed 8-bit quants and the sums of each 16 of
-//! them (`bsums`), rounded as candle's quantizer rounds them, so a row gives the values
-//! candle's own kernel (token-by-token generation) multiplies. A weight super-block is
-//! `d * scale_g * q - dmin * min_g` per 16- or 32-value group `g` (Q6_K: `d * scale_g *
-//! (q - 32)`), so its dot product with an activation super-block is
+//! 256-value super-block a scale `dx`, 256 signed 8-bit quants and the sums of each 16 and
+//! each 32 of them, rounded as candle's quantizer rounds them, so a row gives the values
+//! candle's own kernel (token-by-token generation) multiplies. A Q4_K / Q5_K weight
+//! super-block is `d * scale_g * q - dmin * min_g` per 32-value group `g`, so its dot product
+//! with an activation super-block is
 //!
 //! `d * dx * sum(scale * q * x8) - dmin * dx * sum_g(min_g * bsum_g)`
 //!
-//! with both sums exact integers: the weights never become floats. Q6_K's `- 32` goes into
-//! the second term (`min_g = 32 * scale_g`, `dmin = d`), so every type runs one kernel.
+//! with both sums exact integers: the weights never become floats. Q6_K is `d * scale_g *
+//! (q - 32)` per 16 values, the `- 32` inside the integer sum.
 //!
-//! Each tile of weight rows is first unpacked ([`Unpacked`]): one unsigned quant per byte in
-//! value order, the group scales as 16-bit vectors and the mins per 16 values. The unpacking
-//! is integer work shared by every activation row, the dot products then need only AVX2's
-//! `maddubs` (unsigned weights times signed activations, pairs summed to 16 bits) and
-//! `madd` (times the scales, pairs summed to 32 bits). The exact sum of each super-block
-//! is kept in eight 32-bit lanes (lane `l` holds the values at positions `4l..4l + 4` of
-//! every 32), turned to f32 and added with one fused multiply-add per lane into eight f32
-//! lanes, which are summed in a fixed order at the end. The portable path computes the same
-//! lanes in the same order with `f32::mul_add`, so both give the same bits, whatever the
-//! tile, the batch or the thread count.
+//! Each weight row is first unpacked with AVX2 ([`Unpacked`], one block per super-block):
+//! one quant per byte in value order (Q6_K: `|q - 32|` and `q - 32`), the scale of each
+//! value pair as 16-bit vectors, the eight mins. The unpacking is shared by every activation
+//! row; the dot products then need only AVX2's `maddubs` (unsigned weights times signed
+//! activations, pairs summed to 16 bits; Q6_K's weight signs moved onto the activations with
+//! `sign_epi8`) and `madd` (times the scales, pairs summed to 32 bits), for four activation
+//! rows per weight vector load. The exact sum of each super-block is kept in eight 32-bit
+//! lanes (lane `l` holds the values at positions `4l..4l + 4` of every 32), turned to f32
+//! and added with one fused multiply-add per lane into eight f32 lanes, which are summed in
+//! `hsum_float_8`'s order at the end; the mins terms go through `madd` of the mins with the
+//! 32-value activation sums into Q4_K's four separate f32 lanes (Q5_K: one scalar), as
+//! candle keeps them. The portable path computes the same lanes in the same order with
+//! `f32::mul_add`, so both give candle's bits, whatever the tile, the batch or the thread
+//! count.
 //!
 //! SIMD comes from `pulp` (AVX2 detected at run time, intrinsics as safe methods): no
 //! `unsafe` here.
@@ -34,6 +38,9 @@ use candle_core::quantized::GgmlDType;
 pub(super) const QK_K: usize = 256;
 /// Activation rows multiplied together against one unpacked weight row.
 const GROUP: usize = 4;
+
+/// The 256 quants of one super-block as eight vectors of 32 bytes.
+type Quants = [[u8; 32]; 8];
 
 /// The weight types of the integer kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,12 +76,14 @@ impl Kind {
 pub(super) struct Q8K {
     m: usize,
     nb: usize,
-    /// `m * nb * 256` quants, `i8` stored as bytes.
-    qs: Vec<u8>,
+    /// `m * nb` blocks of quants, `i8` stored as bytes.
+    qs: Vec<Quants>,
     /// `m * nb` scales.
     d: Vec<f32>,
-    /// `m * nb * 16` sums of 16 quants.
-    bsums: Vec<i16>,
+    /// `m * nb` sums of each 16 quants.
+    bsums: Vec<[i16; 16]>,
+    /// `m * nb` sums of each 32 quants (the pairs of `bsums`), the factors of the mins.
+    bsum32: Vec<[i16; 8]>,
 }
 
 impl Q8K {
@@ -85,9 +94,10 @@ impl Q8K {
         let mut q = Q8K {
             m,
             nb,
-            qs: vec![0; m * nb * QK_K],
+            qs: vec![[[0; 32]; 8]; m * nb],
             d: vec![0.0; m * nb],
-            bsums: vec![0; m * nb * 16],
+            bsums: vec![[0; 16]; m * nb],
+            bsum32: vec![[0; 8]; m * nb],
         };
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
@@ -101,13 +111,17 @@ impl Q8K {
     // inlined into the caller's SIMD context (where `round` is an instruction sequence)
     #[inline(always)]
     fn fill(&mut self, x: &[f32]) {
-        for (((xb, qb), d), bs) in x
+        for ((((xb, qb), d), bs), b32) in x
             .chunks_exact(QK_K)
-            .zip(self.qs.chunks_exact_mut(QK_K))
+            .zip(self.qs.iter_mut())
             .zip(self.d.iter_mut())
-            .zip(self.bsums.chunks_exact_mut(16))
+            .zip(self.bsums.iter_mut())
+            .zip(self.bsum32.iter_mut())
         {
-            quantize_block(xb, qb, d, bs);
+            quantize_block(xb, qb.as_flattened_mut(), d, bs);
+            for (s, p) in b32.iter_mut().zip(bs.as_chunks::<2>().0) {
+                *s = p[0] + p[1];
+            }
         }
     }
 
@@ -116,20 +130,17 @@ impl Q8K {
         self.m
     }
 
+    #[cfg(test)]
     fn block(&self, i: usize, b: usize) -> (&[u8], f32, &[i16]) {
         let at = i * self.nb + b;
-        (
-            &self.qs[at * QK_K..(at + 1) * QK_K],
-            self.d[at],
-            &self.bsums[at * 16..(at + 1) * 16],
-        )
+        (self.qs[at].as_flattened(), self.d[at], &self.bsums[at])
     }
 }
 
 /// One super-block as candle's `BlockQ8K::from_float` does it: scale `-127 / x` for the
 /// value `x` of largest magnitude (the first of equals), quants rounded half away from zero.
 #[inline(always)]
-fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16]) {
+fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {
@@ -153,16 +164,35 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16]) {
     *d = 1.0 / iscale;
 }
 
-/// Weight rows unpacked for the kernel, per super-block: 256 unsigned quants, the scale of
-/// each pair of values (for each 32-value vector the 16 factors `madd` applies), the mins
-/// of each 16 values, and `d`, `dmin`.
+/// One weight super-block unpacked for the kernel.
+#[derive(Clone, Copy, Debug)]
+struct WBlock {
+    /// The quants of each 32 values in value order: unsigned (Q4_K, Q5_K) or Q6_K's
+    /// `|q - 32|`.
+    q: Quants,
+    /// Q6_K's `q - 32` as `i8`, whose signs go onto the activations.
+    w6: Quants,
+    /// Per 32 values the scale of each value pair (the 16 factors `madd` applies).
+    sc: [[i16; 16]; 8],
+    /// The min of each 32 values (Q4_K, Q5_K).
+    mins: [i16; 8],
+    d: f32,
+    dmin: f32,
+}
+
+const ZERO_BLOCK: WBlock = WBlock {
+    q: [[0; 32]; 8],
+    w6: [[0; 32]; 8],
+    sc: [[0; 16]; 8],
+    mins: [0; 8],
+    d: 0.0,
+    dmin: 0.0,
+};
+
+/// A weight row unpacked for the kernel ([`WBlock`] per super-block), kept between calls.
 #[derive(Debug, Default)]
 pub(super) struct Unpacked {
-    q: Vec<u8>,
-    scales: Vec<i16>,
-    mins: Vec<i16>,
-    d: Vec<f32>,
-    dmin: Vec<f32>,
+    blocks: Vec<WBlock>,
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -183,75 +213,94 @@ fn scale_min(s: &[u8], j: usize) -> (u8, u8) {
 }
 
 impl Unpacked {
-    /// Unpack the super-blocks of `src` (whole rows of `kind`).
+    /// Unpack the super-blocks of `src` (whole rows of `kind`): the quants with AVX2 when
+    /// `simd` is given (the same bytes), the scales and mins in scalar code.
     #[inline(always)]
-    fn fill(&mut self, kind: Kind, src: &[u8]) {
+    fn fill(&mut self, kind: Kind, src: &[u8], simd: Option<Simd>) {
         let n = src.len() / kind.block_bytes();
-        self.q.resize(n * QK_K, 0);
-        self.scales.resize(n * QK_K / 2, 0);
-        self.mins.resize(n * 16, 0);
-        self.d.resize(n, 0.0);
-        self.dmin.resize(n, 0.0);
-        let blocks = src
-            .chunks_exact(kind.block_bytes())
-            .zip(self.q.chunks_exact_mut(QK_K))
-            .zip(self.scales.chunks_exact_mut(QK_K / 2))
-            .zip(self.mins.chunks_exact_mut(16))
-            .zip(self.d.iter_mut().zip(self.dmin.iter_mut()));
-        for ((((b, q), sv), mins), (d, dmin)) in blocks {
+        self.blocks.resize(n, ZERO_BLOCK);
+        for (b, w) in src.chunks_exact(kind.block_bytes()).zip(&mut self.blocks) {
+            match (kind, simd) {
+                #[cfg(target_arch = "x86_64")]
+                (Kind::Q4K | Kind::Q5K, Some(s)) => avx2::quants_q45k(s, kind, b, &mut w.q),
+                #[cfg(target_arch = "x86_64")]
+                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.w6, &mut w.q),
+                (Kind::Q4K | Kind::Q5K, _) => quants_q45k(kind, b, &mut w.q),
+                (Kind::Q6K, _) => quants_q6k(b, &mut w.w6, &mut w.q),
+            }
             match kind {
-                Kind::Q4K | Kind::Q5K => {
-                    *d = f16_at(b, 0);
-                    *dmin = f16_at(b, 2);
-                    let sc = &b[4..16];
-                    let (qh, qs) = match kind {
-                        Kind::Q5K => (Some(&b[16..48]), &b[48..176]),
-                        _ => (None, &b[16..144]),
-                    };
-                    for j in 0..4 {
-                        let (q, qs) = (&mut q[64 * j..64 * j + 64], &qs[32 * j..32 * j + 32]);
-                        let (lo, hi) = q.split_at_mut(32);
-                        for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
-                            *lo = v & 0xF;
-                            *hi = v >> 4;
-                        }
-                        if let Some(qh) = qh {
-                            // bit 2j of high byte l tops value 64j + l, bit 2j + 1 value
-                            // 64j + 32 + l
-                            for ((lo, hi), &h) in lo.iter_mut().zip(hi.iter_mut()).zip(qh) {
-                                *lo |= ((h >> (2 * j)) & 1) << 4;
-                                *hi |= ((h >> (2 * j + 1)) & 1) << 4;
-                            }
-                        }
-                        for g in 0..2 {
-                            let (s, m) = scale_min(sc, 2 * j + g);
-                            sv[(2 * j + g) * 16..(2 * j + g + 1) * 16].fill(i16::from(s));
-                            mins[4 * j + 2 * g..4 * j + 2 * g + 2].fill(i16::from(m));
-                        }
-                    }
-                }
-                Kind::Q6K => {
-                    *d = f16_at(b, 208);
-                    *dmin = *d;
-                    for h in 0..2 {
-                        let ql = &b[64 * h..64 * h + 64];
-                        let qh = &b[128 + 32 * h..128 + 32 * h + 32];
-                        let q = &mut q[128 * h..128 * h + 128];
-                        for l in 0..32 {
-                            q[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
-                            q[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
-                            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                        }
-                    }
-                    for (g, &s) in b[192..208].iter().enumerate() {
-                        let s = i16::from(s as i8);
-                        sv[8 * g..8 * g + 8].fill(s);
-                        mins[g] = 32 * s;
-                    }
-                }
+                Kind::Q4K | Kind::Q5K => scales_q45k(b, w),
+                Kind::Q6K => scales_q6k(b, w),
             }
         }
+    }
+}
+
+/// The quants of a Q4_K (144 bytes) or Q5_K (176 bytes) super-block.
+fn quants_q45k(kind: Kind, b: &[u8], q: &mut Quants) {
+    let (qh, qs) = match kind {
+        Kind::Q5K => (b[16..48].as_chunks::<32>().0.first(), &b[48..176]),
+        _ => (None, &b[16..144]),
+    };
+    let (q, _) = q.as_chunks_mut::<2>();
+    for (j, (q, qs)) in q.iter_mut().zip(qs.as_chunks::<32>().0).enumerate() {
+        let [lo, hi] = q;
+        for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+            *lo = v & 0xF;
+            *hi = v >> 4;
+        }
+        if let Some(qh) = qh {
+            // bit 2j of high byte l tops value 64j + l, bit 2j + 1 value 64j + 32 + l
+            for ((lo, hi), &h) in lo.iter_mut().zip(hi.iter_mut()).zip(qh) {
+                *lo |= ((h >> (2 * j)) & 1) << 4;
+                *hi |= ((h >> (2 * j + 1)) & 1) << 4;
+            }
+        }
+    }
+}
+
+/// `d`, `dmin`, the scales and the mins of a Q4_K or Q5_K super-block.
+fn scales_q45k(b: &[u8], w: &mut WBlock) {
+    w.d = f16_at(b, 0);
+    w.dmin = f16_at(b, 2);
+    let sc = &b[4..16];
+    for (g, (sv, m)) in w.sc.iter_mut().zip(w.mins.iter_mut()).enumerate() {
+        let (s, mn) = scale_min(sc, g);
+        *sv = [i16::from(s); 16];
+        *m = i16::from(mn);
+    }
+}
+
+/// The quants of a Q6_K super-block (210 bytes) as `w6 = q - 32` and `q = |q - 32|`.
+fn quants_q6k(b: &[u8], w6: &mut Quants, q: &mut Quants) {
+    let (ql, _) = b[..128].as_chunks::<64>();
+    let (qh, _) = b[128..192].as_chunks::<32>();
+    let (w4, _) = w6.as_chunks_mut::<4>();
+    for ((q, ql), qh) in w4.iter_mut().zip(ql).zip(qh) {
+        let (l0, l1) = ql.split_at(32);
+        let [q0, q1, q2, q3] = q;
+        for l in 0..32 {
+            let (a, c, h) = (l0[l], l1[l], qh[l]);
+            q0[l] = ((a & 0xF) | ((h & 3) << 4)).wrapping_sub(32);
+            q1[l] = ((c & 0xF) | (((h >> 2) & 3) << 4)).wrapping_sub(32);
+            q2[l] = ((a >> 4) | (((h >> 4) & 3) << 4)).wrapping_sub(32);
+            q3[l] = ((c >> 4) | (((h >> 6) & 3) << 4)).wrapping_sub(32);
+        }
+    }
+    for (q, w) in q.as_flattened_mut().iter_mut().zip(w6.as_flattened()) {
+        *q = (*w as i8).unsigned_abs();
+    }
+}
+
+/// `d` and the 16 scales (two per 32 values) of a Q6_K super-block.
+fn scales_q6k(b: &[u8], w: &mut WBlock) {
+    w.d = f16_at(b, 208);
+    w.dmin = w.d;
+    for (sv, s) in w.sc.iter_mut().zip(b[192..208].as_chunks::<2>().0) {
+        let (s0, s1) = (i16::from(s[0] as i8), i16::from(s[1] as i8));
+        *sv = [
+            s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
+        ];
     }
 }
 
@@ -347,14 +396,15 @@ fn rows(
 ) {
     let m = a.m;
     for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-        scratch.fill(kind, w);
+        scratch.fill(kind, w, simd);
+        let w = &scratch.blocks[..a.nb];
         let mut i = 0;
         while i < m {
             let r = (m - i).min(GROUP);
             let v = match simd {
                 #[cfg(target_arch = "x86_64")]
-                Some(s) => avx2::row(s, kind, scratch, a, i, r),
-                _ => portable_row(kind, scratch, a, i, r),
+                Some(s) => avx2::row(s, kind, w, a, i, r),
+                _ => portable_row(kind, w, a, i, r),
             };
             col[i..i + r].copy_from_slice(&v[..r]);
             i += r;
@@ -374,115 +424,171 @@ fn reduce(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// Running sums of the `dmin` terms, kept apart from the scale terms as candle keeps them:
-/// Q4_K in four f32 lanes (lane `i` the mins of 32-value groups `2i`, `2i + 1`, fused
-/// multiply-adds), Q5_K in one f32 (multiply, then add), Q6_K none (its `- 32` is in the
-/// integer sum).
-#[derive(Clone, Copy, Default)]
-struct Mins {
-    lanes: [f32; 4],
-    sum: f32,
-}
-
-impl Mins {
-    /// Add one super-block: `ml` the eight products `min * bsum` summed per 32 values (as
-    /// `madd` leaves them), `dm = -dx * dmin`.
-    #[inline(always)]
-    fn add(&mut self, kind: Kind, dm: f32, ml: [i32; 8]) {
-        match kind {
-            Kind::Q4K => {
-                for (i, l) in self.lanes.iter_mut().enumerate() {
-                    *l = dm.mul_add((ml[2 * i] + ml[2 * i + 1]) as f32, *l);
-                }
-            }
-            Kind::Q5K => self.sum += dm * ml.iter().sum::<i32>() as f32,
-            Kind::Q6K => {}
-        }
-    }
-
-    /// `h` (the reduced scale terms) plus these, in candle's order.
-    #[inline(always)]
-    fn finish(self, kind: Kind, h: f32) -> f32 {
-        let l = self.lanes;
-        match kind {
-            Kind::Q4K => h + ((l[0] + l[2]) + (l[1] + l[3])),
-            Kind::Q5K => h + self.sum,
-            Kind::Q6K => h,
-        }
+/// The scale terms `h` (reduced) plus the `dmin` terms, kept apart as candle keeps them:
+/// Q4_K in four f32 lanes `lanes` (lane `i` the mins of 32-value groups `2i`, `2i + 1`, fused
+/// multiply-adds), Q5_K in one f32 `sum` (multiply, then add), Q6_K none (its `- 32` is in
+/// the integer sum).
+#[inline(always)]
+fn finish(kind: Kind, h: f32, l: [f32; 4], sum: f32) -> f32 {
+    match kind {
+        Kind::Q4K => h + ((l[0] + l[2]) + (l[1] + l[3])),
+        Kind::Q5K => h + sum,
+        Kind::Q6K => h,
     }
 }
 
 /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`), lane by lane
 /// as the AVX2 kernel sums.
-fn portable_row(kind: Kind, w: &Unpacked, a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
     let mut out = [0f32; GROUP];
     for (s, o) in out.iter_mut().enumerate().take(r) {
-        let mut acc = [0f32; 8];
-        let mut m = Mins::default();
-        for b in 0..a.nb {
-            let (x, dx, bsums) = a.block(i0 + s, b);
-            let q = &w.q[b * QK_K..(b + 1) * QK_K];
-            let sv = &w.scales[b * QK_K / 2..(b + 1) * QK_K / 2];
-            let mins = &w.mins[b * 16..(b + 1) * 16];
+        let (mut acc, mut lanes_m, mut sum_m) = ([0f32; 8], [0f32; 4], 0f32);
+        for (b, wb) in w.iter().enumerate() {
+            let at = (i0 + s) * a.nb + b;
+            let (x, dx, b32) = (&a.qs[at], a.d[at], &a.bsum32[at]);
             let mut lanes = [0i32; 8];
-            for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
-                let sc = i32::from(sv[p / 2]);
-                let q = i32::from(q) - if kind == Kind::Q6K { 32 } else { 0 };
-                lanes[(p % 32) / 4] += sc * q * i32::from(x as i8);
+            let q = if kind == Kind::Q6K { &wb.w6 } else { &wb.q };
+            for ((q, sc), x) in q.iter().zip(&wb.sc).zip(x) {
+                for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
+                    let q = match kind {
+                        Kind::Q6K => i32::from(q as i8),
+                        _ => i32::from(q),
+                    };
+                    lanes[p / 4] += i32::from(sc[p / 2]) * q * i32::from(x as i8);
+                }
             }
-            let mut min_lanes = [0i32; 8];
-            for (l, ml) in min_lanes.iter_mut().enumerate() {
-                *ml = i32::from(mins[2 * l]) * i32::from(bsums[2 * l])
-                    + i32::from(mins[2 * l + 1]) * i32::from(bsums[2 * l + 1]);
+            let dd = dx * wb.d;
+            for (acc, &l) in acc.iter_mut().zip(&lanes) {
+                *acc = dd.mul_add(l as f32, *acc);
             }
-            let dd = dx * w.d[b];
-            for l in 0..8 {
-                acc[l] = dd.mul_add(lanes[l] as f32, acc[l]);
+            let p: [i32; 4] = std::array::from_fn(|i| {
+                i32::from(wb.mins[2 * i]) * i32::from(b32[2 * i])
+                    + i32::from(wb.mins[2 * i + 1]) * i32::from(b32[2 * i + 1])
+            });
+            let dm = -dx * wb.dmin;
+            match kind {
+                Kind::Q4K => {
+                    for (l, &p) in lanes_m.iter_mut().zip(&p) {
+                        *l = dm.mul_add(p as f32, *l);
+                    }
+                }
+                Kind::Q5K => sum_m += dm * ((p[0] + p[1]) + (p[2] + p[3])) as f32,
+                Kind::Q6K => {}
             }
-            m.add(kind, -dx * w.dmin[b], min_lanes);
         }
-        *o = m.finish(kind, reduce(acc));
+        *o = finish(kind, reduce(acc), lanes_m, sum_m);
     }
     out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::{__m256, __m256i};
+    use std::arch::x86_64::{__m128, __m256, __m256i};
 
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{reduce, Kind, Mins, Unpacked, GROUP, Q8K, QK_K};
+    use super::{finish, reduce, Kind, Quants, WBlock, GROUP, Q8K};
 
+    /// [`super::quants_q45k`]: one 32-byte load gives two vectors of nibbles; Q5_K's fifth
+    /// bits are tested in place (`cmpeq` on the bit, masked to 16).
     #[inline(always)]
-    fn load32(b: &[u8]) -> __m256i {
-        let a: [u8; 32] = b[..32].try_into().unwrap_or([0; 32]);
-        cast(a)
+    pub(super) fn quants_q45k(simd: V3, kind: Kind, b: &[u8], q: &mut Quants) {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let (qh, qs) = match kind {
+            Kind::Q5K => (b[16..48].as_chunks::<32>().0.first(), &b[48..176]),
+            _ => (None, &b[16..144]),
+        };
+        let m4 = avx._mm256_set1_epi8(0xF);
+        let m16 = avx._mm256_set1_epi8(16);
+        let (q, _) = q.as_chunks_mut::<2>();
+        for (j, (q, qs)) in q.iter_mut().zip(qs.as_chunks::<32>().0).enumerate() {
+            let bits: __m256i = cast(*qs);
+            let mut lo = avx2._mm256_and_si256(bits, m4);
+            let mut hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(bits), m4);
+            if let Some(qh) = qh {
+                let h: __m256i = cast(*qh);
+                let m = avx._mm256_set1_epi8((1u8 << (2 * j)) as i8);
+                let set = avx2._mm256_cmpeq_epi8(avx2._mm256_and_si256(h, m), m);
+                lo = avx2._mm256_or_si256(lo, avx2._mm256_and_si256(set, m16));
+                let m = avx._mm256_set1_epi8((1u8 << (2 * j + 1)) as i8);
+                let set = avx2._mm256_cmpeq_epi8(avx2._mm256_and_si256(h, m), m);
+                hi = avx2._mm256_or_si256(hi, avx2._mm256_and_si256(set, m16));
+            }
+            *q = [cast(lo), cast(hi)];
+        }
     }
 
+    /// [`super::quants_q6k`]: low nibbles and high bit pairs shifted in 16-bit lanes and
+    /// masked per byte.
     #[inline(always)]
-    fn load16x16(b: &[i16]) -> __m256i {
-        let a: [i16; 16] = b[..16].try_into().unwrap_or([0; 16]);
-        cast(a)
+    pub(super) fn quants_q6k(simd: V3, b: &[u8], w6: &mut Quants, q: &mut Quants) {
+        let avx2 = simd.avx2;
+        let (ql, _) = b[..128].as_chunks::<32>();
+        let (qh, _) = b[128..192].as_chunks::<32>();
+        let (w4, _) = w6.as_chunks_mut::<4>();
+        for ((q, ql), qh) in w4.iter_mut().zip(ql.as_chunks::<2>().0).zip(qh) {
+            let (a, c, h): (__m256i, __m256i, __m256i) = (cast(ql[0]), cast(ql[1]), cast(*qh));
+            let (a4, c4) = (
+                avx2._mm256_srli_epi16::<4>(a),
+                avx2._mm256_srli_epi16::<4>(c),
+            );
+            let (h2, h4, h6) = (
+                avx2._mm256_srli_epi16::<2>(h),
+                avx2._mm256_srli_epi16::<4>(h),
+                avx2._mm256_srli_epi16::<6>(h),
+            );
+            *q = [
+                join6(simd, a, h),
+                join6(simd, c, h2),
+                join6(simd, a4, h4),
+                join6(simd, c4, h6),
+            ];
+        }
+        for (q, w) in q.iter_mut().zip(w6.iter()) {
+            *q = cast(avx2._mm256_abs_epi8(cast(*w)));
+        }
     }
 
-    /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`): each
-    /// weight vector is loaded once for all `r` rows.
+    /// A Q6_K quant less 32 from the low nibble of `l` and the two bits at the bottom of `h`.
+    #[inline(always)]
+    fn join6(simd: V3, l: __m256i, h: __m256i) -> [u8; 32] {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let l = avx2._mm256_and_si256(l, avx._mm256_set1_epi8(0xF));
+        let h = avx2._mm256_and_si256(h, avx._mm256_set1_epi8(3));
+        let q = avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h));
+        cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
+    }
+
+    // the kernel's weight types as const parameters, so each is compiled without branches
+    const Q4: u8 = 0;
+    const Q5: u8 = 1;
+    const Q6: u8 = 2;
+
+    /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`).
     #[inline(always)]
     pub(super) fn row(
         simd: V3,
         kind: Kind,
-        w: &Unpacked,
+        w: &[WBlock],
         a: &Q8K,
         i0: usize,
         r: usize,
     ) -> [f32; GROUP] {
+        match kind {
+            Kind::Q4K => rows_r::<Q4>(simd, w, a, i0, r),
+            Kind::Q5K => rows_r::<Q5>(simd, w, a, i0, r),
+            Kind::Q6K => rows_r::<Q6>(simd, w, a, i0, r),
+        }
+    }
+
+    #[inline(always)]
+    fn rows_r<const K: u8>(simd: V3, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
         match r {
-            4 => rows::<4>(simd, kind, w, a, i0),
-            3 => pad(rows::<3>(simd, kind, w, a, i0)),
-            2 => pad(rows::<2>(simd, kind, w, a, i0)),
-            _ => pad(rows::<1>(simd, kind, w, a, i0)),
+            4 => rows::<4, K>(simd, w, a, i0),
+            3 => pad(rows::<3, K>(simd, w, a, i0)),
+            2 => pad(rows::<2, K>(simd, w, a, i0)),
+            _ => pad(rows::<1, K>(simd, w, a, i0)),
         }
     }
 
@@ -492,50 +598,74 @@ mod avx2 {
         out
     }
 
+    /// `R` activation rows against one weight row, each weight vector loaded once for all.
+    /// Per 32 values and row: `maddubs` (unsigned weights times signed activations, pairs
+    /// summed to 16 bits) and `madd` (times the scales, pairs to 32 bits). Q6_K's signed
+    /// weights `w = q - 32` go in as `|w|` times the activations with `w`'s sign
+    /// (`sign_epi8`), the same integers as candle's `maddubs(q, x) - maddubs(32, x)` for every
+    /// activation but -128 (whose sign flip wraps). A quant is -128 only where the scale
+    /// `-127 / max` overflowed to infinity (largest magnitude below about 4e-37); that block's
+    /// `dx` is then -0, so its terms add a zero to accumulators that are never -0, whatever
+    /// the integer sum (`tiny_activation_blocks_keep_candles_bits`).
+    ///
+    /// The mins terms depend on no quant: they run in a second pass over the super-blocks
+    /// (the same operations in the same order), so that the first keeps its `2R` accumulators
+    /// in registers.
     // the fixed-size arrays are indexed in lock step so that the accumulators stay in
     // registers
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn rows<const R: usize>(simd: V3, kind: Kind, w: &Unpacked, a: &Q8K, i0: usize) -> [f32; R] {
-        let (avx, avx2, fma) = (simd.avx, simd.avx2, simd.fma);
+    fn rows<const R: usize, const K: u8>(simd: V3, w: &[WBlock], a: &Q8K, i0: usize) -> [f32; R] {
+        let (sse, sse2, avx, avx2, fma) = (simd.sse, simd.sse2, simd.avx, simd.avx2, simd.fma);
+        let nb = w.len();
+        let xq: [&[Quants]; R] = std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]);
+        let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
-        let mut m = [Mins::default(); R];
-        // Q6_K's `- 32` enters the 16-bit pair sums, as candle subtracts it
-        let q6 = kind == Kind::Q6K;
-        let m32 = avx._mm256_set1_epi8(32);
-        for b in 0..a.nb {
-            let q = &w.q[b * QK_K..(b + 1) * QK_K];
-            let sv = &w.scales[b * QK_K / 2..(b + 1) * QK_K / 2];
-            let x: [&[u8]; R] =
-                std::array::from_fn(|s| &a.qs[((i0 + s) * a.nb + b) * QK_K..][..QK_K]);
+        for (b, wb) in w.iter().enumerate() {
             let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
             for v in 0..8 {
-                let wq = load32(&q[32 * v..]);
-                let sc = load16x16(&sv[16 * v..]);
+                let wu: __m256i = cast(wb.q[v]);
+                let sc: __m256i = cast(wb.sc[v]);
                 for s in 0..R {
-                    let xv = load32(&x[s][32 * v..]);
-                    let mut p16 = avx2._mm256_maddubs_epi16(wq, xv);
-                    if q6 {
-                        p16 = avx2._mm256_sub_epi16(p16, avx2._mm256_maddubs_epi16(m32, xv));
-                    }
-                    let p32 = avx2._mm256_madd_epi16(p16, sc);
-                    lanes[s] = avx2._mm256_add_epi32(lanes[s], p32);
+                    let xv: __m256i = cast(xq[s][b][v]);
+                    let xv = match K {
+                        Q6 => avx2._mm256_sign_epi8(xv, cast(wb.w6[v])),
+                        _ => xv,
+                    };
+                    let p16 = avx2._mm256_maddubs_epi16(wu, xv);
+                    lanes[s] = avx2._mm256_add_epi32(lanes[s], avx2._mm256_madd_epi16(p16, sc));
                 }
             }
-            let mins = load16x16(&w.mins[b * 16..]);
             for s in 0..R {
-                let at = (i0 + s) * a.nb + b;
-                let dx = a.d[at];
-                let bs = load16x16(&a.bsums[at * 16..]);
-                let dd = avx._mm256_set1_ps(dx * w.d[b]);
+                let dd = avx._mm256_set1_ps(xd[s][b] * wb.d);
                 acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
-                if !q6 {
-                    let ml: [i32; 8] = cast(avx2._mm256_madd_epi16(bs, mins));
-                    m[s].add(kind, -dx * w.dmin[b], ml);
+            }
+        }
+        let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
+        let mut sum_m = [0f32; R];
+        if K != Q6 {
+            let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
+            for (b, wb) in w.iter().enumerate() {
+                let mins = cast(wb.mins);
+                for s in 0..R {
+                    let p = sse2._mm_madd_epi16(mins, cast(xm[s][b]));
+                    let dm = -xd[s][b] * wb.dmin;
+                    if K == Q4 {
+                        let pf = sse2._mm_cvtepi32_ps(p);
+                        acc_m[s] = fma._mm_fmadd_ps(sse._mm_set1_ps(dm), pf, acc_m[s]);
+                    } else {
+                        let p: [i32; 4] = cast(p);
+                        sum_m[s] += dm * ((p[0] + p[1]) + (p[2] + p[3])) as f32;
+                    }
                 }
             }
         }
-        std::array::from_fn(|s| m[s].finish(kind, reduce(cast(acc[s]))))
+        let kind = match K {
+            Q4 => Kind::Q4K,
+            Q5 => Kind::Q5K,
+            _ => Kind::Q6K,
+        };
+        std::array::from_fn(|s| finish(kind, reduce(cast(acc[s])), cast(acc_m[s]), sum_m[s]))
     }
 }
 
@@ -630,9 +760,9 @@ mod tests {
             let mut un = Unpacked::default();
             let rb = k / QK_K * kind.block_bytes();
             for (r, col) in out.chunks_exact_mut(a.rows()).enumerate() {
-                un.fill(kind, &w[r * rb..(r + 1) * rb]);
+                un.fill(kind, &w[r * rb..(r + 1) * rb], None);
                 for (i, v) in col.iter_mut().enumerate() {
-                    *v = portable_row(kind, &un, &a, i, 1)[0];
+                    *v = portable_row(kind, &un.blocks, &a, i, 1)[0];
                 }
             }
         } else {
@@ -745,6 +875,37 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Activation blocks so small that the Q8_K scale overflows (quants of -128, which the
+    /// Q6_K kernel's sign trick would flip wrongly) still give candle's bits: the block's
+    /// scale is -0.
+    #[test]
+    fn tiny_activation_blocks_keep_candles_bits() {
+        let (n, m, k) = (5, 3, 512);
+        for t in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let Some(kind) = Kind::of(t) else {
+                panic!("{t:?} has a kernel");
+            };
+            let w = quantize(t, &noise(21, n * k), n, k);
+            let mut x = noise(22, m * k);
+            for v in &mut x[k..k + QK_K] {
+                *v *= 1e-38;
+            }
+            let a = Q8K::quantize(&x, k);
+            assert!(a.qs[2].as_flattened().contains(&0x80), "a quant of -128");
+            let mut want = vec![0f32; m * n];
+            t.from_data(std::borrow::Cow::Borrowed(&w))
+                .matmul_t((m, k, n), &x, &mut want)
+                .unwrap();
+            let got = products(kind, &w, &x, k, false);
+            assert_eq!(got, products(kind, &w, &x, k, true), "{t:?}");
+            for j in 0..n {
+                for i in 0..m {
+                    assert_eq!(got[j * m + i].to_bits(), want[i * n + j].to_bits(), "{t:?}");
                 }
             }
         }

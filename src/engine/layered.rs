@@ -375,11 +375,11 @@ pub fn need(ckpt: &Checkpoint, cfg: &ModelConfig, math: Math, jobs: &[Job]) -> N
     let kv = (cfg.n_kv_heads * cfg.head_dim) as u64;
     // f32 activations of one sequence: residual, norms and projections, the feed-forward's
     // three products, attention scores and probabilities, the layer's KV cache, and the
-    // logits of the kept rows with their copy; plus reference math's dequantized tiles
-    // (16 MiB per thread, two threads counted)
+    // logits of the kept rows with their copy; plus reference math's dequantized tile (one
+    // at a time, freed before the next)
     let act = 4
         * (12 * n * h + 4 * n * f + 2 * heads * n * n + 4 * n * kv + 2 * kept * cfg.vocab as u64)
-        + (32 << 20);
+        + super::stored::TILE_BYTES as u64;
     let states = jobs
         .iter()
         .map(|j| 4 * j.tokens.len() as u64 * h)

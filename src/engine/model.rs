@@ -407,12 +407,15 @@ impl<'a> Loader<'a> {
                 return Ok(Linear::Block(Arc::new(b)));
             }
         }
-        if let Some(w) = self.stored(&t)? {
-            return Ok(Linear::Stored {
-                w: Arc::new(w),
-                quantized,
-            });
-        }
+        let t = match self.stored_owned(t)? {
+            Ok(w) => {
+                return Ok(Linear::Stored {
+                    w: Arc::new(w),
+                    quantized,
+                })
+            }
+            Err(t) => t,
+        };
         Ok(match self.math {
             Math::Reference => Linear::Dense(t.to_f32(self.device)?),
             Math::Native => Linear::Quant(QMatMul::from_qtensor(t.to_qtensor(self.device)?)?),
@@ -422,10 +425,43 @@ impl<'a> Loader<'a> {
     /// The tensor kept in its stored type, borrowing the source's memory map when it can:
     /// for a 2-d CPU tensor of a float or candle block type.
     pub(super) fn stored(&self, t: &RawTensor<'_>) -> Result<Option<StoredMatrix>, EngineError> {
+        let Some(elem) = self.stored_elem(t)? else {
+            return Ok(None);
+        };
+        let shared = match &t.data {
+            std::borrow::Cow::Borrowed(b) => self.src.share(b),
+            std::borrow::Cow::Owned(_) => None,
+        };
+        StoredMatrix::new(elem, t.shape[0], t.shape[1], &t.data, shared)
+            .map(Some)
+            .ok_or_else(|| bad_stored(t))
+    }
+
+    /// [`Loader::stored`] for a tensor the loader may consume: bytes read into a buffer of
+    /// their own (layer-major evaluation reads every layer this way) become the matrix's
+    /// without a copy. `Err(t)` gives the tensor back when it is not kept in its stored type.
+    pub(super) fn stored_owned<'t>(
+        &self,
+        t: RawTensor<'t>,
+    ) -> Result<Result<StoredMatrix, RawTensor<'t>>, EngineError> {
+        let Some(elem) = self.stored_elem(&t)? else {
+            return Ok(Err(t));
+        };
+        if matches!(t.data, std::borrow::Cow::Borrowed(_)) {
+            return Ok(self.stored(&t)?.ok_or(t));
+        }
+        let why = bad_stored(&t);
+        let (n, k) = (t.shape[0], t.shape[1]);
+        StoredMatrix::from_vec(elem, n, k, t.data.into_owned()).map_or(Err(why), |w| Ok(Ok(w)))
+    }
+
+    /// How a 2-d CPU tensor's elements are read when it stays in its stored type (a float
+    /// or block type), `None` when it does not.
+    fn stored_elem(&self, t: &RawTensor<'_>) -> Result<Option<Elem>, EngineError> {
         if !self.device.is_cpu() || t.shape.len() != 2 {
             return Ok(None);
         }
-        let elem = match t.dtype {
+        Ok(Some(match t.dtype {
             DType::F32 => Elem::F32,
             DType::F16 => Elem::F16,
             DType::BF16 => Elem::BF16,
@@ -437,22 +473,7 @@ impl<'a> Loader<'a> {
                 g => Elem::Block(g),
             },
             _ => return Ok(None),
-        };
-        let shared = match &t.data {
-            std::borrow::Cow::Borrowed(b) => self.src.share(b),
-            std::borrow::Cow::Owned(_) => None,
-        };
-        StoredMatrix::new(elem, t.shape[0], t.shape[1], &t.data, shared)
-            .map(Some)
-            .ok_or_else(|| EngineError::BadTensor {
-                name: t.name.clone(),
-                why: format!(
-                    "{} bytes do not hold {:?} values of type {}",
-                    t.data.len(),
-                    t.shape,
-                    t.dtype
-                ),
-            })
+        }))
     }
 
     /// The tensor repacked for modelgate's block kernels, when it is a 2-d CPU tensor of a
@@ -527,6 +548,19 @@ impl Loader<'_> {
 }
 
 /// The dense feed-forward of layer `i` (Phi-3's fused gate/up split by rows).
+/// The error for a tensor whose bytes do not match its shape and type.
+fn bad_stored(t: &RawTensor<'_>) -> EngineError {
+    EngineError::BadTensor {
+        name: t.name.clone(),
+        why: format!(
+            "{} bytes do not hold {:?} values of type {}",
+            t.data.len(),
+            t.shape,
+            t.dtype
+        ),
+    }
+}
+
 fn dense_mlp(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Mlp, EngineError> {
     let h = cfg.hidden;
     let (gate, up) = if cfg.architecture == Architecture::Phi3 {

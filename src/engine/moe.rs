@@ -289,37 +289,42 @@ impl MoeFfn {
             (Some(_), Some(g)) => Some(self.product(g, &xs, n)?),
             _ => None,
         };
-        // each token's experts in ascending order, as (batch, row of the batch, weight)
-        let mut slots: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n];
-        for (b, chosen) in tokens.iter().filter(|c| !c.is_empty()).enumerate() {
-            for (i, &(t, w)) in chosen.iter().enumerate() {
-                slots[t].push((b, i, w));
-            }
-        }
+        // the weighted sum output row by output row (`[hidden, n]`, the experts' layout, so
+        // each expert's row is read in order): every token's sum starts at zero, adds its
+        // experts in ascending order, then the shared expert, a fixed order of additions
+        // independent of the thread count
+        let routed: Vec<&Vec<(usize, f32)>> = tokens.iter().filter(|c| !c.is_empty()).collect();
         let shared_y = self.shared.as_ref().and_then(|_| ys.last());
-        let mut out = vec![0f32; n * h];
-        out.par_chunks_mut(h)
-            .zip(slots.par_iter())
+        let shared_gates: Option<Vec<f32>> =
+            shared_gates.map(|g| g.iter().map(|&g| sigmoid(g)).collect());
+        let mut by_row = vec![0f32; n * h];
+        by_row
+            .par_chunks_mut(n.max(1))
             .enumerate()
-            .for_each(|(t, (o, slots))| {
-                // a fixed order of additions per token: independent of the thread count
-                for &(b, i, w) in slots {
-                    let (y, m) = (&ys[b], batches[b].m);
-                    for (r, o) in o.iter_mut().enumerate() {
-                        *o += y[r * m + i] * w;
+            .for_each(|(r, o)| {
+                for (b, chosen) in routed.iter().enumerate() {
+                    let m = batches[b].m;
+                    for (&(t, w), y) in chosen.iter().zip(&ys[b][r * m..(r + 1) * m]) {
+                        o[t] += y * w;
                     }
                 }
                 if let Some(y) = shared_y {
-                    let g = shared_gates.as_ref().map(|g| sigmoid(g[t]));
-                    for (r, o) in o.iter_mut().enumerate() {
-                        let v = y[r * n + t];
-                        *o += match g {
-                            Some(g) => g * v,
-                            None => v,
-                        };
+                    let y = &y[r * n..(r + 1) * n];
+                    match &shared_gates {
+                        Some(g) => {
+                            for ((o, v), g) in o.iter_mut().zip(y).zip(g) {
+                                *o += g * v;
+                            }
+                        }
+                        None => {
+                            for (o, v) in o.iter_mut().zip(y) {
+                                *o += v;
+                            }
+                        }
                     }
                 }
             });
+        let out = transpose(&by_row, h, n);
         Ok(Tensor::from_vec(out, (n, h), &Device::Cpu)?.to_device(x.device())?)
     }
 
@@ -438,14 +443,7 @@ impl MoeFfn {
                 if per_expert(b) {
                     return Vec::new();
                 }
-                let f = b.ffn.gate.rows();
-                let mut x = vec![0f32; b.m * f];
-                for (j, col) in act.chunks_exact(b.m).enumerate() {
-                    for (i, v) in col.iter().enumerate() {
-                        x[i * f + j] = *v;
-                    }
-                }
-                x
+                transpose(act, b.ffn.gate.rows(), b.m)
             })
             .collect();
         for (b, x) in batches.iter().zip(&downs) {
@@ -551,6 +549,26 @@ fn add_row_bias(y: &mut [f32], b: &[f32], m: usize) {
             *v += b;
         }
     }
+}
+
+/// `a [rows, cols]` as `[cols, rows]`, in blocks of 16 columns: each block reads 16 values
+/// (a cache line) of every row and writes 16 output rows in order.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 16;
+    let mut t = vec![0f32; rows * cols];
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(B * rows).enumerate().for_each(|(blk, t)| {
+        let c0 = blk * B;
+        let width = t.len() / rows;
+        for (r, row) in a.chunks_exact(cols).enumerate() {
+            for (c, v) in row[c0..c0 + width].iter().enumerate() {
+                t[c * rows + r] = *v;
+            }
+        }
+    });
+    t
 }
 
 /// The input rows of one expert: rows `tokens` of `x [n, h]`, gathered in token order.
@@ -1099,6 +1117,21 @@ mod tests {
                 worst <= bound * scale,
                 "{elem:?} native {quantized}: {worst} of {scale}"
             );
+        }
+    }
+
+    #[test]
+    fn transpose_moves_every_value_once() {
+        // a partial last block of 16 columns, one column, one row
+        for (rows, cols) in [(3, 37), (5, 1), (1, 16), (0, 4)] {
+            let a = noise(8, rows * cols);
+            let t = transpose(&a, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], a[r * cols + c], "{rows}x{cols} ({r}, {c})");
+                }
+            }
+            assert_eq!(t.len(), a.len());
         }
     }
 

@@ -48,14 +48,26 @@ impl CustomOp2 for RmsNorm {
         if d == 0 || l1.shape().dims().last() != Some(&d) {
             bail!("rms norm weight of {d} for input {:?}", l1.shape());
         }
-        let mut out = vec![0f32; x.len()];
-        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let eps = self.eps as f32;
+        let norm = |(o, row): (&mut [f32], &[f32])| {
             let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
             let var = (ss / d as f64) as f32;
-            let inv = 1.0 / (var + self.eps as f32).sqrt();
+            let inv = 1.0 / (var + eps).sqrt();
             for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
                 *o = g * (v * inv);
             }
+        };
+        let mut out = vec![0f32; x.len()];
+        // rows are independent: a prompt's rows are split over the threads
+        if x.len() >= PARALLEL_VALUES {
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .with_min_len(4)
+                .for_each(norm);
+        } else {
+            out.chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .for_each(norm);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -86,12 +98,12 @@ impl CustomOp1 for Rope<'_> {
             );
         }
         let mut out = vec![0f32; x.len()];
-        for t in 0..n {
-            let cos = &self.cos[t * half..(t + 1) * half];
-            let sin = &self.sin[t * half..(t + 1) * half];
-            for h in 0..heads {
+        // head `h` of every position, written as the contiguous block `out[h]`
+        let head = |(h, block): (usize, &mut [f32])| {
+            for (t, dst) in block.chunks_exact_mut(hd).enumerate() {
+                let cos = &self.cos[t * half..(t + 1) * half];
+                let sin = &self.sin[t * half..(t + 1) * half];
                 let src = &x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
-                let dst = &mut out[(h * n + t) * hd..(h * n + t + 1) * hd];
                 let (x1, rest) = src.split_at(half);
                 let (x2, pass) = rest.split_at(half);
                 let (d1, rest) = dst.split_at_mut(half);
@@ -101,6 +113,13 @@ impl CustomOp1 for Rope<'_> {
                     d2[j] = x2[j] * cos[j] + x1[j] * sin[j];
                 }
                 dpass.copy_from_slice(pass);
+            }
+        };
+        if hd > 0 && n > 0 {
+            if x.len() >= PARALLEL_VALUES {
+                out.par_chunks_mut(n * hd).enumerate().for_each(head);
+            } else {
+                out.chunks_mut(n * hd).enumerate().for_each(head);
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((heads, n, hd))))

@@ -6,7 +6,7 @@
 //! of the mapped file, 9 bytes per parameter for a parity run of two models. Here a weight
 //! costs its stored bytes (a shared range of the file's map, or an owned copy for the few
 //! tensors the engine must rewrite, such as GGUF q/k rows), and a product dequantizes
-//! `TILE_BYTES` (16 MiB) of f32 weights at a time.
+//! `TILE_BYTES` (64 MiB) of f32 weights at a time.
 //!
 //! [`StoredMatrix::matmul_exact`] is the reference product: each tile is dequantized with
 //! the conversion the dense path used and multiplied by candle's f32 matmul, so every
@@ -27,9 +27,19 @@ use rayon::prelude::*;
 use super::kdot;
 use crate::formats::{blocks, GgmlType, MappedSlice};
 
-/// f32 bytes of weights dequantized per tile: large enough that each matmul call has
-/// work for every thread, small enough to stay in cache next to the activations.
-const TILE_BYTES: usize = 16 << 20;
+/// f32 bytes of weights dequantized per tile of the reference product. Every projection of
+/// a layer of a model up to about 3B parameters (TinyLlama's feed-forward: 46 MB) is one
+/// tile, so its product is one GEMM call written straight into the output: no
+/// concatenation of per-tile products, and the dense product's bits. Larger matrices (an
+/// output head, a 7B feed-forward) go in several tiles of this size.
+pub(super) const TILE_BYTES: usize = 64 << 20;
+
+/// From this size on the system allocator maps fresh (already zero) pages for an allocation
+/// rather than reusing its heap (glibc's largest dynamic mmap threshold, 32 MiB on 64-bit).
+const FRESH_PAGES_BYTES: usize = 32 << 20;
+
+/// Stored bytes per tile of native mode's quantized product (the kernels read blocks).
+const QUANT_TILE_BYTES: usize = 16 << 20;
 
 /// Below this many activation rows the exact product is a mat-vec over weight rows rather
 /// than tiles and a GEMM: generation multiplies one row, and dequantizing a whole tile to
@@ -177,6 +187,22 @@ impl StoredMatrix {
         })
     }
 
+    /// [`StoredMatrix::new`] taking ownership of bytes read into a buffer of their own (no
+    /// copy). `None` when the sizes disagree.
+    pub fn from_vec(elem: Elem, n: usize, k: usize, data: Vec<u8>) -> Option<StoredMatrix> {
+        let row_bytes = elem.row_bytes(k)?;
+        if k == 0 || data.len() != n.checked_mul(row_bytes)? {
+            return None;
+        }
+        Some(StoredMatrix {
+            elem,
+            n,
+            k,
+            row_bytes,
+            bytes: Bytes::Owned(data),
+        })
+    }
+
     pub fn rows(&self) -> usize {
         self.n
     }
@@ -212,11 +238,7 @@ impl StoredMatrix {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
-            Elem::F16 => {
-                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
+            Elem::F16 => f16_to_f32(src, out),
             Elem::BF16 => {
                 for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
@@ -472,7 +494,17 @@ impl StoredMatrix {
     /// Dequantize a tile of rows in parallel, a few rows per task.
     fn dequantize_tile(&self, j0: usize, rows: usize) -> candle_core::Result<Vec<f32>> {
         let k = self.k;
-        let mut w = vec![0f32; rows * k];
+        // A large tile is fresh zero pages from the system (`vec!` allocates it zeroed
+        // without writing it; the pages are touched by the tasks below). A smaller one is
+        // reused heap memory that `vec!` would clear with a memset on this thread while the
+        // pool waits, so the pool clears it.
+        let mut w = if rows * k * 4 > FRESH_PAGES_BYTES {
+            vec![0f32; rows * k]
+        } else {
+            let mut w = Vec::with_capacity(rows * k);
+            w.par_extend(rayon::iter::repeat_n(0f32, rows * k));
+            w
+        };
         // a few tasks per thread for balance, each a run of whole rows
         let per_task = rows
             .div_ceil(rayon::current_num_threads().max(1) * 4)
@@ -561,7 +593,9 @@ impl StoredMatrix {
     /// candle does with them too).
     pub fn matmul_quantized(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         // the quantized kernel reads blocks, not f32 values: a tile of the same bytes
-        let tile = (TILE_BYTES / self.row_bytes).max(16).min(self.n.max(1));
+        let tile = (QUANT_TILE_BYTES / self.row_bytes)
+            .max(16)
+            .min(self.n.max(1));
         self.matmul_quantized_tiled(x, m, tile)
     }
 
@@ -811,6 +845,23 @@ fn blocks(t: GgmlDType, src: &[u8]) -> Box<dyn QuantizedType> {
     let off = padded.as_ptr().align_offset(ALIGN).min(ALIGN);
     padded[off..off + src.len()].copy_from_slice(src);
     t.from_data(Cow::Borrowed(&padded[off..off + src.len()]))
+}
+
+/// Little-endian f16 values `src` as f32 in `out`: 64 values at a time gathered into an
+/// aligned buffer and widened by `half`'s slice conversion (F16C, eight per instruction,
+/// where the CPU has it). Every f16 value is exact in f32, so this is bit for bit the
+/// value-by-value conversion.
+fn f16_to_f32(src: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    const STEP: usize = 64;
+    let mut buf = [half::f16::ZERO; STEP];
+    for (x, y) in src.chunks(2 * STEP).zip(out.chunks_mut(STEP)) {
+        let buf = &mut buf[..y.len()];
+        for (h, b) in buf.iter_mut().zip(x.chunks_exact(2)) {
+            *h = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+        }
+        buf.convert_to_f32_slice(y);
+    }
 }
 
 /// Copy a `[m, rows]` tile into columns `j0..j0 + rows` of `out [m, n]`.

@@ -836,16 +836,21 @@ fn plan(reference: &mut Side, opts: &ParityOptions) -> Result<Plan, ParityError>
     })
 }
 
+/// Every scored position of `seq` compared in full, in order. Positions are independent, so
+/// they are split over the threads (each is the same computation as alone); a text chunk's
+/// rows of 32k-150k logits each are otherwise a serial stretch between the layers' work.
 fn positions_full(seq: &Sequence, r: &[f32], c: &[f32], vocab: usize, out: &mut Vec<Position>) {
-    for i in seq.first_scored..seq.tokens.len().saturating_sub(1) {
-        let j = i - seq.first_scored;
-        let row = j * vocab..(j + 1) * vocab;
-        out.push(stats::compare_full(
-            &r[row.clone()],
-            &c[row],
-            seq.tokens[i + 1] as usize,
-        ));
-    }
+    use rayon::prelude::*;
+    let scored = seq.first_scored..seq.tokens.len().saturating_sub(1);
+    let compared: Vec<Position> = scored
+        .into_par_iter()
+        .map(|i| {
+            let j = i - seq.first_scored;
+            let row = j * vocab..(j + 1) * vocab;
+            stats::compare_full(&r[row.clone()], &c[row], seq.tokens[i + 1] as usize)
+        })
+        .collect();
+    out.extend(compared);
 }
 
 /// Greedy continuations of every prompt sequence by the candidate, against the reference's.

@@ -623,7 +623,7 @@ fn a_memory_budget_is_checked_and_spilling_changes_nothing() {
     let (_, need_cand) = need(c);
     insta::assert_snapshot!(text_ref.replace(&need_ref.to_string(), "[N]"), @r"
     error: running `[REPO]/fixtures/models/tiny-llama` failed
-    caused by: a memory budget of 1.0 KiB is below the 129.1 MiB ([N] bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence
+    caused by: a memory budget of 1.0 KiB is below the 161.1 MiB ([N] bytes) that one layer needs: its weights, the weights outside the layers and the activations of one sequence
     hint: raise `--max-memory` to at least the amount needed, or give a smaller `--ctx`
     ");
     assert!(empty_dir(&spill));
