@@ -52,15 +52,22 @@ impl Quants {
 }
 
 /// A weight matrix `[n, k]` of block type, repacked for the kernels: per block a scale, an
-/// offset (the value of quant 0) and the quants, so that `w = scale * q + offset`.
+/// offset (the value of quant 0) and the quants, so that `w = scale * q + offset`. Scales
+/// and minimums stay f16 as stored (converted in the kernels, exactly): generation streams
+/// every weight once per token, and f32 copies made it read a fifth more bytes than the
+/// file holds.
 pub struct BlockMatrix {
     ggml: GgmlType,
     quants_kind: Quants,
     n: usize,
     k: usize,
-    scale: Vec<f32>,
-    /// Empty for Q8_0 (no offset).
-    offset: Vec<f32>,
+    /// f16 bits of each block's scale `d`.
+    scale: Vec<u16>,
+    /// f16 bits of each block's minimum, the offset of Q4_1 and Q5_1; empty for the others.
+    mins: Vec<u16>,
+    /// Without stored minimums, the offset as a multiple of the scale: -8 (Q4_0), -16
+    /// (Q5_0); Q8_0 has no offset.
+    zero: f32,
     quants: Vec<u8>,
 }
 
@@ -70,8 +77,28 @@ impl std::fmt::Debug for BlockMatrix {
     }
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// An f16's value as f32, exact, in a few inline integer operations and one multiply: the
+/// same value as `half::f16::to_f32` for every input, NaN payloads included. `half` converts
+/// through an out-of-line call (its F16C path is a separate function), and a call inside a
+/// kernel's loop makes the compiler spill the running sums around it every block.
+#[inline(always)]
+pub(super) fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let rest = u32::from(h & 0x7FFF);
+    if rest >= 0x7C00 {
+        // infinity, or a NaN made quiet as the hardware conversion does
+        let man = rest & 0x03FF;
+        let quiet = if man != 0 { 0x0040_0000 } else { 0 };
+        return f32::from_bits(sign | 0x7F80_0000 | (man << 13) | quiet);
+    }
+    // the exponent and mantissa bits placed as an f32's, times 2^112 to move the bias from
+    // 15 to 127 (exact: subnormal halves come out normal)
+    let mag = f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(mag.to_bits() | sign)
 }
 
 impl BlockMatrix {
@@ -101,29 +128,25 @@ impl BlockMatrix {
             _ => Quants::Signed,
         };
         let qb = quants_kind.block_bytes();
+        let with_mins = matches!(t, GgmlType::Q4_1 | GgmlType::Q5_1);
+        let zero = match t {
+            GgmlType::Q4_0 => -8.0,
+            GgmlType::Q5_0 => -16.0,
+            _ => 0.0,
+        };
         let mut scale = Vec::with_capacity(blocks);
-        let mut offset = Vec::with_capacity(if t == GgmlType::Q8_0 { 0 } else { blocks });
+        let mut mins = Vec::with_capacity(if with_mins { blocks } else { 0 });
         let mut quants = Vec::with_capacity(blocks * qb);
         for b in data.chunks_exact(block) {
-            let d = f16_at(b, 0);
-            scale.push(d);
+            scale.push(u16_at(b, 0));
+            if with_mins {
+                mins.push(u16_at(b, 2));
+            }
             match t {
-                GgmlType::Q4_0 => {
-                    offset.push(-8.0 * d);
-                    quants.extend_from_slice(&b[2..18]);
-                }
-                GgmlType::Q4_1 => {
-                    offset.push(f16_at(b, 2));
-                    quants.extend_from_slice(&b[4..20]);
-                }
+                GgmlType::Q4_0 => quants.extend_from_slice(&b[2..18]),
+                GgmlType::Q4_1 => quants.extend_from_slice(&b[4..20]),
                 GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                    let (hi_at, qs_at) = if t == GgmlType::Q5_0 {
-                        offset.push(-16.0 * d);
-                        (2, 6)
-                    } else {
-                        offset.push(f16_at(b, 2));
-                        (4, 8)
-                    };
+                    let (hi_at, qs_at) = if t == GgmlType::Q5_0 { (2, 6) } else { (4, 8) };
                     let qh =
                         u32::from_le_bytes([b[hi_at], b[hi_at + 1], b[hi_at + 2], b[hi_at + 3]]);
                     let qs = &b[qs_at..qs_at + 16];
@@ -143,7 +166,8 @@ impl BlockMatrix {
             n,
             k,
             scale,
-            offset,
+            mins,
+            zero,
             quants,
         })
     }
@@ -186,8 +210,11 @@ impl BlockMatrix {
         for b in 0..nb {
             let i = r * nb + b;
             let q = &self.quants[i * qb..(i + 1) * qb];
-            let d = self.scale[i];
-            let o = self.offset.get(i).copied().unwrap_or(0.0);
+            let d = f16_to_f32(self.scale[i]);
+            let o = match self.mins.get(i) {
+                Some(&m) => f16_to_f32(m),
+                None => self.zero * d,
+            };
             let dst = &mut out[b * QK..(b + 1) * QK];
             match self.quants_kind {
                 Quants::Nibbles => {
@@ -393,11 +420,12 @@ impl BlockMatrix {
         WeightRow {
             kind: self.quants_kind,
             scale: &self.scale[j * nb..(j + 1) * nb],
-            offset: if self.offset.is_empty() {
+            mins: if self.mins.is_empty() {
                 &[]
             } else {
-                &self.offset[j * nb..(j + 1) * nb]
+                &self.mins[j * nb..(j + 1) * nb]
             },
+            zero: self.zero,
             quants: &self.quants[j * nb * qb..(j + 1) * nb * qb],
         }
     }
@@ -417,9 +445,28 @@ fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
 #[derive(Clone, Copy)]
 struct WeightRow<'a> {
     kind: Quants,
-    scale: &'a [f32],
-    offset: &'a [f32],
+    scale: &'a [u16],
+    mins: &'a [u16],
+    zero: f32,
     quants: &'a [u8],
+}
+
+impl WeightRow<'_> {
+    /// Block `b`'s scale.
+    #[inline(always)]
+    fn d(&self, b: usize) -> f32 {
+        f16_to_f32(self.scale[b])
+    }
+
+    /// Block `b`'s offset given its scale `d`: `None` for Q8_0.
+    #[inline(always)]
+    fn offset(&self, b: usize, d: f32) -> Option<f32> {
+        match (self.kind, self.mins.get(b)) {
+            (Quants::Signed, _) => None,
+            (_, Some(&m)) => Some(f16_to_f32(m)),
+            (_, None) => Some(self.zero * d),
+        }
+    }
 }
 
 /// Activation rows quantized to 8 bits per 32-value block (ggml's Q8_1): quants, scale
@@ -513,8 +560,9 @@ fn portable_dot(w: WeightRow<'_>, a: &Acts, rows: std::ops::Range<usize>) -> [f3
                 Quants::Bytes => (0..QK).map(|j| i32::from(wq[j]) * x(j)).sum(),
                 Quants::Signed => (0..QK).map(|j| i32::from(wq[j] as i8) * x(j)).sum(),
             };
-            acc += w.scale[b] * a.d[i * nb + b] * isum as f32;
-            if let Some(o) = w.offset.get(b) {
+            let d = w.d(b);
+            acc += d * a.d[i * nb + b] * isum as f32;
+            if let Some(o) = w.offset(b, d) {
                 acc += o * a.s[i * nb + b];
             }
         }
@@ -562,7 +610,56 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{Acts, BlockMatrix, Quants, WeightRow, QK, ROWS};
+    use super::{f16_to_f32, Acts, BlockMatrix, Quants, WeightRow, QK, ROWS};
+
+    /// Eight f16 values (bits) as f32, exactly [`f16_to_f32`] lane by lane.
+    #[inline(always)]
+    fn f16x8(simd: V3, h: &[u16]) -> __m256 {
+        let mut a = [0u16; 8];
+        a.copy_from_slice(&h[..8]);
+        let h = simd.avx2._mm256_cvtepu16_epi32(cast(a));
+        let sign = simd.avx2._mm256_slli_epi32::<16>(
+            simd.avx2
+                ._mm256_and_si256(h, simd.avx._mm256_set1_epi32(0x8000)),
+        );
+        let rest = simd
+            .avx2
+            ._mm256_and_si256(h, simd.avx._mm256_set1_epi32(0x7FFF));
+        let mag = simd.avx._mm256_mul_ps(
+            cast(simd.avx2._mm256_slli_epi32::<13>(rest)),
+            cast(simd.avx._mm256_set1_epi32(0x7780_0000)),
+        );
+        // infinities and NaNs (made quiet) where the exponent is all ones
+        let man = simd
+            .avx2
+            ._mm256_and_si256(rest, simd.avx._mm256_set1_epi32(0x03FF));
+        let nan = simd
+            .avx2
+            ._mm256_cmpgt_epi32(man, simd.avx._mm256_setzero_si256());
+        let special = simd.avx2._mm256_or_si256(
+            simd.avx2._mm256_or_si256(
+                simd.avx._mm256_set1_epi32(0x7F80_0000),
+                simd.avx2._mm256_slli_epi32::<13>(man),
+            ),
+            simd.avx2
+                ._mm256_and_si256(nan, simd.avx._mm256_set1_epi32(0x0040_0000)),
+        );
+        let is_special = simd
+            .avx2
+            ._mm256_cmpgt_epi32(rest, simd.avx._mm256_set1_epi32(0x7BFF));
+        let v = simd.avx2._mm256_blendv_epi8(cast(mag), special, is_special);
+        cast(simd.avx2._mm256_or_si256(v, sign))
+    }
+
+    /// [`f16x8`] for a test.
+    #[cfg(test)]
+    pub(super) fn f16x8_test(h: &[u16]) -> Option<[f32; 8]> {
+        let simd = V3::try_new()?;
+        Some(simd.vectorize(
+            #[inline(always)]
+            || cast(f16x8(simd, h)),
+        ))
+    }
 
     /// [`Quants`] as const parameters of [`one_row`].
     pub(super) const NIBBLES: u8 = 0;
@@ -645,14 +742,16 @@ mod avx2 {
         let xs = &a.s[..nb];
         let quants: [&[u8]; R] =
             std::array::from_fn(|r| &b.quants[(j + r) * nb * qb..(j + r + 1) * nb * qb]);
-        let scale: [&[f32]; R] = std::array::from_fn(|r| &b.scale[(j + r) * nb..(j + r + 1) * nb]);
-        let offset: [&[f32]; R] = std::array::from_fn(|r| {
-            if offsets {
-                &b.offset[(j + r) * nb..(j + r + 1) * nb]
-            } else {
+        let scale: [&[u16]; R] = std::array::from_fn(|r| &b.scale[(j + r) * nb..(j + r + 1) * nb]);
+        let mins: [&[u16]; R] = std::array::from_fn(|r| {
+            if b.mins.is_empty() {
                 &[]
+            } else {
+                &b.mins[(j + r) * nb..(j + r + 1) * nb]
             }
         });
+        let with_mins = !b.mins.is_empty();
+        let zero = simd.avx._mm256_set1_ps(b.zero);
         let ones = simd.avx._mm256_set1_epi16(1);
         let mut acc = [simd.avx._mm256_setzero_ps(); R];
         let mut off = [0f32; R];
@@ -661,14 +760,18 @@ mod avx2 {
         while b0 + 8 <= nb {
             let d8 = load8f(&xd[b0..b0 + 8]);
             let s8 = load8f(&xs[b0..b0 + 8]);
-            let sc: [[f32; 8]; R] = std::array::from_fn(|r| {
-                cast(simd.avx._mm256_mul_ps(load8f(&scale[r][b0..b0 + 8]), d8))
-            });
+            let ws: [__m256; R] = std::array::from_fn(|r| f16x8(simd, &scale[r][b0..b0 + 8]));
+            let sc: [[f32; 8]; R] =
+                std::array::from_fn(|r| cast(simd.avx._mm256_mul_ps(ws[r], d8)));
             let op: [[f32; 8]; R] = std::array::from_fn(|r| {
-                if offsets {
-                    cast(simd.avx._mm256_mul_ps(load8f(&offset[r][b0..b0 + 8]), s8))
-                } else {
+                if !offsets {
                     [0f32; 8]
+                } else if with_mins {
+                    let o = f16x8(simd, &mins[r][b0..b0 + 8]);
+                    cast(simd.avx._mm256_mul_ps(o, s8))
+                } else {
+                    let o = simd.avx._mm256_mul_ps(zero, ws[r]);
+                    cast(simd.avx._mm256_mul_ps(o, s8))
                 }
             });
             let xg = &xq[b0 * QK..(b0 + 8) * QK];
@@ -696,12 +799,18 @@ mod avx2 {
                 let (wu, xv) = operands::<KIND>(simd, &quants[r][bb * qb..(bb + 1) * qb], xv);
                 let p16 = simd.avx2._mm256_maddubs_epi16(wu, xv);
                 let p32 = simd.avx2._mm256_madd_epi16(p16, ones);
-                let s = simd.avx._mm256_set1_ps(scale[r][bb] * xd[bb]);
+                let d = f16_to_f32(scale[r][bb]);
+                let s = simd.avx._mm256_set1_ps(d * xd[bb]);
                 acc[r] = simd
                     .fma
                     ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(p32), s, acc[r]);
                 if offsets {
-                    off[r] += offset[r][bb] * xs[bb];
+                    let o = if with_mins {
+                        f16_to_f32(mins[r][bb])
+                    } else {
+                        b.zero * d
+                    };
+                    off[r] += o * xs[bb];
                 }
             }
         }
@@ -769,7 +878,8 @@ mod avx2 {
                 Quants::Signed => (simd.avx2._mm256_abs_epi8(wv), true),
                 _ => (wv, false),
             };
-            let ws = w.scale[b];
+            let ws = w.d(b);
+            let o = w.offset(b, ws);
             for s in 0..r {
                 let i = i0 + s;
                 let at = (i * nb + b) * QK;
@@ -783,7 +893,7 @@ mod avx2 {
                 acc[s] = simd
                     .fma
                     ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(p32), scale, acc[s]);
-                if let Some(o) = w.offset.get(b) {
+                if let Some(o) = o {
                     off[s] += o * a.s[i * nb + b];
                 }
             }
@@ -1018,6 +1128,25 @@ mod tests {
             }
         }
         assert!(BlockMatrix::matmul_many(&refs, &noise(1, 16 * k), 16).is_none());
+    }
+
+    #[test]
+    fn inline_f16_conversions_are_halfs_for_every_value() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for &h in &all {
+            let want = half::f16::from_bits(h).to_f32().to_bits();
+            assert_eq!(f16_to_f32(h).to_bits(), want, "{h:#06x}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        for h in all.chunks_exact(8) {
+            let Some(got) = avx2::f16x8_test(h) else {
+                eprintln!("no AVX2 on this CPU: the vector conversion is not used");
+                break;
+            };
+            for (&h, g) in h.iter().zip(got) {
+                assert_eq!(g.to_bits(), f16_to_f32(h).to_bits(), "{h:#06x} in a vector");
+            }
+        }
     }
 
     /// The one-activation-row kernel (generation) gives every output the bits of the general

@@ -746,6 +746,8 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
+    use crate::engine::qmatmul::f16_to_f32;
+
     #[inline(always)]
     fn load8f(x: &[f32]) -> __m256 {
         let mut a = [0f32; 8];
@@ -758,26 +760,6 @@ mod avx2 {
         let mut a = [0u8; 16];
         a.copy_from_slice(&b[..16]);
         cast(a)
-    }
-
-    /// An f16's value as f32, exact, in a few inline integer operations and one multiply:
-    /// `half`'s conversion is an out-of-line call here (its F16C path is a separate
-    /// function), and a call per block makes the compiler spill the running sums around it.
-    /// The same value as `half::f16::to_f32` for every input, NaN payloads included.
-    #[inline(always)]
-    pub(super) fn f16_to_f32(h: u16) -> f32 {
-        let sign = u32::from(h & 0x8000) << 16;
-        let rest = u32::from(h & 0x7FFF);
-        if rest >= 0x7C00 {
-            // infinity, or a NaN made quiet as the hardware conversion does
-            let man = rest & 0x03FF;
-            let quiet = if man != 0 { 0x0040_0000 } else { 0 };
-            return f32::from_bits(sign | 0x7F80_0000 | (man << 13) | quiet);
-        }
-        // the exponent and mantissa bits placed as an f32's, times 2^112 to move the bias
-        // from 15 to 127 (exact: subnormal halves come out normal)
-        let mag = f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000);
-        f32::from_bits(mag.to_bits() | sign)
     }
 
     /// Weight row `w` (stored blocks of `t`) dotted with `x` in f32.
@@ -938,15 +920,6 @@ mod tests {
     use candle_core::Module;
 
     use super::*;
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn inline_f16_conversion_is_halfs_for_every_value() {
-        for h in 0..=u16::MAX {
-            let want = half::f16::from_bits(h).to_f32().to_bits();
-            assert_eq!(avx2::f16_to_f32(h).to_bits(), want, "{h:#06x}");
-        }
-    }
 
     /// Stored bytes of `w [n, k]` in `elem`, and the f32 values the dense path read from
     /// them (`RawTensor::to_f32`'s conversions; candle's dequantization for blocks).
