@@ -253,6 +253,13 @@ impl Engine {
                 cfg.vocab
             )));
         }
+        // the whole model is read by its first forward pass: take the page faults now, in
+        // the load, when it fits in memory beside the run (a model that does not fit is
+        // read as it goes, layer by layer)
+        let mapped = ckpt.weights.mapped_bytes();
+        if layered::available_memory().is_some_and(|room| mapped <= room / 4 * 3) {
+            ckpt.weights.prefault();
+        }
         let model = Model::load(&ckpt.weights, cfg, math, device)?;
         Ok(Engine { model, tokenizer })
     }

@@ -269,7 +269,10 @@ impl StoredMatrix {
         let Elem::Block(t) = self.elem else {
             return self.dequantize_rows(r0, out);
         };
-        let f16 = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        // inline, exact conversion: `half`'s is an out-of-line call per block
+        let f16 = |b: &[u8], at: usize| {
+            super::qmatmul::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+        };
         match t {
             GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
                 let size = if t == GgmlDType::Q4_0 { 18 } else { 20 };

@@ -226,6 +226,19 @@ impl Weights {
         self.maps.iter().find_map(|m| m.share(part))
     }
 
+    /// Fault every weight file's map in now ([`Mapped::prefault`]): for a run that reads
+    /// all of the weights and has the memory to keep them.
+    pub fn prefault(&self) {
+        for m in &self.maps {
+            m.prefault();
+        }
+    }
+
+    /// Bytes mapped over all weight files.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.maps.iter().map(|m| m.bytes().len() as u64).sum()
+    }
+
     /// A metadata value by key.
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
