@@ -101,16 +101,16 @@ impl Q8K {
         };
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
-            pulp::Simd::vectorize(simd, Fill { q: &mut q, x });
+            pulp::Simd::vectorize(simd, Fill { q: &mut q, x, simd });
             return q;
         }
-        q.fill(x);
+        q.fill(x, None);
         q
     }
 
-    // inlined into the caller's SIMD context (where `round` is an instruction sequence)
+    // inlined into the caller's SIMD context; `simd` quantizes each block with AVX2
     #[inline(always)]
-    fn fill(&mut self, x: &[f32]) {
+    fn fill(&mut self, x: &[f32], simd: Option<Simd>) {
         for ((((xb, qb), d), bs), b32) in x
             .chunks_exact(QK_K)
             .zip(self.qs.iter_mut())
@@ -118,7 +118,11 @@ impl Q8K {
             .zip(self.bsums.iter_mut())
             .zip(self.bsum32.iter_mut())
         {
-            quantize_block(xb, qb.as_flattened_mut(), d, bs);
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                Some(simd) => avx2::quantize_block(simd, xb, qb, d, bs),
+                _ => quantize_block(xb, qb.as_flattened_mut(), d, bs),
+            }
             for (s, p) in b32.iter_mut().zip(bs.as_chunks::<2>().0) {
                 *s = p[0] + p[1];
             }
@@ -339,6 +343,7 @@ pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out:
 struct Fill<'a> {
     q: &'a mut Q8K,
     x: &'a [f32],
+    simd: pulp::x86::V3,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -347,7 +352,7 @@ impl pulp::WithSimd for Fill<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        self.q.fill(self.x);
+        self.q.fill(self.x, Some(self.simd));
     }
 }
 
@@ -558,6 +563,87 @@ mod avx2 {
         let h = avx2._mm256_and_si256(h, avx._mm256_set1_epi8(3));
         let q = avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h));
         cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
+    }
+
+    /// [`super::quantize_block`] (the same bits): the largest magnitude by `max` of `|x|`
+    /// (`max_ps` keeps the running value when `|x|` is NaN, as the scalar `<` skips it),
+    /// then the first value of that magnitude by `cmpeq` and `movemask`; rounding half away
+    /// from zero as truncation plus the sign where the dropped fraction is at least a half
+    /// (`x - trunc(x)` is exact); NaN products become 0 as Rust's `as i8` makes them.
+    #[inline(always)]
+    pub(super) fn quantize_block(
+        simd: V3,
+        x: &[f32],
+        q: &mut Quants,
+        d: &mut f32,
+        bsums: &mut [i16; 16],
+    ) {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let (x, _) = x.as_chunks::<8>();
+        let sign = avx._mm256_set1_ps(-0.0);
+        let mut amax = avx._mm256_setzero_ps();
+        for v in x {
+            let a = avx._mm256_andnot_ps(sign, cast(*v));
+            amax = avx._mm256_max_ps(a, amax);
+        }
+        let m: [f32; 8] = cast(amax);
+        let amax = m.into_iter().fold(0f32, f32::max);
+        if amax == 0.0 {
+            *q = [[0; 32]; 8];
+            bsums.fill(0);
+            *d = 0.0;
+            return;
+        }
+        let target = avx._mm256_set1_ps(amax);
+        let mut max = amax;
+        for v in x {
+            let a = avx._mm256_andnot_ps(sign, cast(*v));
+            let hit = avx._mm256_movemask_ps(avx._mm256_cmp_ps::<0>(a, target));
+            if hit != 0 {
+                max = v[hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let s = avx._mm256_set1_ps(iscale);
+        let order = avx._mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let quant = |v: &[f32; 8]| quant8(simd, s, v);
+        for ((q, x), bs) in q
+            .iter_mut()
+            .zip(x.as_chunks::<4>().0)
+            .zip(bsums.as_chunks_mut::<2>().0)
+        {
+            let (a, b, c, e) = (quant(&x[0]), quant(&x[1]), quant(&x[2]), quant(&x[3]));
+            let ab = avx2._mm256_packs_epi32(a, b);
+            let ce = avx2._mm256_packs_epi32(c, e);
+            *q = cast(avx2._mm256_permutevar8x32_epi32(avx2._mm256_packs_epi16(ab, ce), order));
+            let s0: [i32; 8] = cast(avx2._mm256_add_epi32(a, b));
+            let s1: [i32; 8] = cast(avx2._mm256_add_epi32(c, e));
+            *bs = [
+                s0.into_iter().sum::<i32>() as i16,
+                s1.into_iter().sum::<i32>() as i16,
+            ];
+        }
+        *d = 1.0 / iscale;
+    }
+
+    /// Eight products `s * v` rounded half away from zero, clamped to `i8`, NaN as 0.
+    #[inline(always)]
+    fn quant8(simd: V3, s: __m256, v: &[f32; 8]) -> __m256i {
+        let avx = simd.avx;
+        let sign = avx._mm256_set1_ps(-0.0);
+        let t = avx._mm256_mul_ps(s, cast(*v));
+        let r = avx._mm256_round_ps::<0x0B>(t);
+        let f = avx._mm256_andnot_ps(sign, avx._mm256_sub_ps(t, r));
+        let up = avx._mm256_cmp_ps::<29>(f, avx._mm256_set1_ps(0.5));
+        let sgn1 = avx._mm256_or_ps(avx._mm256_and_ps(t, sign), avx._mm256_set1_ps(1.0));
+        let r = avx._mm256_add_ps(r, avx._mm256_and_ps(up, sgn1));
+        let r = avx._mm256_min_ps(
+            avx._mm256_max_ps(r, avx._mm256_set1_ps(-128.0)),
+            avx._mm256_set1_ps(127.0),
+        );
+        let r = avx._mm256_and_ps(r, avx._mm256_cmp_ps::<7>(t, t));
+        avx._mm256_cvtps_epi32(r)
     }
 
     // the kernel's weight types as const parameters, so each is compiled without branches
@@ -823,11 +909,44 @@ mod tests {
     #[test]
     fn activations_round_as_candle_quantizes_them() {
         let k = 512;
-        let x = noise(5, 2 * k);
+        let mut x = noise(5, 2 * k);
+        // super-blocks whose largest magnitude comes as -v before +v and as +v before -v
+        // (the first sets the scale's sign), one of zeros, and one where `iscale` is -1 so
+        // every product is a half (rounded away from zero) or a clamped whole
+        let mut tied = noise(6, 4 * QK_K);
+        for v in &mut tied {
+            *v *= 0.25;
+        }
+        (tied[10], tied[200]) = (-2.0, 2.0);
+        (tied[QK_K + 7], tied[QK_K + 100]) = (2.0, -2.0);
+        tied[2 * QK_K..3 * QK_K].fill(0.0);
+        for (i, v) in tied[3 * QK_K..].iter_mut().enumerate() {
+            *v = (i as f32 - 128.0) * 0.5;
+        }
+        tied[4 * QK_K - 1] = 127.0;
+        tied[4 * QK_K - 2] = -127.0;
+        x.extend(tied);
         let ours = Q8K::quantize(&x, k);
-        let dense = Tensor::from_slice(&x, (2, k), &Device::Cpu).unwrap();
+        let dense = Tensor::from_slice(&x, (4, k), &Device::Cpu).unwrap();
         let theirs = QTensor::quantize(&dense, GgmlDType::Q8K).unwrap();
         let bytes = theirs.data().unwrap();
+        // the scalar path (no AVX2) gives the same blocks as the AVX2 one
+        let portable = {
+            let mut q = Q8K::quantize(&[], k);
+            (q.m, q.qs, q.d, q.bsums, q.bsum32) = (
+                4,
+                vec![[[0; 32]; 8]; 8],
+                vec![0.0; 8],
+                vec![[0; 16]; 8],
+                vec![[0; 8]; 8],
+            );
+            q.fill(&x, None);
+            q
+        };
+        assert_eq!(portable.qs, ours.qs);
+        assert_eq!(portable.d, ours.d);
+        assert_eq!(portable.bsums, ours.bsums);
+        assert_eq!(portable.bsum32, ours.bsum32);
         // candle's block: f32 d, 256 quants, 16 sums
         for (b, blk) in bytes.chunks_exact(4 + 256 + 32).enumerate() {
             let (qs, d, bs) = ours.block(b / 2, b % 2);
