@@ -942,6 +942,15 @@ impl CustomOp1 for BlockMatrix {
 mod tests {
     use super::*;
 
+    /// The 32-value block types of this module's kernels.
+    const BLOCK_TYPES: [GgmlType; 5] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+    ];
+
     /// A pseudo-random stream for test data.
     fn noise(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed;
@@ -1019,13 +1028,7 @@ mod tests {
     fn every_type_matches_dequantized_f32() {
         let (n, k) = (37, 96);
         let w = noise(1, n * k);
-        for t in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-        ] {
+        for t in BLOCK_TYPES {
             let bytes = quantize(t, &w);
             let bm = BlockMatrix::from_ggml(t, n, k, &bytes).unwrap();
             // dequantized weights agree with candle's reading of the same blocks
@@ -1159,13 +1162,7 @@ mod tests {
             eprintln!("no AVX2 on this CPU: only the portable kernel runs");
             return;
         };
-        for t in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-        ] {
+        for t in BLOCK_TYPES {
             for (n, k) in [(37usize, 32 * 19), (8, 32 * 16), (3, 96)] {
                 let w = noise(40 + n as u64, n * k);
                 let bm = BlockMatrix::from_ggml(t, n, k, &quantize(t, &w)).unwrap();
