@@ -15,12 +15,14 @@
 //! (q - 32)` per 16 values, the `- 32` inside the integer sum.
 //!
 //! Each weight row is first unpacked with AVX2 ([`Unpacked`], one block per super-block):
-//! one quant per byte in value order (Q6_K: `|q - 32|` and `q - 32`), the scale of each
-//! value pair as 16-bit vectors, the eight mins. The unpacking is shared by every activation
-//! row; the dot products then need only AVX2's `maddubs` (unsigned weights times signed
-//! activations, pairs summed to 16 bits; Q6_K's weight signs moved onto the activations with
-//! `sign_epi8`) and `madd` (times the scales, pairs summed to 32 bits), for four activation
-//! rows per weight vector load. The exact sum of each super-block is kept in eight 32-bit
+//! one quant per byte in value order, the scale of each value pair as 16-bit vectors, the
+//! eight mins. The unpacking is shared by every activation row; the dot products then need
+//! only AVX2's `maddubs` (unsigned weights times signed activations, pairs summed to 16
+//! bits; Q6_K's `- 32` as candle's `maddubs(32, x)`, made once per activation row) and
+//! `madd` (times the scales, pairs summed to 32 bits), for four activation rows per weight
+//! vector load. A large product goes in blocks of activation rows written in place
+//! ([`block`]), the weight rows unpacked a chunk at a time, each group of four activation
+//! rows meeting every row of a chunk while it stays in cache. The exact sum of each super-block is kept in eight 32-bit
 //! lanes (lane `l` holds the values at positions `4l..4l + 4` of every 32), turned to f32
 //! and added with one fused multiply-add per lane into eight f32 lanes, which are summed in
 //! `hsum_float_8`'s order at the end; the mins terms go through `madd` of the mins with the
@@ -33,11 +35,16 @@
 //! `unsafe` here.
 
 use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Values per super-block.
 pub(super) const QK_K: usize = 256;
 /// Activation rows multiplied together against the unpacked weight rows.
 const GROUP: usize = 4;
+/// Activation rows per parallel task of [`Q8K::quantize`].
+const QUANTIZE_ROWS: usize = 16;
+
 /// Bytes of Q8_K quants per block of activation rows of a large product ([`block`]): half
 /// of a 1 MiB L2 cache (measured: 128 KiB to 2 MiB alike within noise, and the fewer
 /// blocks, the fewer times each weight row is unpacked).
@@ -59,6 +66,8 @@ fn chunk_rows(nb: usize) -> usize {
 
 /// The 256 quants of one super-block as eight vectors of 32 bytes.
 type Quants = [[u8; 32]; 8];
+/// Per 32 quants of a super-block, the 16 sums of each pair of them times 32.
+type Pairs = [[i16; 16]; 8];
 
 /// The weight types of the integer kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,10 +111,14 @@ pub(super) struct Q8K {
     bsums: Vec<[i16; 16]>,
     /// `m * nb` sums of each 32 quants (the pairs of `bsums`), the factors of the mins.
     bsum32: Vec<[i16; 8]>,
+    /// `m * nb` blocks of each pair of quants summed and times 32 (Q6_K's `maddubs(32, x)`,
+    /// the `- 32` of its weights), made when a Q6_K product first needs them.
+    pairs32: OnceLock<Vec<Pairs>>,
 }
 
 impl Q8K {
-    /// The `x.len() / k` rows of `x`, each `k` values (a multiple of 256) wide.
+    /// The `x.len() / k` rows of `x`, each `k` values (a multiple of 256) wide, quantized
+    /// `QUANTIZE_ROWS` rows per task over rayon's threads.
     pub(super) fn quantize(x: &[f32], k: usize) -> Q8K {
         let nb = k / QK_K;
         let m = x.len().checked_div(k).unwrap_or(0);
@@ -116,35 +129,63 @@ impl Q8K {
             d: vec![0.0; m * nb],
             bsums: vec![[0; 16]; m * nb],
             bsum32: vec![[0; 8]; m * nb],
+            pairs32: OnceLock::new(),
         };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = pulp::x86::V3::try_new() {
-            pulp::Simd::vectorize(simd, Fill { q: &mut q, x, simd });
-            return q;
-        }
-        q.fill(x, None);
+        let per = (QUANTIZE_ROWS * nb).max(1);
+        q.qs.par_chunks_mut(per)
+            .zip(q.d.par_chunks_mut(per))
+            .zip(q.bsums.par_chunks_mut(per))
+            .zip(q.bsum32.par_chunks_mut(per))
+            .zip(x.par_chunks(per * QK_K))
+            .for_each(|((((qs, d), bsums), bsum32), x)| {
+                let parts = Parts {
+                    qs,
+                    d,
+                    bsums,
+                    bsum32,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if let Some(simd) = pulp::x86::V3::try_new() {
+                    pulp::Simd::vectorize(simd, Fill { parts, x, simd });
+                    return;
+                }
+                parts.fill(x, None);
+            });
         q
     }
 
-    // inlined into the caller's SIMD context; `simd` quantizes each block with AVX2
-    #[inline(always)]
+    #[cfg(test)]
     fn fill(&mut self, x: &[f32], simd: Option<Simd>) {
-        for ((((xb, qb), d), bs), b32) in x
-            .chunks_exact(QK_K)
-            .zip(self.qs.iter_mut())
-            .zip(self.d.iter_mut())
-            .zip(self.bsums.iter_mut())
-            .zip(self.bsum32.iter_mut())
-        {
-            match simd {
-                #[cfg(target_arch = "x86_64")]
-                Some(simd) => avx2::quantize_block(simd, xb, qb, d, bs),
-                _ => quantize_block(xb, qb.as_flattened_mut(), d, bs),
-            }
-            for (s, p) in b32.iter_mut().zip(bs.as_chunks::<2>().0) {
-                *s = p[0] + p[1];
-            }
+        let parts = Parts {
+            qs: &mut self.qs,
+            d: &mut self.d,
+            bsums: &mut self.bsums,
+            bsum32: &mut self.bsum32,
+        };
+        parts.fill(x, simd);
+    }
+
+    /// The pair sums a product with `kind` weights needs, made now over rayon's threads
+    /// (Q6_K; otherwise nothing to do).
+    pub(super) fn prepare(&self, kind: Kind) {
+        if kind == Kind::Q6K {
+            self.pairs32.get_or_init(|| {
+                let mut p = vec![[[0; 16]; 8]; self.qs.len()];
+                p.par_chunks_mut(QUANTIZE_ROWS * self.nb.max(1))
+                    .zip(self.qs.par_chunks(QUANTIZE_ROWS * self.nb.max(1)))
+                    .for_each(|(p, q)| pair_sums(q, p));
+                p
+            });
         }
+    }
+
+    /// Q6_K's pair sums, made here (on one thread) if [`Q8K::prepare`] has not made them.
+    fn pairs32(&self) -> &[Pairs] {
+        self.pairs32.get_or_init(|| {
+            let mut p = vec![[[0; 16]; 8]; self.qs.len()];
+            pair_sums(&self.qs, &mut p);
+            p
+        })
     }
 
     /// Activation rows.
@@ -168,6 +209,48 @@ impl Q8K {
     fn block(&self, i: usize, b: usize) -> (&[u8], f32, &[i16]) {
         let at = i * self.nb + b;
         (self.qs[at].as_flattened(), self.d[at], &self.bsums[at])
+    }
+}
+
+/// `32 * (x[2i] + x[2i + 1])` of each 32 quants `x` of the blocks `q`.
+fn pair_sums(q: &[Quants], out: &mut [Pairs]) {
+    for (q, p) in q.iter().zip(out) {
+        for (x, p) in q.iter().zip(p) {
+            for (x, p) in x.as_chunks::<2>().0.iter().zip(p) {
+                *p = 32 * (i16::from(x[0] as i8) + i16::from(x[1] as i8));
+            }
+        }
+    }
+}
+
+/// The arrays of some whole rows of a [`Q8K`].
+struct Parts<'a> {
+    qs: &'a mut [Quants],
+    d: &'a mut [f32],
+    bsums: &'a mut [[i16; 16]],
+    bsum32: &'a mut [[i16; 8]],
+}
+
+impl Parts<'_> {
+    // inlined into the caller's SIMD context; `simd` quantizes each block with AVX2
+    #[inline(always)]
+    fn fill(self, x: &[f32], simd: Option<Simd>) {
+        for ((((xb, qb), d), bs), b32) in x
+            .chunks_exact(QK_K)
+            .zip(self.qs.iter_mut())
+            .zip(self.d.iter_mut())
+            .zip(self.bsums.iter_mut())
+            .zip(self.bsum32.iter_mut())
+        {
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                Some(simd) => avx2::quantize_block(simd, xb, qb, d, bs),
+                _ => quantize_block(xb, qb.as_flattened_mut(), d, bs),
+            }
+            for (s, p) in b32.iter_mut().zip(bs.as_chunks::<2>().0) {
+                *s = p[0] + p[1];
+            }
+        }
     }
 }
 
@@ -201,11 +284,8 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
 /// One weight super-block unpacked for the kernel.
 #[derive(Clone, Copy, Debug)]
 struct WBlock {
-    /// The quants of each 32 values in value order: unsigned (Q4_K, Q5_K) or Q6_K's
-    /// `|q - 32|`.
+    /// The quants of each 32 values in value order, unsigned (Q6_K's before its `- 32`).
     q: Quants,
-    /// Q6_K's `q - 32` as `i8`, whose signs go onto the activations.
-    w6: Quants,
     /// Per 32 values the scale of each value pair (the 16 factors `madd` applies).
     sc: [[i16; 16]; 8],
     /// The min of each 32 values (Q4_K, Q5_K).
@@ -216,7 +296,6 @@ struct WBlock {
 
 const ZERO_BLOCK: WBlock = WBlock {
     q: [[0; 32]; 8],
-    w6: [[0; 32]; 8],
     sc: [[0; 16]; 8],
     mins: [0; 8],
     d: 0.0,
@@ -258,9 +337,9 @@ impl Unpacked {
                 #[cfg(target_arch = "x86_64")]
                 (Kind::Q4K | Kind::Q5K, Some(s)) => avx2::quants_q45k(s, kind, b, &mut w.q),
                 #[cfg(target_arch = "x86_64")]
-                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.w6, &mut w.q),
+                (Kind::Q6K, Some(s)) => avx2::quants_q6k(s, b, &mut w.q),
                 (Kind::Q4K | Kind::Q5K, _) => quants_q45k(kind, b, &mut w.q),
-                (Kind::Q6K, _) => quants_q6k(b, &mut w.w6, &mut w.q),
+                (Kind::Q6K, _) => quants_q6k(b, &mut w.q),
             }
             match kind {
                 Kind::Q4K | Kind::Q5K => scales_q45k(b, w),
@@ -305,24 +384,21 @@ fn scales_q45k(b: &[u8], w: &mut WBlock) {
     }
 }
 
-/// The quants of a Q6_K super-block (210 bytes) as `w6 = q - 32` and `q = |q - 32|`.
-fn quants_q6k(b: &[u8], w6: &mut Quants, q: &mut Quants) {
+/// The 6-bit quants `q` of a Q6_K super-block (210 bytes; the values are `q - 32`).
+fn quants_q6k(b: &[u8], q: &mut Quants) {
     let (ql, _) = b[..128].as_chunks::<64>();
     let (qh, _) = b[128..192].as_chunks::<32>();
-    let (w4, _) = w6.as_chunks_mut::<4>();
+    let (w4, _) = q.as_chunks_mut::<4>();
     for ((q, ql), qh) in w4.iter_mut().zip(ql).zip(qh) {
         let (l0, l1) = ql.split_at(32);
         let [q0, q1, q2, q3] = q;
         for l in 0..32 {
             let (a, c, h) = (l0[l], l1[l], qh[l]);
-            q0[l] = ((a & 0xF) | ((h & 3) << 4)).wrapping_sub(32);
-            q1[l] = ((c & 0xF) | (((h >> 2) & 3) << 4)).wrapping_sub(32);
-            q2[l] = ((a >> 4) | (((h >> 4) & 3) << 4)).wrapping_sub(32);
-            q3[l] = ((c >> 4) | (((h >> 6) & 3) << 4)).wrapping_sub(32);
+            q0[l] = (a & 0xF) | ((h & 3) << 4);
+            q1[l] = (c & 0xF) | (((h >> 2) & 3) << 4);
+            q2[l] = (a >> 4) | (((h >> 4) & 3) << 4);
+            q3[l] = (c >> 4) | (((h >> 6) & 3) << 4);
         }
-    }
-    for (q, w) in q.as_flattened_mut().iter_mut().zip(w6.as_flattened()) {
-        *q = (*w as i8).unsigned_abs();
     }
 }
 
@@ -419,10 +495,10 @@ fn product(
 // enabled, and everything it calls with it (a closure handed to `V3::vectorize` is called
 // through a shim that is not, which leaves every intrinsic an out-of-line call)
 
-/// [`Q8K::fill`] in an AVX2 context.
+/// [`Parts::fill`] in an AVX2 context.
 #[cfg(target_arch = "x86_64")]
 struct Fill<'a> {
-    q: &'a mut Q8K,
+    parts: Parts<'a>,
     x: &'a [f32],
     simd: pulp::x86::V3,
 }
@@ -433,7 +509,7 @@ impl pulp::WithSimd for Fill<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        self.q.fill(self.x, Some(self.simd));
+        self.parts.fill(self.x, Some(self.simd));
     }
 }
 
@@ -551,11 +627,10 @@ fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32;
             let at = (i0 + s) * a.nb + b;
             let (x, dx, b32) = (&a.qs[at], a.d[at], &a.bsum32[at]);
             let mut lanes = [0i32; 8];
-            let q = if kind == Kind::Q6K { &wb.w6 } else { &wb.q };
-            for ((q, sc), x) in q.iter().zip(&wb.sc).zip(x) {
+            for ((q, sc), x) in wb.q.iter().zip(&wb.sc).zip(x) {
                 for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
                     let q = match kind {
-                        Kind::Q6K => i32::from(q as i8),
+                        Kind::Q6K => i32::from(q) - 32,
                         _ => i32::from(q),
                     };
                     lanes[p / 4] += i32::from(sc[p / 2]) * q * i32::from(x as i8);
@@ -592,7 +667,7 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{finish, reduce, Kind, Quants, WBlock, GROUP, Q8K};
+    use super::{finish, reduce, Kind, Pairs, Quants, WBlock, GROUP, Q8K};
 
     /// [`super::quants_q45k`]: one 32-byte load gives two vectors of nibbles; Q5_K's fifth
     /// bits are tested in place (`cmpeq` on the bit, masked to 16).
@@ -626,11 +701,11 @@ mod avx2 {
     /// [`super::quants_q6k`]: low nibbles and high bit pairs shifted in 16-bit lanes and
     /// masked per byte.
     #[inline(always)]
-    pub(super) fn quants_q6k(simd: V3, b: &[u8], w6: &mut Quants, q: &mut Quants) {
+    pub(super) fn quants_q6k(simd: V3, b: &[u8], q: &mut Quants) {
         let avx2 = simd.avx2;
         let (ql, _) = b[..128].as_chunks::<32>();
         let (qh, _) = b[128..192].as_chunks::<32>();
-        let (w4, _) = w6.as_chunks_mut::<4>();
+        let (w4, _) = q.as_chunks_mut::<4>();
         for ((q, ql), qh) in w4.iter_mut().zip(ql.as_chunks::<2>().0).zip(qh) {
             let (a, c, h): (__m256i, __m256i, __m256i) = (cast(ql[0]), cast(ql[1]), cast(*qh));
             let (a4, c4) = (
@@ -649,19 +724,15 @@ mod avx2 {
                 join6(simd, c4, h6),
             ];
         }
-        for (q, w) in q.iter_mut().zip(w6.iter()) {
-            *q = cast(avx2._mm256_abs_epi8(cast(*w)));
-        }
     }
 
-    /// A Q6_K quant less 32 from the low nibble of `l` and the two bits at the bottom of `h`.
+    /// A Q6_K quant from the low nibble of `l` and the two bits at the bottom of `h`.
     #[inline(always)]
     fn join6(simd: V3, l: __m256i, h: __m256i) -> [u8; 32] {
         let (avx, avx2) = (simd.avx, simd.avx2);
         let l = avx2._mm256_and_si256(l, avx._mm256_set1_epi8(0xF));
         let h = avx2._mm256_and_si256(h, avx._mm256_set1_epi8(3));
-        let q = avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h));
-        cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
+        cast(avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h)))
     }
 
     /// [`super::quantize_block`] (the same bits): the largest magnitude by `max` of `|x|`
@@ -785,13 +856,10 @@ mod avx2 {
 
     /// `R` activation rows against one weight row, each weight vector loaded once for all.
     /// Per 32 values and row: `maddubs` (unsigned weights times signed activations, pairs
-    /// summed to 16 bits) and `madd` (times the scales, pairs to 32 bits). Q6_K's signed
-    /// weights `w = q - 32` go in as `|w|` times the activations with `w`'s sign
-    /// (`sign_epi8`), the same integers as candle's `maddubs(q, x) - maddubs(32, x)` for every
-    /// activation but -128 (whose sign flip wraps). A quant is -128 only where the scale
-    /// `-127 / max` overflowed to infinity (largest magnitude below about 4e-37); that block's
-    /// `dx` is then -0, so its terms add a zero to accumulators that are never -0, whatever
-    /// the integer sum (`tiny_activation_blocks_keep_candles_bits`).
+    /// summed to 16 bits) and `madd` (times the scales, pairs to 32 bits). Q6_K's weights
+    /// are `q - 32`: as candle, `maddubs(q, x) - maddubs(32, x)` in 16 bits (no sum
+    /// saturates: at most 2 * 63 * 128 and 2 * 32 * 128), the second term made once per
+    /// activation row ([`Q8K::prepare`]) rather than once per weight row.
     ///
     /// The mins terms depend on no quant: they run in a second pass over the super-blocks
     /// (the same operations in the same order), so that the first keeps its `2R` accumulators
@@ -805,6 +873,10 @@ mod avx2 {
         let nb = w.len();
         let xq: [&[Quants]; R] = std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]);
         let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
+        let x32: [&[Pairs]; R] = match K {
+            Q6 => std::array::from_fn(|s| &a.pairs32()[(i0 + s) * nb..][..nb]),
+            _ => [&[]; R],
+        };
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
         for (b, wb) in w.iter().enumerate() {
             let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
@@ -813,11 +885,11 @@ mod avx2 {
                 let sc: __m256i = cast(wb.sc[v]);
                 for s in 0..R {
                     let xv: __m256i = cast(xq[s][b][v]);
-                    let xv = match K {
-                        Q6 => avx2._mm256_sign_epi8(xv, cast(wb.w6[v])),
-                        _ => xv,
-                    };
                     let p16 = avx2._mm256_maddubs_epi16(wu, xv);
+                    let p16 = match K {
+                        Q6 => avx2._mm256_sub_epi16(p16, cast(x32[s][b][v])),
+                        _ => p16,
+                    };
                     lanes[s] = avx2._mm256_add_epi32(lanes[s], avx2._mm256_madd_epi16(p16, sc));
                 }
             }
@@ -1153,9 +1225,8 @@ mod tests {
         }
     }
 
-    /// Activation blocks so small that the Q8_K scale overflows (quants of -128, which the
-    /// Q6_K kernel's sign trick would flip wrongly) still give candle's bits: the block's
-    /// scale is -0.
+    /// Activation blocks so small that the Q8_K scale overflows (quants of -128, whose sign
+    /// no weight may flip) still give candle's bits: the block's scale is -0.
     #[test]
     fn tiny_activation_blocks_keep_candles_bits() {
         let (n, m, k) = (5, 3, 512);

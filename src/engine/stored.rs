@@ -650,6 +650,7 @@ impl StoredMatrix {
     fn matmul_kdot(&self, kind: kdot::Kind, x: &[f32], m: usize) -> Vec<f32> {
         let (n, rb) = (self.n, self.row_bytes);
         let q = kdot::Q8K::quantize(x, self.k);
+        q.prepare(kind);
         let mut out = vec![0f32; n * m];
         if m == 0 || n == 0 {
             return out;
