@@ -848,14 +848,17 @@ impl Model {
         src: &dyn WeightSource,
         i: usize,
     ) -> Result<LayerWeights, EngineError> {
-        if i >= self.cfg.n_layers {
-            return Err(EngineError::BadParam(format!(
-                "layer {i} of a {}-layer model",
-                self.cfg.n_layers
-            )));
+        self.layer_loader().load(src, i)
+    }
+
+    /// What [`Model::load_layer`] needs of the model, owned: another thread can load the
+    /// next layer with it while this model runs the current one.
+    pub fn layer_loader(&self) -> LayerLoader {
+        LayerLoader {
+            cfg: self.cfg.clone(),
+            math: self.math,
+            device: self.device.clone(),
         }
-        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
-        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
     }
 
     /// An empty KV cache for one layer of one sequence.
@@ -1037,6 +1040,28 @@ impl Model {
             Some(cap) => soft_cap(&logits, cap as f32),
             None => Ok(logits),
         }
+    }
+}
+
+/// Loads decoder layers for a model ([`Model::layer_loader`]).
+#[derive(Clone, Debug)]
+pub struct LayerLoader {
+    cfg: ModelConfig,
+    math: Math,
+    device: Device,
+}
+
+impl LayerLoader {
+    /// The weights of decoder layer `i` (see [`Model::load_layer`]).
+    pub fn load(&self, src: &dyn WeightSource, i: usize) -> Result<LayerWeights, EngineError> {
+        if i >= self.cfg.n_layers {
+            return Err(EngineError::BadParam(format!(
+                "layer {i} of a {}-layer model",
+                self.cfg.n_layers
+            )));
+        }
+        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
+        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
     }
 }
 
