@@ -740,7 +740,7 @@ fn run_group(
     for (c, j) in g.clone().enumerate() {
         let job = &jobs[j];
         let n = job.tokens.len();
-        parts.push(states.take(j, n, &device)?);
+        parts.push(states.take(j, n, device)?);
         caches.push(model.layer_cache()?);
         let halves = if job.split && n > 1 {
             vec![n / 2, n - n / 2]
