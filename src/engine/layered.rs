@@ -238,7 +238,7 @@ impl<'a> ReadSource<'a> {
 
     /// The sha256 of every weight file, after reading (for the digest only) whatever the
     /// run did not read in file order: the bytes after the last tensor, and the rest of a
-    /// file whose tensors came out of order.
+    /// file whose tensors came out of order. A second call reads nothing more.
     pub fn digests(&self) -> Result<Vec<(PathBuf, Sha256Digest)>, EngineError> {
         let mut hashes = lock(&self.hashes);
         let mut out = Vec::with_capacity(hashes.len());
@@ -425,7 +425,13 @@ const HEAD_BYTES: u64 = 128 << 20;
 
 /// Hidden states of every job between layers.
 enum States {
-    Memory(Vec<Option<Tensor>>),
+    /// Each job's rows; `blocks[start]` is the output of the batch of jobs `start..end` they
+    /// are views of, `(end, output)`, so the next layer takes the batch as it is rather
+    /// than stacking a copy of its rows.
+    Memory {
+        rows: Vec<Option<Tensor>>,
+        blocks: HashMap<usize, (usize, Tensor)>,
+    },
     /// An unnamed temporary file, job `j`'s states at `offsets[j]`.
     Spilled {
         file: File,
@@ -443,9 +449,55 @@ fn spill_err(dir: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
 }
 
 impl States {
+    /// The output `y` of the batch of jobs `g`, `sizes[i]` rows each, in order.
+    fn put_batch(
+        &mut self,
+        g: std::ops::Range<usize>,
+        sizes: &[usize],
+        y: Tensor,
+    ) -> Result<(), EngineError> {
+        let mut at = 0;
+        for (j, &n) in g.clone().zip(sizes) {
+            self.put(j, y.narrow(0, at, n)?)?;
+            at += n;
+        }
+        if let States::Memory { blocks, .. } = self {
+            blocks.insert(g.start, (g.end, y));
+        }
+        Ok(())
+    }
+
+    /// The stacked states `[sum of sizes, hidden]` of the batch of jobs `g`.
+    fn take_batch(
+        &mut self,
+        g: std::ops::Range<usize>,
+        sizes: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, EngineError> {
+        if let States::Memory { rows, blocks } = self {
+            if let Some((end, y)) = blocks.remove(&g.start) {
+                if end == g.end && g.clone().all(|j| rows[j].is_some()) {
+                    for j in g {
+                        rows[j] = None;
+                    }
+                    return Ok(y);
+                }
+            }
+        }
+        let mut parts = Vec::with_capacity(g.len());
+        for (j, &n) in g.zip(sizes) {
+            parts.push(self.take(j, n, device)?);
+        }
+        if parts.len() == 1 {
+            parts.pop().ok_or(EngineError::EmptyInput)
+        } else {
+            Ok(Tensor::cat(&parts, 0)?)
+        }
+    }
+
     fn put(&mut self, j: usize, x: Tensor) -> Result<(), EngineError> {
         match self {
-            States::Memory(v) => v[j] = Some(x),
+            States::Memory { rows, .. } => rows[j] = Some(x),
             States::Spilled {
                 file, dir, offsets, ..
             } => {
@@ -464,9 +516,13 @@ impl States {
 
     fn take(&mut self, j: usize, n: usize, device: &Device) -> Result<Tensor, EngineError> {
         match self {
-            States::Memory(v) => v[j]
-                .take()
-                .ok_or_else(|| EngineError::BadParam(format!("sequence {j} has no state"))),
+            States::Memory { rows, blocks } => {
+                // its batch is no longer taken whole
+                blocks.retain(|&start, (end, _)| !(start..*end).contains(&j));
+                rows[j]
+                    .take()
+                    .ok_or_else(|| EngineError::BadParam(format!("sequence {j} has no state")))
+            }
             States::Spilled {
                 file,
                 dir,
@@ -502,6 +558,9 @@ pub struct Layered<'a> {
     /// The budget holds a second layer: the next one is read, hashed and loaded on another
     /// thread while the current one runs.
     read_ahead: bool,
+    /// The last layer takes only the kept rows past attention (not while a capture wants
+    /// the inputs of every row's products).
+    trim_last: bool,
 }
 
 impl<'a> Layered<'a> {
@@ -562,7 +621,10 @@ impl<'a> Layered<'a> {
                 hidden,
             }
         } else {
-            States::Memory(vec![None; jobs.len()])
+            States::Memory {
+                rows: vec![None; jobs.len()],
+                blocks: HashMap::new(),
+            }
         };
         for (j, job) in jobs.iter().enumerate() {
             let x = model.embed(&job.tokens)?;
@@ -578,6 +640,7 @@ impl<'a> Layered<'a> {
             groups,
             head_groups,
             read_ahead,
+            trim_last: true,
         })
     }
 
@@ -591,6 +654,9 @@ impl<'a> Layered<'a> {
 
     /// Send the inputs of every product to `capture` (see [`Model::set_capture`]).
     pub fn set_capture(&mut self, capture: Option<std::sync::Arc<super::capture::Capture>>) {
+        if capture.is_some() && self.layers_done < self.model.config().n_layers {
+            self.trim_last = false;
+        }
         self.model.set_capture(capture);
     }
 
@@ -623,8 +689,10 @@ impl<'a> Layered<'a> {
             layers_done,
             groups,
             read_ahead,
+            trim_last,
             ..
         } = self;
+        let trim_last = *trim_last;
         let src: &ReadSource<'_> = src;
         let load = |l: usize| -> Result<LayerWeights, EngineError> {
             src.read_ahead(l)?;
@@ -632,7 +700,8 @@ impl<'a> Layered<'a> {
         };
         let mut run = |w: LayerWeights, l: usize| -> Result<(), EngineError> {
             for g in groups.iter() {
-                run_group(model, jobs, states, device, &w, g.clone())?;
+                let last = trim_last && l + 1 == layers;
+                run_group(model, jobs, states, device, &w, g.clone(), last)?;
                 progress(tick(l, g.end));
             }
             drop(w);
@@ -654,9 +723,12 @@ impl<'a> Layered<'a> {
                         let failed = w.is_err();
                         // a closed channel: the run stopped on an error of its own
                         if tx.send(w).is_err() || failed {
-                            break;
+                            return;
                         }
                     }
+                    // the files' remaining bytes are hashed while the last layer runs; an
+                    // error here comes again, to the caller, from `digests` after the run
+                    let _ = src.digests();
                 });
                 for l in first..layers {
                     let w = rx.recv().map_err(|_| {
@@ -688,10 +760,13 @@ impl<'a> Layered<'a> {
                 .ok_or_else(|| EngineError::BadParam(format!("no sequence {j}")))?;
             let n = job.tokens.len();
             let from = job.keep_from.min(n);
-            let x = self.states.take(j, n, &self.device)?;
-            sizes.push(n - from);
-            if from < n {
-                kept.push(x.narrow(0, from, n - from)?);
+            let trimmed = self.trim_last && self.layers_done == self.model.config().n_layers;
+            // the last layer left only the kept rows
+            let (rows, from) = if trimmed { (n - from, 0) } else { (n, from) };
+            let x = self.states.take(j, rows, &self.device)?;
+            sizes.push(rows - from);
+            if from < rows {
+                kept.push(x.narrow(0, from, rows - from)?);
             }
         }
         let vocab = self.model.config().vocab;
@@ -732,15 +807,14 @@ fn run_group(
     device: &Device,
     w: &LayerWeights,
     g: std::ops::Range<usize>,
+    last: bool,
 ) -> Result<(), EngineError> {
-    let mut parts = Vec::with_capacity(g.len());
     let mut segments = Vec::new();
     let mut caches = Vec::with_capacity(g.len());
     let mut at = 0;
     for (c, j) in g.clone().enumerate() {
         let job = &jobs[j];
         let n = job.tokens.len();
-        parts.push(states.take(j, n, device)?);
         caches.push(model.layer_cache()?);
         let halves = if job.split && n > 1 {
             vec![n / 2, n - n / 2]
@@ -755,21 +829,34 @@ fn run_group(
             at += len;
         }
     }
-    let x = if parts.len() == 1 {
-        parts.pop().ok_or(EngineError::EmptyInput)?
-    } else {
-        Tensor::cat(&parts, 0)?
-    };
-    drop(parts);
-    let y = model.run_layer_batch(w, &mut caches, &segments, &x)?;
+    let sizes: Vec<usize> = jobs[g.clone()].iter().map(|j| j.tokens.len()).collect();
+    let x = states.take_batch(g.clone(), &sizes, device)?;
+    // after the last layer only the kept rows are wanted
+    let keep: Option<Vec<_>> = last.then(|| {
+        let mut at = 0;
+        g.clone()
+            .map(|j| {
+                let job = &jobs[j];
+                let n = job.tokens.len();
+                at += n;
+                at - n + job.keep_from.min(n)..at
+            })
+            .collect()
+    });
+    let y = model.run_layer_batch(w, &mut caches, &segments, &x, keep.as_deref())?;
     drop((x, caches));
-    let mut at = 0;
-    for j in g {
-        let n = jobs[j].tokens.len();
-        states.put(j, y.narrow(0, at, n)?)?;
-        at += n;
-    }
-    Ok(())
+    let sizes: Vec<usize> = jobs[g.clone()]
+        .iter()
+        .map(|j| {
+            let n = j.tokens.len();
+            if last {
+                n - j.keep_from.min(n)
+            } else {
+                n
+            }
+        })
+        .collect();
+    states.put_batch(g, &sizes, y)
 }
 
 /// Consecutive runs of jobs whose `sizes` sum to at most `cap` rows (one job at least).
