@@ -183,7 +183,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// [`StoredMatrix::dequantize_rows`] gives, without its two copies and an allocation per
 /// call. With AVX2 eight values at a time: the same operations on eight lanes give the same
 /// bits.
-fn dequantize_q4k(src: &[u8], out: &mut [f32]) {
+pub(super) fn dequantize_q4k(src: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
         return simd.vectorize(Q4kV3 { simd, src, out });
@@ -296,7 +296,7 @@ impl pulp::NullaryFnOnce for Q4kV3<'_> {
 /// scales, f16 `d`) to f32, candle's `to_float` arithmetic (`d * sc` times the quant less
 /// 32), as [`dequantize_q4k`]. Fixed-size arrays, compiled for AVX2 where the CPU has it, let
 /// the compiler vectorize the loop without bounds checks (same operations, same bits).
-fn dequantize_q6k(src: &[u8], out: &mut [f32]) {
+pub(super) fn dequantize_q6k(src: &[u8], out: &mut [f32]) {
     pulp::Arch::new().dispatch(Q6k { src, out });
 }
 

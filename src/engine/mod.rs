@@ -15,6 +15,7 @@ pub mod capture;
 pub mod chat;
 pub mod config;
 mod dispatch;
+mod gemm;
 pub mod generate;
 mod kdot;
 pub mod layered;

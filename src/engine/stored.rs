@@ -24,7 +24,7 @@ use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kdot;
+use super::{gemm, kdot};
 use crate::formats::{blocks, GgmlType, MappedSlice};
 
 /// f32 bytes of weights dequantized per tile of the reference product. Every projection of
@@ -45,6 +45,13 @@ const QUANT_TILE_BYTES: usize = 16 << 20;
 /// than tiles and a GEMM: generation multiplies one row, and dequantizing a whole tile to
 /// memory for it costs more than the product.
 const MATVEC_ROWS: usize = 8;
+
+/// From this many activation rows on, the exact product is `gemm.rs`'s, which packs the
+/// weights straight from their stored type. Below it (short prompts) candle's GEMM on
+/// dequantized tiles is as fast: every task of `gemm.rs` dequantizes the whole matrix, which
+/// only pays off over enough rows. A constant, not a function of the thread count, so the
+/// bits of a product do not depend on the machine.
+const GEMM_ROWS: usize = 128;
 
 /// Weight rows the mat-vec path dequantizes together (a buffer that stays in L1/L2).
 const MATVEC_CHUNK: usize = 8;
@@ -113,6 +120,20 @@ pub enum Elem {
 }
 
 impl Elem {
+    /// Values and bytes per stored block (1 value for the float types); `None` for a
+    /// block type of unknown size.
+    fn block_shape(self) -> Option<(usize, usize)> {
+        match self {
+            Elem::F32 => Some((1, 4)),
+            Elem::F16 | Elem::BF16 => Some((1, 2)),
+            Elem::Block(t) => Some((t.block_size(), t.type_size())),
+            Elem::Decoded(t) => {
+                let (bs, size) = t.block()?;
+                Some((usize::try_from(bs).ok()?, usize::try_from(size).ok()?))
+            }
+        }
+    }
+
     /// Bytes of one row of `k` values, `None` when `k` is not whole blocks.
     fn row_bytes(self, k: usize) -> Option<usize> {
         match self {
@@ -266,72 +287,12 @@ impl StoredMatrix {
     fn dequantize_rows_fast(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
         let rows = out.len() / self.k;
         let src = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-        let Elem::Block(t) = self.elem else {
-            return self.dequantize_rows(r0, out);
-        };
-        // inline, exact conversion: `half`'s is an out-of-line call per block
-        let f16 = |b: &[u8], at: usize| {
-            super::qmatmul::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
-        };
-        match t {
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
-                let size = if t == GgmlDType::Q4_0 { 18 } else { 20 };
-                for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
-                    let d = f16(b, 0);
-                    let (lo, hi) = o.split_at_mut(16);
-                    if t == GgmlDType::Q4_0 {
-                        let qs = &b[2..18];
-                        for j in 0..16 {
-                            lo[j] = f32::from(i16::from(qs[j] & 0x0F) - 8) * d;
-                            hi[j] = f32::from(i16::from(qs[j] >> 4) - 8) * d;
-                        }
-                    } else {
-                        let m = f16(b, 2);
-                        let qs = &b[4..20];
-                        for j in 0..16 {
-                            lo[j] = f32::from(qs[j] & 0x0F) * d + m;
-                            hi[j] = f32::from(qs[j] >> 4) * d + m;
-                        }
-                    }
-                }
+        if let Elem::Block(t) = self.elem {
+            if dequantize_legacy(t, src, out) {
+                return Ok(());
             }
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-                let (size, qh_at) = if t == GgmlDType::Q5_0 {
-                    (22, 2)
-                } else {
-                    (24, 4)
-                };
-                for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
-                    let d = f16(b, 0);
-                    let m = if t == GgmlDType::Q5_1 { f16(b, 2) } else { 0.0 };
-                    let qh =
-                        u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
-                    let qs = &b[qh_at + 4..qh_at + 20];
-                    let (lo, hi) = o.split_at_mut(16);
-                    for j in 0..16 {
-                        let x0 = (qs[j] & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
-                        let x1 = (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
-                        if t == GgmlDType::Q5_0 {
-                            lo[j] = (i32::from(x0) - 16) as f32 * d;
-                            hi[j] = (i32::from(x1) - 16) as f32 * d;
-                        } else {
-                            lo[j] = f32::from(x0) * d + m;
-                            hi[j] = f32::from(x1) * d + m;
-                        }
-                    }
-                }
-            }
-            GgmlDType::Q8_0 => {
-                for (b, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-                    let d = f16(b, 0);
-                    for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-                        *o = f32::from(q as i8) * d;
-                    }
-                }
-            }
-            _ => return self.dequantize_rows(r0, out),
         }
-        Ok(())
+        self.dequantize_rows(r0, out)
     }
 
     /// [`StoredMatrix::dequantize_rows_fast`] compiled for AVX2 where the CPU has it.
@@ -523,11 +484,64 @@ impl StoredMatrix {
     /// Below `MATVEC_ROWS` activation rows (generation) the tiles are skipped: each
     /// weight row is dequantized into a small buffer and dotted with the inputs
     /// ([`StoredMatrix::exact_rows_into`]); the same f32 products, summed in another order.
+    /// From `GEMM_ROWS` rows on, the weights are packed straight from their stored type
+    /// into `gemm.rs`'s panels instead (no f32 copy of a tile); the same f32 products.
     pub fn matmul_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         if m < MATVEC_ROWS {
             return self.matvec_exact(x, m);
         }
+        if self.gemm_applies(m) {
+            return self.gemm_exact(x, m);
+        }
         self.matmul_exact_tiled(x, m, self.tile_rows())
+    }
+
+    /// The exact product through candle's GEMM on dequantized tiles, whatever `m` (what
+    /// [`StoredMatrix::matmul_exact`] does between the mat-vec and `gemm.rs` sizes; public
+    /// for the benchmark that compares the two).
+    pub fn matmul_exact_candle(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        self.matmul_exact_tiled(x, m, self.tile_rows())
+    }
+
+    /// Whether `m` rows go through `gemm.rs`: enough rows, and slices of `gemm::KC` values
+    /// that are whole stored blocks.
+    fn gemm_applies(&self, m: usize) -> bool {
+        m >= GEMM_ROWS
+            && self
+                .elem
+                .block_shape()
+                .is_some_and(|(bs, _)| bs > 0 && gemm::KC.is_multiple_of(bs))
+    }
+
+    /// Columns `k0..k0 + dst.len()` of weight row `j` as f32 (whole blocks of `bs` values
+    /// in `bb` bytes).
+    fn fill_span(
+        &self,
+        bs: usize,
+        bb: usize,
+        j: usize,
+        k0: usize,
+        dst: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let start = j * self.row_bytes + k0 / bs * bb;
+        let Some(src) = self.bytes.get(start..start + dst.len() / bs * bb) else {
+            candle_core::bail!("columns {k0}.. of row {j} past the stored bytes");
+        };
+        dequantize_span(self.elem, src, dst)
+    }
+
+    /// `x [m, k] W^T` by `gemm.rs`, each weight panel dequantized from the stored bytes.
+    fn gemm_exact(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        if x.len() != m * self.k {
+            candle_core::bail!("{} inputs for {m} rows of {}", x.len(), self.k);
+        }
+        let Some((bs, bb)) = self.elem.block_shape() else {
+            candle_core::bail!("no block size for {:?}", self.elem);
+        };
+        let fill = |j: usize, k0: usize, dst: &mut [f32]| self.fill_span(bs, bb, j, k0, dst);
+        let mut out = vec![0f32; m * self.n];
+        gemm::gemm(x, m, self.k, self.n, &fill, &mut out)?;
+        Ok(out)
     }
 
     fn matmul_exact_tiled(
@@ -559,7 +573,8 @@ impl StoredMatrix {
         let x = x.contiguous()?;
         let dims = x.dims();
         let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        if !x.device().is_cpu() || m < MATVEC_ROWS {
+        // the op hands `matmul_exact` candle's storage and keeps its result: no copies
+        if !x.device().is_cpu() || m < MATVEC_ROWS || self.gemm_applies(m) {
             return x.apply_op1_no_bwd(&self.exact());
         }
         let x2 = x.reshape((m, self.k))?;
@@ -719,6 +734,129 @@ impl StoredMatrix {
             quantized: true,
         }
     }
+}
+
+/// Whole blocks `src` of `elem` as f32 in `out` (a slice of a row for `gemm.rs`): the
+/// conversions of [`StoredMatrix::dequantize_rows`], bit for bit, through the AVX2
+/// dequantizers where there is one (F16 by F16C, Q4_K and Q6_K of `dispatch.rs`, the 32-value
+/// types), candle's otherwise.
+#[inline(always)]
+fn dequantize_span(elem: Elem, src: &[u8], out: &mut [f32]) -> candle_core::Result<()> {
+    match elem {
+        Elem::F32 => {
+            for (o, c) in out.iter_mut().zip(src.as_chunks::<4>().0) {
+                *o = f32::from_le_bytes(*c);
+            }
+        }
+        Elem::F16 => f16_span(src, out),
+        Elem::BF16 => {
+            for (o, c) in out.iter_mut().zip(src.as_chunks::<2>().0) {
+                *o = half::bf16::from_le_bytes(*c).to_f32();
+            }
+        }
+        Elem::Block(GgmlDType::Q4K) => super::dispatch::dequantize_q4k(src, out),
+        Elem::Block(GgmlDType::Q6K) => super::dispatch::dequantize_q6k(src, out),
+        Elem::Block(t) => {
+            if !dequantize_legacy(t, src, out) {
+                match blocks(t, src).dequantize(out.len())? {
+                    CpuStorage::F32(v) => out.copy_from_slice(&v),
+                    _ => candle_core::bail!("dequantizing {t:?} gave no f32 values"),
+                }
+            }
+        }
+        Elem::Decoded(t) => {
+            blocks::dequantize(t, src, out).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        }
+    }
+    Ok(())
+}
+
+/// Little-endian f16 values `src` as f32 in `out`, converted inline (`qmatmul`'s exact
+/// conversion, which the compiler vectorizes for AVX2): for the short spans of `gemm.rs`,
+/// where [`f16_to_f32`]'s staging buffer and out-of-line calls cost more than the panel.
+fn f16_span(src: &[u8], out: &mut [f32]) {
+    #[inline(always)]
+    fn run(src: &[u8], out: &mut [f32]) {
+        for (o, c) in out.iter_mut().zip(src.as_chunks::<2>().0) {
+            *o = super::qmatmul::f16_to_f32(u16::from_le_bytes(*c));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return simd.vectorize(
+            #[inline(always)]
+            || run(src, out),
+        );
+    }
+    run(src, out)
+}
+
+/// The 32-value block types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 of `src` (whole blocks) as f32
+/// in `out`, with candle's `to_float` operations (see [`StoredMatrix::dequantize_rows_fast`]);
+/// `false`, and `out` untouched, for any other type.
+#[inline(always)]
+fn dequantize_legacy(t: GgmlDType, src: &[u8], out: &mut [f32]) -> bool {
+    // inline, exact conversion: `half`'s is an out-of-line call per block
+    let f16 =
+        |b: &[u8], at: usize| super::qmatmul::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
+    match t {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+            let size = if t == GgmlDType::Q4_0 { 18 } else { 20 };
+            for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+                let d = f16(b, 0);
+                let (lo, hi) = o.split_at_mut(16);
+                if t == GgmlDType::Q4_0 {
+                    let qs = &b[2..18];
+                    for j in 0..16 {
+                        lo[j] = f32::from(i16::from(qs[j] & 0x0F) - 8) * d;
+                        hi[j] = f32::from(i16::from(qs[j] >> 4) - 8) * d;
+                    }
+                } else {
+                    let m = f16(b, 2);
+                    let qs = &b[4..20];
+                    for j in 0..16 {
+                        lo[j] = f32::from(qs[j] & 0x0F) * d + m;
+                        hi[j] = f32::from(qs[j] >> 4) * d + m;
+                    }
+                }
+            }
+        }
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let (size, qh_at) = if t == GgmlDType::Q5_0 {
+                (22, 2)
+            } else {
+                (24, 4)
+            };
+            for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+                let d = f16(b, 0);
+                let m = if t == GgmlDType::Q5_1 { f16(b, 2) } else { 0.0 };
+                let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+                let qs = &b[qh_at + 4..qh_at + 20];
+                let (lo, hi) = o.split_at_mut(16);
+                for j in 0..16 {
+                    let x0 = (qs[j] & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
+                    let x1 = (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
+                    if t == GgmlDType::Q5_0 {
+                        lo[j] = (i32::from(x0) - 16) as f32 * d;
+                        hi[j] = (i32::from(x1) - 16) as f32 * d;
+                    } else {
+                        lo[j] = f32::from(x0) * d + m;
+                        hi[j] = f32::from(x1) * d + m;
+                    }
+                }
+            }
+        }
+        GgmlDType::Q8_0 => {
+            for (b, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                let d = f16(b, 0);
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = f32::from(q as i8) * d;
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// [`avx2::dot_blocks`] over weight rows `j0..` and the `m` rows of `x`, in an AVX2
@@ -1205,6 +1343,61 @@ mod tests {
                 let exact = exact.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(exact, sm.matmul_exact(&x, m).unwrap(), "{elem:?} m={m}");
             }
+        }
+    }
+
+    #[test]
+    fn packed_products_match_dequantized_f64_sums_for_every_stored_type() {
+        use GgmlDType as D;
+        // every type `gemm.rs` packs, through its own dequantizer (F16, Q4_K, Q6_K, the
+        // 32-value types) or candle's / `formats::blocks`' (the rest); widths of one KC
+        // slice and of two (the second partial), row counts off the panel sizes
+        let cases = [
+            (Elem::F32, 19, 100),
+            (Elem::F16, 37, 1280),
+            (Elem::BF16, 21, 96),
+            (Elem::Block(D::Q8_0), 23, 160),
+            (Elem::Block(D::Q4_0), 17, 1088),
+            (Elem::Block(D::Q4_1), 18, 64),
+            (Elem::Block(D::Q5_0), 19, 96),
+            (Elem::Block(D::Q5_1), 20, 128),
+            (Elem::Block(D::Q2K), 9, 256),
+            (Elem::Block(D::Q3K), 10, 512),
+            (Elem::Block(D::Q4K), 33, 1280),
+            (Elem::Block(D::Q5K), 11, 512),
+            (Elem::Block(D::Q6K), 17, 1280),
+            (Elem::Decoded(GgmlType::IQ4NL), 13, 96),
+            (Elem::Decoded(GgmlType::IQ4XS), 7, 512),
+            (Elem::Decoded(GgmlType::TQ2_0), 5, 256),
+        ];
+        for (case, &(elem, n, k)) in cases.iter().enumerate() {
+            let w = noise(case as u64 + 500, n * k);
+            let (bytes, _, _) = encode(elem, &w, n, k);
+            let sm = StoredMatrix::new(elem, n, k, &bytes, None).unwrap();
+            let mut deq = vec![0f32; n * k];
+            sm.dequantize_rows(0, &mut deq).unwrap();
+            let m = GEMM_ROWS + 3;
+            assert!(sm.gemm_applies(m));
+            let x = noise(600 + case as u64, m * k);
+            let got = sm.matmul_exact(&x, m).unwrap();
+            assert_eq!(got, sm.gemm_exact(&x, m).unwrap(), "{elem:?} routing");
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut want, mut size) = (0f64, 0f64);
+                    for c in 0..k {
+                        let p = f64::from(x[i * k + c]) * f64::from(deq[j * k + c]);
+                        want += p;
+                        size += p.abs();
+                    }
+                    let d = (f64::from(got[i * n + j]) - want).abs();
+                    assert!(d <= 1e-6 * size, "{elem:?} ({i},{j}): {d:e} of {size:e}");
+                }
+            }
+            // the tensor entry point is the same product, bit for bit
+            let xt = Tensor::from_slice(&x, (1, m, k), &Device::Cpu).unwrap();
+            let t = sm.forward_exact(&xt).unwrap();
+            assert_eq!(t.dims(), &[1, m, n]);
+            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), got);
         }
     }
 

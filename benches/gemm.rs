@@ -1,0 +1,119 @@
+//! CPU time of one reference-math product `x [m, k] W^T` at the 1.1B parity pair's shapes
+//! (TinyLlama: m = 13 x 256 tokens, the q/o, k/v, gate/up and down projections), F16 and
+//! Q4_K weights, on one thread: `gemm.rs`'s packed product (what `matmul_exact` runs for
+//! many rows) against candle's GEMM on dequantized tiles (the path before it,
+//! `matmul_exact_candle`).
+//!
+//! Run with `cargo bench --bench gemm`. CPU time, not wall time (the machine may be shared):
+//! the sum of every thread's run time from `/proc/self/task/*/schedstat`, the median of
+//! `RUNS` runs after a warm-up. `M=` and `SHAPES=2048x2048,...` change the sizes. One line
+//! per shape and weight type: `gemm type=F16 n=2048 k=2048 ours=.. GF/s candle=.. GF/s`.
+
+use std::time::Duration;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use modelgate::engine::stored::{Elem, StoredMatrix};
+
+/// CPU time of every thread of this process so far.
+fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for task in dir.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Deterministic values in about [-1, 1).
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn median_cpu(runs: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    let mut t: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t0 = cpu_time();
+            f();
+            cpu_time() - t0
+        })
+        .collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    let m = env_usize("M", 3328);
+    let runs = env_usize("RUNS", 3).max(1);
+    let shapes: Vec<(usize, usize)> = std::env::var("SHAPES")
+        .unwrap_or_else(|_| "2048x2048,256x2048,5632x2048,2048x5632".into())
+        .split(',')
+        .filter_map(|s| {
+            let (n, k) = s.split_once('x')?;
+            Some((n.parse().ok()?, k.parse().ok()?))
+        })
+        .collect();
+    let types = std::env::var("TYPES").unwrap_or_else(|_| "F16,Q4_K".into());
+    for &(n, k) in &shapes {
+        let x = values(1, m * k);
+        let w = values(2, n * k);
+        for ty in types.split(',') {
+            let sm = match ty {
+                "F16" => {
+                    let bytes: Vec<u8> = w
+                        .iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                        .collect();
+                    StoredMatrix::new(Elem::F16, n, k, &bytes, None)
+                }
+                _ => {
+                    let t = Tensor::from_slice(&w, (n, k), &Device::Cpu)?;
+                    let q = QTensor::quantize(&t, GgmlDType::Q4K)?;
+                    let bytes = q.data()?.to_vec();
+                    StoredMatrix::new(Elem::Block(GgmlDType::Q4K), n, k, &bytes, None)
+                }
+            }
+            .ok_or("matrix sizes")?;
+            let flop = 2.0 * (m * n * k) as f64;
+            let ours = median_cpu(runs, || {
+                std::hint::black_box(sm.matmul_exact(&x, m).ok());
+            });
+            let candle = median_cpu(runs, || {
+                std::hint::black_box(sm.matmul_exact_candle(&x, m).ok());
+            });
+            let gf = |d: Duration| flop / d.as_secs_f64() / 1e9;
+            println!(
+                "gemm type={ty} m={m} n={n} k={k} ours={:.1} GF/s ({:.3} s) candle={:.1} GF/s ({:.3} s)",
+                gf(ours),
+                ours.as_secs_f64(),
+                gf(candle),
+                candle.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
