@@ -8,7 +8,10 @@
 # fixtures/text/eval.txt cut into CHUNKS chunks of CTX tokens (13 x 256 as in issue 12; the
 # byte-level tokenizer gives 34 chunks of 256 from that text). Peak RSS is the process's
 # maximum resident set size (wait4); "read" is every byte it read (/proc/PID/io rchar, page
-# cache or disk) over the size of the two model files, which each run reads once.
+# cache or disk) over the size of the two model files, which each run reads once. The
+# result column splits our wall time by phase from `--log json`'s `parity-layer` events: the
+# reference model through every layer, then the candidate's (the rest is the head and the
+# statistics).
 #
 #   benches/parity_memory.sh     # WORK=target/bench-parity LAYERS="22 88" CTX=256 CHUNKS=13 THREADS=2
 #                                # LLAMA_BIN=/path/to/llama.cpp/build/bin (llama-perplexity)
@@ -75,12 +78,21 @@ for layers in $LAYERS; do
     for math in $MATHS; do
         read -r wall kb rchar < <(measure "$WORK/parity-$layers-$math.json" "$WORK/parity-$layers-$math.err" \
             "$BIN" parity "$f16" "$q4" --text "$TEXT" --ctx "$CTX" \
-            --chunks "$CHUNKS" --threads "$THREADS" --math "$math" --json --quiet)
+            --chunks "$CHUNKS" --threads "$THREADS" --math "$math" --json --log json)
         res=$(python3 -c '
 import json, sys
 v = json.load(open(sys.argv[1]))["summary"]
-print("KLD %.6f, top-1 %.4f, PPL ratio %.5f, %d positions" % (v["mean_kld"]["value"], v["same_top1"]["value"], v["ppl_ratio"]["value"], v["positions"]))
-' "$WORK/parity-$layers-$math.json" 2>/dev/null || echo "FAILED: $(tail -3 "$WORK/parity-$layers-$math.err" | head -1)")
+ends = {}
+for line in open(sys.argv[2]):
+    if line.startswith("{"):
+        e = json.loads(line)
+        if e.get("event") == "parity-layer" and e["layers_done"] == e["layers"]:
+            ends[e["model"]] = e["seconds"]
+phases = ""
+if "reference" in ends and "candidate" in ends:
+    phases = " (layers: reference %.1f s, candidate %.1f s)" % (ends["reference"], ends["candidate"] - ends["reference"])
+print("KLD %.6f, top-1 %.4f, PPL ratio %.5f, %d positions%s" % (v["mean_kld"]["value"], v["same_top1"]["value"], v["ppl_ratio"]["value"], v["positions"], phases))
+' "$WORK/parity-$layers-$math.json" "$WORK/parity-$layers-$math.err" 2>/dev/null || echo "FAILED: $(grep -v "^{" "$WORK/parity-$layers-$math.err" | head -1)")
         row "$layers" "modelgate parity --math $math" "$wall" "$((kb / 1000))" "$(ratio "$rchar")" "$res"
     done
 

@@ -36,8 +36,26 @@ use candle_core::quantized::GgmlDType;
 
 /// Values per super-block.
 pub(super) const QK_K: usize = 256;
-/// Activation rows multiplied together against one unpacked weight row.
+/// Activation rows multiplied together against the unpacked weight rows.
 const GROUP: usize = 4;
+/// Bytes of Q8_K quants per block of activation rows of a large product ([`block`]): half
+/// of a 1 MiB L2 cache (measured: 128 KiB to 2 MiB alike within noise, and the fewer
+/// blocks, the fewer times each weight row is unpacked).
+const BLOCK_BYTES: usize = 512 << 10;
+
+/// Fewest activation rows per block of a product split into blocks: each block unpacks
+/// every weight row once, which fewer rows would not repay.
+const BLOCK_MIN_ROWS: usize = 64;
+
+/// Bytes of unpacked weight rows per chunk ([`WBlock`]s, 792 bytes per super-block): each
+/// `GROUP` of activation rows (in L1 cache) meets every row of a chunk while the chunk stays
+/// in L2 cache (measured: 128 KiB to 384 KiB alike, 768 KiB slower).
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Weight rows of `nb` super-blocks unpacked together.
+fn chunk_rows(nb: usize) -> usize {
+    (CHUNK_BYTES / (nb * std::mem::size_of::<WBlock>()).max(1)).max(1)
+}
 
 /// The 256 quants of one super-block as eight vectors of 32 bytes.
 type Quants = [[u8; 32]; 8];
@@ -132,6 +150,18 @@ impl Q8K {
     /// Activation rows.
     pub(super) fn rows(&self) -> usize {
         self.m
+    }
+
+    /// Activation rows per block of a product split into blocks of activation rows over
+    /// `threads` threads ([`block`]), `None` when there are too few rows for two blocks
+    /// worth it. At most as many as keep their quants in `BLOCK_BYTES`, in a multiple of
+    /// `threads` blocks of equal size (but the last), so that each thread takes as many.
+    pub(super) fn block_rows(&self, threads: usize) -> Option<usize> {
+        let row = self.nb * std::mem::size_of::<Quants>();
+        let most = (BLOCK_BYTES / row.max(1)).max(GROUP);
+        let blocks = self.m.div_ceil(most).next_multiple_of(threads.max(1));
+        let rows = self.m.div_ceil(blocks.max(1));
+        (blocks > 1 && rows >= BLOCK_MIN_ROWS).then_some(rows)
     }
 
     #[cfg(test)]
@@ -309,11 +339,61 @@ fn scales_q6k(b: &[u8], w: &mut WBlock) {
 }
 
 /// `out [rows, m]`: the dot products of the weight rows in `src` (whole rows of `kind`,
-/// `a`'s width) with each of `a`'s rows. `scratch` keeps the unpacked row between calls.
+/// `a`'s width) with each of `a`'s rows. `scratch` keeps the unpacked rows between calls.
 pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out: &mut [f32]) {
     let m = a.m;
+    let layout = Layout {
+        i0: 0,
+        i1: m,
+        row_stride: m,
+        token_stride: 1,
+    };
+    product(kind, src, a, layout, scratch, out);
+}
+
+/// `out [i1 - i0, n]`: rows `i0..i1` of `a` against every weight row in `src` (whole rows
+/// of `kind`, `a`'s width, at most `n` of them), row `i - i0` of `out` holding the dot
+/// products of activation row `i` in the order of the weight rows: one block of tokens of
+/// the product `x W^T`, written in its final layout.
+pub(super) fn block(
+    kind: Kind,
+    src: &[u8],
+    a: &Q8K,
+    i0: usize,
+    scratch: &mut Unpacked,
+    out: &mut [f32],
+    n: usize,
+) {
+    let tokens = out.len().checked_div(n).unwrap_or(0);
+    let layout = Layout {
+        i0,
+        i1: (i0 + tokens).min(a.m),
+        row_stride: 1,
+        token_stride: n,
+    };
+    product(kind, src, a, layout, scratch, out);
+}
+
+/// Which activation rows a product takes and where each dot product goes: weight row `j`
+/// against activation row `i` lands at `j * row_stride + (i - i0) * token_stride`.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    i0: usize,
+    i1: usize,
+    row_stride: usize,
+    token_stride: usize,
+}
+
+fn product(
+    kind: Kind,
+    src: &[u8],
+    a: &Q8K,
+    layout: Layout,
+    scratch: &mut Unpacked,
+    out: &mut [f32],
+) {
     let row_bytes = a.nb * kind.block_bytes();
-    if m == 0 || row_bytes == 0 {
+    if layout.i1 <= layout.i0 || row_bytes == 0 {
         out.fill(0.0);
         return;
     }
@@ -324,6 +404,7 @@ pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out:
             src,
             row_bytes,
             a,
+            layout,
             scratch,
             out,
             simd,
@@ -331,7 +412,7 @@ pub(super) fn tile(kind: Kind, src: &[u8], a: &Q8K, scratch: &mut Unpacked, out:
         pulp::Simd::vectorize(simd, op);
         return;
     }
-    rows(kind, src, row_bytes, a, scratch, out, None);
+    rows(kind, src, row_bytes, a, layout, scratch, out, None);
 }
 
 // `pulp`'s `WithSimd` entry: `with_simd` is inlined into a function compiled with AVX2
@@ -363,6 +444,7 @@ struct Rows<'a> {
     src: &'a [u8],
     row_bytes: usize,
     a: &'a Q8K,
+    layout: Layout,
     scratch: &'a mut Unpacked,
     out: &'a mut [f32],
     simd: pulp::x86::V3,
@@ -379,39 +461,56 @@ impl pulp::WithSimd for Rows<'_> {
             src,
             row_bytes,
             a,
+            layout,
             scratch,
             out,
             simd,
         } = self;
-        rows(kind, src, row_bytes, a, scratch, out, Some(simd));
+        rows(kind, src, row_bytes, a, layout, scratch, out, Some(simd));
     }
 }
 
-/// [`tile`] on the SIMD path given (inlined into its target-feature context) or the
-/// portable one.
+/// [`product`] on the SIMD path given (inlined into its target-feature context) or the
+/// portable one. Weight rows are unpacked a chunk at a time (as many as stay in L2 cache
+/// beside the output); then for each `GROUP` of activation rows (which stay in L1 cache)
+/// every unpacked row passes by: each activation vector is loaded from L1 once per weight
+/// row, each weight vector from L2 once per `GROUP` activation rows.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows(
     kind: Kind,
     src: &[u8],
     row_bytes: usize,
     a: &Q8K,
+    layout: Layout,
     scratch: &mut Unpacked,
     out: &mut [f32],
     simd: Option<Simd>,
 ) {
-    let m = a.m;
-    for (w, col) in src.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-        scratch.fill(kind, w, simd);
-        let w = &scratch.blocks[..a.nb];
-        let mut i = 0;
-        while i < m {
-            let r = (m - i).min(GROUP);
-            let v = match simd {
-                #[cfg(target_arch = "x86_64")]
-                Some(s) => avx2::row(s, kind, w, a, i, r),
-                _ => portable_row(kind, w, a, i, r),
-            };
-            col[i..i + r].copy_from_slice(&v[..r]);
+    let Layout {
+        i0,
+        i1,
+        row_stride,
+        token_stride,
+    } = layout;
+    let nb = a.nb;
+    let chunk = chunk_rows(nb);
+    for (c, ws) in src.chunks(chunk * row_bytes).enumerate() {
+        scratch.fill(kind, ws, simd);
+        let mut i = i0;
+        while i < i1 {
+            let r = (i1 - i).min(GROUP);
+            for (j, w) in scratch.blocks.chunks_exact(nb).enumerate() {
+                let v = match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(s) => avx2::row(s, kind, w, a, i, r),
+                    _ => portable_row(kind, w, a, i, r),
+                };
+                let at = (c * chunk + j) * row_stride + (i - i0) * token_stride;
+                for (s, &v) in v.iter().enumerate().take(r) {
+                    out[at + s * token_stride] = v;
+                }
+            }
             i += r;
         }
     }
@@ -995,6 +1094,61 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Blocks of activation rows written in place (`block`, any split, a last block short of
+    /// a `GROUP`, a block of one row) and weight rows across chunks (more rows than a chunk,
+    /// an odd count) give the bits of `tile`, which are candle's; and so does
+    /// `matmul_quantized` on either side of its switch between the two.
+    #[test]
+    fn blocks_and_chunks_keep_candles_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        use crate::engine::stored::{Elem, StoredMatrix};
+        let k = 512;
+        let n = chunk_rows(k / QK_K) + 35;
+        for t in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let Some(kind) = Kind::of(t) else {
+                panic!("{t:?} has a kernel");
+            };
+            let w = quantize(t, &noise(31, n * k), n, k);
+            let m = 150;
+            let x = noise(32, m * k);
+            let mut want = vec![0f32; m * n];
+            t.from_data(std::borrow::Cow::Borrowed(&w))
+                .matmul_t((m, k, n), &x, &mut want)
+                .unwrap();
+            let a = Q8K::quantize(&x, k);
+            let mut tiled = vec![0f32; n * m];
+            tile(kind, &w, &a, &mut Unpacked::default(), &mut tiled);
+            for j in 0..n {
+                for i in 0..m {
+                    assert_eq!(
+                        tiled[j * m + i].to_bits(),
+                        want[i * n + j].to_bits(),
+                        "{t:?}"
+                    );
+                }
+            }
+            for rows in [1, 7, 64, m] {
+                let mut got = vec![f32::NAN; m * n];
+                let mut un = Unpacked::default();
+                for (b, dst) in got.chunks_mut(rows * n).enumerate() {
+                    block(kind, &w, &a, b * rows, &mut un, dst, n);
+                }
+                assert_eq!(bits(&got), bits(&want), "{t:?} in blocks of {rows}");
+            }
+            let sm = StoredMatrix::new(Elem::Block(t), n, k, &w, None).unwrap();
+            // two threads split 150 rows into two blocks; three would make blocks too small
+            for (threads, blocks) in [(2, true), (3, false)] {
+                assert_eq!(a.block_rows(threads).is_some(), blocks);
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| sm.matmul_quantized(&x, m)).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{t:?} on {threads} threads");
             }
         }
     }

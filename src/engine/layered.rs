@@ -16,11 +16,11 @@
 //! chunk, or two halves through that layer's KV cache), so the logits are the same numbers.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, MutexGuard};
 
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -140,8 +140,9 @@ pub struct ReadSource<'a> {
     weights: &'a Weights,
     reads: FileReads,
     /// Tensors read ahead for the layer about to load, in file order, by name.
-    ahead: RefCell<HashMap<String, Vec<u8>>>,
-    hashes: RefCell<Vec<FileHash>>,
+    ahead: Mutex<HashMap<String, Vec<u8>>>,
+    /// Behind a lock so a reader thread can load the next layer ([`Layered::run_layers`]).
+    hashes: Mutex<Vec<FileHash>>,
     /// [`GAP_READ`], smaller in tests.
     gap_read: u64,
 }
@@ -181,8 +182,8 @@ impl<'a> ReadSource<'a> {
         Ok(ReadSource {
             weights,
             reads: FileReads::open(&weights.files)?,
-            ahead: RefCell::new(HashMap::new()),
-            hashes: RefCell::new(hashes),
+            ahead: Mutex::new(HashMap::new()),
+            hashes: Mutex::new(hashes),
             gap_read: GAP_READ,
         })
     }
@@ -191,7 +192,7 @@ impl<'a> ReadSource<'a> {
     /// the file's digest (after reading a gap of header or padding bytes for it).
     fn read(&self, file: usize, offset: u64, len: u64, what: &str) -> Result<Vec<u8>, EngineError> {
         let data = self.reads.read(file, offset, len, what)?;
-        let mut hashes = self.hashes.borrow_mut();
+        let mut hashes = lock(&self.hashes);
         if let Some(h) = hashes.get_mut(file) {
             if offset >= h.at {
                 let gap = offset - h.at;
@@ -224,20 +225,22 @@ impl<'a> ReadSource<'a> {
             .filter(|t| layer_of(t.name.as_str()) == Some(i))
             .collect();
         infos.sort_by_key(|t| (t.file, t.offset));
-        let mut ahead = self.ahead.borrow_mut();
-        ahead.clear();
+        // what the engine did not ask for of the previous layer is not held past it
+        lock(&self.ahead).clear();
+        let mut read = HashMap::with_capacity(infos.len());
         for t in infos {
             let data = self.read(t.file, t.offset, t.len, t.name.as_str())?;
-            ahead.insert(t.name.as_str().to_owned(), data);
+            read.insert(t.name.as_str().to_owned(), data);
         }
+        *lock(&self.ahead) = read;
         Ok(())
     }
 
     /// The sha256 of every weight file, after reading (for the digest only) whatever the
     /// run did not read in file order: the bytes after the last tensor, and the rest of a
-    /// file whose tensors came out of order.
+    /// file whose tensors came out of order. A second call reads nothing more.
     pub fn digests(&self) -> Result<Vec<(PathBuf, Sha256Digest)>, EngineError> {
-        let mut hashes = self.hashes.borrow_mut();
+        let mut hashes = lock(&self.hashes);
         let mut out = Vec::with_capacity(hashes.len());
         for (i, (h, path)) in hashes.iter_mut().zip(&self.weights.files).enumerate() {
             let size = std::fs::metadata(path)
@@ -273,7 +276,7 @@ impl WeightSource for ReadSource<'_> {
                 name: name.into(),
                 why: format!("shape {:?} does not fit in memory", info.shape),
             })?;
-        let ahead = self.ahead.borrow_mut().remove(name);
+        let ahead = lock(&self.ahead).remove(name);
         let data = match ahead {
             Some(d) => d,
             None => self.read(info.file, info.offset, info.len, name)?,
@@ -285,6 +288,12 @@ impl WeightSource for ReadSource<'_> {
             data: Cow::Owned(data),
         }))
     }
+}
+
+/// `m` locked, also after a thread panicked holding it (the panic reaches the caller
+/// through the thread's scope anyway).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The decoder layer a tensor name belongs to (`blk.N.` in GGUF, `layers.N.` in Hugging
@@ -331,6 +340,9 @@ pub struct Need {
     pub per_row: u64,
     /// Tokens of the longest sequence.
     pub longest: u64,
+    /// One layer's weights as loaded (the largest): what reading the next layer while the
+    /// current one runs adds, when the budget has room for it.
+    pub layer: u64,
 }
 
 impl Need {
@@ -389,6 +401,7 @@ pub fn need(ckpt: &Checkpoint, cfg: &ModelConfig, math: Math, jobs: &[Job]) -> N
         states,
         per_row: row_bytes(cfg),
         longest: n,
+        layer,
     }
 }
 
@@ -412,7 +425,13 @@ const HEAD_BYTES: u64 = 128 << 20;
 
 /// Hidden states of every job between layers.
 enum States {
-    Memory(Vec<Option<Tensor>>),
+    /// Each job's rows; `blocks[start]` is the output of the batch of jobs `start..end` they
+    /// are views of, `(end, output)`, so the next layer takes the batch as it is rather
+    /// than stacking a copy of its rows.
+    Memory {
+        rows: Vec<Option<Tensor>>,
+        blocks: HashMap<usize, (usize, Tensor)>,
+    },
     /// An unnamed temporary file, job `j`'s states at `offsets[j]`.
     Spilled {
         file: File,
@@ -430,9 +449,55 @@ fn spill_err(dir: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
 }
 
 impl States {
+    /// The output `y` of the batch of jobs `g`, `sizes[i]` rows each, in order.
+    fn put_batch(
+        &mut self,
+        g: std::ops::Range<usize>,
+        sizes: &[usize],
+        y: Tensor,
+    ) -> Result<(), EngineError> {
+        let mut at = 0;
+        for (j, &n) in g.clone().zip(sizes) {
+            self.put(j, y.narrow(0, at, n)?)?;
+            at += n;
+        }
+        if let States::Memory { blocks, .. } = self {
+            blocks.insert(g.start, (g.end, y));
+        }
+        Ok(())
+    }
+
+    /// The stacked states `[sum of sizes, hidden]` of the batch of jobs `g`.
+    fn take_batch(
+        &mut self,
+        g: std::ops::Range<usize>,
+        sizes: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, EngineError> {
+        if let States::Memory { rows, blocks } = self {
+            if let Some((end, y)) = blocks.remove(&g.start) {
+                if end == g.end && g.clone().all(|j| rows[j].is_some()) {
+                    for j in g {
+                        rows[j] = None;
+                    }
+                    return Ok(y);
+                }
+            }
+        }
+        let mut parts = Vec::with_capacity(g.len());
+        for (j, &n) in g.zip(sizes) {
+            parts.push(self.take(j, n, device)?);
+        }
+        if parts.len() == 1 {
+            parts.pop().ok_or(EngineError::EmptyInput)
+        } else {
+            Ok(Tensor::cat(&parts, 0)?)
+        }
+    }
+
     fn put(&mut self, j: usize, x: Tensor) -> Result<(), EngineError> {
         match self {
-            States::Memory(v) => v[j] = Some(x),
+            States::Memory { rows, .. } => rows[j] = Some(x),
             States::Spilled {
                 file, dir, offsets, ..
             } => {
@@ -451,9 +516,13 @@ impl States {
 
     fn take(&mut self, j: usize, n: usize, device: &Device) -> Result<Tensor, EngineError> {
         match self {
-            States::Memory(v) => v[j]
-                .take()
-                .ok_or_else(|| EngineError::BadParam(format!("sequence {j} has no state"))),
+            States::Memory { rows, blocks } => {
+                // its batch is no longer taken whole
+                blocks.retain(|&start, (end, _)| !(start..*end).contains(&j));
+                rows[j]
+                    .take()
+                    .ok_or_else(|| EngineError::BadParam(format!("sequence {j} has no state")))
+            }
             States::Spilled {
                 file,
                 dir,
@@ -486,6 +555,12 @@ pub struct Layered<'a> {
     groups: Vec<std::ops::Range<usize>>,
     /// Consecutive jobs whose kept rows go through the head in one product.
     head_groups: Vec<std::ops::Range<usize>>,
+    /// The budget holds a second layer: the next one is read, hashed and loaded on another
+    /// thread while the current one runs.
+    read_ahead: bool,
+    /// The last layer takes only the kept rows past attention (not while a capture wants
+    /// the inputs of every row's products).
+    trim_last: bool,
 }
 
 impl<'a> Layered<'a> {
@@ -507,6 +582,17 @@ impl<'a> Layered<'a> {
             });
         }
         let spill = need.minimum.saturating_add(need.states) > budget.max_memory;
+        // the layer read ahead comes after the states in the budget (spilling them costs
+        // more than waiting for each layer's reads)
+        let held = if spill { 0 } else { need.states };
+        let read_ahead =
+            need.minimum.saturating_add(held).saturating_add(need.layer) <= budget.max_memory;
+        let need = Need {
+            minimum: need
+                .minimum
+                .saturating_add(if read_ahead { need.layer } else { 0 }),
+            ..need
+        };
         let rows = need.batch_rows(budget.max_memory, spill);
         let groups = groups_of(jobs.iter().map(|j| j.tokens.len() as u64), rows);
         let vocab = cfg.vocab as u64;
@@ -535,7 +621,10 @@ impl<'a> Layered<'a> {
                 hidden,
             }
         } else {
-            States::Memory(vec![None; jobs.len()])
+            States::Memory {
+                rows: vec![None; jobs.len()],
+                blocks: HashMap::new(),
+            }
         };
         for (j, job) in jobs.iter().enumerate() {
             let x = model.embed(&job.tokens)?;
@@ -550,6 +639,8 @@ impl<'a> Layered<'a> {
             layers_done: 0,
             groups,
             head_groups,
+            read_ahead,
+            trim_last: true,
         })
     }
 
@@ -563,17 +654,23 @@ impl<'a> Layered<'a> {
 
     /// Send the inputs of every product to `capture` (see [`Model::set_capture`]).
     pub fn set_capture(&mut self, capture: Option<std::sync::Arc<super::capture::Capture>>) {
+        if capture.is_some() && self.layers_done < self.model.config().n_layers {
+            self.trim_last = false;
+        }
         self.model.set_capture(capture);
     }
 
     /// Run every job through every layer, reading each layer's weights once and dropping
     /// them before the next. The jobs go through a layer in batches: their hidden states
-    /// stacked into one matrix, so each weight tile serves all of their rows.
+    /// stacked into one matrix, so each weight tile serves all of their rows. When the
+    /// budget has room for it, layer L + 1 is read, hashed and loaded on another thread
+    /// while layer L runs (one layer ahead at most), in the same order as without it, so
+    /// the digests and the errors are the same.
     pub fn run_layers(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), EngineError> {
         let layers = self.model.config().n_layers;
         let total = self.jobs.len();
         let spilled = self.spilled();
-        let tick = |layer, sequences| Progress {
+        let tick = move |layer, sequences| Progress {
             layer,
             layers,
             sequences,
@@ -581,63 +678,68 @@ impl<'a> Layered<'a> {
             spilled,
         };
         progress(tick(self.layers_done, 0));
-        while self.layers_done < layers {
-            let l = self.layers_done;
-            self.src.read_ahead(l)?;
-            let w = self.model.load_layer(&self.src, l)?;
-            for g in self.groups.clone() {
-                self.run_group(&w, g.clone())?;
+        let first = self.layers_done;
+        let loader = self.model.layer_loader();
+        let Layered {
+            model,
+            src,
+            jobs,
+            states,
+            device,
+            layers_done,
+            groups,
+            read_ahead,
+            trim_last,
+            ..
+        } = self;
+        let trim_last = *trim_last;
+        let src: &ReadSource<'_> = src;
+        let load = |l: usize| -> Result<LayerWeights, EngineError> {
+            src.read_ahead(l)?;
+            loader.load(src, l)
+        };
+        let mut run = |w: LayerWeights, l: usize| -> Result<(), EngineError> {
+            for g in groups.iter() {
+                let last = trim_last && l + 1 == layers;
+                run_group(model, jobs, states, device, &w, g.clone(), last)?;
                 progress(tick(l, g.end));
             }
             drop(w);
-            self.layers_done += 1;
+            *layers_done += 1;
+            Ok(())
+        };
+        if !*read_ahead {
+            for l in first..layers {
+                run(load(l)?, l)?;
+            }
+        } else {
+            std::thread::scope(|s| -> Result<(), EngineError> {
+                // a rendezvous channel: the reader holds one loaded layer at most while it
+                // waits for the current one to finish
+                let (tx, rx) = mpsc::sync_channel(0);
+                s.spawn(move || {
+                    for l in first..layers {
+                        let w = load(l);
+                        let failed = w.is_err();
+                        // a closed channel: the run stopped on an error of its own
+                        if tx.send(w).is_err() || failed {
+                            return;
+                        }
+                    }
+                    // the files' remaining bytes are hashed while the last layer runs; an
+                    // error here comes again, to the caller, from `digests` after the run
+                    let _ = src.digests();
+                });
+                for l in first..layers {
+                    let w = rx.recv().map_err(|_| {
+                        EngineError::BadParam(format!("the reader of layer {l} stopped"))
+                    })??;
+                    run(w, l)?;
+                }
+                Ok(())
+            })?;
         }
         progress(tick(layers, total));
-        Ok(())
-    }
-
-    /// Jobs `g` through one layer as one batch.
-    fn run_group(
-        &mut self,
-        w: &LayerWeights,
-        g: std::ops::Range<usize>,
-    ) -> Result<(), EngineError> {
-        let mut parts = Vec::with_capacity(g.len());
-        let mut segments = Vec::new();
-        let mut caches = Vec::with_capacity(g.len());
-        let mut at = 0;
-        for (c, j) in g.clone().enumerate() {
-            let job = &self.jobs[j];
-            let n = job.tokens.len();
-            parts.push(self.states.take(j, n, &self.device)?);
-            caches.push(self.model.layer_cache()?);
-            let halves = if job.split && n > 1 {
-                vec![n / 2, n - n / 2]
-            } else {
-                vec![n]
-            };
-            for len in halves {
-                segments.push(Segment {
-                    cache: c,
-                    rows: at..at + len,
-                });
-                at += len;
-            }
-        }
-        let x = if parts.len() == 1 {
-            parts.pop().ok_or(EngineError::EmptyInput)?
-        } else {
-            Tensor::cat(&parts, 0)?
-        };
-        drop(parts);
-        let y = self.model.run_layer_batch(w, &mut caches, &segments, &x)?;
-        drop((x, caches));
-        let mut at = 0;
-        for j in g {
-            let n = self.jobs[j].tokens.len();
-            self.states.put(j, y.narrow(0, at, n)?)?;
-            at += n;
-        }
         Ok(())
     }
 
@@ -658,10 +760,13 @@ impl<'a> Layered<'a> {
                 .ok_or_else(|| EngineError::BadParam(format!("no sequence {j}")))?;
             let n = job.tokens.len();
             let from = job.keep_from.min(n);
-            let x = self.states.take(j, n, &self.device)?;
-            sizes.push(n - from);
-            if from < n {
-                kept.push(x.narrow(0, from, n - from)?);
+            let trimmed = self.trim_last && self.layers_done == self.model.config().n_layers;
+            // the last layer left only the kept rows
+            let (rows, from) = if trimmed { (n - from, 0) } else { (n, from) };
+            let x = self.states.take(j, rows, &self.device)?;
+            sizes.push(rows - from);
+            if from < rows {
+                kept.push(x.narrow(0, from, rows - from)?);
             }
         }
         let vocab = self.model.config().vocab;
@@ -692,6 +797,66 @@ impl<'a> Layered<'a> {
     pub fn digests(&self) -> Result<Vec<(PathBuf, Sha256Digest)>, EngineError> {
         self.src.digests()
     }
+}
+
+/// Jobs `g` through one layer as one batch.
+fn run_group(
+    model: &mut Model,
+    jobs: &[Job],
+    states: &mut States,
+    device: &Device,
+    w: &LayerWeights,
+    g: std::ops::Range<usize>,
+    last: bool,
+) -> Result<(), EngineError> {
+    let mut segments = Vec::new();
+    let mut caches = Vec::with_capacity(g.len());
+    let mut at = 0;
+    for (c, j) in g.clone().enumerate() {
+        let job = &jobs[j];
+        let n = job.tokens.len();
+        caches.push(model.layer_cache()?);
+        let halves = if job.split && n > 1 {
+            vec![n / 2, n - n / 2]
+        } else {
+            vec![n]
+        };
+        for len in halves {
+            segments.push(Segment {
+                cache: c,
+                rows: at..at + len,
+            });
+            at += len;
+        }
+    }
+    let sizes: Vec<usize> = jobs[g.clone()].iter().map(|j| j.tokens.len()).collect();
+    let x = states.take_batch(g.clone(), &sizes, device)?;
+    // after the last layer only the kept rows are wanted
+    let keep: Option<Vec<_>> = last.then(|| {
+        let mut at = 0;
+        g.clone()
+            .map(|j| {
+                let job = &jobs[j];
+                let n = job.tokens.len();
+                at += n;
+                at - n + job.keep_from.min(n)..at
+            })
+            .collect()
+    });
+    let y = model.run_layer_batch(w, &mut caches, &segments, &x, keep.as_deref())?;
+    drop((x, caches));
+    let sizes: Vec<usize> = jobs[g.clone()]
+        .iter()
+        .map(|j| {
+            let n = j.tokens.len();
+            if last {
+                n - j.keep_from.min(n)
+            } else {
+                n
+            }
+        })
+        .collect();
+    states.put_batch(g, &sizes, y)
 }
 
 /// Consecutive runs of jobs whose `sizes` sum to at most `cap` rows (one job at least).
@@ -793,6 +958,7 @@ mod tests {
             states: 500,
             per_row: 10,
             longest: 256,
+            layer: 300,
         };
         // nothing to spare: one sequence at a time
         assert_eq!(need.batch_rows(1500, false), 256);

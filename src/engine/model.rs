@@ -107,6 +107,10 @@ fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> 
         return each();
     }
     let (m, _) = x.dims2()?;
+    // both fused paths take fewer rows than this; a batch would only be copied for nothing
+    if m >= super::qmatmul::GEMM_ROWS {
+        return each();
+    }
     let blocks: Option<Vec<&BlockMatrix>> = ls
         .iter()
         .map(|l| match l {
@@ -848,14 +852,17 @@ impl Model {
         src: &dyn WeightSource,
         i: usize,
     ) -> Result<LayerWeights, EngineError> {
-        if i >= self.cfg.n_layers {
-            return Err(EngineError::BadParam(format!(
-                "layer {i} of a {}-layer model",
-                self.cfg.n_layers
-            )));
+        self.layer_loader().load(src, i)
+    }
+
+    /// What [`Model::load_layer`] needs of the model, owned: another thread can load the
+    /// next layer with it while this model runs the current one.
+    pub fn layer_loader(&self) -> LayerLoader {
+        LayerLoader {
+            cfg: self.cfg.clone(),
+            math: self.math,
+            device: self.device.clone(),
         }
-        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
-        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
     }
 
     /// An empty KV cache for one layer of one sequence.
@@ -948,12 +955,18 @@ impl Model {
     /// `caches[seg.cache]`. The projections and the feed-forward take all rows in one
     /// product, so a weight tile is dequantized once for all of them; attention runs per
     /// segment. Each row gets what [`Model::run_layer`] gives it on its segment alone.
+    ///
+    /// With `keep`, only those rows of the batch (ranges in order) go on past attention
+    /// (output projection, feed-forward, residuals) and come out, stacked: on the last
+    /// layer, only the rows whose logits are wanted need them, while attention still needs
+    /// the keys and values of every row.
     pub fn run_layer_batch(
         &mut self,
         weights: &LayerWeights,
         caches: &mut [LayerCache],
         segments: &[Segment],
         x: &Tensor,
+        keep: Option<&[std::ops::Range<usize>]>,
     ) -> Result<Tensor, EngineError> {
         let layer = &weights.0;
         for s in segments {
@@ -1021,7 +1034,7 @@ impl Model {
             Ok(Tensor::cat(&outs, 0)?)
         };
         let tap = capture.as_deref().map(|c| c.layer(layer.index));
-        layer_step_with(cfg, layer, x.clone(), tap, &mut attend)
+        layer_step_with(cfg, layer, x.clone(), tap, keep, &mut attend)
     }
 
     /// Final norm and output head on the last layer's hidden states: logits `[n, vocab]`
@@ -1037,6 +1050,28 @@ impl Model {
             Some(cap) => soft_cap(&logits, cap as f32),
             None => Ok(logits),
         }
+    }
+}
+
+/// Loads decoder layers for a model ([`Model::layer_loader`]).
+#[derive(Clone, Debug)]
+pub struct LayerLoader {
+    cfg: ModelConfig,
+    math: Math,
+    device: Device,
+}
+
+impl LayerLoader {
+    /// The weights of decoder layer `i` (see [`Model::load_layer`]).
+    pub fn load(&self, src: &dyn WeightSource, i: usize) -> Result<LayerWeights, EngineError> {
+        if i >= self.cfg.n_layers {
+            return Err(EngineError::BadParam(format!(
+                "layer {i} of a {}-layer model",
+                self.cfg.n_layers
+            )));
+        }
+        let ld = Loader::new(src, &self.cfg, self.math, &self.device);
+        Ok(LayerWeights(load_layer(&ld, &self.cfg, i)?))
     }
 }
 
@@ -1081,7 +1116,7 @@ fn layer_step(
     capture: Option<&Capture>,
 ) -> Result<Tensor, EngineError> {
     let tap = capture.map(|c| c.layer(layer.index));
-    layer_step_with(cfg, layer, x, tap, &mut |h| match &layer.mla {
+    layer_step_with(cfg, layer, x, tap, None, &mut |h| match &layer.mla {
         Some(mla) => mla.forward(cfg, cache, h, pos, tables),
         None => {
             let (q, k, v) = project_qkv(layer, h)?;
@@ -1092,13 +1127,14 @@ fn layer_step(
 
 /// One decoder layer on `x`, with `attend` mapping the normed states to the attention
 /// output before its projection: every other step works row by row, so `x` may stack
-/// several sequences ([`Model::run_layer_batch`]). The inputs of its products go to `tap`
-/// when there is one.
+/// several sequences ([`Model::run_layer_batch`]), and only the rows in `keep` (when
+/// given) go on past attention. The inputs of its products go to `tap` when there is one.
 fn layer_step_with(
     cfg: &ModelConfig,
     layer: &Layer,
     x: Tensor,
     tap: Option<LayerTap<'_>>,
+    keep: Option<&[std::ops::Range<usize>]>,
     attend: &mut dyn FnMut(&Tensor) -> Result<Tensor, EngineError>,
 ) -> Result<Tensor, EngineError> {
     let h = match &layer.attn_norm {
@@ -1111,6 +1147,11 @@ fn layer_step_with(
         t.dense(if layer.fused_qkv { fused } else { separate }, &h)?;
     }
     let a = attend(&h)?;
+    drop(h);
+    let (a, x) = match keep {
+        Some(keep) => (rows_of(&a, keep)?, rows_of(&x, keep)?),
+        None => (a, x),
+    };
     if let Some(t) = &tap {
         t.dense(&["attn_output"], &a)?;
     }
@@ -1119,7 +1160,7 @@ fn layer_step_with(
         Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
         None => a,
     };
-    let x = (x + a)?;
+    let x = residual(&x, &a)?;
     let h = match &layer.ffn_norm {
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
@@ -1152,7 +1193,43 @@ fn layer_step_with(
         Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
         None => m,
     };
-    Ok((x + m)?)
+    residual(&x, &m)
+}
+
+/// `x + a`: on the CPU the rows split over the thread pool ([`ops::Add`]).
+fn residual(x: &Tensor, a: &Tensor) -> Result<Tensor, EngineError> {
+    if x.device().is_cpu()
+        && x.shape() == a.shape()
+        && x.dtype() == CDType::F32
+        && a.dtype() == CDType::F32
+    {
+        return Ok(x
+            .contiguous()?
+            .apply_op2_no_bwd(&a.contiguous()?, &ops::Add)?);
+    }
+    Ok((x + a)?)
+}
+
+/// Rows `keep` (ranges in order) of `x`, stacked.
+fn rows_of(x: &Tensor, keep: &[std::ops::Range<usize>]) -> Result<Tensor, EngineError> {
+    let n = x.dim(0)?;
+    let mut parts = keep
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            if r.end > n {
+                return Err(EngineError::BadParam(format!(
+                    "rows {r:?} of a {n}-row batch"
+                )));
+            }
+            Ok(x.narrow(0, r.start, r.len())?)
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    Ok(match parts.len() {
+        0 => x.narrow(0, 0, 0)?,
+        1 => parts.swap_remove(0),
+        _ => Tensor::cat(&parts, 0)?,
+    })
 }
 
 /// The weights of decoder layer `i`.

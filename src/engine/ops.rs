@@ -15,6 +15,18 @@ use rayon::prelude::*;
 /// pool costs more than the work (one token's scores or feed-forward).
 const PARALLEL_VALUES: usize = 1 << 15;
 
+/// `n` zeros for an op's output. A large buffer is cleared by the thread pool: reused heap
+/// memory that `vec!` would clear with a memset on the calling thread while the pool waits
+/// (the ops below run between the products of a batch of a thousand rows).
+fn zeroed(n: usize) -> Vec<f32> {
+    if n < PARALLEL_VALUES {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{what} must be f32")
@@ -57,7 +69,7 @@ impl CustomOp2 for RmsNorm {
                 *o = g * (v * inv);
             }
         };
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         // rows are independent: a prompt's rows are split over the threads
         if x.len() >= PARALLEL_VALUES {
             out.par_chunks_mut(d)
@@ -97,7 +109,7 @@ impl CustomOp1 for Rope<'_> {
                 l.shape()
             );
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         // head `h` of every position, written as the contiguous block `out[h]`
         let head = |(h, block): (usize, &mut [f32])| {
             for (t, dst) in block.chunks_exact_mut(hd).enumerate() {
@@ -159,7 +171,7 @@ impl CustomOp1 for MaskedSoftmax<'_> {
                 self.pos
             );
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         // Rows are independent: a prompt's scores (heads x queries rows) are split over
         // the threads, one token's few rows stay on the calling thread.
         if x.len() >= PARALLEL_VALUES {
@@ -317,6 +329,43 @@ impl CustomOp3 for DecodeAttention<'_> {
     }
 }
 
+/// `a + b` elementwise (the residual adds), split over the thread pool for a batch of rows
+/// rather than run by candle's own barrier-synchronised split with the calling thread
+/// waiting in it. The same f32 additions.
+pub struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "modelgate-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "addend")?;
+        let b = f32_slice(s2, l2, "addend")?;
+        if l1.shape() != l2.shape() {
+            bail!("addends {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let out = if a.len() >= PARALLEL_VALUES {
+            let mut out = Vec::with_capacity(a.len());
+            a.par_iter()
+                .zip(b.par_iter())
+                .with_min_len(4096)
+                .map(|(&a, &b)| a + b)
+                .collect_into_vec(&mut out);
+            out
+        } else {
+            a.iter().zip(b).map(|(&a, &b)| a + b).collect()
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// `act(g) * u` elementwise for the gated feed-forward, `g` the first operand: SiLU
 /// (`g / (1 + exp(-g))`, candle's formula) times the up projection, in one pass and, for
 /// a prompt, split over the threads. Same f32 operations as candle's `silu` then `mul`.
@@ -340,7 +389,7 @@ impl CustomOp2 for SiluMul {
             bail!("gate {:?} and up {:?} differ", l1.shape(), l2.shape());
         }
         let f = |(o, (&g, &u)): (&mut f32, (&f32, &f32))| *o = g / (1.0 + (-g).exp()) * u;
-        let mut out = vec![0f32; g.len()];
+        let mut out = zeroed(g.len());
         if g.len() >= PARALLEL_VALUES {
             out.par_iter_mut()
                 .zip(g.par_iter().zip(u.par_iter()))
@@ -437,6 +486,22 @@ mod tests {
             let u = Tensor::from_vec(u, len, &Device::Cpu).unwrap();
             let got = g.apply_op2_no_bwd(&u, &SiluMul).unwrap();
             let want = (g.silu().unwrap() * u).unwrap();
+            assert_eq!(
+                got.to_vec1::<f32>().unwrap(),
+                want.to_vec1::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn add_is_candles_add() {
+        for len in [7usize, 40_000] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 1e-3).collect();
+            let a = Tensor::from_vec(a, len, &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(b, len, &Device::Cpu).unwrap();
+            let got = a.apply_op2_no_bwd(&b, &Add).unwrap();
+            let want = (a + b).unwrap();
             assert_eq!(
                 got.to_vec1::<f32>().unwrap(),
                 want.to_vec1::<f32>().unwrap()

@@ -59,7 +59,7 @@ const GEMM_ROWS: usize = 128;
 /// Weight rows the mat-vec path dequantizes together (a buffer that stays in L1/L2).
 const MATVEC_CHUNK: usize = 8;
 
-/// Weight rows per task of the K-quant integer product (`kdot.rs`).
+/// Weight rows per task of the K-quant integer product (`kdot.rs`) of a few activation rows.
 const KDOT_ROWS: usize = 16;
 
 /// `a . b` in f32 with 16 running sums (lane `l` takes elements `l, l + 16, ...`), fused
@@ -657,30 +657,53 @@ impl StoredMatrix {
 
     /// Native mode for Q4_K, Q5_K and Q6_K: `kdot.rs`'s integer kernel, which gives candle's
     /// quantized matmul bit for bit (activations quantized once, weight rows unpacked once
-    /// for all activation rows). Each output element is computed alone, so the split into
-    /// `KDOT_ROWS`-row tasks over rayon's threads does not change any bit.
+    /// per block of activation rows). Each output element is computed alone, so neither the
+    /// blocking nor the split over rayon's threads changes any bit.
+    ///
+    /// A batch (prompt, layer-major scoring) is cut into blocks of activation rows, one task
+    /// per block writing its rows of `[m, n]` in place (`kdot::block`). Fewer activation
+    /// rows than make two blocks worth it (generation, short prompts) split over
+    /// `KDOT_ROWS`-row tasks of weight rows instead, which write `[n, m]`, transposed in
+    /// parallel.
     fn matmul_kdot(&self, kind: kdot::Kind, x: &[f32], m: usize) -> Vec<f32> {
         let (n, rb) = (self.n, self.row_bytes);
         let q = kdot::Q8K::quantize(x, self.k);
-        let mut t = vec![0f32; n * m];
-        if m == 0 {
-            return t;
+        let mut out = vec![0f32; n * m];
+        if m == 0 || n == 0 {
+            return out;
         }
+        if let Some(tokens) = q.block_rows(rayon::current_num_threads()) {
+            out.par_chunks_mut(tokens * n)
+                .enumerate()
+                .for_each_init(kdot::Unpacked::default, |un, (b, dst)| {
+                    kdot::block(kind, &self.bytes, &q, b * tokens, un, dst, n)
+                });
+            return out;
+        }
+        if m == 1 {
+            // `[n, 1]` is `[1, n]`
+            out.par_chunks_mut(KDOT_ROWS)
+                .zip(self.bytes.par_chunks(KDOT_ROWS * rb))
+                .for_each_init(kdot::Unpacked::default, |un, (dst, src)| {
+                    kdot::tile(kind, src, &q, un, dst);
+                });
+            return out;
+        }
+        let mut t = vec![0f32; n * m];
         t.par_chunks_mut(KDOT_ROWS * m)
             .zip(self.bytes.par_chunks(KDOT_ROWS * rb))
             .for_each_init(kdot::Unpacked::default, |un, (dst, src)| {
                 kdot::tile(kind, src, &q, un, dst);
             });
-        if m == 1 {
-            return t;
-        }
-        // `[n, m]` to `[m, n]`
-        let mut out = vec![0f32; m * n];
-        for (j, row) in t.chunks_exact(m).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                out[i * n + j] = v;
+        // `[n, m]` to `[m, n]`, 16 activation rows (one cache line of `t`) per step
+        out.par_chunks_mut(16 * n).enumerate().for_each(|(c, dst)| {
+            let i0 = 16 * c;
+            for (j, src) in t.chunks_exact(m).enumerate() {
+                for (s, row) in dst.chunks_exact_mut(n).enumerate() {
+                    row[j] = src[i0 + s];
+                }
             }
-        }
+        });
         out
     }
 

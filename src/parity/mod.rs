@@ -930,6 +930,42 @@ impl RowStore {
         (&self.file).write_all(&bytes).map_err(e)
     }
 
+    /// Run `produce`, which hands rows to its argument in order, while a thread of its own
+    /// writes them, a few chunks behind at most: the writes go on beside the model's
+    /// remaining work instead of between its chunks. A write error stops `produce` at its
+    /// next rows and is the error returned.
+    fn write_while(
+        mut self,
+        produce: impl FnOnce(
+            &mut dyn FnMut(usize, Vec<f32>) -> Result<(), ParityError>,
+        ) -> Result<(), ParityError>,
+    ) -> Result<RowStore, ParityError> {
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+            let writer = s.spawn(move || -> Result<RowStore, ParityError> {
+                for rows in rx {
+                    self.push(&rows)?;
+                }
+                Ok(self)
+            });
+            let produced = produce(&mut |_, rows| {
+                // a closed channel: the writer stopped on an error, returned below
+                tx.send(rows).map_err(|_| ParityError::Scratch {
+                    dir: PathBuf::new(),
+                    source: std::io::Error::other("the row writer stopped"),
+                })
+            });
+            drop(tx);
+            let written = match writer.join() {
+                Ok(w) => w,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let store = written?;
+            produced?;
+            Ok(store)
+        })
+    }
+
     fn rewind(&mut self) -> Result<(), ParityError> {
         use std::io::Seek;
         let e = self.err();
@@ -1010,17 +1046,19 @@ pub fn compare(
             check_context_of(&c.cfg, &c.path, &plan.sequences)?;
             same_tokens(&r, &c, p)?;
             let budget = opts.budget();
-            let mut store = RowStore::new(&budget.spill_dir)?;
+            let store = RowStore::new(&budget.spill_dir)?;
             let jobs = jobs_of(&plan.sequences, false);
-            r.evaluate(
-                Math::Reference,
-                &device,
-                jobs.clone(),
-                &budget,
-                "reference",
-                progress,
-                &mut |_, rows| store.push(&rows),
-            )?;
+            let mut store = store.write_while(|push| {
+                r.evaluate(
+                    Math::Reference,
+                    &device,
+                    jobs.clone(),
+                    &budget,
+                    "reference",
+                    progress,
+                    push,
+                )
+            })?;
             store.rewind()?;
             let vocab = r.cfg.vocab;
             let mut positions = Vec::new();
@@ -1253,4 +1291,50 @@ pub fn check(
     report.judge(thresholds, candidate);
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_beside_their_producer_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RowStore::new(dir.path()).unwrap();
+        let rows = |j: usize| -> Vec<f32> { (0..1000).map(|i| (i * 7 + j) as f32 * 0.5).collect() };
+        let mut store = store
+            .write_while(|push| (0..9).try_for_each(|j| push(j, rows(j))))
+            .unwrap();
+        store.rewind().unwrap();
+        for j in 0..9 {
+            assert_eq!(store.next(1000).unwrap(), rows(j));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_error_stops_the_producer_and_is_the_error() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let store = RowStore {
+            file,
+            dir: PathBuf::from("/spill"),
+        };
+        let mut pushed = 0;
+        let e = store
+            .write_while(|push| {
+                for j in 0..1000 {
+                    push(j, vec![1.0; 1 << 16])?;
+                    pushed += 1;
+                }
+                Ok(())
+            })
+            .err()
+            .unwrap();
+        assert!(pushed < 1000);
+        assert!(e.to_string().contains("`/spill`"), "{e}");
+        assert!(matches!(e, ParityError::Scratch { ref dir, .. } if dir == Path::new("/spill")));
+    }
 }

@@ -536,10 +536,37 @@ fn batched_layers_reproduce_single_sequences_exactly() {
                     };
                 }
                 let mut caches: Vec<_> = (0..3).map(|_| m.layer_cache().unwrap()).collect();
+                let input = batch.clone();
                 batch = m
-                    .run_layer_batch(&w, &mut caches, &segments, &batch)
+                    .run_layer_batch(&w, &mut caches, &segments, &input, None)
                     .unwrap();
                 assert_eq!(caches[2].len(), n);
+                // only some rows past attention: the same bits for those rows
+                let keep = [
+                    1..n,
+                    n + s - 2..n + s,
+                    n + s..n + s,
+                    2 * n + s - 3..2 * n + s,
+                ];
+                let mut caches: Vec<_> = (0..3).map(|_| m.layer_cache().unwrap()).collect();
+                let kept = m
+                    .run_layer_batch(&w, &mut caches, &segments, &input, Some(&keep))
+                    .unwrap();
+                let rows: Vec<_> = keep
+                    .iter()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| batch.narrow(0, r.start, r.len()).unwrap())
+                    .collect();
+                let (want, got) = (
+                    Tensor::cat(&rows, 0).unwrap().flatten_all().unwrap(),
+                    kept.flatten_all().unwrap(),
+                );
+                assert_eq!(
+                    want.to_vec1::<f32>().unwrap(),
+                    got.to_vec1::<f32>().unwrap(),
+                    "kept rows of layer {i}, {} {math:?}",
+                    dir.display()
+                );
             }
             let want = Tensor::cat(&alone, 0).unwrap();
             let (want, got) = (
