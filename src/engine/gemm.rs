@@ -71,7 +71,7 @@ thread_local! {
 /// Output rows per task for `m` rows on `threads` threads (a multiple of `MR`).
 fn chunk_rows(m: usize, threads: usize) -> usize {
     let tasks = (threads * TASKS_PER_THREAD).max(1);
-    let rows = m.div_ceil(tasks).max(MIN_CHUNK_ROWS).min(MAX_CHUNK_ROWS);
+    let rows = m.div_ceil(tasks).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS);
     rows.div_ceil(MR) * MR
 }
 

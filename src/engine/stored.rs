@@ -13,7 +13,10 @@
 //! output element is the dot product of the same f32 values as the dense `x W^T`. With one
 //! tile the call is the dense one, bit for bit; across tiles candle's gemm may sum a dot
 //! product in another order (measured below 1.2e-7 of the terms' total size, see
-//! docs/engine.md). [`StoredMatrix::matmul_quantized`] is native mode for candle's block
+//! docs/engine.md). From `GEMM_ROWS` activation rows on, the reference product is
+//! `gemm.rs`'s instead, which dequantizes weight panels straight from the stored bytes into
+//! its own layout (the same f32 products, summed in slices of `gemm::KC` values).
+//! [`StoredMatrix::matmul_quantized`] is native mode for candle's block
 //! types: each tile goes through candle's quantized
 //! kernel, which computes each output element independently of the others (Q4_K, Q5_K and
 //! Q6_K through the integer kernel of `kdot.rs`, which gives candle's bits).
