@@ -38,20 +38,25 @@ const NR: usize = 16;
 /// stays in L1 while it runs along the weight panels, and each output is read and written
 /// once per slice. A multiple of every ggml block size (32, 256), so a slice is whole
 /// blocks. Measured on Zen 4 at the 1.1B pair's shapes (F16, 2048 x 2048 and 2048 x 5632,
-/// one thread): 1024 about 8 % faster than 256, 2048 slower (the panel leaves L1).
+/// one thread): 1024 about 8 % faster than 256, 2048 slower (the panel leaves L1). On the
+/// whole 1.1B pair (weights streamed from memory, 2 threads) 512 was 10 % slower than 1024
+/// and 2048 level with it within the run-to-run noise.
 pub(super) const KC: usize = 1024;
 /// Weight rows packed together for one `KC` slice: their panels (`NC x KC` f32, 256 KiB)
 /// stay in L2 while each activation panel runs along them (measured: 64 to 128 alike, 256
 /// slower with the larger `KC`).
 const NC: usize = 64;
-/// Output rows per task at most: their packed activations (`KC` wide, 4 MiB) stay in L3
+/// Output rows per task at most: their packed activations (`KC` wide, 8 MiB) stay in L3
 /// (each activation panel is read from there once per `NC` weight rows).
-const MAX_CHUNK_ROWS: usize = 1020;
+const MAX_CHUNK_ROWS: usize = 2046;
 /// Output rows per task at least, so that dequantizing the weights once per task stays a
 /// small part of the work.
 const MIN_CHUNK_ROWS: usize = 64;
-/// Tasks per thread when there are rows enough (for balance on a shared machine).
-const TASKS_PER_THREAD: usize = 2;
+/// Tasks per thread when there are rows enough. One: every task dequantizes the whole
+/// weight matrix, which in a real model comes from memory rather than cache, so on the
+/// 1.1B pair two tasks per thread cost 10 CPU-s more than one (F16 phase 44.9 s -> 41.0 s
+/// wall with one).
+const TASKS_PER_THREAD: usize = 1;
 
 /// Per-thread buffers, reused across calls.
 #[derive(Default)]
@@ -431,7 +436,7 @@ mod tests {
 
     #[test]
     fn chunks_are_whole_panels_and_bounded() {
-        assert_eq!(chunk_rows(3328, 2), 834);
+        assert_eq!(chunk_rows(3328, 2), 1668);
         assert_eq!(chunk_rows(100_000, 2), MAX_CHUNK_ROWS);
         assert_eq!(chunk_rows(8, 4), 66);
         assert!(chunk_rows(1, 1).is_multiple_of(MR));
