@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use modelgate::engine::{sampling::argmax, Engine, Logits, Math};
 
+mod support;
+use support::env_usize;
+
 const PROMPT_TOKENS: usize = 512;
 const GEN_TOKENS: usize = 128;
 
@@ -36,13 +39,6 @@ fn model_path() -> PathBuf {
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

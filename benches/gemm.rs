@@ -15,21 +15,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use modelgate::engine::stored::{Elem, StoredMatrix};
 
-/// CPU time of every thread of this process so far.
-fn cpu_time() -> Duration {
-    let mut ns = 0u64;
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for task in dir.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
-}
+mod support;
+use support::{cpu_time, env_usize};
 
 /// Deterministic values in about [-1, 1).
 fn values(seed: u64, len: usize) -> Vec<f32> {
@@ -55,13 +42,6 @@ fn median_cpu(runs: usize, mut f: impl FnMut()) -> Duration {
         .collect();
     t.sort();
     t[t.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

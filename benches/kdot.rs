@@ -21,6 +21,9 @@ use modelgate::convert::quant;
 use modelgate::engine::stored::{Elem, StoredMatrix};
 use modelgate::formats::GgmlType;
 
+mod support;
+use support::cpu_seconds;
+
 const RUNS: usize = 3;
 
 /// Deterministic values of roughly unit scale (sum of four uniforms), `scale` times.
@@ -35,24 +38,6 @@ fn noise(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| (unit() + unit() + unit() + unit() - 2.0) * scale)
         .collect()
-}
-
-/// CPU seconds used so far by all threads of this process (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let mut ns = 0u64;
-    for t in tasks.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 / 1e9
 }
 
 /// FNV-1a over the f32 bits.

@@ -19,6 +19,9 @@ use candle_core::{Device, Tensor};
 use modelgate::convert::quant;
 use modelgate::formats::GgmlType;
 
+mod support;
+use support::cpu_seconds;
+
 const COLS: usize = 5632;
 const RUNS: usize = 3;
 
@@ -41,24 +44,6 @@ fn weights(n: usize) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-/// CPU seconds used so far by all threads of this process (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let mut ns = 0u64;
-    for t in tasks.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 / 1e9
 }
 
 /// Best wall time and best CPU time over the runs, and the last result.

@@ -1,0 +1,39 @@
+//! Helpers shared by the `harness = false` benchmarks (each bench is its own crate, so they
+//! include this module with `mod support;`): the process's CPU time, which is what the
+//! kernel benchmarks report because the machine may be shared, and settings from the
+//! environment.
+
+use std::time::Duration;
+
+/// CPU time used so far by every thread of this process: the sum of the first field of
+/// `/proc/self/task/*/schedstat` (Linux; zero elsewhere).
+pub fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// [`cpu_time`] in seconds.
+#[allow(dead_code)] // not every bench reports seconds
+pub fn cpu_seconds() -> f64 {
+    cpu_time().as_secs_f64()
+}
+
+/// The environment variable `name` as a number, or `default` when unset or not a number.
+#[allow(dead_code)] // not every bench takes settings
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
