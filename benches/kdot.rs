@@ -22,19 +22,14 @@ use modelgate::engine::stored::{Elem, StoredMatrix};
 use modelgate::formats::GgmlType;
 
 mod support;
-use support::cpu_seconds;
+use support::{cpu_seconds, Xorshift};
 
 const RUNS: usize = 3;
 
 /// Deterministic values of roughly unit scale (sum of four uniforms), `scale` times.
 fn noise(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut unit = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut r = Xorshift::new(0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut unit = move || r.unit();
     (0..n)
         .map(|_| (unit() + unit() + unit() + unit() - 2.0) * scale)
         .collect()

@@ -20,19 +20,14 @@ use modelgate::convert::quant;
 use modelgate::formats::GgmlType;
 
 mod support;
-use support::cpu_seconds;
+use support::{cpu_seconds, Xorshift};
 
 const COLS: usize = 5632;
 const RUNS: usize = 3;
 
 fn weights(n: usize) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    let mut unit = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut r = Xorshift::new(0x2545_f491_4f6c_dd1d);
+    let mut unit = move || r.unit();
     (0..n)
         .map(|i| {
             let g = unit() + unit() + unit() + unit() - 2.0;

@@ -37,3 +37,25 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The benches' pseudo-random stream (xorshift64): fixed seeds, so every run and machine
+/// draws the same weights and activations.
+#[allow(dead_code)] // not every bench draws data
+pub struct Xorshift(u64);
+
+#[allow(dead_code)]
+impl Xorshift {
+    /// A stream from state `s` (not zero).
+    pub fn new(s: u64) -> Xorshift {
+        Xorshift(s)
+    }
+
+    /// The next value in [0, 1), 24 bits.
+    pub fn unit(&mut self) -> f32 {
+        let s = &mut self.0;
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        (*s >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
