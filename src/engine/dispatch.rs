@@ -297,7 +297,20 @@ impl pulp::NullaryFnOnce for Q4kV3<'_> {
 /// 32), as [`dequantize_q4k`]. Fixed-size arrays, compiled for AVX2 where the CPU has it, let
 /// the compiler vectorize the loop without bounds checks (same operations, same bits).
 pub(super) fn dequantize_q6k(src: &[u8], out: &mut [f32]) {
-    pulp::Arch::new().dispatch(Q6k { src, out });
+    avx2_or_scalar(Q6k { src, out });
+}
+
+/// `op` compiled for AVX2 + FMA where the CPU has it, else scalar; never for AVX-512 (which
+/// `pulp::Arch::new()` picks with pulp's `x86-v4` feature): the lane count of code generic
+/// over [`pulp::Simd`] decides the order of [`dots`]' sums, so it stays at V3's 8 lanes and
+/// the bits do not depend on whether the CPU has AVX-512.
+#[inline(always)]
+fn avx2_or_scalar<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return pulp::Simd::vectorize(simd, op);
+    }
+    pulp::Simd::vectorize(pulp::Scalar::new(), op)
 }
 
 struct Q6k<'a> {
@@ -350,7 +363,7 @@ impl pulp::WithSimd for Q6k<'_> {
 /// `out [rows, m]`: the dot product of each of the `rows` rows of `w` with each of the `m`
 /// rows of `x`, all `k` wide.
 pub(super) fn dots(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
-    pulp::Arch::new().dispatch(Dots { w, x, k, out });
+    avx2_or_scalar(Dots { w, x, k, out });
 }
 
 struct Dots<'a> {
