@@ -506,6 +506,12 @@ impl StoredMatrix {
         self.matmul_exact_tiled(x, m, self.tile_rows())
     }
 
+    /// The microkernel of `gemm.rs` on this CPU, which [`StoredMatrix::matmul_exact`] runs
+    /// for many rows (for the benchmark's report).
+    pub fn gemm_kernel() -> &'static str {
+        gemm::kernel_name()
+    }
+
     /// Whether `m` rows go through `gemm.rs`: enough rows, and slices of `gemm::KC` values
     /// that are whole stored blocks.
     fn gemm_applies(&self, m: usize) -> bool {
@@ -774,15 +780,36 @@ fn dequantize_span(elem: Elem, src: &[u8], out: &mut [f32]) -> candle_core::Resu
     Ok(())
 }
 
-/// Little-endian f16 values `src` as f32 in `out`, converted inline (`qmatmul`'s exact
-/// conversion, which the compiler vectorizes for AVX2): for the short spans of `gemm.rs`,
-/// where [`f16_to_f32`]'s staging buffer and out-of-line calls cost more than the panel.
+/// Little-endian f16 values `src` as f32 in `out`, converted inline: by AVX-512's
+/// `vcvtph2ps` where the CPU has it (pulp's V3 token has no F16C), else by `qmatmul`'s exact
+/// conversion, which the compiler vectorizes for AVX2; the same values either way. For the
+/// short spans of `gemm.rs`, where [`f16_to_f32`]'s staging buffer and out-of-line calls
+/// cost more than the panel.
 fn f16_span(src: &[u8], out: &mut [f32]) {
     #[inline(always)]
     fn run(src: &[u8], out: &mut [f32]) {
         for (o, c) in out.iter_mut().zip(src.as_chunks::<2>().0) {
             *o = super::qmatmul::f16_to_f32(u16::from_le_bytes(*c));
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        return simd.vectorize(
+            #[inline(always)]
+            || {
+                // 16 values per `vcvtph2ps` (AVX-512F), exact like the software conversion
+                // (NaNs made quiet the same way), the tail by the software conversion
+                let f = simd.avx512f;
+                let src16 = src.as_chunks::<32>().0;
+                let out16 = out.as_chunks_mut::<16>().0;
+                let done = src16.len().min(out16.len());
+                for (o, c) in out16.iter_mut().zip(src16) {
+                    let h: std::arch::x86_64::__m256i = pulp::bytemuck::cast(*c);
+                    *o = pulp::bytemuck::cast(f._mm512_cvtph_ps(h));
+                }
+                run(&src[32 * done..], &mut out[16 * done..]);
+            },
+        );
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
@@ -1401,6 +1428,21 @@ mod tests {
             let t = sm.forward_exact(&xt).unwrap();
             assert_eq!(t.dims(), &[1, m, n]);
             assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), got);
+        }
+    }
+
+    #[test]
+    fn f16_spans_convert_every_value_as_half_does() {
+        // every bit pattern (NaNs included), at lengths with and without a tail past the
+        // 16-value hardware steps
+        let all: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        for len in [65536, 65535, 17, 15] {
+            let mut out = vec![0f32; len];
+            f16_span(&all[..2 * len], &mut out);
+            for (i, o) in out.iter().enumerate() {
+                let want = half::f16::from_bits(i as u16).to_f32();
+                assert_eq!(o.to_bits(), want.to_bits(), "{i:#06x} (length {len})");
+            }
         }
     }
 
