@@ -8,7 +8,7 @@
 //! the sum of every thread's run time from `/proc/self/task/*/schedstat`, the median of
 //! `RUNS` runs after a warm-up. `M=` and `SHAPES=2048x2048,...` change the sizes. One line
 //! per shape and weight type, naming the microkernel that ran:
-//! `gemm type=F16 n=2048 k=2048 ours=.. GF/s (.. s, avx512 6x32) candle=.. GF/s (.. s)`.
+//! `gemm type=F16 n=2048 k=2048 ours=.. GF/s (.. s, avx2 6x16) candle=.. GF/s (.. s)`.
 
 use std::time::Duration;
 

@@ -20,14 +20,13 @@
 //! run time) the microkernel keeps its 6 x 16 sums in 12 vector registers; elsewhere a
 //! portable kernel computes the same sums with `f32::mul_add`, so the bits are the same.
 //!
-//! With AVX-512 (pulp's V4, detected at run time) a 6 x 32 kernel takes two adjacent
-//! panels at once (12 zmm sums; the packed layout is unchanged, an odd last panel runs 16
-//! wide), and F16 panels are converted by `vcvtph2ps` (`stored.rs`). Zen 4 runs 512-bit
-//! multiply-adds as two 256-bit halves, so the peak is AVX2's (about 115 GFLOP/s per core
-//! measured at 3.6 GHz); the tier halves the instructions per sum. Measured (one thread,
-//! m = 3328, 2048 x 2048, CPU time, machine loaded by others, 4 interleaved runs): F16
-//! 77-87 GFLOP/s against AVX2's 82-89, Q4_K 79-88 against 84-93: level to a few percent
-//! slower, not the gain hoped for; the fill and the kernel's sums are the same bits.
+//! With AVX-512 (pulp's V4, detected at run time) only the F16 panels change: they are
+//! converted by `vcvtph2ps` (`stored.rs`) rather than in software; same bits. A 6 x 32
+//! AVX-512 kernel over two adjacent panels (12 zmm sums, same bits) was built and measured in
+//! session 11 and left out: Zen 4 runs a 512-bit multiply-add as two 256-bit halves, so the
+//! peak is AVX2's (about 115 GFLOP/s per core at 3.6 GHz), and one product (one thread,
+//! m = 3328, 2048 x 2048, CPU time, 4 interleaved runs on a loaded machine) ran F16 at
+//! 77-87 GFLOP/s against the AVX2 kernel's 82-89, Q4_K 79-88 against 84-93.
 //!
 //! Each output element is the sum over the `KC` slices, in order, of a fused multiply-add
 //! chain started from zero within the slice. That order depends on `k` alone: not on the
@@ -145,13 +144,6 @@ where
     F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
     #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V4::try_new() {
-        return simd.vectorize(
-            #[inline(always)]
-            || chunk_with(Avx512(simd), s, x, mc, k, n, fill, out),
-        );
-    }
-    #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
         return simd.vectorize(
             #[inline(always)]
@@ -163,10 +155,6 @@ where
 
 /// The microkernel [`gemm`] runs on this CPU (for the benchmark's report).
 pub(super) fn kernel_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if pulp::x86::V4::try_new().is_some() {
-        return "avx512 6x32";
-    }
     #[cfg(target_arch = "x86_64")]
     if pulp::x86::V3::try_new().is_some() {
         return "avx2 6x16";
@@ -221,22 +209,10 @@ where
             for (p, ap) in a.chunks_exact(kc * MR).enumerate() {
                 let ap = ap.as_chunks::<MR>().0;
                 let i0 = p * MR;
-                let rows = mc - i0;
-                // two panels at a time where the kernel is that wide, the last odd one alone
-                let mut q = 0;
-                let panels = b.len() / (kc * NR);
-                while q < panels {
+                for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
+                    let acc = kern.run(ap, bq.as_chunks::<NR>().0);
                     let jq = j0 + q * NR;
-                    let bq = |q: usize| b[q * kc * NR..(q + 1) * kc * NR].as_chunks::<NR>().0;
-                    if K::WIDE && q + 1 < panels {
-                        let acc = kern.run2(ap, bq(q), bq(q + 1));
-                        update(&acc, out, n, i0, rows, jq, (2 * NR).min(n - jq), k0 == 0);
-                        q += 2;
-                    } else {
-                        let acc = kern.run(ap, bq(q));
-                        update(&acc, out, n, i0, rows, jq, NR.min(n - jq), k0 == 0);
-                        q += 1;
-                    }
+                    update(&acc, out, n, i0, mc - i0, jq, NR.min(n - jq), k0 == 0);
                 }
             }
             j0 += nc;
@@ -250,8 +226,8 @@ where
 /// of them) into columns `jq..jq + nr` of `out` (`n` wide).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn update<const W: usize>(
-    acc: &[[f32; W]; MR],
+fn update(
+    acc: &[[f32; NR]; MR],
     out: &mut [f32],
     n: usize,
     i0: usize,
@@ -308,20 +284,7 @@ fn transpose_rows(rows: &[f32], kc: usize, b: &mut [f32]) {
 /// An `MR x NR` microkernel: `out[i][l] = sum over c of a[c][i] * b[c][l]`, a fused
 /// multiply-add chain from zero in `c` order.
 trait Micro: Copy {
-    /// Whether [`Micro::run2`] is the faster way to run two adjacent panels.
-    const WIDE: bool = false;
-
     fn run(self, a: &[[f32; MR]], b: &[[f32; NR]]) -> [[f32; NR]; MR];
-
-    /// Two adjacent panels at once, `b0`'s columns then `b1`'s: the same sums as two
-    /// [`Micro::run`]s.
-    #[inline(always)]
-    fn run2(self, a: &[[f32; MR]], b0: &[[f32; NR]], b1: &[[f32; NR]]) -> [[f32; 2 * NR]; MR] {
-        let (s0, s1) = (self.run(a, b0), self.run(a, b1));
-        std::array::from_fn(|i| {
-            std::array::from_fn(|l| if l < NR { s0[i][l] } else { s1[i][l - NR] })
-        })
-    }
 
     /// `rows [NR][kc]` to `b [kc][NR]` (values moved, not computed).
     #[inline(always)]
@@ -423,55 +386,6 @@ impl Micro for Avx2 {
     }
 }
 
-/// The AVX-512 kernel: `MR x 2 NR` sums in 12 accumulators of 16 lanes, one weight vector
-/// from each of two adjacent panels and one broadcast activation per step. Zen 4 runs a
-/// 16-lane multiply-add as two 8-lane halves, so the peak is AVX2's; what this saves is
-/// instructions: half the multiply-adds and broadcasts per sum.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx512(pulp::x86::V4);
-
-#[cfg(target_arch = "x86_64")]
-impl Micro for Avx512 {
-    const WIDE: bool = true;
-
-    #[inline(always)]
-    fn run(self, a: &[[f32; MR]], b: &[[f32; NR]]) -> [[f32; NR]; MR] {
-        use std::arch::x86_64::__m512;
-        let f = self.0.avx512f;
-        let mut acc = [f._mm512_setzero_ps(); MR];
-        for (a, b) in a.iter().zip(b) {
-            let b: __m512 = pulp::bytemuck::cast(*b);
-            for (acc, &ai) in acc.iter_mut().zip(a) {
-                *acc = f._mm512_fmadd_ps(f._mm512_set1_ps(ai), b, *acc);
-            }
-        }
-        pulp::bytemuck::cast(acc)
-    }
-
-    #[inline(always)]
-    fn run2(self, a: &[[f32; MR]], b0: &[[f32; NR]], b1: &[[f32; NR]]) -> [[f32; 2 * NR]; MR] {
-        use std::arch::x86_64::__m512;
-        let f = self.0.avx512f;
-        let mut acc = [[f._mm512_setzero_ps(); 2]; MR];
-        for ((a, b0), b1) in a.iter().zip(b0).zip(b1) {
-            let b0: __m512 = pulp::bytemuck::cast(*b0);
-            let b1: __m512 = pulp::bytemuck::cast(*b1);
-            for (acc, &ai) in acc.iter_mut().zip(a) {
-                let ai = f._mm512_set1_ps(ai);
-                acc[0] = f._mm512_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = f._mm512_fmadd_ps(ai, b1, acc[1]);
-            }
-        }
-        pulp::bytemuck::cast(acc)
-    }
-
-    #[inline(always)]
-    fn transpose(self, rows: &[f32], kc: usize, b: &mut [f32]) {
-        Avx2(*self.0).transpose(rows, kc, b);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,7 +434,7 @@ mod tests {
 
     #[test]
     fn bits_do_not_depend_on_the_thread_count_or_kernel() {
-        // n = 37: a pair of panels and an odd one; n = 100: two NC blocks, the second a
+        // n = 37: three panels, the last partial; n = 100: two NC blocks, the second a
         // single panel
         for n in [37, 100] {
             let (m, k) = (700, 1100);
@@ -560,26 +474,6 @@ mod tests {
                         .unwrap()
                     });
                     assert_eq!(avx2, portable, "avx2, n = {n}");
-                }
-                if let Some(simd) = pulp::x86::V4::try_new() {
-                    let avx512 = with(&|out| {
-                        simd.vectorize(|| {
-                            chunk_with(
-                                Avx512(simd),
-                                &mut Scratch::default(),
-                                &x,
-                                m,
-                                k,
-                                n,
-                                &fill,
-                                out,
-                            )
-                        })
-                        .unwrap()
-                    });
-                    assert_eq!(avx512, portable, "avx512, n = {n}");
-                } else {
-                    eprintln!("no AVX-512 on this CPU: its kernel not checked");
                 }
             }
         }
