@@ -18,18 +18,21 @@
 //! one quant per byte in value order, the scale of each value pair as 16-bit vectors, the
 //! eight mins. The unpacking is shared by every activation row; the dot products then need
 //! only AVX2's `maddubs` (unsigned weights times signed activations, pairs summed to 16
-//! bits; Q6_K's `- 32` as candle's `maddubs(32, x)`, made once per activation row) and
-//! `madd` (times the scales, pairs summed to 32 bits), for four activation rows per weight
-//! vector load. A large product goes in blocks of activation rows written in place
-//! ([`block`]), the weight rows unpacked a chunk at a time, each group of four activation
-//! rows meeting every row of a chunk while it stays in cache. The exact sum of each super-block is kept in eight 32-bit
-//! lanes (lane `l` holds the values at positions `4l..4l + 4` of every 32), turned to f32
-//! and added with one fused multiply-add per lane into eight f32 lanes, which are summed in
-//! `hsum_float_8`'s order at the end; the mins terms go through `madd` of the mins with the
-//! 32-value activation sums into Q4_K's four separate f32 lanes (Q5_K: one scalar), as
-//! candle keeps them. The portable path computes the same lanes in the same order with
-//! `f32::mul_add`, so both give candle's bits, whatever the tile, the batch or the thread
-//! count.
+//! bits; Q6_K's signed weights `q - 32` times its activations plus 128, made once per
+//! activation row, the lanes started at minus what the `+ 128` adds, a per-weight-row
+//! constant) and `madd` (times the scales, pairs summed to 32 bits), for four activation
+//! rows per weight vector load. A large product goes in blocks of activation rows written
+//! in place ([`block`]), the weight rows unpacked a chunk at a time, each group of four
+//! activation rows meeting every row of a chunk while it stays in cache. The exact sum of
+//! each super-block is kept in eight 32-bit lanes (lane `l` holds the values at positions
+//! `4l..4l + 4` of every 32), turned to f32 and added with one fused multiply-add per lane
+//! into eight f32 lanes, which are summed in `hsum_float_8`'s order at the end; the mins
+//! terms go through `madd` of the mins with the 32-value activation sums into Q4_K's four
+//! separate f32 lanes (Q5_K: one scalar), as candle keeps them. The integer lanes are
+//! exact, so any way of reaching them (candle subtracts `maddubs(32, x)` per 32 values for
+//! Q6_K) gives the same bits. The portable path computes the same lanes in the same order
+//! with `f32::mul_add`, so both give candle's bits, whatever the tile, the batch or the
+//! thread count.
 //!
 //! SIMD comes from `pulp` (AVX2 detected at run time, intrinsics as safe methods): no
 //! `unsafe` here.
@@ -66,8 +69,6 @@ fn chunk_rows(nb: usize) -> usize {
 
 /// The 256 quants of one super-block as eight vectors of 32 bytes.
 type Quants = [[u8; 32]; 8];
-/// Per 32 quants of a super-block, the 16 sums of each pair of them times 32.
-type Pairs = [[i16; 16]; 8];
 
 /// The weight types of the integer kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,9 +112,10 @@ pub(super) struct Q8K {
     bsums: Vec<[i16; 16]>,
     /// `m * nb` sums of each 32 quants (the pairs of `bsums`), the factors of the mins.
     bsum32: Vec<[i16; 8]>,
-    /// `m * nb` blocks of each pair of quants summed and times 32 (Q6_K's `maddubs(32, x)`,
-    /// the `- 32` of its weights), made when a Q6_K product first needs them.
-    pairs32: OnceLock<Vec<Pairs>>,
+    /// `m * nb` blocks of the quants plus 128 (unsigned bytes: the quants with their top bit
+    /// flipped), the unsigned side of Q6_K's `maddubs` against its signed weights, made when
+    /// a Q6_K product first needs them.
+    shifted: OnceLock<Vec<Quants>>,
 }
 
 impl Q8K {
@@ -129,7 +131,7 @@ impl Q8K {
             d: vec![0.0; m * nb],
             bsums: vec![[0; 16]; m * nb],
             bsum32: vec![[0; 8]; m * nb],
-            pairs32: OnceLock::new(),
+            shifted: OnceLock::new(),
         };
         let per = (QUANTIZE_ROWS * nb).max(1);
         q.qs.par_chunks_mut(per)
@@ -165,25 +167,25 @@ impl Q8K {
         parts.fill(x, simd);
     }
 
-    /// The pair sums a product with `kind` weights needs, made now over rayon's threads
+    /// The shifted quants a product with `kind` weights needs, made now over rayon's threads
     /// (Q6_K; otherwise nothing to do).
     pub(super) fn prepare(&self, kind: Kind) {
         if kind == Kind::Q6K {
-            self.pairs32.get_or_init(|| {
-                let mut p = vec![[[0; 16]; 8]; self.qs.len()];
+            self.shifted.get_or_init(|| {
+                let mut p = self.qs.clone();
                 p.par_chunks_mut(QUANTIZE_ROWS * self.nb.max(1))
-                    .zip(self.qs.par_chunks(QUANTIZE_ROWS * self.nb.max(1)))
-                    .for_each(|(p, q)| pair_sums(q, p));
+                    .for_each(flip_top_bits);
                 p
             });
         }
     }
 
-    /// Q6_K's pair sums, made here (on one thread) if [`Q8K::prepare`] has not made them.
-    fn pairs32(&self) -> &[Pairs] {
-        self.pairs32.get_or_init(|| {
-            let mut p = vec![[[0; 16]; 8]; self.qs.len()];
-            pair_sums(&self.qs, &mut p);
+    /// Q6_K's shifted quants, made here (on one thread) if [`Q8K::prepare`] has not made them.
+    #[cfg(target_arch = "x86_64")]
+    fn shifted(&self) -> &[Quants] {
+        self.shifted.get_or_init(|| {
+            let mut p = self.qs.clone();
+            flip_top_bits(&mut p);
             p
         })
     }
@@ -212,14 +214,10 @@ impl Q8K {
     }
 }
 
-/// `32 * (x[2i] + x[2i + 1])` of each 32 quants `x` of the blocks `q`.
-fn pair_sums(q: &[Quants], out: &mut [Pairs]) {
-    for (q, p) in q.iter().zip(out) {
-        for (x, p) in q.iter().zip(p) {
-            for (x, p) in x.as_chunks::<2>().0.iter().zip(p) {
-                *p = 32 * (i16::from(x[0] as i8) + i16::from(x[1] as i8));
-            }
-        }
+/// Each signed quant `x` of the blocks `q` made the unsigned byte `x + 128`.
+fn flip_top_bits(q: &mut [Quants]) {
+    for v in q.iter_mut().flatten().flatten() {
+        *v ^= 0x80;
     }
 }
 
@@ -284,10 +282,15 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
 /// One weight super-block unpacked for the kernel.
 #[derive(Clone, Copy, Debug)]
 struct WBlock {
-    /// The quants of each 32 values in value order, unsigned (Q6_K's before its `- 32`).
+    /// The quants of each 32 values in value order: unsigned for Q4_K and Q5_K, Q6_K's
+    /// signed (`q - 32`, `i8` stored as bytes).
     q: Quants,
     /// Per 32 values the scale of each value pair (the 16 factors `madd` applies).
     sc: [[i16; 16]; 8],
+    /// Q6_K: `-128` times the scaled sum of the quants in each of the kernel's eight 32-bit
+    /// lanes (lane `l` the values at positions `4l..4l + 4` of every 32), what the `+ 128`
+    /// of the shifted activations adds to the lanes, taken off by starting them here.
+    corr: [i32; 8],
     /// The min of each 32 values (Q4_K, Q5_K).
     mins: [i16; 8],
     d: f32,
@@ -297,6 +300,7 @@ struct WBlock {
 const ZERO_BLOCK: WBlock = WBlock {
     q: [[0; 32]; 8],
     sc: [[0; 16]; 8],
+    corr: [0; 8],
     mins: [0; 8],
     d: 0.0,
     dmin: 0.0,
@@ -341,12 +345,31 @@ impl Unpacked {
                 (Kind::Q4K | Kind::Q5K, _) => quants_q45k(kind, b, &mut w.q),
                 (Kind::Q6K, _) => quants_q6k(b, &mut w.q),
             }
-            match kind {
-                Kind::Q4K | Kind::Q5K => scales_q45k(b, w),
-                Kind::Q6K => scales_q6k(b, w),
+            match (kind, simd) {
+                (Kind::Q4K | Kind::Q5K, _) => scales_q45k(b, w),
+                #[cfg(target_arch = "x86_64")]
+                (Kind::Q6K, Some(s)) => {
+                    scales_q6k(b, w);
+                    w.corr = avx2::corr_q6k(s, &w.q, &w.sc);
+                }
+                (Kind::Q6K, _) => {
+                    scales_q6k(b, w);
+                    w.corr = corr_q6k(&w.q, &w.sc);
+                }
             }
         }
     }
+}
+
+/// [`WBlock::corr`] of the signed Q6_K quants `q` and their pair scales `sc`.
+fn corr_q6k(q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+    let mut corr = [0i32; 8];
+    for (q, sc) in q.iter().zip(sc) {
+        for (p, &q) in q.iter().enumerate() {
+            corr[p / 4] -= 128 * i32::from(sc[p / 2]) * i32::from(q as i8);
+        }
+    }
+    corr
 }
 
 /// The quants of a Q4_K (144 bytes) or Q5_K (176 bytes) super-block.
@@ -384,7 +407,7 @@ fn scales_q45k(b: &[u8], w: &mut WBlock) {
     }
 }
 
-/// The 6-bit quants `q` of a Q6_K super-block (210 bytes; the values are `q - 32`).
+/// The 6-bit quants `q` of a Q6_K super-block (210 bytes), stored as the values `q - 32`.
 fn quants_q6k(b: &[u8], q: &mut Quants) {
     let (ql, _) = b[..128].as_chunks::<64>();
     let (qh, _) = b[128..192].as_chunks::<32>();
@@ -394,10 +417,10 @@ fn quants_q6k(b: &[u8], q: &mut Quants) {
         let [q0, q1, q2, q3] = q;
         for l in 0..32 {
             let (a, c, h) = (l0[l], l1[l], qh[l]);
-            q0[l] = (a & 0xF) | ((h & 3) << 4);
-            q1[l] = (c & 0xF) | (((h >> 2) & 3) << 4);
-            q2[l] = (a >> 4) | (((h >> 4) & 3) << 4);
-            q3[l] = (c >> 4) | (((h >> 6) & 3) << 4);
+            q0[l] = ((a & 0xF) | ((h & 3) << 4)).wrapping_sub(32);
+            q1[l] = ((c & 0xF) | (((h >> 2) & 3) << 4)).wrapping_sub(32);
+            q2[l] = ((a >> 4) | (((h >> 4) & 3) << 4)).wrapping_sub(32);
+            q3[l] = ((c >> 4) | (((h >> 6) & 3) << 4)).wrapping_sub(32);
         }
     }
 }
@@ -630,7 +653,7 @@ fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32;
             for ((q, sc), x) in wb.q.iter().zip(&wb.sc).zip(x) {
                 for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
                     let q = match kind {
-                        Kind::Q6K => i32::from(q) - 32,
+                        Kind::Q6K => i32::from(q as i8),
                         _ => i32::from(q),
                     };
                     lanes[p / 4] += i32::from(sc[p / 2]) * q * i32::from(x as i8);
@@ -667,7 +690,7 @@ mod avx2 {
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{finish, reduce, Kind, Pairs, Quants, WBlock, GROUP, Q8K};
+    use super::{finish, reduce, Kind, Quants, WBlock, GROUP, Q8K};
 
     /// [`super::quants_q45k`]: one 32-byte load gives two vectors of nibbles; Q5_K's fifth
     /// bits are tested in place (`cmpeq` on the bit, masked to 16).
@@ -726,13 +749,28 @@ mod avx2 {
         }
     }
 
-    /// A Q6_K quant from the low nibble of `l` and the two bits at the bottom of `h`.
+    /// A Q6_K quant less 32 from the low nibble of `l` and the two bits at the bottom of `h`.
     #[inline(always)]
     fn join6(simd: V3, l: __m256i, h: __m256i) -> [u8; 32] {
         let (avx, avx2) = (simd.avx, simd.avx2);
         let l = avx2._mm256_and_si256(l, avx._mm256_set1_epi8(0xF));
         let h = avx2._mm256_and_si256(h, avx._mm256_set1_epi8(3));
-        cast(avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h)))
+        let q = avx2._mm256_or_si256(l, avx2._mm256_slli_epi16::<4>(h));
+        cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
+    }
+
+    /// [`super::corr_q6k`]: `maddubs` of 128 with the signed quants (pairs at most
+    /// `2 * 128 * 32`, no saturation), `madd` with the scales, negated.
+    #[inline(always)]
+    pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+        let (avx, avx2) = (simd.avx, simd.avx2);
+        let k128 = avx._mm256_set1_epi8(-128);
+        let mut sum = avx._mm256_setzero_si256();
+        for (q, sc) in q.iter().zip(sc) {
+            let p16 = avx2._mm256_maddubs_epi16(k128, cast(*q));
+            sum = avx2._mm256_add_epi32(sum, avx2._mm256_madd_epi16(p16, cast(*sc)));
+        }
+        cast(avx2._mm256_sub_epi32(avx._mm256_setzero_si256(), sum))
     }
 
     /// [`super::quantize_block`] (the same bits): the largest magnitude by `max` of `|x|`
@@ -855,15 +893,19 @@ mod avx2 {
     }
 
     /// `R` activation rows against one weight row, each weight vector loaded once for all.
-    /// Per 32 values and row: `maddubs` (unsigned weights times signed activations, pairs
-    /// summed to 16 bits) and `madd` (times the scales, pairs to 32 bits). Q6_K's weights
-    /// are `q - 32`: as candle, `maddubs(q, x) - maddubs(32, x)` in 16 bits (no sum
-    /// saturates: at most 2 * 63 * 128 and 2 * 32 * 128), the second term made once per
-    /// activation row ([`Q8K::prepare`]) rather than once per weight row.
+    /// Per 32 values and row: `maddubs` (unsigned times signed bytes, pairs summed to 16
+    /// bits) and `madd` (times the scales, pairs to 32 bits). Q4_K / Q5_K: the unsigned
+    /// weights times the signed activations. Q6_K's weights `q - 32` are signed: the
+    /// activations plus 128 ([`Q8K::prepare`]) times them (no pair saturates: at most
+    /// `2 * 255 * 32`), each lane started at [`WBlock::corr`] to take the `+ 128` off again,
+    /// so that the lanes end as the exact sums candle's `maddubs(q, x) - maddubs(32, x)`
+    /// gives, with one load per 32 values and row, not two.
     ///
-    /// The mins terms depend on no quant: they run in a second pass over the super-blocks
-    /// (the same operations in the same order), so that the first keeps its `2R` accumulators
-    /// in registers.
+    /// The scale factors `dx * d` and `dx * -dmin` are vector products of broadcasts (the
+    /// bits of the scalar products: a negation is exact). The mins terms (Q4_K, Q5_K) are
+    /// added once per super-block in the same pass: a separate pass over the super-blocks
+    /// (which kept their accumulators out of the registers of the integer loop) was a chain
+    /// of one dependent fused multiply-add per super-block per row, measured slower.
     // the fixed-size arrays are indexed in lock step so that the accumulators stay in
     // registers
     #[allow(clippy::needless_range_loop)]
@@ -871,48 +913,50 @@ mod avx2 {
     fn rows<const R: usize, const K: u8>(simd: V3, w: &[WBlock], a: &Q8K, i0: usize) -> [f32; R] {
         let (sse, sse2, avx, avx2, fma) = (simd.sse, simd.sse2, simd.avx, simd.avx2, simd.fma);
         let nb = w.len();
-        let xq: [&[Quants]; R] = std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]);
-        let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
-        let x32: [&[Pairs]; R] = match K {
-            Q6 => std::array::from_fn(|s| &a.pairs32()[(i0 + s) * nb..][..nb]),
-            _ => [&[]; R],
+        let xq: [&[Quants]; R] = match K {
+            Q6 => std::array::from_fn(|s| &a.shifted()[(i0 + s) * nb..][..nb]),
+            _ => std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]),
         };
+        let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
+        let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
+        let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
+        let mut sum_m = [0f32; R];
         for (b, wb) in w.iter().enumerate() {
-            let mut lanes: [__m256i; R] = [avx._mm256_setzero_si256(); R];
+            let start: __m256i = match K {
+                Q6 => cast(wb.corr),
+                _ => avx._mm256_setzero_si256(),
+            };
+            let mut lanes: [__m256i; R] = [start; R];
             for v in 0..8 {
-                let wu: __m256i = cast(wb.q[v]);
+                let wq: __m256i = cast(wb.q[v]);
                 let sc: __m256i = cast(wb.sc[v]);
                 for s in 0..R {
                     let xv: __m256i = cast(xq[s][b][v]);
-                    let p16 = avx2._mm256_maddubs_epi16(wu, xv);
                     let p16 = match K {
-                        Q6 => avx2._mm256_sub_epi16(p16, cast(x32[s][b][v])),
-                        _ => p16,
+                        Q6 => avx2._mm256_maddubs_epi16(xv, wq),
+                        _ => avx2._mm256_maddubs_epi16(wq, xv),
                     };
                     lanes[s] = avx2._mm256_add_epi32(lanes[s], avx2._mm256_madd_epi16(p16, sc));
                 }
             }
+            let d = avx._mm256_set1_ps(wb.d);
             for s in 0..R {
-                let dd = avx._mm256_set1_ps(xd[s][b] * wb.d);
+                let dd = avx._mm256_mul_ps(avx._mm256_set1_ps(xd[s][b]), d);
                 acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
             }
-        }
-        let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
-        let mut sum_m = [0f32; R];
-        if K != Q6 {
-            let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
-            for (b, wb) in w.iter().enumerate() {
-                let mins = cast(wb.mins);
+            if K != Q6 {
+                let m = cast(wb.mins);
+                let ndmin = sse._mm_set1_ps(-wb.dmin);
                 for s in 0..R {
-                    let p = sse2._mm_madd_epi16(mins, cast(xm[s][b]));
-                    let dm = -xd[s][b] * wb.dmin;
+                    let p = sse2._mm_madd_epi16(m, cast(xm[s][b]));
                     if K == Q4 {
+                        let dm = sse._mm_mul_ps(sse._mm_set1_ps(xd[s][b]), ndmin);
                         let pf = sse2._mm_cvtepi32_ps(p);
-                        acc_m[s] = fma._mm_fmadd_ps(sse._mm_set1_ps(dm), pf, acc_m[s]);
+                        acc_m[s] = fma._mm_fmadd_ps(dm, pf, acc_m[s]);
                     } else {
                         let p: [i32; 4] = cast(p);
-                        sum_m[s] += dm * ((p[0] + p[1]) + (p[2] + p[3])) as f32;
+                        sum_m[s] += xd[s][b] * -wb.dmin * ((p[0] + p[1]) + (p[2] + p[3])) as f32;
                     }
                 }
             }
