@@ -1160,7 +1160,7 @@ fn layer_step_with(
         Some(w) => rms_norm(&a, w, cfg.rms_eps)?,
         None => a,
     };
-    let x = residual(&x, &a)?;
+    let x = residual(&x, a)?;
     let h = match &layer.ffn_norm {
         Some(w) => rms_norm(&x, w, cfg.rms_eps)?,
         None => x.clone(),
@@ -1178,6 +1178,11 @@ fn layer_step_with(
                 return Err(EngineError::MissingTensor("gate/up projections".into()));
             };
             let gu = match cfg.activation {
+                // in place: `g` is the product's fresh output, held by nothing else
+                Activation::Silu if g.device().is_cpu() && g.is_contiguous() => {
+                    g.inplace_op2(&u.contiguous()?, &ops::SiluMul)?;
+                    g
+                }
                 Activation::Silu if g.device().is_cpu() => g.apply_op2_no_bwd(&u, &ops::SiluMul)?,
                 Activation::Silu => (g.silu()? * u)?,
                 Activation::GeluTanh => (g.gelu()? * u)?,
@@ -1193,16 +1198,23 @@ fn layer_step_with(
         Some(w) => rms_norm(&m, w, cfg.rms_eps)?,
         None => m,
     };
-    residual(&x, &m)
+    residual(&x, m)
 }
 
-/// `x + a`: on the CPU the rows split over the thread pool ([`ops::Add`]).
-fn residual(x: &Tensor, a: &Tensor) -> Result<Tensor, EngineError> {
+/// `x + a`: on the CPU the rows split over the thread pool ([`ops::Add`]), written over
+/// `a`, which the callers pass as the fresh output of a product or norm that nothing else
+/// holds (a batch's hidden states are tens of MB: a new buffer per add is pages for the
+/// kernel to fault in and clear).
+fn residual(x: &Tensor, a: Tensor) -> Result<Tensor, EngineError> {
     if x.device().is_cpu()
         && x.shape() == a.shape()
         && x.dtype() == CDType::F32
         && a.dtype() == CDType::F32
     {
+        if a.is_contiguous() {
+            a.inplace_op2(&x.contiguous()?, &ops::Add)?;
+            return Ok(a);
+        }
         return Ok(x
             .contiguous()?
             .apply_op2_no_bwd(&a.contiguous()?, &ops::Add)?);
@@ -1477,7 +1489,18 @@ fn attention(
     let q = q.reshape((nkv, rep * n, hd))?;
     let scale = cfg.attn_scale;
     let scores = q.matmul(&k.t()?)?;
-    let probs = if q.device().is_cpu() {
+    let probs = if q.device().is_cpu() && scores.is_contiguous() {
+        // in place: the scores are the product's fresh output
+        scores.inplace_op1(&ops::MaskedSoftmax {
+            scale: scale as f32,
+            softcap: cfg.attn_softcap.map(|c| c as f32),
+            n,
+            pos,
+            window: layer.window,
+            sinks: layer.sinks.as_deref(),
+        })?;
+        scores
+    } else if q.device().is_cpu() {
         scores.apply_op1_no_bwd(&ops::MaskedSoftmax {
             scale: scale as f32,
             softcap: cfg.attn_softcap.map(|c| c as f32),

@@ -8,7 +8,10 @@
 //! form (and as transformers'), in f32, except that sums of squares accumulate in f64.
 //! Other devices keep the composed tensor ops (see `model.rs`).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result,
+    Shape,
+};
 use rayon::prelude::*;
 
 /// From this many values on, an op splits its rows over the thread pool; below, waking the
@@ -35,6 +38,17 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
         bail!("{what} must be contiguous, got {l:?}")
     };
     Ok(&v[a..b])
+}
+
+/// The values of an in-place op's destination (contiguous f32).
+fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{what} must be f32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what} must be contiguous, got {l:?}")
+    };
+    Ok(&mut v[a..b])
 }
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension; `w` is the second operand.
@@ -193,7 +207,92 @@ impl CustomOp1 for MaskedSoftmax<'_> {
     }
 }
 
+/// In place over a fresh score tensor: a batch's scores (heads x queries x keys per
+/// sequence) are not copied into a second, zeroed buffer whose pages the kernel would
+/// fault in and clear again for every layer. Same values as [`CustomOp1`]'s output.
+impl InplaceOp1 for MaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "modelgate-masked-softmax-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let total = *l.shape().dims().last().unwrap_or(&0);
+        if total == 0 || self.n == 0 || self.pos + self.n != total {
+            bail!(
+                "attention scores {:?} for {} queries at {}",
+                l.shape(),
+                self.n,
+                self.pos
+            );
+        }
+        let x = f32_slice_mut(s, l, "attention scores")?;
+        if x.len() >= PARALLEL_VALUES {
+            x.par_chunks_mut(total)
+                .enumerate()
+                .with_min_len(8)
+                .try_for_each(|(r, row)| self.row_in_place(r, row))?;
+        } else {
+            for (r, row) in x.chunks_exact_mut(total).enumerate() {
+                self.row_in_place(r, row)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl MaskedSoftmax<'_> {
+    /// [`MaskedSoftmax::row`] with the scores and the output in one buffer `v`: the same
+    /// f32 operations in the same order, the masked entries set to zero.
+    fn row_in_place(&self, r: usize, v: &mut [f32]) -> Result<()> {
+        let q = self.pos + r % self.n;
+        let lo = (q + 1).saturating_sub(self.window);
+        if q >= v.len() {
+            bail!("score row {r} of {} keys for query {q}", v.len());
+        }
+        let (before, rest) = v.split_at_mut(lo);
+        let (keys, after) = rest.split_at_mut(q + 1 - lo);
+        before.fill(0.0);
+        after.fill(0.0);
+        if let Some(cap) = self.softcap {
+            for v in keys.iter_mut() {
+                *v = (*v * self.scale / cap).tanh() * cap;
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in keys.iter() {
+                max = max.max(v);
+            }
+            let mut sum = 0f32;
+            for v in keys.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            for v in keys.iter_mut() {
+                *v /= sum;
+            }
+            return Ok(());
+        }
+        let sink = match self.sinks {
+            Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no attention sink for row {r}"))
+            })?),
+            None => None,
+        };
+        let mut max = sink.unwrap_or(f32::NEG_INFINITY);
+        for &v in keys.iter() {
+            max = max.max(v * self.scale);
+        }
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        for v in keys.iter_mut() {
+            let e = (*v * self.scale - max).exp();
+            *v = e;
+            sum += e;
+        }
+        for v in keys.iter_mut() {
+            *v /= sum;
+        }
+        Ok(())
+    }
+
     /// Softmax of score row `r` into `o` (entries outside the row's keys stay zero).
     fn row(&self, r: usize, o: &mut [f32], row: &[f32]) -> Result<()> {
         let q = self.pos + r % self.n;
@@ -366,6 +465,39 @@ impl CustomOp2 for Add {
     }
 }
 
+/// `b += a` in place into the second addend's buffer when it is a fresh product output
+/// that nothing else holds (the residual adds of a batch): no new buffer of a batch's
+/// hidden states to fault in per add. f32 addition commutes, so the same bits as `a + b`.
+impl InplaceOp2 for Add {
+    fn name(&self) -> &'static str {
+        "modelgate-add-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        if l1.shape() != l2.shape() {
+            bail!("addends {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let b = f32_slice(s2, l2, "addend")?;
+        let a = f32_slice_mut(s1, l1, "addend")?;
+        let f = |(a, &b): (&mut f32, &f32)| *a += b;
+        if a.len() >= PARALLEL_VALUES {
+            a.par_iter_mut()
+                .zip(b.par_iter())
+                .with_min_len(4096)
+                .for_each(f);
+        } else {
+            a.iter_mut().zip(b).for_each(f);
+        }
+        Ok(())
+    }
+}
+
 /// `act(g) * u` elementwise for the gated feed-forward, `g` the first operand: SiLU
 /// (`g / (1 + exp(-g))`, candle's formula) times the up projection, in one pass and, for
 /// a prompt, split over the threads. Same f32 operations as candle's `silu` then `mul`.
@@ -399,6 +531,39 @@ impl CustomOp2 for SiluMul {
             out.iter_mut().zip(g.iter().zip(u)).for_each(f);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// [`SiluMul`] in place into the gate projection's output (a fresh tensor of a batch's
+/// `[rows, ffn]`, the largest activation of a layer): the same f32 operations, one buffer
+/// of that size less to fault in and clear per layer.
+impl InplaceOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "modelgate-silu-mul-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        if l1.shape() != l2.shape() {
+            bail!("gate {:?} and up {:?} differ", l1.shape(), l2.shape());
+        }
+        let u = f32_slice(s2, l2, "up")?;
+        let g = f32_slice_mut(s1, l1, "gate")?;
+        let f = |(g, &u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
+        if g.len() >= PARALLEL_VALUES {
+            g.par_iter_mut()
+                .zip(u.par_iter())
+                .with_min_len(4096)
+                .for_each(f);
+        } else {
+            g.iter_mut().zip(u).for_each(f);
+        }
+        Ok(())
     }
 }
 
@@ -485,11 +650,14 @@ mod tests {
             let g = Tensor::from_vec(g, len, &Device::Cpu).unwrap();
             let u = Tensor::from_vec(u, len, &Device::Cpu).unwrap();
             let got = g.apply_op2_no_bwd(&u, &SiluMul).unwrap();
-            let want = (g.silu().unwrap() * u).unwrap();
+            let want = (g.silu().unwrap() * &u).unwrap();
             assert_eq!(
                 got.to_vec1::<f32>().unwrap(),
                 want.to_vec1::<f32>().unwrap()
             );
+            // in place into the gate: the same bits
+            g.inplace_op2(&u, &SiluMul).unwrap();
+            assert_eq!(g.to_vec1::<f32>().unwrap(), want.to_vec1::<f32>().unwrap());
         }
     }
 
@@ -501,11 +669,14 @@ mod tests {
             let a = Tensor::from_vec(a, len, &Device::Cpu).unwrap();
             let b = Tensor::from_vec(b, len, &Device::Cpu).unwrap();
             let got = a.apply_op2_no_bwd(&b, &Add).unwrap();
-            let want = (a + b).unwrap();
+            let want = (&a + &b).unwrap();
             assert_eq!(
                 got.to_vec1::<f32>().unwrap(),
                 want.to_vec1::<f32>().unwrap()
             );
+            // in place into the second addend (as the residual adds run): the same bits
+            b.inplace_op2(&a, &Add).unwrap();
+            assert_eq!(b.to_vec1::<f32>().unwrap(), want.to_vec1::<f32>().unwrap());
         }
     }
 
@@ -529,6 +700,45 @@ mod tests {
             let mut want = vec![0f32; n];
             op.row(r, &mut want, row).unwrap();
             assert_eq!(&got[r * n..(r + 1) * n], &want[..]);
+        }
+        s.inplace_op1(&op).unwrap();
+        let inplace = s.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(inplace, got);
+    }
+
+    #[test]
+    fn in_place_softmax_gives_the_ops_bits() {
+        // causal, windowed, soft-capped and with sinks; a few rows and a parallel block
+        let sinks = [0.3f32, -1.25];
+        for (h, n, pos) in [(2usize, 3usize, 2usize), (2, 150, 0)] {
+            let total = pos + n;
+            let v: Vec<f32> = (0..h * n * total)
+                .map(|i| (i as f32 * 0.071).sin() * 9.0)
+                .collect();
+            for (softcap, window, sink) in [
+                (None, usize::MAX, false),
+                (Some(5.0f32), 40, false),
+                (None, 3, true),
+            ] {
+                let op = MaskedSoftmax {
+                    scale: 0.37,
+                    softcap,
+                    n,
+                    pos,
+                    window,
+                    sinks: sink.then_some(&sinks[..]),
+                };
+                let s = Tensor::from_vec(v.clone(), (h, n, total), &Device::Cpu).unwrap();
+                let want = s.apply_op1_no_bwd(&op).unwrap();
+                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                s.inplace_op1(&op).unwrap();
+                let got = s.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(
+                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                );
+                assert!(want.contains(&0.0) && want.iter().any(|&p| p > 0.0));
+            }
         }
     }
 
