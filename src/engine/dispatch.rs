@@ -301,9 +301,9 @@ pub(super) fn dequantize_q6k(src: &[u8], out: &mut [f32]) {
 }
 
 /// `op` compiled for AVX2 + FMA where the CPU has it, else scalar; never for AVX-512 (which
-/// `pulp::Arch::new()` picks with pulp's `x86-v4` feature): the lane count of code generic
-/// over [`pulp::Simd`] decides the order of [`dots`]' sums, so it stays at V3's 8 lanes and
-/// the bits do not depend on whether the CPU has AVX-512.
+/// `pulp::Arch::new()` would pick if pulp's `x86-v4` feature were on): the lane count of
+/// code generic over [`pulp::Simd`] decides the order of [`dots`]' sums, so it stays at V3's
+/// 8 lanes and the bits do not depend on the CPU.
 #[inline(always)]
 fn avx2_or_scalar<Op: pulp::WithSimd>(op: Op) -> Op::Output {
     #[cfg(target_arch = "x86_64")]

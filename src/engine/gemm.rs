@@ -20,13 +20,14 @@
 //! run time) the microkernel keeps its 6 x 16 sums in 12 vector registers; elsewhere a
 //! portable kernel computes the same sums with `f32::mul_add`, so the bits are the same.
 //!
-//! With AVX-512 (pulp's V4, detected at run time) only the F16 panels change: they are
-//! converted by `vcvtph2ps` (`stored.rs`) rather than in software; same bits. A 6 x 32
-//! AVX-512 kernel over two adjacent panels (12 zmm sums, same bits) was built and measured in
-//! session 11 and left out: Zen 4 runs a 512-bit multiply-add as two 256-bit halves, so the
-//! peak is AVX2's (about 115 GFLOP/s per core at 3.6 GHz), and one product (one thread,
-//! m = 3328, 2048 x 2048, CPU time, 4 interleaved runs on a loaded machine) ran F16 at
-//! 77-87 GFLOP/s against the AVX2 kernel's 82-89, Q4_K 79-88 against 84-93.
+//! No AVX-512 tier (session 11): a 6 x 32 AVX-512 kernel over two adjacent panels (12 zmm
+//! sums, same bits) ran level with this one to a few percent slower on Zen 4, which runs a
+//! 512-bit multiply-add as two 256-bit halves (peak about 115 GFLOP/s per core at 3.6 GHz
+//! either way; one thread, m = 3328, 2048 x 2048, CPU time, loaded machine: F16 77-87
+//! GFLOP/s against 82-89, Q4_K 79-88 against 84-93). Converting F16 panels by AVX-512's
+//! `vcvtph2ps` needs pulp's `x86-v4` feature, and with it on, pulp's V3 wrappers elsewhere
+//! compiled to out-of-line intrinsic calls: SmolLM2 Q4_1 generation in native math fell from
+//! 72.6 to 16.7 tokens/s. Both were left out.
 //!
 //! Each output element is the sum over the `KC` slices, in order, of a fused multiply-add
 //! chain started from zero within the slice. That order depends on `k` alone: not on the

@@ -780,36 +780,16 @@ fn dequantize_span(elem: Elem, src: &[u8], out: &mut [f32]) -> candle_core::Resu
     Ok(())
 }
 
-/// Little-endian f16 values `src` as f32 in `out`, converted inline: by AVX-512's
-/// `vcvtph2ps` where the CPU has it (pulp's V3 token has no F16C), else by `qmatmul`'s exact
-/// conversion, which the compiler vectorizes for AVX2; the same values either way. For the
-/// short spans of `gemm.rs`, where [`f16_to_f32`]'s staging buffer and out-of-line calls
-/// cost more than the panel.
+/// Little-endian f16 values `src` as f32 in `out`, converted inline (`qmatmul`'s exact
+/// conversion, which the compiler vectorizes for AVX2; pulp's V3 token has no F16C, and its
+/// AVX-512 token costs more than it gains, see `gemm.rs`): for the short spans of `gemm.rs`,
+/// where [`f16_to_f32`]'s staging buffer and out-of-line calls cost more than the panel.
 fn f16_span(src: &[u8], out: &mut [f32]) {
     #[inline(always)]
     fn run(src: &[u8], out: &mut [f32]) {
         for (o, c) in out.iter_mut().zip(src.as_chunks::<2>().0) {
             *o = super::qmatmul::f16_to_f32(u16::from_le_bytes(*c));
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V4::try_new() {
-        return simd.vectorize(
-            #[inline(always)]
-            || {
-                // 16 values per `vcvtph2ps` (AVX-512F), exact like the software conversion
-                // (NaNs made quiet the same way), the tail by the software conversion
-                let f = simd.avx512f;
-                let src16 = src.as_chunks::<32>().0;
-                let out16 = out.as_chunks_mut::<16>().0;
-                let done = src16.len().min(out16.len());
-                for (o, c) in out16.iter_mut().zip(src16) {
-                    let h: std::arch::x86_64::__m256i = pulp::bytemuck::cast(*c);
-                    *o = pulp::bytemuck::cast(f._mm512_cvtph_ps(h));
-                }
-                run(&src[32 * done..], &mut out[16 * done..]);
-            },
-        );
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
