@@ -1489,26 +1489,20 @@ fn attention(
     let q = q.reshape((nkv, rep * n, hd))?;
     let scale = cfg.attn_scale;
     let scores = q.matmul(&k.t()?)?;
+    let softmax = ops::MaskedSoftmax {
+        scale: scale as f32,
+        softcap: cfg.attn_softcap.map(|c| c as f32),
+        n,
+        pos,
+        window: layer.window,
+        sinks: layer.sinks.as_deref(),
+    };
     let probs = if q.device().is_cpu() && scores.is_contiguous() {
         // in place: the scores are the product's fresh output
-        scores.inplace_op1(&ops::MaskedSoftmax {
-            scale: scale as f32,
-            softcap: cfg.attn_softcap.map(|c| c as f32),
-            n,
-            pos,
-            window: layer.window,
-            sinks: layer.sinks.as_deref(),
-        })?;
+        scores.inplace_op1(&softmax)?;
         scores
     } else if q.device().is_cpu() {
-        scores.apply_op1_no_bwd(&ops::MaskedSoftmax {
-            scale: scale as f32,
-            softcap: cfg.attn_softcap.map(|c| c as f32),
-            n,
-            pos,
-            window: layer.window,
-            sinks: layer.sinks.as_deref(),
-        })?
+        scores.apply_op1_no_bwd(&softmax)?
     } else if layer.sinks.is_some() {
         return Err(EngineError::Unsupported(
             "attention sinks on a non-CPU device".into(),

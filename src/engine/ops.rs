@@ -428,6 +428,20 @@ impl CustomOp3 for DecodeAttention<'_> {
     }
 }
 
+/// `f(a_i, b_i)` for every pair, in place into `a`: over the thread pool for a batch of
+/// rows, on the calling thread below [`PARALLEL_VALUES`] (one element's operations either
+/// way, so the same bits).
+fn zip_in_place(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync + Send) {
+    if a.len() >= PARALLEL_VALUES {
+        a.par_iter_mut()
+            .zip(b.par_iter())
+            .with_min_len(4096)
+            .for_each(|(a, &b)| f(a, b));
+    } else {
+        a.iter_mut().zip(b).for_each(|(a, &b)| f(a, b));
+    }
+}
+
 /// `a + b` elementwise (the residual adds), split over the thread pool for a batch of rows
 /// rather than run by candle's own barrier-synchronised split with the calling thread
 /// waiting in it. The same f32 additions.
@@ -485,15 +499,7 @@ impl InplaceOp2 for Add {
         }
         let b = f32_slice(s2, l2, "addend")?;
         let a = f32_slice_mut(s1, l1, "addend")?;
-        let f = |(a, &b): (&mut f32, &f32)| *a += b;
-        if a.len() >= PARALLEL_VALUES {
-            a.par_iter_mut()
-                .zip(b.par_iter())
-                .with_min_len(4096)
-                .for_each(f);
-        } else {
-            a.iter_mut().zip(b).for_each(f);
-        }
+        zip_in_place(a, b, |a, b| *a += b);
         Ok(())
     }
 }
@@ -554,15 +560,7 @@ impl InplaceOp2 for SiluMul {
         }
         let u = f32_slice(s2, l2, "up")?;
         let g = f32_slice_mut(s1, l1, "gate")?;
-        let f = |(g, &u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
-        if g.len() >= PARALLEL_VALUES {
-            g.par_iter_mut()
-                .zip(u.par_iter())
-                .with_min_len(4096)
-                .for_each(f);
-        } else {
-            g.iter_mut().zip(u).for_each(f);
-        }
+        zip_in_place(g, u, |g, u| *g = *g / (1.0 + (-*g).exp()) * u);
         Ok(())
     }
 }
