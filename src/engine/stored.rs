@@ -1414,7 +1414,7 @@ mod tests {
     #[test]
     fn f16_spans_convert_every_value_as_half_does() {
         // every bit pattern (NaNs included), at lengths with and without a tail past the
-        // 16-value hardware steps
+        // compiler's 8-value vector steps
         let all: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         for len in [65536, 65535, 17, 15] {
             let mut out = vec![0f32; len];
