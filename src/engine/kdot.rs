@@ -352,16 +352,16 @@ impl Unpacked {
                     scales_q6k(b, w);
                     w.corr = avx2::corr_q6k(s, &w.q, &w.sc);
                 }
-                (Kind::Q6K, _) => {
-                    scales_q6k(b, w);
-                    w.corr = corr_q6k(&w.q, &w.sc);
-                }
+                // the portable kernel sums the signed quants as they are: no correction
+                (Kind::Q6K, _) => scales_q6k(b, w),
             }
         }
     }
 }
 
-/// [`WBlock::corr`] of the signed Q6_K quants `q` and their pair scales `sc`.
+/// [`WBlock::corr`] of the signed Q6_K quants `q` and their pair scales `sc`, one value at a
+/// time: the definition the AVX2 version is tested against (only the AVX2 kernel uses it).
+#[cfg(test)]
 fn corr_q6k(q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
     let mut corr = [0i32; 8];
     for (q, sc) in q.iter().zip(sc) {
@@ -759,7 +759,7 @@ mod avx2 {
         cast(avx2._mm256_sub_epi8(q, avx._mm256_set1_epi8(32)))
     }
 
-    /// [`super::corr_q6k`]: `maddubs` of 128 with the signed quants (pairs at most
+    /// [`WBlock::corr`] (`-128` times the scaled quant sums per lane): `maddubs` of 128 with the signed quants (pairs at most
     /// `2 * 128 * 32`, no saturation), `madd` with the scales, negated.
     #[inline(always)]
     pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
@@ -1297,5 +1297,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn q6k_corrections_are_the_scalar_sums() {
+        let Some(simd) = pulp::x86::V3::try_new() else {
+            eprintln!("no AVX2 on this CPU: the AVX2 correction is not used, nothing to check");
+            return;
+        };
+        // extreme quants (-32 and 31 after the shift, and -128 as a byte) and scales
+        let vals: [i8; 4] = [-32, 31, -128, 7];
+        let q: Quants = std::array::from_fn(|v| std::array::from_fn(|i| vals[(i + v) % 4] as u8));
+        let sc: [[i16; 16]; 8] =
+            std::array::from_fn(|v| std::array::from_fn(|i| [127, -128, 5, -1][(i + v) % 4]));
+        let got = simd.vectorize(|| avx2::corr_q6k(simd, &q, &sc));
+        assert_eq!(got, corr_q6k(&q, &sc));
+        assert_ne!(got, [0; 8]);
     }
 }
