@@ -241,8 +241,8 @@ impl InplaceOp1 for MaskedSoftmax<'_> {
 }
 
 impl MaskedSoftmax<'_> {
-    /// [`MaskedSoftmax::row`] with the scores and the output in one buffer `v`: the same
-    /// f32 operations in the same order, the masked entries set to zero.
+    /// Softmax of score row `r` over its own buffer `v` (what [`MaskedSoftmax::row`] runs on
+    /// its copy), the masked entries set to zero.
     fn row_in_place(&self, r: usize, v: &mut [f32]) -> Result<()> {
         let q = self.pos + r % self.n;
         let lo = (q + 1).saturating_sub(self.window);
@@ -293,50 +293,18 @@ impl MaskedSoftmax<'_> {
         Ok(())
     }
 
-    /// Softmax of score row `r` into `o` (entries outside the row's keys stay zero).
+    /// Softmax of score row `r` into `o` (entries outside the row's keys zero): the row
+    /// copied, then [`MaskedSoftmax::row_in_place`], so both paths run the same operations.
     fn row(&self, r: usize, o: &mut [f32], row: &[f32]) -> Result<()> {
-        let q = self.pos + r % self.n;
-        let lo = (q + 1).saturating_sub(self.window);
-        let keys = lo..q + 1;
-        if let Some(cap) = self.softcap {
-            // the capped scores are kept in the output row, then exponentiated in place
-            for j in keys.clone() {
-                o[j] = (row[j] * self.scale / cap).tanh() * cap;
-            }
-            let mut max = f32::NEG_INFINITY;
-            for &v in &o[keys.clone()] {
-                max = max.max(v);
-            }
-            let mut sum = 0f32;
-            for v in &mut o[keys.clone()] {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            for v in &mut o[keys] {
-                *v /= sum;
-            }
-            return Ok(());
+        if o.len() != row.len() {
+            bail!(
+                "score row {r}: {} outputs for {} scores",
+                o.len(),
+                row.len()
+            );
         }
-        let sink = match self.sinks {
-            Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
-                candle_core::Error::Msg(format!("no attention sink for row {r}"))
-            })?),
-            None => None,
-        };
-        let mut max = sink.unwrap_or(f32::NEG_INFINITY);
-        for &v in &row[keys.clone()] {
-            max = max.max(v * self.scale);
-        }
-        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-        for j in keys.clone() {
-            let e = (row[j] * self.scale - max).exp();
-            o[j] = e;
-            sum += e;
-        }
-        for v in &mut o[keys] {
-            *v /= sum;
-        }
-        Ok(())
+        o.copy_from_slice(row);
+        self.row_in_place(r, o)
     }
 }
 
@@ -428,6 +396,22 @@ impl CustomOp3 for DecodeAttention<'_> {
     }
 }
 
+/// The two operands of an in-place elementwise op, `[what1]` written over: same shape,
+/// contiguous f32.
+fn operands_mut<'a>(
+    (s1, l1, what1): (&'a mut CpuStorage, &Layout, &str),
+    (s2, l2, what2): (&'a CpuStorage, &Layout, &str),
+) -> Result<(&'a mut [f32], &'a [f32])> {
+    if l1.shape() != l2.shape() {
+        bail!(
+            "{what1} {:?} and {what2} {:?} differ",
+            l1.shape(),
+            l2.shape()
+        );
+    }
+    Ok((f32_slice_mut(s1, l1, what1)?, f32_slice(s2, l2, what2)?))
+}
+
 /// `f(a_i, b_i)` for every pair, in place into `a`: over the thread pool for a batch of
 /// rows, on the calling thread below [`PARALLEL_VALUES`] (one element's operations either
 /// way, so the same bits).
@@ -494,11 +478,7 @@ impl InplaceOp2 for Add {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        if l1.shape() != l2.shape() {
-            bail!("addends {:?} and {:?} differ", l1.shape(), l2.shape());
-        }
-        let b = f32_slice(s2, l2, "addend")?;
-        let a = f32_slice_mut(s1, l1, "addend")?;
+        let (a, b) = operands_mut((s1, l1, "addend"), (s2, l2, "addend"))?;
         zip_in_place(a, b, |a, b| *a += b);
         Ok(())
     }
@@ -555,11 +535,7 @@ impl InplaceOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        if l1.shape() != l2.shape() {
-            bail!("gate {:?} and up {:?} differ", l1.shape(), l2.shape());
-        }
-        let u = f32_slice(s2, l2, "up")?;
-        let g = f32_slice_mut(s1, l1, "gate")?;
+        let (g, u) = operands_mut((s1, l1, "gate"), (s2, l2, "up"))?;
         zip_in_place(g, u, |g, u| *g = *g / (1.0 + (-*g).exp()) * u);
         Ok(())
     }
