@@ -11,14 +11,19 @@
 //! wide, dequantized into a buffer that stays in L1 and laid out as the microkernel reads
 //! them, into per-thread buffers that are reused from call to call.
 //!
-//! The loops are the usual ones of a cache-blocked GEMM. The output rows are split into
-//! chunks, one rayon task each (no serial phase; the threads never write the same rows).
-//! Within a chunk, for each `KC`-wide slice of the width, the chunk's activations are packed
-//! once (`MR`-row panels); then `NC` weight rows at a time are dequantized into `NR`-row
-//! panels (kept in L2), and each activation panel (in L1) runs along them with the
-//! `MR x NR` microkernel. With AVX2 and FMA (detected at
-//! run time) the microkernel keeps its 6 x 16 sums in 12 vector registers; elsewhere a
-//! portable kernel computes the same sums with `f32::mul_add`, so the bits are the same.
+//! The loops are the usual ones of a cache-blocked GEMM. For each `KC`-wide slice of the
+//! width, the activations of all rows are packed once, on the pool, into `MR`-row panels
+//! shared by every task. The output is cut into tiles of `NC` columns (weight rows) by all
+//! the rows (or, for narrow products, by a part of the rows), one rayon task each: a task
+//! dequantizes its `NC` weight rows into `NR`-row panels (kept in L2), and each activation
+//! panel (in L1, read from L3) runs along them with the `MR x NR` microkernel. So every
+//! weight is dequantized once per product, from memory where a real model's weights come
+//! from, and the many small tasks keep both threads busy to the end of a product even when
+//! one of them is slowed by other work (session 12: the tasks had been one row chunk per
+//! thread, each dequantizing the whole matrix; see `docs/benchmarks.md` for the figures).
+//! With AVX2 and FMA (detected at run time) the microkernel keeps its 6 x 16 sums in 12
+//! vector registers; elsewhere a portable kernel computes the same sums with
+//! `f32::mul_add`, so the bits are the same.
 //!
 //! No AVX-512 tier (session 11): a 6 x 32 AVX-512 kernel over two adjacent panels (12 zmm
 //! sums, same bits) ran level with this one to a few percent slower on Zen 4, which runs a
@@ -31,11 +36,11 @@
 //!
 //! Each output element is the sum over the `KC` slices, in order, of a fused multiply-add
 //! chain started from zero within the slice. That order depends on `k` alone: not on the
-//! chunk, the thread count or where the element sits in a panel, so results do not change
-//! with the number of threads. Every chunk dequantizes the whole weight matrix once; chunks
-//! are at least `MIN_CHUNK_ROWS` rows so that this costs a few percent of the arithmetic.
+//! tiles, the thread count or where the element sits in a panel, so results do not change
+//! with the number of threads.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -55,23 +60,22 @@ pub(super) const KC: usize = 1024;
 /// stay in L2 while each activation panel runs along them (measured: 64 to 128 alike, 256
 /// slower with the larger `KC`).
 const NC: usize = 64;
-/// Output rows per task at most: their packed activations (`KC` wide, 8 MiB) stay in L3
-/// (each activation panel is read from there once per `NC` weight rows).
-const MAX_CHUNK_ROWS: usize = 2046;
-/// Output rows per task at least, so that dequantizing the weights once per task stays a
-/// small part of the work.
+/// Output rows packed at a time at most: their packed activations (`KC` wide, 16 MiB) stay
+/// in L3 (each activation panel is read from there once per `NC` weight rows), and memory
+/// stays bounded whatever the batch; a product of more rows runs group after group.
+const MAX_GROUP_ROWS: usize = 4098;
+/// Output rows per task at least, so that dequantizing the task's weight rows stays a small
+/// part of its work.
 const MIN_CHUNK_ROWS: usize = 64;
-/// Tasks per thread when there are rows enough. One: every task dequantizes the whole
-/// weight matrix, which in a real model comes from memory rather than cache, so on the
-/// 1.1B pair two tasks per thread cost 10 CPU-s more than one (F16 phase 44.9 s -> 41.0 s
-/// wall with one).
-const TASKS_PER_THREAD: usize = 1;
+/// Tasks per thread wanted: enough that a thread slowed by other work (the layer reader, the
+/// kept-logits writer) leaves no other thread waiting at the end of a product. Tasks are
+/// `NC`-column blocks of all the rows when there are columns enough (every weight row is
+/// then dequantized once per product); only narrow products cut the rows too.
+const TASKS_PER_THREAD: usize = 8;
 
 /// Per-thread buffers, reused across calls.
 #[derive(Default)]
 struct Scratch {
-    /// The chunk's activations for one slice: `[panel][KC][MR]`.
-    a: Vec<f32>,
     /// `NR` weight rows of one slice, row by row: `[NR][KC]`.
     rows: Vec<f32>,
     /// `NC` weight rows of one slice as the microkernel reads them: `[NC / NR][KC][NR]`.
@@ -82,11 +86,52 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Output rows per task for `m` rows on `threads` threads (a multiple of `MR`).
-fn chunk_rows(m: usize, threads: usize) -> usize {
-    let tasks = (threads * TASKS_PER_THREAD).max(1);
-    let rows = m.div_ceil(tasks).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS);
-    rows.div_ceil(MR) * MR
+/// The packed activations of one slice, `[panel][KC][MR]`, shared by every task and kept
+/// from call to call (a product of 3328 rows packs 13 MiB per slice; a fresh buffer each
+/// call would be faulted in and cleared each time).
+static PACKED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// One task's part of the output: columns `j0..j0 + nc` of the rows of panels `p0..`, one
+/// slice per row.
+struct Tile<'o> {
+    p0: usize,
+    j0: usize,
+    nc: usize,
+    rows: Vec<&'o mut [f32]>,
+}
+
+/// Panels per row chunk, for `panels` activation panels and `blocks` column blocks on
+/// `threads` threads: whole (one chunk) when the column blocks alone give every thread
+/// [`TASKS_PER_THREAD`] tasks, else cut so that they do.
+fn chunk_panels(panels: usize, blocks: usize, threads: usize) -> usize {
+    let want = (threads * TASKS_PER_THREAD).max(1);
+    let chunks = want.div_ceil(blocks.max(1)).clamp(1, panels.max(1));
+    panels.div_ceil(chunks).max(MIN_CHUNK_ROWS.div_ceil(MR))
+}
+
+/// The output `[m, n]` cut into tiles of `chunk` panels by [`NC`] columns, row chunk by row
+/// chunk.
+fn tiles(out: &mut [f32], n: usize, chunk: usize) -> Vec<Tile<'_>> {
+    let blocks = n.div_ceil(NC);
+    let mut tiles = Vec::new();
+    for (c, rows) in out.chunks_mut(chunk * MR * n).enumerate() {
+        let first = tiles.len();
+        let m = rows.len() / n;
+        for b in 0..blocks {
+            tiles.push(Tile {
+                p0: c * chunk,
+                j0: b * NC,
+                nc: NC.min(n - b * NC),
+                rows: Vec::with_capacity(m),
+            });
+        }
+        for row in rows.chunks_exact_mut(n) {
+            for (t, seg) in tiles[first..].iter_mut().zip(row.chunks_mut(NC)) {
+                t.rows.push(seg);
+            }
+        }
+    }
+    tiles
 }
 
 /// `out [m, n] = x [m, k] W^T`, where `fill(j, k0, dst)` writes weight row `j`, columns
@@ -117,41 +162,94 @@ where
         out.fill(0.0);
         return Ok(());
     }
-    let rows = chunk_rows(m, rayon::current_num_threads().max(1));
-    out.par_chunks_mut(rows * n)
-        .enumerate()
-        .try_for_each(|(c, dst)| {
-            let mc = dst.len() / n;
-            let x = &x[c * rows * k..(c * rows + mc) * k];
-            SCRATCH.with(|s| match s.try_borrow_mut() {
-                Ok(mut s) => chunk(&mut s, x, mc, k, n, fill, dst),
-                // a task run while this thread's buffers are in use further up its stack
-                Err(_) => chunk(&mut Scratch::default(), x, mc, k, n, fill, dst),
-            })
-        })
+    let group = m.div_ceil(m.div_ceil(MAX_GROUP_ROWS)).div_ceil(MR) * MR;
+    for (x, out) in x.chunks(group * k).zip(out.chunks_mut(group * n)) {
+        group_product(x, x.len() / k, k, n, fill, out, Kernel::Best)?;
+    }
+    Ok(())
 }
 
-/// One task: `out [mc, n] = x [mc, k] W^T`, in the best kernel the CPU has.
-fn chunk<F>(
-    s: &mut Scratch,
+/// Which microkernel to run.
+#[derive(Clone, Copy, PartialEq)]
+enum Kernel {
+    /// The best this CPU has.
+    Best,
+    /// [`Portable`] (for the tests: every kernel must give its bits).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+}
+
+/// [`gemm`] of at most [`MAX_GROUP_ROWS`] rows: per `KC` slice, the activations packed once
+/// (on the pool), then the tiles of the output on the pool.
+fn group_product<F>(
     x: &[f32],
-    mc: usize,
+    m: usize,
     k: usize,
     n: usize,
     fill: &F,
     out: &mut [f32],
+    kernel: Kernel,
+) -> candle_core::Result<()>
+where
+    F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+{
+    let panels = m.div_ceil(MR);
+    let threads = rayon::current_num_threads().max(1);
+    let mut tiles = tiles(out, n, chunk_panels(panels, n.div_ceil(NC), threads));
+    // a product running while another holds the buffer (none in the engine today) packs
+    // into a fresh one
+    let mut a = PACKED
+        .try_lock()
+        .map(|mut a| std::mem::take(&mut *a))
+        .unwrap_or_default();
+    a.resize(panels * KC.min(k) * MR, 0.0);
+    let mut result = Ok(());
+    let mut k0 = 0;
+    while k0 < k && result.is_ok() {
+        let kc = KC.min(k - k0);
+        let a = &mut a[..panels * kc * MR];
+        a.par_chunks_mut(kc * MR)
+            .enumerate()
+            .for_each(|(p, panel)| pack_panel(x, k, m, p, k0, kc, panel));
+        let a = &*a;
+        result = tiles.par_iter_mut().try_for_each(|tile| {
+            SCRATCH.with(|s| match s.try_borrow_mut() {
+                Ok(mut s) => tile_product(&mut s, a, k0, kc, fill, tile, kernel),
+                // a task run while this thread's buffers are in use further up its stack
+                Err(_) => tile_product(&mut Scratch::default(), a, k0, kc, fill, tile, kernel),
+            })
+        });
+        k0 += kc;
+    }
+    if let Ok(mut kept) = PACKED.try_lock() {
+        *kept = a;
+    }
+    result
+}
+
+/// One task, one slice: the tile's columns of the weights (columns `k0..k0 + kc` of their
+/// rows) dequantized into panels, then every activation panel of the tile run along them,
+/// in the best kernel the CPU has.
+fn tile_product<F>(
+    s: &mut Scratch,
+    a: &[f32],
+    k0: usize,
+    kc: usize,
+    fill: &F,
+    tile: &mut Tile<'_>,
+    kernel: Kernel,
 ) -> candle_core::Result<()>
 where
     F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
     #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
+    if let (Kernel::Best, Some(simd)) = (kernel, pulp::x86::V3::try_new()) {
         return simd.vectorize(
             #[inline(always)]
-            || chunk_with(Avx2(simd), s, x, mc, k, n, fill, out),
+            || tile_with(Avx2(simd), s, a, k0, kc, fill, tile),
         );
     }
-    chunk_with(Portable, s, x, mc, k, n, fill, out)
+    tile_with(Portable, s, a, k0, kc, fill, tile)
 }
 
 /// The microkernel [`gemm`] runs on this CPU (for the benchmark's report).
@@ -163,82 +261,56 @@ pub(super) fn kernel_name() -> &'static str {
     "portable 6x16"
 }
 
-/// [`chunk`] with microkernel `kern`; inlined into a function compiled for its instruction
-/// set, so packing and the output updates are compiled for it too.
-#[allow(clippy::too_many_arguments)]
+/// [`tile_product`] with microkernel `kern`; inlined into a function compiled for its
+/// instruction set, so the weight panels and the output updates are compiled for it too.
 #[inline(always)]
-fn chunk_with<K: Micro, F>(
+fn tile_with<K: Micro, F>(
     kern: K,
     s: &mut Scratch,
-    x: &[f32],
-    mc: usize,
-    k: usize,
-    n: usize,
+    a: &[f32],
+    k0: usize,
+    kc: usize,
     fill: &F,
-    out: &mut [f32],
+    tile: &mut Tile<'_>,
 ) -> candle_core::Result<()>
 where
     F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
-    let panels = mc.div_ceil(MR);
-    s.a.resize(panels * KC * MR, 0.0);
+    let nc = tile.nc;
     s.rows.resize(NR * KC, 0.0);
     s.b.resize(KC * NC, 0.0);
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = KC.min(k - k0);
-        let a = &mut s.a[..panels * kc * MR];
-        pack_activations(x, k, mc, k0, kc, a);
-        let mut j0 = 0;
-        while j0 < n {
-            let nc = NC.min(n - j0);
-            let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
-            for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
-                let jq = j0 + q * NR;
-                let nr = NR.min(n - jq);
-                let rows = &mut s.rows[..NR * kc];
-                for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
-                    if r < nr {
-                        fill(jq + r, k0, dst)?;
-                    } else {
-                        dst.fill(0.0);
-                    }
-                }
-                kern.transpose(rows, kc, b);
+    let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
+    for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
+        let jq = tile.j0 + q * NR;
+        let nr = NR.min(nc - q * NR);
+        let rows = &mut s.rows[..NR * kc];
+        for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
+            if r < nr {
+                fill(jq + r, k0, dst)?;
+            } else {
+                dst.fill(0.0);
             }
-            let b = &s.b[..nc.div_ceil(NR) * kc * NR];
-            for (p, ap) in a.chunks_exact(kc * MR).enumerate() {
-                let ap = ap.as_chunks::<MR>().0;
-                let i0 = p * MR;
-                for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
-                    let acc = kern.run(ap, bq.as_chunks::<NR>().0);
-                    let jq = j0 + q * NR;
-                    update(&acc, out, n, i0, mc - i0, jq, NR.min(n - jq), k0 == 0);
-                }
-            }
-            j0 += nc;
         }
-        k0 += kc;
+        kern.transpose(rows, kc, b);
+    }
+    let b = &s.b[..nc.div_ceil(NR) * kc * NR];
+    let a = &a[tile.p0 * kc * MR..];
+    for (ap, segs) in a.chunks_exact(kc * MR).zip(tile.rows.chunks_mut(MR)) {
+        let ap = ap.as_chunks::<MR>().0;
+        for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
+            let acc = kern.run(ap, bq.as_chunks::<NR>().0);
+            update(&acc, segs, q * NR, NR.min(nc - q * NR), k0 == 0);
+        }
     }
     Ok(())
 }
 
-/// Add (or, for the first slice, store) the sums `acc` of output rows `i0..` (at most `rows`
-/// of them) into columns `jq..jq + nr` of `out` (`n` wide).
-#[allow(clippy::too_many_arguments)]
+/// Add (or, for the first slice, store) the sums `acc` into columns `c0..c0 + nr` of the
+/// output rows `segs` (at most [`MR`] of them).
 #[inline(always)]
-fn update(
-    acc: &[[f32; NR]; MR],
-    out: &mut [f32],
-    n: usize,
-    i0: usize,
-    rows: usize,
-    jq: usize,
-    nr: usize,
-    first: bool,
-) {
-    for (i, sums) in acc.iter().enumerate().take(rows) {
-        let o = &mut out[(i0 + i) * n + jq..(i0 + i) * n + jq + nr];
+fn update(acc: &[[f32; NR]; MR], segs: &mut [&mut [f32]], c0: usize, nr: usize, first: bool) {
+    for (sums, seg) in acc.iter().zip(segs.iter_mut()) {
+        let o = &mut seg[c0..c0 + nr];
         if first {
             o.copy_from_slice(&sums[..nr]);
         } else {
@@ -249,23 +321,20 @@ fn update(
     }
 }
 
-/// Columns `k0..k0 + kc` of the `mc` rows of `x` (`k` wide) as `[panel][kc][MR]`, the rows
-/// past `mc` zero.
-#[inline(always)]
-fn pack_activations(x: &[f32], k: usize, mc: usize, k0: usize, kc: usize, a: &mut [f32]) {
-    for (p, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
-        let panel = panel.as_chunks_mut::<MR>().0;
-        for i in 0..MR {
-            let r = p * MR + i;
-            if r < mc {
-                let src = &x[r * k + k0..r * k + k0 + kc];
-                for (dst, &v) in panel.iter_mut().zip(src) {
-                    dst[i] = v;
-                }
-            } else {
-                for dst in panel.iter_mut() {
-                    dst[i] = 0.0;
-                }
+/// Columns `k0..k0 + kc` of activation panel `p` (rows `p * MR..`) of `x` (`m` rows, `k`
+/// wide) as `[kc][MR]`, the rows past `m` zero.
+fn pack_panel(x: &[f32], k: usize, m: usize, p: usize, k0: usize, kc: usize, panel: &mut [f32]) {
+    let panel = panel.as_chunks_mut::<MR>().0;
+    for i in 0..MR {
+        let r = p * MR + i;
+        if r < m {
+            let src = &x[r * k + k0..r * k + k0 + kc];
+            for (dst, &v) in panel.iter_mut().zip(src) {
+                dst[i] = v;
+            }
+        } else {
+            for dst in panel.iter_mut() {
+                dst[i] = 0.0;
             }
         }
     }
@@ -451,42 +520,52 @@ mod tests {
             }
             assert_eq!(results[0], results[1]);
             assert_eq!(results[0], results[2]);
-            // every kernel this CPU runs gives the same bits (what `gemm` ran is one of them)
+            // the portable kernel gives the same bits as the one `gemm` ran
             let fill = |j: usize, k0: usize, dst: &mut [f32]| {
                 dst.copy_from_slice(&w[j * k + k0..j * k + k0 + dst.len()]);
                 Ok(())
             };
-            let with = |kern: &dyn Fn(&mut [f32])| {
-                let mut out = vec![f32::NAN; m * n];
-                kern(&mut out);
-                out
-            };
-            let portable = with(&|out| {
-                chunk_with(Portable, &mut Scratch::default(), &x, m, k, n, &fill, out).unwrap()
-            });
+            let mut portable = vec![f32::NAN; m * n];
+            group_product(&x, m, k, n, &fill, &mut portable, Kernel::Portable).unwrap();
             assert_eq!(portable, results[0], "portable, n = {n}");
-            #[cfg(target_arch = "x86_64")]
-            {
-                if let Some(simd) = pulp::x86::V3::try_new() {
-                    let avx2 = with(&|out| {
-                        simd.vectorize(|| {
-                            chunk_with(Avx2(simd), &mut Scratch::default(), &x, m, k, n, &fill, out)
-                        })
-                        .unwrap()
-                    });
-                    assert_eq!(avx2, portable, "avx2, n = {n}");
-                }
-            }
         }
     }
 
     #[test]
-    fn chunks_are_whole_panels_and_bounded() {
-        assert_eq!(chunk_rows(3328, 2), 1668);
-        assert_eq!(chunk_rows(100_000, 2), MAX_CHUNK_ROWS);
-        assert_eq!(chunk_rows(8, 4), 66);
-        assert!(chunk_rows(1, 1).is_multiple_of(MR));
+    fn tiles_cover_the_output_once_in_whole_panels() {
+        // wide products: NC-column blocks of all the rows; narrow ones cut the rows too
+        assert_eq!(chunk_panels(555, 88, 2), 555);
+        assert_eq!(chunk_panels(555, 4, 2), 139);
+        assert_eq!(chunk_panels(2, 1, 8), MIN_CHUNK_ROWS.div_ceil(MR));
+        for (m, n, chunk) in [(13, 70, 1), (700, 37, 20), (6, 64, 11)] {
+            let mut out = vec![0f32; m * n];
+            for tile in tiles(&mut out, n, chunk) {
+                assert_eq!(tile.p0 % chunk, 0);
+                assert_eq!(tile.j0 % NC, 0);
+                assert!(tile.rows.len() <= chunk * MR);
+                for row in tile.rows {
+                    assert_eq!(row.len(), tile.nc);
+                    row.iter_mut().for_each(|v| *v += 1.0);
+                }
+            }
+            assert!(out.iter().all(|&v| v == 1.0), "{m}x{n} by {chunk} panels");
+        }
         let x = [1f32; 6];
         assert!(gemm(&x, 2, 3, 1, &|_, _, _| Ok(()), &mut [0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn groups_of_rows_give_the_bits_of_one_group() {
+        // more rows than a group: the groups run one after the other
+        let (m, k, n) = (MAX_GROUP_ROWS + 7, 40, 20);
+        let x = noise(8, m * k);
+        let w = noise(9, n * k);
+        let fill = |j: usize, k0: usize, dst: &mut [f32]| {
+            dst.copy_from_slice(&w[j * k + k0..j * k + k0 + dst.len()]);
+            Ok(())
+        };
+        let mut whole = vec![f32::NAN; m * n];
+        group_product(&x, m, k, n, &fill, &mut whole, Kernel::Best).unwrap();
+        assert_eq!(run(&x, &w, m, k, n), whole);
     }
 }
