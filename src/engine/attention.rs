@@ -189,11 +189,12 @@ fn block_with<K: Kern>(kern: K, a: &Args<'_>, t0: usize, out: &mut [f32], s: &mu
         // scores of MR rows x NR keys at a time, tiles no row of the MR can see skipped
         for r0 in (0..rows).step_by(MR) {
             let last = (r0 + MR).min(rows) - 1;
-            for (d, qp) in s.qp.iter_mut().enumerate() {
-                for (i, x) in qp.iter_mut().enumerate() {
-                    // rows past the block repeat its last row (computed, not stored)
-                    let t = t0 + (r0 + i).min(last);
-                    *x = a.q[(h * a.n + t) * hd + d];
+            for i in 0..MR {
+                // rows past the block repeat its last row (computed, not stored)
+                let t = t0 + (r0 + i).min(last);
+                let qr = &a.q[(h * a.n + t) * hd..(h * a.n + t + 1) * hd];
+                for (qp, &x) in s.qp.iter_mut().zip(qr) {
+                    qp[i] = x;
                 }
             }
             let (lo, hi) = (first_key(sm, p0 + r0) / NR, (p0 + last + 1).div_ceil(NR));
