@@ -10,6 +10,7 @@
 //! [`Math`] mode decides whether weights are dequantized to f32 (`reference`) or multiplied
 //! in their stored block type (`native`).
 
+mod attention;
 pub mod calibrate;
 pub mod capture;
 pub mod chat;

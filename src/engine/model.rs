@@ -20,6 +20,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType as CDType, Device, Module, Tensor, D};
 
+use super::attention::PromptAttention;
 use super::capture::{Capture, LayerTap};
 use super::config::{Activation, Architecture, ModelConfig, RopeScaling};
 use super::mla::MlaAttn;
@@ -1470,8 +1471,8 @@ fn attention(
     let k = rope_tables.apply(&k)?;
     let v = v.transpose(0, 1)?;
     let (k, v) = cache.append(&k, &v)?;
-    // generation: scores, softmax and weighted values in one op, straight into [n, hidden]
-    if q.device().is_cpu() && n <= 4 {
+    // on the CPU: scores, softmax and weighted values in one op, straight into [n, hidden]
+    if q.device().is_cpu() {
         let softmax = ops::MaskedSoftmax {
             scale: cfg.attn_scale as f32,
             softcap: cfg.attn_softcap.map(|c| c as f32),
@@ -1480,8 +1481,21 @@ fn attention(
             window: layer.window,
             sinks: layer.sinks.as_deref(),
         };
-        let op = ops::DecodeAttention { softmax, rep };
-        return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
+        let q = q.contiguous()?;
+        // generation: a few queries, one loop over the cache
+        if n <= 4 {
+            let op = ops::DecodeAttention { softmax, rep };
+            return Ok(q.apply_op3_no_bwd(&k, &v, &op)?);
+        }
+        // a prompt or scored chunk: only the unmasked scores, in cache-sized blocks
+        let op = PromptAttention { softmax, rep };
+        return Ok(q.apply_op3_no_bwd(&k, &v, &op)?);
+    }
+    // other devices: the composed form, with the mask as an additive tensor
+    if layer.sinks.is_some() {
+        return Err(EngineError::Unsupported(
+            "attention sinks on a non-CPU device".into(),
+        ));
     }
     let total = k.dim(1)?;
     // Query heads sharing a key/value head are consecutive, so grouping them as extra rows
@@ -1489,25 +1503,7 @@ fn attention(
     let q = q.reshape((nkv, rep * n, hd))?;
     let scale = cfg.attn_scale;
     let scores = q.matmul(&k.t()?)?;
-    let softmax = ops::MaskedSoftmax {
-        scale: scale as f32,
-        softcap: cfg.attn_softcap.map(|c| c as f32),
-        n,
-        pos,
-        window: layer.window,
-        sinks: layer.sinks.as_deref(),
-    };
-    let probs = if q.device().is_cpu() && scores.is_contiguous() {
-        // in place: the scores are the product's fresh output
-        scores.inplace_op1(&softmax)?;
-        scores
-    } else if q.device().is_cpu() {
-        scores.apply_op1_no_bwd(&softmax)?
-    } else if layer.sinks.is_some() {
-        return Err(EngineError::Unsupported(
-            "attention sinks on a non-CPU device".into(),
-        ));
-    } else {
+    let probs = {
         let scores = (scores * scale)?;
         let scores = match cfg.attn_softcap {
             Some(cap) => soft_cap(&scores, cap as f32)?,

@@ -253,6 +253,22 @@ impl MaskedSoftmax<'_> {
         let (keys, after) = rest.split_at_mut(q + 1 - lo);
         before.fill(0.0);
         after.fill(0.0);
+        // a soft-capped softmax has no sinks (no model has both)
+        let sink = match self.sinks {
+            Some(sinks) if self.softcap.is_none() => {
+                Some(*sinks.get(r / self.n).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no attention sink for row {r}"))
+                })?)
+            }
+            _ => None,
+        };
+        self.softmax_keys(sink, keys);
+        Ok(())
+    }
+
+    /// Softmax of one row's visible scores `keys` in place, normalised also over `sink`
+    /// (the row's query head's, not written; ignored with a soft cap).
+    pub(super) fn softmax_keys(&self, sink: Option<f32>, keys: &mut [f32]) {
         if let Some(cap) = self.softcap {
             for v in keys.iter_mut() {
                 *v = (*v * self.scale / cap).tanh() * cap;
@@ -269,14 +285,8 @@ impl MaskedSoftmax<'_> {
             for v in keys.iter_mut() {
                 *v /= sum;
             }
-            return Ok(());
+            return;
         }
-        let sink = match self.sinks {
-            Some(sinks) => Some(*sinks.get(r / self.n).ok_or_else(|| {
-                candle_core::Error::Msg(format!("no attention sink for row {r}"))
-            })?),
-            None => None,
-        };
         let mut max = sink.unwrap_or(f32::NEG_INFINITY);
         for &v in keys.iter() {
             max = max.max(v * self.scale);
@@ -290,7 +300,6 @@ impl MaskedSoftmax<'_> {
         for v in keys.iter_mut() {
             *v /= sum;
         }
-        Ok(())
     }
 
     /// Softmax of score row `r` into `o` (entries outside the row's keys zero): the row
