@@ -15,7 +15,8 @@
 //! (q - 32)` per 16 values, the `- 32` inside the integer sum.
 //!
 //! Each weight row is first unpacked with AVX2 ([`Unpacked`], one block per super-block):
-//! one quant per byte in value order, the scale of each value pair as 16-bit vectors, the
+//! one quant per byte in value order, the scales in the few bytes a load widens to the
+//! 16-bit factor of each value pair (Q4_K / Q5_K: a broadcast; Q6_K: a sign extension), the
 //! eight mins. The unpacking is shared by every activation row; the dot products then need
 //! only AVX2's `maddubs` (unsigned weights times signed activations, pairs summed to 16
 //! bits; Q6_K's signed weights `q - 32` times its activations plus 128, made once per
@@ -23,7 +24,9 @@
 //! constant) and `madd` (times the scales, pairs summed to 32 bits), for four activation
 //! rows per weight vector load. A large product goes in blocks of activation rows written
 //! in place ([`block`]), the weight rows unpacked a chunk at a time, each group of four
-//! activation rows meeting every row of a chunk while it stays in cache. The exact sum of
+//! activation rows meeting every row of a chunk while it stays in cache; the Q8_K rows are
+//! stored by those groups ([`Q8K`]), so one pointer reaches a group and one vector operation
+//! scales several of its rows. The exact sum of
 //! each super-block is kept in eight 32-bit lanes (lane `l` holds the values at positions
 //! `4l..4l + 4` of every 32), turned to f32 and added with one fused multiply-add per lane
 //! into eight f32 lanes, which are summed in `hsum_float_8`'s order at the end; the mins
@@ -57,7 +60,7 @@ const BLOCK_BYTES: usize = 512 << 10;
 /// every weight row once, which fewer rows would not repay.
 const BLOCK_MIN_ROWS: usize = 64;
 
-/// Bytes of unpacked weight rows per chunk ([`WBlock`]s, 792 bytes per super-block): each
+/// Bytes of unpacked weight rows per chunk ([`WBlock`]s, 576 bytes per super-block): each
 /// `GROUP` of activation rows (in L1 cache) meets every row of a chunk while the chunk stays
 /// in L2 cache (measured: 128 KiB to 384 KiB alike, 768 KiB slower).
 const CHUNK_BYTES: usize = 256 << 10;
@@ -317,8 +320,8 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
     *d = 1.0 / iscale;
 }
 
-/// One weight super-block unpacked for the kernel. The fields Q4_K reads come first, in the
-/// first five of its ten cache lines (`sc` and `corr` are Q6_K's alone).
+/// One weight super-block unpacked for the kernel, nine cache lines. The fields Q4_K reads
+/// come first, in the first five (`corr` and `sc` are Q6_K's alone).
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct WBlock {
@@ -336,8 +339,13 @@ struct WBlock {
     /// lanes (lane `l` the values at positions `4l..4l + 4` of every 32), what the `+ 128`
     /// of the shifted activations adds to the lanes, taken off by starting them here.
     corr: [i32; 8],
-    /// Q6_K: per 32 values the scale of each value pair (the 16 factors `madd` applies).
-    sc: [[i16; 16]; 8],
+    /// Q6_K: per 32 values the scale of each value pair (the 16 factors `madd` applies, which
+    /// a sign-extending load widens to 16 bits: 128 bytes to read per super-block, not 256).
+    sc: [[i8; 16]; 8],
+    /// Nine cache lines, not eight: with blocks 512 bytes apart (a multiple of the 256 of a
+    /// block of activation quants) the compiler strength-reduced the kernel's loads to one
+    /// induction variable and spilled accumulators, Q4_K 25 % slower.
+    _pad: [u8; 104],
 }
 
 const ZERO_BLOCK: WBlock = WBlock {
@@ -348,7 +356,10 @@ const ZERO_BLOCK: WBlock = WBlock {
     dmin: 0.0,
     corr: [0; 8],
     sc: [[0; 16]; 8],
+    _pad: [0; 104],
 };
+
+const _: () = assert!(std::mem::size_of::<WBlock>() == 576);
 
 /// A weight row unpacked for the kernel ([`WBlock`] per super-block), kept between calls.
 #[derive(Debug, Default)]
@@ -406,7 +417,7 @@ impl Unpacked {
 /// [`WBlock::corr`] of the signed Q6_K quants `q` and their pair scales `sc`, one value at a
 /// time: the definition the AVX2 version is tested against (only the AVX2 kernel uses it).
 #[cfg(test)]
-fn corr_q6k(q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+fn corr_q6k(q: &Quants, sc: &[[i8; 16]; 8]) -> [i32; 8] {
     let mut corr = [0i32; 8];
     for (q, sc) in q.iter().zip(sc) {
         for (p, &q) in q.iter().enumerate() {
@@ -474,7 +485,7 @@ fn scales_q6k(b: &[u8], w: &mut WBlock) {
     w.d = f16_at(b, 208);
     w.dmin = w.d;
     for (sv, s) in w.sc.iter_mut().zip(b[192..208].as_chunks::<2>().0) {
-        let (s0, s1) = (i16::from(s[0] as i8), i16::from(s[1] as i8));
+        let (s0, s1) = (s[0] as i8, s[1] as i8);
         *sv = [
             s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
         ];
@@ -830,13 +841,14 @@ mod avx2 {
     /// [`WBlock::corr`] (`-128` times the scaled quant sums per lane): `maddubs` of 128 with the signed quants (pairs at most
     /// `2 * 128 * 32`, no saturation), `madd` with the scales, negated.
     #[inline(always)]
-    pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+    pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i8; 16]; 8]) -> [i32; 8] {
         let (avx, avx2) = (simd.avx, simd.avx2);
         let k128 = avx._mm256_set1_epi8(-128);
         let mut sum = avx._mm256_setzero_si256();
         for (q, sc) in q.iter().zip(sc) {
             let p16 = avx2._mm256_maddubs_epi16(k128, cast(*q));
-            sum = avx2._mm256_add_epi32(sum, avx2._mm256_madd_epi16(p16, cast(*sc)));
+            let sc = avx2._mm256_cvtepi8_epi16(cast(*sc));
+            sum = avx2._mm256_add_epi32(sum, avx2._mm256_madd_epi16(p16, sc));
         }
         cast(avx2._mm256_sub_epi32(avx._mm256_setzero_si256(), sum))
     }
@@ -1028,7 +1040,7 @@ mod avx2 {
             for v in 0..8 {
                 let wq: __m256i = cast(wb.q[v]);
                 let sc: __m256i = match K {
-                    Q6 => cast(wb.sc[v]),
+                    Q6 => avx2._mm256_cvtepi8_epi16(cast(wb.sc[v])),
                     _ => avx._mm256_set1_epi32(wb.sc4[v]),
                 };
                 for s in 0..R {
@@ -1453,7 +1465,7 @@ mod tests {
         // extreme quants (-32 and 31 after the shift, and -128 as a byte) and scales
         let vals: [i8; 4] = [-32, 31, -128, 7];
         let q: Quants = std::array::from_fn(|v| std::array::from_fn(|i| vals[(i + v) % 4] as u8));
-        let sc: [[i16; 16]; 8] =
+        let sc: [[i8; 16]; 8] =
             std::array::from_fn(|v| std::array::from_fn(|i| [127, -128, 5, -1][(i + v) % 4]));
         let got = simd.vectorize(|| avx2::corr_q6k(simd, &q, &sc));
         assert_eq!(got, corr_q6k(&q, &sc));
