@@ -15,7 +15,8 @@
 //! (q - 32)` per 16 values, the `- 32` inside the integer sum.
 //!
 //! Each weight row is first unpacked with AVX2 ([`Unpacked`], one block per super-block):
-//! one quant per byte in value order, the scale of each value pair as 16-bit vectors, the
+//! one quant per byte in value order, the scales in the few bytes a load widens to the
+//! 16-bit factor of each value pair (Q4_K / Q5_K: a broadcast; Q6_K: a sign extension), the
 //! eight mins. The unpacking is shared by every activation row; the dot products then need
 //! only AVX2's `maddubs` (unsigned weights times signed activations, pairs summed to 16
 //! bits; Q6_K's signed weights `q - 32` times its activations plus 128, made once per
@@ -23,7 +24,9 @@
 //! constant) and `madd` (times the scales, pairs summed to 32 bits), for four activation
 //! rows per weight vector load. A large product goes in blocks of activation rows written
 //! in place ([`block`]), the weight rows unpacked a chunk at a time, each group of four
-//! activation rows meeting every row of a chunk while it stays in cache. The exact sum of
+//! activation rows meeting every row of a chunk while it stays in cache; the Q8_K rows are
+//! stored by those groups ([`Q8K`]), so one pointer reaches a group and one vector operation
+//! scales several of its rows. The exact sum of
 //! each super-block is kept in eight 32-bit lanes (lane `l` holds the values at positions
 //! `4l..4l + 4` of every 32), turned to f32 and added with one fused multiply-add per lane
 //! into eight f32 lanes, which are summed in `hsum_float_8`'s order at the end; the mins
@@ -57,7 +60,7 @@ const BLOCK_BYTES: usize = 512 << 10;
 /// every weight row once, which fewer rows would not repay.
 const BLOCK_MIN_ROWS: usize = 64;
 
-/// Bytes of unpacked weight rows per chunk ([`WBlock`]s, 792 bytes per super-block): each
+/// Bytes of unpacked weight rows per chunk ([`WBlock`]s, 576 bytes per super-block): each
 /// `GROUP` of activation rows (in L1 cache) meets every row of a chunk while the chunk stays
 /// in L2 cache (measured: 128 KiB to 384 KiB alike, 768 KiB slower).
 const CHUNK_BYTES: usize = 256 << 10;
@@ -99,53 +102,81 @@ impl Kind {
     }
 }
 
-/// Activation rows quantized to Q8_K.
+/// Activation rows quantized to Q8_K, stored by groups of `GROUP` rows (the rows the kernel
+/// multiplies together): for each group and super-block the `GROUP` blocks of quants side by
+/// side and one [`GScales`], so that the kernel reaches all of a group through one pointer
+/// (per-row pointers did not fit the registers beside the accumulators) and applies the
+/// scales of several rows with one vector operation. Rows past `m` (the last group's) are
+/// zeros.
 #[derive(Debug)]
 pub(super) struct Q8K {
     m: usize,
     nb: usize,
-    /// `m * nb` blocks of quants, `i8` stored as bytes.
+    /// Blocks of quants, `i8` stored as bytes: row `i`'s super-block `b` at
+    /// [`Q8K::at`]`(i, b)`.
     qs: Vec<Quants>,
-    /// `m * nb` scales.
-    d: Vec<f32>,
-    /// `m * nb` sums of each 16 quants.
+    /// The sums of each 16 quants, indexed as `qs`.
     bsums: Vec<[i16; 16]>,
-    /// `m * nb` sums of each 32 quants (the pairs of `bsums`), the factors of the mins.
-    bsum32: Vec<[i16; 8]>,
-    /// `m * nb` blocks of the quants plus 128 (unsigned bytes: the quants with their top bit
-    /// flipped), the unsigned side of Q6_K's `maddubs` against its signed weights, made when
-    /// a Q6_K product first needs them.
+    /// Per group and super-block (`(i / GROUP) * nb + b`): the scales and 32-value sums.
+    gs: Vec<GScales>,
+    /// The blocks of `qs` plus 128 (unsigned bytes: the quants with their top bit flipped),
+    /// the unsigned side of Q6_K's `maddubs` against its signed weights, made when a Q6_K
+    /// product first needs them.
     shifted: OnceLock<Vec<Quants>>,
 }
 
+/// The scales and the 32-value sums of one super-block of a group of `GROUP` activation
+/// rows, laid out as the kernel's vectors take them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+struct GScales {
+    /// Each row's scale `dx` eight times (one load per row, no broadcast).
+    d: [[f32; 8]; GROUP],
+    /// Each pair of rows' scales four times each (`[dx0; 4]` then `[dx1; 4]`): the factors of
+    /// the mins of two rows in one vector.
+    d2: [[f32; 8]; GROUP / 2],
+    /// Each row's sums of each 32 quants (the pairs of `bsums`), the factors of the mins.
+    b32: [[i16; 8]; GROUP],
+}
+
+const ZERO_SCALES: GScales = GScales {
+    d: [[0.0; 8]; GROUP],
+    d2: [[0.0; 8]; GROUP / 2],
+    b32: [[0; 8]; GROUP],
+};
+
 impl Q8K {
+    /// `m` rows of `nb` super-blocks of zeros.
+    fn zeroed(m: usize, nb: usize) -> Q8K {
+        let blocks = m.div_ceil(GROUP) * GROUP * nb;
+        Q8K {
+            m,
+            nb,
+            qs: vec![[[0; 32]; 8]; blocks],
+            bsums: vec![[0; 16]; blocks],
+            gs: vec![ZERO_SCALES; blocks / GROUP],
+            shifted: OnceLock::new(),
+        }
+    }
+
+    /// The index in `qs` of row `i`'s super-block `b`.
+    fn at(&self, i: usize, b: usize) -> usize {
+        ((i / GROUP) * self.nb + b) * GROUP + i % GROUP
+    }
+
     /// The `x.len() / k` rows of `x`, each `k` values (a multiple of 256) wide, quantized
-    /// `QUANTIZE_ROWS` rows per task over rayon's threads.
+    /// `QUANTIZE_ROWS` rows (whole groups) per task over rayon's threads.
     pub(super) fn quantize(x: &[f32], k: usize) -> Q8K {
         let nb = k / QK_K;
         let m = x.len().checked_div(k).unwrap_or(0);
-        let mut q = Q8K {
-            m,
-            nb,
-            qs: vec![[[0; 32]; 8]; m * nb],
-            d: vec![0.0; m * nb],
-            bsums: vec![[0; 16]; m * nb],
-            bsum32: vec![[0; 8]; m * nb],
-            shifted: OnceLock::new(),
-        };
+        let mut q = Q8K::zeroed(m, nb);
         let per = (QUANTIZE_ROWS * nb).max(1);
         q.qs.par_chunks_mut(per)
-            .zip(q.d.par_chunks_mut(per))
             .zip(q.bsums.par_chunks_mut(per))
-            .zip(q.bsum32.par_chunks_mut(per))
+            .zip(q.gs.par_chunks_mut((QUANTIZE_ROWS / GROUP * nb).max(1)))
             .zip(x.par_chunks(per * QK_K))
-            .for_each(|((((qs, d), bsums), bsum32), x)| {
-                let parts = Parts {
-                    qs,
-                    d,
-                    bsums,
-                    bsum32,
-                };
+            .for_each(|(((qs, bsums), gs), x)| {
+                let parts = Parts { nb, qs, bsums, gs };
                 #[cfg(target_arch = "x86_64")]
                 if let Some(simd) = pulp::x86::V3::try_new() {
                     pulp::Simd::vectorize(simd, Fill { parts, x, simd });
@@ -159,10 +190,10 @@ impl Q8K {
     #[cfg(test)]
     fn fill(&mut self, x: &[f32], simd: Option<Simd>) {
         let parts = Parts {
+            nb: self.nb,
             qs: &mut self.qs,
-            d: &mut self.d,
             bsums: &mut self.bsums,
-            bsum32: &mut self.bsum32,
+            gs: &mut self.gs,
         };
         parts.fill(x, simd);
     }
@@ -198,19 +229,22 @@ impl Q8K {
     /// Activation rows per block of a product split into blocks of activation rows over
     /// `threads` threads ([`block`]), `None` when there are too few rows for two blocks
     /// worth it. At most as many as keep their quants in `BLOCK_BYTES`, in a multiple of
-    /// `threads` blocks of equal size (but the last), so that each thread takes as many.
+    /// `threads` blocks of equal size, so that each thread takes as many; a multiple of
+    /// `GROUP`, so that every block starts at a whole group (rounded down: the rows left
+    /// over make one more, short, block, which balances better than blocks too long).
     pub(super) fn block_rows(&self, threads: usize) -> Option<usize> {
         let row = self.nb * std::mem::size_of::<Quants>();
         let most = (BLOCK_BYTES / row.max(1)).max(GROUP);
         let blocks = self.m.div_ceil(most).next_multiple_of(threads.max(1));
-        let rows = self.m.div_ceil(blocks.max(1));
+        let rows = self.m.div_ceil(blocks.max(1)) / GROUP * GROUP;
         (blocks > 1 && rows >= BLOCK_MIN_ROWS).then_some(rows)
     }
 
-    #[cfg(test)]
-    fn block(&self, i: usize, b: usize) -> (&[u8], f32, &[i16]) {
-        let at = i * self.nb + b;
-        (self.qs[at].as_flattened(), self.d[at], &self.bsums[at])
+    /// Row `i`'s super-block `b`: (quants, scale, sums of 16, sums of 32).
+    fn block(&self, i: usize, b: usize) -> (&Quants, f32, &[i16; 16], &[i16; 8]) {
+        let (at, g) = (self.at(i, b), &self.gs[(i / GROUP) * self.nb + b]);
+        let s = i % GROUP;
+        (&self.qs[at], g.d[s][0], &self.bsums[at], &g.b32[s])
     }
 }
 
@@ -221,32 +255,39 @@ fn flip_top_bits(q: &mut [Quants]) {
     }
 }
 
-/// The arrays of some whole rows of a [`Q8K`].
+/// The arrays of some whole groups of rows of a [`Q8K`] of `nb` super-blocks per row.
 struct Parts<'a> {
+    nb: usize,
     qs: &'a mut [Quants],
-    d: &'a mut [f32],
     bsums: &'a mut [[i16; 16]],
-    bsum32: &'a mut [[i16; 8]],
+    gs: &'a mut [GScales],
 }
 
 impl Parts<'_> {
     // inlined into the caller's SIMD context; `simd` quantizes each block with AVX2
     #[inline(always)]
     fn fill(self, x: &[f32], simd: Option<Simd>) {
-        for ((((xb, qb), d), bs), b32) in x
-            .chunks_exact(QK_K)
-            .zip(self.qs.iter_mut())
-            .zip(self.d.iter_mut())
-            .zip(self.bsums.iter_mut())
-            .zip(self.bsum32.iter_mut())
-        {
-            match simd {
-                #[cfg(target_arch = "x86_64")]
-                Some(simd) => avx2::quantize_block(simd, xb, qb, d, bs),
-                _ => quantize_block(xb, qb.as_flattened_mut(), d, bs),
-            }
-            for (s, p) in b32.iter_mut().zip(bs.as_chunks::<2>().0) {
-                *s = p[0] + p[1];
+        let nb = self.nb;
+        for (i, xr) in x.chunks_exact(nb * QK_K).enumerate() {
+            let (g, s) = (i / GROUP, i % GROUP);
+            for (b, xb) in xr.chunks_exact(QK_K).enumerate() {
+                let at = (g * nb + b) * GROUP + s;
+                let (qb, bs, gs) = (
+                    &mut self.qs[at],
+                    &mut self.bsums[at],
+                    &mut self.gs[g * nb + b],
+                );
+                let mut d = 0f32;
+                match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(simd) => avx2::quantize_block(simd, xb, qb, &mut d, bs),
+                    _ => quantize_block(xb, qb.as_flattened_mut(), &mut d, bs),
+                }
+                for (t, p) in gs.b32[s].iter_mut().zip(bs.as_chunks::<2>().0) {
+                    *t = p[0] + p[1];
+                }
+                gs.d[s] = [d; 8];
+                gs.d2[s / 2][4 * (s % 2)..][..4].fill(d);
             }
         }
     }
@@ -279,32 +320,46 @@ fn quantize_block(x: &[f32], q: &mut [u8], d: &mut f32, bsums: &mut [i16; 16]) {
     *d = 1.0 / iscale;
 }
 
-/// One weight super-block unpacked for the kernel.
+/// One weight super-block unpacked for the kernel, nine cache lines. The fields Q4_K reads
+/// come first, in the first five (`corr` and `sc` are Q6_K's alone).
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
 struct WBlock {
     /// The quants of each 32 values in value order: unsigned for Q4_K and Q5_K, Q6_K's
     /// signed (`q - 32`, `i8` stored as bytes).
     q: Quants,
-    /// Per 32 values the scale of each value pair (the 16 factors `madd` applies).
-    sc: [[i16; 16]; 8],
-    /// Q6_K: `-128` times the scaled sum of the quants in each of the kernel's eight 32-bit
-    /// lanes (lane `l` the values at positions `4l..4l + 4` of every 32), what the `+ 128`
-    /// of the shifted activations adds to the lanes, taken off by starting them here.
-    corr: [i32; 8],
+    /// Q4_K, Q5_K: the scale of each 32 values in both halves of an `i32`, which a broadcast
+    /// load makes the 16 factors `madd` applies (32 bytes to read per super-block, not 256).
+    sc4: [i32; 8],
     /// The min of each 32 values (Q4_K, Q5_K).
     mins: [i16; 8],
     d: f32,
     dmin: f32,
+    /// Q6_K: `-128` times the scaled sum of the quants in each of the kernel's eight 32-bit
+    /// lanes (lane `l` the values at positions `4l..4l + 4` of every 32), what the `+ 128`
+    /// of the shifted activations adds to the lanes, taken off by starting them here.
+    corr: [i32; 8],
+    /// Q6_K: per 32 values the scale of each value pair (the 16 factors `madd` applies, which
+    /// a sign-extending load widens to 16 bits: 128 bytes to read per super-block, not 256).
+    sc: [[i8; 16]; 8],
+    /// Nine cache lines, not eight: with blocks 512 bytes apart (a multiple of the 256 of a
+    /// block of activation quants) the compiler strength-reduced the kernel's loads to one
+    /// induction variable and spilled accumulators, Q4_K 25 % slower.
+    _pad: [u8; 104],
 }
 
 const ZERO_BLOCK: WBlock = WBlock {
     q: [[0; 32]; 8],
-    sc: [[0; 16]; 8],
-    corr: [0; 8],
+    sc4: [0; 8],
     mins: [0; 8],
     d: 0.0,
     dmin: 0.0,
+    corr: [0; 8],
+    sc: [[0; 16]; 8],
+    _pad: [0; 104],
 };
+
+const _: () = assert!(std::mem::size_of::<WBlock>() == 576);
 
 /// A weight row unpacked for the kernel ([`WBlock`] per super-block), kept between calls.
 #[derive(Debug, Default)]
@@ -362,7 +417,7 @@ impl Unpacked {
 /// [`WBlock::corr`] of the signed Q6_K quants `q` and their pair scales `sc`, one value at a
 /// time: the definition the AVX2 version is tested against (only the AVX2 kernel uses it).
 #[cfg(test)]
-fn corr_q6k(q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+fn corr_q6k(q: &Quants, sc: &[[i8; 16]; 8]) -> [i32; 8] {
     let mut corr = [0i32; 8];
     for (q, sc) in q.iter().zip(sc) {
         for (p, &q) in q.iter().enumerate() {
@@ -400,9 +455,9 @@ fn scales_q45k(b: &[u8], w: &mut WBlock) {
     w.d = f16_at(b, 0);
     w.dmin = f16_at(b, 2);
     let sc = &b[4..16];
-    for (g, (sv, m)) in w.sc.iter_mut().zip(w.mins.iter_mut()).enumerate() {
+    for (g, (sv, m)) in w.sc4.iter_mut().zip(w.mins.iter_mut()).enumerate() {
         let (s, mn) = scale_min(sc, g);
-        *sv = [i16::from(s); 16];
+        *sv = i32::from(s) * 0x1_0001;
         *m = i16::from(mn);
     }
 }
@@ -430,7 +485,7 @@ fn scales_q6k(b: &[u8], w: &mut WBlock) {
     w.d = f16_at(b, 208);
     w.dmin = w.d;
     for (sv, s) in w.sc.iter_mut().zip(b[192..208].as_chunks::<2>().0) {
-        let (s0, s1) = (i16::from(s[0] as i8), i16::from(s[1] as i8));
+        let (s0, s1) = (s[0] as i8, s[1] as i8);
         *sv = [
             s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
         ];
@@ -573,7 +628,8 @@ impl pulp::WithSimd for Rows<'_> {
 /// portable one. Weight rows are unpacked a chunk at a time (as many as stay in L2 cache
 /// beside the output); then for each `GROUP` of activation rows (which stay in L1 cache)
 /// every unpacked row passes by: each activation vector is loaded from L1 once per weight
-/// row, each weight vector from L2 once per `GROUP` activation rows.
+/// row, each weight vector from L2 once per `GROUP` activation rows. A range that starts or
+/// ends inside a group takes the rows of that group it has alone.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows(
@@ -598,19 +654,42 @@ fn rows(
         scratch.fill(kind, ws, simd);
         let mut i = i0;
         while i < i1 {
-            let r = (i1 - i).min(GROUP);
-            for (j, w) in scratch.blocks.chunks_exact(nb).enumerate() {
-                let v = match simd {
-                    #[cfg(target_arch = "x86_64")]
-                    Some(s) => avx2::row(s, kind, w, a, i, r),
-                    _ => portable_row(kind, w, a, i, r),
-                };
-                let at = (c * chunk + j) * row_stride + (i - i0) * token_stride;
-                for (s, &v) in v.iter().enumerate().take(r) {
-                    out[at + s * token_stride] = v;
+            let r = (GROUP - i % GROUP).min(i1 - i);
+            let mut dst = Out {
+                out: &mut *out,
+                at: c * chunk * row_stride + (i - i0) * token_stride,
+                row_stride,
+                token_stride,
+            };
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                Some(s) => avx2::group(s, kind, &scratch.blocks, a, i, r, &mut dst),
+                _ => {
+                    for (j, w) in scratch.blocks.chunks_exact(nb).enumerate() {
+                        dst.put(j, &portable_row(kind, w, a, i, r)[..r]);
+                    }
                 }
             }
             i += r;
+        }
+    }
+}
+
+/// Where the products of a few activation rows go: weight row `j`'s against the `s`-th at
+/// `at + j * row_stride + s * token_stride`.
+struct Out<'a> {
+    out: &'a mut [f32],
+    at: usize,
+    row_stride: usize,
+    token_stride: usize,
+}
+
+impl Out<'_> {
+    #[inline(always)]
+    fn put(&mut self, j: usize, v: &[f32]) {
+        let at = self.at + j * self.row_stride;
+        for (s, &v) in v.iter().enumerate() {
+            self.out[at + s * self.token_stride] = v;
         }
     }
 }
@@ -647,16 +726,16 @@ fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32;
     for (s, o) in out.iter_mut().enumerate().take(r) {
         let (mut acc, mut lanes_m, mut sum_m) = ([0f32; 8], [0f32; 4], 0f32);
         for (b, wb) in w.iter().enumerate() {
-            let at = (i0 + s) * a.nb + b;
-            let (x, dx, b32) = (&a.qs[at], a.d[at], &a.bsum32[at]);
+            let (x, dx, _, b32) = a.block(i0 + s, b);
             let mut lanes = [0i32; 8];
-            for ((q, sc), x) in wb.q.iter().zip(&wb.sc).zip(x) {
+            for (v, (q, x)) in wb.q.iter().zip(x).enumerate() {
                 for (p, (&q, &x)) in q.iter().zip(x).enumerate() {
-                    let q = match kind {
-                        Kind::Q6K => i32::from(q as i8),
-                        _ => i32::from(q),
+                    let (q, sc) = match kind {
+                        Kind::Q6K => (i32::from(q as i8), i32::from(wb.sc[v][p / 2])),
+                        // the low half of the scale pair
+                        _ => (i32::from(q), i32::from(wb.sc4[v] as i16)),
                     };
-                    lanes[p / 4] += i32::from(sc[p / 2]) * q * i32::from(x as i8);
+                    lanes[p / 4] += sc * q * i32::from(x as i8);
                 }
             }
             let dd = dx * wb.d;
@@ -685,12 +764,12 @@ fn portable_row(kind: Kind, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::{__m128, __m256, __m256i};
+    use std::arch::x86_64::{__m128, __m128i, __m256, __m256i};
 
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    use super::{finish, reduce, Kind, Quants, WBlock, GROUP, Q8K};
+    use super::{finish, reduce, GScales, Kind, Out, Quants, WBlock, GROUP, Q8K};
 
     /// [`super::quants_q45k`]: one 32-byte load gives two vectors of nibbles; Q5_K's fifth
     /// bits are tested in place (`cmpeq` on the bit, masked to 16).
@@ -762,13 +841,14 @@ mod avx2 {
     /// [`WBlock::corr`] (`-128` times the scaled quant sums per lane): `maddubs` of 128 with the signed quants (pairs at most
     /// `2 * 128 * 32`, no saturation), `madd` with the scales, negated.
     #[inline(always)]
-    pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i16; 16]; 8]) -> [i32; 8] {
+    pub(super) fn corr_q6k(simd: V3, q: &Quants, sc: &[[i8; 16]; 8]) -> [i32; 8] {
         let (avx, avx2) = (simd.avx, simd.avx2);
         let k128 = avx._mm256_set1_epi8(-128);
         let mut sum = avx._mm256_setzero_si256();
         for (q, sc) in q.iter().zip(sc) {
             let p16 = avx2._mm256_maddubs_epi16(k128, cast(*q));
-            sum = avx2._mm256_add_epi32(sum, avx2._mm256_madd_epi16(p16, cast(*sc)));
+            let sc = avx2._mm256_cvtepi8_epi16(cast(*sc));
+            sum = avx2._mm256_add_epi32(sum, avx2._mm256_madd_epi16(p16, sc));
         }
         cast(avx2._mm256_sub_epi32(avx._mm256_setzero_si256(), sum))
     }
@@ -859,40 +939,66 @@ mod avx2 {
     const Q5: u8 = 1;
     const Q6: u8 = 2;
 
-    /// The unpacked row `w` against activation rows `i0..i0 + r` (`r <= GROUP`).
+    /// Every unpacked row of `blocks` (rows of `a.nb` super-blocks) against activation rows
+    /// `i..i + r` (`r <= GROUP`, all in one group), into `out`.
     #[inline(always)]
-    pub(super) fn row(
+    pub(super) fn group(
         simd: V3,
         kind: Kind,
-        w: &[WBlock],
+        blocks: &[WBlock],
         a: &Q8K,
-        i0: usize,
+        i: usize,
         r: usize,
-    ) -> [f32; GROUP] {
+        out: &mut Out,
+    ) {
         match kind {
-            Kind::Q4K => rows_r::<Q4>(simd, w, a, i0, r),
-            Kind::Q5K => rows_r::<Q5>(simd, w, a, i0, r),
-            Kind::Q6K => rows_r::<Q6>(simd, w, a, i0, r),
+            Kind::Q4K => group_k::<Q4>(simd, blocks, a, i, r, out),
+            Kind::Q5K => group_k::<Q5>(simd, blocks, a, i, r, out),
+            Kind::Q6K => group_k::<Q6>(simd, blocks, a, i, r, out),
         }
     }
 
     #[inline(always)]
-    fn rows_r<const K: u8>(simd: V3, w: &[WBlock], a: &Q8K, i0: usize, r: usize) -> [f32; GROUP] {
+    fn group_k<const K: u8>(
+        simd: V3,
+        blocks: &[WBlock],
+        a: &Q8K,
+        i: usize,
+        r: usize,
+        out: &mut Out,
+    ) {
+        let (nb, g, o) = (a.nb, i / GROUP, i % GROUP);
+        let xs: &[Quants] = match K {
+            Q6 => a.shifted(),
+            _ => &a.qs,
+        };
+        let (xg, _) = xs[g * nb * GROUP..][..nb * GROUP].as_chunks::<GROUP>();
+        let gs = &a.gs[g * nb..][..nb];
         match r {
-            4 => rows::<4, K>(simd, w, a, i0),
-            3 => pad(rows::<3, K>(simd, w, a, i0)),
-            2 => pad(rows::<2, K>(simd, w, a, i0)),
-            _ => pad(rows::<1, K>(simd, w, a, i0)),
+            4 => over::<4, K>(simd, blocks, xg, gs, 0, out),
+            3 => over::<3, K>(simd, blocks, xg, gs, o, out),
+            2 => over::<2, K>(simd, blocks, xg, gs, o, out),
+            _ => over::<1, K>(simd, blocks, xg, gs, o, out),
         }
     }
 
-    fn pad<const R: usize>(v: [f32; R]) -> [f32; GROUP] {
-        let mut out = [0f32; GROUP];
-        out[..R].copy_from_slice(&v);
-        out
+    /// [`rows`] for every unpacked row of `blocks`, the products written as they come.
+    #[inline(always)]
+    fn over<const R: usize, const K: u8>(
+        simd: V3,
+        blocks: &[WBlock],
+        xg: &[[Quants; GROUP]],
+        gs: &[GScales],
+        o: usize,
+        out: &mut Out,
+    ) {
+        for (j, w) in blocks.chunks_exact(xg.len().max(1)).enumerate() {
+            out.put(j, &rows::<R, K>(simd, w, xg, gs, o));
+        }
     }
 
-    /// `R` activation rows against one weight row, each weight vector loaded once for all.
+    /// `R` activation rows (the `o`-th on of a group, `xg` its quants and `gs` its scales
+    /// per super-block) against one weight row, each weight vector loaded once for all.
     /// Per 32 values and row: `maddubs` (unsigned times signed bytes, pairs summed to 16
     /// bits) and `madd` (times the scales, pairs to 32 bits). Q4_K / Q5_K: the unsigned
     /// weights times the signed activations. Q6_K's weights `q - 32` are signed: the
@@ -901,28 +1007,31 @@ mod avx2 {
     /// so that the lanes end as the exact sums candle's `maddubs(q, x) - maddubs(32, x)`
     /// gives, with one load per 32 values and row, not two.
     ///
-    /// The scale factors `dx * d` and `dx * -dmin` are vector products of broadcasts (the
-    /// bits of the scalar products: a negation is exact). The mins terms (Q4_K, Q5_K) are
-    /// added once per super-block in the same pass: a separate pass over the super-blocks
-    /// (which kept their accumulators out of the registers of the integer loop) was a chain
-    /// of one dependent fused multiply-add per super-block per row, measured slower.
+    /// The scale factors `dx * d` and `dx * -dmin` are vector products of the rows' scales
+    /// ([`GScales`], the bits of the scalar products: a negation is exact) and broadcasts.
+    /// The mins terms (Q4_K, Q5_K) are added once per super-block in the same pass: a
+    /// separate pass over the super-blocks (which kept their accumulators out of the
+    /// registers of the integer loop) was a chain of one dependent fused multiply-add per
+    /// super-block per row, measured slower. Q4_K's four rows of a whole group take theirs
+    /// two rows per vector (the four mins lanes of each), half the operations.
     // the fixed-size arrays are indexed in lock step so that the accumulators stay in
     // registers
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn rows<const R: usize, const K: u8>(simd: V3, w: &[WBlock], a: &Q8K, i0: usize) -> [f32; R] {
+    fn rows<const R: usize, const K: u8>(
+        simd: V3,
+        w: &[WBlock],
+        xg: &[[Quants; GROUP]],
+        gs: &[GScales],
+        o: usize,
+    ) -> [f32; R] {
         let (sse, sse2, avx, avx2, fma) = (simd.sse, simd.sse2, simd.avx, simd.avx2, simd.fma);
-        let nb = w.len();
-        let xq: [&[Quants]; R] = match K {
-            Q6 => std::array::from_fn(|s| &a.shifted()[(i0 + s) * nb..][..nb]),
-            _ => std::array::from_fn(|s| &a.qs[(i0 + s) * nb..][..nb]),
-        };
-        let xd: [&[f32]; R] = std::array::from_fn(|s| &a.d[(i0 + s) * nb..][..nb]);
-        let xm: [&[[i16; 8]]; R] = std::array::from_fn(|s| &a.bsum32[(i0 + s) * nb..][..nb]);
+        let pairs = K == Q4 && R == GROUP;
         let mut acc: [__m256; R] = [avx._mm256_setzero_ps(); R];
         let mut acc_m: [__m128; R] = [sse._mm_setzero_ps(); R];
+        let mut acc_p: [__m256; GROUP / 2] = [avx._mm256_setzero_ps(); GROUP / 2];
         let mut sum_m = [0f32; R];
-        for (b, wb) in w.iter().enumerate() {
+        for ((wb, x), gb) in w.iter().zip(xg).zip(gs) {
             let start: __m256i = match K {
                 Q6 => cast(wb.corr),
                 _ => avx._mm256_setzero_si256(),
@@ -930,9 +1039,12 @@ mod avx2 {
             let mut lanes: [__m256i; R] = [start; R];
             for v in 0..8 {
                 let wq: __m256i = cast(wb.q[v]);
-                let sc: __m256i = cast(wb.sc[v]);
+                let sc: __m256i = match K {
+                    Q6 => avx2._mm256_cvtepi8_epi16(cast(wb.sc[v])),
+                    _ => avx._mm256_set1_epi32(wb.sc4[v]),
+                };
                 for s in 0..R {
-                    let xv: __m256i = cast(xq[s][b][v]);
+                    let xv: __m256i = cast(x[o + s][v]);
                     let p16 = match K {
                         Q6 => avx2._mm256_maddubs_epi16(xv, wq),
                         _ => avx2._mm256_maddubs_epi16(wq, xv),
@@ -942,21 +1054,31 @@ mod avx2 {
             }
             let d = avx._mm256_set1_ps(wb.d);
             for s in 0..R {
-                let dd = avx._mm256_mul_ps(avx._mm256_set1_ps(xd[s][b]), d);
+                let dd = avx._mm256_mul_ps(cast(gb.d[o + s]), d);
                 acc[s] = fma._mm256_fmadd_ps(dd, avx._mm256_cvtepi32_ps(lanes[s]), acc[s]);
             }
-            if K != Q6 {
+            if pairs {
+                let m = avx2._mm256_broadcastsi128_si256(cast::<_, __m128i>(wb.mins));
+                let ndmin = avx._mm256_set1_ps(-wb.dmin);
+                let (b2, _) = gb.b32.as_chunks::<2>();
+                for p in 0..GROUP / 2 {
+                    let prod = avx2._mm256_madd_epi16(m, cast(b2[p]));
+                    let dm = avx._mm256_mul_ps(cast(gb.d2[p]), ndmin);
+                    acc_p[p] = fma._mm256_fmadd_ps(dm, avx._mm256_cvtepi32_ps(prod), acc_p[p]);
+                }
+            } else if K != Q6 {
                 let m = cast(wb.mins);
                 let ndmin = sse._mm_set1_ps(-wb.dmin);
                 for s in 0..R {
-                    let p = sse2._mm_madd_epi16(m, cast(xm[s][b]));
+                    let xd = gb.d[o + s][0];
+                    let p = sse2._mm_madd_epi16(m, cast(gb.b32[o + s]));
                     if K == Q4 {
-                        let dm = sse._mm_mul_ps(sse._mm_set1_ps(xd[s][b]), ndmin);
+                        let dm = sse._mm_mul_ps(sse._mm_set1_ps(xd), ndmin);
                         let pf = sse2._mm_cvtepi32_ps(p);
                         acc_m[s] = fma._mm_fmadd_ps(dm, pf, acc_m[s]);
                     } else {
                         let p: [i32; 4] = cast(p);
-                        sum_m[s] += xd[s][b] * -wb.dmin * ((p[0] + p[1]) + (p[2] + p[3])) as f32;
+                        sum_m[s] += xd * -wb.dmin * ((p[0] + p[1]) + (p[2] + p[3])) as f32;
                     }
                 }
             }
@@ -966,7 +1088,15 @@ mod avx2 {
             Q5 => Kind::Q5K,
             _ => Kind::Q6K,
         };
-        std::array::from_fn(|s| finish(kind, reduce(cast(acc[s])), cast(acc_m[s]), sum_m[s]))
+        let pair_lanes: [[[f32; 4]; 2]; GROUP / 2] = std::array::from_fn(|p| cast(acc_p[p]));
+        std::array::from_fn(|s| {
+            let lanes_m = if pairs {
+                pair_lanes[s / 2][s % 2]
+            } else {
+                cast(acc_m[s])
+            };
+            finish(kind, reduce(cast(acc[s])), lanes_m, sum_m[s])
+        })
     }
 }
 
@@ -991,8 +1121,12 @@ mod tests {
         let q = Q8K::quantize(x, x.len());
         (0..q.nb)
             .map(|b| {
-                let (qs, d, bs) = q.block(0, b);
-                (qs.iter().map(|&v| v as i8).collect(), d, bs.to_vec())
+                let (qs, d, bs, _) = q.block(0, b);
+                (
+                    qs.as_flattened().iter().map(|&v| v as i8).collect(),
+                    d,
+                    bs.to_vec(),
+                )
             })
             .collect()
     }
@@ -1147,26 +1281,18 @@ mod tests {
         let bytes = theirs.data().unwrap();
         // the scalar path (no AVX2) gives the same blocks as the AVX2 one
         let portable = {
-            let mut q = Q8K::quantize(&[], k);
-            (q.m, q.qs, q.d, q.bsums, q.bsum32) = (
-                4,
-                vec![[[0; 32]; 8]; 8],
-                vec![0.0; 8],
-                vec![[0; 16]; 8],
-                vec![[0; 8]; 8],
-            );
+            let mut q = Q8K::zeroed(4, k / QK_K);
             q.fill(&x, None);
             q
         };
         assert_eq!(portable.qs, ours.qs);
-        assert_eq!(portable.d, ours.d);
         assert_eq!(portable.bsums, ours.bsums);
-        assert_eq!(portable.bsum32, ours.bsum32);
+        assert_eq!(portable.gs, ours.gs);
         // candle's block: f32 d, 256 quants, 16 sums
         for (b, blk) in bytes.chunks_exact(4 + 256 + 32).enumerate() {
-            let (qs, d, bs) = ours.block(b / 2, b % 2);
+            let (qs, d, bs, _) = ours.block(b / 2, b % 2);
             assert_eq!(f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]), d);
-            assert_eq!(&blk[4..260], qs);
+            assert_eq!(&blk[4..260], qs.as_flattened());
             let sums: Vec<i16> = blk[260..]
                 .chunks_exact(2)
                 .map(|p| i16::from_le_bytes([p[0], p[1]]))
@@ -1174,6 +1300,33 @@ mod tests {
             assert_eq!(sums, bs);
         }
     }
+
+    /// Rows quantized together sit in groups (quants side by side, scales laid out for the
+    /// kernel) with the blocks each row gets alone; the padding of the last group is zeros;
+    /// blocks of a product start at whole groups.
+    #[test]
+    fn groups_hold_each_rows_own_blocks() {
+        let (k, m) = (512, 7);
+        let x = noise(41, m * k);
+        let all = Q8K::quantize(&x, k);
+        for i in 0..m {
+            let one = Q8K::quantize(&x[i * k..(i + 1) * k], k);
+            for b in 0..2 {
+                assert_eq!(all.block(i, b), one.block(0, b), "row {i}, block {b}");
+                let (g, s, d) = (&all.gs[(i / GROUP) * 2 + b], i % GROUP, one.block(0, b).1);
+                assert_eq!(g.d[s], [d; 8]);
+                assert_eq!(g.d2[s / 2][4 * (s % 2)..][..4], [d; 4]);
+            }
+        }
+        let (q, d, bs, b32) = all.block(m, 1);
+        assert_eq!((q, d, bs, b32), (&[[0; 32]; 8], 0.0, &[0; 16], &[0; 8]));
+        let big = Q8K::quantize(&noise(42, 1651 * k), k);
+        for threads in 1..=4 {
+            let rows = big.block_rows(threads);
+            assert!(rows.is_some_and(|r| r % GROUP == 0), "{threads}: {rows:?}");
+        }
+    }
+
     /// Candle's quantized matmul (what native mode used for dense K-quant products before
     /// `StoredMatrix::matmul_quantized` took this kernel) and this kernel give the same bits:
     /// rows with outliers, one to five activation rows, one to eight super-blocks; and so
@@ -1284,7 +1437,10 @@ mod tests {
                 *v *= 1e-38;
             }
             let a = Q8K::quantize(&x, k);
-            assert!(a.qs[2].as_flattened().contains(&0x80), "a quant of -128");
+            assert!(
+                a.block(1, 0).0.as_flattened().contains(&0x80),
+                "a quant of -128"
+            );
             let mut want = vec![0f32; m * n];
             t.from_data(std::borrow::Cow::Borrowed(&w))
                 .matmul_t((m, k, n), &x, &mut want)
@@ -1309,7 +1465,7 @@ mod tests {
         // extreme quants (-32 and 31 after the shift, and -128 as a byte) and scales
         let vals: [i8; 4] = [-32, 31, -128, 7];
         let q: Quants = std::array::from_fn(|v| std::array::from_fn(|i| vals[(i + v) % 4] as u8));
-        let sc: [[i16; 16]; 8] =
+        let sc: [[i8; 16]; 8] =
             std::array::from_fn(|v| std::array::from_fn(|i| [127, -128, 5, -1][(i + v) % 4]));
         let got = simd.vectorize(|| avx2::corr_q6k(simd, &q, &sc));
         assert_eq!(got, corr_q6k(&q, &sc));
