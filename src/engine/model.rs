@@ -215,6 +215,11 @@ struct Layer {
     /// capture names its products.
     index: usize,
     fused_qkv: bool,
+    /// Prompts attend through the fused kernel (`attention.rs`): reference math only. In
+    /// native math its other order of sums flips some 8-bit activation roundings
+    /// downstream, and SmolLM2's Q4_K_M vs F16 mean KLD (8 chunks of 256) moved from
+    /// 0.04999 to 0.05006; native math keeps candle's products there.
+    fused_prompt: bool,
 }
 
 /// A block's feed-forward: dense, or a mixture of experts.
@@ -1320,6 +1325,7 @@ fn load_layer(ld: &Loader<'_>, cfg: &ModelConfig, i: usize) -> Result<Layer, Eng
         window: cfg.window(i).unwrap_or(usize::MAX),
         index: i,
         fused_qkv,
+        fused_prompt: ld.math == Math::Reference,
     })
 }
 
@@ -1481,15 +1487,27 @@ fn attention(
             window: layer.window,
             sinks: layer.sinks.as_deref(),
         };
-        let q = q.contiguous()?;
         // generation: a few queries, one loop over the cache
         if n <= 4 {
             let op = ops::DecodeAttention { softmax, rep };
-            return Ok(q.apply_op3_no_bwd(&k, &v, &op)?);
+            return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
         }
         // a prompt or scored chunk: only the unmasked scores, in cache-sized blocks
-        let op = PromptAttention { softmax, rep };
-        return Ok(q.apply_op3_no_bwd(&k, &v, &op)?);
+        if layer.fused_prompt {
+            let op = PromptAttention { softmax, rep };
+            return Ok(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?);
+        }
+        // native math: candle's products around the masked softmax, written over the
+        // scores (the product's fresh output)
+        let q = q.reshape((nkv, rep * n, hd))?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = if scores.is_contiguous() {
+            scores.inplace_op1(&softmax)?;
+            scores
+        } else {
+            scores.apply_op1_no_bwd(&softmax)?
+        };
+        return heads_to_rows(probs.matmul(&v)?, n, nh, hd);
     }
     // other devices: the composed form, with the mask as an additive tensor
     if layer.sinks.is_some() {
@@ -1519,13 +1537,17 @@ fn attention(
         softmax_last(&scores)?
     };
     // the cache view is strided (capacity > length); gemm reads it in place
-    let out = probs.matmul(&v)?; // [nkv, rep*n, hd]
-    let out = out
+    heads_to_rows(probs.matmul(&v)?, n, nh, hd)
+}
+
+/// Attention outputs `[nkv, rep * n, hd]` (query heads grouped by key/value head) as rows
+/// `[n, nh * hd]`.
+fn heads_to_rows(out: Tensor, n: usize, nh: usize, hd: usize) -> Result<Tensor, EngineError> {
+    Ok(out
         .reshape((nh, n, hd))?
         .transpose(0, 1)?
         .contiguous()?
-        .reshape((n, nh * hd))?;
-    Ok(out)
+        .reshape((n, nh * hd))?)
 }
 
 fn softmax_last(x: &Tensor) -> Result<Tensor, EngineError> {
