@@ -146,59 +146,12 @@ where
 {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
-        return simd.vectorize(Avx2Chunk {
-            simd,
-            s,
-            x,
-            mc,
-            k,
-            n,
-            fill,
-            out,
-        });
+        return simd.vectorize(
+            #[inline(always)]
+            || chunk_with(Avx2(simd), s, x, mc, k, n, fill, out),
+        );
     }
     chunk_with(Portable, s, x, mc, k, n, fill, out)
-}
-
-/// [`chunk_with`] on the AVX2 kernel as pulp's operation. A struct, not a closure: pulp calls
-/// a closure through its `FnOnce` shim, which LLVM inlines into the AVX2 function only while
-/// the chunk is small enough; with a few more lines in `chunk_with` (session 12's prefetch
-/// trial) it stayed out of line and the whole chunk compiled without AVX2, its intrinsics as
-/// calls (the streamed F16 product several times slower). This way the chunk is always compiled
-/// inside the AVX2 function.
-#[cfg(target_arch = "x86_64")]
-struct Avx2Chunk<'a, F> {
-    simd: pulp::x86::V3,
-    s: &'a mut Scratch,
-    x: &'a [f32],
-    mc: usize,
-    k: usize,
-    n: usize,
-    fill: &'a F,
-    out: &'a mut [f32],
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<F> pulp::NullaryFnOnce for Avx2Chunk<'_, F>
-where
-    F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
-{
-    type Output = candle_core::Result<()>;
-
-    #[inline(always)]
-    fn call(self) -> candle_core::Result<()> {
-        let Avx2Chunk {
-            simd,
-            s,
-            x,
-            mc,
-            k,
-            n,
-            fill,
-            out,
-        } = self;
-        chunk_with(Avx2(simd), s, x, mc, k, n, fill, out)
-    }
 }
 
 /// The microkernel [`gemm`] runs on this CPU (for the benchmark's report).
