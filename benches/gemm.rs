@@ -9,6 +9,13 @@
 //! `RUNS` runs after a warm-up. `M=` and `SHAPES=2048x2048,...` change the sizes. One line
 //! per shape and weight type, naming the microkernel that ran:
 //! `gemm type=F16 n=2048 k=2048 ours=.. GF/s (.. s, avx2 6x16) candle=.. GF/s (.. s)`.
+//!
+//! One weight matrix fits in L3 and stays there from run to run, which hides what the whole
+//! model pays: each layer's weights come from memory. `STREAM=<MiB>` instead cycles our
+//! product over that many MiB of distinct copies of each weight matrix (default shape
+//! 2048 x 5632, `M` default 1668: one thread's rows in the 2-thread parity run), so every
+//! product reads its weights from DRAM, and reports the CPU time of one pass over them:
+//! `stream type=F16 m=1668 n=2048 k=5632 copies=18 ours=.. GF/s (.. s per product)`.
 
 use std::time::Duration;
 
@@ -39,13 +46,10 @@ fn median_cpu(runs: usize, mut f: impl FnMut()) -> Duration {
     t[t.len() / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    std::env::set_var("CANDLE_NUM_THREADS", "1");
-    std::env::set_var("RAYON_NUM_THREADS", "1");
-    let m = env_usize("M", 3328);
-    let runs = env_usize("RUNS", 3).max(1);
-    let shapes: Vec<(usize, usize)> = std::env::var("SHAPES")
-        .unwrap_or_else(|_| "2048x2048,256x2048,5632x2048,2048x5632".into())
+/// The shapes of `SHAPES` (`default` when unset) and the types of `TYPES`.
+fn shapes_and_types(default: &str) -> (Vec<(usize, usize)>, String) {
+    let shapes = std::env::var("SHAPES")
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .filter_map(|s| {
             let (n, k) = s.split_once('x')?;
@@ -53,26 +57,80 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let types = std::env::var("TYPES").unwrap_or_else(|_| "F16,Q4_K".into());
+    (shapes, types)
+}
+
+/// The stored bytes of `w [n, k]` in type `ty` (`F16` or else Q4_K).
+fn encode(
+    ty: &str,
+    w: &[f32],
+    n: usize,
+    k: usize,
+) -> Result<(Elem, Vec<u8>), Box<dyn std::error::Error>> {
+    Ok(match ty {
+        "F16" => (
+            Elem::F16,
+            w.iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+        ),
+        _ => {
+            let t = Tensor::from_slice(w, (n, k), &Device::Cpu)?;
+            let q = QTensor::quantize(&t, GgmlDType::Q4K)?;
+            (Elem::Block(GgmlDType::Q4K), q.data()?.to_vec())
+        }
+    })
+}
+
+/// The `STREAM` mode: our product over `mib` MiB of copies of each weight matrix in turn.
+fn streamed(mib: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let m = env_usize("M", 1668);
+    let runs = env_usize("RUNS", 3).max(1);
+    let (shapes, types) = shapes_and_types("2048x5632");
     for &(n, k) in &shapes {
         let x = values(1, m * k);
         let w = values(2, n * k);
         for ty in types.split(',') {
-            let sm = match ty {
-                "F16" => {
-                    let bytes: Vec<u8> = w
-                        .iter()
-                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                        .collect();
-                    StoredMatrix::new(Elem::F16, n, k, &bytes, None)
+            let (elem, bytes) = encode(ty, &w, n, k)?;
+            // distinct buffers (the same values): what matters is that none is in cache
+            let copies = (mib << 20).div_ceil(bytes.len()).max(1);
+            let mats = (0..copies)
+                .map(|_| StoredMatrix::from_vec(elem, n, k, bytes.clone()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("matrix sizes")?;
+            let flop = 2.0 * (m * n * k) as f64 * copies as f64;
+            let pass = median_cpu(runs, || {
+                for sm in &mats {
+                    std::hint::black_box(sm.matmul_exact(&x, m).ok());
                 }
-                _ => {
-                    let t = Tensor::from_slice(&w, (n, k), &Device::Cpu)?;
-                    let q = QTensor::quantize(&t, GgmlDType::Q4K)?;
-                    let bytes = q.data()?.to_vec();
-                    StoredMatrix::new(Elem::Block(GgmlDType::Q4K), n, k, &bytes, None)
-                }
-            }
-            .ok_or("matrix sizes")?;
+            });
+            println!(
+                "stream type={ty} m={m} n={n} k={k} copies={copies} ours={:.1} GF/s ({:.4} s per product, {})",
+                flop / pass.as_secs_f64() / 1e9,
+                pass.as_secs_f64() / copies as f64,
+                StoredMatrix::gemm_kernel(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    let stream = env_usize("STREAM", 0);
+    if stream > 0 {
+        return streamed(stream);
+    }
+    let m = env_usize("M", 3328);
+    let runs = env_usize("RUNS", 3).max(1);
+    let (shapes, types) = shapes_and_types("2048x2048,256x2048,5632x2048,2048x5632");
+    for &(n, k) in &shapes {
+        let x = values(1, m * k);
+        let w = values(2, n * k);
+        for ty in types.split(',') {
+            let (elem, bytes) = encode(ty, &w, n, k)?;
+            let sm = StoredMatrix::from_vec(elem, n, k, bytes).ok_or("matrix sizes")?;
             let flop = 2.0 * (m * n * k) as f64;
             let ours = median_cpu(runs, || {
                 std::hint::black_box(sm.matmul_exact(&x, m).ok());
