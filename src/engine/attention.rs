@@ -21,10 +21,10 @@
 //! a fixed order). The AVX2 kernels (pulp `V3`, detected at run time) and the portable ones
 //! give the same bits (tested).
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::ops::MaskedSoftmax;
+use super::ops::{attention_operands, AttnOperands, MaskedSoftmax};
 
 /// Queries per task: their rows stay in one output block, and the key tiles each head
 /// computes beyond a row's causal end are at most this many.
@@ -75,34 +75,24 @@ impl CustomOp3 for PromptAttention<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else {
-            bail!("queries, keys and values must be f32")
-        };
-        let Some((qa, qb)) = l1.contiguous_offsets() else {
-            bail!("queries must be contiguous, got {l1:?}")
-        };
-        let q = &q[qa..qb];
-        let (nh, n, hd) = l1.shape().dims3()?;
-        let (nkv, total, khd) = l2.shape().dims3()?;
+        let AttnOperands {
+            q,
+            k,
+            v,
+            nh,
+            n,
+            hd,
+            total,
+        } = attention_operands(
+            "prompt",
+            &self.softmax,
+            self.rep,
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+        )?;
+        let nkv = nh / self.rep;
         let sm = &self.softmax;
-        if khd != hd
-            || l3.shape().dims3()? != (nkv, total, hd)
-            || l2.stride()[2] != 1
-            || l3.stride()[2] != 1
-            || self.rep == 0
-            || nkv * self.rep != nh
-            || sm.n != n
-            || sm.pos + n != total
-            || sm.sinks.is_some_and(|s| s.len() < nh)
-        {
-            bail!(
-                "prompt attention of {:?} over {:?} / {:?} at {}",
-                l1.shape(),
-                l2.shape(),
-                l3.shape(),
-                sm.pos
-            );
-        }
         let mut out = vec![0f32; n * nh * hd];
         if n == 0 || hd == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, nh * hd))));
@@ -280,15 +270,7 @@ struct Portable;
 impl Kern for Portable {
     #[inline(always)]
     fn scores(self, a: &[[f32; MR]], b: &[[f32; NR]]) -> [[f32; NR]; MR] {
-        let mut acc = [[0f32; NR]; MR];
-        for (a, b) in a.iter().zip(b) {
-            for (acc, &ai) in acc.iter_mut().zip(a) {
-                for (s, &bl) in acc.iter_mut().zip(b) {
-                    *s = ai.mul_add(bl, *s);
-                }
-            }
-        }
-        acc
+        super::gemm::portable_tile(a, b)
     }
 
     #[inline(always)]

@@ -370,16 +370,27 @@ struct Portable;
 impl Micro for Portable {
     #[inline(always)]
     fn run(self, a: &[[f32; MR]], b: &[[f32; NR]]) -> [[f32; NR]; MR] {
-        let mut acc = [[0f32; NR]; MR];
-        for (a, b) in a.iter().zip(b) {
-            for (acc, &ai) in acc.iter_mut().zip(a) {
-                for (s, &bl) in acc.iter_mut().zip(b) {
-                    *s = ai.mul_add(bl, *s);
-                }
+        portable_tile(a, b)
+    }
+}
+
+/// `out[i][l] = sum over c of a[c][i] * b[c][l]`, each a fused multiply-add chain from zero
+/// in `c` order, one lane at a time: the portable twin of an `R x C` AVX2 microkernel
+/// (this GEMM's, and the fused attention's score tiles).
+#[inline(always)]
+pub(super) fn portable_tile<const R: usize, const C: usize>(
+    a: &[[f32; R]],
+    b: &[[f32; C]],
+) -> [[f32; C]; R] {
+    let mut acc = [[0f32; C]; R];
+    for (a, b) in a.iter().zip(b) {
+        for (acc, &ai) in acc.iter_mut().zip(a) {
+            for (s, &bl) in acc.iter_mut().zip(b) {
+                *s = ai.mul_add(bl, *s);
             }
         }
-        acc
     }
+    acc
 }
 
 /// The AVX2 + FMA kernel: 12 accumulators of 8 lanes, two weight vectors and one broadcast

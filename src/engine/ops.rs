@@ -330,6 +330,65 @@ pub struct DecodeAttention<'a> {
     pub rep: usize,
 }
 
+/// The operands of an attention op, checked against its softmax and group size: queries
+/// `[nh, n, hd]` (contiguous), keys and values `[nkv, total, hd]` (strided views of the
+/// cache, rows contiguous), `total = pos + n`.
+pub(super) struct AttnOperands<'a> {
+    /// The queries' values.
+    pub q: &'a [f32],
+    /// The keys' and values' storage (read through their layouts).
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub nh: usize,
+    pub n: usize,
+    pub hd: usize,
+    pub total: usize,
+}
+
+/// [`AttnOperands`] of the `what` attention op over operands `(storage, layout)`.
+pub(super) fn attention_operands<'a>(
+    what: &str,
+    sm: &MaskedSoftmax<'_>,
+    rep: usize,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<AttnOperands<'a>> {
+    let q = f32_slice(s1, l1, "queries")?;
+    let (CpuStorage::F32(k), CpuStorage::F32(v)) = (s2, s3) else {
+        bail!("keys and values must be f32")
+    };
+    let (nh, n, hd) = l1.shape().dims3()?;
+    let (nkv, total, khd) = l2.shape().dims3()?;
+    if khd != hd
+        || l3.shape().dims3()? != (nkv, total, hd)
+        || l2.stride()[2] != 1
+        || l3.stride()[2] != 1
+        || rep == 0
+        || nkv * rep != nh
+        || sm.n != n
+        || sm.pos + n != total
+        || sm.sinks.is_some_and(|s| s.len() < nh)
+    {
+        bail!(
+            "{what} attention of {:?} over {:?} / {:?} at {}",
+            l1.shape(),
+            l2.shape(),
+            l3.shape(),
+            sm.pos
+        );
+    }
+    Ok(AttnOperands {
+        q,
+        k,
+        v,
+        nh,
+        n,
+        hd,
+        total,
+    })
+}
+
 /// Element `(a, b, ..)` rows of a 3-d strided view: slice of row `b` of matrix `a`.
 fn row3<'s>(v: &'s [f32], l: &Layout, a: usize, b: usize, len: usize) -> &'s [f32] {
     let st = l.stride();
@@ -351,30 +410,23 @@ impl CustomOp3 for DecodeAttention<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = f32_slice(s1, l1, "queries")?;
-        let (CpuStorage::F32(k), CpuStorage::F32(v)) = (s2, s3) else {
-            bail!("keys and values must be f32")
-        };
-        let (nh, n, hd) = l1.shape().dims3()?;
-        let (nkv, total, khd) = l2.shape().dims3()?;
+        let AttnOperands {
+            q,
+            k,
+            v,
+            nh,
+            n,
+            hd,
+            total,
+        } = attention_operands(
+            "decode",
+            &self.softmax,
+            self.rep,
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+        )?;
         let sm = &self.softmax;
-        if khd != hd
-            || l3.shape().dims3()? != (nkv, total, hd)
-            || l2.stride()[2] != 1
-            || l3.stride()[2] != 1
-            || self.rep == 0
-            || nkv * self.rep != nh
-            || sm.n != n
-            || sm.pos + n != total
-        {
-            bail!(
-                "decode attention of {:?} over {:?} / {:?} at {}",
-                l1.shape(),
-                l2.shape(),
-                l3.shape(),
-                sm.pos
-            );
-        }
         let mut out = vec![0f32; n * nh * hd];
         let mut scores = vec![0f32; total];
         let mut probs = vec![0f32; total];
