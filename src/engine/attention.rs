@@ -20,6 +20,10 @@
 //! relative, tested), and do not depend on the thread count (each output has one owner and
 //! a fixed order). The AVX2 kernels (pulp `V3`, detected at run time) and the portable ones
 //! give the same bits (tested).
+//!
+//! Reference math only (`model.rs` decides per layer): in native math the other order of
+//! sums flips some 8-bit activation roundings downstream, which moved SmolLM2's Q4_K_M vs
+//! F16 mean KLD in its fourth digit, so native math keeps candle's products.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
