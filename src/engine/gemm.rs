@@ -11,16 +11,21 @@
 //! wide, dequantized into a buffer that stays in L1 and laid out as the microkernel reads
 //! them, into per-thread buffers that are reused from call to call.
 //!
-//! The loops are the usual ones of a cache-blocked GEMM. For each `KC`-wide slice of the
-//! width, the activations of all rows are packed once, on the pool, into `MR`-row panels
-//! shared by every task. The output is cut into tiles of `NC` columns (weight rows) by all
-//! the rows (or, for narrow products, by a part of the rows), one rayon task each: a task
-//! dequantizes its `NC` weight rows into `NR`-row panels (kept in L2), and each activation
-//! panel (in L1, read from L3) runs along them with the `MR x NR` microkernel. So every
-//! weight is dequantized once per product, from memory where a real model's weights come
-//! from, and the many small tasks keep both threads busy to the end of a product even when
-//! one of them is slowed by other work (session 12: the tasks had been one row chunk per
-//! thread, each dequantizing the whole matrix; see `docs/benchmarks.md` for the figures).
+//! The loops are the usual ones of a cache-blocked GEMM. The activations of all rows are
+//! packed once, on the pool, into `MR`-row panels the whole width long, shared by every
+//! task. The output is cut into tiles of `NC` columns (weight rows) by all the rows (or, for
+//! narrow products, by a part of the rows), one task each; the threads of the pool claim
+//! the tasks in order from a counter. A task runs the whole width of its tile, `KC` values
+//! at a time: it dequantizes its `NC` weight rows' slice into `NR`-row panels (kept in L2),
+//! and each activation panel's slice (in L1, read from L3) runs along them with the
+//! `MR x NR` microkernel. So every weight is dequantized once per product, from memory
+//! where a real model's weights come from, and a product is one parallel step. The last
+//! tasks claimed are cut smaller, so that a thread slowed by other work (the layer reader)
+//! leaves the other little to wait for at the end. Products that share their input (q/k/v,
+//! gate/up) run in one call ([`gemm_many`]): one packing, one parallel step.
+//! (Session 12 packed and ran one `KC` slice at a time, a parallel step each, in tasks the
+//! pool split by halves; session 11 had one row chunk per thread, each dequantizing the
+//! whole matrix; see `docs/benchmarks.md` for the figures.)
 //! With AVX2 and FMA (detected at run time) the microkernel keeps its 6 x 16 sums in 12
 //! vector registers; elsewhere a portable kernel computes the same sums with
 //! `f32::mul_add`, so the bits are the same.
@@ -40,6 +45,7 @@
 //! with the number of threads.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -60,10 +66,12 @@ pub(super) const KC: usize = 1024;
 /// stay in L2 while each activation panel runs along them (measured: 64 to 128 alike, 256
 /// slower with the larger `KC`).
 const NC: usize = 64;
-/// Output rows packed at a time at most: their packed activations (`KC` wide, 16 MiB) stay
-/// in L3 (each activation panel is read from there once per `NC` weight rows), and memory
-/// stays bounded whatever the batch; a product of more rows runs group after group.
-const MAX_GROUP_ROWS: usize = 4098;
+/// Bytes of packed activations at most (all the rows of a group, the whole width): a
+/// product of more rows runs group after group, so memory stays bounded whatever the batch
+/// (the 1.1B model's feed-forward output, 5632 wide, takes 2976 rows a group). It stands in
+/// the memory estimates for the dequantized tile of the candle path, which the products that
+/// come here do not make (`stored::TILE_BYTES`, the larger).
+const PACK_BYTES: usize = 64 << 20;
 /// Output rows per task at least, so that dequantizing the task's weight rows stays a small
 /// part of its work.
 const MIN_CHUNK_ROWS: usize = 64;
@@ -72,6 +80,10 @@ const MIN_CHUNK_ROWS: usize = 64;
 /// `NC`-column blocks of all the rows when there are columns enough (every weight row is
 /// then dequantized once per product); only narrow products cut the rows too.
 const TASKS_PER_THREAD: usize = 8;
+/// Column blocks per thread, the last in claim order, whose tasks are cut into row chunks of
+/// about an eighth: a task runs the whole width (several milliseconds for a thousand rows),
+/// and the small ones at the end leave a thread a fraction of that to wait for the other.
+const TAIL_BLOCKS_PER_THREAD: usize = 2;
 
 /// Per-thread buffers, reused across calls.
 #[derive(Default)]
@@ -86,14 +98,21 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// The packed activations of one slice, `[panel][KC][MR]`, shared by every task and kept
-/// from call to call (a product of 3328 rows packs 13 MiB per slice; a fresh buffer each
-/// call would be faulted in and cleared each time).
+/// The packed activations of a group, `[slice][panel][KC][MR]`, shared by every task and kept from
+/// call to call (a product of 1024 rows, 5632 wide, packs 22 MiB; a fresh buffer each call
+/// would be faulted in and cleared each time).
 static PACKED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
-/// One task's part of the output: columns `j0..j0 + nc` of the rows of panels `p0..`, one
-/// slice per row.
+/// One product of [`gemm_many`]: `n` weight rows, and its output `[m, n]`.
+pub(super) struct Product<'o> {
+    pub n: usize,
+    pub out: &'o mut [f32],
+}
+
+/// One task's part of the output: columns `j0..j0 + nc` of product `product`, for the rows
+/// of panels `p0..`, one slice per row.
 struct Tile<'o> {
+    product: usize,
     p0: usize,
     j0: usize,
     nc: usize,
@@ -109,25 +128,39 @@ fn chunk_panels(panels: usize, blocks: usize, threads: usize) -> usize {
     panels.div_ceil(chunks).max(MIN_CHUNK_ROWS.div_ceil(MR))
 }
 
-/// The output `[m, n]` cut into tiles of `chunk` panels by [`NC`] columns, row chunk by row
-/// chunk.
-fn tiles(out: &mut [f32], n: usize, chunk: usize) -> Vec<Tile<'_>> {
-    let blocks = n.div_ceil(NC);
+/// The outputs of `products` (`panels` activation panels of rows each) cut into tasks, in
+/// the order the threads claim them: product by product, [`NC`]-column block by block, each
+/// block in row chunks of [`chunk_panels`] panels, except the last
+/// [`TAIL_BLOCKS_PER_THREAD`] blocks per thread, cut into eighths of that.
+fn tiles<'o>(products: &'o mut [Product<'_>], panels: usize, threads: usize) -> Vec<Tile<'o>> {
+    let blocks: usize = products.iter().map(|p| p.n.div_ceil(NC)).sum();
+    let chunk = chunk_panels(panels, blocks, threads);
+    let tail = chunk.div_ceil(8).max(MIN_CHUNK_ROWS.div_ceil(MR));
+    let tail_from = blocks.saturating_sub(TAIL_BLOCKS_PER_THREAD * threads);
     let mut tiles = Vec::new();
-    for (c, rows) in out.chunks_mut(chunk * MR * n).enumerate() {
+    let mut block = 0;
+    for (product, p) in products.iter_mut().enumerate() {
+        let n = p.n;
         let first = tiles.len();
-        let m = rows.len() / n;
-        for b in 0..blocks {
-            tiles.push(Tile {
-                p0: c * chunk,
-                j0: b * NC,
-                nc: NC.min(n - b * NC),
-                rows: Vec::with_capacity(m),
-            });
+        // per column block: its first tile (from `first`) and its chunk
+        let mut starts = Vec::with_capacity(n.div_ceil(NC));
+        for b in 0..n.div_ceil(NC) {
+            let chunk = if block >= tail_from { tail } else { chunk };
+            starts.push((tiles.len() - first, chunk));
+            for c in 0..panels.div_ceil(chunk) {
+                tiles.push(Tile {
+                    product,
+                    p0: c * chunk,
+                    j0: b * NC,
+                    nc: NC.min(n - b * NC),
+                    rows: Vec::with_capacity(chunk * MR),
+                });
+            }
+            block += 1;
         }
-        for row in rows.chunks_exact_mut(n) {
-            for (t, seg) in tiles[first..].iter_mut().zip(row.chunks_mut(NC)) {
-                t.rows.push(seg);
+        for (r, row) in p.out.chunks_exact_mut(n).enumerate() {
+            for ((start, chunk), seg) in starts.iter().zip(row.chunks_mut(NC)) {
+                tiles[first + start + r / (chunk * MR)].rows.push(seg);
             }
         }
     }
@@ -148,23 +181,69 @@ pub(super) fn gemm<F>(
 where
     F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
-    if x.len() != m * k || out.len() != m * n {
-        candle_core::bail!(
-            "gemm of {} inputs ({m}x{k}) into {} outputs ({m}x{n})",
-            x.len(),
-            out.len()
-        );
+    let mut products = [Product { n, out }];
+    gemm_many(x, m, k, &mut products, &|_, j, k0, dst| fill(j, k0, dst))
+}
+
+/// [`gemm`] of `x` with several weight matrices of width `k` at once (q/k/v, gate/up): the
+/// activations are packed once for all of them and the tasks of all of them share one
+/// parallel step. `fill(p, j, k0, dst)` fills from matrix `p`, row `j`. Each output gets
+/// the bits [`gemm`] gives it alone.
+pub(super) fn gemm_many<F>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    products: &mut [Product<'_>],
+    fill: &F,
+) -> candle_core::Result<()>
+where
+    F: Fn(usize, usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+{
+    let mut bad = (x.len() != m * k).then_some((x.len(), 0, 0));
+    for p in products.iter() {
+        if p.out.len() != m * p.n {
+            bad = bad.or(Some((x.len(), p.n, p.out.len())));
+        }
     }
-    if m == 0 || n == 0 {
+    if let Some((inputs, n, outputs)) = bad {
+        candle_core::bail!("gemm of {inputs} inputs ({m}x{k}) into {outputs} outputs ({m}x{n})");
+    }
+    if m == 0 || products.iter().all(|p| p.n == 0) {
         return Ok(());
     }
     if k == 0 {
-        out.fill(0.0);
+        products.iter_mut().for_each(|p| p.out.fill(0.0));
         return Ok(());
     }
-    let group = m.div_ceil(m.div_ceil(MAX_GROUP_ROWS)).div_ceil(MR) * MR;
-    for (x, out) in x.chunks(group * k).zip(out.chunks_mut(group * n)) {
-        group_product(x, x.len() / k, k, n, fill, out, Kernel::Best)?;
+    in_groups(x, m, k, products, fill, PACK_BYTES)
+}
+
+/// [`gemm_many`]'s checked operands, in groups of rows whose packed activations take at most
+/// `pack_bytes`.
+fn in_groups<F>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    products: &mut [Product<'_>],
+    fill: &F,
+    pack_bytes: usize,
+) -> candle_core::Result<()>
+where
+    F: Fn(usize, usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+{
+    let cap = (pack_bytes / 4 / (k * MR)).max(1) * MR;
+    let group = m.div_ceil(m.div_ceil(cap)).div_ceil(MR) * MR;
+    for g0 in (0..m).step_by(group) {
+        let rows = group.min(m - g0);
+        let mut parts: Vec<Product<'_>> = products
+            .iter_mut()
+            .map(|p| Product {
+                n: p.n,
+                out: &mut p.out[g0 * p.n..(g0 + rows) * p.n],
+            })
+            .collect();
+        let x = &x[g0 * k..(g0 + rows) * k];
+        group_product(x, rows, k, &mut parts, fill, Kernel::Best)?;
     }
     Ok(())
 }
@@ -179,77 +258,104 @@ enum Kernel {
     Portable,
 }
 
-/// [`gemm`] of at most [`MAX_GROUP_ROWS`] rows: per `KC` slice, the activations packed once
-/// (on the pool), then the tiles of the output on the pool.
+/// [`gemm_many`] of one group of rows: the activations packed (on the pool), then the
+/// tasks claimed in order by every thread of the pool, each running all the slices of its
+/// tile, so a product has one parallel step, not one per slice.
 fn group_product<F>(
     x: &[f32],
     m: usize,
     k: usize,
-    n: usize,
+    products: &mut [Product<'_>],
     fill: &F,
-    out: &mut [f32],
     kernel: Kernel,
 ) -> candle_core::Result<()>
 where
-    F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+    F: Fn(usize, usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
     let panels = m.div_ceil(MR);
     let threads = rayon::current_num_threads().max(1);
-    let mut tiles = tiles(out, n, chunk_panels(panels, n.div_ceil(NC), threads));
-    // a product running while another holds the buffer (none in the engine today) packs
+    // a product running while another holds the buffer (tests running side by side) packs
     // into a fresh one
     let mut a = PACKED
         .try_lock()
         .map(|mut a| std::mem::take(&mut *a))
         .unwrap_or_default();
-    a.resize(panels * KC.min(k) * MR, 0.0);
-    let mut result = Ok(());
-    let mut k0 = 0;
-    while k0 < k && result.is_ok() {
-        let kc = KC.min(k - k0);
-        let a = &mut a[..panels * kc * MR];
-        a.par_chunks_mut(kc * MR)
-            .enumerate()
-            .for_each(|(p, panel)| pack_panel(x, k, m, p, k0, kc, panel));
-        let a = &*a;
-        result = tiles.par_iter_mut().try_for_each(|tile| {
-            SCRATCH.with(|s| match s.try_borrow_mut() {
-                Ok(mut s) => tile_product(&mut s, a, k0, kc, fill, tile, kernel),
-                // a task run while this thread's buffers are in use further up its stack
-                Err(_) => tile_product(&mut Scratch::default(), a, k0, kc, fill, tile, kernel),
-            })
+    a.resize(panels * k * MR, 0.0);
+    // slice by slice, as the tasks read them: `[slice][panel][kc][MR]`, so that the panels
+    // of one slice are one run of memory
+    let full = k / KC * KC;
+    let (whole, rest) = a[..panels * k * MR].split_at_mut(panels * full * MR);
+    whole
+        .par_chunks_mut(KC * MR)
+        .enumerate()
+        .chain(
+            rest.par_chunks_mut((k - full).max(1) * MR)
+                .enumerate()
+                .map(|(p, panel)| (full / KC * panels + p, panel)),
+        )
+        .for_each(|(i, panel)| {
+            let (slice, p) = (i / panels, i % panels);
+            let k0 = slice * KC;
+            pack_panel(x, k, m, p, k0, KC.min(k - k0), panel);
         });
-        k0 += kc;
-    }
+    let packed = &a[..panels * k * MR];
+    let tasks: Vec<Mutex<Tile<'_>>> = tiles(products, panels, threads)
+        .into_iter()
+        .map(Mutex::new)
+        .collect();
+    // claimed in order, so the small tasks at the end are the last ones run
+    let next = AtomicUsize::new(0);
+    let result = (0..threads).into_par_iter().try_for_each(|_| loop {
+        let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) else {
+            return Ok(());
+        };
+        let mut tile = match task.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let run = SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => tile_product(&mut s, packed, (k, panels), fill, &mut tile, kernel),
+            // a task run while this thread's buffers are in use further up its stack
+            Err(_) => {
+                let s = &mut Scratch::default();
+                tile_product(s, packed, (k, panels), fill, &mut tile, kernel)
+            }
+        });
+        if run.is_err() {
+            // the other threads stop at their next claim
+            next.store(tasks.len(), Ordering::Relaxed);
+            return run;
+        }
+    });
+    drop(tasks);
     if let Ok(mut kept) = PACKED.try_lock() {
         *kept = a;
     }
     result
 }
 
-/// One task, one slice: the tile's columns of the weights (columns `k0..k0 + kc` of their
-/// rows) dequantized into panels, then every activation panel of the tile run along them,
-/// in the best kernel the CPU has.
+/// One task: for each `KC` slice of the width in order, the tile's columns of the weights
+/// (columns `k0..k0 + kc` of their rows) dequantized into panels, then every activation
+/// panel of the tile run along them, in the best kernel the CPU has.
 fn tile_product<F>(
     s: &mut Scratch,
     a: &[f32],
-    k0: usize,
-    kc: usize,
+    k_panels: (usize, usize),
     fill: &F,
     tile: &mut Tile<'_>,
     kernel: Kernel,
 ) -> candle_core::Result<()>
 where
-    F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+    F: Fn(usize, usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
     #[cfg(target_arch = "x86_64")]
     if let (Kernel::Best, Some(simd)) = (kernel, pulp::x86::V3::try_new()) {
         return simd.vectorize(
             #[inline(always)]
-            || tile_with(Avx2(simd), s, a, k0, kc, fill, tile),
+            || tile_with(Avx2(simd), s, a, k_panels, fill, tile),
         );
     }
-    tile_with(Portable, s, a, k0, kc, fill, tile)
+    tile_with(Portable, s, a, k_panels, fill, tile)
 }
 
 /// The microkernel [`gemm`] runs on this CPU (for the benchmark's report).
@@ -268,38 +374,42 @@ fn tile_with<K: Micro, F>(
     kern: K,
     s: &mut Scratch,
     a: &[f32],
-    k0: usize,
-    kc: usize,
+    (k, panels): (usize, usize),
     fill: &F,
     tile: &mut Tile<'_>,
 ) -> candle_core::Result<()>
 where
-    F: Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+    F: Fn(usize, usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync,
 {
     let nc = tile.nc;
     s.rows.resize(NR * KC, 0.0);
     s.b.resize(KC * NC, 0.0);
-    let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
-    for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
-        let jq = tile.j0 + q * NR;
-        let nr = NR.min(nc - q * NR);
-        let rows = &mut s.rows[..NR * kc];
-        for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
-            if r < nr {
-                fill(jq + r, k0, dst)?;
-            } else {
-                dst.fill(0.0);
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
+        for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
+            let jq = tile.j0 + q * NR;
+            let nr = NR.min(nc - q * NR);
+            let rows = &mut s.rows[..NR * kc];
+            for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
+                if r < nr {
+                    fill(tile.product, jq + r, k0, dst)?;
+                } else {
+                    dst.fill(0.0);
+                }
             }
+            kern.transpose(rows, kc, b);
         }
-        kern.transpose(rows, kc, b);
-    }
-    let b = &s.b[..nc.div_ceil(NR) * kc * NR];
-    let a = &a[tile.p0 * kc * MR..];
-    for (ap, segs) in a.chunks_exact(kc * MR).zip(tile.rows.chunks_mut(MR)) {
-        let ap = ap.as_chunks::<MR>().0;
-        for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
-            let acc = kern.run(ap, bq.as_chunks::<NR>().0);
-            update(&acc, segs, q * NR, NR.min(nc - q * NR), k0 == 0);
+        let b = &s.b[..nc.div_ceil(NR) * kc * NR];
+        // the slice's panels start after those of the slices before it, `KC` wide each
+        let slice = &a[panels * k0 * MR..];
+        for (p, segs) in (tile.p0..).zip(tile.rows.chunks_mut(MR)) {
+            let ap = &slice[p * kc * MR..(p + 1) * kc * MR];
+            let ap = ap.as_chunks::<MR>().0;
+            for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
+                let acc = kern.run(ap, bq.as_chunks::<NR>().0);
+                update(&acc, segs, q * NR, NR.min(nc - q * NR), k0 == 0);
+            }
         }
     }
     Ok(())
@@ -537,46 +647,109 @@ mod tests {
                 Ok(())
             };
             let mut portable = vec![f32::NAN; m * n];
-            group_product(&x, m, k, n, &fill, &mut portable, Kernel::Portable).unwrap();
+            let mut products = [Product {
+                n,
+                out: &mut portable,
+            }];
+            let fill = |_: usize, j: usize, k0: usize, dst: &mut [f32]| fill(j, k0, dst);
+            group_product(&x, m, k, &mut products, &fill, Kernel::Portable).unwrap();
             assert_eq!(portable, results[0], "portable, n = {n}");
         }
     }
 
     #[test]
-    fn tiles_cover_the_output_once_in_whole_panels() {
+    fn tiles_cover_the_outputs_once_in_whole_panels() {
         // wide products: NC-column blocks of all the rows; narrow ones cut the rows too
         assert_eq!(chunk_panels(555, 88, 2), 555);
         assert_eq!(chunk_panels(555, 4, 2), 139);
         assert_eq!(chunk_panels(2, 1, 8), MIN_CHUNK_ROWS.div_ceil(MR));
-        for (m, n, chunk) in [(13, 70, 1), (700, 37, 20), (6, 64, 11)] {
-            let mut out = vec![0f32; m * n];
-            for tile in tiles(&mut out, n, chunk) {
-                assert_eq!(tile.p0 % chunk, 0);
+        for (m, ns, threads) in [
+            (13, vec![70], 1),
+            (700, vec![37], 2),
+            (6, vec![64], 3),
+            (1024, vec![2048, 256, 256], 2),
+            (500, vec![100, 1, 700], 4),
+        ] {
+            let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
+            let mut products: Vec<Product<'_>> = outs
+                .iter_mut()
+                .zip(&ns)
+                .map(|(out, &n)| Product { n, out })
+                .collect();
+            let panels = m.div_ceil(MR);
+            let tiles = tiles(&mut products, panels, threads);
+            let blocks: usize = ns.iter().map(|n| n.div_ceil(NC)).sum();
+            let full = chunk_panels(panels, blocks, threads) * MR;
+            let last = tiles.last().map(|t| t.rows.len()).unwrap_or(0);
+            // the last tasks claimed are the small ones, when the rows allow it
+            if full >= 8 * MIN_CHUNK_ROWS {
+                assert!(
+                    last * 4 <= full,
+                    "{m} rows: last task {last} rows of {full}"
+                );
+            }
+            for tile in tiles {
                 assert_eq!(tile.j0 % NC, 0);
-                assert!(tile.rows.len() <= chunk * MR);
+                assert!(tile.rows.len() <= full);
                 for row in tile.rows {
                     assert_eq!(row.len(), tile.nc);
                     row.iter_mut().for_each(|v| *v += 1.0);
                 }
             }
-            assert!(out.iter().all(|&v| v == 1.0), "{m}x{n} by {chunk} panels");
+            for (out, n) in outs.iter().zip(&ns) {
+                assert!(
+                    out.iter().all(|&v| v == 1.0),
+                    "{m}x{n} on {threads} threads"
+                );
+            }
         }
         let x = [1f32; 6];
         assert!(gemm(&x, 2, 3, 1, &|_, _, _| Ok(()), &mut [0.0; 3]).is_err());
     }
 
     #[test]
+    fn several_products_give_the_bits_of_each_alone() {
+        let (m, k) = (300, 1500);
+        let ns = [70, 16, 130];
+        let x = noise(10, m * k);
+        let ws: Vec<Vec<f32>> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| noise(20 + i as u64, n * k))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+        let mut products: Vec<Product<'_>> = outs
+            .iter_mut()
+            .zip(&ns)
+            .map(|(out, &n)| Product { n, out })
+            .collect();
+        let fill = |p: usize, j: usize, k0: usize, dst: &mut [f32]| {
+            dst.copy_from_slice(&ws[p][j * k + k0..j * k + k0 + dst.len()]);
+            Ok(())
+        };
+        gemm_many(&x, m, k, &mut products, &fill).unwrap();
+        for ((out, w), &n) in outs.iter().zip(&ws).zip(&ns) {
+            assert_eq!(out, &run(&x, w, m, k, n), "n = {n}");
+        }
+    }
+
+    #[test]
     fn groups_of_rows_give_the_bits_of_one_group() {
         // more rows than a group: the groups run one after the other
-        let (m, k, n) = (MAX_GROUP_ROWS + 7, 40, 20);
+        let (m, k, n) = (100, 40, 20);
         let x = noise(8, m * k);
         let w = noise(9, n * k);
-        let fill = |j: usize, k0: usize, dst: &mut [f32]| {
+        let fill = |_: usize, j: usize, k0: usize, dst: &mut [f32]| {
             dst.copy_from_slice(&w[j * k + k0..j * k + k0 + dst.len()]);
             Ok(())
         };
-        let mut whole = vec![f32::NAN; m * n];
-        group_product(&x, m, k, n, &fill, &mut whole, Kernel::Best).unwrap();
-        assert_eq!(run(&x, &w, m, k, n), whole);
+        let mut grouped = vec![f32::NAN; m * n];
+        let mut products = [Product {
+            n,
+            out: &mut grouped,
+        }];
+        // 12 rows' worth of packed activations: 9 groups
+        in_groups(&x, m, k, &mut products, &fill, 12 * k * 4).unwrap();
+        assert_eq!(run(&x, &w, m, k, n), grouped);
     }
 }

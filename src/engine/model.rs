@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType as CDType, Device, Module, Tensor, D};
+use candle_core::{CpuStorage, DType as CDType, Device, Module, Tensor, D};
 
 use super::attention::PromptAttention;
 use super::capture::{Capture, LayerTap};
@@ -110,7 +110,7 @@ fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> 
     let (m, _) = x.dims2()?;
     // both fused paths take fewer rows than this; a batch would only be copied for nothing
     if m >= super::qmatmul::GEMM_ROWS {
-        return each();
+        return gemm_many(ls, x).map_or_else(each, Ok);
     }
     let blocks: Option<Vec<&BlockMatrix>> = ls
         .iter()
@@ -145,6 +145,39 @@ fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> 
         .map(|o| {
             let n = o.len() / m.max(1);
             Ok(Tensor::from_vec(o, (m, n), x.device())?)
+        })
+        .collect()
+}
+
+/// `x` (many rows, on the CPU) through several exact stored projections in one
+/// [`StoredMatrix::gemm_exact_many`] call, read in place from candle's storage; `None` when
+/// they are not all exact stored products that `gemm.rs` takes at these rows (or anything
+/// else fails, for the caller to run them one by one).
+fn gemm_many(ls: &[&Linear], x: &Tensor) -> Option<Vec<Tensor>> {
+    let mats: Vec<&StoredMatrix> = ls
+        .iter()
+        .map(|l| match l {
+            Linear::Stored {
+                w,
+                quantized: false,
+            } => Some(w.as_ref()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let (m, _) = x.dims2().ok()?;
+    let x = x.contiguous().ok()?;
+    let outs = {
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+            return None;
+        };
+        let (start, end) = layout.contiguous_offsets()?;
+        StoredMatrix::gemm_exact_many(&mats, v.get(start..end)?, m).ok()??
+    };
+    outs.into_iter()
+        .map(|o| {
+            let n = o.len() / m.max(1);
+            Tensor::from_vec(o, (m, n), x.device()).ok()
         })
         .collect()
 }

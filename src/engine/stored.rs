@@ -453,6 +453,44 @@ impl StoredMatrix {
         Ok(Some(outs))
     }
 
+    /// The exact product of `x [m, k]` with several matrices of width `k` (q/k/v, gate/up)
+    /// by `gemm.rs` in one call: the activations packed once and the tasks of all of them
+    /// in one parallel step ([`gemm::gemm_many`]), each output the bits
+    /// [`StoredMatrix::matmul_exact`] gives it. `None` unless every matrix takes `m` rows
+    /// through `gemm.rs` at width `k`.
+    pub fn gemm_exact_many(
+        mats: &[&StoredMatrix],
+        x: &[f32],
+        m: usize,
+    ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+        let Some(k) = mats.first().map(|w| w.k) else {
+            return Ok(None);
+        };
+        if x.len() != m * k || mats.iter().any(|w| w.k != k || !w.gemm_applies(m)) {
+            return Ok(None);
+        }
+        let mut shapes = Vec::with_capacity(mats.len());
+        for w in mats {
+            let Some(shape) = w.elem.block_shape() else {
+                return Ok(None);
+            };
+            shapes.push(shape);
+        }
+        let fill =
+            |p: usize, j: usize, k0: usize, dst: &mut [f32]| match (mats.get(p), shapes.get(p)) {
+                (Some(w), Some(&(bs, bb))) => w.fill_span(bs, bb, j, k0, dst),
+                _ => candle_core::bail!("no matrix {p} of {}", mats.len()),
+            };
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; m * w.n]).collect();
+        let mut products: Vec<gemm::Product<'_>> = outs
+            .iter_mut()
+            .zip(mats)
+            .map(|(out, w)| gemm::Product { n: w.n, out })
+            .collect();
+        gemm::gemm_many(x, m, k, &mut products, &fill)?;
+        Ok(Some(outs))
+    }
+
     /// Rows per tile, and the granularity of the parallel dequantization.
     fn tile_rows(&self) -> usize {
         (TILE_BYTES / 4 / self.k).max(16).min(self.n.max(1))
