@@ -897,7 +897,9 @@ fn open_device(spec: &DeviceSpec) -> Result<candle_core::Device, ParityError> {
 /// file of f32 rows in job order, read back in the same order, so the two models are never
 /// in memory together and the comparison uses the reference's exact logits.
 struct RowStore {
-    file: std::fs::File,
+    /// The rows go to this file; without one they stay in memory (`rows`).
+    file: Option<std::fs::File>,
+    rows: std::collections::VecDeque<Vec<f32>>,
     dir: PathBuf,
 }
 
@@ -908,9 +910,19 @@ impl RowStore {
             source,
         })?;
         Ok(RowStore {
-            file,
+            file: Some(file),
+            rows: Default::default(),
             dir: dir.to_owned(),
         })
+    }
+
+    /// A store that keeps the rows in memory (they fit in the budget beside the run).
+    fn in_memory(dir: &Path) -> RowStore {
+        RowStore {
+            file: None,
+            rows: Default::default(),
+            dir: dir.to_owned(),
+        }
     }
 
     fn err(&self) -> impl Fn(std::io::Error) -> ParityError + '_ {
@@ -920,14 +932,18 @@ impl RowStore {
         }
     }
 
-    fn push(&mut self, rows: &[f32]) -> Result<(), ParityError> {
+    fn push(&mut self, rows: Vec<f32>) -> Result<(), ParityError> {
         use std::io::Write;
+        let Some(file) = &self.file else {
+            self.rows.push_back(rows);
+            return Ok(());
+        };
         let mut bytes = Vec::with_capacity(rows.len() * 4);
         for v in rows {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         let e = self.err();
-        (&self.file).write_all(&bytes).map_err(e)
+        (&*file).write_all(&bytes).map_err(e)
     }
 
     /// Run `produce`, which hands rows to its argument in order, while a thread of its own
@@ -940,11 +956,15 @@ impl RowStore {
             &mut dyn FnMut(usize, Vec<f32>) -> Result<(), ParityError>,
         ) -> Result<(), ParityError>,
     ) -> Result<RowStore, ParityError> {
+        if self.file.is_none() {
+            produce(&mut |_, rows| self.push(rows))?;
+            return Ok(self);
+        }
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
             let writer = s.spawn(move || -> Result<RowStore, ParityError> {
                 for rows in rx {
-                    self.push(&rows)?;
+                    self.push(rows)?;
                 }
                 Ok(self)
             });
@@ -969,14 +989,26 @@ impl RowStore {
     fn rewind(&mut self) -> Result<(), ParityError> {
         use std::io::Seek;
         let e = self.err();
-        (&self.file).rewind().map_err(e)
+        match &self.file {
+            Some(file) => (&*file).rewind().map_err(e),
+            None => Ok(()),
+        }
     }
 
     fn next(&mut self, len: usize) -> Result<Vec<f32>, ParityError> {
         use std::io::Read;
-        let mut bytes = vec![0u8; len * 4];
+        let Some(file) = &self.file else {
+            return match self.rows.pop_front() {
+                Some(rows) if rows.len() == len => Ok(rows),
+                got => Err(self.err()(std::io::Error::other(format!(
+                    "kept reference rows of {} values where {len} were expected",
+                    got.map_or(0, |r| r.len())
+                )))),
+            };
+        };
         let e = self.err();
-        (&self.file).read_exact(&mut bytes).map_err(e)?;
+        let mut bytes = vec![0u8; len * 4];
+        (&*file).read_exact(&mut bytes).map_err(e)?;
         Ok(bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -1046,7 +1078,22 @@ pub fn compare(
             check_context_of(&c.cfg, &c.path, &plan.sequences)?;
             same_tokens(&r, &c, p)?;
             let budget = opts.budget();
-            let store = RowStore::new(&budget.spill_dir)?;
+            // the reference's kept logits stay in memory when they take at most a quarter of
+            // the budget (the candidate then runs in what is left); else they go to a file
+            let kept: u64 = plan
+                .sequences
+                .iter()
+                .map(|s| (s.tokens.len().saturating_sub(s.first_scored) * r.cfg.vocab * 4) as u64)
+                .sum();
+            let (store, candidate_budget) = if kept <= budget.max_memory / 4 {
+                let left = Budget {
+                    max_memory: budget.max_memory - kept,
+                    ..budget.clone()
+                };
+                (RowStore::in_memory(&budget.spill_dir), left)
+            } else {
+                (RowStore::new(&budget.spill_dir)?, budget.clone())
+            };
             let jobs = jobs_of(&plan.sequences, false);
             let mut store = store.write_while(|push| {
                 r.evaluate(
@@ -1066,7 +1113,7 @@ pub fn compare(
                 opts.candidate_math,
                 &device,
                 jobs,
-                &budget,
+                &candidate_budget,
                 "candidate",
                 progress,
                 &mut |j, b| {
@@ -1309,6 +1356,17 @@ mod tests {
         for j in 0..9 {
             assert_eq!(store.next(1000).unwrap(), rows(j));
         }
+        // in memory: the same rows in the same order, and a length that does not match
+        // is an error
+        let mut store = RowStore::in_memory(dir.path())
+            .write_while(|push| (0..9).try_for_each(|j| push(j, rows(j))))
+            .unwrap();
+        store.rewind().unwrap();
+        for j in 0..8 {
+            assert_eq!(store.next(1000).unwrap(), rows(j));
+        }
+        assert!(store.next(999).is_err());
+        assert!(store.next(1000).is_err());
     }
 
     #[cfg(target_os = "linux")]
@@ -1319,7 +1377,8 @@ mod tests {
             .open("/dev/full")
             .unwrap();
         let store = RowStore {
-            file,
+            file: Some(file),
+            rows: Default::default(),
             dir: PathBuf::from("/spill"),
         };
         let mut pushed = 0;
