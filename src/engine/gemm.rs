@@ -185,6 +185,15 @@ where
     gemm_many(x, m, k, &mut products, &|_, j, k0, dst| fill(j, k0, dst))
 }
 
+/// `n` zeros for an output, written on the pool: an output buffer of a few MB usually comes
+/// back from the allocator's heap, which `vec!` clears with a memset on the calling thread
+/// while the other threads wait.
+pub(super) fn zeroed(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 /// [`gemm`] of `x` with several weight matrices of width `k` at once (q/k/v, gate/up): the
 /// activations are packed once for all of them and the tasks of all of them share one
 /// parallel step. `fill(p, j, k0, dst)` fills from matrix `p`, row `j`. Each output gets

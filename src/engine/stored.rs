@@ -481,7 +481,7 @@ impl StoredMatrix {
                 (Some(w), Some(&(bs, bb))) => w.fill_span(bs, bb, j, k0, dst),
                 _ => candle_core::bail!("no matrix {p} of {}", mats.len()),
             };
-        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; m * w.n]).collect();
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| gemm::zeroed(m * w.n)).collect();
         let mut products: Vec<gemm::Product<'_>> = outs
             .iter_mut()
             .zip(mats)
@@ -586,7 +586,7 @@ impl StoredMatrix {
             candle_core::bail!("no block size for {:?}", self.elem);
         };
         let fill = |j: usize, k0: usize, dst: &mut [f32]| self.fill_span(bs, bb, j, k0, dst);
-        let mut out = vec![0f32; m * self.n];
+        let mut out = gemm::zeroed(m * self.n);
         gemm::gemm(x, m, self.k, self.n, &fill, &mut out)?;
         Ok(out)
     }
