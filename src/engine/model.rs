@@ -119,16 +119,7 @@ fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> 
             _ => None,
         })
         .collect();
-    let stored: Option<Vec<&StoredMatrix>> = ls
-        .iter()
-        .map(|l| match l {
-            Linear::Stored {
-                w,
-                quantized: false,
-            } => Some(w.as_ref()),
-            _ => None,
-        })
-        .collect();
+    let stored = exact_stored(ls);
     if blocks.is_none() && stored.is_none() {
         return each();
     }
@@ -149,13 +140,9 @@ fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, EngineError> 
         .collect()
 }
 
-/// `x` (many rows, on the CPU) through several exact stored projections in one
-/// [`StoredMatrix::gemm_exact_many`] call, read in place from candle's storage; `None` when
-/// they are not all exact stored products that `gemm.rs` takes at these rows (or anything
-/// else fails, for the caller to run them one by one).
-fn gemm_many(ls: &[&Linear], x: &Tensor) -> Option<Vec<Tensor>> {
-    let mats: Vec<&StoredMatrix> = ls
-        .iter()
+/// The stored matrices of `ls` when every one is an exact stored product.
+fn exact_stored<'l>(ls: &[&'l Linear]) -> Option<Vec<&'l StoredMatrix>> {
+    ls.iter()
         .map(|l| match l {
             Linear::Stored {
                 w,
@@ -163,7 +150,15 @@ fn gemm_many(ls: &[&Linear], x: &Tensor) -> Option<Vec<Tensor>> {
             } => Some(w.as_ref()),
             _ => None,
         })
-        .collect::<Option<_>>()?;
+        .collect()
+}
+
+/// `x` (many rows, on the CPU) through several exact stored projections in one
+/// [`StoredMatrix::gemm_exact_many`] call, read in place from candle's storage; `None` when
+/// they are not all exact stored products that `gemm.rs` takes at these rows (or anything
+/// else fails, for the caller to run them one by one).
+fn gemm_many(ls: &[&Linear], x: &Tensor) -> Option<Vec<Tensor>> {
+    let mats = exact_stored(ls)?;
     let (m, _) = x.dims2().ok()?;
     let x = x.contiguous().ok()?;
     let outs = {

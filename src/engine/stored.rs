@@ -419,10 +419,7 @@ impl StoredMatrix {
         x: &[f32],
         m: usize,
     ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
-        let Some(k) = mats.first().map(|w| w.k) else {
-            return Ok(None);
-        };
-        if m == 0 || m >= MATVEC_ROWS || x.len() != m * k || mats.iter().any(|w| w.k != k) {
+        if m == 0 || m >= MATVEC_ROWS || common_width(mats, x, m).is_none() {
             return Ok(None);
         }
         let threads = rayon::current_num_threads().max(1);
@@ -463,12 +460,10 @@ impl StoredMatrix {
         x: &[f32],
         m: usize,
     ) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
-        let Some(k) = mats.first().map(|w| w.k) else {
+        let gemm = mats.iter().all(|w| w.gemm_applies(m));
+        let Some(k) = common_width(mats, x, m).filter(|_| gemm) else {
             return Ok(None);
         };
-        if x.len() != m * k || mats.iter().any(|w| w.k != k || !w.gemm_applies(m)) {
-            return Ok(None);
-        }
         let mut shapes = Vec::with_capacity(mats.len());
         for w in mats {
             let Some(shape) = w.elem.block_shape() else {
@@ -781,6 +776,12 @@ impl StoredMatrix {
             quantized: true,
         }
     }
+}
+
+/// The width `k` all of `mats` share, when `x` is `m` rows of it.
+fn common_width(mats: &[&StoredMatrix], x: &[f32], m: usize) -> Option<usize> {
+    let k = mats.first()?.k;
+    (x.len() == m * k && mats.iter().all(|w| w.k == k)).then_some(k)
 }
 
 /// Whole blocks `src` of `elem` as f32 in `out` (a slice of a row for `gemm.rs`): the
