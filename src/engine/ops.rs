@@ -409,6 +409,7 @@ const SCORE_KEYS: usize = 8;
 /// of the separate products `q[d] * key[d]`, from `-0.0` (what `f32::sum` of the products
 /// gives, bit for bit). [`SCORE_KEYS`] keys at a time: one key's sum is a chain of
 /// dependent additions, so several keys' chains are interleaved to keep the adders busy.
+#[inline(always)]
 fn score_keys<'k>(q: &[f32], key: impl Fn(usize) -> &'k [f32], lo: usize, out: &mut [f32]) {
     let hd = q.len();
     let done = out.len() - out.len() % SCORE_KEYS;
@@ -428,6 +429,28 @@ fn score_keys<'k>(q: &[f32], key: impl Fn(usize) -> &'k [f32], lo: usize, out: &
         let kr = key(lo + done + i);
         *o = q.iter().zip(kr).map(|(a, b)| a * b).sum();
     }
+}
+
+/// `o += p_i * value(lo + i)` over the probabilities `probs` in key order, a multiply then
+/// an add per element.
+#[inline(always)]
+fn add_values<'v>(o: &mut [f32], probs: &[f32], value: impl Fn(usize) -> &'v [f32], lo: usize) {
+    for (i, &p) in probs.iter().enumerate() {
+        for (o, &x) in o.iter_mut().zip(value(lo + i)) {
+            *o += p * x;
+        }
+    }
+}
+
+/// `f()` compiled for AVX2 where the CPU has it (`f` and what it inlines: loops then run
+/// eight lanes wide, the same IEEE operations per lane).
+#[inline(always)]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return simd.vectorize(f);
+    }
+    f()
 }
 
 impl CustomOp3 for DecodeAttention<'_> {
@@ -471,16 +494,33 @@ impl CustomOp3 for DecodeAttention<'_> {
             let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
             let q_pos = sm.pos + t;
             let lo = (q_pos + 1).saturating_sub(sm.window);
-            score_keys(qr, |j| row3(k, l2, g, j, hd), lo, &mut scores[lo..=q_pos]);
+            with_avx2(
+                #[inline(always)]
+                || {
+                    score_keys(
+                        qr,
+                        #[inline(always)]
+                        |j| row3(k, l2, g, j, hd),
+                        lo,
+                        &mut scores[lo..=q_pos],
+                    )
+                },
+            );
             // the softmax row of query head `h`, query `t`; the entries outside the visible
             // keys (stale from another row) are set to zero there
             sm.row_in_place(h * n + t, scores)?;
-            for (j, &p) in scores.iter().enumerate().take(q_pos + 1).skip(lo) {
-                let vr = row3(v, l3, g, j, hd);
-                for (o, &x) in o.iter_mut().zip(vr) {
-                    *o += p * x;
-                }
-            }
+            with_avx2(
+                #[inline(always)]
+                || {
+                    add_values(
+                        o,
+                        &scores[lo..=q_pos],
+                        #[inline(always)]
+                        |j| row3(v, l3, g, j, hd),
+                        lo,
+                    )
+                },
+            );
             Ok(())
         };
         if hd > 0 {
