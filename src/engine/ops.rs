@@ -396,6 +396,63 @@ fn row3<'s>(v: &'s [f32], l: &Layout, a: usize, b: usize, len: usize) -> &'s [f3
     &v[at..at + len]
 }
 
+/// From this many multiply-adds of scores (query heads x visible keys x head_dim, summed
+/// over the queries) on, [`DecodeAttention`] splits its query heads over the thread pool.
+/// SmolLM2-135M (9 heads of 64) crosses it at about 28 keys: below that a layer's
+/// attention takes a few microseconds, about what waking the other workers costs.
+const PARALLEL_ATTENTION: usize = 1 << 14;
+
+/// Keys whose scores are summed together in [`score_keys`].
+const SCORE_KEYS: usize = 8;
+
+/// Scores `out[i] = q . key(lo + i)`, each an f32 sum over the head dimensions in order
+/// of the separate products `q[d] * key[d]`, from `-0.0` (what `f32::sum` of the products
+/// gives, bit for bit). [`SCORE_KEYS`] keys at a time: one key's sum is a chain of
+/// dependent additions, so several keys' chains are interleaved to keep the adders busy.
+#[inline(always)]
+fn score_keys<'k>(q: &[f32], key: impl Fn(usize) -> &'k [f32], lo: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let done = out.len() - out.len() % SCORE_KEYS;
+    let mut blocks = out.chunks_exact_mut(SCORE_KEYS);
+    for (b, dst) in (&mut blocks).enumerate() {
+        let rows: [&[f32]; SCORE_KEYS] =
+            std::array::from_fn(|i| &key(lo + b * SCORE_KEYS + i)[..hd]);
+        let mut acc = [-0.0f32; SCORE_KEYS];
+        for (d, &x) in q.iter().enumerate() {
+            for (a, r) in acc.iter_mut().zip(rows) {
+                *a += x * r[d];
+            }
+        }
+        dst.copy_from_slice(&acc);
+    }
+    for (i, o) in blocks.into_remainder().iter_mut().enumerate() {
+        let kr = key(lo + done + i);
+        *o = q.iter().zip(kr).map(|(a, b)| a * b).sum();
+    }
+}
+
+/// `o += p_i * value(lo + i)` over the probabilities `probs` in key order, a multiply then
+/// an add per element.
+#[inline(always)]
+fn add_values<'v>(o: &mut [f32], probs: &[f32], value: impl Fn(usize) -> &'v [f32], lo: usize) {
+    for (i, &p) in probs.iter().enumerate() {
+        for (o, &x) in o.iter_mut().zip(value(lo + i)) {
+            *o += p * x;
+        }
+    }
+}
+
+/// `f()` compiled for AVX2 where the CPU has it (`f` and what it inlines: loops then run
+/// eight lanes wide, the same IEEE operations per lane).
+#[inline(always)]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return simd.vectorize(f);
+    }
+    f()
+}
+
 impl CustomOp3 for DecodeAttention<'_> {
     fn name(&self) -> &'static str {
         "modelgate-decode-attention"
@@ -427,29 +484,56 @@ impl CustomOp3 for DecodeAttention<'_> {
             (s3, l3),
         )?;
         let sm = &self.softmax;
+        let rep = self.rep;
         let mut out = vec![0f32; n * nh * hd];
-        let mut scores = vec![0f32; total];
-        let mut probs = vec![0f32; total];
-        for h in 0..nh {
-            let g = h / self.rep;
-            for t in 0..n {
-                let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
-                let q_pos = sm.pos + t;
-                let lo = (q_pos + 1).saturating_sub(sm.window);
-                for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
-                    let kr = row3(k, l2, g, j, hd);
-                    *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
-                }
-                // the softmax row index: kv head, query head in the group, query
-                let r = (h % self.rep) * n + t;
-                probs.fill(0.0);
-                sm.row(r + g * self.rep * n, &mut probs, &scores)?;
-                let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
-                    let vr = row3(v, l3, g, j, hd);
-                    for (o, &x) in o.iter_mut().zip(vr) {
-                        *o += p * x;
-                    }
+        // output row `c` of `[n, nh, hd]` is query `c / nh` of query head `c % nh`, with a
+        // score row of its own (`scores`, the task's scratch, `total` long)
+        let head = |scores: &mut Vec<f32>, (c, o): (usize, &mut [f32])| -> Result<()> {
+            let (t, h) = (c / nh, c % nh);
+            let g = h / rep;
+            let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
+            let q_pos = sm.pos + t;
+            let lo = (q_pos + 1).saturating_sub(sm.window);
+            with_avx2(
+                #[inline(always)]
+                || {
+                    score_keys(
+                        qr,
+                        #[inline(always)]
+                        |j| row3(k, l2, g, j, hd),
+                        lo,
+                        &mut scores[lo..=q_pos],
+                    )
+                },
+            );
+            // the softmax row of query head `h`, query `t`; the entries outside the visible
+            // keys (stale from another row) are set to zero there
+            sm.row_in_place(h * n + t, scores)?;
+            with_avx2(
+                #[inline(always)]
+                || {
+                    add_values(
+                        o,
+                        &scores[lo..=q_pos],
+                        #[inline(always)]
+                        |j| row3(v, l3, g, j, hd),
+                        lo,
+                    )
+                },
+            );
+            Ok(())
+        };
+        if hd > 0 {
+            // visible keys summed over the queries: the work of the score and value loops
+            let keys: usize = (0..n).map(|t| (sm.pos + t + 1).min(sm.window)).sum();
+            if nh * keys * hd >= PARALLEL_ATTENTION {
+                out.par_chunks_mut(hd)
+                    .enumerate()
+                    .try_for_each_init(|| vec![0f32; total], head)?;
+            } else {
+                let mut scores = vec![0f32; total];
+                for row in out.chunks_mut(hd).enumerate() {
+                    head(&mut scores, row)?;
                 }
             }
         }
@@ -775,6 +859,145 @@ mod tests {
                 assert!(want.contains(&0.0) && want.iter().any(|&p| p > 0.0));
             }
         }
+    }
+
+    /// The decode attention loop as it was before heads were split over threads and keys
+    /// scored eight at a time: the reference the op must match bit for bit.
+    struct SerialDecode<'a>(DecodeAttention<'a>);
+
+    impl CustomOp3 for SerialDecode<'_> {
+        fn name(&self) -> &'static str {
+            "serial-decode-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let op = &self.0;
+            let AttnOperands {
+                q,
+                k,
+                v,
+                nh,
+                n,
+                hd,
+                total,
+            } = attention_operands("decode", &op.softmax, op.rep, (s1, l1), (s2, l2), (s3, l3))?;
+            let sm = &op.softmax;
+            let mut out = vec![0f32; n * nh * hd];
+            let mut scores = vec![0f32; total];
+            let mut probs = vec![0f32; total];
+            for h in 0..nh {
+                let g = h / op.rep;
+                for t in 0..n {
+                    let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
+                    let q_pos = sm.pos + t;
+                    let lo = (q_pos + 1).saturating_sub(sm.window);
+                    for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
+                        let kr = row3(k, l2, g, j, hd);
+                        *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
+                    }
+                    let r = (h % op.rep) * n + t;
+                    probs.fill(0.0);
+                    sm.row(r + g * op.rep * n, &mut probs, &scores)?;
+                    let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                    for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
+                        let vr = row3(v, l3, g, j, hd);
+                        for (o, &x) in o.iter_mut().zip(vr) {
+                            *o += p * x;
+                        }
+                    }
+                }
+            }
+            Ok((CpuStorage::F32(out), Shape::from((n, nh * hd))))
+        }
+    }
+
+    #[test]
+    fn decode_attention_gives_the_serial_loops_bits() {
+        let sinks = [0.3f32, -1.25, 2.0, 0.0];
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let pools: Vec<rayon::ThreadPool> = [1usize, 2, 3]
+            .iter()
+            .map(|&t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let mut parallel = false;
+        // (query heads, kv heads, head dim, queries, position): GQA and plain, one and
+        // several queries, caches short (serial) and long (split over the threads), head
+        // dims with and without a remainder of keys
+        for (nh, nkv, hd, n, pos) in [
+            (4usize, 2usize, 16usize, 1usize, 0usize),
+            (4, 2, 16, 1, 5),
+            (4, 1, 16, 3, 300),
+            (3, 3, 24, 1, 901),
+            (4, 2, 64, 2, 77),
+        ] {
+            let total = pos + n;
+            // the cache holds more rows than are filled: keys and values are strided views
+            let cap = total + 7;
+            let q: Vec<f32> = (0..nh * n * hd)
+                .map(|i| (i as f32 * 0.37).sin() * 3.0)
+                .collect();
+            let kv = |c: f32| -> Tensor {
+                let x: Vec<f32> = (0..nkv * cap * hd)
+                    .map(|i| (i as f32 * c).cos() * 2.5)
+                    .collect();
+                Tensor::from_vec(x, (nkv, cap, hd), &Device::Cpu)
+                    .unwrap()
+                    .narrow(1, 0, total)
+                    .unwrap()
+            };
+            let (k, v) = (kv(0.113), kv(0.071));
+            let q = Tensor::from_vec(q, (nh, n, hd), &Device::Cpu).unwrap();
+            for (softcap, window, sink) in [
+                (None, usize::MAX, false),
+                (None, 40, false),
+                (Some(5.0f32), 50, false),
+                (None, usize::MAX, true),
+            ] {
+                let op = || DecodeAttention {
+                    softmax: MaskedSoftmax {
+                        scale: 0.37,
+                        softcap,
+                        n,
+                        pos,
+                        window,
+                        sinks: sink.then_some(&sinks[..]),
+                    },
+                    rep: nh / nkv,
+                };
+                let keys: usize = (0..n).map(|t| (pos + t + 1).min(window)).sum();
+                parallel |= nh * keys * hd >= PARALLEL_ATTENTION;
+                let want = q.apply_op3_no_bwd(&k, &v, &SerialDecode(op())).unwrap();
+                assert_eq!(want.dims(), &[n, nh * hd]);
+                let want = bits(&want);
+                assert!(want.iter().any(|&b| f32::from_bits(b) != 0.0));
+                for pool in &pools {
+                    let got = pool.install(|| q.apply_op3_no_bwd(&k, &v, &op()).unwrap());
+                    assert_eq!(bits(&got), want, "{nh}/{nkv} heads of {hd}, {n} at {pos}");
+                }
+            }
+        }
+        assert!(parallel, "no case crosses the parallel threshold");
     }
 
     #[test]

@@ -327,7 +327,15 @@ impl BlockMatrix {
             }
             simd.vectorize(
                 #[inline(always)]
-                || self.tile(acts, rows.start, out, |w, a, r| avx2::dot(simd, w, a, r)),
+                || {
+                    self.tile(
+                        acts,
+                        rows.start,
+                        out,
+                        #[inline(always)]
+                        |w, a, r| avx2::dot(simd, w, a, r),
+                    )
+                },
             );
             return;
         }
@@ -760,20 +768,24 @@ mod avx2 {
         while b0 + 8 <= nb {
             let d8 = load8f(&xd[b0..b0 + 8]);
             let s8 = load8f(&xs[b0..b0 + 8]);
-            let ws: [__m256; R] = std::array::from_fn(|r| f16x8(simd, &scale[r][b0..b0 + 8]));
-            let sc: [[f32; 8]; R] =
-                std::array::from_fn(|r| cast(simd.avx._mm256_mul_ps(ws[r], d8)));
-            let op: [[f32; 8]; R] = std::array::from_fn(|r| {
-                if !offsets {
-                    [0f32; 8]
-                } else if with_mins {
-                    let o = f16x8(simd, &mins[r][b0..b0 + 8]);
-                    cast(simd.avx._mm256_mul_ps(o, s8))
-                } else {
-                    let o = simd.avx._mm256_mul_ps(zero, ws[r]);
-                    cast(simd.avx._mm256_mul_ps(o, s8))
+            // plain loops, not `array::from_fn`: its closure is a function of its own,
+            // compiled without AVX2, where the intrinsics stay out-of-line calls whenever
+            // the closure is not inlined here (codegen-unit placement decides: one build
+            // ran generation 6x slower)
+            let mut sc = [[0f32; 8]; R];
+            let mut op = [[0f32; 8]; R];
+            for r in 0..R {
+                let ws = f16x8(simd, &scale[r][b0..b0 + 8]);
+                sc[r] = cast(simd.avx._mm256_mul_ps(ws, d8));
+                if offsets {
+                    let o = if with_mins {
+                        f16x8(simd, &mins[r][b0..b0 + 8])
+                    } else {
+                        simd.avx._mm256_mul_ps(zero, ws)
+                    };
+                    op[r] = cast(simd.avx._mm256_mul_ps(o, s8));
                 }
-            });
+            }
             let xg = &xq[b0 * QK..(b0 + 8) * QK];
             for t in 0..8 {
                 let xv = load32(&xg[t * QK..(t + 1) * QK]);
@@ -814,7 +826,11 @@ mod avx2 {
                 }
             }
         }
-        std::array::from_fn(|r| hsum(acc[r]) + off[r])
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]) + off[r];
+        }
+        out
     }
 
     #[inline(always)]
