@@ -12,20 +12,21 @@
 //! them, into per-thread buffers that are reused from call to call.
 //!
 //! The loops are the usual ones of a cache-blocked GEMM. The activations of all rows are
-//! packed once, on the pool, into `MR`-row panels the whole width long, shared by every
-//! task. The output is cut into tiles of `NC` columns (weight rows) by all the rows (or, for
-//! narrow products, by a part of the rows), one task each; the threads of the pool claim
-//! the tasks in order from a counter. A task runs the whole width of its tile, `KC` values
-//! at a time: it dequantizes its `NC` weight rows' slice into `NR`-row panels (kept in L2),
-//! and each activation panel's slice (in L1, read from L3) runs along them with the
-//! `MR x NR` microkernel. So every weight is dequantized once per product, from memory
-//! where a real model's weights come from, and a product is one parallel step. The last
-//! tasks claimed are cut smaller, so that a thread slowed by other work (the layer reader)
-//! leaves the other little to wait for at the end. Products that share their input (q/k/v,
+//! packed once, on the pool, into `MR`-row panels, slice by `KC`-wide slice (the panels of
+//! one slice are one run of memory), shared by every task. The output is cut into tiles of
+//! `NC` columns (weight rows) by all the rows (or, for narrow products, by a part of the
+//! rows). A task is one tile in one slice: it dequantizes the slice of its `NC` weight rows
+//! into `NR`-row panels (kept in L2), and each activation panel (in L1, read from L3) runs
+//! along them with the `MR x NR` microkernel. The threads of the pool claim the tasks in
+//! order from a counter, slice after slice, so both work in the same slice (its activations
+//! shared in L3) and a thread done with a slice goes on to the next instead of waiting for
+//! the other: a product is one parallel step. A tile takes its slices in order (a claim
+//! waits in the rare case that the tile's previous slice is still running), which fixes
+//! the order of each output's sum. So every weight is dequantized once per product, from
+//! memory where a real model's weights come from. Products that share their input (q/k/v,
 //! gate/up) run in one call ([`gemm_many`]): one packing, one parallel step.
-//! (Session 12 packed and ran one `KC` slice at a time, a parallel step each, in tasks the
-//! pool split by halves; session 11 had one row chunk per thread, each dequantizing the
-//! whole matrix; see `docs/benchmarks.md` for the figures.)
+//! (Session 12 had a parallel step per slice, tasks split by halves; session 11 one row
+//! chunk per thread, each dequantizing the whole matrix; see `docs/benchmarks.md`.)
 //! With AVX2 and FMA (detected at run time) the microkernel keeps its 6 x 16 sums in 12
 //! vector registers; elsewhere a portable kernel computes the same sums with
 //! `f32::mul_add`, so the bits are the same.
@@ -80,11 +81,6 @@ const MIN_CHUNK_ROWS: usize = 64;
 /// `NC`-column blocks of all the rows when there are columns enough (every weight row is
 /// then dequantized once per product); only narrow products cut the rows too.
 const TASKS_PER_THREAD: usize = 8;
-/// Column blocks per thread, the last in claim order, whose tasks are cut into row chunks of
-/// about an eighth: a task runs the whole width (several milliseconds for a thousand rows),
-/// and the small ones at the end leave a thread a fraction of that to wait for the other.
-const TAIL_BLOCKS_PER_THREAD: usize = 2;
-
 /// Per-thread buffers, reused across calls.
 #[derive(Default)]
 struct Scratch {
@@ -128,24 +124,19 @@ fn chunk_panels(panels: usize, blocks: usize, threads: usize) -> usize {
     panels.div_ceil(chunks).max(MIN_CHUNK_ROWS.div_ceil(MR))
 }
 
-/// The outputs of `products` (`panels` activation panels of rows each) cut into tasks, in
-/// the order the threads claim them: product by product, [`NC`]-column block by block, each
-/// block in row chunks of [`chunk_panels`] panels, except the last
-/// [`TAIL_BLOCKS_PER_THREAD`] blocks per thread, cut into eighths of that.
+/// The outputs of `products` (`panels` activation panels of rows each) cut into tiles, in
+/// the order the threads claim them in each slice: product by product, [`NC`]-column block
+/// by block, each block in row chunks of [`chunk_panels`] panels.
 fn tiles<'o>(products: &'o mut [Product<'_>], panels: usize, threads: usize) -> Vec<Tile<'o>> {
     let blocks: usize = products.iter().map(|p| p.n.div_ceil(NC)).sum();
     let chunk = chunk_panels(panels, blocks, threads);
-    let tail = chunk.div_ceil(8).max(MIN_CHUNK_ROWS.div_ceil(MR));
-    let tail_from = blocks.saturating_sub(TAIL_BLOCKS_PER_THREAD * threads);
     let mut tiles = Vec::new();
-    let mut block = 0;
     for (product, p) in products.iter_mut().enumerate() {
         let n = p.n;
         let first = tiles.len();
         // per column block: its first tile (from `first`) and its chunk
         let mut starts = Vec::with_capacity(n.div_ceil(NC));
         for b in 0..n.div_ceil(NC) {
-            let chunk = if block >= tail_from { tail } else { chunk };
             starts.push((tiles.len() - first, chunk));
             for c in 0..panels.div_ceil(chunk) {
                 tiles.push(Tile {
@@ -156,7 +147,6 @@ fn tiles<'o>(products: &'o mut [Product<'_>], panels: usize, threads: usize) -> 
                     rows: Vec::with_capacity(chunk * MR),
                 });
             }
-            block += 1;
         }
         for (r, row) in p.out.chunks_exact_mut(n).enumerate() {
             for ((start, chunk), seg) in starts.iter().zip(row.chunks_mut(NC)) {
@@ -308,31 +298,54 @@ where
             pack_panel(x, k, m, p, k0, KC.min(k - k0), panel);
         });
     let packed = &a[..panels * k * MR];
-    let tasks: Vec<Mutex<Tile<'_>>> = tiles(products, panels, threads)
+    // each tile with the next slice it takes
+    let tasks: Vec<Mutex<(Tile<'_>, usize)>> = tiles(products, panels, threads)
         .into_iter()
-        .map(Mutex::new)
+        .map(|t| Mutex::new((t, 0)))
         .collect();
-    // claimed in order, so the small tasks at the end are the last ones run
+    let slices = k.div_ceil(KC);
+    // claimed in order, slice by slice: both threads work in the same slice (its packed
+    // activations shared in L3), the small tasks come last in each, and a thread that ends
+    // a slice goes on to the next one instead of waiting for the other
     let next = AtomicUsize::new(0);
     let result = (0..threads).into_par_iter().try_for_each(|_| loop {
-        let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) else {
+        let claim = next.fetch_add(1, Ordering::Relaxed);
+        let (slice, t) = (claim / tasks.len().max(1), claim % tasks.len().max(1));
+        if slice >= slices {
+            return Ok(());
+        }
+        let Some(task) = tasks.get(t) else {
             return Ok(());
         };
-        let mut tile = match task.lock() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
+        let k0 = slice * KC;
+        let kc = KC.min(k - k0);
+        let a = &packed[panels * k0 * MR..panels * (k0 + kc) * MR];
+        // the tile's previous slice was claimed earlier; in the rare case that it is still
+        // running (or not yet started) on the other thread, wait for it: a tile takes its
+        // slices in order, which fixes the order of each output's sum
+        let mut task = loop {
+            let task = match task.lock() {
+                Ok(t) => t,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if task.1 == slice {
+                break task;
+            }
+            drop(task);
+            std::thread::yield_now();
         };
         let run = SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => tile_product(&mut s, packed, (k, panels), fill, &mut tile, kernel),
+            Ok(mut s) => tile_product(&mut s, a, k0, kc, fill, &mut task.0, kernel),
             // a task run while this thread's buffers are in use further up its stack
             Err(_) => {
                 let s = &mut Scratch::default();
-                tile_product(s, packed, (k, panels), fill, &mut tile, kernel)
+                tile_product(s, a, k0, kc, fill, &mut task.0, kernel)
             }
         });
+        task.1 += 1;
         if run.is_err() {
             // the other threads stop at their next claim
-            next.store(tasks.len(), Ordering::Relaxed);
+            next.store(slices * tasks.len(), Ordering::Relaxed);
             return run;
         }
     });
@@ -343,13 +356,14 @@ where
     result
 }
 
-/// One task: for each `KC` slice of the width in order, the tile's columns of the weights
-/// (columns `k0..k0 + kc` of their rows) dequantized into panels, then every activation
-/// panel of the tile run along them, in the best kernel the CPU has.
+/// One task, one slice: the tile's columns of the weights (columns `k0..k0 + kc` of their
+/// rows) dequantized into panels, then every activation panel of the tile (`a`, the
+/// slice's packed panels) run along them, in the best kernel the CPU has.
 fn tile_product<F>(
     s: &mut Scratch,
     a: &[f32],
-    k_panels: (usize, usize),
+    k0: usize,
+    kc: usize,
     fill: &F,
     tile: &mut Tile<'_>,
     kernel: Kernel,
@@ -361,10 +375,10 @@ where
     if let (Kernel::Best, Some(simd)) = (kernel, pulp::x86::V3::try_new()) {
         return simd.vectorize(
             #[inline(always)]
-            || tile_with(Avx2(simd), s, a, k_panels, fill, tile),
+            || tile_with(Avx2(simd), s, a, k0, kc, fill, tile),
         );
     }
-    tile_with(Portable, s, a, k_panels, fill, tile)
+    tile_with(Portable, s, a, k0, kc, fill, tile)
 }
 
 /// The microkernel [`gemm`] runs on this CPU (for the benchmark's report).
@@ -383,7 +397,8 @@ fn tile_with<K: Micro, F>(
     kern: K,
     s: &mut Scratch,
     a: &[f32],
-    (k, panels): (usize, usize),
+    k0: usize,
+    kc: usize,
     fill: &F,
     tile: &mut Tile<'_>,
 ) -> candle_core::Result<()>
@@ -393,32 +408,27 @@ where
     let nc = tile.nc;
     s.rows.resize(NR * KC, 0.0);
     s.b.resize(KC * NC, 0.0);
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
-        for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
-            let jq = tile.j0 + q * NR;
-            let nr = NR.min(nc - q * NR);
-            let rows = &mut s.rows[..NR * kc];
-            for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
-                if r < nr {
-                    fill(tile.product, jq + r, k0, dst)?;
-                } else {
-                    dst.fill(0.0);
-                }
+    let b = &mut s.b[..nc.div_ceil(NR) * kc * NR];
+    for (q, b) in b.chunks_exact_mut(kc * NR).enumerate() {
+        let jq = tile.j0 + q * NR;
+        let nr = NR.min(nc - q * NR);
+        let rows = &mut s.rows[..NR * kc];
+        for (r, dst) in rows.chunks_exact_mut(kc).enumerate() {
+            if r < nr {
+                fill(tile.product, jq + r, k0, dst)?;
+            } else {
+                dst.fill(0.0);
             }
-            kern.transpose(rows, kc, b);
         }
-        let b = &s.b[..nc.div_ceil(NR) * kc * NR];
-        // the slice's panels start after those of the slices before it, `KC` wide each
-        let slice = &a[panels * k0 * MR..];
-        for (p, segs) in (tile.p0..).zip(tile.rows.chunks_mut(MR)) {
-            let ap = &slice[p * kc * MR..(p + 1) * kc * MR];
-            let ap = ap.as_chunks::<MR>().0;
-            for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
-                let acc = kern.run(ap, bq.as_chunks::<NR>().0);
-                update(&acc, segs, q * NR, NR.min(nc - q * NR), k0 == 0);
-            }
+        kern.transpose(rows, kc, b);
+    }
+    let b = &s.b[..nc.div_ceil(NR) * kc * NR];
+    let a = &a[tile.p0 * kc * MR..];
+    for (ap, segs) in a.chunks_exact(kc * MR).zip(tile.rows.chunks_mut(MR)) {
+        let ap = ap.as_chunks::<MR>().0;
+        for (q, bq) in b.chunks_exact(kc * NR).enumerate() {
+            let acc = kern.run(ap, bq.as_chunks::<NR>().0);
+            update(&acc, segs, q * NR, NR.min(nc - q * NR), k0 == 0);
         }
     }
     Ok(())
@@ -689,14 +699,6 @@ mod tests {
             let tiles = tiles(&mut products, panels, threads);
             let blocks: usize = ns.iter().map(|n| n.div_ceil(NC)).sum();
             let full = chunk_panels(panels, blocks, threads) * MR;
-            let last = tiles.last().map(|t| t.rows.len()).unwrap_or(0);
-            // the last tasks claimed are the small ones, when the rows allow it
-            if full >= 8 * MIN_CHUNK_ROWS {
-                assert!(
-                    last * 4 <= full,
-                    "{m} rows: last task {last} rows of {full}"
-                );
-            }
             for tile in tiles {
                 assert_eq!(tile.j0 % NC, 0);
                 assert!(tile.rows.len() <= full);
