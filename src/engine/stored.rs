@@ -452,7 +452,7 @@ impl StoredMatrix {
 
     /// The exact product of `x [m, k]` with several matrices of width `k` (q/k/v, gate/up)
     /// by `gemm.rs` in one call: the activations packed once and the tasks of all of them
-    /// in one parallel step ([`gemm::gemm_many`]), each output the bits
+    /// in one parallel step (`gemm::gemm_many`), each output the bits
     /// [`StoredMatrix::matmul_exact`] gives it. `None` unless every matrix takes `m` rows
     /// through `gemm.rs` at width `k`.
     pub fn gemm_exact_many(
