@@ -689,7 +689,7 @@ impl InplaceOp2 for SiluMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{Device, Storage, Tensor};
 
     #[test]
     fn rms_norm_matches_the_formula() {
@@ -862,61 +862,53 @@ mod tests {
     }
 
     /// The decode attention loop as it was before heads were split over threads and keys
-    /// scored eight at a time: the reference the op must match bit for bit.
-    struct SerialDecode<'a>(DecodeAttention<'a>);
-
-    impl CustomOp3 for SerialDecode<'_> {
-        fn name(&self) -> &'static str {
-            "serial-decode-attention"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            let op = &self.0;
-            let AttnOperands {
-                q,
-                k,
-                v,
-                nh,
-                n,
-                hd,
-                total,
-            } = attention_operands("decode", &op.softmax, op.rep, (s1, l1), (s2, l2), (s3, l3))?;
-            let sm = &op.softmax;
-            let mut out = vec![0f32; n * nh * hd];
-            let mut scores = vec![0f32; total];
-            let mut probs = vec![0f32; total];
-            for h in 0..nh {
-                let g = h / op.rep;
-                for t in 0..n {
-                    let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
-                    let q_pos = sm.pos + t;
-                    let lo = (q_pos + 1).saturating_sub(sm.window);
-                    for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
-                        let kr = row3(k, l2, g, j, hd);
-                        *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
-                    }
-                    let r = (h % op.rep) * n + t;
-                    probs.fill(0.0);
-                    sm.row(r + g * op.rep * n, &mut probs, &scores)?;
-                    let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                    for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
-                        let vr = row3(v, l3, g, j, hd);
-                        for (o, &x) in o.iter_mut().zip(vr) {
-                            *o += p * x;
-                        }
+    /// scored eight at a time: the reference the op must match bit for bit. `[n, nh * hd]`.
+    fn serial_decode(op: &DecodeAttention<'_>, q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
+        let ((s1, l1), (s2, l2), (s3, l3)) = (
+            q.storage_and_layout(),
+            k.storage_and_layout(),
+            v.storage_and_layout(),
+        );
+        let (Storage::Cpu(s1), Storage::Cpu(s2), Storage::Cpu(s3)) = (&*s1, &*s2, &*s3) else {
+            panic!("cpu tensors")
+        };
+        let AttnOperands {
+            q,
+            k,
+            v,
+            nh,
+            n,
+            hd,
+            total,
+        } = attention_operands("decode", &op.softmax, op.rep, (s1, l1), (s2, l2), (s3, l3))
+            .unwrap();
+        let sm = &op.softmax;
+        let mut out = vec![0f32; n * nh * hd];
+        let mut scores = vec![0f32; total];
+        let mut probs = vec![0f32; total];
+        for h in 0..nh {
+            let g = h / op.rep;
+            for t in 0..n {
+                let qr = &q[(h * n + t) * hd..(h * n + t + 1) * hd];
+                let q_pos = sm.pos + t;
+                let lo = (q_pos + 1).saturating_sub(sm.window);
+                for (j, sc) in scores.iter_mut().enumerate().take(q_pos + 1).skip(lo) {
+                    let kr = row3(k, l2, g, j, hd);
+                    *sc = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
+                }
+                let r = (h % op.rep) * n + t;
+                probs.fill(0.0);
+                sm.row(r + g * op.rep * n, &mut probs, &scores).unwrap();
+                let o = &mut out[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                for (j, &p) in probs.iter().enumerate().take(q_pos + 1).skip(lo) {
+                    let vr = row3(v, l3, g, j, hd);
+                    for (o, &x) in o.iter_mut().zip(vr) {
+                        *o += p * x;
                     }
                 }
             }
-            Ok((CpuStorage::F32(out), Shape::from((n, nh * hd))))
         }
+        out
     }
 
     #[test]
@@ -987,9 +979,9 @@ mod tests {
                 };
                 let keys: usize = (0..n).map(|t| (pos + t + 1).min(window)).sum();
                 parallel |= nh * keys * hd >= PARALLEL_ATTENTION;
-                let want = q.apply_op3_no_bwd(&k, &v, &SerialDecode(op())).unwrap();
-                assert_eq!(want.dims(), &[n, nh * hd]);
-                let want = bits(&want);
+                let want = serial_decode(&op(), &q, &k, &v);
+                assert_eq!(want.len(), n * nh * hd);
+                let want: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
                 assert!(want.iter().any(|&b| f32::from_bits(b) != 0.0));
                 for pool in &pools {
                     let got = pool.install(|| q.apply_op3_no_bwd(&k, &v, &op()).unwrap());
