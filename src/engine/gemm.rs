@@ -465,12 +465,13 @@ where
 fn update(acc: &[[f32; NR]; MR], segs: &mut [&mut [f32]], c0: usize, nr: usize, first: bool) {
     for (sums, seg) in acc.iter().zip(segs.iter_mut()) {
         let o = &mut seg[c0..c0 + nr];
-        if let (true, Ok(o)) = (first, <&mut [f32; NR]>::try_from(&mut *o)) {
-            // a whole panel: a copy of known length, two vector stores (a copy of `nr`
-            // values is a call to `memmove`)
-            *o = *sums;
-        } else if first {
-            o.copy_from_slice(&sums[..nr]);
+        if first {
+            match <&mut [f32; NR]>::try_from(&mut *o) {
+                // a whole panel: a copy of known length, two vector stores (a copy of `nr`
+                // values is a call to `memmove`)
+                Ok(whole) => *whole = *sums,
+                Err(_) => o.copy_from_slice(&sums[..nr]),
+            }
         } else {
             for (o, v) in o.iter_mut().zip(sums) {
                 *o += v;
