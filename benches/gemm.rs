@@ -16,6 +16,12 @@
 //! 2048 x 5632, `M` default 1668: one thread's rows in the 2-thread parity run), so every
 //! product reads its weights from DRAM, and reports the CPU time of one pass over them:
 //! `stream type=F16 m=1668 n=2048 k=5632 copies=18 ours=.. GF/s (.. s per product)`.
+//!
+//! The anchor is the core itself: a first line gives its multiply-add peak on one thread
+//! (`peak fma=.. GF/s`: twelve independent chains of 8-lane fused multiply-adds on
+//! registers, no memory operand, so nothing but the multiply-add units limits it), and each
+//! line gives our product's share of it (`.. % of peak`). The 1.1B parity run spends most of
+//! its time in these products, so that share bounds what any change to them can gain.
 
 use std::time::Duration;
 
@@ -83,9 +89,8 @@ fn encode(
 }
 
 /// The `STREAM` mode: our product over `mib` MiB of copies of each weight matrix in turn.
-fn streamed(mib: usize) -> Result<(), Box<dyn std::error::Error>> {
+fn streamed(mib: usize, runs: usize, peak: Option<f64>) -> Result<(), Box<dyn std::error::Error>> {
     let m = env_usize("M", 1668);
-    let runs = env_usize("RUNS", 3).max(1);
     let (shapes, types) = shapes_and_types("2048x5632");
     for &(n, k) in &shapes {
         let x = values(1, m * k);
@@ -104,26 +109,73 @@ fn streamed(mib: usize) -> Result<(), Box<dyn std::error::Error>> {
                     std::hint::black_box(sm.matmul_exact(&x, m).ok());
                 }
             });
+            let gf = flop / pass.as_secs_f64() / 1e9;
             println!(
-                "stream type={ty} m={m} n={n} k={k} copies={copies} ours={:.1} GF/s ({:.4} s per product, {})",
-                flop / pass.as_secs_f64() / 1e9,
+                "stream type={ty} m={m} n={n} k={k} copies={copies} ours={gf:.1} GF/s ({:.4} s per product, {}{})",
                 pass.as_secs_f64() / copies as f64,
                 StoredMatrix::gemm_kernel(),
+                share(gf, peak),
             );
         }
     }
     Ok(())
 }
 
+/// Multiply-adds per chain in one [`fma_peak`] run.
+const PEAK_STEPS: usize = 50_000_000;
+
+/// One thread's f32 multiply-add peak in GFLOP/s: twelve independent 8-lane fused
+/// multiply-add chains (more than the units' latency times their throughput, so they never
+/// wait on each other), on registers only. `None` without AVX2 and FMA.
+fn fma_peak(runs: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        let chains = || {
+            simd.vectorize(
+                #[inline(always)]
+                || {
+                    let (avx, fma) = (simd.avx, simd.fma);
+                    let (a, b) = (avx._mm256_set1_ps(0.999_9), avx._mm256_set1_ps(1e-5));
+                    let mut acc: [std::arch::x86_64::__m256; 12] =
+                        std::array::from_fn(|i| avx._mm256_set1_ps(i as f32));
+                    for _ in 0..PEAK_STEPS {
+                        for c in acc.iter_mut() {
+                            *c = fma._mm256_fmadd_ps(*c, a, b);
+                        }
+                    }
+                    std::hint::black_box(acc);
+                },
+            )
+        };
+        let t = median_cpu(runs, chains);
+        return Some((PEAK_STEPS * 12 * 8 * 2) as f64 / t.as_secs_f64() / 1e9);
+    }
+    // without AVX2 + FMA there is no such loop to time; the lines then give no share
+    let _ = runs;
+    None
+}
+
+/// `gf` as a share of `peak`, for the report (empty without a peak).
+fn share(gf: f64, peak: Option<f64>) -> String {
+    peak.map_or(String::new(), |p| {
+        format!(", {:.0} % of peak", 100.0 * gf / p)
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("CANDLE_NUM_THREADS", "1");
     std::env::set_var("RAYON_NUM_THREADS", "1");
+    let runs = env_usize("RUNS", 3).max(1);
+    let peak = fma_peak(runs);
+    match peak {
+        Some(p) => println!("peak fma={p:.1} GF/s (one thread, 12 chains of 8-lane multiply-adds)"),
+        None => println!("peak fma=unknown (no AVX2 + FMA on this CPU)"),
+    }
     let stream = env_usize("STREAM", 0);
     if stream > 0 {
-        return streamed(stream);
+        return streamed(stream, runs, peak);
     }
     let m = env_usize("M", 3328);
-    let runs = env_usize("RUNS", 3).max(1);
     let (shapes, types) = shapes_and_types("2048x2048,256x2048,5632x2048,2048x5632");
     for &(n, k) in &shapes {
         let x = values(1, m * k);
@@ -140,10 +192,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             let gf = |d: Duration| flop / d.as_secs_f64() / 1e9;
             println!(
-                "gemm type={ty} m={m} n={n} k={k} ours={:.1} GF/s ({:.3} s, {}) candle={:.1} GF/s ({:.3} s)",
+                "gemm type={ty} m={m} n={n} k={k} ours={:.1} GF/s ({:.3} s, {}{}) candle={:.1} GF/s ({:.3} s)",
                 gf(ours),
                 ours.as_secs_f64(),
                 StoredMatrix::gemm_kernel(),
+                share(gf(ours), peak),
                 gf(candle),
                 candle.as_secs_f64()
             );

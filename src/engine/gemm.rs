@@ -283,7 +283,11 @@ where
         .try_lock()
         .map(|mut a| std::mem::take(&mut *a))
         .unwrap_or_default();
-    a.resize(panels * k * MR, 0.0);
+    // grown, never shrunk: the down projection's wider rows would otherwise be cleared
+    // afresh after every narrower product, on this thread while the pool waits
+    if a.len() < panels * k * MR {
+        a.resize(panels * k * MR, 0.0);
+    }
     // slice by slice, as the tasks read them: `[slice][panel][kc][MR]`, so that the panels
     // of one slice are one run of memory
     let full = k / KC * KC;
