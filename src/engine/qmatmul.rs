@@ -612,7 +612,7 @@ impl pulp::WithSimd for OneRow<'_> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::{__m128i, __m256, __m256i};
 
     use pulp::bytemuck::cast;
@@ -686,6 +686,18 @@ mod avx2 {
     /// per byte, neither gain nor lose.
     const AHEAD: usize = 2;
 
+    /// Asks the cache for every 64-byte line of `bytes`. A hint: nothing is read, so no
+    /// result can change. Shared with `stored.rs`, whose F16 span conversion runs ahead the
+    /// same way.
+    #[inline(always)]
+    pub(in crate::engine) fn prefetch(simd: V3, bytes: &[u8]) {
+        for line in bytes.iter().step_by(64) {
+            simd.sse._mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(line).cast(),
+            );
+        }
+    }
+
     #[inline(always)]
     fn load8f(x: &[f32]) -> __m256 {
         let mut a = [0f32; 8];
@@ -714,11 +726,7 @@ mod avx2 {
             // a hint only: rows past the matrix are not asked for
             let ahead = (j0 + j + AHEAD * WROWS) * a.nb * qb;
             if let Some(next) = b.quants.get(ahead..ahead + group) {
-                for line in next.iter().step_by(64) {
-                    simd.sse._mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        std::ptr::from_ref(line).cast(),
-                    );
-                }
+                prefetch(simd, next);
             }
             let v = rows::<KIND, WROWS>(simd, b, a, j0 + j);
             out[j..j + WROWS].copy_from_slice(&v);

@@ -840,11 +840,7 @@ const PREFETCH_ROWS: usize = 2;
 fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
-        for line in bytes.iter().step_by(64) {
-            simd.sse._mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                std::ptr::from_ref(line).cast(),
-            );
-        }
+        super::qmatmul::avx2::prefetch(simd, bytes);
     }
 }
 
