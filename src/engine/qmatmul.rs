@@ -674,6 +674,16 @@ pub(super) mod avx2 {
     pub(super) const BYTES: u8 = 1;
     pub(super) const SIGNED: u8 = 2;
 
+    /// Quant bytes of one block in `kind`'s layout: [`Quants::block_bytes`] as a constant
+    /// of the kernels' const parameter.
+    const fn block_bytes(kind: u8) -> usize {
+        if kind == NIBBLES {
+            16
+        } else {
+            32
+        }
+    }
+
     /// Weight rows a pass of [`one_row`] interleaves.
     const WROWS: usize = 4;
 
@@ -720,7 +730,7 @@ pub(super) mod avx2 {
         out: &mut [f32],
     ) {
         let mut j = 0;
-        let qb = if KIND == NIBBLES { 16 } else { 32 };
+        let qb = block_bytes(KIND);
         let group = WROWS * a.nb * qb;
         while j + WROWS <= out.len() {
             // a hint only: rows past the matrix are not asked for
@@ -771,7 +781,7 @@ pub(super) mod avx2 {
         j: usize,
     ) -> [f32; R] {
         let nb = a.nb;
-        let qb = if KIND == NIBBLES { 16 } else { 32 };
+        let qb = block_bytes(KIND);
         let offsets = KIND != SIGNED;
         let xq = &a.q[..nb * QK];
         let xd = &a.d[..nb];
